@@ -1,0 +1,2 @@
+//! Benchmark of `arbitrate` (in progress).
+fn main() {}

@@ -1,0 +1,201 @@
+//! How providers bill, as data, and the cost math over it.
+//!
+//! A [`BillingModel`] is what a provider declares about itself: how running
+//! time is rounded (EC2: per second with a 60 s minimum per start; Hetzner:
+//! per started hour), what a stopped node costs (EC2: its disk; Hetzner: the
+//! full price), what snapshots cost to keep, and how long each boot path
+//! takes. Strategies, the controller's cost ledger and the simulator all price
+//! through these functions, so they agree to the micro-dollar.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Millis;
+use crate::money::{GbMonthPrice, HourlyPrice, MS_PER_HOUR, Money};
+
+/// How running time is rounded before it is priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Granularity {
+    /// Billed per second, each start billed for at least `minimum_secs`.
+    PerSecond {
+        /// The minimum billed per start (EC2: 60).
+        minimum_secs: u32,
+    },
+    /// Every started hour billed in full.
+    PerStartedHour,
+}
+
+/// What a node costs while stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StoppedBilling {
+    /// Only its disk is billed (EC2 EBS).
+    DiskOnly,
+    /// The full running price is billed (Hetzner keeps the server reserved).
+    FullPrice,
+}
+
+/// The source a node boots from; each has its own latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BootPath {
+    /// A fresh node from the base image: provisioning plus full set-up.
+    Image,
+    /// A fresh node from a pre-baked snapshot.
+    Snapshot,
+    /// A stopped node powered on again.
+    Stopped,
+    /// A running node resized in place (downtime of the resize).
+    Resize,
+}
+
+/// Time to a ready node per boot path, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootLatency {
+    /// From the base image.
+    pub image_ms: Millis,
+    /// From a snapshot.
+    pub snapshot_ms: Millis,
+    /// Starting a stopped node.
+    pub stopped_ms: Millis,
+    /// Resizing a node (it is unavailable for this long).
+    pub resize_ms: Millis,
+}
+
+impl BootLatency {
+    /// The latency of `path`.
+    pub fn of(&self, path: BootPath) -> Millis {
+        match path {
+            BootPath::Image => self.image_ms,
+            BootPath::Snapshot => self.snapshot_ms,
+            BootPath::Stopped => self.stopped_ms,
+            BootPath::Resize => self.resize_ms,
+        }
+    }
+}
+
+/// A provider's billing rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillingModel {
+    /// How running time is rounded.
+    pub granularity: Granularity,
+    /// What a stopped node costs.
+    pub stopped: StoppedBilling,
+    /// Disk price (what a stopped [`StoppedBilling::DiskOnly`] node costs).
+    pub disk_per_gb_month: GbMonthPrice,
+    /// Snapshot storage price.
+    pub snapshot_per_gb_month: GbMonthPrice,
+    /// Boot latency per path.
+    pub boot: BootLatency,
+}
+
+impl BillingModel {
+    /// EC2's public rules: per second with a 60 s minimum, stopped instances
+    /// pay only EBS (gp3 $0.08/GB-month), snapshots $0.05/GB-month.
+    pub fn ec2() -> BillingModel {
+        BillingModel {
+            granularity: Granularity::PerSecond { minimum_secs: 60 },
+            stopped: StoppedBilling::DiskOnly,
+            disk_per_gb_month: GbMonthPrice(Money::from_micros(80_000)),
+            snapshot_per_gb_month: GbMonthPrice(Money::from_micros(50_000)),
+            boot: BootLatency {
+                image_ms: 240_000,
+                snapshot_ms: 45_000,
+                stopped_ms: 30_000,
+                resize_ms: 60_000,
+            },
+        }
+    }
+
+    /// Hetzner Cloud's public rules: every started hour billed, a stopped
+    /// server billed in full, snapshots €0.0119/GB-month (taken as $0.013).
+    pub fn hetzner() -> BillingModel {
+        BillingModel {
+            granularity: Granularity::PerStartedHour,
+            stopped: StoppedBilling::FullPrice,
+            disk_per_gb_month: GbMonthPrice(Money::ZERO),
+            snapshot_per_gb_month: GbMonthPrice(Money::from_micros(13_000)),
+            boot: BootLatency {
+                image_ms: 120_000,
+                snapshot_ms: 40_000,
+                stopped_ms: 20_000,
+                resize_ms: 90_000,
+            },
+        }
+    }
+
+    /// The running time billed for one start-to-stop interval of `run_ms`.
+    pub fn billed_millis(&self, run_ms: Millis) -> Millis {
+        match self.granularity {
+            Granularity::PerSecond { minimum_secs } => {
+                let secs = run_ms.div_ceil(1_000).max(u64::from(minimum_secs));
+                secs.saturating_mul(1_000)
+            }
+            Granularity::PerStartedHour => {
+                // A zero-length run still started an hour.
+                run_ms.div_ceil(MS_PER_HOUR).max(1).saturating_mul(MS_PER_HOUR)
+            }
+        }
+    }
+
+    /// The bill for one start-to-stop interval of `run_ms` at `price`.
+    pub fn running_cost(&self, price: HourlyPrice, run_ms: Millis) -> Money {
+        price.for_millis(self.billed_millis(run_ms))
+    }
+
+    /// What `ms` of time stopped costs for a node of `price` with a disk of
+    /// `disk_gb`.
+    pub fn stopped_cost(&self, price: HourlyPrice, disk_gb: u64, ms: Millis) -> Money {
+        match self.stopped {
+            StoppedBilling::DiskOnly => self.disk_per_gb_month.for_millis(disk_gb, ms),
+            StoppedBilling::FullPrice => price.for_millis(ms),
+        }
+    }
+
+    /// What a stopped node costs per hour.
+    pub fn stopped_hourly(&self, price: HourlyPrice, disk_gb: u64) -> HourlyPrice {
+        match self.stopped {
+            StoppedBilling::DiskOnly => self.disk_per_gb_month.hourly(disk_gb),
+            StoppedBilling::FullPrice => price,
+        }
+    }
+
+    /// Whether keeping a node stopped costs less than keeping it running.
+    pub fn stop_saves_money(&self) -> bool {
+        self.stopped == StoppedBilling::DiskOnly
+    }
+
+    /// What keeping a snapshot of `gb` for `ms` costs.
+    pub fn snapshot_cost(&self, gb: u64, ms: Millis) -> Money {
+        self.snapshot_per_gb_month.for_millis(gb, ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec2_bills_a_minute_minimum_then_per_second() {
+        let b = BillingModel::ec2();
+        let p = HourlyPrice::from_micros(3_600_000); // 1000 µ$/s
+        assert_eq!(b.running_cost(p, 1), Money::from_micros(60_000));
+        assert_eq!(b.running_cost(p, 60_000), Money::from_micros(60_000));
+        assert_eq!(b.running_cost(p, 60_001), Money::from_micros(61_000));
+    }
+
+    #[test]
+    fn hetzner_bills_started_hours_and_stopped_in_full() {
+        let b = BillingModel::hetzner();
+        let p = HourlyPrice::from_micros(10_000);
+        assert_eq!(b.running_cost(p, 1), Money::from_micros(10_000));
+        assert_eq!(b.running_cost(p, MS_PER_HOUR), Money::from_micros(10_000));
+        assert_eq!(b.running_cost(p, MS_PER_HOUR + 1), Money::from_micros(20_000));
+        assert_eq!(b.stopped_cost(p, 40, MS_PER_HOUR), Money::from_micros(10_000));
+        assert!(!b.stop_saves_money());
+        assert!(BillingModel::ec2().stop_saves_money());
+    }
+}

@@ -1,0 +1,330 @@
+//! The claim plane: request, grant, renew, release, revoke.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClaimId, Epoch, Millis, NodeId, PoolName, Workspace};
+
+/// Default lease length (seed 003: 300 s).
+pub const DEFAULT_LEASE_TTL_MS: Millis = 300_000;
+/// The longest lease a claim may ask for (one day).
+pub const MAX_LEASE_TTL_MS: Millis = 86_400_000;
+
+/// CPU architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Arch {
+    /// x86-64 / amd64.
+    X86_64,
+    /// ARM64 / aarch64.
+    Aarch64,
+}
+
+/// What a claim needs from a node. Zero means "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Requirements {
+    /// Minimum vCPUs.
+    #[serde(default)]
+    pub cpus: u32,
+    /// Minimum memory in MiB.
+    #[serde(default)]
+    pub memory_mb: u64,
+    /// Required architecture, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<Arch>,
+    /// Labels the node must carry with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Requirements {
+    /// Whether a node with these resources meets the requirements.
+    pub fn satisfied_by(&self, node: &NodeResources) -> bool {
+        node.cpus >= self.cpus
+            && node.memory_mb >= self.memory_mb
+            && self.arch.is_none_or(|a| a == node.arch)
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| node.labels.get(k) == Some(v))
+    }
+}
+
+/// What a node offers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Architecture.
+    pub arch: Arch,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A request for a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// Caller-chosen id; a retried request with the same id gets the same grant.
+    pub claim_id: ClaimId,
+    /// The tenant.
+    pub workspace: Workspace,
+    /// The pool to claim from.
+    pub pool: PoolName,
+    /// What the node must offer.
+    #[serde(default)]
+    pub requirements: Requirements,
+    /// Higher is served first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Lease length; renew before it runs out.
+    #[serde(default = "default_lease")]
+    pub lease_ttl_ms: Millis,
+    /// Give up (claim expires) if not granted within this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_ms: Option<Millis>,
+    /// The caller's age X25519 recipient (`age1…`); credentials are encrypted
+    /// to it. Without one, the grant carries no credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+}
+
+fn default_lease() -> Millis {
+    DEFAULT_LEASE_TTL_MS
+}
+
+/// The lease a grant or renewal gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The claim.
+    pub claim_id: ClaimId,
+    /// When the lease ends unless renewed (ms since the Unix epoch).
+    pub expires_at: Millis,
+}
+
+/// Per-claim credentials, sealed by the daemon: `ciphertext` is an
+/// ASCII-armored age file encrypted to the claim's recipient; `signature` is
+/// the daemon's Ed25519 signature over (claim id, recipient, expiry,
+/// ciphertext); `signer` is the daemon's public key. The core treats all three
+/// as opaque.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedCredentials {
+    /// Bundle format name, e.g. `fleet-credentials-v1`.
+    pub format: String,
+    /// The encrypted bundle.
+    pub ciphertext: String,
+    /// Base64 Ed25519 signature.
+    pub signature: String,
+    /// Base64 Ed25519 public key of the signer.
+    pub signer: String,
+}
+
+/// A granted claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimGrant {
+    /// The claim.
+    pub claim_id: ClaimId,
+    /// Its workspace.
+    pub workspace: Workspace,
+    /// Its pool.
+    pub pool: PoolName,
+    /// The node serving it.
+    pub node: NodeId,
+    /// Where to connect (the node agent's mTLS gateway, `host:port`).
+    pub endpoint: String,
+    /// The lease.
+    pub lease: Lease,
+    /// The leader epoch that granted it.
+    pub epoch: Epoch,
+    /// Sealed credentials, when the request named a recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SealedCredentials>,
+}
+
+/// Messages a caller sends on the claim plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClaimMsg {
+    /// Ask for a node.
+    Request(ClaimRequest),
+    /// Extend a lease.
+    Renew {
+        /// The workspace.
+        workspace: Workspace,
+        /// The claim.
+        claim_id: ClaimId,
+    },
+    /// Give the node back.
+    Release {
+        /// The workspace.
+        workspace: Workspace,
+        /// The claim.
+        claim_id: ClaimId,
+    },
+}
+
+impl ClaimMsg {
+    /// The claim this message is about.
+    pub fn claim_id(&self) -> &ClaimId {
+        match self {
+            ClaimMsg::Request(r) => &r.claim_id,
+            ClaimMsg::Renew { claim_id, .. } | ClaimMsg::Release { claim_id, .. } => claim_id,
+        }
+    }
+
+    /// The workspace this message is about.
+    pub fn workspace(&self) -> &Workspace {
+        match self {
+            ClaimMsg::Request(r) => &r.workspace,
+            ClaimMsg::Renew { workspace, .. } | ClaimMsg::Release { workspace, .. } => workspace,
+        }
+    }
+}
+
+/// Why a claim is still waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PendingReason {
+    /// Waiting for a free node; capacity is being added if the strategy allows.
+    WaitingForCapacity,
+    /// The workspace is at its claim quota.
+    QuotaExceeded {
+        /// The quota.
+        max_claims: u32,
+    },
+    /// Granting would exceed the workspace's hourly dollar cap.
+    DollarCapExceeded {
+        /// The cap, in micro-dollars per hour.
+        cap_micros_per_hour: i64,
+    },
+    /// No instance type this pool can run meets the requirements; the claim
+    /// will wait until it expires unless the pool changes.
+    Unsatisfiable {
+        /// What cannot be met.
+        why: String,
+    },
+    /// The pool is at its node limit and every node is busy.
+    PoolAtCapacity {
+        /// The pool's node limit.
+        max_nodes: u32,
+    },
+}
+
+/// Why a granted claim was taken away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RevokeReason {
+    /// The lease ran out without a renewal.
+    Expired,
+    /// The node stopped heartbeating.
+    NodeLost,
+    /// The provider is reclaiming a spot node.
+    SpotInterrupted {
+        /// When the provider will take it (ms since epoch).
+        deadline: Millis,
+    },
+    /// The node is draining (agent shutdown).
+    Drained,
+    /// Never granted within `max_wait_ms`.
+    WaitExceeded,
+    /// An operator revoked it.
+    Operator {
+        /// Free text.
+        note: String,
+    },
+}
+
+/// A revocation notice: the caller must stop using the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The claim.
+    pub claim_id: ClaimId,
+    /// Its workspace.
+    pub workspace: Workspace,
+    /// The node it held, if it was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// Why.
+    pub reason: RevokeReason,
+}
+
+/// Why a claim message was refused outright.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClaimRejection {
+    /// No such pool.
+    #[error("unknown pool {pool}")]
+    UnknownPool {
+        /// The pool asked for.
+        pool: String,
+    },
+    /// No such claim (renew or release of an unknown id).
+    #[error("unknown claim")]
+    UnknownClaim,
+    /// The claim id is already used by a different request.
+    #[error("claim id already used by a different request")]
+    IdReused,
+    /// The claim already ended; it cannot be renewed.
+    #[error("claim already ended")]
+    Ended,
+    /// The request is invalid.
+    #[error("invalid request: {why}")]
+    Invalid {
+        /// What is wrong.
+        why: String,
+    },
+    /// This daemon is not the leader.
+    #[error("not the leader; retry against the leader")]
+    NotLeader,
+    /// The daemon is shedding load; retry later.
+    #[error("overloaded; retry later")]
+    Overloaded,
+}
+
+impl ClaimRejection {
+    /// Whether retrying the same message later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClaimRejection::NotLeader | ClaimRejection::Overloaded)
+    }
+}
+
+/// Messages the control plane sends to a caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClaimReply {
+    /// The claim is granted.
+    Granted(ClaimGrant),
+    /// The claim is accepted and waiting.
+    Pending {
+        /// The claim.
+        claim_id: ClaimId,
+        /// Why it waits.
+        reason: PendingReason,
+    },
+    /// The lease was extended.
+    Renewed(Lease),
+    /// The claim is released.
+    Released {
+        /// The claim.
+        claim_id: ClaimId,
+    },
+    /// The claim was revoked or expired.
+    Revoked(Revocation),
+    /// The message was refused.
+    Rejected {
+        /// The claim, when the message named one that parsed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claim_id: Option<ClaimId>,
+        /// Why.
+        error: ClaimRejection,
+    },
+}

@@ -1,0 +1,450 @@
+//! Jobs (tasks): specs, worker events, retry and alert policy, receipts and
+//! scorers — the CodeWhale fleet protocol (seed 003) on fleet's ids.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Requirements, Secret};
+use crate::ids::{JobId, Millis, NodeId, PoolName, Workspace};
+
+/// Retry policy for a task. Defaults (seed 003): 3 attempts, 5 s initial
+/// backoff, ×2, at most 300 s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first.
+    #[serde(default = "d_attempts")]
+    pub max_attempts: u32,
+    /// Backoff before the second attempt.
+    #[serde(default = "d_initial")]
+    pub initial_backoff_secs: u64,
+    /// Backoff ceiling.
+    #[serde(default = "d_max")]
+    pub max_backoff_secs: u64,
+    /// Backoff growth per attempt.
+    #[serde(default = "d_mult")]
+    pub backoff_multiplier: u32,
+}
+
+fn d_attempts() -> u32 {
+    3
+}
+fn d_initial() -> u64 {
+    5
+}
+fn d_max() -> u64 {
+    300
+}
+fn d_mult() -> u32 {
+    2
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: d_attempts(),
+            initial_backoff_secs: d_initial(),
+            max_backoff_secs: d_max(),
+            backoff_multiplier: d_mult(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `next_attempt` (2 = the first retry), or
+    /// `None` when attempts are used up.
+    pub fn backoff_before(&self, next_attempt: u32) -> Option<Millis> {
+        if next_attempt > self.max_attempts || next_attempt < 2 {
+            return None;
+        }
+        let mut secs = self.initial_backoff_secs;
+        for _ in 2..next_attempt {
+            secs = secs.saturating_mul(u64::from(self.backoff_multiplier));
+            if secs >= self.max_backoff_secs {
+                break;
+            }
+        }
+        Some(secs.min(self.max_backoff_secs).saturating_mul(1_000))
+    }
+}
+
+/// Where an alert goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AlertChannel {
+    /// A Slack incoming webhook.
+    Slack {
+        /// The webhook URL (a secret).
+        webhook_url: Secret,
+    },
+    /// A generic webhook.
+    Webhook {
+        /// URL.
+        url: String,
+        /// HMAC secret, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret: Option<Secret>,
+    },
+    /// PagerDuty Events v2.
+    PagerDuty {
+        /// Routing key (a secret).
+        routing_key: Secret,
+        /// Severity.
+        severity: String,
+    },
+}
+
+/// When a task escalates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertPolicy {
+    /// Where alerts go.
+    #[serde(default)]
+    pub channels: Vec<AlertChannel>,
+    /// Escalate after this many failed attempts.
+    #[serde(default)]
+    pub after_attempts: Option<u32>,
+    /// Escalate after this many minutes without a heartbeat.
+    #[serde(default)]
+    pub after_minutes_stale: Option<u64>,
+}
+
+/// How a task's result is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Scorer {
+    /// Exit code 0 passes.
+    ExitCode,
+    /// Passes if the file exists.
+    FileExists {
+        /// Path on the node.
+        path: String,
+    },
+    /// Passes if the file matches the regex.
+    RegexMatch {
+        /// Path on the node.
+        path: String,
+        /// Regular expression.
+        pattern: String,
+    },
+    /// Passes if the JSON path in the file is truthy.
+    JsonPath {
+        /// Path on the node.
+        path: String,
+        /// JSONPath expression.
+        expression: String,
+    },
+    /// Passes if the command exits 0.
+    Command {
+        /// Command line.
+        argv: Vec<String>,
+    },
+    /// A person decides.
+    Manual,
+}
+
+/// A unit of work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Submitter-chosen id (idempotency key).
+    pub id: JobId,
+    /// The tenant.
+    pub workspace: Workspace,
+    /// The pool to run in.
+    pub pool: PoolName,
+    /// Command line.
+    pub argv: Vec<String>,
+    /// Environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Kill after this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<Millis>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Escalation policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<AlertPolicy>,
+    /// How the result is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorer: Option<Scorer>,
+    /// Higher runs first.
+    #[serde(default)]
+    pub priority: i32,
+    /// What the node must offer.
+    #[serde(default)]
+    pub requirements: Requirements,
+}
+
+/// The kind of an artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ArtifactKind {
+    /// A log.
+    Log,
+    /// A patch.
+    Patch,
+    /// Test results.
+    TestResult,
+    /// A report.
+    Report,
+    /// A checkpoint.
+    Checkpoint,
+    /// A receipt.
+    Receipt,
+    /// Anything else.
+    Other,
+}
+
+/// An artifact a task produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Kind.
+    pub kind: ArtifactKind,
+    /// Where it is (path on the node or URI).
+    pub uri: String,
+    /// `sha256:…`, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// Size, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+}
+
+/// One state a worker reports for a task; the 15 states of the CodeWhale
+/// fleet protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// In the queue.
+    Queued,
+    /// Leased to a worker.
+    Leased {
+        /// Lease end.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_expires_at: Option<Millis>,
+    },
+    /// Process being started.
+    Starting,
+    /// Process running.
+    Running,
+    /// Waiting on a model (agentic tasks).
+    ModelWait {
+        /// Which model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
+    /// Running a tool (agentic tasks).
+    RunningTool {
+        /// Tool name.
+        tool: String,
+        /// Call id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<String>,
+    },
+    /// Still alive.
+    Heartbeat {
+        /// CPU use.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_percent: Option<f32>,
+        /// Resident memory.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        memory_mb: Option<u64>,
+    },
+    /// An artifact was produced.
+    Artifact(ArtifactRef),
+    /// Finished.
+    Completed {
+        /// Exit code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        /// Summary.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+    },
+    /// Failed.
+    Failed {
+        /// Why.
+        reason: String,
+        /// Whether a retry may succeed.
+        #[serde(default)]
+        recoverable: bool,
+    },
+    /// Cancelled.
+    Cancelled {
+        /// By whom.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cancelled_by: Option<String>,
+    },
+    /// Killed by a signal or interruption.
+    Interrupted {
+        /// Signal name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+    },
+    /// No heartbeat for too long.
+    Stale {
+        /// Last heartbeat.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_heartbeat_at: Option<Millis>,
+    },
+    /// Requeued for another attempt.
+    Restarted {
+        /// Attempts so far.
+        #[serde(default)]
+        restart_count: u32,
+    },
+    /// Escalated to a person.
+    Escalated {
+        /// Alert channel.
+        channel: String,
+        /// Alert id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alert_id: Option<String>,
+    },
+}
+
+impl WorkerEvent {
+    /// Whether the event ends an attempt.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            WorkerEvent::Completed { .. }
+                | WorkerEvent::Failed { .. }
+                | WorkerEvent::Cancelled { .. }
+                | WorkerEvent::Interrupted { .. }
+        )
+    }
+}
+
+/// The verdict of a finished task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum TaskResult {
+    /// Passed.
+    Pass,
+    /// Partly passed.
+    Partial,
+    /// Failed.
+    Fail,
+    /// Skipped.
+    Skip,
+    /// Timed out.
+    Timeout,
+}
+
+/// A score from a scorer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Value.
+    pub value: f64,
+    /// Maximum, if bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// Notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+/// The durable outcome of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The job.
+    pub job: JobId,
+    /// The node it ran on last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// Attempts used.
+    pub attempts: u32,
+    /// When it finished.
+    pub completed_at: Millis,
+    /// Verdict.
+    pub result: TaskResult,
+    /// Exit code of the last attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Artifacts.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRef>,
+    /// Score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<Score>,
+}
+
+/// Messages a submitter sends on the job plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobMsg {
+    /// Submit a task.
+    Submit(Box<TaskSpec>),
+    /// Cancel a task.
+    Cancel {
+        /// The workspace.
+        workspace: Workspace,
+        /// The job.
+        job: JobId,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_defaults_and_backoff() {
+        let p: RetryPolicy = serde_json::from_str("{}").unwrap_or_default();
+        assert_eq!(p, RetryPolicy::default());
+        assert_eq!(p.backoff_before(1), None);
+        assert_eq!(p.backoff_before(2), Some(5_000));
+        assert_eq!(p.backoff_before(3), Some(10_000));
+        assert_eq!(p.backoff_before(4), None);
+        let long = RetryPolicy {
+            max_attempts: 20,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(long.backoff_before(20), Some(300_000));
+    }
+}
+
+/// Messages the control plane sends to a submitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobReply {
+    /// Accepted (or already known: submits are idempotent by id).
+    Accepted {
+        /// The job.
+        job: JobId,
+    },
+    /// A worker event for the job.
+    Event {
+        /// The job.
+        job: JobId,
+        /// Attempt number.
+        attempt: u32,
+        /// The event.
+        event: WorkerEvent,
+    },
+    /// The job finished.
+    Finished(Receipt),
+    /// Refused.
+    Rejected {
+        /// The job, when the message named one that parsed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobId>,
+        /// Why.
+        why: String,
+    },
+}

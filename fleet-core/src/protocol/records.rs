@@ -1,0 +1,333 @@
+//! Records as stored: the KV schema. Keys are built in [`crate::subjects`].
+
+use serde::{Deserialize, Serialize};
+
+use super::{ClaimRequest, PendingReason, Receipt, RevokeReason, SealedCredentials, TaskSpec};
+use crate::ids::{ClaimId, CommandId, Epoch, InstanceType, Millis, NodeId, PoolName};
+use crate::provider::{BootSource, Market, SnapshotRef};
+
+/// A claim's lifecycle: `pending → granted → active → released | expired |
+/// revoked{reason}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ClaimState {
+    /// Accepted, waiting for a node.
+    Pending,
+    /// A node is assigned and the grant sent.
+    Granted,
+    /// The caller renewed at least once (it is using the node).
+    Active,
+    /// The caller released it.
+    Released,
+    /// The lease or the wait ran out.
+    Expired,
+    /// Taken away.
+    Revoked {
+        /// Why.
+        reason: RevokeReason,
+    },
+}
+
+impl ClaimState {
+    /// Whether the claim has ended.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            ClaimState::Released | ClaimState::Expired | ClaimState::Revoked { .. }
+        )
+    }
+
+    /// Whether the claim holds a node.
+    pub fn holds_node(&self) -> bool {
+        matches!(self, ClaimState::Granted | ClaimState::Active)
+    }
+
+    /// A short name for metrics and tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClaimState::Pending => "pending",
+            ClaimState::Granted => "granted",
+            ClaimState::Active => "active",
+            ClaimState::Released => "released",
+            ClaimState::Expired => "expired",
+            ClaimState::Revoked { .. } => "revoked",
+        }
+    }
+}
+
+/// A stored claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    /// The request as accepted.
+    pub request: ClaimRequest,
+    /// Where it is in its lifecycle.
+    pub state: ClaimState,
+    /// When it was accepted.
+    pub enqueued_at: Millis,
+    /// The node assigned, once granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// The node's endpoint at grant time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// When it was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Millis>,
+    /// Lease end while granted/active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Millis>,
+    /// Sealed credentials, kept so a retried request gets the same grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SealedCredentials>,
+    /// Why it is waiting, while pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<PendingReason>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+    /// The epoch that last wrote it.
+    pub epoch: Epoch,
+}
+
+/// A node's lifecycle: `requested → provisioning → booting → ready ⇄ busy →
+/// draining → stopping → stopped → starting → … → deleting → gone`, plus
+/// `resizing`, `snapshotting`, `lost` and `interrupted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeState {
+    /// Recorded; the provider create is about to be issued.
+    Requested,
+    /// The provider is creating it.
+    Provisioning,
+    /// Created; waiting for the agent's hello.
+    Booting,
+    /// Agent connected, no claims.
+    Ready,
+    /// Serving claims.
+    Busy,
+    /// Finishing its claims; takes no new ones.
+    Draining,
+    /// The provider is stopping it.
+    Stopping,
+    /// Stopped (powered off).
+    Stopped,
+    /// The provider is starting it.
+    Starting,
+    /// The provider is resizing it.
+    Resizing,
+    /// The provider is snapshotting it.
+    Snapshotting,
+    /// The provider is deleting it.
+    Deleting,
+    /// Deleted.
+    Gone,
+    /// Stopped heartbeating; being replaced.
+    Lost,
+    /// Spot interruption notice received.
+    Interrupted,
+}
+
+impl NodeState {
+    /// A short name for metrics and tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Requested => "requested",
+            NodeState::Provisioning => "provisioning",
+            NodeState::Booting => "booting",
+            NodeState::Ready => "ready",
+            NodeState::Busy => "busy",
+            NodeState::Draining => "draining",
+            NodeState::Stopping => "stopping",
+            NodeState::Stopped => "stopped",
+            NodeState::Starting => "starting",
+            NodeState::Resizing => "resizing",
+            NodeState::Snapshotting => "snapshotting",
+            NodeState::Deleting => "deleting",
+            NodeState::Gone => "gone",
+            NodeState::Lost => "lost",
+            NodeState::Interrupted => "interrupted",
+        }
+    }
+
+    /// Every state, for metrics.
+    pub const ALL: [NodeState; 15] = [
+        NodeState::Requested,
+        NodeState::Provisioning,
+        NodeState::Booting,
+        NodeState::Ready,
+        NodeState::Busy,
+        NodeState::Draining,
+        NodeState::Stopping,
+        NodeState::Stopped,
+        NodeState::Starting,
+        NodeState::Resizing,
+        NodeState::Snapshotting,
+        NodeState::Deleting,
+        NodeState::Gone,
+        NodeState::Lost,
+        NodeState::Interrupted,
+    ];
+
+    /// Whether the provider bills it as running.
+    pub fn bills_running(self) -> bool {
+        !matches!(
+            self,
+            NodeState::Requested | NodeState::Stopped | NodeState::Gone
+        )
+    }
+
+    /// Whether the node will be able to serve claims without a new boot
+    /// (up now or on its way up).
+    pub fn is_coming_up(self) -> bool {
+        matches!(
+            self,
+            NodeState::Requested
+                | NodeState::Provisioning
+                | NodeState::Booting
+                | NodeState::Starting
+                | NodeState::Resizing
+        )
+    }
+}
+
+/// A stored node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node.
+    pub node: NodeId,
+    /// Its pool.
+    pub pool: PoolName,
+    /// Its current instance type.
+    pub instance_type: InstanceType,
+    /// On-demand or spot.
+    pub market: Market,
+    /// What it booted from.
+    pub source: BootSource,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// The provider's id, once created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// The agent gateway endpoint, once it said hello.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// When it was requested.
+    pub created_at: Millis,
+    /// When it entered its current state.
+    pub state_since: Millis,
+    /// Claims it serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimId>,
+    /// The epoch that last wrote it.
+    pub epoch: Epoch,
+}
+
+/// A job's lifecycle in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum JobState {
+    /// Waiting for a node (or for its retry backoff to end).
+    Queued {
+        /// Not before this time.
+        #[serde(default)]
+        not_before: Millis,
+    },
+    /// Dispatched to a node.
+    Leased {
+        /// The node.
+        node: NodeId,
+        /// The command id of this attempt.
+        command: CommandId,
+    },
+    /// Running on a node.
+    Running {
+        /// The node.
+        node: NodeId,
+        /// The command id of this attempt.
+        command: CommandId,
+    },
+    /// Finished; see the receipt.
+    Done,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl JobState {
+    /// A short name for metrics and tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued { .. } => "queued",
+            JobState::Leased { .. } => "leased",
+            JobState::Running { .. } => "running",
+            JobState::Done => "done",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The spec as submitted.
+    pub spec: TaskSpec,
+    /// Where it is.
+    pub state: JobState,
+    /// Attempts started.
+    pub attempts: u32,
+    /// When it was submitted.
+    pub submitted_at: Millis,
+    /// The last heartbeat or event from its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<Millis>,
+    /// Whether an alert was raised.
+    #[serde(default)]
+    pub escalated: bool,
+    /// The outcome, once done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+    /// The epoch that last wrote it.
+    pub epoch: Epoch,
+}
+
+/// Per-pool state that outlives nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    /// The pool.
+    pub pool: PoolName,
+    /// The newest snapshot to boot from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRef>,
+    /// Sequence for node ids.
+    pub next_node_seq: u64,
+    /// The epoch that last wrote it.
+    pub epoch: Epoch,
+}
+
+/// The leader lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// Who holds it.
+    pub holder: String,
+    /// The fencing epoch.
+    pub epoch: Epoch,
+    /// When it lapses unless renewed.
+    pub expires_at: Millis,
+}
+
+/// Anything the controller stores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Record {
+    /// A claim.
+    Claim(ClaimRecord),
+    /// A node.
+    Node(NodeRecord),
+    /// A job.
+    Job(JobRecord),
+    /// A pool.
+    Pool(PoolRecord),
+}

@@ -1,0 +1,313 @@
+//! The provider trait: how the control plane gets machines.
+//!
+//! A provider declares what it can do ([`Capabilities`]) and how it bills
+//! ([`BillingModel`]) as data; strategies read those instead of matching on
+//! provider names. `create` is idempotent by node id: calling it twice for the
+//! same [`NodeSpec::node`] returns the same instance.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::billing::BillingModel;
+use crate::ids::{InstanceType, Millis, NodeId, PoolName};
+use crate::money::HourlyPrice;
+use crate::protocol::{Arch, NodeResources, Secret};
+
+/// The tag every fleet-created instance carries with its node id.
+pub const TAG_NODE: &str = "fleet-node";
+/// The tag with the pool name.
+pub const TAG_POOL: &str = "fleet-pool";
+/// The tag with the fleet namespace (so two fleets can share an account).
+pub const TAG_NAMESPACE: &str = "fleet-namespace";
+
+/// What a provider can do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Instances can be stopped and started again.
+    pub stop_start: bool,
+    /// Instances can change type.
+    pub resize: bool,
+    /// A resize needs the instance stopped first.
+    pub resize_requires_stop: bool,
+    /// Instances can be snapshotted and booted from a snapshot.
+    pub snapshot: bool,
+    /// Spot (preemptible) capacity is sold.
+    pub spot: bool,
+    /// Most instances this provider account may run at once, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_instances: Option<u32>,
+}
+
+impl Capabilities {
+    /// Everything supported.
+    pub fn all() -> Capabilities {
+        Capabilities {
+            stop_start: true,
+            resize: true,
+            resize_requires_stop: false,
+            snapshot: true,
+            spot: true,
+            max_instances: None,
+        }
+    }
+}
+
+/// Spot pricing for an offering.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpotTerms {
+    /// Spot price.
+    pub price: HourlyPrice,
+    /// Expected interruptions per 1000 instance-hours.
+    pub interruptions_per_1000h: u32,
+}
+
+/// An instance type for sale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offering {
+    /// The type name.
+    pub instance_type: InstanceType,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mb: u64,
+    /// Architecture.
+    pub arch: Arch,
+    /// Root disk in GB (priced while stopped on disk-only providers).
+    pub disk_gb: u32,
+    /// On-demand price.
+    pub on_demand: HourlyPrice,
+    /// Spot terms, if sold as spot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot: Option<SpotTerms>,
+}
+
+impl Offering {
+    /// The resources a node of this type offers (labels come from the pool).
+    pub fn resources(&self, labels: &BTreeMap<String, String>) -> NodeResources {
+        NodeResources {
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            arch: self.arch,
+            labels: labels.clone(),
+        }
+    }
+
+    /// The price in `market`, if sold there.
+    pub fn price(&self, market: Market) -> Option<HourlyPrice> {
+        match market {
+            Market::OnDemand => Some(self.on_demand),
+            Market::Spot => self.spot.as_ref().map(|s| s.price),
+        }
+    }
+}
+
+/// On-demand or spot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Market {
+    /// Full price, not interrupted.
+    OnDemand,
+    /// Discounted, may be interrupted.
+    Spot,
+}
+
+/// A snapshot a node can boot from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    /// Provider id of the snapshot/image.
+    pub id: String,
+    /// Size in GB (priced per GB-month).
+    pub size_gb: u32,
+    /// When it was taken.
+    pub created_at: Millis,
+}
+
+/// What a node boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BootSource {
+    /// The pool's base image.
+    Image {
+        /// Provider image id or name.
+        image: String,
+    },
+    /// A snapshot.
+    Snapshot(SnapshotRef),
+}
+
+/// What the controller asks a provider to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    /// The idempotency key.
+    pub node: NodeId,
+    /// The pool.
+    pub pool: PoolName,
+    /// Type to run.
+    pub instance_type: InstanceType,
+    /// Market.
+    pub market: Market,
+    /// Boot source.
+    pub source: BootSource,
+    /// Tags (always include [`TAG_NODE`], [`TAG_POOL`], [`TAG_NAMESPACE`]).
+    pub tags: BTreeMap<String, String>,
+    /// Single-use agent bootstrap token, passed via user data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<Secret>,
+}
+
+/// Instance power state as the provider reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InstanceState {
+    /// Being created or started.
+    Pending,
+    /// Running.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Stopped.
+    Stopped,
+    /// Being deleted or deleted.
+    Terminated,
+}
+
+/// A provider instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The fleet node id (from its tag).
+    pub node: NodeId,
+    /// The provider's id.
+    pub provider_id: String,
+    /// Current type.
+    pub instance_type: InstanceType,
+    /// Market.
+    pub market: Market,
+    /// Power state.
+    pub state: InstanceState,
+    /// Reachable address, when running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// When the provider created it.
+    pub created_at: Millis,
+}
+
+impl Instance {
+    /// A reference to it.
+    pub fn as_ref(&self) -> InstanceRef {
+        InstanceRef {
+            node: self.node.clone(),
+            provider_id: self.provider_id.clone(),
+        }
+    }
+}
+
+/// How the controller names an existing instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRef {
+    /// The fleet node id.
+    pub node: NodeId,
+    /// The provider's id.
+    pub provider_id: String,
+}
+
+/// Instances whose tags include all of these.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagFilter(pub BTreeMap<String, String>);
+
+impl TagFilter {
+    /// Whether `tags` match.
+    pub fn matches(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(k, v)| tags.get(k) == Some(v))
+    }
+}
+
+/// A provider failure, classified so the controller knows what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The instance or snapshot does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// It exists already (and is not ours to adopt).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// No capacity for this type/market right now.
+    #[error("insufficient capacity: {0}")]
+    Capacity(String),
+    /// An account limit was hit.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+    /// Throttled; retry after the hint.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// A passing failure (network, 5xx).
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// A failure retrying cannot fix (bad credentials, invalid request).
+    #[error("permanent failure: {0}")]
+    Permanent(String),
+    /// The provider cannot do this (see [`Capabilities`]).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl ProviderError {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound(_) => "not_found",
+            ProviderError::AlreadyExists(_) => "already_exists",
+            ProviderError::Capacity(_) => "capacity",
+            ProviderError::Quota(_) => "quota",
+            ProviderError::RateLimited(_) => "rate_limited",
+            ProviderError::Transient(_) => "transient",
+            ProviderError::Permanent(_) => "permanent",
+            ProviderError::Unsupported(_) => "unsupported",
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::Capacity(_) | ProviderError::RateLimited(_) | ProviderError::Transient(_)
+        )
+    }
+}
+
+/// A compute provider.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// What it can do.
+    fn capabilities(&self) -> &Capabilities;
+    /// How it bills.
+    fn billing(&self) -> &BillingModel;
+    /// Instance types for sale.
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError>;
+    /// Creates an instance; idempotent by `spec.node`.
+    async fn create(&self, spec: &NodeSpec) -> Result<Instance, ProviderError>;
+    /// Starts a stopped instance.
+    async fn start(&self, instance: &InstanceRef) -> Result<Instance, ProviderError>;
+    /// Stops a running instance.
+    async fn stop(&self, instance: &InstanceRef) -> Result<Instance, ProviderError>;
+    /// Changes an instance's type.
+    async fn resize(
+        &self,
+        instance: &InstanceRef,
+        to: &InstanceType,
+    ) -> Result<Instance, ProviderError>;
+    /// Snapshots an instance's disk.
+    async fn snapshot(&self, instance: &InstanceRef) -> Result<SnapshotRef, ProviderError>;
+    /// Deletes an instance; deleting a deleted instance succeeds.
+    async fn delete(&self, instance: &InstanceRef) -> Result<(), ProviderError>;
+    /// Instances whose tags match.
+    async fn list(&self, tags: &TagFilter) -> Result<Vec<Instance>, ProviderError>;
+}

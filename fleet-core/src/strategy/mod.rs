@@ -1,0 +1,261 @@
+//! Strategies: how a pool's nodes live and die.
+//!
+//! A [`Strategy`] is a pure planner. It reads a [`PoolView`] (the pool's
+//! nodes, the claims waiting, the offerings, the provider's capabilities and
+//! billing) and returns [`Action`]s as data; it never calls a provider. The
+//! controller turns actions into persisted node records and provider calls,
+//! and the simulator runs the very same planners under virtual time.
+//!
+//! Six are built in, chosen per pool with [`StrategyConfig`]:
+//! [`ColdImage`], [`ColdSnapshot`], [`AlwaysOnResize`], [`StoppedPool`],
+//! [`Spot`] and [`Hybrid`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::billing::{BillingModel, BootPath};
+use crate::ids::{ClaimId, InstanceType, Millis, NodeId, PoolName};
+use crate::money::Money;
+use crate::protocol::{NodeState, Requirements};
+use crate::provider::{Capabilities, Market, Offering, SnapshotRef};
+
+mod config;
+
+pub use config::*;
+
+/// A pool as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// The pool.
+    pub name: PoolName,
+    /// How its nodes live.
+    pub strategy: StrategyConfig,
+    /// Instance types it may run, in order of preference (the first is the
+    /// baseline size).
+    pub instance_types: Vec<InstanceType>,
+    /// The base image new nodes boot from.
+    pub image: String,
+    /// Labels every node of the pool carries.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Nodes never fewer than this (counting stopped ones).
+    #[serde(default)]
+    pub min_nodes: u32,
+    /// Nodes never more than this.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: u32,
+    /// Claims one node serves at once.
+    #[serde(default = "default_slots")]
+    pub slots_per_node: u32,
+}
+
+fn default_max_nodes() -> u32 {
+    10
+}
+fn default_slots() -> u32 {
+    1
+}
+
+/// One node as a strategy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// The node.
+    pub node: NodeId,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// When it entered that state.
+    pub state_since: Millis,
+    /// Its instance type.
+    pub instance_type: InstanceType,
+    /// Its market.
+    pub market: Market,
+    /// Claims it serves now.
+    pub claims: u32,
+    /// Claims it can serve at once.
+    pub slots: u32,
+    /// Since when it has had no claims, if it is up and idle.
+    pub idle_since: Option<Millis>,
+}
+
+impl NodeView {
+    /// Free slots if it is up and taking claims.
+    pub fn free_slots(&self) -> u32 {
+        match self.state {
+            NodeState::Ready | NodeState::Busy => self.slots.saturating_sub(self.claims),
+            _ => 0,
+        }
+    }
+}
+
+/// A claim waiting in the pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// The claim.
+    pub claim: ClaimId,
+    /// What it needs.
+    pub requirements: Requirements,
+    /// When it arrived.
+    pub enqueued_at: Millis,
+}
+
+/// Everything a strategy may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolView<'a> {
+    /// The pool's configuration.
+    pub spec: &'a PoolSpec,
+    /// Its nodes (not gone), in node id order.
+    pub nodes: &'a [NodeView],
+    /// Claims waiting, oldest first.
+    pub pending: &'a [Demand],
+    /// The offerings of the pool's instance types, in the spec's order.
+    pub offerings: &'a [Offering],
+    /// What the provider can do.
+    pub capabilities: &'a Capabilities,
+    /// How it bills.
+    pub billing: &'a BillingModel,
+    /// The snapshot new nodes can boot from, if one exists.
+    pub snapshot: Option<&'a SnapshotRef>,
+}
+
+impl<'a> PoolView<'a> {
+    /// The offering of `t`, if the pool may run it.
+    pub fn offering(&self, t: &InstanceType) -> Option<&'a Offering> {
+        self.offerings.iter().find(|o| &o.instance_type == t)
+    }
+
+    /// The pool's baseline offering (its first instance type).
+    pub fn baseline(&self) -> Option<&'a Offering> {
+        self.offerings.first()
+    }
+
+    /// The cheapest offering in `market` meeting `req`.
+    pub fn cheapest_fitting(&self, req: &Requirements, market: Market) -> Option<&'a Offering> {
+        self.offerings
+            .iter()
+            .filter(|o| req.satisfied_by(&o.resources(&self.spec.labels)))
+            .filter_map(|o| o.price(market).map(|p| (p, o)))
+            .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.instance_type.cmp(&b.1.instance_type)))
+            .map(|(_, o)| o)
+    }
+
+    /// Nodes that are not gone or being deleted.
+    pub fn live_nodes(&self) -> impl Iterator<Item = &'a NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| !matches!(n.state, NodeState::Gone | NodeState::Deleting))
+    }
+}
+
+/// Where a new node boots from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SourceKind {
+    /// The pool's base image.
+    Image,
+    /// The pool's snapshot.
+    Snapshot,
+}
+
+/// What a strategy asks for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Action {
+    /// A new node.
+    Create {
+        /// Boot source.
+        source: SourceKind,
+        /// Market.
+        market: Market,
+        /// Instance type.
+        size: InstanceType,
+    },
+    /// Power a stopped node on.
+    Start {
+        /// The node.
+        node: NodeId,
+    },
+    /// Power a node off (keeps its disk).
+    Stop {
+        /// The node.
+        node: NodeId,
+    },
+    /// Change a node's type.
+    Resize {
+        /// The node.
+        node: NodeId,
+        /// New type.
+        to: InstanceType,
+    },
+    /// Snapshot a node for faster boots.
+    Snapshot {
+        /// The node.
+        node: NodeId,
+    },
+    /// Delete a node.
+    Delete {
+        /// The node.
+        node: NodeId,
+    },
+}
+
+/// A strategy's answer: actions now, and when to ask again if nothing
+/// happens before then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Actions to take now.
+    pub actions: Vec<Action>,
+    /// Ask again at this time even if no event arrives (an idle timer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<Millis>,
+}
+
+/// What an idle pool (no claims at all) costs under a strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdleCost {
+    /// Paid once to reach the idle steady state (e.g. boots before a stop).
+    pub setup: Money,
+    /// Paid every hour of idleness after that.
+    pub per_hour: Money,
+}
+
+/// A strategy parameter, for `describe()`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Param {
+    /// Name.
+    pub name: &'static str,
+    /// Value as text.
+    pub value: String,
+    /// What it does.
+    pub meaning: &'static str,
+}
+
+/// A strategy describing itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategyInfo {
+    /// Name (`cold_image`, …).
+    pub name: &'static str,
+    /// One line.
+    pub summary: &'static str,
+    /// Parameters with their values.
+    pub parameters: Vec<Param>,
+    /// How a claim usually gets a node.
+    pub boot_path: BootPath,
+    /// Idle cost in this pool.
+    pub idle_cost: IdleCost,
+    /// The cost model in words, with this pool's numbers.
+    pub cost_model: String,
+}
+
+/// A pure planner for one pool.
+pub trait Strategy: Send + Sync + std::fmt::Debug {
+    /// Describes the strategy in `pool`'s terms.
+    fn describe(&self, pool: &PoolView<'_>) -> StrategyInfo;
+    /// Decides what to do now. Must be deterministic and must count nodes
+    /// already on their way up, so that calling it again before anything
+    /// changed returns no new actions.
+    fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan;
+}

@@ -1,0 +1,198 @@
+//! Every name fleet puts on a wire or in a store: NATS subjects, WebSocket
+//! message routes and KV keys. Nothing else in the workspace formats one.
+//!
+//! The namespace is a dot-separated prefix, `fleet` by default; set it to
+//! `fleet.libre-forge` and every subject and key moves under that prefix. Claim
+//! subjects are `<ns>.claim.<verb>.<workspace>.<claim_id>`, so a NATS
+//! permission on `<ns>.claim.*.<workspace>.>` confines a caller to its
+//! workspace.
+
+use crate::ids::{ClaimId, IdError, JobId, NodeId, PoolName, Workspace, validate_token};
+use crate::store::Key;
+
+/// The default namespace.
+pub const DEFAULT_NAMESPACE: &str = "fleet";
+
+/// A claim-plane verb.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClaimVerb {
+    /// Caller → control plane.
+    Request,
+    /// Control plane → caller.
+    Granted,
+    /// Caller → control plane.
+    Renew,
+    /// Caller → control plane.
+    Release,
+    /// Control plane → caller (confirmation).
+    Released,
+    /// Control plane → caller.
+    Revoked,
+}
+
+impl ClaimVerb {
+    /// The subject token.
+    pub fn token(self) -> &'static str {
+        match self {
+            ClaimVerb::Request => "request",
+            ClaimVerb::Granted => "granted",
+            ClaimVerb::Renew => "renew",
+            ClaimVerb::Release => "release",
+            ClaimVerb::Released => "released",
+            ClaimVerb::Revoked => "revoked",
+        }
+    }
+
+    /// Parses a subject token.
+    pub fn from_token(s: &str) -> Option<ClaimVerb> {
+        Some(match s {
+            "request" => ClaimVerb::Request,
+            "granted" => ClaimVerb::Granted,
+            "renew" => ClaimVerb::Renew,
+            "release" => ClaimVerb::Release,
+            "released" => ClaimVerb::Released,
+            "revoked" => ClaimVerb::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// Builds names under one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    ns: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects {
+            ns: DEFAULT_NAMESPACE.to_owned(),
+        }
+    }
+}
+
+impl Subjects {
+    /// Names under `namespace` (one or more tokens joined by `.`).
+    pub fn new(namespace: &str) -> Result<Subjects, IdError> {
+        for part in namespace.split('.') {
+            validate_token("namespace segment", part)?;
+        }
+        Ok(Subjects {
+            ns: namespace.to_owned(),
+        })
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// `<ns>.claim.<verb>.<workspace>.<claim_id>`.
+    pub fn claim(&self, verb: ClaimVerb, ws: &Workspace, id: &ClaimId) -> String {
+        format!("{}.claim.{}.{}.{}", self.ns, verb.token(), ws, id)
+    }
+
+    /// `<ns>.claim.<verb>.<workspace>.*`: one verb, one workspace.
+    pub fn claim_workspace_wildcard(&self, verb: ClaimVerb, ws: &Workspace) -> String {
+        format!("{}.claim.{}.{}.*", self.ns, verb.token(), ws)
+    }
+
+    /// `<ns>.claim.<verb>.*.*`: one verb, every workspace (the daemon's
+    /// subscription).
+    pub fn claim_wildcard(&self, verb: ClaimVerb) -> String {
+        format!("{}.claim.{}.*.*", self.ns, verb.token())
+    }
+
+    /// `<ns>.claim.*.<workspace>.>`: the permission pattern for one workspace.
+    pub fn workspace_permission(&self, ws: &Workspace) -> String {
+        format!("{}.claim.*.{}.>", self.ns, ws)
+    }
+
+    /// Splits a claim subject into its verb, workspace and claim id.
+    pub fn parse_claim(&self, subject: &str) -> Option<(ClaimVerb, Workspace, ClaimId)> {
+        let rest = subject.strip_prefix(&self.ns)?.strip_prefix(".claim.")?;
+        let mut parts = rest.split('.');
+        let verb = ClaimVerb::from_token(parts.next()?)?;
+        let ws = Workspace::new(parts.next()?).ok()?;
+        let id = ClaimId::new(parts.next()?).ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((verb, ws, id))
+    }
+
+    /// `<ns>.job.submit.<workspace>.<job_id>`.
+    pub fn job_submit(&self, ws: &Workspace, job: &JobId) -> String {
+        format!("{}.job.submit.{}.{}", self.ns, ws, job)
+    }
+
+    /// `<ns>.job.events.<workspace>.<job_id>`.
+    pub fn job_events(&self, ws: &Workspace, job: &JobId) -> String {
+        format!("{}.job.events.{}.{}", self.ns, ws, job)
+    }
+
+    /// `<ns>.agent.<node_id>`: the control plane's messages to one agent.
+    pub fn agent(&self, node: &NodeId) -> String {
+        format!("{}.agent.{}", self.ns, node)
+    }
+
+    /// The KV bucket name for this namespace (`.` is not allowed in NATS
+    /// bucket names, so it becomes `_`).
+    pub fn kv_bucket(&self) -> String {
+        self.ns.replace('.', "_")
+    }
+
+    /// Store key of a claim: `claims.<workspace>.<claim_id>`.
+    pub fn claim_key(ws: &Workspace, id: &ClaimId) -> Key {
+        Key::from_tokens(&["claims", ws.as_str(), id.as_str()])
+    }
+
+    /// Store key of a node: `nodes.<pool>.<node_id>`.
+    pub fn node_key(pool: &PoolName, node: &NodeId) -> Key {
+        Key::from_tokens(&["nodes", pool.as_str(), node.as_str()])
+    }
+
+    /// Store key of a job: `jobs.<workspace>.<job_id>`.
+    pub fn job_key(ws: &Workspace, job: &JobId) -> Key {
+        Key::from_tokens(&["jobs", ws.as_str(), job.as_str()])
+    }
+
+    /// Store key of a pool: `pools.<pool>`.
+    pub fn pool_key(pool: &PoolName) -> Key {
+        Key::from_tokens(&["pools", pool.as_str()])
+    }
+
+    /// Store key of the leader lease.
+    pub fn leader_key() -> Key {
+        Key::from_tokens(&["leader"])
+    }
+
+    /// Prefix of every claim key.
+    pub const CLAIMS_PREFIX: &'static str = "claims.";
+    /// Prefix of every node key.
+    pub const NODES_PREFIX: &'static str = "nodes.";
+    /// Prefix of every job key.
+    pub const JOBS_PREFIX: &'static str = "jobs.";
+    /// Prefix of every pool key.
+    pub const POOLS_PREFIX: &'static str = "pools.";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_subjects_round_trip_under_a_custom_namespace() {
+        let s = Subjects::new("fleet.libre-forge").unwrap_or_default();
+        let ws = Workspace::new("team-a").unwrap_or_else(|_| unreachable!());
+        let id = ClaimId::new("c1").unwrap_or_else(|_| unreachable!());
+        let subj = s.claim(ClaimVerb::Request, &ws, &id);
+        assert_eq!(subj, "fleet.libre-forge.claim.request.team-a.c1");
+        assert_eq!(s.parse_claim(&subj), Some((ClaimVerb::Request, ws.clone(), id)));
+        assert_eq!(s.workspace_permission(&ws), "fleet.libre-forge.claim.*.team-a.>");
+        assert_eq!(s.parse_claim("fleet.libre-forge.claim.request.a.b.c"), None);
+        assert!(Subjects::new("bad..ns").is_err());
+        assert!(Subjects::new("ns>").is_err());
+    }
+}
