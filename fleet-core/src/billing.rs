@@ -136,7 +136,10 @@ impl BillingModel {
             }
             Granularity::PerStartedHour => {
                 // A zero-length run still started an hour.
-                run_ms.div_ceil(MS_PER_HOUR).max(1).saturating_mul(MS_PER_HOUR)
+                run_ms
+                    .div_ceil(MS_PER_HOUR)
+                    .max(1)
+                    .saturating_mul(MS_PER_HOUR)
             }
         }
     }
@@ -193,8 +196,14 @@ mod tests {
         let p = HourlyPrice::from_micros(10_000);
         assert_eq!(b.running_cost(p, 1), Money::from_micros(10_000));
         assert_eq!(b.running_cost(p, MS_PER_HOUR), Money::from_micros(10_000));
-        assert_eq!(b.running_cost(p, MS_PER_HOUR + 1), Money::from_micros(20_000));
-        assert_eq!(b.stopped_cost(p, 40, MS_PER_HOUR), Money::from_micros(10_000));
+        assert_eq!(
+            b.running_cost(p, MS_PER_HOUR + 1),
+            Money::from_micros(20_000)
+        );
+        assert_eq!(
+            b.stopped_cost(p, 40, MS_PER_HOUR),
+            Money::from_micros(10_000)
+        );
         assert!(!b.stop_saves_money());
         assert!(BillingModel::ec2().stop_saves_money());
     }

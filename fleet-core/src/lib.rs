@@ -26,7 +26,9 @@ pub mod subjects;
 pub mod testkit;
 pub mod transport;
 
-pub use ids::{ClaimId, CommandId, Epoch, InstanceType, JobId, Millis, NodeId, OpId, PoolName, Workspace};
+pub use ids::{
+    ClaimId, CommandId, Epoch, InstanceType, JobId, Millis, NodeId, OpId, PoolName, Workspace,
+};
 pub use money::Money;
 pub use provider::Provider;
 pub use store::Store;

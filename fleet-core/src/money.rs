@@ -34,9 +34,7 @@ pub enum Rounding {
 
 /// An amount of money in whole micro-dollars. Arithmetic saturates rather
 /// than wrapping.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Money(i64);
 
@@ -107,7 +105,11 @@ fn div_round(n: i128, d: i128, rounding: Rounding) -> i128 {
         Rounding::HalfUp => {
             // q is the floor; r/d is the positive fraction above it.
             let twice = 2 * r;
-            if twice > d || (twice == d && n >= 0) { q + 1 } else { q }
+            if twice > d || (twice == d && n >= 0) {
+                q + 1
+            } else {
+                q
+            }
         }
     }
 }
@@ -183,7 +185,11 @@ impl FromStr for Money {
         if frac.len() > 6 {
             return Err(err("more than 6 decimal places"));
         }
-        if !whole.chars().chain(frac.chars()).all(|c| c.is_ascii_digit()) {
+        if !whole
+            .chars()
+            .chain(frac.chars())
+            .all(|c| c.is_ascii_digit())
+        {
             return Err(err("not a number"));
         }
         let whole: i64 = if whole.is_empty() {
@@ -274,7 +280,10 @@ mod tests {
         let m = Money::from_micros(10);
         assert_eq!(m.mul_div(1, 3, Rounding::Down), Some(Money::from_micros(3)));
         assert_eq!(m.mul_div(1, 3, Rounding::Up), Some(Money::from_micros(4)));
-        assert_eq!(m.mul_div(1, 4, Rounding::HalfUp), Some(Money::from_micros(3)));
+        assert_eq!(
+            m.mul_div(1, 4, Rounding::HalfUp),
+            Some(Money::from_micros(3))
+        );
         assert_eq!(m.mul_div(1, 0, Rounding::Up), None);
         // One second of a $3.60/h machine is exactly 1000 micro-dollars.
         assert_eq!(

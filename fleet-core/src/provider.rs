@@ -278,7 +278,9 @@ impl ProviderError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ProviderError::Capacity(_) | ProviderError::RateLimited(_) | ProviderError::Transient(_)
+            ProviderError::Capacity(_)
+                | ProviderError::RateLimited(_)
+                | ProviderError::Transient(_)
         )
     }
 }

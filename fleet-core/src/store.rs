@@ -214,8 +214,12 @@ pub trait Store: Send + Sync {
     /// Creates `key`; fails with [`StoreError::AlreadyExists`] if present.
     async fn create(&self, key: &Key, value: Bytes) -> Result<Revision, StoreError>;
     /// Replaces `key` if its revision is `expected`.
-    async fn update(&self, key: &Key, value: Bytes, expected: Revision)
-    -> Result<Revision, StoreError>;
+    async fn update(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, StoreError>;
     /// Deletes `key` if its revision is `expected`.
     async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError>;
     /// Every key starting with `prefix`, in key order.

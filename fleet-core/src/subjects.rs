@@ -189,8 +189,14 @@ mod tests {
         let id = ClaimId::new("c1").unwrap_or_else(|_| unreachable!());
         let subj = s.claim(ClaimVerb::Request, &ws, &id);
         assert_eq!(subj, "fleet.libre-forge.claim.request.team-a.c1");
-        assert_eq!(s.parse_claim(&subj), Some((ClaimVerb::Request, ws.clone(), id)));
-        assert_eq!(s.workspace_permission(&ws), "fleet.libre-forge.claim.*.team-a.>");
+        assert_eq!(
+            s.parse_claim(&subj),
+            Some((ClaimVerb::Request, ws.clone(), id))
+        );
+        assert_eq!(
+            s.workspace_permission(&ws),
+            "fleet.libre-forge.claim.*.team-a.>"
+        );
         assert_eq!(s.parse_claim("fleet.libre-forge.claim.request.a.b.c"), None);
         assert!(Subjects::new("bad..ns").is_err());
         assert!(Subjects::new("ns>").is_err());

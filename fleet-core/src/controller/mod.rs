@@ -1,1 +1,686 @@
-//! The sans-IO controller. (In progress.)
+//! The sans-IO controller: every decision of the control plane, as a state
+//! machine `handle(event, now) -> commands`.
+//!
+//! The controller owns the claim and node state machines, leases, heartbeat
+//! and boot timeouts, arbitration rounds and the pools' strategies. It never
+//! performs I/O: it asks for it with [`Command`]s and learns the results from
+//! [`Event`]s. The daemon drives it with a real store, provider and
+//! transports; the simulator with virtual time; the tests with faults.
+//!
+//! **Write-ahead.** A command with an outside effect (a grant, a provider
+//! call, a revocation notice) is emitted only after the store confirmed the
+//! record it depends on ([`Event::Persisted`]). Writes to one key are
+//! serialized: while one is in flight, later writes coalesce into the next
+//! one, each carrying the revision the previous returned (compare-and-swap)
+//! and the leader's fencing epoch. A conflict or fencing error means another
+//! leader wrote: the controller stops issuing commands and raises
+//! [`Alert::Fenced`]; its driver must step down.
+
+mod claims;
+mod cost;
+mod nodes;
+mod persist;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+pub use cost::{CostReport, PoolCost};
+
+use crate::arbitrate::Quota;
+use crate::billing::BillingModel;
+use crate::ids::{ClaimId, Epoch, InstanceType, Millis, NodeId, OpId, PoolName, Workspace};
+use crate::protocol::{
+    AgentMsg, ClaimMsg, ClaimState, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
+    JobMsg, NodeState, Record, SealedCredentials,
+};
+use crate::provider::{
+    Capabilities, Instance, InstanceRef, NodeSpec, Offering, ProviderError, SnapshotRef,
+};
+use crate::store::{Key, Revision, StoreError};
+use crate::strategy::{PoolSpec, Strategy};
+use crate::transport::{Outbound, Peer, ReplyTo};
+
+use persist::{Effect, TimerKey, Timers, Writes};
+
+/// Timers and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    /// How often agents heartbeat.
+    pub heartbeat_interval_ms: Millis,
+    /// Silence after which a node is lost.
+    pub heartbeat_timeout_ms: Millis,
+    /// How long a node may take from create/start to the agent's hello.
+    pub boot_timeout_ms: Millis,
+    /// First retry delay of a failed retryable provider call.
+    pub provider_retry_initial_ms: Millis,
+    /// Retry delay ceiling.
+    pub provider_retry_max_ms: Millis,
+    /// After a non-retryable create failure, the pool creates nothing for this long.
+    pub create_backoff_ms: Millis,
+    /// Retry delay of a store write that failed as unavailable.
+    pub store_retry_ms: Millis,
+    /// Ended claims stay in the store this long (so a retried request still
+    /// gets an answer), then are deleted.
+    pub claim_retention_ms: Millis,
+    /// An untracked instance carrying this fleet's tags is deleted once it is
+    /// at least this old and still untracked on a later inventory.
+    pub orphan_min_age_ms: Millis,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            heartbeat_timeout_ms: DEFAULT_HEARTBEAT_TIMEOUT_MS,
+            boot_timeout_ms: 900_000,
+            provider_retry_initial_ms: 2_000,
+            provider_retry_max_ms: 120_000,
+            create_backoff_ms: 60_000,
+            store_retry_ms: 500,
+            claim_retention_ms: 3_600_000,
+            orphan_min_age_ms: 600_000,
+        }
+    }
+}
+
+/// Everything the controller is configured with.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// Pools.
+    pub pools: Vec<PoolSpec>,
+    /// Per-workspace limits.
+    pub quotas: BTreeMap<Workspace, Quota>,
+    /// What the provider sells.
+    pub offerings: Vec<Offering>,
+    /// What the provider can do.
+    pub capabilities: Capabilities,
+    /// How it bills.
+    pub billing: BillingModel,
+    /// This leader's fencing epoch.
+    pub epoch: Epoch,
+    /// The namespace, written into every instance's tags.
+    pub namespace: String,
+    /// Timers.
+    pub timing: Timing,
+}
+
+/// A provider call the controller asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderCall {
+    /// `Provider::create`.
+    Create(NodeSpec),
+    /// `Provider::start`.
+    Start(InstanceRef),
+    /// `Provider::stop`.
+    Stop(InstanceRef),
+    /// `Provider::resize`.
+    Resize(InstanceRef, InstanceType),
+    /// `Provider::snapshot`.
+    Snapshot(InstanceRef),
+    /// `Provider::delete`.
+    Delete(InstanceRef),
+}
+
+impl ProviderCall {
+    /// The node the call is about.
+    pub fn node(&self) -> &NodeId {
+        match self {
+            ProviderCall::Create(s) => &s.node,
+            ProviderCall::Start(i)
+            | ProviderCall::Stop(i)
+            | ProviderCall::Resize(i, _)
+            | ProviderCall::Snapshot(i)
+            | ProviderCall::Delete(i) => &i.node,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProviderCall::Create(_) => "create",
+            ProviderCall::Start(_) => "start",
+            ProviderCall::Stop(_) => "stop",
+            ProviderCall::Resize(..) => "resize",
+            ProviderCall::Snapshot(_) => "snapshot",
+            ProviderCall::Delete(_) => "delete",
+        }
+    }
+}
+
+/// What a successful provider call returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProviderOutcome {
+    /// create/start/stop/resize.
+    Instance(Instance),
+    /// snapshot.
+    Snapshot(SnapshotRef),
+    /// delete.
+    Deleted,
+}
+
+/// Something an operator should hear about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "alert", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Alert {
+    /// A store write conflicted or was fenced: another leader is writing.
+    /// The controller issues no more commands.
+    Fenced {
+        /// The key.
+        key: String,
+        /// The store's error.
+        error: String,
+    },
+    /// A provider call failed for good.
+    ProviderFailed {
+        /// The node.
+        node: NodeId,
+        /// The call.
+        call: String,
+        /// The error kind.
+        kind: String,
+        /// The error.
+        error: String,
+    },
+    /// A node stopped heartbeating or never booted.
+    NodeLost {
+        /// The node.
+        node: NodeId,
+        /// Its last state.
+        state: NodeState,
+    },
+    /// A strategy asked for something invalid; it was ignored.
+    InvalidAction {
+        /// The pool.
+        pool: PoolName,
+        /// What and why.
+        detail: String,
+    },
+    /// An agent said hello for a node the controller does not know.
+    UnknownAgent {
+        /// The node id it claimed.
+        node: NodeId,
+    },
+    /// Credentials could not be issued for a grant.
+    CredentialsFailed {
+        /// The claim.
+        claim: ClaimId,
+        /// Why.
+        error: String,
+    },
+}
+
+/// An input to the controller.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A claim-plane message.
+    Claim {
+        /// The message.
+        msg: ClaimMsg,
+        /// Where to answer.
+        reply: ReplyTo,
+    },
+    /// A job-plane message.
+    Job {
+        /// The message.
+        msg: JobMsg,
+        /// Where to answer.
+        reply: ReplyTo,
+    },
+    /// A message from an agent (the driver authenticated the session).
+    Agent {
+        /// The node.
+        node: NodeId,
+        /// The message.
+        msg: AgentMsg,
+    },
+    /// An agent session closed.
+    AgentGone {
+        /// The node.
+        node: NodeId,
+    },
+    /// A provider call finished.
+    ProviderDone {
+        /// The op id from [`Command::Provider`].
+        op: OpId,
+        /// Its result.
+        result: Result<ProviderOutcome, ProviderError>,
+    },
+    /// A store write finished.
+    Persisted {
+        /// The key of the [`Command::Persist`].
+        key: Key,
+        /// The new revision (for a delete: the deleted revision).
+        result: Result<Revision, StoreError>,
+    },
+    /// Credentials for a grant are ready (or failed).
+    CredentialsIssued {
+        /// The claim.
+        claim: ClaimId,
+        /// The sealed bundle.
+        result: Result<SealedCredentials, String>,
+    },
+    /// What the provider runs with this fleet's tags (after a restart, and
+    /// periodically): drives adoption and orphan collection.
+    Inventory {
+        /// The instances.
+        instances: Vec<Instance>,
+    },
+    /// Time passed (send at [`Controller::next_deadline`]).
+    Tick,
+}
+
+/// An output of the controller: I/O for the driver to perform.
+#[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "commands are consumed at once by the driver; boxing would add an allocation per write"
+)]
+#[non_exhaustive]
+pub enum Command {
+    /// Write (or, with `value: None`, delete) a record: create when
+    /// `expected` is `None`, else compare-and-swap on `expected`. Answer with
+    /// [`Event::Persisted`].
+    Persist {
+        /// The key.
+        key: Key,
+        /// The record, or `None` to delete.
+        value: Option<Record>,
+        /// The revision the write is conditional on.
+        expected: Option<Revision>,
+        /// The writer's fencing epoch.
+        epoch: Epoch,
+    },
+    /// Call the provider. Answer with [`Event::ProviderDone`].
+    Provider {
+        /// The op id.
+        op: OpId,
+        /// The call.
+        call: ProviderCall,
+    },
+    /// Send a message on a transport.
+    Send {
+        /// To whom.
+        to: Peer,
+        /// What.
+        msg: Outbound,
+    },
+    /// Mint per-claim credentials (client cert with the claim id in its SAN,
+    /// valid until `expires_at`), seal them to `recipient`, and answer with
+    /// [`Event::CredentialsIssued`].
+    IssueCredentials {
+        /// The claim.
+        claim: ClaimId,
+        /// Its workspace.
+        workspace: Workspace,
+        /// The node it is granted on.
+        node: NodeId,
+        /// The caller's age recipient.
+        recipient: String,
+        /// Lease end.
+        expires_at: Millis,
+    },
+    /// Tell an operator.
+    Alert(Alert),
+}
+
+/// A claim as the controller tracks it.
+#[derive(Debug, Clone)]
+struct Claim {
+    rec: crate::protocol::ClaimRecord,
+    /// The record is in the store (a pending claim is arbitrated only then).
+    durable: bool,
+    /// A node reserved while credentials are minted (not yet persisted).
+    reserved: Option<NodeId>,
+}
+
+/// A node as the controller tracks it.
+#[derive(Debug, Clone)]
+struct Node {
+    rec: crate::protocol::NodeRecord,
+    claims: BTreeSet<ClaimId>,
+    last_seen: Millis,
+    connected: bool,
+    idle_since: Option<Millis>,
+    /// The provider call in flight, if any.
+    op: Option<OpId>,
+    /// A failed retryable call waiting to be retried.
+    retry: Option<(Millis, ProviderCall, u32)>,
+    /// The type before a resize in flight (restored if it fails).
+    prev_type: Option<InstanceType>,
+    /// The record is in the store.
+    durable: bool,
+}
+
+#[derive(Debug)]
+struct Pool {
+    spec: PoolSpec,
+    strategy: Box<dyn Strategy>,
+    offerings: Vec<Offering>,
+    snapshot: Option<SnapshotRef>,
+    wake_at: Option<Millis>,
+    create_backoff_until: Millis,
+    next_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Op {
+    call: ProviderCall,
+    attempt: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Orphan {
+    instance: Instance,
+    first_seen: Millis,
+    deleting: bool,
+}
+
+/// The control plane's state machine.
+#[derive(Debug)]
+pub struct Controller {
+    epoch: Epoch,
+    namespace: String,
+    timing: Timing,
+    capabilities: Capabilities,
+    billing: BillingModel,
+    quotas: BTreeMap<Workspace, Quota>,
+    pools: BTreeMap<PoolName, Pool>,
+    claims: BTreeMap<ClaimId, Claim>,
+    nodes: BTreeMap<NodeId, Node>,
+    ops: BTreeMap<OpId, Op>,
+    next_op: u64,
+    orphans: BTreeMap<NodeId, Orphan>,
+    writes: Writes,
+    timers: Timers,
+    next_node_seq: u64,
+    fenced: bool,
+    /// Something changed that arbitration or a strategy should look at.
+    dirty: bool,
+    ledger: cost::Ledger,
+}
+
+impl Controller {
+    /// A controller with no state (a fresh store).
+    pub fn new(config: ControllerConfig, now: Millis) -> Controller {
+        Controller::restore(config, Vec::new(), now)
+    }
+
+    /// A controller rebuilt from the store's records after a restart.
+    ///
+    /// Leases resume with fresh timers (a lease never ends sooner than one
+    /// TTL after the restart, so downtime does not expire every claim), nodes
+    /// get a fresh heartbeat deadline, and interrupted provider calls are
+    /// issued again on the first [`Event::Tick`] (they are idempotent).
+    pub fn restore(
+        config: ControllerConfig,
+        records: Vec<(Key, Revision, Record)>,
+        now: Millis,
+    ) -> Controller {
+        let mut c = Controller {
+            epoch: config.epoch,
+            namespace: config.namespace,
+            timing: config.timing,
+            capabilities: config.capabilities,
+            billing: config.billing,
+            quotas: config.quotas,
+            pools: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            next_op: 1,
+            orphans: BTreeMap::new(),
+            writes: Writes::default(),
+            timers: Timers::default(),
+            next_node_seq: 1,
+            fenced: false,
+            dirty: true,
+            ledger: cost::Ledger::default(),
+        };
+        for spec in config.pools {
+            let offerings = spec
+                .instance_types
+                .iter()
+                .filter_map(|t| config.offerings.iter().find(|o| &o.instance_type == t))
+                .cloned()
+                .collect();
+            let pool = Pool {
+                strategy: spec.strategy.build(),
+                spec,
+                offerings,
+                snapshot: None,
+                wake_at: Some(now),
+                create_backoff_until: 0,
+                next_seq: 1,
+            };
+            c.pools.insert(pool.spec.name.clone(), pool);
+        }
+        for (key, rev, record) in records {
+            c.writes.known(key, rev);
+            match record {
+                Record::Claim(rec) => c.restore_claim(rec, now),
+                Record::Node(rec) => c.restore_node(rec, now),
+                Record::Pool(rec) => {
+                    if let Some(pool) = c.pools.get_mut(&rec.pool) {
+                        pool.snapshot = rec.snapshot;
+                        pool.next_seq = pool.next_seq.max(rec.next_node_seq);
+                    }
+                }
+                Record::Job(_) => {}
+            }
+        }
+        c.relink_claims(now);
+        c
+    }
+
+    /// The leader epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Whether a store conflict fenced this controller off.
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Handles one event at time `now` and returns the I/O to perform.
+    pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Command> {
+        let mut out = Vec::new();
+        if self.fenced {
+            return out;
+        }
+        match event {
+            Event::Claim { msg, reply } => self.on_claim(msg, reply, now, &mut out),
+            Event::Job { msg, reply } => self.on_job(msg, reply, &mut out),
+            Event::Agent { node, msg } => self.on_agent(node, msg, now, &mut out),
+            Event::AgentGone { node } => self.on_agent_gone(&node),
+            Event::ProviderDone { op, result } => self.on_provider_done(op, result, now, &mut out),
+            Event::Persisted { key, result } => self.on_persisted(key, result, now, &mut out),
+            Event::CredentialsIssued { claim, result } => {
+                self.on_credentials(claim, result, now, &mut out)
+            }
+            Event::Inventory { instances } => self.on_inventory(instances, now, &mut out),
+            Event::Tick => {}
+        }
+        if !self.fenced {
+            self.on_timers(now, &mut out);
+            if self.dirty {
+                self.dirty = false;
+                self.arbitrate_round(now, &mut out);
+                self.plan_pools(now, &mut out);
+            }
+        }
+        if self.fenced {
+            // Whatever was decided after the fence must not leave the process.
+            out.retain(|c| matches!(c, Command::Alert(_)));
+        }
+        out
+    }
+
+    /// When the driver must next send [`Event::Tick`], if ever.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        if self.fenced {
+            return None;
+        }
+        let mut next = self.timers.first();
+        let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+        for pool in self.pools.values() {
+            if let Some(t) = pool.wake_at {
+                at(t);
+            }
+        }
+        for orphan in self.orphans.values() {
+            if !orphan.deleting {
+                at(self.orphan_due(orphan));
+            }
+        }
+        if let Some(t) = self.writes.next_retry() {
+            at(t);
+        }
+        next
+    }
+
+    fn next_op_id(&mut self) -> OpId {
+        let op = OpId(self.next_op);
+        self.next_op += 1;
+        op
+    }
+
+    fn on_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        for key in self.timers.due(now) {
+            match key {
+                TimerKey::Claim(id) => self.claim_timer(&id, now, out),
+                TimerKey::Node(id) => self.node_timer(&id, now, out),
+            }
+        }
+        self.orphan_timers(now, out);
+        for pool in self.pools.values_mut() {
+            if pool.wake_at.is_some_and(|t| t <= now) {
+                pool.wake_at = None;
+                self.dirty = true;
+            }
+        }
+        let epoch = self.epoch;
+        self.writes.retry_due(now, epoch, out);
+    }
+}
+
+impl Controller {
+    fn run_effects(&mut self, effects: Vec<Effect>, now: Millis, out: &mut Vec<Command>) {
+        for effect in effects {
+            self.node_effect(effect, now, out);
+        }
+    }
+
+    fn on_persisted(
+        &mut self,
+        key: Key,
+        result: Result<Revision, StoreError>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let retry = self.timing.store_retry_ms;
+        match self
+            .writes
+            .persisted(&key, result, now, retry, self.epoch, out)
+        {
+            Ok(effects) => self.run_effects(effects, now, out),
+            Err(error) => {
+                // Someone else wrote this key: another leader. Stop here.
+                self.fenced = true;
+                out.push(Command::Alert(Alert::Fenced {
+                    key: key.to_string(),
+                    error: error.to_string(),
+                }));
+            }
+        }
+    }
+
+    fn on_job(&mut self, msg: JobMsg, reply: ReplyTo, out: &mut Vec<Command>) {
+        let _ = (msg, reply, out);
+    }
+}
+
+/// Read-only views for status APIs, the simulator and tests.
+impl Controller {
+    /// A claim's stored record, if known.
+    pub fn claim(&self, id: &ClaimId) -> Option<&crate::protocol::ClaimRecord> {
+        self.claims.get(id).map(|c| &c.rec)
+    }
+
+    /// Every known claim record, by claim id.
+    pub fn claims(&self) -> impl Iterator<Item = &crate::protocol::ClaimRecord> {
+        self.claims.values().map(|c| &c.rec)
+    }
+
+    /// A node's record with its live state (busy is derived from claims).
+    pub fn node(&self, id: &NodeId) -> Option<NodeStatus> {
+        self.nodes.get(id).map(|n| self.node_status(n))
+    }
+
+    /// Every known node.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeStatus> + '_ {
+        self.nodes.values().map(|n| self.node_status(n))
+    }
+
+    /// Pool names.
+    pub fn pools(&self) -> impl Iterator<Item = &PoolSpec> {
+        self.pools.values().map(|p| &p.spec)
+    }
+
+    /// Claims currently waiting for a node.
+    pub fn pending_count(&self) -> usize {
+        self.claims
+            .values()
+            .filter(|c| c.rec.state == ClaimState::Pending)
+            .count()
+    }
+
+    /// Provider calls in flight.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Store writes in flight or queued.
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes.in_flight()
+    }
+
+    fn node_status(&self, n: &Node) -> NodeStatus {
+        NodeStatus {
+            record: n.rec.clone(),
+            state: live_state(n),
+            claims: n.claims.iter().cloned().collect(),
+            connected: n.connected,
+            last_seen: n.last_seen,
+        }
+    }
+}
+
+/// A node's live status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeStatus {
+    /// The stored record.
+    pub record: crate::protocol::NodeRecord,
+    /// The live state (`busy` when it holds claims).
+    pub state: NodeState,
+    /// Claims it holds (granted, active, or being granted).
+    pub claims: Vec<ClaimId>,
+    /// Whether its agent session is open.
+    pub connected: bool,
+    /// Last message from its agent.
+    pub last_seen: Millis,
+}
+
+fn live_state(n: &Node) -> NodeState {
+    if n.rec.state == NodeState::Ready && !n.claims.is_empty() {
+        NodeState::Busy
+    } else {
+        n.rec.state
+    }
+}

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ClaimRequest, PendingReason, Receipt, RevokeReason, SealedCredentials, TaskSpec};
-use crate::ids::{ClaimId, CommandId, Epoch, InstanceType, Millis, NodeId, PoolName};
+use crate::ids::{CommandId, Epoch, InstanceType, Millis, NodeId, PoolName};
 use crate::provider::{BootSource, Market, SnapshotRef};
 
 /// A claim's lifecycle: `pending → granted → active → released | expired |
@@ -105,7 +105,9 @@ pub enum NodeState {
     Booting,
     /// Agent connected, no claims.
     Ready,
-    /// Serving claims.
+    /// Serving claims. Derived from the claims a node holds: the store keeps
+    /// `ready` for a busy node (claim records say which node they hold), so a
+    /// grant costs one write, not two.
     Busy,
     /// Finishing its claims; takes no new ones.
     Draining,
@@ -217,9 +219,6 @@ pub struct NodeRecord {
     pub created_at: Millis,
     /// When it entered its current state.
     pub state_since: Millis,
-    /// Claims it serves.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub claims: Vec<ClaimId>,
     /// The epoch that last wrote it.
     pub epoch: Epoch,
 }

@@ -136,7 +136,10 @@ impl<'a> PoolView<'a> {
             .iter()
             .filter(|o| req.satisfied_by(&o.resources(&self.spec.labels)))
             .filter_map(|o| o.price(market).map(|p| (p, o)))
-            .min_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.instance_type.cmp(&b.1.instance_type)))
+            .min_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| a.1.instance_type.cmp(&b.1.instance_type))
+            })
             .map(|(_, o)| o)
     }
 

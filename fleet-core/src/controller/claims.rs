@@ -1,0 +1,787 @@
+//! The claim state machine: request, grant, renew, release, expiry,
+//! revocation, and arbitration rounds.
+
+use std::collections::BTreeMap;
+
+use super::persist::{Effect, TimerKey};
+use super::{Alert, Claim, Command, Controller};
+use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
+use crate::ids::{ClaimId, Millis, NodeId, Workspace};
+use crate::money::{Money, Rounding};
+use crate::protocol::{
+    ClaimGrant, ClaimMsg, ClaimRecord, ClaimRejection, ClaimReply, ClaimRequest, ClaimState,
+    DaemonMsg, Lease, MAX_LEASE_TTL_MS, NodeState, PendingReason, Record, Revocation, RevokeReason,
+    SealedCredentials,
+};
+use crate::subjects::Subjects;
+use crate::transport::{Outbound, Peer, ReplyTo};
+
+/// The longest age recipient accepted (a bech32 X25519 recipient is 62 bytes;
+/// plugin recipients are longer).
+const MAX_RECIPIENT_LEN: usize = 1_024;
+
+impl Controller {
+    pub(super) fn restore_claim(&mut self, mut rec: ClaimRecord, now: Millis) {
+        if rec.state.holds_node() {
+            // Fresh timer: downtime must not expire every lease at once.
+            let fresh = now.saturating_add(rec.request.lease_ttl_ms);
+            rec.expires_at = Some(rec.expires_at.map_or(fresh, |t| t.max(fresh)));
+        }
+        let id = rec.request.claim_id.clone();
+        self.claims.insert(
+            id,
+            Claim {
+                rec,
+                durable: true,
+                reserved: None,
+            },
+        );
+    }
+
+    /// After restore: attach held claims to their nodes and arm timers.
+    pub(super) fn relink_claims(&mut self, now: Millis) {
+        let held: Vec<(ClaimId, Option<NodeId>)> = self
+            .claims
+            .iter()
+            .filter(|(_, c)| c.rec.state.holds_node())
+            .map(|(id, c)| (id.clone(), c.rec.node.clone()))
+            .collect();
+        for (claim, node) in held {
+            if let Some(n) = node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
+                n.claims.insert(claim.clone());
+                n.idle_since = None;
+            } else if let Some(c) = self.claims.get_mut(&claim) {
+                // Its node is gone from the store: revoke on the first tick.
+                c.rec.expires_at = Some(now);
+            }
+        }
+        let ids: Vec<ClaimId> = self.claims.keys().cloned().collect();
+        for id in ids {
+            self.touch_claim(&id);
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        for id in ids {
+            self.touch_node(&id);
+        }
+    }
+
+    pub(super) fn claim_deadline(&self, claim: &Claim) -> Option<Millis> {
+        let rec = &claim.rec;
+        match &rec.state {
+            ClaimState::Pending if claim.durable && claim.reserved.is_none() => rec
+                .request
+                .max_wait_ms
+                .map(|w| rec.enqueued_at.saturating_add(w)),
+            ClaimState::Pending => None,
+            ClaimState::Granted | ClaimState::Active => rec.expires_at,
+            _ => rec
+                .ended_at
+                .map(|t| t.saturating_add(self.timing.claim_retention_ms)),
+        }
+    }
+
+    pub(super) fn touch_claim(&mut self, id: &ClaimId) {
+        let at = self.claims.get(id).and_then(|c| self.claim_deadline(c));
+        self.timers.set(TimerKey::Claim(id.clone()), at);
+    }
+
+    pub(super) fn on_claim(
+        &mut self,
+        msg: ClaimMsg,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        match msg {
+            ClaimMsg::Request(req) => self.on_request(req, reply, now, out),
+            ClaimMsg::Renew {
+                workspace,
+                claim_id,
+            } => self.on_renew(&workspace, &claim_id, reply, now, out),
+            ClaimMsg::Release {
+                workspace,
+                claim_id,
+            } => self.on_release(&workspace, &claim_id, reply, now, out),
+        }
+    }
+
+    fn reject(
+        out: &mut Vec<Command>,
+        reply: ReplyTo,
+        claim: Option<ClaimId>,
+        error: ClaimRejection,
+    ) {
+        out.push(Command::Send {
+            to: Peer::Reply(reply),
+            msg: Outbound::Claim(ClaimReply::Rejected {
+                claim_id: claim,
+                error,
+            }),
+        });
+    }
+
+    fn validate(&self, req: &ClaimRequest) -> Result<(), ClaimRejection> {
+        if !self.pools.contains_key(&req.pool) {
+            return Err(ClaimRejection::UnknownPool {
+                pool: req.pool.to_string(),
+            });
+        }
+        if req.lease_ttl_ms == 0 || req.lease_ttl_ms > MAX_LEASE_TTL_MS {
+            return Err(ClaimRejection::Invalid {
+                why: format!(
+                    "lease_ttl_ms must be between 1 and {MAX_LEASE_TTL_MS}, got {}",
+                    req.lease_ttl_ms
+                ),
+            });
+        }
+        if let Some(r) = &req.recipient {
+            let ok = r.len() <= MAX_RECIPIENT_LEN
+                && (r.starts_with("age1") || r.starts_with("age1-"))
+                && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !ok {
+                return Err(ClaimRejection::Invalid {
+                    why: "recipient must be an age recipient (age1…)".to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_request(
+        &mut self,
+        req: ClaimRequest,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let id = req.claim_id.clone();
+        if let Some(existing) = self.claims.get(&id) {
+            if existing.rec.request != req {
+                return Self::reject(out, reply, Some(id), ClaimRejection::IdReused);
+            }
+            // Idempotent retry: answer with where the claim is now.
+            return self.answer_existing(&id, reply, now, out);
+        }
+        if let Err(e) = self.validate(&req) {
+            return Self::reject(out, reply, Some(id), e);
+        }
+        let reason = self
+            .unsatisfiable(&req)
+            .unwrap_or(PendingReason::WaitingForCapacity);
+        let rec = ClaimRecord {
+            request: req,
+            state: ClaimState::Pending,
+            enqueued_at: now,
+            node: None,
+            endpoint: None,
+            granted_at: None,
+            expires_at: None,
+            credentials: None,
+            pending_reason: Some(reason),
+            ended_at: None,
+            epoch: self.epoch,
+        };
+        self.claims.insert(
+            id.clone(),
+            Claim {
+                rec,
+                durable: false,
+                reserved: None,
+            },
+        );
+        self.save_claim(
+            &id,
+            vec![Effect::ClaimAccepted {
+                claim: id.clone(),
+                reply,
+            }],
+            now,
+            out,
+        );
+    }
+
+    fn answer_existing(
+        &mut self,
+        id: &ClaimId,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(c) = self.claims.get(id) else {
+            return;
+        };
+        if !c.durable {
+            // Not yet stored: answer when it is, never before.
+            let key = claim_key(&c.rec);
+            let effect = Effect::ClaimAccepted {
+                claim: id.clone(),
+                reply,
+            };
+            if let Some(effect) = self.writes.attach(&key, effect) {
+                self.run_effects(vec![effect], now, out);
+            }
+            return;
+        }
+        let msg = match &c.rec.state {
+            ClaimState::Pending => ClaimReply::Pending {
+                claim_id: id.clone(),
+                reason: pending_reason(&c.rec),
+            },
+            ClaimState::Granted | ClaimState::Active => match self.grant_of(c) {
+                Some(g) => ClaimReply::Granted(g),
+                None => return,
+            },
+            ClaimState::Released => ClaimReply::Rejected {
+                claim_id: Some(id.clone()),
+                error: ClaimRejection::Ended,
+            },
+            ClaimState::Expired | ClaimState::Revoked { .. } => {
+                ClaimReply::Revoked(revocation_of(&c.rec))
+            }
+        };
+        out.push(Command::Send {
+            to: Peer::Reply(reply),
+            msg: Outbound::Claim(msg),
+        });
+    }
+
+    /// Why no node of the pool could ever serve `req`, if so.
+    fn unsatisfiable(&self, req: &ClaimRequest) -> Option<PendingReason> {
+        let pool = self.pools.get(&req.pool)?;
+        let fits = pool.offerings.iter().any(|o| {
+            req.requirements
+                .satisfied_by(&o.resources(&pool.spec.labels))
+        });
+        if fits {
+            return None;
+        }
+        let r = &req.requirements;
+        Some(PendingReason::Unsatisfiable {
+            why: format!(
+                "no instance type of pool {} offers cpus>={}, memory_mb>={}{}{}",
+                req.pool,
+                r.cpus,
+                r.memory_mb,
+                r.arch.map(|a| format!(", arch={a:?}")).unwrap_or_default(),
+                if r.labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(", labels={:?}", r.labels)
+                }
+            ),
+        })
+    }
+
+    fn grant_of(&self, c: &Claim) -> Option<ClaimGrant> {
+        let rec = &c.rec;
+        Some(ClaimGrant {
+            claim_id: rec.request.claim_id.clone(),
+            workspace: rec.request.workspace.clone(),
+            pool: rec.request.pool.clone(),
+            node: rec.node.clone()?,
+            endpoint: rec.endpoint.clone().unwrap_or_default(),
+            lease: Lease {
+                claim_id: rec.request.claim_id.clone(),
+                expires_at: rec.expires_at?,
+            },
+            epoch: rec.epoch,
+            credentials: rec.credentials.clone(),
+        })
+    }
+
+    fn on_renew(
+        &mut self,
+        ws: &Workspace,
+        id: &ClaimId,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(c) = self
+            .claims
+            .get_mut(id)
+            .filter(|c| &c.rec.request.workspace == ws)
+        else {
+            return Self::reject(out, reply, Some(id.clone()), ClaimRejection::UnknownClaim);
+        };
+        match c.rec.state {
+            ClaimState::Granted | ClaimState::Active => {
+                c.rec.state = ClaimState::Active;
+                c.rec.expires_at = Some(now.saturating_add(c.rec.request.lease_ttl_ms));
+                c.rec.epoch = self.epoch;
+                let effect = Effect::Renewed {
+                    claim: id.clone(),
+                    reply,
+                };
+                self.save_claim(id, vec![effect], now, out);
+            }
+            ClaimState::Pending => {
+                let reason = pending_reason(&c.rec);
+                out.push(Command::Send {
+                    to: Peer::Reply(reply),
+                    msg: Outbound::Claim(ClaimReply::Pending {
+                        claim_id: id.clone(),
+                        reason,
+                    }),
+                });
+            }
+            _ => Self::reject(out, reply, Some(id.clone()), ClaimRejection::Ended),
+        }
+    }
+
+    fn on_release(
+        &mut self,
+        ws: &Workspace,
+        id: &ClaimId,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(c) = self
+            .claims
+            .get(id)
+            .filter(|c| &c.rec.request.workspace == ws)
+        else {
+            return Self::reject(out, reply, Some(id.clone()), ClaimRejection::UnknownClaim);
+        };
+        if c.rec.state.is_terminal() {
+            // Already over: releasing again is a no-op that still confirms.
+            out.push(Command::Send {
+                to: Peer::Reply(reply),
+                msg: Outbound::Claim(ClaimReply::Released {
+                    claim_id: id.clone(),
+                }),
+            });
+            return;
+        }
+        self.end_claim(id, ClaimState::Released, Some(reply), now, out);
+    }
+
+    /// Ends a claim (released, expired, revoked): stores it, then frees its
+    /// slot and notifies.
+    pub(super) fn end_claim(
+        &mut self,
+        id: &ClaimId,
+        state: ClaimState,
+        reply: Option<ReplyTo>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(c) = self.claims.get_mut(id) else {
+            return;
+        };
+        if c.rec.state.is_terminal() {
+            return;
+        }
+        if let Some(node) = c.reserved.take() {
+            // Never stored as granted: the slot is freed at once.
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.claims.remove(id);
+                if n.claims.is_empty() {
+                    n.idle_since = Some(now);
+                }
+            }
+            self.dirty = true;
+        }
+        c.rec.state = state;
+        c.rec.ended_at = Some(now);
+        c.rec.pending_reason = None;
+        c.rec.epoch = self.epoch;
+        let effect = Effect::ClaimEnded {
+            claim: id.clone(),
+            reply,
+        };
+        self.save_claim(id, vec![effect], now, out);
+    }
+
+    /// Queues the write of a claim's record with effects to run once stored.
+    pub(super) fn save_claim(
+        &mut self,
+        id: &ClaimId,
+        effects: Vec<Effect>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(c) = self.claims.get(id) else {
+            return;
+        };
+        let key = claim_key(&c.rec);
+        let value = Some(Record::Claim(c.rec.clone()));
+        if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
+            self.run_effects(done, now, out);
+        }
+        self.touch_claim(id);
+    }
+
+    pub(super) fn claim_effect(&mut self, effect: Effect, now: Millis, out: &mut Vec<Command>) {
+        match effect {
+            Effect::ClaimAccepted { claim, reply } => {
+                let Some(c) = self.claims.get_mut(&claim) else {
+                    return;
+                };
+                c.durable = true;
+                self.dirty = true;
+                let msg = match c.rec.state {
+                    ClaimState::Pending => ClaimReply::Pending {
+                        claim_id: claim.clone(),
+                        reason: pending_reason(&c.rec),
+                    },
+                    _ => {
+                        // It moved on before the ack went out; answer with
+                        // where it is now.
+                        self.answer_existing(&claim, reply, now, out);
+                        self.touch_claim(&claim);
+                        return;
+                    }
+                };
+                out.push(Command::Send {
+                    to: Peer::Reply(reply),
+                    msg: Outbound::Claim(msg),
+                });
+                self.touch_claim(&claim);
+            }
+            Effect::Grant { claim } => {
+                let Some(c) = self.claims.get(&claim) else {
+                    return;
+                };
+                if !c.rec.state.holds_node() {
+                    return;
+                }
+                let Some(grant) = self.grant_of(c) else {
+                    return;
+                };
+                out.push(Command::Send {
+                    to: Peer::Node(grant.node.clone()),
+                    msg: Outbound::Agent(DaemonMsg::Activate {
+                        claim_id: claim.clone(),
+                        expires_at: grant.lease.expires_at,
+                    }),
+                });
+                out.push(Command::Send {
+                    to: Peer::Claim(grant.workspace.clone(), claim.clone()),
+                    msg: Outbound::Claim(ClaimReply::Granted(grant)),
+                });
+            }
+            Effect::Renewed { claim, reply } => {
+                let Some(c) = self.claims.get(&claim) else {
+                    return;
+                };
+                let (Some(node), Some(expires_at)) = (c.rec.node.clone(), c.rec.expires_at) else {
+                    return;
+                };
+                if !c.rec.state.holds_node() {
+                    return Self::reject(out, reply, Some(claim), ClaimRejection::Ended);
+                }
+                out.push(Command::Send {
+                    to: Peer::Node(node),
+                    msg: Outbound::Agent(DaemonMsg::Activate {
+                        claim_id: claim.clone(),
+                        expires_at,
+                    }),
+                });
+                out.push(Command::Send {
+                    to: Peer::Reply(reply),
+                    msg: Outbound::Claim(ClaimReply::Renewed(Lease {
+                        claim_id: claim,
+                        expires_at,
+                    })),
+                });
+            }
+            Effect::ClaimEnded { claim, reply } => {
+                let Some(c) = self.claims.get(&claim) else {
+                    return;
+                };
+                let rec = c.rec.clone();
+                if let Some(node) = &rec.node {
+                    if let Some(n) = self.nodes.get_mut(node) {
+                        if n.claims.remove(&claim) && n.claims.is_empty() {
+                            n.idle_since = Some(now);
+                        }
+                        out.push(Command::Send {
+                            to: Peer::Node(node.clone()),
+                            msg: Outbound::Agent(DaemonMsg::Deactivate {
+                                claim_id: claim.clone(),
+                            }),
+                        });
+                    }
+                    self.dirty = true;
+                }
+                if let Some(reply) = reply {
+                    out.push(Command::Send {
+                        to: Peer::Reply(reply),
+                        msg: Outbound::Claim(ClaimReply::Released {
+                            claim_id: claim.clone(),
+                        }),
+                    });
+                }
+                if rec.state != ClaimState::Released {
+                    out.push(Command::Send {
+                        to: Peer::Claim(rec.request.workspace.clone(), claim),
+                        msg: Outbound::Claim(ClaimReply::Revoked(revocation_of(&rec))),
+                    });
+                }
+            }
+            Effect::ClaimForgotten { claim } => {
+                if self
+                    .claims
+                    .get(&claim)
+                    .is_some_and(|c| c.rec.state.is_terminal())
+                {
+                    self.claims.remove(&claim);
+                    self.timers.set(TimerKey::Claim(claim), None);
+                }
+            }
+            Effect::NodeCall { .. } | Effect::NodeForgotten { .. } => {
+                self.node_effect(effect, now, out)
+            }
+        }
+    }
+
+    pub(super) fn claim_timer(&mut self, id: &ClaimId, now: Millis, out: &mut Vec<Command>) {
+        let Some(c) = self.claims.get(id) else {
+            return;
+        };
+        let Some(due) = self.claim_deadline(c) else {
+            return;
+        };
+        if due > now {
+            // Re-arm: the deadline moved (renewed) since the timer was set.
+            self.touch_claim(id);
+            return;
+        }
+        match &c.rec.state {
+            ClaimState::Pending => self.end_claim(id, ClaimState::Expired, None, now, out),
+            ClaimState::Granted | ClaimState::Active => {
+                let node_known = c
+                    .rec
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| self.nodes.contains_key(n));
+                let state = if node_known {
+                    ClaimState::Expired
+                } else {
+                    ClaimState::Revoked {
+                        reason: RevokeReason::NodeLost,
+                    }
+                };
+                self.end_claim(id, state, None, now, out);
+            }
+            _ => {
+                let key = claim_key(&c.rec);
+                let effect = Effect::ClaimForgotten { claim: id.clone() };
+                if let Some(done) = self.writes.write(key, None, vec![effect], self.epoch, out) {
+                    self.run_effects(done, now, out);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_credentials(
+        &mut self,
+        claim: ClaimId,
+        result: Result<SealedCredentials, String>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(node) = self.claims.get(&claim).and_then(|c| c.reserved.clone()) else {
+            return; // released or expired meanwhile
+        };
+        match result {
+            Ok(sealed) => self.commit_grant(&claim, &node, Some(sealed), now, out),
+            Err(error) => {
+                out.push(Command::Alert(Alert::CredentialsFailed {
+                    claim: claim.clone(),
+                    error: error.clone(),
+                }));
+                let state = ClaimState::Revoked {
+                    reason: RevokeReason::Operator {
+                        note: format!("credentials could not be issued: {error}"),
+                    },
+                };
+                self.end_claim(&claim, state, None, now, out);
+            }
+        }
+    }
+
+    fn commit_grant(
+        &mut self,
+        id: &ClaimId,
+        node: &NodeId,
+        credentials: Option<SealedCredentials>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let endpoint = self.nodes.get(node).and_then(|n| n.rec.endpoint.clone());
+        let Some(c) = self.claims.get_mut(id) else {
+            return;
+        };
+        c.reserved = None;
+        c.rec.state = ClaimState::Granted;
+        c.rec.node = Some(node.clone());
+        c.rec.endpoint = endpoint;
+        c.rec.granted_at = Some(now);
+        c.rec.expires_at = Some(now.saturating_add(c.rec.request.lease_ttl_ms));
+        c.rec.credentials = credentials;
+        c.rec.pending_reason = None;
+        c.rec.epoch = self.epoch;
+        self.save_claim(id, vec![Effect::Grant { claim: id.clone() }], now, out);
+    }
+
+    /// One arbitration round over durable pending claims and free slots.
+    pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let pending: Vec<PendingClaim> = self
+            .claims
+            .values()
+            .filter(|c| c.durable && c.reserved.is_none() && c.rec.state == ClaimState::Pending)
+            .map(|c| PendingClaim {
+                id: c.rec.request.claim_id.clone(),
+                workspace: c.rec.request.workspace.clone(),
+                pool: c.rec.request.pool.clone(),
+                requirements: c.rec.request.requirements.clone(),
+                priority: c.rec.request.priority,
+                enqueued_at: c.rec.enqueued_at,
+            })
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let mut capacity = Vec::new();
+        for n in self.nodes.values() {
+            if n.rec.state != NodeState::Ready || !n.connected {
+                continue;
+            }
+            let Some(pool) = self.pools.get(&n.rec.pool) else {
+                continue;
+            };
+            let Some(offering) = pool
+                .offerings
+                .iter()
+                .find(|o| o.instance_type == n.rec.instance_type)
+            else {
+                continue;
+            };
+            let slots = pool.spec.slots_per_node;
+            capacity.push(NodeCapacity {
+                id: n.rec.node.clone(),
+                pool: n.rec.pool.clone(),
+                resources: offering.resources(&pool.spec.labels),
+                slots,
+                free_slots: slots.saturating_sub(u32::try_from(n.claims.len()).unwrap_or(u32::MAX)),
+                price: offering.price(n.rec.market).unwrap_or(offering.on_demand),
+            });
+        }
+        let usage = self.usage(&capacity);
+        let outcome = arbitrate(ArbitrationInput {
+            claims: &pending,
+            nodes: &capacity,
+            quotas: &self.quotas,
+            usage: &usage,
+        });
+        for (claim, reason) in outcome.waiting {
+            let reason = self.explain_wait(&claim, reason);
+            if let Some(c) = self.claims.get_mut(&claim) {
+                c.rec.pending_reason = Some(reason);
+            }
+        }
+        for a in outcome.grants {
+            let Some(c) = self.claims.get_mut(&a.claim) else {
+                continue;
+            };
+            c.reserved = Some(a.node.clone());
+            let recipient = c.rec.request.recipient.clone();
+            let workspace = c.rec.request.workspace.clone();
+            let ttl = c.rec.request.lease_ttl_ms;
+            if let Some(n) = self.nodes.get_mut(&a.node) {
+                n.claims.insert(a.claim.clone());
+                n.idle_since = None;
+            }
+            match recipient {
+                Some(recipient) => out.push(Command::IssueCredentials {
+                    claim: a.claim.clone(),
+                    workspace,
+                    node: a.node.clone(),
+                    recipient,
+                    expires_at: now.saturating_add(ttl),
+                }),
+                None => self.commit_grant(&a.claim, &a.node, None, now, out),
+            }
+            self.touch_claim(&a.claim);
+        }
+    }
+
+    /// Per-workspace holdings: claims held and their share of node prices.
+    fn usage(&self, capacity: &[NodeCapacity]) -> BTreeMap<Workspace, Usage> {
+        let price: BTreeMap<&NodeId, (Money, u32)> = capacity
+            .iter()
+            .map(|n| (&n.id, (n.price.0, n.slots)))
+            .collect();
+        let mut usage: BTreeMap<Workspace, Usage> = BTreeMap::new();
+        for c in self.claims.values() {
+            let node = match (&c.reserved, &c.rec.node) {
+                (Some(n), _) => n,
+                (None, Some(n)) if c.rec.state.holds_node() => n,
+                _ => continue,
+            };
+            let u = usage.entry(c.rec.request.workspace.clone()).or_default();
+            u.claims += 1;
+            if let Some((p, slots)) = price.get(node) {
+                let share = p
+                    .mul_div(1, u64::from((*slots).max(1)), Rounding::Up)
+                    .unwrap_or(*p);
+                u.hourly_spend = u.hourly_spend.saturating_add(share);
+            }
+        }
+        usage
+    }
+
+    /// Refines arbitration's "waiting for capacity" with what the pool knows.
+    fn explain_wait(&self, claim: &ClaimId, reason: PendingReason) -> PendingReason {
+        if reason != PendingReason::WaitingForCapacity {
+            return reason;
+        }
+        let Some(c) = self.claims.get(claim) else {
+            return reason;
+        };
+        if let Some(r) = self.unsatisfiable(&c.rec.request) {
+            return r;
+        }
+        let Some(pool) = self.pools.get(&c.rec.request.pool) else {
+            return reason;
+        };
+        let live = self
+            .nodes
+            .values()
+            .filter(|n| n.rec.pool == pool.spec.name && !matches!(n.rec.state, NodeState::Gone))
+            .count();
+        if live >= pool.spec.max_nodes as usize {
+            return PendingReason::PoolAtCapacity {
+                max_nodes: pool.spec.max_nodes,
+            };
+        }
+        reason
+    }
+}
+
+pub(super) fn claim_key(rec: &ClaimRecord) -> crate::store::Key {
+    Subjects::claim_key(&rec.request.workspace, &rec.request.claim_id)
+}
+
+fn pending_reason(rec: &ClaimRecord) -> PendingReason {
+    rec.pending_reason
+        .clone()
+        .unwrap_or(PendingReason::WaitingForCapacity)
+}
+
+fn revocation_of(rec: &ClaimRecord) -> Revocation {
+    let reason = match &rec.state {
+        ClaimState::Revoked { reason } => reason.clone(),
+        ClaimState::Expired if rec.node.is_none() => RevokeReason::WaitExceeded,
+        _ => RevokeReason::Expired,
+    };
+    Revocation {
+        claim_id: rec.request.claim_id.clone(),
+        workspace: rec.request.workspace.clone(),
+        node: rec.node.clone(),
+        reason,
+    }
+}

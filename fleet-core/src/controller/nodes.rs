@@ -1,0 +1,973 @@
+//! The node state machine: strategies' actions, provider calls and their
+//! results, agent sessions, heartbeat and boot timeouts, spot
+//! interruptions, reconciliation with the provider's inventory.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::persist::{Effect, TimerKey};
+use super::{
+    Alert, Command, Controller, CostReport, Node, Op, Orphan, ProviderCall, ProviderOutcome,
+};
+use crate::billing::BootPath;
+use crate::ids::{ClaimId, Millis, NodeId, PoolName};
+use crate::money::HourlyPrice;
+use crate::protocol::{
+    AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
+};
+use crate::provider::{
+    BootSource, Instance, InstanceRef, InstanceState, Market, NodeSpec, ProviderError,
+    TAG_NAMESPACE, TAG_NODE, TAG_POOL,
+};
+use crate::strategy::{Action, Demand, NodeView, PoolView, SourceKind};
+use crate::subjects::Subjects;
+use crate::transport::{Outbound, Peer};
+
+/// Retryable provider failures are retried this many times before they count
+/// as permanent.
+const MAX_PROVIDER_ATTEMPTS: u32 = 8;
+
+impl Controller {
+    pub(super) fn restore_node(&mut self, rec: NodeRecord, now: Millis) {
+        if rec.state == NodeState::Gone {
+            return;
+        }
+        if rec.epoch == self.epoch {
+            // Never mint an id this epoch already used.
+            if let Some(seq) = rec
+                .node
+                .as_str()
+                .rsplit('-')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                self.next_node_seq = self.next_node_seq.max(seq + 1);
+            }
+        }
+        // Interrupted calls are issued again; all of them are idempotent.
+        let call = match rec.state {
+            NodeState::Requested | NodeState::Provisioning => {
+                Some(ProviderCall::Create(self.spec_of(&rec)))
+            }
+            NodeState::Starting => instance_ref(&rec).map(ProviderCall::Start),
+            NodeState::Stopping => instance_ref(&rec).map(ProviderCall::Stop),
+            NodeState::Resizing => {
+                instance_ref(&rec).map(|i| ProviderCall::Resize(i, rec.instance_type.clone()))
+            }
+            NodeState::Snapshotting => instance_ref(&rec).map(ProviderCall::Snapshot),
+            NodeState::Deleting => instance_ref(&rec).map(ProviderCall::Delete),
+            _ => None,
+        };
+        let price = self.price_of(&rec);
+        let disk = self.disk_of(&rec);
+        self.ledger.transition(
+            &self.billing,
+            &rec.node,
+            &rec.pool,
+            NodeState::Requested,
+            rec.state,
+            price,
+            disk,
+            now,
+        );
+        let idle_since = (rec.state == NodeState::Ready).then_some(now);
+        let id = rec.node.clone();
+        self.nodes.insert(
+            id,
+            Node {
+                rec,
+                claims: BTreeSet::new(),
+                last_seen: now,
+                connected: false,
+                idle_since,
+                op: None,
+                retry: call.map(|c| (now, c, 0)),
+                prev_type: None,
+                durable: true,
+            },
+        );
+    }
+
+    fn spec_of(&self, rec: &NodeRecord) -> NodeSpec {
+        let mut tags = BTreeMap::new();
+        tags.insert(TAG_NODE.to_owned(), rec.node.to_string());
+        tags.insert(TAG_POOL.to_owned(), rec.pool.to_string());
+        tags.insert(TAG_NAMESPACE.to_owned(), self.namespace.clone());
+        NodeSpec {
+            node: rec.node.clone(),
+            pool: rec.pool.clone(),
+            instance_type: rec.instance_type.clone(),
+            market: rec.market,
+            source: rec.source.clone(),
+            tags,
+            // The driver mints the single-use token: the core has no randomness.
+            bootstrap_token: None,
+        }
+    }
+
+    fn price_of(&self, rec: &NodeRecord) -> HourlyPrice {
+        self.pools
+            .get(&rec.pool)
+            .and_then(|p| {
+                p.offerings
+                    .iter()
+                    .find(|o| o.instance_type == rec.instance_type)
+            })
+            .map(|o| o.price(rec.market).unwrap_or(o.on_demand))
+            .unwrap_or_default()
+    }
+
+    fn disk_of(&self, rec: &NodeRecord) -> u64 {
+        self.pools
+            .get(&rec.pool)
+            .and_then(|p| {
+                p.offerings
+                    .iter()
+                    .find(|o| o.instance_type == rec.instance_type)
+            })
+            .map_or(0, |o| u64::from(o.disk_gb))
+    }
+
+    pub(super) fn node_deadline(&self, n: &Node) -> Option<Millis> {
+        let mut at = n.retry.as_ref().map(|(t, _, _)| *t);
+        let timeout = match n.rec.state {
+            NodeState::Booting => Some(
+                n.rec
+                    .state_since
+                    .saturating_add(self.timing.boot_timeout_ms),
+            ),
+            NodeState::Ready | NodeState::Busy | NodeState::Draining => {
+                Some(n.last_seen.saturating_add(self.timing.heartbeat_timeout_ms))
+            }
+            _ => None,
+        };
+        if let Some(t) = timeout {
+            at = Some(at.map_or(t, |a| a.min(t)));
+        }
+        at
+    }
+
+    pub(super) fn touch_node(&mut self, id: &NodeId) {
+        let at = self.nodes.get(id).and_then(|n| self.node_deadline(n));
+        self.timers.set(TimerKey::Node(id.clone()), at);
+    }
+
+    /// Moves a node to `to`, keeping the cost ledger in step.
+    fn set_state(&mut self, id: &NodeId, to: NodeState, now: Millis) {
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let from = n.rec.state;
+        let price = self.price_of(&n.rec);
+        let disk = self.disk_of(&n.rec);
+        let pool = n.rec.pool.clone();
+        let boot_path = match (&n.rec.source, from, to) {
+            (_, NodeState::Starting, NodeState::Booting | NodeState::Ready) => {
+                Some(BootPath::Stopped)
+            }
+            (_, NodeState::Resizing, NodeState::Booting | NodeState::Ready) => {
+                Some(BootPath::Resize)
+            }
+            (
+                BootSource::Snapshot(_),
+                NodeState::Provisioning,
+                NodeState::Booting | NodeState::Ready,
+            ) => Some(BootPath::Snapshot),
+            (_, NodeState::Provisioning, NodeState::Booting | NodeState::Ready) => {
+                Some(BootPath::Image)
+            }
+            _ => None,
+        };
+        self.ledger
+            .transition(&self.billing, id, &pool, from, to, price, disk, now);
+        if let Some(path) = boot_path {
+            self.ledger.boot(&pool, path);
+        }
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.rec.state = to;
+            n.rec.state_since = now;
+            n.rec.epoch = self.epoch;
+            n.idle_since = (to == NodeState::Ready && n.claims.is_empty()).then_some(now);
+        }
+        self.dirty = true;
+    }
+
+    /// Queues the write of a node's record.
+    fn save_node(
+        &mut self,
+        id: &NodeId,
+        effects: Vec<Effect>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let key = Subjects::node_key(&n.rec.pool, id);
+        let value = if n.rec.state == NodeState::Gone {
+            None
+        } else {
+            Some(Record::Node(n.rec.clone()))
+        };
+        if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
+            self.run_effects(done, now, out);
+        }
+        self.touch_node(id);
+    }
+
+    pub(super) fn node_effect(&mut self, effect: Effect, now: Millis, out: &mut Vec<Command>) {
+        match effect {
+            Effect::NodeCall { node, call } => {
+                let Some(n) = self.nodes.get_mut(&node) else {
+                    return;
+                };
+                n.durable = true;
+                if n.rec.state == NodeState::Requested {
+                    self.set_state(&node, NodeState::Provisioning, now);
+                }
+                self.issue(call, 1, out);
+            }
+            Effect::NodeForgotten { node } => {
+                if self
+                    .nodes
+                    .get(&node)
+                    .is_some_and(|n| n.rec.state == NodeState::Gone)
+                {
+                    self.nodes.remove(&node);
+                    self.timers.set(TimerKey::Node(node), None);
+                }
+            }
+            other => self.claim_effect(other, now, out),
+        }
+    }
+
+    fn issue(&mut self, call: ProviderCall, attempt: u32, out: &mut Vec<Command>) {
+        let op = self.next_op_id();
+        if let Some(n) = self.nodes.get_mut(call.node()) {
+            n.op = Some(op);
+            n.retry = None;
+        }
+        self.ops.insert(
+            op,
+            Op {
+                call: call.clone(),
+                attempt,
+            },
+        );
+        out.push(Command::Provider { op, call });
+    }
+
+    pub(super) fn node_timer(&mut self, id: &NodeId, now: Millis, out: &mut Vec<Command>) {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
+        if n.retry.as_ref().is_some_and(|(at, _, _)| *at <= now)
+            && let Some((_, call, attempt)) = n.retry.take()
+        {
+            self.issue(call, attempt.max(1), out);
+        }
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let timed_out = match n.rec.state {
+            NodeState::Booting => {
+                n.rec
+                    .state_since
+                    .saturating_add(self.timing.boot_timeout_ms)
+                    <= now
+            }
+            NodeState::Ready | NodeState::Busy | NodeState::Draining => {
+                n.last_seen.saturating_add(self.timing.heartbeat_timeout_ms) <= now
+            }
+            _ => false,
+        };
+        if timed_out {
+            self.node_lost(id, now, out);
+        } else {
+            self.touch_node(id);
+        }
+    }
+
+    /// Ends every claim a node holds with `reason`.
+    fn revoke_claims_of(
+        &mut self,
+        id: &NodeId,
+        reason: RevokeReason,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let held: Vec<ClaimId> = self
+            .nodes
+            .get(id)
+            .map(|n| n.claims.iter().cloned().collect())
+            .unwrap_or_default();
+        for claim in held {
+            let state = ClaimState::Revoked {
+                reason: reason.clone(),
+            };
+            self.end_claim(&claim, state, None, now, out);
+        }
+    }
+
+    fn node_lost(&mut self, id: &NodeId, now: Millis, out: &mut Vec<Command>) {
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let state = n.rec.state;
+        let pool = n.rec.pool.clone();
+        out.push(Command::Alert(Alert::NodeLost {
+            node: id.clone(),
+            state,
+        }));
+        self.ledger.lost(&pool);
+        self.set_state(id, NodeState::Lost, now);
+        self.save_node(id, Vec::new(), now, out);
+        self.revoke_claims_of(id, RevokeReason::NodeLost, now, out);
+    }
+
+    pub(super) fn on_agent(
+        &mut self,
+        id: NodeId,
+        msg: AgentMsg,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(n) = self.nodes.get_mut(&id) else {
+            out.push(Command::Alert(Alert::UnknownAgent { node: id.clone() }));
+            out.push(Command::Send {
+                to: Peer::Node(id),
+                msg: Outbound::Agent(DaemonMsg::Drain),
+            });
+            return;
+        };
+        n.last_seen = now;
+        match msg {
+            AgentMsg::Hello { gateway, .. } => {
+                n.connected = true;
+                let endpoint_changed = gateway.is_some() && n.rec.endpoint != gateway;
+                if endpoint_changed {
+                    n.rec.endpoint = gateway;
+                }
+                let state = n.rec.state;
+                let comes_up =
+                    matches!(
+                        state,
+                        NodeState::Booting | NodeState::Lost | NodeState::Stopped
+                    ) || (matches!(state, NodeState::Provisioning | NodeState::Starting)
+                        && n.op.is_none());
+                if comes_up {
+                    self.set_state(&id, NodeState::Ready, now);
+                }
+                if comes_up || endpoint_changed {
+                    self.save_node(&id, Vec::new(), now, out);
+                }
+                // A reconnecting agent may have lost its gateway state.
+                self.reactivate(&id, out);
+                self.dirty = true;
+            }
+            AgentMsg::Heartbeat { .. } => {
+                if n.rec.state == NodeState::Lost && n.connected {
+                    self.set_state(&id, NodeState::Ready, now);
+                    self.save_node(&id, Vec::new(), now, out);
+                }
+            }
+            AgentMsg::Interrupted { deadline } => {
+                if n.rec.state != NodeState::Interrupted {
+                    let pool = n.rec.pool.clone();
+                    self.ledger.interrupted(&pool);
+                    self.set_state(&id, NodeState::Interrupted, now);
+                    self.save_node(&id, Vec::new(), now, out);
+                    self.revoke_claims_of(
+                        &id,
+                        RevokeReason::SpotInterrupted { deadline },
+                        now,
+                        out,
+                    );
+                }
+            }
+            AgentMsg::Draining { .. } => {
+                // A drain we asked for (stop/delete) is expected; any other
+                // drain means the node is going away under its claims.
+                if matches!(n.rec.state, NodeState::Ready | NodeState::Busy) {
+                    self.set_state(&id, NodeState::Draining, now);
+                    self.save_node(&id, Vec::new(), now, out);
+                    self.revoke_claims_of(&id, RevokeReason::Drained, now, out);
+                }
+            }
+            AgentMsg::Event { .. } | AgentMsg::Output { .. } => {}
+        }
+        self.touch_node(&id);
+    }
+
+    fn reactivate(&self, id: &NodeId, out: &mut Vec<Command>) {
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        for claim in &n.claims {
+            let Some(c) = self.claims.get(claim) else {
+                continue;
+            };
+            if let (true, Some(expires_at)) = (c.rec.state.holds_node(), c.rec.expires_at) {
+                out.push(Command::Send {
+                    to: Peer::Node(id.clone()),
+                    msg: Outbound::Agent(DaemonMsg::Activate {
+                        claim_id: claim.clone(),
+                        expires_at,
+                    }),
+                });
+            }
+        }
+    }
+
+    pub(super) fn on_agent_gone(&mut self, id: &NodeId) {
+        // Not lost yet: the heartbeat timeout gives the agent time to reconnect.
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.connected = false;
+        }
+        self.dirty = true;
+    }
+
+    pub(super) fn on_provider_done(
+        &mut self,
+        op: crate::ids::OpId,
+        result: Result<ProviderOutcome, ProviderError>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(Op { call, attempt }) = self.ops.remove(&op) else {
+            return;
+        };
+        let id = call.node().clone();
+        if matches!(call, ProviderCall::Delete(_))
+            && !self.nodes.contains_key(&id)
+            && let Some(orphan) = self.orphans.get_mut(&id)
+        {
+            if result.is_ok() || matches!(result, Err(ProviderError::NotFound(_))) {
+                self.orphans.remove(&id);
+            } else {
+                orphan.deleting = false;
+                orphan.first_seen = now;
+            }
+            return;
+        }
+        let Some(n) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if n.op != Some(op) {
+            return; // superseded
+        }
+        n.op = None;
+        match result {
+            Ok(outcome) => self.call_succeeded(&id, call, outcome, now, out),
+            Err(ProviderError::NotFound(_)) if matches!(call, ProviderCall::Delete(_)) => {
+                self.call_succeeded(&id, call, ProviderOutcome::Deleted, now, out)
+            }
+            Err(e) if e.is_retryable() && attempt < MAX_PROVIDER_ATTEMPTS => {
+                let backoff = self
+                    .timing
+                    .provider_retry_initial_ms
+                    .saturating_mul(1 << (attempt - 1).min(16))
+                    .min(self.timing.provider_retry_max_ms);
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.retry = Some((now.saturating_add(backoff), call, attempt + 1));
+                }
+                self.touch_node(&id);
+            }
+            Err(e) => self.call_failed(&id, call, e, now, out),
+        }
+    }
+
+    fn call_succeeded(
+        &mut self,
+        id: &NodeId,
+        call: ProviderCall,
+        outcome: ProviderOutcome,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(n) = self.nodes.get_mut(id) else {
+            return;
+        };
+        if let ProviderOutcome::Instance(i) = &outcome {
+            n.rec.provider_id = Some(i.provider_id.clone());
+        }
+        let connected = n.connected;
+        let up = if connected {
+            NodeState::Ready
+        } else {
+            NodeState::Booting
+        };
+        match call {
+            ProviderCall::Create(_) | ProviderCall::Start(_) | ProviderCall::Resize(..) => {
+                self.set_state(id, up, now);
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.prev_type = None;
+                }
+            }
+            ProviderCall::Stop(_) => {
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.connected = false;
+                }
+                self.set_state(id, NodeState::Stopped, now);
+            }
+            ProviderCall::Snapshot(_) => {
+                if let ProviderOutcome::Snapshot(snap) = outcome {
+                    let pool_name = n.rec.pool.clone();
+                    self.keep_snapshot(&pool_name, snap, now, out);
+                }
+                self.set_state(id, NodeState::Ready, now);
+            }
+            ProviderCall::Delete(_) => {
+                self.set_state(id, NodeState::Gone, now);
+                let effect = Effect::NodeForgotten { node: id.clone() };
+                return self.save_node(id, vec![effect], now, out);
+            }
+        }
+        self.save_node(id, Vec::new(), now, out);
+    }
+
+    fn keep_snapshot(
+        &mut self,
+        pool_name: &PoolName,
+        snap: crate::provider::SnapshotRef,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        self.ledger
+            .snapshot_kept(&self.billing, pool_name, u64::from(snap.size_gb), now);
+        let Some(pool) = self.pools.get_mut(pool_name) else {
+            return;
+        };
+        pool.snapshot = Some(snap);
+        let rec = PoolRecord {
+            pool: pool_name.clone(),
+            snapshot: pool.snapshot.clone(),
+            next_node_seq: pool.next_seq,
+            epoch: self.epoch,
+        };
+        let key = Subjects::pool_key(pool_name);
+        if let Some(done) =
+            self.writes
+                .write(key, Some(Record::Pool(rec)), Vec::new(), self.epoch, out)
+        {
+            self.run_effects(done, now, out);
+        }
+    }
+
+    fn call_failed(
+        &mut self,
+        id: &NodeId,
+        call: ProviderCall,
+        e: ProviderError,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        out.push(Command::Alert(Alert::ProviderFailed {
+            node: id.clone(),
+            call: call.name().to_owned(),
+            kind: e.kind().to_owned(),
+            error: e.to_string(),
+        }));
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let pool = n.rec.pool.clone();
+        match call {
+            ProviderCall::Create(_) => {
+                // Nothing was created: forget the node and give the pool a
+                // rest, so a capacity or quota error does not become a loop.
+                if let Some(p) = self.pools.get_mut(&pool) {
+                    p.create_backoff_until = now.saturating_add(self.timing.create_backoff_ms);
+                    p.wake_at = Some(p.create_backoff_until);
+                }
+                self.set_state(id, NodeState::Gone, now);
+                let effect = Effect::NodeForgotten { node: id.clone() };
+                return self.save_node(id, vec![effect], now, out);
+            }
+            ProviderCall::Start(_) => self.set_state(id, NodeState::Stopped, now),
+            ProviderCall::Stop(_) | ProviderCall::Snapshot(_) => {
+                self.set_state(id, NodeState::Ready, now)
+            }
+            ProviderCall::Resize(..) => {
+                if let Some(n) = self.nodes.get_mut(id)
+                    && let Some(prev) = n.prev_type.take()
+                {
+                    n.rec.instance_type = prev;
+                }
+                self.set_state(id, NodeState::Ready, now);
+            }
+            ProviderCall::Delete(_) => {
+                // A node must never leak: keep trying, slowly.
+                let at = now.saturating_add(self.timing.provider_retry_max_ms);
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.retry = Some((at, call, 1));
+                }
+                return self.touch_node(id);
+            }
+        }
+        self.save_node(id, Vec::new(), now, out);
+    }
+
+    /// Runs every pool's strategy and applies what it asks for.
+    pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let names: Vec<PoolName> = self.pools.keys().cloned().collect();
+        for name in names {
+            let Some(pool) = self.pools.get(&name) else {
+                continue;
+            };
+            let views: Vec<NodeView> = self
+                .nodes
+                .values()
+                .filter(|n| n.rec.pool == name && n.rec.state != NodeState::Gone)
+                .map(|n| NodeView {
+                    node: n.rec.node.clone(),
+                    state: super::live_state(n),
+                    state_since: n.rec.state_since,
+                    instance_type: n.rec.instance_type.clone(),
+                    market: n.rec.market,
+                    claims: u32::try_from(n.claims.len()).unwrap_or(u32::MAX),
+                    slots: pool.spec.slots_per_node,
+                    idle_since: n.idle_since,
+                })
+                .collect();
+            let demand: Vec<Demand> = self
+                .claims
+                .values()
+                .filter(|c| {
+                    c.rec.request.pool == name
+                        && c.durable
+                        && c.reserved.is_none()
+                        && c.rec.state == ClaimState::Pending
+                })
+                .map(|c| Demand {
+                    claim: c.rec.request.claim_id.clone(),
+                    requirements: c.rec.request.requirements.clone(),
+                    enqueued_at: c.rec.enqueued_at,
+                })
+                .collect();
+            let view = PoolView {
+                spec: &pool.spec,
+                nodes: &views,
+                pending: &demand,
+                offerings: &pool.offerings,
+                capabilities: &self.capabilities,
+                billing: &self.billing,
+                snapshot: pool.snapshot.as_ref(),
+            };
+            let plan = pool.strategy.plan(&view, now);
+            if let Some(p) = self.pools.get_mut(&name) {
+                p.wake_at = match (
+                    plan.wake_at,
+                    (p.create_backoff_until > now).then_some(p.create_backoff_until),
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            for action in plan.actions {
+                if let Err(why) = self.apply(&name, &action, now, out) {
+                    out.push(Command::Alert(Alert::InvalidAction {
+                        pool: name.clone(),
+                        detail: format!("{action:?}: {why}"),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn idle_node(&self, id: &NodeId, allowed: &[NodeState]) -> Result<&Node, String> {
+        let n = self.nodes.get(id).ok_or("unknown node")?;
+        if !n.claims.is_empty() {
+            return Err("node holds claims".into());
+        }
+        if n.op.is_some() || n.retry.is_some() {
+            return Err("a provider call is already in flight".into());
+        }
+        if !allowed.contains(&n.rec.state) {
+            return Err(format!("node is {}", n.rec.state.name()));
+        }
+        Ok(n)
+    }
+
+    fn apply(
+        &mut self,
+        pool_name: &PoolName,
+        action: &Action,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) -> Result<(), String> {
+        let pool = self.pools.get(pool_name).ok_or("unknown pool")?;
+        match action {
+            Action::Create {
+                source,
+                market,
+                size,
+            } => {
+                if pool.create_backoff_until > now {
+                    return Err("pool is backing off after a failed create".into());
+                }
+                let live = self
+                    .nodes
+                    .values()
+                    .filter(|n| &n.rec.pool == pool_name && n.rec.state != NodeState::Gone)
+                    .count();
+                if live >= pool.spec.max_nodes as usize {
+                    return Err(format!("pool is at max_nodes {}", pool.spec.max_nodes));
+                }
+                let offering = pool
+                    .offerings
+                    .iter()
+                    .find(|o| &o.instance_type == size)
+                    .ok_or("instance type not in the pool")?;
+                if *market == Market::Spot && (!self.capabilities.spot || offering.spot.is_none()) {
+                    return Err("spot is not available".into());
+                }
+                let source = match source {
+                    SourceKind::Snapshot => BootSource::Snapshot(
+                        pool.snapshot.clone().ok_or("the pool has no snapshot")?,
+                    ),
+                    _ => BootSource::Image {
+                        image: pool.spec.image.clone(),
+                    },
+                };
+                let seq = self.next_node_seq;
+                self.next_node_seq += 1;
+                let prefix: String = pool_name.as_str().chars().take(40).collect();
+                let id = NodeId::new(format!("{prefix}-{}-{seq}", self.epoch.0))
+                    .map_err(|e| e.to_string())?;
+                let rec = NodeRecord {
+                    node: id.clone(),
+                    pool: pool_name.clone(),
+                    instance_type: size.clone(),
+                    market: *market,
+                    source,
+                    state: NodeState::Requested,
+                    provider_id: None,
+                    endpoint: None,
+                    created_at: now,
+                    state_since: now,
+                    epoch: self.epoch,
+                };
+                let call = ProviderCall::Create(self.spec_of(&rec));
+                self.nodes.insert(
+                    id.clone(),
+                    Node {
+                        rec,
+                        claims: BTreeSet::new(),
+                        last_seen: now,
+                        connected: false,
+                        idle_since: None,
+                        op: None,
+                        retry: None,
+                        prev_type: None,
+                        durable: false,
+                    },
+                );
+                self.save_node(
+                    &id,
+                    vec![Effect::NodeCall {
+                        node: id.clone(),
+                        call,
+                    }],
+                    now,
+                    out,
+                );
+            }
+            Action::Start { node } => {
+                if !self.capabilities.stop_start {
+                    return Err("provider cannot start/stop".into());
+                }
+                let n = self.idle_node(node, &[NodeState::Stopped])?;
+                let call = ProviderCall::Start(instance_ref(&n.rec).ok_or("no provider id")?);
+                self.transition_with_call(node, NodeState::Starting, call, now, out);
+            }
+            Action::Stop { node } => {
+                if !self.capabilities.stop_start {
+                    return Err("provider cannot start/stop".into());
+                }
+                let n = self.idle_node(node, &[NodeState::Ready])?;
+                let call = ProviderCall::Stop(instance_ref(&n.rec).ok_or("no provider id")?);
+                self.transition_with_call(node, NodeState::Stopping, call, now, out);
+            }
+            Action::Resize { node, to } => {
+                if !self.capabilities.resize {
+                    return Err("provider cannot resize".into());
+                }
+                if !pool.offerings.iter().any(|o| &o.instance_type == to) {
+                    return Err("instance type not in the pool".into());
+                }
+                let allowed: &[NodeState] = if self.capabilities.resize_requires_stop {
+                    &[NodeState::Stopped]
+                } else {
+                    &[NodeState::Ready, NodeState::Stopped]
+                };
+                let n = self.idle_node(node, allowed)?;
+                let call =
+                    ProviderCall::Resize(instance_ref(&n.rec).ok_or("no provider id")?, to.clone());
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.prev_type = Some(std::mem::replace(&mut n.rec.instance_type, to.clone()));
+                }
+                self.transition_with_call(node, NodeState::Resizing, call, now, out);
+            }
+            Action::Snapshot { node } => {
+                if !self.capabilities.snapshot {
+                    return Err("provider cannot snapshot".into());
+                }
+                let n = self.idle_node(node, &[NodeState::Ready])?;
+                let call = ProviderCall::Snapshot(instance_ref(&n.rec).ok_or("no provider id")?);
+                self.transition_with_call(node, NodeState::Snapshotting, call, now, out);
+            }
+            Action::Delete { node } => {
+                let n = self.idle_node(
+                    node,
+                    &[
+                        NodeState::Ready,
+                        NodeState::Stopped,
+                        NodeState::Booting,
+                        NodeState::Lost,
+                        NodeState::Interrupted,
+                        NodeState::Draining,
+                    ],
+                )?;
+                match instance_ref(&n.rec) {
+                    Some(i) => self.transition_with_call(
+                        node,
+                        NodeState::Deleting,
+                        ProviderCall::Delete(i),
+                        now,
+                        out,
+                    ),
+                    None => {
+                        // Never created as far as we know; an instance created
+                        // behind our back is found as an orphan and collected.
+                        self.set_state(node, NodeState::Gone, now);
+                        let effect = Effect::NodeForgotten { node: node.clone() };
+                        self.save_node(node, vec![effect], now, out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn transition_with_call(
+        &mut self,
+        id: &NodeId,
+        to: NodeState,
+        call: ProviderCall,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        self.set_state(id, to, now);
+        let effect = Effect::NodeCall {
+            node: id.clone(),
+            call,
+        };
+        self.save_node(id, vec![effect], now, out);
+    }
+
+    /// Adopts known instances, notices vanished ones, tracks orphans.
+    pub(super) fn on_inventory(
+        &mut self,
+        instances: Vec<Instance>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let mut seen = BTreeSet::new();
+        for i in instances {
+            if i.tags.get(TAG_NAMESPACE) != Some(&self.namespace)
+                || i.state == InstanceState::Terminated
+            {
+                continue;
+            }
+            seen.insert(i.node.clone());
+            if let Some(n) = self.nodes.get_mut(&i.node) {
+                if n.rec.provider_id.is_none() {
+                    n.rec.provider_id = Some(i.provider_id.clone());
+                    let id = i.node.clone();
+                    self.save_node(&id, Vec::new(), now, out);
+                }
+                continue;
+            }
+            self.orphans.entry(i.node.clone()).or_insert(Orphan {
+                instance: i,
+                first_seen: now,
+                deleting: false,
+            });
+        }
+        // Orphans that vanished by themselves need no collecting.
+        self.orphans.retain(|id, o| o.deleting || seen.contains(id));
+        let vanished: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.op.is_none()
+                    && n.rec.provider_id.is_some()
+                    && !seen.contains(&n.rec.node)
+                    && !matches!(
+                        n.rec.state,
+                        NodeState::Requested
+                            | NodeState::Provisioning
+                            | NodeState::Gone
+                            | NodeState::Lost
+                    )
+            })
+            .map(|n| n.rec.node.clone())
+            .collect();
+        for id in vanished {
+            let stopped_or_deleting = self
+                .nodes
+                .get(&id)
+                .is_some_and(|n| matches!(n.rec.state, NodeState::Stopped | NodeState::Deleting));
+            if stopped_or_deleting {
+                self.set_state(&id, NodeState::Gone, now);
+                let effect = Effect::NodeForgotten { node: id.clone() };
+                self.save_node(&id, vec![effect], now, out);
+            } else {
+                self.node_lost(&id, now, out);
+            }
+        }
+    }
+
+    pub(super) fn orphan_due(&self, o: &Orphan) -> Millis {
+        o.instance
+            .created_at
+            .max(o.first_seen)
+            .saturating_add(self.timing.orphan_min_age_ms)
+    }
+
+    pub(super) fn orphan_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let due: Vec<InstanceRef> = self
+            .orphans
+            .values()
+            .filter(|o| !o.deleting && self.orphan_due(o) <= now)
+            .map(|o| o.instance.as_ref())
+            .collect();
+        for r in due {
+            if let Some(o) = self.orphans.get_mut(&r.node) {
+                o.deleting = true;
+            }
+            let op = self.next_op_id();
+            let call = ProviderCall::Delete(r);
+            self.ops.insert(
+                op,
+                Op {
+                    call: call.clone(),
+                    attempt: 1,
+                },
+            );
+            out.push(Command::Provider { op, call });
+        }
+    }
+
+    /// What every pool has cost up to `now`.
+    pub fn costs(&self, now: Millis) -> CostReport {
+        self.ledger.report(&self.billing, now)
+    }
+}
+
+fn instance_ref(rec: &NodeRecord) -> Option<InstanceRef> {
+    rec.provider_id.as_ref().map(|p| InstanceRef {
+        node: rec.node.clone(),
+        provider_id: p.clone(),
+    })
+}
