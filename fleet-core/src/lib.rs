@@ -14,6 +14,7 @@
 pub mod arbitrate;
 pub mod billing;
 pub mod controller;
+pub mod harness;
 pub mod ids;
 pub mod memory;
 pub mod money;

@@ -1,0 +1,690 @@
+//! A deterministic virtual world for the controller: a revisioned record
+//! map standing in for the store, a simulated provider whose calls take the
+//! billing model's latencies, agents that boot, heartbeat, get interrupted
+//! or vanish, and a virtual clock.
+//!
+//! It drives the real [`Controller`] the way the daemon does (every command
+//! performed, every result fed back), so tests can inject faults — crashes
+//! between a store write and its acknowledgement, provider errors, lost
+//! agents, spot interruptions — and check invariants after every step, and
+//! the simulator can replay a year of load in seconds. Nothing here reads a
+//! clock or does I/O.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::controller::{
+    Alert, Command, Controller, ControllerConfig, Event, ProviderCall, ProviderOutcome,
+};
+use crate::ids::{ClaimId, Epoch, Millis, NodeId, OpId, Workspace};
+use crate::protocol::{
+    AgentMsg, Arch, ClaimMsg, ClaimReply, DaemonMsg, NodeResources, Record,
+    SealedCredentials, decode, encode,
+};
+use crate::provider::{BootSource, Instance, InstanceState, ProviderError, SnapshotRef};
+use crate::store::{Key, Revision, StoreError};
+use crate::transport::{Outbound, Peer, ReplyTo};
+
+/// Latency of provider API calls that do not boot anything.
+const API_LATENCY_MS: Millis = 2_000;
+/// Latency of a snapshot.
+const SNAPSHOT_LATENCY_MS: Millis = 60_000;
+/// A runaway guard: this many steps at one instant means a livelock.
+const MAX_STEPS_PER_INSTANT: u32 = 1_000_000;
+
+/// Faults to inject; each counter is consumed as faults fire.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// The next N store writes fail as unavailable (not applied).
+    pub store_unavailable: u32,
+    /// The next N provider calls fail with this error.
+    pub provider_error: Option<(ProviderError, u32)>,
+    /// Agents of new nodes never say hello (a bad image).
+    pub agents_never_boot: bool,
+}
+
+/// What happened to one claim, as its caller saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimTrace {
+    /// When the request was sent.
+    pub requested_at: Millis,
+    /// When the grant arrived.
+    pub granted_at: Option<Millis>,
+    /// When it ended (released, expired, revoked) as seen by the caller.
+    pub ended_at: Option<Millis>,
+    /// How long the caller holds the node before releasing (None: manual).
+    pub hold_ms: Option<Millis>,
+    /// Times the claim was revoked under the caller.
+    pub revoked: bool,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Deliver(Event),
+    Boot { node: NodeId, generation: u64 },
+    Heartbeat { node: NodeId, generation: u64 },
+    Release { ws: Workspace, claim: ClaimId },
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    generation: u64,
+    alive: bool,
+}
+
+/// The virtual world.
+#[derive(Debug)]
+pub struct World {
+    config: ControllerConfig,
+    controller: Controller,
+    now: Millis,
+    epoch: Epoch,
+    records: BTreeMap<Key, (Revision, Vec<u8>)>,
+    next_revision: u64,
+    store_epoch: Epoch,
+    instances: BTreeMap<NodeId, Instance>,
+    next_instance: u64,
+    agents: BTreeMap<NodeId, Agent>,
+    queue: BinaryHeap<Reverse<(Millis, u64)>>,
+    pending: BTreeMap<u64, Pending>,
+    seq: u64,
+    next_reply: u64,
+    replies: BTreeMap<ReplyTo, Vec<ClaimReply>>,
+    claim_msgs: BTreeMap<ClaimId, Vec<ClaimReply>>,
+    traces: BTreeMap<ClaimId, ClaimTrace>,
+    agent_inbox: BTreeMap<NodeId, Vec<DaemonMsg>>,
+    alerts: Vec<Alert>,
+    faults: Faults,
+    heartbeats: bool,
+    steps: u64,
+}
+
+impl World {
+    /// A world around a fresh controller at time `start`. With
+    /// `heartbeats`, agents heartbeat at the configured interval (tests);
+    /// without, the heartbeat timeout should be set beyond the horizon
+    /// (the simulator, where heartbeats would only cost time).
+    pub fn new(config: ControllerConfig, start: Millis, heartbeats: bool) -> World {
+        let controller = Controller::new(config.clone(), start);
+        World {
+            epoch: config.epoch,
+            store_epoch: config.epoch,
+            config,
+            controller,
+            now: start,
+            records: BTreeMap::new(),
+            next_revision: 1,
+            instances: BTreeMap::new(),
+            next_instance: 1,
+            agents: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+            seq: 0,
+            next_reply: 1,
+            replies: BTreeMap::new(),
+            claim_msgs: BTreeMap::new(),
+            traces: BTreeMap::new(),
+            agent_inbox: BTreeMap::new(),
+            alerts: Vec::new(),
+            faults: Faults::default(),
+            heartbeats,
+            steps: 0,
+        }
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// The controller.
+    pub fn controller(&self) -> &Controller {
+        &self.controller
+    }
+
+    /// Faults to inject.
+    pub fn faults(&mut self) -> &mut Faults {
+        &mut self.faults
+    }
+
+    /// Alerts raised so far.
+    pub fn alerts(&self) -> &[Alert] {
+        &self.alerts
+    }
+
+    /// Controller events handled so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Every claim's trace as its caller saw it.
+    pub fn traces(&self) -> &BTreeMap<ClaimId, ClaimTrace> {
+        &self.traces
+    }
+
+    /// Replies sent to one reply address.
+    pub fn replies(&self, reply: &ReplyTo) -> &[ClaimReply] {
+        self.replies.get(reply).map_or(&[], Vec::as_slice)
+    }
+
+    /// Messages published on a claim's subjects (grants, revocations).
+    pub fn claim_messages(&self, claim: &ClaimId) -> &[ClaimReply] {
+        self.claim_msgs.get(claim).map_or(&[], Vec::as_slice)
+    }
+
+    /// Messages sent to a node's agent.
+    pub fn agent_messages(&self, node: &NodeId) -> &[DaemonMsg] {
+        self.agent_inbox.get(node).map_or(&[], Vec::as_slice)
+    }
+
+    /// The provider's instances (terminated ones are removed).
+    pub fn instances(&self) -> &BTreeMap<NodeId, Instance> {
+        &self.instances
+    }
+
+    /// Decoded store records, in key order.
+    pub fn records(&self) -> Vec<(Key, Revision, Record)> {
+        self.records
+            .iter()
+            .filter_map(|(k, (rev, bytes))| {
+                decode::<Record>(bytes).ok().map(|r| (k.clone(), *rev, r))
+            })
+            .collect()
+    }
+
+    /// Sends a claim-plane message now; returns its reply address.
+    pub fn send_claim(&mut self, msg: ClaimMsg) -> ReplyTo {
+        let reply = ReplyTo(format!("r{}", self.next_reply));
+        self.next_reply += 1;
+        if let ClaimMsg::Request(req) = &msg {
+            self.traces.entry(req.claim_id.clone()).or_insert(ClaimTrace {
+                requested_at: self.now,
+                ..ClaimTrace::default()
+            });
+        }
+        self.replies.entry(reply.clone()).or_default();
+        self.push(self.now, Pending::Deliver(Event::Claim {
+            msg,
+            reply: reply.clone(),
+        }));
+        reply
+    }
+
+    /// Requests a claim that its caller releases `hold_ms` after the grant.
+    pub fn claim_for(&mut self, req: crate::protocol::ClaimRequest, hold_ms: Millis) -> ReplyTo {
+        let id = req.claim_id.clone();
+        let reply = self.send_claim(ClaimMsg::Request(req));
+        if let Some(t) = self.traces.get_mut(&id) {
+            t.hold_ms = Some(hold_ms);
+        }
+        reply
+    }
+
+    /// The spot provider reclaims `node`: its agent reports the notice now
+    /// and the instance is gone two minutes later.
+    pub fn interrupt(&mut self, node: &NodeId) {
+        let deadline = self.now + 120_000;
+        self.push(self.now, Pending::Deliver(Event::Agent {
+            node: node.clone(),
+            msg: AgentMsg::Interrupted { deadline },
+        }));
+    }
+
+    /// The node's agent dies silently (no more heartbeats; session closes).
+    pub fn kill_agent(&mut self, node: &NodeId) {
+        if let Some(a) = self.agents.get_mut(node) {
+            a.alive = false;
+            a.generation += 1;
+        }
+        self.push(self.now, Pending::Deliver(Event::AgentGone { node: node.clone() }));
+    }
+
+    /// The daemon crashes and restarts: every event in flight to it is
+    /// lost (store writes already applied stay applied), a new controller
+    /// is restored from the store with the next epoch, and it is told the
+    /// provider's inventory. Agents reconnect.
+    pub fn crash_and_restart(&mut self) {
+        self.pending.retain(|_, p| !matches!(p, Pending::Deliver(_)));
+        self.queue.retain(|Reverse((_, seq))| self.pending.contains_key(seq));
+        self.epoch = self.epoch.next();
+        self.store_epoch = self.epoch;
+        let mut config = self.config.clone();
+        config.epoch = self.epoch;
+        let records = self.records();
+        self.controller = Controller::restore(config, records, self.now);
+        let instances: Vec<Instance> = self.instances.values().cloned().collect();
+        self.push(self.now, Pending::Deliver(Event::Inventory { instances }));
+        let up: Vec<NodeId> = self
+            .agents
+            .iter()
+            .filter(|(n, a)| a.alive && self.is_running(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for node in up {
+            let generation = self.agents.get(&node).map_or(0, |a| a.generation);
+            self.push(self.now, Pending::Boot { node, generation });
+        }
+    }
+
+    fn is_running(&self, node: &NodeId) -> bool {
+        self.instances
+            .get(node)
+            .is_some_and(|i| i.state == InstanceState::Running)
+    }
+
+    fn push(&mut self, at: Millis, p: Pending) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq)));
+        self.pending.insert(self.seq, p);
+    }
+
+    /// Runs until virtual time `until`.
+    pub fn run_until(&mut self, until: Millis) -> Result<(), String> {
+        let mut same_instant = 0u32;
+        let mut last = self.now;
+        loop {
+            let next_queued = self.queue.peek().map(|Reverse((t, _))| *t);
+            let next_deadline = self.controller.next_deadline();
+            let next = match (next_queued, next_deadline) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(t) => t,
+                    None => break,
+                },
+            };
+            if next > until {
+                break;
+            }
+            self.now = self.now.max(next);
+            if self.now == last {
+                same_instant += 1;
+                if same_instant > MAX_STEPS_PER_INSTANT {
+                    return Err(format!("livelock at t={}: the controller never settles", self.now));
+                }
+            } else {
+                same_instant = 0;
+                last = self.now;
+            }
+            if next_queued.is_some_and(|q| q <= next) {
+                if let Some(Reverse((_, seq))) = self.queue.pop()
+                    && let Some(p) = self.pending.remove(&seq)
+                {
+                    self.perform(p);
+                }
+            } else {
+                self.deliver(Event::Tick);
+            }
+        }
+        self.now = self.now.max(until);
+        Ok(())
+    }
+
+    /// Runs for `ms` of virtual time.
+    pub fn run_for(&mut self, ms: Millis) -> Result<(), String> {
+        self.run_until(self.now.saturating_add(ms))
+    }
+
+    fn perform(&mut self, p: Pending) {
+        match p {
+            Pending::Deliver(e) => self.deliver(e),
+            Pending::Boot { node, generation } => {
+                let ok = self.agents.get(&node).is_some_and(|a| a.alive && a.generation == generation)
+                    && self.is_running(&node);
+                if ok {
+                    let hello = self.hello(&node);
+                    self.deliver(Event::Agent { node: node.clone(), msg: hello });
+                    if self.heartbeats {
+                        let at = self.now + self.config.timing.heartbeat_interval_ms;
+                        self.push(at, Pending::Heartbeat { node, generation });
+                    }
+                }
+            }
+            Pending::Heartbeat { node, generation } => {
+                let ok = self.agents.get(&node).is_some_and(|a| a.alive && a.generation == generation)
+                    && self.is_running(&node);
+                if ok {
+                    self.deliver(Event::Agent {
+                        node: node.clone(),
+                        msg: AgentMsg::Heartbeat {
+                            cpu_percent: 1.0,
+                            memory_mb: 100,
+                            running: Vec::new(),
+                        },
+                    });
+                    let at = self.now + self.config.timing.heartbeat_interval_ms;
+                    self.push(at, Pending::Heartbeat { node, generation });
+                }
+            }
+            Pending::Release { ws, claim } => {
+                self.send_claim(ClaimMsg::Release {
+                    workspace: ws,
+                    claim_id: claim,
+                });
+            }
+        }
+    }
+
+    fn hello(&self, node: &NodeId) -> AgentMsg {
+        AgentMsg::Hello {
+            node: node.clone(),
+            agent_version: "world".to_owned(),
+            bootstrap_token: None,
+            resources: NodeResources {
+                cpus: 0,
+                memory_mb: 0,
+                arch: Arch::X86_64,
+                labels: BTreeMap::new(),
+            },
+            gateway: Some(format!("{node}.world:7443")),
+            seen_commands: Vec::new(),
+        }
+    }
+
+    fn deliver(&mut self, event: Event) {
+        self.steps += 1;
+        let commands = self.controller.handle(event, self.now);
+        for c in commands {
+            self.command(c);
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::Persist {
+                key,
+                value,
+                expected,
+                epoch,
+            } => {
+                let result = self.persist(&key, value, expected, epoch);
+                self.push(self.now, Pending::Deliver(Event::Persisted { key, result }));
+            }
+            Command::Provider { op, call } => self.provider(op, call),
+            Command::Send { to, msg } => self.send(to, msg),
+            Command::IssueCredentials {
+                claim, recipient, ..
+            } => {
+                let sealed = SealedCredentials {
+                    format: "world".to_owned(),
+                    ciphertext: format!("sealed-for-{recipient}"),
+                    signature: String::new(),
+                    signer: String::new(),
+                };
+                self.push(self.now, Pending::Deliver(Event::CredentialsIssued {
+                    claim,
+                    result: Ok(sealed),
+                }));
+            }
+            Command::Alert(a) => self.alerts.push(a),
+        }
+    }
+
+    /// The store: CAS on revisions, fencing on epochs, values through the
+    /// real codec.
+    fn persist(
+        &mut self,
+        key: &Key,
+        value: Option<Record>,
+        expected: Option<Revision>,
+        epoch: Epoch,
+    ) -> Result<Revision, StoreError> {
+        if self.faults.store_unavailable > 0 {
+            self.faults.store_unavailable -= 1;
+            return Err(StoreError::Unavailable("injected".to_owned()));
+        }
+        if epoch < self.store_epoch {
+            return Err(StoreError::Fenced {
+                writer: epoch.0,
+                current: self.store_epoch.0,
+            });
+        }
+        let current = self.records.get(key).map(|(r, _)| *r);
+        match (expected, current) {
+            (None, Some(cur)) => {
+                return Err(StoreError::AlreadyExists {
+                    key: key.clone(),
+                    current: cur,
+                });
+            }
+            (Some(_), None) => return Err(StoreError::NotFound { key: key.clone() }),
+            (Some(e), Some(cur)) if e != cur => {
+                return Err(StoreError::Conflict {
+                    key: key.clone(),
+                    expected: e,
+                    current: cur,
+                });
+            }
+            _ => {}
+        }
+        let rev = Revision(self.next_revision);
+        self.next_revision += 1;
+        match value {
+            Some(v) => {
+                let bytes = encode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                self.records.insert(key.clone(), (rev, bytes));
+                Ok(rev)
+            }
+            None => {
+                self.records.remove(key);
+                Ok(expected.unwrap_or(rev))
+            }
+        }
+    }
+
+    fn send(&mut self, to: Peer, msg: Outbound) {
+        match (to, msg) {
+            (Peer::Reply(r), Outbound::Claim(reply)) => {
+                self.replies.entry(r).or_default().push(reply);
+            }
+            (Peer::Claim(ws, id), Outbound::Claim(reply)) => {
+                match &reply {
+                    ClaimReply::Granted(_) => {
+                        if let Some(t) = self.traces.get_mut(&id)
+                            && t.granted_at.is_none()
+                        {
+                            t.granted_at = Some(self.now);
+                            if let Some(hold) = t.hold_ms {
+                                let at = self.now + hold;
+                                self.push(at, Pending::Release { ws, claim: id.clone() });
+                            }
+                        }
+                    }
+                    ClaimReply::Revoked(_) => {
+                        if let Some(t) = self.traces.get_mut(&id) {
+                            t.revoked = true;
+                            t.ended_at.get_or_insert(self.now);
+                        }
+                    }
+                    _ => {}
+                }
+                self.claim_msgs.entry(id).or_default().push(reply);
+            }
+            (Peer::Node(n), Outbound::Agent(m)) => {
+                self.agent_inbox.entry(n).or_default().push(m);
+            }
+            _ => {}
+        }
+    }
+
+    fn provider(&mut self, op: OpId, call: ProviderCall) {
+        if let Some((err, n)) = &mut self.faults.provider_error
+            && *n > 0
+        {
+            *n -= 1;
+            let e = err.clone();
+            self.push(self.now + API_LATENCY_MS, Pending::Deliver(Event::ProviderDone {
+                op,
+                result: Err(e),
+            }));
+            return;
+        }
+        let boot = self.config.billing.boot;
+        let (delay, result) = match call {
+            ProviderCall::Create(spec) => {
+                let latency = match spec.source {
+                    BootSource::Snapshot(_) => boot.snapshot_ms,
+                    _ => boot.image_ms,
+                };
+                let instance = match self.instances.get(&spec.node) {
+                    Some(i) => i.clone(),
+                    None => {
+                        let i = Instance {
+                            node: spec.node.clone(),
+                            provider_id: format!("i-{:06}", self.next_instance),
+                            instance_type: spec.instance_type.clone(),
+                            market: spec.market,
+                            state: InstanceState::Running,
+                            address: None,
+                            tags: spec.tags.clone(),
+                            created_at: self.now,
+                        };
+                        self.next_instance += 1;
+                        self.instances.insert(spec.node.clone(), i.clone());
+                        self.boot_agent(&spec.node, latency);
+                        i
+                    }
+                };
+                (API_LATENCY_MS.min(latency), Ok(ProviderOutcome::Instance(instance)))
+            }
+            ProviderCall::Start(r) => match self.instances.get_mut(&r.node) {
+                Some(i) => {
+                    let was_stopped = i.state != InstanceState::Running;
+                    i.state = InstanceState::Running;
+                    let i = i.clone();
+                    if was_stopped {
+                        self.boot_agent(&r.node, boot.stopped_ms);
+                    }
+                    (API_LATENCY_MS, Ok(ProviderOutcome::Instance(i)))
+                }
+                None => (API_LATENCY_MS, Err(ProviderError::NotFound(r.provider_id))),
+            },
+            ProviderCall::Stop(r) => match self.instances.get_mut(&r.node) {
+                Some(i) => {
+                    i.state = InstanceState::Stopped;
+                    let i = i.clone();
+                    self.stop_agent(&r.node);
+                    (API_LATENCY_MS, Ok(ProviderOutcome::Instance(i)))
+                }
+                None => (API_LATENCY_MS, Err(ProviderError::NotFound(r.provider_id))),
+            },
+            ProviderCall::Resize(r, to) => match self.instances.get_mut(&r.node) {
+                Some(i) => {
+                    i.instance_type = to;
+                    (boot.resize_ms, Ok(ProviderOutcome::Instance(i.clone())))
+                }
+                None => (API_LATENCY_MS, Err(ProviderError::NotFound(r.provider_id))),
+            },
+            ProviderCall::Snapshot(r) => {
+                let size = self
+                    .config
+                    .offerings
+                    .iter()
+                    .find(|o| self.instances.get(&r.node).is_some_and(|i| i.instance_type == o.instance_type))
+                    .map_or(20, |o| o.disk_gb);
+                let snap = SnapshotRef {
+                    id: format!("snap-{}-{}", r.node, self.now),
+                    size_gb: size,
+                    created_at: self.now,
+                };
+                (SNAPSHOT_LATENCY_MS, Ok(ProviderOutcome::Snapshot(snap)))
+            }
+            ProviderCall::Delete(r) => {
+                self.instances.remove(&r.node);
+                self.stop_agent(&r.node);
+                (API_LATENCY_MS, Ok(ProviderOutcome::Deleted))
+            }
+        };
+        self.push(self.now + delay, Pending::Deliver(Event::ProviderDone { op, result }));
+    }
+
+    fn boot_agent(&mut self, node: &NodeId, latency: Millis) {
+        let agent = self.agents.entry(node.clone()).or_insert(Agent {
+            generation: 0,
+            alive: true,
+        });
+        agent.generation += 1;
+        agent.alive = !self.faults.agents_never_boot;
+        let generation = agent.generation;
+        self.push(self.now + latency, Pending::Boot {
+            node: node.clone(),
+            generation,
+        });
+    }
+
+    fn stop_agent(&mut self, node: &NodeId) {
+        if let Some(a) = self.agents.get_mut(node) {
+            a.generation += 1;
+            self.push(self.now, Pending::Deliver(Event::AgentGone { node: node.clone() }));
+        }
+    }
+
+    /// Checks the invariants that must hold after every step; returns the
+    /// first violation.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        // No node holds more stored grants than it has slots.
+        let slots: BTreeMap<_, _> = self
+            .controller
+            .pools()
+            .map(|p| (p.name.clone(), p.slots_per_node))
+            .collect();
+        let mut held: BTreeMap<NodeId, u32> = BTreeMap::new();
+        let mut node_pool = BTreeMap::new();
+        let mut stored_claims = BTreeSet::new();
+        for (_, _, r) in self.records() {
+            match r {
+                Record::Claim(c) => {
+                    stored_claims.insert(c.request.claim_id.clone());
+                    if c.state.holds_node()
+                        && let Some(n) = c.node
+                    {
+                        *held.entry(n).or_default() += 1;
+                    }
+                }
+                Record::Node(n) => {
+                    node_pool.insert(n.node.clone(), n.pool.clone());
+                }
+                _ => {}
+            }
+        }
+        for (node, count) in &held {
+            let max = node_pool
+                .get(node)
+                .and_then(|p| slots.get(p))
+                .copied()
+                .unwrap_or(u32::MAX);
+            if *count > max {
+                return Err(format!("node {node} holds {count} stored grants; it has {max} slots"));
+            }
+        }
+        // Every claim the caller was told about is in the store (retention
+        // is assumed longer than the test) or known to the controller.
+        for reply in self.replies.values().flatten() {
+            if let ClaimReply::Pending { claim_id, .. } = reply
+                && !stored_claims.contains(claim_id)
+                && self.controller.claim(claim_id).is_none()
+            {
+                return Err(format!("claim {claim_id} was acknowledged but is lost"));
+            }
+        }
+        // Every grant the caller saw was stored as granted on that node.
+        for (id, msgs) in &self.claim_msgs {
+            for m in msgs {
+                if let ClaimReply::Granted(g) = m
+                    && let Some(c) = self.controller.claim(id)
+                    && c.state.holds_node()
+                    && c.node.as_ref() != Some(&g.node)
+                {
+                    return Err(format!("claim {id} granted on {} but holds {:?}", g.node, c.node));
+                }
+            }
+        }
+        // Controller occupancy never exceeds slots either.
+        for n in self.controller.nodes() {
+            let max = slots.get(&n.record.pool).copied().unwrap_or(u32::MAX) as usize;
+            if n.claims.len() > max {
+                return Err(format!("node {} holds {} claims in memory", n.record.node, n.claims.len()));
+            }
+        }
+        Ok(())
+    }
+}
