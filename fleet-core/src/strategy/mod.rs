@@ -20,9 +20,21 @@ use crate::money::Money;
 use crate::protocol::{NodeState, Requirements};
 use crate::provider::{Capabilities, Market, Offering, SnapshotRef};
 
+mod always_on_resize;
+mod cold_image;
+mod cold_snapshot;
 mod config;
+mod hybrid;
+mod spot;
+mod stopped_pool;
 
+pub use always_on_resize::AlwaysOnResize;
+pub use cold_image::ColdImage;
+pub use cold_snapshot::ColdSnapshot;
 pub use config::*;
+pub use hybrid::Hybrid;
+pub use spot::Spot;
+pub use stopped_pool::StoppedPool;
 
 /// A pool as configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,4 +273,592 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// already on their way up, so that calling it again before anything
     /// changed returns no new actions.
     fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan;
+}
+
+/// The planning kit the six strategies share: supply/demand matching, a plan
+/// draft that keeps `max_nodes`/`min_nodes` honest, idle timers and packing
+/// of new nodes. Kept here (not public) so every strategy counts capacity the
+/// same way.
+mod kit {
+    use std::collections::BTreeMap;
+
+    use super::{Action, Demand, NodeView, Plan, PoolView, SourceKind};
+    use crate::billing::{BillingModel, Granularity, StoppedBilling};
+    use crate::ids::{InstanceType, Millis};
+    use crate::money::{HourlyPrice, MS_PER_HOUR, Money};
+    use crate::protocol::{NodeResources, NodeState, Requirements};
+    use crate::provider::{Market, Offering};
+
+    /// A plan being built. Tracks what the plan itself deletes, starts and
+    /// creates, so limits are checked against the pool *after* the plan.
+    #[derive(Debug)]
+    pub(super) struct Draft<'a> {
+        pub(super) view: PoolView<'a>,
+        actions: Vec<Action>,
+        removed: Vec<bool>,
+        started: Vec<bool>,
+        planned: Vec<InstanceType>,
+        wake_at: Option<Millis>,
+    }
+
+    impl<'a> Draft<'a> {
+        pub(super) fn new(view: &PoolView<'a>) -> Draft<'a> {
+            Draft {
+                view: *view,
+                actions: Vec::new(),
+                removed: vec![false; view.nodes.len()],
+                started: vec![false; view.nodes.len()],
+                planned: Vec::new(),
+                wake_at: None,
+            }
+        }
+
+        /// Nodes that count against `max_nodes` once this plan is applied:
+        /// every node not gone/deleting, minus the ones this plan deletes,
+        /// plus the ones it creates.
+        pub(super) fn live(&self) -> u32 {
+            let existing = self
+                .view
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| !self.removed[*i] && is_live(n))
+                .count();
+            u32::try_from(existing + self.planned.len()).unwrap_or(u32::MAX)
+        }
+
+        /// How many more nodes `max_nodes` allows.
+        pub(super) fn room(&self) -> u32 {
+            self.view.spec.max_nodes.saturating_sub(self.live())
+        }
+
+        /// The fewest nodes the pool may keep (a misconfigured `min_nodes`
+        /// above `max_nodes` yields to `max_nodes`).
+        pub(super) fn floor(&self) -> u32 {
+            self.view.spec.min_nodes.min(self.view.spec.max_nodes)
+        }
+
+        pub(super) fn is_removed(&self, i: usize) -> bool {
+            self.removed[i]
+        }
+
+        pub(super) fn is_started(&self, i: usize) -> bool {
+            self.started[i]
+        }
+
+        pub(super) fn delete(&mut self, i: usize) {
+            if !self.removed[i] {
+                self.removed[i] = true;
+                self.actions.push(Action::Delete {
+                    node: self.view.nodes[i].node.clone(),
+                });
+            }
+        }
+
+        pub(super) fn start(&mut self, i: usize) {
+            if !self.started[i] {
+                self.started[i] = true;
+                self.actions.push(Action::Start {
+                    node: self.view.nodes[i].node.clone(),
+                });
+            }
+        }
+
+        /// Creates a node if `max_nodes` allows; says whether it did.
+        pub(super) fn create(
+            &mut self,
+            source: SourceKind,
+            market: Market,
+            size: &InstanceType,
+        ) -> bool {
+            if self.room() == 0 {
+                return false;
+            }
+            self.planned.push(size.clone());
+            self.actions.push(Action::Create {
+                source,
+                market,
+                size: size.clone(),
+            });
+            true
+        }
+
+        pub(super) fn push(&mut self, action: Action) {
+            self.actions.push(action);
+        }
+
+        /// Asks to be woken at `t` if that is still ahead.
+        pub(super) fn wake(&mut self, t: Millis, now: Millis) {
+            if t > now {
+                self.wake_at = Some(self.wake_at.map_or(t, |w| w.min(t)));
+            }
+        }
+
+        /// Lost and interrupted nodes serve nothing and are being replaced:
+        /// delete them so they stop billing and stop blocking `max_nodes`.
+        pub(super) fn delete_failed(&mut self) {
+            for (i, n) in self.view.nodes.iter().enumerate() {
+                if matches!(n.state, NodeState::Lost | NodeState::Interrupted) {
+                    self.delete(i);
+                }
+            }
+        }
+
+        /// Creates nodes of `size` until `target` are live (used for
+        /// `min_nodes` and always-on nodes), within `max_nodes`.
+        pub(super) fn fill_to(
+            &mut self,
+            target: u32,
+            source: SourceKind,
+            market: Market,
+            size: &InstanceType,
+        ) {
+            while self.live() < target {
+                if !self.create(source, market, size) {
+                    break;
+                }
+            }
+        }
+
+        pub(super) fn finish(self) -> Plan {
+            Plan {
+                actions: self.actions,
+                wake_at: self.wake_at,
+            }
+        }
+    }
+
+    /// Counts against `max_nodes`.
+    pub(super) fn is_live(n: &NodeView) -> bool {
+        !matches!(n.state, NodeState::Gone | NodeState::Deleting)
+    }
+
+    /// Up, idle and taking claims: the only nodes a strategy stops, resizes,
+    /// snapshots or deletes for idleness.
+    pub(super) fn is_idle_ready(n: &NodeView) -> bool {
+        n.state == NodeState::Ready && n.claims == 0
+    }
+
+    /// Since when `n` has been idle (falls back to when it became ready).
+    pub(super) fn idle_start(n: &NodeView) -> Millis {
+        n.idle_since.unwrap_or(n.state_since)
+    }
+
+    /// What a node of type `t` offers, if the pool still sells `t`.
+    pub(super) fn resources_of(view: &PoolView<'_>, t: &InstanceType) -> Option<NodeResources> {
+        view.offering(t).map(|o| o.resources(&view.spec.labels))
+    }
+
+    /// Whether a node of type `t` can serve `req`. A type the pool no longer
+    /// sells is assumed to fit: over-counting supply at worst delays a claim,
+    /// under-counting it would buy machines on every plan.
+    pub(super) fn fits(view: &PoolView<'_>, t: &InstanceType, req: &Requirements) -> bool {
+        resources_of(view, t).is_none_or(|r| req.satisfied_by(&r))
+    }
+
+    /// Orders types small to large (unknown types last), for best fit.
+    pub(super) fn size_key(
+        view: &PoolView<'_>,
+        t: &InstanceType,
+    ) -> (bool, u32, u64, InstanceType) {
+        match view.offering(t) {
+            Some(o) => (false, o.cpus, o.memory_mb, t.clone()),
+            None => (true, u32::MAX, u64::MAX, t.clone()),
+        }
+    }
+
+    /// Pending claims against supply.
+    #[derive(Debug)]
+    pub(super) struct Matching {
+        /// Pending claims (indices into `view.pending`) no free or coming
+        /// slot covers, oldest first.
+        pub(super) unmatched: Vec<usize>,
+        /// Per node: a pending claim is expected to land on it.
+        pub(super) needed: Vec<bool>,
+    }
+
+    impl Matching {
+        pub(super) fn demands<'a>(&self, view: &PoolView<'a>) -> Vec<&'a Demand> {
+            self.unmatched.iter().map(|&i| &view.pending[i]).collect()
+        }
+    }
+
+    struct Group {
+        ty: InstanceType,
+        // (node index or None for a node this plan creates, free slots)
+        members: Vec<(Option<usize>, u32)>,
+    }
+
+    /// Matches pending claims to free slots of up nodes and to the slots of
+    /// nodes on their way up (including those this draft starts or creates).
+    /// Largest claims first, each into the smallest type that fits, so that
+    /// the nodes a previous plan created for these claims are found again
+    /// (this is what makes re-planning idempotent).
+    pub(super) fn match_pending(d: &Draft<'_>) -> Matching {
+        let view = &d.view;
+        let mut groups: BTreeMap<(bool, u32, u64, InstanceType), Group> = BTreeMap::new();
+        let mut add = |ty: &InstanceType, who: Option<usize>, free: u32| {
+            if free == 0 {
+                return;
+            }
+            groups
+                .entry(size_key(view, ty))
+                .or_insert_with(|| Group {
+                    ty: ty.clone(),
+                    members: Vec::new(),
+                })
+                .members
+                .push((who, free));
+        };
+        for (i, n) in view.nodes.iter().enumerate() {
+            if d.is_removed(i) {
+                continue;
+            }
+            let free = if d.is_started(i) || n.state.is_coming_up() {
+                n.slots.saturating_sub(n.claims)
+            } else {
+                n.free_slots()
+            };
+            add(&n.instance_type, Some(i), free);
+        }
+        let new_slots = view.spec.slots_per_node.max(1);
+        for t in &d.planned {
+            add(t, None, new_slots);
+        }
+        let mut groups: Vec<Group> = groups.into_values().collect();
+
+        let mut order: Vec<usize> = (0..view.pending.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ra, rb) = (&view.pending[a].requirements, &view.pending[b].requirements);
+            (rb.cpus, rb.memory_mb)
+                .cmp(&(ra.cpus, ra.memory_mb))
+                .then(a.cmp(&b))
+        });
+
+        let mut needed = vec![false; view.nodes.len()];
+        let mut unmatched = Vec::new();
+        for c in order {
+            let req = &view.pending[c].requirements;
+            let slot = groups.iter_mut().find_map(|g| {
+                if !fits(view, &g.ty, req) {
+                    return None;
+                }
+                g.members.iter_mut().find(|m| m.1 > 0)
+            });
+            match slot {
+                Some(m) => {
+                    m.1 -= 1;
+                    if let Some(i) = m.0 {
+                        needed[i] = true;
+                    }
+                }
+                None => unmatched.push(c),
+            }
+        }
+        unmatched.sort_unstable();
+        Matching { unmatched, needed }
+    }
+
+    /// Which offering and market a new node for `req` gets: spot when asked
+    /// for and sold for a fitting type, else on-demand if allowed.
+    pub(super) fn pick<'a>(
+        view: &PoolView<'a>,
+        req: &Requirements,
+        market: Market,
+        on_demand_fallback: bool,
+    ) -> Option<(&'a Offering, Market)> {
+        if market == Market::Spot {
+            if view.capabilities.spot
+                && let Some(o) = view.cheapest_fitting(req, Market::Spot)
+            {
+                return Some((o, Market::Spot));
+            }
+            if !on_demand_fallback {
+                return None;
+            }
+        }
+        view.cheapest_fitting(req, Market::OnDemand)
+            .map(|o| (o, Market::OnDemand))
+    }
+
+    /// The market a node of offering `o` is bought in under this policy.
+    pub(super) fn market_for(
+        view: &PoolView<'_>,
+        o: &Offering,
+        market: Market,
+        on_demand_fallback: bool,
+    ) -> Option<Market> {
+        match market {
+            Market::Spot if view.capabilities.spot && o.spot.is_some() => Some(Market::Spot),
+            Market::Spot if !on_demand_fallback => None,
+            _ => Some(Market::OnDemand),
+        }
+    }
+
+    /// Creates nodes for `claims` (oldest first), packing several claims on
+    /// one new node when `slots_per_node` allows, at most `limit` nodes and
+    /// never past `max_nodes`. Claims nothing fits are skipped (they wait,
+    /// and arbitration reports why).
+    pub(super) fn create_for(
+        d: &mut Draft<'_>,
+        claims: &[&Demand],
+        source: SourceKind,
+        market: Market,
+        on_demand_fallback: bool,
+        limit: u32,
+    ) {
+        let view = d.view;
+        let slots = view.spec.slots_per_node.max(1);
+        // New nodes of this call with free slots left: (type, slots left).
+        let mut open: Vec<(InstanceType, u32)> = Vec::new();
+        let mut made = 0u32;
+        for c in claims {
+            let req = &c.requirements;
+            let best = open
+                .iter_mut()
+                .filter(|(t, left)| *left > 0 && fits(&view, t, req))
+                .min_by_key(|(t, _)| size_key(&view, t));
+            if let Some((_, left)) = best {
+                *left -= 1;
+                continue;
+            }
+            if made >= limit {
+                continue;
+            }
+            let Some((o, m)) = pick(&view, req, market, on_demand_fallback) else {
+                continue;
+            };
+            if !d.create(source, m, &o.instance_type) {
+                break;
+            }
+            made += 1;
+            open.push((o.instance_type.clone(), slots - 1));
+        }
+    }
+
+    /// Deletes idle nodes whose timer ran out, longest idle first, never
+    /// below the floor; `keep` nodes are never deleted. Stopped nodes (not
+    /// `keep`) count as expired at once: these strategies never want them.
+    /// Sets the wake-up for the next timer.
+    pub(super) fn delete_idle(
+        d: &mut Draft<'_>,
+        m: &Matching,
+        keep: &[bool],
+        now: Millis,
+        timeout: Millis,
+        floor: u32,
+    ) {
+        let nodes = d.view.nodes;
+        let mut candidates: Vec<(Millis, usize)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                !d.is_removed(*i) && !keep.get(*i).copied().unwrap_or(false) && !m.needed[*i]
+            })
+            .filter_map(|(i, n)| {
+                if is_idle_ready(n) {
+                    Some((idle_start(n).saturating_add(timeout), i))
+                } else if n.state == NodeState::Stopped && !d.is_started(i) {
+                    Some((0, i))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        candidates.sort_unstable();
+        for (due, i) in candidates {
+            if due <= now {
+                if d.live() > floor {
+                    d.delete(i);
+                }
+            } else {
+                d.wake(due, now);
+            }
+        }
+    }
+
+    /// Boots from the snapshot when the provider can and one exists.
+    pub(super) fn preferred_source(view: &PoolView<'_>) -> SourceKind {
+        if view.capabilities.snapshot && view.snapshot.is_some() {
+            SourceKind::Snapshot
+        } else {
+            SourceKind::Image
+        }
+    }
+
+    /// Takes a snapshot of one idle node when the provider can, none is in
+    /// flight and the current one is missing or older than `refresh_ms`.
+    /// Prefers nodes not in `avoid` (always-on nodes), then the longest idle.
+    /// Returns the node snapshotted, so the caller does not delete it.
+    pub(super) fn maybe_snapshot(
+        d: &mut Draft<'_>,
+        m: &Matching,
+        avoid: &[bool],
+        now: Millis,
+        refresh_ms: Millis,
+    ) -> Option<usize> {
+        let view = d.view;
+        if !view.capabilities.snapshot {
+            return None;
+        }
+        if view
+            .nodes
+            .iter()
+            .any(|n| n.state == NodeState::Snapshotting)
+        {
+            return None;
+        }
+        if let Some(s) = view.snapshot {
+            let due = s.created_at.saturating_add(refresh_ms);
+            if now < due {
+                // Ask again when it goes stale, if there is a node to take it from.
+                if view.nodes.iter().any(|n| n.state == NodeState::Ready) {
+                    d.wake(due, now);
+                }
+                return None;
+            }
+        }
+        let pick = view
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| !d.is_removed(*i) && !m.needed[*i] && is_idle_ready(n))
+            .min_by_key(|(i, n)| (avoid.get(*i).copied().unwrap_or(false), idle_start(n), *i))
+            .map(|(i, _)| i)?;
+        d.push(Action::Snapshot {
+            node: view.nodes[pick].node.clone(),
+        });
+        Some(pick)
+    }
+
+    /// Picks the `k` nodes an always-on strategy keeps: of type `prefer`
+    /// first, then the most up, then by node id.
+    pub(super) fn primaries(d: &Draft<'_>, k: u32, prefer: Option<&InstanceType>) -> Vec<bool> {
+        let nodes = d.view.nodes;
+        let mut order: Vec<(bool, u8, usize)> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| !d.is_removed(*i) && is_live(n))
+            .map(|(i, n)| {
+                let rank = match n.state {
+                    NodeState::Ready | NodeState::Busy => 0,
+                    NodeState::Resizing | NodeState::Snapshotting | NodeState::Starting => 1,
+                    NodeState::Requested | NodeState::Provisioning | NodeState::Booting => 2,
+                    NodeState::Stopped | NodeState::Stopping => 3,
+                    _ => 4,
+                };
+                (prefer.is_some_and(|p| p != &n.instance_type), rank, i)
+            })
+            .collect();
+        order.sort_unstable();
+        let mut chosen = vec![false; nodes.len()];
+        for &(_, _, i) in order.iter().take(usize::try_from(k).unwrap_or(usize::MAX)) {
+            chosen[i] = true;
+        }
+        chosen
+    }
+
+    /// The offering of `wanted` if the pool sells it, else the baseline.
+    pub(super) fn offering_or_baseline<'a>(
+        view: &PoolView<'a>,
+        wanted: Option<&InstanceType>,
+    ) -> Option<&'a Offering> {
+        wanted
+            .and_then(|t| view.offering(t))
+            .or_else(|| view.baseline())
+    }
+
+    /// One hour of running at `price`, as billed.
+    pub(super) fn hour_of(billing: &BillingModel, price: HourlyPrice) -> Money {
+        billing.running_cost(price, MS_PER_HOUR)
+    }
+
+    /// Snapshot storage per hour for an idle pool: the snapshot that exists,
+    /// or, when `will_take` (the strategy will snapshot a node it keeps), one
+    /// the size of the baseline disk.
+    pub(super) fn snapshot_hourly(view: &PoolView<'_>, will_take: bool) -> Money {
+        let gb = match (view.snapshot, view.baseline()) {
+            (Some(s), _) => u64::from(s.size_gb),
+            (None, Some(b)) if will_take && view.capabilities.snapshot => u64::from(b.disk_gb),
+            _ => return Money::ZERO,
+        };
+        view.billing.snapshot_per_gb_month.hourly(gb).0
+    }
+
+    /// The billing rules in words.
+    pub(super) fn billing_words(b: &BillingModel) -> String {
+        let running = match b.granularity {
+            Granularity::PerSecond { minimum_secs } => {
+                format!("running time billed per second with a {minimum_secs} s minimum per start")
+            }
+            Granularity::PerStartedHour => "every started hour billed in full".to_owned(),
+        };
+        let stopped = match b.stopped {
+            StoppedBilling::DiskOnly => format!(
+                "a stopped node pays only its disk ({}/GB-month)",
+                b.disk_per_gb_month.0
+            ),
+            StoppedBilling::FullPrice => "a stopped node pays its full price".to_owned(),
+        };
+        format!(
+            "{running}; {stopped}; snapshots {}/GB-month",
+            b.snapshot_per_gb_month.0
+        )
+    }
+
+    /// A milliseconds parameter as text.
+    pub(super) fn ms(v: Millis) -> String {
+        format!("{v} ms")
+    }
+
+    /// `name @ $x/h` for the cost-model text.
+    pub(super) fn priced(o: Option<&Offering>, market: Market) -> String {
+        match o.and_then(|o| o.price(market).map(|p| (o, p))) {
+            Some((o, p)) => format!("{} at {}/h", o.instance_type, p.0),
+            None => "no offering".to_owned(),
+        }
+    }
+
+    /// How an elastic (create on demand, delete when idle) pool buys nodes.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Elastic {
+        pub(super) source: SourceKind,
+        pub(super) market: Market,
+        pub(super) on_demand_fallback: bool,
+        pub(super) idle_timeout_ms: Millis,
+        /// Take/refresh a snapshot this often (snapshot-booting strategies).
+        pub(super) snapshot_refresh_ms: Option<Millis>,
+    }
+
+    /// The plan of ColdImage, ColdSnapshot and Spot: replace failed nodes,
+    /// keep `min_nodes` baseline nodes, create for uncovered demand, snapshot
+    /// when due, delete nodes idle past the timeout.
+    pub(super) fn plan_elastic(view: &PoolView<'_>, now: Millis, e: Elastic) -> Plan {
+        let mut d = Draft::new(view);
+        d.delete_failed();
+        let floor = d.floor();
+        if let Some(b) = view.baseline()
+            && let Some(market) = market_for(view, b, e.market, e.on_demand_fallback)
+        {
+            d.fill_to(floor, e.source, market, &b.instance_type);
+        }
+        let m = match_pending(&d);
+        let mut keep = vec![false; view.nodes.len()];
+        if let Some(refresh) = e.snapshot_refresh_ms
+            && let Some(i) = maybe_snapshot(&mut d, &m, &[], now, refresh)
+        {
+            keep[i] = true;
+        }
+        let claims = m.demands(view);
+        create_for(
+            &mut d,
+            &claims,
+            e.source,
+            e.market,
+            e.on_demand_fallback,
+            u32::MAX,
+        );
+        delete_idle(&mut d, &m, &keep, now, e.idle_timeout_ms, floor);
+        d.finish()
+    }
 }

@@ -1,0 +1,191 @@
+//! [`AlwaysOnResize`]: one long-lived node, resized between baseline and peak.
+
+use serde::{Deserialize, Serialize};
+
+use super::kit::{self, Draft};
+use super::{Action, IdleCost, Param, Plan, PoolView, Strategy, StrategyInfo};
+use crate::billing::BootPath;
+use crate::ids::{InstanceType, Millis};
+use crate::money::Money;
+use crate::protocol::NodeState;
+use crate::provider::{Market, Offering};
+
+/// Keeps `max(min_nodes, 1)` on-demand nodes always on at the baseline type
+/// and resizes one to the peak type when a waiting claim needs more cpu or
+/// memory than the baseline has, back to baseline after
+/// `scale_down_after_ms` idle.
+///
+/// Rules:
+/// - A resize restarts the machine, so a node is resized only while it is
+///   `ready` with zero claims: a claim that needs the peak waits until the
+///   node has drained, then the resize serves it. Busy nodes are never touched.
+/// - Without the provider's resize capability nothing is ever resized and
+///   nothing extra is created: claims larger than the baseline wait (pick
+///   [`Hybrid`](super::Hybrid) for burst capacity).
+/// - It never deletes its always-on nodes (only lost/interrupted ones, which
+///   it replaces, and extra idle nodes beyond the always-on count).
+/// - A stopped always-on node is started when the provider can.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlwaysOnResize {
+    /// Type kept while quiet (default: the pool's first instance type).
+    pub baseline: Option<InstanceType>,
+    /// Type for demand the baseline cannot serve (default: the pool's type
+    /// with the most cpus, then memory).
+    pub peak: Option<InstanceType>,
+    /// Idle time at peak before resizing back to baseline (default 5 min:
+    /// long enough that a burst of large claims does not pay a resize each).
+    pub scale_down_after_ms: Millis,
+}
+
+impl Default for AlwaysOnResize {
+    fn default() -> AlwaysOnResize {
+        AlwaysOnResize {
+            baseline: None,
+            peak: None,
+            scale_down_after_ms: 300_000,
+        }
+    }
+}
+
+impl AlwaysOnResize {
+    fn always_on(pool: &PoolView<'_>) -> u32 {
+        pool.spec.min_nodes.max(1).min(pool.spec.max_nodes)
+    }
+}
+
+/// The configured peak if sold, else the largest type.
+pub(super) fn peak_offering<'a>(
+    pool: &PoolView<'a>,
+    wanted: Option<&InstanceType>,
+) -> Option<&'a Offering> {
+    wanted.and_then(|t| pool.offering(t)).or_else(|| {
+        pool.offerings
+            .iter()
+            .rev()
+            .max_by_key(|o| (o.cpus, o.memory_mb))
+    })
+}
+
+impl Strategy for AlwaysOnResize {
+    fn describe(&self, pool: &PoolView<'_>) -> StrategyInfo {
+        let base = kit::offering_or_baseline(pool, self.baseline.as_ref());
+        let peak = peak_offering(pool, self.peak.as_ref());
+        let k = Self::always_on(pool);
+        let per_hour = base.map_or(Money::ZERO, |b| {
+            kit::hour_of(pool.billing, b.on_demand).times(u64::from(k))
+        });
+        let resize_words = if pool.capabilities.resize {
+            format!(
+                "a claim larger than the baseline waits for the node to drain, then a resize \
+                 to {} ({} ms of downtime); back to baseline after {} ms idle",
+                kit::priced(peak, Market::OnDemand),
+                pool.billing.boot.resize_ms,
+                self.scale_down_after_ms
+            )
+        } else {
+            "the provider cannot resize: the node stays at baseline and claims larger than \
+             it wait; nothing extra is created"
+                .to_owned()
+        };
+        StrategyInfo {
+            name: "always_on_resize",
+            summary: "one long-lived node resized between peak and baseline; zero boot latency",
+            parameters: vec![
+                Param {
+                    name: "baseline",
+                    value: base.map_or_else(|| "none".to_owned(), |o| o.instance_type.to_string()),
+                    meaning: "type kept while quiet",
+                },
+                Param {
+                    name: "peak",
+                    value: peak.map_or_else(|| "none".to_owned(), |o| o.instance_type.to_string()),
+                    meaning: "type for claims the baseline cannot serve",
+                },
+                Param {
+                    name: "scale_down_after_ms",
+                    value: kit::ms(self.scale_down_after_ms),
+                    meaning: "idle time at peak before resizing back to baseline",
+                },
+            ],
+            boot_path: BootPath::Resize,
+            idle_cost: IdleCost {
+                setup: Money::ZERO,
+                per_hour,
+            },
+            cost_model: format!(
+                "{k} on-demand node(s) at {} run all the time; {resize_words}; {}. A pool with \
+                 no claims costs {per_hour}/h.",
+                kit::priced(base, Market::OnDemand),
+                kit::billing_words(pool.billing),
+            ),
+        }
+    }
+
+    fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan {
+        let mut d = Draft::new(pool);
+        d.delete_failed();
+        let Some(base) = kit::offering_or_baseline(pool, self.baseline.as_ref()) else {
+            return d.finish();
+        };
+        let peak = peak_offering(pool, self.peak.as_ref()).unwrap_or(base);
+        let k = Self::always_on(pool);
+        let primary = kit::primaries(&d, k, Some(&base.instance_type));
+        for (i, n) in pool.nodes.iter().enumerate() {
+            if primary[i] && n.state == NodeState::Stopped && pool.capabilities.stop_start {
+                d.start(i);
+            }
+        }
+        let m = kit::match_pending(&d);
+        // Nodes beyond the always-on count (left by another strategy or a
+        // lowered min_nodes) go once they are idle.
+        for (i, n) in pool.nodes.iter().enumerate() {
+            let spare = !primary[i] && !d.is_removed(i) && !m.needed[i];
+            if spare && (kit::is_idle_ready(n) || n.state == NodeState::Stopped) {
+                d.delete(i);
+            }
+        }
+        let have = primary.iter().filter(|p| **p).count();
+        let source = kit::preferred_source(pool);
+        for _ in have..usize::try_from(k).unwrap_or(usize::MAX) {
+            d.create(source, Market::OnDemand, &base.instance_type);
+        }
+        if !pool.capabilities.resize {
+            return d.finish();
+        }
+        let waiting = m.demands(pool);
+        // Claims only the peak can serve, still to be covered by a resize.
+        let mut need_peak = waiting
+            .iter()
+            .filter(|c| !kit::fits(pool, &base.instance_type, &c.requirements))
+            .filter(|c| kit::fits(pool, &peak.instance_type, &c.requirements))
+            .count();
+        for (i, n) in pool.nodes.iter().enumerate() {
+            if !primary[i] || d.is_removed(i) || !kit::is_idle_ready(n) {
+                continue;
+            }
+            let too_small = waiting.iter().any(|c| {
+                !kit::fits(pool, &n.instance_type, &c.requirements)
+                    && kit::fits(pool, &peak.instance_type, &c.requirements)
+            });
+            if need_peak > 0 && too_small && n.instance_type != peak.instance_type {
+                need_peak = need_peak.saturating_sub(usize::try_from(n.slots.max(1)).unwrap_or(1));
+                d.push(Action::Resize {
+                    node: n.node.clone(),
+                    to: peak.instance_type.clone(),
+                });
+            } else if n.instance_type != base.instance_type && !m.needed[i] && need_peak == 0 {
+                let due = kit::idle_start(n).saturating_add(self.scale_down_after_ms);
+                if due <= now {
+                    d.push(Action::Resize {
+                        node: n.node.clone(),
+                        to: base.instance_type.clone(),
+                    });
+                } else {
+                    d.wake(due, now);
+                }
+            }
+        }
+        d.finish()
+    }
+}
