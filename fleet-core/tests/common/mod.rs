@@ -1,0 +1,101 @@
+//! Fixtures shared by the controller tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::collections::BTreeMap;
+
+use fleet_core::billing::BillingModel;
+use fleet_core::controller::{ControllerConfig, Timing};
+use fleet_core::harness::World;
+use fleet_core::money::HourlyPrice;
+use fleet_core::protocol::{Arch, ClaimRequest, Requirements};
+use fleet_core::provider::{Capabilities, Offering, SpotTerms};
+use fleet_core::strategy::{PoolSpec, StrategyConfig};
+use fleet_core::{ClaimId, Epoch, InstanceType, PoolName, Workspace};
+
+pub const T0: u64 = 1_700_000_000_000;
+
+pub fn it(s: &str) -> InstanceType {
+    InstanceType::new(s).expect("valid type")
+}
+
+pub fn offerings() -> Vec<Offering> {
+    vec![
+        Offering {
+            instance_type: it("c7.large"),
+            cpus: 2,
+            memory_mb: 4096,
+            arch: Arch::X86_64,
+            disk_gb: 30,
+            on_demand: HourlyPrice::from_micros(85_000),
+            spot: Some(SpotTerms {
+                price: HourlyPrice::from_micros(30_000),
+                interruptions_per_1000h: 50,
+            }),
+        },
+        Offering {
+            instance_type: it("c7.2xlarge"),
+            cpus: 8,
+            memory_mb: 16384,
+            arch: Arch::X86_64,
+            disk_gb: 30,
+            on_demand: HourlyPrice::from_micros(340_000),
+            spot: None,
+        },
+    ]
+}
+
+pub fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
+    PoolSpec {
+        name: PoolName::new("linux").expect("valid"),
+        strategy,
+        instance_types: vec![it("c7.large"), it("c7.2xlarge")],
+        image: "ami-base".to_owned(),
+        labels: BTreeMap::new(),
+        min_nodes: 0,
+        max_nodes,
+        slots_per_node: 1,
+    }
+}
+
+pub fn config(pool: PoolSpec) -> ControllerConfig {
+    ControllerConfig {
+        pools: vec![pool],
+        quotas: BTreeMap::new(),
+        offerings: offerings(),
+        capabilities: Capabilities::all(),
+        billing: BillingModel::ec2(),
+        epoch: Epoch(1),
+        namespace: "fleet".to_owned(),
+        timing: Timing {
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 30_000,
+            claim_retention_ms: 86_400_000,
+            ..Timing::default()
+        },
+    }
+}
+
+pub fn world() -> World {
+    World::new(config(pool(StrategyConfig::default(), 4)), T0, true)
+}
+
+pub fn request(id: &str) -> ClaimRequest {
+    ClaimRequest {
+        claim_id: ClaimId::new(id).expect("valid"),
+        workspace: Workspace::new("team-a").expect("valid"),
+        pool: PoolName::new("linux").expect("valid"),
+        requirements: Requirements::default(),
+        priority: 0,
+        lease_ttl_ms: 600_000,
+        max_wait_ms: None,
+        recipient: Some("age1qqqqexamplerecipient".to_owned()),
+    }
+}
+
+pub fn cid(s: &str) -> ClaimId {
+    ClaimId::new(s).expect("valid")
+}
+
+pub fn ws() -> Workspace {
+    Workspace::new("team-a").expect("valid")
+}

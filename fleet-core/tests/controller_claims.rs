@@ -1,0 +1,240 @@
+//! The claim lifecycle through the real controller in the virtual world.
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use common::*;
+use fleet_core::controller::Alert;
+use fleet_core::protocol::{
+    ClaimMsg, ClaimRejection, ClaimReply, ClaimState, DaemonMsg, NodeState, PendingReason,
+    Requirements, RevokeReason,
+};
+
+fn granted(w: &fleet_core::harness::World, id: &str) -> Option<fleet_core::protocol::ClaimGrant> {
+    w.claim_messages(&cid(id)).iter().find_map(|m| match m {
+        ClaimReply::Granted(g) => Some(g.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_claim_is_acknowledged_granted_after_boot_and_released() {
+    let mut w = world();
+    let reply = w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(1).unwrap();
+    assert!(matches!(
+        w.replies(&reply),
+        [ClaimReply::Pending { reason: PendingReason::WaitingForCapacity, .. }]
+    ));
+    assert!(granted(&w, "c1").is_none(), "no node yet");
+    assert_eq!(w.instances().len(), 1, "cold start creates one node");
+
+    // EC2 image boot is 240 s in the billing model.
+    w.run_for(250_000).unwrap();
+    let g = granted(&w, "c1").expect("granted once the agent said hello");
+    assert!(g.endpoint.ends_with(":7443"));
+    assert!(g.credentials.is_some(), "sealed to the recipient");
+    assert!(w.agent_messages(&g.node).iter().any(|m| matches!(m, DaemonMsg::Activate { .. })));
+    let trace = &w.traces()[&cid("c1")];
+    assert!(trace.granted_at.unwrap() - trace.requested_at >= 240_000);
+
+    let rel = w.send_claim(ClaimMsg::Release { workspace: ws(), claim_id: cid("c1") });
+    w.run_for(1).unwrap();
+    assert!(matches!(w.replies(&rel), [ClaimReply::Released { .. }]));
+    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Released);
+    assert!(w.agent_messages(&g.node).iter().any(|m| matches!(m, DaemonMsg::Deactivate { .. })));
+
+    // ColdImage deletes the idle node after its idle timeout.
+    w.run_for(120_000).unwrap();
+    assert!(w.instances().is_empty(), "idle node deleted");
+    w.check_invariants().unwrap();
+}
+
+#[test]
+fn a_retried_request_gets_the_same_grant_and_a_reused_id_is_refused() {
+    let mut w = world();
+    w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(300_000).unwrap();
+    let first = granted(&w, "c1").unwrap();
+    let again = w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(1).unwrap();
+    assert_eq!(w.replies(&again), &[ClaimReply::Granted(first.clone())]);
+
+    let mut other = request("c1");
+    other.priority = 7;
+    let reused = w.send_claim(ClaimMsg::Request(other));
+    w.run_for(1).unwrap();
+    assert!(matches!(
+        w.replies(&reused),
+        [ClaimReply::Rejected { error: ClaimRejection::IdReused, .. }]
+    ));
+    assert_eq!(w.instances().len(), 1, "a retry never provisions again");
+}
+
+#[test]
+fn leases_expire_unless_renewed() {
+    let mut w = world();
+    let mut req = request("c1");
+    req.lease_ttl_ms = 60_000;
+    w.send_claim(ClaimMsg::Request(req));
+    w.run_for(250_000).unwrap();
+    let g = granted(&w, "c1").unwrap();
+
+    w.run_for(40_000).unwrap();
+    let renew = w.send_claim(ClaimMsg::Renew { workspace: ws(), claim_id: cid("c1") });
+    w.run_for(1).unwrap();
+    match w.replies(&renew) {
+        [ClaimReply::Renewed(lease)] => assert!(lease.expires_at > g.lease.expires_at),
+        other => panic!("unexpected {other:?}"),
+    }
+    w.run_for(40_000).unwrap();
+    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Active);
+
+    w.run_for(30_000).unwrap();
+    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Expired);
+    assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
+        m,
+        ClaimReply::Revoked(r) if r.reason == RevokeReason::Expired
+    )));
+    let late = w.send_claim(ClaimMsg::Renew { workspace: ws(), claim_id: cid("c1") });
+    w.run_for(1).unwrap();
+    assert!(matches!(
+        w.replies(&late),
+        [ClaimReply::Rejected { error: ClaimRejection::Ended, .. }]
+    ));
+}
+
+#[test]
+fn bad_requests_get_typed_answers_not_silence() {
+    let mut w = world();
+    let mut unknown_pool = request("c1");
+    unknown_pool.pool = fleet_core::PoolName::new("nope").unwrap();
+    let r1 = w.send_claim(ClaimMsg::Request(unknown_pool));
+    let mut bad_ttl = request("c2");
+    bad_ttl.lease_ttl_ms = 0;
+    let r2 = w.send_claim(ClaimMsg::Request(bad_ttl));
+    let mut bad_recipient = request("c3");
+    bad_recipient.recipient = Some("ssh-ed25519 AAAA".to_owned());
+    let r3 = w.send_claim(ClaimMsg::Request(bad_recipient));
+    let mut impossible = request("c4");
+    impossible.requirements = Requirements { cpus: 128, ..Requirements::default() };
+    let r4 = w.send_claim(ClaimMsg::Request(impossible));
+    let r5 = w.send_claim(ClaimMsg::Release { workspace: ws(), claim_id: cid("ghost") });
+    w.run_for(1).unwrap();
+    assert!(matches!(w.replies(&r1), [ClaimReply::Rejected { error: ClaimRejection::UnknownPool { .. }, .. }]));
+    assert!(matches!(w.replies(&r2), [ClaimReply::Rejected { error: ClaimRejection::Invalid { .. }, .. }]));
+    assert!(matches!(w.replies(&r3), [ClaimReply::Rejected { error: ClaimRejection::Invalid { .. }, .. }]));
+    match w.replies(&r4) {
+        [ClaimReply::Pending { reason: PendingReason::Unsatisfiable { why }, .. }] => {
+            assert!(why.contains("cpus>=128"), "{why}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(w.replies(&r5), [ClaimReply::Rejected { error: ClaimRejection::UnknownClaim, .. }]));
+    w.run_for(600_000).unwrap();
+    assert!(w.instances().is_empty(), "nothing provisioned for impossible claims");
+}
+
+#[test]
+fn a_claim_that_waits_too_long_expires_with_wait_exceeded() {
+    let mut w = world();
+    w.faults().agents_never_boot = true;
+    let mut req = request("c1");
+    req.max_wait_ms = Some(60_000);
+    w.send_claim(ClaimMsg::Request(req));
+    w.run_for(61_000).unwrap();
+    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Expired);
+    assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
+        m,
+        ClaimReply::Revoked(r) if r.reason == RevokeReason::WaitExceeded
+    )));
+}
+
+#[test]
+fn a_node_that_stops_heartbeating_is_lost_its_claim_revoked_and_replaced() {
+    let mut w = world();
+    w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(250_000).unwrap();
+    let g = granted(&w, "c1").unwrap();
+    w.kill_agent(&g.node);
+    w.run_for(31_000).unwrap();
+    assert_eq!(w.controller().node(&g.node).map(|n| n.state), Some(NodeState::Lost));
+    assert!(w.alerts().iter().any(|a| matches!(a, Alert::NodeLost { .. })));
+    assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
+        m,
+        ClaimReply::Revoked(r) if r.reason == RevokeReason::NodeLost
+    )));
+    // The caller re-claims; the strategy deletes the lost node and boots another.
+    w.send_claim(ClaimMsg::Request(request("c2")));
+    w.run_for(300_000).unwrap();
+    let g2 = granted(&w, "c2").unwrap();
+    assert_ne!(g2.node, g.node);
+    assert!(!w.instances().contains_key(&g.node), "lost node deleted");
+    w.check_invariants().unwrap();
+}
+
+#[test]
+fn a_spot_interruption_revokes_with_the_deadline() {
+    let mut w = world();
+    w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(250_000).unwrap();
+    let g = granted(&w, "c1").unwrap();
+    w.interrupt(&g.node);
+    w.run_for(1).unwrap();
+    assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
+        m,
+        ClaimReply::Revoked(r) if matches!(r.reason, RevokeReason::SpotInterrupted { .. })
+    )));
+    assert_eq!(w.controller().costs(w.now()).pools.values().map(|p| p.interruptions).sum::<u64>(), 1);
+}
+
+#[test]
+fn priority_decides_who_gets_the_only_node() {
+    let mut w = fleet_core::harness::World::new(
+        config(pool(fleet_core::strategy::StrategyConfig::default(), 1)),
+        T0,
+        true,
+    );
+    let mut low = request("low");
+    low.priority = 1;
+    let mut high = request("high");
+    high.priority = 9;
+    w.send_claim(ClaimMsg::Request(low));
+    w.run_for(1_000).unwrap();
+    w.send_claim(ClaimMsg::Request(high));
+    w.run_for(250_000).unwrap();
+    assert!(granted(&w, "high").is_some());
+    assert!(granted(&w, "low").is_none());
+    assert!(matches!(
+        w.controller().claim(&cid("low")).unwrap().pending_reason,
+        Some(PendingReason::PoolAtCapacity { max_nodes: 1 })
+    ));
+}
+
+#[test]
+fn cost_is_accrued_with_the_billing_model() {
+    let mut w = world();
+    let mut req = request("c1");
+    req.recipient = None;
+    w.claim_for(req, 600_000);
+    w.run_for(3_600_000).unwrap();
+    let report = w.controller().costs(w.now());
+    let pool = &report.pools[&fleet_core::PoolName::new("linux").unwrap()];
+    // Boot 240 s + hold 600 s + idle 60 s (+ API latencies), at $0.085/h.
+    assert!(pool.running_ms >= 900_000 && pool.running_ms < 960_000, "{}", pool.running_ms);
+    let expected = fleet_core::money::HourlyPrice::from_micros(85_000).for_millis(pool.running_ms.div_ceil(1000) * 1000);
+    assert_eq!(pool.running, expected);
+    assert_eq!(pool.boots.values().sum::<u64>(), 1);
+}
+
+#[test]
+fn debug_dump() {
+    let mut w = world();
+    w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(250_000).unwrap();
+    eprintln!("alerts {:?}", w.alerts());
+    for n in w.controller().nodes() { eprintln!("node {:?} {:?} conn={} claims={:?}", n.record.node, n.state, n.connected, n.claims); }
+    eprintln!("claim {:?}", w.controller().claim(&cid("c1")));
+    eprintln!("msgs {:?}", w.claim_messages(&cid("c1")));
+    eprintln!("inst {:?}", w.instances());
+}
