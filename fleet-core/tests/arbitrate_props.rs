@@ -5,7 +5,7 @@
 //! The generated inputs are small and collision-heavy on purpose: 2–3 pools,
 //! 1–4 workspaces, few resource shapes and labels, priorities and arrival
 //! times with ties, tight quotas and dollar caps, nodes with 0 slots or no
-//! free slot.
+//! free slot, prices that land exactly on dollar caps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,14 +121,16 @@ fn arb_case(dup_ids: bool) -> impl Strategy<Value = Case> {
             arb_resources(),
             0u32..=3,
             0u32..=3,
-            0i64..=5_000_000,
+            // Round prices so shares and caps meet exactly; 100_001 for
+            // shares that round up.
+            select(vec![0i64, 100_000, 200_000, 300_000, 600_000, 100_001]),
             0usize..6,
         );
         let quota = prop::option::of((
             prop::option::of(0u32..=4),
-            prop::option::of(0i64..=6_000_000),
+            prop::option::of((0i64..=12).prop_map(|k| k * 100_000)),
         ));
-        let usage = prop::option::of((0u32..=3, 0i64..=2_000_000));
+        let usage = prop::option::of((0u32..=3, (0i64..=4).prop_map(|k| k * 100_000)));
         (
             prop::collection::vec(claim, 0..=24),
             prop::collection::vec(node, 0..=16),
