@@ -20,9 +20,8 @@
 //!    have a handful of shapes, so this is a short scan.
 
 use std::cmp::Ordering;
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashSet};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
@@ -159,7 +158,7 @@ pub fn arbitrate(input: ArbitrationInput<'_>) -> Outcome {
     let mut accounts = Accounts::new(input.quotas, input.usage);
     // Many claims share a (pool, arch, labels) requirement; which groups can
     // serve it is worked out once per distinct requirement.
-    let mut matching: BTreeMap<GroupKey<'_>, Vec<usize>> = BTreeMap::new();
+    let mut matching: FxHashMap<GroupKey<'_>, Vec<usize>> = FxHashMap::default();
 
     let mut out = Outcome {
         grants: Vec::with_capacity(claims.len().min(nodes.len())),
@@ -170,8 +169,10 @@ pub fn arbitrate(input: ArbitrationInput<'_>) -> Outcome {
         if let Some(max_claims) = account.max_claims
             && account.claims >= u64::from(max_claims)
         {
-            out.waiting
-                .push((claim.id.clone(), PendingReason::QuotaExceeded { max_claims }));
+            out.waiting.push((
+                claim.id.clone(),
+                PendingReason::QuotaExceeded { max_claims },
+            ));
             continue;
         }
         let req = &claim.requirements;
@@ -218,10 +219,8 @@ fn service_order(claims: &[PendingClaim]) -> Vec<&PendingClaim> {
             .then_with(|| a.id.cmp(&b.id))
             .then_with(|| claim_tiebreak(a, b))
     });
-    // A fixed-key hasher: membership only, but nothing here should depend on
-    // process-random state.
-    let mut seen: HashSet<&ClaimId, BuildHasherDefault<DefaultHasher>> =
-        HashSet::with_capacity_and_hasher(sorted.len(), BuildHasherDefault::default());
+    let mut seen: HashSet<&ClaimId, BuildFx> =
+        HashSet::with_capacity_and_hasher(sorted.len(), BuildFx::default());
     sorted.retain(|c| seen.insert(&c.id));
     sorted
 }
@@ -322,7 +321,7 @@ enum Fit {
 /// Usable nodes, indexed for best-fit search.
 #[derive(Debug)]
 struct NodeIndex<'a> {
-    /// Sorted by (pool, arch, labels).
+    /// One per distinct (pool, arch, labels) among usable nodes.
     groups: Vec<Group<'a>>,
 }
 
@@ -330,22 +329,28 @@ impl<'a> NodeIndex<'a> {
     /// Indexes the nodes that can take a claim now: a slot count, a free slot
     /// and a computable share.
     fn build(nodes: &[&'a NodeCapacity]) -> NodeIndex<'a> {
-        let mut by_shape: BTreeMap<(GroupKeyOwned<'a>, u32, u64), Vec<Slot>> = BTreeMap::new();
+        // Group keys are interned through a hash map: comparing label maps
+        // in an ordered map was the most expensive part of a round.
+        let mut group_of: FxHashMap<GroupKeyOwned<'a>, usize> = FxHashMap::default();
+        let mut shapes_of: Vec<BTreeMap<(u32, u64), Vec<Slot>>> = Vec::new();
+        let mut keys: Vec<GroupKeyOwned<'a>> = Vec::new();
         for (rank, node) in nodes.iter().enumerate() {
             if node.free_slots == 0 {
                 continue;
             }
             // Slots 0 has no per-claim share: the node is unusable.
-            let Some(share) = node
-                .price
-                .0
-                .mul_div(1, u64::from(node.slots), Rounding::Up)
-            else {
+            let Some(share) = node.price.0.mul_div(1, u64::from(node.slots), Rounding::Up) else {
                 continue;
             };
             let r = &node.resources;
-            by_shape
-                .entry(((&node.pool, r.arch, &r.labels), r.cpus, r.memory_mb))
+            let key = (&node.pool, r.arch, &r.labels);
+            let group = *group_of.entry(key).or_insert_with(|| {
+                keys.push(key);
+                shapes_of.push(BTreeMap::new());
+                keys.len() - 1
+            });
+            shapes_of[group]
+                .entry((r.cpus, r.memory_mb))
                 .or_default()
                 .push(Slot {
                     share,
@@ -353,29 +358,30 @@ impl<'a> NodeIndex<'a> {
                     free: node.free_slots,
                 });
         }
-        let mut groups: Vec<Group<'a>> = Vec::new();
-        // BTreeMap iteration is sorted by group key, then shape: groups come
-        // out contiguous and their shapes already in (cpus, memory_mb) order.
-        for (((pool, arch, labels), cpus, memory_mb), mut slots) in by_shape {
-            slots.sort_unstable_by_key(|s| (s.share, s.rank));
-            let shape = Shape {
-                cpus,
-                memory_mb,
-                slots,
-                next: 0,
-            };
-            match groups.last_mut() {
-                Some(g) if g.pool == pool && g.arch == arch && g.labels == labels => {
-                    g.shapes.push(shape);
-                }
-                _ => groups.push(Group {
-                    pool,
-                    arch,
-                    labels,
-                    shapes: vec![shape],
-                }),
-            }
-        }
+        // Groups are numbered in node-id order of their first node, so the
+        // numbering is itself independent of input order.
+        let groups = keys
+            .into_iter()
+            .zip(shapes_of)
+            .map(|((pool, arch, labels), shapes)| Group {
+                pool,
+                arch,
+                labels,
+                // A BTreeMap iterates in (cpus, memory_mb) order.
+                shapes: shapes
+                    .into_iter()
+                    .map(|((cpus, memory_mb), mut slots)| {
+                        slots.sort_unstable_by_key(|s| (s.share, s.rank));
+                        Shape {
+                            cpus,
+                            memory_mb,
+                            slots,
+                            next: 0,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
         NodeIndex { groups }
     }
 
@@ -387,16 +393,15 @@ impl<'a> NodeIndex<'a> {
         arch: Option<Arch>,
         labels: &BTreeMap<String, String>,
     ) -> Vec<usize> {
-        let start = self.groups.partition_point(|g| g.pool < pool);
-        self.groups[start..]
+        self.groups
             .iter()
-            .take_while(|g| g.pool == pool)
             .enumerate()
             .filter(|(_, g)| {
-                arch.is_none_or(|a| a == g.arch)
+                g.pool == pool
+                    && arch.is_none_or(|a| a == g.arch)
                     && labels.iter().all(|(k, v)| g.labels.get(k) == Some(v))
             })
-            .map(|(i, _)| start + i)
+            .map(|(i, _)| i)
             .collect()
     }
 
@@ -488,7 +493,7 @@ impl Account {
 struct Accounts<'a> {
     quotas: &'a BTreeMap<Workspace, Quota>,
     usage: &'a BTreeMap<Workspace, Usage>,
-    open: BTreeMap<&'a Workspace, Account>,
+    open: FxHashMap<&'a Workspace, Account>,
 }
 
 impl<'a> Accounts<'a> {
@@ -499,7 +504,7 @@ impl<'a> Accounts<'a> {
         Accounts {
             quotas,
             usage,
-            open: BTreeMap::new(),
+            open: FxHashMap::default(),
         }
     }
 
@@ -517,3 +522,59 @@ impl<'a> Accounts<'a> {
         })
     }
 }
+
+/// The multiply-rotate hash rustc uses (FxHash). The maps here are keyed by
+/// ids and label sets built by this process, are only used for lookups (never
+/// iterated into the outcome), and SipHash's flood resistance is not needed
+/// for a round's worth of inputs; Fx is several times faster on short
+/// strings, and its fixed seed keeps runs reproducible.
+#[derive(Debug, Default, Clone, Copy)]
+struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type BuildFx = BuildHasherDefault<FxHasher>;
+type FxHashMap<K, V> = HashMap<K, V, BuildFx>;
