@@ -141,28 +141,30 @@ fn arb_case(dup_ids: bool) -> impl Strategy<Value = Case> {
                 claims: claims
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (p, w, requirements, priority, enqueued_at, dup))| {
-                        PendingClaim {
+                    .map(
+                        |(i, (p, w, requirements, priority, enqueued_at, dup))| PendingClaim {
                             id: claim_id(if dup_ids { dup } else { i }),
                             workspace: ws(w),
                             pool: pool(p),
                             requirements,
                             priority,
                             enqueued_at,
-                        }
-                    })
+                        },
+                    )
                     .collect(),
                 nodes: nodes
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (p, resources, slots, free, price, dup))| NodeCapacity {
-                        id: node_id(if dup_ids { dup } else { i }),
-                        pool: pool(p),
-                        resources,
-                        slots,
-                        free_slots: free.min(slots),
-                        price: HourlyPrice::from_micros(price),
-                    })
+                    .map(
+                        |(i, (p, resources, slots, free, price, dup))| NodeCapacity {
+                            id: node_id(if dup_ids { dup } else { i }),
+                            pool: pool(p),
+                            resources,
+                            slots,
+                            free_slots: free.min(slots),
+                            price: HourlyPrice::from_micros(price),
+                        },
+                    )
                     .collect(),
                 quotas: quotas
                     .into_iter()
@@ -198,9 +200,7 @@ fn arb_case(dup_ids: bool) -> impl Strategy<Value = Case> {
 
 /// Per-claim share of a node, `None` when the node has no slots.
 fn share(node: &NodeCapacity) -> Option<Money> {
-    node.price
-        .0
-        .mul_div(1, u64::from(node.slots), Rounding::Up)
+    node.price.0.mul_div(1, u64::from(node.slots), Rounding::Up)
 }
 
 fn feasible(claim: &PendingClaim, node: &NodeCapacity) -> bool {
@@ -336,9 +336,11 @@ fn naive(case: &Case) -> Outcome {
                 .max_hourly_spend
                 .is_none_or(|cap| *spend + s <= i128::from(cap.micros()))
         };
-        let best = free.iter().copied().filter(affordable).min_by_key(|n| {
-            (n.resources.cpus, n.resources.memory_mb, share(n), &n.id)
-        });
+        let best = free
+            .iter()
+            .copied()
+            .filter(affordable)
+            .min_by_key(|n| (n.resources.cpus, n.resources.memory_mb, share(n), &n.id));
         match (best, quota.max_hourly_spend) {
             (Some(n), _) => {
                 *claims += 1;
@@ -615,7 +617,11 @@ fn priority_beats_age() {
 
 #[test]
 fn age_then_id_break_priority_ties() {
-    let claims = [claim(3, 0, 1, 5, 1), claim(2, 0, 1, 7, 1), claim(1, 0, 1, 5, 1)];
+    let claims = [
+        claim(3, 0, 1, 5, 1),
+        claim(2, 0, 1, 7, 1),
+        claim(1, 0, 1, 5, 1),
+    ];
     let out = run(&claims, &[node(1, 2, 2, 100)], &[], &[]);
     assert_eq!(out.grants, vec![grant(1, 1), grant(3, 1)]);
     assert_eq!(
@@ -637,12 +643,22 @@ fn best_fit_picks_smaller_node() {
 #[test]
 fn best_fit_breaks_ties_by_share_then_node_id() {
     // Same shape: per-claim share 500 (1000 / 2) beats 600, then id.
-    let nodes = [node(3, 4, 1, 600), node(2, 4, 2, 1_000), node(1, 4, 2, 1_000)];
+    let nodes = [
+        node(3, 4, 1, 600),
+        node(2, 4, 2, 1_000),
+        node(1, 4, 2, 1_000),
+    ];
     let claims: Vec<_> = (0..5).map(|i| claim(i, 0, 0, i as u64, 1)).collect();
     let out = run(&claims, &nodes, &[], &[]);
     assert_eq!(
         out.grants,
-        vec![grant(0, 1), grant(1, 1), grant(2, 2), grant(3, 2), grant(4, 3)]
+        vec![
+            grant(0, 1),
+            grant(1, 1),
+            grant(2, 2),
+            grant(3, 2),
+            grant(4, 3)
+        ]
     );
 }
 
@@ -656,10 +672,24 @@ fn dollar_cap_exact_boundary() {
         hourly_spend: Money::from_micros(spend),
     };
 
-    let at_cap = run(&claims, &nodes, &[(0, cap(1_000_000))], &[(0, used(499_999))]);
-    assert_eq!(at_cap.grants, vec![grant(1, 1)], "spend equal to the cap is allowed");
+    let at_cap = run(
+        &claims,
+        &nodes,
+        &[(0, cap(1_000_000))],
+        &[(0, used(499_999))],
+    );
+    assert_eq!(
+        at_cap.grants,
+        vec![grant(1, 1)],
+        "spend equal to the cap is allowed"
+    );
 
-    let over = run(&claims, &nodes, &[(0, cap(1_000_000))], &[(0, used(500_000))]);
+    let over = run(
+        &claims,
+        &nodes,
+        &[(0, cap(1_000_000))],
+        &[(0, used(500_000))],
+    );
     assert!(over.grants.is_empty());
     assert_eq!(
         over.waiting,
@@ -675,7 +705,11 @@ fn dollar_cap_exact_boundary() {
 #[test]
 fn dollar_cap_counts_this_rounds_grants() {
     let nodes = [node(1, 2, 1, 400), node(2, 2, 1, 400), node(3, 2, 1, 400)];
-    let claims = [claim(1, 0, 0, 0, 1), claim(2, 0, 0, 1, 1), claim(3, 0, 0, 2, 1)];
+    let claims = [
+        claim(1, 0, 0, 0, 1),
+        claim(2, 0, 0, 1, 1),
+        claim(3, 0, 0, 2, 1),
+    ];
     let out = run(&claims, &nodes, &[(0, cap(800))], &[]);
     assert_eq!(out.grants, vec![grant(1, 1), grant(2, 2)]);
     assert_eq!(
@@ -706,7 +740,11 @@ fn claim_quota_blocks_only_its_workspace() {
         claims: 1,
         hourly_spend: Money::ZERO,
     };
-    let claims = [claim(1, 0, 9, 0, 1), claim(2, 0, 9, 1, 1), claim(3, 1, 0, 0, 1)];
+    let claims = [
+        claim(1, 0, 9, 0, 1),
+        claim(2, 0, 9, 1, 1),
+        claim(3, 1, 0, 0, 1),
+    ];
     let out = run(&claims, &[node(1, 2, 3, 100)], &[(0, quota)], &[(0, usage)]);
     assert_eq!(out.grants, vec![grant(1, 1), grant(3, 1)]);
     assert_eq!(
@@ -746,7 +784,10 @@ fn labels_and_arch_must_match() {
     let mut arm = node(2, 2, 1, 100);
     arm.resources.arch = Arch::Aarch64;
     let mut wants_gpu = claim(1, 0, 0, 0, 1);
-    wants_gpu.requirements.labels.insert("gpu".into(), "a".into());
+    wants_gpu
+        .requirements
+        .labels
+        .insert("gpu".into(), "a".into());
     let mut wants_x86 = claim(2, 0, 0, 1, 1);
     wants_x86.requirements.arch = Some(Arch::X86_64);
     let out = run(&[wants_gpu, wants_x86], &[gpu, arm], &[], &[]);
