@@ -287,10 +287,42 @@ fn offering(
 /// EC2-like offerings: us-east-1 on-demand list prices, spot at roughly 40%.
 fn ec2_offerings() -> Vec<Offering> {
     [
-        offering("c7g.large", 2, 4_096, Arch::Aarch64, 20, 72_500, Some((29_000, 2))),
-        offering("c7g.2xlarge", 8, 16_384, Arch::Aarch64, 20, 290_000, Some((116_000, 3))),
-        offering("c7i.large", 2, 4_096, Arch::X86_64, 20, 89_250, Some((35_700, 3))),
-        offering("c7i.4xlarge", 16, 32_768, Arch::X86_64, 20, 714_000, Some((285_600, 5))),
+        offering(
+            "c7g.large",
+            2,
+            4_096,
+            Arch::Aarch64,
+            20,
+            72_500,
+            Some((29_000, 2)),
+        ),
+        offering(
+            "c7g.2xlarge",
+            8,
+            16_384,
+            Arch::Aarch64,
+            20,
+            290_000,
+            Some((116_000, 3)),
+        ),
+        offering(
+            "c7i.large",
+            2,
+            4_096,
+            Arch::X86_64,
+            20,
+            89_250,
+            Some((35_700, 3)),
+        ),
+        offering(
+            "c7i.4xlarge",
+            16,
+            32_768,
+            Arch::X86_64,
+            20,
+            714_000,
+            Some((285_600, 5)),
+        ),
     ]
     .into_iter()
     .flatten()
@@ -366,9 +398,7 @@ impl MemoryProvider {
     pub fn fail_next(&self, op: OpKind, err: ProviderError, times: u32) {
         let mut state = self.lock();
         let faults = state.faults.entry(op).or_default();
-        faults
-            .next
-            .extend(std::iter::repeat_n(err, times as usize));
+        faults.next.extend(std::iter::repeat_n(err, times as usize));
     }
 
     /// Every `n`th call of `op` (counting all calls of `op` since the
@@ -585,7 +615,11 @@ impl MemoryProvider {
 
     fn do_power(&self, r: &InstanceRef, on: bool) -> Result<Instance, ProviderError> {
         if !self.capabilities.stop_start {
-            return Err(self.unsupported(if on { "start instances" } else { "stop instances" }));
+            return Err(self.unsupported(if on {
+                "start instances"
+            } else {
+                "stop instances"
+            }));
         }
         let mut state = self.lock();
         let instance = state.live_mut(r)?;

@@ -289,7 +289,9 @@ impl<S: Store> FaultyStore<S> {
     fn before(&self, op: &str) -> Result<(), StoreError> {
         self.faults.calls.fetch_add(1, Ordering::SeqCst);
         if take_one(&self.faults.fail_before) {
-            return Err(StoreError::Unavailable(format!("injected fault before {op}")));
+            return Err(StoreError::Unavailable(format!(
+                "injected fault before {op}"
+            )));
         }
         Ok(())
     }
@@ -297,7 +299,9 @@ impl<S: Store> FaultyStore<S> {
     fn after<T>(&self, op: &str, result: Result<T, StoreError>) -> Result<T, StoreError> {
         // Only a write that landed is worth lying about.
         if result.is_ok() && take_one(&self.faults.fail_after) {
-            return Err(StoreError::Unavailable(format!("injected fault after {op}")));
+            return Err(StoreError::Unavailable(format!(
+                "injected fault after {op}"
+            )));
         }
         result
     }
