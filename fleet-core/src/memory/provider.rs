@@ -526,7 +526,7 @@ impl MemoryProvider {
             return Err(err);
         }
         if let Some((n, err)) = &faults.every_nth
-            && faults.calls % n == 0
+            && faults.calls.is_multiple_of(*n)
         {
             return Err(err.clone());
         }
@@ -535,9 +535,8 @@ impl MemoryProvider {
 
     /// Turns a successful result into the crash-point failure if armed.
     fn exit<T>(&self, op: OpKind, result: Result<T, ProviderError>) -> Result<T, ProviderError> {
-        if result.is_err() {
-            return result;
-        }
+        // Only an applied operation can crash after applying.
+        let value = result?;
         let mut state = self.lock();
         let faults = state.faults.entry(op).or_default();
         if faults.after_apply > 0 {
@@ -546,7 +545,7 @@ impl MemoryProvider {
                 "injected crash after {op} was applied"
             )));
         }
-        result
+        Ok(value)
     }
 
     fn do_create(&self, spec: &NodeSpec) -> Result<Instance, ProviderError> {

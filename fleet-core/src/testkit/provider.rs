@@ -339,14 +339,15 @@ async fn lifecycle_per_capabilities(provider: &dyn Provider, ctx: &Ctx) {
         .map(|o| o.instance_type.clone());
 
     if caps.stop_start {
-        if caps.resize && caps.resize_requires_stop {
-            if let Some(to) = &target {
-                let res = provider.resize(&r, to).await;
-                assert!(
-                    res.is_err(),
-                    "resize of a running instance must fail when resize_requires_stop; got {res:?}"
-                );
-            }
+        if caps.resize
+            && caps.resize_requires_stop
+            && let Some(to) = &target
+        {
+            let res = provider.resize(&r, to).await;
+            assert!(
+                res.is_err(),
+                "resize of a running instance must fail when resize_requires_stop; got {res:?}"
+            );
         }
         let stopped = provider
             .stop(&r)
@@ -360,14 +361,14 @@ async fn lifecycle_per_capabilities(provider: &dyn Provider, ctx: &Ctx) {
             "after stop the state must be Stopping or Stopped, got {:?}",
             stopped.state
         );
-        if caps.resize {
-            if let Some(to) = &target {
-                let resized = provider
-                    .resize(&r, to)
-                    .await
-                    .unwrap_or_else(|e| panic!("resize of a stopped instance to {to} failed: {e}"));
-                assert_eq!(&resized.instance_type, to, "resize did not change the type");
-            }
+        if caps.resize
+            && let Some(to) = &target
+        {
+            let resized = provider
+                .resize(&r, to)
+                .await
+                .unwrap_or_else(|e| panic!("resize of a stopped instance to {to} failed: {e}"));
+            assert_eq!(&resized.instance_type, to, "resize did not change the type");
         }
         let started = provider
             .start(&r)
@@ -387,14 +388,14 @@ async fn lifecycle_per_capabilities(provider: &dyn Provider, ctx: &Ctx) {
     }
     if !caps.resize {
         expect_unsupported("resize", provider.resize(&r, &ty).await);
-    } else if !caps.resize_requires_stop {
-        if let Some(to) = &target {
-            let resized = provider
-                .resize(&r, to)
-                .await
-                .unwrap_or_else(|e| panic!("resize of a running instance to {to} failed: {e}"));
-            assert_eq!(&resized.instance_type, to, "resize did not change the type");
-        }
+    } else if !caps.resize_requires_stop
+        && let Some(to) = &target
+    {
+        let resized = provider
+            .resize(&r, to)
+            .await
+            .unwrap_or_else(|e| panic!("resize of a running instance to {to} failed: {e}"));
+        assert_eq!(&resized.instance_type, to, "resize did not change the type");
     }
 
     if caps.snapshot {
