@@ -158,7 +158,11 @@ fn a_node_that_stops_heartbeating_is_lost_its_claim_revoked_and_replaced() {
     let g = granted(&w, "c1").unwrap();
     w.kill_agent(&g.node);
     w.run_for(31_000).unwrap();
-    assert_eq!(w.controller().node(&g.node).map(|n| n.state), Some(NodeState::Lost));
+    // Lost, and the strategy is already replacing it.
+    assert!(matches!(
+        w.controller().node(&g.node).map(|n| n.state),
+        Some(NodeState::Lost | NodeState::Deleting) | None
+    ));
     assert!(w.alerts().iter().any(|a| matches!(a, Alert::NodeLost { .. })));
     assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
         m,
@@ -227,14 +231,3 @@ fn cost_is_accrued_with_the_billing_model() {
     assert_eq!(pool.boots.values().sum::<u64>(), 1);
 }
 
-#[test]
-fn debug_dump() {
-    let mut w = world();
-    w.send_claim(ClaimMsg::Request(request("c1")));
-    w.run_for(250_000).unwrap();
-    eprintln!("alerts {:?}", w.alerts());
-    for n in w.controller().nodes() { eprintln!("node {:?} {:?} conn={} claims={:?}", n.record.node, n.state, n.connected, n.claims); }
-    eprintln!("claim {:?}", w.controller().claim(&cid("c1")));
-    eprintln!("msgs {:?}", w.claim_messages(&cid("c1")));
-    eprintln!("inst {:?}", w.instances());
-}
