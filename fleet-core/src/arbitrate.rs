@@ -14,10 +14,16 @@
 //!    once: grouped by what a claim matches exactly (pool, arch, label set),
 //!    and inside a group by shape `(cpus, memory_mb)`. A shape keeps its nodes
 //!    sorted by (per-claim price, node id) with a cursor at the cheapest one
-//!    that still has a slot, so taking a slot is O(1) and a used-up shape is
-//!    dropped from its group. A claim scans the shapes of the groups it can use
+//!    that still has a slot, so taking a slot is O(1); used-up shapes are
+//!    dropped from their group in batches. A claim scans the shapes of the groups it can use
 //!    from its cpu requirement upwards and stops at the first fit; real fleets
 //!    have a handful of shapes, so this is a short scan.
+//!
+//! Cost: two sorts (claims, nodes), one pass to build the index, then per
+//! claim a scan over the shapes of its matching groups — one binary search
+//! per cpu count whose memory is too small, one step per shape over budget
+//! or used up. The `arbitrate` bench measures the target case (a few shapes)
+//! and a stress case where nearly every node is its own shape.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -296,8 +302,10 @@ struct Group<'a> {
     pool: &'a PoolName,
     arch: Arch,
     labels: &'a BTreeMap<String, String>,
-    /// Sorted by (cpus, memory_mb); used-up shapes are removed.
+    /// Sorted by (cpus, memory_mb).
     shapes: Vec<Shape>,
+    /// How many of `shapes` have no slot left (removed in batches).
+    used_up: usize,
 }
 
 /// Where a best fit was found: group, and shape position inside it.
@@ -367,6 +375,7 @@ impl<'a> NodeIndex<'a> {
                 pool,
                 arch,
                 labels,
+                used_up: 0,
                 // A BTreeMap iterates in (cpus, memory_mb) order.
                 shapes: shapes
                     .into_iter()
@@ -413,8 +422,8 @@ impl<'a> NodeIndex<'a> {
         let mut unaffordable = false;
         for &group in groups {
             let shapes = &self.groups[group].shapes;
-            let start = shapes.partition_point(|s| s.cpus < req.cpus);
-            for (i, shape) in shapes.iter().enumerate().skip(start) {
+            let mut i = shapes.partition_point(|s| s.cpus < req.cpus);
+            while let Some(shape) = shapes.get(i) {
                 // Shapes are in (cpus, memory_mb) order: once past the best
                 // shape found so far, nothing later in this group can win.
                 if let Some(((cpus, memory_mb, ..), _)) = best
@@ -423,14 +432,21 @@ impl<'a> NodeIndex<'a> {
                     break;
                 }
                 if shape.memory_mb < req.memory_mb {
+                    // Jump over the rest of this cpu count's too-small shapes
+                    // at once: keeps the scan short when a group has many
+                    // memory sizes per cpu count.
+                    i += shapes[i..]
+                        .partition_point(|s| s.cpus == shape.cpus && s.memory_mb < req.memory_mb);
                     continue;
                 }
                 let Some(slot) = shape.cheapest() else {
+                    i += 1;
                     continue;
                 };
                 // The cheapest of the shape is over budget: so is the rest.
                 if budget.is_some_and(|b| i128::from(slot.share.micros()) > b) {
                     unaffordable = true;
+                    i += 1;
                     continue;
                 }
                 let key = (shape.cpus, shape.memory_mb, slot.share, slot.rank);
@@ -450,16 +466,23 @@ impl<'a> NodeIndex<'a> {
 
     /// Uses one slot of the node `best_fit` found; returns its rank and share.
     fn take(&mut self, at: At) -> (usize, Money) {
-        let shapes = &mut self.groups[at.group].shapes;
-        let shape = &mut shapes[at.shape];
+        let group = &mut self.groups[at.group];
+        let shape = &mut group.shapes[at.shape];
         let slot = &mut shape.slots[shape.next];
         let taken = (slot.rank, slot.share);
         slot.free -= 1;
         if slot.free == 0 {
             shape.next += 1;
             if shape.next == shape.slots.len() {
-                // Keeps later scans short: a used-up shape is never looked at again.
-                shapes.remove(at.shape);
+                // Used-up shapes are dropped in batches, once they are half
+                // the group: scans stay at most twice as long as needed, and
+                // a group with thousands of one-node shapes does not pay a
+                // Vec::remove per grant.
+                group.used_up += 1;
+                if group.used_up * 2 > group.shapes.len() {
+                    group.shapes.retain(|s| s.cheapest().is_some());
+                    group.used_up = 0;
+                }
             }
         }
         taken

@@ -107,6 +107,30 @@ fn arb_resources() -> impl Strategy<Value = NodeResources> {
 /// A random round. With `dup_ids`, claim and node ids are drawn from a small
 /// range so duplicates are common; otherwise every id is distinct.
 fn arb_case(dup_ids: bool) -> impl Strategy<Value = Case> {
+    arb_case_sized(dup_ids, 24, 16)
+}
+
+/// Many nodes and claims in one pool with no arch or label constraints: every
+/// node lands in one index group with many shapes per cpu count, which is
+/// what exercises the shape scan (memory jumps, pruning, dropping used-up
+/// shapes).
+fn arb_dense_case() -> impl Strategy<Value = Case> {
+    arb_case_sized(false, 40, 40).prop_map(|mut case| {
+        for n in &mut case.nodes {
+            n.pool = pool(0);
+            n.resources.arch = Arch::X86_64;
+            n.resources.labels.clear();
+        }
+        for c in &mut case.claims {
+            c.pool = pool(0);
+            c.requirements.arch = None;
+            c.requirements.labels.clear();
+        }
+        case
+    })
+}
+
+fn arb_case_sized(dup_ids: bool, claims: usize, nodes: usize) -> impl Strategy<Value = Case> {
     (2usize..=3, 1usize..=4).prop_flat_map(move |(pools, workspaces)| {
         let claim = (
             0..pools,
@@ -132,8 +156,8 @@ fn arb_case(dup_ids: bool) -> impl Strategy<Value = Case> {
         ));
         let usage = prop::option::of((0u32..=3, (0i64..=4).prop_map(|k| k * 100_000)));
         (
-            prop::collection::vec(claim, 0..=24),
-            prop::collection::vec(node, 0..=16),
+            prop::collection::vec(claim, 0..=claims),
+            prop::collection::vec(node, 0..=nodes),
             prop::collection::vec(quota, workspaces),
             prop::collection::vec(usage, workspaces),
         )
@@ -491,6 +515,13 @@ proptest! {
     /// Best fit, quotas and reasons all agree with the naive reference.
     #[test]
     fn matches_naive_reference(case in arb_case(false)) {
+        prop_assert_eq!(case.run(), naive(&case));
+    }
+
+    /// The same on dense single-group inputs, where the shape scan does the
+    /// most work.
+    #[test]
+    fn matches_naive_reference_dense(case in arb_dense_case()) {
         prop_assert_eq!(case.run(), naive(&case));
     }
 
