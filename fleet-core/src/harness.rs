@@ -18,8 +18,8 @@ use crate::controller::{
 };
 use crate::ids::{ClaimId, Epoch, Millis, NodeId, OpId, Workspace};
 use crate::protocol::{
-    AgentMsg, Arch, ClaimMsg, ClaimReply, DaemonMsg, NodeResources, Record,
-    SealedCredentials, decode, encode,
+    AgentMsg, Arch, ClaimMsg, ClaimReply, DaemonMsg, NodeResources, Record, SealedCredentials,
+    decode, encode,
 };
 use crate::provider::{BootSource, Instance, InstanceState, ProviderError, SnapshotRef};
 use crate::store::{Key, Revision, StoreError};
@@ -197,16 +197,21 @@ impl World {
         let reply = ReplyTo(format!("r{}", self.next_reply));
         self.next_reply += 1;
         if let ClaimMsg::Request(req) = &msg {
-            self.traces.entry(req.claim_id.clone()).or_insert(ClaimTrace {
-                requested_at: self.now,
-                ..ClaimTrace::default()
-            });
+            self.traces
+                .entry(req.claim_id.clone())
+                .or_insert(ClaimTrace {
+                    requested_at: self.now,
+                    ..ClaimTrace::default()
+                });
         }
         self.replies.entry(reply.clone()).or_default();
-        self.push(self.now, Pending::Deliver(Event::Claim {
-            msg,
-            reply: reply.clone(),
-        }));
+        self.push(
+            self.now,
+            Pending::Deliver(Event::Claim {
+                msg,
+                reply: reply.clone(),
+            }),
+        );
         reply
     }
 
@@ -224,10 +229,13 @@ impl World {
     /// and the instance is gone two minutes later.
     pub fn interrupt(&mut self, node: &NodeId) {
         let deadline = self.now + 120_000;
-        self.push(self.now, Pending::Deliver(Event::Agent {
-            node: node.clone(),
-            msg: AgentMsg::Interrupted { deadline },
-        }));
+        self.push(
+            self.now,
+            Pending::Deliver(Event::Agent {
+                node: node.clone(),
+                msg: AgentMsg::Interrupted { deadline },
+            }),
+        );
     }
 
     /// The node's agent dies silently (no more heartbeats; session closes).
@@ -236,7 +244,10 @@ impl World {
             a.alive = false;
             a.generation += 1;
         }
-        self.push(self.now, Pending::Deliver(Event::AgentGone { node: node.clone() }));
+        self.push(
+            self.now,
+            Pending::Deliver(Event::AgentGone { node: node.clone() }),
+        );
     }
 
     /// The daemon crashes and restarts: every event in flight to it is
@@ -244,8 +255,10 @@ impl World {
     /// is restored from the store with the next epoch, and it is told the
     /// provider's inventory. Agents reconnect.
     pub fn crash_and_restart(&mut self) {
-        self.pending.retain(|_, p| !matches!(p, Pending::Deliver(_)));
-        self.queue.retain(|Reverse((_, seq))| self.pending.contains_key(seq));
+        self.pending
+            .retain(|_, p| !matches!(p, Pending::Deliver(_)));
+        self.queue
+            .retain(|Reverse((_, seq))| self.pending.contains_key(seq));
         self.epoch = self.epoch.next();
         self.store_epoch = self.epoch;
         let mut config = self.config.clone();
@@ -278,41 +291,53 @@ impl World {
         self.pending.insert(self.seq, p);
     }
 
+    /// The time of the next thing that will happen, if anything will.
+    pub fn next_event_at(&self) -> Option<Millis> {
+        let queued = self.queue.peek().map(|Reverse((t, _))| *t);
+        match (queued, self.controller.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Performs the next thing that happens (a queued event, or a tick at
+    /// the controller's deadline), advancing time to it. Returns false when
+    /// nothing is left to happen.
+    pub fn step(&mut self) -> bool {
+        let Some(next) = self.next_event_at() else {
+            return false;
+        };
+        self.now = self.now.max(next);
+        let queued = self.queue.peek().is_some_and(|Reverse((t, _))| *t <= next);
+        if queued {
+            if let Some(Reverse((_, seq))) = self.queue.pop()
+                && let Some(p) = self.pending.remove(&seq)
+            {
+                self.perform(p);
+            }
+        } else {
+            self.deliver(Event::Tick);
+        }
+        true
+    }
+
     /// Runs until virtual time `until`.
     pub fn run_until(&mut self, until: Millis) -> Result<(), String> {
         let mut same_instant = 0u32;
         let mut last = self.now;
-        loop {
-            let next_queued = self.queue.peek().map(|Reverse((t, _))| *t);
-            let next_deadline = self.controller.next_deadline();
-            let next = match (next_queued, next_deadline) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => match a.or(b) {
-                    Some(t) => t,
-                    None => break,
-                },
-            };
-            if next > until {
-                break;
-            }
-            self.now = self.now.max(next);
+        while self.next_event_at().is_some_and(|t| t <= until) {
+            self.step();
             if self.now == last {
                 same_instant += 1;
                 if same_instant > MAX_STEPS_PER_INSTANT {
-                    return Err(format!("livelock at t={}: the controller never settles", self.now));
+                    return Err(format!(
+                        "livelock at t={}: the controller never settles",
+                        self.now
+                    ));
                 }
             } else {
                 same_instant = 0;
                 last = self.now;
-            }
-            if next_queued.is_some_and(|q| q <= next) {
-                if let Some(Reverse((_, seq))) = self.queue.pop()
-                    && let Some(p) = self.pending.remove(&seq)
-                {
-                    self.perform(p);
-                }
-            } else {
-                self.deliver(Event::Tick);
             }
         }
         self.now = self.now.max(until);
@@ -328,11 +353,17 @@ impl World {
         match p {
             Pending::Deliver(e) => self.deliver(e),
             Pending::Boot { node, generation } => {
-                let ok = self.agents.get(&node).is_some_and(|a| a.alive && a.generation == generation)
+                let ok = self
+                    .agents
+                    .get(&node)
+                    .is_some_and(|a| a.alive && a.generation == generation)
                     && self.is_running(&node);
                 if ok {
                     let hello = self.hello(&node);
-                    self.deliver(Event::Agent { node: node.clone(), msg: hello });
+                    self.deliver(Event::Agent {
+                        node: node.clone(),
+                        msg: hello,
+                    });
                     if self.heartbeats {
                         let at = self.now + self.config.timing.heartbeat_interval_ms;
                         self.push(at, Pending::Heartbeat { node, generation });
@@ -340,7 +371,10 @@ impl World {
                 }
             }
             Pending::Heartbeat { node, generation } => {
-                let ok = self.agents.get(&node).is_some_and(|a| a.alive && a.generation == generation)
+                let ok = self
+                    .agents
+                    .get(&node)
+                    .is_some_and(|a| a.alive && a.generation == generation)
                     && self.is_running(&node);
                 if ok {
                     self.deliver(Event::Agent {
@@ -410,10 +444,13 @@ impl World {
                     signature: String::new(),
                     signer: String::new(),
                 };
-                self.push(self.now, Pending::Deliver(Event::CredentialsIssued {
-                    claim,
-                    result: Ok(sealed),
-                }));
+                self.push(
+                    self.now,
+                    Pending::Deliver(Event::CredentialsIssued {
+                        claim,
+                        result: Ok(sealed),
+                    }),
+                );
             }
             Command::Alert(a) => self.alerts.push(a),
         }
@@ -485,7 +522,13 @@ impl World {
                             t.granted_at = Some(self.now);
                             if let Some(hold) = t.hold_ms {
                                 let at = self.now + hold;
-                                self.push(at, Pending::Release { ws, claim: id.clone() });
+                                self.push(
+                                    at,
+                                    Pending::Release {
+                                        ws,
+                                        claim: id.clone(),
+                                    },
+                                );
                             }
                         }
                     }
@@ -512,10 +555,10 @@ impl World {
         {
             *n -= 1;
             let e = err.clone();
-            self.push(self.now + API_LATENCY_MS, Pending::Deliver(Event::ProviderDone {
-                op,
-                result: Err(e),
-            }));
+            self.push(
+                self.now + API_LATENCY_MS,
+                Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),
+            );
             return;
         }
         let boot = self.config.billing.boot;
@@ -544,7 +587,10 @@ impl World {
                         i
                     }
                 };
-                (API_LATENCY_MS.min(latency), Ok(ProviderOutcome::Instance(instance)))
+                (
+                    API_LATENCY_MS.min(latency),
+                    Ok(ProviderOutcome::Instance(instance)),
+                )
             }
             ProviderCall::Start(r) => match self.instances.get_mut(&r.node) {
                 Some(i) => {
@@ -579,7 +625,11 @@ impl World {
                     .config
                     .offerings
                     .iter()
-                    .find(|o| self.instances.get(&r.node).is_some_and(|i| i.instance_type == o.instance_type))
+                    .find(|o| {
+                        self.instances
+                            .get(&r.node)
+                            .is_some_and(|i| i.instance_type == o.instance_type)
+                    })
                     .map_or(20, |o| o.disk_gb);
                 let snap = SnapshotRef {
                     id: format!("snap-{}-{}", r.node, self.now),
@@ -594,7 +644,10 @@ impl World {
                 (API_LATENCY_MS, Ok(ProviderOutcome::Deleted))
             }
         };
-        self.push(self.now + delay, Pending::Deliver(Event::ProviderDone { op, result }));
+        self.push(
+            self.now + delay,
+            Pending::Deliver(Event::ProviderDone { op, result }),
+        );
     }
 
     fn boot_agent(&mut self, node: &NodeId, latency: Millis) {
@@ -605,16 +658,22 @@ impl World {
         agent.generation += 1;
         agent.alive = !self.faults.agents_never_boot;
         let generation = agent.generation;
-        self.push(self.now + latency, Pending::Boot {
-            node: node.clone(),
-            generation,
-        });
+        self.push(
+            self.now + latency,
+            Pending::Boot {
+                node: node.clone(),
+                generation,
+            },
+        );
     }
 
     fn stop_agent(&mut self, node: &NodeId) {
         if let Some(a) = self.agents.get_mut(node) {
             a.generation += 1;
-            self.push(self.now, Pending::Deliver(Event::AgentGone { node: node.clone() }));
+            self.push(
+                self.now,
+                Pending::Deliver(Event::AgentGone { node: node.clone() }),
+            );
         }
     }
 
@@ -653,7 +712,9 @@ impl World {
                 .copied()
                 .unwrap_or(u32::MAX);
             if *count > max {
-                return Err(format!("node {node} holds {count} stored grants; it has {max} slots"));
+                return Err(format!(
+                    "node {node} holds {count} stored grants; it has {max} slots"
+                ));
             }
         }
         // Every claim the caller was told about is in the store (retention
@@ -674,7 +735,10 @@ impl World {
                     && c.state.holds_node()
                     && c.node.as_ref() != Some(&g.node)
                 {
-                    return Err(format!("claim {id} granted on {} but holds {:?}", g.node, c.node));
+                    return Err(format!(
+                        "claim {id} granted on {} but holds {:?}",
+                        g.node, c.node
+                    ));
                 }
             }
         }
@@ -682,7 +746,11 @@ impl World {
         for n in self.controller.nodes() {
             let max = slots.get(&n.record.pool).copied().unwrap_or(u32::MAX) as usize;
             if n.claims.len() > max {
-                return Err(format!("node {} holds {} claims in memory", n.record.node, n.claims.len()));
+                return Err(format!(
+                    "node {} holds {} claims in memory",
+                    n.record.node,
+                    n.claims.len()
+                ));
             }
         }
         Ok(())

@@ -24,7 +24,10 @@ fn a_claim_is_acknowledged_granted_after_boot_and_released() {
     w.run_for(1).unwrap();
     assert!(matches!(
         w.replies(&reply),
-        [ClaimReply::Pending { reason: PendingReason::WaitingForCapacity, .. }]
+        [ClaimReply::Pending {
+            reason: PendingReason::WaitingForCapacity,
+            ..
+        }]
     ));
     assert!(granted(&w, "c1").is_none(), "no node yet");
     assert_eq!(w.instances().len(), 1, "cold start creates one node");
@@ -34,15 +37,29 @@ fn a_claim_is_acknowledged_granted_after_boot_and_released() {
     let g = granted(&w, "c1").expect("granted once the agent said hello");
     assert!(g.endpoint.ends_with(":7443"));
     assert!(g.credentials.is_some(), "sealed to the recipient");
-    assert!(w.agent_messages(&g.node).iter().any(|m| matches!(m, DaemonMsg::Activate { .. })));
+    assert!(
+        w.agent_messages(&g.node)
+            .iter()
+            .any(|m| matches!(m, DaemonMsg::Activate { .. }))
+    );
     let trace = &w.traces()[&cid("c1")];
     assert!(trace.granted_at.unwrap() - trace.requested_at >= 240_000);
 
-    let rel = w.send_claim(ClaimMsg::Release { workspace: ws(), claim_id: cid("c1") });
+    let rel = w.send_claim(ClaimMsg::Release {
+        workspace: ws(),
+        claim_id: cid("c1"),
+    });
     w.run_for(1).unwrap();
     assert!(matches!(w.replies(&rel), [ClaimReply::Released { .. }]));
-    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Released);
-    assert!(w.agent_messages(&g.node).iter().any(|m| matches!(m, DaemonMsg::Deactivate { .. })));
+    assert_eq!(
+        w.controller().claim(&cid("c1")).unwrap().state,
+        ClaimState::Released
+    );
+    assert!(
+        w.agent_messages(&g.node)
+            .iter()
+            .any(|m| matches!(m, DaemonMsg::Deactivate { .. }))
+    );
 
     // ColdImage deletes the idle node after its idle timeout.
     w.run_for(120_000).unwrap();
@@ -66,7 +83,10 @@ fn a_retried_request_gets_the_same_grant_and_a_reused_id_is_refused() {
     w.run_for(1).unwrap();
     assert!(matches!(
         w.replies(&reused),
-        [ClaimReply::Rejected { error: ClaimRejection::IdReused, .. }]
+        [ClaimReply::Rejected {
+            error: ClaimRejection::IdReused,
+            ..
+        }]
     ));
     assert_eq!(w.instances().len(), 1, "a retry never provisions again");
 }
@@ -81,26 +101,41 @@ fn leases_expire_unless_renewed() {
     let g = granted(&w, "c1").unwrap();
 
     w.run_for(40_000).unwrap();
-    let renew = w.send_claim(ClaimMsg::Renew { workspace: ws(), claim_id: cid("c1") });
+    let renew = w.send_claim(ClaimMsg::Renew {
+        workspace: ws(),
+        claim_id: cid("c1"),
+    });
     w.run_for(1).unwrap();
     match w.replies(&renew) {
         [ClaimReply::Renewed(lease)] => assert!(lease.expires_at > g.lease.expires_at),
         other => panic!("unexpected {other:?}"),
     }
     w.run_for(40_000).unwrap();
-    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Active);
+    assert_eq!(
+        w.controller().claim(&cid("c1")).unwrap().state,
+        ClaimState::Active
+    );
 
     w.run_for(30_000).unwrap();
-    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Expired);
+    assert_eq!(
+        w.controller().claim(&cid("c1")).unwrap().state,
+        ClaimState::Expired
+    );
     assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
         m,
         ClaimReply::Revoked(r) if r.reason == RevokeReason::Expired
     )));
-    let late = w.send_claim(ClaimMsg::Renew { workspace: ws(), claim_id: cid("c1") });
+    let late = w.send_claim(ClaimMsg::Renew {
+        workspace: ws(),
+        claim_id: cid("c1"),
+    });
     w.run_for(1).unwrap();
     assert!(matches!(
         w.replies(&late),
-        [ClaimReply::Rejected { error: ClaimRejection::Ended, .. }]
+        [ClaimReply::Rejected {
+            error: ClaimRejection::Ended,
+            ..
+        }]
     ));
 }
 
@@ -117,22 +152,60 @@ fn bad_requests_get_typed_answers_not_silence() {
     bad_recipient.recipient = Some("ssh-ed25519 AAAA".to_owned());
     let r3 = w.send_claim(ClaimMsg::Request(bad_recipient));
     let mut impossible = request("c4");
-    impossible.requirements = Requirements { cpus: 128, ..Requirements::default() };
+    impossible.requirements = Requirements {
+        cpus: 128,
+        ..Requirements::default()
+    };
     let r4 = w.send_claim(ClaimMsg::Request(impossible));
-    let r5 = w.send_claim(ClaimMsg::Release { workspace: ws(), claim_id: cid("ghost") });
+    let r5 = w.send_claim(ClaimMsg::Release {
+        workspace: ws(),
+        claim_id: cid("ghost"),
+    });
     w.run_for(1).unwrap();
-    assert!(matches!(w.replies(&r1), [ClaimReply::Rejected { error: ClaimRejection::UnknownPool { .. }, .. }]));
-    assert!(matches!(w.replies(&r2), [ClaimReply::Rejected { error: ClaimRejection::Invalid { .. }, .. }]));
-    assert!(matches!(w.replies(&r3), [ClaimReply::Rejected { error: ClaimRejection::Invalid { .. }, .. }]));
+    assert!(matches!(
+        w.replies(&r1),
+        [ClaimReply::Rejected {
+            error: ClaimRejection::UnknownPool { .. },
+            ..
+        }]
+    ));
+    assert!(matches!(
+        w.replies(&r2),
+        [ClaimReply::Rejected {
+            error: ClaimRejection::Invalid { .. },
+            ..
+        }]
+    ));
+    assert!(matches!(
+        w.replies(&r3),
+        [ClaimReply::Rejected {
+            error: ClaimRejection::Invalid { .. },
+            ..
+        }]
+    ));
     match w.replies(&r4) {
-        [ClaimReply::Pending { reason: PendingReason::Unsatisfiable { why }, .. }] => {
+        [
+            ClaimReply::Pending {
+                reason: PendingReason::Unsatisfiable { why },
+                ..
+            },
+        ] => {
             assert!(why.contains("cpus>=128"), "{why}")
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(matches!(w.replies(&r5), [ClaimReply::Rejected { error: ClaimRejection::UnknownClaim, .. }]));
+    assert!(matches!(
+        w.replies(&r5),
+        [ClaimReply::Rejected {
+            error: ClaimRejection::UnknownClaim,
+            ..
+        }]
+    ));
     w.run_for(600_000).unwrap();
-    assert!(w.instances().is_empty(), "nothing provisioned for impossible claims");
+    assert!(
+        w.instances().is_empty(),
+        "nothing provisioned for impossible claims"
+    );
 }
 
 #[test]
@@ -143,7 +216,10 @@ fn a_claim_that_waits_too_long_expires_with_wait_exceeded() {
     req.max_wait_ms = Some(60_000);
     w.send_claim(ClaimMsg::Request(req));
     w.run_for(61_000).unwrap();
-    assert_eq!(w.controller().claim(&cid("c1")).unwrap().state, ClaimState::Expired);
+    assert_eq!(
+        w.controller().claim(&cid("c1")).unwrap().state,
+        ClaimState::Expired
+    );
     assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
         m,
         ClaimReply::Revoked(r) if r.reason == RevokeReason::WaitExceeded
@@ -163,7 +239,11 @@ fn a_node_that_stops_heartbeating_is_lost_its_claim_revoked_and_replaced() {
         w.controller().node(&g.node).map(|n| n.state),
         Some(NodeState::Lost | NodeState::Deleting) | None
     ));
-    assert!(w.alerts().iter().any(|a| matches!(a, Alert::NodeLost { .. })));
+    assert!(
+        w.alerts()
+            .iter()
+            .any(|a| matches!(a, Alert::NodeLost { .. }))
+    );
     assert!(w.claim_messages(&cid("c1")).iter().any(|m| matches!(
         m,
         ClaimReply::Revoked(r) if r.reason == RevokeReason::NodeLost
@@ -189,7 +269,15 @@ fn a_spot_interruption_revokes_with_the_deadline() {
         m,
         ClaimReply::Revoked(r) if matches!(r.reason, RevokeReason::SpotInterrupted { .. })
     )));
-    assert_eq!(w.controller().costs(w.now()).pools.values().map(|p| p.interruptions).sum::<u64>(), 1);
+    assert_eq!(
+        w.controller()
+            .costs(w.now())
+            .pools
+            .values()
+            .map(|p| p.interruptions)
+            .sum::<u64>(),
+        1
+    );
 }
 
 #[test]
@@ -225,9 +313,13 @@ fn cost_is_accrued_with_the_billing_model() {
     let report = w.controller().costs(w.now());
     let pool = &report.pools[&fleet_core::PoolName::new("linux").unwrap()];
     // Boot 240 s + hold 600 s + idle 60 s (+ API latencies), at $0.085/h.
-    assert!(pool.running_ms >= 900_000 && pool.running_ms < 960_000, "{}", pool.running_ms);
-    let expected = fleet_core::money::HourlyPrice::from_micros(85_000).for_millis(pool.running_ms.div_ceil(1000) * 1000);
+    assert!(
+        pool.running_ms >= 900_000 && pool.running_ms < 960_000,
+        "{}",
+        pool.running_ms
+    );
+    let expected = fleet_core::money::HourlyPrice::from_micros(85_000)
+        .for_millis(pool.running_ms.div_ceil(1000) * 1000);
     assert_eq!(pool.running, expected);
     assert_eq!(pool.boots.values().sum::<u64>(), 1);
 }
-

@@ -28,6 +28,11 @@ impl Controller {
             rec.expires_at = Some(rec.expires_at.map_or(fresh, |t| t.max(fresh)));
         }
         let id = rec.request.claim_id.clone();
+        if rec.state == ClaimState::Granted {
+            // The grant may never have reached the caller (a crash between
+            // the write and the send): publish it again; it is identical.
+            self.startup.push(Effect::Grant { claim: id.clone() });
+        }
         self.claims.insert(
             id,
             Claim {

@@ -400,6 +400,8 @@ pub struct Controller {
     timers: Timers,
     next_node_seq: u64,
     fenced: bool,
+    /// Effects to run on the first event after a restore.
+    startup: Vec<Effect>,
     /// Something changed that arbitration or a strategy should look at.
     dirty: bool,
     ledger: cost::Ledger,
@@ -439,6 +441,7 @@ impl Controller {
             timers: Timers::default(),
             next_node_seq: 1,
             fenced: false,
+            startup: Vec::new(),
             dirty: true,
             ledger: cost::Ledger::default(),
         };
@@ -494,6 +497,8 @@ impl Controller {
         if self.fenced {
             return out;
         }
+        let startup = std::mem::take(&mut self.startup);
+        self.run_effects(startup, now, &mut out);
         match event {
             Event::Claim { msg, reply } => self.on_claim(msg, reply, now, &mut out),
             Event::Job { msg, reply } => self.on_job(msg, reply, &mut out),

@@ -12,13 +12,13 @@ use fleet_core::provider::{Capabilities, Offering, SpotTerms};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use fleet_core::{ClaimId, Epoch, InstanceType, PoolName, Workspace};
 
-pub const T0: u64 = 1_700_000_000_000;
+pub(crate) const T0: u64 = 1_700_000_000_000;
 
-pub fn it(s: &str) -> InstanceType {
+pub(crate) fn it(s: &str) -> InstanceType {
     InstanceType::new(s).expect("valid type")
 }
 
-pub fn offerings() -> Vec<Offering> {
+pub(crate) fn offerings() -> Vec<Offering> {
     vec![
         Offering {
             instance_type: it("c7.large"),
@@ -44,7 +44,7 @@ pub fn offerings() -> Vec<Offering> {
     ]
 }
 
-pub fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
+pub(crate) fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
     PoolSpec {
         name: PoolName::new("linux").expect("valid"),
         strategy,
@@ -57,7 +57,7 @@ pub fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
     }
 }
 
-pub fn config(pool: PoolSpec) -> ControllerConfig {
+pub(crate) fn config(pool: PoolSpec) -> ControllerConfig {
     ControllerConfig {
         pools: vec![pool],
         quotas: BTreeMap::new(),
@@ -75,11 +75,11 @@ pub fn config(pool: PoolSpec) -> ControllerConfig {
     }
 }
 
-pub fn world() -> World {
+pub(crate) fn world() -> World {
     World::new(config(pool(StrategyConfig::default(), 4)), T0, true)
 }
 
-pub fn request(id: &str) -> ClaimRequest {
+pub(crate) fn request(id: &str) -> ClaimRequest {
     ClaimRequest {
         claim_id: ClaimId::new(id).expect("valid"),
         workspace: Workspace::new("team-a").expect("valid"),
@@ -92,10 +92,10 @@ pub fn request(id: &str) -> ClaimRequest {
     }
 }
 
-pub fn cid(s: &str) -> ClaimId {
+pub(crate) fn cid(s: &str) -> ClaimId {
     ClaimId::new(s).expect("valid")
 }
 
-pub fn ws() -> Workspace {
+pub(crate) fn ws() -> Workspace {
     Workspace::new("team-a").expect("valid")
 }
