@@ -14,7 +14,9 @@ use fleet_core::protocol::{
 };
 use fleet_core::testkit::transport::transport_suite;
 use fleet_core::transport::{ClaimError, Inbound, Outbound, Peer, TransportError};
-use fleet_core::{ClaimClient, ClaimId, CommandId, Epoch, JobId, NodeId, PoolName, Transport, Workspace};
+use fleet_core::{
+    ClaimClient, ClaimId, CommandId, Epoch, JobId, NodeId, PoolName, Transport, Workspace,
+};
 use futures_util::StreamExt;
 use tokio::time::timeout;
 
@@ -95,7 +97,9 @@ async fn serve_one(server: &InProcTransport) {
         ClaimMsg::Release { claim_id, .. } => ClaimReply::Released { claim_id },
         other => panic!("unexpected {other:?}"),
     };
-    let sent = server.send(&Peer::Reply(reply), Outbound::Claim(answer)).await;
+    let sent = server
+        .send(&Peer::Reply(reply), Outbound::Claim(answer))
+        .await;
     assert_eq!(sent, Ok(()));
 }
 
@@ -135,7 +139,10 @@ async fn agent_messages_flow_both_ways_and_drop_means_gone() {
         heartbeat_interval_ms: 5_000,
     };
     let to = Peer::Node(node("n1"));
-    assert_eq!(server.send(&to, Outbound::Agent(welcome.clone())).await, Ok(()));
+    assert_eq!(
+        server.send(&to, Outbound::Agent(welcome.clone())).await,
+        Ok(())
+    );
     assert_eq!(bounded("agent recv", agent.recv()).await, Some(welcome));
 
     drop(agent);
@@ -165,7 +172,10 @@ async fn close_gives_gone_and_a_new_session_displaces_the_old() {
     // is the new session's Hello.
     assert!(matches!(
         bounded("server recv", server.recv()).await,
-        Ok(Inbound::Agent { msg: AgentMsg::Hello { .. }, .. })
+        Ok(Inbound::Agent {
+            msg: AgentMsg::Hello { .. },
+            ..
+        })
     ));
     let mut second = second;
     second.close();
@@ -217,8 +227,14 @@ async fn oversized_messages_are_refused_with_a_typed_error_and_the_transport_kee
     let req = request("small");
     let (_, got) = tokio::join!(serve_one(&server), client.claim(req.clone()));
     assert_eq!(got, Ok(grant(&req)));
-    assert_eq!(server.send(&to, Outbound::Agent(DaemonMsg::Drain)).await, Ok(()));
-    assert_eq!(bounded("agent recv", agent.recv()).await, Some(DaemonMsg::Drain));
+    assert_eq!(
+        server.send(&to, Outbound::Agent(DaemonMsg::Drain)).await,
+        Ok(())
+    );
+    assert_eq!(
+        bounded("agent recv", agent.recv()).await,
+        Some(DaemonMsg::Drain)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,8 +280,14 @@ async fn closing_fails_every_waiter_with_closed_and_nothing_hangs() {
     assert_eq!(agent.send(hello("n1")).await, Err(TransportError::Closed));
 
     // New work fails at once.
-    assert_eq!(bounded("recv", server.recv()).await, Err(TransportError::Closed));
-    assert_eq!(bounded("claim", client.claim(request("late"))).await, closed);
+    assert_eq!(
+        bounded("recv", server.recv()).await,
+        Err(TransportError::Closed)
+    );
+    assert_eq!(
+        bounded("claim", client.claim(request("late"))).await,
+        closed
+    );
     assert_eq!(
         bounded("renew", client.renew(&ws("team-a"), &cid("late"))).await,
         Err(ClaimError::Transport(TransportError::Closed))
@@ -301,13 +323,22 @@ async fn dropping_the_transport_fails_clients_with_closed() {
 async fn an_abandoned_call_leaves_no_reply_address_behind() {
     let server = InProcTransport::new(4);
     let client = server.claim_client();
-    let gave_up = timeout(Duration::from_millis(50), client.claim(request("impatient"))).await;
-    assert!(gave_up.is_err(), "nobody answered, so the claim must still be waiting");
+    let gave_up = timeout(
+        Duration::from_millis(50),
+        client.claim(request("impatient")),
+    )
+    .await;
+    assert!(
+        gave_up.is_err(),
+        "nobody answered, so the claim must still be waiting"
+    );
     let Ok(Inbound::Claim { reply, .. }) = bounded("recv", server.recv()).await else {
         panic!("expected the abandoned request");
     };
     let late = ClaimReply::Granted(grant(&request("impatient")));
-    let sent = server.send(&Peer::Reply(reply), Outbound::Claim(late)).await;
+    let sent = server
+        .send(&Peer::Reply(reply), Outbound::Claim(late))
+        .await;
     assert!(
         matches!(sent, Err(ref e) if e.kind() == "no_peer"),
         "a reply to an abandoned call: {sent:?}"
@@ -382,7 +413,10 @@ async fn job_submit_is_accepted_and_events_stream_until_finished() {
         };
         let to = Peer::Reply(reply);
         let wrong = Outbound::Claim(ClaimReply::Released { claim_id: cid("x") });
-        assert!(matches!(server.send(&to, wrong).await, Err(TransportError::NoPeer(_))));
+        assert!(matches!(
+            server.send(&to, wrong).await,
+            Err(TransportError::NoPeer(_))
+        ));
         let no = JobReply::Rejected {
             job: Some(JobId::new("j2").unwrap_or_else(|e| panic!("{e}"))),
             why: "unknown pool".to_owned(),
@@ -421,7 +455,9 @@ async fn claim_release_throughput() {
         assert_eq!(client.release(&ws, &id).await, Ok(()));
     }
     let elapsed = started.elapsed();
-    bounded("control plane", control_plane).await.unwrap_or_else(|e| panic!("{e}"));
+    bounded("control plane", control_plane)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "{CYCLES} claim/release cycles in {elapsed:?}: {:.0} cycles/s",
         CYCLES as f64 / elapsed.as_secs_f64()

@@ -79,10 +79,22 @@ fn from_wire<T: DeserializeOwned>(body: &[u8]) -> Result<T, TransportError> {
 /// identity travel beside the encoded body, as a subject or a connection
 /// would on a network transport.
 enum UpFrame {
-    Claim { reply: ReplyTo, body: Bytes },
-    Job { reply: ReplyTo, body: Bytes },
-    Agent { node: NodeId, session: u64, body: Bytes },
-    AgentGone { node: NodeId },
+    Claim {
+        reply: ReplyTo,
+        body: Bytes,
+    },
+    Job {
+        reply: ReplyTo,
+        body: Bytes,
+    },
+    Agent {
+        node: NodeId,
+        session: u64,
+        body: Bytes,
+    },
+    AgentGone {
+        node: NodeId,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -221,11 +233,7 @@ impl Shared {
                     ..
                 } = &mut *st;
                 let who = format!("claim {ws}/{id}");
-                for r in waiters
-                    .get(&(ws.clone(), id.clone()))
-                    .into_iter()
-                    .flatten()
-                {
+                for r in waiters.get(&(ws.clone(), id.clone())).into_iter().flatten() {
                     if let Some(route) = routes.get_mut(r)
                         && let Err(e) = push(&mut route.tx, body.clone(), &who)
                     {

@@ -44,7 +44,7 @@ use futures_util::future::{join, join_all};
 use crate::ids::{ClaimId, Epoch, NodeId, PoolName, Workspace};
 use crate::protocol::{
     Arch, ClaimGrant, ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, Lease, PendingReason,
-    Requirements, RevokeReason, Revocation, SealedCredentials,
+    Requirements, Revocation, RevokeReason, SealedCredentials,
 };
 use crate::transport::{ClaimClient, ClaimError, Inbound, Outbound, Peer, ReplyTo, Transport};
 
@@ -222,7 +222,13 @@ async fn grant_round_trip(server: &dyn Transport, client: &dyn ClaimClient, run:
                 ClaimMsg::Request(req.clone()),
                 "request → grant: the request must reach the control plane with every field intact"
             );
-            reply(server, &Peer::Reply(to), ClaimReply::Granted(want.clone()), "grant").await;
+            reply(
+                server,
+                &Peer::Reply(to),
+                ClaimReply::Granted(want.clone()),
+                "grant",
+            )
+            .await;
         },
         client.claim(req.clone()),
     )
@@ -334,7 +340,13 @@ async fn renew_and_release(server: &dyn Transport, client: &dyn ClaimClient, run
                 },
                 "renew must reach the control plane as ClaimMsg::Renew for the same claim"
             );
-            reply(server, &Peer::Reply(to), ClaimReply::Renewed(lease.clone()), "renewal").await;
+            reply(
+                server,
+                &Peer::Reply(to),
+                ClaimReply::Renewed(lease.clone()),
+                "renewal",
+            )
+            .await;
         },
         client.renew(&ws, &id),
     )
@@ -369,7 +381,9 @@ async fn unexpected_reply(server: &dyn Transport, client: &dyn ClaimClient, run:
     let (_, got) = join(
         async {
             let (_, to) = next_claim(server, "a renew").await;
-            let wrong = ClaimReply::Released { claim_id: id.clone() };
+            let wrong = ClaimReply::Released {
+                claim_id: id.clone(),
+            };
             reply(server, &Peer::Reply(to), wrong, "a wrong-kind answer").await;
         },
         client.renew(&ws, &id),
@@ -403,7 +417,12 @@ async fn revocations_stay_in_their_workspace(
     };
     let rev_a = revocation(&ws_a, RevokeReason::SpotInterrupted { deadline: 77 });
     let rev_b = revocation(&ws_b, RevokeReason::NodeLost);
-    let rev_a2 = revocation(&ws_a, RevokeReason::Operator { note: "bye".to_owned() });
+    let rev_a2 = revocation(
+        &ws_a,
+        RevokeReason::Operator {
+            note: "bye".to_owned(),
+        },
+    );
     for r in [&rev_a, &rev_b, &rev_a2] {
         let to = Peer::Claim(r.workspace.clone(), r.claim_id.clone());
         reply(server, &to, ClaimReply::Revoked(r.clone()), "revocation").await;
@@ -441,13 +460,21 @@ async fn concurrent_claims_route_replies(
             for _ in 0..n {
                 match next_claim(server, "one of the concurrent claim requests").await {
                     (ClaimMsg::Request(req), to) => pending.push((req, to)),
-                    (other, _) => panic!("transport suite: expected a claim request, got {other:?}"),
+                    (other, _) => {
+                        panic!("transport suite: expected a claim request, got {other:?}")
+                    }
                 }
             }
             // Answer in reverse arrival order so a transport that routes by
             // position rather than by address is caught.
             for (req, to) in pending.into_iter().rev() {
-                reply(server, &Peer::Reply(to), ClaimReply::Granted(grant_for(&req)), "grant").await;
+                reply(
+                    server,
+                    &Peer::Reply(to),
+                    ClaimReply::Granted(grant_for(&req)),
+                    "grant",
+                )
+                .await;
             }
         },
         join_all(reqs.iter().cloned().map(|r| client.claim(r))),
@@ -463,7 +490,10 @@ async fn concurrent_claims_route_replies(
 }
 
 async fn unknown_reply_address_is_no_peer(server: &dyn Transport, run: &Run) {
-    let to = Peer::Reply(ReplyTo(format!("fleet-conformance-never-issued-{}", run.tag)));
+    let to = Peer::Reply(ReplyTo(format!(
+        "fleet-conformance-never-issued-{}",
+        run.tag
+    )));
     let msg = Outbound::Claim(ClaimReply::Released {
         claim_id: run.claim_id(),
     });
