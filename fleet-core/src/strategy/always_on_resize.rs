@@ -125,12 +125,13 @@ impl Strategy for AlwaysOnResize {
     fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan {
         let mut d = Draft::new(pool);
         d.delete_failed();
+        d.delete_unstartable();
         let Some(base) = kit::offering_or_baseline(pool, self.baseline.as_ref()) else {
             return d.finish();
         };
         let peak = peak_offering(pool, self.peak.as_ref()).unwrap_or(base);
         let k = Self::always_on(pool);
-        let primary = kit::primaries(&d, k, Some(&base.instance_type));
+        let primary = kit::primaries(&d, k, &[&base.instance_type, &peak.instance_type]);
         for (i, n) in pool.nodes.iter().enumerate() {
             if primary[i] && n.state == NodeState::Stopped && pool.capabilities.stop_start {
                 d.start(i);

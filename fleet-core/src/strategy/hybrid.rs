@@ -107,11 +107,12 @@ impl Strategy for Hybrid {
     fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan {
         let mut d = Draft::new(pool);
         d.delete_failed();
+        d.delete_unstartable();
         let Some(base) = kit::offering_or_baseline(pool, self.baseline.as_ref()) else {
             return d.finish();
         };
         let k = Self::always_on(pool);
-        let primary = kit::primaries(&d, k, Some(&base.instance_type));
+        let primary = kit::primaries(&d, k, &[&base.instance_type]);
         for (i, n) in pool.nodes.iter().enumerate() {
             if primary[i] && n.state == NodeState::Stopped && pool.capabilities.stop_start {
                 d.start(i);
@@ -127,10 +128,12 @@ impl Strategy for Hybrid {
         if let Some(i) = kit::maybe_snapshot(&mut d, &m, &primary, now, SNAPSHOT_REFRESH_MS) {
             keep[i] = true;
         }
+        // Deletes first: they free room under max_nodes for the creates.
+        let deleted = kit::delete_idle(&mut d, &m, &keep, now, self.overflow_idle_timeout_ms);
         let claims = m.demands(pool);
         kit::create_for(&mut d, &claims, source, Market::OnDemand, true, u32::MAX);
         let floor = d.floor();
-        kit::delete_idle(&mut d, &m, &keep, now, self.overflow_idle_timeout_ms, floor);
+        d.restore_floor(&deleted, floor);
         d.finish()
     }
 }

@@ -404,6 +404,20 @@ mod kit {
             }
         }
 
+        /// Stopped nodes the provider cannot start (the pool moved to a
+        /// provider or strategy without stop/start) serve nothing ever:
+        /// delete them so always-on and fixed-size pools replace them.
+        pub(super) fn delete_unstartable(&mut self) {
+            if self.view.capabilities.stop_start {
+                return;
+            }
+            for (i, n) in self.view.nodes.iter().enumerate() {
+                if n.state == NodeState::Stopped {
+                    self.delete(i);
+                }
+            }
+        }
+
         /// Creates nodes of `size` until `target` are live (used for
         /// `min_nodes` and always-on nodes), within `max_nodes`.
         pub(super) fn fill_to(
@@ -416,6 +430,23 @@ mod kit {
             while self.live() < target {
                 if !self.create(source, market, size) {
                     break;
+                }
+            }
+        }
+
+        /// Takes back deletions of `deleted` (most recently idle first) while
+        /// the pool would end below `floor`: keeping an idle node is cheaper
+        /// and faster than booting a new one for `min_nodes`.
+        pub(super) fn restore_floor(&mut self, deleted: &[usize], floor: u32) {
+            for &i in deleted.iter().rev() {
+                if self.live() >= floor {
+                    break;
+                }
+                if self.removed[i] {
+                    self.removed[i] = false;
+                    let node = &self.view.nodes[i].node;
+                    self.actions
+                        .retain(|a| !matches!(a, Action::Delete { node: n } if n == node));
                 }
             }
         }
@@ -489,72 +520,103 @@ mod kit {
         members: Vec<(Option<usize>, u32)>,
     }
 
-    /// Matches pending claims to free slots of up nodes and to the slots of
-    /// nodes on their way up (including those this draft starts or creates).
-    /// Largest claims first, each into the smallest type that fits, so that
-    /// the nodes a previous plan created for these claims are found again
-    /// (this is what makes re-planning idempotent).
+    type Groups = BTreeMap<(bool, u32, u64, InstanceType), Group>;
+
+    fn add_slots(
+        view: &PoolView<'_>,
+        groups: &mut Groups,
+        ty: &InstanceType,
+        who: Option<usize>,
+        free: u32,
+    ) {
+        if free == 0 {
+            return;
+        }
+        groups
+            .entry(size_key(view, ty))
+            .or_insert_with(|| Group {
+                ty: ty.clone(),
+                members: Vec::new(),
+            })
+            .members
+            .push((who, free));
+    }
+
+    /// Matches pending claims first to free slots of up nodes (where
+    /// arbitration will actually put them now), then to the slots of nodes
+    /// on their way up, including those this draft starts or creates.
+    /// Within each, largest claims first, each into the smallest type that
+    /// fits, so that the nodes a previous plan created for these claims are
+    /// found again (this is what makes re-planning idempotent).
     pub(super) fn match_pending(d: &Draft<'_>) -> Matching {
         let view = &d.view;
-        let mut groups: BTreeMap<(bool, u32, u64, InstanceType), Group> = BTreeMap::new();
-        let mut add = |ty: &InstanceType, who: Option<usize>, free: u32| {
-            if free == 0 {
-                return;
-            }
-            groups
-                .entry(size_key(view, ty))
-                .or_insert_with(|| Group {
-                    ty: ty.clone(),
-                    members: Vec::new(),
-                })
-                .members
-                .push((who, free));
-        };
+        let mut up = Groups::new();
+        let mut coming = Groups::new();
         for (i, n) in view.nodes.iter().enumerate() {
             if d.is_removed(i) {
                 continue;
             }
-            let free = if d.is_started(i) || n.state.is_coming_up() {
-                n.slots.saturating_sub(n.claims)
+            if d.is_started(i) || n.state.is_coming_up() {
+                add_slots(
+                    view,
+                    &mut coming,
+                    &n.instance_type,
+                    Some(i),
+                    n.slots.saturating_sub(n.claims),
+                );
             } else {
-                n.free_slots()
-            };
-            add(&n.instance_type, Some(i), free);
+                add_slots(view, &mut up, &n.instance_type, Some(i), n.free_slots());
+            }
         }
         let new_slots = view.spec.slots_per_node.max(1);
         for t in &d.planned {
-            add(t, None, new_slots);
+            add_slots(view, &mut coming, t, None, new_slots);
         }
-        let mut groups: Vec<Group> = groups.into_values().collect();
 
+        // Most constrained claims first: those no type the pool sells fits
+        // (only a node of a retired type can take them), then by the
+        // smallest type that fits, largest first. Matching them first leaves
+        // over exactly the claims a new node can serve.
+        let mut sizes: Vec<&Offering> = view.offerings.iter().collect();
+        sizes.sort_by_key(|o| size_key(view, &o.instance_type));
+        let constraint = |req: &Requirements| {
+            let smallest = sizes
+                .iter()
+                .position(|o| req.satisfied_by(&o.resources(&view.spec.labels)));
+            (smallest.is_none(), smallest, req.cpus, req.memory_mb)
+        };
         let mut order: Vec<usize> = (0..view.pending.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (ra, rb) = (&view.pending[a].requirements, &view.pending[b].requirements);
-            (rb.cpus, rb.memory_mb)
-                .cmp(&(ra.cpus, ra.memory_mb))
-                .then(a.cmp(&b))
+        order.sort_by_cached_key(|&c| {
+            (
+                std::cmp::Reverse(constraint(&view.pending[c].requirements)),
+                c,
+            )
         });
 
         let mut needed = vec![false; view.nodes.len()];
-        let mut unmatched = Vec::new();
-        for c in order {
-            let req = &view.pending[c].requirements;
-            let slot = groups.iter_mut().find_map(|g| {
-                if !fits(view, &g.ty, req) {
-                    return None;
-                }
-                g.members.iter_mut().find(|m| m.1 > 0)
-            });
-            match slot {
-                Some(m) => {
-                    m.1 -= 1;
-                    if let Some(i) = m.0 {
-                        needed[i] = true;
+        for groups in [up, coming] {
+            let mut groups: Vec<Group> = groups.into_values().collect();
+            order.retain(|&c| {
+                let req = &view.pending[c].requirements;
+                let slot = groups.iter_mut().find_map(|g| {
+                    if !fits(view, &g.ty, req) {
+                        return None;
                     }
+                    g.members.iter_mut().find(|m| m.1 > 0)
+                });
+                match slot {
+                    Some(m) => {
+                        m.1 -= 1;
+                        if let Some(i) = m.0 {
+                            needed[i] = true;
+                        }
+                        false
+                    }
+                    None => true,
                 }
-                None => unmatched.push(c),
-            }
+            });
         }
+        let mut unmatched = order;
         unmatched.sort_unstable();
         Matching { unmatched, needed }
     }
@@ -636,18 +698,19 @@ mod kit {
         }
     }
 
-    /// Deletes idle nodes whose timer ran out, longest idle first, never
-    /// below the floor; `keep` nodes are never deleted. Stopped nodes (not
-    /// `keep`) count as expired at once: these strategies never want them.
-    /// Sets the wake-up for the next timer.
+    /// Deletes every idle node whose timer ran out (longest idle first) and
+    /// returns them in that order; `keep` nodes are never deleted. Stopped
+    /// nodes (not `keep`) count as expired at once: these strategies never
+    /// want them. Sets the wake-up for the next timer. The caller creates
+    /// what demand needs and then gives back deletions with
+    /// [`Draft::restore_floor`], so `min_nodes` is judged on the final pool.
     pub(super) fn delete_idle(
         d: &mut Draft<'_>,
         m: &Matching,
         keep: &[bool],
         now: Millis,
         timeout: Millis,
-        floor: u32,
-    ) {
+    ) -> Vec<usize> {
         let nodes = d.view.nodes;
         let mut candidates: Vec<(Millis, usize)> = nodes
             .iter()
@@ -666,15 +729,16 @@ mod kit {
             })
             .collect();
         candidates.sort_unstable();
+        let mut deleted = Vec::new();
         for (due, i) in candidates {
             if due <= now {
-                if d.live() > floor {
-                    d.delete(i);
-                }
+                d.delete(i);
+                deleted.push(i);
             } else {
                 d.wake(due, now);
             }
         }
+        deleted
     }
 
     /// Boots from the snapshot when the provider can and one exists.
@@ -731,23 +795,34 @@ mod kit {
         Some(pick)
     }
 
-    /// Picks the `k` nodes an always-on strategy keeps: of type `prefer`
-    /// first, then the most up, then by node id.
-    pub(super) fn primaries(d: &Draft<'_>, k: u32, prefer: Option<&InstanceType>) -> Vec<bool> {
+    /// Picks the `k` nodes an always-on strategy keeps: by the order of
+    /// their type in `prefer` (others last), then the most up, then by node id. Stopped nodes only count
+    /// when the provider can start them.
+    pub(super) fn primaries(d: &Draft<'_>, k: u32, prefer: &[&InstanceType]) -> Vec<bool> {
         let nodes = d.view.nodes;
-        let mut order: Vec<(bool, u8, usize)> = nodes
+        let mut order: Vec<(usize, u8, usize)> = nodes
             .iter()
             .enumerate()
             .filter(|(i, n)| !d.is_removed(*i) && is_live(n))
+            // A stopped node the provider cannot start is no always-on node.
+            .filter(|(_, n)| d.view.capabilities.stop_start || n.state != NodeState::Stopped)
             .map(|(i, n)| {
                 let rank = match n.state {
-                    NodeState::Ready | NodeState::Busy => 0,
-                    NodeState::Resizing | NodeState::Snapshotting | NodeState::Starting => 1,
+                    // A resize keeps the node's role: it is up again soon.
+                    NodeState::Ready | NodeState::Busy | NodeState::Resizing => 0,
+                    NodeState::Snapshotting | NodeState::Starting => 1,
                     NodeState::Requested | NodeState::Provisioning | NodeState::Booting => 2,
                     NodeState::Stopped | NodeState::Stopping => 3,
                     _ => 4,
                 };
-                (prefer.is_some_and(|p| p != &n.instance_type), rank, i)
+                (
+                    prefer
+                        .iter()
+                        .position(|p| *p == &n.instance_type)
+                        .unwrap_or(prefer.len()),
+                    rank,
+                    i,
+                )
             })
             .collect();
         order.sort_unstable();
@@ -831,17 +906,11 @@ mod kit {
     }
 
     /// The plan of ColdImage, ColdSnapshot and Spot: replace failed nodes,
-    /// keep `min_nodes` baseline nodes, create for uncovered demand, snapshot
-    /// when due, delete nodes idle past the timeout.
+    /// keep `min_nodes` baseline nodes, snapshot when due, delete nodes idle
+    /// past the timeout, create for uncovered demand.
     pub(super) fn plan_elastic(view: &PoolView<'_>, now: Millis, e: Elastic) -> Plan {
         let mut d = Draft::new(view);
         d.delete_failed();
-        let floor = d.floor();
-        if let Some(b) = view.baseline()
-            && let Some(market) = market_for(view, b, e.market, e.on_demand_fallback)
-        {
-            d.fill_to(floor, e.source, market, &b.instance_type);
-        }
         let m = match_pending(&d);
         let mut keep = vec![false; view.nodes.len()];
         if let Some(refresh) = e.snapshot_refresh_ms
@@ -849,6 +918,8 @@ mod kit {
         {
             keep[i] = true;
         }
+        // Deletes first: they free room under max_nodes for the creates.
+        let deleted = delete_idle(&mut d, &m, &keep, now, e.idle_timeout_ms);
         let claims = m.demands(view);
         create_for(
             &mut d,
@@ -858,7 +929,13 @@ mod kit {
             e.on_demand_fallback,
             u32::MAX,
         );
-        delete_idle(&mut d, &m, &keep, now, e.idle_timeout_ms, floor);
+        let floor = d.floor();
+        d.restore_floor(&deleted, floor);
+        if let Some(b) = view.baseline()
+            && let Some(market) = market_for(view, b, e.market, e.on_demand_fallback)
+        {
+            d.fill_to(floor, e.source, market, &b.instance_type);
+        }
         d.finish()
     }
 }

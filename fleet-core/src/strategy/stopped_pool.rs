@@ -133,8 +133,8 @@ impl Strategy for StoppedPool {
                 .to_owned()
         } else {
             format!(
-                "idle nodes are stopped after {} ms and started again in {} ms per job; stopped \
-                 each costs {}/h (disk {} GB)",
+                "idle nodes are stopped after {} ms and started again in {} ms per job; a stopped \
+                 node costs {}/h (disk {} GB)",
                 self.stop_after_idle_ms,
                 pool.billing.boot.stopped_ms,
                 b.map_or(Money::ZERO, |b| pool
@@ -162,18 +162,18 @@ impl Strategy for StoppedPool {
             boot_path: BootPath::Stopped,
             idle_cost,
             cost_model: format!(
-                "{n} on-demand node(s) ({}); {mode}; {}. With no claims the pool costs \
-                 {} once (each node's first run: {boot_ms} ms boot{} billed as one run) then \
-                 {}/h for every hour counted from the start.",
+                "{n} on-demand node(s) ({}); {mode}; {}. With no claims the pool costs {}.",
                 kit::priced(b, Market::OnDemand),
                 kit::billing_words(pool.billing),
-                idle_cost.setup,
                 if stops {
-                    format!(" + {} ms idle before the stop", self.stop_after_idle_ms)
+                    format!(
+                        "{} once (each node's first run, {boot_ms} ms boot + {} ms idle before \
+                         the stop, billed as one run) then {}/h for every hour counted from the start",
+                        idle_cost.setup, self.stop_after_idle_ms, idle_cost.per_hour
+                    )
                 } else {
-                    ", never stopped, so nothing extra".to_owned()
+                    format!("{}/h, nothing once (nodes never stop)", idle_cost.per_hour)
                 },
-                idle_cost.per_hour,
             ),
         }
     }
@@ -181,6 +181,7 @@ impl Strategy for StoppedPool {
     fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan {
         let mut d = Draft::new(pool);
         d.delete_failed();
+        d.delete_unstartable();
         let target = self.target(pool);
         let m = kit::match_pending(&d);
         let rest = Self::start_for(&mut d, m.demands(pool));
