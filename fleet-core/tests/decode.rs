@@ -8,19 +8,25 @@ use fleet_core::protocol::{
 };
 use proptest::prelude::*;
 
-const REQUEST: &str = r#"{"v":1,"msg":{"type":"request","claim_id":"c1","workspace":"team-a","pool":"linux"}}"#;
+const REQUEST: &str =
+    r#"{"v":1,"msg":{"type":"request","claim_id":"c1","workspace":"team-a","pool":"linux"}}"#;
 
 #[test]
 fn a_minimal_request_decodes_with_defaults() {
     let msg: ClaimMsg = decode(REQUEST.as_bytes()).unwrap();
-    let ClaimMsg::Request(r) = msg else { panic!("not a request") };
+    let ClaimMsg::Request(r) = msg else {
+        panic!("not a request")
+    };
     assert_eq!(r.lease_ttl_ms, 300_000);
     assert_eq!(r.priority, 0);
 }
 
 #[test]
 fn unknown_fields_are_ignored() {
-    let with_extra = REQUEST.replace(r#""pool":"linux""#, r#""pool":"linux","from_the_future":{"x":1}"#);
+    let with_extra = REQUEST.replace(
+        r#""pool":"linux""#,
+        r#""pool":"linux","from_the_future":{"x":1}"#,
+    );
     assert!(decode::<ClaimMsg>(with_extra.as_bytes()).is_ok());
     let top = REQUEST.replace(r#"{"v":1,"#, r#"{"v":1,"trace":"abc","#);
     assert!(decode::<ClaimMsg>(top.as_bytes()).is_ok());
@@ -33,9 +39,18 @@ fn each_failure_has_its_own_error() {
         (r#"{"v":1,"msg":{"type":"request""#, "malformed"),
         (r#"{"msg":{"type":"renew"}}"#, "missing_version"),
         (r#"{"v":2,"msg":{}}"#, "version"),
-        (r#"{"v":1,"msg":{"type":"teleport","claim_id":"c1"}}"#, "unknown_variant"),
-        (r#"{"v":1,"msg":{"type":"renew","workspace":"a.b","claim_id":"c1"}}"#, "invalid"),
-        (r#"{"v":1,"msg":{"type":"renew","workspace":"ws"}}"#, "invalid"),
+        (
+            r#"{"v":1,"msg":{"type":"teleport","claim_id":"c1"}}"#,
+            "unknown_variant",
+        ),
+        (
+            r#"{"v":1,"msg":{"type":"renew","workspace":"a.b","claim_id":"c1"}}"#,
+            "invalid",
+        ),
+        (
+            r#"{"v":1,"msg":{"type":"renew","workspace":"ws"}}"#,
+            "invalid",
+        ),
         (r#"{"v":"1","msg":{}}"#, "invalid"),
     ];
     for (input, kind) in cases {
@@ -44,7 +59,13 @@ fn each_failure_has_its_own_error() {
         assert!(!err.is_retryable());
     }
     let err = decode::<ClaimMsg>(br#"{"v":9,"msg":{}}"#).unwrap_err();
-    assert_eq!(err, DecodeError::Version { got: 9, expected: PROTOCOL_VERSION });
+    assert_eq!(
+        err,
+        DecodeError::Version {
+            got: 9,
+            expected: PROTOCOL_VERSION
+        }
+    );
     assert!(err.to_string().contains("v9"));
 }
 
@@ -53,7 +74,10 @@ fn oversized_input_is_refused_before_parsing() {
     let big = vec![b' '; MAX_MESSAGE_BYTES + 1];
     assert_eq!(
         decode::<ClaimMsg>(&big).unwrap_err(),
-        DecodeError::TooLarge { len: MAX_MESSAGE_BYTES + 1, max: MAX_MESSAGE_BYTES }
+        DecodeError::TooLarge {
+            len: MAX_MESSAGE_BYTES + 1,
+            max: MAX_MESSAGE_BYTES
+        }
     );
 }
 

@@ -320,6 +320,10 @@ impl Controller {
                 };
                 self.save_claim(id, vec![effect], now, out);
             }
+            ClaimState::Pending if !c.durable => {
+                // Not stored yet: say nothing until it is.
+                self.answer_existing(id, reply, now, out);
+            }
             ClaimState::Pending => {
                 let reason = pending_reason(&c.rec);
                 out.push(Command::Send {
