@@ -1,0 +1,1 @@
+//! The fleet control plane: drives the core controller with a redb store, transports, a provider, an HTTP API and a CA; plus fleetctl.

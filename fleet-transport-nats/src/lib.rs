@@ -1,0 +1,1 @@
+//! fleet Transport/ClaimClient over NATS subjects and Store over JetStream KV.
