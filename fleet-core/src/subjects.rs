@@ -137,6 +137,43 @@ impl Subjects {
         format!("{}.agent.{}", self.ns, node)
     }
 
+    /// The URI SAN of a claim's client certificate: `fleet://claim/<id>`.
+    pub fn claim_cert_uri(claim: &ClaimId) -> String {
+        format!("fleet://claim/{claim}")
+    }
+
+    /// The claim id in a claim certificate's URI SAN, if it is one.
+    pub fn parse_claim_cert_uri(uri: &str) -> Option<ClaimId> {
+        ClaimId::new(uri.strip_prefix("fleet://claim/")?).ok()
+    }
+
+    /// The URI SAN of a node's (agent's) certificate: `fleet://node/<id>`.
+    pub fn node_cert_uri(node: &NodeId) -> String {
+        format!("fleet://node/{node}")
+    }
+
+    /// The node id in a node certificate's URI SAN, if it is one.
+    pub fn parse_node_cert_uri(uri: &str) -> Option<NodeId> {
+        NodeId::new(uri.strip_prefix("fleet://node/")?).ok()
+    }
+
+    /// The DNS name a node's gateway certificate is issued for and a
+    /// claimant verifies: `<node id, lowercase, '_' as '-'>.node.fleet`.
+    pub fn node_server_name(node: &NodeId) -> String {
+        let label: String = node
+            .as_str()
+            .chars()
+            .map(|c| {
+                if c == '_' {
+                    '-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            })
+            .collect();
+        format!("{label}.node.fleet")
+    }
+
     /// The KV bucket name for this namespace (`.` is not allowed in NATS
     /// bucket names, so it becomes `_`).
     pub fn kv_bucket(&self) -> String {

@@ -328,3 +328,49 @@ pub enum ClaimReply {
         error: ClaimRejection,
     },
 }
+
+/// The format name of [`CredentialsBundle`] and of [`SealedCredentials`].
+pub const CREDENTIALS_FORMAT: &str = "fleet-credentials-v1";
+
+/// What a claimant finds inside [`SealedCredentials::ciphertext`] after
+/// decrypting it with its age identity: JSON of this struct.
+///
+/// `cert_pem` is a client certificate signed by the pool CA whose SAN holds
+/// the URI [`crate::subjects::Subjects::claim_cert_uri`] of the claim and whose
+/// validity ends at `expires_at`; the node's gateway accepts it while the
+/// claim is active. The gateway's own certificate is signed by the same CA for
+/// the DNS name [`crate::subjects::Subjects::node_server_name`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialsBundle {
+    /// Always [`CREDENTIALS_FORMAT`].
+    pub format: String,
+    /// The claim.
+    pub claim_id: ClaimId,
+    /// Its workspace.
+    pub workspace: Workspace,
+    /// The node.
+    pub node: NodeId,
+    /// The node's gateway (`host:port`).
+    pub endpoint: String,
+    /// Certificate expiry = lease expiry at grant (ms since epoch).
+    pub expires_at: Millis,
+    /// The pool CA certificate (PEM): trust anchor for the gateway.
+    pub ca_pem: String,
+    /// The claim's client certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PEM).
+    pub key_pem: super::Secret,
+}
+
+/// The bytes the daemon signs with Ed25519 for a sealed bundle: the format
+/// name, claim id, recipient, expiry and ciphertext, each followed by a
+/// newline. A verifier rebuilds them from what it asked for and what it got.
+pub fn credentials_signing_payload(
+    claim_id: &ClaimId,
+    recipient: &str,
+    expires_at: Millis,
+    ciphertext: &str,
+) -> Vec<u8> {
+    format!("{CREDENTIALS_FORMAT}\n{claim_id}\n{recipient}\n{expires_at}\n{ciphertext}\n")
+        .into_bytes()
+}
