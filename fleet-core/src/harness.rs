@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use crate::controller::{
     Alert, Command, Controller, ControllerConfig, Event, ProviderCall, ProviderOutcome,
 };
-use crate::ids::{ClaimId, Epoch, Millis, NodeId, OpId, Workspace};
+use crate::ids::{ClaimId, CommandId, Epoch, Millis, NodeId, OpId, Workspace};
 use crate::protocol::{
-    AgentMsg, Arch, ClaimMsg, ClaimReply, DaemonMsg, NodeResources, Record, SealedCredentials,
-    decode, encode,
+    AgentMsg, Arch, ClaimMsg, ClaimReply, CommandSpec, DaemonMsg, JobMsg, JobReply, NodeResources,
+    Record, SealedCredentials, WorkerEvent, decode, encode,
 };
 use crate::provider::{BootSource, Instance, InstanceState, ProviderError, SnapshotRef};
 use crate::store::{Key, Revision, StoreError};
@@ -61,15 +61,34 @@ pub struct ClaimTrace {
 #[derive(Debug)]
 enum Pending {
     Deliver(Event),
-    Boot { node: NodeId, generation: u64 },
-    Heartbeat { node: NodeId, generation: u64 },
-    Release { ws: Workspace, claim: ClaimId },
+    Boot {
+        node: NodeId,
+        generation: u64,
+    },
+    Heartbeat {
+        node: NodeId,
+        generation: u64,
+    },
+    Release {
+        ws: Workspace,
+        claim: ClaimId,
+    },
+    AgentEvent {
+        node: NodeId,
+        generation: u64,
+        command: CommandId,
+        seq: u64,
+        event: WorkerEvent,
+    },
 }
 
 #[derive(Debug, Clone)]
 struct Agent {
     generation: u64,
     alive: bool,
+    /// Commands this agent has run (survives reconnects, like the real
+    /// agent's ledger in its work dir).
+    seen: Vec<CommandId>,
 }
 
 /// The virtual world.
@@ -93,6 +112,8 @@ pub struct World {
     claim_msgs: BTreeMap<ClaimId, Vec<ClaimReply>>,
     traces: BTreeMap<ClaimId, ClaimTrace>,
     agent_inbox: BTreeMap<NodeId, Vec<DaemonMsg>>,
+    job_replies: BTreeMap<ReplyTo, Vec<JobReply>>,
+    runs: BTreeMap<CommandId, u32>,
     alerts: Vec<Alert>,
     faults: Faults,
     heartbeats: bool,
@@ -125,6 +146,8 @@ impl World {
             claim_msgs: BTreeMap::new(),
             traces: BTreeMap::new(),
             agent_inbox: BTreeMap::new(),
+            job_replies: BTreeMap::new(),
+            runs: BTreeMap::new(),
             alerts: Vec::new(),
             faults: Faults::default(),
             heartbeats,
@@ -213,6 +236,33 @@ impl World {
             }),
         );
         reply
+    }
+
+    /// Submits a job now; returns the submitter's reply address. The
+    /// simulated agent understands `["sleep", "<secs>"]` (exit 0 after that
+    /// long), `["exit", "<code>"]` and `["flaky"]` (a recoverable failure).
+    pub fn submit_job(&mut self, spec: crate::protocol::TaskSpec) -> ReplyTo {
+        let reply = ReplyTo(format!("j{}", self.next_reply));
+        self.next_reply += 1;
+        self.job_replies.entry(reply.clone()).or_default();
+        self.push(
+            self.now,
+            Pending::Deliver(Event::Job {
+                msg: JobMsg::Submit(Box::new(spec)),
+                reply: reply.clone(),
+            }),
+        );
+        reply
+    }
+
+    /// Replies and events sent to a job submitter.
+    pub fn job_replies(&self, reply: &ReplyTo) -> &[JobReply] {
+        self.job_replies.get(reply).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many times each command was started by an agent.
+    pub fn runs(&self) -> &BTreeMap<CommandId, u32> {
+        &self.runs
     }
 
     /// Requests a claim that its caller releases `hold_ms` after the grant.
@@ -395,6 +445,89 @@ impl World {
                     claim_id: claim,
                 });
             }
+            Pending::AgentEvent {
+                node,
+                generation,
+                command,
+                seq,
+                event,
+            } => {
+                let ok = self
+                    .agents
+                    .get(&node)
+                    .is_some_and(|a| a.alive && a.generation == generation)
+                    && self.is_running(&node);
+                if ok {
+                    self.deliver(Event::Agent {
+                        node,
+                        msg: AgentMsg::Event {
+                            command,
+                            seq,
+                            event,
+                        },
+                    });
+                }
+            }
+        }
+    }
+
+    /// The simulated agent runs a command: events at start and at the end.
+    fn run_command(&mut self, node: &NodeId, spec: CommandSpec) {
+        let Some(agent) = self.agents.get_mut(node) else {
+            return;
+        };
+        if !agent.alive || agent.seen.contains(&spec.id) {
+            return; // never run the same command twice
+        }
+        agent.seen.push(spec.id.clone());
+        let generation = agent.generation;
+        *self.runs.entry(spec.id.clone()).or_default() += 1;
+        let arg = |i: usize| spec.argv.get(i).map(String::as_str);
+        let (after, end) = match (arg(0), arg(1)) {
+            (Some("sleep"), Some(secs)) => (
+                secs.parse::<u64>().unwrap_or(0) * 1_000,
+                WorkerEvent::Completed {
+                    exit_code: Some(0),
+                    summary: None,
+                },
+            ),
+            (Some("exit"), Some(code)) => (
+                1_000,
+                WorkerEvent::Completed {
+                    exit_code: code.parse().ok(),
+                    summary: None,
+                },
+            ),
+            (Some("flaky"), _) => (
+                1_000,
+                WorkerEvent::Failed {
+                    reason: "flaky".to_owned(),
+                    recoverable: true,
+                },
+            ),
+            _ => (
+                0,
+                WorkerEvent::Failed {
+                    reason: "unknown command".to_owned(),
+                    recoverable: false,
+                },
+            ),
+        };
+        for (seq, at, event) in [
+            (1, self.now, WorkerEvent::Starting),
+            (2, self.now, WorkerEvent::Running),
+            (3, self.now + after, end),
+        ] {
+            self.push(
+                at,
+                Pending::AgentEvent {
+                    node: node.clone(),
+                    generation,
+                    command: spec.id.clone(),
+                    seq,
+                    event,
+                },
+            );
         }
     }
 
@@ -410,7 +543,11 @@ impl World {
                 labels: BTreeMap::new(),
             },
             gateway: Some(format!("{node}.world:7443")),
-            seen_commands: Vec::new(),
+            seen_commands: self
+                .agents
+                .get(node)
+                .map(|a| a.seen.clone())
+                .unwrap_or_default(),
         }
     }
 
@@ -543,7 +680,13 @@ impl World {
                 self.claim_msgs.entry(id).or_default().push(reply);
             }
             (Peer::Node(n), Outbound::Agent(m)) => {
+                if let DaemonMsg::Run(spec) = &m {
+                    self.run_command(&n, spec.clone());
+                }
                 self.agent_inbox.entry(n).or_default().push(m);
+            }
+            (Peer::Reply(r), Outbound::Job(reply)) => {
+                self.job_replies.entry(r).or_default().push(reply);
             }
             _ => {}
         }
@@ -654,6 +797,7 @@ impl World {
         let agent = self.agents.entry(node.clone()).or_insert(Agent {
             generation: 0,
             alive: true,
+            seen: Vec::new(),
         });
         agent.generation += 1;
         agent.alive = !self.faults.agents_never_boot;

@@ -386,7 +386,7 @@ impl Controller {
             // Never stored as granted: the slot is freed at once.
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.claims.remove(id);
-                if n.claims.is_empty() {
+                if n.occupied() == 0 {
                     n.idle_since = Some(now);
                 }
             }
@@ -503,7 +503,7 @@ impl Controller {
                 let rec = c.rec.clone();
                 if let Some(node) = &rec.node {
                     if let Some(n) = self.nodes.get_mut(node) {
-                        if n.claims.remove(&claim) && n.claims.is_empty() {
+                        if n.claims.remove(&claim) && n.occupied() == 0 {
                             n.idle_since = Some(now);
                         }
                         out.push(Command::Send {
@@ -530,19 +530,16 @@ impl Controller {
                     });
                 }
             }
-            Effect::ClaimForgotten { claim } => {
+            Effect::ClaimForgotten { claim }
                 if self
                     .claims
                     .get(&claim)
-                    .is_some_and(|c| c.rec.state.is_terminal())
-                {
-                    self.claims.remove(&claim);
-                    self.timers.set(TimerKey::Claim(claim), None);
-                }
+                    .is_some_and(|c| c.rec.state.is_terminal()) =>
+            {
+                self.claims.remove(&claim);
+                self.timers.set(TimerKey::Claim(claim), None);
             }
-            Effect::NodeCall { .. } | Effect::NodeForgotten { .. } => {
-                self.node_effect(effect, now, out)
-            }
+            _ => {}
         }
     }
 
@@ -654,31 +651,7 @@ impl Controller {
         if pending.is_empty() {
             return;
         }
-        let mut capacity = Vec::new();
-        for n in self.nodes.values() {
-            if n.rec.state != NodeState::Ready || !n.connected {
-                continue;
-            }
-            let Some(pool) = self.pools.get(&n.rec.pool) else {
-                continue;
-            };
-            let Some(offering) = pool
-                .offerings
-                .iter()
-                .find(|o| o.instance_type == n.rec.instance_type)
-            else {
-                continue;
-            };
-            let slots = pool.spec.slots_per_node;
-            capacity.push(NodeCapacity {
-                id: n.rec.node.clone(),
-                pool: n.rec.pool.clone(),
-                resources: offering.resources(&pool.spec.labels),
-                slots,
-                free_slots: slots.saturating_sub(u32::try_from(n.claims.len()).unwrap_or(u32::MAX)),
-                price: offering.price(n.rec.market).unwrap_or(offering.on_demand),
-            });
-        }
+        let capacity = self.capacity();
         let usage = self.usage(&capacity);
         let outcome = arbitrate(ArbitrationInput {
             claims: &pending,
@@ -716,6 +689,36 @@ impl Controller {
             }
             self.touch_claim(&a.claim);
         }
+    }
+
+    /// Free slots of ready, connected nodes, for an arbitration round.
+    pub(super) fn capacity(&self) -> Vec<NodeCapacity> {
+        let mut capacity = Vec::new();
+        for n in self.nodes.values() {
+            if n.rec.state != NodeState::Ready || !n.connected {
+                continue;
+            }
+            let Some(pool) = self.pools.get(&n.rec.pool) else {
+                continue;
+            };
+            let Some(offering) = pool
+                .offerings
+                .iter()
+                .find(|o| o.instance_type == n.rec.instance_type)
+            else {
+                continue;
+            };
+            let slots = pool.spec.slots_per_node;
+            capacity.push(NodeCapacity {
+                id: n.rec.node.clone(),
+                pool: n.rec.pool.clone(),
+                resources: offering.resources(&pool.spec.labels),
+                slots,
+                free_slots: slots.saturating_sub(u32::try_from(n.occupied()).unwrap_or(u32::MAX)),
+                price: offering.price(n.rec.market).unwrap_or(offering.on_demand),
+            });
+        }
+        capacity
     }
 
     /// Per-workspace holdings: claims held and their share of node prices.

@@ -18,6 +18,7 @@
 
 mod claims;
 mod cost;
+mod jobs;
 mod nodes;
 mod persist;
 
@@ -29,7 +30,9 @@ pub use cost::{CostReport, PoolCost};
 
 use crate::arbitrate::Quota;
 use crate::billing::BillingModel;
-use crate::ids::{ClaimId, Epoch, InstanceType, Millis, NodeId, OpId, PoolName, Workspace};
+use crate::ids::{
+    ClaimId, CommandId, Epoch, InstanceType, JobId, Millis, NodeId, OpId, PoolName, Workspace,
+};
 use crate::protocol::{
     AgentMsg, ClaimMsg, ClaimState, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
     JobMsg, NodeState, Record, SealedCredentials,
@@ -205,6 +208,15 @@ pub enum Alert {
         /// The node id it claimed.
         node: NodeId,
     },
+    /// A job kept failing and its alert policy says a person should look.
+    JobEscalated {
+        /// The job.
+        job: JobId,
+        /// Attempts so far.
+        attempts: u32,
+        /// The last failure.
+        reason: String,
+    },
     /// Credentials could not be issued for a grant.
     CredentialsFailed {
         /// The claim.
@@ -339,11 +351,24 @@ struct Claim {
     reserved: Option<NodeId>,
 }
 
+/// A job as the controller tracks it.
+#[derive(Debug, Clone)]
+struct Job {
+    rec: crate::protocol::JobRecord,
+    /// The record is in the store.
+    durable: bool,
+    /// Where its events go (the latest submitter).
+    reply: Option<ReplyTo>,
+    /// Artifacts reported by the current attempt.
+    artifacts: Vec<crate::protocol::ArtifactRef>,
+}
+
 /// A node as the controller tracks it.
 #[derive(Debug, Clone)]
 struct Node {
     rec: crate::protocol::NodeRecord,
     claims: BTreeSet<ClaimId>,
+    jobs: BTreeSet<JobId>,
     last_seen: Millis,
     connected: bool,
     idle_since: Option<Millis>,
@@ -393,6 +418,12 @@ pub struct Controller {
     pools: BTreeMap<PoolName, Pool>,
     claims: BTreeMap<ClaimId, Claim>,
     nodes: BTreeMap<NodeId, Node>,
+    jobs: BTreeMap<JobId, Job>,
+    /// Command id → the job whose attempt it is.
+    commands: BTreeMap<CommandId, JobId>,
+    next_command_seq: u64,
+    /// Jobs restored on a node that no longer exists.
+    orphaned_jobs: Vec<JobId>,
     ops: BTreeMap<OpId, Op>,
     next_op: u64,
     orphans: BTreeMap<NodeId, Orphan>,
@@ -434,6 +465,10 @@ impl Controller {
             pools: BTreeMap::new(),
             claims: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            commands: BTreeMap::new(),
+            next_command_seq: 1,
+            orphaned_jobs: Vec::new(),
             ops: BTreeMap::new(),
             next_op: 1,
             orphans: BTreeMap::new(),
@@ -474,10 +509,11 @@ impl Controller {
                         pool.next_seq = pool.next_seq.max(rec.next_node_seq);
                     }
                 }
-                Record::Job(_) => {}
+                Record::Job(rec) => c.restore_job(rec),
             }
         }
         c.relink_claims(now);
+        c.relink_jobs();
         c
     }
 
@@ -501,7 +537,7 @@ impl Controller {
         self.run_effects(startup, now, &mut out);
         match event {
             Event::Claim { msg, reply } => self.on_claim(msg, reply, now, &mut out),
-            Event::Job { msg, reply } => self.on_job(msg, reply, &mut out),
+            Event::Job { msg, reply } => self.on_job(msg, reply, now, &mut out),
             Event::Agent { node, msg } => self.on_agent(node, msg, now, &mut out),
             Event::AgentGone { node } => self.on_agent_gone(&node),
             Event::ProviderDone { op, result } => self.on_provider_done(op, result, now, &mut out),
@@ -517,6 +553,7 @@ impl Controller {
             if self.dirty {
                 self.dirty = false;
                 self.arbitrate_round(now, &mut out);
+                self.schedule_jobs(now, &mut out);
                 self.plan_pools(now, &mut out);
             }
         }
@@ -561,8 +598,10 @@ impl Controller {
             match key {
                 TimerKey::Claim(id) => self.claim_timer(&id, now, out),
                 TimerKey::Node(id) => self.node_timer(&id, now, out),
+                TimerKey::Job(id) => self.job_timer(&id, now, out),
             }
         }
+        self.requeue_orphaned_jobs(now, out);
         self.orphan_timers(now, out);
         for pool in self.pools.values_mut() {
             if pool.wake_at.is_some_and(|t| t <= now) {
@@ -578,7 +617,16 @@ impl Controller {
 impl Controller {
     fn run_effects(&mut self, effects: Vec<Effect>, now: Millis, out: &mut Vec<Command>) {
         for effect in effects {
-            self.node_effect(effect, now, out);
+            match effect {
+                Effect::NodeCall { .. } | Effect::NodeForgotten { .. } => {
+                    self.node_effect(effect, now, out)
+                }
+                Effect::JobAccepted { .. }
+                | Effect::JobDispatch { .. }
+                | Effect::JobFinished { .. }
+                | Effect::JobForgotten { .. } => self.job_effect(effect, out),
+                _ => self.claim_effect(effect, now, out),
+            }
         }
     }
 
@@ -604,10 +652,6 @@ impl Controller {
                 }));
             }
         }
-    }
-
-    fn on_job(&mut self, msg: JobMsg, reply: ReplyTo, out: &mut Vec<Command>) {
-        let _ = (msg, reply, out);
     }
 }
 
@@ -682,8 +726,15 @@ pub struct NodeStatus {
     pub last_seen: Millis,
 }
 
+impl Node {
+    /// Claims and job attempts it holds.
+    fn occupied(&self) -> usize {
+        self.claims.len() + self.jobs.len()
+    }
+}
+
 fn live_state(n: &Node) -> NodeState {
-    if n.rec.state == NodeState::Ready && !n.claims.is_empty() {
+    if n.rec.state == NodeState::Ready && n.occupied() > 0 {
         NodeState::Busy
     } else {
         n.rec.state

@@ -12,7 +12,8 @@ use crate::billing::BootPath;
 use crate::ids::{ClaimId, Millis, NodeId, PoolName};
 use crate::money::HourlyPrice;
 use crate::protocol::{
-    AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
+    AgentMsg, ClaimState, DaemonMsg, JobState, NodeRecord, NodeState, PoolRecord, Record,
+    RevokeReason,
 };
 use crate::provider::{
     BootSource, Instance, InstanceRef, InstanceState, Market, NodeSpec, ProviderError,
@@ -76,6 +77,7 @@ impl Controller {
             Node {
                 rec,
                 claims: BTreeSet::new(),
+                jobs: BTreeSet::new(),
                 last_seen: now,
                 connected: false,
                 idle_since,
@@ -186,7 +188,7 @@ impl Controller {
             n.rec.state = to;
             n.rec.state_since = now;
             n.rec.epoch = self.epoch;
-            n.idle_since = (to == NodeState::Ready && n.claims.is_empty()).then_some(now);
+            n.idle_since = (to == NodeState::Ready && n.occupied() == 0).then_some(now);
         }
         self.dirty = true;
     }
@@ -226,17 +228,16 @@ impl Controller {
                 }
                 self.issue(call, 1, out);
             }
-            Effect::NodeForgotten { node } => {
+            Effect::NodeForgotten { node }
                 if self
                     .nodes
                     .get(&node)
-                    .is_some_and(|n| n.rec.state == NodeState::Gone)
-                {
-                    self.nodes.remove(&node);
-                    self.timers.set(TimerKey::Node(node), None);
-                }
+                    .is_some_and(|n| n.rec.state == NodeState::Gone) =>
+            {
+                self.nodes.remove(&node);
+                self.timers.set(TimerKey::Node(node), None);
             }
-            other => self.claim_effect(other, now, out),
+            _ => {}
         }
     }
 
@@ -322,6 +323,7 @@ impl Controller {
         self.set_state(id, NodeState::Lost, now);
         self.save_node(id, Vec::new(), now, out);
         self.revoke_claims_of(id, RevokeReason::NodeLost, now, out);
+        self.requeue_jobs_of(id, "node lost", now, out);
     }
 
     pub(super) fn on_agent(
@@ -341,7 +343,11 @@ impl Controller {
         };
         n.last_seen = now;
         match msg {
-            AgentMsg::Hello { gateway, .. } => {
+            AgentMsg::Hello {
+                gateway,
+                seen_commands,
+                ..
+            } => {
                 n.connected = true;
                 let endpoint_changed = gateway.is_some() && n.rec.endpoint != gateway;
                 if endpoint_changed {
@@ -360,8 +366,10 @@ impl Controller {
                 if comes_up || endpoint_changed {
                     self.save_node(&id, Vec::new(), now, out);
                 }
-                // A reconnecting agent may have lost its gateway state.
+                // A reconnecting agent may have lost its gateway state, and
+                // commands sent while it was away.
                 self.reactivate(&id, out);
+                self.resend_commands(&id, &seen_commands, out);
                 self.dirty = true;
             }
             AgentMsg::Heartbeat { .. } => {
@@ -391,9 +399,13 @@ impl Controller {
                     self.set_state(&id, NodeState::Draining, now);
                     self.save_node(&id, Vec::new(), now, out);
                     self.revoke_claims_of(&id, RevokeReason::Drained, now, out);
+                    self.requeue_jobs_of(&id, "node drained", now, out);
                 }
             }
-            AgentMsg::Event { .. } | AgentMsg::Output { .. } => {}
+            AgentMsg::Event { command, event, .. } => {
+                self.on_worker_event(&id, &command, event, now, out);
+            }
+            AgentMsg::Output { .. } => {}
         }
         self.touch_node(&id);
     }
@@ -624,7 +636,7 @@ impl Controller {
                     state_since: n.rec.state_since,
                     instance_type: n.rec.instance_type.clone(),
                     market: n.rec.market,
-                    claims: u32::try_from(n.claims.len()).unwrap_or(u32::MAX),
+                    claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
                     slots: pool.spec.slots_per_node,
                     idle_since: n.idle_since,
                 })
@@ -643,6 +655,22 @@ impl Controller {
                     requirements: c.rec.request.requirements.clone(),
                     enqueued_at: c.rec.enqueued_at,
                 })
+                .chain(
+                    self.jobs
+                        .values()
+                        .filter(|j| {
+                            j.durable
+                                && j.rec.spec.pool == name
+                                && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
+                        })
+                        .filter_map(|j| {
+                            Some(Demand {
+                                claim: ClaimId::new(j.rec.spec.id.as_str()).ok()?,
+                                requirements: j.rec.spec.requirements.clone(),
+                                enqueued_at: j.rec.submitted_at,
+                            })
+                        }),
+                )
                 .collect();
             let view = PoolView {
                 spec: &pool.spec,
@@ -676,8 +704,8 @@ impl Controller {
 
     fn idle_node(&self, id: &NodeId, allowed: &[NodeState]) -> Result<&Node, String> {
         let n = self.nodes.get(id).ok_or("unknown node")?;
-        if !n.claims.is_empty() {
-            return Err("node holds claims".into());
+        if n.occupied() > 0 {
+            return Err("node holds claims or jobs".into());
         }
         if n.op.is_some() || n.retry.is_some() {
             return Err("a provider call is already in flight".into());
@@ -753,6 +781,7 @@ impl Controller {
                     Node {
                         rec,
                         claims: BTreeSet::new(),
+                        jobs: BTreeSet::new(),
                         last_seen: now,
                         connected: false,
                         idle_since: None,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Command, ProviderCall};
-use crate::ids::{ClaimId, Epoch, Millis, NodeId};
+use crate::ids::{ClaimId, Epoch, JobId, Millis, NodeId};
 use crate::protocol::Record;
 use crate::store::{Key, Revision, StoreError};
 use crate::transport::ReplyTo;
@@ -28,6 +28,14 @@ pub(super) enum Effect {
     NodeCall { node: NodeId, call: ProviderCall },
     /// A node record is deleted: forget it.
     NodeForgotten { node: NodeId },
+    /// A new job is stored: acknowledge it and let scheduling see it.
+    JobAccepted { job: JobId, reply: ReplyTo },
+    /// A job's lease to a node is stored: send the command.
+    JobDispatch { job: JobId },
+    /// A job's receipt is stored: tell the submitter.
+    JobFinished { job: JobId },
+    /// A job record is deleted: forget it.
+    JobForgotten { job: JobId },
 }
 
 #[derive(Debug)]
@@ -213,6 +221,7 @@ impl Writes {
 pub(super) enum TimerKey {
     Claim(ClaimId),
     Node(NodeId),
+    Job(JobId),
 }
 
 /// A set of deadlines, one per key, ordered by time.

@@ -1,0 +1,660 @@
+//! The job plane (seed 003): submit → queued → leased to a node → events →
+//! receipt, with retries per the task's policy and escalation alerts.
+//!
+//! A queued job takes a node slot like a claim does, but after claims: the
+//! claim plane is interactive, jobs are batch. Strategies see queued jobs as
+//! demand, so pools grow for them too.
+
+use std::collections::BTreeMap;
+
+use super::persist::{Effect, TimerKey};
+use super::{Alert, Command, Controller, Job};
+use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
+use crate::ids::{ClaimId, CommandId, JobId, Millis, NodeId, Workspace};
+use crate::protocol::{
+    CommandSpec, DaemonMsg, JobMsg, JobRecord, JobReply, JobState, Receipt, Record, TaskResult,
+    TaskSpec, WorkerEvent,
+};
+use crate::subjects::Subjects;
+use crate::transport::{Outbound, Peer, ReplyTo};
+
+impl Controller {
+    pub(super) fn restore_job(&mut self, rec: JobRecord) {
+        let id = rec.spec.id.clone();
+        if let JobState::Leased { command, .. } | JobState::Running { command, .. } = &rec.state {
+            self.commands.insert(command.clone(), id.clone());
+        }
+        self.jobs.insert(
+            id,
+            Job {
+                rec,
+                durable: true,
+                reply: None,
+                artifacts: Vec::new(),
+            },
+        );
+    }
+
+    /// After restore: jobs on nodes hold their slots; a job on a vanished
+    /// node is requeued on the first tick.
+    pub(super) fn relink_jobs(&mut self) {
+        let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
+        for id in ids {
+            let node = match self.jobs.get(&id).map(|j| &j.rec.state) {
+                Some(JobState::Leased { node, .. } | JobState::Running { node, .. }) => {
+                    node.clone()
+                }
+                _ => {
+                    self.touch_job(&id);
+                    continue;
+                }
+            };
+            match self.nodes.get_mut(&node) {
+                Some(n) => {
+                    n.jobs.insert(id.clone());
+                    n.idle_since = None;
+                }
+                None => self.orphaned_jobs.push(id.clone()),
+            }
+            self.touch_job(&id);
+        }
+    }
+
+    fn job_deadline(&self, job: &Job) -> Option<Millis> {
+        match &job.rec.state {
+            JobState::Queued { not_before } if *not_before > 0 => Some(*not_before),
+            JobState::Done | JobState::Cancelled => job.rec.receipt.as_ref().map(|r| {
+                r.completed_at
+                    .saturating_add(self.timing.claim_retention_ms)
+            }),
+            _ => None,
+        }
+    }
+
+    pub(super) fn touch_job(&mut self, id: &JobId) {
+        let at = self.jobs.get(id).and_then(|j| self.job_deadline(j));
+        self.timers.set(TimerKey::Job(id.clone()), at);
+    }
+
+    pub(super) fn job_timer(&mut self, id: &JobId, now: Millis, out: &mut Vec<Command>) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
+        };
+        match &job.rec.state {
+            JobState::Queued { .. } => {
+                // Backoff over: it may be scheduled again.
+                self.dirty = true;
+            }
+            JobState::Done | JobState::Cancelled => {
+                let due = self.job_deadline(job).is_some_and(|t| t <= now);
+                if due {
+                    let key = job_key(&job.rec.spec);
+                    let effect = Effect::JobForgotten { job: id.clone() };
+                    if let Some(done) = self.writes.write(key, None, vec![effect], self.epoch, out)
+                    {
+                        self.run_effects(done, now, out);
+                    }
+                } else {
+                    self.touch_job(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_job(
+        &mut self,
+        msg: JobMsg,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        match msg {
+            JobMsg::Submit(spec) => self.on_submit(*spec, reply, now, out),
+            JobMsg::Cancel { workspace, job } => self.on_cancel(&workspace, &job, reply, now, out),
+        }
+    }
+
+    fn reply_job(out: &mut Vec<Command>, reply: ReplyTo, msg: JobReply) {
+        out.push(Command::Send {
+            to: Peer::Reply(reply),
+            msg: Outbound::Job(msg),
+        });
+    }
+
+    fn on_submit(&mut self, spec: TaskSpec, reply: ReplyTo, now: Millis, out: &mut Vec<Command>) {
+        let id = spec.id.clone();
+        if let Some(existing) = self.jobs.get_mut(&id) {
+            if existing.rec.spec != spec {
+                let why = "job id already used by a different task".to_owned();
+                return Self::reply_job(out, reply, JobReply::Rejected { job: Some(id), why });
+            }
+            // Idempotent resubmit: this submitter now gets the events.
+            existing.reply = Some(reply.clone());
+            if !existing.durable {
+                return;
+            }
+            Self::reply_job(out, reply.clone(), JobReply::Accepted { job: id.clone() });
+            if let Some(receipt) = &existing.rec.receipt {
+                Self::reply_job(out, reply, JobReply::Finished(receipt.clone()));
+            }
+            return;
+        }
+        let invalid = if !self.pools.contains_key(&spec.pool) {
+            Some(format!("unknown pool {}", spec.pool))
+        } else if spec.argv.is_empty() || spec.argv[0].is_empty() {
+            Some("argv must name a program".to_owned())
+        } else if spec.retry.max_attempts == 0 {
+            Some("retry.max_attempts must be at least 1".to_owned())
+        } else {
+            None
+        };
+        if let Some(why) = invalid {
+            return Self::reply_job(out, reply, JobReply::Rejected { job: Some(id), why });
+        }
+        let rec = JobRecord {
+            spec,
+            state: JobState::Queued { not_before: 0 },
+            attempts: 0,
+            submitted_at: now,
+            last_event_at: None,
+            escalated: false,
+            receipt: None,
+            epoch: self.epoch,
+        };
+        self.jobs.insert(
+            id.clone(),
+            Job {
+                rec,
+                durable: false,
+                reply: Some(reply.clone()),
+                artifacts: Vec::new(),
+            },
+        );
+        self.save_job(
+            &id,
+            vec![Effect::JobAccepted {
+                job: id.clone(),
+                reply,
+            }],
+            now,
+            out,
+        );
+    }
+
+    fn on_cancel(
+        &mut self,
+        ws: &Workspace,
+        id: &JobId,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(job) = self.jobs.get(id).filter(|j| &j.rec.spec.workspace == ws) else {
+            let why = "unknown job".to_owned();
+            return Self::reply_job(
+                out,
+                reply,
+                JobReply::Rejected {
+                    job: Some(id.clone()),
+                    why,
+                },
+            );
+        };
+        match job.rec.state.clone() {
+            JobState::Queued { .. } => {
+                self.finish_job(
+                    id,
+                    None,
+                    TaskResult::Skip,
+                    None,
+                    Some("cancelled".into()),
+                    now,
+                    out,
+                );
+                if let Some(j) = self.jobs.get_mut(id) {
+                    j.rec.state = JobState::Cancelled;
+                }
+                self.save_job(id, Vec::new(), now, out);
+                Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
+            }
+            JobState::Leased { node, command } | JobState::Running { node, command } => {
+                // The agent kills it and reports `cancelled`; that ends it.
+                out.push(Command::Send {
+                    to: Peer::Node(node),
+                    msg: Outbound::Agent(DaemonMsg::Cancel { command }),
+                });
+                Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
+            }
+            JobState::Done | JobState::Cancelled => {
+                Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
+            }
+        }
+    }
+
+    fn save_job(&mut self, id: &JobId, effects: Vec<Effect>, now: Millis, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get_mut(id) else {
+            return;
+        };
+        j.rec.epoch = self.epoch;
+        let key = job_key(&j.rec.spec);
+        let value = Some(Record::Job(j.rec.clone()));
+        if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
+            self.run_effects(done, now, out);
+        }
+        self.touch_job(id);
+    }
+
+    pub(super) fn job_effect(&mut self, effect: Effect, out: &mut Vec<Command>) {
+        match effect {
+            Effect::JobAccepted { job, reply } => {
+                if let Some(j) = self.jobs.get_mut(&job) {
+                    j.durable = true;
+                    self.dirty = true;
+                    Self::reply_job(out, reply.clone(), JobReply::Accepted { job: job.clone() });
+                    if let Some(r) = &j.rec.receipt {
+                        Self::reply_job(out, reply, JobReply::Finished(r.clone()));
+                    }
+                }
+            }
+            Effect::JobDispatch { job } => {
+                let Some(j) = self.jobs.get(&job) else {
+                    return;
+                };
+                let JobState::Leased { node, command } = &j.rec.state else {
+                    return;
+                };
+                let spec = &j.rec.spec;
+                out.push(Command::Send {
+                    to: Peer::Node(node.clone()),
+                    msg: Outbound::Agent(DaemonMsg::Run(CommandSpec {
+                        id: command.clone(),
+                        job: Some(job.clone()),
+                        argv: spec.argv.clone(),
+                        env: spec.env.clone(),
+                        cwd: spec.cwd.clone(),
+                        timeout_ms: spec.timeout_ms,
+                        redact: Vec::new(),
+                    })),
+                });
+                let event = WorkerEvent::Leased {
+                    lease_expires_at: None,
+                };
+                self.job_event_out(&job, event, out);
+            }
+            Effect::JobFinished { job } => {
+                let Some(j) = self.jobs.get(&job) else {
+                    return;
+                };
+                if let (Some(reply), Some(receipt)) = (&j.reply, &j.rec.receipt) {
+                    Self::reply_job(out, reply.clone(), JobReply::Finished(receipt.clone()));
+                }
+            }
+            Effect::JobForgotten { job } => {
+                let ended = self
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|j| matches!(j.rec.state, JobState::Done | JobState::Cancelled));
+                if ended {
+                    self.jobs.remove(&job);
+                    self.timers.set(TimerKey::Job(job), None);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn job_event_out(&self, job: &JobId, event: WorkerEvent, out: &mut Vec<Command>) {
+        if let Some(j) = self.jobs.get(job)
+            && let Some(reply) = &j.reply
+        {
+            out.push(Command::Send {
+                to: Peer::Reply(reply.clone()),
+                msg: Outbound::Job(JobReply::Event {
+                    job: job.clone(),
+                    attempt: j.rec.attempts,
+                    event,
+                }),
+            });
+        }
+    }
+
+    /// Schedules queued jobs on the slots claims left free.
+    pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let queued: Vec<PendingClaim> = self
+            .jobs
+            .values()
+            .filter(|j| {
+                j.durable
+                    && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
+            })
+            .filter_map(|j| {
+                Some(PendingClaim {
+                    id: ClaimId::new(j.rec.spec.id.as_str()).ok()?,
+                    workspace: j.rec.spec.workspace.clone(),
+                    pool: j.rec.spec.pool.clone(),
+                    requirements: j.rec.spec.requirements.clone(),
+                    priority: j.rec.spec.priority,
+                    enqueued_at: j.rec.submitted_at,
+                })
+            })
+            .collect();
+        if queued.is_empty() {
+            return;
+        }
+        let capacity: Vec<NodeCapacity> = self.capacity();
+        let none = BTreeMap::<Workspace, Usage>::new();
+        let outcome = arbitrate(ArbitrationInput {
+            claims: &queued,
+            nodes: &capacity,
+            quotas: &BTreeMap::new(),
+            usage: &none,
+        });
+        for a in outcome.grants {
+            let Ok(job) = JobId::new(a.claim.as_str()) else {
+                continue;
+            };
+            self.dispatch_job(&job, &a.node, now, out);
+        }
+    }
+
+    fn dispatch_job(&mut self, id: &JobId, node: &NodeId, now: Millis, out: &mut Vec<Command>) {
+        let command = self.next_command_id();
+        let Some(j) = self.jobs.get_mut(id) else {
+            return;
+        };
+        j.rec.attempts += 1;
+        j.rec.state = JobState::Leased {
+            node: node.clone(),
+            command: command.clone(),
+        };
+        j.rec.last_event_at = Some(now);
+        self.commands.insert(command, id.clone());
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.jobs.insert(id.clone());
+            n.idle_since = None;
+        }
+        self.save_job(id, vec![Effect::JobDispatch { job: id.clone() }], now, out);
+    }
+
+    fn next_command_id(&mut self) -> CommandId {
+        let seq = self.next_command_seq;
+        self.next_command_seq += 1;
+        // Unique across restarts: each leadership term has its own epoch.
+        CommandId::new(format!("cmd-{}-{seq}", self.epoch.0)).unwrap_or_else(|_| {
+            // Unreachable: the format only uses token characters.
+            CommandId::new("cmd").unwrap_or_else(|_| unreachable!())
+        })
+    }
+
+    /// A worker event from the agent running `command`.
+    pub(super) fn on_worker_event(
+        &mut self,
+        node: &NodeId,
+        command: &CommandId,
+        event: WorkerEvent,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(id) = self.commands.get(command).cloned() else {
+            return; // not a job command (or already finished)
+        };
+        let Some(j) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        j.rec.last_event_at = Some(now);
+        let running = matches!(j.rec.state, JobState::Running { .. });
+        self.job_event_out(&id, event.clone(), out);
+        match event {
+            WorkerEvent::Starting | WorkerEvent::Running if !running => {
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.rec.state = JobState::Running {
+                        node: node.clone(),
+                        command: command.clone(),
+                    };
+                }
+                self.save_job(&id, Vec::new(), now, out);
+            }
+            WorkerEvent::Artifact(a) => {
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.artifacts.push(a);
+                }
+            }
+            WorkerEvent::Completed { exit_code, .. } => {
+                let result = match exit_code {
+                    Some(0) | None => TaskResult::Pass,
+                    Some(_) => TaskResult::Fail,
+                };
+                self.finish_job(&id, Some(node.clone()), result, exit_code, None, now, out);
+            }
+            WorkerEvent::Failed {
+                reason,
+                recoverable,
+            } => {
+                let timeout = reason.starts_with("timeout");
+                if recoverable && !timeout {
+                    self.retry_job(&id, reason, now, out);
+                } else {
+                    let result = if timeout {
+                        TaskResult::Timeout
+                    } else {
+                        TaskResult::Fail
+                    };
+                    self.finish_job(
+                        &id,
+                        Some(node.clone()),
+                        result,
+                        None,
+                        Some(reason),
+                        now,
+                        out,
+                    );
+                }
+            }
+            WorkerEvent::Interrupted { signal } => {
+                let why = format!(
+                    "interrupted ({})",
+                    signal.unwrap_or_else(|| "signal".into())
+                );
+                self.retry_job(&id, why, now, out);
+            }
+            WorkerEvent::Cancelled { cancelled_by } => {
+                let why = format!(
+                    "cancelled by {}",
+                    cancelled_by.unwrap_or_else(|| "request".into())
+                );
+                self.finish_job(
+                    &id,
+                    Some(node.clone()),
+                    TaskResult::Skip,
+                    None,
+                    Some(why),
+                    now,
+                    out,
+                );
+                if let Some(j) = self.jobs.get_mut(&id) {
+                    j.rec.state = JobState::Cancelled;
+                }
+                self.save_job(&id, Vec::new(), now, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Requeues a job whose attempt ended recoverably (node lost, spot
+    /// interruption, recoverable failure), or ends it when attempts are used
+    /// up.
+    pub(super) fn retry_job(
+        &mut self,
+        id: &JobId,
+        reason: String,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get(id) else {
+            return;
+        };
+        let next = j.rec.attempts + 1;
+        let node = match &j.rec.state {
+            JobState::Leased { node, .. } | JobState::Running { node, .. } => Some(node.clone()),
+            _ => None,
+        };
+        let escalate = j
+            .rec
+            .spec
+            .alert
+            .as_ref()
+            .and_then(|a| a.after_attempts)
+            .is_some_and(|n| j.rec.attempts >= n && !j.rec.escalated);
+        match j.rec.spec.retry.backoff_before(next) {
+            Some(backoff) => {
+                self.release_job_slot(id, node.as_ref(), now);
+                if let Some(j) = self.jobs.get_mut(id) {
+                    j.rec.state = JobState::Queued {
+                        not_before: now.saturating_add(backoff),
+                    };
+                    if escalate {
+                        j.rec.escalated = true;
+                    }
+                }
+                let restarts = next - 1;
+                self.job_event_out(
+                    id,
+                    WorkerEvent::Restarted {
+                        restart_count: restarts,
+                    },
+                    out,
+                );
+                if escalate {
+                    out.push(Command::Alert(Alert::JobEscalated {
+                        job: id.clone(),
+                        attempts: restarts,
+                        reason: reason.clone(),
+                    }));
+                }
+                self.save_job(id, Vec::new(), now, out);
+            }
+            None => self.finish_job(id, node, TaskResult::Fail, None, Some(reason), now, out),
+        }
+    }
+
+    fn release_job_slot(&mut self, id: &JobId, node: Option<&NodeId>, now: Millis) {
+        if let Some(j) = self.jobs.get(id)
+            && let JobState::Leased { command, .. } | JobState::Running { command, .. } =
+                &j.rec.state
+        {
+            self.commands.remove(command);
+        }
+        if let Some(n) = node.and_then(|n| self.nodes.get_mut(n)) {
+            n.jobs.remove(id);
+            if n.claims.is_empty() && n.jobs.is_empty() {
+                n.idle_since = Some(now);
+            }
+        }
+        self.dirty = true;
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the receipt's fields")]
+    fn finish_job(
+        &mut self,
+        id: &JobId,
+        node: Option<NodeId>,
+        result: TaskResult,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let running_on = self.jobs.get(id).and_then(|j| match &j.rec.state {
+            JobState::Leased { node, .. } | JobState::Running { node, .. } => Some(node.clone()),
+            _ => None,
+        });
+        self.release_job_slot(id, running_on.as_ref(), now);
+        let Some(j) = self.jobs.get_mut(id) else {
+            return;
+        };
+        let artifacts = std::mem::take(&mut j.artifacts);
+        j.rec.receipt = Some(Receipt {
+            job: id.clone(),
+            node: node.or(running_on),
+            attempts: j.rec.attempts,
+            completed_at: now,
+            result,
+            exit_code,
+            reason,
+            artifacts,
+            score: None,
+        });
+        j.rec.state = JobState::Done;
+        self.save_job(id, vec![Effect::JobFinished { job: id.clone() }], now, out);
+    }
+
+    /// The attempts running on a node that went away are requeued.
+    pub(super) fn requeue_jobs_of(
+        &mut self,
+        node: &NodeId,
+        why: &str,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let held: Vec<JobId> = self
+            .nodes
+            .get(node)
+            .map(|n| n.jobs.iter().cloned().collect())
+            .unwrap_or_default();
+        for id in held {
+            self.retry_job(&id, why.to_owned(), now, out);
+        }
+    }
+
+    /// Requeue jobs whose node vanished while the daemon was down.
+    pub(super) fn requeue_orphaned_jobs(&mut self, now: Millis, out: &mut Vec<Command>) {
+        for id in std::mem::take(&mut self.orphaned_jobs) {
+            self.retry_job(&id, "node gone after restart".to_owned(), now, out);
+        }
+    }
+
+    /// Re-sends commands an agent that reconnected has not seen.
+    pub(super) fn resend_commands(
+        &self,
+        node: &NodeId,
+        seen: &[CommandId],
+        out: &mut Vec<Command>,
+    ) {
+        for (command, job) in &self.commands {
+            let Some(j) = self.jobs.get(job) else {
+                continue;
+            };
+            let on_node = matches!(&j.rec.state, JobState::Leased { node: n, .. } if n == node);
+            if on_node && !seen.contains(command) {
+                let spec = &j.rec.spec;
+                out.push(Command::Send {
+                    to: Peer::Node(node.clone()),
+                    msg: Outbound::Agent(DaemonMsg::Run(CommandSpec {
+                        id: command.clone(),
+                        job: Some(job.clone()),
+                        argv: spec.argv.clone(),
+                        env: spec.env.clone(),
+                        cwd: spec.cwd.clone(),
+                        timeout_ms: spec.timeout_ms,
+                        redact: Vec::new(),
+                    })),
+                });
+            }
+        }
+    }
+
+    /// A job's stored record.
+    pub fn job(&self, id: &JobId) -> Option<&JobRecord> {
+        self.jobs.get(id).map(|j| &j.rec)
+    }
+
+    /// Every known job record.
+    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values().map(|j| &j.rec)
+    }
+}
+
+fn job_key(spec: &TaskSpec) -> crate::store::Key {
+    Subjects::job_key(&spec.workspace, &spec.id)
+}

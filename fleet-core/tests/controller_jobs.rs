@@ -1,0 +1,185 @@
+//! The job plane through the real controller: events, receipts, retries,
+//! requeue on node loss, no duplicate execution across a daemon crash.
+#![expect(clippy::unwrap_used, reason = "tests")]
+
+mod common;
+
+use common::*;
+use fleet_core::controller::Alert;
+use fleet_core::harness::World;
+use fleet_core::protocol::{
+    AlertPolicy, JobReply, JobState, Requirements, RetryPolicy, TaskResult, TaskSpec, WorkerEvent,
+};
+use fleet_core::transport::ReplyTo;
+use fleet_core::{JobId, PoolName};
+
+fn task(id: &str, argv: &[&str]) -> TaskSpec {
+    TaskSpec {
+        id: JobId::new(id).unwrap(),
+        workspace: ws(),
+        pool: PoolName::new("linux").unwrap(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        cwd: None,
+        timeout_ms: None,
+        retry: RetryPolicy::default(),
+        alert: None,
+        scorer: None,
+        priority: 0,
+        requirements: Requirements::default(),
+    }
+}
+
+fn receipt(w: &World, reply: &ReplyTo) -> Option<fleet_core::protocol::Receipt> {
+    w.job_replies(reply).iter().find_map(|r| match r {
+        JobReply::Finished(rec) => Some(rec.clone()),
+        _ => None,
+    })
+}
+
+fn events(w: &World, reply: &ReplyTo) -> Vec<String> {
+    w.job_replies(reply)
+        .iter()
+        .map(|r| match r {
+            JobReply::Accepted { .. } => "accepted".to_owned(),
+            JobReply::Event { event, .. } => format!("{event:?}")
+                .split([' ', '{', '('])
+                .next()
+                .unwrap_or_default()
+                .to_lowercase(),
+            JobReply::Finished(_) => "finished".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_job_runs_and_gets_a_passing_receipt() {
+    let mut w = world();
+    let reply = w.submit_job(task("j1", &["sleep", "30"]));
+    w.run_for(600_000).unwrap();
+    assert_eq!(
+        events(&w, &reply),
+        [
+            "accepted",
+            "leased",
+            "starting",
+            "running",
+            "completed",
+            "finished"
+        ]
+    );
+    let r = receipt(&w, &reply).unwrap();
+    assert_eq!(r.result, TaskResult::Pass);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.attempts, 1);
+    assert!(r.node.is_some());
+    let job = w.controller().job(&JobId::new("j1").unwrap()).unwrap();
+    assert_eq!(job.state, JobState::Done);
+}
+
+#[test]
+fn a_failing_exit_code_is_a_failed_receipt_without_retry() {
+    let mut w = world();
+    let reply = w.submit_job(task("j1", &["exit", "3"]));
+    w.run_for(600_000).unwrap();
+    let r = receipt(&w, &reply).unwrap();
+    assert_eq!(
+        (r.result, r.exit_code, r.attempts),
+        (TaskResult::Fail, Some(3), 1)
+    );
+}
+
+#[test]
+fn recoverable_failures_retry_with_backoff_then_escalate_and_fail() {
+    let mut w = world();
+    let mut spec = task("j1", &["flaky"]);
+    spec.alert = Some(AlertPolicy {
+        after_attempts: Some(2),
+        ..AlertPolicy::default()
+    });
+    let reply = w.submit_job(spec);
+    w.run_for(900_000).unwrap();
+    let r = receipt(&w, &reply).unwrap();
+    assert_eq!(
+        (r.result, r.attempts),
+        (TaskResult::Fail, 3),
+        "3 attempts by default"
+    );
+    let restarts = w
+        .job_replies(&reply)
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                JobReply::Event {
+                    event: WorkerEvent::Restarted { .. },
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(restarts, 2);
+    assert!(
+        w.alerts()
+            .iter()
+            .any(|a| matches!(a, Alert::JobEscalated { attempts: 2, .. }))
+    );
+}
+
+#[test]
+fn a_job_on_a_lost_node_is_requeued_and_finishes_elsewhere() {
+    let mut w = world();
+    let reply = w.submit_job(task("j1", &["sleep", "600"]));
+    w.run_for(300_000).unwrap();
+    let job = w.controller().job(&JobId::new("j1").unwrap()).unwrap();
+    let JobState::Running { node, .. } = job.state.clone() else {
+        panic!("not running: {:?}", job.state)
+    };
+    w.kill_agent(&node);
+    w.run_for(1_800_000).unwrap();
+    let r = receipt(&w, &reply).unwrap();
+    assert_eq!((r.result, r.attempts), (TaskResult::Pass, 2));
+    assert_ne!(r.node.as_ref(), Some(&node));
+}
+
+#[test]
+fn a_daemon_crash_mid_job_does_not_run_the_command_twice() {
+    let mut w = world();
+    let reply = w.submit_job(task("j1", &["sleep", "120"]));
+    w.run_for(260_000).unwrap();
+    assert_eq!(w.runs().len(), 1, "started once");
+    w.crash_and_restart();
+    w.run_for(600_000).unwrap();
+    assert!(w.runs().values().all(|n| *n == 1), "{:?}", w.runs());
+    let job = w.controller().job(&JobId::new("j1").unwrap()).unwrap();
+    assert_eq!(job.state, JobState::Done);
+    // The new controller does not know the old submitter's reply address
+    // until it resubmits: submits are idempotent.
+    let again = w.submit_job(task("j1", &["sleep", "120"]));
+    w.run_for(1).unwrap();
+    assert!(receipt(&w, &again).is_some());
+    let _ = reply;
+}
+
+#[test]
+fn submits_are_idempotent_and_validated() {
+    let mut w = world();
+    let a = w.submit_job(task("j1", &["sleep", "1"]));
+    let b = w.submit_job(task("j1", &["sleep", "1"]));
+    let c = w.submit_job(task("j1", &["sleep", "2"]));
+    let mut bad_pool = task("j2", &["true"]);
+    bad_pool.pool = PoolName::new("nope").unwrap();
+    let d = w.submit_job(bad_pool);
+    let e = w.submit_job(task("j3", &[]));
+    w.run_for(600_000).unwrap();
+    assert!(receipt(&w, &a).is_some() || receipt(&w, &b).is_some());
+    assert_eq!(w.runs().len(), 1, "one job, one run");
+    for (reply, needle) in [(&c, "different task"), (&d, "unknown pool"), (&e, "argv")] {
+        assert!(
+            matches!(w.job_replies(reply), [JobReply::Rejected { why, .. }] if why.contains(needle)),
+            "{:?}",
+            w.job_replies(reply)
+        );
+    }
+}
