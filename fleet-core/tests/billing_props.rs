@@ -1,5 +1,6 @@
 //! Properties of the cost math: monotone, rounded up, exact at the billing
 //! boundaries of each provider.
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 use fleet_core::billing::{BillingModel, Granularity};
 use fleet_core::money::{GbMonthPrice, HourlyPrice, MS_PER_HOUR, Money, Rounding};

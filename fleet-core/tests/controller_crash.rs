@@ -1,6 +1,6 @@
 //! Invariant 8: nothing accepted is lost, and no node leaks or doubles,
 //! whatever instant the daemon crashes at.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 mod common;
 

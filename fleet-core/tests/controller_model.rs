@@ -4,7 +4,7 @@
 //! no node double-granted, no accepted claim lost, no grant sent for a
 //! claim the caller released; at the end every granted claim was released,
 //! expired or revoked.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 mod common;
 

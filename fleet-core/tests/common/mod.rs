@@ -15,7 +15,7 @@ use fleet_core::{ClaimId, Epoch, InstanceType, PoolName, Workspace};
 pub(crate) const T0: u64 = 1_700_000_000_000;
 
 pub(crate) fn it(s: &str) -> InstanceType {
-    InstanceType::new(s).expect("valid type")
+    InstanceType::new(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub(crate) fn offerings() -> Vec<Offering> {
@@ -46,7 +46,7 @@ pub(crate) fn offerings() -> Vec<Offering> {
 
 pub(crate) fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
     PoolSpec {
-        name: PoolName::new("linux").expect("valid"),
+        name: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
         strategy,
         instance_types: vec![it("c7.large"), it("c7.2xlarge")],
         image: "ami-base".to_owned(),
@@ -81,9 +81,9 @@ pub(crate) fn world() -> World {
 
 pub(crate) fn request(id: &str) -> ClaimRequest {
     ClaimRequest {
-        claim_id: ClaimId::new(id).expect("valid"),
-        workspace: Workspace::new("team-a").expect("valid"),
-        pool: PoolName::new("linux").expect("valid"),
+        claim_id: ClaimId::new(id).unwrap_or_else(|e| panic!("{e}")),
+        workspace: Workspace::new("team-a").unwrap_or_else(|e| panic!("{e}")),
+        pool: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
         requirements: Requirements::default(),
         priority: 0,
         lease_ttl_ms: 600_000,
@@ -93,9 +93,9 @@ pub(crate) fn request(id: &str) -> ClaimRequest {
 }
 
 pub(crate) fn cid(s: &str) -> ClaimId {
-    ClaimId::new(s).expect("valid")
+    ClaimId::new(s).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub(crate) fn ws() -> Workspace {
-    Workspace::new("team-a").expect("valid")
+    Workspace::new("team-a").unwrap_or_else(|e| panic!("{e}"))
 }
