@@ -1,1 +1,17 @@
-//! The fleet control plane: drives the core controller with a redb store, transports, a provider, an HTTP API and a CA; plus fleetctl.
+//! # fleet-daemon
+//!
+//! The fleet control plane: the driver that runs the sans-IO
+//! [`fleet_core::controller::Controller`] with real I/O (store, provider,
+//! transports, credentials), and what an embedder links:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use fleet_daemon::driver::Fleet;
+//! # let pool: fleet_core::strategy::PoolSpec = unimplemented!();
+//! let fleet = Fleet::builder().pool(pool).start().await?;
+//! let client = fleet.client(); // in-process ClaimClient, no network hop
+//! # Ok(()) }
+//! ```
+
+pub mod driver;
+pub mod metrics;

@@ -28,6 +28,9 @@ impl Controller {
             rec.expires_at = Some(rec.expires_at.map_or(fresh, |t| t.max(fresh)));
         }
         let id = rec.request.claim_id.clone();
+        if rec.state == ClaimState::Pending {
+            self.pending.insert(id.clone());
+        }
         if rec.state == ClaimState::Granted {
             // The grant may never have reached the caller (a crash between
             // the write and the send): publish it again; it is identical.
@@ -414,6 +417,11 @@ impl Controller {
         let Some(c) = self.claims.get(id) else {
             return;
         };
+        if c.rec.state == ClaimState::Pending {
+            self.pending.insert(id.clone());
+        } else {
+            self.pending.remove(id);
+        }
         let key = claim_key(&c.rec);
         let value = Some(Record::Claim(c.rec.clone()));
         if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
@@ -636,8 +644,9 @@ impl Controller {
     /// One arbitration round over durable pending claims and free slots.
     pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) {
         let pending: Vec<PendingClaim> = self
-            .claims
-            .values()
+            .pending
+            .iter()
+            .filter_map(|id| self.claims.get(id))
             .filter(|c| c.durable && c.reserved.is_none() && c.rec.state == ClaimState::Pending)
             .map(|c| PendingClaim {
                 id: c.rec.request.claim_id.clone(),
@@ -728,19 +737,20 @@ impl Controller {
             .map(|n| (&n.id, (n.price.0, n.slots)))
             .collect();
         let mut usage: BTreeMap<Workspace, Usage> = BTreeMap::new();
-        for c in self.claims.values() {
-            let node = match (&c.reserved, &c.rec.node) {
-                (Some(n), _) => n,
-                (None, Some(n)) if c.rec.state.holds_node() => n,
-                _ => continue,
-            };
-            let u = usage.entry(c.rec.request.workspace.clone()).or_default();
-            u.claims += 1;
-            if let Some((p, slots)) = price.get(node) {
-                let share = p
-                    .mul_div(1, u64::from((*slots).max(1)), Rounding::Up)
-                    .unwrap_or(*p);
-                u.hourly_spend = u.hourly_spend.saturating_add(share);
+        // Held and reserved claims are exactly the claims nodes hold.
+        for n in self.nodes.values() {
+            for claim in &n.claims {
+                let Some(c) = self.claims.get(claim) else {
+                    continue;
+                };
+                let u = usage.entry(c.rec.request.workspace.clone()).or_default();
+                u.claims += 1;
+                if let Some((p, slots)) = price.get(&n.rec.node) {
+                    let share = p
+                        .mul_div(1, u64::from((*slots).max(1)), Rounding::Up)
+                        .unwrap_or(*p);
+                    u.hourly_spend = u.hourly_spend.saturating_add(share);
+                }
             }
         }
         usage

@@ -21,6 +21,9 @@ use crate::transport::{Outbound, Peer, ReplyTo};
 impl Controller {
     pub(super) fn restore_job(&mut self, rec: JobRecord) {
         let id = rec.spec.id.clone();
+        if matches!(rec.state, JobState::Queued { .. }) {
+            self.queued.insert(id.clone());
+        }
         if let JobState::Leased { command, .. } | JobState::Running { command, .. } = &rec.state {
             self.commands.insert(command.clone(), id.clone());
         }
@@ -237,6 +240,11 @@ impl Controller {
             return;
         };
         j.rec.epoch = self.epoch;
+        if matches!(j.rec.state, JobState::Queued { .. }) {
+            self.queued.insert(id.clone());
+        } else {
+            self.queued.remove(id);
+        }
         let key = job_key(&j.rec.spec);
         let value = Some(Record::Job(j.rec.clone()));
         if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
@@ -322,8 +330,9 @@ impl Controller {
     /// Schedules queued jobs on the slots claims left free.
     pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) {
         let queued: Vec<PendingClaim> = self
-            .jobs
-            .values()
+            .queued
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
             .filter(|j| {
                 j.durable
                     && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)

@@ -34,8 +34,8 @@ use crate::ids::{
     ClaimId, CommandId, Epoch, InstanceType, JobId, Millis, NodeId, OpId, PoolName, Workspace,
 };
 use crate::protocol::{
-    AgentMsg, ClaimMsg, ClaimState, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS,
-    JobMsg, NodeState, Record, SealedCredentials,
+    AgentMsg, ClaimMsg, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, JobMsg,
+    NodeState, Record, SealedCredentials,
 };
 use crate::provider::{
     Capabilities, Instance, InstanceRef, NodeSpec, Offering, ProviderError, SnapshotRef,
@@ -419,6 +419,11 @@ pub struct Controller {
     claims: BTreeMap<ClaimId, Claim>,
     nodes: BTreeMap<NodeId, Node>,
     jobs: BTreeMap<JobId, Job>,
+    /// Claims in state pending (an index: ended claims are retained for a
+    /// while and must not slow every round down).
+    pending: BTreeSet<ClaimId>,
+    /// Jobs in state queued.
+    queued: BTreeSet<JobId>,
     /// Command id → the job whose attempt it is.
     commands: BTreeMap<CommandId, JobId>,
     next_command_seq: u64,
@@ -466,6 +471,8 @@ impl Controller {
             claims: BTreeMap::new(),
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            pending: BTreeSet::new(),
+            queued: BTreeSet::new(),
             commands: BTreeMap::new(),
             next_command_seq: 1,
             orphaned_jobs: Vec::new(),
@@ -684,10 +691,7 @@ impl Controller {
 
     /// Claims currently waiting for a node.
     pub fn pending_count(&self) -> usize {
-        self.claims
-            .values()
-            .filter(|c| c.rec.state == ClaimState::Pending)
-            .count()
+        self.pending.len()
     }
 
     /// Provider calls in flight.

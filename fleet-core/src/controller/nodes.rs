@@ -642,8 +642,9 @@ impl Controller {
                 })
                 .collect();
             let demand: Vec<Demand> = self
-                .claims
-                .values()
+                .pending
+                .iter()
+                .filter_map(|id| self.claims.get(id))
                 .filter(|c| {
                     c.rec.request.pool == name
                         && c.durable
@@ -656,8 +657,9 @@ impl Controller {
                     enqueued_at: c.rec.enqueued_at,
                 })
                 .chain(
-                    self.jobs
-                        .values()
+                    self.queued
+                        .iter()
+                        .filter_map(|id| self.jobs.get(id))
                         .filter(|j| {
                             j.durable
                                 && j.rec.spec.pool == name

@@ -1,0 +1,178 @@
+//! Claim → grant → release cycles per second through the in-process
+//! transport and the real driver, controller and memory store, against a raw
+//! in-process request/reply round trip measured in the same run.
+//!
+//! `cargo bench -p fleet-daemon --bench claim_cycles`
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_core::memory::provider::MemoryProvider;
+use fleet_core::memory::store::MemoryStore;
+use fleet_core::memory::transport::InProcTransport;
+use fleet_core::protocol::{
+    AgentMsg, Arch, ClaimMsg, ClaimReply, ClaimRequest, Lease, NodeResources, Requirements,
+};
+use fleet_core::provider::InstanceState;
+use fleet_core::strategy::{ColdImage, PoolSpec, StrategyConfig};
+use fleet_core::transport::{ClaimClient, Inbound, Outbound, Peer, Transport};
+use fleet_core::{ClaimId, InstanceType, PoolName, Workspace};
+use fleet_daemon::driver::Fleet;
+
+const CYCLES: usize = 20_000;
+const CLIENTS: usize = 8;
+
+fn request(id: usize) -> ClaimRequest {
+    ClaimRequest {
+        claim_id: ClaimId::new(format!("b{id}")).unwrap_or_else(|e| panic!("{e}")),
+        workspace: Workspace::new("bench").unwrap_or_else(|e| panic!("{e}")),
+        pool: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
+        requirements: Requirements::default(),
+        priority: 0,
+        lease_ttl_ms: 600_000,
+        max_wait_ms: None,
+        recipient: None,
+    }
+}
+
+async fn raw_round_trips(n: usize) -> Duration {
+    let t = Arc::new(InProcTransport::new(4_096));
+    let server = t.clone();
+    tokio::spawn(async move {
+        while let Ok(Inbound::Claim { msg, reply }) = server.recv().await {
+            let lease = Lease {
+                claim_id: msg.claim_id().clone(),
+                expires_at: 0,
+            };
+            let _ = server
+                .send(
+                    &Peer::Reply(reply),
+                    Outbound::Claim(ClaimReply::Renewed(lease)),
+                )
+                .await;
+        }
+    });
+    let client = t.claim_client();
+    let ws = Workspace::new("bench").unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    for i in 0..n {
+        let id = ClaimId::new(format!("r{i}")).unwrap_or_else(|e| panic!("{e}"));
+        let _ = client.renew(&ws, &id).await;
+    }
+    let _ = ClaimMsg::Renew {
+        workspace: ws,
+        claim_id: ClaimId::new("x").unwrap_or_else(|e| panic!("{e}")),
+    };
+    start.elapsed()
+}
+
+async fn fleet_cycles(n: usize, clients: usize) -> Duration {
+    let provider = MemoryProvider::ec2_like();
+    let fleet = Arc::new(
+        Fleet::builder()
+            .store(Arc::new(MemoryStore::new()))
+            .provider(Arc::new(provider.clone()))
+            .pool(PoolSpec {
+                name: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
+                strategy: StrategyConfig::ColdImage(ColdImage {
+                    idle_timeout_ms: 3_600_000,
+                }),
+                instance_types: vec![
+                    InstanceType::new("c7i.large").unwrap_or_else(|e| panic!("{e}")),
+                ],
+                image: "ami".to_owned(),
+                labels: BTreeMap::new(),
+                min_nodes: 1,
+                max_nodes: 1,
+                slots_per_node: 1_000,
+            })
+            .start()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    // One warm node with an in-process agent.
+    let node = loop {
+        if let Some(i) = provider
+            .instances()
+            .into_iter()
+            .find(|i| i.state == InstanceState::Running)
+        {
+            break i.node;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let agent = fleet.connect_agent(node.clone());
+    let _ = agent
+        .send(AgentMsg::Hello {
+            node,
+            agent_version: "bench".into(),
+            bootstrap_token: None,
+            resources: NodeResources {
+                cpus: 2,
+                memory_mb: 4096,
+                arch: Arch::X86_64,
+                labels: BTreeMap::new(),
+            },
+            gateway: Some("127.0.0.1:1".into()),
+            seen_commands: Vec::new(),
+        })
+        .await;
+    // Drain agent messages so its queue never fills.
+    let mut agent = agent;
+    tokio::spawn(async move { while agent.recv().await.is_some() {} });
+    // Warm-up: the first grant waits for the node to be ready.
+    let c = fleet.client();
+    let g = c
+        .claim(request(usize::MAX / 2))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = c.release(&g.workspace, &g.claim_id).await;
+
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..clients {
+        let client = fleet.client();
+        tasks.push(tokio::spawn(async move {
+            for i in (k..n).step_by(clients) {
+                let g = client
+                    .claim(request(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                client
+                    .release(&g.workspace, &g.claim_id)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    rt.block_on(async {
+        let raw = raw_round_trips(CYCLES).await;
+        println!(
+            "raw in-process request/reply: {CYCLES} round trips in {:.3} s = {:.0}/s ({:.1} µs each)",
+            raw.as_secs_f64(),
+            CYCLES as f64 / raw.as_secs_f64(),
+            raw.as_secs_f64() * 1e6 / CYCLES as f64
+        );
+        for clients in [1, CLIENTS] {
+            let t = fleet_cycles(CYCLES, clients).await;
+            println!(
+                "claim→grant→release via the daemon driver, {clients} client(s): {CYCLES} cycles in {:.3} s = {:.0} cycles/s",
+                t.as_secs_f64(),
+                CYCLES as f64 / t.as_secs_f64()
+            );
+        }
+    });
+}

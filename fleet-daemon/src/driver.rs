@@ -1,0 +1,790 @@
+//! The driver: runs the core [`Controller`] with real I/O.
+//!
+//! It owns the controller and nothing else decides: it feeds it inbound
+//! messages, store and provider results and ticks at the controller's
+//! deadline, and performs the commands it returns — store writes and provider
+//! calls as concurrent tasks whose results come back as events, transport
+//! sends in order, credential issuance through a [`CredentialIssuer`].
+//! Reply addresses are prefixed with the index of the transport they came
+//! from, so answers go back the way the question came.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fleet_core::controller::{
+    Alert, Command, Controller, ControllerConfig, CostReport, Event, NodeStatus, ProviderCall,
+    ProviderOutcome,
+};
+use fleet_core::ids::{ClaimId, Epoch, Millis, NodeId, Workspace};
+use fleet_core::memory::transport::{
+    InProcAgent, InProcClaimClient, InProcJobClient, InProcTransport,
+};
+use fleet_core::protocol::{
+    ClaimRecord, ClaimReply, JobRecord, Record, SealedCredentials, decode, encode,
+};
+use fleet_core::provider::{Provider, ProviderError, TAG_NAMESPACE, TagFilter};
+use fleet_core::store::{Key, Revision, Store, StoreError};
+use fleet_core::strategy::PoolSpec;
+use fleet_core::subjects::Subjects;
+use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+/// Where the driver reads the time.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now(&self) -> Millis;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// What a grant's credentials are minted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRequest {
+    /// The claim.
+    pub claim: ClaimId,
+    /// Its workspace.
+    pub workspace: Workspace,
+    /// The node it is granted on.
+    pub node: NodeId,
+    /// The node's gateway endpoint.
+    pub endpoint: String,
+    /// The caller's age recipient.
+    pub recipient: String,
+    /// Lease end (certificate expiry).
+    pub expires_at: Millis,
+}
+
+/// Mints and seals per-claim credentials (the daemon's CA and signing key).
+#[async_trait]
+pub trait CredentialIssuer: Send + Sync {
+    /// Issues and seals credentials; the error text is shown to operators.
+    async fn issue(&self, req: CredentialRequest) -> Result<SealedCredentials, String>;
+}
+
+/// Mints single-use bootstrap tokens for new nodes (the agent auth side
+/// consumes them).
+pub trait BootstrapTokens: Send + Sync {
+    /// A fresh token for `node`, remembered (hashed) until used.
+    fn mint(&self, node: &NodeId) -> fleet_core::protocol::Secret;
+}
+
+/// Why the daemon could not start or answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored record could not be decoded; the daemon refuses to start
+    /// rather than drop it.
+    #[error("record {key} in the store is unreadable ({error}); run `fleetctl doctor`")]
+    CorruptRecord {
+        /// The key.
+        key: String,
+        /// The decode error.
+        error: String,
+    },
+    /// The control loop has stopped.
+    #[error("the control loop has stopped")]
+    Stopped,
+    /// Invalid configuration.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+impl DaemonError {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DaemonError::Store(_) => "store",
+            DaemonError::CorruptRecord { .. } => "corrupt_record",
+            DaemonError::Stopped => "stopped",
+            DaemonError::Config(_) => "config",
+        }
+    }
+}
+
+/// A consistent view of the control plane, for status APIs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// The leader epoch.
+    pub epoch: Epoch,
+    /// When the view was taken.
+    pub at: Millis,
+    /// Pools.
+    pub pools: Vec<PoolSpec>,
+    /// Nodes.
+    pub nodes: Vec<NodeStatus>,
+    /// Claims.
+    pub claims: Vec<ClaimRecord>,
+    /// Jobs.
+    pub jobs: Vec<JobRecord>,
+    /// Costs so far.
+    pub costs: CostReport,
+    /// Counters and histograms.
+    pub metrics: Metrics,
+}
+
+enum Input {
+    Inbound(usize, Inbound),
+    TransportDown(usize, TransportError),
+    Persisted {
+        key: Key,
+        result: Result<Revision, StoreError>,
+    },
+    ProviderDone {
+        op: fleet_core::ids::OpId,
+        call: &'static str,
+        result: Result<ProviderOutcome, ProviderError>,
+    },
+    Credentials {
+        claim: ClaimId,
+        result: Result<SealedCredentials, String>,
+    },
+    Inventory(Vec<fleet_core::provider::Instance>),
+    Status(oneshot::Sender<Status>),
+    Shutdown,
+}
+
+/// Builds a [`Fleet`].
+pub struct FleetBuilder {
+    store: Option<Arc<dyn Store>>,
+    provider: Option<Arc<dyn Provider>>,
+    transports: Vec<Arc<dyn Transport>>,
+    pools: Vec<PoolSpec>,
+    quotas: BTreeMap<Workspace, fleet_core::arbitrate::Quota>,
+    timing: fleet_core::controller::Timing,
+    namespace: String,
+    epoch: Epoch,
+    issuer: Option<Arc<dyn CredentialIssuer>>,
+    tokens: Option<Arc<dyn BootstrapTokens>>,
+    clock: Arc<dyn Clock>,
+    inventory_every: Duration,
+}
+
+impl std::fmt::Debug for FleetBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetBuilder")
+            .field("pools", &self.pools)
+            .field("transports", &self.transports.len())
+            .field("namespace", &self.namespace)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FleetBuilder {
+    fn default() -> Self {
+        FleetBuilder {
+            store: None,
+            provider: None,
+            transports: Vec::new(),
+            pools: Vec::new(),
+            quotas: BTreeMap::new(),
+            timing: fleet_core::controller::Timing::default(),
+            namespace: fleet_core::subjects::DEFAULT_NAMESPACE.to_owned(),
+            epoch: Epoch(1),
+            issuer: None,
+            tokens: None,
+            clock: Arc::new(SystemClock),
+            inventory_every: Duration::from_secs(300),
+        }
+    }
+}
+
+impl FleetBuilder {
+    /// The store (default: in-memory).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The provider (default: an in-memory EC2-like provider).
+    pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
+        self.provider = Some(provider);
+        self
+    }
+
+    /// Adds a transport (the in-process one is always there).
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transports.push(transport);
+        self
+    }
+
+    /// Adds a pool.
+    pub fn pool(mut self, pool: PoolSpec) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    /// Sets a workspace's quota.
+    pub fn quota(mut self, ws: Workspace, quota: fleet_core::arbitrate::Quota) -> Self {
+        self.quotas.insert(ws, quota);
+        self
+    }
+
+    /// Timers.
+    pub fn timing(mut self, timing: fleet_core::controller::Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// The namespace (subjects, tags).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// The leader epoch this daemon writes with.
+    pub fn epoch(mut self, epoch: Epoch) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The credential issuer (without one, claims naming a recipient are
+    /// revoked with a clear note).
+    pub fn issuer(mut self, issuer: Arc<dyn CredentialIssuer>) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// Bootstrap token minting for new nodes.
+    pub fn bootstrap_tokens(mut self, tokens: Arc<dyn BootstrapTokens>) -> Self {
+        self.tokens = Some(tokens);
+        self
+    }
+
+    /// The clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often the provider's inventory is re-read (orphan collection).
+    pub fn inventory_every(mut self, every: Duration) -> Self {
+        self.inventory_every = every;
+        self
+    }
+
+    /// Restores from the store, reconciles with the provider and starts the
+    /// control loop.
+    pub async fn start(self) -> Result<Fleet, DaemonError> {
+        if self.pools.is_empty() {
+            return Err(DaemonError::Config("at least one pool is required".into()));
+        }
+        Subjects::new(&self.namespace).map_err(|e| DaemonError::Config(e.to_string()))?;
+        let store: Arc<dyn Store> = self
+            .store
+            .unwrap_or_else(|| Arc::new(fleet_core::memory::store::MemoryStore::new()));
+        let provider: Arc<dyn Provider> = self
+            .provider
+            .unwrap_or_else(|| Arc::new(fleet_core::memory::provider::MemoryProvider::ec2_like()));
+        let offerings = provider
+            .offerings()
+            .await
+            .map_err(|e| DaemonError::Config(format!("provider offerings unavailable: {e}")))?;
+        let records = load_records(&*store).await?;
+        let config = ControllerConfig {
+            pools: self.pools,
+            quotas: self.quotas,
+            offerings,
+            capabilities: provider.capabilities().clone(),
+            billing: provider.billing().clone(),
+            epoch: self.epoch,
+            namespace: self.namespace.clone(),
+            timing: self.timing,
+        };
+        let now = self.clock.now();
+        let controller = Controller::restore(config, records, now);
+        let inproc = Arc::new(InProcTransport::new(4_096));
+        let mut transports: Vec<Arc<dyn Transport>> = vec![inproc.clone()];
+        transports.extend(self.transports);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ready = Arc::new(AtomicBool::new(false));
+        for (idx, t) in transports.iter().enumerate() {
+            let t = t.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    match t.recv().await {
+                        Ok(inbound) => {
+                            if tx.send(Input::Inbound(idx, inbound)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Input::TransportDown(idx, e));
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+        // Reconcile with what the provider runs, now and periodically.
+        {
+            let provider = provider.clone();
+            let tx = tx.clone();
+            let ns = self.namespace.clone();
+            let every = self.inventory_every;
+            tokio::spawn(async move {
+                loop {
+                    let mut tags = BTreeMap::new();
+                    tags.insert(TAG_NAMESPACE.to_owned(), ns.clone());
+                    match provider.list(&TagFilter(tags)).await {
+                        Ok(instances) => {
+                            if tx.send(Input::Inventory(instances)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "provider inventory failed"),
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
+        let driver = Driver {
+            controller,
+            store,
+            provider,
+            transports,
+            node_routes: BTreeMap::new(),
+            issuer: self.issuer,
+            tokens: self.tokens,
+            clock: self.clock,
+            tx: tx.clone(),
+            metrics: Metrics::default(),
+            ready: ready.clone(),
+        };
+        let task = tokio::spawn(driver.run(rx));
+        Ok(Fleet {
+            tx,
+            inproc,
+            ready,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Fleet {
+    tx: mpsc::UnboundedSender<Input>,
+    inproc: Arc<InProcTransport>,
+    ready: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// A builder.
+    pub fn builder() -> FleetBuilder {
+        FleetBuilder::default()
+    }
+
+    /// An in-process claim client: no network hop.
+    pub fn client(&self) -> InProcClaimClient {
+        self.inproc.claim_client()
+    }
+
+    /// An in-process job client.
+    pub fn job_client(&self) -> InProcJobClient {
+        self.inproc.job_client()
+    }
+
+    /// An in-process agent session (agents embedded in the same process).
+    pub fn connect_agent(&self, node: NodeId) -> InProcAgent {
+        self.inproc.connect_agent(node)
+    }
+
+    /// Whether the control loop is up and reconciled (O(1)).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// A consistent status view.
+    pub async fn status(&self) -> Result<Status, DaemonError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Status(tx))
+            .map_err(|_| DaemonError::Stopped)?;
+        rx.await.map_err(|_| DaemonError::Stopped)
+    }
+
+    /// Stops the control loop and waits for it.
+    pub async fn shutdown(mut self) {
+        let _ = self.tx.send(Input::Shutdown);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        self.inproc.close();
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Input::Shutdown);
+    }
+}
+
+/// Reads and decodes every record the controller owns.
+pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Record)>, DaemonError> {
+    let mut records = Vec::new();
+    for prefix in [
+        Subjects::CLAIMS_PREFIX,
+        Subjects::NODES_PREFIX,
+        Subjects::JOBS_PREFIX,
+        Subjects::POOLS_PREFIX,
+    ] {
+        for (key, v) in store.list(prefix).await? {
+            let record: Record = decode(&v.value).map_err(|e| DaemonError::CorruptRecord {
+                key: key.to_string(),
+                error: e.to_string(),
+            })?;
+            records.push((key, v.revision, record));
+        }
+    }
+    Ok(records)
+}
+
+struct Driver {
+    controller: Controller,
+    store: Arc<dyn Store>,
+    provider: Arc<dyn Provider>,
+    transports: Vec<Arc<dyn Transport>>,
+    node_routes: BTreeMap<NodeId, usize>,
+    issuer: Option<Arc<dyn CredentialIssuer>>,
+    tokens: Option<Arc<dyn BootstrapTokens>>,
+    clock: Arc<dyn Clock>,
+    tx: mpsc::UnboundedSender<Input>,
+    metrics: Metrics,
+    ready: Arc<AtomicBool>,
+}
+
+/// Events handled per wake-up before the loop yields to timers.
+const BATCH: usize = 256;
+
+impl Driver {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        self.ready.store(true, Ordering::Relaxed);
+        loop {
+            let sleep = match self.controller.next_deadline() {
+                Some(at) => {
+                    let now = self.clock.now();
+                    Duration::from_millis(at.saturating_sub(now))
+                }
+                None => Duration::from_secs(3_600),
+            };
+            let first = tokio::select! {
+                input = rx.recv() => match input {
+                    Some(i) => Some(i),
+                    None => return,
+                },
+                () = tokio::time::sleep(sleep) => None,
+            };
+            let mut inputs = Vec::with_capacity(8);
+            if let Some(i) = first {
+                inputs.push(i);
+            }
+            while inputs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
+            }
+            if inputs.is_empty() {
+                self.step(Event::Tick).await;
+            }
+            for input in inputs {
+                if !self.input(input).await {
+                    self.ready.store(false, Ordering::Relaxed);
+                    return;
+                }
+            }
+            if self.controller.is_fenced() {
+                tracing::error!("fenced by a newer leader; the control loop stops");
+                self.ready.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Handles one input; false means stop.
+    async fn input(&mut self, input: Input) -> bool {
+        match input {
+            Input::Inbound(idx, inbound) => {
+                let event = match inbound {
+                    Inbound::Claim { msg, reply } => Event::Claim {
+                        msg,
+                        reply: tag_reply(idx, &reply),
+                    },
+                    Inbound::Job { msg, reply } => Event::Job {
+                        msg,
+                        reply: tag_reply(idx, &reply),
+                    },
+                    Inbound::Agent { node, msg } => {
+                        self.node_routes.insert(node.clone(), idx);
+                        Event::Agent { node, msg }
+                    }
+                    Inbound::AgentGone { node } => {
+                        if self.node_routes.get(&node) != Some(&idx) {
+                            return true; // a newer session on another transport
+                        }
+                        self.node_routes.remove(&node);
+                        Event::AgentGone { node }
+                    }
+                    _ => return true,
+                };
+                self.step(event).await;
+            }
+            Input::TransportDown(idx, e) => {
+                tracing::error!(transport = idx, error = %e, "transport stopped receiving");
+            }
+            Input::Persisted { key, result } => self.step(Event::Persisted { key, result }).await,
+            Input::ProviderDone { op, call, result } => {
+                if let Err(e) = &result {
+                    self.metrics.provider_error(call, e.kind());
+                }
+                self.step(Event::ProviderDone { op, result }).await;
+            }
+            Input::Credentials { claim, result } => {
+                self.step(Event::CredentialsIssued { claim, result }).await
+            }
+            Input::Inventory(instances) => self.step(Event::Inventory { instances }).await,
+            Input::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Input::Shutdown => return false,
+        }
+        true
+    }
+
+    fn status(&self) -> Status {
+        let now = self.clock.now();
+        Status {
+            epoch: self.controller.epoch(),
+            at: now,
+            pools: self.controller.pools().cloned().collect(),
+            nodes: self.controller.nodes().collect(),
+            claims: self.controller.claims().cloned().collect(),
+            jobs: self.controller.jobs().cloned().collect(),
+            costs: self.controller.costs(now),
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    async fn step(&mut self, event: Event) {
+        let now = self.clock.now();
+        let commands = self.controller.handle(event, now);
+        for c in commands {
+            self.perform(c, now).await;
+        }
+    }
+
+    async fn perform(&mut self, c: Command, now: Millis) {
+        match c {
+            Command::Persist {
+                key,
+                value,
+                expected,
+                epoch: _,
+            } => {
+                let store = self.store.clone();
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    let result = persist(&*store, &key, value, expected).await;
+                    let _ = tx.send(Input::Persisted { key, result });
+                });
+            }
+            Command::Provider { op, call } => {
+                let mut call = call;
+                if let (ProviderCall::Create(spec), Some(tokens)) = (&mut call, &self.tokens) {
+                    spec.bootstrap_token = Some(tokens.mint(&spec.node));
+                }
+                let provider = self.provider.clone();
+                let tx = self.tx.clone();
+                let name = call.name();
+                tokio::spawn(async move {
+                    let result = call_provider(&*provider, call).await;
+                    let _ = tx.send(Input::ProviderDone {
+                        op,
+                        call: name,
+                        result,
+                    });
+                });
+            }
+            Command::Send { to, msg } => self.send(to, msg, now).await,
+            Command::IssueCredentials {
+                claim,
+                workspace,
+                node,
+                recipient,
+                expires_at,
+            } => {
+                let endpoint = self
+                    .controller
+                    .node(&node)
+                    .and_then(|n| n.record.endpoint)
+                    .unwrap_or_default();
+                let tx = self.tx.clone();
+                let issuer = self.issuer.clone();
+                tokio::spawn(async move {
+                    let result = match issuer {
+                        Some(issuer) => {
+                            issuer
+                                .issue(CredentialRequest {
+                                    claim: claim.clone(),
+                                    workspace,
+                                    node,
+                                    endpoint,
+                                    recipient,
+                                    expires_at,
+                                })
+                                .await
+                        }
+                        None => Err(
+                            "this fleet issues no credentials; claim without a recipient".into(),
+                        ),
+                    };
+                    let _ = tx.send(Input::Credentials { claim, result });
+                });
+            }
+            Command::Alert(alert) => {
+                self.metrics.alert(&alert);
+                log_alert(&alert);
+            }
+            _ => {}
+        }
+    }
+
+    async fn send(&mut self, to: Peer, msg: Outbound, now: Millis) {
+        if let (Peer::Claim(_, id), Outbound::Claim(ClaimReply::Granted(_))) = (&to, &msg)
+            && let Some(c) = self.controller.claim(id)
+        {
+            self.metrics.granted(now.saturating_sub(c.enqueued_at));
+        }
+        match to {
+            Peer::Reply(r) => {
+                let Some((idx, orig)) = untag_reply(&r) else {
+                    return;
+                };
+                if let Some(t) = self.transports.get(idx)
+                    && let Err(e) = t.send(&Peer::Reply(orig), msg).await
+                {
+                    tracing::debug!(error = %e, "reply not delivered");
+                }
+            }
+            Peer::Node(node) => {
+                let Some(idx) = self.node_routes.get(&node).copied() else {
+                    tracing::debug!(%node, "no session for node; message dropped (resent on reconnect)");
+                    return;
+                };
+                if let Some(t) = self.transports.get(idx)
+                    && let Err(e) = t.send(&Peer::Node(node.clone()), msg).await
+                {
+                    tracing::warn!(%node, error = %e, "agent message not delivered");
+                }
+            }
+            peer @ Peer::Claim(..) => {
+                for t in &self.transports {
+                    if let Err(e) = t.send(&peer, msg.clone()).await {
+                        tracing::debug!(error = %e, "claim broadcast not delivered");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn tag_reply(idx: usize, r: &ReplyTo) -> ReplyTo {
+    ReplyTo(format!("{idx}/{}", r.0))
+}
+
+fn untag_reply(r: &ReplyTo) -> Option<(usize, ReplyTo)> {
+    let (idx, rest) = r.0.split_once('/')?;
+    Some((idx.parse().ok()?, ReplyTo(rest.to_owned())))
+}
+
+/// Performs one store write for the controller.
+async fn persist(
+    store: &dyn Store,
+    key: &Key,
+    value: Option<Record>,
+    expected: Option<Revision>,
+) -> Result<Revision, StoreError> {
+    match (value, expected) {
+        (Some(record), expected) => {
+            let bytes =
+                Bytes::from(encode(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            match expected {
+                None => store.create(key, bytes).await,
+                Some(rev) => store.update(key, bytes, rev).await,
+            }
+        }
+        (None, Some(rev)) => store.delete(key, rev).await.map(|()| rev),
+        (None, None) => Ok(Revision(0)),
+    }
+}
+
+/// Performs one provider call for the controller.
+async fn call_provider(
+    provider: &dyn Provider,
+    call: ProviderCall,
+) -> Result<ProviderOutcome, ProviderError> {
+    match call {
+        ProviderCall::Create(spec) => provider.create(&spec).await.map(ProviderOutcome::Instance),
+        ProviderCall::Start(i) => provider.start(&i).await.map(ProviderOutcome::Instance),
+        ProviderCall::Stop(i) => provider.stop(&i).await.map(ProviderOutcome::Instance),
+        ProviderCall::Resize(i, to) => provider
+            .resize(&i, &to)
+            .await
+            .map(ProviderOutcome::Instance),
+        ProviderCall::Snapshot(i) => provider.snapshot(&i).await.map(ProviderOutcome::Snapshot),
+        ProviderCall::Delete(i) => provider.delete(&i).await.map(|()| ProviderOutcome::Deleted),
+        other => Err(ProviderError::Unsupported(other.name().to_owned())),
+    }
+}
+
+fn log_alert(alert: &Alert) {
+    match alert {
+        Alert::Fenced { key, error } => {
+            tracing::error!(%key, %error, "fenced: another leader wrote")
+        }
+        Alert::ProviderFailed {
+            node,
+            call,
+            kind,
+            error,
+        } => tracing::warn!(%node, %call, %kind, %error, "provider call failed"),
+        Alert::NodeLost { node, state } => tracing::warn!(%node, state = state.name(), "node lost"),
+        Alert::InvalidAction { pool, detail } => {
+            tracing::warn!(%pool, %detail, "strategy asked for an invalid action")
+        }
+        Alert::UnknownAgent { node } => tracing::warn!(%node, "agent for an unknown node"),
+        Alert::JobEscalated {
+            job,
+            attempts,
+            reason,
+        } => tracing::warn!(%job, attempts, %reason, "job escalated"),
+        Alert::CredentialsFailed { claim, error } => {
+            tracing::warn!(%claim, %error, "credentials could not be issued")
+        }
+        other => tracing::warn!(?other, "alert"),
+    }
+}

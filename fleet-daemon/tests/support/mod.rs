@@ -1,0 +1,70 @@
+//! Test support: in-process agents for nodes the memory provider creates.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::memory::provider::MemoryProvider;
+use fleet_core::protocol::{AgentMsg, Arch, NodeResources};
+use fleet_core::provider::InstanceState;
+use fleet_core::strategy::{PoolSpec, StrategyConfig};
+use fleet_core::{InstanceType, PoolName};
+use fleet_daemon::driver::Fleet;
+
+pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
+    PoolSpec {
+        name: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
+        strategy: StrategyConfig::default(),
+        instance_types: vec![InstanceType::new("c7i.large").unwrap_or_else(|e| panic!("{e}"))],
+        image: "ami-test".to_owned(),
+        labels: BTreeMap::new(),
+        min_nodes: 0,
+        max_nodes,
+        slots_per_node: slots,
+    }
+}
+
+/// Boots an in-process agent for every running instance the provider has:
+/// hello, then a heartbeat every second. Stops with the fleet.
+pub(crate) fn boot_agents(fleet: &Arc<Fleet>, provider: MemoryProvider) {
+    let fleet = Arc::downgrade(fleet);
+    tokio::spawn(async move {
+        let mut up = BTreeSet::new();
+        let mut sessions = Vec::new();
+        loop {
+            let Some(f) = fleet.upgrade() else { return };
+            for i in provider.instances() {
+                if i.state == InstanceState::Running && up.insert(i.node.clone()) {
+                    let agent = f.connect_agent(i.node.clone());
+                    let hello = AgentMsg::Hello {
+                        node: i.node.clone(),
+                        agent_version: "test".to_owned(),
+                        bootstrap_token: None,
+                        resources: NodeResources {
+                            cpus: 2,
+                            memory_mb: 4096,
+                            arch: Arch::X86_64,
+                            labels: BTreeMap::new(),
+                        },
+                        gateway: Some(format!("127.0.0.1:{}", 40_000 + up.len())),
+                        seen_commands: Vec::new(),
+                    };
+                    let _ = agent.send(hello).await;
+                    sessions.push(agent);
+                }
+            }
+            for a in &sessions {
+                let _ = a
+                    .send(AgentMsg::Heartbeat {
+                        cpu_percent: 1.0,
+                        memory_mb: 64,
+                        running: Vec::new(),
+                    })
+                    .await;
+            }
+            drop(f);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+}
