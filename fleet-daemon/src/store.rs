@@ -413,6 +413,13 @@ fn open_error(path: &Path, e: impl Into<redb::Error>) -> OpenError {
         redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
             OpenError::Locked { path }
         }
+        // redb reports a file that is not a database as invalid data.
+        redb::Error::Io(source) if source.kind() == io::ErrorKind::InvalidData => {
+            OpenError::Corrupt {
+                path,
+                detail: source.to_string(),
+            }
+        }
         redb::Error::Io(source) => OpenError::Io { path, source },
         redb::Error::Corrupted(detail) => OpenError::Corrupt { path, detail },
         e @ (redb::Error::TableTypeMismatch { .. } | redb::Error::TypeDefinitionChanged { .. }) => {
