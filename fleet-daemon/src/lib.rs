@@ -13,5 +13,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod ca;
 pub mod driver;
+pub mod lease;
 pub mod metrics;
+pub mod seal;
+pub mod store;

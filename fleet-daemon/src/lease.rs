@@ -1,0 +1,253 @@
+//! [`LeaderLease`]: who leads, decided by compare-and-swap on the leader
+//! record in any [`Store`].
+//!
+//! The record ([`LeaderRecord`] at [`Subjects::leader_key`], encoded with
+//! `fleet_core::protocol::encode`) names the holder, its fencing epoch and
+//! when it lapses. A contender creates it with epoch 1, or replaces an
+//! expired one with the next epoch by updating at the revision it read; the
+//! store's CAS lets exactly one contender win each race. Epochs only grow:
+//! release marks the record expired instead of deleting it, so the next
+//! leader still takes a higher epoch and the old one's writes stay fenced
+//! (see `crate::store::RedbStore::fenced`).
+//!
+//! Time is passed in (milliseconds since the Unix epoch); clocks of the
+//! contenders are assumed to agree within a small fraction of the TTL. Each
+//! contender's holder name must be unique (e.g. host and pid): a restarted
+//! process waits for its old lease to lapse like anyone else.
+
+use bytes::Bytes;
+use fleet_core::ids::{Epoch, Millis};
+use fleet_core::protocol::{LeaderRecord, decode, encode};
+use fleet_core::store::{Revision, Store, StoreError};
+use fleet_core::subjects::Subjects;
+
+/// A lease this process holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The fencing epoch: pass it to every write (`RedbStore::fenced`).
+    pub epoch: Epoch,
+    /// The revision of the leader record we wrote last.
+    pub revision: Revision,
+    /// When the lease lapses unless renewed.
+    pub expires_at: Millis,
+}
+
+/// A renewal failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaseError {
+    /// `renew` without holding the lease.
+    #[error("the lease is not held")]
+    NotHeld,
+    /// Someone else wrote the leader record: leadership is lost; stop
+    /// leading at once.
+    #[error("leadership lost: {0}")]
+    Lost(StoreError),
+    /// The store failed; the lease is still ours until it expires, and the
+    /// renewal may be retried.
+    #[error("store failed while renewing the lease: {0}")]
+    Store(StoreError),
+}
+
+impl LeaseError {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LeaseError::NotHeld => "not_held",
+            LeaseError::Lost(_) => "lost",
+            LeaseError::Store(_) => "store",
+        }
+    }
+
+    /// Whether renewing again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            LeaseError::NotHeld | LeaseError::Lost(_) => false,
+            LeaseError::Store(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// One contender for leadership.
+#[derive(Debug, Clone)]
+pub struct LeaderLease {
+    holder: String,
+    ttl_ms: Millis,
+    held: Option<Held>,
+}
+
+/// Reads the leader record and its revision.
+pub async fn read_leader(
+    store: &dyn Store,
+) -> Result<Option<(LeaderRecord, Revision)>, StoreError> {
+    let key = Subjects::leader_key();
+    let Some(v) = store.get(&key).await? else {
+        return Ok(None);
+    };
+    let record: LeaderRecord =
+        decode(&v.value).map_err(|e| StoreError::Corrupt(format!("leader record {key}: {e}")))?;
+    Ok(Some((record, v.revision)))
+}
+
+fn encode_record(record: &LeaderRecord) -> Result<Bytes, StoreError> {
+    encode(record)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(format!("encoding the leader record: {e}")))
+}
+
+impl LeaderLease {
+    /// A contender named `holder` taking leases of `ttl_ms`.
+    pub fn new(holder: impl Into<String>, ttl_ms: Millis) -> LeaderLease {
+        LeaderLease {
+            holder: holder.into(),
+            ttl_ms,
+            held: None,
+        }
+    }
+
+    /// This contender's name.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The lease, if this contender believes it holds one (it may have
+    /// expired; see [`LeaderLease::is_leader`]).
+    pub fn held(&self) -> Option<Held> {
+        self.held
+    }
+
+    /// The epoch held, if any.
+    pub fn epoch(&self) -> Option<Epoch> {
+        self.held.map(|h| h.epoch)
+    }
+
+    /// Whether this contender holds an unexpired lease at `now`. A leader
+    /// should stop acting on its own once this turns false, before another
+    /// can take over.
+    pub fn is_leader(&self, now: Millis) -> bool {
+        self.held.is_some_and(|h| now < h.expires_at)
+    }
+
+    /// Tries to become (or stay) leader at `now`.
+    ///
+    /// Returns the epoch when this contender holds the lease afterwards:
+    /// a new record gets epoch 1, an expired or released one is taken over
+    /// with its epoch + 1, our own current record is renewed with the same
+    /// epoch. Returns `None` while another holder's lease is unexpired, or
+    /// when another contender won the race for it.
+    pub async fn try_acquire(
+        &mut self,
+        store: &dyn Store,
+        now: Millis,
+    ) -> Result<Option<Epoch>, StoreError> {
+        let key = Subjects::leader_key();
+        let expires_at = now.saturating_add(self.ttl_ms);
+        let current = read_leader(store).await?;
+        let (epoch, result) = match current {
+            None => {
+                let epoch = Epoch(1);
+                let value = encode_record(&self.record(epoch, expires_at))?;
+                (epoch, store.create(&key, value).await)
+            }
+            Some((_, revision)) if self.held.is_some_and(|h| h.revision == revision) => {
+                return match self.renew(store, now).await {
+                    Ok(epoch) => Ok(Some(epoch)),
+                    Err(LeaseError::Lost(_) | LeaseError::NotHeld) => Ok(None),
+                    Err(LeaseError::Store(e)) => Err(e),
+                };
+            }
+            Some((record, _)) if now < record.expires_at => {
+                // Someone else's live lease (or ours from an earlier life,
+                // which must lapse first so its writes stay fenced).
+                self.held = None;
+                return Ok(None);
+            }
+            Some((record, revision)) => {
+                let epoch = record.epoch.next();
+                let value = encode_record(&self.record(epoch, expires_at))?;
+                (epoch, store.update(&key, value, revision).await)
+            }
+        };
+        match result {
+            Ok(revision) => {
+                self.held = Some(Held {
+                    epoch,
+                    revision,
+                    expires_at,
+                });
+                tracing::info!(holder = %self.holder, %epoch, "acquired the leader lease");
+                Ok(Some(epoch))
+            }
+            // Another contender wrote between our read and our write.
+            Err(
+                StoreError::AlreadyExists { .. }
+                | StoreError::Conflict { .. }
+                | StoreError::NotFound { .. },
+            ) => {
+                self.held = None;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends the held lease to `now + ttl` by CAS on the revision we
+    /// wrote last. A conflict means another contender took over:
+    /// [`LeaseError::Lost`], and this contender no longer holds anything.
+    pub async fn renew(&mut self, store: &dyn Store, now: Millis) -> Result<Epoch, LeaseError> {
+        let Some(held) = self.held else {
+            return Err(LeaseError::NotHeld);
+        };
+        let expires_at = now.saturating_add(self.ttl_ms);
+        let value =
+            encode_record(&self.record(held.epoch, expires_at)).map_err(LeaseError::Store)?;
+        match store
+            .update(&Subjects::leader_key(), value, held.revision)
+            .await
+        {
+            Ok(revision) => {
+                self.held = Some(Held {
+                    epoch: held.epoch,
+                    revision,
+                    expires_at,
+                });
+                Ok(held.epoch)
+            }
+            Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound { .. })) => {
+                self.held = None;
+                tracing::warn!(holder = %self.holder, epoch = %held.epoch, "lost the leader lease");
+                Err(LeaseError::Lost(e))
+            }
+            Err(e) => Err(LeaseError::Store(e)),
+        }
+    }
+
+    /// Gives the lease up at `now` so another contender need not wait for
+    /// it to expire. The record stays, marked expired, keeping its epoch.
+    /// Returns whether we still held it; either way we hold nothing after.
+    pub async fn release(&mut self, store: &dyn Store, now: Millis) -> Result<bool, StoreError> {
+        let Some(held) = self.held.take() else {
+            return Ok(false);
+        };
+        let value = encode_record(&self.record(held.epoch, now))?;
+        match store
+            .update(&Subjects::leader_key(), value, held.revision)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(holder = %self.holder, epoch = %held.epoch, "released the leader lease");
+                Ok(true)
+            }
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record(&self, epoch: Epoch, expires_at: Millis) -> LeaderRecord {
+        LeaderRecord {
+            holder: self.holder.clone(),
+            epoch,
+            expires_at,
+        }
+    }
+}

@@ -1,0 +1,587 @@
+//! [`RedbStore`]: the daemon's durable [`Store`], one redb file in the data
+//! directory, and [`FencedStore`], its leader-epoch-fenced write handle.
+//!
+//! Semantics follow the reference `fleet_core::memory::MemoryStore`: one
+//! global revision counter, starting at 1, from which every write (create,
+//! update and delete) takes the next number; list and watch prefixes match
+//! text. Each write is one redb write transaction committed with
+//! [`redb::Durability::Immediate`] before the call returns, so a write the
+//! store acknowledged is on disk (invariant 8).
+//!
+//! Layout of the file (`<data dir>/fleet.redb`):
+//! - table `kv`: key (`&str`) → (revision `u64`, value bytes);
+//! - table `meta`: `"revision"` → the last revision issued (`u64`).
+//!
+//! redb calls block, so every call runs on tokio's blocking pool.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fleet_core::ids::Epoch;
+use fleet_core::protocol::{LeaderRecord, decode};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent};
+use fleet_core::subjects::Subjects;
+use futures_channel::mpsc::{UnboundedSender, unbounded};
+use futures_core::stream::BoxStream;
+use futures_util::StreamExt;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// The file name of the store inside the data directory.
+pub const STORE_FILE_NAME: &str = "fleet.redb";
+
+/// The default value size limit: 1 MiB, the same as a NATS message, so a
+/// record that fits one backend fits the other.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION_KEY: &str = "revision";
+
+/// Why the store could not be opened. Every variant names the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The data directory could not be created or secured.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another handle (this or another process) has the file open.
+    #[error("store {path} is locked: another fleet-daemon has it open")]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file could not be read or written (missing permission, disk).
+    #[error("cannot open store {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file is not a redb database, or its checksums do not match.
+    #[error("store {path} is corrupt: {detail}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What redb found.
+        detail: String,
+    },
+    /// Any other failure redb reported.
+    #[error("cannot open store {path}: {detail}")]
+    Other {
+        /// The file.
+        path: PathBuf,
+        /// What redb said.
+        detail: String,
+    },
+}
+
+impl OpenError {
+    /// A short stable name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OpenError::DataDir { .. } => "data_dir",
+            OpenError::Locked { .. } => "locked",
+            OpenError::Io { .. } => "io",
+            OpenError::Corrupt { .. } => "corrupt",
+            OpenError::Other { .. } => "other",
+        }
+    }
+
+    /// Whether opening again later may succeed: only a lock held by another
+    /// process goes away by itself.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, OpenError::Locked { .. })
+    }
+
+    /// The path the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            OpenError::DataDir { path, .. }
+            | OpenError::Locked { path }
+            | OpenError::Io { path, .. }
+            | OpenError::Corrupt { path, .. }
+            | OpenError::Other { path, .. } => path,
+        }
+    }
+}
+
+/// Options for [`RedbStore::open_with`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Values longer than this are refused with [`StoreError::TooLarge`].
+    pub max_value_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// The durable store: a [`Store`] over one redb file.
+///
+/// Cloning is cheap; clones share the database and its watchers.
+#[derive(Clone)]
+pub struct RedbStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Database,
+    path: PathBuf,
+    max_value_bytes: usize,
+    /// Held across each write transaction and its notifications: watchers
+    /// see events in commit order, and a watch registered under this lock
+    /// sees exactly the writes committed after it.
+    watchers: Mutex<Vec<Watcher>>,
+}
+
+struct Watcher {
+    prefix: String,
+    tx: UnboundedSender<WatchEvent>,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.shared.path)
+            .field("max_value_bytes", &self.shared.max_value_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One write, as the transaction applies it.
+enum WriteOp {
+    Create(Bytes),
+    Update(Bytes, Revision),
+    Delete(Revision),
+}
+
+impl RedbStore {
+    /// Opens (or creates) `<data_dir>/fleet.redb` with default options.
+    ///
+    /// Blocks (it checks the file's integrity): call it at startup or from
+    /// `spawn_blocking`. Creates `data_dir` with mode 0700 if missing.
+    pub fn open(data_dir: &Path) -> Result<RedbStore, OpenError> {
+        RedbStore::open_with(data_dir, StoreOptions::default())
+    }
+
+    /// Opens (or creates) `<data_dir>/fleet.redb`.
+    pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<RedbStore, OpenError> {
+        crate::ca::create_private_dir(data_dir).map_err(|source| OpenError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(STORE_FILE_NAME);
+        // Checking integrity on every open costs a read of the whole file,
+        // which is small here; without it redb may panic on a file damaged
+        // outside redb, and a corrupt store must be an error, not a crash.
+        let db = Database::builder()
+            .set_check_integrity_on_open(true)
+            .create(&path)
+            .map_err(|e| open_error(&path, e))?;
+        // Create both tables up front so readers never meet a missing table.
+        let init = || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                txn.open_table(KV)?;
+                let meta = txn.open_table(META)?;
+                // Reading the counter here makes a mistyped meta table fail
+                // the open instead of the first write.
+                meta.get(REVISION_KEY)?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        init().map_err(|e| open_error(&path, e))?;
+        tracing::debug!(path = %path.display(), "store opened");
+        Ok(RedbStore {
+            shared: Arc::new(Shared {
+                db,
+                path,
+                max_value_bytes: options.max_value_bytes,
+                watchers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The last revision issued by any write; `Revision(0)` if none yet.
+    pub async fn last_revision(&self) -> Result<Revision, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        blocking(move || {
+            let txn = shared.db.begin_read().map_err(backend)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let rev = meta.get(REVISION_KEY).map_err(backend)?;
+            Ok(Revision(rev.map(|g| g.value()).unwrap_or(0)))
+        })
+        .await
+    }
+
+    /// A handle whose writes are fenced by `epoch`: each create, update and
+    /// delete first reads the leader record (key [`Subjects::leader_key`]) in
+    /// the same write transaction and fails with [`StoreError::Fenced`] if
+    /// its epoch is newer than `epoch`. A stale leader therefore cannot write
+    /// once a new leader's record is committed.
+    pub fn fenced(&self, epoch: Epoch) -> FencedStore {
+        FencedStore {
+            store: self.clone(),
+            epoch,
+        }
+    }
+
+    async fn write(
+        &self,
+        key: &Key,
+        op: WriteOp,
+        fence: Option<Epoch>,
+    ) -> Result<Revision, StoreError> {
+        if let WriteOp::Create(v) | WriteOp::Update(v, _) = &op
+            && v.len() > self.shared.max_value_bytes
+        {
+            return Err(StoreError::TooLarge {
+                len: v.len(),
+                max: self.shared.max_value_bytes,
+            });
+        }
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || shared.write_blocking(&key, op, fence)).await
+    }
+}
+
+impl Shared {
+    fn lock_watchers(&self) -> MutexGuard<'_, Vec<Watcher>> {
+        // A panic while the lock was held left at worst an aborted redb
+        // transaction and an unchanged watcher list: still consistent.
+        self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_blocking(
+        &self,
+        key: &Key,
+        op: WriteOp,
+        fence: Option<Epoch>,
+    ) -> Result<Revision, StoreError> {
+        let mut watchers = self.lock_watchers();
+        let mut txn = self.db.begin_write().map_err(backend)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let applied = (|| {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            if let Some(writer) = fence {
+                check_fence(&kv, writer)?;
+            }
+            let current = kv
+                .get(key.as_str())
+                .map_err(backend)?
+                .map(|g| Revision(g.value().0));
+            match (&op, current) {
+                (WriteOp::Create(_), Some(current)) => {
+                    return Err(StoreError::AlreadyExists {
+                        key: key.clone(),
+                        current,
+                    });
+                }
+                (WriteOp::Update(..) | WriteOp::Delete(_), None) => {
+                    return Err(StoreError::NotFound { key: key.clone() });
+                }
+                (WriteOp::Update(_, expected) | WriteOp::Delete(expected), Some(current))
+                    if *expected != current =>
+                {
+                    return Err(StoreError::Conflict {
+                        key: key.clone(),
+                        expected: *expected,
+                        current,
+                    });
+                }
+                _ => {}
+            }
+            let last = meta.get(REVISION_KEY).map_err(backend)?.map(|g| g.value());
+            let revision = last
+                .unwrap_or(0)
+                .checked_add(1)
+                .map(Revision)
+                .ok_or_else(|| StoreError::Corrupt("revision counter overflow".to_owned()))?;
+            meta.insert(REVISION_KEY, revision.0).map_err(backend)?;
+            let event = match op {
+                WriteOp::Create(value) | WriteOp::Update(value, _) => {
+                    kv.insert(key.as_str(), (revision.0, value.as_ref()))
+                        .map_err(backend)?;
+                    WatchEvent::Put {
+                        key: key.clone(),
+                        value,
+                        revision,
+                    }
+                }
+                WriteOp::Delete(_) => {
+                    kv.remove(key.as_str()).map_err(backend)?;
+                    WatchEvent::Delete {
+                        key: key.clone(),
+                        revision,
+                    }
+                }
+            };
+            Ok((revision, event))
+        })();
+        match applied {
+            Ok((revision, event)) => {
+                txn.commit().map_err(backend)?;
+                // A failed send means the receiver was dropped: forget it.
+                watchers.retain(|w| {
+                    !event.key().has_prefix(&w.prefix) || w.tx.unbounded_send(event.clone()).is_ok()
+                });
+                Ok(revision)
+            }
+            Err(e) => {
+                // Nothing was written; an abort failure changes nothing
+                // the caller can act on, the refusal is the answer.
+                if let Err(abort) = txn.abort() {
+                    tracing::warn!(error = %abort, "store: aborting a refused write failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Refuses the write if the stored leader record's epoch is newer than the
+/// writer's. No record means no leader was ever elected: nothing to fence.
+fn check_fence(
+    kv: &redb::Table<'_, &'static str, (u64, &'static [u8])>,
+    writer: Epoch,
+) -> Result<(), StoreError> {
+    let leader_key = Subjects::leader_key();
+    let Some(guard) = kv.get(leader_key.as_str()).map_err(backend)? else {
+        return Ok(());
+    };
+    let (_, bytes) = guard.value();
+    let record: LeaderRecord = decode(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("leader record {leader_key}: {e}")))?;
+    if record.epoch > writer {
+        return Err(StoreError::Fenced {
+            writer: writer.0,
+            current: record.epoch.0,
+        });
+    }
+    Ok(())
+}
+
+/// Runs blocking redb work off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+/// Maps a redb failure to the store contract: damaged data is `Corrupt`,
+/// everything else (I/O, closed database) is `Unavailable`.
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Corrupted(detail) => StoreError::Corrupt(detail),
+        e @ (redb::Error::TableTypeMismatch { .. } | redb::Error::TypeDefinitionChanged { .. }) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        e => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn open_error(path: &Path, e: impl Into<redb::Error>) -> OpenError {
+    let path = path.to_owned();
+    match e.into() {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+            OpenError::Locked { path }
+        }
+        // redb reports a file that is not a database as invalid data.
+        redb::Error::Io(source) if source.kind() == io::ErrorKind::InvalidData => {
+            OpenError::Corrupt {
+                path,
+                detail: source.to_string(),
+            }
+        }
+        redb::Error::Io(source) => OpenError::Io { path, source },
+        redb::Error::Corrupted(detail) => OpenError::Corrupt { path, detail },
+        e @ (redb::Error::TableTypeMismatch { .. } | redb::Error::TypeDefinitionChanged { .. }) => {
+            OpenError::Corrupt {
+                path,
+                detail: e.to_string(),
+            }
+        }
+        e => OpenError::Other {
+            path,
+            detail: e.to_string(),
+        },
+    }
+}
+
+fn read_entry(k: &str, revision: u64, value: &[u8]) -> Result<(Key, Versioned), StoreError> {
+    let key = Key::new(k).map_err(|e| StoreError::Corrupt(format!("stored key {k:?}: {e}")))?;
+    Ok((
+        key,
+        Versioned {
+            value: Bytes::copy_from_slice(value),
+            revision: Revision(revision),
+        },
+    ))
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let key = key.clone();
+        blocking(move || {
+            let txn = shared.db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(KV).map_err(backend)?;
+            let found = kv.get(key.as_str()).map_err(backend)?;
+            Ok(found.map(|g| {
+                let (revision, value) = g.value();
+                Versioned {
+                    value: Bytes::copy_from_slice(value),
+                    revision: Revision(revision),
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn create(&self, key: &Key, value: Bytes) -> Result<Revision, StoreError> {
+        self.write(key, WriteOp::Create(value), None).await
+    }
+
+    async fn update(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.write(key, WriteOp::Update(value, expected), None)
+            .await
+    }
+
+    async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
+        self.write(key, WriteOp::Delete(expected), None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let prefix = prefix.to_owned();
+        blocking(move || {
+            let txn = shared.db.begin_read().map_err(backend)?;
+            let kv = txn.open_table(KV).map_err(backend)?;
+            let mut out = Vec::new();
+            // Keys sort bytewise, so every key with the prefix comes in one
+            // run starting at the prefix itself.
+            for entry in kv.range(prefix.as_str()..).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let k = k.value();
+                if !k.starts_with(prefix.as_str()) {
+                    break;
+                }
+                let (revision, value) = v.value();
+                out.push(read_entry(k, revision, value)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let prefix = prefix.to_owned();
+        // Registered on the blocking pool: the lock may be held by a write
+        // waiting for its fsync.
+        let rx = blocking(move || {
+            let (tx, rx) = unbounded();
+            let mut watchers = shared.lock_watchers();
+            // Watchers of quiet prefixes are never pruned by a write.
+            watchers.retain(|w| !w.tx.is_closed());
+            watchers.push(Watcher { prefix, tx });
+            Ok(rx)
+        })
+        .await?;
+        Ok(rx.boxed())
+    }
+}
+
+/// A [`RedbStore`] write handle fenced by a leader epoch; see
+/// [`RedbStore::fenced`]. Reads and watches are not fenced.
+#[derive(Debug, Clone)]
+pub struct FencedStore {
+    store: RedbStore,
+    epoch: Epoch,
+}
+
+impl FencedStore {
+    /// The writer's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The unfenced store underneath.
+    pub fn inner(&self) -> &RedbStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl Store for FencedStore {
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
+        self.store.get(key).await
+    }
+
+    async fn create(&self, key: &Key, value: Bytes) -> Result<Revision, StoreError> {
+        self.store
+            .write(key, WriteOp::Create(value), Some(self.epoch))
+            .await
+    }
+
+    async fn update(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.store
+            .write(key, WriteOp::Update(value, expected), Some(self.epoch))
+            .await
+    }
+
+    async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
+        self.store
+            .write(key, WriteOp::Delete(expected), Some(self.epoch))
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
+        self.store.list(prefix).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError> {
+        self.store.watch(prefix).await
+    }
+}

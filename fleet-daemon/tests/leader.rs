@@ -1,0 +1,223 @@
+//! The leader lease over the in-memory and the redb store: one leader at a
+//! time, takeover only after expiry and with a higher epoch, and a stale
+//! leader's renewals and fenced writes refused.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fleet_core::ids::Epoch;
+use fleet_core::memory::store::MemoryStore;
+use fleet_core::store::{Key, Store, StoreError};
+use fleet_core::subjects::Subjects;
+use fleet_daemon::lease::{LeaderLease, LeaseError, read_leader};
+use fleet_daemon::store::RedbStore;
+use futures_util::future::join_all;
+
+const TTL: u64 = 10_000;
+const T0: u64 = 1_000_000;
+
+fn key(s: &str) -> Key {
+    Key::new(s).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `check` against a fresh store of each kind.
+async fn each_store<F, Fut>(check: F)
+where
+    F: Fn(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    check(Arc::new(MemoryStore::new())).await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let redb = RedbStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    check(Arc::new(redb)).await;
+}
+
+async fn acquire(lease: &mut LeaderLease, store: &dyn Store, now: u64) -> Option<Epoch> {
+    lease
+        .try_acquire(store, now)
+        .await
+        .unwrap_or_else(|e| panic!("try_acquire: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_contenders_one_leader_then_takeover_after_expiry() {
+    each_store(|store| async move {
+        let store = &*store;
+        let mut a = LeaderLease::new("a", TTL);
+        let mut b = LeaderLease::new("b", TTL);
+        let (ra, rb) = tokio::join!(a.try_acquire(store, T0), b.try_acquire(store, T0));
+        let (ra, rb) = (
+            ra.unwrap_or_else(|e| panic!("{e}")),
+            rb.unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(
+            [ra, rb].iter().filter(|r| r.is_some()).count(),
+            1,
+            "exactly one leader: {ra:?} {rb:?}"
+        );
+        let (leader, follower) = if ra.is_some() {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        assert_eq!(leader.epoch(), Some(Epoch(1)));
+        assert!(leader.is_leader(T0));
+
+        // Not before expiry, even just before it.
+        assert_eq!(acquire(follower, store, T0 + TTL - 1).await, None);
+        assert!(!follower.is_leader(T0 + TTL - 1));
+
+        // At expiry the follower takes over with a higher epoch.
+        assert_eq!(acquire(follower, store, T0 + TTL).await, Some(Epoch(2)));
+        let (record, _) = read_leader(store)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no leader record"));
+        assert_eq!(record.holder, follower.holder());
+        assert_eq!(record.epoch, Epoch(2));
+        assert_eq!(record.expires_at, T0 + 2 * TTL);
+
+        // The old leader's renewal fails: leadership lost.
+        match leader.renew(store, T0 + TTL + 1).await {
+            Err(e @ LeaseError::Lost(_)) => assert!(!e.is_retryable()),
+            other => panic!("a stale leader's renew must be Lost, got {other:?}"),
+        }
+        assert_eq!(leader.held(), None);
+        assert!(!leader.is_leader(T0 + TTL + 1));
+        assert!(matches!(
+            leader.renew(store, T0 + TTL + 2).await,
+            Err(LeaseError::NotHeld)
+        ));
+        // And it cannot get back in while the new lease lives.
+        assert_eq!(acquire(leader, store, T0 + TTL + 2).await, None);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_the_epoch_and_extends() {
+    each_store(|store| async move {
+        let store = &*store;
+        let mut a = LeaderLease::new("a", TTL);
+        let mut b = LeaderLease::new("b", TTL);
+        assert_eq!(acquire(&mut a, store, T0).await, Some(Epoch(1)));
+        // Renewing well before expiry, twice, through both entry points.
+        let e = a
+            .renew(store, T0 + TTL / 2)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(e, Epoch(1));
+        assert_eq!(acquire(&mut a, store, T0 + TTL).await, Some(Epoch(1)));
+        assert_eq!(a.held().map(|h| h.expires_at), Some(T0 + 2 * TTL));
+        // The original expiry has passed but the renewed lease holds.
+        assert_eq!(acquire(&mut b, store, T0 + TTL + 1).await, None);
+        assert_eq!(acquire(&mut b, store, T0 + 2 * TTL).await, Some(Epoch(2)));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_hands_over_at_once_with_a_higher_epoch() {
+    each_store(|store| async move {
+        let store = &*store;
+        let mut a = LeaderLease::new("a", TTL);
+        let mut b = LeaderLease::new("b", TTL);
+        assert_eq!(acquire(&mut a, store, T0).await, Some(Epoch(1)));
+        assert!(
+            a.release(store, T0 + 1)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert_eq!(a.held(), None);
+        assert!(
+            !a.release(store, T0 + 2)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        );
+        // Released, not deleted: the epoch still grows.
+        assert_eq!(acquire(&mut b, store, T0 + 2).await, Some(Epoch(2)));
+        // A restarted `a` (same name, no memory) waits like anyone else.
+        let mut a2 = LeaderLease::new("a", TTL);
+        assert_eq!(acquire(&mut a2, store, T0 + 3).await, None);
+        assert_eq!(acquire(&mut a2, store, T0 + 2 + TTL).await, Some(Epoch(3)));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_leader_record_is_an_error() {
+    each_store(|store| async move {
+        let store = &*store;
+        store
+            .create(&Subjects::leader_key(), Bytes::from_static(b"\xff\xfe"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut a = LeaderLease::new("a", TTL);
+        assert!(matches!(
+            a.try_acquire(store, T0).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_racing_contenders_on_redb_elect_one() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = RedbStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    for (round, now) in [T0, T0 + TTL, T0 + 2 * TTL].into_iter().enumerate() {
+        let tasks = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut lease = LeaderLease::new(format!("r{round}-c{i}"), TTL);
+                lease.try_acquire(&store, now).await
+            })
+        });
+        let results: Vec<_> = join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("task: {e}")))
+            .map(|r| r.unwrap_or_else(|e| panic!("try_acquire: {e}")))
+            .collect();
+        let winners: Vec<Epoch> = results.iter().flatten().copied().collect();
+        assert_eq!(
+            winners,
+            vec![Epoch(round as u64 + 1)],
+            "round {round}: exactly one winner, with the next epoch"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_leaders_fenced_writes_are_rejected() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = RedbStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut a = LeaderLease::new("a", TTL);
+    let mut b = LeaderLease::new("b", TTL);
+    let ea = acquire(&mut a, &store, T0)
+        .await
+        .unwrap_or_else(|| panic!("a must lead"));
+    let a_writes = store.fenced(ea);
+    let k = key("claims.c1");
+    let r1 = a_writes
+        .create(&k, Bytes::from_static(b"by a"))
+        .await
+        .unwrap_or_else(|e| panic!("the leader's write: {e}"));
+
+    // `a` stalls past its lease; `b` takes over.
+    let eb = acquire(&mut b, &store, T0 + TTL)
+        .await
+        .unwrap_or_else(|| panic!("b must take over"));
+    assert!(eb > ea);
+
+    // `a` wakes up and, not yet knowing, writes: refused.
+    match a_writes.update(&k, Bytes::from_static(b"late a"), r1).await {
+        Err(StoreError::Fenced { writer, current }) => assert_eq!((writer, current), (ea.0, eb.0)),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let b_writes = store.fenced(eb);
+    b_writes
+        .update(&k, Bytes::from_static(b"by b"), r1)
+        .await
+        .unwrap_or_else(|e| panic!("the new leader's write: {e}"));
+}
