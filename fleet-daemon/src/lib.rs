@@ -13,9 +13,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod ca;
+pub mod config;
 pub mod driver;
 pub mod lease;
+pub mod local;
 pub mod metrics;
 pub mod seal;
 pub mod store;

@@ -1,0 +1,473 @@
+//! `daemon.toml`: the daemon's configuration, validated up front so a bad
+//! file fails with a message naming the key. With no file the daemon runs
+//! the embedded default: a redb store in a local data dir, WebSocket and
+//! HTTP on loopback, one pool of local nodes (real `fleet-agent` processes on
+//! this host).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use fleet_core::arbitrate::Quota;
+use fleet_core::controller::Timing;
+use fleet_core::strategy::{PoolSpec, StrategyConfig};
+use fleet_core::{InstanceType, PoolName, Workspace};
+use serde::Deserialize;
+
+/// The largest config file read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The environment variable naming the config file.
+pub const CONFIG_ENV: &str = "FLEET_DAEMON_CONFIG";
+
+/// Why the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is too large.
+    #[error("{path}: larger than {MAX_CONFIG_BYTES} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Malformed TOML, an unknown key or a wrongly typed value (the
+    /// message names the key and the line).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but is not valid.
+    #[error("invalid {key}: {why}")]
+    Invalid {
+        /// The key, as a dotted path.
+        key: String,
+        /// Why.
+        why: String,
+    },
+}
+
+impl ConfigError {
+    /// A short stable name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::TooLarge { .. } => "too_large",
+            ConfigError::Parse { .. } => "parse",
+            ConfigError::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Where the store, CA, keys and tokens live (default
+    /// `$XDG_DATA_HOME/fleet`, else `./.fleet`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Subject and tag namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// HTTP API.
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Transports.
+    #[serde(default)]
+    pub transport: TransportConfig,
+    /// The provider.
+    #[serde(default)]
+    pub provider: ProviderConfig,
+    /// Pools.
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+    /// Per-workspace quotas.
+    #[serde(default)]
+    pub quota: BTreeMap<Workspace, Quota>,
+    /// Controller timers.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Leader lease.
+    #[serde(default)]
+    pub leader: LeaderConfig,
+}
+
+fn default_namespace() -> String {
+    fleet_core::subjects::DEFAULT_NAMESPACE.to_owned()
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address (default `127.0.0.1:7080`; port 0 picks one).
+    #[serde(default = "default_http")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_http(),
+        }
+    }
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7080))
+}
+
+/// `[transport]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// `[transport.ws]`: agents and claim clients over TLS WebSocket.
+    #[serde(default)]
+    pub ws: WsConfig,
+}
+
+/// `[transport.ws]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WsConfig {
+    /// Listen address (default `127.0.0.1:7443`; port 0 picks one).
+    #[serde(default = "default_ws")]
+    pub listen: SocketAddr,
+    /// Host names and IPs the daemon's certificate is issued for, besides
+    /// `localhost` and the listen IP.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            listen: default_ws(),
+            hosts: Vec::new(),
+        }
+    }
+}
+
+fn default_ws() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+
+/// `[provider]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum ProviderConfig {
+    /// Nodes are `fleet-agent` processes on this host.
+    Local {
+        /// The agent binary (default: `fleet-agent` next to the daemon's
+        /// executable, else on `PATH`).
+        #[serde(default)]
+        agent_bin: Option<PathBuf>,
+        /// Most local nodes at once.
+        #[serde(default = "default_local_max")]
+        max_nodes: u32,
+    },
+    /// An in-memory provider whose nodes need in-process agents (tests,
+    /// embedding).
+    Memory,
+}
+
+fn default_local_max() -> u32 {
+    4
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig::Local {
+            agent_bin: None,
+            max_nodes: default_local_max(),
+        }
+    }
+}
+
+/// `[leader]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderConfig {
+    /// Lease length.
+    #[serde(default = "default_lease")]
+    pub lease_ms: u64,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            lease_ms: default_lease(),
+        }
+    }
+}
+
+fn default_lease() -> u64 {
+    15_000
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Name.
+    pub name: PoolName,
+    /// Strategy (`kind = "cold_image"`, …, with its parameters).
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+    /// Instance types, in preference order.
+    pub instance_types: Vec<InstanceType>,
+    /// Base image.
+    #[serde(default = "default_image")]
+    pub image: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Minimum nodes.
+    #[serde(default)]
+    pub min_nodes: u32,
+    /// Maximum nodes.
+    #[serde(default = "default_max_nodes")]
+    pub max_nodes: u32,
+    /// Claims per node.
+    #[serde(default = "default_slots")]
+    pub slots_per_node: u32,
+}
+
+fn default_image() -> String {
+    "local".to_owned()
+}
+fn default_max_nodes() -> u32 {
+    4
+}
+fn default_slots() -> u32 {
+    1
+}
+
+impl PoolConfig {
+    /// As the core's pool spec.
+    pub fn spec(&self) -> PoolSpec {
+        PoolSpec {
+            name: self.name.clone(),
+            strategy: self.strategy.clone(),
+            instance_types: self.instance_types.clone(),
+            image: self.image.clone(),
+            labels: self.labels.clone(),
+            min_nodes: self.min_nodes,
+            max_nodes: self.max_nodes,
+            slots_per_node: self.slots_per_node,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        DaemonConfig::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<DaemonConfig, ConfigError> {
+        let mut cfg: DaemonConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("daemon.toml"),
+            message: e.to_string(),
+        })?;
+        if cfg.pools.is_empty() {
+            cfg.pools = vec![embedded_pool()];
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        fleet_core::subjects::Subjects::new(&self.namespace).map_err(|e| ConfigError::Invalid {
+            key: "namespace".into(),
+            why: e.to_string(),
+        })?;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let key = |k: &str| format!("pool[{i}].{k}");
+            if !seen.insert(p.name.clone()) {
+                return Err(ConfigError::Invalid {
+                    key: key("name"),
+                    why: format!("pool {} is defined twice", p.name),
+                });
+            }
+            if p.instance_types.is_empty() {
+                return Err(ConfigError::Invalid {
+                    key: key("instance_types"),
+                    why: "at least one instance type is required".into(),
+                });
+            }
+            if p.max_nodes == 0 || p.min_nodes > p.max_nodes {
+                return Err(ConfigError::Invalid {
+                    key: key("max_nodes"),
+                    why: format!(
+                        "need 0 < max_nodes and min_nodes <= max_nodes (got {} and {})",
+                        p.max_nodes, p.min_nodes
+                    ),
+                });
+            }
+            if p.slots_per_node == 0 {
+                return Err(ConfigError::Invalid {
+                    key: key("slots_per_node"),
+                    why: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.leader.lease_ms < 1_000 {
+            return Err(ConfigError::Invalid {
+                key: "leader.lease_ms".into(),
+                why: "must be at least 1000".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The data dir: configured, else `$XDG_DATA_HOME/fleet`, else `./.fleet`.
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        match std::env::var_os("XDG_DATA_HOME") {
+            Some(x) if !x.is_empty() => PathBuf::from(x).join("fleet"),
+            _ => PathBuf::from(".fleet"),
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    /// The embedded default (what an empty file means): one local pool
+    /// `local` of `local.node` nodes, cold-started and kept 5 minutes idle.
+    fn default() -> DaemonConfig {
+        DaemonConfig {
+            data_dir: None,
+            namespace: default_namespace(),
+            http: HttpConfig::default(),
+            transport: TransportConfig::default(),
+            provider: ProviderConfig::default(),
+            pools: vec![embedded_pool()],
+            quota: BTreeMap::new(),
+            timing: Timing::default(),
+            leader: LeaderConfig::default(),
+        }
+    }
+}
+
+fn embedded_pool() -> PoolConfig {
+    PoolConfig {
+        name: PoolName::new("local").unwrap_or_else(|_| unreachable!("valid literal")),
+        strategy: StrategyConfig::ColdImage(fleet_core::strategy::ColdImage {
+            idle_timeout_ms: 300_000,
+        }),
+        instance_types: vec![
+            InstanceType::new("local.node").unwrap_or_else(|_| unreachable!("valid literal")),
+        ],
+        image: default_image(),
+        labels: BTreeMap::new(),
+        min_nodes: 0,
+        max_nodes: default_max_nodes(),
+        slots_per_node: default_slots(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_embedded_default() {
+        let cfg = DaemonConfig::parse("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.pools.len(), 1);
+        assert_eq!(cfg.pools[0].name.as_str(), "local");
+        assert!(matches!(cfg.provider, ProviderConfig::Local { .. }));
+        assert_eq!(cfg.http.listen.port(), 7080);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("namespce = \"x\"", "namespce"),
+            ("[http]\nlisten = \"nope\"", "listen"),
+            ("[[pool]]\nname = \"a.b\"\ninstance_types = [\"t\"]", "pool"),
+            (
+                "[[pool]]\nname = \"a\"\ninstance_types = []",
+                "pool[0].instance_types",
+            ),
+            (
+                "[[pool]]\nname = \"a\"\ninstance_types = [\"t\"]\nstrategy = { kind = \"warp\" }",
+                "warp",
+            ),
+            (
+                "[[pool]]\nname = \"a\"\ninstance_types = [\"t\"]\nmax_nodes = 0",
+                "pool[0].max_nodes",
+            ),
+            ("[provider]\nkind = \"cloud9\"", "cloud9"),
+            ("[timing]\nheartbeat_timeout = 3", "heartbeat_timeout"),
+            ("namespace = \"bad ns\"", "namespace"),
+        ];
+        for (text, needle) in cases {
+            let err = DaemonConfig::parse(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(needle), "{text:?} → {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_file_parses() {
+        let text = r#"
+            data_dir = "/var/lib/fleet"
+            namespace = "fleet.acme"
+            [http]
+            listen = "127.0.0.1:0"
+            [transport.ws]
+            listen = "127.0.0.1:0"
+            hosts = ["fleet.internal"]
+            [provider]
+            kind = "local"
+            max_nodes = 2
+            [[pool]]
+            name = "linux"
+            instance_types = ["local.node"]
+            strategy = { kind = "stopped_pool", size = 2 }
+            [quota.team-a]
+            max_claims = 3
+        "#;
+        let cfg = DaemonConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.namespace, "fleet.acme");
+        assert_eq!(cfg.pools[0].spec().strategy.name(), "stopped_pool");
+        assert_eq!(cfg.quota.len(), 1);
+    }
+}

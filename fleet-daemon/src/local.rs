@@ -1,0 +1,449 @@
+//! The local provider: nodes are real `fleet-agent` processes on this host.
+//!
+//! `create` writes the node's `agent.toml` (daemon URL, pool CA, a
+//! single-use bootstrap token) into its own directory and spawns the agent;
+//! `stop` sends SIGTERM (the agent drains) and waits; `start` spawns it again
+//! (it reconnects with the mTLS identity it was issued); `delete` kills it
+//! and removes its directory. Each node's state is kept in
+//! `<dir>/instance.json`, so a restarted daemon finds — and adopts — the
+//! agents it started before.
+//!
+//! Honest emulation, declared in [`Capabilities`]: there is no spot market
+//! and no resize (one instance type, the host itself); a snapshot copies the
+//! node's work dir, and booting from it copies the work dir back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_core::billing::{BillingModel, BootLatency, Granularity, StoppedBilling};
+use fleet_core::ids::{InstanceType, Millis, NodeId};
+use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
+use fleet_core::protocol::Arch;
+use fleet_core::provider::{
+    BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
+    Provider, ProviderError, SnapshotRef, TagFilter,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::driver::Clock;
+
+/// The one instance type: this host.
+pub const LOCAL_TYPE: &str = "local.node";
+
+/// How the local provider starts agents.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Where node directories live.
+    pub base_dir: PathBuf,
+    /// The `fleet-agent` binary.
+    pub agent_bin: PathBuf,
+    /// The daemon's WebSocket agent URL (`wss://127.0.0.1:7443/v1/agent`).
+    pub daemon_url: String,
+    /// The pool CA certificate file the agent trusts.
+    pub ca_file: PathBuf,
+    /// Most nodes at once.
+    pub max_nodes: u32,
+    /// Agent heartbeat interval.
+    pub heartbeat_interval_ms: Millis,
+    /// How long `stop` waits for an agent to drain before killing it.
+    pub stop_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LocalInstance {
+    node: NodeId,
+    provider_id: String,
+    instance_type: InstanceType,
+    state: InstanceState,
+    pid: Option<i32>,
+    tags: BTreeMap<String, String>,
+    created_at: Millis,
+}
+
+impl LocalInstance {
+    fn instance(&self) -> Instance {
+        Instance {
+            node: self.node.clone(),
+            provider_id: self.provider_id.clone(),
+            instance_type: self.instance_type.clone(),
+            market: Market::OnDemand,
+            state: self.state,
+            address: Some("127.0.0.1".to_owned()),
+            tags: self.tags.clone(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// Nodes as local `fleet-agent` processes.
+pub struct LocalProvider {
+    opts: LocalOptions,
+    capabilities: Capabilities,
+    billing: BillingModel,
+    offering: Offering,
+    clock: Arc<dyn Clock>,
+    /// Serializes operations: they touch files and processes of one host.
+    lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for LocalProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalProvider")
+            .field("base_dir", &self.opts.base_dir)
+            .field("agent_bin", &self.opts.agent_bin)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> ProviderError {
+    ProviderError::Transient(format!("{what} {}: {e}", path.display()))
+}
+
+impl LocalProvider {
+    /// A provider for this host.
+    pub fn new(opts: LocalOptions, clock: Arc<dyn Clock>) -> LocalProvider {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let memory_mb = host_memory_mb().unwrap_or(1024);
+        let arch = if std::env::consts::ARCH == "aarch64" {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        LocalProvider {
+            capabilities: Capabilities {
+                stop_start: true,
+                resize: false,
+                resize_requires_stop: false,
+                snapshot: true,
+                spot: false,
+                max_instances: Some(opts.max_nodes),
+            },
+            billing: BillingModel {
+                granularity: Granularity::PerSecond { minimum_secs: 0 },
+                stopped: StoppedBilling::DiskOnly,
+                disk_per_gb_month: GbMonthPrice(Money::ZERO),
+                snapshot_per_gb_month: GbMonthPrice(Money::ZERO),
+                boot: BootLatency {
+                    image_ms: 2_000,
+                    snapshot_ms: 1_500,
+                    stopped_ms: 1_000,
+                    resize_ms: 0,
+                },
+            },
+            offering: Offering {
+                instance_type: InstanceType::new(LOCAL_TYPE)
+                    .unwrap_or_else(|_| unreachable!("valid literal")),
+                cpus,
+                memory_mb,
+                arch,
+                disk_gb: 0,
+                on_demand: HourlyPrice(Money::ZERO),
+                spot: None,
+            },
+            opts,
+            clock,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn node_dir(&self, node: &NodeId) -> PathBuf {
+        self.opts.base_dir.join("nodes").join(node.as_str())
+    }
+
+    fn state_file(&self, node: &NodeId) -> PathBuf {
+        self.node_dir(node).join("instance.json")
+    }
+
+    fn read(&self, node: &NodeId) -> Result<Option<LocalInstance>, ProviderError> {
+        let path = self.state_file(node);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ProviderError::Permanent(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &path, e)),
+        }
+    }
+
+    fn write(&self, inst: &LocalInstance) -> Result<(), ProviderError> {
+        let path = self.state_file(&inst.node);
+        let bytes = serde_json::to_vec_pretty(inst)
+            .map_err(|e| ProviderError::Permanent(e.to_string()))?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes).map_err(|e| io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", &path, e))
+    }
+
+    fn all(&self) -> Result<Vec<LocalInstance>, ProviderError> {
+        let dir = self.opts.base_dir.join("nodes");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io("listing", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(node) = NodeId::new(name) else {
+                continue;
+            };
+            if let Some(inst) = self.read(&node)? {
+                out.push(inst);
+            }
+        }
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(out)
+    }
+
+    fn write_agent_config(&self, spec: &NodeSpec, dir: &Path) -> Result<(), ProviderError> {
+        let token_file = dir.join("bootstrap.token");
+        if let Some(token) = &spec.bootstrap_token {
+            write_private(&token_file, token.expose().as_bytes())?;
+        }
+        let mut labels = String::new();
+        for (k, v) in &spec.tags {
+            if !k.starts_with("fleet-") {
+                labels.push_str(&format!("{k} = {v:?}\n"));
+            }
+        }
+        let config = format!(
+            "# Written by the fleet daemon's local provider.\n\
+             node_id = {node:?}\n\
+             daemon_url = {url:?}\n\
+             ca_file = {ca:?}\n\
+             bootstrap_token_file = {token:?}\n\
+             identity_dir = {identity:?}\n\
+             work_dir = {work:?}\n\
+             heartbeat_interval_ms = {hb}\n\
+             gateway_listen = \"127.0.0.1:0\"\n\
+             reconnect_min_ms = 100\n\
+             reconnect_max_ms = 2000\n",
+            node = spec.node.as_str(),
+            url = self.opts.daemon_url,
+            ca = self.opts.ca_file.display().to_string(),
+            token = token_file.display().to_string(),
+            identity = dir.join("identity").display().to_string(),
+            work = dir.join("work").display().to_string(),
+            hb = self.opts.heartbeat_interval_ms,
+        );
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, config).map_err(|e| io("writing", &path, e))
+    }
+
+    fn spawn(&self, node: &NodeId) -> Result<i32, ProviderError> {
+        let dir = self.node_dir(node);
+        let log_path = dir.join("agent.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| io("opening", &log_path, e))?;
+        let err = log.try_clone().map_err(|e| io("opening", &log_path, e))?;
+        let child = std::process::Command::new(&self.opts.agent_bin)
+            .env("FLEET_AGENT_CONFIG", dir.join("agent.toml"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| {
+                ProviderError::Permanent(format!(
+                    "cannot start {}: {e}",
+                    self.opts.agent_bin.display()
+                ))
+            })?;
+        let pid = i32::try_from(child.id()).map_err(|e| ProviderError::Permanent(e.to_string()))?;
+        // Reap it when it exits so it does not linger as a zombie.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(pid)
+    }
+
+    async fn terminate(&self, pid: Option<i32>, signal: Signal) {
+        let Some(pid) = pid else { return };
+        let pid = Pid::from_raw(pid);
+        if kill(pid, signal).is_err() {
+            return; // already gone
+        }
+        let deadline = tokio::time::Instant::now() + self.opts.stop_timeout;
+        while tokio::time::Instant::now() < deadline {
+            if kill(pid, None).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("writing", path, e))?;
+    f.write_all(bytes).map_err(|e| io("writing", path, e))
+}
+
+fn host_memory_mb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn billing(&self) -> &BillingModel {
+        &self.billing
+    }
+
+    async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
+        Ok(vec![self.offering.clone()])
+    }
+
+    async fn create(&self, spec: &NodeSpec) -> Result<Instance, ProviderError> {
+        let _g = self.lock.lock().await;
+        if let Some(existing) = self.read(&spec.node)? {
+            return Ok(existing.instance()); // idempotent by node id
+        }
+        if spec.instance_type != self.offering.instance_type {
+            return Err(ProviderError::Permanent(format!(
+                "unknown instance type {}; the local provider runs {LOCAL_TYPE}",
+                spec.instance_type
+            )));
+        }
+        if spec.market == Market::Spot {
+            return Err(ProviderError::Unsupported("spot on the local provider".into()));
+        }
+        let running = self
+            .all()?
+            .iter()
+            .filter(|i| i.state != InstanceState::Terminated)
+            .count();
+        if running >= self.opts.max_nodes as usize {
+            return Err(ProviderError::Quota(format!(
+                "the local provider runs at most {} nodes",
+                self.opts.max_nodes
+            )));
+        }
+        let dir = self.node_dir(&spec.node);
+        std::fs::create_dir_all(dir.join("work")).map_err(|e| io("creating", &dir, e))?;
+        if let BootSource::Snapshot(snap) = &spec.source {
+            let from = self.opts.base_dir.join("snapshots").join(&snap.id);
+            copy_dir(&from, &dir.join("work")).map_err(|e| io("restoring snapshot into", &dir, e))?;
+        }
+        self.write_agent_config(spec, &dir)?;
+        let pid = self.spawn(&spec.node)?;
+        let inst = LocalInstance {
+            node: spec.node.clone(),
+            provider_id: format!("local-{}", spec.node),
+            instance_type: spec.instance_type.clone(),
+            state: InstanceState::Running,
+            pid: Some(pid),
+            tags: spec.tags.clone(),
+            created_at: self.clock.now(),
+        };
+        self.write(&inst)?;
+        Ok(inst.instance())
+    }
+
+    async fn start(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
+        let _g = self.lock.lock().await;
+        let mut inst = self
+            .read(&r.node)?
+            .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
+        let alive = inst.pid.is_some_and(|p| kill(Pid::from_raw(p), None).is_ok());
+        if !alive {
+            inst.pid = Some(self.spawn(&r.node)?);
+        }
+        inst.state = InstanceState::Running;
+        self.write(&inst)?;
+        Ok(inst.instance())
+    }
+
+    async fn stop(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
+        let _g = self.lock.lock().await;
+        let mut inst = self
+            .read(&r.node)?
+            .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
+        self.terminate(inst.pid, Signal::SIGTERM).await;
+        inst.pid = None;
+        inst.state = InstanceState::Stopped;
+        self.write(&inst)?;
+        Ok(inst.instance())
+    }
+
+    async fn resize(&self, _: &InstanceRef, _: &InstanceType) -> Result<Instance, ProviderError> {
+        Err(ProviderError::Unsupported(
+            "resize: a local node is the host itself".into(),
+        ))
+    }
+
+    async fn snapshot(&self, r: &InstanceRef) -> Result<SnapshotRef, ProviderError> {
+        let _g = self.lock.lock().await;
+        if self.read(&r.node)?.is_none() {
+            return Err(ProviderError::NotFound(r.provider_id.clone()));
+        }
+        let now = self.clock.now();
+        let id = format!("snap-{}-{now}", r.node);
+        let to = self.opts.base_dir.join("snapshots").join(&id);
+        copy_dir(&self.node_dir(&r.node).join("work"), &to).map_err(|e| io("snapshotting to", &to, e))?;
+        Ok(SnapshotRef {
+            id,
+            size_gb: 0,
+            created_at: now,
+        })
+    }
+
+    async fn delete(&self, r: &InstanceRef) -> Result<(), ProviderError> {
+        let _g = self.lock.lock().await;
+        let Some(inst) = self.read(&r.node)? else {
+            return Ok(()); // deleting a deleted node succeeds
+        };
+        self.terminate(inst.pid, Signal::SIGTERM).await;
+        let dir = self.node_dir(&r.node);
+        std::fs::remove_dir_all(&dir).map_err(|e| io("removing", &dir, e))
+    }
+
+    async fn list(&self, tags: &TagFilter) -> Result<Vec<Instance>, ProviderError> {
+        let _g = self.lock.lock().await;
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|i| tags.matches(&i.tags))
+            .map(|i| i.instance())
+            .collect())
+    }
+}
