@@ -31,6 +31,10 @@ pub struct NatsConfig {
     pub nkey_seed_file: Option<PathBuf>,
     /// A shared auth token.
     pub token: Option<Secret>,
+    /// User name for user/password auth (or put `user:password@` in a URL).
+    pub user: Option<String>,
+    /// Password for user/password auth.
+    pub password: Option<Secret>,
     /// A PEM file of CA certificates to trust; setting it requires TLS.
     pub tls_ca: Option<PathBuf>,
     /// Require TLS even without a custom CA.
@@ -53,6 +57,8 @@ impl Default for NatsConfig {
             creds_file: None,
             nkey_seed_file: None,
             token: None,
+            user: None,
+            password: None,
             tls_ca: None,
             tls_required: false,
             inbox_prefix: None,
@@ -70,6 +76,8 @@ impl fmt::Debug for NatsConfig {
             .field("creds_file", &self.creds_file)
             .field("nkey_seed_file", &self.nkey_seed_file)
             .field("token", &self.token)
+            .field("user", &self.user)
+            .field("password", &self.password)
             .field("tls_ca", &self.tls_ca)
             .field("tls_required", &self.tls_required)
             .field("inbox_prefix", &self.inbox_prefix)
@@ -156,6 +164,9 @@ impl NatsConfig {
         if let Some(token) = &self.token {
             opts = opts.token(token.expose().to_owned());
         }
+        if let Some((user, password)) = self.user_and_password() {
+            opts = opts.user_and_password(user, password);
+        }
         if let Some(ca) = &self.tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         } else if self.tls_required {
@@ -181,6 +192,20 @@ impl NatsConfig {
             client,
             events,
             request_timeout: self.request_timeout(),
+        })
+    }
+}
+
+impl NatsConfig {
+    /// The explicit user and password, else the first pair found in a URL
+    /// (the client library does not read them from URLs itself).
+    fn user_and_password(&self) -> Option<(String, String)> {
+        if let (Some(u), Some(p)) = (&self.user, &self.password) {
+            return Some((u.clone(), p.expose().to_owned()));
+        }
+        self.urls.iter().find_map(|url| {
+            let addr: async_nats::ServerAddr = url.parse().ok()?;
+            Some((addr.username()?.to_owned(), addr.password()?.to_owned()))
         })
     }
 }
