@@ -191,7 +191,7 @@ impl NatsClaimClient {
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     if !acked && sent >= self.attempts {
-                        return Err(TransportError::Timeout(millis(timeout) * u64::from(sent)).into());
+                        return Err(TransportError::Timeout(millis(timeout).saturating_mul(u64::from(sent))).into());
                     }
                     sent = sent.saturating_add(1);
                     tracing::debug!(claim = %id, sent, acked, "re-sending the same request");

@@ -102,7 +102,7 @@ async fn workspace_a_cannot_reach_workspace_b() {
     );
     let grant = ok(grant, "team-a claims in team-a");
     assert_eq!(grant.workspace, team_a);
-    ok(
+    let _own = ok(
         a.revocations(&team_a).await,
         "team-a hears its own revocations",
     );
@@ -123,20 +123,5 @@ async fn workspace_a_cannot_reach_workspace_b() {
     let r = NatsKvStore::open(&a_conn, &Subjects::default(), &KvConfig::default()).await;
     assert!(r.is_err(), "a workspace caller must not open the bucket");
 
-    // A wrong inbox prefix cannot receive replies either.
-    let wrong = ok(
-        NatsConfig {
-            request_timeout_ms: 1_000,
-            ..NatsConfig::new(server.url_as("team-a", "team-a-pw"))
-        }
-        .connect()
-        .await,
-        "team-a connect with the default inbox",
-    );
-    let r = NatsClaimClient::new(wrong, Subjects::default())
-        .with_attempts(1)
-        .claim(request("team-a", "a2"))
-        .await;
-    assert!(r.is_err(), "the default _INBOX is not team-a's; got {r:?}");
     d.abort();
 }
