@@ -1,0 +1,163 @@
+//! Claim → grant round trip over NATS loopback vs a raw NATS request-reply,
+//! measured in the same run against the same real nats-server.
+//!
+//! - raw: `Client::request` to a responder task that echoes the payload
+//!   (a claim-request-sized body), one request at a time.
+//! - claim: `NatsClaimClient::claim` with a fresh claim id each time, served
+//!   by `NatsTransport` feeding the real `fleet_core` `Controller` (a pool
+//!   with one warm always-on node, store writes to the in-memory store),
+//!   one claim at a time. The timer covers subscribe(granted, revoked,
+//!   inbox) → request → Pending → Granted. Each claim is released after the
+//!   timer stops (untimed).
+//!
+//! `cargo bench -p fleet-transport-nats --bench claim_rtt` (needs
+//! `nats-server` on PATH or `NATS_SERVER_BIN`). `CLAIM_RTT_N` sets the
+//! sample count (default 2000).
+
+#[path = "../tests/common/daemon.rs"]
+mod daemon;
+#[path = "../tests/common/server.rs"]
+mod server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleet_core::memory::store::MemoryStore;
+use fleet_core::protocol::{ClaimMsg, ClaimRequest, Requirements, encode};
+use fleet_core::subjects::Subjects;
+use fleet_core::transport::ClaimClient;
+use fleet_core::{ClaimId, PoolName, Workspace};
+use fleet_transport_nats::{NatsClaimClient, NatsConfig, NatsTransport, NatsTransportConfig};
+use futures_util::StreamExt;
+use server::{NatsServer, ok};
+
+fn request(i: usize) -> ClaimRequest {
+    ClaimRequest {
+        claim_id: ok(ClaimId::new(format!("bench-{i}")), "claim id"),
+        workspace: ok(Workspace::new("bench"), "workspace"),
+        pool: ok(PoolName::new(daemon::POOL), "pool"),
+        requirements: Requirements::default(),
+        priority: 0,
+        lease_ttl_ms: 600_000,
+        max_wait_ms: None,
+        recipient: None,
+    }
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    per_sec: f64,
+}
+
+fn stats(mut samples: Vec<Duration>, total: Duration) -> Stats {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        per_sec: samples.len() as f64 / total.as_secs_f64(),
+    }
+}
+
+fn print(name: &str, s: &Stats) {
+    println!(
+        "{name:<14} p50 {:>8.1} µs   p99 {:>8.1} µs   {:>8.0} req/s",
+        s.p50.as_secs_f64() * 1e6,
+        s.p99.as_secs_f64() * 1e6,
+        s.per_sec
+    );
+}
+
+fn main() {
+    let n: usize = std::env::var("CLAIM_RTT_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let rt = ok(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        "runtime",
+    );
+    rt.block_on(async move {
+        let server = NatsServer::start();
+        let connect = || async { ok(NatsConfig::new(server.url()).connect().await, "connect") };
+
+        // Raw request-reply: an echo responder on its own connection.
+        let responder = connect().await;
+        let mut sub = ok(
+            responder.client().subscribe("bench.echo").await,
+            "subscribe",
+        );
+        let echo_client = responder.client().clone();
+        let echo = tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Some(reply) = m.reply {
+                    let _ = echo_client.publish(reply, m.payload).await;
+                }
+            }
+        });
+        ok(responder.sync().await, "sync");
+        let raw = connect().await;
+        let body = Bytes::from(ok(encode(&ClaimMsg::Request(request(0))), "encode"));
+        let mut raw_samples = Vec::with_capacity(n);
+        for _ in 0..n / 10 {
+            ok(
+                raw.client().request("bench.echo", body.clone()).await,
+                "warm-up",
+            );
+        }
+        let start = Instant::now();
+        for _ in 0..n {
+            let t = Instant::now();
+            ok(
+                raw.client().request("bench.echo", body.clone()).await,
+                "request",
+            );
+            raw_samples.push(t.elapsed());
+        }
+        let raw_stats = stats(raw_samples, start.elapsed());
+        echo.abort();
+
+        // Claim → grant through NatsTransport + the real controller.
+        let transport = Arc::new(ok(
+            NatsTransport::start(
+                &connect().await,
+                Subjects::default(),
+                NatsTransportConfig::default(),
+            )
+            .await,
+            "transport",
+        ));
+        let d = daemon::spawn(transport, Arc::new(MemoryStore::new()));
+        let client = NatsClaimClient::new(connect().await, Subjects::default());
+        let ws = ok(Workspace::new("bench"), "ws");
+        let warm = n / 10;
+        let mut claim_samples = Vec::with_capacity(n);
+        let mut timed = Duration::ZERO;
+        for i in 0..warm + n {
+            let t = Instant::now();
+            let g = ok(client.claim(request(i)).await, "claim");
+            let took = t.elapsed();
+            if i >= warm {
+                claim_samples.push(took);
+                timed += took;
+            }
+            ok(client.release(&ws, &g.claim_id).await, "release");
+        }
+        let claim_stats = stats(claim_samples, timed);
+        d.abort();
+
+        println!("claim_rtt: {n} sequential round trips each, loopback nats-server");
+        print("raw req-reply", &raw_stats);
+        print("claim→grant", &claim_stats);
+        println!(
+            "ratio p50 {:.2}x  p99 {:.2}x  (target ≤ 2x)",
+            claim_stats.p50.as_secs_f64() / raw_stats.p50.as_secs_f64(),
+            claim_stats.p99.as_secs_f64() / raw_stats.p99.as_secs_f64()
+        );
+    });
+}

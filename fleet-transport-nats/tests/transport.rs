@@ -1,0 +1,158 @@
+//! The claim plane against a real nats-server.
+
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/server.rs"]
+mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::memory::store::MemoryStore;
+use fleet_core::protocol::{ClaimRejection, ClaimReply, ClaimRequest, Requirements, decode};
+use fleet_core::subjects::{ClaimVerb, Subjects};
+use fleet_core::transport::{ClaimClient, ClaimError};
+use fleet_core::{ClaimId, PoolName, Workspace};
+use fleet_transport_nats::{NatsClaimClient, NatsConfig, NatsTransport, NatsTransportConfig};
+use server::{NatsServer, ok};
+
+async fn connect(server: &NatsServer) -> fleet_transport_nats::Connection {
+    ok(NatsConfig::new(server.url()).connect().await, "connect")
+}
+
+fn request(ws: &str, id: &str) -> ClaimRequest {
+    ClaimRequest {
+        claim_id: ok(ClaimId::new(id), "claim id"),
+        workspace: ok(Workspace::new(ws), "workspace"),
+        pool: ok(PoolName::new(daemon::POOL), "pool"),
+        requirements: Requirements::default(),
+        priority: 0,
+        lease_ttl_ms: 60_000,
+        max_wait_ms: None,
+        recipient: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_suite_passes_against_nats() {
+    let server = NatsServer::start();
+    let transport = ok(
+        NatsTransport::start(
+            &connect(&server).await,
+            Subjects::default(),
+            NatsTransportConfig::default(),
+        )
+        .await,
+        "start transport",
+    );
+    let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
+    ok(
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            fleet_core::testkit::transport::transport_suite(&transport, &client),
+        )
+        .await,
+        "transport suite hung",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_claim_returns_the_same_grant_and_garbage_is_refused() {
+    let server = NatsServer::start();
+    let transport = Arc::new(ok(
+        NatsTransport::start(
+            &connect(&server).await,
+            Subjects::default(),
+            NatsTransportConfig::default(),
+        )
+        .await,
+        "start transport",
+    ));
+    let store = Arc::new(MemoryStore::new());
+    let daemon = daemon::spawn(transport.clone(), store);
+    let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
+
+    let first = ok(
+        tokio::time::timeout(Duration::from_secs(30), client.claim(request("ws-a", "c1"))).await,
+        "claim timed out",
+    );
+    let first = ok(first, "first claim");
+    let again = ok(client.claim(request("ws-a", "c1")).await, "retried claim");
+    assert_eq!(first, again, "a retried request must return the same grant");
+
+    // Garbage on claim subjects: an error reply, no panic, still serving.
+    let raw = connect(&server).await;
+    let subjects = Subjects::default();
+    let ws = ok(Workspace::new("ws-a"), "ws");
+    let id = ok(ClaimId::new("g1"), "id");
+    let cases: Vec<(String, bytes::Bytes)> = vec![
+        (
+            subjects.claim(ClaimVerb::Request, &ws, &id),
+            bytes::Bytes::from_static(b"\x00\xffnot json at all"),
+        ),
+        (
+            subjects.claim(ClaimVerb::Request, &ws, &id),
+            bytes::Bytes::from_static(br#"{"v":99,"msg":{}}"#),
+        ),
+        (
+            subjects.claim(ClaimVerb::Renew, &ws, &id),
+            bytes::Bytes::from_static(br#"{"v":1,"msg":{"type":"renew"}}"#),
+        ),
+        // Valid message, but the body names another workspace than the subject.
+        (
+            subjects.claim(ClaimVerb::Request, &ws, &ok(ClaimId::new("c9"), "id")),
+            ok(
+                fleet_core::protocol::encode(&fleet_core::protocol::ClaimMsg::Request(request(
+                    "ws-b", "c9",
+                ))),
+                "encode",
+            )
+            .into(),
+        ),
+    ];
+    for (subject, body) in cases {
+        let reply = ok(
+            raw.client().request(subject.clone(), body).await,
+            "garbage request",
+        );
+        match decode::<ClaimReply>(&reply.payload) {
+            Ok(ClaimReply::Rejected {
+                error: ClaimRejection::Invalid { .. },
+                ..
+            }) => {}
+            other => {
+                panic!("garbage on {subject} must be answered Rejected/Invalid, got {other:?}")
+            }
+        }
+    }
+    // Without a reply subject: dropped and counted, nothing else.
+    ok(
+        raw.client()
+            .publish(
+                subjects.claim(ClaimVerb::Release, &ws, &id),
+                bytes::Bytes::from_static(b"{{{"),
+            )
+            .await,
+        "publish",
+    );
+    ok(raw.client().flush().await, "flush");
+    let next = ok(
+        client.claim(request("ws-a", "c2")).await,
+        "claim after garbage",
+    );
+    assert_eq!(next.claim_id.as_str(), "c2");
+    assert!(transport.rejected_count() >= 4, "refusals are counted");
+    ok(client.release(&ws, &next.claim_id).await, "release");
+    assert!(!daemon.is_finished(), "the daemon keeps serving");
+    daemon.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_without_a_control_plane_is_no_peer() {
+    let server = NatsServer::start();
+    let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
+    match client.claim(request("ws-a", "lonely")).await {
+        Err(ClaimError::Transport(e)) if e.kind() == "no_peer" => {}
+        other => panic!("claim with no daemon must fail no_peer, got {other:?}"),
+    }
+}
