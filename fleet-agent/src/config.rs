@@ -214,7 +214,9 @@ impl Config {
             why: e.to_string(),
         })?;
         let daemon_url = parse_daemon_url(&raw.daemon_url)?;
-        let work_dir = raw.work_dir.unwrap_or_else(|| PathBuf::from("fleet-agent-work"));
+        let work_dir = raw
+            .work_dir
+            .unwrap_or_else(|| PathBuf::from("fleet-agent-work"));
         let identity_dir = raw
             .identity_dir
             .unwrap_or_else(|| work_dir.join("identity"));
@@ -387,11 +389,13 @@ fn check_host_port(key: &'static str, s: &str) -> Result<(), ConfigError> {
 }
 
 fn check_http_url(key: &'static str, s: &str) -> Result<(), ConfigError> {
-    let rest = s.strip_prefix("http://").ok_or_else(|| ConfigError::Invalid {
-        key,
-        value: s.to_owned(),
-        why: "expected http://host[:port]".to_owned(),
-    })?;
+    let rest = s
+        .strip_prefix("http://")
+        .ok_or_else(|| ConfigError::Invalid {
+            key,
+            value: s.to_owned(),
+            why: "expected http://host[:port]".to_owned(),
+        })?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains(char::is_whitespace) {
         return Err(ConfigError::Invalid {

@@ -625,10 +625,7 @@ impl Executor {
             },
             Outcome::Signaled(sig) => WorkerEvent::Interrupted { signal: Some(sig) },
             Outcome::TimedOut(t) => WorkerEvent::Failed {
-                reason: format!(
-                    "timed out after {} ms; process group killed",
-                    t.as_millis()
-                ),
+                reason: format!("timed out after {} ms; process group killed", t.as_millis()),
                 recoverable: false,
             },
             Outcome::Stopped(Stop::Drain) => WorkerEvent::Interrupted {

@@ -169,7 +169,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME_BYTES {
-        return Err(ExecApiError::Frame(format!("{len} bytes is over the limit")));
+        return Err(ExecApiError::Frame(format!(
+            "{len} bytes is over the limit"
+        )));
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;

@@ -165,7 +165,11 @@ impl Gateway {
     /// turned away.
     pub fn set_identity(&self, identity: &NodeIdentity) -> Result<(), GatewayError> {
         let acceptor = acceptor_for(identity)?;
-        *self.inner.acceptor.lock().unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        *self
+            .inner
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
         Ok(())
     }
 
@@ -204,7 +208,10 @@ impl Gateway {
     }
 
     /// Checks a verified client certificate against the active claims.
-    fn admit(&self, der: &[u8]) -> Result<(ClaimId, watch::Receiver<Option<Millis>>), GatewayError> {
+    fn admit(
+        &self,
+        der: &[u8],
+    ) -> Result<(ClaimId, watch::Receiver<Option<Millis>>), GatewayError> {
         let (claim, not_after) = claim_of_cert(der)?;
         let now = now_ms();
         if not_after <= now {

@@ -226,7 +226,9 @@ fn parse_response(buf: &[u8]) -> Result<(u16, Vec<u8>), ImdsError> {
                 .get(nl + 2..nl + 2 + size)
                 .ok_or_else(|| bad("short chunk"))?;
             out.extend_from_slice(data);
-            rest = rest.get(nl + 4 + size..).ok_or_else(|| bad("short chunk"))?;
+            rest = rest
+                .get(nl + 4 + size..)
+                .ok_or_else(|| bad("short chunk"))?;
         }
     }
     let body = match len {
@@ -287,7 +289,9 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("nonsense"), None);
         let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
         assert_eq!(r, Ok((200, b"hi".to_vec())));
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        );
         assert_eq!(r, Ok((200, b"hi".to_vec())));
     }
 }

@@ -33,7 +33,9 @@ pub use session::{AgentError, Handles, run_with};
 pub fn connector_for(config: &Config) -> Result<Arc<dyn Connector>, LinkError> {
     match &config.daemon_url {
         config::DaemonUrl::Tcp(addr) => Ok(Arc::new(link::tcp::TcpConnector::new(*addr))),
-        config::DaemonUrl::Ws { url, .. } => link::ws::connector_for(url, config.ca_file.as_deref()),
+        config::DaemonUrl::Ws { url, .. } => {
+            link::ws::connector_for(url, config.ca_file.as_deref())
+        }
     }
 }
 

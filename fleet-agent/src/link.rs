@@ -147,7 +147,9 @@ pub trait Connector: Send + Sync {
 fn hello_node(hello: &AgentMsg) -> Result<NodeId, LinkError> {
     match hello {
         AgentMsg::Hello { node, .. } => Ok(node.clone()),
-        _ => Err(LinkError::Protocol("first message must be Hello".to_owned())),
+        _ => Err(LinkError::Protocol(
+            "first message must be Hello".to_owned(),
+        )),
     }
 }
 

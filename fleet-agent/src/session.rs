@@ -191,7 +191,10 @@ where
     };
     tokio::pin!(shutdown);
     let mut shutdown_seen = false;
-    let mut backoff = Backoff::new(session.config.reconnect_min_ms, session.config.reconnect_max_ms);
+    let mut backoff = Backoff::new(
+        session.config.reconnect_min_ms,
+        session.config.reconnect_max_ms,
+    );
     loop {
         let hello = session.hello(identity.as_ref());
         let connect = session.connector.connect(hello, identity.as_ref());
@@ -256,16 +259,27 @@ where
             .heartbeat_interval_ms
             .unwrap_or(welcome.heartbeat_interval_ms)
             .max(1);
-        session.executor.set_heartbeat(Duration::from_millis(beat_ms));
+        session
+            .executor
+            .set_heartbeat(Duration::from_millis(beat_ms));
         tracing::info!(node = %welcome.node, heartbeat_ms = beat_ms, "connected to the daemon");
         match session
-            .serve(&mut *link, &mut out_rx, &mut shutdown, &mut shutdown_seen, beat_ms)
+            .serve(
+                &mut *link,
+                &mut out_rx,
+                &mut shutdown,
+                &mut shutdown_seen,
+                beat_ms,
+            )
             .await
         {
             SessionEnd::Drained => return Ok(()),
             SessionEnd::Lost => {
                 let delay = backoff.next_delay();
-                tracing::warn!(retry_in_ms = delay.as_millis(), "daemon link lost; reconnecting");
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis(),
+                    "daemon link lost; reconnecting"
+                );
                 tokio::time::sleep(delay).await;
             }
         }

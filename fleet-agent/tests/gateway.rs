@@ -27,7 +27,10 @@ struct Setup {
     addr: std::net::SocketAddr,
 }
 
-async fn setup(backend: Option<Backend>, files: PathBuf) -> Result<Setup, Box<dyn std::error::Error + Send + Sync>> {
+async fn setup(
+    backend: Option<Backend>,
+    files: PathBuf,
+) -> Result<Setup, Box<dyn std::error::Error + Send + Sync>> {
     let ca = Ca::new("pool ca")?;
     let node = NodeId::new("node_1")?;
     let gateway = Gateway::new(backend, files);
@@ -36,7 +39,12 @@ async fn setup(backend: Option<Backend>, files: PathBuf) -> Result<Setup, Box<dy
     let addr = listener.local_addr()?;
     let g = gateway.clone();
     tokio::spawn(async move { g.serve(listener).await });
-    Ok(Setup { ca, node, gateway, addr })
+    Ok(Setup {
+        ca,
+        node,
+        gateway,
+        addr,
+    })
 }
 
 async fn echo_backend() -> std::io::Result<std::net::SocketAddr> {
@@ -75,7 +83,9 @@ async fn connect(
     };
     let tcp = TcpStream::connect(s.addr).await?;
     let name = ServerName::try_from(Subjects::node_server_name(&s.node))?;
-    Ok(TlsConnector::from(Arc::new(config)).connect(name, tcp).await?)
+    Ok(TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?)
 }
 
 /// Whether a round trip through the gateway echoes.
@@ -101,7 +111,10 @@ async fn only_the_active_claims_valid_cert_reaches_the_backend() -> TestResult {
     let other = ClaimId::new("claim-b")?;
     s.gateway.activate(claim.clone(), now_ms() + 60_000);
     let good = s.ca.claim_cert(&claim, false)?;
-    assert!(echoes(&s, Some(&good)).await, "active claim's cert must be accepted");
+    assert!(
+        echoes(&s, Some(&good)).await,
+        "active claim's cert must be accepted"
+    );
     // Another claim's certificate, valid and from the pool CA.
     assert!(!echoes(&s, Some(&s.ca.claim_cert(&other, false)?)).await);
     // The right claim, but an expired certificate.
@@ -112,7 +125,8 @@ async fn only_the_active_claims_valid_cert_reaches_the_backend() -> TestResult {
     // No certificate at all.
     assert!(!echoes(&s, None).await);
     // A lease that has ended.
-    s.gateway.activate(other.clone(), now_ms().saturating_sub(1));
+    s.gateway
+        .activate(other.clone(), now_ms().saturating_sub(1));
     assert!(!echoes(&s, Some(&s.ca.claim_cert(&other, false)?)).await);
     Ok(())
 }
@@ -131,13 +145,22 @@ async fn release_and_expiry_close_live_connections() -> TestResult {
     s.gateway.deactivate(&claim);
     let mut rest = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "connection stayed open: {r:?}");
-    assert!(!echoes(&s, Some(&cert)).await, "released claim must be refused");
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection stayed open: {r:?}"
+    );
+    assert!(
+        !echoes(&s, Some(&cert)).await,
+        "released claim must be refused"
+    );
     // Expiry: a lease ending in 300 ms closes the connection by itself.
     s.gateway.activate(claim.clone(), now_ms() + 300);
     let mut tls = connect(&s, Some(&cert)).await?;
     let r = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
-    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "connection outlived its lease: {r:?}");
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "connection outlived its lease: {r:?}"
+    );
     Ok(())
 }
 
@@ -152,25 +175,39 @@ async fn exec_api_runs_commands_and_moves_files_both_ways() -> TestResult {
 
     let r = client
         .exec(&ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 7".into()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 7".into(),
+            ],
             ..ExecRequest::default()
         })
         .await?;
-    assert_eq!((r.stdout.as_slice(), r.stderr.as_slice(), r.code), (&b"out\n"[..], &b"err\n"[..], Some(7)));
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.code),
+        (&b"out\n"[..], &b"err\n"[..], Some(7))
+    );
 
     // Up, used by a command, and a file the command made comes back down.
     let data: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
     assert_eq!(client.put("src/input.bin", &data).await?, data.len() as u64);
     let r = client
         .exec(&ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), "wc -c < input.bin > ../size.txt".into()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "wc -c < input.bin > ../size.txt".into(),
+            ],
             cwd: Some("src".into()),
             ..ExecRequest::default()
         })
         .await?;
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(client.get("src/input.bin").await?, data);
-    assert_eq!(String::from_utf8(client.get("size.txt").await?)?.trim(), "600000");
+    assert_eq!(
+        String::from_utf8(client.get("size.txt").await?)?.trim(),
+        "600000"
+    );
     assert!(files.join("claim-exec").join("size.txt").exists());
 
     // Paths stay inside the claim's area.

@@ -27,7 +27,11 @@ fn spec(id: &str, script: &str) -> Result<CommandSpec, fleet_core::ids::IdError>
 }
 
 /// Starts the agent; dropping the returned sender drains it.
-fn start(daemon: &Daemon, work: &Path, extra: &str) -> Result<oneshot::Sender<()>, fleet_agent::ConfigError> {
+fn start(
+    daemon: &Daemon,
+    work: &Path,
+    extra: &str,
+) -> Result<oneshot::Sender<()>, fleet_agent::ConfigError> {
     let config = Config::parse(Path::new("agent.toml"), &agent_toml(work, extra))?;
     let connector = daemon.connector();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -73,8 +77,13 @@ async fn reused_bootstrap_token_is_refused_and_retried_with_backoff() -> TestRes
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
     let hellos = daemon.hellos.lock().map(|h| h.clone()).unwrap_or_default();
-    assert!(hellos.iter().all(|h| matches!(h,
-        AgentMsg::Hello { bootstrap_token: Some(_), .. })));
+    assert!(hellos.iter().all(|h| matches!(
+        h,
+        AgentMsg::Hello {
+            bootstrap_token: Some(_),
+            ..
+        }
+    )));
     Ok(())
 }
 
@@ -84,7 +93,10 @@ async fn command_events_arrive_in_order_with_exit_code() -> TestResult {
     let mut daemon = Daemon::start(&[], None);
     let _stop = start(&daemon, &work, "")?;
     daemon
-        .send(DaemonMsg::Run(spec("c1", "echo hello; echo oops >&2; exit 3")?))
+        .send(DaemonMsg::Run(spec(
+            "c1",
+            "echo hello; echo oops >&2; exit 3",
+        )?))
         .await;
     let msgs = daemon.until(WAIT, is_terminal).await?;
     let evs = events(&msgs);
@@ -120,13 +132,18 @@ async fn timeout_kills_the_process_group() -> TestResult {
     daemon.send(DaemonMsg::Run(s)).await;
     let msgs = daemon.until(WAIT, is_terminal).await?;
     match events(&msgs).last() {
-        Some(WorkerEvent::Failed { reason, recoverable: false }) => {
+        Some(WorkerEvent::Failed {
+            reason,
+            recoverable: false,
+        }) => {
             assert!(reason.contains("timed out"), "{reason}");
         }
         other => panic!("expected a timeout failure, got {other:?}"),
     }
     // The background child of the command is gone too.
-    let pid: i32 = std::fs::read_to_string(work.join("bg.pid"))?.trim().parse()?;
+    let pid: i32 = std::fs::read_to_string(work.join("bg.pid"))?
+        .trim()
+        .parse()?;
     let t0 = tokio::time::Instant::now();
     loop {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -136,7 +153,10 @@ async fn timeout_kills_the_process_group() -> TestResult {
         if matches!(state, None | Some('Z' | 'X')) {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "background process {pid} survived");
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "background process {pid} survived"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
@@ -151,14 +171,25 @@ async fn reconnect_mid_command_does_not_run_it_twice() -> TestResult {
     daemon.send(DaemonMsg::Run(run.clone())).await;
     daemon
         .until(WAIT, |m| {
-            matches!(m, AgentMsg::Event { event: WorkerEvent::Running, .. })
+            matches!(
+                m,
+                AgentMsg::Event {
+                    event: WorkerEvent::Running,
+                    ..
+                }
+            )
         })
         .await?;
     // The link drops; the agent reconnects and says what it has seen.
     let before = daemon.welcome_count();
     daemon.kick();
     daemon.wait_welcomed(before + 1).await;
-    let hello = daemon.hellos.lock().map(|h| h.last().cloned()).ok().flatten();
+    let hello = daemon
+        .hellos
+        .lock()
+        .map(|h| h.last().cloned())
+        .ok()
+        .flatten();
     match hello {
         Some(AgentMsg::Hello { seen_commands, .. }) => {
             assert!(seen_commands.contains(&run.id), "{seen_commands:?}");
@@ -169,8 +200,19 @@ async fn reconnect_mid_command_does_not_run_it_twice() -> TestResult {
     daemon.send(DaemonMsg::Run(run.clone())).await;
     let msgs = daemon.until(WAIT, is_terminal).await?;
     let last = msgs.last().cloned();
-    assert!(matches!(&last, Some(AgentMsg::Event {
-        event: WorkerEvent::Completed { exit_code: Some(0), .. }, .. })), "{last:?}");
+    assert!(
+        matches!(
+            &last,
+            Some(AgentMsg::Event {
+                event: WorkerEvent::Completed {
+                    exit_code: Some(0),
+                    ..
+                },
+                ..
+            })
+        ),
+        "{last:?}"
+    );
     assert_eq!(std::fs::read_to_string(work.join("runs.txt"))?, "ran\n");
     // Asked again after it finished: the same terminal event, same seq.
     daemon.send(DaemonMsg::Run(run)).await;
@@ -185,7 +227,10 @@ async fn secret_split_across_chunks_is_redacted() -> TestResult {
     let work = temp_dir("redact");
     let mut daemon = Daemon::start(&[], None);
     let _stop = start(&daemon, &work, "")?;
-    let mut s = spec("c-secret", "printf 'token=hun'; sleep 0.3; printf 'ter2 end\\n'")?;
+    let mut s = spec(
+        "c-secret",
+        "printf 'token=hun'; sleep 0.3; printf 'ter2 end\\n'",
+    )?;
     s.redact = vec![Secret::new("hunter2")];
     daemon.send(DaemonMsg::Run(s)).await;
     let msgs = daemon.until(WAIT, is_terminal).await?;
@@ -196,7 +241,10 @@ async fn secret_split_across_chunks_is_redacted() -> TestResult {
             _ => None,
         })
         .collect();
-    assert!(chunks.len() >= 2, "expected the output in two chunks: {chunks:?}");
+    assert!(
+        chunks.len() >= 2,
+        "expected the output in two chunks: {chunks:?}"
+    );
     assert!(chunks.iter().all(|c| !c.contains("hun")), "{chunks:?}");
     assert_eq!(output(&msgs, OutputStream::Stdout), "token=*** end\n");
     Ok(())
@@ -207,16 +255,40 @@ async fn drain_finishes_in_flight_work_then_reports() -> TestResult {
     let work = temp_dir("drain");
     let mut daemon = Daemon::start(&[], None);
     let stop = start(&daemon, &work, "")?;
-    daemon.send(DaemonMsg::Run(spec("c-drain", "sleep 0.5; echo finished")?)).await;
     daemon
-        .until(WAIT, |m| matches!(m, AgentMsg::Event { event: WorkerEvent::Running, .. }))
+        .send(DaemonMsg::Run(spec("c-drain", "sleep 0.5; echo finished")?))
+        .await;
+    daemon
+        .until(WAIT, |m| {
+            matches!(
+                m,
+                AgentMsg::Event {
+                    event: WorkerEvent::Running,
+                    ..
+                }
+            )
+        })
         .await?;
     drop(stop);
     let msgs = daemon
-        .until(WAIT, |m| matches!(m, AgentMsg::Draining { in_flight } if in_flight.is_empty()))
+        .until(
+            WAIT,
+            |m| matches!(m, AgentMsg::Draining { in_flight } if in_flight.is_empty()),
+        )
         .await?;
-    assert!(matches!(&msgs[0], AgentMsg::Draining { in_flight } if in_flight.len() == 1), "{msgs:?}");
-    assert!(msgs.iter().any(|m| matches!(m, AgentMsg::Event {
-        event: WorkerEvent::Completed { exit_code: Some(0), .. }, .. })));
+    assert!(
+        matches!(&msgs[0], AgentMsg::Draining { in_flight } if in_flight.len() == 1),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| matches!(
+        m,
+        AgentMsg::Event {
+            event: WorkerEvent::Completed {
+                exit_code: Some(0),
+                ..
+            },
+            ..
+        }
+    )));
     Ok(())
 }

@@ -146,7 +146,10 @@ impl Daemon {
         let hellos = Arc::new(Mutex::new(Vec::new()));
         let refusals = Arc::new(Mutex::new(0));
         let tokens = Arc::new(Mutex::new(
-            tokens.iter().map(|t| (*t).to_owned()).collect::<HashSet<_>>(),
+            tokens
+                .iter()
+                .map(|t| (*t).to_owned())
+                .collect::<HashSet<_>>(),
         ));
         let welcomes = Arc::new(Mutex::new(0));
         let w = Arc::clone(&welcomes);
@@ -168,7 +171,10 @@ impl Daemon {
                     h.lock().map(|mut v| v.push(msg.clone())).ok();
                     let accept = match bootstrap_token {
                         // Single use: the token is consumed.
-                        Some(tkn) => tok.lock().map(|mut s| s.remove(tkn.expose())).unwrap_or(false),
+                        Some(tkn) => tok
+                            .lock()
+                            .map(|mut s| s.remove(tkn.expose()))
+                            .unwrap_or(false),
                         None => true,
                     };
                     if accept {
@@ -208,7 +214,10 @@ impl Daemon {
     pub async fn wait_welcomed(&self, n: usize) {
         let t0 = tokio::time::Instant::now();
         while self.welcome_count() < n {
-            assert!(t0.elapsed() < Duration::from_secs(15), "agent never connected");
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "agent never connected"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
