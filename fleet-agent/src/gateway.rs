@@ -1,0 +1,339 @@
+//! The per-claim mTLS gateway: a TLS listener that accepts only the active
+//! claim's client certificate and forwards the byte stream to the node's
+//! build service, or serves the built-in [`exec_api`](crate::exec_api).
+//!
+//! A client is accepted when its certificate chains to the pool CA (from
+//! the node's identity), is within its validity period, carries the URI SAN
+//! `fleet://claim/<id>` of a claim the daemon activated (`Activate`), and
+//! that claim's lease has not expired. `Deactivate` or the lease's end
+//! closes the claim's live connections.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet_core::ids::{ClaimId, Millis};
+use fleet_core::protocol::NodeIdentity;
+use fleet_core::subjects::Subjects;
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+
+use crate::config::Backend;
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why the gateway could not be set up or refused a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The node identity's certificates or key are unusable.
+    #[error("bad node identity: {0}")]
+    Identity(String),
+    /// The client's certificate names no active claim, or has expired.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl GatewayError {
+    /// A short stable name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::Identity(_) => "identity",
+            GatewayError::Refused(_) => "refused",
+        }
+    }
+
+    /// Whether trying again may help.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// Builds the TLS acceptor from the node's identity: its certificate as the
+/// server certificate, client certificates required and verified against
+/// the pool CA.
+pub fn acceptor_for(identity: &NodeIdentity) -> Result<TlsAcceptor, GatewayError> {
+    let bad = |e: &dyn std::fmt::Display| GatewayError::Identity(e.to_string());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(identity.ca_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(GatewayError::Identity("no CA certificate".to_owned()));
+    }
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| bad(&e))?;
+    let certs = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    // Never print the key or the parser's view of it.
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.expose().as_bytes())
+        .map_err(|_| GatewayError::Identity("unreadable private key".to_owned()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(&e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The claim a client certificate (DER) is for, and its `notAfter` in ms.
+pub fn claim_of_cert(der: &[u8]) -> Result<(ClaimId, Millis), GatewayError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| GatewayError::Refused(format!("unparsable certificate: {e}")))?;
+    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .unwrap_or(0)
+        .saturating_mul(1000);
+    for ext in cert.extensions() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+            for name in &san.general_names {
+                if let GeneralName::URI(uri) = name
+                    && let Some(id) = Subjects::parse_claim_cert_uri(uri)
+                {
+                    return Ok((id, not_after));
+                }
+            }
+        }
+    }
+    Err(GatewayError::Refused(
+        "certificate has no fleet://claim/ URI".to_owned(),
+    ))
+}
+
+struct Inner {
+    /// Active claims: the sender carries the lease end; `None` closes.
+    claims: Mutex<HashMap<ClaimId, watch::Sender<Option<Millis>>>>,
+    acceptor: Mutex<Option<TlsAcceptor>>,
+    backend: Option<Backend>,
+    files_root: PathBuf,
+}
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("backend", &self.inner.backend)
+            .field("files_root", &self.inner.files_root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway forwarding to `backend`, or serving the exec API with its
+    /// files under `files_root/<claim id>/` when there is none.
+    pub fn new(backend: Option<Backend>, files_root: PathBuf) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                claims: Mutex::new(HashMap::new()),
+                acceptor: Mutex::new(None),
+                backend,
+                files_root,
+            }),
+        }
+    }
+
+    fn claims(&self) -> MutexGuard<'_, HashMap<ClaimId, watch::Sender<Option<Millis>>>> {
+        self.inner.claims.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Installs (or replaces) the node identity; until then every client is
+    /// turned away.
+    pub fn set_identity(&self, identity: &NodeIdentity) -> Result<(), GatewayError> {
+        let acceptor = acceptor_for(identity)?;
+        *self
+            .inner
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(acceptor);
+        Ok(())
+    }
+
+    /// Accepts `claim`'s certificate until `expires_at` (a renewal moves the
+    /// end of live connections too).
+    pub fn activate(&self, claim: ClaimId, expires_at: Millis) {
+        let mut claims = self.claims();
+        match claims.get(&claim) {
+            Some(tx) => {
+                tx.send_replace(Some(expires_at));
+            }
+            None => {
+                claims.insert(claim, watch::Sender::new(Some(expires_at)));
+            }
+        }
+    }
+
+    /// Stops accepting `claim` and closes its live connections.
+    pub fn deactivate(&self, claim: &ClaimId) {
+        if let Some(tx) = self.claims().remove(claim) {
+            tx.send_replace(None);
+        }
+    }
+
+    /// The claims accepted now.
+    pub fn active_claims(&self) -> Vec<ClaimId> {
+        let now = now_ms();
+        let mut ids: Vec<ClaimId> = self
+            .claims()
+            .iter()
+            .filter(|(_, tx)| tx.borrow().is_some_and(|e| e > now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Checks a verified client certificate against the active claims.
+    fn admit(
+        &self,
+        der: &[u8],
+    ) -> Result<(ClaimId, watch::Receiver<Option<Millis>>), GatewayError> {
+        let (claim, not_after) = claim_of_cert(der)?;
+        let now = now_ms();
+        if not_after <= now {
+            return Err(GatewayError::Refused(format!(
+                "certificate of claim {claim} has expired"
+            )));
+        }
+        let claims = self.claims();
+        let tx = claims
+            .get(&claim)
+            .ok_or_else(|| GatewayError::Refused(format!("claim {claim} is not active here")))?;
+        if !tx.borrow().is_some_and(|e| e > now) {
+            return Err(GatewayError::Refused(format!(
+                "lease of claim {claim} has expired"
+            )));
+        }
+        Ok((claim, tx.subscribe()))
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(&self, listener: TcpListener) {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gateway accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.connection(tcp).await {
+                    tracing::info!(%peer, error = %e, "gateway connection refused");
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, tcp: TcpStream) -> Result<(), GatewayError> {
+        let acceptor = self
+            .inner
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| GatewayError::Refused("node has no identity yet".to_owned()))?;
+        let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+            .await
+            .map_err(|_| GatewayError::Refused("TLS handshake timed out".to_owned()))?
+            .map_err(|e| GatewayError::Refused(format!("TLS handshake: {e}")))?;
+        let der = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.as_ref().to_vec())
+            .ok_or_else(|| GatewayError::Refused("no client certificate".to_owned()))?;
+        let (claim, lease) = match self.admit(&der) {
+            Ok(ok) => ok,
+            Err(e) => {
+                use tokio::io::AsyncWriteExt;
+                let _ = tls.shutdown().await;
+                return Err(e);
+            }
+        };
+        tracing::info!(%claim, "gateway: claim connected");
+        let work = async {
+            match &self.inner.backend {
+                Some(backend) => {
+                    if let Err(e) = forward(&mut tls, backend).await {
+                        tracing::info!(%claim, error = %e, "gateway: forwarding ended");
+                    }
+                }
+                None => {
+                    let root = self.inner.files_root.join(claim.as_str());
+                    if let Err(e) = crate::exec_api::serve(&mut tls, &root).await {
+                        tracing::info!(%claim, error = %e, "gateway: exec API ended");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = work => {}
+            () = until_revoked(lease) => {
+                tracing::info!(%claim, "gateway: claim released or expired; closing connection");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Resolves when the lease ends: deactivated (`None`), or its end passed.
+async fn until_revoked(mut rx: watch::Receiver<Option<Millis>>) {
+    loop {
+        let Some(end) = *rx.borrow_and_update() else {
+            return;
+        };
+        let left = end.saturating_sub(now_ms());
+        if left == 0 {
+            return;
+        }
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(Duration::from_millis(left)) => {}
+        }
+    }
+}
+
+async fn forward<S>(client: &mut S, backend: &Backend) -> std::io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match backend {
+        Backend::Tcp(addr) => {
+            let mut b = TcpStream::connect(addr).await?;
+            tokio::io::copy_bidirectional(client, &mut b).await?;
+        }
+        Backend::Unix(path) => {
+            let mut b = UnixStream::connect(path).await?;
+            tokio::io::copy_bidirectional(client, &mut b).await?;
+        }
+    }
+    Ok(())
+}
