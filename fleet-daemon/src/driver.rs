@@ -46,11 +46,18 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
-impl Clock for SystemClock {
-    fn now(&self) -> Millis {
+impl SystemClock {
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(self) -> Millis {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        self.now_ms()
     }
 }
 

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod ca;
 pub mod config;
 pub mod driver;
+pub mod http;
 pub mod lease;
 pub mod local;
 pub mod metrics;
