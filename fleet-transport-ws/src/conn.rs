@@ -147,10 +147,31 @@ where
 
     let ending = loop {
         tokio::select! {
+            // Close first: a replaced session's queue is dropped right after
+            // its close signal, and the signal's code must win.
+            biased;
             reason = &mut close, if close_open => match reason {
                 Ok(reason) => break Ending::Local(reason),
                 // The signal's owner is gone; keep running on the other inputs.
                 Err(_) => close_open = false,
+            },
+            _ = tick.tick() => {
+                if last_heard.elapsed() >= dead_after {
+                    break Ending::Local(CloseReason::new(close_code::KEEPALIVE_TIMEOUT, "keepalive timeout"));
+                }
+                match timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Ending::Lost(e.to_string()),
+                    Err(_) => break Ending::Local(CloseReason::new(close_code::KEEPALIVE_TIMEOUT, "ping stalled")),
+                }
+            }
+            next = out.recv() => match next {
+                Some(msg) => match timeout(write_timeout, sink.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Ending::Lost(e.to_string()),
+                    Err(_) => break Ending::Local(CloseReason::new(close_code::SLOW_CONSUMER, "write stalled")),
+                },
+                None => break Ending::Local(CloseReason::new(close_code::NORMAL, "closed")),
             },
             incoming = stream.next() => match incoming {
                 None => break Ending::Lost("connection ended".to_owned()),
@@ -179,24 +200,6 @@ where
                     }
                 }
             },
-            next = out.recv() => match next {
-                Some(msg) => match timeout(write_timeout, sink.send(msg)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break Ending::Lost(e.to_string()),
-                    Err(_) => break Ending::Local(CloseReason::new(close_code::SLOW_CONSUMER, "write stalled")),
-                },
-                None => break Ending::Local(CloseReason::new(close_code::NORMAL, "closed")),
-            },
-            _ = tick.tick() => {
-                if last_heard.elapsed() >= dead_after {
-                    break Ending::Local(CloseReason::new(close_code::KEEPALIVE_TIMEOUT, "keepalive timeout"));
-                }
-                match timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => break Ending::Lost(e.to_string()),
-                    Err(_) => break Ending::Local(CloseReason::new(close_code::KEEPALIVE_TIMEOUT, "ping stalled")),
-                }
-            }
         }
     };
     if let Ending::Local(reason) = &ending {

@@ -352,6 +352,24 @@ impl WsServer {
         }
     }
 
+    /// Closes every claim-plane connection (1001) but keeps serving; clients
+    /// reconnect and re-send their calls. For failover drills and tests.
+    pub fn close_claim_connections(&self) {
+        let signals: Vec<_> = self
+            .shared
+            .lock()
+            .conns
+            .values_mut()
+            .filter_map(|c| c.close.take())
+            .collect();
+        for s in signals {
+            let _ = s.send(CloseReason::new(
+                close_code::GOING_AWAY,
+                "connection reset by server",
+            ));
+        }
+    }
+
     /// Stops accepting and closes every connection (1001). Idempotent;
     /// `recv` keeps returning what was already received, then `Closed`.
     pub fn close(&self) {
@@ -426,6 +444,10 @@ async fn handshake(
         .and_then(|c| c.first())
         .and_then(|c| node_of_cert(c));
     let mut endpoint = None;
+    #[expect(
+        clippy::result_large_err,
+        reason = "tungstenite's handshake callback signature"
+    )]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         endpoint = match req.uri().path() {
             AGENT_PATH => Some(Endpoint::Agent),
