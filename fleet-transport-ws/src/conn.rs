@@ -74,7 +74,7 @@ pub(crate) trait Handler: Send {
 /// small buffers (an idle agent connection must cost little memory).
 pub(crate) fn ws_config(cfg: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(cfg.max_message_bytes.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(cfg.max_message_bytes))
