@@ -77,6 +77,8 @@ struct Shared {
     inbox: mpsc::Sender<Inbound>,
     next_conn: AtomicU64,
     state: Mutex<State>,
+    /// Becomes true on close, so a waiting `recv` ends.
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -231,6 +233,7 @@ impl Shared {
     fn close_all(&self) {
         let mut st = self.lock();
         st.closed = true;
+        self.shutdown.send_replace(true);
         let mut signals = Vec::new();
         for c in st.conns.values_mut() {
             signals.extend(c.close.take());
@@ -309,6 +312,7 @@ impl WsServer {
             inbox: tx,
             next_conn: AtomicU64::new(1),
             state: Mutex::new(State::default()),
+            shutdown: tokio::sync::watch::Sender::new(false),
         });
         let accept = tokio::spawn(accept_loop(listener, acceptor, Arc::clone(&shared)));
         info!(%addr, "fleet WebSocket transport listening");
@@ -371,7 +375,8 @@ impl WsServer {
     }
 
     /// Stops accepting and closes every connection (1001). Idempotent;
-    /// `recv` keeps returning what was already received, then `Closed`.
+    /// `recv` returns what was already queued, then `Closed` (a `recv`
+    /// waiting at the time ends with `Closed`).
     pub fn close(&self) {
         self.accept.abort();
         self.shared.close_all();
@@ -388,10 +393,15 @@ impl Drop for WsServer {
 impl Transport for WsServer {
     async fn recv(&self) -> Result<Inbound, TransportError> {
         let mut inbox = self.inbox.lock().await;
-        if self.shared.lock().closed && inbox.is_empty() {
-            return Err(TransportError::Closed);
+        // What already arrived is still delivered after a close.
+        if let Ok(m) = inbox.try_recv() {
+            return Ok(m);
         }
-        inbox.recv().await.ok_or(TransportError::Closed)
+        let mut shutdown = self.shared.shutdown.subscribe();
+        tokio::select! {
+            m = inbox.recv() => m.ok_or(TransportError::Closed),
+            _ = shutdown.wait_for(|closed| *closed) => Err(TransportError::Closed),
+        }
     }
 
     async fn send(&self, to: &Peer, msg: Outbound) -> Result<(), TransportError> {

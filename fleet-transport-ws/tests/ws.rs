@@ -691,3 +691,45 @@ async fn claim_client_reconnects_and_resends() {
     );
     assert_eq!(got.unwrap().node, node("n-x"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_a_waiting_recv_and_the_clients() {
+    let fx = Fixture::new(WsConfig::default()).await;
+    let identity = fx.pki.node_identity("n-close");
+    let mut session = WsAgentClient::connect(
+        &fx.url("/v1/agent"),
+        &fx.pki.client_tls(Some(&identity)),
+        hello("n-close", None),
+        WsConfig::default(),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(fx.recv().await, Inbound::Agent { .. }));
+    let server = &fx.server;
+    let (got, ()) = tokio::join!(server.recv(), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.close();
+    });
+    // Either the AgentGone that the close caused, or Closed.
+    if let Ok(m) = got {
+        assert_eq!(
+            m,
+            Inbound::AgentGone {
+                node: node("n-close")
+            }
+        );
+    }
+    assert_eq!(
+        timeout(Duration::from_secs(5), session.recv())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(matches!(
+        session.ended(),
+        Some(SessionEnd::ClosedByServer {
+            code: close_code::GOING_AWAY,
+            ..
+        })
+    ));
+}
