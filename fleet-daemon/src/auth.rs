@@ -35,7 +35,11 @@ fn digest(token: &str) -> String {
 
 /// Compares without an early exit, so timing says nothing of a near miss.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,9 +61,8 @@ impl ApiTokens {
     pub fn load(data_dir: &Path) -> Result<ApiTokens, std::io::Error> {
         let path = data_dir.join(TOKENS_FILE);
         let tokens = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::other(format!("{}: {e}", path.display()))
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
@@ -167,7 +170,10 @@ mod tests {
         assert_eq!(tokens.check(t.expose()).as_deref(), Some("admin"));
         assert_eq!(tokens.check("nope"), None);
         let file = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap_or_default();
-        assert!(!file.contains(t.expose()), "the token itself is never stored");
+        assert!(
+            !file.contains(t.expose()),
+            "the token itself is never stored"
+        );
         let again = ApiTokens::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again.check(t.expose()).as_deref(), Some("admin"));
     }

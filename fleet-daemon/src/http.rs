@@ -188,14 +188,20 @@ async fn create_token(
 ) -> Result<Response, ApiError> {
     let axum::Json(req) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
     if req.name.is_empty() || req.name.len() > 64 {
-        return Err(ApiError(StatusCode::BAD_REQUEST, "name must be 1..=64 characters".into()));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "name must be 1..=64 characters".into(),
+        ));
     }
     let now = crate::driver::SystemClock.now_ms();
     let token = state
         .tokens
         .create(&req.name, now)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(axum::Json(serde_json::json!({ "name": req.name, "token": token.expose() })).into_response())
+    Ok(
+        axum::Json(serde_json::json!({ "name": req.name, "token": token.expose() }))
+            .into_response(),
+    )
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -206,7 +212,9 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     for c in &s.claims {
         *by_state.entry(c.state.name()).or_default() += 1;
     }
-    for name in ["pending", "granted", "active", "released", "expired", "revoked"] {
+    for name in [
+        "pending", "granted", "active", "released", "expired", "revoked",
+    ] {
         let n = by_state.get(name).copied().unwrap_or(0);
         let _ = writeln!(out, "fleet_claims{{state=\"{name}\"}} {n}");
     }
@@ -215,11 +223,21 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         let n = s.nodes.iter().filter(|n| n.state == st).count();
         let _ = writeln!(out, "fleet_nodes{{state=\"{}\"}} {n}", st.name());
     }
-    out.push_str("# HELP fleet_cost_dollars Cost accrued per pool.\n# TYPE fleet_cost_dollars counter\n");
+    out.push_str(
+        "# HELP fleet_cost_dollars Cost accrued per pool.\n# TYPE fleet_cost_dollars counter\n",
+    );
     for (pool, c) in &s.costs.pools {
-        let _ = writeln!(out, "fleet_cost_dollars{{pool=\"{pool}\"}} {}", c.total().as_dollars_f64());
+        let _ = writeln!(
+            out,
+            "fleet_cost_dollars{{pool=\"{pool}\"}} {}",
+            c.total().as_dollars_f64()
+        );
     }
-    let _ = writeln!(out, "# HELP fleet_leader Whether this daemon leads.\n# TYPE fleet_leader gauge\nfleet_leader {}", u8::from(state.leader.load(Ordering::Relaxed)));
+    let _ = writeln!(
+        out,
+        "# HELP fleet_leader Whether this daemon leads.\n# TYPE fleet_leader gauge\nfleet_leader {}",
+        u8::from(state.leader.load(Ordering::Relaxed))
+    );
     s.metrics.render_grants(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

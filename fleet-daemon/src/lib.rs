@@ -22,4 +22,5 @@ pub mod lease;
 pub mod local;
 pub mod metrics;
 pub mod seal;
+pub mod serve;
 pub mod store;

@@ -173,8 +173,8 @@ impl LocalProvider {
 
     fn write(&self, inst: &LocalInstance) -> Result<(), ProviderError> {
         let path = self.state_file(&inst.node);
-        let bytes = serde_json::to_vec_pretty(inst)
-            .map_err(|e| ProviderError::Permanent(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(inst).map_err(|e| ProviderError::Permanent(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
         std::fs::write(&tmp, bytes).map_err(|e| io("writing", &tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io("renaming", &path, e))
@@ -345,7 +345,9 @@ impl Provider for LocalProvider {
             )));
         }
         if spec.market == Market::Spot {
-            return Err(ProviderError::Unsupported("spot on the local provider".into()));
+            return Err(ProviderError::Unsupported(
+                "spot on the local provider".into(),
+            ));
         }
         let running = self
             .all()?
@@ -362,7 +364,8 @@ impl Provider for LocalProvider {
         std::fs::create_dir_all(dir.join("work")).map_err(|e| io("creating", &dir, e))?;
         if let BootSource::Snapshot(snap) = &spec.source {
             let from = self.opts.base_dir.join("snapshots").join(&snap.id);
-            copy_dir(&from, &dir.join("work")).map_err(|e| io("restoring snapshot into", &dir, e))?;
+            copy_dir(&from, &dir.join("work"))
+                .map_err(|e| io("restoring snapshot into", &dir, e))?;
         }
         self.write_agent_config(spec, &dir)?;
         let pid = self.spawn(&spec.node)?;
@@ -384,7 +387,9 @@ impl Provider for LocalProvider {
         let mut inst = self
             .read(&r.node)?
             .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
-        let alive = inst.pid.is_some_and(|p| kill(Pid::from_raw(p), None).is_ok());
+        let alive = inst
+            .pid
+            .is_some_and(|p| kill(Pid::from_raw(p), None).is_ok());
         if !alive {
             inst.pid = Some(self.spawn(&r.node)?);
         }
@@ -419,7 +424,8 @@ impl Provider for LocalProvider {
         let now = self.clock.now();
         let id = format!("snap-{}-{now}", r.node);
         let to = self.opts.base_dir.join("snapshots").join(&id);
-        copy_dir(&self.node_dir(&r.node).join("work"), &to).map_err(|e| io("snapshotting to", &to, e))?;
+        copy_dir(&self.node_dir(&r.node).join("work"), &to)
+            .map_err(|e| io("snapshotting to", &to, e))?;
         Ok(SnapshotRef {
             id,
             size_gb: 0,

@@ -1,0 +1,429 @@
+//! The daemon as a process: everything `fleet-daemon` wires together.
+//!
+//! Opens the redb store in the data dir, takes the leader lease (fencing
+//! every write with its epoch), loads or creates the pool CA and the sealing
+//! key, listens for agents and claim clients on TLS WebSocket, serves the
+//! HTTP API, and runs the control loop over the configured provider. Writes
+//! `daemon.json` (addresses and trust files) for `fleetctl`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_core::ids::Millis;
+use fleet_core::protocol::{
+    CREDENTIALS_FORMAT, CredentialsBundle, NodeIdentity, SealedCredentials,
+};
+use fleet_core::provider::Provider;
+use fleet_core::store::Store;
+use fleet_transport_ws::{
+    AgentAuth, AgentHelloInfo, AuthError, ServerTlsConfig, WsConfig, WsServer,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{ADMIN_TOKEN_FILE, ApiTokens, BootstrapRegistry, write_private};
+use crate::ca::PoolCa;
+use crate::config::{DaemonConfig, ProviderConfig};
+use crate::driver::{Clock, CredentialIssuer, CredentialRequest, Fleet, SystemClock};
+use crate::lease::LeaderLease;
+use crate::local::{LocalOptions, LocalProvider};
+use crate::seal::{SEAL_PUB_FILE, Sealer};
+use crate::store::{OpenError, RedbStore};
+
+/// The discovery file `fleetctl` reads.
+pub const DISCOVERY_FILE: &str = "daemon.json";
+
+/// Node identities (agent mTLS and gateway certificates) last this long.
+const NODE_CERT_TTL_MS: Millis = 30 * 24 * 3_600_000;
+
+/// What `daemon.json` says.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Discovery {
+    /// HTTP API base URL.
+    pub http: String,
+    /// WebSocket base URL (`wss://host:port`; paths `/v1/agent`, `/v1/claims`).
+    pub ws: String,
+    /// The pool CA certificate file.
+    pub ca_file: PathBuf,
+    /// The daemon's Ed25519 signer public key file (base64).
+    pub signer_file: PathBuf,
+    /// The namespace.
+    pub namespace: String,
+    /// The daemon's process id.
+    pub pid: u32,
+}
+
+/// Why the daemon stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A setup step failed.
+    #[error("{step}: {error}")]
+    Setup {
+        /// What was being done.
+        step: &'static str,
+        /// Why it failed.
+        error: String,
+    },
+    /// Leadership was lost to another daemon.
+    #[error("lost the leader lease: {0}")]
+    LostLeadership(String),
+}
+
+fn setup(step: &'static str) -> impl Fn(String) -> ServeError {
+    move |error| ServeError::Setup { step, error }
+}
+
+/// Mints per-claim certificates with the pool CA and seals them.
+struct CaIssuer {
+    ca: Arc<PoolCa>,
+    sealer: Arc<Sealer>,
+    clock: Arc<dyn Clock>,
+}
+
+#[async_trait]
+impl CredentialIssuer for CaIssuer {
+    async fn issue(&self, req: CredentialRequest) -> Result<SealedCredentials, String> {
+        let ca = self.ca.clone();
+        let sealer = self.sealer.clone();
+        let now = self.clock.now();
+        tokio::task::spawn_blocking(move || {
+            let cert = ca
+                .issue_claim_cert(&req.claim, now, req.expires_at)
+                .map_err(|e| e.to_string())?;
+            let bundle = CredentialsBundle {
+                format: CREDENTIALS_FORMAT.to_owned(),
+                claim_id: req.claim.clone(),
+                workspace: req.workspace,
+                node: req.node,
+                endpoint: req.endpoint,
+                expires_at: req.expires_at,
+                ca_pem: ca.ca_pem().to_owned(),
+                cert_pem: cert.cert_pem,
+                key_pem: cert.key_pem,
+            };
+            sealer
+                .seal(&bundle, &req.recipient)
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| format!("credential task failed: {e}"))?
+    }
+}
+
+/// Authenticates agents: a single-use bootstrap token gets a fresh node
+/// identity from the pool CA; afterwards the agent's certificate must name
+/// the node its hello names.
+struct NodeAuth {
+    tokens: Arc<BootstrapRegistry>,
+    ca: Arc<PoolCa>,
+    clock: Arc<dyn Clock>,
+}
+
+#[async_trait]
+impl AgentAuth for NodeAuth {
+    async fn authenticate(
+        &self,
+        hello: &AgentHelloInfo,
+    ) -> Result<Option<NodeIdentity>, AuthError> {
+        if let Some(cert_node) = &hello.cert_node {
+            if cert_node == &hello.node {
+                return Ok(None);
+            }
+            return Err(AuthError::NodeMismatch {
+                cert: cert_node.clone(),
+                hello: hello.node.clone(),
+            });
+        }
+        let Some(token) = &hello.bootstrap_token else {
+            return Err(AuthError::NoCredentials);
+        };
+        if !self.tokens.consume(&hello.node, token.expose()) {
+            return Err(AuthError::BadToken);
+        }
+        let now = self.clock.now();
+        let hosts = vec!["localhost".to_owned(), hello.peer.ip().to_string()];
+        self.ca
+            .issue_node_identity(&hello.node, &hosts, now, now + NODE_CERT_TTL_MS)
+            .map(Some)
+            .map_err(|e| AuthError::Unavailable(e.to_string()))
+    }
+}
+
+/// Where the `fleet-agent` binary is: configured, else next to this
+/// executable, else on `PATH`.
+pub fn agent_binary(configured: Option<&Path>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.to_owned();
+    }
+    if let Ok(env) = std::env::var("FLEET_AGENT_BIN") {
+        return PathBuf::from(env);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        for candidate in [dir.join("fleet-agent"), dir.join("../fleet-agent")] {
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("fleet-agent")
+}
+
+/// Opens the store, waiting while another daemon holds it: with redb the
+/// data dir's lock is the leadership, so a second daemon on the same dir
+/// stays a follower until the first exits.
+async fn open_store(data_dir: &Path, leader: &AtomicBool) -> Result<RedbStore, ServeError> {
+    let mut warned = false;
+    loop {
+        let dir = data_dir.to_owned();
+        let opened = tokio::task::spawn_blocking(move || RedbStore::open(&dir))
+            .await
+            .map_err(|e| setup("opening the store")(e.to_string()))?;
+        match opened {
+            Ok(store) => return Ok(store),
+            Err(OpenError::Locked { path }) => {
+                leader.store(false, Ordering::Relaxed);
+                if !warned {
+                    tracing::warn!(path = %path.display(), "store held by another daemon; waiting as follower");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(setup("opening the store")(e.to_string())),
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves. `ready` is called with the
+/// discovery info once everything listens.
+pub async fn serve(
+    cfg: DaemonConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+    ready: impl FnOnce(&Discovery),
+) -> Result<(), ServeError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let data_dir = cfg.data_dir();
+    create_private_dir(&data_dir)
+        .map_err(|e| setup("creating the data dir")(format!("{}: {e}", data_dir.display())))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .map_err(|e| setup("resolving the data dir")(e.to_string()))?;
+    let leader = Arc::new(AtomicBool::new(false));
+
+    let store = open_store(&data_dir, &leader).await?;
+    let holder = format!("{}-{}", hostname(), std::process::id());
+    let mut lease = LeaderLease::new(holder, cfg.leader.lease_ms);
+    let epoch = loop {
+        match lease.try_acquire(&store, clock.now()).await {
+            Ok(Some(epoch)) => break epoch,
+            Ok(None) => tokio::time::sleep(Duration::from_millis(cfg.leader.lease_ms / 3)).await,
+            Err(e) => return Err(setup("taking the leader lease")(e.to_string())),
+        }
+    };
+    leader.store(true, Ordering::Relaxed);
+    tracing::info!(epoch = epoch.0, "leader");
+    let fenced = Arc::new(store.fenced(epoch));
+
+    let now = clock.now();
+    let (ca, sealer) = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(PoolCa, Sealer), String> {
+            let ca = PoolCa::load_or_create(&dir, now).map_err(|e| e.to_string())?;
+            let sealer = Sealer::load_or_create(&dir).map_err(|e| e.to_string())?;
+            Ok((ca, sealer))
+        })
+        .await
+        .map_err(|e| setup("loading the CA")(e.to_string()))?
+        .map_err(setup("loading the CA"))?
+    };
+    let ca = Arc::new(ca);
+    let ca_file = data_dir.join(crate::ca::CA_CERT_FILE);
+
+    // Agents and claim clients: TLS WebSocket with the daemon's certificate
+    // from the pool CA; agents' client certificates verified against it.
+    let ws_listen = cfg.transport.ws.listen;
+    let mut hosts = vec!["localhost".to_owned(), ws_listen.ip().to_string()];
+    hosts.extend(cfg.transport.ws.hosts.iter().cloned());
+    let server_cert = ca
+        .issue_server_cert(&hosts, now, now + 365 * 24 * 3_600_000)
+        .map_err(|e| setup("issuing the server certificate")(e.to_string()))?;
+    let tls = ServerTlsConfig {
+        cert_chain_pem: server_cert.cert_pem,
+        key_pem: server_cert.key_pem,
+        client_ca_pem: Some(ca.ca_pem().to_owned()),
+    };
+    let bootstrap = Arc::new(BootstrapRegistry::default());
+    let auth = Arc::new(NodeAuth {
+        tokens: bootstrap.clone(),
+        ca: ca.clone(),
+        clock: clock.clone(),
+    });
+    let mut ws_config = WsConfig::default();
+    ws_config.heartbeat_interval_ms = cfg.timing.heartbeat_interval_ms;
+    let (ws, ws_addr) = WsServer::bind(ws_listen, &tls, auth, ws_config)
+        .await
+        .map_err(|e| setup("listening for agents")(e.to_string()))?;
+    let ws_url = format!("wss://{}", url_host(ws_addr));
+
+    let provider: Arc<dyn Provider> = match &cfg.provider {
+        ProviderConfig::Local {
+            agent_bin,
+            max_nodes,
+        } => Arc::new(LocalProvider::new(
+            LocalOptions {
+                base_dir: data_dir.join("local"),
+                agent_bin: agent_binary(agent_bin.as_deref()),
+                daemon_url: format!("{ws_url}{}", fleet_transport_ws::AGENT_PATH),
+                ca_file: ca_file.clone(),
+                max_nodes: *max_nodes,
+                heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
+                stop_timeout: Duration::from_secs(30),
+            },
+            clock.clone(),
+        )),
+        ProviderConfig::Memory => {
+            Arc::new(fleet_core::memory::provider::MemoryProvider::ec2_like())
+        }
+    };
+
+    let mut builder = Fleet::builder()
+        .store(fenced.clone() as Arc<dyn Store>)
+        .provider(provider)
+        .transport(Arc::new(ws))
+        .timing(cfg.timing.clone())
+        .namespace(cfg.namespace.clone())
+        .epoch(epoch)
+        .issuer(Arc::new(CaIssuer {
+            ca: ca.clone(),
+            sealer: Arc::new(sealer),
+            clock: clock.clone(),
+        }))
+        .bootstrap_tokens(bootstrap)
+        .clock(clock.clone());
+    for p in &cfg.pools {
+        builder = builder.pool(p.spec());
+    }
+    for (ws, q) in &cfg.quota {
+        builder = builder.quota(ws.clone(), q.clone());
+    }
+    let fleet = Arc::new(
+        builder
+            .start()
+            .await
+            .map_err(|e| setup("starting the control loop")(e.to_string()))?,
+    );
+
+    // HTTP API.
+    let tokens = Arc::new(
+        ApiTokens::load(&data_dir).map_err(|e| setup("loading API tokens")(e.to_string()))?,
+    );
+    if tokens.is_empty() {
+        let token = tokens
+            .create("admin", clock.now())
+            .map_err(|e| setup("creating the admin token")(e.to_string()))?;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        write_private(&path, token.expose().as_bytes())
+            .map_err(|e| setup("writing the admin token")(e.to_string()))?;
+        eprintln!(
+            "fleet-daemon: created the admin API token (shown once; also in {}):\n  {}",
+            path.display(),
+            token.expose()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|e| setup("listening for HTTP")(format!("{}: {e}", cfg.http.listen)))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| setup("listening for HTTP")(e.to_string()))?;
+    let app = crate::http::router(crate::http::ApiState {
+        fleet: fleet.clone(),
+        tokens,
+        leader: leader.clone(),
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
+    });
+
+    let discovery = Discovery {
+        http: format!("http://{}", url_host(http_addr)),
+        ws: ws_url,
+        ca_file,
+        signer_file: data_dir.join(SEAL_PUB_FILE),
+        namespace: cfg.namespace.clone(),
+        pid: std::process::id(),
+    };
+    let json = serde_json::to_vec_pretty(&discovery)
+        .map_err(|e| setup("writing daemon.json")(e.to_string()))?;
+    write_private(&data_dir.join(DISCOVERY_FILE), &json)
+        .map_err(|e| setup("writing daemon.json")(e.to_string()))?;
+    tracing::info!(http = %discovery.http, ws = %discovery.ws, data_dir = %data_dir.display(), "fleet-daemon serving");
+    ready(&discovery);
+
+    // Keep the lease; losing it means another daemon leads: stop at once.
+    let renew_every = Duration::from_millis((cfg.leader.lease_ms / 3).max(100));
+    let lost = async {
+        loop {
+            tokio::time::sleep(renew_every).await;
+            if let Err(e) = lease.renew(&store, clock.now()).await {
+                return e.to_string();
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        () = shutdown => Ok(()),
+        why = lost => Err(ServeError::LostLeadership(why)),
+    };
+    tracing::info!("fleet-daemon stopping");
+    leader.store(false, Ordering::Relaxed);
+    let _ = stop_http.send(());
+    let _ = http.await;
+    if let Ok(fleet) = Arc::try_unwrap(fleet) {
+        fleet.shutdown().await;
+    }
+    if outcome.is_ok() {
+        let _ = lease.release(&store, clock.now()).await;
+    }
+    outcome
+}
+
+fn url_host(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), "data dir is readable by others; tightening to 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
