@@ -330,31 +330,4 @@ pub mod tcp {
     }
 }
 
-pub mod ws {
-    //! The WebSocket connector: the place where `fleet-transport-ws` plugs
-    //! in.
-    //!
-    //! To wire it: add `fleet-transport-ws` as a dependency, and in
-    //! [`connector_for`] return a connector whose `connect` builds a
-    //! `WsAgentClient` for `url` (TLS trusting `ca_file`, or the pool CA of
-    //! the identity; presenting the identity's certificate and key as the
-    //! mTLS client certificate when there is one), sends the `Hello`,
-    //! receives `Welcome`, and wraps the client in a [`super::Link`]. A
-    //! refusal (HTTP 401/403 on upgrade, or a close frame before `Welcome`)
-    //! maps to [`super::LinkError::Refused`].
-
-    use std::path::Path;
-    use std::sync::Arc;
-
-    use super::{Connector, LinkError};
-
-    /// The connector for a `ws://`/`wss://` daemon URL.
-    pub fn connector_for(
-        url: &str,
-        _ca_file: Option<&Path>,
-    ) -> Result<Arc<dyn Connector>, LinkError> {
-        Err(LinkError::Unsupported(format!(
-            "{url}: this build has no WebSocket connector yet (fleet-transport-ws is not wired in)"
-        )))
-    }
-}
+pub mod ws;

@@ -102,6 +102,18 @@ impl Ca {
         })
     }
 
+    /// A TLS server certificate for `names` (DNS names or IP addresses).
+    pub fn server_cert(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
+        let sans = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName((*n).try_into()?)),
+            })
+            .collect::<Result<Vec<_>, rcgen::Error>>()?;
+        self.issue(sans, vec![ExtendedKeyUsagePurpose::ServerAuth], false)
+    }
+
     /// A claim's client certificate.
     pub fn claim_cert(&self, claim: &ClaimId, expired: bool) -> Result<Issued, rcgen::Error> {
         self.issue(
