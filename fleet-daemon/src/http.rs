@@ -27,8 +27,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The control plane.
-    pub fleet: Arc<Fleet>,
+    /// The control plane, once this daemon leads (a follower has none and
+    /// answers the status API with 503).
+    pub fleet: Arc<std::sync::OnceLock<Arc<Fleet>>>,
     /// API tokens.
     pub tokens: Arc<ApiTokens>,
     /// Whether this daemon leads (a follower serves status read-only).
@@ -81,10 +82,14 @@ async fn require_token(
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
-    if state.fleet.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    match state.fleet.get() {
+        Some(f) if f.is_ready() => (StatusCode::OK, "ready\n").into_response(),
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "follower: another daemon leads\n",
+        )
+            .into_response(),
     }
 }
 
@@ -98,8 +103,13 @@ impl IntoResponse for ApiError {
 }
 
 async fn snapshot(state: &ApiState) -> Result<Status, ApiError> {
-    state
-        .fleet
+    let Some(fleet) = state.fleet.get() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this daemon is a follower; ask the leader".into(),
+        ));
+    };
+    fleet
         .status()
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))

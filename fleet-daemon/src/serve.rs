@@ -215,6 +215,45 @@ pub async fn serve(
         .map_err(|e| setup("resolving the data dir")(e.to_string()))?;
     let leader = Arc::new(AtomicBool::new(false));
 
+    // The HTTP API comes up first: a follower serves health and says so.
+    // HTTP API.
+    let tokens = Arc::new(
+        ApiTokens::load(&data_dir).map_err(|e| setup("loading API tokens")(e.to_string()))?,
+    );
+    if tokens.is_empty() {
+        let token = tokens
+            .create("admin", clock.now())
+            .map_err(|e| setup("creating the admin token")(e.to_string()))?;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        write_private(&path, token.expose().as_bytes())
+            .map_err(|e| setup("writing the admin token")(e.to_string()))?;
+        eprintln!(
+            "fleet-daemon: created the admin API token (shown once; also in {}):\n  {}",
+            path.display(),
+            token.expose()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|e| setup("listening for HTTP")(format!("{}: {e}", cfg.http.listen)))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| setup("listening for HTTP")(e.to_string()))?;
+    let fleet_cell: Arc<std::sync::OnceLock<Arc<Fleet>>> = Arc::new(std::sync::OnceLock::new());
+    let app = crate::http::router(crate::http::ApiState {
+        fleet: fleet_cell.clone(),
+        tokens,
+        leader: leader.clone(),
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
+    });
+
     let store = open_store(&data_dir, &leader).await?;
     let holder = format!("{}-{}", hostname(), std::process::id());
     let mut lease = LeaderLease::new(holder, cfg.leader.lease_ms);
@@ -318,42 +357,9 @@ pub async fn serve(
             .map_err(|e| setup("starting the control loop")(e.to_string()))?,
     );
 
-    // HTTP API.
-    let tokens = Arc::new(
-        ApiTokens::load(&data_dir).map_err(|e| setup("loading API tokens")(e.to_string()))?,
-    );
-    if tokens.is_empty() {
-        let token = tokens
-            .create("admin", clock.now())
-            .map_err(|e| setup("creating the admin token")(e.to_string()))?;
-        let path = data_dir.join(ADMIN_TOKEN_FILE);
-        write_private(&path, token.expose().as_bytes())
-            .map_err(|e| setup("writing the admin token")(e.to_string()))?;
-        eprintln!(
-            "fleet-daemon: created the admin API token (shown once; also in {}):\n  {}",
-            path.display(),
-            token.expose()
-        );
+    if fleet_cell.set(fleet.clone()).is_err() {
+        return Err(setup("starting the control loop")("already started".into()));
     }
-    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
-        .await
-        .map_err(|e| setup("listening for HTTP")(format!("{}: {e}", cfg.http.listen)))?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|e| setup("listening for HTTP")(e.to_string()))?;
-    let app = crate::http::router(crate::http::ApiState {
-        fleet: fleet.clone(),
-        tokens,
-        leader: leader.clone(),
-    });
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = http_stopped.await;
-            })
-            .await;
-    });
 
     let discovery = Discovery {
         http: format!("http://{}", url_host(http_addr)),
