@@ -573,11 +573,14 @@ impl World {
             Command::Provider { op, call } => self.provider(op, call),
             Command::Send { to, msg } => self.send(to, msg),
             Command::IssueCredentials {
-                claim, recipient, ..
+                claim,
+                recipient,
+                expires_at,
+                ..
             } => {
                 let sealed = SealedCredentials {
                     format: "world".to_owned(),
-                    ciphertext: format!("sealed-for-{recipient}"),
+                    ciphertext: format!("sealed-for-{recipient}-until-{expires_at}"),
                     signature: String::new(),
                     signer: String::new(),
                 };
@@ -874,6 +877,16 @@ impl World {
         // Every grant the caller saw was stored as granted on that node.
         for (id, msgs) in &self.claim_msgs {
             for m in msgs {
+                if let ClaimReply::Granted(g) = m
+                    && let Some(creds) = &g.credentials
+                    && !creds
+                        .ciphertext
+                        .ends_with(&format!("-until-{}", g.lease.expires_at))
+                {
+                    return Err(format!(
+                        "claim {id}: credentials and lease name different expiries"
+                    ));
+                }
                 if let ClaimReply::Granted(g) = m
                     && let Some(c) = self.controller.claim(id)
                     && c.state.holds_node()

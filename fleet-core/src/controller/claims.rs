@@ -634,7 +634,8 @@ impl Controller {
         c.rec.node = Some(node.clone());
         c.rec.endpoint = endpoint;
         c.rec.granted_at = Some(now);
-        c.rec.expires_at = Some(now.saturating_add(c.rec.request.lease_ttl_ms));
+        let fresh = now.saturating_add(c.rec.request.lease_ttl_ms);
+        c.rec.expires_at = Some(c.rec.expires_at.unwrap_or(fresh));
         c.rec.credentials = credentials;
         c.rec.pending_reason = None;
         c.rec.epoch = self.epoch;
@@ -679,9 +680,12 @@ impl Controller {
                 continue;
             };
             c.reserved = Some(a.node.clone());
+            // The lease starts now: the credentials minted for it and the
+            // grant must name the same expiry (the seal signs it).
+            let expires_at = now.saturating_add(c.rec.request.lease_ttl_ms);
+            c.rec.expires_at = Some(expires_at);
             let recipient = c.rec.request.recipient.clone();
             let workspace = c.rec.request.workspace.clone();
-            let ttl = c.rec.request.lease_ttl_ms;
             if let Some(n) = self.nodes.get_mut(&a.node) {
                 n.claims.insert(a.claim.clone());
                 n.idle_since = None;
@@ -692,7 +696,7 @@ impl Controller {
                     workspace,
                     node: a.node.clone(),
                     recipient,
-                    expires_at: now.saturating_add(ttl),
+                    expires_at,
                 }),
                 None => self.commit_grant(&a.claim, &a.node, None, now, out),
             }
