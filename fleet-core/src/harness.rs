@@ -583,6 +583,7 @@ impl World {
                     ciphertext: format!("sealed-for-{recipient}-until-{expires_at}"),
                     signature: String::new(),
                     signer: String::new(),
+                    expires_at,
                 };
                 self.push(
                     self.now,

@@ -286,6 +286,7 @@ impl Sealer {
             ciphertext,
             signature: B64.encode(signature.to_bytes()),
             signer: self.signer().to_base64(),
+            expires_at: bundle.expires_at,
         })
     }
 }
@@ -297,7 +298,8 @@ pub struct Expected<'a> {
     pub claim_id: &'a ClaimId,
     /// The age recipient it sent with the request.
     pub recipient: &'a str,
-    /// The lease expiry in the grant.
+    /// The certificate expiry the grant's sealed credentials name
+    /// (`SealedCredentials::expires_at`).
     pub expires_at: Millis,
     /// The daemon key it trusts.
     pub signer: &'a SignerKey,

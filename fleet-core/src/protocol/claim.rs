@@ -121,6 +121,11 @@ pub struct SealedCredentials {
     pub signature: String,
     /// Base64 Ed25519 public key of the signer.
     pub signer: String,
+    /// The certificate's expiry (ms since epoch), covered by the signature.
+    /// The lease may outlive it (renewals, a daemon restart); the agent's
+    /// gateway enforces the lease, the certificate bounds it.
+    #[serde(default)]
+    pub expires_at: Millis,
 }
 
 /// A granted claim.

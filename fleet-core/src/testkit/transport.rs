@@ -169,6 +169,7 @@ fn grant_for(req: &ClaimRequest) -> ClaimGrant {
             ),
             signature: "c2lnbmF0dXJl".to_owned(),
             signer: "c2lnbmVy".to_owned(),
+            expires_at: 1_700_000_000_000,
         }),
     }
 }

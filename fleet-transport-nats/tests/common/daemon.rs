@@ -192,6 +192,7 @@ async fn perform(
                     ciphertext: format!("sealed-for-{recipient}"),
                     signature: String::new(),
                     signer: String::new(),
+                    expires_at: 0,
                 }),
             });
         }
