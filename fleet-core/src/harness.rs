@@ -880,12 +880,13 @@ impl World {
             for m in msgs {
                 if let ClaimReply::Granted(g) = m
                     && let Some(creds) = &g.credentials
-                    && !creds
+                    && (!creds
                         .ciphertext
-                        .ends_with(&format!("-until-{}", g.lease.expires_at))
+                        .ends_with(&format!("-until-{}", creds.expires_at))
+                        || creds.expires_at > g.lease.expires_at)
                 {
                     return Err(format!(
-                        "claim {id}: credentials and lease name different expiries"
+                        "claim {id}: credentials outlive the lease or name another expiry"
                     ));
                 }
                 if let ClaimReply::Granted(g) = m
