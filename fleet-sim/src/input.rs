@@ -346,14 +346,8 @@ pub fn parse(bytes: &[u8]) -> Result<Scenario, SimError> {
     let mut value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| SimError::invalid("$", format!("not valid JSON: {e}")))?;
     strip_comments(&mut value);
-    let input: SimInput = serde_path_to_error::deserialize(value).map_err(|e| {
-        let mut path = json_path(&e.path().to_string());
-        let message = e.inner().to_string();
-        if message.starts_with("unknown variant") && path.starts_with("$.strategies[") {
-            path.push_str(".kind");
-        }
-        SimError::invalid(path, message)
-    })?;
+    let input: SimInput = serde_path_to_error::deserialize(value)
+        .map_err(|e| SimError::invalid(json_path(&e.path().to_string()), e.inner().to_string()))?;
     validate(input)
 }
 

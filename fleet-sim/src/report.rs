@@ -407,7 +407,7 @@ pub fn table(result: &SimResult) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>4}  {:<18} {:>14} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>6}  {}",
+        "{:>4}  {:<18} {:>14} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>6}  SLA",
         "rank",
         "strategy",
         "total $",
@@ -420,7 +420,6 @@ pub fn table(result: &SimResult) -> String {
         "stop h",
         "boots",
         "intr",
-        "SLA"
     );
     let by_id: BTreeMap<&str, &StrategyResult> = result
         .strategies
