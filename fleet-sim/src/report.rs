@@ -508,18 +508,19 @@ pub fn svg(result: &SimResult) -> String {
         .max(1.0)
         * 1.1;
     let max_cost = max_cost * 1.1;
-    // Panel 1.
+    // Panel 1; waits span seconds to hours, so the wait axis is logarithmic.
+    let lx = |w: f64| (1.0 + w).ln() / (1.0 + max_wait).ln();
     axes(
         &mut o,
         px,
         py,
         pw,
         ph,
-        &format!("p{pct} wait (s)"),
+        &format!("p{pct} wait (s, log scale)"),
         "total cost ($)",
     );
-    ticks(&mut o, px, py, pw, ph, max_wait, max_cost);
-    let sla_x = px + pw * result.scenario.sla.max_wait_s / max_wait;
+    ticks(&mut o, px, py, pw, ph, max_wait, max_cost, true);
+    let sla_x = px + pw * lx(result.scenario.sla.max_wait_s);
     let _ = writeln!(
         o,
         r#"<line x1="{sla_x:.1}" y1="{py}" x2="{sla_x:.1}" y2="{:.1}" stroke="darkgray" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="gray">SLA</text>"#,
@@ -529,7 +530,7 @@ pub fn svg(result: &SimResult) -> String {
     );
     for (i, s) in result.strategies.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        let x = px + pw * s.sla.wait_s / max_wait;
+        let x = px + pw * lx(s.sla.wait_s);
         let y = py + ph - ph * (s.cost.total_micros as f64 / 1e6) / max_cost;
         let _ = writeln!(
             o,
@@ -550,7 +551,7 @@ pub fn svg(result: &SimResult) -> String {
         .flat_map(|s| s.cost_over_time.last().map(|p| p.0))
         .fold(1.0, f64::max);
     axes(&mut o, qx, qy, qw, qh, "hours", "cost so far ($)");
-    ticks(&mut o, qx, qy, qw, qh, max_t, max_cost);
+    ticks(&mut o, qx, qy, qw, qh, max_t, max_cost, false);
     for (i, s) in result.strategies.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         let pts: Vec<String> = s
@@ -610,15 +611,24 @@ fn axes(o: &mut String, x: f64, y: f64, w: f64, h: f64, xl: &str, yl: &str) {
     );
 }
 
-fn ticks(o: &mut String, x: f64, y: f64, w: f64, h: f64, max_x: f64, max_y: f64) {
+#[expect(
+    clippy::too_many_arguments,
+    reason = "plot geometry; a struct would only rename the numbers"
+)]
+fn ticks(o: &mut String, x: f64, y: f64, w: f64, h: f64, max_x: f64, max_y: f64, log_x: bool) {
     for i in 0..=4 {
         let f = f64::from(i) / 4.0;
+        let tx = if log_x {
+            ((1.0 + max_x).ln() * f).exp() - 1.0
+        } else {
+            max_x * f
+        };
         let _ = writeln!(
             o,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="dimgray">{}</text>"#,
             x + w * f,
             y + h + 16.0,
-            short(max_x * f)
+            short(tx)
         );
         let _ = writeln!(
             o,
