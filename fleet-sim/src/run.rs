@@ -198,6 +198,10 @@ pub fn run_one(
         timing: Timing {
             // No heartbeats are simulated: nodes must never time out.
             heartbeat_timeout_ms: s.horizon_ms + MAX_DRAIN_MS + 7 * DAY,
+            // No caller retries a request here, so ended claims need not be
+            // kept an hour to answer one; every controller step scans the
+            // claims it keeps.
+            claim_retention_ms: 60_000,
             ..Timing::default()
         },
     };
