@@ -139,3 +139,25 @@ fn the_example_runs_through_the_binary() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_schema_names_every_input_key() {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/sim-input.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let example = std::fs::read(format!("{dir}/examples/sim-input.json")).unwrap();
+    let parsed = input::parse(&example).unwrap();
+    // Every key the input type writes is documented at the top level.
+    let written = serde_json::to_value(&parsed.input).unwrap();
+    let props = schema["properties"].as_object().unwrap();
+    for key in written.as_object().unwrap().keys() {
+        assert!(props.contains_key(key), "schema lacks {key}");
+    }
+    assert_eq!(
+        props.len(),
+        written.as_object().unwrap().len() + 1,
+        "plus $comment"
+    );
+}
