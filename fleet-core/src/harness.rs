@@ -100,6 +100,8 @@ pub struct World {
     steps: u64,
     lean: bool,
     jitter: Option<Jitter>,
+    /// Create calls refused for capacity, per million, with their draws.
+    capacity: Option<(u64, Jitter)>,
 }
 
 /// Seeded extra boot latency (see [`World::set_boot_jitter`]).
@@ -156,6 +158,7 @@ impl World {
             steps: 0,
             lean: false,
             jitter: None,
+            capacity: None,
         }
     }
 
@@ -177,6 +180,22 @@ impl World {
             spread,
             state: seed,
         });
+    }
+
+    /// Each create call fails with [`ProviderError::Capacity`] with
+    /// probability `per_million / 1e6` (a seeded draw; same seed, same
+    /// failures), as a provider out of a type's capacity does.
+    pub fn set_capacity_errors(&mut self, per_million: u64, seed: u64) {
+        let draws = Jitter {
+            spread: BootLatency {
+                image_ms: 0,
+                snapshot_ms: 0,
+                stopped_ms: 0,
+                resize_ms: 0,
+            },
+            state: seed,
+        };
+        self.capacity = (per_million > 0).then_some((per_million, draws));
     }
 
     /// Removes and returns a claim's trace (a long simulation drops the
@@ -628,6 +647,17 @@ impl World {
         {
             *n -= 1;
             let e = err.clone();
+            self.push(
+                self.now + API_LATENCY_MS,
+                Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),
+            );
+            return;
+        }
+        if let (ProviderCall::Create(spec), Some((per_million, draws))) =
+            (&call, &mut self.capacity)
+            && draws.draw(999_999) < *per_million
+        {
+            let e = ProviderError::Capacity(format!("no {} capacity", spec.instance_type));
             self.push(
                 self.now + API_LATENCY_MS,
                 Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),

@@ -249,6 +249,10 @@ pub struct ProviderInput {
     /// simulated day draws its rate from this band.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spot_interruptions_per_1000h: Option<[f64; 2]>,
+    /// Create calls refused for lack of capacity, per 1000 (default 0); the
+    /// controller retries them with backoff as it would at a real provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_errors_per_1000_creates: Option<f64>,
 }
 
 /// An instance type for sale, prices as exact decimal dollars per hour.
@@ -551,6 +555,14 @@ fn resolve_book(p: &ProviderInput) -> Result<PriceBook, SimError> {
         || format!("needs low <= high <= 1000, got {band:?}"),
     )?;
     book.spot_interruptions_per_1000h = band;
+    if let Some(c) = p.capacity_errors_per_1000_creates {
+        let path = "$.provider.capacity_errors_per_1000_creates";
+        rate(c, path)?;
+        check(c <= 1000.0, path, || {
+            format!("must be at most 1000, got {c}")
+        })?;
+        book.capacity_errors_per_million = (c * 1000.0).round() as u64;
+    }
     for (i, o) in p.offerings.iter().enumerate() {
         let base = format!("$.provider.offerings[{i}]");
         let t = InstanceType::new(o.instance_type.clone())

@@ -44,6 +44,8 @@ pub struct PriceBook {
     pub capabilities: Capabilities,
     /// Spot interruptions per 1000 instance-hours, low and high.
     pub spot_interruptions_per_1000h: [f64; 2],
+    /// Create calls refused for capacity, per million (0 in the books).
+    pub capacity_errors_per_million: u64,
 }
 
 /// The built-in book `name`, if there is one.
@@ -131,6 +133,7 @@ fn aws() -> PriceBook {
         },
         capabilities: Capabilities::all(),
         spot_interruptions_per_1000h: [2.0, 10.0],
+        capacity_errors_per_million: 0,
     }
 }
 
@@ -169,6 +172,7 @@ fn hetzner() -> PriceBook {
             max_instances: None,
         },
         spot_interruptions_per_1000h: [0.0, 0.0],
+        capacity_errors_per_million: 0,
     }
 }
 

@@ -210,6 +210,10 @@ pub fn run_one(
     world.set_lean(true);
     // Same seed for every strategy: they see the same boot-time draws in order.
     world.set_boot_jitter(s.book.boot_spread, Rng::new(seed, 5).next_u64());
+    world.set_capacity_errors(
+        s.book.capacity_errors_per_million,
+        Rng::new(seed, 8).next_u64(),
+    );
     let workspace = Workspace::new("sim").map_err(|e| fail(strategy, e.to_string()))?;
 
     let step = s.input.step_ms;

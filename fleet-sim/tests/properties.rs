@@ -171,3 +171,23 @@ fn stopped_pool_idle_cost_follows_the_providers_rules() {
         "{stopped_rate}"
     );
 }
+
+/// Capacity errors from the input reach the controller: it retries, jobs
+/// still finish, and they wait longer than without errors.
+#[test]
+fn capacity_errors_delay_but_do_not_lose_jobs() {
+    let mut v = common::input("aws", common::steady(), 24);
+    v["strategies"] = json!([{"kind": "cold_image"}]);
+    let calm = common::simulate(&v);
+    v["provider"]["capacity_errors_per_1000_creates"] = json!(500);
+    let scarce = common::simulate(&v);
+    let (a, b) = (&calm.strategies[0], &scarce.strategies[0]);
+    assert_eq!(b.jobs.unserved, 0);
+    assert_eq!(b.jobs.served, a.jobs.served);
+    assert!(
+        b.wait_s.mean > a.wait_s.mean,
+        "{} vs {}",
+        b.wait_s.mean,
+        a.wait_s.mean
+    );
+}
