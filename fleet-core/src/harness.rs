@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
+use crate::billing::BootLatency;
 use crate::controller::{
     Alert, Command, Controller, ControllerConfig, Event, ProviderCall, ProviderOutcome,
 };
@@ -118,6 +119,32 @@ pub struct World {
     faults: Faults,
     heartbeats: bool,
     steps: u64,
+    lean: bool,
+    jitter: Option<Jitter>,
+    /// Create calls refused for capacity, per million, with their draws.
+    capacity: Option<(u64, Jitter)>,
+}
+
+/// Seeded extra boot latency (see [`World::set_boot_jitter`]).
+#[derive(Debug, Clone)]
+struct Jitter {
+    spread: BootLatency,
+    state: u64,
+}
+
+impl Jitter {
+    /// SplitMix64: a uniform draw in `0..=spread`.
+    fn draw(&mut self, spread: Millis) -> Millis {
+        if spread == 0 {
+            return 0;
+        }
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        z % spread.saturating_add(1)
+    }
 }
 
 impl World {
@@ -152,6 +179,61 @@ impl World {
             faults: Faults::default(),
             heartbeats,
             steps: 0,
+            lean: false,
+            jitter: None,
+            capacity: None,
+        }
+    }
+
+    /// Lean mode, for long simulations: the world keeps no copies of the
+    /// messages it sends (replies, claim and agent messages stay empty) and
+    /// stores record revisions without encoding the records, so
+    /// [`World::records`] is empty and [`World::crash_and_restart`] must not
+    /// be used. The controller sees exactly the same events either way.
+    pub fn set_lean(&mut self, lean: bool) {
+        self.lean = lean;
+    }
+
+    /// Boots take longer by a seeded uniform draw in `0..=spread.of(path)`
+    /// on top of the billing model's latency (create from image or
+    /// snapshot, start of a stopped node), so boot times vary as they do
+    /// at a real provider. Same seed, same draws.
+    pub fn set_boot_jitter(&mut self, spread: BootLatency, seed: u64) {
+        self.jitter = Some(Jitter {
+            spread,
+            state: seed,
+        });
+    }
+
+    /// Each create call fails with [`ProviderError::Capacity`] with
+    /// probability `per_million / 1e6` (a seeded draw; same seed, same
+    /// failures), as a provider out of a type's capacity does.
+    pub fn set_capacity_errors(&mut self, per_million: u64, seed: u64) {
+        let draws = Jitter {
+            spread: BootLatency {
+                image_ms: 0,
+                snapshot_ms: 0,
+                stopped_ms: 0,
+                resize_ms: 0,
+            },
+            state: seed,
+        };
+        self.capacity = (per_million > 0).then_some((per_million, draws));
+    }
+
+    /// Removes and returns a claim's trace (a long simulation drops the
+    /// traces of claims it is done with, to keep memory flat).
+    pub fn take_trace(&mut self, id: &ClaimId) -> Option<ClaimTrace> {
+        self.traces.remove(id)
+    }
+
+    fn jittered(&mut self, base: Millis, spread: impl Fn(&BootLatency) -> Millis) -> Millis {
+        match &mut self.jitter {
+            Some(j) => {
+                let s = spread(&j.spread);
+                base.saturating_add(j.draw(s))
+            }
+            None => base,
         }
     }
 
@@ -227,7 +309,9 @@ impl World {
                     ..ClaimTrace::default()
                 });
         }
-        self.replies.entry(reply.clone()).or_default();
+        if !self.lean {
+            self.replies.entry(reply.clone()).or_default();
+        }
         self.push(
             self.now,
             Pending::Deliver(Event::Claim {
@@ -637,6 +721,10 @@ impl World {
         let rev = Revision(self.next_revision);
         self.next_revision += 1;
         match value {
+            Some(_) if self.lean => {
+                self.records.insert(key.clone(), (rev, Vec::new()));
+                Ok(rev)
+            }
             Some(v) => {
                 let bytes = encode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 self.records.insert(key.clone(), (rev, bytes));
@@ -651,6 +739,7 @@ impl World {
 
     fn send(&mut self, to: Peer, msg: Outbound) {
         match (to, msg) {
+            (Peer::Reply(_), _) if self.lean => {}
             (Peer::Reply(r), Outbound::Claim(reply)) => {
                 self.replies.entry(r).or_default().push(reply);
             }
@@ -681,8 +770,11 @@ impl World {
                     }
                     _ => {}
                 }
-                self.claim_msgs.entry(id).or_default().push(reply);
+                if !self.lean {
+                    self.claim_msgs.entry(id).or_default().push(reply);
+                }
             }
+            (Peer::Node(_), _) if self.lean => {}
             (Peer::Node(n), Outbound::Agent(m)) => {
                 if let DaemonMsg::Run(spec) = &m {
                     self.run_command(&n, spec.clone());
@@ -708,12 +800,23 @@ impl World {
             );
             return;
         }
+        if let (ProviderCall::Create(spec), Some((per_million, draws))) =
+            (&call, &mut self.capacity)
+            && draws.draw(999_999) < *per_million
+        {
+            let e = ProviderError::Capacity(format!("no {} capacity", spec.instance_type));
+            self.push(
+                self.now + API_LATENCY_MS,
+                Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),
+            );
+            return;
+        }
         let boot = self.config.billing.boot;
         let (delay, result) = match call {
             ProviderCall::Create(spec) => {
                 let latency = match spec.source {
-                    BootSource::Snapshot(_) => boot.snapshot_ms,
-                    _ => boot.image_ms,
+                    BootSource::Snapshot(_) => self.jittered(boot.snapshot_ms, |s| s.snapshot_ms),
+                    _ => self.jittered(boot.image_ms, |s| s.image_ms),
                 };
                 let instance = match self.instances.get(&spec.node) {
                     Some(i) => i.clone(),
@@ -745,7 +848,8 @@ impl World {
                     i.state = InstanceState::Running;
                     let i = i.clone();
                     if was_stopped {
-                        self.boot_agent(&r.node, boot.stopped_ms);
+                        let latency = self.jittered(boot.stopped_ms, |s| s.stopped_ms);
+                        self.boot_agent(&r.node, latency);
                     }
                     (API_LATENCY_MS, Ok(ProviderOutcome::Instance(i)))
                 }

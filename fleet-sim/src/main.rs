@@ -1,0 +1,237 @@
+//! `fleet-sim`: rank the strategies against a forecast.
+//!
+//! ```text
+//! fleet-sim --config sim-input.json [--out result.json] [--svg chart.svg] [--seed N] [--threads N]
+//! fleet-sim --bench [--config sim-input.json]
+//! ```
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fleet_sim::{Scenario, SimError, input, report};
+
+const USAGE: &str = "usage: fleet-sim --config sim-input.json [--out result.json] [--svg chart.svg] [--seed N] [--threads N] [--quiet]
+       fleet-sim --bench [--config sim-input.json] [--threads N]
+
+  --config FILE   the input (JSON; schema: fleet-sim/sim-input.schema.json)
+  --out FILE      write result.json there
+  --svg FILE      draw cost vs wait and cost over time
+  --seed N        override the input's seed
+  --threads N     strategies simulated in parallel (default: the CPUs)
+  --quiet         no table on stdout, no progress bar
+  --bench         one year at per-minute resolution x the six strategies; prints the wall time";
+
+/// The example input, used by `--bench` without `--config`.
+const EXAMPLE: &str = include_str!("../examples/sim-input.json");
+
+#[derive(Debug, Default)]
+struct Args {
+    config: Option<PathBuf>,
+    out: Option<PathBuf>,
+    svg: Option<PathBuf>,
+    seed: Option<u64>,
+    threads: Option<usize>,
+    quiet: bool,
+    bench: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--config" => a.config = Some(value("--config")?.into()),
+            "--out" => a.out = Some(value("--out")?.into()),
+            "--svg" => a.svg = Some(value("--svg")?.into()),
+            "--seed" => {
+                let v = value("--seed")?;
+                a.seed = Some(
+                    v.parse()
+                        .map_err(|_| format!("--seed: not a number: {v}"))?,
+                );
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                a.threads = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("--threads: not a positive number: {v}"))?,
+                );
+            }
+            "--quiet" => a.quiet = true,
+            "--bench" => a.bench = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if a.config.is_none() && !a.bench {
+        return Err("--config is required".to_owned());
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e.kind() {
+                fleet_sim::ErrorKind::Invalid | fleet_sim::ErrorKind::TooLarge => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
+    }
+}
+
+fn threads(args: &Args) -> usize {
+    args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(std::num::NonZeroUsize::get)
+            .unwrap_or(1)
+    })
+}
+
+fn run(args: &Args) -> Result<(), SimError> {
+    let mut scenario = match &args.config {
+        Some(path) => fleet_sim::load(path)?,
+        None => input::parse(EXAMPLE.as_bytes())?,
+    };
+    if let Some(seed) = args.seed {
+        scenario.input.seed = seed;
+    }
+    if args.bench {
+        return bench(scenario, threads(args));
+    }
+    let result = with_progress(&scenario, threads(args), args.quiet, |s, t, p| {
+        fleet_sim::simulate(s, t, p)
+    })?;
+    if let Some(out) = &args.out {
+        write(out, &fleet_sim::to_json(&result))?;
+    }
+    if let Some(svg) = &args.svg {
+        write(svg, &report::svg(&result))?;
+    }
+    if !args.quiet {
+        print!("{}", report::table(&result));
+    }
+    Ok(())
+}
+
+fn write(path: &std::path::Path, text: &str) -> Result<(), SimError> {
+    std::fs::write(path, text).map_err(|source| SimError::Io {
+        file: path.display().to_string(),
+        source,
+    })
+}
+
+/// Runs `f`, drawing a progress bar on stderr once it has taken a second.
+fn with_progress<T>(
+    s: &Scenario,
+    threads: usize,
+    quiet: bool,
+    f: impl FnOnce(&Scenario, usize, Option<&[AtomicU64]>) -> T + Send,
+) -> T
+where
+    T: Send,
+{
+    let counters: Vec<AtomicU64> = s
+        .input
+        .strategies
+        .iter()
+        .map(|_| AtomicU64::new(0))
+        .collect();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        if !quiet {
+            scope.spawn(|| {
+                let started = Instant::now();
+                let mut drawn = false;
+                while !done.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if started.elapsed() < Duration::from_secs(1) {
+                        continue;
+                    }
+                    let total: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+                    let frac = total as f64 / (1000.0 * counters.len().max(1) as f64);
+                    let filled = (frac * 40.0) as usize;
+                    eprint!(
+                        "\r[{}{}] {:>3}% {:>5.1}s",
+                        "#".repeat(filled.min(40)),
+                        ".".repeat(40 - filled.min(40)),
+                        (frac * 100.0) as u32,
+                        started.elapsed().as_secs_f64()
+                    );
+                    let _ = std::io::stderr().flush();
+                    drawn = true;
+                }
+                if drawn {
+                    eprintln!();
+                }
+            });
+        }
+        let r = f(s, threads, Some(&counters));
+        done.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
+    scenario.input.horizon_hours = 8_760;
+    scenario.input.step_ms = 60_000;
+    scenario.input.strategies = fleet_core::strategy::StrategyConfig::all_defaults();
+    let scenario = input::validate(scenario.input)?;
+    let started = Instant::now();
+    let arrivals = fleet_sim::forecast::arrivals(&scenario);
+    let generated = started.elapsed();
+    let runs = fleet_sim::run::run_all(&scenario, &arrivals, threads, None)?;
+    let wall = started.elapsed();
+    let steps: u64 = runs.iter().map(|r| r.steps).sum();
+    println!(
+        "bench: 1 year (8760 h) at {} ms steps, {} strategies, {} jobs, {} threads",
+        scenario.input.step_ms,
+        runs.len(),
+        arrivals.jobs.len(),
+        threads
+    );
+    for r in &runs {
+        println!(
+            "  {:<18} {:>9} controller steps  bill {}",
+            r.strategy.name(),
+            r.steps,
+            r.cost.total()
+        );
+    }
+    println!(
+        "wall time {:.3} s (arrivals {:.3} s), {} controller steps, {:.0} steps/s",
+        wall.as_secs_f64(),
+        generated.as_secs_f64(),
+        steps,
+        steps as f64 / wall.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}

@@ -1,0 +1,674 @@
+//! The result: per-strategy figures, the ranking, and its renderings (JSON,
+//! a text table, an SVG chart drawn by hand).
+//!
+//! Output is deterministic: ordered containers only, money as integer
+//! micro-dollars (and as exact dollar strings), every float rounded to
+//! three decimals.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use fleet_core::ids::Millis;
+use fleet_core::money::Money;
+use serde::Serialize;
+
+use crate::input::Scenario;
+use crate::run::{RunOutcome, boots_by_source};
+
+const HOUR: f64 = 3_600_000.0;
+
+/// Everything `result.json` holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimResult {
+    /// The simulator and its version.
+    pub simulator: String,
+    /// What was simulated.
+    pub scenario: ScenarioSummary,
+    /// One entry per strategy, in the input's order.
+    pub strategies: Vec<StrategyResult>,
+    /// Cheapest strategy meeting the SLA first, then the others.
+    pub ranking: Vec<RankEntry>,
+}
+
+/// What was simulated.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSummary {
+    /// The seed.
+    pub seed: u64,
+    /// Simulated hours.
+    pub horizon_hours: u64,
+    /// Arrival resolution.
+    pub step_ms: Millis,
+    /// The price book.
+    pub price_book: String,
+    /// The pool's instance types.
+    pub instance_types: Vec<String>,
+    /// Pool limits.
+    pub min_nodes: u32,
+    /// Pool limits.
+    pub max_nodes: u32,
+    /// Jobs per node.
+    pub slots_per_node: u32,
+    /// Jobs in the forecast.
+    pub arrivals: u64,
+    /// The SLA.
+    pub sla: SlaSpec,
+}
+
+/// The SLA as asked.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlaSpec {
+    /// The bounded percentile.
+    pub percentile: f64,
+    /// Its bound in seconds.
+    pub max_wait_s: f64,
+}
+
+/// One strategy's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StrategyResult {
+    /// Unique id: the strategy's name, with `#2`… for repeats.
+    pub id: String,
+    /// The strategy's name.
+    pub name: String,
+    /// Its configuration.
+    pub parameters: serde_json::Value,
+    /// What it declares an idle pool costs.
+    pub idle_cost: IdleCostOut,
+    /// The bill.
+    pub cost: CostOut,
+    /// Job counts.
+    pub jobs: JobsOut,
+    /// Waits from first request to grant, in seconds.
+    pub wait_s: WaitOut,
+    /// Node-hours by state.
+    pub node_hours: NodeHours,
+    /// Nodes brought up, per boot source.
+    pub boots: BTreeMap<String, u64>,
+    /// Spot interruptions.
+    pub interruptions: u64,
+    /// Nodes lost.
+    pub lost: u64,
+    /// Whether the SLA was met.
+    pub sla: SlaOut,
+    /// Hours the bill covers (horizon, or until the last job finished).
+    pub accounted_hours: f64,
+    /// Controller events handled.
+    pub controller_steps: u64,
+    /// `[hours from start, total micro-dollars]` at regular times.
+    pub cost_over_time: Vec<(f64, i64)>,
+}
+
+/// Idle cost, as declared by `describe()`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleCostOut {
+    /// Paid once.
+    pub setup_micros: i64,
+    /// Paid per idle hour.
+    pub per_hour_micros: i64,
+}
+
+/// The bill.
+#[derive(Debug, Clone, Serialize)]
+pub struct CostOut {
+    /// Total, micro-dollars.
+    pub total_micros: i64,
+    /// Total, dollars.
+    pub total_usd: String,
+    /// Running time billed.
+    pub running_micros: i64,
+    /// Stopped time billed.
+    pub stopped_micros: i64,
+    /// Snapshot storage billed.
+    pub snapshots_micros: i64,
+    /// Total per served job (0 when none was served).
+    pub per_job_micros: i64,
+    /// The same in dollars.
+    pub per_job_usd: String,
+}
+
+/// Job counts.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobsOut {
+    /// Arrived.
+    pub arrived: u64,
+    /// Ran to completion.
+    pub served: u64,
+    /// Still waiting or running at the end.
+    pub unserved: u64,
+    /// Requested again after a revocation.
+    pub requeues: u64,
+}
+
+/// Wait statistics in seconds (nearest-rank percentiles).
+#[derive(Debug, Clone, Serialize)]
+pub struct WaitOut {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Longest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Node-hours by state.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeHours {
+    /// Billed as running (booting, ready, busy, stopping).
+    pub running: f64,
+    /// Stopped.
+    pub stopped: f64,
+    /// Held by jobs.
+    pub busy: f64,
+    /// Running but not held by a job.
+    pub idle_running: f64,
+}
+
+/// The SLA verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlaOut {
+    /// Met or not.
+    pub met: bool,
+    /// The wait at the SLA's percentile, seconds.
+    pub wait_s: f64,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A place in the ranking.
+#[derive(Debug, Clone, Serialize)]
+pub struct RankEntry {
+    /// 1 is best.
+    pub rank: usize,
+    /// The strategy id.
+    pub strategy: String,
+    /// Its total bill.
+    pub total_usd: String,
+    /// Whether it meets the SLA.
+    pub meets_sla: bool,
+    /// Why it is here.
+    pub reason: String,
+}
+
+fn r3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn secs(ms: Millis) -> f64 {
+    r3(ms as f64 / 1000.0)
+}
+
+fn hours(ms: u64) -> f64 {
+    r3(ms as f64 / HOUR)
+}
+
+/// The nearest-rank percentile `p` of sorted `v` (0 when empty).
+pub fn percentile(v: &[Millis], p: f64) -> Millis {
+    if v.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// Builds the result from the runs.
+pub fn build(s: &Scenario, runs: &[RunOutcome]) -> SimResult {
+    let sla = &s.input.sla;
+    let mut seen: BTreeMap<&str, u32> = BTreeMap::new();
+    let strategies: Vec<StrategyResult> = runs
+        .iter()
+        .map(|r| {
+            let name = r.strategy.name();
+            let n = seen.entry(name).or_default();
+            *n += 1;
+            let id = if *n == 1 {
+                name.to_owned()
+            } else {
+                format!("{name}#{n}")
+            };
+            strategy_result(s, r, id)
+        })
+        .collect();
+    let _ = sla;
+    let ranking = rank(&strategies);
+    SimResult {
+        simulator: format!("fleet-sim {}", env!("CARGO_PKG_VERSION")),
+        scenario: ScenarioSummary {
+            seed: s.input.seed,
+            horizon_hours: s.input.horizon_hours,
+            step_ms: s.input.step_ms,
+            price_book: s.book.name.clone(),
+            instance_types: s
+                .pool
+                .instance_types
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            min_nodes: s.pool.min_nodes,
+            max_nodes: s.pool.max_nodes,
+            slots_per_node: s.pool.slots_per_node,
+            arrivals: runs.first().map_or(0, |r| r.arrived),
+            sla: SlaSpec {
+                percentile: r3(s.input.sla.percentile),
+                max_wait_s: secs(s.input.sla.max_wait_ms),
+            },
+        },
+        strategies,
+        ranking,
+    }
+}
+
+fn strategy_result(s: &Scenario, r: &RunOutcome, id: String) -> StrategyResult {
+    let c = &r.cost;
+    let total = c.total();
+    let per_job = if r.served > 0 {
+        Money::from_micros(total.micros() / r.served as i64)
+    } else {
+        Money::ZERO
+    };
+    let w = &r.waits_ms;
+    let mean = if w.is_empty() {
+        0.0
+    } else {
+        w.iter().map(|x| *x as f64).sum::<f64>() / w.len() as f64 / 1000.0
+    };
+    let sla = &s.input.sla;
+    let at = percentile(w, sla.percentile);
+    let reason = if r.unserved > 0 {
+        Some(format!(
+            "{} job(s) never finished within {} h after the horizon",
+            r.unserved,
+            crate::run::MAX_DRAIN_MS / 3_600_000
+        ))
+    } else if at > sla.max_wait_ms {
+        Some(format!(
+            "p{} wait {} s > {} s",
+            r3(sla.percentile),
+            secs(at),
+            secs(sla.max_wait_ms)
+        ))
+    } else {
+        None
+    };
+    StrategyResult {
+        id,
+        name: r.strategy.name().to_owned(),
+        parameters: serde_json::to_value(&r.strategy).unwrap_or(serde_json::Value::Null),
+        idle_cost: IdleCostOut {
+            setup_micros: r.info.idle_cost.setup.micros(),
+            per_hour_micros: r.info.idle_cost.per_hour.micros(),
+        },
+        cost: CostOut {
+            total_micros: total.micros(),
+            total_usd: total.to_string(),
+            running_micros: c.running.micros(),
+            stopped_micros: c.stopped.micros(),
+            snapshots_micros: c.snapshots.micros(),
+            per_job_micros: per_job.micros(),
+            per_job_usd: per_job.to_string(),
+        },
+        jobs: JobsOut {
+            arrived: r.arrived,
+            served: r.served,
+            unserved: r.unserved,
+            requeues: r.requeues,
+        },
+        wait_s: WaitOut {
+            p50: secs(percentile(w, 50.0)),
+            p95: secs(percentile(w, 95.0)),
+            p99: secs(percentile(w, 99.0)),
+            max: secs(w.last().copied().unwrap_or(0)),
+            mean: r3(mean),
+        },
+        node_hours: NodeHours {
+            running: hours(c.running_ms),
+            stopped: hours(c.stopped_ms),
+            busy: hours(r.busy_ms),
+            idle_running: hours(c.running_ms.saturating_sub(r.busy_ms)),
+        },
+        boots: boots_by_source(c),
+        interruptions: c.interruptions,
+        lost: c.lost,
+        sla: SlaOut {
+            met: reason.is_none(),
+            wait_s: secs(at),
+            reason,
+        },
+        accounted_hours: hours(r.end_ms),
+        controller_steps: r.steps,
+        cost_over_time: r
+            .series
+            .iter()
+            .map(|(t, m)| (hours(*t), m.micros()))
+            .collect(),
+    }
+}
+
+/// Cheapest meeting the SLA first; then the others meeting it by cost;
+/// then those missing it by cost. Ties break on the id.
+pub fn rank(strategies: &[StrategyResult]) -> Vec<RankEntry> {
+    let mut order: Vec<&StrategyResult> = strategies.iter().collect();
+    order.sort_by(|a, b| {
+        b.sla
+            .met
+            .cmp(&a.sla.met)
+            .then(a.cost.total_micros.cmp(&b.cost.total_micros))
+            .then(a.id.cmp(&b.id))
+    });
+    let best = order
+        .first()
+        .filter(|b| b.sla.met)
+        .map(|b| (b.id.clone(), b.cost.total_micros));
+    order
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let reason = match (&best, &r.sla.reason) {
+                (Some((id, _)), None) if *id == r.id => {
+                    "cheapest strategy that meets the SLA".to_owned()
+                }
+                (Some((id, cost)), None) => format!(
+                    "meets the SLA but costs {} more than {id}",
+                    Money::from_micros(r.cost.total_micros - cost)
+                ),
+                (None, None) => "meets the SLA".to_owned(),
+                (_, Some(why)) => format!("misses the SLA: {why}"),
+            };
+            RankEntry {
+                rank: i + 1,
+                strategy: r.id.clone(),
+                total_usd: r.cost.total_usd.clone(),
+                meets_sla: r.sla.met,
+                reason,
+            }
+        })
+        .collect()
+}
+
+/// The ranking as a text table.
+pub fn table(result: &SimResult) -> String {
+    let mut out = String::new();
+    let sc = &result.scenario;
+    let _ = writeln!(
+        out,
+        "{} h on {} {} · {} jobs · SLA p{} wait <= {} s · seed {}",
+        sc.horizon_hours,
+        sc.price_book,
+        sc.instance_types.join("/"),
+        sc.arrivals,
+        sc.sla.percentile,
+        sc.sla.max_wait_s,
+        sc.seed
+    );
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<18} {:>14} {:>11} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>7} {:>6}  SLA",
+        "rank",
+        "strategy",
+        "total $",
+        "$/job",
+        "p50 s",
+        "p95 s",
+        "p99 s",
+        "max s",
+        "run h",
+        "stop h",
+        "boots",
+        "intr",
+    );
+    let by_id: BTreeMap<&str, &StrategyResult> = result
+        .strategies
+        .iter()
+        .map(|s| (s.id.as_str(), s))
+        .collect();
+    for e in &result.ranking {
+        let Some(s) = by_id.get(e.strategy.as_str()) else {
+            continue;
+        };
+        let boots: u64 = s.boots.values().sum();
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<18} {:>14} {:>11} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>9.1} {:>7} {:>6}  {}",
+            e.rank,
+            s.id,
+            dollars(s.cost.total_micros, 2),
+            dollars(s.cost.per_job_micros, 4),
+            s.wait_s.p50,
+            s.wait_s.p95,
+            s.wait_s.p99,
+            s.wait_s.max,
+            s.node_hours.running,
+            s.node_hours.stopped,
+            boots,
+            s.interruptions,
+            if s.sla.met { "met" } else { "MISSED" }
+        );
+    }
+    for e in &result.ranking {
+        let _ = writeln!(out, "  {}. {}: {}", e.rank, e.strategy, e.reason);
+    }
+    out
+}
+
+/// Micro-dollars as dollars with `places` decimals (integer math, rounded half up).
+fn dollars(micros: i64, places: u32) -> String {
+    let unit = 10i64.pow(6 - places);
+    let q = (micros + unit / 2).div_euclid(unit);
+    let scale = 10i64.pow(places);
+    format!(
+        "{}.{:0width$}",
+        q / scale,
+        (q % scale).abs(),
+        width = places as usize
+    )
+}
+
+const COLORS: [&str; 8] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+];
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Two panels: total cost vs wait at the SLA percentile per strategy (the
+/// SLA bound dashed), and cumulative cost over time.
+pub fn svg(result: &SimResult) -> String {
+    let (w, h) = (1000.0, 440.0);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let pct = result.scenario.sla.percentile;
+    // Panel geometry: x0, y0 (top-left of plot area), pw, ph.
+    let (px, py, pw, ph) = (70.0, 40.0, 360.0, 330.0);
+    let (qx, qy, qw, qh) = (560.0, 40.0, 360.0, 330.0);
+    let max_cost = result
+        .strategies
+        .iter()
+        .map(|s| s.cost.total_micros)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64
+        / 1e6;
+    let max_wait = result
+        .strategies
+        .iter()
+        .map(|s| s.sla.wait_s)
+        .fold(result.scenario.sla.max_wait_s, f64::max)
+        .max(1.0)
+        * 1.1;
+    let max_cost = max_cost * 1.1;
+    // Panel 1; waits span seconds to hours, so the wait axis is logarithmic.
+    let lx = |w: f64| (1.0 + w).ln() / (1.0 + max_wait).ln();
+    axes(
+        &mut o,
+        px,
+        py,
+        pw,
+        ph,
+        &format!("p{pct} wait (s, log scale)"),
+        "total cost ($)",
+    );
+    ticks(&mut o, px, py, pw, ph, max_wait, max_cost, true);
+    let sla_x = px + pw * lx(result.scenario.sla.max_wait_s);
+    let _ = writeln!(
+        o,
+        r#"<line x1="{sla_x:.1}" y1="{py}" x2="{sla_x:.1}" y2="{:.1}" stroke="darkgray" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="gray">SLA</text>"#,
+        py + ph,
+        sla_x + 3.0,
+        py + 12.0
+    );
+    for (i, s) in result.strategies.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let x = px + pw * lx(s.sla.wait_s);
+        let y = py + ph - ph * (s.cost.total_micros as f64 / 1e6) / max_cost;
+        let _ = writeln!(
+            o,
+            r#"<circle cx="{x:.1}" cy="{y:.1}" r="5" fill="{c}"/><text x="{:.1}" y="{:.1}" fill="{c}">{}</text>"#,
+            x + 7.0,
+            y + 4.0,
+            esc(&s.id)
+        );
+    }
+    let _ = writeln!(
+        o,
+        r#"<text x="{px}" y="22" font-size="14" font-weight="bold">Cost vs p{pct} wait</text>"#
+    );
+    // Panel 2.
+    let max_t = result
+        .strategies
+        .iter()
+        .flat_map(|s| s.cost_over_time.last().map(|p| p.0))
+        .fold(1.0, f64::max);
+    axes(&mut o, qx, qy, qw, qh, "hours", "cost so far ($)");
+    ticks(&mut o, qx, qy, qw, qh, max_t, max_cost, false);
+    for (i, s) in result.strategies.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let pts: Vec<String> = s
+            .cost_over_time
+            .iter()
+            .map(|(t, m)| {
+                format!(
+                    "{:.1},{:.1}",
+                    qx + qw * t / max_t,
+                    qy + qh - qh * (*m as f64 / 1e6) / max_cost
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#,
+            pts.join(" ")
+        );
+        let _ = writeln!(
+            o,
+            r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{c}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            qx + 10.0,
+            qy + 8.0 + 16.0 * i as f64,
+            qx + 24.0,
+            qy + 17.0 + 16.0 * i as f64,
+            esc(&s.id)
+        );
+    }
+    let _ = writeln!(
+        o,
+        r#"<text x="{qx}" y="22" font-size="14" font-weight="bold">Cost over time</text>"#
+    );
+    o.push_str("</svg>\n");
+    o
+}
+
+fn axes(o: &mut String, x: f64, y: f64, w: f64, h: f64, xl: &str, yl: &str) {
+    let _ = writeln!(
+        o,
+        r#"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+        x + w / 2.0,
+        y + h + 36.0,
+        esc(xl)
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
+        x - 52.0,
+        y + h / 2.0,
+        x - 52.0,
+        y + h / 2.0,
+        esc(yl)
+    );
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "plot geometry; a struct would only rename the numbers"
+)]
+fn ticks(o: &mut String, x: f64, y: f64, w: f64, h: f64, max_x: f64, max_y: f64, log_x: bool) {
+    for i in 0..=4 {
+        let f = f64::from(i) / 4.0;
+        let tx = if log_x {
+            ((1.0 + max_x).ln() * f).exp() - 1.0
+        } else {
+            max_x * f
+        };
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="dimgray">{}</text>"#,
+            x + w * f,
+            y + h + 16.0,
+            short(tx)
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="dimgray">{}</text>"#,
+            x - 4.0,
+            y + h - h * f + 4.0,
+            short(max_y * f)
+        );
+    }
+}
+
+fn short(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<Millis> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50.0), 50);
+        assert_eq!(percentile(&v, 95.0), 95);
+        assert_eq!(percentile(&v, 100.0), 100);
+        assert_eq!(percentile(&[], 95.0), 0);
+        assert_eq!(percentile(&[7], 1.0), 7);
+    }
+
+    #[test]
+    fn dollars_round_half_up() {
+        assert_eq!(dollars(1_234_567, 2), "1.23");
+        assert_eq!(dollars(1_235_000, 2), "1.24");
+        assert_eq!(dollars(5_000, 4), "0.0050");
+        assert_eq!(dollars(0, 2), "0.00");
+    }
+}
