@@ -1,0 +1,444 @@
+//! The subcommands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fleet_core::ids::{ClaimId, PoolName, Workspace};
+use fleet_core::protocol::{
+    ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, Receipt, Requirements, TaskResult,
+    TaskSpec,
+};
+use fleet_core::transport::{ClaimClient, ClaimError};
+use fleet_daemon::seal::{self, Expected, SignerKey};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use crate::args::{ClaimArgs, Command, USAGE};
+use crate::render::{self, now_ms};
+use crate::{Context, CtlError, claimdir, doctor, exec, fail, read_text};
+
+/// Runs one invocation; returns the process exit code (errors are printed
+/// by the caller).
+pub async fn run(inv: crate::Invocation) -> Result<i32, CtlError> {
+    let ctx = Context::new(inv.global);
+    let json = ctx.global.json;
+    match inv.command {
+        Command::Help => {
+            print!("{USAGE}");
+            Ok(0)
+        }
+        Command::Version => {
+            println!("fleetctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Command::Status => show(&ctx, "/v1/status", render::status).await,
+        Command::Pools => show(&ctx, "/v1/pools", render::pools).await,
+        Command::Nodes => show(&ctx, "/v1/nodes", |v| render::nodes(v, now_ms())).await,
+        Command::Claims => show(&ctx, "/v1/claims", |v| render::claims(v, now_ms())).await,
+        Command::Cost => show(&ctx, "/v1/costs", render::cost).await,
+        Command::JobsList => show(&ctx, "/v1/jobs", render::jobs).await,
+        Command::TokenCreate { name } => {
+            let v = ctx
+                .api()?
+                .post_json("/v1/tokens", &json!({ "name": name }))
+                .await?;
+            let token = v
+                .get("token")
+                .and_then(Value::as_str)
+                .ok_or_else(|| fail("POST /v1/tokens: the answer has no token"))?;
+            if json {
+                println!("{}", json!({ "name": name, "token": token }));
+            } else {
+                eprintln!("API token {name:?} (shown once; store it now):");
+                println!("{token}");
+            }
+            Ok(0)
+        }
+        Command::Claim(args) => claim(&ctx, args).await,
+        Command::Exec { id, dir, argv } => {
+            let dir = dir.unwrap_or_else(|| ctx.claim_dir(&id));
+            let creds = claimdir::read_credentials(&dir)?;
+            if creds.info.claim_id != id {
+                return Err(fail(format!(
+                    "{} holds claim {:?}, not {id:?}",
+                    dir.display(),
+                    creds.info.claim_id
+                )));
+            }
+            exec::run(&creds, argv).await
+        }
+        Command::Release { id, workspace, dir } => {
+            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir)?;
+            let client = ctx.claim_client().await?;
+            client
+                .release(&ws, &claim)
+                .await
+                .map_err(|e| claim_error("release", &id, e))?;
+            if json {
+                println!("{}", json!({ "claim_id": id, "released": true }));
+            } else {
+                println!("released {id}");
+            }
+            Ok(0)
+        }
+        Command::Renew { id, workspace, dir } => {
+            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir)?;
+            let client = ctx.claim_client().await?;
+            let lease = client
+                .renew(&ws, &claim)
+                .await
+                .map_err(|e| claim_error("renew", &id, e))?;
+            if json {
+                println!(
+                    "{}",
+                    json!({ "claim_id": id, "expires_at": lease.expires_at })
+                );
+            } else {
+                println!(
+                    "renewed {id}: lease expires {}",
+                    render::expiry(lease.expires_at, now_ms())
+                );
+            }
+            Ok(0)
+        }
+        Command::JobsSubmit {
+            pool,
+            workspace,
+            id,
+            watch,
+            argv,
+        } => jobs_submit(&ctx, pool, workspace, id, watch, argv).await,
+        Command::JobsWatch {
+            id,
+            workspace,
+            interval_ms,
+        } => jobs_watch(&ctx, &id, workspace.as_deref(), interval_ms).await,
+        Command::Doctor => Ok(doctor::run(&ctx).await),
+    }
+}
+
+/// GET `path` and print it as a table or JSON.
+async fn show(
+    ctx: &Context,
+    path: &str,
+    human: impl Fn(&Value) -> String,
+) -> Result<i32, CtlError> {
+    let v = ctx.api()?.get_json(path).await?;
+    if ctx.global.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| fail(e.to_string()))?
+        );
+    } else {
+        print!("{}", human(&v));
+    }
+    Ok(0)
+}
+
+fn invalid(what: &str, value: &str, e: impl std::fmt::Display) -> CtlError {
+    CtlError::Usage(format!("{what} {value:?}: {e}"))
+}
+
+fn claim_error(call: &str, id: &str, e: ClaimError) -> CtlError {
+    fail(format!("{call} {id}: {e}"))
+}
+
+fn claim_and_workspace(
+    ctx: &Context,
+    id: &str,
+    workspace: Option<String>,
+    dir: Option<PathBuf>,
+) -> Result<(ClaimId, Workspace), CtlError> {
+    let claim = ClaimId::new(id.to_owned()).map_err(|e| invalid("claim id", id, e))?;
+    let ws = match workspace {
+        Some(w) => w,
+        None => {
+            let dir = dir.unwrap_or_else(|| ctx.claim_dir(id));
+            claimdir::read_info(&dir)
+                .map_err(|e| fail(format!("{e}; pass --workspace")))?
+                .workspace
+        }
+    };
+    let ws = Workspace::new(ws.clone()).map_err(|e| invalid("workspace", &ws, e))?;
+    Ok((claim, ws))
+}
+
+async fn claim(ctx: &Context, a: ClaimArgs) -> Result<i32, CtlError> {
+    let id = match a.id {
+        Some(id) => id,
+        None => crate::random_id("c")?,
+    };
+    let claim_id = ClaimId::new(id.clone()).map_err(|e| invalid("claim id", &id, e))?;
+    let workspace =
+        Workspace::new(a.workspace.clone()).map_err(|e| invalid("workspace", &a.workspace, e))?;
+    let pool = PoolName::new(a.pool.clone()).map_err(|e| invalid("pool", &a.pool, e))?;
+    let discovery = ctx.discovery()?;
+    let signer_text = read_text(&discovery.signer_file, "daemon signer key")?;
+    let signer = SignerKey::from_base64(&signer_text).map_err(|e| {
+        fail(format!(
+            "daemon signer key {}: {e}",
+            discovery.signer_file.display()
+        ))
+    })?;
+    let dir = a.out.clone().unwrap_or_else(|| ctx.claim_dir(&id));
+    claimdir::create_dir(&dir)?;
+    // Kept (0600) before the request: a retry with the same id gets the
+    // same grant, sealed to this key.
+    let age_identity = claimdir::load_or_create_age_key(&dir)?;
+    let recipient = age_identity.to_public().to_string();
+    let req = ClaimRequest {
+        claim_id: claim_id.clone(),
+        workspace,
+        pool,
+        requirements: Requirements {
+            cpus: a.cpus,
+            memory_mb: a.memory_mb,
+            ..Requirements::default()
+        },
+        priority: a.priority,
+        lease_ttl_ms: a.lease_ms.unwrap_or(DEFAULT_LEASE_TTL_MS),
+        max_wait_ms: a.wait_ms,
+        recipient: Some(recipient.clone()),
+    };
+    let client = ctx.claim_client().await?;
+    if !ctx.global.json {
+        eprintln!("claiming {id} in pool {} …", a.pool);
+    }
+    let grant = client
+        .claim(req)
+        .await
+        .map_err(|e| claim_error("claim", &id, e))?;
+    let sealed = grant.credentials.as_ref().ok_or_else(|| {
+        fail(format!(
+            "claim {id} was granted on {} without credentials",
+            grant.node
+        ))
+    })?;
+    let bundle = seal::open(
+        sealed,
+        &age_identity,
+        &Expected {
+            claim_id: &claim_id,
+            recipient: &recipient,
+            // The certificate expiry the seal names (a lease may outlive it).
+            expires_at: sealed.expires_at,
+            signer: &signer,
+        },
+    )
+    .map_err(|e| fail(format!("claim {id}: the credentials do not verify: {e}")))?;
+    claimdir::write_claim(&dir, &bundle, Some(a.pool.clone()))?;
+    if ctx.global.json {
+        println!(
+            "{}",
+            json!({
+                "claim_id": id,
+                "workspace": a.workspace,
+                "pool": a.pool,
+                "node": grant.node.to_string(),
+                "endpoint": grant.endpoint,
+                "expires_at": grant.lease.expires_at,
+                "epoch": grant.epoch.0,
+                "dir": dir.display().to_string(),
+            })
+        );
+    } else {
+        let rows = vec![
+            vec!["claim".to_owned(), id.clone()],
+            vec!["node".to_owned(), grant.node.to_string()],
+            vec!["endpoint".to_owned(), grant.endpoint.clone()],
+            vec![
+                "expires".to_owned(),
+                render::expiry(grant.lease.expires_at, now_ms()),
+            ],
+            vec!["files".to_owned(), dir.display().to_string()],
+        ];
+        for r in rows {
+            println!("{:<10}{}", r[0], r[1]);
+        }
+    }
+    Ok(0)
+}
+
+/// One line for a worker event; heartbeats are not shown.
+fn event_line(attempt: u32, event: &fleet_core::protocol::WorkerEvent) -> Option<String> {
+    let mut v = serde_json::to_value(event).unwrap_or(Value::Null);
+    let state = render::label(v.get("state"));
+    if state == "heartbeat" {
+        return None;
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("state");
+    }
+    let detail = match &v {
+        Value::Object(o) if o.is_empty() => String::new(),
+        other => format!(" {other}"),
+    };
+    Some(format!("attempt {attempt}: {state}{detail}"))
+}
+
+fn receipt_code(r: &Receipt) -> i32 {
+    match r.result {
+        TaskResult::Pass => 0,
+        _ => 1,
+    }
+}
+
+fn receipt_line(r: &Receipt) -> String {
+    let v = serde_json::to_value(r).unwrap_or(Value::Null);
+    let mut s = format!(
+        "finished {}: {} after {} attempt(s)",
+        r.job,
+        render::label(v.get("result")),
+        r.attempts
+    );
+    if let Some(c) = r.exit_code {
+        s.push_str(&format!(", exit code {c}"));
+    }
+    if let Some(why) = &r.reason {
+        s.push_str(&format!(" ({why})"));
+    }
+    s
+}
+
+async fn jobs_submit(
+    ctx: &Context,
+    pool: String,
+    workspace: String,
+    id: Option<String>,
+    watch: bool,
+    argv: Vec<String>,
+) -> Result<i32, CtlError> {
+    let id = match id {
+        Some(id) => id,
+        None => crate::random_id("j")?,
+    };
+    let spec: TaskSpec = serde_json::from_value(json!({
+        "id": id,
+        "workspace": workspace,
+        "pool": pool,
+        "argv": argv,
+    }))
+    .map_err(|e| CtlError::Usage(format!("job: {e}")))?;
+    let client = ctx.claim_client().await?;
+    let mut replies = client
+        .job(JobMsg::Submit(Box::new(spec)))
+        .await
+        .map_err(|e| fail(format!("submit {id}: {e}")))?;
+    let json = ctx.global.json;
+    let mut accepted = false;
+    while let Some(reply) = replies.next().await {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&reply).map_err(|e| fail(e.to_string()))?
+            );
+        }
+        match reply {
+            JobReply::Accepted { job } => {
+                accepted = true;
+                if !json {
+                    println!("accepted {job}");
+                }
+                if !watch {
+                    return Ok(0);
+                }
+            }
+            JobReply::Event { attempt, event, .. } if !json => {
+                if let Some(line) = event_line(attempt, &event) {
+                    println!("{line}");
+                }
+            }
+            JobReply::Finished(receipt) => {
+                if !json {
+                    println!("{}", receipt_line(&receipt));
+                }
+                return Ok(receipt_code(&receipt));
+            }
+            JobReply::Rejected { why, .. } => {
+                return Err(fail(format!("job {id} rejected: {why}")));
+            }
+            _ => {}
+        }
+    }
+    Err(fail(if accepted {
+        format!("lost the connection while watching {id}; continue with `fleetctl jobs watch {id}`")
+    } else {
+        format!("submit {id}: the connection closed before the daemon answered")
+    }))
+}
+
+async fn jobs_watch(
+    ctx: &Context,
+    id: &str,
+    workspace: Option<&str>,
+    interval_ms: u64,
+) -> Result<i32, CtlError> {
+    let api = ctx.api()?;
+    let mut last: Option<(String, String)> = None;
+    let mut seen = false;
+    let started = now_ms();
+    loop {
+        let v = api.get_json("/v1/jobs").await?;
+        let found = v.as_array().and_then(|jobs| {
+            jobs.iter().find(|j| {
+                render::at(j, "spec/id").and_then(Value::as_str) == Some(id)
+                    && workspace.is_none_or(|w| {
+                        render::at(j, "spec/workspace").and_then(Value::as_str) == Some(w)
+                    })
+            })
+        });
+        match found {
+            None if seen => return Err(fail(format!("job {id} is no longer listed"))),
+            None if now_ms().saturating_sub(started) > 10_000 => {
+                return Err(fail(format!("no job {id}")));
+            }
+            None => {}
+            Some(j) => {
+                seen = true;
+                let state = render::label(render::at(j, "state/state"));
+                let attempts = render::label(j.get("attempts"));
+                let now = (state.clone(), attempts.clone());
+                if last.as_ref() != Some(&now) {
+                    if ctx.global.json {
+                        println!("{j}");
+                    } else {
+                        println!(
+                            "{} {id}: {state} (attempt {attempts})",
+                            render::utc(now_ms())
+                        );
+                    }
+                    last = Some(now);
+                }
+                if matches!(state.as_str(), "done" | "cancelled") {
+                    let receipt = j
+                        .get("receipt")
+                        .cloned()
+                        .and_then(|r| serde_json::from_value::<Receipt>(r).ok());
+                    return Ok(match receipt {
+                        Some(r) => {
+                            if !ctx.global.json {
+                                println!("{}", receipt_line(&r));
+                            }
+                            receipt_code(&r)
+                        }
+                        None => 1,
+                    });
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_spec_builds_from_the_flags() {
+        let spec: Result<TaskSpec, _> = serde_json::from_value(json!({
+            "id": "j-1", "workspace": "w", "pool": "p", "argv": ["echo", "hi"],
+        }));
+        assert!(spec.is_ok(), "{spec:?}");
+    }
+}

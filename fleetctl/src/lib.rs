@@ -1,0 +1,204 @@
+//! `fleetctl`: the fleet command line, as a library so its parts can be
+//! tested. The binary is `parse` + [`run`].
+//!
+//! Where things come from:
+//!
+//! - the data dir: `--data-dir`, else the `data_dir` of the config in
+//!   `FLEET_DAEMON_CONFIG`, else `$XDG_DATA_HOME/fleet`, else `./.fleet`
+//!   (as the daemon);
+//! - the daemon's addresses and trust files: `<data dir>/daemon.json`,
+//!   written by the daemon ([`fleet_daemon::serve::Discovery`]);
+//! - the API token: `--token`, else `$FLEET_TOKEN`, else
+//!   `<data dir>/admin.token`.
+
+pub mod args;
+pub mod claimdir;
+pub mod commands;
+pub mod doctor;
+pub mod exec;
+pub mod http;
+pub mod render;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use fleet_core::protocol::Secret;
+use fleet_daemon::serve::{DISCOVERY_FILE, Discovery};
+
+pub use args::{Command, Global, Invocation, parse};
+pub use commands::run;
+
+/// Environment variable holding the API token.
+pub const TOKEN_ENV: &str = "FLEET_TOKEN";
+
+/// Why fleetctl failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CtlError {
+    /// The command line is wrong (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The command failed (exit code 1).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CtlError::Usage(_) => 2,
+            CtlError::Failed(_) => 1,
+        }
+    }
+}
+
+/// Shorthand for a failure with a message.
+pub fn fail(msg: impl Into<String>) -> CtlError {
+    CtlError::Failed(msg.into())
+}
+
+/// Everything a command may need, resolved from flags, environment and
+/// files.
+pub struct Context {
+    /// Global flags.
+    pub global: Global,
+    /// The data dir.
+    pub data_dir: PathBuf,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("data_dir", &self.data_dir)
+            .field("json", &self.global.json)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The data dir the daemon would use.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(path) = std::env::var_os(fleet_daemon::config::CONFIG_ENV)
+        && !path.is_empty()
+        && let Ok(cfg) = fleet_daemon::config::DaemonConfig::load(Path::new(&path))
+    {
+        return cfg.data_dir();
+    }
+    fleet_daemon::config::DaemonConfig::default().data_dir()
+}
+
+/// Reads a small text file with a clear error.
+pub fn read_text(path: &Path, what: &str) -> Result<String, CtlError> {
+    const MAX: u64 = 4 << 20;
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX => {
+            return Err(fail(format!(
+                "{what} {}: larger than 4 MiB",
+                path.display()
+            )));
+        }
+        Ok(_) => {}
+        Err(e) => return Err(fail(format!("{what} {}: {e}", path.display()))),
+    }
+    std::fs::read_to_string(path).map_err(|e| fail(format!("{what} {}: {e}", path.display())))
+}
+
+impl Context {
+    /// Resolves the data dir.
+    pub fn new(global: Global) -> Context {
+        let data_dir = global.data_dir.clone().unwrap_or_else(default_data_dir);
+        Context { global, data_dir }
+    }
+
+    /// The discovery file's path.
+    pub fn discovery_path(&self) -> PathBuf {
+        self.data_dir.join(DISCOVERY_FILE)
+    }
+
+    /// Reads `daemon.json`.
+    pub fn discovery(&self) -> Result<Discovery, CtlError> {
+        let path = self.discovery_path();
+        let text = read_text(&path, "daemon discovery file").map_err(|e| {
+            fail(format!(
+                "{e} (is the daemon running with this data dir? pass --data-dir)"
+            ))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| fail(format!("daemon discovery file {}: {e}", path.display())))
+    }
+
+    /// The HTTP API base URL.
+    pub fn api_url(&self) -> Result<String, CtlError> {
+        match &self.global.url {
+            Some(u) => Ok(u.clone()),
+            None => self.discovery().map(|d| d.http),
+        }
+    }
+
+    /// The API token, if one is configured anywhere.
+    pub fn token(&self) -> Result<Option<Secret>, CtlError> {
+        if let Some(t) = &self.global.token {
+            return Ok(Some(t.clone()));
+        }
+        if let Ok(t) = std::env::var(TOKEN_ENV)
+            && !t.trim().is_empty()
+        {
+            return Ok(Some(Secret::new(t.trim())));
+        }
+        let path = self.data_dir.join(fleet_daemon::auth::ADMIN_TOKEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => Ok(Some(Secret::new(t.trim()))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fail(format!("API token file {}: {e}", path.display()))),
+        }
+    }
+
+    /// The HTTP API client.
+    pub fn api(&self) -> Result<http::Api, CtlError> {
+        http::Api::new(&self.api_url()?, self.token()?)
+    }
+
+    /// Where a claim's files live by default.
+    pub fn claim_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("claims").join(id)
+    }
+
+    /// A claim-plane client (`wss://…/v1/claims`) trusting the daemon's CA.
+    pub async fn claim_client(&self) -> Result<fleet_transport_ws::WsClaimClient, CtlError> {
+        let d = self.discovery()?;
+        let ca_pem = read_text(&d.ca_file, "daemon CA file")?;
+        let url = ws_claims_url(&d.ws);
+        let tls = fleet_transport_ws::ClientTlsConfig {
+            ca_pem,
+            identity: None,
+            server_name: None,
+        };
+        fleet_transport_ws::WsClaimClient::connect(
+            &url,
+            &tls,
+            fleet_transport_ws::WsConfig::default(),
+        )
+        .await
+        .map_err(|e| fail(format!("cannot reach the claim plane at {url}: {e}")))
+    }
+}
+
+/// `wss://host:port` → `wss://host:port/v1/claims` (a URL with a path is
+/// kept).
+pub fn ws_claims_url(ws: &str) -> String {
+    let ws = ws.trim_end_matches('/');
+    let after_scheme = ws.split_once("://").map_or(ws, |(_, r)| r);
+    if after_scheme.contains('/') {
+        ws.to_owned()
+    } else {
+        format!("{ws}{}", fleet_transport_ws::CLAIMS_PATH)
+    }
+}
+
+/// A fresh random id: `c-` and 20 hex characters.
+pub fn random_id(prefix: &str) -> Result<String, CtlError> {
+    let t = fleet_daemon::auth::random_token()
+        .map_err(|e| fail(format!("no randomness available: {e}")))?;
+    Ok(format!("{prefix}-{}", &t[..20.min(t.len())]))
+}

@@ -1,0 +1,231 @@
+//! Argument parsing and human rendering.
+
+use std::path::PathBuf;
+
+use fleetctl::args::{ClaimArgs, Command, parse};
+use fleetctl::render;
+use fleetctl::{CtlError, exec};
+use serde_json::json;
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn cmd(s: &str) -> Result<Command, CtlError> {
+    parse(&args(s)).map(|i| i.command)
+}
+
+#[test]
+fn global_flags_anywhere_and_redacted_token() -> Result<(), CtlError> {
+    let inv = parse(&args(
+        "--data-dir /tmp/d status --json --url http://127.0.0.1:9 --token=sekrit",
+    ))?;
+    assert_eq!(inv.command, Command::Status);
+    assert_eq!(inv.global.data_dir, Some(PathBuf::from("/tmp/d")));
+    assert_eq!(inv.global.url.as_deref(), Some("http://127.0.0.1:9"));
+    assert!(inv.global.json);
+    assert_eq!(
+        inv.global.token.as_ref().map(|t| t.expose()),
+        Some("sekrit")
+    );
+    assert!(!format!("{inv:?}").contains("sekrit"), "token in Debug");
+    Ok(())
+}
+
+#[test]
+fn claim_flags() -> Result<(), CtlError> {
+    assert_eq!(
+        cmd(
+            "claim --pool p --workspace w --id c1 --priority -3 --lease-ms 60000 --cpus 2 \
+             --memory-mb 512 --wait-ms 1000 --out /tmp/c"
+        )?,
+        Command::Claim(ClaimArgs {
+            pool: "p".into(),
+            workspace: "w".into(),
+            id: Some("c1".into()),
+            priority: -3,
+            lease_ms: Some(60_000),
+            cpus: 2,
+            memory_mb: 512,
+            wait_ms: Some(1000),
+            out: Some(PathBuf::from("/tmp/c")),
+        })
+    );
+    Ok(())
+}
+
+#[test]
+fn commands_after_double_dash() -> Result<(), CtlError> {
+    assert_eq!(
+        cmd("exec c1 --dir /x -- sh -c --json")?,
+        Command::Exec {
+            id: "c1".into(),
+            dir: Some(PathBuf::from("/x")),
+            argv: args("sh -c --json"),
+        }
+    );
+    assert_eq!(
+        cmd("jobs submit --pool p --workspace w --watch -- make test")?,
+        Command::JobsSubmit {
+            pool: "p".into(),
+            workspace: "w".into(),
+            id: None,
+            watch: true,
+            argv: args("make test"),
+        }
+    );
+    assert_eq!(cmd("jobs list")?, Command::JobsList);
+    assert_eq!(
+        cmd("jobs watch j1 --interval-ms 10")?,
+        Command::JobsWatch {
+            id: "j1".into(),
+            workspace: None,
+            interval_ms: 50,
+        }
+    );
+    assert_eq!(
+        cmd("release c1 --workspace w")?,
+        Command::Release {
+            id: "c1".into(),
+            workspace: Some("w".into()),
+            dir: None,
+        }
+    );
+    assert_eq!(
+        cmd("token create ci")?,
+        Command::TokenCreate { name: "ci".into() }
+    );
+    assert_eq!(cmd("--help")?, Command::Help);
+    assert_eq!(cmd("status -V")?, Command::Version);
+    Ok(())
+}
+
+#[test]
+fn usage_errors() {
+    for bad in [
+        "",
+        "frobnicate",
+        "status extra",
+        "status --pool p",
+        "claim --pool p",
+        "claim --pool p --workspace w --cpus many",
+        "exec c1",
+        "exec -- ls",
+        "jobs",
+        "jobs submit --pool p --workspace w",
+        "token delete x",
+        "status --url",
+        "status -x",
+        "status --json --json --url a --url b",
+        "status -- ls",
+    ] {
+        let r = parse(&args(bad));
+        assert!(
+            matches!(&r, Err(e @ CtlError::Usage(_)) if e.exit_code() == 2),
+            "{bad:?} → {r:?}"
+        );
+    }
+}
+
+#[test]
+fn tables_align_columns_without_trailing_spaces() {
+    let t = render::table(
+        &["A", "LONG HEADER", "C"],
+        &[
+            vec!["xxxx".into(), "1".into(), "".into()],
+            vec!["y".into(), "22".into(), "z".into()],
+        ],
+    );
+    assert_eq!(t, "A     LONG HEADER  C\nxxxx  1\ny     22           z\n");
+}
+
+#[test]
+fn money_times_and_labels() {
+    assert_eq!(render::money(1_234_567), "$1.234567");
+    assert_eq!(render::money(-5), "-$0.000005");
+    assert_eq!(render::utc(0), "1970-01-01T00:00:00Z");
+    assert_eq!(render::utc(1_709_210_096_000), "2024-02-29T12:34:56Z");
+    assert_eq!(render::duration(245_000), "4m05s");
+    assert_eq!(render::duration(3_720_000), "1h02m");
+    assert_eq!(
+        render::label(Some(&json!({"state": "revoked", "reason": "x"}))),
+        "revoked"
+    );
+    assert_eq!(render::label(Some(&json!({"hybrid": {"a": 1}}))), "hybrid");
+    assert_eq!(render::label(Some(&json!(["a", "b"]))), "a,b");
+    assert_eq!(render::label(None), "-");
+}
+
+#[test]
+fn resource_tables() {
+    let claims = json!([{
+        "request": {"claim_id": "c1", "workspace": "w", "pool": "p"},
+        "state": {"state": "revoked", "reason": {"kind": "node_lost"}},
+        "node": "n1", "endpoint": "127.0.0.1:9", "expires_at": 1_000, "enqueued_at": 0, "epoch": 1
+    }]);
+    let out = render::claims(&claims, 2_000);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].starts_with("CLAIM  WORKSPACE  POOL  STATE"),
+        "{out}"
+    );
+    assert!(lines[1].contains("revoked (node_lost)"), "{out}");
+    assert!(lines[1].contains("(1s ago)"), "{out}");
+
+    let status = render::status(&json!({
+        "epoch": 3, "leader": true, "pools": 1,
+        "nodes": {"ready": 2}, "claims": {}, "jobs": {"done": 1}, "cost_micros": 1500
+    }));
+    assert_eq!(
+        status,
+        "epoch   3\nleader  yes\npools   1\nnodes   ready=2\nclaims  -\njobs    done=1\ncost    $0.001500\n"
+    );
+
+    let cost = render::cost(&json!({"at": 0, "pools": {"p": {
+        "running": 2_000_000, "stopped": 0, "snapshots": 500_000,
+        "running_ms": 7_200_000, "stopped_ms": 0, "boots": {"cold": 2}, "interruptions": 0, "lost": 1
+    }}}));
+    assert!(cost.contains("$2.500000"), "{cost}");
+    assert!(cost.contains("2.00"), "{cost}");
+    assert!(
+        cost.ends_with("total $2.500000 at 1970-01-01T00:00:00Z\n"),
+        "{cost}"
+    );
+}
+
+#[test]
+fn exit_codes_of_remote_commands() {
+    assert_eq!(exec::exit_code(Some(7), None, false), 7);
+    assert_eq!(exec::exit_code(None, None, true), 124);
+    assert_eq!(exec::exit_code(None, Some("SIGKILL"), false), 137);
+    assert_eq!(exec::exit_code(None, Some("15"), false), 143);
+    assert_eq!(exec::exit_code(None, Some("weird"), false), 1);
+}
+
+#[test]
+fn claims_url_gets_its_path() {
+    assert_eq!(
+        fleetctl::ws_claims_url("wss://127.0.0.1:7443"),
+        "wss://127.0.0.1:7443/v1/claims"
+    );
+    assert_eq!(
+        fleetctl::ws_claims_url("wss://h:1/v1/claims"),
+        "wss://h:1/v1/claims"
+    );
+}
+
+#[test]
+fn http_responses_parse() -> Result<(), String> {
+    let r = fleetctl::http::parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")?;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
+    let r = fleetctl::http::parse_response(
+        b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+    )?;
+    assert_eq!((r.status, r.body.as_slice()), (401, &b"abcde"[..]));
+    assert!(fleetctl::http::parse_response(b"garbage").is_err());
+    assert!(
+        fleetctl::http::parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err()
+    );
+    Ok(())
+}
