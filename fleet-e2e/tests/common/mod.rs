@@ -1,0 +1,329 @@
+//! Runs the real `fleet-daemon` (and through its local provider, real
+//! `fleet-agent` processes) on loopback, in a temp data dir.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_core::protocol::{ClaimGrant, ClaimRequest, CredentialsBundle, Requirements};
+use fleet_core::subjects::Subjects;
+use fleet_core::{ClaimId, PoolName, Workspace};
+use fleet_daemon::seal::{Expected, SignerKey};
+use fleet_daemon::serve::Discovery;
+use fleet_transport_ws::{ClientTlsConfig, WsClaimClient, WsConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A binary of this workspace, built if missing.
+pub(crate) fn bin(package: &str, name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
+        .to_owned();
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "-p", package, "--bin", name])
+            .status()
+            .unwrap_or_else(|e| panic!("building {name}: {e}"));
+        assert!(status.success(), "building {name} failed");
+    }
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A daemon process with its config and data dir.
+pub(crate) struct Daemon {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: PathBuf,
+    child: Option<Child>,
+    pub(crate) discovery: Discovery,
+    pub(crate) token: String,
+}
+
+impl Daemon {
+    /// Writes a config (fixed WS port so agents can reconnect across a
+    /// restart) and starts the daemon.
+    pub(crate) fn start(dir: &Path, extra: &str) -> Daemon {
+        let data = dir.join("data");
+        let config = dir.join("daemon.toml");
+        let text = format!(
+            "data_dir = {data:?}\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\n\
+             [transport.ws]\nlisten = \"127.0.0.1:{ws}\"\n\
+             [provider]\nkind = \"local\"\nagent_bin = {agent:?}\nmax_nodes = 3\n\
+             [timing]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 10000\n\
+             [leader]\nlease_ms = 3000\n\
+             {extra}",
+            data = data.display().to_string(),
+            http = free_port(),
+            ws = free_port(),
+            agent = bin("fleet-agent", "fleet-agent").display().to_string(),
+        );
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+        Daemon::launch(dir, config)
+    }
+
+    fn launch(dir: &Path, config: PathBuf) -> Daemon {
+        let data = dir.join("data");
+        let _ = std::fs::remove_file(data.join("daemon.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("daemon.log"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new(bin("fleet-daemon", "fleet-daemon"))
+            .env("FLEET_DAEMON_CONFIG", &config)
+            .env("FLEET_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the daemon: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let discovery: Discovery = loop {
+            if let Ok(bytes) = std::fs::read(data.join("daemon.json"))
+                && let Ok(d) = serde_json::from_slice::<Discovery>(&bytes)
+                && d.pid == child.id()
+            {
+                break d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up; see {}",
+                dir.join("daemon.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let token = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
+        Daemon {
+            dir: dir.to_owned(),
+            config,
+            child: Some(child),
+            discovery,
+            token: token.trim().to_owned(),
+        }
+    }
+
+    /// kill -9 the daemon and start it again on the same config.
+    pub(crate) fn crash_and_restart(&mut self) {
+        self.kill9();
+        let mut restarted = Daemon::launch(&self.dir.clone(), self.config.clone());
+        self.child = restarted.child.take();
+        self.discovery = restarted.discovery.clone();
+        self.token = restarted.token.clone();
+        // `restarted` has no child now; its drop must not kill our agents.
+        std::mem::forget(restarted);
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub(crate) fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let pid = Pid::from_raw(i32::try_from(c.id()).ok()?);
+        let _ = kill(pid, Signal::SIGTERM);
+        c.wait().ok()?.code()
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// GET an API path with the admin token; returns (status, body).
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
+        http(&self.discovery.http, "GET", path, Some(&self.token)).await
+    }
+
+    /// A claim client over WebSocket.
+    pub(crate) async fn claim_client(&self) -> WsClaimClient {
+        let ca = std::fs::read_to_string(&self.discovery.ca_file).unwrap_or_else(|e| panic!("{e}"));
+        let tls = ClientTlsConfig {
+            ca_pem: ca,
+            identity: None,
+            server_name: None,
+        };
+        let url = format!("{}{}", self.discovery.ws, fleet_transport_ws::CLAIMS_PATH);
+        WsClaimClient::connect(&url, &tls, WsConfig::default())
+            .await
+            .unwrap_or_else(|e| panic!("claim client: {e}"))
+    }
+
+    /// The local nodes' agent pids.
+    pub(crate) fn agent_pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        let nodes = self.dir.join("data/local/nodes");
+        if let Ok(entries) = std::fs::read_dir(nodes) {
+            for e in entries.flatten() {
+                if let Ok(bytes) = std::fs::read(e.path().join("instance.json"))
+                    && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    && let Some(pid) = v.get("pid").and_then(serde_json::Value::as_i64)
+                {
+                    pids.push(pid as i32);
+                }
+            }
+        }
+        pids
+    }
+
+    /// Node directories the local provider has (one per created node).
+    pub(crate) fn node_dirs(&self) -> usize {
+        std::fs::read_dir(self.dir.join("data/local/nodes")).map_or(0, |e| e.count())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.agent_pids() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client for the loopback API.
+pub(crate) async fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+pub(crate) fn request(id: &str, recipient: Option<String>) -> ClaimRequest {
+    ClaimRequest {
+        claim_id: ClaimId::new(id).unwrap_or_else(|e| panic!("{e}")),
+        workspace: Workspace::new("ci").unwrap_or_else(|e| panic!("{e}")),
+        pool: PoolName::new("local").unwrap_or_else(|e| panic!("{e}")),
+        requirements: Requirements::default(),
+        priority: 0,
+        lease_ttl_ms: 120_000,
+        max_wait_ms: None,
+        recipient,
+    }
+}
+
+/// Verifies and decrypts a grant's credentials.
+pub(crate) fn open_grant(
+    d: &Discovery,
+    grant: &ClaimGrant,
+    identity: &age::x25519::Identity,
+) -> CredentialsBundle {
+    let signer = std::fs::read_to_string(&d.signer_file).unwrap_or_else(|e| panic!("{e}"));
+    let signer = SignerKey::from_base64(signer.trim()).unwrap_or_else(|e| panic!("{e}"));
+    let sealed = grant
+        .credentials
+        .as_ref()
+        .unwrap_or_else(|| panic!("grant has no credentials"));
+    let recipient = identity.to_public().to_string();
+    fleet_daemon::seal::open(
+        sealed,
+        identity,
+        &Expected {
+            claim_id: &grant.claim_id,
+            recipient: &recipient,
+            expires_at: sealed.expires_at,
+            signer: &signer,
+        },
+    )
+    .unwrap_or_else(|e| panic!("opening the credentials: {e}"))
+}
+
+/// Connects to the node's gateway with the claim's certificate.
+pub(crate) async fn gateway(
+    bundle: &CredentialsBundle,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(bundle.ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(bundle.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(bundle.key_pem.expose().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(Subjects::node_server_name(&bundle.node))
+        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(&bundle.endpoint)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Polls `f` until it returns Some, up to `secs`.
+pub(crate) async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    None
+}

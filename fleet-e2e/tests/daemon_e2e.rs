@@ -1,0 +1,122 @@
+//! The embedded default end to end: the daemon's local provider boots a
+//! real agent, a caller claims over TLS WebSocket, verifies and decrypts its
+//! credentials, runs a command on the node through the agent's mTLS gateway,
+//! and releases.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fleet_agent::exec_api::{Client, ExecRequest};
+use fleet_core::transport::ClaimClient;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_exec_release_through_the_real_daemon_and_agent() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    assert_eq!(
+        http(&daemon.discovery.http, "GET", "/healthz", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        http(&daemon.discovery.http, "GET", "/readyz", None).await.0,
+        200
+    );
+    assert_eq!(
+        http(&daemon.discovery.http, "GET", "/v1/status", None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http(&daemon.discovery.http, "GET", "/v1/status", Some("wrong"))
+            .await
+            .0,
+        401
+    );
+
+    let identity = age::x25519::Identity::generate();
+    let client = daemon.claim_client().await;
+    let started = Instant::now();
+    let grant = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.claim(request("e2e-1", Some(identity.to_public().to_string()))),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no grant in 60 s; see {}/daemon.log", dir.path().display()))
+    .unwrap_or_else(|e| panic!("claim: {e}"));
+    let granted_in = started.elapsed();
+    let bundle = open_grant(&daemon.discovery, &grant, &identity);
+    assert_eq!(bundle.node, grant.node);
+    assert_eq!(bundle.endpoint, grant.endpoint);
+
+    let tls = gateway(&bundle)
+        .await
+        .unwrap_or_else(|e| panic!("gateway: {e}"));
+    let mut exec = Client::new(tls);
+    let out = exec
+        .exec(&ExecRequest {
+            argv: vec!["uname".into(), "-a".into()],
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: Some(10_000),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("exec: {e}"));
+    assert_eq!(out.code, Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Linux"));
+    eprintln!(
+        "granted in {granted_in:?}; uname: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+
+    let (status, body) = daemon.get("/v1/claims").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"granted\"") || body.contains("\"active\""),
+        "{body}"
+    );
+    assert!(
+        !body.contains("ciphertext"),
+        "status never shows sealed credentials"
+    );
+
+    client
+        .release(&grant.workspace, &grant.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("release: {e}"));
+    // A released claim's certificate no longer opens the gateway.
+    let refused = eventually(10, || async {
+        match gateway(&bundle).await {
+            Err(_) => Some(()),
+            Ok(tls) => {
+                let mut c = Client::new(tls);
+                let r = c
+                    .exec(&ExecRequest {
+                        argv: vec!["true".into()],
+                        env: Default::default(),
+                        cwd: None,
+                        timeout_ms: None,
+                    })
+                    .await;
+                r.is_err().then_some(())
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_some(), "released claim still opens the gateway");
+
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains("fleet_claims{state=\"released\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fleet_grant_latency_seconds_count 1"),
+        "{metrics}"
+    );
+    assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
+}
