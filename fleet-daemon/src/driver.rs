@@ -588,7 +588,7 @@ impl Driver {
             at: now,
             pools: self.controller.pools().cloned().collect(),
             nodes: self.controller.nodes().collect(),
-            claims: self.controller.claims().cloned().collect(),
+            claims: self.controller.accepted_claims().cloned().collect(),
             jobs: self.controller.jobs().cloned().collect(),
             costs: self.controller.costs(now),
             metrics: self.metrics.clone(),

@@ -669,9 +669,16 @@ impl Controller {
         self.claims.get(id).map(|c| &c.rec)
     }
 
-    /// Every known claim record, by claim id.
+    /// Every known claim record, by claim id (including requests whose
+    /// first write is still in flight).
     pub fn claims(&self) -> impl Iterator<Item = &crate::protocol::ClaimRecord> {
         self.claims.values().map(|c| &c.rec)
+    }
+
+    /// Claims the store has accepted: what a status API should show, since
+    /// a caller is only told about a claim once it is stored.
+    pub fn accepted_claims(&self) -> impl Iterator<Item = &crate::protocol::ClaimRecord> {
+        self.claims.values().filter(|c| c.durable).map(|c| &c.rec)
     }
 
     /// A node's record with its live state (busy is derived from claims).

@@ -1,0 +1,189 @@
+//! Crash safety of the real daemon: kill -9 at several points and restart;
+//! no accepted claim is lost, no node leaks or doubles, leases continue.
+//! Two daemons on one data dir: exactly one leads.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fleet_core::protocol::{ClaimRecord, ClaimState};
+use fleet_core::transport::ClaimClient;
+
+async fn claims(d: &Daemon) -> Vec<ClaimRecord> {
+    let (status, body) = d.get("/v1/claims").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+async fn claim_state(d: &Daemon, id: &str) -> Option<ClaimRecord> {
+    claims(d)
+        .await
+        .into_iter()
+        .find(|c| c.request.claim_id.as_str() == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_grant_keeps_the_claim_the_node_and_the_lease() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut d = Daemon::start(dir.path(), "");
+    let client = d.claim_client().await;
+    let grant = tokio::time::timeout(Duration::from_secs(60), client.claim(request("k1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no grant"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = claim_state(&d, "k1")
+        .await
+        .unwrap_or_else(|| panic!("claim missing"));
+    d.crash_and_restart();
+    let after = claim_state(&d, "k1")
+        .await
+        .unwrap_or_else(|| panic!("claim lost in the crash"));
+    assert_eq!(after.state, ClaimState::Granted);
+    assert_eq!(after.node, Some(grant.node.clone()));
+    assert!(
+        after.expires_at >= before.expires_at,
+        "lease continues, never shortened"
+    );
+    assert_eq!(d.node_dirs(), 1, "no node created twice");
+    // The agent reconnects with its mTLS identity and the node is ready again.
+    let ready = eventually(30, || async {
+        let (_, body) = d.get("/v1/nodes").await;
+        body.contains("\"connected\":true").then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "agent did not reconnect after the restart");
+    let client = d.claim_client().await;
+    client
+        .release(&grant.workspace, &grant.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        claim_state(&d, "k1").await.map(|c| c.state),
+        Some(ClaimState::Released)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_a_claim_waiting_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let pool = "[[pool]]\nname = \"local\"\ninstance_types = [\"local.node\"]\nmax_nodes = 1\n";
+    let mut d = Daemon::start(dir.path(), pool);
+    let client = d.claim_client().await;
+    let first = tokio::time::timeout(Duration::from_secs(60), client.claim(request("w1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no grant"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The only node is busy: the second claim is accepted (stored: status
+    // shows only stored claims) and waits.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.claim(request("w2", None)).await }
+    });
+    let accepted = eventually(20, || async {
+        claim_state(&d, "w2")
+            .await
+            .filter(|c| c.state == ClaimState::Pending)
+            .map(|_| ())
+    })
+    .await;
+    assert!(accepted.is_some(), "second claim never accepted");
+    waiting.abort();
+    d.crash_and_restart();
+    let c = claim_state(&d, "w2").await.unwrap_or_else(|| {
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        panic!("accepted claim lost\n{log}")
+    });
+    assert_eq!(c.state, ClaimState::Pending);
+    let client = d.claim_client().await;
+    client
+        .release(&first.workspace, &first.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The caller retries with the same id and gets the grant.
+    let grant = tokio::time::timeout(Duration::from_secs(60), client.claim(request("w2", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no grant after restart"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(grant.node, first.node, "the one node serves it");
+    assert_eq!(d.node_dirs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_provision_neither_leaks_nor_doubles() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut d = Daemon::start(dir.path(), "");
+    let client = d.claim_client().await;
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { client.claim(request("p1", None)).await }
+    });
+    // Crash as soon as the node exists at the provider, before or around
+    // its first hello.
+    let created = eventually(20, || async { (d.node_dirs() > 0).then_some(()) }).await;
+    assert!(created.is_some());
+    pending.abort();
+    d.crash_and_restart();
+    let client = d.claim_client().await;
+    let grant = tokio::time::timeout(Duration::from_secs(60), client.claim(request("p1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no grant after restart"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.node_dirs(), 1, "the create was idempotent");
+    assert!(grant.endpoint.starts_with("127.0.0.1:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_on_one_data_dir_exactly_one_leads() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut a = Daemon::start(dir.path(), "");
+    // A second daemon on the same data dir, its own HTTP port.
+    let text = std::fs::read_to_string(&a.config).unwrap_or_default();
+    let http_b = free_port();
+    let text_b = text.replacen(
+        &a.discovery.http.trim_start_matches("http://").to_string(),
+        &format!("127.0.0.1:{http_b}"),
+        1,
+    );
+    let config_b = dir.path().join("daemon-b.toml");
+    std::fs::write(&config_b, text_b).unwrap_or_else(|e| panic!("{e}"));
+    let log =
+        std::fs::File::create(dir.path().join("daemon-b.log")).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Command::new(bin("fleet-daemon", "fleet-daemon"))
+        .env("FLEET_DAEMON_CONFIG", &config_b)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base_b = format!("http://127.0.0.1:{http_b}");
+    let up = eventually(30, || async {
+        let s = tokio::net::TcpStream::connect(base_b.trim_start_matches("http://")).await;
+        s.ok().map(|_| ())
+    })
+    .await;
+    assert!(up.is_some(), "follower HTTP never came up");
+    let (rz, body) = http(&base_b, "GET", "/readyz", None).await;
+    assert_eq!(rz, 503, "the follower is not ready: {body}");
+    assert!(body.contains("follower"));
+    assert_eq!(
+        http(&base_b, "GET", "/v1/status", Some(&a.token)).await.0,
+        503
+    );
+    assert_eq!(a.get("/v1/status").await.0, 200, "the leader serves");
+
+    // The leader dies; the follower takes over with a newer epoch.
+    a.kill9();
+    let led = eventually(30, || async {
+        let (code, body) = http(&base_b, "GET", "/v1/status", Some(&a.token)).await;
+        (code == 200).then_some(body)
+    })
+    .await
+    .unwrap_or_else(|| panic!("follower never took over; see daemon-b.log"));
+    let summary: serde_json::Value = serde_json::from_str(&led).unwrap_or_default();
+    assert_eq!(summary["leader"], true);
+    assert!(summary["epoch"].as_u64().unwrap_or(0) >= 2, "{led}");
+    let _ = b.kill();
+    let _ = b.wait();
+}
