@@ -9,19 +9,37 @@
 //! so their CPU is reported too. The soft fd limit is raised to the hard
 //! limit; each process needs N + a few descriptors.
 //!
-//! Measured on the 2-core dev machine (TLS 1.3, ring, release build,
-//! 20 s steady state; the client process ran on the same two cores):
+//! `FLEET_BENCH_SERVER_WRAPPER=heaptrack` runs the server under a profiler
+//! (any command that takes the program as its argument); the CPU and RSS
+//! printed are then the wrapper's, only the profile is meaningful.
 //!
-//! | N      | server CPU       | server RSS | client CPU |
-//! |--------|------------------|------------|------------|
-//! | 1 000  | 3.0 % of a core  | 29 MB      | 5 %        |
-//! | 10 000 | 13.4 % of a core | 233 MB     | 20 %       |
+//! Measured on the 2-core dev machine (TLS 1.3, ring, release build; the
+//! client process ran on the same two cores). "Before" is the previous
+//! commit measured in the same session (10 s steady state), "after" this
+//! one (20 s):
 //!
-//! CPU is well under the 1-core target; RSS is ~22 KB per idle TLS
-//! connection, over the 100 MB target at 10 000 (not the allocator:
-//! `MALLOC_ARENA_MAX=1` gives the same). Shrinking tungstenite's read
-//! buffer from 4 KiB to 1 KiB saved ~3 KB each; rustls' per-connection
-//! buffers and the connection task are the next suspects.
+//! | N      | server CPU before/after | server RSS before/after | client CPU |
+//! |--------|-------------------------|-------------------------|------------|
+//! | 1 000  | 1.8 % / 2.2 % of a core | 28.1 MB / 18.9 MB       | 4-5 %      |
+//! | 10 000 | 13.4 % / 10.3 % of a core | 222.7 MB / 118.2 MB   | 18-20 %    |
+//!
+//! CPU is well under the 1-core target. RSS went from ~22 KB to ~11.3 KB per
+//! idle TLS connection, still over the 100 MB target at 10 000. Steps at
+//! N = 10 000 (heaptrack on the server at N = 1 000 for the allocation
+//! sites): boxing the handshake and Hello futures so the connection task
+//! no longer reserves ~10 KB for them for its whole life, 222.7 -> 144.9 MB;
+//! a boxed send-queue item (tokio's first channel block of 32 slots was
+//! ~1.8 KB) and a non-waiting inbox fast path, -> 124.7 MB; boxing the
+//! driver's rare timed writes, -> 123.6 MB; tungstenite read buffer 1 KiB ->
+//! 256 B, -> 118.6 MB. No effect: `MALLOC_ARENA_MAX=1` (124.3 vs 124.7 MB:
+//! not fragmentation), `send_tls13_tickets = 0` (118.3 vs 118.6 MB; not
+//! kept). What is left per connection is mostly rustls: the record
+//! deframer's read buffer, which rustls 0.23 resizes to 4 KiB before every
+//! read and never frees (~4.1-5.5 KB), the `ServerConnection` itself inside
+//! the WebSocket stream (~1.5 KB) and its boxed state and AEAD keys
+//! (~1.4 KB); then the task (~1.2 KB) and small items. Getting under 100 MB
+//! needs control of that read buffer (rustls' unbuffered API, owning the
+//! buffers) or a smaller task.
 
 #![expect(clippy::unwrap_used, reason = "bench harness: a panic is a failure")]
 
@@ -176,7 +194,20 @@ fn hello(i: usize) -> AgentMsg {
 
 fn run(n: usize, duration: Duration) {
     let (ca, cert, key) = pki();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    // `FLEET_BENCH_SERVER_WRAPPER=heaptrack` (or any command that runs its
+    // argument) profiles the server process; its CPU and RSS are then the
+    // wrapper's, so only the profile is meaningful.
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match std::env::var("FLEET_BENCH_SERVER_WRAPPER") {
+        Ok(w) if !w.is_empty() => {
+            let mut parts = w.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap());
+            c.args(parts).arg(&exe);
+            c
+        }
+        _ => Command::new(&exe),
+    };
+    let mut child = cmd
         .env("FLEET_BENCH_ROLE", "server")
         .env("FLEET_BENCH_CERT", &cert)
         .env("FLEET_BENCH_KEY", &key)
@@ -187,8 +218,14 @@ fn run(n: usize, duration: Duration) {
     let pid = child.id().to_string();
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line.trim().strip_prefix("ADDR ").unwrap().parse().unwrap();
+    // Skip whatever a wrapper prints before the server's address.
+    let addr: SocketAddr = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "server exited");
+        if let Some(a) = line.trim().strip_prefix("ADDR ") {
+            break a.parse().unwrap();
+        }
+    };
     let rss_idle = status_kb(&pid, "VmRSS:");
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -278,7 +315,9 @@ fn run(n: usize, duration: Duration) {
         let _ = s.write_all(b"stop\n");
     }
     line.clear();
-    let _ = out.read_line(&mut line);
+    while out.read_line(&mut line).unwrap_or(0) > 0 && !line.starts_with("INBOUND") {
+        line.clear();
+    }
     let _ = child.wait();
 
     let srv_pct = (srv1 - srv0) as f64 / wall; // ticks/s = % of one core

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fleet_core::protocol::{DecodeError, encode};
 use fleet_core::transport::TransportError;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -72,13 +73,40 @@ pub(crate) trait Handler: Send {
 
 /// The tungstenite settings for a connection: size limits from the config,
 /// small buffers (an idle agent connection must cost little memory).
+///
+/// The read buffer is the most read from the TLS layer per call and is
+/// kept for the connection's life: 256 B holds a heartbeat frame and saved
+/// ~0.5 KB per connection over 1 KiB. A larger frame still gets its whole
+/// length reserved up front by tungstenite, only read in more calls.
 pub(crate) fn ws_config(cfg: &WsConfig) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(0)
         .max_write_buffer_size(cfg.max_message_bytes.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(cfg.max_message_bytes))
         .max_frame_size(Some(cfg.max_message_bytes))
+}
+
+/// One message in a server connection's send queue.
+///
+/// Boxed because tokio's bounded channel allocates its first block of 32
+/// slots when the channel is created: with [`Message`] by value (56 bytes)
+/// every idle agent connection carried ~1.8 KB of empty slots; boxed, the
+/// block is ~0.3 KB, for one small allocation per message sent (rare to
+/// agents: a command now and then).
+#[derive(Debug)]
+pub(crate) struct Queued(Box<Message>);
+
+impl From<Message> for Queued {
+    fn from(m: Message) -> Queued {
+        Queued(Box::new(m))
+    }
+}
+
+impl From<Queued> for Message {
+    fn from(q: Queued) -> Message {
+        *q.0
+    }
 }
 
 /// Encodes a message in the versioned envelope as a text frame, refusing
@@ -96,7 +124,7 @@ pub(crate) fn to_message<T: Serialize>(msg: &T, max: usize) -> Result<Message, T
 }
 
 /// Maps a queue error to the transport's.
-pub(crate) fn queue_error(e: mpsc::error::TrySendError<Message>, who: &str) -> TransportError {
+pub(crate) fn queue_error<T>(e: mpsc::error::TrySendError<T>, who: &str) -> TransportError {
     match e {
         mpsc::error::TrySendError::Full(_) => TransportError::Backpressure(who.to_owned()),
         mpsc::error::TrySendError::Closed(_) => TransportError::NoPeer(who.to_owned()),
@@ -126,9 +154,32 @@ pub(crate) fn close_for(e: &WsProtoError) -> Option<CloseReason> {
 /// connection is closed (4005) when nothing at all was heard for
 /// `ping_interval + pong_timeout`. A `close` signal closes it with its
 /// reason. Writes that stall that long also end it.
-pub(crate) async fn drive<S, H>(
+///
+/// Not an `async fn`: the stream is split (moved into the halves' shared
+/// allocation) before the future exists, so the future holds two pointers
+/// instead of a dead by-value copy of the whole stream (~1.5 KB with TLS),
+/// which an `async fn` argument would keep for the connection's life.
+pub(crate) fn drive<'a, S, H, M>(
     ws: WebSocketStream<S>,
-    mut out: mpsc::Receiver<Message>,
+    out: mpsc::Receiver<M>,
+    close: oneshot::Receiver<CloseReason>,
+    cfg: &'a WsConfig,
+    handler: &'a mut H,
+) -> impl Future<Output = Ending> + Send + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'a,
+    H: Handler,
+    M: Into<Message> + Send + 'a,
+{
+    let (sink, stream) = ws.split();
+    drive_split(sink, stream, out, close, cfg, handler)
+}
+
+/// [`drive`] on a stream already split.
+pub(crate) async fn drive_split<S, H, M>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut stream: SplitStream<WebSocketStream<S>>,
+    mut out: mpsc::Receiver<M>,
     mut close: oneshot::Receiver<CloseReason>,
     cfg: &WsConfig,
     handler: &mut H,
@@ -136,8 +187,8 @@ pub(crate) async fn drive<S, H>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     H: Handler,
+    M: Into<Message> + Send,
 {
-    let (mut sink, mut stream) = ws.split();
     let dead_after = cfg.ping_interval + cfg.pong_timeout;
     let write_timeout = dead_after;
     let mut tick = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
@@ -159,14 +210,17 @@ where
                 if last_heard.elapsed() >= dead_after {
                     break Ending::Local(CloseReason::new(close_code::KEEPALIVE_TIMEOUT, "keepalive timeout"));
                 }
-                match timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
+                match Box::pin(timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Ending::Lost(e.to_string()),
                     Err(_) => break Ending::Local(CloseReason::new(close_code::KEEPALIVE_TIMEOUT, "ping stalled")),
                 }
             }
             next = out.recv() => match next {
-                Some(msg) => match timeout(write_timeout, sink.send(msg)).await {
+                // Boxed, like every wait below that is not the loop's
+                // own: a timer and a message by value (~0.2 KB each) would
+                // otherwise be reserved in every idle connection's task.
+                Some(msg) => match Box::pin(timeout(write_timeout, sink.send(msg.into()))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Ending::Lost(e.to_string()),
                     Err(_) => break Ending::Local(CloseReason::new(close_code::SLOW_CONSUMER, "write stalled")),
@@ -190,7 +244,7 @@ where
                                 None => CloseReason::new(1005, ""),
                             };
                             // tungstenite answers the close itself; flush it.
-                            let _ = timeout(Duration::from_secs(1), sink.close()).await;
+                            let _ = Box::pin(timeout(Duration::from_secs(1), sink.close())).await;
                             return Ending::Remote(reason);
                         }
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
@@ -204,10 +258,10 @@ where
     };
     if let Ending::Local(reason) = &ending {
         // Best effort: a dead peer will not read it, so do not wait long.
-        let _ = timeout(Duration::from_secs(1), async {
+        let _ = Box::pin(timeout(Duration::from_secs(1), async {
             let _ = sink.send(reason.frame()).await;
             let _ = sink.close().await;
-        })
+        }))
         .await;
     }
     ending

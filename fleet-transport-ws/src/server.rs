@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +14,8 @@ use fleet_core::protocol::{
     AgentMsg, ClaimMsg, ClaimRejection, ClaimReply, DaemonMsg, JobReply, decode_limited,
 };
 use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
+use futures_util::StreamExt;
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -28,7 +31,8 @@ use tracing::{debug, info, warn};
 use crate::auth::{AgentAuth, AgentHelloInfo};
 use crate::config::{WsConfig, WsError, close_code};
 use crate::conn::{
-    CloseReason, Flow, Handler, close_for, drive, queue_error, to_message, ws_config,
+    CloseReason, Flow, Handler, Queued, close_for, drive, drive_split, queue_error, to_message,
+    ws_config,
 };
 use crate::frame::{ClientFrame, ServerFrame, probe};
 use crate::tls::{ServerTlsConfig, node_of_cert};
@@ -48,7 +52,7 @@ enum Open {
 }
 
 struct ClaimConn {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Queued>,
     open: HashMap<u64, Open>,
     subs: HashMap<u64, Workspace>,
     close: Option<oneshot::Sender<CloseReason>>,
@@ -56,7 +60,7 @@ struct ClaimConn {
 
 struct AgentEntry {
     conn: u64,
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::Sender<Queued>,
     close: Option<oneshot::Sender<CloseReason>>,
 }
 
@@ -87,8 +91,8 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn claim_frame(&self, frame: &ServerFrame) -> Result<Message, TransportError> {
-        to_message(frame, self.cfg.max_message_bytes)
+    fn claim_frame(&self, frame: &ServerFrame) -> Result<Queued, TransportError> {
+        to_message(frame, self.cfg.max_message_bytes).map(Queued::from)
     }
 
     /// Routes one outbound message without waiting: a full queue is
@@ -173,7 +177,7 @@ impl Shared {
                 result
             }
             (Peer::Node(node), Outbound::Agent(m)) => {
-                let wire = to_message(m, self.cfg.max_message_bytes)?;
+                let wire = Queued::from(to_message(m, self.cfg.max_message_bytes)?);
                 let mut st = self.lock();
                 if st.closed {
                     return Err(TransportError::Closed);
@@ -481,8 +485,12 @@ async fn handshake(
 
 async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Shared>) {
     let cfg = &shared.cfg;
+    // Boxed: the handshake futures hold a rustls connection by value inside
+    // tokio-rustls' and tungstenite's handshake states (~10 KB in all).
+    // Inline, this task would reserve that much for the connection's whole
+    // life; boxed, it is freed once the handshake is done.
     let (ws, endpoint, cert_node) =
-        match timeout(cfg.hello_timeout, handshake(tcp, acceptor, cfg)).await {
+        match Box::pin(timeout(cfg.hello_timeout, handshake(tcp, acceptor, cfg))).await {
             Ok(Ok(x)) => x,
             Ok(Err(e)) => {
                 debug!(%peer, error = %e, "handshake failed");
@@ -494,8 +502,17 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared: 
             }
         };
     match endpoint {
-        Endpoint::Agent => agent_session(ws, peer, cert_node, shared).await,
-        Endpoint::Claims => claims_session(ws, peer, shared).await,
+        Endpoint::Agent => {
+            // The Hello exchange is boxed for the same reason; what outlives
+            // it is the split stream and the queue (see `AgentOpen`).
+            let opened = Box::pin(agent_open(ws, peer, cert_node, &shared)).await;
+            if let Some(open) = opened {
+                agent_run(open, shared).await;
+            }
+        }
+        // Boxed so the (rare) claim-plane connection's larger future does not
+        // size every agent connection's task.
+        Endpoint::Claims => Box::pin(claims_session(ws, peer, shared)).await,
     }
 }
 
@@ -527,45 +544,61 @@ async fn first_data(ws: &mut Ws) -> Result<Bytes, CloseReason> {
     }
 }
 
-async fn agent_session(
+/// An agent session past its Hello: registered, welcomed, and ready to run.
+struct AgentOpen {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    rx: mpsc::Receiver<Queued>,
+    close_rx: oneshot::Receiver<CloseReason>,
+    node: NodeId,
+    conn: u64,
+}
+
+/// Waits for the agent's Hello, authenticates it, registers the session and
+/// forwards the Hello; `None` when the connection was closed instead.
+async fn agent_open(
     mut ws: Ws,
     peer: SocketAddr,
     cert_node: Option<NodeId>,
-    shared: Arc<Shared>,
-) {
+    shared: &Arc<Shared>,
+) -> Option<AgentOpen> {
     let cfg = &shared.cfg;
     let first = match timeout(cfg.hello_timeout, first_data(&mut ws)).await {
         Ok(Ok(b)) => b,
         Ok(Err(reason)) => {
             debug!(%peer, reason = %reason.reason, "agent left before hello");
-            return close_now(ws, reason).await;
+            close_now(ws, reason).await;
+            return None;
         }
         Err(_) => {
             warn!(%peer, "agent sent no hello in time");
-            return close_now(
+            close_now(
                 ws,
                 CloseReason::new(close_code::HELLO_TIMEOUT, "no hello in time"),
             )
             .await;
+            return None;
         }
     };
     let hello = match decode_limited::<AgentMsg>(&first, cfg.max_message_bytes) {
         Ok(h @ AgentMsg::Hello { .. }) => h,
         Ok(_) => {
             warn!(%peer, "agent's first message is not hello");
-            return close_now(
+            close_now(
                 ws,
                 CloseReason::new(close_code::POLICY, "first message must be hello"),
             )
             .await;
+            return None;
         }
         Err(e) => {
             warn!(%peer, error = %e, kind = e.kind(), "undecodable agent hello");
-            return close_now(
+            close_now(
                 ws,
                 CloseReason::new(close_code::INVALID_PAYLOAD, e.to_string()),
             )
             .await;
+            return None;
         }
     };
     let AgentMsg::Hello {
@@ -574,7 +607,7 @@ async fn agent_session(
         ..
     } = &hello
     else {
-        return;
+        return None;
     };
     let node = node.clone();
     let info = AgentHelloInfo {
@@ -587,7 +620,8 @@ async fn agent_session(
         Ok(id) => id,
         Err(e) => {
             warn!(%peer, %node, cert_node = ?info.cert_node, error = %e, kind = e.kind(), "agent refused");
-            return close_now(ws, CloseReason::new(close_code::AUTH_REFUSED, e.kind())).await;
+            close_now(ws, CloseReason::new(close_code::AUTH_REFUSED, e.kind())).await;
+            return None;
         }
     };
     let bootstrapped = identity.is_some();
@@ -600,16 +634,17 @@ async fn agent_session(
         Ok(m) => m,
         Err(e) => {
             warn!(%node, error = %e, "cannot encode welcome");
-            return close_now(
+            close_now(
                 ws,
                 CloseReason::new(close_code::INTERNAL, "cannot encode welcome"),
             )
             .await;
+            return None;
         }
     };
     let (tx, rx) = mpsc::channel(cfg.send_queue.max(1));
     // The queue is fresh, so Welcome is the first thing the agent gets.
-    let _ = tx.try_send(welcome);
+    let _ = tx.try_send(Queued::from(welcome));
     let (close_tx, close_rx) = oneshot::channel();
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let displaced = {
@@ -628,11 +663,12 @@ async fn agent_session(
         }
     };
     let Some(displaced) = displaced else {
-        return close_now(
+        close_now(
             ws,
             CloseReason::new(close_code::GOING_AWAY, "server shutting down"),
         )
         .await;
+        return None;
     };
     if let Some(mut old) = displaced
         && let Some(signal) = old.close.take()
@@ -653,13 +689,35 @@ async fn agent_session(
         .await
         .is_err()
     {
-        return;
+        return None;
     }
+    let (sink, stream) = ws.split();
+    Some(AgentOpen {
+        sink,
+        stream,
+        rx,
+        close_rx,
+        node,
+        conn,
+    })
+}
+
+/// Runs an open agent session until it ends, then unregisters it.
+async fn agent_run(open: AgentOpen, shared: Arc<Shared>) {
+    let AgentOpen {
+        sink,
+        stream,
+        rx,
+        close_rx,
+        node,
+        conn,
+    } = open;
+    let cfg = &shared.cfg;
     let mut handler = AgentHandler {
         shared: Arc::clone(&shared),
         node: node.clone(),
     };
-    let ending = drive(ws, rx, close_rx, cfg, &mut handler).await;
+    let ending = drive_split(sink, stream, rx, close_rx, cfg, &mut handler).await;
     let current = {
         let mut st = shared.lock();
         if st.agents.get(&node).is_some_and(|a| a.conn == conn) {
@@ -681,24 +739,42 @@ struct AgentHandler {
 }
 
 impl Handler for AgentHandler {
-    async fn on_frame(&mut self, data: Bytes) -> Flow {
-        match decode_limited::<AgentMsg>(&data, self.shared.cfg.max_message_bytes) {
+    /// Decodes and forwards without waiting when the inbox has room; only a
+    /// full inbox makes it wait, on a boxed `send`. An `async fn` (or any
+    /// binding of the message across the await) would keep room for the
+    /// message and the send future (~0.4-0.8 KB) in every connection's task
+    /// for its whole life, to serve a path only taken under backpressure.
+    fn on_frame(&mut self, data: Bytes) -> impl Future<Output = Flow> + Send {
+        let going_away = || CloseReason::new(close_code::GOING_AWAY, "server shutting down");
+        let step = match decode_limited::<AgentMsg>(&data, self.shared.cfg.max_message_bytes) {
             Ok(msg) => {
                 let inbound = Inbound::Agent {
                     node: self.node.clone(),
                     msg,
                 };
-                if self.shared.inbox.send(inbound).await.is_err() {
-                    return Flow::Close(CloseReason::new(
-                        close_code::GOING_AWAY,
-                        "server shutting down",
-                    ));
+                match self.shared.inbox.try_send(inbound) {
+                    Ok(()) => Err(Flow::Continue),
+                    Err(mpsc::error::TrySendError::Full(inbound)) => {
+                        Ok(Box::pin(self.shared.inbox.send(inbound)))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Flow::Close(going_away())),
                 }
-                Flow::Continue
             }
             Err(e) => {
                 warn!(node = %self.node, error = %e, kind = e.kind(), "undecodable agent message; closing");
-                Flow::Close(CloseReason::new(close_code::INVALID_PAYLOAD, e.to_string()))
+                Err(Flow::Close(CloseReason::new(
+                    close_code::INVALID_PAYLOAD,
+                    e.to_string(),
+                )))
+            }
+        };
+        async move {
+            match step {
+                Err(flow) => flow,
+                Ok(wait) => match wait.await {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Close(going_away()),
+                },
             }
         }
     }
