@@ -95,6 +95,9 @@ pub struct DaemonConfig {
     /// Per-workspace quotas.
     #[serde(default)]
     pub quota: BTreeMap<Workspace, Quota>,
+    /// Where records live (default: redb in the data dir).
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Controller timers.
     #[serde(default)]
     pub timing: Timing,
@@ -135,6 +138,129 @@ pub struct TransportConfig {
     /// `[transport.ws]`: agents and claim clients over TLS WebSocket.
     #[serde(default)]
     pub ws: WsConfig,
+    /// `[transport.nats]`: also serve the claim plane on NATS subjects (and
+    /// the connection a `[store.nats]` uses).
+    #[serde(default)]
+    pub nats: Option<NatsSection>,
+}
+
+/// `[transport.nats]`: how to reach NATS.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSection {
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// A `.creds` file.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// A file with an nkey seed.
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// A shared token (prefer a file-based secret).
+    #[serde(default)]
+    pub token: Option<fleet_core::protocol::Secret>,
+    /// User name.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<fleet_core::protocol::Secret>,
+    /// A PEM CA file; setting it requires TLS.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Require TLS.
+    #[serde(default)]
+    pub tls_required: bool,
+    /// Reply inbox prefix of the daemon's connection.
+    #[serde(default)]
+    pub inbox_prefix: Option<String>,
+    /// Request timeout.
+    #[serde(default = "default_nats_timeout")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_nats_timeout() -> u64 {
+    5_000
+}
+
+impl std::fmt::Debug for NatsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are redacted by their type; URLs may carry a password.
+        f.debug_struct("NatsSection")
+            .field("urls", &self.urls.len())
+            .field("creds_file", &self.creds_file)
+            .field("tls_ca", &self.tls_ca)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsSection {
+    /// As the transport crate's connection options.
+    pub fn options(&self) -> fleet_transport_nats::NatsConfig {
+        let mut c = fleet_transport_nats::NatsConfig::default();
+        c.urls = self.urls.clone();
+        c.creds_file = self.creds_file.clone();
+        c.nkey_seed_file = self.nkey_seed_file.clone();
+        c.token = self.token.clone();
+        c.user = self.user.clone();
+        c.password = self.password.clone();
+        c.tls_ca = self.tls_ca.clone();
+        c.tls_required = self.tls_required;
+        c.inbox_prefix = self.inbox_prefix.clone();
+        c.request_timeout_ms = self.request_timeout_ms;
+        c.name = Some("fleet-daemon".to_owned());
+        c
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `[store.nats]`: keep records in a JetStream KV bucket (shared by
+    /// several daemons; the leader lease decides who writes).
+    #[serde(default)]
+    pub nats: Option<NatsStoreSection>,
+}
+
+/// `[store.nats]`: bucket settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsStoreSection {
+    /// Bucket (default: the namespace with `.` → `_`).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Replicas (3 in production).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// Revisions kept per key.
+    #[serde(default = "default_history")]
+    pub history: i64,
+    /// Largest value.
+    #[serde(default = "default_max_value")]
+    pub max_value_bytes: usize,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+fn default_history() -> i64 {
+    5
+}
+fn default_max_value() -> usize {
+    1 << 20
+}
+
+impl NatsStoreSection {
+    /// As the transport crate's bucket settings.
+    pub fn options(&self) -> fleet_transport_nats::KvConfig {
+        let mut c = fleet_transport_nats::KvConfig::default();
+        c.bucket = self.bucket.clone();
+        c.replicas = self.replicas;
+        c.history = self.history;
+        c.max_value_bytes = self.max_value_bytes;
+        c
+    }
 }
 
 /// `[transport.ws]`.
@@ -345,6 +471,20 @@ impl DaemonConfig {
                 });
             }
         }
+        if self.store.nats.is_some() && self.transport.nats.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "store.nats".into(),
+                why: "needs [transport.nats] for the connection".into(),
+            });
+        }
+        if let Some(n) = &self.transport.nats
+            && n.urls.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "transport.nats.urls".into(),
+                why: "at least one server URL is required".into(),
+            });
+        }
         if self.leader.lease_ms < 1_000 {
             return Err(ConfigError::Invalid {
                 key: "leader.lease_ms".into(),
@@ -378,6 +518,7 @@ impl Default for DaemonConfig {
             provider: ProviderConfig::default(),
             pools: vec![embedded_pool()],
             quota: BTreeMap::new(),
+            store: StoreConfig::default(),
             timing: Timing::default(),
             leader: LeaderConfig::default(),
         }
@@ -435,6 +576,8 @@ mod tests {
             ("[provider]\nkind = \"cloud9\"", "cloud9"),
             ("[timing]\nheartbeat_timeout = 3", "heartbeat_timeout"),
             ("namespace = \"bad ns\"", "namespace"),
+            ("[store.nats]\nreplicas = 3", "store.nats"),
+            ("[transport.nats]\nurls = []", "transport.nats.urls"),
         ];
         for (text, needle) in cases {
             let err = DaemonConfig::parse(text)

@@ -254,11 +254,35 @@ pub async fn serve(
             .await;
     });
 
-    let store = open_store(&data_dir, &leader).await?;
+    // The store: redb in the data dir (its file lock makes a second daemon a
+    // follower), or a JetStream KV bucket shared by several daemons.
+    let subjects = fleet_core::subjects::Subjects::new(&cfg.namespace)
+        .map_err(|e| setup("namespace")(e.to_string()))?;
+    let nats = match &cfg.transport.nats {
+        Some(n) => Some(
+            n.options()
+                .connect()
+                .await
+                .map_err(|e| setup("connecting to NATS")(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let (lease_store, redb): (Arc<dyn Store>, Option<RedbStore>) = match (&cfg.store.nats, &nats) {
+        (Some(kv), Some(conn)) => {
+            let store = fleet_transport_nats::NatsKvStore::open(conn, &subjects, &kv.options())
+                .await
+                .map_err(|e| setup("opening the NATS KV bucket")(e.to_string()))?;
+            (Arc::new(store), None)
+        }
+        _ => {
+            let store = open_store(&data_dir, &leader).await?;
+            (Arc::new(store.clone()), Some(store))
+        }
+    };
     let holder = format!("{}-{}", hostname(), std::process::id());
     let mut lease = LeaderLease::new(holder, cfg.leader.lease_ms);
     let epoch = loop {
-        match lease.try_acquire(&store, clock.now()).await {
+        match lease.try_acquire(&*lease_store, clock.now()).await {
             Ok(Some(epoch)) => break epoch,
             Ok(None) => tokio::time::sleep(Duration::from_millis(cfg.leader.lease_ms / 3)).await,
             Err(e) => return Err(setup("taking the leader lease")(e.to_string())),
@@ -266,7 +290,12 @@ pub async fn serve(
     };
     leader.store(true, Ordering::Relaxed);
     tracing::info!(epoch = epoch.0, "leader");
-    let fenced = Arc::new(store.fenced(epoch));
+    // With redb every write is fenced by the epoch in the same transaction;
+    // a shared KV store relies on revisions and the lease (see ARCH.md).
+    let write_store: Arc<dyn Store> = match &redb {
+        Some(r) => Arc::new(r.fenced(epoch)),
+        None => lease_store.clone(),
+    };
 
     let now = clock.now();
     let (ca, sealer) = {
@@ -330,8 +359,19 @@ pub async fn serve(
         }
     };
 
+    let mut extra_transports: Vec<Arc<dyn fleet_core::transport::Transport>> = Vec::new();
+    if let Some(conn) = &nats {
+        let t = fleet_transport_nats::NatsTransport::start(
+            conn,
+            subjects.clone(),
+            fleet_transport_nats::NatsTransportConfig::default(),
+        )
+        .await
+        .map_err(|e| setup("serving the claim plane on NATS")(e.to_string()))?;
+        extra_transports.push(Arc::new(t));
+    }
     let mut builder = Fleet::builder()
-        .store(fenced.clone() as Arc<dyn Store>)
+        .store(write_store)
         .provider(provider)
         .transport(Arc::new(ws))
         .timing(cfg.timing.clone())
@@ -344,6 +384,9 @@ pub async fn serve(
         }))
         .bootstrap_tokens(bootstrap)
         .clock(clock.clone());
+    for t in extra_transports {
+        builder = builder.transport(t);
+    }
     for p in &cfg.pools {
         builder = builder.pool(p.spec());
     }
@@ -381,7 +424,7 @@ pub async fn serve(
     let lost = async {
         loop {
             tokio::time::sleep(renew_every).await;
-            if let Err(e) = lease.renew(&store, clock.now()).await {
+            if let Err(e) = lease.renew(&*lease_store, clock.now()).await {
                 return e.to_string();
             }
         }
@@ -398,7 +441,7 @@ pub async fn serve(
         fleet.shutdown().await;
     }
     if outcome.is_ok() {
-        let _ = lease.release(&store, clock.now()).await;
+        let _ = lease.release(&*lease_store, clock.now()).await;
     }
     outcome
 }

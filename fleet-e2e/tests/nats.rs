@@ -1,0 +1,56 @@
+//! The daemon configured with NATS for the claim plane and JetStream KV for
+//! its store, against a real nats-server: claims survive a daemon crash
+//! because the records live in the bucket.
+
+mod common;
+#[path = "../../fleet-transport-nats/tests/common/server.rs"]
+mod nats_server;
+
+use std::time::Duration;
+
+use common::*;
+use fleet_core::subjects::Subjects;
+use fleet_core::transport::ClaimClient;
+use fleet_transport_nats::{NatsClaimClient, NatsConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_claims_on_nats_and_keeps_them_in_jetstream_kv() {
+    let nats = nats_server::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let extra = format!(
+        "[transport.nats]\nurls = [{url:?}]\n[store.nats]\nreplicas = 1\n",
+        url = nats.url()
+    );
+    let mut d = Daemon::start(dir.path(), &extra);
+    let conn = NatsConfig::new(nats.url())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = NatsClaimClient::new(conn.clone(), Subjects::default());
+    let grant = tokio::time::timeout(Duration::from_secs(60), client.claim(request("n1", None)))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no grant over NATS; see {}/daemon.log",
+                dir.path().display()
+            )
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !dir.path().join("data/fleet.redb").exists(),
+        "the store is NATS, not redb"
+    );
+
+    d.crash_and_restart();
+    // A retry after the crash returns the same grant: the claim was in KV.
+    let again = tokio::time::timeout(Duration::from_secs(60), client.claim(request("n1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no answer after the restart"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.node, grant.node);
+    assert_eq!(again.claim_id, grant.claim_id);
+    client
+        .release(&grant.workspace, &grant.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
