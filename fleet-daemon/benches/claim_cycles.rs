@@ -67,10 +67,15 @@ async fn raw_round_trips(n: usize) -> Duration {
     start.elapsed()
 }
 
-async fn fleet_cycles(n: usize, clients: usize) -> Duration {
+/// A fleet with one warm node of 1 000 slots and an in-process agent.
+async fn warm_fleet(extra: Option<Arc<dyn Transport>>) -> (Arc<Fleet>, MemoryProvider) {
     let provider = MemoryProvider::ec2_like();
+    let mut builder = Fleet::builder();
+    if let Some(t) = extra {
+        builder = builder.transport(t);
+    }
     let fleet = Arc::new(
-        Fleet::builder()
+        builder
             .store(Arc::new(MemoryStore::new()))
             .provider(Arc::new(provider.clone()))
             .pool(PoolSpec {
@@ -121,6 +126,83 @@ async fn fleet_cycles(n: usize, clients: usize) -> Duration {
     // Drain agent messages so its queue never fills.
     let mut agent = agent;
     tokio::spawn(async move { while agent.recv().await.is_some() {} });
+    (fleet, provider)
+}
+
+/// A TLS WebSocket server on loopback with a fresh pool CA; returns the
+/// server, its URL and the client TLS config trusting it.
+async fn ws_server() -> (fleet_transport_ws::WsServer, String, fleet_transport_ws::ClientTlsConfig, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let now = fleet_daemon::driver::SystemClock.now_ms();
+    let ca = fleet_daemon::ca::PoolCa::load_or_create(dir.path(), now).unwrap_or_else(|e| panic!("{e}"));
+    let cert = ca
+        .issue_server_cert(&["127.0.0.1".to_owned()], now, now + 3_600_000)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tls = fleet_transport_ws::ServerTlsConfig {
+        cert_chain_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        client_ca_pem: None,
+    };
+    let (server, addr) = fleet_transport_ws::WsServer::bind(
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+        &tls,
+        Arc::new(fleet_transport_ws::StaticAgentAuth::new()),
+        fleet_transport_ws::WsConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let client_tls = fleet_transport_ws::ClientTlsConfig {
+        ca_pem: ca.ca_pem().to_owned(),
+        identity: None,
+        server_name: None,
+    };
+    (server, format!("wss://{addr}{}", fleet_transport_ws::CLAIMS_PATH), client_tls, dir)
+}
+
+/// Raw WebSocket round trips: a responder answers each renew at once.
+async fn raw_ws_round_trips(n: usize) -> Duration {
+    let (server, url, tls, _dir) = ws_server().await;
+    let server = Arc::new(server);
+    let responder = server.clone();
+    tokio::spawn(async move {
+        while let Ok(Inbound::Claim { msg, reply }) = responder.recv().await {
+            let lease = Lease { claim_id: msg.claim_id().clone(), expires_at: 0 };
+            let _ = responder.send(&Peer::Reply(reply), Outbound::Claim(ClaimReply::Renewed(lease))).await;
+        }
+    });
+    let client = fleet_transport_ws::WsClaimClient::connect(&url, &tls, fleet_transport_ws::WsConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ws = Workspace::new("bench").unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    for i in 0..n {
+        let id = ClaimId::new(format!("r{i}")).unwrap_or_else(|e| panic!("{e}"));
+        let _ = client.renew(&ws, &id).await;
+    }
+    start.elapsed()
+}
+
+/// Claim → grant → release through the daemon driver over WebSocket.
+async fn fleet_ws_cycles(n: usize) -> Duration {
+    let (server, url, tls, _dir) = ws_server().await;
+    let (fleet, _provider) = warm_fleet(Some(Arc::new(server))).await;
+    let client = fleet_transport_ws::WsClaimClient::connect(&url, &tls, fleet_transport_ws::WsConfig::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let g = client.claim(request(usize::MAX / 3)).await.unwrap_or_else(|e| panic!("{e}"));
+    let _ = client.release(&g.workspace, &g.claim_id).await;
+    let start = Instant::now();
+    for i in 0..n {
+        let g = client.claim(request(i)).await.unwrap_or_else(|e| panic!("{e}"));
+        client.release(&g.workspace, &g.claim_id).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let t = start.elapsed();
+    drop(fleet);
+    t
+}
+
+async fn fleet_cycles(n: usize, clients: usize) -> Duration {
+    let (fleet, _provider) = warm_fleet(None).await;
     // Warm-up: the first grant waits for the node to be ready.
     let c = fleet.client();
     let g = c
@@ -165,6 +247,19 @@ fn main() {
             raw.as_secs_f64(),
             CYCLES as f64 / raw.as_secs_f64(),
             raw.as_secs_f64() * 1e6 / CYCLES as f64
+        );
+        let ws_n = CYCLES / 4;
+        let raw_ws = raw_ws_round_trips(ws_n).await;
+        let ws = fleet_ws_cycles(ws_n).await;
+        let per_raw = raw_ws.as_secs_f64() * 1e6 / ws_n as f64;
+        // A cycle is two round trips (claim, release), each with a store write.
+        let per_rt = ws.as_secs_f64() * 1e6 / (2 * ws_n) as f64;
+        println!("raw WebSocket request/reply: {ws_n} round trips, {per_raw:.1} µs each ({:.0}/s)", ws_n as f64 / raw_ws.as_secs_f64());
+        println!(
+            "claim→grant→release over WebSocket: {ws_n} cycles in {:.3} s = {:.0} cycles/s; {per_rt:.1} µs per round trip = {:.2}× raw",
+            ws.as_secs_f64(),
+            ws_n as f64 / ws.as_secs_f64(),
+            per_rt / per_raw
         );
         for clients in [1, CLIENTS] {
             let t = fleet_cycles(CYCLES, clients).await;
