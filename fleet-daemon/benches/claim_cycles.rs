@@ -131,10 +131,16 @@ async fn warm_fleet(extra: Option<Arc<dyn Transport>>) -> (Arc<Fleet>, MemoryPro
 
 /// A TLS WebSocket server on loopback with a fresh pool CA; returns the
 /// server, its URL and the client TLS config trusting it.
-async fn ws_server() -> (fleet_transport_ws::WsServer, String, fleet_transport_ws::ClientTlsConfig, tempfile::TempDir) {
+async fn ws_server() -> (
+    fleet_transport_ws::WsServer,
+    String,
+    fleet_transport_ws::ClientTlsConfig,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let now = fleet_daemon::driver::SystemClock.now_ms();
-    let ca = fleet_daemon::ca::PoolCa::load_or_create(dir.path(), now).unwrap_or_else(|e| panic!("{e}"));
+    let ca =
+        fleet_daemon::ca::PoolCa::load_or_create(dir.path(), now).unwrap_or_else(|e| panic!("{e}"));
     let cert = ca
         .issue_server_cert(&["127.0.0.1".to_owned()], now, now + 3_600_000)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -156,7 +162,12 @@ async fn ws_server() -> (fleet_transport_ws::WsServer, String, fleet_transport_w
         identity: None,
         server_name: None,
     };
-    (server, format!("wss://{addr}{}", fleet_transport_ws::CLAIMS_PATH), client_tls, dir)
+    (
+        server,
+        format!("wss://{addr}{}", fleet_transport_ws::CLAIMS_PATH),
+        client_tls,
+        dir,
+    )
 }
 
 /// Raw WebSocket round trips: a responder answers each renew at once.
@@ -166,13 +177,25 @@ async fn raw_ws_round_trips(n: usize) -> Duration {
     let responder = server.clone();
     tokio::spawn(async move {
         while let Ok(Inbound::Claim { msg, reply }) = responder.recv().await {
-            let lease = Lease { claim_id: msg.claim_id().clone(), expires_at: 0 };
-            let _ = responder.send(&Peer::Reply(reply), Outbound::Claim(ClaimReply::Renewed(lease))).await;
+            let lease = Lease {
+                claim_id: msg.claim_id().clone(),
+                expires_at: 0,
+            };
+            let _ = responder
+                .send(
+                    &Peer::Reply(reply),
+                    Outbound::Claim(ClaimReply::Renewed(lease)),
+                )
+                .await;
         }
     });
-    let client = fleet_transport_ws::WsClaimClient::connect(&url, &tls, fleet_transport_ws::WsConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let client = fleet_transport_ws::WsClaimClient::connect(
+        &url,
+        &tls,
+        fleet_transport_ws::WsConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let ws = Workspace::new("bench").unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
     for i in 0..n {
@@ -186,15 +209,28 @@ async fn raw_ws_round_trips(n: usize) -> Duration {
 async fn fleet_ws_cycles(n: usize) -> Duration {
     let (server, url, tls, _dir) = ws_server().await;
     let (fleet, _provider) = warm_fleet(Some(Arc::new(server))).await;
-    let client = fleet_transport_ws::WsClaimClient::connect(&url, &tls, fleet_transport_ws::WsConfig::default())
+    let client = fleet_transport_ws::WsClaimClient::connect(
+        &url,
+        &tls,
+        fleet_transport_ws::WsConfig::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let g = client
+        .claim(request(usize::MAX / 3))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let g = client.claim(request(usize::MAX / 3)).await.unwrap_or_else(|e| panic!("{e}"));
     let _ = client.release(&g.workspace, &g.claim_id).await;
     let start = Instant::now();
     for i in 0..n {
-        let g = client.claim(request(i)).await.unwrap_or_else(|e| panic!("{e}"));
-        client.release(&g.workspace, &g.claim_id).await.unwrap_or_else(|e| panic!("{e}"));
+        let g = client
+            .claim(request(i))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        client
+            .release(&g.workspace, &g.claim_id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let t = start.elapsed();
     drop(fleet);

@@ -197,19 +197,19 @@ impl std::fmt::Debug for NatsSection {
 impl NatsSection {
     /// As the transport crate's connection options.
     pub fn options(&self) -> fleet_transport_nats::NatsConfig {
-        let mut c = fleet_transport_nats::NatsConfig::default();
-        c.urls = self.urls.clone();
-        c.creds_file = self.creds_file.clone();
-        c.nkey_seed_file = self.nkey_seed_file.clone();
-        c.token = self.token.clone();
-        c.user = self.user.clone();
-        c.password = self.password.clone();
-        c.tls_ca = self.tls_ca.clone();
-        c.tls_required = self.tls_required;
-        c.inbox_prefix = self.inbox_prefix.clone();
-        c.request_timeout_ms = self.request_timeout_ms;
-        c.name = Some("fleet-daemon".to_owned());
-        c
+        fleet_transport_nats::NatsConfig {
+            urls: self.urls.clone(),
+            creds_file: self.creds_file.clone(),
+            nkey_seed_file: self.nkey_seed_file.clone(),
+            token: self.token.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_required: self.tls_required,
+            inbox_prefix: self.inbox_prefix.clone(),
+            request_timeout_ms: self.request_timeout_ms,
+            name: Some("fleet-daemon".to_owned()),
+        }
     }
 }
 
@@ -254,12 +254,13 @@ fn default_max_value() -> usize {
 impl NatsStoreSection {
     /// As the transport crate's bucket settings.
     pub fn options(&self) -> fleet_transport_nats::KvConfig {
-        let mut c = fleet_transport_nats::KvConfig::default();
-        c.bucket = self.bucket.clone();
-        c.replicas = self.replicas;
-        c.history = self.history;
-        c.max_value_bytes = self.max_value_bytes;
-        c
+        fleet_transport_nats::KvConfig {
+            bucket: self.bucket.clone(),
+            replicas: self.replicas,
+            history: self.history,
+            max_value_bytes: self.max_value_bytes,
+            ..Default::default()
+        }
     }
 }
 

@@ -196,7 +196,7 @@ async fn create_token(
     State(state): State<ApiState>,
     body: Result<axum::Json<NewToken>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let axum::Json(req) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let axum::Json(req) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     if req.name.is_empty() || req.name.len() > 64 {
         return Err(ApiError(
             StatusCode::BAD_REQUEST,
