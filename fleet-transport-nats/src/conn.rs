@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
@@ -261,7 +262,9 @@ impl ConnectError {
 
 /// What the connection reports, shared with every call that waits.
 pub(crate) struct ConnEvents {
-    /// Bumped on every (re)connect.
+    /// Whether the initial connection's `Connected` event has been seen.
+    connected_once: AtomicBool,
+    /// Bumped on every reconnect (not on the initial connect).
     reconnects: watch::Sender<u64>,
     /// Server error lines (`-ERR …`), e.g. permission violations.
     errors: broadcast::Sender<String>,
@@ -270,6 +273,7 @@ pub(crate) struct ConnEvents {
 impl ConnEvents {
     fn new() -> ConnEvents {
         ConnEvents {
+            connected_once: AtomicBool::new(false),
             reconnects: watch::Sender::new(0),
             errors: broadcast::Sender::new(64),
         }
@@ -277,9 +281,17 @@ impl ConnEvents {
 
     fn on_event(&self, ev: Event) {
         match ev {
+            // async-nats reports the initial connect as `Connected` too, but
+            // through a task of its own, so the event can arrive after
+            // `connect` returned and calls are already waiting. Counting it
+            // as a reconnect made those calls re-send their request, and the
+            // control plane then received (and answered) it twice.
+            Event::Connected if !self.connected_once.swap(true, Ordering::AcqRel) => {
+                tracing::info!("nats connected");
+            }
             Event::Connected => {
                 self.reconnects.send_modify(|n| *n = n.wrapping_add(1));
-                tracing::info!("nats connected");
+                tracing::info!("nats reconnected");
             }
             Event::Disconnected => tracing::warn!("nats disconnected; reconnecting"),
             Event::ServerError(e) => {
@@ -322,7 +334,8 @@ impl Connection {
         self.request_timeout
     }
 
-    /// A receiver that changes on every (re)connect.
+    /// A receiver that changes on every reconnect (not on the initial
+    /// connect, whenever its event arrives).
     pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
         self.events.reconnects.subscribe()
     }
@@ -384,6 +397,23 @@ mod tests {
         assert!(!dbg.contains("tok-secret"), "{dbg}");
         assert!(dbg.contains("nats://<redacted>@h:4222"), "{dbg}");
         assert!(dbg.contains("h2:4222"), "{dbg}");
+    }
+
+    #[test]
+    fn the_initial_connect_is_not_a_reconnect() {
+        let events = ConnEvents::new();
+        let mut rx = events.reconnects.subscribe();
+        rx.borrow_and_update();
+        // The initial connect's event, however late it arrives.
+        events.on_event(Event::Connected);
+        assert!(
+            !rx.has_changed().unwrap_or(true),
+            "the initial Connected must not tell waiting calls to re-send"
+        );
+        events.on_event(Event::Disconnected);
+        events.on_event(Event::Connected);
+        assert!(rx.has_changed().unwrap_or(false), "a reconnect must");
+        assert_eq!(*rx.borrow_and_update(), 1);
     }
 
     #[test]
