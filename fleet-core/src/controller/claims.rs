@@ -90,7 +90,7 @@ impl Controller {
 
     pub(super) fn touch_claim(&mut self, id: &ClaimId) {
         let at = self.claims.get(id).and_then(|c| self.claim_deadline(c));
-        self.timers.set(TimerKey::Claim(id.clone()), at);
+        self.timers.set_claim(id, at);
     }
 
     pub(super) fn on_claim(
@@ -644,6 +644,25 @@ impl Controller {
 
     /// One arbitration round over durable pending claims and free slots.
     pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let capacity = self.capacity();
+        if capacity.iter().all(|n| n.free_slots == 0) {
+            // Nothing can be granted (most events while nodes boot): only
+            // refresh why each claim waits, without an arbitration round.
+            let waiting: Vec<ClaimId> = self.pending.iter().cloned().collect();
+            for claim in waiting {
+                let reason = self.explain_wait(&claim, PendingReason::WaitingForCapacity);
+                if let Some(c) = self.claims.get_mut(&claim)
+                    && c.reserved.is_none()
+                    && c.rec.pending_reason.as_ref() != Some(&reason)
+                {
+                    c.rec.pending_reason = Some(reason);
+                }
+            }
+            return;
+        }
         let pending: Vec<PendingClaim> = self
             .pending
             .iter()
@@ -661,7 +680,6 @@ impl Controller {
         if pending.is_empty() {
             return;
         }
-        let capacity = self.capacity();
         let usage = self.usage(&capacity);
         let outcome = arbitrate(ArbitrationInput {
             claims: &pending,

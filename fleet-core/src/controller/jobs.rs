@@ -76,7 +76,7 @@ impl Controller {
 
     pub(super) fn touch_job(&mut self, id: &JobId) {
         let at = self.jobs.get(id).and_then(|j| self.job_deadline(j));
-        self.timers.set(TimerKey::Job(id.clone()), at);
+        self.timers.set_job(id, at);
     }
 
     pub(super) fn job_timer(&mut self, id: &JobId, now: Millis, out: &mut Vec<Command>) {

@@ -150,7 +150,7 @@ impl Controller {
 
     pub(super) fn touch_node(&mut self, id: &NodeId) {
         let at = self.nodes.get(id).and_then(|n| self.node_deadline(n));
-        self.timers.set(TimerKey::Node(id.clone()), at);
+        self.timers.set_node(id, at);
     }
 
     /// Moves a node to `to`, keeping the cost ledger in step.

@@ -224,22 +224,66 @@ pub(super) enum TimerKey {
     Job(JobId),
 }
 
-/// A set of deadlines, one per key, ordered by time.
+/// A set of deadlines, one per key, ordered by time. Setting a key to the
+/// deadline it already has costs a lookup and no allocation: most writes do
+/// not move their record's deadline.
 #[derive(Debug, Default)]
 pub(super) struct Timers {
     by_time: BTreeSet<(Millis, TimerKey)>,
-    by_key: BTreeMap<TimerKey, Millis>,
+    claims: BTreeMap<ClaimId, Millis>,
+    nodes: BTreeMap<NodeId, Millis>,
+    jobs: BTreeMap<JobId, Millis>,
 }
 
 impl Timers {
+    fn current(&self, key: &TimerKey) -> Option<Millis> {
+        match key {
+            TimerKey::Claim(id) => self.claims.get(id).copied(),
+            TimerKey::Node(id) => self.nodes.get(id).copied(),
+            TimerKey::Job(id) => self.jobs.get(id).copied(),
+        }
+    }
+
     /// Sets (or clears) the deadline of `key`.
     pub(super) fn set(&mut self, key: TimerKey, at: Option<Millis>) {
-        if let Some(old) = self.by_key.remove(&key) {
+        let old = self.current(&key);
+        if old == at {
+            return;
+        }
+        if let Some(old) = old {
             self.by_time.remove(&(old, key.clone()));
         }
+        match (&key, at) {
+            (TimerKey::Claim(id), Some(t)) => self.claims.insert(id.clone(), t),
+            (TimerKey::Claim(id), None) => self.claims.remove(id),
+            (TimerKey::Node(id), Some(t)) => self.nodes.insert(id.clone(), t),
+            (TimerKey::Node(id), None) => self.nodes.remove(id),
+            (TimerKey::Job(id), Some(t)) => self.jobs.insert(id.clone(), t),
+            (TimerKey::Job(id), None) => self.jobs.remove(id),
+        };
         if let Some(at) = at {
-            self.by_time.insert((at, key.clone()));
-            self.by_key.insert(key, at);
+            self.by_time.insert((at, key));
+        }
+    }
+
+    /// Sets the deadline of a claim, without building a key when unchanged.
+    pub(super) fn set_claim(&mut self, id: &ClaimId, at: Option<Millis>) {
+        if self.claims.get(id).copied() != at {
+            self.set(TimerKey::Claim(id.clone()), at);
+        }
+    }
+
+    /// Sets the deadline of a node, without building a key when unchanged.
+    pub(super) fn set_node(&mut self, id: &NodeId, at: Option<Millis>) {
+        if self.nodes.get(id).copied() != at {
+            self.set(TimerKey::Node(id.clone()), at);
+        }
+    }
+
+    /// Sets the deadline of a job, without building a key when unchanged.
+    pub(super) fn set_job(&mut self, id: &JobId, at: Option<Millis>) {
+        if self.jobs.get(id).copied() != at {
+            self.set(TimerKey::Job(id.clone()), at);
         }
     }
 
@@ -251,7 +295,11 @@ impl Timers {
                 break;
             }
             if let Some((_, key)) = self.by_time.pop_first() {
-                self.by_key.remove(&key);
+                match &key {
+                    TimerKey::Claim(id) => self.claims.remove(id),
+                    TimerKey::Node(id) => self.nodes.remove(id),
+                    TimerKey::Job(id) => self.jobs.remove(id),
+                };
                 due.push(key);
             }
         }

@@ -247,7 +247,12 @@ async fn pending_then_granted(server: &dyn Transport, client: &dyn ClaimClient, 
     let want = grant_for(&req);
     let (_, got) = join(
         async {
-            let (_, to) = next_claim(server, "a claim request").await;
+            let (msg, to) = next_claim(server, "a claim request").await;
+            assert_eq!(
+                msg,
+                ClaimMsg::Request(req.clone()),
+                "pending → granted: the control plane received a stale or duplicated request"
+            );
             let to = Peer::Reply(to);
             for reason in [
                 PendingReason::WaitingForCapacity,
