@@ -272,18 +272,9 @@ impl Controller {
                 let JobState::Leased { node, command } = &j.rec.state else {
                     return;
                 };
-                let spec = &j.rec.spec;
                 out.push(Command::Send {
                     to: Peer::Node(node.clone()),
-                    msg: Outbound::Agent(DaemonMsg::Run(CommandSpec {
-                        id: command.clone(),
-                        job: Some(job.clone()),
-                        argv: spec.argv.clone(),
-                        env: spec.env.clone(),
-                        cwd: spec.cwd.clone(),
-                        timeout_ms: spec.timeout_ms,
-                        redact: Vec::new(),
-                    })),
+                    msg: Outbound::Agent(run_msg(&job, command, &j.rec.spec)),
                 });
                 let event = WorkerEvent::Leased {
                     lease_expires_at: None,
@@ -636,18 +627,9 @@ impl Controller {
             };
             let on_node = matches!(&j.rec.state, JobState::Leased { node: n, .. } if n == node);
             if on_node && !seen.contains(command) {
-                let spec = &j.rec.spec;
                 out.push(Command::Send {
                     to: Peer::Node(node.clone()),
-                    msg: Outbound::Agent(DaemonMsg::Run(CommandSpec {
-                        id: command.clone(),
-                        job: Some(job.clone()),
-                        argv: spec.argv.clone(),
-                        env: spec.env.clone(),
-                        cwd: spec.cwd.clone(),
-                        timeout_ms: spec.timeout_ms,
-                        redact: Vec::new(),
-                    })),
+                    msg: Outbound::Agent(run_msg(job, command, &j.rec.spec)),
                 });
             }
         }
@@ -662,6 +644,19 @@ impl Controller {
     pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
         self.jobs.values().map(|j| &j.rec)
     }
+}
+
+/// The agent command for one attempt of a job.
+fn run_msg(job: &JobId, command: &CommandId, spec: &TaskSpec) -> DaemonMsg {
+    DaemonMsg::Run(CommandSpec {
+        id: command.clone(),
+        job: Some(job.clone()),
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        timeout_ms: spec.timeout_ms,
+        redact: Vec::new(),
+    })
 }
 
 fn job_key(spec: &TaskSpec) -> crate::store::Key {

@@ -738,6 +738,22 @@ pub struct NodeStatus {
 }
 
 impl Node {
+    /// A node with no claims, no agent session and no call in flight.
+    fn new(rec: crate::protocol::NodeRecord, now: Millis, durable: bool) -> Node {
+        Node {
+            rec,
+            claims: BTreeSet::new(),
+            jobs: BTreeSet::new(),
+            last_seen: now,
+            connected: false,
+            idle_since: None,
+            op: None,
+            retry: None,
+            prev_type: None,
+            durable,
+        }
+    }
+
     /// Claims and job attempts it holds.
     fn occupied(&self) -> usize {
         self.claims.len() + self.jobs.len()

@@ -70,23 +70,10 @@ impl Controller {
             disk,
             now,
         );
-        let idle_since = (rec.state == NodeState::Ready).then_some(now);
-        let id = rec.node.clone();
-        self.nodes.insert(
-            id,
-            Node {
-                rec,
-                claims: BTreeSet::new(),
-                jobs: BTreeSet::new(),
-                last_seen: now,
-                connected: false,
-                idle_since,
-                op: None,
-                retry: call.map(|c| (now, c, 0)),
-                prev_type: None,
-                durable: true,
-            },
-        );
+        let mut node = Node::new(rec, now, true);
+        node.idle_since = (node.rec.state == NodeState::Ready).then_some(now);
+        node.retry = call.map(|c| (now, c, 0));
+        self.nodes.insert(node.rec.node.clone(), node);
     }
 
     fn spec_of(&self, rec: &NodeRecord) -> NodeSpec {
@@ -778,21 +765,7 @@ impl Controller {
                     epoch: self.epoch,
                 };
                 let call = ProviderCall::Create(self.spec_of(&rec));
-                self.nodes.insert(
-                    id.clone(),
-                    Node {
-                        rec,
-                        claims: BTreeSet::new(),
-                        jobs: BTreeSet::new(),
-                        last_seen: now,
-                        connected: false,
-                        idle_since: None,
-                        op: None,
-                        retry: None,
-                        prev_type: None,
-                        durable: false,
-                    },
-                );
+                self.nodes.insert(id.clone(), Node::new(rec, now, false));
                 self.save_node(
                     &id,
                     vec![Effect::NodeCall {
