@@ -168,6 +168,22 @@ pub enum ClaimError {
 }
 
 impl ClaimError {
+    /// What a claim-plane call makes of an answer that is not the one it
+    /// waits for: a rejection or revocation of this claim (or a rejection
+    /// naming no claim), else [`ClaimError::Unexpected`]. Every
+    /// [`ClaimClient`] implementation shares this reading.
+    pub fn from_reply(id: &ClaimId, reply: ClaimReply, call: &str) -> ClaimError {
+        match reply {
+            ClaimReply::Rejected { claim_id, error }
+                if claim_id.as_ref().is_none_or(|c| c == id) =>
+            {
+                ClaimError::Rejected(error)
+            }
+            ClaimReply::Revoked(r) if r.claim_id == *id => ClaimError::Revoked(r),
+            other => ClaimError::Unexpected(format!("{call} {id}: {other:?}")),
+        }
+    }
+
     /// Whether the same call may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {

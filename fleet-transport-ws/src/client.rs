@@ -465,21 +465,6 @@ impl WsClaimClient {
     }
 }
 
-fn unexpected(call: &str, id: &ClaimId, reply: &ClaimReply) -> ClaimError {
-    ClaimError::Unexpected(format!("{call} {id}: {reply:?}"))
-}
-
-/// A rejection or revocation of this claim, or an unexpected answer.
-fn refusal(id: &ClaimId, reply: ClaimReply, call: &str) -> ClaimError {
-    match reply {
-        ClaimReply::Rejected { claim_id, error } if claim_id.as_ref().is_none_or(|c| c == id) => {
-            ClaimError::Rejected(error)
-        }
-        ClaimReply::Revoked(r) if r.claim_id == *id => ClaimError::Revoked(r),
-        other => unexpected(call, id, &other),
-    }
-}
-
 #[async_trait]
 impl ClaimClient for WsClaimClient {
     async fn claim(&self, req: ClaimRequest) -> Result<ClaimGrant, ClaimError> {
@@ -488,7 +473,7 @@ impl ClaimClient for WsClaimClient {
         self.call(ClaimMsg::Request(req), None, |reply| match reply {
             ClaimReply::Pending { ref claim_id, .. } if *claim_id == id => None,
             ClaimReply::Granted(g) if g.claim_id == id && g.workspace == ws => Some(Ok(g)),
-            other => Some(Err(refusal(&id, other, "claim"))),
+            other => Some(Err(ClaimError::from_reply(&id, other, "claim"))),
         })
         .await
     }
@@ -501,7 +486,7 @@ impl ClaimClient for WsClaimClient {
         let t = self.inner.dialer.cfg.request_timeout;
         self.call(msg, Some(t), |reply| match reply {
             ClaimReply::Renewed(lease) if lease.claim_id == *id => Some(Ok(lease)),
-            other => Some(Err(refusal(id, other, "renew"))),
+            other => Some(Err(ClaimError::from_reply(id, other, "renew"))),
         })
         .await
     }
@@ -514,7 +499,7 @@ impl ClaimClient for WsClaimClient {
         let t = self.inner.dialer.cfg.request_timeout;
         self.call(msg, Some(t), |reply| match reply {
             ClaimReply::Released { claim_id } if claim_id == *id => Some(Ok(())),
-            other => Some(Err(refusal(id, other, "release"))),
+            other => Some(Err(ClaimError::from_reply(id, other, "release"))),
         })
         .await
     }

@@ -603,7 +603,7 @@ impl InProcClaimClient {
                     return Err(ClaimError::Rejected(error));
                 }
                 ClaimReply::Revoked(r) if r.claim_id == id => return Err(ClaimError::Revoked(r)),
-                other => return Err(unexpected("claim", &id, &other)),
+                other => return Err(ClaimError::Unexpected(format!("claim {id}: {other:?}"))),
             }
         }
     }
@@ -624,22 +624,6 @@ impl InProcClaimClient {
     }
 }
 
-fn unexpected(call: &str, id: &ClaimId, reply: &ClaimReply) -> ClaimError {
-    ClaimError::Unexpected(format!("{call} {id}: {reply:?}"))
-}
-
-/// The answers every call treats alike: a rejection or a revocation of
-/// this claim.
-fn refusal(id: &ClaimId, reply: ClaimReply, call: &str) -> ClaimError {
-    match reply {
-        ClaimReply::Rejected { claim_id, error } if claim_id.as_ref().is_none_or(|c| c == id) => {
-            ClaimError::Rejected(error)
-        }
-        ClaimReply::Revoked(r) if r.claim_id == *id => ClaimError::Revoked(r),
-        other => unexpected(call, id, &other),
-    }
-}
-
 #[async_trait]
 impl ClaimClient for InProcClaimClient {
     async fn claim(&self, req: ClaimRequest) -> Result<ClaimGrant, ClaimError> {
@@ -653,7 +637,7 @@ impl ClaimClient for InProcClaimClient {
         };
         match self.call_once(msg).await? {
             ClaimReply::Renewed(lease) if lease.claim_id == *id => Ok(lease),
-            other => Err(refusal(id, other, "renew")),
+            other => Err(ClaimError::from_reply(id, other, "renew")),
         }
     }
 
@@ -664,7 +648,7 @@ impl ClaimClient for InProcClaimClient {
         };
         match self.call_once(msg).await? {
             ClaimReply::Released { claim_id } if claim_id == *id => Ok(()),
-            other => Err(refusal(id, other, "release")),
+            other => Err(ClaimError::from_reply(id, other, "release")),
         }
     }
 
