@@ -36,9 +36,9 @@ fn request(id: usize) -> ClaimRequest {
     }
 }
 
-async fn raw_round_trips(n: usize) -> Duration {
-    let t = Arc::new(InProcTransport::new(4_096));
-    let server = t.clone();
+/// Answers every claim-plane request at once with a `Renewed`: the raw
+/// round trip of a transport, with no control plane behind it.
+fn echo_renewals(server: Arc<dyn Transport>) {
     tokio::spawn(async move {
         while let Ok(Inbound::Claim { msg, reply }) = server.recv().await {
             let lease = Lease {
@@ -53,18 +53,23 @@ async fn raw_round_trips(n: usize) -> Duration {
                 .await;
         }
     });
-    let client = t.claim_client();
+}
+
+/// Times `n` sequential renew round trips.
+async fn time_renewals(client: &dyn ClaimClient, n: usize) -> Duration {
     let ws = Workspace::new("bench").unwrap_or_else(|e| panic!("{e}"));
     let start = Instant::now();
     for i in 0..n {
         let id = ClaimId::new(format!("r{i}")).unwrap_or_else(|e| panic!("{e}"));
         let _ = client.renew(&ws, &id).await;
     }
-    let _ = ClaimMsg::Renew {
-        workspace: ws,
-        claim_id: ClaimId::new("x").unwrap_or_else(|e| panic!("{e}")),
-    };
     start.elapsed()
+}
+
+async fn raw_round_trips(n: usize) -> Duration {
+    let t = Arc::new(InProcTransport::new(4_096));
+    echo_renewals(t.clone());
+    time_renewals(&t.claim_client(), n).await
 }
 
 /// A fleet with one warm node of 1 000 slots and an in-process agent.
@@ -173,22 +178,7 @@ async fn ws_server() -> (
 /// Raw WebSocket round trips: a responder answers each renew at once.
 async fn raw_ws_round_trips(n: usize) -> Duration {
     let (server, url, tls, _dir) = ws_server().await;
-    let server = Arc::new(server);
-    let responder = server.clone();
-    tokio::spawn(async move {
-        while let Ok(Inbound::Claim { msg, reply }) = responder.recv().await {
-            let lease = Lease {
-                claim_id: msg.claim_id().clone(),
-                expires_at: 0,
-            };
-            let _ = responder
-                .send(
-                    &Peer::Reply(reply),
-                    Outbound::Claim(ClaimReply::Renewed(lease)),
-                )
-                .await;
-        }
-    });
+    echo_renewals(Arc::new(server));
     let client = fleet_transport_ws::WsClaimClient::connect(
         &url,
         &tls,
@@ -196,13 +186,7 @@ async fn raw_ws_round_trips(n: usize) -> Duration {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let ws = Workspace::new("bench").unwrap_or_else(|e| panic!("{e}"));
-    let start = Instant::now();
-    for i in 0..n {
-        let id = ClaimId::new(format!("r{i}")).unwrap_or_else(|e| panic!("{e}"));
-        let _ = client.renew(&ws, &id).await;
-    }
-    start.elapsed()
+    time_renewals(&client, n).await
 }
 
 /// Claim → grant → release through the daemon driver over WebSocket.
