@@ -81,6 +81,11 @@ enum Pending {
         seq: u64,
         event: WorkerEvent,
     },
+    AgentOutput {
+        node: NodeId,
+        generation: u64,
+        msg: AgentMsg,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -529,6 +534,20 @@ impl World {
                     claim_id: claim,
                 });
             }
+            Pending::AgentOutput {
+                node,
+                generation,
+                msg,
+            } => {
+                let ok = self
+                    .agents
+                    .get(&node)
+                    .is_some_and(|a| a.alive && a.generation == generation)
+                    && self.is_running(&node);
+                if ok {
+                    self.deliver(Event::Agent { node, msg });
+                }
+            }
             Pending::AgentEvent {
                 node,
                 generation,
@@ -597,6 +616,20 @@ impl World {
                 },
             ),
         };
+        // The command echoes its command line, like a shell trace.
+        self.push(
+            self.now,
+            Pending::AgentOutput {
+                node: node.clone(),
+                generation,
+                msg: AgentMsg::Output {
+                    command: spec.id.clone(),
+                    stream: crate::protocol::OutputStream::Stdout,
+                    seq: 0,
+                    data: format!("+ {}\n", spec.argv.join(" ")),
+                },
+            },
+        );
         for (seq, at, event) in [
             (1, self.now, WorkerEvent::Starting),
             (2, self.now, WorkerEvent::Running),

@@ -48,6 +48,7 @@ fn events(w: &World, reply: &ReplyTo) -> Vec<String> {
                 .unwrap_or_default()
                 .to_lowercase(),
             JobReply::Finished(_) => "finished".to_owned(),
+            JobReply::Output { data, .. } => format!("output {}", data.trim()),
             other => format!("{other:?}"),
         })
         .collect()
@@ -63,6 +64,7 @@ fn a_job_runs_and_gets_a_passing_receipt() {
         [
             "accepted",
             "leased",
+            "output + sleep 30",
             "starting",
             "running",
             "completed",

@@ -348,6 +348,15 @@ async fn jobs_submit(
                     println!("{line}");
                 }
             }
+            JobReply::Output { stream, data, .. } if !json => {
+                use std::io::Write as _;
+                let _ = match stream {
+                    fleet_core::protocol::OutputStream::Stderr => {
+                        std::io::stderr().write_all(data.as_bytes())
+                    }
+                    _ => std::io::stdout().write_all(data.as_bytes()),
+                };
+            }
             JobReply::Finished(receipt) => {
                 if !json {
                     println!("{}", receipt_line(&receipt));

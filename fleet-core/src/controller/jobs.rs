@@ -481,6 +481,33 @@ impl Controller {
         }
     }
 
+    /// Output of a job's command goes to its submitter (not stored: the
+    /// ledger keeps events and receipts, not logs).
+    pub(super) fn on_job_output(
+        &self,
+        command: &CommandId,
+        stream: crate::protocol::OutputStream,
+        data: String,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(job) = self.commands.get(command) else {
+            return;
+        };
+        if let Some(j) = self.jobs.get(job)
+            && let Some(reply) = &j.reply
+        {
+            out.push(Command::Send {
+                to: Peer::Reply(reply.clone()),
+                msg: Outbound::Job(JobReply::Output {
+                    job: job.clone(),
+                    attempt: j.rec.attempts,
+                    stream,
+                    data,
+                }),
+            });
+        }
+    }
+
     /// Requeues a job whose attempt ended recoverably (node lost, spot
     /// interruption, recoverable failure), or ends it when attempts are used
     /// up.

@@ -392,7 +392,12 @@ impl Controller {
             AgentMsg::Event { command, event, .. } => {
                 self.on_worker_event(&id, &command, event, now, out);
             }
-            AgentMsg::Output { .. } => {}
+            AgentMsg::Output {
+                command,
+                stream,
+                data,
+                ..
+            } => self.on_job_output(&command, stream, data, out),
         }
         self.touch_node(&id);
     }

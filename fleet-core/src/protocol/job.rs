@@ -437,6 +437,17 @@ pub enum JobReply {
         /// The event.
         event: WorkerEvent,
     },
+    /// A chunk of the attempt's output (already redacted by the agent).
+    Output {
+        /// The job.
+        job: JobId,
+        /// Attempt number.
+        attempt: u32,
+        /// Which stream.
+        stream: super::OutputStream,
+        /// UTF-8 text (lossy).
+        data: String,
+    },
     /// The job finished.
     Finished(Receipt),
     /// Refused.
