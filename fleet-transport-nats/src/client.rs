@@ -1,10 +1,29 @@
 //! The caller side of the claim plane over core NATS.
 //!
-//! [`NatsClaimClient::claim`] subscribes to the claim's `granted` and
-//! `revoked` subjects *before* it publishes the request (so no grant can be
-//! missed), publishes the request to `<ns>.claim.request.<ws>.<id>` with a
-//! fresh reply inbox, accepts `Pending` acknowledgements on that inbox and
-//! resolves on the first `Granted`, `Rejected` or `Revoked` from either.
+//! [`NatsClaimClient::claim`] makes sure this client is subscribed to the
+//! workspace's `granted` and `revoked` subjects *before* it publishes the
+//! request (so no grant can be missed), publishes the request to
+//! `<ns>.claim.request.<ws>.<id>` as a NATS request, accepts a `Pending`
+//! acknowledgement as its answer and resolves on the first `Granted`,
+//! `Rejected` or `Revoked` of this claim from either (in whichever order
+//! they come).
+//!
+//! Nothing is subscribed per call:
+//! - answers come through one long-lived inbox subscription per client,
+//!   `<inbox_prefix>.<nuid>.*`, each call using its own token under it as
+//!   its reply subject (every answer to it, `Pending` first or not, reaches
+//!   the call), so a per-workspace inbox prefix still confines the replies;
+//! - grants and revocations come through one subscription per workspace to
+//!   `<ns>.claim.{granted,revoked}.<ws>.*`, made by the workspace's first
+//!   claim and kept for the client's lifetime (shared by its clones).
+//!
+//! A task per subscription hands each message to the calls registered for
+//! its last subject token (the call's token, or the claim id). Calls
+//! register, and the subscriptions are sent, before the request is
+//! published on the same connection; the server applies one connection's
+//! operations in order, so no answer or grant can overtake them. A refused
+//! subscription fails the waiting calls with `Permission` and is tried again
+//! by the next call.
 //!
 //! Re-sending is always the same request with the same claim id, which the
 //! control plane treats as the same claim (it answers with the claim's
@@ -12,10 +31,13 @@
 //! no answer came within the request timeout (up to `attempts` times), after
 //! every reconnect, and every `pending_recheck` while the claim is pending.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::{StatusCode, Subscriber};
+use async_nats::{Message, StatusCode, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::{ClaimId, Workspace};
@@ -23,8 +45,10 @@ use fleet_core::protocol::{ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, Lease
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use fleet_core::transport::{ClaimClient, ClaimError, TransportError};
 use futures_util::StreamExt;
-use futures_util::stream::{BoxStream, SelectAll, select_all};
+use futures_util::stream::{BoxStream, select_all};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::conn::{Connection, is_permission_violation, millis};
@@ -37,13 +61,16 @@ pub const DEFAULT_PENDING_RECHECK: Duration = Duration::from_secs(30);
 /// How long `revocations` waits for the server to refuse its subscription.
 const PERMISSION_GRACE: Duration = Duration::from_millis(100);
 
-/// The claim plane's caller side over NATS. Cheap to clone.
+/// The claim plane's caller side over NATS. Cheap to clone; clones share
+/// the reply inbox and the per-workspace grant/revocation subscriptions.
 #[derive(Clone)]
 pub struct NatsClaimClient {
     conn: Connection,
     subjects: Subjects,
     attempts: u32,
     pending_recheck: Duration,
+    muxes: Arc<tokio::sync::Mutex<HashMap<MuxKey, Arc<Mux>>>>,
+    next_token: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for NatsClaimClient {
@@ -56,6 +83,188 @@ impl fmt::Debug for NatsClaimClient {
     }
 }
 
+/// Why a subscription stopped.
+#[derive(Debug, Clone)]
+enum Ended {
+    /// The server refused one of its subscriptions (the error line).
+    Refused(String),
+    /// The connection is closed.
+    Closed,
+}
+
+/// What a subscription hands a waiting call.
+#[derive(Debug)]
+enum Delivery {
+    Msg(Message),
+    Ended(Ended),
+}
+
+/// The calls waiting on one shared subscription, by last subject token.
+#[derive(Default)]
+struct Waiters {
+    next_key: u64,
+    by_token: HashMap<String, Vec<(u64, mpsc::UnboundedSender<Delivery>)>>,
+    ended: Option<Ended>,
+}
+
+fn lock(w: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
+    // Nothing panics while the lock is held; a poisoned map is consistent.
+    w.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Which shared subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum MuxKey {
+    /// The client's reply inbox.
+    Inbox,
+    /// A workspace's `granted` and `revoked` subjects.
+    Workspace(Workspace),
+}
+
+/// Long-lived subscriptions and the task handing their messages to the
+/// calls registered for the message subject's last token.
+struct Mux {
+    /// For the inbox: `<inbox_prefix>.<nuid>`, the calls' reply subject
+    /// prefix.
+    base: String,
+    waiters: Arc<Mutex<Waiters>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mux {
+    /// Subscribes to `subjects` and starts dispatching.
+    async fn start(
+        conn: &Connection,
+        base: String,
+        subjects: Vec<String>,
+    ) -> Result<Mux, TransportError> {
+        // Listen for refusals before subscribing.
+        let mut errors = conn.server_errors();
+        let mut subs = Vec::with_capacity(subjects.len());
+        for s in &subjects {
+            subs.push(
+                conn.client()
+                    .subscribe(s.clone())
+                    .await
+                    .map_err(|e| subscribe_error(s, &e))?,
+            );
+        }
+        let mut subs = select_all(subs);
+        // Not needed for ordering (requests go out on the same connection
+        // after the SUBs), but puts the SUBs on the wire now.
+        conn.client()
+            .flush()
+            .await
+            .map_err(|e| TransportError::Io(format!("flush: {e}")))?;
+        let waiters = Arc::new(Mutex::new(Waiters::default()));
+        let shared = Arc::clone(&waiters);
+        let task = tokio::spawn(async move {
+            let mut errors_open = true;
+            loop {
+                tokio::select! {
+                    m = subs.next() => match m {
+                        Some(m) => dispatch(&shared, m),
+                        None => return end(&shared, Ended::Closed),
+                    },
+                    e = errors.recv(), if errors_open => match e {
+                        Ok(text) if subjects.iter().any(|s| is_permission_violation(&text, s)) => {
+                            return end(&shared, Ended::Refused(text));
+                        }
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => errors_open = false,
+                    },
+                }
+            }
+        });
+        Ok(Mux {
+            base,
+            waiters,
+            task,
+        })
+    }
+
+    /// Registers a call waiting for messages whose last subject token is
+    /// `token`; `None` once the subscription ended.
+    fn register(&self, token: &str) -> Option<Registration> {
+        let mut w = lock(&self.waiters);
+        if w.ended.is_some() {
+            return None;
+        }
+        let key = w.next_key;
+        w.next_key = w.next_key.wrapping_add(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        w.by_token
+            .entry(token.to_owned())
+            .or_default()
+            .push((key, tx));
+        Some(Registration {
+            waiters: Arc::clone(&self.waiters),
+            token: token.to_owned(),
+            key,
+            rx,
+        })
+    }
+}
+
+/// A call's place in a shared subscription; leaves it on drop.
+struct Registration {
+    waiters: Arc<Mutex<Waiters>>,
+    token: String,
+    key: u64,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut w = lock(&self.waiters);
+        if let Some(list) = w.by_token.get_mut(&self.token) {
+            list.retain(|(k, _)| *k != self.key);
+            if list.is_empty() {
+                w.by_token.remove(&self.token);
+            }
+        }
+    }
+}
+
+async fn next_delivery(reg: &mut Option<Registration>) -> Option<Delivery> {
+    match reg {
+        Some(r) => r.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dispatch(waiters: &Mutex<Waiters>, m: Message) {
+    let token = m.subject.as_str().rsplit('.').next().unwrap_or_default();
+    let w = lock(waiters);
+    match w.by_token.get(token).map(Vec::as_slice) {
+        Some([(_, tx)]) => {
+            let _ = tx.send(Delivery::Msg(m));
+        }
+        Some(list) => {
+            for (_, tx) in list {
+                let _ = tx.send(Delivery::Msg(m.clone()));
+            }
+        }
+        None => {}
+    }
+}
+
+fn end(waiters: &Mutex<Waiters>, why: Ended) {
+    let mut w = lock(waiters);
+    for (_, list) in w.by_token.drain() {
+        for (_, tx) in list {
+            let _ = tx.send(Delivery::Ended(why.clone()));
+        }
+    }
+    w.ended = Some(why);
+}
+
 impl NatsClaimClient {
     /// A client on `conn` using `subjects`' namespace.
     pub fn new(conn: Connection, subjects: Subjects) -> NatsClaimClient {
@@ -64,6 +273,8 @@ impl NatsClaimClient {
             subjects,
             attempts: DEFAULT_ATTEMPTS,
             pending_recheck: DEFAULT_PENDING_RECHECK,
+            muxes: Arc::default(),
+            next_token: Arc::default(),
         }
     }
 
@@ -87,16 +298,53 @@ impl NatsClaimClient {
             .map_err(|e| subscribe_error(&subject, &e))
     }
 
-    /// Publishes `msg` on `subject` with a fresh inbox and waits for a final
-    /// answer on it (or, for `watch`ed subjects, a `Granted`/`Revoked` of
-    /// this claim). `Pending` of this claim counts as an acknowledgement
-    /// when `accept_pending`.
+    /// Registers a call for `token` on the shared subscription `key`,
+    /// subscribing first if this client is not (or no longer) subscribed.
+    /// Returns the registration and the subscription's base subject. When
+    /// this returns, the subscription precedes any later publish on this
+    /// connection.
+    async fn register(
+        &self,
+        key: MuxKey,
+        token: &str,
+    ) -> Result<(Registration, String), TransportError> {
+        let mut muxes = self.muxes.lock().await;
+        if let Some(mux) = muxes.get(&key)
+            && let Some(reg) = mux.register(token)
+        {
+            return Ok((reg, mux.base.clone()));
+        }
+        muxes.remove(&key);
+        let mux = match &key {
+            MuxKey::Inbox => {
+                let base = self.conn.client().new_inbox();
+                let all = format!("{base}.*");
+                Mux::start(&self.conn, base, vec![all]).await?
+            }
+            MuxKey::Workspace(ws) => {
+                let subjects = [ClaimVerb::Granted, ClaimVerb::Revoked]
+                    .map(|v| self.subjects.claim_workspace_wildcard(v, ws))
+                    .to_vec();
+                Mux::start(&self.conn, String::new(), subjects).await?
+            }
+        };
+        let reg = mux.register(token).ok_or(TransportError::Closed)?;
+        let base = mux.base.clone();
+        muxes.insert(key, Arc::new(mux));
+        Ok((reg, base))
+    }
+
+    /// Publishes `msg` on `subject` with this call's reply subject and waits
+    /// for a final answer on it
+    /// (or, with `watch`, a `Granted`/`Revoked` of this claim on the
+    /// workspace's subjects). `Pending` of this claim counts as an
+    /// acknowledgement when `accept_pending`.
     async fn exchange<T>(
         &self,
         subject: String,
         id: &ClaimId,
         msg: &ClaimMsg,
-        watch: Vec<String>,
+        watch: Option<&Workspace>,
         accept_pending: bool,
         decide: impl FnOnce(ClaimReply) -> Result<T, ClaimError>,
     ) -> Result<T, ClaimError> {
@@ -106,19 +354,19 @@ impl NatsClaimClient {
         let mut errors = self.conn.server_errors();
         let mut reconnects = self.conn.reconnects();
         reconnects.borrow_and_update();
-        // Subscribe before publishing: the server applies one connection's
-        // operations in order, so a grant cannot overtake the subscription.
-        let mut watched_subjects = watch.clone();
-        let mut subs = Vec::with_capacity(watch.len());
-        for s in watch {
-            subs.push(self.subscribe(s).await?);
-        }
-        let mut watched: SelectAll<Subscriber> = select_all(subs);
-        let mut watching = !watched.is_empty();
-        let inbox = client.new_inbox();
-        let mut replies = self.subscribe(inbox.clone()).await?;
-        watched_subjects.push(inbox.clone());
-        watched_subjects.push(subject.clone());
+        // Registered (and subscribed) before the request is published.
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed).to_string();
+        let (mut replies, base) = self.register(MuxKey::Inbox, &token).await?;
+        let inbox = format!("{base}.{token}");
+        let mut watched = match watch {
+            Some(ws) => Some(
+                self.register(MuxKey::Workspace(ws.clone()), id.as_str())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        let mut watching = watched.is_some();
 
         let send = |body: Bytes| {
             let subject = subject.clone();
@@ -137,9 +385,15 @@ impl NatsClaimClient {
         let (mut errors_open, mut reconnects_open) = (true, true);
         loop {
             tokio::select! {
-                m = replies.next() => {
-                    let Some(m) = m else {
-                        return Err(TransportError::Closed.into());
+                d = replies.rx.recv() => {
+                    let m = match d {
+                        Some(Delivery::Msg(m)) => m,
+                        Some(Delivery::Ended(Ended::Refused(text))) => {
+                            return Err(TransportError::Permission(text).into());
+                        }
+                        Some(Delivery::Ended(Ended::Closed)) | None => {
+                            return Err(TransportError::Closed.into());
+                        }
                     };
                     if m.status == Some(StatusCode::NO_RESPONDERS) {
                         if acked {
@@ -163,20 +417,20 @@ impl NatsClaimClient {
                         other => return decide(other),
                     }
                 }
-                m = watched.next(), if watching => {
-                    let Some(m) = m else {
-                        watching = false;
-                        continue;
-                    };
-                    match from_wire::<ClaimReply>(&m.payload) {
-                        Ok(r @ ClaimReply::Granted(_)) if reply_claim(&r) == Some(id) => return decide(r),
-                        Ok(r @ ClaimReply::Revoked(_)) if reply_claim(&r) == Some(id) => return decide(r),
+                d = next_delivery(&mut watched), if watching => match d {
+                    Some(Delivery::Msg(m)) => match from_wire::<ClaimReply>(&m.payload) {
+                        Ok(r @ (ClaimReply::Granted(_) | ClaimReply::Revoked(_)))
+                            if reply_claim(&r) == Some(id) => return decide(r),
                         Ok(_) => {}
                         Err(e) => tracing::warn!(subject = %m.subject, error = %e, "ignored an undecodable message on a claim subject"),
+                    },
+                    Some(Delivery::Ended(Ended::Refused(text))) => {
+                        return Err(TransportError::Permission(text).into());
                     }
-                }
+                    Some(Delivery::Ended(Ended::Closed)) | None => watching = false,
+                },
                 e = errors.recv(), if errors_open => match e {
-                    Ok(text) if watched_subjects.iter().any(|s| is_permission_violation(&text, s)) => {
+                    Ok(text) if is_permission_violation(&text, &subject) => {
                         return Err(TransportError::Permission(text).into());
                     }
                     Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -236,12 +490,8 @@ impl ClaimClient for NatsClaimClient {
         let ws = req.workspace.clone();
         let id = req.claim_id.clone();
         let subject = self.subjects.claim(ClaimVerb::Request, &ws, &id);
-        let watch = vec![
-            self.subjects.claim(ClaimVerb::Granted, &ws, &id),
-            self.subjects.claim(ClaimVerb::Revoked, &ws, &id),
-        ];
         let msg = ClaimMsg::Request(req);
-        self.exchange(subject, &id, &msg, watch, true, |reply| match reply {
+        self.exchange(subject, &id, &msg, Some(&ws), true, |reply| match reply {
             ClaimReply::Granted(g) if g.claim_id == id && g.workspace == ws => Ok(g),
             other => Err(refusal(&id, other, "claim")),
         })
@@ -254,7 +504,7 @@ impl ClaimClient for NatsClaimClient {
             workspace: workspace.clone(),
             claim_id: id.clone(),
         };
-        self.exchange(subject, id, &msg, Vec::new(), false, |reply| match reply {
+        self.exchange(subject, id, &msg, None, false, |reply| match reply {
             ClaimReply::Renewed(lease) if lease.claim_id == *id => Ok(lease),
             other => Err(refusal(id, other, "renew")),
         })
@@ -267,7 +517,7 @@ impl ClaimClient for NatsClaimClient {
             workspace: workspace.clone(),
             claim_id: id.clone(),
         };
-        self.exchange(subject, id, &msg, Vec::new(), false, |reply| match reply {
+        self.exchange(subject, id, &msg, None, false, |reply| match reply {
             ClaimReply::Released { claim_id } if claim_id == *id => Ok(()),
             other => Err(refusal(id, other, "release")),
         })

@@ -1,9 +1,10 @@
 //! The control-plane side of the claim plane over core NATS.
 //!
 //! [`NatsTransport`] queue-subscribes (so several daemons share the load) to
-//! `<ns>.claim.{request,renew,release}.*.*`, decodes each message with the
-//! protocol codec and hands it to [`Transport::recv`] with the message's
-//! reply inbox as its [`ReplyTo`]. A message that does not decode, or whose
+//! `<ns>.claim.{request,renew,release}.*.*`; [`Transport::recv`] takes the
+//! next message straight from those subscriptions (no task or channel in
+//! between), decodes it with the protocol codec and returns it with the
+//! message's reply inbox as its [`ReplyTo`]. A message that does not decode, or whose
 //! body names another workspace, claim or verb than its subject, is answered
 //! with `Rejected { Invalid }` (when it has a reply subject), logged and
 //! dropped; it never reaches the controller. Because the subject's workspace
@@ -12,18 +13,17 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, Message};
+use async_nats::{Client, Message, Subscriber};
 use async_trait::async_trait;
 use fleet_core::protocol::{ClaimMsg, ClaimRejection, ClaimReply};
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use futures_util::stream::{SelectAll, select_all};
 
 use crate::conn::Connection;
 use crate::wire::{from_wire, publish_error, subscribe_error, to_wire};
@@ -37,7 +37,9 @@ pub struct NatsTransportConfig {
     pub reply_ttl: Duration,
     /// The most reply inboxes remembered; the oldest are forgotten first.
     pub max_reply_addresses: usize,
-    /// Decoded messages buffered for [`Transport::recv`].
+    /// Unused: messages wait in the NATS subscriptions themselves (the
+    /// client library's subscription capacity) until [`Transport::recv`]
+    /// takes them. Kept so existing configurations still build.
     pub inbound_queue: usize,
 }
 
@@ -96,10 +98,9 @@ impl ReplyBook {
 pub struct NatsTransport {
     client: Client,
     subjects: Subjects,
-    rx: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
-    book: Arc<Mutex<ReplyBook>>,
-    rejected: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<()>>,
+    subs: tokio::sync::Mutex<SelectAll<Subscriber>>,
+    book: Mutex<ReplyBook>,
+    rejected: AtomicU64,
 }
 
 impl fmt::Debug for NatsTransport {
@@ -120,41 +121,22 @@ impl NatsTransport {
         config: NatsTransportConfig,
     ) -> Result<NatsTransport, TransportError> {
         let client = conn.client().clone();
-        let (tx, rx) = mpsc::channel(config.inbound_queue.max(1));
-        let book = Arc::new(Mutex::new(ReplyBook::new(
-            config.reply_ttl,
-            config.max_reply_addresses,
-        )));
-        let rejected = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
+        let mut subs = Vec::new();
         for verb in [ClaimVerb::Request, ClaimVerb::Renew, ClaimVerb::Release] {
             let subject = subjects.claim_wildcard(verb);
-            let mut sub = client
-                .queue_subscribe(subject.clone(), config.queue_group.clone())
-                .await
-                .map_err(|e| subscribe_error(&subject, &e))?;
-            let worker = Worker {
-                client: client.clone(),
-                subjects: subjects.clone(),
-                book: Arc::clone(&book),
-                rejected: Arc::clone(&rejected),
-                tx: tx.clone(),
-            };
-            tasks.push(tokio::spawn(async move {
-                while let Some(msg) = sub.next().await {
-                    if !worker.handle(msg).await {
-                        break;
-                    }
-                }
-            }));
+            subs.push(
+                client
+                    .queue_subscribe(subject.clone(), config.queue_group.clone())
+                    .await
+                    .map_err(|e| subscribe_error(&subject, &e))?,
+            );
         }
         let transport = NatsTransport {
             client,
             subjects,
-            rx: tokio::sync::Mutex::new(rx),
-            book,
-            rejected,
-            tasks,
+            subs: tokio::sync::Mutex::new(select_all(subs)),
+            book: Mutex::new(ReplyBook::new(config.reply_ttl, config.max_reply_addresses)),
+            rejected: AtomicU64::new(0),
         };
         conn.sync().await?;
         Ok(transport)
@@ -174,25 +156,10 @@ impl NatsTransport {
     }
 }
 
-impl Drop for NatsTransport {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-struct Worker {
-    client: Client,
-    subjects: Subjects,
-    book: Arc<Mutex<ReplyBook>>,
-    rejected: Arc<AtomicU64>,
-    tx: mpsc::Sender<Inbound>,
-}
-
-impl Worker {
-    /// Handles one message; false once the transport is gone.
-    async fn handle(&self, msg: Message) -> bool {
+impl NatsTransport {
+    /// Checks one message: the claim message to hand to the controller, or
+    /// `None` when it was refused (and answered, if it can be).
+    fn check(&self, msg: Message) -> Option<Inbound> {
         let subject = msg.subject.as_str();
         let reply = msg.reply.as_ref().map(|r| r.as_str().to_owned());
         let checked = self
@@ -229,36 +196,39 @@ impl Worker {
                 tracing::warn!(subject, len = msg.payload.len(), why = %why, "refused claim message");
                 if let Some(reply) = reply {
                     let claim_id = self.subjects.parse_claim(subject).map(|(_, _, id)| id);
-                    self.reject(reply, claim_id, why).await;
+                    self.reject(reply, claim_id, why);
                 }
-                return true;
+                return None;
             }
         };
         let Some(reply) = reply else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject, claim = %claim_id, "claim message without a reply subject; dropped");
-            return true;
+            return None;
         };
         lock(&self.book).insert(&reply, Instant::now());
-        self.tx
-            .send(Inbound::Claim {
-                msg: body,
-                reply: ReplyTo(reply),
-            })
-            .await
-            .is_ok()
+        Some(Inbound::Claim {
+            msg: body,
+            reply: ReplyTo(reply),
+        })
     }
 
-    async fn reject(&self, reply: String, claim_id: Option<fleet_core::ClaimId>, why: String) {
+    /// Answers a refused message `Rejected { Invalid }` from a task of its
+    /// own, so `recv` has no await point but the subscriptions (and stays
+    /// cancel-safe).
+    fn reject(&self, reply: String, claim_id: Option<fleet_core::ClaimId>, why: String) {
         let answer = ClaimReply::Rejected {
             claim_id,
             error: ClaimRejection::Invalid { why },
         };
         match to_wire(&answer) {
             Ok(body) => {
-                if let Err(e) = self.client.publish(reply.clone(), body).await {
-                    tracing::debug!(error = %e, "could not answer a refused message");
-                }
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.publish(reply, body).await {
+                        tracing::debug!(error = %e, "could not answer a refused message");
+                    }
+                });
             }
             Err(e) => tracing::warn!(error = %e, "could not encode a rejection"),
         }
@@ -273,12 +243,15 @@ fn lock(book: &Mutex<ReplyBook>) -> std::sync::MutexGuard<'_, ReplyBook> {
 #[async_trait]
 impl Transport for NatsTransport {
     async fn recv(&self) -> Result<Inbound, TransportError> {
-        self.rx
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or(TransportError::Closed)
+        // Cancel-safe: the only await points are the lock and the
+        // subscriptions' `next`, and a message is handled without awaiting.
+        let mut subs = self.subs.lock().await;
+        loop {
+            let msg = subs.next().await.ok_or(TransportError::Closed)?;
+            if let Some(inbound) = self.check(msg) {
+                return Ok(inbound);
+            }
+        }
     }
 
     async fn send(&self, to: &Peer, msg: Outbound) -> Result<(), TransportError> {
