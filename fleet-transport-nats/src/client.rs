@@ -468,22 +468,6 @@ fn reply_claim(reply: &ClaimReply) -> Option<&ClaimId> {
     }
 }
 
-fn unexpected(call: &str, id: &ClaimId, reply: &ClaimReply) -> ClaimError {
-    ClaimError::Unexpected(format!("{call} {id}: {reply:?}"))
-}
-
-/// The answers every call treats alike: a rejection or a revocation of this
-/// claim; anything else is unexpected.
-fn refusal(id: &ClaimId, reply: ClaimReply, call: &str) -> ClaimError {
-    match reply {
-        ClaimReply::Rejected { claim_id, error } if claim_id.as_ref().is_none_or(|c| c == id) => {
-            ClaimError::Rejected(error)
-        }
-        ClaimReply::Revoked(r) if r.claim_id == *id => ClaimError::Revoked(r),
-        other => unexpected(call, id, &other),
-    }
-}
-
 #[async_trait]
 impl ClaimClient for NatsClaimClient {
     async fn claim(&self, req: ClaimRequest) -> Result<ClaimGrant, ClaimError> {
@@ -493,7 +477,7 @@ impl ClaimClient for NatsClaimClient {
         let msg = ClaimMsg::Request(req);
         self.exchange(subject, &id, &msg, Some(&ws), true, |reply| match reply {
             ClaimReply::Granted(g) if g.claim_id == id && g.workspace == ws => Ok(g),
-            other => Err(refusal(&id, other, "claim")),
+            other => Err(ClaimError::from_reply(&id, other, "claim")),
         })
         .await
     }
@@ -506,7 +490,7 @@ impl ClaimClient for NatsClaimClient {
         };
         self.exchange(subject, id, &msg, None, false, |reply| match reply {
             ClaimReply::Renewed(lease) if lease.claim_id == *id => Ok(lease),
-            other => Err(refusal(id, other, "renew")),
+            other => Err(ClaimError::from_reply(id, other, "renew")),
         })
         .await
     }
@@ -519,7 +503,7 @@ impl ClaimClient for NatsClaimClient {
         };
         self.exchange(subject, id, &msg, None, false, |reply| match reply {
             ClaimReply::Released { claim_id } if claim_id == *id => Ok(()),
-            other => Err(refusal(id, other, "release")),
+            other => Err(ClaimError::from_reply(id, other, "release")),
         })
         .await
     }
