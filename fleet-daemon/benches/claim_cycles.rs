@@ -12,7 +12,7 @@ use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
 use fleet_core::memory::transport::InProcTransport;
 use fleet_core::protocol::{
-    AgentMsg, Arch, ClaimMsg, ClaimReply, ClaimRequest, Lease, NodeResources, Requirements,
+    AgentMsg, Arch, ClaimReply, ClaimRequest, Lease, NodeResources, Requirements,
 };
 use fleet_core::provider::InstanceState;
 use fleet_core::strategy::{ColdImage, PoolSpec, StrategyConfig};
