@@ -15,31 +15,38 @@
 //!
 //! Measured on the 2-core dev machine (TLS 1.3, ring, release build; the
 //! client process ran on the same two cores). "Before" is the previous
-//! commit measured in the same session (10 s steady state), "after" this
-//! one (20 s):
+//! commit, "after" this one, both measured in the same session (15 s
+//! steady state; a CI run shared the machine, so CPU is noisy):
 //!
 //! | N      | server CPU before/after | server RSS before/after | client CPU |
 //! |--------|-------------------------|-------------------------|------------|
-//! | 1 000  | 1.8 % / 2.2 % of a core | 28.1 MB / 18.9 MB       | 4-5 %      |
-//! | 10 000 | 13.4 % / 10.3 % of a core | 222.7 MB / 118.2 MB   | 18-20 %    |
+//! | 1 000  | 3.3 % / 1.7 % of a core | 18.4 MB / 14.3 MB       | 3-6 %      |
+//! | 10 000 | 17.0 % / 10.4 % of a core | 118.4 MB / 79.3 MB    | 19-23 %    |
 //!
-//! CPU is well under the 1-core target. RSS went from ~22 KB to ~11.3 KB per
-//! idle TLS connection, still over the 100 MB target at 10 000. Steps at
-//! N = 10 000 (heaptrack on the server at N = 1 000 for the allocation
-//! sites): boxing the handshake and Hello futures so the connection task
-//! no longer reserves ~10 KB for them for its whole life, 222.7 -> 144.9 MB;
-//! a boxed send-queue item (tokio's first channel block of 32 slots was
-//! ~1.8 KB) and a non-waiting inbox fast path, -> 124.7 MB; boxing the
-//! driver's rare timed writes, -> 123.6 MB; tungstenite read buffer 1 KiB ->
-//! 256 B, -> 118.6 MB. No effect: `MALLOC_ARENA_MAX=1` (124.3 vs 124.7 MB:
-//! not fragmentation), `send_tls13_tickets = 0` (118.3 vs 118.6 MB; not
-//! kept). What is left per connection is mostly rustls: the record
-//! deframer's read buffer, which rustls 0.23 resizes to 4 KiB before every
-//! read and never frees (~4.1-5.5 KB), the `ServerConnection` itself inside
-//! the WebSocket stream (~1.5 KB) and its boxed state and AEAD keys
-//! (~1.4 KB); then the task (~1.2 KB) and small items. Getting under 100 MB
-//! needs control of that read buffer (rustls' unbuffered API, owning the
-//! buffers) or a smaller task.
+//! A 20 s run of this commit gave the same (14.4 MB, 79.3 MB; 1.7 % and
+//! 10.2 %). Both targets are met: CPU well under one core, RSS under 100 MB at
+//! 10 000 (~7.4 KB per idle TLS connection, down from ~11.3 KB). This step:
+//! the server's TLS is rustls' unbuffered API behind our own stream
+//! (`src/utls.rs`) instead of tokio-rustls. The buffered `ServerConnection`
+//! resizes its record deframer's read buffer to 4 KiB before every read
+//! and never frees it, so every idle connection held ~4 KB of it; now
+//! socket reads go through a stack buffer and the incoming, decrypted and
+//! outgoing buffers are released whenever they are empty. (Nothing in the
+//! buffered API shrinks that buffer: `set_buffer_limit` is only about
+//! plaintext to send, and reading until `WouldBlock` still resizes first.)
+//!
+//! Earlier steps at N = 10 000 (heaptrack on the server at N = 1 000 for
+//! the allocation sites), from ~22 KB per connection: boxing the handshake
+//! and Hello futures so the connection task no longer reserves ~10 KB for
+//! them for its whole life, 222.7 -> 144.9 MB; a boxed send-queue item
+//! (tokio's first channel block of 32 slots was ~1.8 KB) and a non-waiting
+//! inbox fast path, -> 124.7 MB; boxing the driver's rare timed writes,
+//! -> 123.6 MB; tungstenite read buffer 1 KiB -> 256 B, -> 118.6 MB. No
+//! effect: `MALLOC_ARENA_MAX=1` (124.3 vs 124.7 MB: not fragmentation),
+//! `send_tls13_tickets = 0` (118.3 vs 118.6 MB; not kept). What is left per
+//! connection is mostly the rustls connection state (~3 KB: the
+//! connection inside the WebSocket stream, its boxed state and AEAD keys),
+//! the task (~1.2 KB) and small items.
 
 #![expect(clippy::unwrap_used, reason = "bench harness: a panic is a failure")]
 

@@ -83,6 +83,7 @@ mod conn;
 pub mod frame;
 mod server;
 mod tls;
+mod utls;
 
 pub use auth::{AgentAuth, AgentHelloInfo, AuthError, StaticAgentAuth};
 pub use client::{AgentSender, SessionEnd, Welcome, WsAgentClient, WsAgentSession, WsClaimClient};

@@ -16,12 +16,11 @@ use fleet_core::protocol::{
 use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
 use futures_util::StreamExt;
 use futures_util::stream::{SplitSink, SplitStream};
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -36,6 +35,7 @@ use crate::conn::{
 };
 use crate::frame::{ClientFrame, ServerFrame, probe};
 use crate::tls::{ServerTlsConfig, node_of_cert};
+use crate::utls::ServerTls;
 
 /// The URL path of agent sessions.
 pub const AGENT_PATH: &str = "/v1/agent";
@@ -302,7 +302,7 @@ impl WsServer {
         auth: Arc<dyn AgentAuth>,
         cfg: WsConfig,
     ) -> Result<(WsServer, SocketAddr), WsError> {
-        let acceptor = TlsAcceptor::from(tls.build()?);
+        let acceptor = tls.build()?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| WsError::Io(format!("bind {addr}: {e}")))?;
@@ -413,11 +413,11 @@ impl Transport for WsServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, acceptor: Arc<ServerConfig>, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((tcp, peer)) => {
-                let acceptor = acceptor.clone();
+                let acceptor = Arc::clone(&acceptor);
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     serve(tcp, peer, acceptor, shared).await;
@@ -432,7 +432,7 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, shared: Arc<S
     }
 }
 
-type Ws = WebSocketStream<TlsStream<TcpStream>>;
+type Ws = WebSocketStream<ServerTls<TcpStream>>;
 
 /// Which endpoint a handshake asked for.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -443,17 +443,14 @@ enum Endpoint {
 
 async fn handshake(
     tcp: TcpStream,
-    acceptor: TlsAcceptor,
+    acceptor: Arc<ServerConfig>,
     cfg: &WsConfig,
 ) -> Result<(Ws, Endpoint, Option<NodeId>), String> {
     let _ = tcp.set_nodelay(true);
-    let tls = acceptor
-        .accept(tcp)
+    let tls = crate::utls::accept(tcp, acceptor)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
     let cert_node = tls
-        .get_ref()
-        .1
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| node_of_cert(c));
@@ -483,10 +480,10 @@ async fn handshake(
     Ok((ws, endpoint, cert_node))
 }
 
-async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: TlsAcceptor, shared: Arc<Shared>) {
+async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: Arc<ServerConfig>, shared: Arc<Shared>) {
     let cfg = &shared.cfg;
     // Boxed: the handshake futures hold a rustls connection by value inside
-    // tokio-rustls' and tungstenite's handshake states (~10 KB in all).
+    // the TLS and tungstenite handshake states (~10 KB in all).
     // Inline, this task would reserve that much for the connection's whole
     // life; boxed, it is freed once the handshake is done.
     let (ws, endpoint, cert_node) =
