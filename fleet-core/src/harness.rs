@@ -74,14 +74,9 @@ enum Pending {
         ws: Workspace,
         claim: ClaimId,
     },
-    AgentEvent {
-        node: NodeId,
-        generation: u64,
-        command: CommandId,
-        seq: u64,
-        event: WorkerEvent,
-    },
-    AgentOutput {
+    /// A message from the agent of `node`, delivered only if that agent
+    /// (this generation of it) is still alive on a running instance.
+    FromAgent {
         node: NodeId,
         generation: u64,
         msg: AgentMsg,
@@ -492,12 +487,7 @@ impl World {
         match p {
             Pending::Deliver(e) => self.deliver(e),
             Pending::Boot { node, generation } => {
-                let ok = self
-                    .agents
-                    .get(&node)
-                    .is_some_and(|a| a.alive && a.generation == generation)
-                    && self.is_running(&node);
-                if ok {
+                if self.agent_up(&node, generation) {
                     let hello = self.hello(&node);
                     self.deliver(Event::Agent {
                         node: node.clone(),
@@ -510,12 +500,7 @@ impl World {
                 }
             }
             Pending::Heartbeat { node, generation } => {
-                let ok = self
-                    .agents
-                    .get(&node)
-                    .is_some_and(|a| a.alive && a.generation == generation)
-                    && self.is_running(&node);
-                if ok {
+                if self.agent_up(&node, generation) {
                     self.deliver(Event::Agent {
                         node: node.clone(),
                         msg: AgentMsg::Heartbeat {
@@ -534,44 +519,25 @@ impl World {
                     claim_id: claim,
                 });
             }
-            Pending::AgentOutput {
+            Pending::FromAgent {
                 node,
                 generation,
                 msg,
             } => {
-                let ok = self
-                    .agents
-                    .get(&node)
-                    .is_some_and(|a| a.alive && a.generation == generation)
-                    && self.is_running(&node);
-                if ok {
+                if self.agent_up(&node, generation) {
                     self.deliver(Event::Agent { node, msg });
                 }
             }
-            Pending::AgentEvent {
-                node,
-                generation,
-                command,
-                seq,
-                event,
-            } => {
-                let ok = self
-                    .agents
-                    .get(&node)
-                    .is_some_and(|a| a.alive && a.generation == generation)
-                    && self.is_running(&node);
-                if ok {
-                    self.deliver(Event::Agent {
-                        node,
-                        msg: AgentMsg::Event {
-                            command,
-                            seq,
-                            event,
-                        },
-                    });
-                }
-            }
         }
+    }
+
+    /// Whether this generation of the node's agent is alive on a running
+    /// instance (a stopped, deleted or killed agent says nothing more).
+    fn agent_up(&self, node: &NodeId, generation: u64) -> bool {
+        self.agents
+            .get(node)
+            .is_some_and(|a| a.alive && a.generation == generation)
+            && self.is_running(node)
     }
 
     /// The simulated agent runs a command: events at start and at the end.
@@ -619,7 +585,7 @@ impl World {
         // The command echoes its command line, like a shell trace.
         self.push(
             self.now,
-            Pending::AgentOutput {
+            Pending::FromAgent {
                 node: node.clone(),
                 generation,
                 msg: AgentMsg::Output {
@@ -637,12 +603,14 @@ impl World {
         ] {
             self.push(
                 at,
-                Pending::AgentEvent {
+                Pending::FromAgent {
                     node: node.clone(),
                     generation,
-                    command: spec.id.clone(),
-                    seq,
-                    event,
+                    msg: AgentMsg::Event {
+                        command: spec.id.clone(),
+                        seq,
+                        event,
+                    },
                 },
             );
         }

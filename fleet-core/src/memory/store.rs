@@ -44,6 +44,24 @@ struct Watcher {
 }
 
 impl Inner {
+    /// Stores `value` under `key` at the next revision and tells watchers.
+    fn put(&mut self, key: &Key, value: Bytes) -> Revision {
+        let revision = self.next_revision();
+        self.entries.insert(
+            key.clone(),
+            Versioned {
+                value: value.clone(),
+                revision,
+            },
+        );
+        self.notify(&WatchEvent::Put {
+            key: key.clone(),
+            value,
+            revision,
+        });
+        revision
+    }
+
     fn next_revision(&mut self) -> Revision {
         self.revision = self.revision.saturating_add(1);
         Revision(self.revision)
@@ -127,20 +145,7 @@ impl Store for MemoryStore {
                 current: existing.revision,
             });
         }
-        let revision = inner.next_revision();
-        inner.entries.insert(
-            key.clone(),
-            Versioned {
-                value: value.clone(),
-                revision,
-            },
-        );
-        inner.notify(&WatchEvent::Put {
-            key: key.clone(),
-            value,
-            revision,
-        });
-        Ok(revision)
+        Ok(inner.put(key, value))
     }
 
     async fn update(
@@ -162,20 +167,7 @@ impl Store for MemoryStore {
                 current,
             });
         }
-        let revision = inner.next_revision();
-        inner.entries.insert(
-            key.clone(),
-            Versioned {
-                value: value.clone(),
-                revision,
-            },
-        );
-        inner.notify(&WatchEvent::Put {
-            key: key.clone(),
-            value,
-            revision,
-        });
-        Ok(revision)
+        Ok(inner.put(key, value))
     }
 
     async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
