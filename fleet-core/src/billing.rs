@@ -3,9 +3,11 @@
 //! A [`BillingModel`] is what a provider declares about itself: how running
 //! time is rounded (EC2: per second with a 60 s minimum per start; Hetzner:
 //! per started hour), what a stopped node costs (EC2: its disk; Hetzner: the
-//! full price), what snapshots cost to keep, and how long each boot path
-//! takes. Strategies, the controller's cost ledger and the simulator all price
-//! through these functions, so they agree to the micro-dollar.
+//! full price), what snapshots cost to keep, how long each boot path takes
+//! and how long the calls that end a billed interval take (a stop is billed
+//! running until it completes). Strategies, the controller's cost ledger and
+//! the simulator all price through these functions, so they agree to the
+//! micro-dollar.
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +79,29 @@ impl BootLatency {
     }
 }
 
+/// How long the provider's calls that boot nothing take, in milliseconds.
+///
+/// They matter to the bill: a node is billed running until its stop or
+/// delete completes, and a snapshot is billed from when it exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CallLatency {
+    /// A stop, start, delete or list call.
+    pub api_ms: Millis,
+    /// Taking a snapshot of a node until it can be booted from.
+    pub snapshot_ms: Millis,
+}
+
+impl Default for CallLatency {
+    /// 2 s per API call, 60 s per snapshot.
+    fn default() -> CallLatency {
+        CallLatency {
+            api_ms: 2_000,
+            snapshot_ms: 60_000,
+        }
+    }
+}
+
 /// A provider's billing rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BillingModel {
@@ -90,6 +115,9 @@ pub struct BillingModel {
     pub snapshot_per_gb_month: GbMonthPrice,
     /// Boot latency per path.
     pub boot: BootLatency,
+    /// Latency of the calls that boot nothing.
+    #[serde(default)]
+    pub calls: CallLatency,
 }
 
 impl BillingModel {
@@ -107,6 +135,7 @@ impl BillingModel {
                 stopped_ms: 30_000,
                 resize_ms: 60_000,
             },
+            calls: CallLatency::default(),
         }
     }
 
@@ -124,6 +153,7 @@ impl BillingModel {
                 stopped_ms: 20_000,
                 resize_ms: 90_000,
             },
+            calls: CallLatency::default(),
         }
     }
 
@@ -150,12 +180,10 @@ impl BillingModel {
     }
 
     /// What `ms` of time stopped costs for a node of `price` with a disk of
-    /// `disk_gb`.
+    /// `disk_gb`: [`stopped_hourly`](Self::stopped_hourly) prorated, so
+    /// that a stopped node costs exactly the hourly rate strategies declare.
     pub fn stopped_cost(&self, price: HourlyPrice, disk_gb: u64, ms: Millis) -> Money {
-        match self.stopped {
-            StoppedBilling::DiskOnly => self.disk_per_gb_month.for_millis(disk_gb, ms),
-            StoppedBilling::FullPrice => price.for_millis(ms),
-        }
+        self.stopped_hourly(price, disk_gb).for_millis(ms)
     }
 
     /// What a stopped node costs per hour.
@@ -171,9 +199,10 @@ impl BillingModel {
         self.stopped == StoppedBilling::DiskOnly
     }
 
-    /// What keeping a snapshot of `gb` for `ms` costs.
+    /// What keeping a snapshot of `gb` for `ms` costs: its hourly rate
+    /// (rounded up to the micro-dollar) prorated, like stopped disks.
     pub fn snapshot_cost(&self, gb: u64, ms: Millis) -> Money {
-        self.snapshot_per_gb_month.for_millis(gb, ms)
+        self.snapshot_per_gb_month.hourly(gb).for_millis(ms)
     }
 }
 

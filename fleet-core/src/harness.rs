@@ -26,10 +26,6 @@ use crate::provider::{BootSource, Instance, InstanceState, ProviderError, Snapsh
 use crate::store::{Key, Revision, StoreError};
 use crate::transport::{Outbound, Peer, ReplyTo};
 
-/// Latency of provider API calls that do not boot anything.
-const API_LATENCY_MS: Millis = 2_000;
-/// Latency of a snapshot.
-const SNAPSHOT_LATENCY_MS: Millis = 60_000;
 /// A runaway guard: this many steps at one instant means a livelock.
 const MAX_STEPS_PER_INSTANT: u32 = 1_000_000;
 
@@ -790,13 +786,14 @@ impl World {
     }
 
     fn provider(&mut self, op: OpId, call: ProviderCall) {
+        let api_ms = self.config.billing.calls.api_ms;
         if let Some((err, n)) = &mut self.faults.provider_error
             && *n > 0
         {
             *n -= 1;
             let e = err.clone();
             self.push(
-                self.now + API_LATENCY_MS,
+                self.now + api_ms,
                 Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),
             );
             return;
@@ -807,7 +804,7 @@ impl World {
         {
             let e = ProviderError::Capacity(format!("no {} capacity", spec.instance_type));
             self.push(
-                self.now + API_LATENCY_MS,
+                self.now + api_ms,
                 Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),
             );
             return;
@@ -838,10 +835,7 @@ impl World {
                         i
                     }
                 };
-                (
-                    API_LATENCY_MS.min(latency),
-                    Ok(ProviderOutcome::Instance(instance)),
-                )
+                (api_ms.min(latency), Ok(ProviderOutcome::Instance(instance)))
             }
             ProviderCall::Start(r) => match self.instances.get_mut(&r.node) {
                 Some(i) => {
@@ -852,25 +846,25 @@ impl World {
                         let latency = self.jittered(boot.stopped_ms, |s| s.stopped_ms);
                         self.boot_agent(&r.node, latency);
                     }
-                    (API_LATENCY_MS, Ok(ProviderOutcome::Instance(i)))
+                    (api_ms, Ok(ProviderOutcome::Instance(i)))
                 }
-                None => (API_LATENCY_MS, Err(ProviderError::NotFound(r.provider_id))),
+                None => (api_ms, Err(ProviderError::NotFound(r.provider_id))),
             },
             ProviderCall::Stop(r) => match self.instances.get_mut(&r.node) {
                 Some(i) => {
                     i.state = InstanceState::Stopped;
                     let i = i.clone();
                     self.stop_agent(&r.node);
-                    (API_LATENCY_MS, Ok(ProviderOutcome::Instance(i)))
+                    (api_ms, Ok(ProviderOutcome::Instance(i)))
                 }
-                None => (API_LATENCY_MS, Err(ProviderError::NotFound(r.provider_id))),
+                None => (api_ms, Err(ProviderError::NotFound(r.provider_id))),
             },
             ProviderCall::Resize(r, to) => match self.instances.get_mut(&r.node) {
                 Some(i) => {
                     i.instance_type = to;
                     (boot.resize_ms, Ok(ProviderOutcome::Instance(i.clone())))
                 }
-                None => (API_LATENCY_MS, Err(ProviderError::NotFound(r.provider_id))),
+                None => (api_ms, Err(ProviderError::NotFound(r.provider_id))),
             },
             ProviderCall::Snapshot(r) => {
                 let size = self
@@ -888,12 +882,15 @@ impl World {
                     size_gb: size,
                     created_at: self.now,
                 };
-                (SNAPSHOT_LATENCY_MS, Ok(ProviderOutcome::Snapshot(snap)))
+                (
+                    self.config.billing.calls.snapshot_ms,
+                    Ok(ProviderOutcome::Snapshot(snap)),
+                )
             }
             ProviderCall::Delete(r) => {
                 self.instances.remove(&r.node);
                 self.stop_agent(&r.node);
-                (API_LATENCY_MS, Ok(ProviderOutcome::Deleted))
+                (api_ms, Ok(ProviderOutcome::Deleted))
             }
         };
         self.push(

@@ -82,9 +82,14 @@ proptest! {
     fn stopped_costs_follow_the_model(price in 0i64..10_000_000, disk in 0u64..500, ms in 0u64..100 * MS_PER_HOUR) {
         let p = HourlyPrice::from_micros(price);
         prop_assert_eq!(BillingModel::hetzner().stopped_cost(p, disk, ms), p.for_millis(ms));
-        prop_assert_eq!(
-            BillingModel::ec2().stopped_cost(p, disk, ms),
-            BillingModel::ec2().disk_per_gb_month.for_millis(disk, ms)
-        );
+        // EC2 bills the disk: its hourly rate, rounded up to the
+        // micro-dollar, prorated — never below the exact GB-month share and
+        // at most a micro-dollar per started hour (plus the last rounding) above.
+        let ec2 = BillingModel::ec2();
+        let billed = ec2.stopped_cost(p, disk, ms).micros();
+        let exact = ec2.disk_per_gb_month.for_millis(disk, ms).micros();
+        prop_assert_eq!(billed, ec2.disk_per_gb_month.hourly(disk).for_millis(ms).micros());
+        prop_assert!(exact <= billed, "{exact} > {billed}");
+        prop_assert!(billed <= exact + ms.div_ceil(MS_PER_HOUR) as i64 + 1, "{exact} vs {billed}");
     }
 }

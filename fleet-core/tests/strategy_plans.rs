@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 
 use fleet_core::billing::BillingModel;
-use fleet_core::money::{HourlyPrice, MS_PER_HOUR};
+use fleet_core::money::{HourlyPrice, MS_PER_HOUR, Money};
 use fleet_core::protocol::{Arch, NodeState, Requirements};
 use fleet_core::provider::{Capabilities, Market, Offering, SnapshotRef, SpotTerms};
 use fleet_core::strategy::{
-    Action, AlwaysOnResize, Demand, NodeView, Plan, PoolSpec, PoolView, SourceKind, StrategyConfig,
-    StrategyInfo,
+    Action, AlwaysOnResize, Demand, IdleCost, NodeView, Plan, PoolSpec, PoolView, SourceKind,
+    StrategyConfig, StrategyInfo,
 };
 use fleet_core::{ClaimId, InstanceType, Millis, NodeId, PoolName};
 use proptest::prelude::*;
@@ -295,20 +295,34 @@ fn idle_costs_are_exact() {
     f.spec.min_nodes = 2;
     let d = describes(&f);
     let cost = |n: &str| {
-        (
-            d[n].idle_cost.setup.micros(),
-            d[n].idle_cost.per_hour.micros(),
-        )
+        let i = d[n].idle_cost;
+        (i.setup.micros(), i.settle_ms, i.per_hour.micros())
     };
-    assert_eq!(cost("cold_image"), (0, 2 * 100_800));
-    // Two kept nodes, one gets snapshotted: 40 GB × $0.05/GB-month / 730 h, rounded up.
-    assert_eq!(cost("cold_snapshot"), (0, 2 * 100_800 + 2_740));
-    assert_eq!(cost("always_on_resize"), (0, 2 * 100_800));
-    assert_eq!(cost("hybrid"), (0, 2 * 100_800 + 2_740));
-    assert_eq!(cost("spot"), (0, 2 * 38_000));
-    // size 2: each runs 240 s boot + 300 s idle = 540 s at $0.1008/h, then
-    // pays 40 GB × $0.08/GB-month / 730 h per hour stopped.
-    assert_eq!(cost("stopped_pool"), (2 * 15_120, 2 * 4_384));
+    assert_eq!(cost("cold_image"), (0, 0, 2 * 100_800));
+    // Two kept nodes, one gets snapshotted once it booted from the image
+    // (240 s) and the snapshot is taken (60 s): the nodes alone for those
+    // 300 s, then 40 GB × $0.05/GB-month / 730 h (rounded up) on top.
+    let snapshot = (2 * 8_400, 300_000, 2 * 100_800 + 2_740);
+    assert_eq!(cost("cold_snapshot"), snapshot);
+    assert_eq!(cost("hybrid"), snapshot);
+    assert_eq!(cost("always_on_resize"), (0, 0, 2 * 100_800));
+    assert_eq!(cost("spot"), (0, 0, 2 * 38_000));
+    // size 2: each runs 240 s boot + 300 s idle + 2 s stop call = 542 s at
+    // $0.1008/h, then pays 40 GB × $0.08/GB-month / 730 h per hour stopped.
+    assert_eq!(cost("stopped_pool"), (2 * 15_176, 542_000, 2 * 4_384));
+
+    // With a snapshot already there, it is paid from the start.
+    let mut g = f.clone();
+    g.snapshot = Some(SnapshotRef {
+        id: "snap-1".to_owned(),
+        size_gb: 40,
+        created_at: 0,
+    });
+    let d = describes(&g);
+    assert_eq!(
+        d["cold_snapshot"].idle_cost,
+        IdleCost::steady(Money::from_micros(2 * 100_800 + 2_740))
+    );
 
     f.spec.min_nodes = 0;
     let d = describes(&f);
@@ -319,8 +333,10 @@ fn idle_costs_are_exact() {
 
     let h = describes(&Fixture::hetzner());
     // Stopping saves nothing on Hetzner: a warm pool, no setup.
-    assert_eq!(h["stopped_pool"].idle_cost.setup.micros(), 0);
-    assert_eq!(h["stopped_pool"].idle_cost.per_hour.micros(), 2 * 6_000);
+    assert_eq!(
+        h["stopped_pool"].idle_cost,
+        IdleCost::steady(Money::from_micros(2 * 6_000))
+    );
 }
 
 #[test]

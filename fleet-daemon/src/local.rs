@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_core::billing::{BillingModel, BootLatency, Granularity, StoppedBilling};
+use fleet_core::billing::{BillingModel, BootLatency, CallLatency, Granularity, StoppedBilling};
 use fleet_core::ids::{InstanceType, Millis, NodeId};
 use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
@@ -134,6 +134,12 @@ impl LocalProvider {
                     snapshot_ms: 1_500,
                     stopped_ms: 1_000,
                     resize_ms: 0,
+                },
+                // Stopping waits for the agent to exit; a snapshot copies
+                // its work directory.
+                calls: CallLatency {
+                    api_ms: 100,
+                    snapshot_ms: 500,
                 },
             },
             offering: Offering {

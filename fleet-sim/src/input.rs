@@ -306,6 +306,13 @@ pub struct BootInput {
     /// A resize's downtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize_ms: Option<Millis>,
+    /// A stop, start or delete call (a node is billed running until its
+    /// stop or delete completes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_ms: Option<Millis>,
+    /// Taking a snapshot (it is billed from when it exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_take_ms: Option<Millis>,
 }
 
 /// The service level.
@@ -614,6 +621,8 @@ fn apply_boot(billing: &mut BillingModel, spread: &mut BootLatency, b: &BootInpu
     set(&mut billing.boot.snapshot_ms, b.snapshot_ms);
     set(&mut billing.boot.stopped_ms, b.stopped_ms);
     set(&mut billing.boot.resize_ms, b.resize_ms);
+    set(&mut billing.calls.api_ms, b.api_ms);
+    set(&mut billing.calls.snapshot_ms, b.snapshot_take_ms);
     set(&mut spread.image_ms, b.image_spread_ms);
     set(&mut spread.snapshot_ms, b.snapshot_spread_ms);
     set(&mut spread.stopped_ms, b.stopped_spread_ms);

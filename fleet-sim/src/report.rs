@@ -99,12 +99,15 @@ pub struct StrategyResult {
     pub cost_over_time: Vec<(f64, i64)>,
 }
 
-/// Idle cost, as declared by `describe()`.
+/// Idle cost, as declared by `describe()`: `setup` over the first
+/// `settle_ms` from a fresh start, then `per_hour`.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleCostOut {
-    /// Paid once.
+    /// Paid while the pool settles (boots, the wait before a stop, a snapshot).
     pub setup_micros: i64,
-    /// Paid per idle hour.
+    /// How long it settles.
+    pub settle_ms: u64,
+    /// Paid per idle hour after that.
     pub per_hour_micros: i64,
 }
 
@@ -301,6 +304,7 @@ fn strategy_result(s: &Scenario, r: &RunOutcome, id: String) -> StrategyResult {
         parameters: serde_json::to_value(&r.strategy).unwrap_or(serde_json::Value::Null),
         idle_cost: IdleCostOut {
             setup_micros: r.info.idle_cost.setup.micros(),
+            settle_ms: r.info.idle_cost.settle_ms,
             per_hour_micros: r.info.idle_cost.per_hour.micros(),
         },
         cost: CostOut {

@@ -109,10 +109,7 @@ impl Strategy for AlwaysOnResize {
                 },
             ],
             boot_path: BootPath::Resize,
-            idle_cost: IdleCost {
-                setup: Money::ZERO,
-                per_hour,
-            },
+            idle_cost: IdleCost::steady(per_hour),
             cost_model: format!(
                 "{k} on-demand node(s) at {} run all the time; {resize_words}; {}. A pool with \
                  no claims costs {per_hour}/h.",

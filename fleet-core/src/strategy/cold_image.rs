@@ -44,10 +44,7 @@ impl Strategy for ColdImage {
                 meaning: "an idle node is deleted after this long without claims",
             }],
             boot_path: BootPath::Image,
-            idle_cost: IdleCost {
-                setup: Money::ZERO,
-                per_hour,
-            },
+            idle_cost: IdleCost::steady(per_hour),
             cost_model: format!(
                 "on-demand nodes ({}) bill from request to delete, a boot from image \
                  takes {} ms; {}. Idle nodes are deleted after {} ms, so a pool with no \

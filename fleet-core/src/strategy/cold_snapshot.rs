@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, Elastic};
-use super::{IdleCost, Param, Plan, PoolView, Strategy, StrategyInfo};
+use super::{Param, Plan, PoolView, Strategy, StrategyInfo};
 use crate::billing::BootPath;
 use crate::ids::Millis;
 use crate::money::Money;
@@ -46,6 +46,7 @@ impl Strategy for ColdSnapshot {
         // With nodes kept by min_nodes a snapshot is taken of one of them
         // even if no claim ever arrives; without, only an existing one is kept.
         let storage = kit::snapshot_hourly(pool, floor > 0);
+        let idle_cost = kit::idle_with_snapshot(pool, nodes, storage);
         let source = kit::preferred_source(pool);
         let snapshot_words = match pool.snapshot {
             Some(s) if pool.capabilities.snapshot => {
@@ -82,19 +83,16 @@ impl Strategy for ColdSnapshot {
                 super::SourceKind::Snapshot => BootPath::Snapshot,
                 _ => BootPath::Image,
             },
-            idle_cost: IdleCost {
-                setup: Money::ZERO,
-                per_hour: nodes + storage,
-            },
+            idle_cost,
             cost_model: format!(
                 "on-demand nodes ({}) bill from request to delete; {snapshot_words}; {}. \
                  Snapshot storage costs {storage}/h. Idle nodes are deleted after {} ms, so a \
                  pool with no claims keeps min_nodes = {floor} node(s) ({nodes}/h) plus the \
-                 snapshot: {}/h.",
+                 snapshot: {}.",
                 kit::priced(b, Market::OnDemand),
                 kit::billing_words(pool.billing),
                 self.idle_timeout_ms,
-                nodes + storage,
+                kit::idle_words(&idle_cost),
             ),
         }
     }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, Draft};
-use super::{IdleCost, Param, Plan, PoolView, SourceKind, Strategy, StrategyInfo};
+use super::{Param, Plan, PoolView, SourceKind, Strategy, StrategyInfo};
 use crate::billing::BootPath;
 use crate::ids::{InstanceType, Millis};
 use crate::money::Money;
@@ -58,6 +58,7 @@ impl Strategy for Hybrid {
         } else {
             Money::ZERO
         };
+        let idle_cost = kit::idle_with_snapshot(pool, nodes, storage);
         let source = kit::preferred_source(pool);
         let overflow_ms = match source {
             SourceKind::Snapshot => pool.billing.boot.snapshot_ms,
@@ -82,15 +83,12 @@ impl Strategy for Hybrid {
                 SourceKind::Snapshot => BootPath::Snapshot,
                 _ => BootPath::Image,
             },
-            idle_cost: IdleCost {
-                setup: Money::ZERO,
-                per_hour: nodes + storage,
-            },
+            idle_cost,
             cost_model: format!(
                 "{k} always-on on-demand node(s) ({}) serve claims with no boot; overflow nodes \
                  (cheapest fitting on-demand type) boot from the {} in {overflow_ms} ms, bill from \
                  request to delete and are deleted after {} ms idle; {}. Snapshot storage costs \
-                 {storage}/h. A pool with no claims costs {}/h.",
+                 {storage}/h. A pool with no claims costs {}.",
                 kit::priced(base, Market::OnDemand),
                 if source == SourceKind::Snapshot {
                     "snapshot"
@@ -99,7 +97,7 @@ impl Strategy for Hybrid {
                 },
                 self.overflow_idle_timeout_ms,
                 kit::billing_words(pool.billing),
-                nodes + storage,
+                kit::idle_words(&idle_cost),
             ),
         }
     }

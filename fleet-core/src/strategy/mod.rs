@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::billing::{BillingModel, BootPath};
 use crate::ids::{ClaimId, InstanceType, Millis, NodeId, PoolName};
-use crate::money::Money;
+use crate::money::{HourlyPrice, Money};
 use crate::protocol::{NodeState, Requirements};
 use crate::provider::{Capabilities, Market, Offering, SnapshotRef};
 
@@ -228,13 +228,39 @@ pub struct Plan {
     pub wake_at: Option<Millis>,
 }
 
-/// What an idle pool (no claims at all) costs under a strategy.
+/// What an idle pool (no claims at all) costs under a strategy, from a
+/// fresh start: `setup` over its first `settle_ms` (the boots, the idle wait
+/// before a stop, taking a snapshot), then `per_hour` for every hour after.
+///
+/// These are the numbers the controller's ledger bills for such a pool, to
+/// the micro-dollar rounding of each billed interval: the simulator checks
+/// it (`fleet-sim/tests/properties.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdleCost {
-    /// Paid once to reach the idle steady state (e.g. boots before a stop).
+    /// Paid while the pool settles into its idle steady state.
     pub setup: Money,
+    /// How long that takes from a fresh start, in milliseconds.
+    pub settle_ms: Millis,
     /// Paid every hour of idleness after that.
     pub per_hour: Money,
+}
+
+impl IdleCost {
+    /// A pool that is in its steady state from the start.
+    pub fn steady(per_hour: Money) -> IdleCost {
+        IdleCost {
+            setup: Money::ZERO,
+            settle_ms: 0,
+            per_hour,
+        }
+    }
+
+    /// What `ms` of no claims cost from a fresh start: the setup, then the
+    /// hourly rate prorated (rounded up) over the rest. Shorter than the
+    /// settling time, the whole setup is counted.
+    pub fn over(&self, ms: Millis) -> Money {
+        self.setup + HourlyPrice(self.per_hour).for_millis(ms.saturating_sub(self.settle_ms))
+    }
 }
 
 /// A strategy parameter, for `describe()`.
@@ -858,6 +884,42 @@ mod kit {
             _ => return Money::ZERO,
         };
         view.billing.snapshot_per_gb_month.hourly(gb).0
+    }
+
+    /// The idle cost of `nodes_per_hour` of nodes kept from the start plus
+    /// a snapshot costing `storage` per hour. A snapshot the pool does not
+    /// have yet is taken of the first kept node once it booted from the
+    /// image, so until then only the nodes are paid.
+    pub(super) fn idle_with_snapshot(
+        view: &PoolView<'_>,
+        nodes_per_hour: Money,
+        storage: Money,
+    ) -> super::IdleCost {
+        if storage == Money::ZERO || view.snapshot.is_some() {
+            return super::IdleCost::steady(nodes_per_hour + storage);
+        }
+        let settle_ms = view
+            .billing
+            .boot
+            .image_ms
+            .saturating_add(view.billing.calls.snapshot_ms);
+        super::IdleCost {
+            setup: HourlyPrice(nodes_per_hour).for_millis(settle_ms),
+            settle_ms,
+            per_hour: nodes_per_hour + storage,
+        }
+    }
+
+    /// An idle cost in words: `$x/h`, or `$s over the first N ms, then $x/h`.
+    pub(super) fn idle_words(idle: &super::IdleCost) -> String {
+        if idle.settle_ms == 0 {
+            format!("{}/h", idle.per_hour)
+        } else {
+            format!(
+                "{} over its first {} ms, then {}/h",
+                idle.setup, idle.settle_ms, idle.per_hour
+            )
+        }
     }
 
     /// The billing rules in words.

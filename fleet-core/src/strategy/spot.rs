@@ -97,10 +97,7 @@ impl Strategy for Spot {
                 SourceKind::Snapshot => BootPath::Snapshot,
                 _ => BootPath::Image,
             },
-            idle_cost: IdleCost {
-                setup: Money::ZERO,
-                per_hour,
-            },
+            idle_cost: IdleCost::steady(per_hour),
             cost_model: format!(
                 "{availability}; on-demand would be {}; {}. Idle nodes are deleted after {} ms, \
                  so a pool with no claims keeps min_nodes = {floor} node(s): {per_hour}/h \

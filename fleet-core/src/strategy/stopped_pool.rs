@@ -101,28 +101,26 @@ impl Strategy for StoppedPool {
             _ => pool.billing.boot.image_ms,
         };
         let stops = Self::stops(pool);
+        // Each node runs once, from its create call through boot, the idle
+        // wait and its stop call, then pays the stopped rate.
+        let first_run_ms = boot_ms
+            .saturating_add(self.stop_after_idle_ms)
+            .saturating_add(pool.billing.calls.api_ms);
         let idle_cost = match b {
-            None => IdleCost {
-                setup: Money::ZERO,
-                per_hour: Money::ZERO,
-            },
-            // Each node runs once, from request through boot and the idle
-            // wait, is stopped, then pays the stopped rate.
+            None => IdleCost::steady(Money::ZERO),
             Some(b) if stops => IdleCost {
                 setup: pool
                     .billing
-                    .running_cost(b.on_demand, boot_ms.saturating_add(self.stop_after_idle_ms))
+                    .running_cost(b.on_demand, first_run_ms)
                     .times(n),
+                settle_ms: first_run_ms,
                 per_hour: pool
                     .billing
                     .stopped_hourly(b.on_demand, u64::from(b.disk_gb))
                     .0
                     .times(n),
             },
-            Some(b) => IdleCost {
-                setup: Money::ZERO,
-                per_hour: kit::hour_of(pool.billing, b.on_demand).times(n),
-            },
+            Some(b) => IdleCost::steady(kit::hour_of(pool.billing, b.on_demand).times(n)),
         };
         let mode = if !pool.capabilities.stop_start {
             "the provider cannot stop/start: this runs as a warm pool, all nodes always running"
@@ -167,12 +165,14 @@ impl Strategy for StoppedPool {
                 kit::billing_words(pool.billing),
                 if stops {
                     format!(
-                        "{} once (each node's first run, {boot_ms} ms boot + {} ms idle before \
-                         the stop, billed as one run) then {}/h for every hour counted from the start",
-                        idle_cost.setup, self.stop_after_idle_ms, idle_cost.per_hour
+                        "{} (each node runs once: {boot_ms} ms boot, {} ms idle, {} ms stop call, \
+                         billed as one run)",
+                        kit::idle_words(&idle_cost),
+                        self.stop_after_idle_ms,
+                        pool.billing.calls.api_ms,
                     )
                 } else {
-                    format!("{}/h, nothing once (nodes never stop)", idle_cost.per_hour)
+                    format!("{} (nodes never stop)", kit::idle_words(&idle_cost))
                 },
             ),
         }
