@@ -119,6 +119,8 @@ pub struct World {
     jitter: Option<Jitter>,
     /// Create calls refused for capacity, per million, with their draws.
     capacity: Option<(u64, Jitter)>,
+    /// Create calls refused for capacity so far.
+    capacity_refusals: u64,
 }
 
 /// Seeded extra boot latency (see [`World::set_boot_jitter`]).
@@ -178,6 +180,7 @@ impl World {
             lean: false,
             jitter: None,
             capacity: None,
+            capacity_refusals: 0,
         }
     }
 
@@ -215,6 +218,12 @@ impl World {
             state: seed,
         };
         self.capacity = (per_million > 0).then_some((per_million, draws));
+    }
+
+    /// Create calls refused for capacity so far (see
+    /// [`World::set_capacity_errors`]).
+    pub fn capacity_refusals(&self) -> u64 {
+        self.capacity_refusals
     }
 
     /// Removes and returns a claim's trace (a long simulation drops the
@@ -803,6 +812,7 @@ impl World {
             && draws.draw(999_999) < *per_million
         {
             let e = ProviderError::Capacity(format!("no {} capacity", spec.instance_type));
+            self.capacity_refusals += 1;
             self.push(
                 self.now + api_ms,
                 Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),

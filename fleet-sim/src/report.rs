@@ -89,6 +89,8 @@ pub struct StrategyResult {
     pub interruptions: u64,
     /// Nodes lost.
     pub lost: u64,
+    /// Create calls refused for capacity (each retried by the controller).
+    pub capacity_errors: u64,
     /// Whether the SLA was met.
     pub sla: SlaOut,
     /// Hours the bill covers (horizon, or until the last job finished).
@@ -338,6 +340,7 @@ fn strategy_result(s: &Scenario, r: &RunOutcome, id: String) -> StrategyResult {
         boots: boots_by_source(c),
         interruptions: c.interruptions,
         lost: c.lost,
+        capacity_errors: r.capacity_errors,
         sla: SlaOut {
             met: reason.is_none(),
             wait_s: secs(at),
@@ -455,6 +458,13 @@ pub fn table(result: &SimResult) -> String {
     }
     for e in &result.ranking {
         let _ = writeln!(out, "  {}. {}: {}", e.rank, e.strategy, e.reason);
+    }
+    for s in result.strategies.iter().filter(|s| s.capacity_errors > 0) {
+        let _ = writeln!(
+            out,
+            "  {}: {} create call(s) refused for capacity, retried with backoff",
+            s.id, s.capacity_errors
+        );
     }
     out
 }

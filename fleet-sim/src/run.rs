@@ -67,6 +67,8 @@ pub struct RunOutcome {
     pub requeues: u64,
     /// Spot interruptions the simulated provider sent.
     pub interruptions_sent: u64,
+    /// Create calls the simulated provider refused for capacity.
+    pub capacity_errors: u64,
     /// Node-milliseconds jobs held nodes.
     pub busy_ms: u64,
     /// Cost so far at regular times: (ms from start, total).
@@ -234,6 +236,7 @@ pub fn run_one(
         unserved: 0,
         requeues: 0,
         interruptions_sent: 0,
+        capacity_errors: 0,
         busy_ms: 0,
         series: vec![(0, Money::ZERO)],
         steps: 0,
@@ -424,6 +427,7 @@ pub fn run_one(
         out.series.push((out.end_ms, out.cost.total()));
     }
     out.steps = world.steps();
+    out.capacity_errors = world.capacity_refusals();
     Ok(out)
 }
 

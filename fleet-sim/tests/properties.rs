@@ -192,6 +192,14 @@ fn capacity_errors_delay_but_do_not_lose_jobs() {
     v["provider"]["capacity_errors_per_1000_creates"] = json!(500);
     let scarce = common::simulate(&v);
     let (a, b) = (&calm.strategies[0], &scarce.strategies[0]);
+    assert_eq!(a.capacity_errors, 0);
+    // Half of all creates are refused: about as many refusals as boots.
+    let boots: u64 = b.boots.values().sum();
+    assert!(
+        b.capacity_errors * 2 >= boots && b.capacity_errors <= boots * 2,
+        "{} refusals for {boots} boots",
+        b.capacity_errors
+    );
     assert_eq!(b.jobs.unserved, 0);
     assert_eq!(b.jobs.served, a.jobs.served);
     assert!(
