@@ -41,7 +41,7 @@ use async_nats::{Message, StatusCode, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::{ClaimId, Workspace};
-use fleet_core::protocol::{ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, Lease, Revocation};
+use fleet_core::protocol::{ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, Renewal, Revocation};
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use fleet_core::transport::{ClaimClient, ClaimError, TransportError};
 use futures_util::StreamExt;
@@ -190,11 +190,11 @@ impl Mux {
     }
 
     /// Registers a call waiting for messages whose last subject token is
-    /// `token`; `None` once the subscription ended.
-    fn register(&self, token: &str) -> Option<Registration> {
+    /// `token`; why the subscription ended, once it has.
+    fn register(&self, token: &str) -> Result<Registration, Ended> {
         let mut w = lock(&self.waiters);
-        if w.ended.is_some() {
-            return None;
+        if let Some(why) = &w.ended {
+            return Err(why.clone());
         }
         let key = w.next_key;
         w.next_key = w.next_key.wrapping_add(1);
@@ -203,7 +203,7 @@ impl Mux {
             .entry(token.to_owned())
             .or_default()
             .push((key, tx));
-        Some(Registration {
+        Ok(Registration {
             waiters: Arc::clone(&self.waiters),
             token: token.to_owned(),
             key,
@@ -310,7 +310,7 @@ impl NatsClaimClient {
     ) -> Result<(Registration, String), TransportError> {
         let mut muxes = self.muxes.lock().await;
         if let Some(mux) = muxes.get(&key)
-            && let Some(reg) = mux.register(token)
+            && let Ok(reg) = mux.register(token)
         {
             return Ok((reg, mux.base.clone()));
         }
@@ -328,7 +328,12 @@ impl NatsClaimClient {
                 Mux::start(&self.conn, String::new(), subjects).await?
             }
         };
-        let reg = mux.register(token).ok_or(TransportError::Closed)?;
+        // The server may refuse the subscription before this call gets to
+        // register (its error races the registration): report that refusal.
+        let reg = mux.register(token).map_err(|why| match why {
+            Ended::Refused(text) => TransportError::Permission(text),
+            Ended::Closed => TransportError::Closed,
+        })?;
         let base = mux.base.clone();
         muxes.insert(key, Arc::new(mux));
         Ok((reg, base))
@@ -482,14 +487,14 @@ impl ClaimClient for NatsClaimClient {
         .await
     }
 
-    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Lease, ClaimError> {
+    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Renewal, ClaimError> {
         let subject = self.subjects.claim(ClaimVerb::Renew, workspace, id);
         let msg = ClaimMsg::Renew {
             workspace: workspace.clone(),
             claim_id: id.clone(),
         };
         self.exchange(subject, id, &msg, None, false, |reply| match reply {
-            ClaimReply::Renewed(lease) if lease.claim_id == *id => Ok(lease),
+            ClaimReply::Renewed(renewal) if renewal.claim_id == *id => Ok(renewal),
             other => Err(ClaimError::from_reply(id, other, "renew")),
         })
         .await
