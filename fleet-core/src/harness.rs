@@ -38,6 +38,8 @@ pub struct Faults {
     pub provider_error: Option<(ProviderError, u32)>,
     /// Agents of new nodes never say hello (a bad image).
     pub agents_never_boot: bool,
+    /// The next N credential issues fail.
+    pub credentials_fail: u32,
 }
 
 /// What happened to one claim, as its caller saw it.
@@ -668,19 +670,21 @@ impl World {
                 expires_at,
                 ..
             } => {
-                let sealed = SealedCredentials {
-                    format: "world".to_owned(),
-                    ciphertext: format!("sealed-for-{recipient}-until-{expires_at}"),
-                    signature: String::new(),
-                    signer: String::new(),
-                    expires_at,
+                let result = if self.faults.credentials_fail > 0 {
+                    self.faults.credentials_fail -= 1;
+                    Err("the issuer is down".to_owned())
+                } else {
+                    Ok(SealedCredentials {
+                        format: "world".to_owned(),
+                        ciphertext: format!("sealed-for-{recipient}-until-{expires_at}"),
+                        signature: String::new(),
+                        signer: String::new(),
+                        expires_at,
+                    })
                 };
                 self.push(
                     self.now,
-                    Pending::Deliver(Event::CredentialsIssued {
-                        claim,
-                        result: Ok(sealed),
-                    }),
+                    Pending::Deliver(Event::CredentialsIssued { claim, result }),
                 );
             }
             Command::Alert(a) => self.alerts.push(a),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{ClaimId, NodeId, Workspace};
 use crate::protocol::{
     AgentMsg, ClaimGrant, ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, DaemonMsg,
-    DecodeError, JobMsg, JobReply, Lease, Revocation,
+    DecodeError, JobMsg, JobReply, Renewal, Revocation,
 };
 
 /// An opaque reply address chosen by the transport (a NATS inbox, a
@@ -200,8 +200,9 @@ pub trait ClaimClient: Send + Sync {
     /// Requests a node and waits until it is granted, refused, or the claim
     /// ends. Retrying with the same `claim_id` returns the same grant.
     async fn claim(&self, req: ClaimRequest) -> Result<ClaimGrant, ClaimError>;
-    /// Extends the lease.
-    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Lease, ClaimError>;
+    /// Extends the lease; for a claim with a recipient the renewal carries
+    /// credentials that last as long as the new lease.
+    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Renewal, ClaimError>;
     /// Gives the node back.
     async fn release(&self, workspace: &Workspace, id: &ClaimId) -> Result<(), ClaimError>;
     /// Revocations of this client's workspace's claims.

@@ -91,6 +91,82 @@ fn a_retried_request_gets_the_same_grant_and_a_reused_id_is_refused() {
     assert_eq!(w.instances().len(), 1, "a retry never provisions again");
 }
 
+/// A certificate cannot be extended: each renewal of a claim with a
+/// recipient carries new credentials that expire with the new lease, and a
+/// repeated grant hands out the newest.
+#[test]
+fn a_renewal_carries_credentials_for_the_new_lease() {
+    let mut w = world();
+    let mut req = request("c1");
+    req.lease_ttl_ms = 60_000;
+    w.send_claim(ClaimMsg::Request(req.clone()));
+    let mut plain = request("c2");
+    plain.recipient = None;
+    w.send_claim(ClaimMsg::Request(plain));
+    w.run_for(250_000).unwrap();
+    let g = granted(&w, "c1").unwrap();
+    let first = g.credentials.clone().expect("sealed to the recipient");
+    assert_eq!(first.expires_at, g.lease.expires_at);
+
+    w.run_for(30_000).unwrap();
+    let renew = |w: &mut fleet_core::harness::World, id: &str| {
+        let r = w.send_claim(ClaimMsg::Renew {
+            workspace: ws(),
+            claim_id: cid(id),
+        });
+        w.run_for(1).unwrap();
+        match w.replies(&r) {
+            [ClaimReply::Renewed(r)] => r.clone(),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let r = renew(&mut w, "c1");
+    let fresh = r.credentials.clone().expect("new credentials");
+    assert!(r.expires_at > g.lease.expires_at);
+    assert_eq!(
+        fresh.expires_at, r.expires_at,
+        "the certificate lasts as long as the lease"
+    );
+    assert_ne!(fresh, first);
+    assert_eq!(
+        w.controller().claim(&cid("c1")).unwrap().credentials,
+        Some(fresh.clone()),
+        "stored with the claim"
+    );
+    // The caller re-sends its request (same id): the grant has the newest.
+    let again = w.send_claim(ClaimMsg::Request(req));
+    w.run_for(1).unwrap();
+    match w.replies(&again) {
+        [ClaimReply::Granted(g2)] => assert_eq!(g2.credentials, Some(fresh)),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Without a recipient there is nothing to re-issue.
+    assert_eq!(renew(&mut w, "c2").credentials, None);
+
+    // The issuer fails: the lease is renewed anyway, the old certificate
+    // stays, and the operator hears about it.
+    w.faults().credentials_fail = 1;
+    let before = w
+        .controller()
+        .claim(&cid("c1"))
+        .unwrap()
+        .expires_at
+        .unwrap();
+    w.run_for(10_000).unwrap();
+    let r = renew(&mut w, "c1");
+    assert!(r.expires_at > before);
+    assert_eq!(r.credentials, None);
+    assert!(
+        w.alerts()
+            .iter()
+            .any(|a| matches!(a, Alert::CredentialsFailed { .. }))
+    );
+    assert_eq!(
+        w.controller().claim(&cid("c1")).unwrap().state,
+        ClaimState::Active
+    );
+}
+
 #[test]
 fn leases_expire_unless_renewed() {
     let mut w = world();
@@ -107,7 +183,7 @@ fn leases_expire_unless_renewed() {
     });
     w.run_for(1).unwrap();
     match w.replies(&renew) {
-        [ClaimReply::Renewed(lease)] => assert!(lease.expires_at > g.lease.expires_at),
+        [ClaimReply::Renewed(r)] => assert!(r.expires_at > g.lease.expires_at),
         other => panic!("unexpected {other:?}"),
     }
     w.run_for(40_000).unwrap();

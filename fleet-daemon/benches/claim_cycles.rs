@@ -12,7 +12,7 @@ use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
 use fleet_core::memory::transport::InProcTransport;
 use fleet_core::protocol::{
-    AgentMsg, Arch, ClaimReply, ClaimRequest, Lease, NodeResources, Requirements,
+    AgentMsg, Arch, ClaimReply, ClaimRequest, NodeResources, Renewal, Requirements,
 };
 use fleet_core::provider::InstanceState;
 use fleet_core::strategy::{ColdImage, PoolSpec, StrategyConfig};
@@ -41,14 +41,15 @@ fn request(id: usize) -> ClaimRequest {
 fn echo_renewals(server: Arc<dyn Transport>) {
     tokio::spawn(async move {
         while let Ok(Inbound::Claim { msg, reply }) = server.recv().await {
-            let lease = Lease {
+            let renewal = Renewal {
                 claim_id: msg.claim_id().clone(),
                 expires_at: 0,
+                credentials: None,
             };
             let _ = server
                 .send(
                     &Peer::Reply(reply),
-                    Outbound::Claim(ClaimReply::Renewed(lease)),
+                    Outbound::Claim(ClaimReply::Renewed(renewal)),
                 )
                 .await;
         }

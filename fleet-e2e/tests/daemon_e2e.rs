@@ -120,3 +120,82 @@ async fn claim_exec_release_through_the_real_daemon_and_agent() {
     );
     assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
 }
+
+/// Runs `true` through the gateway with `bundle`'s certificate.
+async fn exec_true(bundle: &fleet_core::protocol::CredentialsBundle) -> Result<(), String> {
+    let tls = gateway(bundle).await?;
+    let mut c = Client::new(tls);
+    let out = c
+        .exec(&ExecRequest {
+            argv: vec!["true".into()],
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: Some(10_000),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    match out.code {
+        Some(0) => Ok(()),
+        other => Err(format!("exit {other:?}")),
+    }
+}
+
+/// A certificate cannot be extended: each renewal brings a new one that
+/// expires with the new lease, so a claim renewed past its first
+/// certificate's expiry still opens the gateway (with the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_claim_opens_the_gateway_past_its_first_certificate() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    let identity = age::x25519::Identity::generate();
+    let client = daemon.claim_client().await;
+    let mut req = request("renew-1", Some(identity.to_public().to_string()));
+    req.lease_ttl_ms = 6_000;
+    let grant = tokio::time::timeout(Duration::from_secs(60), client.claim(req))
+        .await
+        .unwrap_or_else(|_| panic!("no grant in 60 s; see {}/daemon.log", dir.path().display()))
+        .unwrap_or_else(|e| panic!("claim: {e}"));
+    let first = open_grant(&daemon.discovery, &grant, &identity);
+    let first_expiry = grant.credentials.as_ref().map_or(0, |c| c.expires_at);
+    exec_true(&first)
+        .await
+        .unwrap_or_else(|e| panic!("the first certificate: {e}"));
+
+    // Renew every 2 s (well inside the 6 s lease) until the first
+    // certificate has expired.
+    let mut latest = None;
+    while fleet_agent::gateway::now_ms() <= first_expiry + 1_000 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let renewal = client
+            .renew(&grant.workspace, &grant.claim_id)
+            .await
+            .unwrap_or_else(|e| panic!("renew: {e}"));
+        let sealed = renewal
+            .credentials
+            .as_ref()
+            .unwrap_or_else(|| panic!("a renewal of a claim with a recipient carries credentials"));
+        assert_eq!(sealed.expires_at, renewal.expires_at);
+        assert!(renewal.expires_at > first_expiry);
+        latest = Some(open_sealed(
+            &daemon.discovery,
+            &grant.claim_id,
+            sealed,
+            &identity,
+        ));
+    }
+    let latest = latest.unwrap_or_else(|| panic!("renewed at least once"));
+    assert_ne!(latest.cert_pem, first.cert_pem);
+    assert!(
+        exec_true(&first).await.is_err(),
+        "the first certificate has expired"
+    );
+    exec_true(&latest)
+        .await
+        .unwrap_or_else(|e| panic!("the renewed certificate: {e}"));
+
+    client
+        .release(&grant.workspace, &grant.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("release: {e}"));
+    assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
+}

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use fleet_core::ids::{ClaimId, Millis, NodeId, Workspace};
 use fleet_core::protocol::{
     AgentMsg, ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, DaemonMsg, DecodeError, JobMsg,
-    JobReply, Lease, NodeIdentity, Revocation, decode_limited,
+    JobReply, NodeIdentity, Renewal, Revocation, decode_limited,
 };
 use fleet_core::transport::{ClaimClient, ClaimError, TransportError};
 use futures_core::Stream;
@@ -478,14 +478,14 @@ impl ClaimClient for WsClaimClient {
         .await
     }
 
-    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Lease, ClaimError> {
+    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Renewal, ClaimError> {
         let msg = ClaimMsg::Renew {
             workspace: workspace.clone(),
             claim_id: id.clone(),
         };
         let t = self.inner.dialer.cfg.request_timeout;
         self.call(msg, Some(t), |reply| match reply {
-            ClaimReply::Renewed(lease) if lease.claim_id == *id => Some(Ok(lease)),
+            ClaimReply::Renewed(renewal) if renewal.claim_id == *id => Some(Ok(renewal)),
             other => Some(Err(ClaimError::from_reply(id, other, "renew"))),
         })
         .await

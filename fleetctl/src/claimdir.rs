@@ -97,18 +97,24 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<(), 
     std::fs::rename(&tmp, &path).map_err(err)
 }
 
+/// The age identity in `dir/age.key` (the key the claim's credentials are
+/// sealed to).
+pub fn load_age_key(dir: &Path) -> Result<age::x25519::Identity, CtlError> {
+    let path = dir.join(AGE_KEY_FILE);
+    let text = read_text(&path, "age key")?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .ok_or_else(|| fail(format!("{}: no AGE-SECRET-KEY line", path.display())))?;
+    age::x25519::Identity::from_str(line)
+        .map_err(|_| fail(format!("{}: not a valid age identity", path.display())))
+}
+
 /// The age identity in `dir/age.key`, or a fresh one written there.
 pub fn load_or_create_age_key(dir: &Path) -> Result<age::x25519::Identity, CtlError> {
-    let path = dir.join(AGE_KEY_FILE);
-    if path.exists() {
-        let text = read_text(&path, "age key")?;
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-            .ok_or_else(|| fail(format!("{}: no AGE-SECRET-KEY line", path.display())))?;
-        return age::x25519::Identity::from_str(line)
-            .map_err(|_| fail(format!("{}: not a valid age identity", path.display())));
+    if dir.join(AGE_KEY_FILE).exists() {
+        return load_age_key(dir);
     }
     let identity = age::x25519::Identity::generate();
     use age::secrecy::ExposeSecret as _;

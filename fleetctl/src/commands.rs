@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use fleet_core::ids::{ClaimId, PoolName, Workspace};
 use fleet_core::protocol::{
-    ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, Receipt, Requirements, TaskResult,
-    TaskSpec,
+    ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, Receipt, Requirements, SealedCredentials,
+    TaskResult, TaskSpec,
 };
 use fleet_core::transport::{ClaimClient, ClaimError};
 use fleet_daemon::seal::{self, Expected, SignerKey};
@@ -81,26 +81,7 @@ pub async fn run(inv: crate::Invocation) -> Result<i32, CtlError> {
             }
             Ok(0)
         }
-        Command::Renew { id, workspace, dir } => {
-            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir)?;
-            let client = ctx.claim_client().await?;
-            let lease = client
-                .renew(&ws, &claim)
-                .await
-                .map_err(|e| claim_error("renew", &id, e))?;
-            if json {
-                println!(
-                    "{}",
-                    json!({ "claim_id": id, "expires_at": lease.expires_at })
-                );
-            } else {
-                println!(
-                    "renewed {id}: lease expires {}",
-                    render::expiry(lease.expires_at, now_ms())
-                );
-            }
-            Ok(0)
-        }
+        Command::Renew { id, workspace, dir } => renew(&ctx, &id, workspace, dir).await,
         Command::JobsSubmit {
             pool,
             workspace,
@@ -163,6 +144,97 @@ fn claim_and_workspace(
     Ok((claim, ws))
 }
 
+/// Renews the lease; when the daemon sends credentials for the new lease,
+/// they are verified and the claim's files rewritten, so `exec` keeps
+/// working past the first certificate's expiry.
+async fn renew(
+    ctx: &Context,
+    id: &str,
+    workspace: Option<String>,
+    dir: Option<PathBuf>,
+) -> Result<i32, CtlError> {
+    let dir = dir.unwrap_or_else(|| ctx.claim_dir(id));
+    let (claim, ws) = claim_and_workspace(ctx, id, workspace, Some(dir.clone()))?;
+    let signer = daemon_signer(ctx)?;
+    let client = ctx.claim_client().await?;
+    let renewal = client
+        .renew(&ws, &claim)
+        .await
+        .map_err(|e| claim_error("renew", id, e))?;
+    let refreshed = match &renewal.credentials {
+        Some(sealed) => {
+            let pool = claimdir::read_info(&dir).ok().and_then(|i| i.pool);
+            let identity = claimdir::load_age_key(&dir)?;
+            open_and_store(&signer, &dir, &claim, sealed, &identity, pool)?;
+            true
+        }
+        None => false,
+    };
+    if ctx.global.json {
+        println!(
+            "{}",
+            json!({
+                "claim_id": id,
+                "expires_at": renewal.expires_at,
+                "credentials_renewed": refreshed,
+            })
+        );
+    } else {
+        println!(
+            "renewed {id}: lease expires {}{}",
+            render::expiry(renewal.expires_at, now_ms()),
+            if refreshed {
+                format!("; new certificate in {}", dir.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(0)
+}
+
+/// The daemon's signing key, from its discovery file.
+fn daemon_signer(ctx: &Context) -> Result<SignerKey, CtlError> {
+    let discovery = ctx.discovery()?;
+    let signer_text = read_text(&discovery.signer_file, "daemon signer key")?;
+    SignerKey::from_base64(&signer_text).map_err(|e| {
+        fail(format!(
+            "daemon signer key {}: {e}",
+            discovery.signer_file.display()
+        ))
+    })
+}
+
+/// Verifies `sealed` (the daemon's signature, this claim, this recipient),
+/// decrypts it with `identity` and writes the claim's files into `dir`.
+fn open_and_store(
+    signer: &SignerKey,
+    dir: &std::path::Path,
+    claim_id: &ClaimId,
+    sealed: &SealedCredentials,
+    identity: &age::x25519::Identity,
+    pool: Option<String>,
+) -> Result<(), CtlError> {
+    let recipient = identity.to_public().to_string();
+    let bundle = seal::open(
+        sealed,
+        identity,
+        &Expected {
+            claim_id,
+            recipient: &recipient,
+            // The certificate expiry the seal names (a lease may outlive it).
+            expires_at: sealed.expires_at,
+            signer,
+        },
+    )
+    .map_err(|e| {
+        fail(format!(
+            "claim {claim_id}: the credentials do not verify: {e}"
+        ))
+    })?;
+    claimdir::write_claim(dir, &bundle, pool)
+}
+
 async fn claim(ctx: &Context, a: ClaimArgs) -> Result<i32, CtlError> {
     let id = match a.id {
         Some(id) => id,
@@ -172,14 +244,7 @@ async fn claim(ctx: &Context, a: ClaimArgs) -> Result<i32, CtlError> {
     let workspace =
         Workspace::new(a.workspace.clone()).map_err(|e| invalid("workspace", &a.workspace, e))?;
     let pool = PoolName::new(a.pool.clone()).map_err(|e| invalid("pool", &a.pool, e))?;
-    let discovery = ctx.discovery()?;
-    let signer_text = read_text(&discovery.signer_file, "daemon signer key")?;
-    let signer = SignerKey::from_base64(&signer_text).map_err(|e| {
-        fail(format!(
-            "daemon signer key {}: {e}",
-            discovery.signer_file.display()
-        ))
-    })?;
+    let signer = daemon_signer(ctx)?;
     let dir = a.out.clone().unwrap_or_else(|| ctx.claim_dir(&id));
     claimdir::create_dir(&dir)?;
     // Kept (0600) before the request: a retry with the same id gets the
@@ -214,19 +279,14 @@ async fn claim(ctx: &Context, a: ClaimArgs) -> Result<i32, CtlError> {
             grant.node
         ))
     })?;
-    let bundle = seal::open(
+    open_and_store(
+        &signer,
+        &dir,
+        &claim_id,
         sealed,
         &age_identity,
-        &Expected {
-            claim_id: &claim_id,
-            recipient: &recipient,
-            // The certificate expiry the seal names (a lease may outlive it).
-            expires_at: sealed.expires_at,
-            signer: &signer,
-        },
-    )
-    .map_err(|e| fail(format!("claim {id}: the credentials do not verify: {e}")))?;
-    claimdir::write_claim(&dir, &bundle, Some(a.pool.clone()))?;
+        Some(a.pool.clone()),
+    )?;
     if ctx.global.json {
         println!(
             "{}",

@@ -10,8 +10,8 @@ use crate::ids::{ClaimId, Millis, NodeId, Workspace};
 use crate::money::{Money, Rounding};
 use crate::protocol::{
     ClaimGrant, ClaimMsg, ClaimRecord, ClaimRejection, ClaimReply, ClaimRequest, ClaimState,
-    DaemonMsg, Lease, MAX_LEASE_TTL_MS, NodeState, PendingReason, Record, Revocation, RevokeReason,
-    SealedCredentials,
+    DaemonMsg, Lease, MAX_LEASE_TTL_MS, NodeState, PendingReason, Record, Renewal, Revocation,
+    RevokeReason, SealedCredentials,
 };
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer, ReplyTo};
@@ -42,6 +42,7 @@ impl Controller {
                 rec,
                 durable: true,
                 reserved: None,
+                renewing: Vec::new(),
             },
         );
     }
@@ -195,6 +196,7 @@ impl Controller {
                 rec,
                 durable: false,
                 reserved: None,
+                renewing: Vec::new(),
             },
         );
         self.save_claim(
@@ -480,7 +482,7 @@ impl Controller {
                 });
             }
             Effect::Renewed { claim, reply } => {
-                let Some(c) = self.claims.get(&claim) else {
+                let Some(c) = self.claims.get_mut(&claim) else {
                     return;
                 };
                 let (Some(node), Some(expires_at)) = (c.rec.node.clone(), c.rec.expires_at) else {
@@ -490,19 +492,39 @@ impl Controller {
                     return Self::reject(out, reply, Some(claim), ClaimRejection::Ended);
                 }
                 out.push(Command::Send {
-                    to: Peer::Node(node),
+                    to: Peer::Node(node.clone()),
                     msg: Outbound::Agent(DaemonMsg::Activate {
                         claim_id: claim.clone(),
                         expires_at,
                     }),
                 });
-                out.push(Command::Send {
-                    to: Peer::Reply(reply),
-                    msg: Outbound::Claim(ClaimReply::Renewed(Lease {
-                        claim_id: claim,
-                        expires_at,
-                    })),
-                });
+                // A certificate cannot be extended: a claim that was given
+                // credentials gets new ones that last as long as the lease.
+                let outlived = c
+                    .rec
+                    .credentials
+                    .as_ref()
+                    .is_some_and(|s| s.expires_at < expires_at);
+                match c.rec.request.recipient.clone() {
+                    Some(recipient) if outlived => {
+                        c.renewing.push((reply, expires_at));
+                        out.push(Command::IssueCredentials {
+                            claim: claim.clone(),
+                            workspace: c.rec.request.workspace.clone(),
+                            node,
+                            recipient,
+                            expires_at,
+                        });
+                    }
+                    _ => out.push(Command::Send {
+                        to: Peer::Reply(reply),
+                        msg: Outbound::Claim(ClaimReply::Renewed(Renewal {
+                            claim_id: claim,
+                            expires_at,
+                            credentials: c.rec.credentials.clone(),
+                        })),
+                    }),
+                }
             }
             Effect::ClaimEnded { claim, reply } => {
                 let Some(c) = self.claims.get(&claim) else {
@@ -597,8 +619,11 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(node) = self.claims.get(&claim).and_then(|c| c.reserved.clone()) else {
+        let Some(c) = self.claims.get(&claim) else {
             return; // released or expired meanwhile
+        };
+        let Some(node) = c.reserved.clone() else {
+            return self.on_renewal_credentials(claim, result, now, out);
         };
         match result {
             Ok(sealed) => self.commit_grant(&claim, &node, Some(sealed), now, out),
@@ -613,6 +638,73 @@ impl Controller {
                     },
                 };
                 self.end_claim(&claim, state, None, now, out);
+            }
+        }
+    }
+
+    /// Credentials minted for a renewal: stored with the claim, then the
+    /// renewals they cover are confirmed with them. A failure leaves the
+    /// lease renewed and the previous certificate in place.
+    fn on_renewal_credentials(
+        &mut self,
+        claim: ClaimId,
+        result: Result<SealedCredentials, String>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let epoch = self.epoch;
+        let Some(c) = self.claims.get_mut(&claim) else {
+            return;
+        };
+        if c.renewing.is_empty() {
+            return;
+        }
+        if !c.rec.state.holds_node() {
+            for (reply, _) in std::mem::take(&mut c.renewing) {
+                Self::reject(out, reply, Some(claim.clone()), ClaimRejection::Ended);
+            }
+            return;
+        }
+        match result {
+            Ok(sealed) => {
+                let covered = sealed.expires_at;
+                if c.rec
+                    .credentials
+                    .as_ref()
+                    .is_none_or(|s| s.expires_at < covered)
+                {
+                    c.rec.credentials = Some(sealed);
+                }
+                let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut c.renewing)
+                    .into_iter()
+                    .partition(|(_, asked)| *asked <= covered);
+                c.renewing = waiting;
+                if ready.is_empty() {
+                    return;
+                }
+                c.rec.epoch = epoch;
+                let effects = ready
+                    .into_iter()
+                    .map(|(reply, _)| Effect::Renewed {
+                        claim: claim.clone(),
+                        reply,
+                    })
+                    .collect();
+                self.save_claim(&claim, effects, now, out);
+            }
+            Err(error) => {
+                let expires_at = c.rec.expires_at.unwrap_or(now);
+                for (reply, _) in std::mem::take(&mut c.renewing) {
+                    out.push(Command::Send {
+                        to: Peer::Reply(reply),
+                        msg: Outbound::Claim(ClaimReply::Renewed(Renewal {
+                            claim_id: claim.clone(),
+                            expires_at,
+                            credentials: None,
+                        })),
+                    });
+                }
+                out.push(Command::Alert(Alert::CredentialsFailed { claim, error }));
             }
         }
     }

@@ -217,7 +217,9 @@ pub enum Alert {
         /// The last failure.
         reason: String,
     },
-    /// Credentials could not be issued for a grant.
+    /// Credentials could not be issued: for a grant (the claim is revoked)
+    /// or for a renewal (the lease is renewed; the previous certificate stays
+    /// valid until its own expiry).
     CredentialsFailed {
         /// The claim.
         claim: ClaimId,
@@ -349,6 +351,9 @@ struct Claim {
     durable: bool,
     /// A node reserved while credentials are minted (not yet persisted).
     reserved: Option<NodeId>,
+    /// Renewals waiting for credentials that cover their lease: the reply
+    /// and the expiry it asked for.
+    renewing: Vec<(ReplyTo, Millis)>,
 }
 
 /// A job as the controller tracks it.

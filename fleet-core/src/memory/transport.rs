@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 use crate::ids::{ClaimId, JobId, NodeId, Workspace};
 use crate::protocol::{
     AgentMsg, ClaimGrant, ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, DaemonMsg,
-    DecodeError, JobMsg, JobReply, Lease, MAX_MESSAGE_BYTES, PendingReason, Revocation, TaskSpec,
+    DecodeError, JobMsg, JobReply, MAX_MESSAGE_BYTES, PendingReason, Renewal, Revocation, TaskSpec,
     decode, encode,
 };
 use crate::transport::{
@@ -630,13 +630,13 @@ impl ClaimClient for InProcClaimClient {
         self.claim_observed(req, |_| {}).await
     }
 
-    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Lease, ClaimError> {
+    async fn renew(&self, workspace: &Workspace, id: &ClaimId) -> Result<Renewal, ClaimError> {
         let msg = ClaimMsg::Renew {
             workspace: workspace.clone(),
             claim_id: id.clone(),
         };
         match self.call_once(msg).await? {
-            ClaimReply::Renewed(lease) if lease.claim_id == *id => Ok(lease),
+            ClaimReply::Renewed(renewal) if renewal.claim_id == *id => Ok(renewal),
             other => Err(ClaimError::from_reply(id, other, "renew")),
         }
     }

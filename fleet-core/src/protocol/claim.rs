@@ -106,6 +106,36 @@ pub struct Lease {
     pub expires_at: Millis,
 }
 
+/// A renewed lease, with credentials that last as long as it.
+///
+/// On the wire it is a [`Lease`] with an optional `credentials` field, so a
+/// renewal of a claim without a recipient reads the same as before.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// The claim.
+    pub claim_id: ClaimId,
+    /// When the lease now ends unless renewed again (ms since the Unix epoch).
+    pub expires_at: Millis,
+    /// For a claim with a recipient: credentials whose certificate expires
+    /// with the renewed lease (a certificate cannot be extended, so each
+    /// renewal issues a new one; connections opened with the previous one
+    /// stay up). Absent for a claim without a recipient, or when issuing
+    /// failed — then the previous certificate stays valid until its own
+    /// expiry and the daemon raises a `credentials_failed` alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<SealedCredentials>,
+}
+
+impl Renewal {
+    /// The lease part.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            claim_id: self.claim_id.clone(),
+            expires_at: self.expires_at,
+        }
+    }
+}
+
 /// Per-claim credentials, sealed by the daemon: `ciphertext` is an
 /// ASCII-armored age file encrypted to the claim's recipient; `signature` is
 /// the daemon's Ed25519 signature over (claim id, recipient, expiry,
@@ -316,7 +346,7 @@ pub enum ClaimReply {
         reason: PendingReason,
     },
     /// The lease was extended.
-    Renewed(Lease),
+    Renewed(Renewal),
     /// The claim is released.
     Released {
         /// The claim.

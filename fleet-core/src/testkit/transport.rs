@@ -44,7 +44,7 @@ use futures_util::future::{join, join_all};
 use crate::ids::{ClaimId, Epoch, NodeId, PoolName, Workspace};
 use crate::protocol::{
     Arch, ClaimGrant, ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, Lease, PendingReason,
-    Requirements, Revocation, RevokeReason, SealedCredentials,
+    Renewal, Requirements, Revocation, RevokeReason, SealedCredentials,
 };
 use crate::transport::{ClaimClient, ClaimError, Inbound, Outbound, Peer, ReplyTo, Transport};
 
@@ -331,9 +331,16 @@ async fn rejected(server: &dyn Transport, client: &dyn ClaimClient, run: &Run) {
 async fn renew_and_release(server: &dyn Transport, client: &dyn ClaimClient, run: &Run) {
     let ws = run.workspace("a");
     let id = run.claim_id();
-    let lease = Lease {
+    let renewal = Renewal {
         claim_id: id.clone(),
         expires_at: 1_700_000_300_000,
+        credentials: Some(SealedCredentials {
+            format: "test".to_owned(),
+            ciphertext: "renewed".to_owned(),
+            signature: "sig".to_owned(),
+            signer: "key".to_owned(),
+            expires_at: 1_700_000_300_000,
+        }),
     };
     let (_, got) = join(
         async {
@@ -349,7 +356,7 @@ async fn renew_and_release(server: &dyn Transport, client: &dyn ClaimClient, run
             reply(
                 server,
                 &Peer::Reply(to),
-                ClaimReply::Renewed(lease.clone()),
+                ClaimReply::Renewed(renewal.clone()),
                 "renewal",
             )
             .await;
@@ -357,7 +364,11 @@ async fn renew_and_release(server: &dyn Transport, client: &dyn ClaimClient, run
         client.renew(&ws, &id),
     )
     .await;
-    assert_eq!(got, Ok(lease), "renew must return the lease from Renewed");
+    assert_eq!(
+        got,
+        Ok(renewal),
+        "renew must return the lease and credentials from Renewed"
+    );
 
     let (_, got) = join(
         async {

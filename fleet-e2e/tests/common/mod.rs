@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_core::protocol::{ClaimGrant, ClaimRequest, CredentialsBundle, Requirements};
+use fleet_core::protocol::{
+    ClaimGrant, ClaimRequest, CredentialsBundle, Requirements, SealedCredentials,
+};
 use fleet_core::subjects::Subjects;
 use fleet_core::{ClaimId, PoolName, Workspace};
 use fleet_daemon::seal::{Expected, SignerKey};
@@ -256,18 +258,28 @@ pub(crate) fn open_grant(
     grant: &ClaimGrant,
     identity: &age::x25519::Identity,
 ) -> CredentialsBundle {
-    let signer = std::fs::read_to_string(&d.signer_file).unwrap_or_else(|e| panic!("{e}"));
-    let signer = SignerKey::from_base64(signer.trim()).unwrap_or_else(|e| panic!("{e}"));
     let sealed = grant
         .credentials
         .as_ref()
         .unwrap_or_else(|| panic!("grant has no credentials"));
+    open_sealed(d, &grant.claim_id, sealed, identity)
+}
+
+/// Verifies and decrypts credentials sealed for `claim`.
+pub(crate) fn open_sealed(
+    d: &Discovery,
+    claim: &ClaimId,
+    sealed: &SealedCredentials,
+    identity: &age::x25519::Identity,
+) -> CredentialsBundle {
+    let signer = std::fs::read_to_string(&d.signer_file).unwrap_or_else(|e| panic!("{e}"));
+    let signer = SignerKey::from_base64(signer.trim()).unwrap_or_else(|e| panic!("{e}"));
     let recipient = identity.to_public().to_string();
     fleet_daemon::seal::open(
         sealed,
         identity,
         &Expected {
-            claim_id: &grant.claim_id,
+            claim_id: claim,
             recipient: &recipient,
             expires_at: sealed.expires_at,
             signer: &signer,
