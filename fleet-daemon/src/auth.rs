@@ -1,12 +1,17 @@
 //! API bearer tokens (stored hashed, shown once) and single-use agent
 //! bootstrap tokens.
+//!
+//! An API token is either an operator's (every workspace, the HTTP API, new
+//! tokens) or limited to a list of workspaces: then it opens the claim plane
+//! for those workspaces only and nothing of the HTTP API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fleet_core::ids::NodeId;
+use fleet_core::ids::{NodeId, Workspace};
 use fleet_core::protocol::Secret;
+use fleet_transport_ws::{ClaimAuth, ClaimAuthError, ClaimScope};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -47,6 +52,26 @@ struct StoredToken {
     name: String,
     sha256: String,
     created_at: u64,
+    /// `None`: an operator's token. Tokens stored before scopes existed
+    /// have none, and stay operator tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workspaces: Option<BTreeSet<Workspace>>,
+}
+
+/// Who a presented token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHolder {
+    /// The token's name.
+    pub name: String,
+    /// The workspaces it is limited to; `None` for an operator.
+    pub workspaces: Option<BTreeSet<Workspace>>,
+}
+
+impl TokenHolder {
+    /// Whether this is an operator's token (every workspace, the HTTP API).
+    pub fn is_operator(&self) -> bool {
+        self.workspaces.is_none()
+    }
 }
 
 /// API tokens, hashed with SHA-256 in `<data>/tokens.json`.
@@ -77,8 +102,14 @@ impl ApiTokens {
         self.tokens.lock().map(|t| t.is_empty()).unwrap_or(true)
     }
 
-    /// Creates a token named `name`; returns it (the only time it is shown).
-    pub fn create(&self, name: &str, now: u64) -> Result<Secret, std::io::Error> {
+    /// Creates a token named `name`, limited to `workspaces` (`None`: an
+    /// operator's); returns it (the only time it is shown).
+    pub fn create(
+        &self,
+        name: &str,
+        workspaces: Option<BTreeSet<Workspace>>,
+        now: u64,
+    ) -> Result<Secret, std::io::Error> {
         let token = random_token()?;
         let mut tokens = self
             .tokens
@@ -88,20 +119,38 @@ impl ApiTokens {
             name: name.to_owned(),
             sha256: digest(&token),
             created_at: now,
+            workspaces,
         });
         let bytes = serde_json::to_vec_pretty(&*tokens).map_err(std::io::Error::other)?;
         write_private(&self.path, &bytes)?;
         Ok(Secret::new(token))
     }
 
-    /// The name of the token, if `presented` is one.
-    pub fn check(&self, presented: &str) -> Option<String> {
+    /// Who holds `presented`, if it is a token.
+    pub fn check(&self, presented: &str) -> Option<TokenHolder> {
         let d = digest(presented);
         let tokens = self.tokens.lock().ok()?;
         tokens
             .iter()
             .find(|t| same(&t.sha256, &d))
-            .map(|t| t.name.clone())
+            .map(|t| TokenHolder {
+                name: t.name.clone(),
+                workspaces: t.workspaces.clone(),
+            })
+    }
+}
+
+/// The claim plane over WebSocket takes the same tokens: an operator's opens
+/// every workspace, a limited one its workspaces.
+impl ClaimAuth for ApiTokens {
+    fn authorize(&self, bearer: Option<&str>) -> Result<ClaimScope, ClaimAuthError> {
+        let bearer = bearer.ok_or(ClaimAuthError::NoToken)?;
+        let holder = self.check(bearer).ok_or(ClaimAuthError::BadToken)?;
+        tracing::debug!(token = %holder.name, "claim-plane client admitted");
+        Ok(match holder.workspaces {
+            None => ClaimScope::All,
+            Some(set) => ClaimScope::Workspaces(set),
+        })
     }
 }
 
@@ -166,16 +215,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let tokens = ApiTokens::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
         assert!(tokens.is_empty());
-        let t = tokens.create("admin", 1).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(tokens.check(t.expose()).as_deref(), Some("admin"));
+        let t = tokens
+            .create("admin", None, 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let holder = tokens.check(t.expose()).unwrap_or_else(|| panic!("known"));
+        assert_eq!(holder.name, "admin");
+        assert!(holder.is_operator());
         assert_eq!(tokens.check("nope"), None);
+        let ws = |s: &str| Workspace::new(s).unwrap_or_else(|e| panic!("{e}"));
+        let ci = tokens
+            .create("ci", Some(BTreeSet::from([ws("team-a")])), 2)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!tokens.check(ci.expose()).is_some_and(|h| h.is_operator()));
+        match tokens.authorize(Some(ci.expose())) {
+            Ok(ClaimScope::Workspaces(set)) => assert_eq!(set, BTreeSet::from([ws("team-a")])),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(tokens.authorize(Some(t.expose())), Ok(ClaimScope::All));
+        assert_eq!(tokens.authorize(None), Err(ClaimAuthError::NoToken));
+        assert_eq!(
+            tokens.authorize(Some("nope")),
+            Err(ClaimAuthError::BadToken)
+        );
         let file = std::fs::read_to_string(dir.path().join(TOKENS_FILE)).unwrap_or_default();
         assert!(
             !file.contains(t.expose()),
             "the token itself is never stored"
         );
         let again = ApiTokens::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(again.check(t.expose()).as_deref(), Some("admin"));
+        assert_eq!(
+            again.check(t.expose()).map(|h| h.name).as_deref(),
+            Some("admin")
+        );
+        assert_eq!(
+            again.check(ci.expose()).and_then(|h| h.workspaces),
+            Some(BTreeSet::from([ws("team-a")])),
+            "the scope survives a restart"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! `/healthz` and `/readyz` are open and O(1) (`/readyz` reads a flag the
 //! control loop keeps). Everything else needs `Authorization: Bearer
-//! <token>`; a missing or wrong token gets a bare 401, with no detail.
-//! Bodies are limited to 64 KiB.
+//! <token>` with an operator's token; a missing or wrong token gets a bare
+//! 401, with no detail, a token limited to workspaces a 403. Bodies are
+//! limited to 64 KiB.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use fleet_core::ids::Workspace;
 use fleet_core::protocol::NodeState;
 use serde::{Deserialize, Serialize};
 
@@ -73,7 +75,15 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented.and_then(|t| state.tokens.check(t.trim())) {
-        Some(_) => next.run(req).await,
+        Some(holder) if holder.is_operator() => next.run(req).await,
+        Some(holder) => {
+            tracing::info!(path = %req.uri().path(), token = %holder.name, "workspace token used on the HTTP API");
+            (
+                StatusCode::FORBIDDEN,
+                "this token is limited to workspaces (the claim plane); the HTTP API needs an operator token\n",
+            )
+                .into_response()
+        }
         None => {
             tracing::info!(path = %req.uri().path(), "unauthorized API request");
             (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response()
@@ -190,6 +200,10 @@ async fn costs(State(state): State<ApiState>) -> Result<Response, ApiError> {
 pub struct NewToken {
     /// A name for the token.
     pub name: String,
+    /// Limit the token to these workspaces (the claim plane only); absent:
+    /// an operator's token.
+    #[serde(default)]
+    pub workspaces: Option<Vec<Workspace>>,
 }
 
 async fn create_token(
@@ -203,15 +217,25 @@ async fn create_token(
             "name must be 1..=64 characters".into(),
         ));
     }
+    let workspaces: Option<std::collections::BTreeSet<Workspace>> =
+        req.workspaces.map(|w| w.into_iter().collect());
+    if workspaces.as_ref().is_some_and(|w| w.is_empty()) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "workspaces: give at least one, or leave it out for an operator token".into(),
+        ));
+    }
     let now = crate::driver::SystemClock.now_ms();
     let token = state
         .tokens
-        .create(&req.name, now)
+        .create(&req.name, workspaces.clone(), now)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(
-        axum::Json(serde_json::json!({ "name": req.name, "token": token.expose() }))
-            .into_response(),
-    )
+    Ok(axum::Json(serde_json::json!({
+        "name": req.name,
+        "token": token.expose(),
+        "workspaces": workspaces,
+    }))
+    .into_response())
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {

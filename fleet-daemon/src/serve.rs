@@ -222,7 +222,7 @@ pub async fn serve(
     );
     if tokens.is_empty() {
         let token = tokens
-            .create("admin", clock.now())
+            .create("admin", None, clock.now())
             .map_err(|e| setup("creating the admin token")(e.to_string()))?;
         let path = data_dir.join(ADMIN_TOKEN_FILE);
         write_private(&path, token.expose().as_bytes())
@@ -242,7 +242,7 @@ pub async fn serve(
     let fleet_cell: Arc<std::sync::OnceLock<Arc<Fleet>>> = Arc::new(std::sync::OnceLock::new());
     let app = crate::http::router(crate::http::ApiState {
         fleet: fleet_cell.clone(),
-        tokens,
+        tokens: tokens.clone(),
         leader: leader.clone(),
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -333,7 +333,9 @@ pub async fn serve(
     });
     let mut ws_config = WsConfig::default();
     ws_config.heartbeat_interval_ms = cfg.timing.heartbeat_interval_ms;
-    let (ws, ws_addr) = WsServer::bind(ws_listen, &tls, auth, ws_config)
+    // Claim-plane callers present an API token: an operator's opens every
+    // workspace, a limited one only its own.
+    let (ws, ws_addr) = WsServer::bind_with_claim_auth(ws_listen, &tls, auth, tokens, ws_config)
         .await
         .map_err(|e| setup("listening for agents")(e.to_string()))?;
     let ws_url = format!("wss://{}", url_host(ws_addr));

@@ -51,7 +51,9 @@ async fn auth_limits_and_an_o1_readyz() {
             .unwrap_or_else(|e| panic!("{e}")),
     );
     let tokens = Arc::new(ApiTokens::load(dir.path()).unwrap_or_else(|e| panic!("{e}")));
-    let token = tokens.create("admin", 0).unwrap_or_else(|e| panic!("{e}"));
+    let token = tokens
+        .create("admin", None, 0)
+        .unwrap_or_else(|e| panic!("{e}"));
     let cell = Arc::new(std::sync::OnceLock::new());
     let _ = cell.set(fleet.clone());
     let app = router(ApiState {
@@ -103,6 +105,21 @@ async fn auth_limits_and_an_o1_readyz() {
         body.contains("nmae"),
         "the error names the bad field: {body}"
     );
+
+    // A token limited to workspaces: made by an operator, refused (403) on
+    // the HTTP API, which shows every workspace.
+    let (code, body) = request(addr, post("{\"name\":\"ci\",\"workspaces\":[\"team-a\"]}")).await;
+    assert_eq!(code, 200, "{body}");
+    let json = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let ci = v["token"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(v["workspaces"], serde_json::json!(["team-a"]));
+    let (code, body) = request(addr, get("/v1/status", Some(ci))).await;
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = request(addr, post("{\"name\":\"x\",\"workspaces\":[\"bad ws\"]}")).await;
+    assert_eq!(code, 422, "an invalid workspace: {body}");
+    let (code, body) = request(addr, post("{\"name\":\"x\",\"workspaces\":[]}")).await;
+    assert_eq!(code, 422, "no workspace at all: {body}");
 
     // /readyz reads a flag: a thousand probes never touch the store.
     let before = store.calls();

@@ -199,3 +199,66 @@ async fn a_renewed_claim_opens_the_gateway_past_its_first_certificate() {
         .unwrap_or_else(|e| panic!("release: {e}"));
     assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
 }
+
+/// The claim plane takes the daemon's API tokens: none or a wrong one is
+/// refused at connect, a token made for some workspaces (with `fleetctl
+/// token create --workspaces`) reaches the control plane in those only and
+/// opens none of the HTTP API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_plane_tokens_are_scoped_to_workspaces() {
+    use fleet_core::protocol::ClaimRejection;
+    use fleet_core::transport::ClaimError;
+    use fleet_core::{ClaimId, Workspace};
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    for token in [None, Some("not-a-token")] {
+        match daemon.claim_client_with(token).await {
+            Err(fleet_transport_ws::WsError::Refused { code, .. }) => {
+                assert_eq!(code, fleet_transport_ws::close_code::AUTH_REFUSED);
+            }
+            other => panic!("token {token:?} must be refused, got {other:?}"),
+        }
+    }
+
+    let out = std::process::Command::new(bin("fleetctl", "fleetctl"))
+        .args(["--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--json", "token", "create", "ci-bot", "--workspaces", "ci"])
+        .output()
+        .unwrap_or_else(|e| panic!("fleetctl: {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    let token = v["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_owned();
+
+    let client = daemon
+        .claim_client_with(Some(&token))
+        .await
+        .unwrap_or_else(|e| panic!("a workspace token connects: {e}"));
+    let id = ClaimId::new("nope").unwrap_or_else(|e| panic!("{e}"));
+    // Its own workspace reaches the control plane (which knows no such claim) ...
+    let ci = Workspace::new("ci").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        client.renew(&ci, &id).await,
+        Err(ClaimError::Rejected(ClaimRejection::UnknownClaim))
+    );
+    // ... another does not.
+    let other = Workspace::new("payments").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        client.renew(&other, &id).await,
+        Err(ClaimError::Rejected(ClaimRejection::Forbidden {
+            workspace: "payments".to_owned()
+        }))
+    );
+    let (status, _) = http(&daemon.discovery.http, "GET", "/v1/status", Some(&token)).await;
+    assert_eq!(status, 403, "a workspace token opens none of the HTTP API");
+    assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
+}

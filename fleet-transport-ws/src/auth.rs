@@ -1,12 +1,13 @@
-//! Agent authentication: who may open a session for a node.
+//! Who may connect: agents (a session for a node) and claim-plane clients
+//! (which workspaces they may claim in).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use fleet_core::ids::NodeId;
+use fleet_core::ids::{NodeId, Workspace};
 use fleet_core::protocol::{NodeIdentity, Secret};
 
 /// What the server knows about an agent when it says `Hello`.
@@ -134,5 +135,62 @@ impl AgentAuth for StaticAgentAuth {
             }),
             None => Err(AuthError::NoCredentials),
         }
+    }
+}
+
+/// The workspaces a claim-plane client may claim, renew, release, submit
+/// jobs and hear revocations in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimScope {
+    /// Every workspace (an operator's token, or an open server).
+    All,
+    /// Only these.
+    Workspaces(BTreeSet<Workspace>),
+}
+
+impl ClaimScope {
+    /// Whether `workspace` is in scope.
+    pub fn allows(&self, workspace: &Workspace) -> bool {
+        match self {
+            ClaimScope::All => true,
+            ClaimScope::Workspaces(set) => set.contains(workspace),
+        }
+    }
+}
+
+/// Why a claim-plane client was refused at connect (HTTP 401 on the
+/// WebSocket upgrade; the client sees [`crate::WsError::Refused`] with
+/// [`crate::close_code::AUTH_REFUSED`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClaimAuthError {
+    /// No `Authorization: Bearer …` header.
+    #[error("no bearer token")]
+    NoToken,
+    /// The token is not one the server knows.
+    #[error("unknown token")]
+    BadToken,
+    /// The authenticator could not decide.
+    #[error("authentication unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Decides what a claim-plane client may do from the bearer token on its
+/// WebSocket upgrade request. Called once per connection, before the
+/// upgrade completes, so it must not block.
+pub trait ClaimAuth: Send + Sync {
+    /// The client's scope, or why it is refused.
+    fn authorize(&self, bearer: Option<&str>) -> Result<ClaimScope, ClaimAuthError>;
+}
+
+/// Every client may use every workspace: for a server only trusted callers
+/// can reach (tests, an embedding program, a private network).
+/// [`crate::WsServer::bind`] uses it; the daemon uses its API tokens instead.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenClaims;
+
+impl ClaimAuth for OpenClaims {
+    fn authorize(&self, _bearer: Option<&str>) -> Result<ClaimScope, ClaimAuthError> {
+        Ok(ClaimScope::All)
     }
 }

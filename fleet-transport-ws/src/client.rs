@@ -26,8 +26,10 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::http::Uri;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, Uri};
+use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tracing::{debug, warn};
 
 use crate::config::{WsConfig, WsError};
@@ -87,13 +89,37 @@ impl Dialer {
                 .connect(self.server_name.clone(), tcp)
                 .await
                 .map_err(|e| WsError::Io(format!("TLS {}: {e}", self.url)))?;
+            let mut request = self
+                .url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| WsError::Io(format!("WebSocket {}: {e}", self.url)))?;
+            if let Some(token) = &self.cfg.bearer_token {
+                let value =
+                    HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                        WsError::Protocol("the bearer token is not a header value".into())
+                    })?;
+                request.headers_mut().insert(AUTHORIZATION, value);
+            }
             let (ws, _) = tokio_tungstenite::client_async_with_config(
-                self.url.as_str(),
+                request,
                 tls,
                 Some(ws_config(&self.cfg)),
             )
             .await
-            .map_err(|e| WsError::Io(format!("WebSocket {}: {e}", self.url)))?;
+            .map_err(|e| match e {
+                tungstenite::Error::Http(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    WsError::Refused {
+                        code: crate::close_code::AUTH_REFUSED,
+                        reason: resp
+                            .body()
+                            .as_deref()
+                            .map(String::from_utf8_lossy)
+                            .map_or_else(|| "unauthorized".to_owned(), |b| b.into_owned()),
+                    }
+                }
+                e => WsError::Io(format!("WebSocket {}: {e}", self.url)),
+            })?;
             Ok(ws)
         };
         timeout(self.cfg.hello_timeout, fut)
@@ -123,6 +149,19 @@ impl Dialer {
 // ---------------------------------------------------------------------------
 // Claim plane
 
+/// A first dial's failure as the [`WsError`] it came from: a refused token
+/// stays a refusal (not retryable), a timeout a timeout.
+fn dial_error(e: TransportError) -> WsError {
+    match e {
+        TransportError::Permission(reason) => WsError::Refused {
+            code: crate::close_code::AUTH_REFUSED,
+            reason,
+        },
+        TransportError::Timeout(ms) => WsError::Timeout(Duration::from_millis(ms)),
+        other => WsError::Io(other.to_string()),
+    }
+}
+
 /// What a request's waiter receives.
 enum Answer {
     Claim(ClaimReply),
@@ -133,7 +172,9 @@ enum Answer {
 struct Sub {
     workspace: Workspace,
     tx: mpsc::Sender<Revocation>,
-    ack: Option<oneshot::Sender<()>>,
+    /// Answered with the server's `subscribed`, or its refusal (`error`
+    /// frame: kind, why).
+    ack: Option<oneshot::Sender<Result<(), (String, String)>>>,
 }
 
 #[derive(Default)]
@@ -310,7 +351,22 @@ impl Handler for ClaimClientHandler {
                 req: Some(req),
                 kind,
                 why,
-            } => (req, Answer::Error { kind, why }),
+            } => {
+                drop(st);
+                let mut st = inner.lock();
+                if let Some(ack) = st.subs.get_mut(&req).and_then(|s| s.ack.take()) {
+                    // A refused subscription: it is gone on the server.
+                    st.subs.remove(&req);
+                    let _ = ack.send(Err((kind, why)));
+                    return Flow::Continue;
+                }
+                if let Some((_, tx)) = st.calls.get(&req)
+                    && tx.try_send(Answer::Error { kind, why }).is_err()
+                {
+                    warn!(req, "caller is not reading its answers; dropped one");
+                }
+                return Flow::Continue;
+            }
             ServerFrame::Error {
                 req: None,
                 kind,
@@ -322,7 +378,7 @@ impl Handler for ClaimClientHandler {
             ServerFrame::Subscribed { sub } => {
                 drop(st);
                 if let Some(ack) = inner.lock().subs.get_mut(&sub).and_then(|s| s.ack.take()) {
-                    let _ = ack.send(());
+                    let _ = ack.send(Ok(()));
                 }
                 return Flow::Continue;
             }
@@ -374,10 +430,7 @@ impl WsClaimClient {
             state: Mutex::new(ClientState::default()),
             dialing: tokio::sync::Mutex::new(()),
         });
-        inner
-            .connection()
-            .await
-            .map_err(|e| WsError::Io(e.to_string()))?;
+        inner.connection().await.map_err(dial_error)?;
         Ok(WsClaimClient { inner })
     }
 
@@ -539,7 +592,11 @@ impl ClaimClient for WsClaimClient {
             .map_err(|_| TransportError::Io("connection lost".to_owned()))?;
         let t = self.inner.dialer.cfg.request_timeout;
         match timeout(t, ack_rx).await {
-            Ok(Ok(())) => Ok(Box::pin(stream)),
+            Ok(Ok(Ok(()))) => Ok(Box::pin(stream)),
+            Ok(Ok(Err((kind, why)))) if kind == "forbidden" => {
+                Err(TransportError::Permission(why).into())
+            }
+            Ok(Ok(Err((kind, why)))) => Err(TransportError::Io(format!("{kind}: {why}")).into()),
             Ok(Err(_)) => Err(TransportError::Io("connection lost".to_owned()).into()),
             Err(_) => Err(TransportError::Timeout(
                 u64::try_from(t.as_millis()).unwrap_or(u64::MAX),

@@ -45,6 +45,9 @@ pub struct WsConfig {
     /// it reconnects and resumes instead of silently missing messages.
     /// Default true.
     pub close_slow_agents: bool,
+    /// Client: the bearer token sent on the claim-plane WebSocket upgrade
+    /// (`Authorization: Bearer …`), for servers that check one. Default none.
+    pub bearer_token: Option<fleet_core::protocol::Secret>,
 }
 
 impl Default for WsConfig {
@@ -61,6 +64,7 @@ impl Default for WsConfig {
             connect_attempts: 5,
             max_open_requests: 1024,
             close_slow_agents: true,
+            bearer_token: None,
         }
     }
 }

@@ -51,6 +51,16 @@
 //! {"v":1,"msg":{"type":"error","req":7,"kind":"malformed","why":"…"}}
 //! ```
 //!
+//! **Claim-plane authentication.** The server's [`ClaimAuth`] looks at the
+//! upgrade request's `Authorization: Bearer <token>` header (the client sends
+//! [`WsConfig::bearer_token`]) and either refuses the upgrade with HTTP 401
+//! or admits the client with a [`ClaimScope`]. A `claim` or `job` frame for
+//! a workspace outside the scope is answered with `rejected` (`forbidden`
+//! for claims), a `subscribe_revocations` with an `error` frame of kind
+//! `forbidden`; nothing reaches the control plane. [`WsServer::bind`] admits
+//! everyone ([`OpenClaims`]); [`WsServer::bind_with_claim_auth`] takes the
+//! policy.
+//!
 //! `req` and `sub` are chosen by the client, unique among its open ones. The
 //! control plane addresses a request as `ReplyTo("ws-<connection>-<req>")`;
 //! it stays valid until the client sends `done` (send it when a call is
@@ -85,7 +95,10 @@ mod server;
 mod tls;
 mod utls;
 
-pub use auth::{AgentAuth, AgentHelloInfo, AuthError, StaticAgentAuth};
+pub use auth::{
+    AgentAuth, AgentHelloInfo, AuthError, ClaimAuth, ClaimAuthError, ClaimScope, OpenClaims,
+    StaticAgentAuth,
+};
 pub use client::{AgentSender, SessionEnd, Welcome, WsAgentClient, WsAgentSession, WsClaimClient};
 pub use config::{WsConfig, WsError, close_code};
 pub use server::{AGENT_PATH, CLAIMS_PATH, WsServer};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use fleet_core::ids::{ClaimId, NodeId, Workspace};
 use fleet_core::protocol::{
-    AgentMsg, ClaimMsg, ClaimRejection, ClaimReply, DaemonMsg, JobReply, decode_limited,
+    AgentMsg, ClaimMsg, ClaimRejection, ClaimReply, DaemonMsg, JobMsg, JobReply, decode_limited,
 };
 use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
 use futures_util::StreamExt;
@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 use tracing::{debug, info, warn};
 
-use crate::auth::{AgentAuth, AgentHelloInfo};
+use crate::auth::{AgentAuth, AgentHelloInfo, ClaimAuth, ClaimScope, OpenClaims};
 use crate::config::{WsConfig, WsError, close_code};
 use crate::conn::{
     CloseReason, Flow, Handler, Queued, close_for, drive, drive_split, queue_error, to_message,
@@ -78,6 +78,7 @@ struct State {
 struct Shared {
     cfg: WsConfig,
     auth: Arc<dyn AgentAuth>,
+    claim_auth: Arc<dyn ClaimAuth>,
     inbox: mpsc::Sender<Inbound>,
     next_conn: AtomicU64,
     state: Mutex<State>,
@@ -296,10 +297,24 @@ impl fmt::Debug for WsServer {
 impl WsServer {
     /// Binds `addr` and starts accepting; returns the server and the bound
     /// address (pass port 0 for a free one). Must run inside a tokio runtime.
+    /// Every claim-plane client may use every workspace ([`OpenClaims`]);
+    /// see [`WsServer::bind_with_claim_auth`].
     pub async fn bind(
         addr: SocketAddr,
         tls: &ServerTlsConfig,
         auth: Arc<dyn AgentAuth>,
+        cfg: WsConfig,
+    ) -> Result<(WsServer, SocketAddr), WsError> {
+        WsServer::bind_with_claim_auth(addr, tls, auth, Arc::new(OpenClaims), cfg).await
+    }
+
+    /// Like [`WsServer::bind`], with `claim_auth` deciding which claim-plane
+    /// clients may connect and in which workspaces they may act.
+    pub async fn bind_with_claim_auth(
+        addr: SocketAddr,
+        tls: &ServerTlsConfig,
+        auth: Arc<dyn AgentAuth>,
+        claim_auth: Arc<dyn ClaimAuth>,
         cfg: WsConfig,
     ) -> Result<(WsServer, SocketAddr), WsError> {
         let acceptor = tls.build()?;
@@ -313,6 +328,7 @@ impl WsServer {
         let shared = Arc::new(Shared {
             cfg,
             auth,
+            claim_auth,
             inbox: tx,
             next_conn: AtomicU64::new(1),
             state: Mutex::new(State::default()),
@@ -435,16 +451,17 @@ async fn accept_loop(listener: TcpListener, acceptor: Arc<ServerConfig>, shared:
 type Ws = WebSocketStream<ServerTls<TcpStream>>;
 
 /// Which endpoint a handshake asked for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Endpoint {
     Agent,
-    Claims,
+    Claims(ClaimScope),
 }
 
 async fn handshake(
     tcp: TcpStream,
     acceptor: Arc<ServerConfig>,
     cfg: &WsConfig,
+    claim_auth: &dyn ClaimAuth,
 ) -> Result<(Ws, Endpoint, Option<NodeId>), String> {
     let _ = tcp.set_nodelay(true);
     let tls = crate::utls::accept(tcp, acceptor)
@@ -460,18 +477,39 @@ async fn handshake(
         reason = "tungstenite's handshake callback signature"
     )]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        let refuse = |status: StatusCode, why: String| {
+            let mut err = ErrorResponse::new(Some(why));
+            *err.status_mut() = status;
+            if status == StatusCode::UNAUTHORIZED
+                && let Ok(v) = "Bearer".parse()
+            {
+                err.headers_mut().insert("www-authenticate", v);
+            }
+            err
+        };
         endpoint = match req.uri().path() {
             AGENT_PATH => Some(Endpoint::Agent),
-            CLAIMS_PATH => Some(Endpoint::Claims),
-            _ => None,
+            CLAIMS_PATH => {
+                let bearer = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                match claim_auth.authorize(bearer) {
+                    Ok(scope) => Some(Endpoint::Claims(scope)),
+                    Err(e) => {
+                        info!(error = %e, "claim-plane client refused");
+                        return Err(refuse(
+                            StatusCode::UNAUTHORIZED,
+                            format!("unauthorized: {e}"),
+                        ));
+                    }
+                }
+            }
+            _ => return Err(refuse(StatusCode::NOT_FOUND, "no such endpoint".to_owned())),
         };
-        if endpoint.is_some() {
-            Ok(resp)
-        } else {
-            let mut err = ErrorResponse::new(Some("no such endpoint".to_owned()));
-            *err.status_mut() = StatusCode::NOT_FOUND;
-            Err(err)
-        }
+        Ok(resp)
     };
     let ws = tokio_tungstenite::accept_hdr_async_with_config(tls, callback, Some(ws_config(cfg)))
         .await
@@ -486,18 +524,22 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: Arc<ServerConfig>, sh
     // the TLS and tungstenite handshake states (~10 KB in all).
     // Inline, this task would reserve that much for the connection's whole
     // life; boxed, it is freed once the handshake is done.
-    let (ws, endpoint, cert_node) =
-        match Box::pin(timeout(cfg.hello_timeout, handshake(tcp, acceptor, cfg))).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => {
-                debug!(%peer, error = %e, "handshake failed");
-                return;
-            }
-            Err(_) => {
-                debug!(%peer, "handshake timed out");
-                return;
-            }
-        };
+    let (ws, endpoint, cert_node) = match Box::pin(timeout(
+        cfg.hello_timeout,
+        handshake(tcp, acceptor, cfg, &*shared.claim_auth),
+    ))
+    .await
+    {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "handshake timed out");
+            return;
+        }
+    };
     match endpoint {
         Endpoint::Agent => {
             // The Hello exchange is boxed for the same reason; what outlives
@@ -509,7 +551,7 @@ async fn serve(tcp: TcpStream, peer: SocketAddr, acceptor: Arc<ServerConfig>, sh
         }
         // Boxed so the (rare) claim-plane connection's larger future does not
         // size every agent connection's task.
-        Endpoint::Claims => Box::pin(claims_session(ws, peer, shared)).await,
+        Endpoint::Claims(scope) => Box::pin(claims_session(ws, peer, scope, shared)).await,
     }
 }
 
@@ -777,7 +819,7 @@ impl Handler for AgentHandler {
     }
 }
 
-async fn claims_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>) {
+async fn claims_session(ws: Ws, peer: SocketAddr, scope: ClaimScope, shared: Arc<Shared>) {
     let cfg = &shared.cfg;
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(cfg.send_queue.max(1));
@@ -808,6 +850,7 @@ async fn claims_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>) {
     let mut handler = ClaimsHandler {
         shared: Arc::clone(&shared),
         conn,
+        scope,
     };
     let ending = drive(ws, rx, close_rx, cfg, &mut handler).await;
     shared.remove_conn(conn);
@@ -817,6 +860,8 @@ async fn claims_session(ws: Ws, peer: SocketAddr, shared: Arc<Shared>) {
 struct ClaimsHandler {
     shared: Arc<Shared>,
     conn: u64,
+    /// The workspaces this connection's token covers.
+    scope: ClaimScope,
 }
 
 impl ClaimsHandler {
@@ -877,6 +922,68 @@ impl ClaimsHandler {
         }
     }
 
+    /// Answers a frame for a workspace outside this connection's scope; true
+    /// when it was (and must go no further).
+    fn forbidden(&self, frame: &ClientFrame) -> bool {
+        let (workspace, answer) = match frame {
+            ClientFrame::Claim { req, msg } => (
+                msg.workspace(),
+                ServerFrame::Reply {
+                    req: *req,
+                    msg: ClaimReply::Rejected {
+                        claim_id: Some(msg.claim_id().clone()),
+                        error: ClaimRejection::Forbidden {
+                            workspace: msg.workspace().to_string(),
+                        },
+                    },
+                },
+            ),
+            ClientFrame::Job { req, msg } => {
+                let (workspace, job) = match msg {
+                    JobMsg::Submit(spec) => (&spec.workspace, &spec.id),
+                    JobMsg::Cancel { workspace, job } => (workspace, job),
+                    // A job message this server cannot place in a workspace:
+                    // only an unlimited client may send it.
+                    _ if self.scope == ClaimScope::All => return false,
+                    _ => {
+                        self.refuse(
+                            Some("job"),
+                            Some(*req),
+                            "forbidden",
+                            "this job message names no workspace".to_owned(),
+                        );
+                        return true;
+                    }
+                };
+                (
+                    workspace,
+                    ServerFrame::JobReply {
+                        req: *req,
+                        msg: JobReply::Rejected {
+                            job: Some(job.clone()),
+                            why: format!("not allowed in workspace {workspace}"),
+                        },
+                    },
+                )
+            }
+            ClientFrame::SubscribeRevocations { sub, workspace } => (
+                workspace,
+                ServerFrame::Error {
+                    req: Some(*sub),
+                    kind: "forbidden".to_owned(),
+                    why: format!("not allowed in workspace {workspace}"),
+                },
+            ),
+            _ => return false,
+        };
+        if self.scope.allows(workspace) {
+            return false;
+        }
+        warn!(conn = self.conn, %workspace, "claim-plane frame outside the token's workspaces refused");
+        self.shared.send_to_conn(self.conn, &answer);
+        true
+    }
+
     fn refuse(&self, kind: Option<&str>, req: Option<u64>, err_kind: &str, why: String) {
         let frame = match (kind, req) {
             (Some("claim"), Some(req)) => ServerFrame::Reply {
@@ -913,6 +1020,9 @@ impl Handler for ClaimsHandler {
                 return Flow::Continue;
             }
         };
+        if self.forbidden(&frame) {
+            return Flow::Continue;
+        }
         let inbound = match frame {
             ClientFrame::Claim { req, msg } => {
                 let key = match &msg {

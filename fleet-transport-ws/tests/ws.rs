@@ -733,3 +733,135 @@ async fn close_ends_a_waiting_recv_and_the_clients() {
         })
     ));
 }
+
+/// Tokens for the claim plane: `op` opens every workspace, `team-a` only
+/// `ws-a`.
+struct Tokens;
+
+impl fleet_transport_ws::ClaimAuth for Tokens {
+    fn authorize(
+        &self,
+        bearer: Option<&str>,
+    ) -> Result<fleet_transport_ws::ClaimScope, fleet_transport_ws::ClaimAuthError> {
+        use fleet_transport_ws::{ClaimAuthError, ClaimScope};
+        match bearer {
+            None => Err(ClaimAuthError::NoToken),
+            Some("op") => Ok(ClaimScope::All),
+            Some("team-a") => Ok(ClaimScope::Workspaces(
+                [Workspace::new("ws-a").unwrap()].into(),
+            )),
+            Some(_) => Err(ClaimAuthError::BadToken),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_plane_tokens_limit_clients_to_their_workspaces() {
+    let pki = Pki::new();
+    let (server, addr) = WsServer::bind_with_claim_auth(
+        LOOPBACK.parse().unwrap(),
+        &pki.server_tls(true),
+        Arc::new(StaticAgentAuth::new()),
+        Arc::new(Tokens),
+        WsConfig::default(),
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://127.0.0.1:{}/v1/claims", addr.port());
+    let connect = |token: Option<&str>| {
+        let mut cfg = WsConfig::default();
+        cfg.bearer_token = token.map(Secret::new);
+        cfg.connect_attempts = 1;
+        let (url, tls) = (url.clone(), pki.client_tls(None));
+        async move { WsClaimClient::connect(&url, &tls, cfg).await }
+    };
+
+    // No token, or an unknown one: refused at the upgrade, not retried.
+    for token in [None, Some("guess")] {
+        match connect(token).await {
+            Err(e @ WsError::Refused { code, .. }) => {
+                assert_eq!(code, close_code::AUTH_REFUSED, "{e}");
+                assert!(!e.is_retryable());
+            }
+            other => panic!("token {token:?} must be refused, got {other:?}"),
+        }
+    }
+
+    let a = connect(Some("team-a")).await.unwrap();
+    let (ws_a, ws_b) = (
+        Workspace::new("ws-a").unwrap(),
+        Workspace::new("ws-b").unwrap(),
+    );
+    // Outside its workspace: refused by the transport, nothing reaches the
+    // control plane.
+    let mut other = request("b-1");
+    other.workspace = ws_b.clone();
+    let forbidden = ClaimError::Rejected(ClaimRejection::Forbidden {
+        workspace: "ws-b".to_owned(),
+    });
+    assert_eq!(a.claim(other).await, Err(forbidden.clone()));
+    let b1 = ClaimId::new("b-1").unwrap();
+    assert_eq!(a.renew(&ws_b, &b1).await, Err(forbidden.clone()));
+    assert_eq!(a.release(&ws_b, &b1).await, Err(forbidden));
+    assert!(matches!(
+        a.revocations(&ws_b).await.map(|_| ()),
+        Err(ClaimError::Transport(
+            fleet_core::transport::TransportError::Permission(_)
+        ))
+    ));
+    assert!(
+        timeout(Duration::from_millis(300), server.recv())
+            .await
+            .is_err(),
+        "a refused frame must not reach the control plane"
+    );
+
+    // Inside it: served as usual.
+    let _own = a.revocations(&ws_a).await.unwrap();
+    let id = ClaimId::new("a-1").unwrap();
+    let (_, got) = tokio::join!(
+        async {
+            match timeout(Duration::from_secs(10), server.recv()).await {
+                Ok(Ok(Inbound::Claim { msg, reply })) => {
+                    assert_eq!(msg.workspace(), &ws_a);
+                    server
+                        .send(
+                            &Peer::Reply(reply),
+                            Outbound::Claim(ClaimReply::Released {
+                                claim_id: id.clone(),
+                            }),
+                        )
+                        .await
+                        .unwrap();
+                }
+                other => panic!("expected the release, got {other:?}"),
+            }
+        },
+        a.release(&ws_a, &id)
+    );
+    assert_eq!(got, Ok(()));
+
+    // An operator's token reaches any workspace.
+    let op = connect(Some("op")).await.unwrap();
+    let (_, got) = tokio::join!(
+        async {
+            match timeout(Duration::from_secs(10), server.recv()).await {
+                Ok(Ok(Inbound::Claim { msg, reply })) => {
+                    assert_eq!(msg.workspace(), &ws_b);
+                    server
+                        .send(
+                            &Peer::Reply(reply),
+                            Outbound::Claim(ClaimReply::Released {
+                                claim_id: b1.clone(),
+                            }),
+                        )
+                        .await
+                        .unwrap();
+                }
+                other => panic!("expected the release, got {other:?}"),
+            }
+        },
+        op.release(&ws_b, &b1)
+    );
+    assert_eq!(got, Ok(()));
+}

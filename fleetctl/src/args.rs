@@ -41,7 +41,10 @@ commands:
   jobs submit --pool P --workspace W [--id ID] [--watch] -- CMD...
   jobs watch ID [--workspace W] [--interval-ms MS]
   jobs list
-  token create NAME              create an API token (printed once)
+  token create NAME [--workspaces W1,W2]
+                                 create an API token (printed once): an
+                                 operator's, or one that can only claim in
+                                 the listed workspaces
   doctor                         check the local installation and the daemon
 
 exit codes: 0 success, 1 failure, 2 usage error; exec: the command's code.
@@ -150,10 +153,12 @@ pub enum Command {
     },
     /// `jobs list`.
     JobsList,
-    /// `token create NAME`.
+    /// `token create NAME [--workspaces W1,W2]`.
     TokenCreate {
         /// The token's name.
         name: String,
+        /// Limit it to these workspaces.
+        workspaces: Option<Vec<String>>,
     },
     /// `doctor`.
     Doctor,
@@ -355,6 +360,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, CtlError> {
         "token" | "tokens" => match one("a token subcommand (create)", &mut rest)?.as_str() {
             "create" => Command::TokenCreate {
                 name: one("the token name", &mut rest)?,
+                workspaces: raw
+                    .take("workspaces")
+                    .map(|w| w.split(',').map(|s| s.trim().to_owned()).collect()),
             },
             other => return Err(usage(format!("unknown token subcommand {other:?}"))),
         },

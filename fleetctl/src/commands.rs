@@ -37,19 +37,32 @@ pub async fn run(inv: crate::Invocation) -> Result<i32, CtlError> {
         Command::Claims => show(&ctx, "/v1/claims", |v| render::claims(v, now_ms())).await,
         Command::Cost => show(&ctx, "/v1/costs", render::cost).await,
         Command::JobsList => show(&ctx, "/v1/jobs", render::jobs).await,
-        Command::TokenCreate { name } => {
-            let v = ctx
-                .api()?
-                .post_json("/v1/tokens", &json!({ "name": name }))
-                .await?;
+        Command::TokenCreate { name, workspaces } => {
+            let mut body = json!({ "name": name });
+            if let Some(w) = &workspaces {
+                for ws in w {
+                    Workspace::new(ws.clone()).map_err(|e| invalid("workspace", ws, e))?;
+                }
+                body["workspaces"] = json!(w);
+            }
+            let v = ctx.api()?.post_json("/v1/tokens", &body).await?;
             let token = v
                 .get("token")
                 .and_then(Value::as_str)
                 .ok_or_else(|| fail("POST /v1/tokens: the answer has no token"))?;
             if json {
-                println!("{}", json!({ "name": name, "token": token }));
+                println!(
+                    "{}",
+                    json!({ "name": name, "token": token, "workspaces": workspaces })
+                );
             } else {
-                eprintln!("API token {name:?} (shown once; store it now):");
+                match &workspaces {
+                    Some(w) => eprintln!(
+                        "API token {name:?} for workspaces {} (claim plane only; shown once; store it now):",
+                        w.join(", ")
+                    ),
+                    None => eprintln!("API token {name:?} (operator; shown once; store it now):"),
+                }
                 println!("{token}");
             }
             Ok(0)

@@ -174,13 +174,12 @@ impl Context {
             identity: None,
             server_name: None,
         };
-        fleet_transport_ws::WsClaimClient::connect(
-            &url,
-            &tls,
-            fleet_transport_ws::WsConfig::default(),
-        )
-        .await
-        .map_err(|e| fail(format!("cannot reach the claim plane at {url}: {e}")))
+        let mut cfg = fleet_transport_ws::WsConfig::default();
+        // The daemon admits claim-plane callers by API token.
+        cfg.bearer_token = self.token()?;
+        fleet_transport_ws::WsClaimClient::connect(&url, &tls, cfg)
+            .await
+            .map_err(|e| fail(format!("cannot reach the claim plane at {url}: {e}")))
     }
 }
 

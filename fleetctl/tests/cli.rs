@@ -93,7 +93,17 @@ fn commands_after_double_dash() -> Result<(), CtlError> {
     );
     assert_eq!(
         cmd("token create ci")?,
-        Command::TokenCreate { name: "ci".into() }
+        Command::TokenCreate {
+            name: "ci".into(),
+            workspaces: None
+        }
+    );
+    assert_eq!(
+        cmd("token create ci --workspaces team-a,team-b")?,
+        Command::TokenCreate {
+            name: "ci".into(),
+            workspaces: Some(vec!["team-a".into(), "team-b".into()])
+        }
     );
     assert_eq!(cmd("--help")?, Command::Help);
     assert_eq!(cmd("status -V")?, Command::Version);

@@ -322,6 +322,12 @@ pub enum ClaimRejection {
     /// The daemon is shedding load; retry later.
     #[error("overloaded; retry later")]
     Overloaded,
+    /// The caller's credentials do not cover this workspace.
+    #[error("not allowed in workspace {workspace}")]
+    Forbidden {
+        /// The workspace asked for.
+        workspace: String,
+    },
 }
 
 impl ClaimRejection {

@@ -156,8 +156,18 @@ impl Daemon {
         http(&self.discovery.http, "GET", path, Some(&self.token)).await
     }
 
-    /// A claim client over WebSocket.
+    /// A claim client over WebSocket with the admin token.
     pub(crate) async fn claim_client(&self) -> WsClaimClient {
+        self.claim_client_with(Some(&self.token))
+            .await
+            .unwrap_or_else(|e| panic!("claim client: {e}"))
+    }
+
+    /// A claim client over WebSocket presenting `token`.
+    pub(crate) async fn claim_client_with(
+        &self,
+        token: Option<&str>,
+    ) -> Result<WsClaimClient, fleet_transport_ws::WsError> {
         let ca = std::fs::read_to_string(&self.discovery.ca_file).unwrap_or_else(|e| panic!("{e}"));
         let tls = ClientTlsConfig {
             ca_pem: ca,
@@ -165,9 +175,9 @@ impl Daemon {
             server_name: None,
         };
         let url = format!("{}{}", self.discovery.ws, fleet_transport_ws::CLAIMS_PATH);
-        WsClaimClient::connect(&url, &tls, WsConfig::default())
-            .await
-            .unwrap_or_else(|e| panic!("claim client: {e}"))
+        let mut cfg = WsConfig::default();
+        cfg.bearer_token = token.map(fleet_core::protocol::Secret::new);
+        WsClaimClient::connect(&url, &tls, cfg).await
     }
 
     /// The local nodes' agent pids.
