@@ -90,21 +90,7 @@ async fn claim_exec_release_through_the_real_daemon_and_agent() {
         .unwrap_or_else(|e| panic!("release: {e}"));
     // A released claim's certificate no longer opens the gateway.
     let refused = eventually(10, || async {
-        match gateway(&bundle).await {
-            Err(_) => Some(()),
-            Ok(tls) => {
-                let mut c = Client::new(tls);
-                let r = c
-                    .exec(&ExecRequest {
-                        argv: vec!["true".into()],
-                        env: Default::default(),
-                        cwd: None,
-                        timeout_ms: None,
-                    })
-                    .await;
-                r.is_err().then_some(())
-            }
-        }
+        exec_true(&bundle).await.is_err().then_some(())
     })
     .await;
     assert!(refused.is_some(), "released claim still opens the gateway");

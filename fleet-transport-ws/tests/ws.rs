@@ -819,11 +819,26 @@ async fn claim_plane_tokens_limit_clients_to_their_workspaces() {
     // Inside it: served as usual.
     let _own = a.revocations(&ws_a).await.unwrap();
     let id = ClaimId::new("a-1").unwrap();
+    assert_eq!(release_through(&server, &a, &ws_a, &id).await, Ok(()));
+
+    // An operator's token reaches any workspace.
+    let op = connect(Some("op")).await.unwrap();
+    assert_eq!(release_through(&server, &op, &ws_b, &b1).await, Ok(()));
+}
+
+/// `client` releases `id` in `ws`; the server checks the workspace it got
+/// and answers `Released`.
+async fn release_through(
+    server: &WsServer,
+    client: &WsClaimClient,
+    ws: &Workspace,
+    id: &ClaimId,
+) -> Result<(), ClaimError> {
     let (_, got) = tokio::join!(
         async {
             match timeout(Duration::from_secs(10), server.recv()).await {
                 Ok(Ok(Inbound::Claim { msg, reply })) => {
-                    assert_eq!(msg.workspace(), &ws_a);
+                    assert_eq!(msg.workspace(), ws);
                     server
                         .send(
                             &Peer::Reply(reply),
@@ -837,31 +852,7 @@ async fn claim_plane_tokens_limit_clients_to_their_workspaces() {
                 other => panic!("expected the release, got {other:?}"),
             }
         },
-        a.release(&ws_a, &id)
+        client.release(ws, id)
     );
-    assert_eq!(got, Ok(()));
-
-    // An operator's token reaches any workspace.
-    let op = connect(Some("op")).await.unwrap();
-    let (_, got) = tokio::join!(
-        async {
-            match timeout(Duration::from_secs(10), server.recv()).await {
-                Ok(Ok(Inbound::Claim { msg, reply })) => {
-                    assert_eq!(msg.workspace(), &ws_b);
-                    server
-                        .send(
-                            &Peer::Reply(reply),
-                            Outbound::Claim(ClaimReply::Released {
-                                claim_id: b1.clone(),
-                            }),
-                        )
-                        .await
-                        .unwrap();
-                }
-                other => panic!("expected the release, got {other:?}"),
-            }
-        },
-        op.release(&ws_b, &b1)
-    );
-    assert_eq!(got, Ok(()));
+    got
 }
