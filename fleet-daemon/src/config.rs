@@ -308,6 +308,42 @@ pub enum ProviderConfig {
     /// An in-memory provider whose nodes need in-process agents (tests,
     /// embedding).
     Memory,
+    /// Servers in a Hetzner Cloud project.
+    Hetzner(HetznerProviderConfig),
+}
+
+/// `[provider] kind = "hetzner"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HetznerProviderConfig {
+    /// Location servers are created in (`fsn1`, `nbg1`, `hel1`, `ash`, …).
+    pub location: String,
+    /// File holding the project API token (else `$HCLOUD_TOKEN`).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's WebSocket address as new servers reach it
+    /// (`wss://fleet.example.com:7443`); its host must be one of
+    /// `[transport.ws] hosts`.
+    pub daemon_url: String,
+    /// The cloud-init user data template that starts the agent
+    /// (`{{node}}`, `{{pool}}`, `{{bootstrap_token}}`, `{{daemon_url}}`,
+    /// `{{ca_pem}}` are filled in).
+    pub user_data: PathBuf,
+    /// Sell only these server types (default: all priced in the location).
+    #[serde(default)]
+    pub server_types: Vec<String>,
+    /// SSH key names added to new servers.
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// Most servers at once.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// API base URL (default the public API).
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Fixed EUR→USD rate, as a decimal (default `"1.08"`).
+    #[serde(default)]
+    pub eur_to_usd: Option<String>,
 }
 
 fn default_local_max() -> u32 {
@@ -575,6 +611,14 @@ mod tests {
                 "pool[0].max_nodes",
             ),
             ("[provider]\nkind = \"cloud9\"", "cloud9"),
+            (
+                "[provider]\nkind = \"hetzner\"\nlocation = \"fsn1\"\nuser_data = \"u.sh\"",
+                "daemon_url",
+            ),
+            (
+                "[provider]\nkind = \"hetzner\"\nlocation = \"fsn1\"\ndaemon_url = \"wss://x\"\nuser_data = \"u.sh\"\nregion = \"eu\"",
+                "region",
+            ),
             ("[timing]\nheartbeat_timeout = 3", "heartbeat_timeout"),
             ("namespace = \"bad ns\"", "namespace"),
             ("[store.nats]\nreplicas = 3", "store.nats"),
@@ -611,6 +655,25 @@ mod tests {
         "#;
         let cfg = DaemonConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.namespace, "fleet.acme");
+        let hetzner = r#"
+            [provider]
+            kind = "hetzner"
+            location = "fsn1"
+            token_file = "/etc/fleet/hcloud.token"
+            daemon_url = "wss://fleet.example.com:7443"
+            user_data = "/etc/fleet/cloud-init.sh"
+            server_types = ["cx22", "cx32"]
+            max_instances = 10
+            eur_to_usd = "1.10"
+        "#;
+        match DaemonConfig::parse(hetzner).map(|c| c.provider) {
+            Ok(ProviderConfig::Hetzner(h)) => {
+                assert_eq!(h.location, "fsn1");
+                assert_eq!(h.server_types, ["cx22", "cx32"]);
+                assert_eq!(h.eur_to_usd.as_deref(), Some("1.10"));
+            }
+            other => panic!("{other:?}"),
+        }
         assert_eq!(cfg.pools[0].spec().strategy.name(), "stopped_pool");
         assert_eq!(cfg.quota.len(), 1);
     }

@@ -359,6 +359,10 @@ pub async fn serve(
         ProviderConfig::Memory => {
             Arc::new(fleet_core::memory::provider::MemoryProvider::ec2_like())
         }
+        ProviderConfig::Hetzner(h) => Arc::new(
+            hetzner_provider(h, ca.ca_pem(), &hosts)
+                .map_err(|e| setup("configuring the Hetzner provider")(e))?,
+        ),
     };
 
     let mut extra_transports: Vec<Arc<dyn fleet_core::transport::Transport>> = Vec::new();
@@ -477,4 +481,144 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
+}
+
+/// The largest user data Hetzner accepts.
+const MAX_USER_DATA_BYTES: u64 = 32 * 1024;
+
+/// A Hetzner provider from `[provider] kind = "hetzner"`: the token from its
+/// file or `$HCLOUD_TOKEN`, the user data template from its file.
+fn hetzner_provider(
+    h: &crate::config::HetznerProviderConfig,
+    ca_pem: &str,
+    cert_hosts: &[String],
+) -> Result<fleet_provider_hetzner::HetznerProvider, String> {
+    use fleet_provider_hetzner::{HetznerConfig, HetznerProvider};
+    // Agents verify the daemon's certificate: the host they dial must be in it.
+    let host = h
+        .daemon_url
+        .strip_prefix("wss://")
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
+        .map(|authority| match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) => host,
+            _ => authority,
+        })
+        .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| format!("daemon_url {:?} must be a wss:// URL", h.daemon_url))?;
+    if !cert_hosts.iter().any(|c| c == host) {
+        return Err(format!(
+            "daemon_url host {host:?} is not in [transport.ws] hosts {cert_hosts:?}: agents would refuse the daemon's certificate"
+        ));
+    }
+    let token = match &h.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("token_file {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("HCLOUD_TOKEN")
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    };
+    if token.is_empty() {
+        return Err("no API token: set token_file or HCLOUD_TOKEN".to_owned());
+    }
+    let meta = std::fs::metadata(&h.user_data)
+        .map_err(|e| format!("user_data {}: {e}", h.user_data.display()))?;
+    if meta.len() > MAX_USER_DATA_BYTES {
+        return Err(format!(
+            "user_data {}: {} bytes; Hetzner accepts at most {MAX_USER_DATA_BYTES}",
+            h.user_data.display(),
+            meta.len()
+        ));
+    }
+    let user_data = std::fs::read_to_string(&h.user_data)
+        .map_err(|e| format!("user_data {}: {e}", h.user_data.display()))?;
+    if !user_data.contains("{{bootstrap_token}}") {
+        return Err(format!(
+            "user_data {}: the template never uses {{{{bootstrap_token}}}}, so no agent could join",
+            h.user_data.display()
+        ));
+    }
+    let mut cfg = HetznerConfig::new(fleet_core::protocol::Secret::new(token), h.location.clone());
+    if let Some(url) = &h.api_url {
+        cfg.api_url = url.clone();
+    }
+    if let Some(rate) = &h.eur_to_usd {
+        let m: fleet_core::Money = rate
+            .parse()
+            .map_err(|e| format!("eur_to_usd {rate:?}: {e}"))?;
+        cfg.eur_to_usd_micros = u64::try_from(m.micros())
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| format!("eur_to_usd {rate:?} must be positive"))?;
+    }
+    cfg.server_types = h.server_types.clone();
+    cfg.ssh_keys = h.ssh_keys.clone();
+    cfg.max_instances = h.max_instances;
+    cfg.user_data = Some(user_data);
+    let agent_url = format!(
+        "{}{}",
+        h.daemon_url.trim_end_matches('/'),
+        fleet_transport_ws::AGENT_PATH
+    );
+    cfg.user_data_vars
+        .insert("daemon_url".to_owned(), agent_url);
+    cfg.user_data_vars
+        .insert("ca_pem".to_owned(), ca_pem.trim_end().to_owned());
+    HetznerProvider::new(cfg).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HetznerProviderConfig;
+
+    fn config(dir: &Path, template: &str) -> HetznerProviderConfig {
+        let token = dir.join("token");
+        std::fs::write(&token, "secret\n").unwrap_or_else(|e| panic!("{e}"));
+        let user_data = dir.join("user-data.sh");
+        std::fs::write(&user_data, template).unwrap_or_else(|e| panic!("{e}"));
+        HetznerProviderConfig {
+            location: "fsn1".to_owned(),
+            token_file: Some(token),
+            daemon_url: "wss://fleet.example.com:7443".to_owned(),
+            user_data,
+            server_types: Vec::new(),
+            ssh_keys: Vec::new(),
+            max_instances: None,
+            api_url: None,
+            eur_to_usd: None,
+        }
+    }
+
+    #[test]
+    fn hetzner_settings_are_checked_before_any_server_is_made() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let hosts = vec!["fleet.example.com".to_owned()];
+        let good = config(dir.path(), "token={{bootstrap_token}}");
+        assert!(hetzner_provider(&good, "CA", &hosts).is_ok());
+
+        let err = |c: &HetznerProviderConfig, hosts: &[String]| {
+            hetzner_provider(c, "CA", hosts).err().unwrap_or_default()
+        };
+        assert!(err(&good, &["other.host".to_owned()]).contains("[transport.ws] hosts"));
+        let mut c = good.clone();
+        c.daemon_url = "https://fleet.example.com".to_owned();
+        assert!(err(&c, &hosts).contains("wss://"));
+        let mut c = good.clone();
+        c.eur_to_usd = Some("-1".to_owned());
+        assert!(err(&c, &hosts).contains("eur_to_usd"));
+        let c = config(dir.path(), "no token here");
+        assert!(err(&c, &hosts).contains("bootstrap_token"));
+        let mut c = good.clone();
+        std::fs::write(dir.path().join("blank"), "  \n").unwrap_or_else(|e| panic!("{e}"));
+        c.token_file = Some(dir.path().join("blank"));
+        assert!(err(&c, &hosts).contains("no API token"));
+        let big = dir.path().join("big.sh");
+        std::fs::write(&big, "x".repeat(40 * 1024)).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = good;
+        c.user_data = big;
+        assert!(err(&c, &hosts).contains("at most"));
+    }
 }

@@ -1,0 +1,724 @@
+//! A stateful, in-process fake of a subset of the Hetzner Cloud API
+//! (<https://docs.hetzner.cloud/>) for integration tests.
+//!
+//! [`FakeHetzner::start`] serves it with axum on `127.0.0.1:<random port>`; point the client at
+//! [`FakeHetzner::url`]. Covered: `GET /server_types`, `GET|POST /servers`,
+//! `GET|DELETE /servers/{id}`, `POST /servers/{id}/actions/{poweron,poweroff,shutdown,
+//! change_type,create_image}`, `GET /images/{id}` and `GET /actions/{id}`; anything else is
+//! answered `404 not_found`. Every error body is `{"error":{"code","message","details"?}}`.
+//!
+//! Actions are asynchronous but deterministic: each starts `running` and succeeds on its second
+//! `GET /actions/{id}` or once it is 50 ms old, whichever comes first. Server status changes
+//! (e.g. `initializing` → `running`) happen when the action finishes. Each request is counted,
+//! then answered 429 if [`FakeHetzner::rate_limit_next`] is pending, then checked for
+//! `Authorization: Bearer <token>`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+
+/// How long an action stays `running` when it is not polled twice.
+const ACTION_DURATION: Duration = Duration::from_millis(50);
+/// (location, datacenter) pairs; the first is the default.
+const LOCATIONS: [(&str, &str); 2] = [("fsn1", "fsn1-dc14"), ("nbg1", "nbg1-dc3")];
+
+/// A running fake Hetzner Cloud API. Dropping it stops the server.
+pub struct FakeHetzner {
+    addr: std::net::SocketAddr,
+    state: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A server as the fake holds it, for assertions in tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeServer {
+    /// Server ID.
+    pub id: u64,
+    /// Server name (hostname).
+    pub name: String,
+    /// Current status, e.g. `"running"` or `"off"`.
+    pub status: String,
+    /// Current server type name, e.g. `"cx22"`.
+    pub server_type: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Cloud-init user data given at creation.
+    pub user_data: Option<String>,
+    /// Image the server was created from: a system image's name, or a snapshot's ID.
+    pub image: String,
+}
+
+impl FakeHetzner {
+    /// Starts the fake on 127.0.0.1:0; requests must carry `Authorization: Bearer <token>`
+    /// (else 401 `{"error":{"code":"unauthorized",...}}`).
+    pub async fn start(token: &str) -> FakeHetzner {
+        let state: Shared = Arc::new(Mutex::new(Inner::new(token)));
+        let app = Router::new()
+            .route("/v1/server_types", get(list_server_types))
+            .route("/v1/servers", get(list_servers).post(create_server))
+            .route("/v1/servers/{id}", get(get_server).delete(delete_server))
+            .route("/v1/servers/{id}/actions/{action}", post(server_action))
+            .route("/v1/images/{id}", get(get_image))
+            .route("/v1/actions/{id}", get(get_action))
+            .fallback(no_route)
+            .method_not_allowed_fallback(no_route)
+            .layer(middleware::from_fn_with_state(state.clone(), gate))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("fake hetzner: cannot bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("fake hetzner: no local address: {e}"));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeHetzner { addr, state, task }
+    }
+
+    /// Base URL, e.g. `"http://127.0.0.1:12345/v1"`.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The next `n` requests (any endpoint) are answered 429 `rate_limit_exceeded` with headers
+    /// `RateLimit-Limit: 3600`, `RateLimit-Remaining: 0`, `RateLimit-Reset: <unix now + 1>`.
+    pub fn rate_limit_next(&self, n: u32) {
+        lock(&self.state).rate_limited = n;
+    }
+
+    /// The next `n` `POST /servers` fail with 412 `resource_unavailable`.
+    pub fn fail_creates(&self, n: u32) {
+        lock(&self.state).failing_creates = n;
+    }
+
+    /// All servers as the fake holds them, ordered by ID (overdue actions are finished first).
+    pub fn servers(&self) -> Vec<FakeServer> {
+        let mut st = lock(&self.state);
+        st.tick();
+        // A system image is known by its name, a snapshot by its ID.
+        let image = |i: &Value| {
+            i["name"]
+                .as_str()
+                .map_or_else(|| i["id"].to_string(), str::to_string)
+        };
+        let to_fake = |s: &Server| FakeServer {
+            id: s.id,
+            name: s.name.clone(),
+            status: s.status.to_string(),
+            server_type: s.ty["name"].as_str().unwrap_or_default().to_string(),
+            labels: s.labels.clone(),
+            user_data: s.user_data.clone(),
+            image: image(&s.image),
+        };
+        st.servers.values().map(to_fake).collect()
+    }
+
+    /// How many requests were served in total (all endpoints, including 401s and 429s).
+    pub fn requests(&self) -> u64 {
+        lock(&self.state).requests
+    }
+}
+
+impl Drop for FakeHetzner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The server types on offer, in API shape; prices are the same in every location.
+fn server_types() -> Vec<Value> {
+    let table = json!([
+        { "id": 104, "name": "cx22", "cores": 2, "memory": 4.0, "disk": 40, "architecture": "x86",
+          "hourly": ["0.0060000000", "0.0071400000"], "monthly": ["3.7900000000", "4.5101000000"] },
+        { "id": 105, "name": "cx32", "cores": 4, "memory": 8.0, "disk": 80, "architecture": "x86",
+          "hourly": ["0.0110000000", "0.0130900000"], "monthly": ["6.8000000000", "8.0920000000"] },
+        { "id": 106, "name": "cx42", "cores": 8, "memory": 16.0, "disk": 160, "architecture": "x86",
+          "hourly": ["0.0270000000", "0.0321300000"], "monthly": ["16.4000000000", "19.5160000000"] },
+        { "id": 45, "name": "cax11", "cores": 2, "memory": 4.0, "disk": 40, "architecture": "arm",
+          "hourly": ["0.0059000000", "0.0070210000"], "monthly": ["3.7900000000", "4.5101000000"] },
+    ]);
+    let price = |p: &Value| json!({ "net": p[0], "gross": p[1] });
+    let render = |t: &Value| {
+        let prices: Vec<Value> = (LOCATIONS.iter())
+            .map(|(location, _)| {
+                json!({ "location": location, "price_hourly": price(&t["hourly"]),
+                        "price_monthly": price(&t["monthly"]) })
+            })
+            .collect();
+        json!({
+            "id": t["id"], "name": t["name"], "description": t["name"].as_str().map(str::to_uppercase),
+            "cores": t["cores"], "memory": t["memory"], "disk": t["disk"],
+            "architecture": t["architecture"], "cpu_type": "shared", "deprecated": false,
+            "prices": prices, "storage_type": "local",
+        })
+    };
+    table.as_array().into_iter().flatten().map(render).collect()
+}
+
+fn find_type(name: &str) -> Result<Value, ApiError> {
+    let msg = format!("invalid input in field 'server_type': unknown server type '{name}'");
+    (server_types().into_iter().find(|t| t["name"] == name)).ok_or_else(|| invalid(msg))
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
+/// Locks the state, ignoring poisoning (one panicking test must not cascade).
+fn lock(state: &Shared) -> MutexGuard<'_, Inner> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Everything the fake knows; images are kept in API shape.
+#[derive(Default)]
+struct Inner {
+    token: String,
+    requests: u64,
+    rate_limited: u32,
+    failing_creates: u32,
+    next_id: u64,
+    servers: BTreeMap<u64, Server>,
+    actions: BTreeMap<u64, Action>,
+    images: BTreeMap<u64, Value>,
+}
+
+struct Server {
+    id: u64,
+    name: String,
+    status: &'static str,
+    created: String,
+    /// Full server type object.
+    ty: Value,
+    disk: u64,
+    datacenter: Value,
+    /// `{"id", "name", "type"}` of the image it was created from.
+    image: Value,
+    labels: BTreeMap<String, String>,
+    user_data: Option<String>,
+}
+
+struct Action {
+    id: u64,
+    /// The action in API shape.
+    json: Value,
+    born: Instant,
+    polls: u32,
+    effect: Effect,
+}
+
+/// What happens when an action finishes.
+enum Effect {
+    Status(u64, &'static str),
+    ChangeType {
+        server: u64,
+        ty: Value,
+        upgrade_disk: bool,
+    },
+    ImageReady(u64),
+    Delete(u64),
+}
+
+impl Inner {
+    fn new(token: &str) -> Self {
+        let system = |id: u64, name: &str, description: &str| {
+            let image = json!({
+                "id": id, "type": "system", "status": "available", "name": name,
+                "description": description, "image_size": null, "disk_size": 5,
+                "created": "2024-04-25T00:00:00+00:00", "created_from": null,
+                "architecture": "x86", "labels": {},
+            });
+            (id, image)
+        };
+        let images = BTreeMap::from([
+            system(67794396, "ubuntu-22.04", "Ubuntu 22.04"),
+            system(161547269, "ubuntu-24.04", "Ubuntu 24.04"),
+            system(114690387, "debian-12", "Debian 12"),
+        ]);
+        let token = token.to_string();
+        Inner {
+            token,
+            next_id: 1000,
+            images,
+            ..Inner::default()
+        }
+    }
+
+    /// One ID sequence for servers, actions and snapshots, so that mixing them up fails loudly.
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn server(&mut self, raw: &str) -> Result<&mut Server, ApiError> {
+        let server = raw
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| self.servers.get_mut(&id));
+        server.ok_or_else(|| not_found("server", raw))
+    }
+
+    fn new_action(&mut self, command: &str, resources: &[(u64, &str)], effect: Effect) -> Value {
+        let id = self.fresh_id();
+        let resources: Vec<Value> = (resources.iter())
+            .map(|(id, kind)| json!({ "id": id, "type": kind }))
+            .collect();
+        let json = json!({
+            "id": id, "command": command, "status": "running", "progress": 0, "started": now_iso(),
+            "finished": null, "resources": resources, "error": null,
+        });
+        let (born, polls) = (Instant::now(), 0);
+        let action = Action {
+            id,
+            json: json.clone(),
+            born,
+            polls,
+            effect,
+        };
+        self.actions.insert(id, action);
+        json
+    }
+
+    /// Puts the server into status `busy` and starts an action on it that applies `effect`.
+    fn begin(&mut self, server: u64, command: &str, busy: &'static str, effect: Effect) -> Value {
+        if let Some(s) = self.servers.get_mut(&server) {
+            s.status = busy;
+        }
+        self.new_action(command, &[(server, "server")], effect)
+    }
+
+    /// Finishes every running action that was polled twice or is [`ACTION_DURATION`] old.
+    fn tick(&mut self) {
+        let due = |a: &&Action| a.polls >= 2 || a.born.elapsed() >= ACTION_DURATION;
+        let running = self
+            .actions
+            .values()
+            .filter(|a| a.json["status"] == "running");
+        let ids: Vec<u64> = running.filter(due).map(|a| a.id).collect();
+        ids.into_iter().for_each(|id| self.finish(id));
+    }
+
+    fn finish(&mut self, id: u64) {
+        let Some(action) = self.actions.get_mut(&id) else {
+            return;
+        };
+        action.json["status"] = json!("success");
+        action.json["progress"] = json!(100);
+        action.json["finished"] = json!(now_iso());
+        match &action.effect {
+            Effect::Status(server, status) => {
+                // A pending deletion wins over e.g. a create that finishes after it was issued.
+                let server = self
+                    .servers
+                    .get_mut(server)
+                    .filter(|s| s.status != "deleting");
+                if let Some(s) = server {
+                    s.status = *status;
+                }
+            }
+            Effect::ChangeType {
+                server,
+                ty,
+                upgrade_disk,
+            } => {
+                let server = self.servers.get_mut(server);
+                if let Some(s) = server.filter(|s| s.status != "deleting") {
+                    s.status = "off";
+                    s.ty = ty.clone();
+                    if *upgrade_disk {
+                        s.disk = ty["disk"].as_u64().unwrap_or(s.disk);
+                    }
+                }
+            }
+            Effect::ImageReady(image) => {
+                if let Some(image) = self.images.get_mut(image) {
+                    image["status"] = json!("available");
+                    image["image_size"] = json!(2.5);
+                }
+            }
+            Effect::Delete(server) => {
+                self.servers.remove(server);
+            }
+        }
+    }
+}
+
+fn server_json(s: &Server) -> Value {
+    let ipv4 = json!({ "ip": format!("203.0.113.{}", s.id % 250), "blocked": false });
+    json!({
+        "id": s.id, "name": s.name, "status": s.status, "created": s.created,
+        "public_net": { "ipv4": ipv4, "ipv6": null }, "server_type": s.ty,
+        "datacenter": s.datacenter, "image": s.image, "labels": s.labels,
+        "primary_disk_size": s.disk, "locked": false,
+    })
+}
+
+/// Formats seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS+00:00`.
+fn iso8601(secs: u64) -> String {
+    // Howard Hinnant's `civil_from_days`.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
+}
+
+fn unix_now() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH);
+    since_epoch.map(|d| d.as_secs()).unwrap_or_default()
+}
+
+fn now_iso() -> String {
+    iso8601(unix_now())
+}
+
+/// An API error, rendered as `{"error":{"code","message","details"?}}`.
+struct ApiError {
+    status: u16,
+    code: &'static str,
+    message: String,
+    details: Option<Value>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(details) = self.details {
+            error["details"] = details;
+        }
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+fn fail(status: u16, code: &'static str, message: impl Into<String>) -> ApiError {
+    let message = message.into();
+    ApiError {
+        status,
+        code,
+        message,
+        details: None,
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    fail(400, "invalid_input", message)
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    fail(404, "not_found", format!("{what} with ID '{id}' not found"))
+}
+
+type Reply = Result<(StatusCode, Json<Value>), ApiError>;
+
+fn ok(body: Value) -> Reply {
+    Ok((StatusCode::OK, Json(body)))
+}
+
+fn created(body: Value) -> Reply {
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Parses a JSON body (an empty body counts as `{}`); unknown fields are ignored.
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let bytes: &[u8] = if body.is_empty() { b"{}" } else { body };
+    let parsed = serde_json::from_slice(bytes);
+    parsed.map_err(|e| invalid(format!("invalid request body: {e}")))
+}
+
+/// Applies `page`/`per_page` (default 1/25, max 50) and answers `{key: [...], "meta": ...}`.
+fn paginate(key: &str, items: Vec<Value>, query: &HashMap<String, String>) -> Reply {
+    let param = |name: &str, default: usize| match query.get(name) {
+        None => Ok(default),
+        Some(raw) => (raw.parse::<usize>().ok().filter(|n| *n >= 1))
+            .ok_or_else(|| invalid(format!("invalid value for '{name}': '{raw}'"))),
+    };
+    let (page, per_page) = (param("page", 1)?, param("per_page", 25)?.min(50));
+    let (total, skip) = (items.len(), (page - 1).saturating_mul(per_page));
+    let last_page = total.div_ceil(per_page).max(1);
+    let items = items.into_iter().skip(skip).take(per_page).collect();
+    let pagination = json!({
+        "page": page, "per_page": per_page, "previous_page": (page > 1).then(|| page - 1),
+        "next_page": (page < last_page).then(|| page + 1), "last_page": last_page,
+        "total_entries": total,
+    });
+    let mut body = Map::new();
+    body.insert(key.to_string(), Value::Array(items));
+    body.insert("meta".to_string(), json!({ "pagination": pagination }));
+    ok(Value::Object(body))
+}
+
+/// RFC 1123 hostname: dot-separated labels of 1–63 letters, digits and inner hyphens.
+fn valid_hostname(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Label selector: comma-separated `k=v`, `k==v`, `k!=v`, `k` and `!k` terms, all must hold.
+fn selector_matches(selector: &str, labels: &BTreeMap<String, String>) -> bool {
+    let value = |k: &str| labels.get(k.trim()).map(|v| v.as_str());
+    let mut terms = selector.split(',').map(str::trim).filter(|t| !t.is_empty());
+    terms.all(|term| {
+        if let Some((k, v)) = term.split_once("!=") {
+            value(k) != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            value(k) == Some(v.trim_start_matches('=').trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            value(k).is_none()
+        } else {
+            value(term).is_some()
+        }
+    })
+}
+
+/// Counts every request, then applies the rate limit, the token check and due actions.
+async fn gate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    {
+        let mut st = lock(&state);
+        st.requests += 1;
+        if st.rate_limited > 0 {
+            st.rate_limited -= 1;
+            let reset = (unix_now() + 1).to_string();
+            let headers = [
+                ("RateLimit-Limit", "3600".to_string()),
+                ("RateLimit-Remaining", "0".to_string()),
+                ("RateLimit-Reset", reset),
+            ];
+            let message = "limit of 3600 requests per hour reached";
+            return (headers, fail(429, "rate_limit_exceeded", message)).into_response();
+        }
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if auth.and_then(|a| a.strip_prefix("Bearer ")) != Some(st.token.as_str()) {
+            let message = "unable to authenticate";
+            return fail(401, "unauthorized", message).into_response();
+        }
+        st.tick();
+    }
+    next.run(req).await
+}
+
+async fn no_route() -> ApiError {
+    fail(404, "not_found", "not found")
+}
+
+async fn list_server_types(Query(query): Query<HashMap<String, String>>) -> Reply {
+    paginate("server_types", server_types(), &query)
+}
+
+async fn list_servers(
+    State(state): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Reply {
+    let st = lock(&state);
+    let servers = (st.servers.values())
+        .filter(|s| q.get("name").is_none_or(|name| *name == s.name))
+        .filter(|s| (q.get("label_selector")).is_none_or(|sel| selector_matches(sel, &s.labels)))
+        .map(server_json)
+        .collect();
+    paginate("servers", servers, &q)
+}
+
+#[derive(Deserialize)]
+struct CreateServer {
+    name: String,
+    server_type: String,
+    /// A system image name, or a snapshot ID as number or string.
+    image: Value,
+    location: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    user_data: Option<String>,
+    start_after_create: Option<bool>,
+}
+
+async fn create_server(State(state): State<Shared>, body: Bytes) -> Reply {
+    let mut st = lock(&state);
+    if st.failing_creates > 0 {
+        st.failing_creates -= 1;
+        let message = "error during placement: no capacity for this server type in this location";
+        return Err(fail(412, "resource_unavailable", message));
+    }
+    let req: CreateServer = parse_body(&body)?;
+    if !valid_hostname(&req.name) {
+        let name = &req.name;
+        let message = format!("invalid input in field 'name': '{name}' is not a valid hostname");
+        return Err(invalid(message));
+    }
+    let ty = find_type(&req.server_type)?;
+    // `image` is a name ("ubuntu-24.04") or an ID given as number or string.
+    let wanted = req
+        .image
+        .as_str()
+        .map_or_else(|| req.image.to_string(), str::to_string);
+    let wanted_id = wanted.parse::<u64>().ok();
+    let image = (st.images.values())
+        .find(|i| (wanted_id.is_some() && i["id"].as_u64() == wanted_id) || i["name"] == *wanted)
+        .filter(|i| i["status"] == "available")
+        .map(|i| json!({ "id": i["id"], "name": i["name"], "type": i["type"] }));
+    let Some(image) = image else {
+        return Err(invalid(format!(
+            "invalid input in field 'image': '{wanted}' not available"
+        )));
+    };
+    let location = req.location.as_deref().unwrap_or(LOCATIONS[0].0);
+    let Some((location, dc)) = LOCATIONS.into_iter().find(|(l, _)| *l == location) else {
+        let message = format!("invalid input in field 'location': unknown location '{location}'");
+        return Err(invalid(message));
+    };
+    if st.servers.values().any(|s| s.name == req.name) {
+        let mut err = fail(409, "uniqueness_error", "server name is already used");
+        err.details = Some(json!({ "fields": [{ "name": "name" }] }));
+        return Err(err);
+    }
+    let id = st.fresh_id();
+    let server = Server {
+        id,
+        name: req.name,
+        status: "initializing",
+        created: now_iso(),
+        disk: ty["disk"].as_u64().unwrap_or_default(),
+        ty,
+        datacenter: json!({ "name": dc, "location": { "name": location } }),
+        image,
+        labels: req.labels.unwrap_or_default(),
+        user_data: req.user_data,
+    };
+    let rendered = server_json(&server);
+    st.servers.insert(id, server);
+    let done = if req.start_after_create.unwrap_or(true) {
+        "running"
+    } else {
+        "off"
+    };
+    let action = st.new_action("create_server", &[(id, "server")], Effect::Status(id, done));
+    created(json!({
+        "server": rendered, "action": action, "next_actions": [], "root_password": null,
+    }))
+}
+
+async fn get_server(State(state): State<Shared>, Path(id): Path<String>) -> Reply {
+    let mut st = lock(&state);
+    ok(json!({ "server": server_json(st.server(&id)?) }))
+}
+
+async fn delete_server(State(state): State<Shared>, Path(id): Path<String>) -> Reply {
+    let mut st = lock(&state);
+    let id = st.server(&id)?.id;
+    let action = st.begin(id, "delete_server", "deleting", Effect::Delete(id));
+    ok(json!({ "action": action }))
+}
+
+#[derive(Deserialize)]
+struct ChangeType {
+    server_type: String,
+    #[serde(default)]
+    upgrade_disk: bool,
+}
+
+#[derive(Deserialize)]
+struct CreateImage {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    description: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+async fn server_action(
+    State(state): State<Shared>,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Reply {
+    let mut st = lock(&state);
+    let server = st.server(&id)?;
+    let (id, status) = (server.id, server.status);
+    // Lenient like the real API: powering on a running server (or off an off one) just succeeds.
+    let mut power = |command, busy, done| {
+        let busy = if status == done { done } else { busy };
+        st.begin(id, command, busy, Effect::Status(id, done))
+    };
+    let action = match action.as_str() {
+        "poweron" => power("start_server", "starting", "running"),
+        "poweroff" => power("stop_server", "stopping", "off"),
+        "shutdown" => power("shutdown_server", "stopping", "off"),
+        "change_type" => {
+            let req: ChangeType = parse_body(&body)?;
+            let ty = find_type(&req.server_type)?;
+            if status != "off" {
+                let message = "server must be stopped before changing type";
+                return Err(fail(409, "server_not_stopped", message));
+            }
+            let effect = Effect::ChangeType {
+                server: id,
+                ty,
+                upgrade_disk: req.upgrade_disk,
+            };
+            st.begin(id, "change_server_type", "migrating", effect)
+        }
+        "create_image" => return create_image(&mut st, id, parse_body(&body)?),
+        _ => return Err(fail(404, "not_found", "not found")),
+    };
+    created(json!({ "action": action }))
+}
+
+fn create_image(st: &mut Inner, server: u64, req: CreateImage) -> Reply {
+    if req.kind.as_deref().is_some_and(|kind| kind != "snapshot") {
+        let message = "invalid input in field 'type': only 'snapshot' is supported";
+        return Err(invalid(message));
+    }
+    let s = st.server(&server.to_string())?;
+    let from = json!({ "id": s.id, "name": s.name });
+    let (disk, architecture) = (s.disk, s.ty["architecture"].clone());
+    let id = st.fresh_id();
+    let image = json!({
+        "id": id, "type": "snapshot", "status": "creating", "name": null,
+        "description": req.description.unwrap_or_default(), "image_size": null,
+        "disk_size": disk, "created": now_iso(), "created_from": from,
+        "architecture": architecture, "labels": req.labels.unwrap_or_default(),
+    });
+    st.images.insert(id, image.clone());
+    let resources = [(server, "server"), (id, "image")];
+    let action = st.new_action("create_image", &resources, Effect::ImageReady(id));
+    created(json!({ "image": image, "action": action }))
+}
+
+async fn get_image(State(state): State<Shared>, Path(id): Path<String>) -> Reply {
+    let st = lock(&state);
+    let image = id.parse::<u64>().ok().and_then(|n| st.images.get(&n));
+    ok(json!({ "image": image.ok_or_else(|| not_found("image", &id))? }))
+}
+
+async fn get_action(State(state): State<Shared>, Path(raw): Path<String>) -> Reply {
+    let mut st = lock(&state);
+    let action = raw
+        .parse::<u64>()
+        .ok()
+        .and_then(|id| st.actions.get_mut(&id));
+    let action = action.ok_or_else(|| not_found("action", &raw))?;
+    action.polls += 1;
+    let id = action.id;
+    st.tick();
+    ok(json!({ "action": st.actions.get(&id).map(|a| &a.json) }))
+}
