@@ -60,20 +60,35 @@ impl Daemon {
     /// Writes a config (fixed WS port so agents can reconnect across a
     /// restart) and starts the daemon.
     pub(crate) fn start(dir: &Path, extra: &str) -> Daemon {
+        let agent = bin("fleet-agent", "fleet-agent").display().to_string();
+        Daemon::start_with(
+            dir,
+            |_| format!("kind = \"local\"\nagent_bin = {agent:?}\nmax_nodes = 3\n"),
+            extra,
+        )
+    }
+
+    /// Like [`Daemon::start`] with the `[provider]` section `provider`
+    /// writes, given the daemon's WebSocket port.
+    pub(crate) fn start_with(
+        dir: &Path,
+        provider: impl FnOnce(u16) -> String,
+        extra: &str,
+    ) -> Daemon {
         let data = dir.join("data");
         let config = dir.join("daemon.toml");
+        let ws = free_port();
         let text = format!(
             "data_dir = {data:?}\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
              [transport.ws]\nlisten = \"127.0.0.1:{ws}\"\n\
-             [provider]\nkind = \"local\"\nagent_bin = {agent:?}\nmax_nodes = 3\n\
+             [provider]\n{provider}\
              [timing]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 10000\n\
              [leader]\nlease_ms = 3000\n\
              {extra}",
             data = data.display().to_string(),
             http = free_port(),
-            ws = free_port(),
-            agent = bin("fleet-agent", "fleet-agent").display().to_string(),
+            provider = provider(ws),
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
         Daemon::launch(dir, config)
