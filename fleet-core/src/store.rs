@@ -169,6 +169,13 @@ pub enum StoreError {
         /// The current leader epoch.
         current: u64,
     },
+    /// The writer's leader lease lapsed by its own clock: another process
+    /// may lead by now, so it may not write (a lease-guarded shared store).
+    #[error("the leader lease of epoch {writer} lapsed; this process may no longer write")]
+    LeaseLapsed {
+        /// The writer's epoch.
+        writer: u64,
+    },
     /// The value is larger than the store accepts.
     #[error("value of {len} bytes exceeds the store limit of {max}")]
     TooLarge {
@@ -193,6 +200,7 @@ impl StoreError {
             StoreError::AlreadyExists { .. } => "already_exists",
             StoreError::Conflict { .. } => "conflict",
             StoreError::Fenced { .. } => "fenced",
+            StoreError::LeaseLapsed { .. } => "lease_lapsed",
             StoreError::TooLarge { .. } => "too_large",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Corrupt(_) => "corrupt",

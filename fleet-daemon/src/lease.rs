@@ -11,15 +11,26 @@
 //! (see `crate::store::RedbStore::fenced`).
 //!
 //! Time is passed in (milliseconds since the Unix epoch); clocks of the
-//! contenders are assumed to agree within a small fraction of the TTL. Each
+//! contenders are assumed to agree within a tenth of the TTL. Each
 //! contender's holder name must be unique (e.g. host and pid): a restarted
 //! process waits for its old lease to lapse like anyone else.
+//!
+//! A store that cannot check the epoch in the same transaction as a write
+//! (JetStream KV) is wrapped in a [`LeaseFencedStore`]: it refuses writes
+//! once the holder's [`LeaseGuard`] says the lease has lapsed by this
+//! process's own monotonic clock — a leader paused past its lease (and
+//! possibly replaced) wakes up unable to write.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::{Epoch, Millis};
 use fleet_core::protocol::{LeaderRecord, decode, encode};
-use fleet_core::store::{Revision, Store, StoreError};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent};
 use fleet_core::subjects::Subjects;
+use futures_core::stream::BoxStream;
 
 /// A lease this process holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +85,106 @@ pub struct LeaderLease {
     holder: String,
     ttl_ms: Millis,
     held: Option<Held>,
+    guard: LeaseGuard,
+}
+
+/// Until when this process may act as leader, by its own monotonic clock:
+/// the start of its last successful acquire or renew plus nine tenths of
+/// the TTL (the tenth covers clock disagreement with the contenders, which
+/// judge expiry by their wall clocks). Clones share the deadline.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseGuard(Arc<Mutex<Option<Instant>>>);
+
+impl LeaseGuard {
+    fn set(&self, until: Option<Instant>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = until;
+    }
+
+    /// How long the lease still holds; `None` once it lapsed (or was never
+    /// held, or was lost or released).
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = (*self.0.lock().unwrap_or_else(|e| e.into_inner()))?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// A [`Store`] whose writes go through only while the writer's lease
+/// holds ([`LeaseGuard`]); otherwise [`StoreError::LeaseLapsed`], which
+/// stops the controller like a fence. Reads and watches pass through.
+#[derive(Clone)]
+pub struct LeaseFencedStore {
+    inner: Arc<dyn Store>,
+    guard: LeaseGuard,
+    epoch: Epoch,
+}
+
+impl std::fmt::Debug for LeaseFencedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseFencedStore")
+            .field("epoch", &self.epoch)
+            .field("remaining", &self.guard.remaining())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseFencedStore {
+    /// Writes to `inner` as the leader of `epoch`, while `guard` holds.
+    pub fn new(inner: Arc<dyn Store>, guard: LeaseGuard, epoch: Epoch) -> LeaseFencedStore {
+        LeaseFencedStore {
+            inner,
+            guard,
+            epoch,
+        }
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        match self.guard.remaining() {
+            Some(_) => Ok(()),
+            None => {
+                tracing::warn!(epoch = %self.epoch, "write refused: the leader lease lapsed");
+                Err(StoreError::LeaseLapsed {
+                    writer: self.epoch.0,
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for LeaseFencedStore {
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn create(&self, key: &Key, value: Bytes) -> Result<Revision, StoreError> {
+        self.check()?;
+        self.inner.create(key, value).await
+    }
+
+    async fn update(
+        &self,
+        key: &Key,
+        value: Bytes,
+        expected: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.check()?;
+        self.inner.update(key, value, expected).await
+    }
+
+    async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete(key, expected).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError> {
+        self.inner.watch(prefix).await
+    }
 }
 
 /// Reads the leader record and its revision.
@@ -102,7 +213,20 @@ impl LeaderLease {
             holder: holder.into(),
             ttl_ms,
             held: None,
+            guard: LeaseGuard::default(),
         }
+    }
+
+    /// The guard that follows this contender's lease (for
+    /// [`LeaseFencedStore`]).
+    pub fn guard(&self) -> LeaseGuard {
+        self.guard.clone()
+    }
+
+    /// The guard's deadline for a lease won or renewed by a call that
+    /// started at `began`.
+    fn guard_until(&self, began: Instant) -> Instant {
+        began + Duration::from_millis(self.ttl_ms - self.ttl_ms / 10)
     }
 
     /// This contender's name.
@@ -140,6 +264,7 @@ impl LeaderLease {
         store: &dyn Store,
         now: Millis,
     ) -> Result<Option<Epoch>, StoreError> {
+        let began = Instant::now();
         let key = Subjects::leader_key();
         let expires_at = now.saturating_add(self.ttl_ms);
         let current = read_leader(store).await?;
@@ -160,6 +285,7 @@ impl LeaderLease {
                 // Someone else's live lease (or ours from an earlier life,
                 // which must lapse first so its writes stay fenced).
                 self.held = None;
+                self.guard.set(None);
                 return Ok(None);
             }
             Some((record, revision)) => {
@@ -175,6 +301,7 @@ impl LeaderLease {
                     revision,
                     expires_at,
                 });
+                self.guard.set(Some(self.guard_until(began)));
                 tracing::info!(holder = %self.holder, %epoch, "acquired the leader lease");
                 Ok(Some(epoch))
             }
@@ -185,6 +312,7 @@ impl LeaderLease {
                 | StoreError::NotFound { .. },
             ) => {
                 self.held = None;
+                self.guard.set(None);
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -198,6 +326,7 @@ impl LeaderLease {
         let Some(held) = self.held else {
             return Err(LeaseError::NotHeld);
         };
+        let began = Instant::now();
         let expires_at = now.saturating_add(self.ttl_ms);
         let value =
             encode_record(&self.record(held.epoch, expires_at)).map_err(LeaseError::Store)?;
@@ -211,10 +340,12 @@ impl LeaderLease {
                     revision,
                     expires_at,
                 });
+                self.guard.set(Some(self.guard_until(began)));
                 Ok(held.epoch)
             }
             Err(e @ (StoreError::Conflict { .. } | StoreError::NotFound { .. })) => {
                 self.held = None;
+                self.guard.set(None);
                 tracing::warn!(holder = %self.holder, epoch = %held.epoch, "lost the leader lease");
                 Err(LeaseError::Lost(e))
             }
@@ -229,6 +360,7 @@ impl LeaderLease {
         let Some(held) = self.held.take() else {
             return Ok(false);
         };
+        self.guard.set(None);
         let value = encode_record(&self.record(held.epoch, now))?;
         match store
             .update(&Subjects::leader_key(), value, held.revision)

@@ -291,10 +291,15 @@ pub async fn serve(
     leader.store(true, Ordering::Relaxed);
     tracing::info!(epoch = epoch.0, "leader");
     // With redb every write is fenced by the epoch in the same transaction;
-    // a shared KV store relies on revisions and the lease (see ARCH.md).
+    // a shared KV store relies on revisions, and on the lease: no write once
+    // it lapsed by this process's clock (see ARCH.md).
     let write_store: Arc<dyn Store> = match &redb {
         Some(r) => Arc::new(r.fenced(epoch)),
-        None => lease_store.clone(),
+        None => Arc::new(crate::lease::LeaseFencedStore::new(
+            lease_store.clone(),
+            lease.guard(),
+            epoch,
+        )),
     };
 
     let now = clock.now();

@@ -221,3 +221,68 @@ async fn a_stale_leaders_fenced_writes_are_rejected() {
         .await
         .unwrap_or_else(|e| panic!("the new leader's write: {e}"));
 }
+
+/// On a store that cannot check the epoch in the write's transaction (a
+/// shared KV bucket), the lease's own clock fences: writes go through while
+/// the lease holds, stop once it lapses unrenewed (a paused leader that
+/// wakes up after another took over), resume after a renewal, and stop for
+/// good once the lease is lost or released.
+#[tokio::test]
+async fn a_lapsed_lease_fences_writes_to_a_shared_store() {
+    use fleet_daemon::lease::LeaseFencedStore;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let ttl = 1_000; // ms of real time: the guard runs on this process's clock
+    let mut a = LeaderLease::new("a", ttl);
+    let epoch = acquire(&mut a, &*store, T0)
+        .await
+        .unwrap_or_else(|| panic!("leads"));
+    let fenced = LeaseFencedStore::new(store.clone(), a.guard(), epoch);
+    assert!(a.guard().remaining().is_some());
+    fenced
+        .create(&key("claims.w.c1"), Bytes::from_static(b"1"))
+        .await
+        .unwrap_or_else(|e| panic!("a write while the lease holds: {e}"));
+
+    // Paused past the lease: 9/10 of the TTL is all the guard allows.
+    tokio::time::sleep(std::time::Duration::from_millis(950)).await;
+    assert_eq!(a.guard().remaining(), None);
+    let refused = fenced
+        .create(&key("claims.w.c2"), Bytes::from_static(b"2"))
+        .await;
+    assert_eq!(refused, Err(StoreError::LeaseLapsed { writer: epoch.0 }));
+    assert!(
+        refused.is_err_and(|e| !e.is_retryable()),
+        "the controller stops on it"
+    );
+    assert_eq!(
+        store.get(&key("claims.w.c2")).await,
+        Ok(None),
+        "nothing written"
+    );
+    // Reads still work.
+    assert!(
+        fenced
+            .get(&key("claims.w.c1"))
+            .await
+            .is_ok_and(|v| v.is_some())
+    );
+
+    // A renewal (nobody took over meanwhile) opens writes again ...
+    a.renew(&*store, T0 + 100)
+        .await
+        .unwrap_or_else(|e| panic!("renew: {e}"));
+    fenced
+        .create(&key("claims.w.c2"), Bytes::from_static(b"2"))
+        .await
+        .unwrap_or_else(|e| panic!("a write after the renewal: {e}"));
+    // ... and giving the lease up closes them for good.
+    a.release(&*store, T0 + 200)
+        .await
+        .unwrap_or_else(|e| panic!("release: {e}"));
+    assert!(matches!(
+        fenced
+            .create(&key("claims.w.c3"), Bytes::from_static(b"3"))
+            .await,
+        Err(StoreError::LeaseLapsed { .. })
+    ));
+}
