@@ -7,7 +7,7 @@ use fleet_core::ids::Millis;
 use fleet_core::provider::ProviderError;
 use serde::Deserialize;
 
-use crate::http::Answer;
+use fleet_http::Answer;
 
 /// `{"error": {"code", "message"}}`.
 #[derive(Debug, Deserialize)]
@@ -293,7 +293,7 @@ mod tests {
         Answer {
             status,
             headers: Default::default(),
-            body: bytes::Bytes::from(body.to_owned()),
+            body: body.to_owned().into_bytes().into(),
         }
     }
 

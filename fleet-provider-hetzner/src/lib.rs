@@ -35,7 +35,6 @@ mod api;
 mod config;
 #[cfg(feature = "fake")]
 pub mod fake;
-mod http;
 mod provider;
 
 pub use config::{DEFAULT_API_URL, HetznerConfig};

@@ -18,7 +18,7 @@ use crate::api::{
     self, Action, CreatedServer, OneAction, OneImage, OneServer, Server, ServerTypes, Servers,
 };
 use crate::config::HetznerConfig;
-use crate::http::{Answer, HttpClient};
+use fleet_http::{Answer, HttpClient, HttpError};
 
 /// Servers per page when listing (the API allows up to 50).
 const PAGE: u32 = 50;
@@ -91,7 +91,8 @@ impl HetznerProvider {
         if cfg.location.is_empty() {
             return Err(ProviderError::Permanent("location must be set".to_owned()));
         }
-        let http = HttpClient::new(&cfg.api_url, cfg.token.clone(), cfg.request_timeout)?;
+        let http = HttpClient::new(&cfg.api_url, cfg.request_timeout)
+            .map_err(|e| ProviderError::Permanent(format!("api_url: {e}")))?;
         Ok(HetznerProvider {
             capabilities: Capabilities {
                 stop_start: true,
@@ -114,9 +115,23 @@ impl HetznerProvider {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Answer, ProviderError> {
+        let mut headers = vec![(
+            "authorization",
+            format!("Bearer {}", self.cfg.token.expose()),
+        )];
+        if body.is_some() {
+            headers.push(("content-type", "application/json".to_owned()));
+        }
         let body = body.map(|b| b.to_string().into_bytes());
-        let answer = self.http.send(method, path, body).await?;
-        if (200..300).contains(&answer.status) {
+        let answer = self
+            .http
+            .send(method, path, &headers, body)
+            .await
+            .map_err(|e| match e {
+                HttpError::Invalid(why) => ProviderError::Permanent(format!("{what}: {why}")),
+                other => ProviderError::Transient(format!("{what}: {other}")),
+            })?;
+        if answer.is_success() {
             Ok(answer)
         } else {
             Err(api::error_of(what, &answer))
