@@ -232,8 +232,8 @@ where
     sender.send_request(request).await
 }
 
-/// Milliseconds since the Unix epoch of an RFC 3339 timestamp as the
-/// allowed).
+/// Milliseconds since the Unix epoch of an RFC 3339 timestamp as cloud
+/// APIs write them (`2026-11-25T20:00:00+00:00`, `…Z`, fractions allowed).
 pub fn rfc3339_millis(ts: &str) -> Option<u64> {
     let b = ts.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
