@@ -310,6 +310,60 @@ pub enum ProviderConfig {
     Memory,
     /// Servers in a Hetzner Cloud project.
     Hetzner(HetznerProviderConfig),
+    /// Instances in an AWS account (EC2).
+    Aws(AwsProviderConfig),
+}
+
+/// `[provider] kind = "aws"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsProviderConfig {
+    /// `us-east-1`, …
+    pub region: String,
+    /// File with the access key id (else `$AWS_ACCESS_KEY_ID`).
+    #[serde(default)]
+    pub access_key_id_file: Option<PathBuf>,
+    /// File with the secret access key (else `$AWS_SECRET_ACCESS_KEY`;
+    /// `$AWS_SESSION_TOKEN` is used when set).
+    #[serde(default)]
+    pub secret_access_key_file: Option<PathBuf>,
+    /// The daemon's WebSocket address as new instances reach it; its host
+    /// must be one of `[transport.ws] hosts`.
+    pub daemon_url: String,
+    /// The user data template that starts the agent (same placeholders as
+    /// the Hetzner provider's).
+    pub user_data: PathBuf,
+    /// Sell only these instance types (default: every priced one).
+    #[serde(default)]
+    pub instance_types: Vec<String>,
+    /// On-demand dollars per hour by type (`"c7i.large" = "0.08925"`),
+    /// over the built-in us-east-1 list; required in other regions.
+    #[serde(default)]
+    pub prices: BTreeMap<String, String>,
+    /// Spot price as per mille of on-demand (default 350).
+    #[serde(default)]
+    pub spot_per_mille: Option<u64>,
+    /// Root volume GB, for pricing stopped instances (default 30).
+    #[serde(default)]
+    pub root_volume_gb: Option<u32>,
+    /// Subnet for new instances.
+    #[serde(default)]
+    pub subnet_id: Option<String>,
+    /// Security groups for new instances.
+    #[serde(default)]
+    pub security_group_ids: Vec<String>,
+    /// Key pair name.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// IAM instance profile name.
+    #[serde(default)]
+    pub instance_profile: Option<String>,
+    /// Most instances at once.
+    #[serde(default)]
+    pub max_instances: Option<u32>,
+    /// API endpoint (default the region's).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 /// `[provider] kind = "hetzner"`.

@@ -368,6 +368,10 @@ pub async fn serve(
             hetzner_provider(h, ca.ca_pem(), &hosts)
                 .map_err(|e| setup("configuring the Hetzner provider")(e))?,
         ),
+        ProviderConfig::Aws(a) => Arc::new(
+            aws_provider(a, ca.ca_pem(), &hosts)
+                .map_err(|e| setup("configuring the EC2 provider")(e))?,
+        ),
     };
 
     let mut extra_transports: Vec<Arc<dyn fleet_core::transport::Transport>> = Vec::new();
@@ -488,8 +492,87 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The largest user data Hetzner accepts.
+/// The largest user data the cloud providers accept (Hetzner 32 KiB; EC2
+/// 16 KiB before base64, checked by the AWS provider's caller below).
 const MAX_USER_DATA_BYTES: u64 = 32 * 1024;
+
+/// What a cloud server needs to join: the user data template and the
+/// values the daemon fills into it, checked before any server is made.
+struct AgentBootstrap {
+    user_data: String,
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+impl AgentBootstrap {
+    /// Reads the template at `user_data` (at most `max_bytes`, using
+    /// `{{bootstrap_token}}`) and checks that agents dialing `daemon_url`
+    /// will accept the daemon's certificate (its host in `cert_hosts`).
+    fn load(
+        daemon_url: &str,
+        user_data: &Path,
+        max_bytes: u64,
+        ca_pem: &str,
+        cert_hosts: &[String],
+    ) -> Result<AgentBootstrap, String> {
+        let host = daemon_url
+            .strip_prefix("wss://")
+            .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
+            .map(|authority| match authority.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) => host,
+                _ => authority,
+            })
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+            .ok_or_else(|| format!("daemon_url {daemon_url:?} must be a wss:// URL"))?;
+        if !cert_hosts.iter().any(|c| c == host) {
+            return Err(format!(
+                "daemon_url host {host:?} is not in [transport.ws] hosts {cert_hosts:?}: agents would refuse the daemon's certificate"
+            ));
+        }
+        let meta = std::fs::metadata(user_data)
+            .map_err(|e| format!("user_data {}: {e}", user_data.display()))?;
+        if meta.len() > max_bytes {
+            return Err(format!(
+                "user_data {}: {} bytes; the provider accepts at most {max_bytes}",
+                user_data.display(),
+                meta.len()
+            ));
+        }
+        let text = std::fs::read_to_string(user_data)
+            .map_err(|e| format!("user_data {}: {e}", user_data.display()))?;
+        if !text.contains("{{bootstrap_token}}") {
+            return Err(format!(
+                "user_data {}: the template never uses {{{{bootstrap_token}}}}, so no agent could join",
+                user_data.display()
+            ));
+        }
+        let agent_url = format!(
+            "{}{}",
+            daemon_url.trim_end_matches('/'),
+            fleet_transport_ws::AGENT_PATH
+        );
+        let vars = [
+            ("daemon_url".to_owned(), agent_url),
+            ("ca_pem".to_owned(), ca_pem.trim_end().to_owned()),
+        ]
+        .into();
+        Ok(AgentBootstrap {
+            user_data: text,
+            vars,
+        })
+    }
+}
+
+/// A secret from `file` (trimmed), else from the environment variable `env`.
+fn secret_from(file: Option<&Path>, env: &str, what: &str) -> Result<Option<String>, String> {
+    let value = match file {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?
+        }
+        None => std::env::var(env).unwrap_or_default(),
+    };
+    let value = value.trim();
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
 
 /// A Hetzner provider from `[provider] kind = "hetzner"`: the token from its
 /// file or `$HCLOUD_TOKEN`, the user data template from its file.
@@ -499,52 +582,15 @@ fn hetzner_provider(
     cert_hosts: &[String],
 ) -> Result<fleet_provider_hetzner::HetznerProvider, String> {
     use fleet_provider_hetzner::{HetznerConfig, HetznerProvider};
-    // Agents verify the daemon's certificate: the host they dial must be in it.
-    let host = h
-        .daemon_url
-        .strip_prefix("wss://")
-        .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
-        .map(|authority| match authority.rsplit_once(':') {
-            Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) => host,
-            _ => authority,
-        })
-        .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
-        .ok_or_else(|| format!("daemon_url {:?} must be a wss:// URL", h.daemon_url))?;
-    if !cert_hosts.iter().any(|c| c == host) {
-        return Err(format!(
-            "daemon_url host {host:?} is not in [transport.ws] hosts {cert_hosts:?}: agents would refuse the daemon's certificate"
-        ));
-    }
-    let token = match &h.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("token_file {}: {e}", path.display()))?
-            .trim()
-            .to_owned(),
-        None => std::env::var("HCLOUD_TOKEN")
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-    };
-    if token.is_empty() {
-        return Err("no API token: set token_file or HCLOUD_TOKEN".to_owned());
-    }
-    let meta = std::fs::metadata(&h.user_data)
-        .map_err(|e| format!("user_data {}: {e}", h.user_data.display()))?;
-    if meta.len() > MAX_USER_DATA_BYTES {
-        return Err(format!(
-            "user_data {}: {} bytes; Hetzner accepts at most {MAX_USER_DATA_BYTES}",
-            h.user_data.display(),
-            meta.len()
-        ));
-    }
-    let user_data = std::fs::read_to_string(&h.user_data)
-        .map_err(|e| format!("user_data {}: {e}", h.user_data.display()))?;
-    if !user_data.contains("{{bootstrap_token}}") {
-        return Err(format!(
-            "user_data {}: the template never uses {{{{bootstrap_token}}}}, so no agent could join",
-            h.user_data.display()
-        ));
-    }
+    let boot = AgentBootstrap::load(
+        &h.daemon_url,
+        &h.user_data,
+        MAX_USER_DATA_BYTES,
+        ca_pem,
+        cert_hosts,
+    )?;
+    let token = secret_from(h.token_file.as_deref(), "HCLOUD_TOKEN", "token_file")?
+        .ok_or("no API token: set token_file or HCLOUD_TOKEN")?;
     let mut cfg = HetznerConfig::new(fleet_core::protocol::Secret::new(token), h.location.clone());
     if let Some(url) = &h.api_url {
         cfg.api_url = url.clone();
@@ -561,17 +607,61 @@ fn hetzner_provider(
     cfg.server_types = h.server_types.clone();
     cfg.ssh_keys = h.ssh_keys.clone();
     cfg.max_instances = h.max_instances;
-    cfg.user_data = Some(user_data);
-    let agent_url = format!(
-        "{}{}",
-        h.daemon_url.trim_end_matches('/'),
-        fleet_transport_ws::AGENT_PATH
-    );
-    cfg.user_data_vars
-        .insert("daemon_url".to_owned(), agent_url);
-    cfg.user_data_vars
-        .insert("ca_pem".to_owned(), ca_pem.trim_end().to_owned());
+    cfg.user_data = Some(boot.user_data);
+    cfg.user_data_vars = boot.vars;
     HetznerProvider::new(cfg).map_err(|e| e.to_string())
+}
+
+/// An EC2 provider from `[provider] kind = "aws"`: credentials from the
+/// files named or the standard `AWS_*` variables.
+fn aws_provider(
+    a: &crate::config::AwsProviderConfig,
+    ca_pem: &str,
+    cert_hosts: &[String],
+) -> Result<fleet_provider_aws::Ec2Provider, String> {
+    use fleet_provider_aws::{Credentials, Ec2Config, Ec2Provider};
+    // EC2 takes 16 KiB of user data before base64.
+    let boot = AgentBootstrap::load(&a.daemon_url, &a.user_data, 16 * 1024, ca_pem, cert_hosts)?;
+    let access_key_id = secret_from(
+        a.access_key_id_file.as_deref(),
+        "AWS_ACCESS_KEY_ID",
+        "access_key_id_file",
+    )?
+    .ok_or("no AWS access key: set access_key_id_file or AWS_ACCESS_KEY_ID")?;
+    let secret_access_key = secret_from(
+        a.secret_access_key_file.as_deref(),
+        "AWS_SECRET_ACCESS_KEY",
+        "secret_access_key_file",
+    )?
+    .ok_or("no AWS secret key: set secret_access_key_file or AWS_SECRET_ACCESS_KEY")?;
+    let session_token = secret_from(None, "AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN")?;
+    let mut cfg = Ec2Config::new(
+        a.region.clone(),
+        Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token,
+        },
+    );
+    if let Some(endpoint) = &a.endpoint {
+        cfg.endpoint = endpoint.clone();
+    }
+    cfg.instance_types = a.instance_types.clone();
+    cfg.prices = a.prices.clone();
+    if let Some(p) = a.spot_per_mille {
+        cfg.spot_per_mille = p;
+    }
+    if let Some(gb) = a.root_volume_gb {
+        cfg.root_volume_gb = gb;
+    }
+    cfg.subnet_id = a.subnet_id.clone();
+    cfg.security_group_ids = a.security_group_ids.clone();
+    cfg.key_name = a.key_name.clone();
+    cfg.instance_profile = a.instance_profile.clone();
+    cfg.max_instances = a.max_instances;
+    cfg.user_data = Some(boot.user_data);
+    cfg.user_data_vars = boot.vars;
+    Ec2Provider::new(cfg).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -579,7 +669,11 @@ mod tests {
     use super::*;
     use crate::config::HetznerProviderConfig;
 
+    /// A config whose files live in their own subdirectory of `dir`.
     fn config(dir: &Path, template: &str) -> HetznerProviderConfig {
+        let dir = tempfile::tempdir_in(dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .keep();
         let token = dir.join("token");
         std::fs::write(&token, "secret\n").unwrap_or_else(|e| panic!("{e}"));
         let user_data = dir.join("user-data.sh");
@@ -625,5 +719,47 @@ mod tests {
         let mut c = good;
         c.user_data = big;
         assert!(err(&c, &hosts).contains("at most"));
+    }
+
+    #[test]
+    fn aws_settings_name_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let user_data = dir.path().join("user-data.sh");
+        std::fs::write(&user_data, "t={{bootstrap_token}}").unwrap_or_else(|e| panic!("{e}"));
+        let key = dir.path().join("key");
+        std::fs::write(&key, "AKID\n").unwrap_or_else(|e| panic!("{e}"));
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s\n").unwrap_or_else(|e| panic!("{e}"));
+        let hosts = vec!["fleet.example.com".to_owned()];
+        let good = crate::config::AwsProviderConfig {
+            region: "eu-west-1".to_owned(),
+            access_key_id_file: Some(key),
+            secret_access_key_file: Some(secret),
+            daemon_url: "wss://fleet.example.com:7443".to_owned(),
+            user_data,
+            instance_types: Vec::new(),
+            prices: [("c7i.large".to_owned(), "0.099".to_owned())].into(),
+            spot_per_mille: None,
+            root_volume_gb: None,
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            key_name: None,
+            instance_profile: None,
+            max_instances: None,
+            endpoint: None,
+        };
+        assert!(aws_provider(&good, "CA", &hosts).is_ok());
+        let err = |c: &crate::config::AwsProviderConfig| {
+            aws_provider(c, "CA", &hosts).err().unwrap_or_default()
+        };
+        let mut c = good.clone();
+        c.prices.insert("m7i.large".to_owned(), "lots".to_owned());
+        assert!(err(&c).contains("prices.m7i.large"), "{}", err(&c));
+        let mut c = good.clone();
+        c.access_key_id_file = Some(dir.path().join("nope"));
+        assert!(err(&c).contains("access_key_id_file"), "{}", err(&c));
+        let mut c = good;
+        c.daemon_url = "wss://elsewhere:7443".to_owned();
+        assert!(err(&c).contains("[transport.ws] hosts"), "{}", err(&c));
     }
 }

@@ -29,6 +29,8 @@
 //! `AuthFailure` and other client errors → `Permanent`.
 
 mod config;
+#[cfg(feature = "moto")]
+pub mod moto;
 mod provider;
 pub mod sigv4;
 mod xml;

@@ -5,12 +5,9 @@
 
 #![expect(clippy::unwrap_used, reason = "tests")]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Moto;
 use fleet_core::ids::{InstanceType, NodeId, PoolName};
 use fleet_core::protocol::{Arch, Secret};
 use fleet_core::provider::{
@@ -18,6 +15,7 @@ use fleet_core::provider::{
     TAG_POOL, TagFilter,
 };
 use fleet_core::testkit::provider::provider_suite;
+use fleet_provider_aws::moto::Moto;
 use fleet_provider_aws::{Credentials, Ec2Config, Ec2Provider};
 
 fn provider(moto: &Moto) -> Ec2Provider {

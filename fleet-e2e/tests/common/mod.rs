@@ -364,3 +364,108 @@ where
     }
     None
 }
+
+/// Cloud nodes in these tests: a user data template whose rendering holds
+/// the pool CA, then the agent's config (a real template is a script that
+/// writes both; see fleet-provider-hetzner/examples/cloud-init.sh), and the
+/// test playing a server's first boot from it.
+pub(crate) mod cloud {
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    use std::time::Duration;
+
+    use fleet_agent::exec_api::{Client, ExecRequest};
+    use fleet_core::protocol::ClaimGrant;
+    use fleet_core::transport::ClaimError;
+
+    use super::{Daemon, bin, gateway, open_grant};
+
+    /// Between the CA and the agent config in the rendered user data.
+    const SPLIT: &str = "----- agent.toml -----\n";
+
+    /// A template for an agent whose files live in `node_dir`.
+    pub(crate) fn template(node_dir: &Path) -> String {
+        format!(
+            "{{{{ca_pem}}}}\n{SPLIT}\
+             node_id = \"{{{{node}}}}\"\n\
+             daemon_url = \"{{{{daemon_url}}}}\"\n\
+             ca_file = {ca:?}\n\
+             bootstrap_token_file = {token:?}\n\
+             identity_dir = {identity:?}\n\
+             work_dir = {work:?}\n\
+             gateway_listen = \"127.0.0.1:0\"\n\
+             reconnect_min_ms = 100\n\
+             reconnect_max_ms = 1000\n\
+             [labels]\npool = \"{{{{pool}}}}\"\n\
+             # token: {{{{bootstrap_token}}}}\n",
+            ca = node_dir.join("ca.pem").display().to_string(),
+            token = node_dir.join("bootstrap.token").display().to_string(),
+            identity = node_dir.join("identity").display().to_string(),
+            work = node_dir.join("work").display().to_string(),
+        )
+    }
+
+    /// What cloud-init would do with `user_data` on first boot: write the
+    /// CA, the token and the config into `node_dir` and start the agent.
+    pub(crate) fn first_boot(node_dir: &Path, user_data: &str) -> Child {
+        let (ca_pem, agent_toml) = user_data
+            .split_once(SPLIT)
+            .unwrap_or_else(|| panic!("user data: {user_data}"));
+        assert!(
+            ca_pem.contains("BEGIN CERTIFICATE"),
+            "the pool CA is filled in"
+        );
+        let token = agent_toml
+            .lines()
+            .find_map(|l| l.strip_prefix("# token: "))
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| panic!("no bootstrap token in the user data"));
+        let write = |name: &str, text: &str| {
+            std::fs::write(node_dir.join(name), text).unwrap_or_else(|e| panic!("{e}"));
+        };
+        write("ca.pem", ca_pem);
+        write("bootstrap.token", token);
+        write("agent.toml", agent_toml);
+        let log =
+            std::fs::File::create(node_dir.join("agent.log")).unwrap_or_else(|e| panic!("{e}"));
+        Command::new(bin("fleet-agent", "fleet-agent"))
+            .env("FLEET_AGENT_CONFIG", node_dir.join("agent.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the agent: {e}"))
+    }
+
+    /// Waits for `claiming`'s grant, opens its credentials and runs
+    /// `echo say` on the node through its mTLS gateway.
+    pub(crate) async fn grant_and_echo(
+        daemon: &Daemon,
+        claiming: tokio::task::JoinHandle<Result<ClaimGrant, ClaimError>>,
+        identity: &age::x25519::Identity,
+        say: &str,
+    ) -> ClaimGrant {
+        let grant = tokio::time::timeout(Duration::from_secs(60), claiming)
+            .await
+            .unwrap_or_else(|_| panic!("no grant; see {}", daemon.dir.display()))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("claim: {e}"));
+        let bundle = open_grant(&daemon.discovery, &grant, identity);
+        let tls = gateway(&bundle)
+            .await
+            .unwrap_or_else(|e| panic!("gateway: {e}"));
+        let out = Client::new(tls)
+            .exec(&ExecRequest {
+                argv: vec!["echo".into(), say.into()],
+                env: Default::default(),
+                cwd: None,
+                timeout_ms: Some(10_000),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("exec: {e}"));
+        assert_eq!(out.code, Some(0));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), say);
+        grant
+    }
+}

@@ -1,6 +1,7 @@
-//! A real `moto_server` (the AWS API emulator, PyPI `moto[server]`) on a
-//! free loopback port, killed on drop. The binary comes from
-//! `MOTO_SERVER_BIN` or `PATH`; without it the test fails with how to get it.
+//! Test support (feature `moto`): a real `moto_server` (the AWS API
+//! emulator, PyPI `moto[server]`) on a free loopback port, killed on drop.
+//! The binary comes from `MOTO_SERVER_BIN` or `PATH`; without it
+//! [`Moto::start`] panics saying how to get it — this is for tests.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -29,14 +30,15 @@ fn binary() -> PathBuf {
 }
 
 /// A running emulator.
-pub(crate) struct Moto {
+#[derive(Debug)]
+pub struct Moto {
     child: Child,
     port: u16,
 }
 
 impl Moto {
     /// Starts one and waits until it accepts connections.
-    pub(crate) fn start() -> Moto {
+    pub fn start() -> Moto {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap_or_else(|e| panic!("a free port: {e}"))
@@ -57,18 +59,18 @@ impl Moto {
     }
 
     /// Its endpoint.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// An AMI the emulator knows (its built-in Amazon images).
-    pub(crate) async fn some_ami(&self) -> String {
+    pub async fn some_ami(&self) -> String {
         self.first("Action=DescribeImages&Owner.1=amazon", "imageId")
             .await
     }
 
     /// An instance's user data, decoded.
-    pub(crate) async fn user_data(&self, instance: &str) -> String {
+    pub async fn user_data(&self, instance: &str) -> String {
         use base64::Engine as _;
         let b64 = self
             .first(
@@ -86,7 +88,7 @@ impl Moto {
 
     /// The text of the first `<tag>` in the answer to an (unsigned: the
     /// emulator does not check) EC2 call.
-    async fn first(&self, query: &str, tag: &str) -> String {
+    pub async fn first(&self, query: &str, tag: &str) -> String {
         let http = fleet_http::HttpClient::new(&self.url(), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
         let a = http
