@@ -240,35 +240,7 @@ fn parse_response(buf: &[u8]) -> Result<(u16, Vec<u8>), ImdsError> {
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) into ms since the epoch.
 pub fn parse_rfc3339_ms(s: &str) -> Option<Millis> {
-    let s = s.strip_suffix('Z').or_else(|| s.strip_suffix("+00:00"))?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.split('-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let m: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.split(':');
-    let h: i64 = t.next()?.parse().ok()?;
-    let mi: i64 = t.next()?.parse().ok()?;
-    let sec: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let ms: i64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{:0<3}", &frac[..frac.len().min(3)]).parse().ok()?
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let total = ((days * 24 + h) * 60 + mi) * 60 + sec;
-    u64::try_from(total * 1000 + ms).ok()
+    fleet_core::time::parse_rfc3339(s)
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod strategy;
 pub mod subjects;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod time;
 pub mod transport;
 
 pub use ids::{

@@ -232,90 +232,9 @@ where
     sender.send_request(request).await
 }
 
-/// Milliseconds since the Unix epoch of an RFC 3339 timestamp as cloud
-/// APIs write them (`2026-11-25T20:00:00+00:00`, `…Z`, fractions allowed).
-pub fn rfc3339_millis(ts: &str) -> Option<u64> {
-    let b = ts.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
-    };
-    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || b.get(10) != Some(&b'T') {
-        return None;
-    }
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = b.get(19..)?;
-    let mut ms = 0;
-    if rest.first() == Some(&b'.') {
-        let digits = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
-        let frac = std::str::from_utf8(&rest[1..1 + digits]).ok()?;
-        ms = frac
-            .chars()
-            .chain("000".chars())
-            .take(3)
-            .collect::<String>()
-            .parse()
-            .ok()?;
-        rest = &rest[1 + digits..];
-    }
-    let offset_s = match rest {
-        b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let h = i64::from(h1.wrapping_sub(b'0')) * 10 + i64::from(h2.wrapping_sub(b'0'));
-            let m = i64::from(m1.wrapping_sub(b'0')) * 10 + i64::from(m2.wrapping_sub(b'0'));
-            let s = (h * 60 + m) * 60;
-            if *sign == b'+' { s } else { -s }
-        }
-        _ => return None,
-    };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3_600 + mm * 60 + ss - offset_s;
-    u64::try_from(secs * 1_000 + ms).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps_parse_as_the_api_writes_them() {
-        assert_eq!(rfc3339_millis("1970-01-01T00:00:00+00:00"), Some(0));
-        assert_eq!(
-            rfc3339_millis("2016-01-30T23:50:00+00:00"),
-            Some(1_454_197_800_000)
-        );
-        assert_eq!(
-            rfc3339_millis("2016-01-30T23:50:00Z"),
-            Some(1_454_197_800_000)
-        );
-        assert_eq!(
-            rfc3339_millis("2016-01-31T00:50:00.25+01:00"),
-            Some(1_454_197_800_250)
-        );
-        assert_eq!(
-            rfc3339_millis("2024-02-29T12:00:00+00:00"),
-            Some(1_709_208_000_000)
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "2016-13-01T00:00:00Z",
-            "2016-01-30 23:50:00Z",
-            "2016-01-30T23:50:00",
-        ] {
-            assert_eq!(rfc3339_millis(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn base_urls_are_checked() {

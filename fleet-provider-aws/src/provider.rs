@@ -336,7 +336,7 @@ impl Ec2Provider {
             tags,
             created_at: e
                 .text_at("launchTime")
-                .and_then(fleet_http::rfc3339_millis)
+                .and_then(fleet_core::time::parse_rfc3339)
                 .unwrap_or(0),
         })
     }
@@ -611,7 +611,7 @@ impl Provider for Ec2Provider {
                         size_gb: gb.max(1),
                         created_at: image
                             .text_at("creationDate")
-                            .and_then(fleet_http::rfc3339_millis)
+                            .and_then(fleet_core::time::parse_rfc3339)
                             .unwrap_or_else(now_ms),
                     });
                 }

@@ -362,19 +362,11 @@ fn server_json(s: &Server) -> Value {
     })
 }
 
-/// Formats seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS+00:00`.
+/// Formats seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SS+00:00`,
+/// as the API writes timestamps.
 fn iso8601(secs: u64) -> String {
-    // Howard Hinnant's `civil_from_days`.
-    let z = (secs / 86_400) as i64 + 719_468;
-    let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}+00:00")
+    let utc = fleet_core::time::Utc::from_millis(secs.saturating_mul(1_000)).to_string();
+    format!("{}+00:00", utc.trim_end_matches('Z'))
 }
 
 fn unix_now() -> u64 {

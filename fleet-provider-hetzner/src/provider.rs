@@ -222,7 +222,7 @@ impl HetznerProvider {
             state: state_of(&s.status),
             address: s.public_net.and_then(|n| n.ipv4).map(|v| v.ip),
             tags: s.labels,
-            created_at: fleet_http::rfc3339_millis(&s.created).unwrap_or(0),
+            created_at: fleet_core::time::parse_rfc3339(&s.created).unwrap_or(0),
         })
     }
 
@@ -452,7 +452,7 @@ impl Provider for HetznerProvider {
         Ok(SnapshotRef {
             id: image.id.to_string(),
             size_gb: gb as u32,
-            created_at: fleet_http::rfc3339_millis(&image.created).unwrap_or(0),
+            created_at: fleet_core::time::parse_rfc3339(&image.created).unwrap_or(0),
         })
     }
 
