@@ -324,7 +324,8 @@ pub struct AwsProviderConfig {
     #[serde(default)]
     pub access_key_id_file: Option<PathBuf>,
     /// File with the secret access key (else `$AWS_SECRET_ACCESS_KEY`;
-    /// `$AWS_SESSION_TOKEN` is used when set).
+    /// `$AWS_SESSION_TOKEN` is used when set). With no keys at all the
+    /// instance role of the EC2 instance the daemon runs on is used.
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
     /// The daemon's WebSocket address as new instances reach it; its host

@@ -619,30 +619,37 @@ fn aws_provider(
     ca_pem: &str,
     cert_hosts: &[String],
 ) -> Result<fleet_provider_aws::Ec2Provider, String> {
-    use fleet_provider_aws::{Credentials, Ec2Config, Ec2Provider};
+    use fleet_provider_aws::{CredentialSource, Credentials, Ec2Config, Ec2Provider};
     // EC2 takes 16 KiB of user data before base64.
     let boot = AgentBootstrap::load(&a.daemon_url, &a.user_data, 16 * 1024, ca_pem, cert_hosts)?;
     let access_key_id = secret_from(
         a.access_key_id_file.as_deref(),
         "AWS_ACCESS_KEY_ID",
         "access_key_id_file",
-    )?
-    .ok_or("no AWS access key: set access_key_id_file or AWS_ACCESS_KEY_ID")?;
+    )?;
     let secret_access_key = secret_from(
         a.secret_access_key_file.as_deref(),
         "AWS_SECRET_ACCESS_KEY",
         "secret_access_key_file",
-    )?
-    .ok_or("no AWS secret key: set secret_access_key_file or AWS_SECRET_ACCESS_KEY")?;
-    let session_token = secret_from(None, "AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN")?;
-    let mut cfg = Ec2Config::new(
-        a.region.clone(),
-        Credentials {
+    )?;
+    let credentials = match (access_key_id, secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => CredentialSource::Static(Credentials {
             access_key_id,
             secret_access_key,
-            session_token,
-        },
-    );
+            session_token: secret_from(None, "AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN")?,
+        }),
+        (None, None) => {
+            tracing::info!("no AWS keys configured: using the instance role (IMDSv2)");
+            CredentialSource::instance_role()
+        }
+        _ => {
+            return Err(
+                "an AWS access key id without its secret (or the reverse): set both, or neither to use the instance role"
+                    .to_owned(),
+            );
+        }
+    };
+    let mut cfg = Ec2Config::new(a.region.clone(), credentials);
     if let Some(endpoint) = &a.endpoint {
         cfg.endpoint = endpoint.clone();
     }
@@ -758,8 +765,23 @@ mod tests {
         let mut c = good.clone();
         c.access_key_id_file = Some(dir.path().join("nope"));
         assert!(err(&c).contains("access_key_id_file"), "{}", err(&c));
-        let mut c = good;
+        let mut c = good.clone();
         c.daemon_url = "wss://elsewhere:7443".to_owned();
         assert!(err(&c).contains("[transport.ws] hosts"), "{}", err(&c));
+        // A key id without its secret is a mistake; neither means the
+        // instance role (unless the environment has keys).
+        if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
+            let mut c = good.clone();
+            c.secret_access_key_file = None;
+            assert!(err(&c).contains("without its secret"), "{}", err(&c));
+        }
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+            && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none()
+        {
+            let mut c = good;
+            c.access_key_id_file = None;
+            c.secret_access_key_file = None;
+            assert!(aws_provider(&c, "CA", &hosts).is_ok());
+        }
     }
 }

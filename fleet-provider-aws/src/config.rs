@@ -14,8 +14,8 @@ pub struct Ec2Config {
     /// API endpoint (default `https://ec2.<region>.amazonaws.com`; an
     /// emulator's `http://127.0.0.1:<port>` in tests).
     pub endpoint: String,
-    /// Signing credentials.
-    pub credentials: Credentials,
+    /// Where signing credentials come from.
+    pub credentials: CredentialSource,
     /// Sell only these instance types (empty: every type the price table
     /// or [`Ec2Config::prices`] prices).
     pub instance_types: Vec<String>,
@@ -56,12 +56,12 @@ pub struct Ec2Config {
 
 impl Ec2Config {
     /// Settings for `region` with `credentials` and defaults for the rest.
-    pub fn new(region: impl Into<String>, credentials: Credentials) -> Ec2Config {
+    pub fn new(region: impl Into<String>, credentials: impl Into<CredentialSource>) -> Ec2Config {
         let region = region.into();
         Ec2Config {
             endpoint: format!("https://ec2.{region}.amazonaws.com"),
             region,
-            credentials,
+            credentials: credentials.into(),
             instance_types: Vec::new(),
             prices: BTreeMap::new(),
             spot_per_mille: 350,
@@ -78,6 +78,35 @@ impl Ec2Config {
             poll_interval: Duration::from_secs(2),
             wait_timeout: Duration::from_secs(900),
         }
+    }
+}
+
+/// Where the provider gets the credentials it signs with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CredentialSource {
+    /// Fixed keys (an IAM user's, or temporary ones with a session token).
+    Static(Credentials),
+    /// The IAM role of the EC2 instance the daemon runs on, from the
+    /// instance metadata service (IMDSv2), refreshed before they expire.
+    InstanceRole {
+        /// The metadata service (`http://169.254.169.254`).
+        imds_url: String,
+    },
+}
+
+impl CredentialSource {
+    /// The instance role through the usual metadata address.
+    pub fn instance_role() -> CredentialSource {
+        CredentialSource::InstanceRole {
+            imds_url: "http://169.254.169.254".to_owned(),
+        }
+    }
+}
+
+impl From<Credentials> for CredentialSource {
+    fn from(c: Credentials) -> CredentialSource {
+        CredentialSource::Static(c)
     }
 }
 

@@ -35,6 +35,6 @@ mod provider;
 pub mod sigv4;
 mod xml;
 
-pub use config::{Ec2Config, US_EAST_1_PRICES, credentials_from_env};
+pub use config::{CredentialSource, Ec2Config, US_EAST_1_PRICES, credentials_from_env};
 pub use provider::{Ec2Provider, error_of};
 pub use sigv4::Credentials;

@@ -44,6 +44,21 @@ pub struct Ec2Provider {
     http: HttpClient,
     capabilities: Capabilities,
     billing: BillingModel,
+    /// Instance-role credentials and when they expire (ms since the epoch).
+    role: tokio::sync::Mutex<Option<(sigv4::Credentials, u64)>>,
+}
+
+/// Instance-role credentials are refreshed this long before they expire.
+const REFRESH_BEFORE_MS: u64 = 5 * 60 * 1_000;
+
+/// The metadata service's answer for a role.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    token: String,
+    expiration: String,
 }
 
 fn now_ms() -> u64 {
@@ -167,7 +182,28 @@ impl Ec2Provider {
             billing: BillingModel::ec2(),
             cfg,
             http,
+            role: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The credentials to sign with now: the static ones, or the instance
+    /// role's (fetched through IMDSv2, cached until shortly before they
+    /// expire).
+    pub(crate) async fn credentials(&self) -> Result<sigv4::Credentials, ProviderError> {
+        let imds_url = match &self.cfg.credentials {
+            crate::config::CredentialSource::Static(c) => return Ok(c.clone()),
+            crate::config::CredentialSource::InstanceRole { imds_url } => imds_url,
+        };
+        let mut cached = self.role.lock().await;
+        if let Some((c, expires)) = cached.as_ref()
+            && now_ms().saturating_add(REFRESH_BEFORE_MS) < *expires
+        {
+            return Ok(c.clone());
+        }
+        let (creds, expires) = fetch_role_credentials(imds_url).await?;
+        tracing::info!(access_key_id = %creds.access_key_id, expires, "instance role credentials fetched");
+        *cached = Some((creds.clone(), expires));
+        Ok(creds)
     }
 
     /// One signed Query API call; the answer's root element.
@@ -187,6 +223,7 @@ impl Ec2Provider {
             format!("{}/", self.http.prefix())
         };
         let amz_date = sigv4::amz_date(now_ms());
+        let creds = self.credentials().await?;
         let mut headers = sigv4::sign(
             &sigv4::Request {
                 method: "POST",
@@ -198,7 +235,7 @@ impl Ec2Provider {
                 region: &self.cfg.region,
                 service: "ec2",
             },
-            &self.cfg.credentials,
+            &creds,
         );
         headers.push(("content-type", content_type.to_owned()));
         let answer = self
@@ -374,6 +411,67 @@ impl Ec2Provider {
             .find(|(t, _)| *t == ty)
             .and_then(|(_, p)| dollars(p))
     }
+}
+
+/// Fetches the instance role's credentials through IMDSv2: a session token,
+/// the role's name, then its keys.
+async fn fetch_role_credentials(
+    imds_url: &str,
+) -> Result<(sigv4::Credentials, u64), ProviderError> {
+    let fail = |why: String| {
+        ProviderError::Transient(format!(
+            "no AWS credentials: none configured, and the instance role is not available ({why}); \
+             set access keys or run on EC2 with an instance profile"
+        ))
+    };
+    let imds = HttpClient::new(imds_url, std::time::Duration::from_secs(3))
+        .map_err(|e| ProviderError::Permanent(format!("imds_url: {e}")))?;
+    let text = |a: Answer, what: &str| -> Result<String, ProviderError> {
+        if a.is_success() {
+            Ok(String::from_utf8_lossy(&a.body).trim().to_owned())
+        } else {
+            Err(fail(format!("{what}: HTTP {}", a.status)))
+        }
+    };
+    let token = imds
+        .send(
+            "PUT",
+            "/latest/api/token",
+            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600".to_owned())],
+            None,
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let token = text(token, "token")?;
+    let header = [("x-aws-ec2-metadata-token", token)];
+    let base = "/latest/meta-data/iam/security-credentials/";
+    let roles = imds
+        .send("GET", base, &header, None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let roles = text(roles, "role")?;
+    let role = roles
+        .lines()
+        .next()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| fail("no role attached".into()))?;
+    let a = imds
+        .send("GET", &format!("{base}{role}"), &header, None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let body = text(a, "credentials")?;
+    let c: RoleCredentials =
+        serde_json::from_str(&body).map_err(|e| fail(format!("unreadable credentials: {e}")))?;
+    let expires = fleet_core::time::parse_rfc3339(&c.expiration)
+        .ok_or_else(|| fail(format!("unreadable expiration {:?}", c.expiration)))?;
+    Ok((
+        sigv4::Credentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: Some(c.token),
+        },
+        expires,
+    ))
 }
 
 trait WithContext {
@@ -725,5 +823,106 @@ mod tests {
                 "Filter.2.Value.2"
             ]
         );
+    }
+
+    /// A metadata service on loopback that hands out role credentials
+    /// expiring at `expiration`, only to requests with a session token;
+    /// returns its URL and a request counter.
+    async fn fake_imds(
+        expiration: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let url = format!(
+            "http://{}",
+            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let hits = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                let body = if req.starts_with("put /latest/api/token") {
+                    "tok-1".to_owned()
+                } else if !req.contains("x-aws-ec2-metadata-token: tok-1") {
+                    String::new()
+                } else if req.starts_with("get /latest/meta-data/iam/security-credentials/ ") {
+                    "fleet-role\n".to_owned()
+                } else if req
+                    .starts_with("get /latest/meta-data/iam/security-credentials/fleet-role ")
+                {
+                    format!(
+                        r#"{{"Code":"Success","AccessKeyId":"ASIAROLE","SecretAccessKey":"s3cr3t","Token":"sess","Expiration":"{expiration}"}}"#
+                    )
+                } else {
+                    String::new()
+                };
+                let status = if body.is_empty() {
+                    "401 Unauthorized"
+                } else {
+                    "200 OK"
+                };
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        (url, hits)
+    }
+
+    fn role_provider(imds_url: String) -> Ec2Provider {
+        let cfg = Ec2Config::new(
+            "us-east-1",
+            crate::config::CredentialSource::InstanceRole { imds_url },
+        );
+        Ec2Provider::new(cfg).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn instance_role_credentials_come_from_imdsv2_and_are_cached() {
+        use std::sync::atomic::Ordering;
+        let (url, hits) = fake_imds("2999-01-01T00:00:00Z").await;
+        let p = role_provider(url);
+        let c = p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.access_key_id, "ASIAROLE");
+        assert_eq!(c.session_token.as_deref(), Some("sess"));
+        assert_eq!(hits.load(Ordering::Relaxed), 3, "token, role, credentials");
+        p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hits.load(Ordering::Relaxed), 3, "cached until near expiry");
+
+        // Credentials about to expire are fetched again on every use.
+        let (url, hits) = fake_imds("2000-01-01T00:00:00Z").await;
+        let p = role_provider(url);
+        p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
+        p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(hits.load(Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test]
+    async fn no_credentials_anywhere_is_a_clear_error() {
+        // Nothing listens here.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let p = role_provider(format!("http://127.0.0.1:{port}"));
+        let e = p
+            .credentials()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("no credentials"));
+        assert!(e.to_string().contains("no AWS credentials"), "{e}");
     }
 }
