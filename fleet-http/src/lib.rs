@@ -2,7 +2,8 @@
 //! connection per request (hyper over tokio-rustls with the system's trust
 //! roots; plain HTTP for loopback fakes and emulators), a per-request
 //! timeout, a bounded response body. Providers call their APIs a few times
-//! per node lifecycle, so connection reuse is not worth a pool.
+//! per node lifecycle, so connection reuse is not worth a pool. [`sigv4`]
+//! signs requests for AWS APIs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 pub use hyper::header::HeaderMap;
+
+pub mod sigv4;
 
 /// The largest response body read.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::sigv4::Credentials;
+use fleet_http::sigv4::Credentials;
 
 /// How an [`crate::Ec2Provider`] reaches EC2 and builds instances.
 #[derive(Debug, Clone)]

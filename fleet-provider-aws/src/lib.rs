@@ -32,9 +32,8 @@ mod config;
 #[cfg(feature = "moto")]
 pub mod moto;
 mod provider;
-pub mod sigv4;
 mod xml;
 
 pub use config::{CredentialSource, Ec2Config, US_EAST_1_PRICES, credentials_from_env};
+pub use fleet_http::sigv4::{self, Credentials};
 pub use provider::{Ec2Provider, error_of};
-pub use sigv4::Credentials;

@@ -16,8 +16,8 @@ use fleet_core::provider::{
 use fleet_http::{Answer, HttpClient, HttpError};
 
 use crate::config::{Ec2Config, US_EAST_1_PRICES};
-use crate::sigv4;
 use crate::xml::{self, Element};
+use fleet_http::sigv4;
 
 /// The EC2 API version spoken.
 const API_VERSION: &str = "2016-11-15";
@@ -67,17 +67,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Percent-encodes per RFC 3986 (what SigV4 and the Query API expect).
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    sigv4::uri_encode(s, false)
 }
 
 fn state_of(name: &str) -> InstanceState {
@@ -229,7 +220,8 @@ impl Ec2Provider {
                 method: "POST",
                 host: &host,
                 path: &path,
-                content_type,
+                query: "",
+                headers: &[("content-type", content_type.to_owned())],
                 body: body.as_bytes(),
                 amz_date: &amz_date,
                 region: &self.cfg.region,

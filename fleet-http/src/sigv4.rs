@@ -1,5 +1,5 @@
-//! AWS Signature Version 4 for a request with a body (the EC2 Query API
-//! posts a form).
+//! AWS Signature Version 4 (the EC2 Query API's form posts, S3's object
+//! requests).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
@@ -43,36 +43,49 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 /// What a signed request needs to know.
 #[derive(Debug)]
 pub struct Request<'a> {
-    /// `POST`.
+    /// `GET`, `PUT`, `POST`, `DELETE`.
     pub method: &'a str,
     /// The `Host` header as sent.
     pub host: &'a str,
-    /// The path (`/`).
+    /// The path, already URI-encoded as sent (`/bucket/key%20name`).
     pub path: &'a str,
-    /// The `Content-Type` header as sent.
-    pub content_type: &'a str,
+    /// The query string as sent, its parameters sorted by name and
+    /// URI-encoded (`list-type=2&prefix=a%2F`); empty for none.
+    pub query: &'a str,
+    /// Other headers to sign (lowercase names), e.g. `content-type` or
+    /// `x-amz-content-sha256`; `host` and `x-amz-date` are always signed.
+    pub headers: &'a [(&'a str, String)],
     /// The body.
     pub body: &'a [u8],
     /// `YYYYMMDDTHHMMSSZ`.
     pub amz_date: &'a str,
     /// `us-east-1`.
     pub region: &'a str,
-    /// `ec2`.
+    /// `ec2`, `s3`.
     pub service: &'a str,
+}
+
+/// The hex SHA-256 of `body` (S3's `x-amz-content-sha256`).
+pub fn payload_hash(body: &[u8]) -> String {
+    hex(&Sha256::digest(body))
 }
 
 /// The headers to add: `Authorization`, `X-Amz-Date` and, for temporary
 /// credentials, `X-Amz-Security-Token`.
 pub fn sign(req: &Request<'_>, creds: &Credentials) -> Vec<(&'static str, String)> {
-    let payload_hash = hex(&Sha256::digest(req.body));
-    let mut headers = vec![
-        ("content-type", req.content_type.to_owned()),
-        ("host", req.host.to_owned()),
-        ("x-amz-date", req.amz_date.to_owned()),
-    ];
+    let mut headers: Vec<(&str, String)> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (*k, v.clone()))
+        .chain([
+            ("host", req.host.to_owned()),
+            ("x-amz-date", req.amz_date.to_owned()),
+        ])
+        .collect();
     if let Some(token) = &creds.session_token {
         headers.push(("x-amz-security-token", token.clone()));
     }
+    headers.sort_by(|a, b| a.0.cmp(b.0));
     let canonical_headers: String = headers
         .iter()
         .map(|(k, v)| format!("{k}:{}\n", v.trim()))
@@ -83,8 +96,11 @@ pub fn sign(req: &Request<'_>, creds: &Credentials) -> Vec<(&'static str, String
         .collect::<Vec<_>>()
         .join(";");
     let canonical = format!(
-        "{}\n{}\n\n{canonical_headers}\n{signed_headers}\n{payload_hash}",
-        req.method, req.path
+        "{}\n{}\n{}\n{canonical_headers}\n{signed_headers}\n{}",
+        req.method,
+        req.path,
+        req.query,
+        payload_hash(req.body)
     );
     let date = req.amz_date.get(..8).unwrap_or_default();
     let scope = format!("{date}/{}/{}/aws4_request", req.region, req.service);
@@ -117,6 +133,23 @@ pub fn sign(req: &Request<'_>, creds: &Credentials) -> Vec<(&'static str, String
     out
 }
 
+/// Percent-encodes per RFC 3986 (what SigV4 and AWS APIs expect); `/` is
+/// kept when `keep_slash` (object key paths).
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/')
+        {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `YYYYMMDDTHHMMSSZ` for `ms` since the Unix epoch.
 pub fn amz_date(ms: u64) -> String {
     fleet_core::time::Utc::from_millis(ms).basic()
@@ -139,7 +172,11 @@ mod tests {
                 method: "POST",
                 host: "ec2.us-east-1.amazonaws.com",
                 path: "/",
-                content_type: "application/x-www-form-urlencoded; charset=utf-8",
+                query: "",
+                headers: &[(
+                    "content-type",
+                    "application/x-www-form-urlencoded; charset=utf-8".to_owned(),
+                )],
                 body: b"Action=DescribeInstances&Version=2016-11-15",
                 amz_date: "20261125T204100Z",
                 region: "us-east-1",
