@@ -20,6 +20,7 @@ use tokio_rustls::TlsConnector;
 pub use hyper::header::HeaderMap;
 
 pub mod sigv4;
+pub mod xml;
 
 /// The largest response body read.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;

@@ -40,6 +40,148 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     mac.finalize().into_bytes().to_vec()
 }
 
+/// Where the provider gets the credentials it signs with.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CredentialSource {
+    /// Fixed keys (an IAM user's, or temporary ones with a session token).
+    Static(Credentials),
+    /// The IAM role of the EC2 instance the daemon runs on, from the
+    /// instance metadata service (IMDSv2), refreshed before they expire.
+    InstanceRole {
+        /// The metadata service (`http://169.254.169.254`).
+        imds_url: String,
+    },
+}
+
+impl CredentialSource {
+    /// The instance role through the usual metadata address.
+    pub fn instance_role() -> CredentialSource {
+        CredentialSource::InstanceRole {
+            imds_url: "http://169.254.169.254".to_owned(),
+        }
+    }
+}
+
+impl From<Credentials> for CredentialSource {
+    fn from(c: Credentials) -> CredentialSource {
+        CredentialSource::Static(c)
+    }
+}
+
+/// Credentials from a [`CredentialSource`], the instance role's cached
+/// until five minutes before they expire.
+#[derive(Debug)]
+pub struct AwsCredentials {
+    source: CredentialSource,
+    cached: tokio::sync::Mutex<Option<(Credentials, u64)>>,
+}
+
+/// Instance-role credentials are refreshed this long before they expire.
+const REFRESH_BEFORE_MS: u64 = 5 * 60 * 1_000;
+
+impl AwsCredentials {
+    /// Credentials from `source`.
+    pub fn new(source: CredentialSource) -> AwsCredentials {
+        AwsCredentials {
+            source,
+            cached: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The credentials to sign with now; why there are none otherwise.
+    pub async fn get(&self) -> Result<Credentials, String> {
+        let imds_url = match &self.source {
+            CredentialSource::Static(c) => return Ok(c.clone()),
+            CredentialSource::InstanceRole { imds_url } => imds_url,
+        };
+        let mut cached = self.cached.lock().await;
+        if let Some((c, expires)) = cached.as_ref()
+            && now_ms().saturating_add(REFRESH_BEFORE_MS) < *expires
+        {
+            return Ok(c.clone());
+        }
+        let (creds, expires) = fetch_role_credentials(imds_url).await?;
+        *cached = Some((creds.clone(), expires));
+        Ok(creds)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The metadata service's answer for a role.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RoleCredentials {
+    access_key_id: String,
+    secret_access_key: String,
+    token: String,
+    expiration: String,
+}
+
+/// Fetches the instance role's credentials through IMDSv2: a session token,
+/// the role's name, then its keys.
+async fn fetch_role_credentials(imds_url: &str) -> Result<(Credentials, u64), String> {
+    let fail = |why: String| {
+        format!(
+            "no AWS credentials: none configured, and the instance role is not available ({why}); \
+             set access keys or run on EC2 with an instance profile"
+        )
+    };
+    let imds = crate::HttpClient::new(imds_url, std::time::Duration::from_secs(3))
+        .map_err(|e| format!("imds_url: {e}"))?;
+    let text = |a: crate::Answer, what: &str| -> Result<String, String> {
+        if a.is_success() {
+            Ok(String::from_utf8_lossy(&a.body).trim().to_owned())
+        } else {
+            Err(fail(format!("{what}: HTTP {}", a.status)))
+        }
+    };
+    let token = imds
+        .send(
+            "PUT",
+            "/latest/api/token",
+            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600".to_owned())],
+            None,
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let token = text(token, "token")?;
+    let header = [("x-aws-ec2-metadata-token", token)];
+    let base = "/latest/meta-data/iam/security-credentials/";
+    let roles = imds
+        .send("GET", base, &header, None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let roles = text(roles, "role")?;
+    let role = roles
+        .lines()
+        .next()
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| fail("no role attached".into()))?;
+    let a = imds
+        .send("GET", &format!("{base}{role}"), &header, None)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let body = text(a, "credentials")?;
+    let c: RoleCredentials =
+        serde_json::from_str(&body).map_err(|e| fail(format!("unreadable credentials: {e}")))?;
+    let expires = fleet_core::time::parse_rfc3339(&c.expiration)
+        .ok_or_else(|| fail(format!("unreadable expiration {:?}", c.expiration)))?;
+    Ok((
+        Credentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: Some(c.token),
+        },
+        expires,
+    ))
+}
+
 /// What a signed request needs to know.
 #[derive(Debug)]
 pub struct Request<'a> {

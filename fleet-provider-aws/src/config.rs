@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_http::sigv4::Credentials;
+use fleet_http::sigv4::{CredentialSource, Credentials};
 
 /// How an [`crate::Ec2Provider`] reaches EC2 and builds instances.
 #[derive(Debug, Clone)]
@@ -78,35 +78,6 @@ impl Ec2Config {
             poll_interval: Duration::from_secs(2),
             wait_timeout: Duration::from_secs(900),
         }
-    }
-}
-
-/// Where the provider gets the credentials it signs with.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum CredentialSource {
-    /// Fixed keys (an IAM user's, or temporary ones with a session token).
-    Static(Credentials),
-    /// The IAM role of the EC2 instance the daemon runs on, from the
-    /// instance metadata service (IMDSv2), refreshed before they expire.
-    InstanceRole {
-        /// The metadata service (`http://169.254.169.254`).
-        imds_url: String,
-    },
-}
-
-impl CredentialSource {
-    /// The instance role through the usual metadata address.
-    pub fn instance_role() -> CredentialSource {
-        CredentialSource::InstanceRole {
-            imds_url: "http://169.254.169.254".to_owned(),
-        }
-    }
-}
-
-impl From<Credentials> for CredentialSource {
-    fn from(c: Credentials) -> CredentialSource {
-        CredentialSource::Static(c)
     }
 }
 

@@ -32,8 +32,7 @@ mod config;
 #[cfg(feature = "moto")]
 pub mod moto;
 mod provider;
-mod xml;
 
-pub use config::{CredentialSource, Ec2Config, US_EAST_1_PRICES, credentials_from_env};
-pub use fleet_http::sigv4::{self, Credentials};
+pub use config::{Ec2Config, US_EAST_1_PRICES, credentials_from_env};
+pub use fleet_http::sigv4::{self, CredentialSource, Credentials};
 pub use provider::{Ec2Provider, error_of};

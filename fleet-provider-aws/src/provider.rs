@@ -16,8 +16,8 @@ use fleet_core::provider::{
 use fleet_http::{Answer, HttpClient, HttpError};
 
 use crate::config::{Ec2Config, US_EAST_1_PRICES};
-use crate::xml::{self, Element};
 use fleet_http::sigv4;
+use fleet_http::xml::{self, Element};
 
 /// The EC2 API version spoken.
 const API_VERSION: &str = "2016-11-15";
@@ -44,21 +44,7 @@ pub struct Ec2Provider {
     http: HttpClient,
     capabilities: Capabilities,
     billing: BillingModel,
-    /// Instance-role credentials and when they expire (ms since the epoch).
-    role: tokio::sync::Mutex<Option<(sigv4::Credentials, u64)>>,
-}
-
-/// Instance-role credentials are refreshed this long before they expire.
-const REFRESH_BEFORE_MS: u64 = 5 * 60 * 1_000;
-
-/// The metadata service's answer for a role.
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct RoleCredentials {
-    access_key_id: String,
-    secret_access_key: String,
-    token: String,
-    expiration: String,
+    credentials: sigv4::AwsCredentials,
 }
 
 fn now_ms() -> u64 {
@@ -171,30 +157,18 @@ impl Ec2Provider {
                 max_instances: cfg.max_instances,
             },
             billing: BillingModel::ec2(),
+            credentials: sigv4::AwsCredentials::new(cfg.credentials.clone()),
             cfg,
             http,
-            role: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// The credentials to sign with now: the static ones, or the instance
-    /// role's (fetched through IMDSv2, cached until shortly before they
-    /// expire).
+    /// The credentials to sign with now.
     pub(crate) async fn credentials(&self) -> Result<sigv4::Credentials, ProviderError> {
-        let imds_url = match &self.cfg.credentials {
-            crate::config::CredentialSource::Static(c) => return Ok(c.clone()),
-            crate::config::CredentialSource::InstanceRole { imds_url } => imds_url,
-        };
-        let mut cached = self.role.lock().await;
-        if let Some((c, expires)) = cached.as_ref()
-            && now_ms().saturating_add(REFRESH_BEFORE_MS) < *expires
-        {
-            return Ok(c.clone());
-        }
-        let (creds, expires) = fetch_role_credentials(imds_url).await?;
-        tracing::info!(access_key_id = %creds.access_key_id, expires, "instance role credentials fetched");
-        *cached = Some((creds.clone(), expires));
-        Ok(creds)
+        self.credentials
+            .get()
+            .await
+            .map_err(ProviderError::Transient)
     }
 
     /// One signed Query API call; the answer's root element.
@@ -403,67 +377,6 @@ impl Ec2Provider {
             .find(|(t, _)| *t == ty)
             .and_then(|(_, p)| dollars(p))
     }
-}
-
-/// Fetches the instance role's credentials through IMDSv2: a session token,
-/// the role's name, then its keys.
-async fn fetch_role_credentials(
-    imds_url: &str,
-) -> Result<(sigv4::Credentials, u64), ProviderError> {
-    let fail = |why: String| {
-        ProviderError::Transient(format!(
-            "no AWS credentials: none configured, and the instance role is not available ({why}); \
-             set access keys or run on EC2 with an instance profile"
-        ))
-    };
-    let imds = HttpClient::new(imds_url, std::time::Duration::from_secs(3))
-        .map_err(|e| ProviderError::Permanent(format!("imds_url: {e}")))?;
-    let text = |a: Answer, what: &str| -> Result<String, ProviderError> {
-        if a.is_success() {
-            Ok(String::from_utf8_lossy(&a.body).trim().to_owned())
-        } else {
-            Err(fail(format!("{what}: HTTP {}", a.status)))
-        }
-    };
-    let token = imds
-        .send(
-            "PUT",
-            "/latest/api/token",
-            &[("x-aws-ec2-metadata-token-ttl-seconds", "21600".to_owned())],
-            None,
-        )
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let token = text(token, "token")?;
-    let header = [("x-aws-ec2-metadata-token", token)];
-    let base = "/latest/meta-data/iam/security-credentials/";
-    let roles = imds
-        .send("GET", base, &header, None)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let roles = text(roles, "role")?;
-    let role = roles
-        .lines()
-        .next()
-        .filter(|r| !r.is_empty())
-        .ok_or_else(|| fail("no role attached".into()))?;
-    let a = imds
-        .send("GET", &format!("{base}{role}"), &header, None)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let body = text(a, "credentials")?;
-    let c: RoleCredentials =
-        serde_json::from_str(&body).map_err(|e| fail(format!("unreadable credentials: {e}")))?;
-    let expires = fleet_core::time::parse_rfc3339(&c.expiration)
-        .ok_or_else(|| fail(format!("unreadable expiration {:?}", c.expiration)))?;
-    Ok((
-        sigv4::Credentials {
-            access_key_id: c.access_key_id,
-            secret_access_key: c.secret_access_key,
-            session_token: Some(c.token),
-        },
-        expires,
-    ))
 }
 
 trait WithContext {
@@ -877,7 +790,7 @@ mod tests {
     fn role_provider(imds_url: String) -> Ec2Provider {
         let cfg = Ec2Config::new(
             "us-east-1",
-            crate::config::CredentialSource::InstanceRole { imds_url },
+            sigv4::CredentialSource::InstanceRole { imds_url },
         );
         Ec2Provider::new(cfg).unwrap_or_else(|e| panic!("{e}"))
     }

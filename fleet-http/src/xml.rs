@@ -1,4 +1,5 @@
-//! Just enough XML for EC2 answers: a tree of elements with their text.
+//! Just enough XML for AWS answers (EC2, S3): a tree of elements with their
+//! text.
 
 use quick_xml::events::Event;
 use quick_xml::reader::Reader;
@@ -6,23 +7,23 @@ use quick_xml::reader::Reader;
 /// One element: its local name (namespace prefix dropped), its text and its
 /// children in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Element {
+pub struct Element {
     /// Local name.
-    pub(crate) name: String,
+    pub name: String,
     /// Text content (unescaped, trimmed).
-    pub(crate) text: String,
+    pub text: String,
     /// Child elements.
-    pub(crate) children: Vec<Element>,
+    pub children: Vec<Element>,
 }
 
 impl Element {
     /// The first child named `name`.
-    pub(crate) fn child(&self, name: &str) -> Option<&Element> {
+    pub fn child(&self, name: &str) -> Option<&Element> {
         self.children.iter().find(|c| c.name == name)
     }
 
     /// The text of the child at `path` (`"instanceState/name"`).
-    pub(crate) fn text_at(&self, path: &str) -> Option<&str> {
+    pub fn text_at(&self, path: &str) -> Option<&str> {
         let mut e = self;
         for part in path.split('/') {
             e = e.child(part)?;
@@ -31,7 +32,7 @@ impl Element {
     }
 
     /// The `<item>`s of the child list `name` (`instancesSet`).
-    pub(crate) fn items<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Element> + 'a {
+    pub fn items<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Element> + 'a {
         self.child(name)
             .into_iter()
             .flat_map(|set| set.children.iter().filter(|c| c.name == "item"))
@@ -39,7 +40,7 @@ impl Element {
 }
 
 /// Parses a document into its root element.
-pub(crate) fn parse(bytes: &[u8]) -> Result<Element, String> {
+pub fn parse(bytes: &[u8]) -> Result<Element, String> {
     let mut reader = Reader::from_reader(bytes);
     reader.config_mut().trim_text(true);
     let mut stack: Vec<Element> = Vec::new();
