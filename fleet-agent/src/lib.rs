@@ -19,6 +19,7 @@ pub mod identity;
 pub mod imds;
 pub mod link;
 pub mod load;
+pub mod queue;
 pub mod redact;
 pub mod session;
 

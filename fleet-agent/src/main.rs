@@ -1,5 +1,7 @@
 //! `fleet-agent`: reads `FLEET_AGENT_CONFIG` (default `./agent.toml`) or
 //! `--config PATH` and runs the agent until SIGTERM, then drains and exits 0.
+//! `fleet-agent queue` (or no config and a queue bucket/directory in the
+//! environment) runs queue mode instead: see `fleet_agent::queue`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,8 @@ const HELP: &str = "\
 fleet-agent: the fleet node agent
 
 USAGE:
-    fleet-agent [--config PATH]
+    fleet-agent [--config PATH]     daemon mode: a node of a fleet daemon
+    fleet-agent queue               queue mode: run specs from a bucket or directory
 
 OPTIONS:
     -c, --config PATH   config file (default: $FLEET_AGENT_CONFIG or ./agent.toml)
@@ -23,15 +26,30 @@ ENVIRONMENT:
     FLEET_AGENT_BOOTSTRAP_TOKEN   single-use bootstrap token (overrides bootstrap_token_file)
     FLEET_AGENT_LOG               log level: error, warn, info (default), debug, trace
 
-On SIGTERM the agent stops taking commands, finishes or reports those in
-flight, tells the daemon it is draining, and exits 0.
+QUEUE MODE (each also read as CELLOS_FLEET_<NAME>):
+    FLEET_QUEUE_BUCKET            S3 bucket (AWS_REGION, AWS_ENDPOINT_URL, AWS_* keys
+                                  or the instance role), or
+    FLEET_QUEUE_DIR               a directory (local or a shared mount)
+    FLEET_QUEUE_PREFIX            key prefix (default fleet)
+    FLEET_QUEUE_NAME              optional lane under the prefix
+    FLEET_QUEUE_POOL_ID           skip specs whose spec.placement.poolId is another pool
+    FLEET_QUEUE_SUPERVISOR        executable run per spec, spec on stdin (default cellos-supervisor)
+    FLEET_QUEUE_POLL_INTERVAL_MS  default 5000
+    FLEET_QUEUE_HEARTBEAT_INTERVAL_MS  default 30000
+    FLEET_QUEUE_NODE_ID           name in logs (default the hostname)
+
+On SIGTERM the agent stops taking commands (or specs), finishes or reports
+those in flight, tells the daemon it is draining, and exits 0.
 ";
 
 fn main() -> ExitCode {
     let mut config_path = std::env::var_os("FLEET_AGENT_CONFIG").map(PathBuf::from);
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let mut queue = config_path.is_none() && fleet_agent::queue::QueueConfig::requested(&env);
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
+            Some("queue") => queue = true,
             Some("-h" | "--help") => {
                 print!("{HELP}");
                 return ExitCode::SUCCESS;
@@ -56,6 +74,9 @@ fn main() -> ExitCode {
             }
         }
     }
+    if queue {
+        return queue_mode(&env);
+    }
     let path = config_path.unwrap_or_else(|| PathBuf::from("agent.toml"));
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -64,14 +85,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let level = std::env::var("FLEET_AGENT_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing::Level>().ok())
-        .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let connector = match connector_for(&config) {
         Ok(c) => c,
         Err(e) => {
@@ -115,4 +129,94 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs queue mode until SIGTERM/SIGINT, then drains and exits 0.
+fn queue_mode(env: &std::collections::BTreeMap<String, String>) -> ExitCode {
+    use fleet_agent::queue::{Backend, QueueConfig, store};
+    use fleet_http::sigv4::{AwsCredentials, CredentialSource, Credentials};
+    let cfg = match QueueConfig::from_env(env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleet-agent: queue mode: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let store: std::sync::Arc<dyn store::ObjectStore> = match &cfg.backend {
+        Backend::Dir(dir) => std::sync::Arc::new(store::DirStore::new(dir.clone())),
+        Backend::S3 {
+            bucket,
+            region,
+            endpoint,
+        } => {
+            let key = |k: &str| env.get(k).filter(|v| !v.trim().is_empty()).cloned();
+            let source = match (key("AWS_ACCESS_KEY_ID"), key("AWS_SECRET_ACCESS_KEY")) {
+                (Some(access_key_id), Some(secret_access_key)) => {
+                    CredentialSource::Static(Credentials {
+                        access_key_id,
+                        secret_access_key,
+                        session_token: key("AWS_SESSION_TOKEN"),
+                    })
+                }
+                _ => CredentialSource::instance_role(),
+            };
+            match store::S3Store::new(endpoint, bucket, region, AwsCredentials::new(source)) {
+                Ok(s) => std::sync::Arc::new(s),
+                Err(e) => {
+                    eprintln!("fleet-agent: queue mode: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => {
+            eprintln!("fleet-agent: queue mode: unsupported backend");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = runtime.block_on(async move {
+        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("fleet-agent: SIGTERM: draining (no new spec; the running one finishes)");
+            let _ = stop_tx.send(true);
+        });
+        tracing::info!(node = %cfg.node_id, pending = %cfg.dir("pending"), "fleet-agent queue mode started");
+        fleet_agent::queue::run(&cfg, store, stop_rx).await;
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr at `FLEET_AGENT_LOG` (default info).
+fn init_logging() {
+    let level = std::env::var("FLEET_AGENT_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::INFO);
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
 }
