@@ -26,7 +26,7 @@ use fleet_core::memory::transport::{
 use fleet_core::protocol::{
     ClaimRecord, ClaimReply, JobRecord, Record, SealedCredentials, decode, encode,
 };
-use fleet_core::provider::{Provider, ProviderError, TAG_NAMESPACE, TagFilter};
+use fleet_core::provider::{Offering, Provider, ProviderError, TAG_NAMESPACE, TagFilter};
 use fleet_core::store::{Key, Revision, Store, StoreError};
 use fleet_core::strategy::PoolSpec;
 use fleet_core::subjects::Subjects;
@@ -303,10 +303,7 @@ impl FleetBuilder {
         let provider: Arc<dyn Provider> = self
             .provider
             .unwrap_or_else(|| Arc::new(fleet_core::memory::provider::MemoryProvider::ec2_like()));
-        let offerings = provider
-            .offerings()
-            .await
-            .map_err(|e| DaemonError::Config(format!("provider offerings unavailable: {e}")))?;
+        let offerings = startup_offerings(&*provider).await?;
         let records = load_records(&*store).await?;
         let config = ControllerConfig {
             pools: self.pools,
@@ -793,5 +790,33 @@ fn log_alert(alert: &Alert) {
             tracing::warn!(%claim, %error, "credentials could not be issued")
         }
         other => tracing::warn!(?other, "alert"),
+    }
+}
+
+/// How often the provider's offerings are asked for at start before giving
+/// up on a failure that may pass (a cloud API hiccup, a rate limit).
+const STARTUP_OFFERING_ATTEMPTS: u32 = 5;
+
+/// The provider's offerings, retrying passing failures with doubling waits
+/// (1, 2, 4, 8 s); a permanent one (bad credentials, no type sold) fails at
+/// once with the provider's words.
+async fn startup_offerings(provider: &dyn Provider) -> Result<Vec<Offering>, DaemonError> {
+    let mut wait = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match provider.offerings().await {
+            Ok(o) => return Ok(o),
+            Err(e) if e.is_retryable() && attempt < STARTUP_OFFERING_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, retry_in = ?wait, "provider offerings unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(DaemonError::Config(format!(
+                    "provider offerings unavailable (after {attempt} attempt(s)): {e}"
+                )));
+            }
+        }
     }
 }

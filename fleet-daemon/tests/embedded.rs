@@ -135,3 +135,42 @@ async fn a_recipient_without_an_issuer_is_refused_with_a_note() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The provider's offerings at start: a passing failure (a cloud API
+/// hiccup) is retried, a permanent one stops the start with its words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_retries_a_passing_provider_failure_only() {
+    use fleet_core::memory::provider::OpKind;
+    use fleet_core::provider::ProviderError;
+    let provider = MemoryProvider::ec2_like();
+    provider.fail_next(
+        OpKind::Offerings,
+        ProviderError::RateLimited("slow down".into()),
+        1,
+    );
+    let fleet = Fleet::builder()
+        .provider(Arc::new(provider.clone()))
+        .pool(pool(1, 2))
+        .start()
+        .await;
+    assert!(fleet.is_ok(), "a rate limit at start is waited out");
+
+    provider.fail_next(
+        OpKind::Offerings,
+        ProviderError::Permanent("bad token".into()),
+        1,
+    );
+    let err = match Fleet::builder()
+        .provider(Arc::new(provider))
+        .pool(pool(1, 2))
+        .start()
+        .await
+    {
+        Ok(_) => panic!("a permanent failure stops the start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("bad token") && err.contains("1 attempt"),
+        "{err}"
+    );
+}
