@@ -28,7 +28,8 @@ pub struct Ec2Config {
     pub spot_per_mille: u64,
     /// Expected spot interruptions per 1000 instance-hours (default 5).
     pub spot_interruptions_per_1000h: u32,
-    /// Root volume size in GB, for pricing a stopped instance's EBS.
+    /// Root volume size in GB: new instances get a gp3 root volume of this
+    /// size, and a stopped instance's EBS is priced by it.
     pub root_volume_gb: u32,
     /// Subnet new instances go in (default: the default VPC's).
     pub subnet_id: Option<String>,

@@ -45,6 +45,8 @@ pub struct Ec2Provider {
     capabilities: Capabilities,
     billing: BillingModel,
     credentials: sigv4::AwsCredentials,
+    /// Root device names by AMI (to size the root volume at launch).
+    root_devices: tokio::sync::Mutex<BTreeMap<String, String>>,
 }
 
 fn now_ms() -> u64 {
@@ -158,9 +160,32 @@ impl Ec2Provider {
             },
             billing: BillingModel::ec2(),
             credentials: sigv4::AwsCredentials::new(cfg.credentials.clone()),
+            root_devices: tokio::sync::Mutex::new(BTreeMap::new()),
             cfg,
             http,
         })
+    }
+
+    /// The root device name of `image` (`/dev/xvda`, `/dev/sda1`).
+    async fn root_device(&self, image: &str) -> Result<String, ProviderError> {
+        if let Some(d) = self.root_devices.lock().await.get(image) {
+            return Ok(d.clone());
+        }
+        let mut p = Params::default();
+        p.set("ImageId.1", image);
+        let root = self.call("DescribeImages", &p).await?;
+        let device = root
+            .items("imagesSet")
+            .next()
+            .and_then(|i| i.text_at("rootDeviceName"))
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| ProviderError::NotFound(format!("image {image}")))?
+            .to_owned();
+        self.root_devices
+            .lock()
+            .await
+            .insert(image.to_owned(), device.clone());
+        Ok(device)
     }
 
     /// The credentials to sign with now.
@@ -491,7 +516,15 @@ impl Provider for Ec2Provider {
             BootSource::Snapshot(s) => s.id.clone(),
             other => return Err(ProviderError::Unsupported(format!("boot source {other:?}"))),
         };
+        let device = self.root_device(&image).await?;
         let mut p = Params::default();
+        p.set("BlockDeviceMapping.1.DeviceName", device)
+            .set(
+                "BlockDeviceMapping.1.Ebs.VolumeSize",
+                self.cfg.root_volume_gb.to_string(),
+            )
+            .set("BlockDeviceMapping.1.Ebs.VolumeType", "gp3")
+            .set("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true");
         p.set("ImageId", image)
             .set("InstanceType", spec.instance_type.as_str())
             .set("MinCount", "1")

@@ -127,6 +127,12 @@ async fn instances_are_tagged_idempotent_and_carry_the_user_data() {
         "#!/bin/sh\n# node=Build_1-7 token=tok-123 url=wss://fleet.example:7443/v1/agent\n"
     );
     // A retried create (after a crash) finds the instance instead of launching another.
+    // The root volume has the size the stopped-disk price assumes.
+    assert_eq!(
+        moto.first("Action=DescribeVolumes", "size").await,
+        "30",
+        "root_volume_gb"
+    );
     let again = p.create(&spec("Build_1-7", &ami)).await.unwrap();
     assert_eq!(again.provider_id, inst.provider_id);
     let mut filter = TagFilter::default();
