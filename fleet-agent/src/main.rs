@@ -93,6 +93,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    until_signal(|shutdown| async move {
+        fleet_agent::run(config, connector, shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Builds the runtime, installs the SIGTERM/SIGINT handlers before anything
+/// else (an early signal drains instead of killing the process), and runs
+/// `body` with a future that completes on the first signal. Exit 0 when
+/// `body` returns `Ok` (it drained), 1 otherwise.
+fn until_signal<F, Fut>(body: F) -> ExitCode
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -104,19 +120,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        // Install the handlers before anything else so an early SIGTERM
-        // drains instead of killing the process.
         let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
         let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-        let shutdown = async move {
+        let shutdown = Box::pin(async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-        };
-        fleet_agent::run(config, connector, shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        });
+        body(shutdown).await
     });
     match result {
         Ok(()) => {
@@ -174,39 +186,19 @@ fn queue_mode(env: &std::collections::BTreeMap<String, String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("fleet-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result: Result<(), String> = runtime.block_on(async move {
-        let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    until_signal(|shutdown| async move {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            tracing::info!("fleet-agent: SIGTERM: draining (no new spec; the running one finishes)");
+            shutdown.await;
+            tracing::info!(
+                "fleet-agent: SIGTERM: draining (no new spec; the running one finishes)"
+            );
             let _ = stop_tx.send(true);
         });
         tracing::info!(node = %cfg.node_id, pending = %cfg.dir("pending"), "fleet-agent queue mode started");
         fleet_agent::queue::run(&cfg, store, stop_rx).await;
         Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fleet-agent: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 /// Logs to stderr at `FLEET_AGENT_LOG` (default info).
