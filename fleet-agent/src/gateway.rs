@@ -30,6 +30,11 @@ use crate::config::Backend;
 
 /// How long a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection waits for the node's identity or its claim's
+/// activation, which the daemon sends as it sends the grant.
+const ACTIVATION_GRACE: Duration = Duration::from_secs(3);
+/// How often it looks while waiting.
+const GRACE_POLL: Duration = Duration::from_millis(20);
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> Millis {
@@ -48,6 +53,9 @@ pub enum GatewayError {
     /// The client's certificate names no active claim, or has expired.
     #[error("refused: {0}")]
     Refused(String),
+    /// The certificate's claim is not (yet) active on this node.
+    #[error("not active: {0}")]
+    NotActive(String),
 }
 
 impl GatewayError {
@@ -56,12 +64,14 @@ impl GatewayError {
         match self {
             GatewayError::Identity(_) => "identity",
             GatewayError::Refused(_) => "refused",
+            GatewayError::NotActive(_) => "not_active",
         }
     }
 
-    /// Whether trying again may help.
+    /// Whether trying again may help (a claim whose activation has not
+    /// reached the node yet).
     pub fn is_retryable(&self) -> bool {
-        false
+        matches!(self, GatewayError::NotActive(_))
     }
 }
 
@@ -222,7 +232,7 @@ impl Gateway {
         let claims = self.claims();
         let tx = claims
             .get(&claim)
-            .ok_or_else(|| GatewayError::Refused(format!("claim {claim} is not active here")))?;
+            .ok_or_else(|| GatewayError::NotActive(format!("claim {claim} is not active here")))?;
         if !tx.borrow().is_some_and(|e| e > now) {
             return Err(GatewayError::Refused(format!(
                 "lease of claim {claim} has expired"
@@ -252,13 +262,28 @@ impl Gateway {
     }
 
     async fn connection(&self, tcp: TcpStream) -> Result<(), GatewayError> {
-        let acceptor = self
-            .inner
-            .acceptor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| GatewayError::Refused("node has no identity yet".to_owned()))?;
+        // The daemon tells the claimant its grant and the agent its identity
+        // and the claim's activation at the same moment, over different
+        // connections: a claimant may knock first. Wait a little for what is
+        // on its way rather than turn it away.
+        let deadline = tokio::time::Instant::now() + ACTIVATION_GRACE;
+        let acceptor = loop {
+            let current = self
+                .inner
+                .acceptor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match current {
+                Some(a) => break a,
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(GRACE_POLL).await;
+                }
+                None => {
+                    return Err(GatewayError::Refused("node has no identity yet".to_owned()));
+                }
+            }
+        };
         let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
             .map_err(|_| GatewayError::Refused("TLS handshake timed out".to_owned()))?
@@ -270,12 +295,17 @@ impl Gateway {
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec())
             .ok_or_else(|| GatewayError::Refused("no client certificate".to_owned()))?;
-        let (claim, lease) = match self.admit(&der) {
-            Ok(ok) => ok,
-            Err(e) => {
-                use tokio::io::AsyncWriteExt;
-                let _ = tls.shutdown().await;
-                return Err(e);
+        let (claim, lease) = loop {
+            match self.admit(&der) {
+                Ok(ok) => break ok,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(GRACE_POLL).await;
+                }
+                Err(e) => {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls.shutdown().await;
+                    return Err(e);
+                }
             }
         };
         tracing::info!(%claim, "gateway: claim connected");

@@ -232,3 +232,25 @@ async fn exec_api_runs_commands_and_moves_files_both_ways() -> TestResult {
     assert_eq!(r.code, Some(0));
     Ok(())
 }
+
+/// The claimant learns of its grant as the agent learns of the activation,
+/// over different connections: a claimant that knocks first is let in once
+/// the activation arrives (within a short grace), not turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimant_faster_than_the_activation_is_let_in() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(Some(Backend::Tcp(echo.to_string())), temp_dir("gw-race")).await?;
+    let claim = ClaimId::new("claim-race")?;
+    let cert = s.ca.claim_cert(&claim, false)?;
+    let gateway = s.gateway.clone();
+    let late = claim.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        gateway.activate(late, now_ms() + 60_000);
+    });
+    assert!(
+        echoes(&s, Some(&cert)).await,
+        "the activation arrived while the claimant waited"
+    );
+    Ok(())
+}
