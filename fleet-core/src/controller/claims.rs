@@ -307,11 +307,7 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(c) = self
-            .claims
-            .get_mut(id)
-            .filter(|c| &c.rec.request.workspace == ws)
-        else {
+        let Some(c) = in_workspace(&mut self.claims, ws, id) else {
             return Self::reject(out, reply, Some(id.clone()), ClaimRejection::UnknownClaim);
         };
         match c.rec.state {
@@ -351,11 +347,7 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(c) = self
-            .claims
-            .get(id)
-            .filter(|c| &c.rec.request.workspace == ws)
-        else {
+        let Some(c) = in_workspace(&mut self.claims, ws, id) else {
             return Self::reject(out, reply, Some(id.clone()), ClaimRejection::UnknownClaim);
         };
         if c.rec.state.is_terminal() {
@@ -920,4 +912,16 @@ fn revocation_of(rec: &ClaimRecord) -> Revocation {
         node: rec.node.clone(),
         reason,
     }
+}
+
+/// The claim `id` if it belongs to `ws`: a caller may only renew or
+/// release its own workspace's claims (another's reads as unknown).
+fn in_workspace<'a>(
+    claims: &'a mut BTreeMap<ClaimId, Claim>,
+    ws: &Workspace,
+    id: &ClaimId,
+) -> Option<&'a mut Claim> {
+    claims
+        .get_mut(id)
+        .filter(|c| &c.rec.request.workspace == ws)
 }
