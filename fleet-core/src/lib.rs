@@ -13,7 +13,9 @@
 
 pub mod arbitrate;
 pub mod billing;
+pub mod clock;
 pub mod controller;
+#[cfg(feature = "harness")]
 pub mod harness;
 pub mod ids;
 pub mod memory;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fleet_core::memory::faulty::FaultyStore;
 use fleet_core::memory::provider::{DelayFn, MemoryProvider, OpKind};
-use fleet_core::memory::store::{FaultyStore, MemoryStore};
+use fleet_core::memory::store::MemoryStore;
 use fleet_core::provider::{
     BootSource, Capabilities, InstanceRef, InstanceState, Market, NodeSpec, Provider,
     ProviderError, TAG_NAMESPACE, TagFilter,

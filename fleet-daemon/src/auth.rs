@@ -1,51 +1,36 @@
-//! API bearer tokens (stored hashed, shown once) and single-use agent
-//! bootstrap tokens.
+//! Who may talk to the daemon: API bearer tokens (stored hashed, shown
+//! once) and agents (a single-use bootstrap token, then the node identity
+//! the pool CA issued for it).
 //!
 //! An API token is either an operator's (every workspace, the HTTP API, new
 //! tokens) or limited to a list of workspaces: then it opens the claim plane
 //! for those workspaces only and nothing of the HTTP API.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fleet_core::ids::{NodeId, Workspace};
+use async_trait::async_trait;
+use fleet_core::clock::Clock;
+use fleet_core::ids::Millis;
+use fleet_core::ids::Workspace;
+use fleet_core::protocol::NodeIdentity;
 use fleet_core::protocol::Secret;
-use fleet_transport_ws::{ClaimAuth, ClaimAuthError, ClaimScope};
+use fleet_runtime::ca::PoolCa;
+use fleet_runtime::tokens::BootstrapRegistry;
+use fleet_transport_ws::{
+    AgentAuth, AgentHelloInfo, AuthError, ClaimAuth, ClaimAuthError, ClaimScope,
+};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
-use crate::driver::BootstrapTokens;
+use fleet_runtime::tokens::{digest, random_token, same, write_private};
 
 /// The file API token hashes are kept in.
 pub const TOKENS_FILE: &str = "tokens.json";
 /// The file the first admin token is written to (0600), for `fleetctl` on
 /// the same host.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-
-/// A fresh random token: 32 bytes, hex.
-pub fn random_token() -> Result<String, std::io::Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::getrandom(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    Ok(hex(&bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn digest(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-/// Compares without an early exit, so timing says nothing of a near miss.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredToken {
@@ -154,55 +139,45 @@ impl ClaimAuth for ApiTokens {
     }
 }
 
-/// Writes `bytes` to `path` readable by the owner only.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), std::io::Error> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// Node identities (agent mTLS and gateway certificates) last this long.
+const NODE_CERT_TTL_MS: Millis = 30 * 24 * 3_600_000;
+
+/// Authenticates agents: a single-use bootstrap token gets a fresh node
+/// identity from the pool CA; afterwards the agent's certificate must name
+/// the node its hello names.
+pub(crate) struct NodeAuth {
+    pub(crate) tokens: Arc<BootstrapRegistry>,
+    pub(crate) ca: Arc<PoolCa>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
-/// Single-use bootstrap tokens: minted per node at create, consumed at the
-/// agent's first hello. Only hashes are kept.
-#[derive(Debug, Default)]
-pub struct BootstrapRegistry {
-    pending: Mutex<BTreeMap<NodeId, String>>,
-}
-
-impl BootstrapRegistry {
-    /// Consumes `token` for `node`: true exactly once for the minted token.
-    pub fn consume(&self, node: &NodeId, token: &str) -> bool {
-        let Ok(mut pending) = self.pending.lock() else {
-            return false;
-        };
-        match pending.get(node) {
-            Some(h) if same(h, &digest(token)) => {
-                pending.remove(node);
-                true
+#[async_trait]
+impl AgentAuth for NodeAuth {
+    async fn authenticate(
+        &self,
+        hello: &AgentHelloInfo,
+    ) -> Result<Option<NodeIdentity>, AuthError> {
+        if let Some(cert_node) = &hello.cert_node {
+            if cert_node == &hello.node {
+                return Ok(None);
             }
-            _ => false,
+            return Err(AuthError::NodeMismatch {
+                cert: cert_node.clone(),
+                hello: hello.node.clone(),
+            });
         }
-    }
-}
-
-impl BootstrapTokens for BootstrapRegistry {
-    fn mint(&self, node: &NodeId) -> Secret {
-        // getrandom failing means the OS has no entropy: no token can be
-        // safe then, so the agent will fail to bootstrap and the node is
-        // replaced after its boot timeout.
-        let token = random_token().unwrap_or_default();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(node.clone(), digest(&token));
+        let Some(token) = &hello.bootstrap_token else {
+            return Err(AuthError::NoCredentials);
+        };
+        if !self.tokens.consume(&hello.node, token.expose()) {
+            return Err(AuthError::BadToken);
         }
-        Secret::new(token)
+        let now = self.clock.now();
+        let hosts = vec!["localhost".to_owned(), hello.peer.ip().to_string()];
+        self.ca
+            .issue_node_identity(&hello.node, &hosts, now, now + NODE_CERT_TTL_MS)
+            .map(Some)
+            .map_err(|e| AuthError::Unavailable(e.to_string()))
     }
 }
 
@@ -252,15 +227,5 @@ mod tests {
             Some(BTreeSet::from([ws("team-a")])),
             "the scope survives a restart"
         );
-    }
-
-    #[test]
-    fn bootstrap_tokens_are_single_use() {
-        let reg = BootstrapRegistry::default();
-        let node = NodeId::new("n1").unwrap_or_else(|e| panic!("{e}"));
-        let t = reg.mint(&node);
-        assert!(!reg.consume(&node, "guess"));
-        assert!(reg.consume(&node, t.expose()));
-        assert!(!reg.consume(&node, t.expose()), "second use refused");
     }
 }

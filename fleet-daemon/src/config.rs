@@ -194,6 +194,7 @@ impl std::fmt::Debug for NatsSection {
     }
 }
 
+#[cfg(feature = "nats")]
 impl NatsSection {
     /// As the transport crate's connection options.
     pub fn options(&self) -> fleet_transport_nats::NatsConfig {
@@ -251,6 +252,7 @@ fn default_max_value() -> usize {
     1 << 20
 }
 
+#[cfg(feature = "nats")]
 impl NatsStoreSection {
     /// As the transport crate's bucket settings.
     pub fn options(&self) -> fleet_transport_nats::KvConfig {
@@ -305,9 +307,6 @@ pub enum ProviderConfig {
         #[serde(default = "default_local_max")]
         max_nodes: u32,
     },
-    /// An in-memory provider whose nodes need in-process agents (tests,
-    /// embedding).
-    Memory,
     /// Servers in a Hetzner Cloud project.
     Hetzner(HetznerProviderConfig),
     /// Instances in an AWS account (EC2).
@@ -403,6 +402,27 @@ pub struct HetznerProviderConfig {
 
 fn default_local_max() -> u32 {
     4
+}
+
+impl ProviderConfig {
+    /// The `kind` that names it in `daemon.toml`, which is also the cargo
+    /// feature a cloud provider needs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderConfig::Local { .. } => "local",
+            ProviderConfig::Hetzner(_) => "hetzner",
+            ProviderConfig::Aws(_) => "aws",
+        }
+    }
+
+    /// Whether this build of the daemon has the provider.
+    pub fn compiled_in(&self) -> bool {
+        match self {
+            ProviderConfig::Local { .. } => true,
+            ProviderConfig::Hetzner(_) => cfg!(feature = "hetzner"),
+            ProviderConfig::Aws(_) => cfg!(feature = "aws"),
+        }
+    }
 }
 
 impl Default for ProviderConfig {
@@ -562,6 +582,26 @@ impl DaemonConfig {
                     why: "must be at least 1".into(),
                 });
             }
+        }
+        if !self.provider.compiled_in() {
+            let kind = self.provider.kind();
+            return Err(ConfigError::Invalid {
+                key: "provider.kind".into(),
+                why: format!(
+                    "this fleet-daemon was built without the `{kind}` provider; build it with `cargo build -p fleet-daemon --features {kind}`"
+                ),
+            });
+        }
+        if !cfg!(feature = "nats") && (self.transport.nats.is_some() || self.store.nats.is_some()) {
+            let key = if self.transport.nats.is_some() {
+                "transport.nats"
+            } else {
+                "store.nats"
+            };
+            return Err(ConfigError::Invalid {
+                key: key.into(),
+                why: "this fleet-daemon was built without NATS; build it with `cargo build -p fleet-daemon --features nats`".into(),
+            });
         }
         if self.store.nats.is_some() && self.transport.nats.is_none() {
             return Err(ConfigError::Invalid {

@@ -21,7 +21,7 @@ use fleet_core::protocol::NodeState;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::ApiTokens;
-use crate::driver::{Fleet, Status};
+use fleet_runtime::{Fleet, Status};
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -225,7 +225,7 @@ async fn create_token(
             "workspaces: give at least one, or leave it out for an operator token".into(),
         ));
     }
-    let now = crate::driver::SystemClock.now_ms();
+    let now = fleet_runtime::SystemClock.now_ms();
     let token = state
         .tokens
         .create(&req.name, workspaces.clone(), now)

@@ -1,26 +1,14 @@
 //! # fleet-daemon
 //!
-//! The fleet control plane: the driver that runs the sans-IO
-//! [`fleet_core::controller::Controller`] with real I/O (store, provider,
-//! transports, credentials), and what an embedder links:
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use fleet_daemon::driver::Fleet;
-//! # let pool: fleet_core::strategy::PoolSpec = unimplemented!();
-//! let fleet = Fleet::builder().pool(pool).start().await?;
-//! let client = fleet.client(); // in-process ClaimClient, no network hop
-//! # Ok(()) }
-//! ```
+//! The fleet control plane as a process: `daemon.toml` ([`config`]) wired
+//! to [`fleet_runtime`], a store (redb, or JetStream KV with feature
+//! `nats`), the transports (TLS WebSocket; NATS with feature `nats`), a
+//! provider (local agents; EC2 and Hetzner with features `aws` and
+//! `hetzner`) and the HTTP API ([`http`], [`auth`]). An embedder that wants
+//! a fleet inside its own process links `fleet-runtime` instead.
 
 pub mod auth;
-pub mod ca;
 pub mod config;
-pub mod driver;
 pub mod http;
-pub mod lease;
-pub mod local;
-pub mod metrics;
-pub mod seal;
+mod providers;
 pub mod serve;
-pub mod store;

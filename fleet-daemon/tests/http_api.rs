@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
+use fleet_core::memory::faulty::FaultyStore;
 use fleet_core::memory::provider::MemoryProvider;
-use fleet_core::memory::store::{FaultyStore, MemoryStore};
+use fleet_core::memory::store::MemoryStore;
 use fleet_daemon::auth::ApiTokens;
-use fleet_daemon::driver::Fleet;
 use fleet_daemon::http::{ApiState, router};
+use fleet_runtime::Fleet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-mod support;
 
 async fn request(addr: std::net::SocketAddr, raw: String) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
@@ -45,7 +44,7 @@ async fn auth_limits_and_an_o1_readyz() {
         Fleet::builder()
             .store(Arc::new(store.clone()))
             .provider(Arc::new(MemoryProvider::ec2_like()))
-            .pool(support::pool(1, 2))
+            .pool(pool())
             .start()
             .await
             .unwrap_or_else(|e| panic!("{e}")),
@@ -127,4 +126,19 @@ async fn auth_limits_and_an_o1_readyz() {
         assert_eq!(request(addr, get("/readyz", None)).await.0, 200);
     }
     assert_eq!(store.calls(), before, "/readyz must not read the store");
+}
+
+fn pool() -> fleet_core::strategy::PoolSpec {
+    fleet_core::strategy::PoolSpec {
+        name: fleet_core::PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
+        strategy: fleet_core::strategy::StrategyConfig::default(),
+        instance_types: vec![
+            fleet_core::InstanceType::new("c7i.large").unwrap_or_else(|e| panic!("{e}")),
+        ],
+        image: "ami-test".to_owned(),
+        labels: std::collections::BTreeMap::new(),
+        min_nodes: 0,
+        max_nodes: 2,
+        slots_per_node: 1,
+    }
 }

@@ -9,7 +9,7 @@ use fleet_core::protocol::{
     TaskResult, TaskSpec,
 };
 use fleet_core::transport::{ClaimClient, ClaimError};
-use fleet_daemon::seal::{self, Expected, SignerKey};
+use fleet_runtime::seal::{self, Expected, SignerKey};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 

@@ -7,7 +7,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use fleet_daemon::serve::Discovery;
+use fleet_core::protocol::Discovery;
 
 use crate::Context;
 use crate::http::Api;
@@ -49,8 +49,8 @@ pub struct State<'a> {
 pub const SECRET_FILES: &[&str] = &[
     fleet_daemon::auth::ADMIN_TOKEN_FILE,
     fleet_daemon::auth::TOKENS_FILE,
-    fleet_daemon::seal::SEAL_KEY_FILE,
-    fleet_daemon::ca::CA_KEY_FILE,
+    fleet_runtime::seal::SEAL_KEY_FILE,
+    fleet_runtime::ca::CA_KEY_FILE,
 ];
 
 fn data_dir(s: &mut State<'_>) -> Outcome {
@@ -132,7 +132,7 @@ fn discovery(s: &mut State<'_>) -> Outcome {
 fn ca_cert(s: &mut State<'_>) -> Outcome {
     let path = match &s.discovery {
         Some(d) => d.ca_file.clone(),
-        None => s.ctx.data_dir.join(fleet_daemon::ca::CA_CERT_FILE),
+        None => s.ctx.data_dir.join(fleet_runtime::ca::CA_CERT_FILE),
     };
     let text = match crate::read_text(&path, "CA certificate") {
         Ok(t) => t,
@@ -188,11 +188,11 @@ pub fn check_cert_pem(path: &Path, pem: &str, now_ms: u64) -> Outcome {
 fn signer(s: &mut State<'_>) -> Outcome {
     let path = match &s.discovery {
         Some(d) => d.signer_file.clone(),
-        None => s.ctx.data_dir.join(fleet_daemon::seal::SEAL_PUB_FILE),
+        None => s.ctx.data_dir.join(fleet_runtime::seal::SEAL_PUB_FILE),
     };
     match crate::read_text(&path, "signer key") {
         Err(e) => Outcome::Fail(e.to_string()),
-        Ok(t) => match fleet_daemon::seal::SignerKey::from_base64(&t) {
+        Ok(t) => match fleet_runtime::seal::SignerKey::from_base64(&t) {
             Ok(_) => Outcome::Pass(format!("signer key {}", path.display())),
             Err(e) => Outcome::Fail(format!("signer key {}: {e}", path.display())),
         },
@@ -200,7 +200,7 @@ fn signer(s: &mut State<'_>) -> Outcome {
 }
 
 fn store_file(s: &mut State<'_>) -> Outcome {
-    let path = s.ctx.data_dir.join(fleet_daemon::store::STORE_FILE_NAME);
+    let path = s.ctx.data_dir.join(fleet_store_redb::STORE_FILE_NAME);
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() => {
             Outcome::Pass(format!("store {} ({} bytes)", path.display(), m.len()))

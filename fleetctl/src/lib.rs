@@ -7,7 +7,7 @@
 //!   `FLEET_DAEMON_CONFIG`, else `$XDG_DATA_HOME/fleet`, else `./.fleet`
 //!   (as the daemon);
 //! - the daemon's addresses and trust files: `<data dir>/daemon.json`,
-//!   written by the daemon ([`fleet_daemon::serve::Discovery`]);
+//!   written by the daemon ([`fleet_core::protocol::Discovery`]);
 //! - the API token: `--token`, else `$FLEET_TOKEN`, else
 //!   `<data dir>/admin.token`.
 
@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use fleet_core::protocol::Secret;
-use fleet_daemon::serve::{DISCOVERY_FILE, Discovery};
+use fleet_core::protocol::{DISCOVERY_FILE, Discovery};
 
 pub use args::{Command, Global, Invocation, parse};
 pub use commands::run;
@@ -197,7 +197,7 @@ pub fn ws_claims_url(ws: &str) -> String {
 
 /// A fresh random id: `c-` and 20 hex characters.
 pub fn random_id(prefix: &str) -> Result<String, CtlError> {
-    let t = fleet_daemon::auth::random_token()
+    let t = fleet_runtime::tokens::random_token()
         .map_err(|e| fail(format!("no randomness available: {e}")))?;
     Ok(format!("{prefix}-{}", &t[..20.min(t.len())]))
 }

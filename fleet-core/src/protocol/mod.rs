@@ -8,11 +8,13 @@
 
 mod agent;
 mod claim;
+mod discovery;
 mod job;
 mod records;
 
 pub use agent::*;
 pub use claim::*;
+pub use discovery::*;
 pub use job::*;
 pub use records::*;
 

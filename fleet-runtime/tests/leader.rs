@@ -9,8 +9,8 @@ use fleet_core::ids::Epoch;
 use fleet_core::memory::store::MemoryStore;
 use fleet_core::store::{Key, Store, StoreError};
 use fleet_core::subjects::Subjects;
-use fleet_daemon::lease::{LeaderLease, LeaseError, read_leader};
-use fleet_daemon::store::RedbStore;
+use fleet_runtime::lease::{LeaderLease, LeaseError, read_leader};
+use fleet_store_redb::RedbStore;
 use futures_util::future::join_all;
 
 const TTL: u64 = 10_000;
@@ -229,7 +229,7 @@ async fn a_stale_leaders_fenced_writes_are_rejected() {
 /// good once the lease is lost or released.
 #[tokio::test]
 async fn a_lapsed_lease_fences_writes_to_a_shared_store() {
-    use fleet_daemon::lease::LeaseFencedStore;
+    use fleet_runtime::lease::LeaseFencedStore;
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let ttl = 1_000; // ms of real time: the guard runs on this process's clock
     let mut a = LeaderLease::new("a", ttl);

@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::driver::Clock;
+use fleet_core::clock::Clock;
 
 /// The one instance type: this host.
 pub const LOCAL_TYPE: &str = "local.node";
@@ -291,6 +291,27 @@ impl LocalProvider {
     }
 }
 
+/// Where the `fleet-agent` binary is: configured, else next to this
+/// executable, else on `PATH`.
+pub fn agent_binary(configured: Option<&Path>) -> PathBuf {
+    if let Some(p) = configured {
+        return p.to_owned();
+    }
+    if let Ok(env) = std::env::var("FLEET_AGENT_BIN") {
+        return PathBuf::from(env);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        for candidate in [dir.join("fleet-agent"), dir.join("../fleet-agent")] {
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    PathBuf::from("fleet-agent")
+}
+
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -302,6 +323,21 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
         .open(path)
         .map_err(|e| io("writing", path, e))?;
     f.write_all(bytes).map_err(|e| io("writing", path, e))
+}
+
+/// The bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 fn host_memory_mb() -> Option<u64> {
@@ -432,9 +468,13 @@ impl Provider for LocalProvider {
         let to = self.opts.base_dir.join("snapshots").join(&id);
         copy_dir(&self.node_dir(&r.node).join("work"), &to)
             .map_err(|e| io("snapshotting to", &to, e))?;
+        // Billed storage is whole GB, and a snapshot takes some: at least 1.
+        let bytes = dir_bytes(&to).map_err(|e| io("measuring", &to, e))?;
         Ok(SnapshotRef {
             id,
-            size_gb: 0,
+            size_gb: u32::try_from(bytes.div_ceil(1 << 30))
+                .unwrap_or(u32::MAX)
+                .max(1),
             created_at: now,
         })
     }

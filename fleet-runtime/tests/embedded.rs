@@ -14,7 +14,7 @@ use fleet_core::memory::store::MemoryStore;
 use fleet_core::protocol::{ClaimRequest, ClaimState, PendingReason, Requirements};
 use fleet_core::transport::{ClaimClient, ClaimError};
 use fleet_core::{ClaimId, PoolName, Workspace};
-use fleet_daemon::driver::Fleet;
+use fleet_runtime::Fleet;
 use support::*;
 
 fn request(id: &str) -> ClaimRequest {

@@ -8,7 +8,7 @@
 //! store's CAS lets exactly one contender win each race. Epochs only grow:
 //! release marks the record expired instead of deleting it, so the next
 //! leader still takes a higher epoch and the old one's writes stay fenced
-//! (see `crate::store::RedbStore::fenced`).
+//! (see `fleet_store_redb::RedbStore::fenced`).
 //!
 //! Time is passed in (milliseconds since the Unix epoch); clocks of the
 //! contenders are assumed to agree within a tenth of the TTL. Each

@@ -34,13 +34,9 @@ use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, Transpo
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+pub use fleet_core::clock::Clock;
 
-/// Where the driver reads the time.
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
-    fn now(&self) -> Millis;
-}
+use crate::metrics::Metrics;
 
 /// The system clock.
 #[derive(Debug, Clone, Copy, Default)]
@@ -92,10 +88,10 @@ pub trait BootstrapTokens: Send + Sync {
     fn mint(&self, node: &NodeId) -> fleet_core::protocol::Secret;
 }
 
-/// Why the daemon could not start or answer.
+/// Why the runtime could not start or answer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum DaemonError {
+pub enum RuntimeError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -116,14 +112,14 @@ pub enum DaemonError {
     Config(String),
 }
 
-impl DaemonError {
+impl RuntimeError {
     /// A short stable name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            DaemonError::Store(_) => "store",
-            DaemonError::CorruptRecord { .. } => "corrupt_record",
-            DaemonError::Stopped => "stopped",
-            DaemonError::Config(_) => "config",
+            RuntimeError::Store(_) => "store",
+            RuntimeError::CorruptRecord { .. } => "corrupt_record",
+            RuntimeError::Stopped => "stopped",
+            RuntimeError::Config(_) => "config",
         }
     }
 }
@@ -217,13 +213,14 @@ impl Default for FleetBuilder {
 }
 
 impl FleetBuilder {
-    /// The store (default: in-memory).
+    /// The store (default: in memory, lost with the process; a durable
+    /// fleet passes `fleet-store-redb` or a shared store).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
         self
     }
 
-    /// The provider (default: an in-memory EC2-like provider).
+    /// The provider (required).
     pub fn provider(mut self, provider: Arc<dyn Provider>) -> Self {
         self.provider = Some(provider);
         self
@@ -292,17 +289,17 @@ impl FleetBuilder {
 
     /// Restores from the store, reconciles with the provider and starts the
     /// control loop.
-    pub async fn start(self) -> Result<Fleet, DaemonError> {
+    pub async fn start(self) -> Result<Fleet, RuntimeError> {
         if self.pools.is_empty() {
-            return Err(DaemonError::Config("at least one pool is required".into()));
+            return Err(RuntimeError::Config("at least one pool is required".into()));
         }
-        Subjects::new(&self.namespace).map_err(|e| DaemonError::Config(e.to_string()))?;
+        Subjects::new(&self.namespace).map_err(|e| RuntimeError::Config(e.to_string()))?;
         let store: Arc<dyn Store> = self
             .store
             .unwrap_or_else(|| Arc::new(fleet_core::memory::store::MemoryStore::new()));
-        let provider: Arc<dyn Provider> = self
-            .provider
-            .unwrap_or_else(|| Arc::new(fleet_core::memory::provider::MemoryProvider::ec2_like()));
+        let Some(provider) = self.provider else {
+            return Err(RuntimeError::Config("a provider is required".into()));
+        };
         let offerings = startup_offerings(&*provider).await?;
         let records = load_records(&*store).await?;
         let config = ControllerConfig {
@@ -422,12 +419,12 @@ impl Fleet {
     }
 
     /// A consistent status view.
-    pub async fn status(&self) -> Result<Status, DaemonError> {
+    pub async fn status(&self) -> Result<Status, RuntimeError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Input::Status(tx))
-            .map_err(|_| DaemonError::Stopped)?;
-        rx.await.map_err(|_| DaemonError::Stopped)
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
     }
 
     /// Stops the control loop and waits for it.
@@ -447,7 +444,7 @@ impl Drop for Fleet {
 }
 
 /// Reads and decodes every record the controller owns.
-pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Record)>, DaemonError> {
+pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Record)>, RuntimeError> {
     let mut records = Vec::new();
     for prefix in [
         Subjects::CLAIMS_PREFIX,
@@ -456,7 +453,7 @@ pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Recor
         Subjects::POOLS_PREFIX,
     ] {
         for (key, v) in store.list(prefix).await? {
-            let record: Record = decode(&v.value).map_err(|e| DaemonError::CorruptRecord {
+            let record: Record = decode(&v.value).map_err(|e| RuntimeError::CorruptRecord {
                 key: key.to_string(),
                 error: e.to_string(),
             })?;
@@ -800,7 +797,7 @@ const STARTUP_OFFERING_ATTEMPTS: u32 = 5;
 /// The provider's offerings, retrying passing failures with doubling waits
 /// (1, 2, 4, 8 s); a permanent one (bad credentials, no type sold) fails at
 /// once with the provider's words.
-async fn startup_offerings(provider: &dyn Provider) -> Result<Vec<Offering>, DaemonError> {
+async fn startup_offerings(provider: &dyn Provider) -> Result<Vec<Offering>, RuntimeError> {
     let mut wait = Duration::from_secs(1);
     let mut attempt = 1;
     loop {
@@ -813,7 +810,7 @@ async fn startup_offerings(provider: &dyn Provider) -> Result<Vec<Offering>, Dae
                 attempt += 1;
             }
             Err(e) => {
-                return Err(DaemonError::Config(format!(
+                return Err(RuntimeError::Config(format!(
                     "provider offerings unavailable (after {attempt} attempt(s)): {e}"
                 )));
             }

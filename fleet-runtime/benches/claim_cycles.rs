@@ -18,7 +18,7 @@ use fleet_core::provider::InstanceState;
 use fleet_core::strategy::{ColdImage, PoolSpec, StrategyConfig};
 use fleet_core::transport::{ClaimClient, Inbound, Outbound, Peer, Transport};
 use fleet_core::{ClaimId, InstanceType, PoolName, Workspace};
-use fleet_daemon::driver::Fleet;
+use fleet_runtime::Fleet;
 
 const CYCLES: usize = 20_000;
 const CLIENTS: usize = 8;
@@ -144,9 +144,9 @@ async fn ws_server() -> (
     tempfile::TempDir,
 ) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let now = fleet_daemon::driver::SystemClock.now_ms();
-    let ca =
-        fleet_daemon::ca::PoolCa::load_or_create(dir.path(), now).unwrap_or_else(|e| panic!("{e}"));
+    let now = fleet_runtime::SystemClock.now_ms();
+    let ca = fleet_runtime::ca::PoolCa::load_or_create(dir.path(), now)
+        .unwrap_or_else(|e| panic!("{e}"));
     let cert = ca
         .issue_server_cert(&["127.0.0.1".to_owned()], now, now + 3_600_000)
         .unwrap_or_else(|e| panic!("{e}"));

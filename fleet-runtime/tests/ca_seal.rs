@@ -13,8 +13,8 @@ use fleet_core::protocol::{
     CREDENTIALS_FORMAT, CredentialsBundle, SealedCredentials, credentials_signing_payload,
 };
 use fleet_core::subjects::Subjects;
-use fleet_daemon::ca::{CA_CERT_FILE, CA_KEY_FILE, CLOCK_SKEW_MS, CaError, PoolCa};
-use fleet_daemon::seal::{
+use fleet_runtime::ca::{CA_CERT_FILE, CA_KEY_FILE, CLOCK_SKEW_MS, CaError, PoolCa};
+use fleet_runtime::seal::{
     Expected, SEAL_KEY_FILE, SEAL_PUB_FILE, SealError, Sealer, SignerKey, open,
 };
 use x509_parser::extensions::GeneralName;

@@ -8,7 +8,7 @@ use fleet_core::ids::Epoch;
 use fleet_core::protocol::{LeaderRecord, encode};
 use fleet_core::store::{Key, Revision, Store, StoreError};
 use fleet_core::subjects::Subjects;
-use fleet_daemon::store::{OpenError, RedbStore, STORE_FILE_NAME, StoreOptions};
+use fleet_store_redb::{OpenError, RedbStore, STORE_FILE_NAME, StoreOptions};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 

@@ -181,10 +181,12 @@ impl RedbStore {
 
     /// Opens (or creates) `<data_dir>/fleet.redb`.
     pub fn open_with(data_dir: &Path, options: StoreOptions) -> Result<RedbStore, OpenError> {
-        crate::ca::create_private_dir(data_dir).map_err(|source| OpenError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(data_dir)
+            .map_err(|source| OpenError::DataDir {
+                path: data_dir.to_owned(),
+                source,
+            })?;
         let path = data_dir.join(STORE_FILE_NAME);
         // Checking integrity on every open costs a read of the whole file,
         // which is small here; without it redb may panic on a file damaged

@@ -10,7 +10,7 @@ use fleet_core::protocol::{AgentMsg, Arch, NodeResources};
 use fleet_core::provider::InstanceState;
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use fleet_core::{InstanceType, PoolName};
-use fleet_daemon::driver::Fleet;
+use fleet_runtime::Fleet;
 
 pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
     PoolSpec {

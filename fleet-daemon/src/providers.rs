@@ -1,0 +1,382 @@
+//! The provider a `daemon.toml` names, built with what it needs from the
+//! daemon: local agents dial the daemon's WebSocket and trust its CA; a
+//! cloud server gets the same through its user data, which is checked here
+//! before any server is made. The cloud providers are compiled only with
+//! the daemon's `aws` and `hetzner` features.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::clock::Clock;
+use fleet_core::provider::Provider;
+use fleet_provider_local::{LocalOptions, LocalProvider, agent_binary};
+
+use crate::config::{DaemonConfig, ProviderConfig};
+
+/// What every provider needs from the running daemon.
+pub(crate) struct ProviderContext<'a> {
+    /// The daemon's WebSocket base URL (`wss://host:port`).
+    pub(crate) ws_url: &'a str,
+    /// The pool CA certificate, PEM, and its file.
+    #[cfg_attr(
+        not(any(feature = "aws", feature = "hetzner")),
+        expect(dead_code, reason = "cloud user data carries it")
+    )]
+    pub(crate) ca_pem: &'a str,
+    pub(crate) ca_file: &'a Path,
+    /// Host names the daemon's certificate is issued for.
+    #[cfg_attr(
+        not(any(feature = "aws", feature = "hetzner")),
+        expect(dead_code, reason = "cloud servers dial one of them")
+    )]
+    pub(crate) cert_hosts: &'a [String],
+    pub(crate) data_dir: &'a Path,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+/// The provider `cfg` names; the error says what is wrong with its settings.
+pub(crate) fn build(
+    cfg: &DaemonConfig,
+    ctx: ProviderContext<'_>,
+) -> Result<Arc<dyn Provider>, String> {
+    match &cfg.provider {
+        ProviderConfig::Local {
+            agent_bin,
+            max_nodes,
+        } => Ok(Arc::new(LocalProvider::new(
+            LocalOptions {
+                base_dir: ctx.data_dir.join("local"),
+                agent_bin: agent_binary(agent_bin.as_deref()),
+                daemon_url: format!("{}{}", ctx.ws_url, fleet_transport_ws::AGENT_PATH),
+                ca_file: ctx.ca_file.to_owned(),
+                max_nodes: *max_nodes,
+                heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
+                stop_timeout: Duration::from_secs(30),
+            },
+            ctx.clock,
+        ))),
+        #[cfg(feature = "hetzner")]
+        ProviderConfig::Hetzner(h) => hetzner_provider(h, ctx.ca_pem, ctx.cert_hosts)
+            .map(|p| Arc::new(p) as Arc<dyn Provider>),
+        #[cfg(feature = "aws")]
+        ProviderConfig::Aws(a) => {
+            aws_provider(a, ctx.ca_pem, ctx.cert_hosts).map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
+        #[cfg_attr(
+            all(feature = "aws", feature = "hetzner"),
+            expect(
+                unreachable_patterns,
+                reason = "reachable only without a cloud feature"
+            )
+        )]
+        other => Err(format!(
+            "this fleet-daemon was built without the `{}` feature",
+            other.kind()
+        )),
+    }
+}
+
+#[cfg(feature = "hetzner")]
+/// The largest user data the cloud providers accept (Hetzner 32 KiB; EC2
+/// 16 KiB before base64, checked by the AWS provider's caller below).
+const MAX_USER_DATA_BYTES: u64 = 32 * 1024;
+
+#[cfg(any(feature = "aws", feature = "hetzner"))]
+/// What a cloud server needs to join: the user data template and the
+/// values the daemon fills into it, checked before any server is made.
+struct AgentBootstrap {
+    user_data: String,
+    vars: std::collections::BTreeMap<String, String>,
+}
+
+#[cfg(any(feature = "aws", feature = "hetzner"))]
+impl AgentBootstrap {
+    /// Reads the template at `user_data` (at most `max_bytes`, using
+    /// `{{bootstrap_token}}`) and checks that agents dialing `daemon_url`
+    /// will accept the daemon's certificate (its host in `cert_hosts`).
+    fn load(
+        daemon_url: &str,
+        user_data: &Path,
+        max_bytes: u64,
+        ca_pem: &str,
+        cert_hosts: &[String],
+    ) -> Result<AgentBootstrap, String> {
+        let host = daemon_url
+            .strip_prefix("wss://")
+            .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
+            .map(|authority| match authority.rsplit_once(':') {
+                Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) => host,
+                _ => authority,
+            })
+            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+            .ok_or_else(|| format!("daemon_url {daemon_url:?} must be a wss:// URL"))?;
+        if !cert_hosts.iter().any(|c| c == host) {
+            return Err(format!(
+                "daemon_url host {host:?} is not in [transport.ws] hosts {cert_hosts:?}: agents would refuse the daemon's certificate"
+            ));
+        }
+        let meta = std::fs::metadata(user_data)
+            .map_err(|e| format!("user_data {}: {e}", user_data.display()))?;
+        if meta.len() > max_bytes {
+            return Err(format!(
+                "user_data {}: {} bytes; the provider accepts at most {max_bytes}",
+                user_data.display(),
+                meta.len()
+            ));
+        }
+        let text = std::fs::read_to_string(user_data)
+            .map_err(|e| format!("user_data {}: {e}", user_data.display()))?;
+        if !text.contains("{{bootstrap_token}}") {
+            return Err(format!(
+                "user_data {}: the template never uses {{{{bootstrap_token}}}}, so no agent could join",
+                user_data.display()
+            ));
+        }
+        let agent_url = format!(
+            "{}{}",
+            daemon_url.trim_end_matches('/'),
+            fleet_transport_ws::AGENT_PATH
+        );
+        let vars = [
+            ("daemon_url".to_owned(), agent_url),
+            ("ca_pem".to_owned(), ca_pem.trim_end().to_owned()),
+        ]
+        .into();
+        Ok(AgentBootstrap {
+            user_data: text,
+            vars,
+        })
+    }
+}
+
+#[cfg(any(feature = "aws", feature = "hetzner"))]
+/// A secret from `file` (trimmed), else from the environment variable `env`.
+fn secret_from(file: Option<&Path>, env: &str, what: &str) -> Result<Option<String>, String> {
+    let value = match file {
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?
+        }
+        None => std::env::var(env).unwrap_or_default(),
+    };
+    let value = value.trim();
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+#[cfg(feature = "hetzner")]
+/// A Hetzner provider from `[provider] kind = "hetzner"`: the token from its
+/// file or `$HCLOUD_TOKEN`, the user data template from its file.
+fn hetzner_provider(
+    h: &crate::config::HetznerProviderConfig,
+    ca_pem: &str,
+    cert_hosts: &[String],
+) -> Result<fleet_provider_hetzner::HetznerProvider, String> {
+    use fleet_provider_hetzner::{HetznerConfig, HetznerProvider};
+    let boot = AgentBootstrap::load(
+        &h.daemon_url,
+        &h.user_data,
+        MAX_USER_DATA_BYTES,
+        ca_pem,
+        cert_hosts,
+    )?;
+    let token = secret_from(h.token_file.as_deref(), "HCLOUD_TOKEN", "token_file")?
+        .ok_or("no API token: set token_file or HCLOUD_TOKEN")?;
+    let mut cfg = HetznerConfig::new(fleet_core::protocol::Secret::new(token), h.location.clone());
+    if let Some(url) = &h.api_url {
+        cfg.api_url = url.clone();
+    }
+    if let Some(rate) = &h.eur_to_usd {
+        let m: fleet_core::Money = rate
+            .parse()
+            .map_err(|e| format!("eur_to_usd {rate:?}: {e}"))?;
+        cfg.eur_to_usd_micros = u64::try_from(m.micros())
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| format!("eur_to_usd {rate:?} must be positive"))?;
+    }
+    cfg.server_types = h.server_types.clone();
+    cfg.ssh_keys = h.ssh_keys.clone();
+    cfg.max_instances = h.max_instances;
+    cfg.user_data = Some(boot.user_data);
+    cfg.user_data_vars = boot.vars;
+    HetznerProvider::new(cfg).map_err(|e| e.to_string())
+}
+
+#[cfg(feature = "aws")]
+/// An EC2 provider from `[provider] kind = "aws"`: credentials from the
+/// files named or the standard `AWS_*` variables.
+fn aws_provider(
+    a: &crate::config::AwsProviderConfig,
+    ca_pem: &str,
+    cert_hosts: &[String],
+) -> Result<fleet_provider_aws::Ec2Provider, String> {
+    use fleet_provider_aws::{CredentialSource, Credentials, Ec2Config, Ec2Provider};
+    // EC2 takes 16 KiB of user data before base64.
+    let boot = AgentBootstrap::load(&a.daemon_url, &a.user_data, 16 * 1024, ca_pem, cert_hosts)?;
+    let access_key_id = secret_from(
+        a.access_key_id_file.as_deref(),
+        "AWS_ACCESS_KEY_ID",
+        "access_key_id_file",
+    )?;
+    let secret_access_key = secret_from(
+        a.secret_access_key_file.as_deref(),
+        "AWS_SECRET_ACCESS_KEY",
+        "secret_access_key_file",
+    )?;
+    let credentials = match (access_key_id, secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => CredentialSource::Static(Credentials {
+            access_key_id,
+            secret_access_key,
+            session_token: secret_from(None, "AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN")?,
+        }),
+        (None, None) => {
+            tracing::info!("no AWS keys configured: using the instance role (IMDSv2)");
+            CredentialSource::instance_role()
+        }
+        _ => {
+            return Err(
+                "an AWS access key id without its secret (or the reverse): set both, or neither to use the instance role"
+                    .to_owned(),
+            );
+        }
+    };
+    let mut cfg = Ec2Config::new(a.region.clone(), credentials);
+    if let Some(endpoint) = &a.endpoint {
+        cfg.endpoint = endpoint.clone();
+    }
+    cfg.instance_types = a.instance_types.clone();
+    cfg.prices = a.prices.clone();
+    if let Some(p) = a.spot_per_mille {
+        cfg.spot_per_mille = p;
+    }
+    if let Some(gb) = a.root_volume_gb {
+        cfg.root_volume_gb = gb;
+    }
+    cfg.subnet_id = a.subnet_id.clone();
+    cfg.security_group_ids = a.security_group_ids.clone();
+    cfg.key_name = a.key_name.clone();
+    cfg.instance_profile = a.instance_profile.clone();
+    cfg.max_instances = a.max_instances;
+    cfg.user_data = Some(boot.user_data);
+    cfg.user_data_vars = boot.vars;
+    Ec2Provider::new(cfg).map_err(|e| e.to_string())
+}
+
+#[cfg(all(test, any(feature = "aws", feature = "hetzner")))]
+mod tests {
+    use super::*;
+    #[cfg(feature = "hetzner")]
+    use crate::config::HetznerProviderConfig;
+
+    #[cfg(feature = "hetzner")]
+    /// A config whose files live in their own subdirectory of `dir`.
+    fn config(dir: &Path, template: &str) -> HetznerProviderConfig {
+        let dir = tempfile::tempdir_in(dir)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .keep();
+        let token = dir.join("token");
+        std::fs::write(&token, "secret\n").unwrap_or_else(|e| panic!("{e}"));
+        let user_data = dir.join("user-data.sh");
+        std::fs::write(&user_data, template).unwrap_or_else(|e| panic!("{e}"));
+        HetznerProviderConfig {
+            location: "fsn1".to_owned(),
+            token_file: Some(token),
+            daemon_url: "wss://fleet.example.com:7443".to_owned(),
+            user_data,
+            server_types: Vec::new(),
+            ssh_keys: Vec::new(),
+            max_instances: None,
+            api_url: None,
+            eur_to_usd: None,
+        }
+    }
+
+    #[cfg(feature = "hetzner")]
+    #[test]
+    fn hetzner_settings_are_checked_before_any_server_is_made() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let hosts = vec!["fleet.example.com".to_owned()];
+        let good = config(dir.path(), "token={{bootstrap_token}}");
+        assert!(hetzner_provider(&good, "CA", &hosts).is_ok());
+
+        let err = |c: &HetznerProviderConfig, hosts: &[String]| {
+            hetzner_provider(c, "CA", hosts).err().unwrap_or_default()
+        };
+        assert!(err(&good, &["other.host".to_owned()]).contains("[transport.ws] hosts"));
+        let mut c = good.clone();
+        c.daemon_url = "https://fleet.example.com".to_owned();
+        assert!(err(&c, &hosts).contains("wss://"));
+        let mut c = good.clone();
+        c.eur_to_usd = Some("-1".to_owned());
+        assert!(err(&c, &hosts).contains("eur_to_usd"));
+        let c = config(dir.path(), "no token here");
+        assert!(err(&c, &hosts).contains("bootstrap_token"));
+        let mut c = good.clone();
+        std::fs::write(dir.path().join("blank"), "  \n").unwrap_or_else(|e| panic!("{e}"));
+        c.token_file = Some(dir.path().join("blank"));
+        assert!(err(&c, &hosts).contains("no API token"));
+        let big = dir.path().join("big.sh");
+        std::fs::write(&big, "x".repeat(40 * 1024)).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = good;
+        c.user_data = big;
+        assert!(err(&c, &hosts).contains("at most"));
+    }
+
+    #[cfg(feature = "aws")]
+    #[test]
+    fn aws_settings_name_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let user_data = dir.path().join("user-data.sh");
+        std::fs::write(&user_data, "t={{bootstrap_token}}").unwrap_or_else(|e| panic!("{e}"));
+        let key = dir.path().join("key");
+        std::fs::write(&key, "AKID\n").unwrap_or_else(|e| panic!("{e}"));
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s\n").unwrap_or_else(|e| panic!("{e}"));
+        let hosts = vec!["fleet.example.com".to_owned()];
+        let good = crate::config::AwsProviderConfig {
+            region: "eu-west-1".to_owned(),
+            access_key_id_file: Some(key),
+            secret_access_key_file: Some(secret),
+            daemon_url: "wss://fleet.example.com:7443".to_owned(),
+            user_data,
+            instance_types: Vec::new(),
+            prices: [("c7i.large".to_owned(), "0.099".to_owned())].into(),
+            spot_per_mille: None,
+            root_volume_gb: None,
+            subnet_id: None,
+            security_group_ids: Vec::new(),
+            key_name: None,
+            instance_profile: None,
+            max_instances: None,
+            endpoint: None,
+        };
+        assert!(aws_provider(&good, "CA", &hosts).is_ok());
+        let err = |c: &crate::config::AwsProviderConfig| {
+            aws_provider(c, "CA", &hosts).err().unwrap_or_default()
+        };
+        let mut c = good.clone();
+        c.prices.insert("m7i.large".to_owned(), "lots".to_owned());
+        assert!(err(&c).contains("prices.m7i.large"), "{}", err(&c));
+        let mut c = good.clone();
+        c.access_key_id_file = Some(dir.path().join("nope"));
+        assert!(err(&c).contains("access_key_id_file"), "{}", err(&c));
+        let mut c = good.clone();
+        c.daemon_url = "wss://elsewhere:7443".to_owned();
+        assert!(err(&c).contains("[transport.ws] hosts"), "{}", err(&c));
+        // A key id without its secret is a mistake; neither means the
+        // instance role (unless the environment has keys).
+        if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
+            let mut c = good.clone();
+            c.secret_access_key_file = None;
+            assert!(err(&c).contains("without its secret"), "{}", err(&c));
+        }
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
+            && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none()
+        {
+            let mut c = good;
+            c.access_key_id_file = None;
+            c.secret_access_key_file = None;
+            assert!(aws_provider(&c, "CA", &hosts).is_ok());
+        }
+    }
+}
