@@ -300,7 +300,7 @@ impl FleetBuilder {
         let Some(provider) = self.provider else {
             return Err(RuntimeError::Config("a provider is required".into()));
         };
-        let offerings = startup_offerings(&*provider).await?;
+        let offerings = startup_offerings(&*provider, &self.timing).await?;
         let records = load_records(&*store).await?;
         let config = ControllerConfig {
             pools: self.pools,
@@ -549,7 +549,11 @@ impl Driver {
                         self.node_routes.remove(&node);
                         Event::AgentGone { node }
                     }
-                    _ => return true,
+                    other => {
+                        tracing::warn!(transport = idx, inbound = ?other, "unknown inbound message dropped");
+                        self.metrics.unknown("inbound");
+                        return true;
+                    }
                 };
                 self.step(event).await;
             }
@@ -669,7 +673,10 @@ impl Driver {
                 self.metrics.alert(&alert);
                 log_alert(&alert);
             }
-            _ => {}
+            other => {
+                tracing::warn!(command = ?other, "unknown command dropped");
+                self.metrics.unknown("command");
+            }
         }
     }
 
@@ -708,7 +715,10 @@ impl Driver {
                     }
                 }
             }
-            _ => {}
+            other => {
+                tracing::warn!(peer = ?other, "message to an unknown kind of peer dropped");
+                self.metrics.unknown("peer");
+            }
         }
     }
 }
@@ -790,23 +800,23 @@ fn log_alert(alert: &Alert) {
     }
 }
 
-/// How often the provider's offerings are asked for at start before giving
-/// up on a failure that may pass (a cloud API hiccup, a rate limit).
-const STARTUP_OFFERING_ATTEMPTS: u32 = 5;
-
-/// The provider's offerings, retrying passing failures with doubling waits
-/// (1, 2, 4, 8 s); a permanent one (bad credentials, no type sold) fails at
-/// once with the provider's words.
-async fn startup_offerings(provider: &dyn Provider) -> Result<Vec<Offering>, RuntimeError> {
-    let mut wait = Duration::from_secs(1);
+/// The provider's offerings, retrying passing failures as the controller
+/// retries a provider call (`timing.provider_retry_initial_ms`, doubling up
+/// to `provider_retry_max_ms`, `startup_attempts` in all); a permanent one
+/// (bad credentials, no type sold) fails at once with the provider's words.
+async fn startup_offerings(
+    provider: &dyn Provider,
+    timing: &fleet_core::controller::Timing,
+) -> Result<Vec<Offering>, RuntimeError> {
+    let mut wait = timing.provider_retry_initial_ms;
     let mut attempt = 1;
     loop {
         match provider.offerings().await {
             Ok(o) => return Ok(o),
-            Err(e) if e.is_retryable() && attempt < STARTUP_OFFERING_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, retry_in = ?wait, "provider offerings unavailable; retrying");
-                tokio::time::sleep(wait).await;
-                wait *= 2;
+            Err(e) if e.is_retryable() && attempt < timing.startup_attempts => {
+                tracing::warn!(error = %e, attempt, retry_in_ms = wait, "provider offerings unavailable; retrying");
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                wait = wait.saturating_mul(2).min(timing.provider_retry_max_ms);
                 attempt += 1;
             }
             Err(e) => {

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub provider_errors: BTreeMap<String, u64>,
     /// Alerts by kind.
     pub alerts: BTreeMap<String, u64>,
+    /// What the driver received or was told to do but does not know (a
+    /// newer fleet-core's message, command or peer), by what it was.
+    pub unknown: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -54,6 +57,12 @@ impl Metrics {
             .and_then(|v| v.get("alert").and_then(|k| k.as_str().map(str::to_owned)))
             .unwrap_or_else(|| "other".to_owned());
         *self.alerts.entry(kind).or_default() += 1;
+    }
+
+    /// Records something unknown the driver dropped: an inbound message, a
+    /// command or a peer of a variant it was not built with.
+    pub fn unknown(&mut self, what: &str) {
+        *self.unknown.entry(what.to_owned()).or_default() += 1;
     }
 
     /// The grant histogram as Prometheus text.
@@ -93,6 +102,13 @@ impl Metrics {
         out.push_str("# TYPE fleet_alerts_total counter\n");
         for (k, n) in &self.alerts {
             let _ = writeln!(out, "fleet_alerts_total{{kind=\"{k}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP fleet_unknown_dropped_total Messages, commands and peers the driver did not know and dropped.\n",
+        );
+        out.push_str("# TYPE fleet_unknown_dropped_total counter\n");
+        for (k, n) in &self.unknown {
+            let _ = writeln!(out, "fleet_unknown_dropped_total{{what=\"{k}\"}} {n}");
         }
     }
 }

@@ -70,6 +70,11 @@ pub struct Timing {
     /// An untracked instance carrying this fleet's tags is deleted once it is
     /// at least this old and still untracked on a later inventory.
     pub orphan_min_age_ms: Millis,
+    /// How often a driver asks for the provider's offerings at start before
+    /// giving up on a failure that may pass; it waits as for a failed
+    /// provider call (`provider_retry_initial_ms`, doubling up to
+    /// `provider_retry_max_ms`) in between.
+    pub startup_attempts: u32,
 }
 
 impl Default for Timing {
@@ -84,6 +89,7 @@ impl Default for Timing {
             store_retry_ms: 500,
             claim_retention_ms: 3_600_000,
             orphan_min_age_ms: 600_000,
+            startup_attempts: 5,
         }
     }
 }
