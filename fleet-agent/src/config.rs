@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use fleet_core::config::ConfigError;
 use fleet_core::ids::NodeId;
 use fleet_core::protocol::Secret;
 use serde::Deserialize;
@@ -34,61 +35,6 @@ pub const KEYS: &[&str] = &[
     "reconnect_min_ms",
     "reconnect_max_ms",
 ];
-
-/// Why the config could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is larger than any sane config.
-    #[error("{path}: larger than {MAX_CONFIG_BYTES} bytes")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The TOML is malformed or has an unknown key or a wrongly typed value.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, naming the key.
-        message: String,
-    },
-    /// A key has a value that parses but is not valid.
-    #[error("invalid {key} {value:?}: {why}")]
-    Invalid {
-        /// The key.
-        key: &'static str,
-        /// The value (never a secret).
-        value: String,
-        /// Why.
-        why: String,
-    },
-}
-
-impl ConfigError {
-    /// A short stable name for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ConfigError::Read { .. } => "read",
-            ConfigError::TooLarge { .. } => "too_large",
-            ConfigError::Parse { .. } => "parse",
-            ConfigError::Invalid { .. } => "invalid",
-        }
-    }
-
-    /// Config errors never go away by retrying.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
 
 /// How the agent reaches the daemon, from `daemon_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,6 +139,7 @@ impl Config {
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::TooLarge {
                 path: path.to_owned(),
+                limit: MAX_CONFIG_BYTES,
             });
         }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -208,10 +155,8 @@ impl Config {
             path: path.to_owned(),
             message: describe_toml_error(&e),
         })?;
-        let node_id = NodeId::new(raw.node_id.clone()).map_err(|e| ConfigError::Invalid {
-            key: "node_id",
-            value: raw.node_id.clone(),
-            why: e.to_string(),
+        let node_id = NodeId::new(raw.node_id.clone()).map_err(|e| {
+            ConfigError::invalid_value("node_id", raw.node_id.clone(), e.to_string())
         })?;
         let daemon_url = parse_daemon_url(&raw.daemon_url)?;
         let work_dir = raw
@@ -222,10 +167,8 @@ impl Config {
             .unwrap_or_else(|| work_dir.join("identity"));
         let gateway_listen = match raw.gateway_listen {
             None => None,
-            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid {
-                key: "gateway_listen",
-                value: s.clone(),
-                why: e.to_string(),
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::invalid_value("gateway_listen", s.clone(), e.to_string())
             })?),
         };
         if let Some(adv) = &raw.gateway_advertise {
@@ -236,11 +179,11 @@ impl Config {
             check_http_url("imds_url", u)?;
         }
         let positive = |key: &'static str, v: Option<u64>, default: u64| match v {
-            Some(0) => Err(ConfigError::Invalid {
+            Some(0) => Err(ConfigError::invalid_value(
                 key,
-                value: "0".to_owned(),
-                why: "must be greater than zero".to_owned(),
-            }),
+                "0".to_owned(),
+                "must be greater than zero".to_owned(),
+            )),
             Some(v) => Ok(v),
             None => Ok(default),
         };
@@ -251,11 +194,11 @@ impl Config {
         let reconnect_min_ms = positive("reconnect_min_ms", raw.reconnect_min_ms, 500)?;
         let reconnect_max_ms = positive("reconnect_max_ms", raw.reconnect_max_ms, 30_000)?;
         if reconnect_max_ms < reconnect_min_ms {
-            return Err(ConfigError::Invalid {
-                key: "reconnect_max_ms",
-                value: reconnect_max_ms.to_string(),
-                why: format!("smaller than reconnect_min_ms ({reconnect_min_ms})"),
-            });
+            return Err(ConfigError::invalid_value(
+                "reconnect_max_ms",
+                reconnect_max_ms.to_string(),
+                format!("smaller than reconnect_min_ms ({reconnect_min_ms})"),
+            ));
         }
         Ok(Config {
             node_id,
@@ -320,11 +263,7 @@ fn describe_toml_error(e: &toml::de::Error) -> String {
 }
 
 fn parse_daemon_url(s: &str) -> Result<DaemonUrl, ConfigError> {
-    let bad = |why: &str| ConfigError::Invalid {
-        key: "daemon_url",
-        value: s.to_owned(),
-        why: why.to_owned(),
-    };
+    let bad = |why: &str| ConfigError::invalid_value("daemon_url", s.to_owned(), why.to_owned());
     let (scheme, rest) = s
         .split_once("://")
         .ok_or_else(|| bad("expected ws://, wss:// or fleet+tcp://"))?;
@@ -355,11 +294,7 @@ fn parse_daemon_url(s: &str) -> Result<DaemonUrl, ConfigError> {
 }
 
 fn parse_backend(s: &str) -> Result<Backend, ConfigError> {
-    let bad = |why: &str| ConfigError::Invalid {
-        key: "backend",
-        value: s.to_owned(),
-        why: why.to_owned(),
-    };
+    let bad = |why: &str| ConfigError::invalid_value("backend", s.to_owned(), why.to_owned());
     if let Some(rest) = s.strip_prefix("tcp://") {
         check_host_port("backend", rest).map_err(|_| bad("expected tcp://host:port"))?;
         Ok(Backend::Tcp(rest.to_owned()))
@@ -380,29 +315,25 @@ fn check_host_port(key: &'static str, s: &str) -> Result<(), ConfigError> {
     if ok && !s.contains(char::is_whitespace) {
         Ok(())
     } else {
-        Err(ConfigError::Invalid {
+        Err(ConfigError::invalid_value(
             key,
-            value: s.to_owned(),
-            why: "expected host:port".to_owned(),
-        })
+            s.to_owned(),
+            "expected host:port".to_owned(),
+        ))
     }
 }
 
 fn check_http_url(key: &'static str, s: &str) -> Result<(), ConfigError> {
-    let rest = s
-        .strip_prefix("http://")
-        .ok_or_else(|| ConfigError::Invalid {
-            key,
-            value: s.to_owned(),
-            why: "expected http://host[:port]".to_owned(),
-        })?;
+    let rest = s.strip_prefix("http://").ok_or_else(|| {
+        ConfigError::invalid_value(key, s.to_owned(), "expected http://host[:port]".to_owned())
+    })?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() || authority.contains(char::is_whitespace) {
-        return Err(ConfigError::Invalid {
+        return Err(ConfigError::invalid_value(
             key,
-            value: s.to_owned(),
-            why: "missing host".to_owned(),
-        });
+            s.to_owned(),
+            "missing host".to_owned(),
+        ));
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 pub mod arbitrate;
 pub mod billing;
 pub mod clock;
+pub mod config;
 pub mod controller;
 #[cfg(feature = "harness")]
 pub mod harness;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fleet_core::arbitrate::Quota;
+pub use fleet_core::config::ConfigError;
 use fleet_core::controller::Timing;
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use fleet_core::{InstanceType, PoolName, Workspace};
@@ -19,55 +20,6 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// The environment variable naming the config file.
 pub const CONFIG_ENV: &str = "FLEET_DAEMON_CONFIG";
-
-/// Why the config could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is too large.
-    #[error("{path}: larger than {MAX_CONFIG_BYTES} bytes")]
-    TooLarge {
-        /// The file.
-        path: PathBuf,
-    },
-    /// Malformed TOML, an unknown key or a wrongly typed value (the
-    /// message names the key and the line).
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value that parses but is not valid.
-    #[error("invalid {key}: {why}")]
-    Invalid {
-        /// The key, as a dotted path.
-        key: String,
-        /// Why.
-        why: String,
-    },
-}
-
-impl ConfigError {
-    /// A short stable name.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ConfigError::Read { .. } => "read",
-            ConfigError::TooLarge { .. } => "too_large",
-            ConfigError::Parse { .. } => "parse",
-            ConfigError::Invalid { .. } => "invalid",
-        }
-    }
-}
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -519,6 +471,7 @@ impl DaemonConfig {
         if meta.len() > MAX_CONFIG_BYTES {
             return Err(ConfigError::TooLarge {
                 path: path.to_owned(),
+                limit: MAX_CONFIG_BYTES,
             });
         }
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -548,49 +501,76 @@ impl DaemonConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        fleet_core::subjects::Subjects::new(&self.namespace).map_err(|e| ConfigError::Invalid {
-            key: "namespace".into(),
-            why: e.to_string(),
-        })?;
+        fleet_core::subjects::Subjects::new(&self.namespace)
+            .map_err(|e| ConfigError::invalid("namespace", e.to_string()))?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.pools.iter().enumerate() {
             let key = |k: &str| format!("pool[{i}].{k}");
             if !seen.insert(p.name.clone()) {
-                return Err(ConfigError::Invalid {
-                    key: key("name"),
-                    why: format!("pool {} is defined twice", p.name),
-                });
+                return Err(ConfigError::invalid(
+                    key("name"),
+                    format!("pool {} is defined twice", p.name),
+                ));
             }
             if p.instance_types.is_empty() {
-                return Err(ConfigError::Invalid {
-                    key: key("instance_types"),
-                    why: "at least one instance type is required".into(),
-                });
+                return Err(ConfigError::invalid(
+                    key("instance_types"),
+                    "at least one instance type is required",
+                ));
             }
             if p.max_nodes == 0 || p.min_nodes > p.max_nodes {
-                return Err(ConfigError::Invalid {
-                    key: key("max_nodes"),
-                    why: format!(
+                return Err(ConfigError::invalid(
+                    key("max_nodes"),
+                    format!(
                         "need 0 < max_nodes and min_nodes <= max_nodes (got {} and {})",
                         p.max_nodes, p.min_nodes
                     ),
-                });
+                ));
             }
             if p.slots_per_node == 0 {
-                return Err(ConfigError::Invalid {
-                    key: key("slots_per_node"),
-                    why: "must be at least 1".into(),
-                });
+                return Err(ConfigError::invalid(
+                    key("slots_per_node"),
+                    "must be at least 1",
+                ));
             }
         }
+        if self.store.nats.is_some() && self.transport.nats.is_none() {
+            return Err(ConfigError::invalid(
+                "store.nats",
+                "needs [transport.nats] for the connection",
+            ));
+        }
+        if let Some(n) = &self.transport.nats
+            && n.urls.is_empty()
+        {
+            return Err(ConfigError::invalid(
+                "transport.nats.urls",
+                "at least one server URL is required",
+            ));
+        }
+        if self.leader.lease_ms < 1_000 {
+            return Err(ConfigError::invalid(
+                "leader.lease_ms",
+                "must be at least 1000",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this build of the daemon has what the config names: the
+    /// cloud providers and NATS are cargo features. Not part of [`parse`]
+    /// (`fleetctl doctor` checks a config with its own build of this crate).
+    ///
+    /// [`parse`]: DaemonConfig::parse
+    pub fn check_features(&self) -> Result<(), ConfigError> {
         if !self.provider.compiled_in() {
             let kind = self.provider.kind();
-            return Err(ConfigError::Invalid {
-                key: "provider.kind".into(),
-                why: format!(
+            return Err(ConfigError::invalid(
+                "provider.kind",
+                format!(
                     "this fleet-daemon was built without the `{kind}` provider; build it with `cargo build -p fleet-daemon --features {kind}`"
                 ),
-            });
+            ));
         }
         if !cfg!(feature = "nats") && (self.transport.nats.is_some() || self.store.nats.is_some()) {
             let key = if self.transport.nats.is_some() {
@@ -598,30 +578,10 @@ impl DaemonConfig {
             } else {
                 "store.nats"
             };
-            return Err(ConfigError::Invalid {
-                key: key.into(),
-                why: "this fleet-daemon was built without NATS; build it with `cargo build -p fleet-daemon --features nats`".into(),
-            });
-        }
-        if self.store.nats.is_some() && self.transport.nats.is_none() {
-            return Err(ConfigError::Invalid {
-                key: "store.nats".into(),
-                why: "needs [transport.nats] for the connection".into(),
-            });
-        }
-        if let Some(n) = &self.transport.nats
-            && n.urls.is_empty()
-        {
-            return Err(ConfigError::Invalid {
-                key: "transport.nats.urls".into(),
-                why: "at least one server URL is required".into(),
-            });
-        }
-        if self.leader.lease_ms < 1_000 {
-            return Err(ConfigError::Invalid {
-                key: "leader.lease_ms".into(),
-                why: "must be at least 1000".into(),
-            });
+            return Err(ConfigError::invalid(
+                key,
+                "this fleet-daemon was built without NATS; build it with `cargo build -p fleet-daemon --features nats`",
+            ));
         }
         Ok(())
     }
@@ -771,5 +731,28 @@ mod tests {
         }
         assert_eq!(cfg.pools[0].spec().strategy.name(), "stopped_pool");
         assert_eq!(cfg.quota.len(), 1);
+    }
+
+    #[test]
+    fn a_build_without_a_feature_refuses_the_config_that_needs_it() {
+        let hetzner = DaemonConfig::parse(
+            "[provider]\nkind = \"hetzner\"\nlocation = \"fsn1\"\ndaemon_url = \"wss://x\"\nuser_data = \"u.sh\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let nats = DaemonConfig::parse("[transport.nats]\nurls = [\"nats://127.0.0.1:4222\"]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        for (cfg, on, feature) in [
+            (hetzner, cfg!(feature = "hetzner"), "--features hetzner"),
+            (nats, cfg!(feature = "nats"), "--features nats"),
+        ] {
+            match cfg.check_features() {
+                Ok(()) => assert!(on, "{feature}: accepted without the feature"),
+                Err(e) => {
+                    assert!(!on, "{feature}: refused with the feature: {e}");
+                    assert!(e.to_string().contains(feature), "{e}");
+                }
+            }
+        }
+        assert!(DaemonConfig::default().check_features().is_ok());
     }
 }

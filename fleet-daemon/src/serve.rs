@@ -58,6 +58,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
     ready: impl FnOnce(&Discovery),
 ) -> Result<(), ServeError> {
+    cfg.check_features()
+        .map_err(|e| setup("checking the config")(e.to_string()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let data_dir = open_data_dir(&cfg)?;
     let leader = Arc::new(AtomicBool::new(false));
