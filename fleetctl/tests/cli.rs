@@ -17,6 +17,11 @@ fn cmd(s: &str) -> Result<Command, clap::Error> {
 }
 
 #[test]
+fn the_clap_definition_is_consistent() {
+    fleetctl::args::command().debug_assert();
+}
+
+#[test]
 fn global_flags_anywhere_and_redacted_token() -> Result<(), clap::Error> {
     let inv = parse(args(
         "--data-dir /tmp/d status --json --url http://127.0.0.1:9 --token=sekrit",
