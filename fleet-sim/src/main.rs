@@ -192,3 +192,53 @@ fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// The `cargo run -p fleet-sim … -- ARGS` lines of the READMEs (a
+    /// trailing `\` continues a line), as argument lists.
+    fn documented(text: &str) -> Vec<Vec<String>> {
+        let joined = text.replace("\\\n", " ");
+        joined
+            .lines()
+            .filter(|l| l.contains("cargo run -p fleet-sim"))
+            .filter_map(|l| l.split_once(" -- ").map(|(_, rest)| rest))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .take_while(|w| !w.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_command_lines_parse() -> Result<(), Box<dyn std::error::Error>> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = Vec::new();
+        for file in [root.join("README.md"), root.join("../README.md")] {
+            found.extend(documented(&std::fs::read_to_string(&file)?));
+        }
+        assert!(found.len() >= 4, "{found:?}");
+        for args in &found {
+            let parsed = Args::try_parse_from(
+                std::iter::once("fleet-sim").chain(args.iter().map(String::as_str)),
+            );
+            assert!(parsed.is_ok(), "{args:?}: {parsed:?}");
+        }
+        let bench = Args::try_parse_from(["fleet-sim", "--bench"])?;
+        assert!(bench.bench && bench.config.is_none());
+        Ok(())
+    }
+}
