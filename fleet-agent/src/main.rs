@@ -6,23 +6,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use fleet_agent::{Config, connector_for};
 use tokio::signal::unix::{SignalKind, signal};
 
-const HELP: &str = "\
-fleet-agent: the fleet node agent
-
-USAGE:
-    fleet-agent [--config PATH]     daemon mode: a node of a fleet daemon
-    fleet-agent queue               queue mode: run specs from a bucket or directory
-
-OPTIONS:
-    -c, --config PATH   config file (default: $FLEET_AGENT_CONFIG or ./agent.toml)
-    -h, --help          print this help
-    -V, --version       print the version
-
+/// What the flags cannot say: settings read only from the environment.
+const ENVIRONMENT: &str = "\
 ENVIRONMENT:
-    FLEET_AGENT_CONFIG            config file path
+    FLEET_AGENT_CONFIG            config file path (when --config is not given)
     FLEET_AGENT_BOOTSTRAP_TOKEN   single-use bootstrap token (overrides bootstrap_token_file)
     FLEET_AGENT_LOG               log level: error, warn, info (default), debug, trace
 
@@ -38,46 +29,56 @@ QUEUE MODE (each also read as CELLOS_FLEET_<NAME>):
     FLEET_QUEUE_HEARTBEAT_INTERVAL_MS  default 30000
     FLEET_QUEUE_NODE_ID           name in logs (default the hostname)
 
+With no config (no --config, no FLEET_AGENT_CONFIG) and FLEET_QUEUE_BUCKET or
+FLEET_QUEUE_DIR set, the agent runs queue mode without the `queue` word.
+
 On SIGTERM the agent stops taking commands (or specs), finishes or reports
 those in flight, tells the daemon it is draining, and exits 0.
-";
+
+Exit codes: 0 drained, 1 failure, 2 usage or config error.";
+
+/// fleet-agent: the fleet node agent (with no command: a node of a fleet daemon)
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet-agent",
+    version,
+    propagate_version = true,
+    disable_help_subcommand = true,
+    after_help = ENVIRONMENT
+)]
+struct Cli {
+    /// Config file (default: ./agent.toml)
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "FLEET_AGENT_CONFIG"
+    )]
+    config: Option<PathBuf>,
+    /// Daemon mode when absent
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Queue mode: run specs from a bucket or directory (settings below)
+    // `fleet-agent queue -V` prints `fleet-agent …`, not `fleet-agent-queue …`.
+    #[command(display_name = "fleet-agent")]
+    Queue,
+}
 
 fn main() -> ExitCode {
-    let mut config_path = std::env::var_os("FLEET_AGENT_CONFIG").map(PathBuf::from);
+    // Usage errors exit 2 (clap's code, as before), --help and --version 0.
+    let cli = Cli::parse();
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-    let mut queue = config_path.is_none() && fleet_agent::queue::QueueConfig::requested(&env);
-    let mut args = std::env::args_os().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.to_str() {
-            Some("queue") => queue = true,
-            Some("-h" | "--help") => {
-                print!("{HELP}");
-                return ExitCode::SUCCESS;
-            }
-            Some("-V" | "--version") => {
-                println!("fleet-agent {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            Some("-c" | "--config") => match args.next() {
-                Some(p) => config_path = Some(PathBuf::from(p)),
-                None => {
-                    eprintln!("fleet-agent: --config needs a path");
-                    return ExitCode::from(2);
-                }
-            },
-            _ => {
-                eprintln!(
-                    "fleet-agent: unknown argument {:?} (see --help)",
-                    arg.to_string_lossy()
-                );
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let queue = matches!(cli.mode, Some(Mode::Queue))
+        || (cli.config.is_none() && fleet_agent::queue::QueueConfig::requested(&env));
     if queue {
         return queue_mode(&env);
     }
-    let path = config_path.unwrap_or_else(|| PathBuf::from("agent.toml"));
+    let path = cli.config.unwrap_or_else(|| PathBuf::from("agent.toml"));
     let config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {

@@ -22,12 +22,55 @@ fn help_and_version() -> TestResult {
     let out = Command::new(BIN).arg("--help").output()?;
     assert!(out.status.success());
     assert!(String::from_utf8(out.stdout)?.contains("FLEET_AGENT_CONFIG"));
-    let out = Command::new(BIN).arg("--version").output()?;
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout)?.trim(),
-        format!("fleet-agent {}", env!("CARGO_PKG_VERSION"))
-    );
+    for args in [&["--version"][..], &["queue", "-V"]] {
+        let out = Command::new(BIN).args(args).output()?;
+        assert!(out.status.success(), "{args:?}");
+        assert_eq!(
+            String::from_utf8(out.stdout)?.trim(),
+            format!("fleet-agent {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn usage_errors_exit_2() -> TestResult {
+    for args in [
+        &["--bogus"][..],
+        &["--config"],
+        &["daemon"],
+        &["queue", "x"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("FLEET_AGENT_CONFIG")
+            .output()?;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_config_flag_means_daemon_mode_even_with_a_queue_in_the_environment() -> TestResult {
+    let dir = temp_dir("bin-config-flag");
+    let path = dir.join("missing.toml");
+    for args in [
+        vec!["--config".to_owned(), path.display().to_string()],
+        vec![format!("--config={}", path.display())],
+        vec!["-c".to_owned(), path.display().to_string()],
+    ] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .env_remove("FLEET_AGENT_CONFIG")
+            .env("FLEET_QUEUE_DIR", &dir)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("missing.toml") && err.contains("cannot read"),
+            "{args:?}: {err}"
+        );
+    }
     Ok(())
 }
 

@@ -7,58 +7,37 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use fleet_daemon::config::{CONFIG_ENV, DaemonConfig};
 
-const USAGE: &str = "\
-fleet-daemon — the fleet control plane
-
-USAGE:
-    fleet-daemon [--config FILE]
-
-The config file is FILE, else $FLEET_DAEMON_CONFIG; with neither, the
-embedded default runs: a redb store in $XDG_DATA_HOME/fleet (or ./.fleet),
-TLS WebSocket on 127.0.0.1:7443, HTTP on 127.0.0.1:7080, and a pool `local`
-of nodes that are fleet-agent processes on this host.
-
-OPTIONS:
-    --config FILE   read the configuration from FILE
-    -h, --help      print this help
-    -V, --version   print the version
+/// fleet-daemon — the fleet control plane
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet-daemon",
+    version,
+    after_help = "\
+With no config file, the embedded default runs: a redb store in
+$XDG_DATA_HOME/fleet (or ./.fleet), TLS WebSocket on 127.0.0.1:7443, HTTP on
+127.0.0.1:7080, and a pool `local` of nodes that are fleet-agent processes on
+this host.
 
 ENVIRONMENT:
     FLEET_DAEMON_CONFIG   config file (when --config is not given)
     FLEET_AGENT_BIN       fleet-agent binary for the local provider
     FLEET_LOG             log level: error, warn, info (default), debug, trace
-";
+
+Exit codes: 0 stopped, 1 failure, 2 usage or config error."
+)]
+struct Cli {
+    /// Read the configuration from FILE
+    #[arg(long, value_name = "FILE", env = CONFIG_ENV)]
+    config: Option<PathBuf>,
+}
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let mut config: Option<PathBuf> = None;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "-V" | "--version" => {
-                println!("fleet-daemon {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            "--config" => match args.next() {
-                Some(p) => config = Some(PathBuf::from(p)),
-                None => {
-                    eprintln!("fleet-daemon: --config needs a file");
-                    return ExitCode::from(2);
-                }
-            },
-            other => {
-                eprintln!("fleet-daemon: unknown argument {other:?}\n\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    // Usage errors exit 2 (clap's code, as before), --help and --version 0.
+    let config = Cli::parse().config;
     init_logging();
-    let config = config.or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
     let cfg = match &config {
         Some(path) => match DaemonConfig::load(path) {
             Ok(cfg) => cfg,

@@ -6,96 +6,55 @@
 //! ```
 
 use std::io::Write as _;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use fleet_sim::{Scenario, SimError, input, report};
-
-const USAGE: &str = "usage: fleet-sim --config sim-input.json [--out result.json] [--svg chart.svg] [--seed N] [--threads N] [--quiet]
-       fleet-sim --bench [--config sim-input.json] [--threads N]
-
-  --config FILE   the input (JSON; schema: fleet-sim/sim-input.schema.json)
-  --out FILE      write result.json there
-  --svg FILE      draw cost vs wait and cost over time
-  --seed N        override the input's seed
-  --threads N     strategies simulated in parallel (default: the CPUs)
-  --quiet         no table on stdout, no progress bar
-  --bench         one year at per-minute resolution x the six strategies; prints the wall time";
 
 /// The example input, used by `--bench` without `--config`.
 const EXAMPLE: &str = include_str!("../examples/sim-input.json");
 
-#[derive(Debug, Default)]
+/// fleet-sim: rank the strategies against a forecast
+#[derive(Debug, Parser)]
+#[command(
+    name = "fleet-sim",
+    version,
+    override_usage = "fleet-sim --config FILE [--out FILE] [--svg FILE] [--seed N] [--threads N] [--quiet]
+       fleet-sim --bench [--config FILE] [--threads N]",
+    after_help = "Exit codes: 0 success, 1 failure, 2 usage error or invalid input."
+)]
 struct Args {
+    /// The input (JSON; schema: fleet-sim/sim-input.schema.json)
+    #[arg(long, value_name = "FILE", required_unless_present = "bench")]
     config: Option<PathBuf>,
+    /// Write result.json there
+    #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Draw cost vs wait and cost over time
+    #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Override the input's seed
+    #[arg(long, value_name = "N")]
     seed: Option<u64>,
-    threads: Option<usize>,
+    /// Strategies simulated in parallel (default: the CPUs)
+    #[arg(long, value_name = "N")]
+    threads: Option<NonZeroUsize>,
+    /// No table on stdout, no progress bar
+    #[arg(long)]
     quiet: bool,
+    /// One year at per-minute resolution x the six strategies; prints the
+    /// wall time (the example input without --config)
+    #[arg(long)]
     bench: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args::default();
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag.as_str() {
-            "--config" => a.config = Some(value("--config")?.into()),
-            "--out" => a.out = Some(value("--out")?.into()),
-            "--svg" => a.svg = Some(value("--svg")?.into()),
-            "--seed" => {
-                let v = value("--seed")?;
-                a.seed = Some(
-                    v.parse()
-                        .map_err(|_| format!("--seed: not a number: {v}"))?,
-                );
-            }
-            "--threads" => {
-                let v = value("--threads")?;
-                a.threads = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| format!("--threads: not a positive number: {v}"))?,
-                );
-            }
-            "--quiet" => a.quiet = true,
-            "--bench" => a.bench = true,
-            "-h" | "--help" => return Err(String::new()),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    if a.config.is_none() && !a.bench {
-        return Err("--config is required".to_owned());
-    }
-    Ok(a)
-}
-
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) if e.is_empty() => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2 (clap's code), --help and --version 0.
+    let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,11 +68,9 @@ fn main() -> ExitCode {
 }
 
 fn threads(args: &Args) -> usize {
-    args.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(std::num::NonZeroUsize::get)
-            .unwrap_or(1)
-    })
+    args.threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get)
 }
 
 fn run(args: &Args) -> Result<(), SimError> {
@@ -234,4 +191,54 @@ fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
         steps as f64 / wall.as_secs_f64().max(1e-9)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    /// The `cargo run -p fleet-sim … -- ARGS` lines of the READMEs (a
+    /// trailing `\` continues a line), as argument lists.
+    fn documented(text: &str) -> Vec<Vec<String>> {
+        let joined = text.replace("\\\n", " ");
+        joined
+            .lines()
+            .filter(|l| l.contains("cargo run -p fleet-sim"))
+            .filter_map(|l| l.split_once(" -- ").map(|(_, rest)| rest))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .take_while(|w| !w.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_command_lines_parse() -> Result<(), Box<dyn std::error::Error>> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut found = Vec::new();
+        for file in [root.join("README.md"), root.join("../README.md")] {
+            found.extend(documented(&std::fs::read_to_string(&file)?));
+        }
+        assert!(found.len() >= 4, "{found:?}");
+        for args in &found {
+            let parsed = Args::try_parse_from(
+                std::iter::once("fleet-sim").chain(args.iter().map(String::as_str)),
+            );
+            assert!(parsed.is_ok(), "{args:?}: {parsed:?}");
+        }
+        let bench = Args::try_parse_from(["fleet-sim", "--bench"])?;
+        assert!(bench.bench && bench.config.is_none());
+        Ok(())
+    }
 }

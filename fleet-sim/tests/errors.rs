@@ -161,3 +161,51 @@ fn the_schema_names_every_input_key() {
         "plus $comment"
     );
 }
+
+fn sim(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let out = sim(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--out",
+        "--svg",
+        "--seed",
+        "--threads",
+        "--quiet",
+        "--bench",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from:\n{help}");
+    }
+    let out = sim(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("fleet-sim {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn command_line_mistakes_exit_2() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim-input.json");
+    for args in [
+        &[][..],
+        &["--out", "r.json"],
+        &["--config", example, "--bogus"],
+        &["--config", example, "--seed", "x"],
+        &["--config", example, "--threads", "0"],
+        &["--config"],
+    ] {
+        let out = sim(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}

@@ -1,384 +1,247 @@
-//! Command-line parsing (hand-written: a handful of flags and subcommands).
+//! The command line, declared with clap: help, `--version`, usage errors
+//! (exit code 2) and shell completions are generated from these types.
 //!
 //! Global flags may come before or after the subcommand; everything after
 //! `--` is the command line to run (`exec`, `jobs submit`).
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use fleet_core::protocol::Secret;
 
-use crate::CtlError;
-
-/// The help text.
-pub const USAGE: &str = "\
-fleetctl — the fleet command line
-
-usage: fleetctl [global flags] <command> [flags] [-- command...]
-
-global flags:
-  --data-dir DIR   the daemon's data dir (default: $XDG_DATA_HOME/fleet, else ./.fleet)
-  --url URL        the HTTP API (default: \"http\" in <data dir>/daemon.json)
-  --token TOKEN    API token (default: $FLEET_TOKEN, else <data dir>/admin.token)
-  --json           machine-readable output
-  -h, --help       this help
-  -V, --version    the version
-
-commands:
-  status                         counts of nodes, claims and jobs; cost so far
-  pools                          configured pools
-  nodes                          nodes and their live state
-  claims                         claims and their state
-  cost                           cost report per pool
-  claim --pool P --workspace W [--id ID] [--priority N] [--lease-ms MS]
-        [--cpus N] [--memory-mb N] [--wait-ms MS] [--out DIR]
-                                 claim a node; writes its credentials to DIR
-                                 (default <data dir>/claims/<id>/)
-  exec ID [--dir DIR] -- CMD...  run a command on a claimed node (exit code propagates)
-  release ID [--workspace W] [--dir DIR]
-  renew ID [--workspace W] [--dir DIR]
-  jobs submit --pool P --workspace W [--id ID] [--watch] -- CMD...
-  jobs watch ID [--workspace W] [--interval-ms MS]
-  jobs list
-  token create NAME [--workspaces W1,W2]
-                                 create an API token (printed once): an
-                                 operator's, or one that can only claim in
-                                 the listed workspaces
-  doctor                         check the local installation and the daemon
-
-exit codes: 0 success, 1 failure, 2 usage error; exec: the command's code.
-";
+/// fleetctl — the fleet command line
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "fleetctl",
+    version,
+    propagate_version = true,
+    after_help = "exit codes: 0 success, 1 failure, 2 usage error; exec: the command's code."
+)]
+pub struct Cli {
+    /// Flags every command accepts.
+    #[command(flatten)]
+    pub global: Global,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
 
 /// Flags every command accepts.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct Global {
-    /// `--data-dir`.
+    /// The daemon's data dir (default: the data_dir of $FLEET_DAEMON_CONFIG,
+    /// else $XDG_DATA_HOME/fleet, else ./.fleet)
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// `--url`.
+    /// The HTTP API (default: "http" in <data dir>/daemon.json)
+    #[arg(long, global = true, value_name = "URL")]
     pub url: Option<String>,
-    /// `--token` (redacted in `Debug`).
+    /// API token (default: <data dir>/admin.token)
+    // The value never shows in --help or Debug: it is a credential.
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        env = crate::TOKEN_ENV,
+        hide_env_values = true,
+        value_parser = token
+    )]
     pub token: Option<Secret>,
-    /// `--json`.
+    /// Machine-readable output
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
 /// `claim` arguments.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct ClaimArgs {
-    /// `--pool`.
+    /// The pool to claim a node from
+    #[arg(long, value_name = "P")]
     pub pool: String,
-    /// `--workspace`.
+    /// The workspace the claim belongs to
+    #[arg(long, value_name = "W")]
     pub workspace: String,
-    /// `--id` (default: random).
+    /// The claim id (default: random); a retry with the same id gets the
+    /// same grant
+    #[arg(long, value_name = "ID")]
     pub id: Option<String>,
-    /// `--priority`.
+    /// Higher claims are served first
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     pub priority: i32,
-    /// `--lease-ms`.
+    /// Lease length in ms (default: the daemon's)
+    #[arg(long, value_name = "MS")]
     pub lease_ms: Option<u64>,
-    /// `--cpus`.
+    /// CPUs the node must have
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub cpus: u32,
-    /// `--memory-mb`.
+    /// Memory the node must have, in MiB
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub memory_mb: u64,
-    /// `--wait-ms` (the claim's `max_wait_ms`).
+    /// How long the claim may wait for a node, in ms
+    #[arg(long, value_name = "MS")]
     pub wait_ms: Option<u64>,
-    /// `--out`.
+    /// Where to write the node's credentials (default: <data dir>/claims/<id>/)
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 
 /// A subcommand.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
-    /// `status`.
+    /// Counts of nodes, claims and jobs; cost so far
     Status,
-    /// `pools`.
+    /// Configured pools
     Pools,
-    /// `nodes`.
+    /// Nodes and their live state
     Nodes,
-    /// `claims`.
+    /// Claims and their state
     Claims,
-    /// `cost`.
+    /// Cost report per pool
+    #[command(alias = "costs")]
     Cost,
-    /// `claim`.
+    /// Claim a node; writes its credentials to --out
     Claim(ClaimArgs),
-    /// `exec ID -- CMD…`.
+    /// Run a command on a claimed node (its exit code propagates)
     Exec {
-        /// The claim.
+        /// The claim
         id: String,
-        /// Its credentials dir.
+        /// Its credentials dir (default: <data dir>/claims/<id>/)
+        #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// The command line.
+        /// The command line, after --
+        #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
-    /// `release ID`.
+    /// Release a claim
     Release {
-        /// The claim.
+        /// The claim
         id: String,
-        /// Its workspace (else from the claim dir).
+        /// Its workspace (default: from the claim dir)
+        #[arg(long, value_name = "W")]
         workspace: Option<String>,
-        /// Its credentials dir.
+        /// Its credentials dir (default: <data dir>/claims/<id>/)
+        #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// `renew ID`.
+    /// Extend a claim's lease and rewrite its certificate
     Renew {
-        /// The claim.
+        /// The claim
         id: String,
-        /// Its workspace (else from the claim dir).
+        /// Its workspace (default: from the claim dir)
+        #[arg(long, value_name = "W")]
         workspace: Option<String>,
-        /// Its credentials dir.
+        /// Its credentials dir (default: <data dir>/claims/<id>/)
+        #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-    /// `jobs submit`.
-    JobsSubmit {
-        /// `--pool`.
+    /// Submit, watch and list jobs
+    #[command(subcommand, alias = "job")]
+    Jobs(Jobs),
+    /// API tokens
+    #[command(subcommand, alias = "tokens")]
+    Token(Token),
+    /// Check the local installation and the daemon
+    Doctor,
+    /// Print a shell completion script
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `jobs` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+#[non_exhaustive]
+pub enum Jobs {
+    /// Submit a job (a command line run on a node of the pool)
+    Submit {
+        /// The pool to run it in
+        #[arg(long, value_name = "P")]
         pool: String,
-        /// `--workspace`.
+        /// The workspace it belongs to
+        #[arg(long, value_name = "W")]
         workspace: String,
-        /// `--id`.
+        /// The job id (default: random)
+        #[arg(long, value_name = "ID")]
         id: Option<String>,
-        /// `--watch`.
+        /// Stream its events and output until it finishes; exit with its code
+        #[arg(long)]
         watch: bool,
-        /// The command line.
+        /// The command line, after --
+        #[arg(last = true, required = true, value_name = "CMD")]
         argv: Vec<String>,
     },
-    /// `jobs watch ID`.
-    JobsWatch {
-        /// The job.
+    /// Follow a job's state until it finishes
+    Watch {
+        /// The job
         id: String,
-        /// Only this workspace's job of that id.
+        /// Only this workspace's job of that id
+        #[arg(long, value_name = "W")]
         workspace: Option<String>,
-        /// Poll interval.
+        /// Poll interval in ms (at least 50)
+        #[arg(long, value_name = "MS", default_value_t = 1_000)]
         interval_ms: u64,
     },
-    /// `jobs list`.
-    JobsList,
-    /// `token create NAME [--workspaces W1,W2]`.
-    TokenCreate {
-        /// The token's name.
+    /// List jobs
+    List,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+#[non_exhaustive]
+pub enum Token {
+    /// Create an API token (printed once): an operator's, or one that can
+    /// only claim in the listed workspaces
+    Create {
+        /// The token's name
         name: String,
-        /// Limit it to these workspaces.
+        /// Limit it to these workspaces (comma-separated)
+        #[arg(long, value_name = "W1,W2", value_delimiter = ',', value_parser = trimmed)]
         workspaces: Option<Vec<String>>,
     },
-    /// `doctor`.
-    Doctor,
-    /// `--help`.
-    Help,
-    /// `--version`.
-    Version,
 }
 
-/// A parsed command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invocation {
-    /// Global flags.
-    pub global: Global,
-    /// The subcommand.
-    pub command: Command,
+/// A token from `--token` or the environment, without the newline a file
+/// or `$(cat …)` leaves.
+fn token(s: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(s.trim()))
 }
 
-/// Flags that take no value.
-const SWITCHES: &[&str] = &["--json", "--watch", "--help", "-h", "--version", "-V"];
-
-struct Raw {
-    positionals: Vec<String>,
-    opts: BTreeMap<String, String>,
-    switches: Vec<String>,
-    trailing: Option<Vec<String>>,
+fn trimmed(s: &str) -> Result<String, std::convert::Infallible> {
+    Ok(s.trim().to_owned())
 }
 
-impl fmt::Debug for Raw {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Options may hold a token.
-        f.debug_struct("Raw")
-            .field("positionals", &self.positionals)
-            .finish_non_exhaustive()
+/// The clap command: [`Cli`]'s, with every subcommand's display name set to
+/// `fleetctl` so `fleetctl status -V` prints `fleetctl 0.1.0` (clap would
+/// say `fleetctl-status 0.1.0`).
+pub fn command() -> clap::Command {
+    fn named(cmd: clap::Command) -> clap::Command {
+        cmd.mut_subcommands(|sc| named(sc.display_name("fleetctl")))
     }
+    named(Cli::command())
 }
 
-fn usage(msg: impl Into<String>) -> CtlError {
-    CtlError::Usage(msg.into())
+/// Parses the arguments after the program name. A `clap::Error` is a usage
+/// error (exit code 2) or a request for help or the version (exit code 0,
+/// printed to stdout); `Error::print` and `Error::exit_code` say which.
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv = std::iter::once(OsString::from("fleetctl")).chain(args.into_iter().map(Into::into));
+    let mut matches = command().try_get_matches_from(argv)?;
+    Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command()))
 }
 
-fn split(args: &[String]) -> Result<Raw, CtlError> {
-    let mut raw = Raw {
-        positionals: Vec::new(),
-        opts: BTreeMap::new(),
-        switches: Vec::new(),
-        trailing: None,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--" {
-            raw.trailing = Some(it.cloned().collect());
-            break;
-        }
-        if SWITCHES.contains(&a.as_str()) {
-            raw.switches.push(a.clone());
-        } else if let Some(name) = a.strip_prefix("--") {
-            let (name, value) = match name.split_once('=') {
-                Some((n, v)) => (n.to_owned(), v.to_owned()),
-                None => {
-                    let v = it
-                        .next()
-                        .ok_or_else(|| usage(format!("--{name} needs a value")))?;
-                    (name.to_owned(), v.clone())
-                }
-            };
-            if raw.opts.insert(name.clone(), value).is_some() {
-                return Err(usage(format!("--{name} given twice")));
-            }
-        } else if a.starts_with('-') && a.len() > 1 {
-            return Err(usage(format!("unknown flag {a}")));
-        } else {
-            raw.positionals.push(a.clone());
-        }
-    }
-    Ok(raw)
-}
-
-impl Raw {
-    fn take(&mut self, name: &str) -> Option<String> {
-        self.opts.remove(name)
-    }
-
-    fn required(&mut self, name: &str) -> Result<String, CtlError> {
-        self.take(name)
-            .ok_or_else(|| usage(format!("--{name} is required")))
-    }
-
-    fn number<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>, CtlError> {
-        match self.take(name) {
-            None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| usage(format!("--{name}: {v:?} is not a valid number"))),
-        }
-    }
-
-    fn switch(&mut self, name: &str) -> bool {
-        let before = self.switches.len();
-        self.switches.retain(|s| s != name);
-        before != self.switches.len()
-    }
-
-    fn trailing(&mut self, what: &str) -> Result<Vec<String>, CtlError> {
-        match self.trailing.take() {
-            Some(v) if !v.is_empty() => Ok(v),
-            _ => Err(usage(format!("{what} needs a command after --"))),
-        }
-    }
-}
-
-/// Parses the arguments after the program name.
-pub fn parse(args: &[String]) -> Result<Invocation, CtlError> {
-    let mut raw = split(args)?;
-    let help = raw.switch("--help") | raw.switch("-h");
-    let version = raw.switch("--version") | raw.switch("-V");
-    let global = Global {
-        data_dir: raw.take("data-dir").map(PathBuf::from),
-        url: raw.take("url"),
-        token: raw.take("token").map(Secret::new),
-        json: raw.switch("--json"),
-    };
-    if help {
-        return Ok(Invocation {
-            global,
-            command: Command::Help,
-        });
-    }
-    if version {
-        return Ok(Invocation {
-            global,
-            command: Command::Version,
-        });
-    }
-    let words: Vec<String> = raw.positionals.drain(..).collect();
-    let mut words = words.into_iter();
-    let Some(first) = words.next() else {
-        return Err(usage("no command given"));
-    };
-    let mut rest: Vec<String> = words.collect();
-    fn one(what: &str, rest: &mut Vec<String>) -> Result<String, CtlError> {
-        if rest.is_empty() {
-            return Err(usage(format!("{what} is required")));
-        }
-        Ok(rest.remove(0))
-    }
-    let command = match first.as_str() {
-        "status" => Command::Status,
-        "pools" => Command::Pools,
-        "nodes" => Command::Nodes,
-        "claims" => Command::Claims,
-        "cost" | "costs" => Command::Cost,
-        "doctor" => Command::Doctor,
-        "help" => Command::Help,
-        "claim" => Command::Claim(ClaimArgs {
-            pool: raw.required("pool")?,
-            workspace: raw.required("workspace")?,
-            id: raw.take("id"),
-            priority: raw.number("priority")?.unwrap_or(0),
-            lease_ms: raw.number("lease-ms")?,
-            cpus: raw.number("cpus")?.unwrap_or(0),
-            memory_mb: raw.number("memory-mb")?.unwrap_or(0),
-            wait_ms: raw.number("wait-ms")?,
-            out: raw.take("out").map(PathBuf::from),
-        }),
-        "exec" => Command::Exec {
-            id: one("the claim id", &mut rest)?,
-            dir: raw.take("dir").map(PathBuf::from),
-            argv: raw.trailing("exec")?,
-        },
-        "release" => Command::Release {
-            id: one("the claim id", &mut rest)?,
-            workspace: raw.take("workspace"),
-            dir: raw.take("dir").map(PathBuf::from),
-        },
-        "renew" => Command::Renew {
-            id: one("the claim id", &mut rest)?,
-            workspace: raw.take("workspace"),
-            dir: raw.take("dir").map(PathBuf::from),
-        },
-        "jobs" | "job" => match one("a jobs subcommand (submit, watch, list)", &mut rest)?.as_str()
-        {
-            "submit" => Command::JobsSubmit {
-                pool: raw.required("pool")?,
-                workspace: raw.required("workspace")?,
-                id: raw.take("id"),
-                watch: raw.switch("--watch"),
-                argv: raw.trailing("jobs submit")?,
-            },
-            "watch" => Command::JobsWatch {
-                id: one("the job id", &mut rest)?,
-                workspace: raw.take("workspace"),
-                interval_ms: raw.number("interval-ms")?.unwrap_or(1_000).max(50),
-            },
-            "list" => Command::JobsList,
-            other => return Err(usage(format!("unknown jobs subcommand {other:?}"))),
-        },
-        "token" | "tokens" => match one("a token subcommand (create)", &mut rest)?.as_str() {
-            "create" => Command::TokenCreate {
-                name: one("the token name", &mut rest)?,
-                workspaces: raw
-                    .take("workspaces")
-                    .map(|w| w.split(',').map(|s| s.trim().to_owned()).collect()),
-            },
-            other => return Err(usage(format!("unknown token subcommand {other:?}"))),
-        },
-        other => return Err(usage(format!("unknown command {other:?}"))),
-    };
-    if let Some(extra) = rest.first() {
-        return Err(usage(format!("unexpected argument {extra:?}")));
-    }
-    if let Some(name) = raw.opts.keys().next() {
-        return Err(usage(format!("unknown flag --{name} for {first}")));
-    }
-    if let Some(s) = raw.switches.first() {
-        return Err(usage(format!("unknown flag {s} for {first}")));
-    }
-    if raw.trailing.is_some() {
-        return Err(usage(format!("{first} takes no command after --")));
-    }
-    Ok(Invocation { global, command })
+/// Writes the completion script for `shell` to `out`.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(shell, &mut command(), "fleetctl", out);
 }

@@ -13,22 +13,18 @@ use fleet_runtime::seal::{self, Expected, SignerKey};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::args::{ClaimArgs, Command, USAGE};
+use crate::args::{ClaimArgs, Command, Jobs, Token};
 use crate::render::{self, now_ms};
 use crate::{Context, CtlError, claimdir, doctor, exec, fail, read_text};
 
 /// Runs one invocation; returns the process exit code (errors are printed
 /// by the caller).
-pub async fn run(inv: crate::Invocation) -> Result<i32, CtlError> {
-    let ctx = Context::new(inv.global);
+pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
+    let ctx = Context::new(cli.global);
     let json = ctx.global.json;
-    match inv.command {
-        Command::Help => {
-            print!("{USAGE}");
-            Ok(0)
-        }
-        Command::Version => {
-            println!("fleetctl {}", env!("CARGO_PKG_VERSION"));
+    match cli.command {
+        Command::Completions { shell } => {
+            crate::args::completions(shell, &mut std::io::stdout());
             Ok(0)
         }
         Command::Status => show(&ctx, "/v1/status", render::status).await,
@@ -36,8 +32,8 @@ pub async fn run(inv: crate::Invocation) -> Result<i32, CtlError> {
         Command::Nodes => show(&ctx, "/v1/nodes", |v| render::nodes(v, now_ms())).await,
         Command::Claims => show(&ctx, "/v1/claims", |v| render::claims(v, now_ms())).await,
         Command::Cost => show(&ctx, "/v1/costs", render::cost).await,
-        Command::JobsList => show(&ctx, "/v1/jobs", render::jobs).await,
-        Command::TokenCreate { name, workspaces } => {
+        Command::Jobs(Jobs::List) => show(&ctx, "/v1/jobs", render::jobs).await,
+        Command::Token(Token::Create { name, workspaces }) => {
             let mut body = json!({ "name": name });
             if let Some(w) = &workspaces {
                 for ws in w {
@@ -95,18 +91,18 @@ pub async fn run(inv: crate::Invocation) -> Result<i32, CtlError> {
             Ok(0)
         }
         Command::Renew { id, workspace, dir } => renew(&ctx, &id, workspace, dir).await,
-        Command::JobsSubmit {
+        Command::Jobs(Jobs::Submit {
             pool,
             workspace,
             id,
             watch,
             argv,
-        } => jobs_submit(&ctx, pool, workspace, id, watch, argv).await,
-        Command::JobsWatch {
+        }) => jobs_submit(&ctx, pool, workspace, id, watch, argv).await,
+        Command::Jobs(Jobs::Watch {
             id,
             workspace,
             interval_ms,
-        } => jobs_watch(&ctx, &id, workspace.as_deref(), interval_ms).await,
+        }) => jobs_watch(&ctx, &id, workspace.as_deref(), interval_ms).await,
         Command::Doctor => Ok(doctor::run(&ctx).await),
     }
 }
@@ -455,6 +451,8 @@ async fn jobs_watch(
     workspace: Option<&str>,
     interval_ms: u64,
 ) -> Result<i32, CtlError> {
+    // A floor, so a typo cannot turn the watch into a busy loop on the API.
+    let interval_ms = interval_ms.max(50);
     let api = ctx.api()?;
     let mut last: Option<(String, String)> = None;
     let mut seen = false;

@@ -1,5 +1,5 @@
 //! `fleetctl`: the fleet command line, as a library so its parts can be
-//! tested. The binary is `parse` + [`run`].
+//! tested. The binary is [`Cli`] (clap) + [`run`].
 //!
 //! Where things come from:
 //!
@@ -25,10 +25,11 @@ use std::path::{Path, PathBuf};
 use fleet_core::protocol::Secret;
 use fleet_core::protocol::{DISCOVERY_FILE, Discovery};
 
-pub use args::{Command, Global, Invocation, parse};
+pub use args::{Cli, Command, Global, parse};
 pub use commands::run;
 
-/// Environment variable holding the API token.
+/// Environment variable holding the API token (read by clap as the
+/// fallback for `--token`).
 pub const TOKEN_ENV: &str = "FLEET_TOKEN";
 
 /// Why fleetctl failed.
@@ -137,13 +138,12 @@ impl Context {
 
     /// The API token, if one is configured anywhere.
     pub fn token(&self) -> Result<Option<Secret>, CtlError> {
-        if let Some(t) = &self.global.token {
-            return Ok(Some(t.clone()));
-        }
-        if let Ok(t) = std::env::var(TOKEN_ENV)
-            && !t.trim().is_empty()
+        // `--token` or `$FLEET_TOKEN` (clap reads the variable); an empty
+        // one, as `FLEET_TOKEN=` leaves, falls through to the file.
+        if let Some(t) = &self.global.token
+            && !t.expose().is_empty()
         {
-            return Ok(Some(Secret::new(t.trim())));
+            return Ok(Some(t.clone()));
         }
         let path = self.data_dir.join(fleet_daemon::auth::ADMIN_TOKEN_FILE);
         match std::fs::read_to_string(&path) {

@@ -3,11 +3,12 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let inv = match fleetctl::parse(&args) {
-        Ok(inv) => inv,
+    let cli = match fleetctl::parse(std::env::args_os().skip(1)) {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("fleetctl: {e}\n(see fleetctl --help)");
+            // Help and --version go to stdout with 0; usage errors to
+            // stderr with 2.
+            let _ = e.print();
             return ExitCode::from(clamp(e.exit_code()));
         }
     };
@@ -22,7 +23,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let code = match runtime.block_on(fleetctl::run(inv)) {
+    let code = match runtime.block_on(fleetctl::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fleetctl: {e}");

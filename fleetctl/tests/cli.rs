@@ -2,22 +2,28 @@
 
 use std::path::PathBuf;
 
-use fleetctl::args::{ClaimArgs, Command, parse};
+use clap::error::ErrorKind;
+use fleetctl::args::{ClaimArgs, Command, Jobs, Token, parse};
+use fleetctl::exec;
 use fleetctl::render;
-use fleetctl::{CtlError, exec};
 use serde_json::json;
 
 fn args(s: &str) -> Vec<String> {
     s.split_whitespace().map(str::to_owned).collect()
 }
 
-fn cmd(s: &str) -> Result<Command, CtlError> {
-    parse(&args(s)).map(|i| i.command)
+fn cmd(s: &str) -> Result<Command, clap::Error> {
+    parse(args(s)).map(|i| i.command)
 }
 
 #[test]
-fn global_flags_anywhere_and_redacted_token() -> Result<(), CtlError> {
-    let inv = parse(&args(
+fn the_clap_definition_is_consistent() {
+    fleetctl::args::command().debug_assert();
+}
+
+#[test]
+fn global_flags_anywhere_and_redacted_token() -> Result<(), clap::Error> {
+    let inv = parse(args(
         "--data-dir /tmp/d status --json --url http://127.0.0.1:9 --token=sekrit",
     ))?;
     assert_eq!(inv.command, Command::Status);
@@ -33,7 +39,7 @@ fn global_flags_anywhere_and_redacted_token() -> Result<(), CtlError> {
 }
 
 #[test]
-fn claim_flags() -> Result<(), CtlError> {
+fn claim_flags() -> Result<(), clap::Error> {
     assert_eq!(
         cmd(
             "claim --pool p --workspace w --id c1 --priority -3 --lease-ms 60000 --cpus 2 \
@@ -51,11 +57,19 @@ fn claim_flags() -> Result<(), CtlError> {
             out: Some(PathBuf::from("/tmp/c")),
         })
     );
+    assert_eq!(
+        cmd("claim --pool p --workspace w")?,
+        Command::Claim(ClaimArgs {
+            pool: "p".into(),
+            workspace: "w".into(),
+            ..ClaimArgs::default()
+        })
+    );
     Ok(())
 }
 
 #[test]
-fn commands_after_double_dash() -> Result<(), CtlError> {
+fn commands_after_double_dash() -> Result<(), clap::Error> {
     assert_eq!(
         cmd("exec c1 --dir /x -- sh -c --json")?,
         Command::Exec {
@@ -66,22 +80,32 @@ fn commands_after_double_dash() -> Result<(), CtlError> {
     );
     assert_eq!(
         cmd("jobs submit --pool p --workspace w --watch -- make test")?,
-        Command::JobsSubmit {
+        Command::Jobs(Jobs::Submit {
             pool: "p".into(),
             workspace: "w".into(),
             id: None,
             watch: true,
             argv: args("make test"),
-        }
+        })
     );
-    assert_eq!(cmd("jobs list")?, Command::JobsList);
+    assert_eq!(cmd("jobs list")?, Command::Jobs(Jobs::List));
+    assert_eq!(cmd("job list")?, Command::Jobs(Jobs::List));
     assert_eq!(
         cmd("jobs watch j1 --interval-ms 10")?,
-        Command::JobsWatch {
+        Command::Jobs(Jobs::Watch {
             id: "j1".into(),
             workspace: None,
-            interval_ms: 50,
-        }
+            // The 50 ms floor is applied where the watch polls.
+            interval_ms: 10,
+        })
+    );
+    assert_eq!(
+        cmd("jobs watch j1")?,
+        Command::Jobs(Jobs::Watch {
+            id: "j1".into(),
+            workspace: None,
+            interval_ms: 1_000,
+        })
     );
     assert_eq!(
         cmd("release c1 --workspace w")?,
@@ -92,22 +116,55 @@ fn commands_after_double_dash() -> Result<(), CtlError> {
         }
     );
     assert_eq!(
-        cmd("token create ci")?,
-        Command::TokenCreate {
-            name: "ci".into(),
-            workspaces: None
+        cmd("renew c1 --dir /x")?,
+        Command::Renew {
+            id: "c1".into(),
+            workspace: None,
+            dir: Some(PathBuf::from("/x")),
         }
     );
     assert_eq!(
-        cmd("token create ci --workspaces team-a,team-b")?,
-        Command::TokenCreate {
+        cmd("token create ci")?,
+        Command::Token(Token::Create {
+            name: "ci".into(),
+            workspaces: None
+        })
+    );
+    assert_eq!(
+        cmd("tokens create ci --workspaces team-a,team-b")?,
+        Command::Token(Token::Create {
             name: "ci".into(),
             workspaces: Some(vec!["team-a".into(), "team-b".into()])
-        }
+        })
     );
-    assert_eq!(cmd("--help")?, Command::Help);
-    assert_eq!(cmd("status -V")?, Command::Version);
+    assert_eq!(cmd("costs")?, Command::Cost);
+    assert_eq!(cmd("doctor")?, Command::Doctor);
     Ok(())
+}
+
+#[test]
+fn help_and_version_are_not_errors() {
+    for (line, kind) in [
+        ("--help", ErrorKind::DisplayHelp),
+        ("help", ErrorKind::DisplayHelp),
+        ("claim -h", ErrorKind::DisplayHelp),
+        ("-V", ErrorKind::DisplayVersion),
+        ("status -V", ErrorKind::DisplayVersion),
+    ] {
+        match parse(args(line)) {
+            Err(e) => {
+                assert_eq!(e.kind(), kind, "{line:?}");
+                assert_eq!(e.exit_code(), 0, "{line:?}");
+            }
+            Ok(cli) => panic!("{line:?} parsed as {cli:?}"),
+        }
+    }
+    // As before clap: the program's name, not `fleetctl-status`.
+    let version = parse(args("status -V")).err().map(|e| e.to_string());
+    assert_eq!(
+        version,
+        Some(format!("fleetctl {}\n", env!("CARGO_PKG_VERSION")))
+    );
 }
 
 #[test]
@@ -120,6 +177,7 @@ fn usage_errors() {
         "claim --pool p",
         "claim --pool p --workspace w --cpus many",
         "exec c1",
+        "exec c1 ls",
         "exec -- ls",
         "jobs",
         "jobs submit --pool p --workspace w",
@@ -127,11 +185,13 @@ fn usage_errors() {
         "status --url",
         "status -x",
         "status --json --json --url a --url b",
+        "status --url a --url b",
         "status -- ls",
+        "completions tcsh",
     ] {
-        let r = parse(&args(bad));
+        let r = parse(args(bad));
         assert!(
-            matches!(&r, Err(e @ CtlError::Usage(_)) if e.exit_code() == 2),
+            matches!(&r, Err(e) if e.exit_code() == 2),
             "{bad:?} → {r:?}"
         );
     }

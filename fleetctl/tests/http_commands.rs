@@ -104,6 +104,25 @@ async fn fleetctl(args: Vec<String>) -> std::io::Result<Output> {
     .await?
 }
 
+/// `fleetctl --url … ARGS` with `FLEET_TOKEN` set to `token`.
+async fn fleetctl_with_env_token(
+    addr: SocketAddr,
+    token: &str,
+    args: &[&str],
+) -> std::io::Result<Output> {
+    let mut argv = vec!["--url".to_owned(), format!("http://{addr}")];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let token = token.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+            .args(argv)
+            .env("FLEET_TOKEN", token)
+            .env_remove("FLEET_DAEMON_CONFIG")
+            .output()
+    })
+    .await?
+}
+
 fn run_args(addr: SocketAddr, rest: &str) -> Vec<String> {
     let mut v = vec![
         "--url".to_owned(),
@@ -219,5 +238,19 @@ async fn failures_are_one_clear_line() -> TestResult {
     // Usage error.
     let out = fleetctl(vec!["status".into(), "--bogus".into(), "x".into()]).await?;
     assert_eq!(out.status.code(), Some(2));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_comes_from_fleet_token_unless_passed() -> TestResult {
+    let addr = server().await?;
+
+    // As `export FLEET_TOKEN=$(cat admin.token)` leaves it: a newline.
+    let out = fleetctl_with_env_token(addr, &format!("{TOKEN}\n"), &["status"]).await?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // --token wins over the environment.
+    let out = fleetctl_with_env_token(addr, TOKEN, &["status", "--token", "wrong"]).await?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     Ok(())
 }
