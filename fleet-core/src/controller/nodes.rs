@@ -5,12 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::persist::{Effect, TimerKey};
-use super::{
-    Alert, Command, Controller, CostReport, Node, Op, Orphan, ProviderCall, ProviderOutcome,
-};
-use crate::billing::BootPath;
+use super::{Alert, Command, Controller, Node, Op, Orphan, ProviderCall, ProviderOutcome};
 use crate::ids::{ClaimId, Millis, NodeId, PoolName};
-use crate::money::HourlyPrice;
 use crate::protocol::{
     AgentMsg, ClaimState, DaemonMsg, JobState, NodeRecord, NodeState, PoolRecord, Record,
     RevokeReason,
@@ -58,22 +54,13 @@ impl Controller {
             NodeState::Deleting => instance_ref(&rec).map(ProviderCall::Delete),
             _ => None,
         };
-        let price = self.price_of(&rec);
-        let disk = self.disk_of(&rec);
-        self.ledger.transition(
-            &self.billing,
-            &rec.node,
-            &rec.pool,
-            NodeState::Requested,
-            rec.state,
-            price,
-            disk,
-            now,
-        );
         let mut node = Node::new(rec, now, true);
         node.idle_since = (node.rec.state == NodeState::Ready).then_some(now);
         node.retry = call.map(|c| (now, c, 0));
-        self.nodes.insert(node.rec.node.clone(), node);
+        let (id, state) = (node.rec.node.clone(), node.rec.state);
+        self.nodes.insert(id.clone(), node);
+        // The ledger is not persisted: it counts from the restore on.
+        self.bill_transition(&id, NodeState::Requested, state, now);
     }
 
     fn spec_of(&self, rec: &NodeRecord) -> NodeSpec {
@@ -91,29 +78,6 @@ impl Controller {
             // The driver mints the single-use token: the core has no randomness.
             bootstrap_token: None,
         }
-    }
-
-    fn price_of(&self, rec: &NodeRecord) -> HourlyPrice {
-        self.pools
-            .get(&rec.pool)
-            .and_then(|p| {
-                p.offerings
-                    .iter()
-                    .find(|o| o.instance_type == rec.instance_type)
-            })
-            .map(|o| o.price(rec.market).unwrap_or(o.on_demand))
-            .unwrap_or_default()
-    }
-
-    fn disk_of(&self, rec: &NodeRecord) -> u64 {
-        self.pools
-            .get(&rec.pool)
-            .and_then(|p| {
-                p.offerings
-                    .iter()
-                    .find(|o| o.instance_type == rec.instance_type)
-            })
-            .map_or(0, |o| u64::from(o.disk_gb))
     }
 
     pub(super) fn node_deadline(&self, n: &Node) -> Option<Millis> {
@@ -142,35 +106,10 @@ impl Controller {
 
     /// Moves a node to `to`, keeping the cost ledger in step.
     fn set_state(&mut self, id: &NodeId, to: NodeState, now: Millis) {
-        let Some(n) = self.nodes.get(id) else {
+        let Some(from) = self.nodes.get(id).map(|n| n.rec.state) else {
             return;
         };
-        let from = n.rec.state;
-        let price = self.price_of(&n.rec);
-        let disk = self.disk_of(&n.rec);
-        let pool = n.rec.pool.clone();
-        let boot_path = match (&n.rec.source, from, to) {
-            (_, NodeState::Starting, NodeState::Booting | NodeState::Ready) => {
-                Some(BootPath::Stopped)
-            }
-            (_, NodeState::Resizing, NodeState::Booting | NodeState::Ready) => {
-                Some(BootPath::Resize)
-            }
-            (
-                BootSource::Snapshot(_),
-                NodeState::Provisioning,
-                NodeState::Booting | NodeState::Ready,
-            ) => Some(BootPath::Snapshot),
-            (_, NodeState::Provisioning, NodeState::Booting | NodeState::Ready) => {
-                Some(BootPath::Image)
-            }
-            _ => None,
-        };
-        self.ledger
-            .transition(&self.billing, id, &pool, from, to, price, disk, now);
-        if let Some(path) = boot_path {
-            self.ledger.boot(&pool, path);
-        }
+        self.bill_transition(id, from, to, now);
         if let Some(n) = self.nodes.get_mut(id) {
             n.rec.state = to;
             n.rec.state_since = now;
@@ -966,11 +905,6 @@ impl Controller {
             );
             out.push(Command::Provider { op, call });
         }
-    }
-
-    /// What every pool has cost up to `now`.
-    pub fn costs(&self, now: Millis) -> CostReport {
-        self.ledger.report(&self.billing, now)
     }
 }
 
