@@ -21,6 +21,7 @@ mod cost;
 mod jobs;
 mod nodes;
 mod persist;
+mod planning;
 
 use std::collections::{BTreeMap, BTreeSet};
 
