@@ -18,6 +18,7 @@
 
 mod claims;
 mod cost;
+mod inventory;
 mod jobs;
 mod nodes;
 mod persist;

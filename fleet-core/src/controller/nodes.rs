@@ -1,20 +1,17 @@
 //! The node state machine: provider calls and their results, agent
-//! sessions, heartbeat and boot timeouts, spot interruptions,
-//! reconciliation with the provider's inventory. Pools decide which nodes to
-//! have in `planning.rs`.
+//! sessions, heartbeat and boot timeouts, spot interruptions. Pools decide
+//! which nodes to have in `planning.rs`; the provider's inventory is
+//! reconciled in `inventory.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::persist::{Effect, TimerKey};
-use super::{Alert, Command, Controller, Node, Op, Orphan, ProviderCall, ProviderOutcome};
+use super::{Alert, Command, Controller, Node, Op, ProviderCall, ProviderOutcome};
 use crate::ids::{ClaimId, Millis, NodeId, PoolName};
 use crate::protocol::{
     AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
 };
-use crate::provider::{
-    Instance, InstanceRef, InstanceState, NodeSpec, ProviderError, TAG_NAMESPACE, TAG_NODE,
-    TAG_POOL,
-};
+use crate::provider::{InstanceRef, NodeSpec, ProviderError, TAG_NAMESPACE, TAG_NODE, TAG_POOL};
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer};
 
@@ -234,7 +231,7 @@ impl Controller {
         }
     }
 
-    fn node_lost(&mut self, id: &NodeId, now: Millis, out: &mut Vec<Command>) {
+    pub(super) fn node_lost(&mut self, id: &NodeId, now: Millis, out: &mut Vec<Command>) {
         let Some(n) = self.nodes.get(id) else {
             return;
         };
@@ -381,15 +378,10 @@ impl Controller {
         let id = call.node().clone();
         if matches!(call, ProviderCall::Delete(_))
             && !self.nodes.contains_key(&id)
-            && let Some(orphan) = self.orphans.get_mut(&id)
+            && self.orphans.contains_key(&id)
         {
-            if result.is_ok() || matches!(result, Err(ProviderError::NotFound(_))) {
-                self.orphans.remove(&id);
-            } else {
-                orphan.deleting = false;
-                orphan.first_seen = now;
-            }
-            return;
+            let gone = result.is_ok() || matches!(result, Err(ProviderError::NotFound(_)));
+            return self.orphan_deleted(&id, gone, now);
         }
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
@@ -563,100 +555,6 @@ impl Controller {
             call,
         };
         self.save_node(id, vec![effect], now, out);
-    }
-
-    /// Adopts known instances, notices vanished ones, tracks orphans.
-    pub(super) fn on_inventory(
-        &mut self,
-        instances: Vec<Instance>,
-        now: Millis,
-        out: &mut Vec<Command>,
-    ) {
-        let mut seen = BTreeSet::new();
-        for i in instances {
-            if i.tags.get(TAG_NAMESPACE) != Some(&self.namespace)
-                || i.state == InstanceState::Terminated
-            {
-                continue;
-            }
-            seen.insert(i.node.clone());
-            if let Some(n) = self.nodes.get_mut(&i.node) {
-                if n.rec.provider_id.is_none() {
-                    n.rec.provider_id = Some(i.provider_id.clone());
-                    let id = i.node.clone();
-                    self.save_node(&id, Vec::new(), now, out);
-                }
-                continue;
-            }
-            self.orphans.entry(i.node.clone()).or_insert(Orphan {
-                instance: i,
-                first_seen: now,
-                deleting: false,
-            });
-        }
-        // Orphans that vanished by themselves need no collecting.
-        self.orphans.retain(|id, o| o.deleting || seen.contains(id));
-        let vanished: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|n| {
-                n.op.is_none()
-                    && n.rec.provider_id.is_some()
-                    && !seen.contains(&n.rec.node)
-                    && !matches!(
-                        n.rec.state,
-                        NodeState::Requested
-                            | NodeState::Provisioning
-                            | NodeState::Gone
-                            | NodeState::Lost
-                    )
-            })
-            .map(|n| n.rec.node.clone())
-            .collect();
-        for id in vanished {
-            let stopped_or_deleting = self
-                .nodes
-                .get(&id)
-                .is_some_and(|n| matches!(n.rec.state, NodeState::Stopped | NodeState::Deleting));
-            if stopped_or_deleting {
-                self.set_state(&id, NodeState::Gone, now);
-                let effect = Effect::NodeForgotten { node: id.clone() };
-                self.save_node(&id, vec![effect], now, out);
-            } else {
-                self.node_lost(&id, now, out);
-            }
-        }
-    }
-
-    pub(super) fn orphan_due(&self, o: &Orphan) -> Millis {
-        o.instance
-            .created_at
-            .max(o.first_seen)
-            .saturating_add(self.timing.orphan_min_age_ms)
-    }
-
-    pub(super) fn orphan_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
-        let due: Vec<InstanceRef> = self
-            .orphans
-            .values()
-            .filter(|o| !o.deleting && self.orphan_due(o) <= now)
-            .map(|o| o.instance.as_ref())
-            .collect();
-        for r in due {
-            if let Some(o) = self.orphans.get_mut(&r.node) {
-                o.deleting = true;
-            }
-            let op = self.next_op_id();
-            let call = ProviderCall::Delete(r);
-            self.ops.insert(
-                op,
-                Op {
-                    call: call.clone(),
-                    attempt: 1,
-                },
-            );
-            out.push(Command::Provider { op, call });
-        }
     }
 }
 
