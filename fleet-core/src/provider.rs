@@ -15,6 +15,10 @@ use crate::ids::{InstanceType, Millis, NodeId, PoolName};
 use crate::money::HourlyPrice;
 use crate::protocol::{Arch, NodeResources, Secret};
 
+// Node and pool records store these, so they are defined with the records in
+// `protocol`; a provider author finds them here, where the trait uses them.
+pub use crate::protocol::{BootSource, Market, SnapshotRef};
+
 /// The tag every fleet-created instance carries with its node id.
 pub const TAG_NODE: &str = "fleet-node";
 /// The tag with the pool name.
@@ -101,42 +105,6 @@ impl Offering {
             Market::Spot => self.spot.as_ref().map(|s| s.price),
         }
     }
-}
-
-/// On-demand or spot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Market {
-    /// Full price, not interrupted.
-    OnDemand,
-    /// Discounted, may be interrupted.
-    Spot,
-}
-
-/// A snapshot a node can boot from.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct SnapshotRef {
-    /// Provider id of the snapshot/image.
-    pub id: String,
-    /// Size in GB (priced per GB-month).
-    pub size_gb: u32,
-    /// When it was taken.
-    pub created_at: Millis,
-}
-
-/// What a node boots from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BootSource {
-    /// The pool's base image.
-    Image {
-        /// Provider image id or name.
-        image: String,
-    },
-    /// A snapshot.
-    Snapshot(SnapshotRef),
 }
 
 /// What the controller asks a provider to create.

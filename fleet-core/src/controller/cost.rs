@@ -7,15 +7,21 @@
 //! 60 s) and started hours (Hetzner) apply per start, as the providers do.
 //! A stopped node bills its disk or its full price per the model. Snapshot
 //! storage bills per GB-month while the pool keeps a snapshot.
+//!
+//! The controller's side is here too: pricing a node from its pool's
+//! offerings, keeping the ledger in step as nodes change state, and the
+//! report of what every pool has cost.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::Controller;
 use crate::billing::{BillingModel, BootPath};
 use crate::ids::{Millis, NodeId, PoolName};
 use crate::money::{HourlyPrice, Money};
-use crate::protocol::NodeState;
+use crate::protocol::{NodeRecord, NodeState};
+use crate::provider::BootSource;
 
 /// What one pool has cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,5 +219,74 @@ fn add_interval(entry: &mut PoolCost, billing: &BillingModel, open: &Open, now: 
             entry.stopped += billing.stopped_cost(open.price, open.disk_gb, ms);
             entry.stopped_ms += ms;
         }
+    }
+}
+
+impl Controller {
+    /// What every pool has cost up to `now`.
+    pub fn costs(&self, now: Millis) -> CostReport {
+        self.ledger.report(&self.billing, now)
+    }
+
+    /// Keeps the ledger in step with node `id` moving from `from` to `to`
+    /// (before its record changes), counting a boot by the path it took.
+    pub(super) fn bill_transition(
+        &mut self,
+        id: &NodeId,
+        from: NodeState,
+        to: NodeState,
+        now: Millis,
+    ) {
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let price = self.price_of(&n.rec);
+        let disk = self.disk_of(&n.rec);
+        let pool = n.rec.pool.clone();
+        let boot_path = match (&n.rec.source, from, to) {
+            (_, NodeState::Starting, NodeState::Booting | NodeState::Ready) => {
+                Some(BootPath::Stopped)
+            }
+            (_, NodeState::Resizing, NodeState::Booting | NodeState::Ready) => {
+                Some(BootPath::Resize)
+            }
+            (
+                BootSource::Snapshot(_),
+                NodeState::Provisioning,
+                NodeState::Booting | NodeState::Ready,
+            ) => Some(BootPath::Snapshot),
+            (_, NodeState::Provisioning, NodeState::Booting | NodeState::Ready) => {
+                Some(BootPath::Image)
+            }
+            _ => None,
+        };
+        self.ledger
+            .transition(&self.billing, id, &pool, from, to, price, disk, now);
+        if let Some(path) = boot_path {
+            self.ledger.boot(&pool, path);
+        }
+    }
+
+    fn price_of(&self, rec: &NodeRecord) -> HourlyPrice {
+        self.pools
+            .get(&rec.pool)
+            .and_then(|p| {
+                p.offerings
+                    .iter()
+                    .find(|o| o.instance_type == rec.instance_type)
+            })
+            .map(|o| o.price(rec.market).unwrap_or(o.on_demand))
+            .unwrap_or_default()
+    }
+
+    fn disk_of(&self, rec: &NodeRecord) -> u64 {
+        self.pools
+            .get(&rec.pool)
+            .and_then(|p| {
+                p.offerings
+                    .iter()
+                    .find(|o| o.instance_type == rec.instance_type)
+            })
+            .map_or(0, |o| u64::from(o.disk_gb))
     }
 }

@@ -18,9 +18,11 @@
 
 mod claims;
 mod cost;
+mod inventory;
 mod jobs;
 mod nodes;
 mod persist;
+mod planning;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,25 +1,17 @@
-//! The node state machine: strategies' actions, provider calls and their
-//! results, agent sessions, heartbeat and boot timeouts, spot
-//! interruptions, reconciliation with the provider's inventory.
+//! The node state machine: provider calls and their results, agent
+//! sessions, heartbeat and boot timeouts, spot interruptions. Pools decide
+//! which nodes to have in `planning.rs`; the provider's inventory is
+//! reconciled in `inventory.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::persist::{Effect, TimerKey};
-use super::{
-    Alert, Command, Controller, CostReport, Node, Op, Orphan, ProviderCall, ProviderOutcome,
-};
-use crate::billing::BootPath;
+use super::{Alert, Command, Controller, Node, Op, ProviderCall, ProviderOutcome};
 use crate::ids::{ClaimId, Millis, NodeId, PoolName};
-use crate::money::HourlyPrice;
 use crate::protocol::{
-    AgentMsg, ClaimState, DaemonMsg, JobState, NodeRecord, NodeState, PoolRecord, Record,
-    RevokeReason,
+    AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
 };
-use crate::provider::{
-    BootSource, Instance, InstanceRef, InstanceState, Market, NodeSpec, ProviderError,
-    TAG_NAMESPACE, TAG_NODE, TAG_POOL,
-};
-use crate::strategy::{Action, Demand, NodeView, PoolView, SourceKind};
+use crate::provider::{InstanceRef, NodeSpec, ProviderError, TAG_NAMESPACE, TAG_NODE, TAG_POOL};
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer};
 
@@ -58,25 +50,16 @@ impl Controller {
             NodeState::Deleting => instance_ref(&rec).map(ProviderCall::Delete),
             _ => None,
         };
-        let price = self.price_of(&rec);
-        let disk = self.disk_of(&rec);
-        self.ledger.transition(
-            &self.billing,
-            &rec.node,
-            &rec.pool,
-            NodeState::Requested,
-            rec.state,
-            price,
-            disk,
-            now,
-        );
         let mut node = Node::new(rec, now, true);
         node.idle_since = (node.rec.state == NodeState::Ready).then_some(now);
         node.retry = call.map(|c| (now, c, 0));
-        self.nodes.insert(node.rec.node.clone(), node);
+        let (id, state) = (node.rec.node.clone(), node.rec.state);
+        self.nodes.insert(id.clone(), node);
+        // The ledger is not persisted: it counts from the restore on.
+        self.bill_transition(&id, NodeState::Requested, state, now);
     }
 
-    fn spec_of(&self, rec: &NodeRecord) -> NodeSpec {
+    pub(super) fn spec_of(&self, rec: &NodeRecord) -> NodeSpec {
         let mut tags = BTreeMap::new();
         tags.insert(TAG_NODE.to_owned(), rec.node.to_string());
         tags.insert(TAG_POOL.to_owned(), rec.pool.to_string());
@@ -91,29 +74,6 @@ impl Controller {
             // The driver mints the single-use token: the core has no randomness.
             bootstrap_token: None,
         }
-    }
-
-    fn price_of(&self, rec: &NodeRecord) -> HourlyPrice {
-        self.pools
-            .get(&rec.pool)
-            .and_then(|p| {
-                p.offerings
-                    .iter()
-                    .find(|o| o.instance_type == rec.instance_type)
-            })
-            .map(|o| o.price(rec.market).unwrap_or(o.on_demand))
-            .unwrap_or_default()
-    }
-
-    fn disk_of(&self, rec: &NodeRecord) -> u64 {
-        self.pools
-            .get(&rec.pool)
-            .and_then(|p| {
-                p.offerings
-                    .iter()
-                    .find(|o| o.instance_type == rec.instance_type)
-            })
-            .map_or(0, |o| u64::from(o.disk_gb))
     }
 
     pub(super) fn node_deadline(&self, n: &Node) -> Option<Millis> {
@@ -141,36 +101,11 @@ impl Controller {
     }
 
     /// Moves a node to `to`, keeping the cost ledger in step.
-    fn set_state(&mut self, id: &NodeId, to: NodeState, now: Millis) {
-        let Some(n) = self.nodes.get(id) else {
+    pub(super) fn set_state(&mut self, id: &NodeId, to: NodeState, now: Millis) {
+        let Some(from) = self.nodes.get(id).map(|n| n.rec.state) else {
             return;
         };
-        let from = n.rec.state;
-        let price = self.price_of(&n.rec);
-        let disk = self.disk_of(&n.rec);
-        let pool = n.rec.pool.clone();
-        let boot_path = match (&n.rec.source, from, to) {
-            (_, NodeState::Starting, NodeState::Booting | NodeState::Ready) => {
-                Some(BootPath::Stopped)
-            }
-            (_, NodeState::Resizing, NodeState::Booting | NodeState::Ready) => {
-                Some(BootPath::Resize)
-            }
-            (
-                BootSource::Snapshot(_),
-                NodeState::Provisioning,
-                NodeState::Booting | NodeState::Ready,
-            ) => Some(BootPath::Snapshot),
-            (_, NodeState::Provisioning, NodeState::Booting | NodeState::Ready) => {
-                Some(BootPath::Image)
-            }
-            _ => None,
-        };
-        self.ledger
-            .transition(&self.billing, id, &pool, from, to, price, disk, now);
-        if let Some(path) = boot_path {
-            self.ledger.boot(&pool, path);
-        }
+        self.bill_transition(id, from, to, now);
         if let Some(n) = self.nodes.get_mut(id) {
             n.rec.state = to;
             n.rec.state_since = now;
@@ -181,7 +116,7 @@ impl Controller {
     }
 
     /// Queues the write of a node's record.
-    fn save_node(
+    pub(super) fn save_node(
         &mut self,
         id: &NodeId,
         effects: Vec<Effect>,
@@ -296,7 +231,7 @@ impl Controller {
         }
     }
 
-    fn node_lost(&mut self, id: &NodeId, now: Millis, out: &mut Vec<Command>) {
+    pub(super) fn node_lost(&mut self, id: &NodeId, now: Millis, out: &mut Vec<Command>) {
         let Some(n) = self.nodes.get(id) else {
             return;
         };
@@ -443,15 +378,10 @@ impl Controller {
         let id = call.node().clone();
         if matches!(call, ProviderCall::Delete(_))
             && !self.nodes.contains_key(&id)
-            && let Some(orphan) = self.orphans.get_mut(&id)
+            && self.orphans.contains_key(&id)
         {
-            if result.is_ok() || matches!(result, Err(ProviderError::NotFound(_))) {
-                self.orphans.remove(&id);
-            } else {
-                orphan.deleting = false;
-                orphan.first_seen = now;
-            }
-            return;
+            let gone = result.is_ok() || matches!(result, Err(ProviderError::NotFound(_)));
+            return self.orphan_deleted(&id, gone, now);
         }
         let Some(n) = self.nodes.get_mut(&id) else {
             return;
@@ -611,254 +541,7 @@ impl Controller {
         self.save_node(id, Vec::new(), now, out);
     }
 
-    /// Runs every pool's strategy and applies what it asks for.
-    pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
-        let names: Vec<PoolName> = self.pools.keys().cloned().collect();
-        for name in names {
-            let Some(pool) = self.pools.get(&name) else {
-                continue;
-            };
-            let views: Vec<NodeView> = self
-                .nodes
-                .values()
-                .filter(|n| n.rec.pool == name && n.rec.state != NodeState::Gone)
-                .map(|n| NodeView {
-                    node: n.rec.node.clone(),
-                    state: super::live_state(n),
-                    state_since: n.rec.state_since,
-                    instance_type: n.rec.instance_type.clone(),
-                    market: n.rec.market,
-                    claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
-                    slots: pool.spec.slots_per_node,
-                    idle_since: n.idle_since,
-                })
-                .collect();
-            let demand: Vec<Demand> = self
-                .pending
-                .iter()
-                .filter_map(|id| self.claims.get(id))
-                .filter(|c| {
-                    c.rec.request.pool == name
-                        && c.durable
-                        && c.reserved.is_none()
-                        && c.rec.state == ClaimState::Pending
-                })
-                .map(|c| Demand {
-                    claim: c.rec.request.claim_id.clone(),
-                    requirements: c.rec.request.requirements.clone(),
-                    enqueued_at: c.rec.enqueued_at,
-                })
-                .chain(
-                    self.queued
-                        .iter()
-                        .filter_map(|id| self.jobs.get(id))
-                        .filter(|j| {
-                            j.durable
-                                && j.rec.spec.pool == name
-                                && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
-                        })
-                        .filter_map(|j| {
-                            Some(Demand {
-                                claim: ClaimId::new(j.rec.spec.id.as_str()).ok()?,
-                                requirements: j.rec.spec.requirements.clone(),
-                                enqueued_at: j.rec.submitted_at,
-                            })
-                        }),
-                )
-                .collect();
-            let view = PoolView {
-                spec: &pool.spec,
-                nodes: &views,
-                pending: &demand,
-                offerings: &pool.offerings,
-                capabilities: &self.capabilities,
-                billing: &self.billing,
-                snapshot: pool.snapshot.as_ref(),
-            };
-            let plan = pool.strategy.plan(&view, now);
-            if let Some(p) = self.pools.get_mut(&name) {
-                p.wake_at = match (
-                    plan.wake_at,
-                    (p.create_backoff_until > now).then_some(p.create_backoff_until),
-                ) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
-            for action in plan.actions {
-                if let Err(why) = self.apply(&name, &action, now, out) {
-                    out.push(Command::Alert(Alert::InvalidAction {
-                        pool: name.clone(),
-                        detail: format!("{action:?}: {why}"),
-                    }));
-                }
-            }
-        }
-    }
-
-    fn idle_node(&self, id: &NodeId, allowed: &[NodeState]) -> Result<&Node, String> {
-        let n = self.nodes.get(id).ok_or("unknown node")?;
-        if n.occupied() > 0 {
-            return Err("node holds claims or jobs".into());
-        }
-        if n.op.is_some() || n.retry.is_some() {
-            return Err("a provider call is already in flight".into());
-        }
-        if !allowed.contains(&n.rec.state) {
-            return Err(format!("node is {}", n.rec.state.name()));
-        }
-        Ok(n)
-    }
-
-    fn apply(
-        &mut self,
-        pool_name: &PoolName,
-        action: &Action,
-        now: Millis,
-        out: &mut Vec<Command>,
-    ) -> Result<(), String> {
-        let pool = self.pools.get(pool_name).ok_or("unknown pool")?;
-        match action {
-            Action::Create {
-                source,
-                market,
-                size,
-            } => {
-                if pool.create_backoff_until > now {
-                    return Err("pool is backing off after a failed create".into());
-                }
-                let live = self
-                    .nodes
-                    .values()
-                    .filter(|n| &n.rec.pool == pool_name && n.rec.state != NodeState::Gone)
-                    .count();
-                if live >= pool.spec.max_nodes as usize {
-                    return Err(format!("pool is at max_nodes {}", pool.spec.max_nodes));
-                }
-                let offering = pool
-                    .offerings
-                    .iter()
-                    .find(|o| &o.instance_type == size)
-                    .ok_or("instance type not in the pool")?;
-                if *market == Market::Spot && (!self.capabilities.spot || offering.spot.is_none()) {
-                    return Err("spot is not available".into());
-                }
-                let source = match source {
-                    SourceKind::Snapshot => BootSource::Snapshot(
-                        pool.snapshot.clone().ok_or("the pool has no snapshot")?,
-                    ),
-                    _ => BootSource::Image {
-                        image: pool.spec.image.clone(),
-                    },
-                };
-                let seq = self.next_node_seq;
-                self.next_node_seq += 1;
-                let prefix: String = pool_name.as_str().chars().take(40).collect();
-                let id = NodeId::new(format!("{prefix}-{}-{seq}", self.epoch.0))
-                    .map_err(|e| e.to_string())?;
-                let rec = NodeRecord {
-                    node: id.clone(),
-                    pool: pool_name.clone(),
-                    instance_type: size.clone(),
-                    market: *market,
-                    source,
-                    state: NodeState::Requested,
-                    provider_id: None,
-                    endpoint: None,
-                    created_at: now,
-                    state_since: now,
-                    epoch: self.epoch,
-                };
-                let call = ProviderCall::Create(self.spec_of(&rec));
-                self.nodes.insert(id.clone(), Node::new(rec, now, false));
-                self.save_node(
-                    &id,
-                    vec![Effect::NodeCall {
-                        node: id.clone(),
-                        call,
-                    }],
-                    now,
-                    out,
-                );
-            }
-            Action::Start { node } => {
-                if !self.capabilities.stop_start {
-                    return Err("provider cannot start/stop".into());
-                }
-                let n = self.idle_node(node, &[NodeState::Stopped])?;
-                let call = ProviderCall::Start(instance_ref(&n.rec).ok_or("no provider id")?);
-                self.transition_with_call(node, NodeState::Starting, call, now, out);
-            }
-            Action::Stop { node } => {
-                if !self.capabilities.stop_start {
-                    return Err("provider cannot start/stop".into());
-                }
-                let n = self.idle_node(node, &[NodeState::Ready])?;
-                let call = ProviderCall::Stop(instance_ref(&n.rec).ok_or("no provider id")?);
-                self.transition_with_call(node, NodeState::Stopping, call, now, out);
-            }
-            Action::Resize { node, to } => {
-                if !self.capabilities.resize {
-                    return Err("provider cannot resize".into());
-                }
-                if !pool.offerings.iter().any(|o| &o.instance_type == to) {
-                    return Err("instance type not in the pool".into());
-                }
-                let allowed: &[NodeState] = if self.capabilities.resize_requires_stop {
-                    &[NodeState::Stopped]
-                } else {
-                    &[NodeState::Ready, NodeState::Stopped]
-                };
-                let n = self.idle_node(node, allowed)?;
-                let call =
-                    ProviderCall::Resize(instance_ref(&n.rec).ok_or("no provider id")?, to.clone());
-                if let Some(n) = self.nodes.get_mut(node) {
-                    n.prev_type = Some(std::mem::replace(&mut n.rec.instance_type, to.clone()));
-                }
-                self.transition_with_call(node, NodeState::Resizing, call, now, out);
-            }
-            Action::Snapshot { node } => {
-                if !self.capabilities.snapshot {
-                    return Err("provider cannot snapshot".into());
-                }
-                let n = self.idle_node(node, &[NodeState::Ready])?;
-                let call = ProviderCall::Snapshot(instance_ref(&n.rec).ok_or("no provider id")?);
-                self.transition_with_call(node, NodeState::Snapshotting, call, now, out);
-            }
-            Action::Delete { node } => {
-                let n = self.idle_node(
-                    node,
-                    &[
-                        NodeState::Ready,
-                        NodeState::Stopped,
-                        NodeState::Booting,
-                        NodeState::Lost,
-                        NodeState::Interrupted,
-                        NodeState::Draining,
-                    ],
-                )?;
-                match instance_ref(&n.rec) {
-                    Some(i) => self.transition_with_call(
-                        node,
-                        NodeState::Deleting,
-                        ProviderCall::Delete(i),
-                        now,
-                        out,
-                    ),
-                    None => {
-                        // Never created as far as we know; an instance created
-                        // behind our back is found as an orphan and collected.
-                        self.set_state(node, NodeState::Gone, now);
-                        let effect = Effect::NodeForgotten { node: node.clone() };
-                        self.save_node(node, vec![effect], now, out);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn transition_with_call(
+    pub(super) fn transition_with_call(
         &mut self,
         id: &NodeId,
         to: NodeState,
@@ -873,108 +556,9 @@ impl Controller {
         };
         self.save_node(id, vec![effect], now, out);
     }
-
-    /// Adopts known instances, notices vanished ones, tracks orphans.
-    pub(super) fn on_inventory(
-        &mut self,
-        instances: Vec<Instance>,
-        now: Millis,
-        out: &mut Vec<Command>,
-    ) {
-        let mut seen = BTreeSet::new();
-        for i in instances {
-            if i.tags.get(TAG_NAMESPACE) != Some(&self.namespace)
-                || i.state == InstanceState::Terminated
-            {
-                continue;
-            }
-            seen.insert(i.node.clone());
-            if let Some(n) = self.nodes.get_mut(&i.node) {
-                if n.rec.provider_id.is_none() {
-                    n.rec.provider_id = Some(i.provider_id.clone());
-                    let id = i.node.clone();
-                    self.save_node(&id, Vec::new(), now, out);
-                }
-                continue;
-            }
-            self.orphans.entry(i.node.clone()).or_insert(Orphan {
-                instance: i,
-                first_seen: now,
-                deleting: false,
-            });
-        }
-        // Orphans that vanished by themselves need no collecting.
-        self.orphans.retain(|id, o| o.deleting || seen.contains(id));
-        let vanished: Vec<NodeId> = self
-            .nodes
-            .values()
-            .filter(|n| {
-                n.op.is_none()
-                    && n.rec.provider_id.is_some()
-                    && !seen.contains(&n.rec.node)
-                    && !matches!(
-                        n.rec.state,
-                        NodeState::Requested
-                            | NodeState::Provisioning
-                            | NodeState::Gone
-                            | NodeState::Lost
-                    )
-            })
-            .map(|n| n.rec.node.clone())
-            .collect();
-        for id in vanished {
-            let stopped_or_deleting = self
-                .nodes
-                .get(&id)
-                .is_some_and(|n| matches!(n.rec.state, NodeState::Stopped | NodeState::Deleting));
-            if stopped_or_deleting {
-                self.set_state(&id, NodeState::Gone, now);
-                let effect = Effect::NodeForgotten { node: id.clone() };
-                self.save_node(&id, vec![effect], now, out);
-            } else {
-                self.node_lost(&id, now, out);
-            }
-        }
-    }
-
-    pub(super) fn orphan_due(&self, o: &Orphan) -> Millis {
-        o.instance
-            .created_at
-            .max(o.first_seen)
-            .saturating_add(self.timing.orphan_min_age_ms)
-    }
-
-    pub(super) fn orphan_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
-        let due: Vec<InstanceRef> = self
-            .orphans
-            .values()
-            .filter(|o| !o.deleting && self.orphan_due(o) <= now)
-            .map(|o| o.instance.as_ref())
-            .collect();
-        for r in due {
-            if let Some(o) = self.orphans.get_mut(&r.node) {
-                o.deleting = true;
-            }
-            let op = self.next_op_id();
-            let call = ProviderCall::Delete(r);
-            self.ops.insert(
-                op,
-                Op {
-                    call: call.clone(),
-                    attempt: 1,
-                },
-            );
-            out.push(Command::Provider { op, call });
-        }
-    }
-
-    /// What every pool has cost up to `now`.
-    pub fn costs(&self, now: Millis) -> CostReport {
-        self.ledger.report(&self.billing, now)
-    }
 }
 
-fn instance_ref(rec: &NodeRecord) -> Option<InstanceRef> {
+pub(super) fn instance_ref(rec: &NodeRecord) -> Option<InstanceRef> {
     rec.provider_id.as_ref().map(|p| InstanceRef {
         node: rec.node.clone(),
         provider_id: p.clone(),

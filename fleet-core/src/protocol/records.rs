@@ -4,7 +4,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{ClaimRequest, PendingReason, Receipt, RevokeReason, SealedCredentials, TaskSpec};
 use crate::ids::{CommandId, Epoch, InstanceType, Millis, NodeId, PoolName};
-use crate::provider::{BootSource, Market, SnapshotRef};
 
 /// A claim's lifecycle: `pending → granted → active → released | expired |
 /// revoked{reason}`.
@@ -192,6 +191,42 @@ impl NodeState {
                 | NodeState::Resizing
         )
     }
+}
+
+/// On-demand or spot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Market {
+    /// Full price, not interrupted.
+    OnDemand,
+    /// Discounted, may be interrupted.
+    Spot,
+}
+
+/// A snapshot a node can boot from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    /// Provider id of the snapshot/image.
+    pub id: String,
+    /// Size in GB (priced per GB-month).
+    pub size_gb: u32,
+    /// When it was taken.
+    pub created_at: Millis,
+}
+
+/// What a node boots from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BootSource {
+    /// The pool's base image.
+    Image {
+        /// Provider image id or name.
+        image: String,
+    },
+    /// A snapshot.
+    Snapshot(SnapshotRef),
 }
 
 /// A stored node.

@@ -1,0 +1,119 @@
+//! Reconciliation with the provider's inventory: adopting the provider ids
+//! of our instances, noticing instances that vanished, and collecting
+//! orphans (instances of this namespace no node record knows) once they are
+//! `orphan_min_age_ms` old.
+
+use std::collections::BTreeSet;
+
+use super::persist::Effect;
+use super::{Command, Controller, Op, Orphan, ProviderCall};
+use crate::ids::{Millis, NodeId};
+use crate::protocol::NodeState;
+use crate::provider::{Instance, InstanceRef, InstanceState, TAG_NAMESPACE};
+
+impl Controller {
+    /// Adopts known instances, notices vanished ones, tracks orphans.
+    pub(super) fn on_inventory(
+        &mut self,
+        instances: Vec<Instance>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let mut seen = BTreeSet::new();
+        for i in instances {
+            if i.tags.get(TAG_NAMESPACE) != Some(&self.namespace)
+                || i.state == InstanceState::Terminated
+            {
+                continue;
+            }
+            seen.insert(i.node.clone());
+            if let Some(n) = self.nodes.get_mut(&i.node) {
+                if n.rec.provider_id.is_none() {
+                    n.rec.provider_id = Some(i.provider_id.clone());
+                    let id = i.node.clone();
+                    self.save_node(&id, Vec::new(), now, out);
+                }
+                continue;
+            }
+            self.orphans.entry(i.node.clone()).or_insert(Orphan {
+                instance: i,
+                first_seen: now,
+                deleting: false,
+            });
+        }
+        // Orphans that vanished by themselves need no collecting.
+        self.orphans.retain(|id, o| o.deleting || seen.contains(id));
+        let vanished: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| {
+                n.op.is_none()
+                    && n.rec.provider_id.is_some()
+                    && !seen.contains(&n.rec.node)
+                    && !matches!(
+                        n.rec.state,
+                        NodeState::Requested
+                            | NodeState::Provisioning
+                            | NodeState::Gone
+                            | NodeState::Lost
+                    )
+            })
+            .map(|n| n.rec.node.clone())
+            .collect();
+        for id in vanished {
+            let stopped_or_deleting = self
+                .nodes
+                .get(&id)
+                .is_some_and(|n| matches!(n.rec.state, NodeState::Stopped | NodeState::Deleting));
+            if stopped_or_deleting {
+                self.set_state(&id, NodeState::Gone, now);
+                let effect = Effect::NodeForgotten { node: id.clone() };
+                self.save_node(&id, vec![effect], now, out);
+            } else {
+                self.node_lost(&id, now, out);
+            }
+        }
+    }
+
+    pub(super) fn orphan_due(&self, o: &Orphan) -> Millis {
+        o.instance
+            .created_at
+            .max(o.first_seen)
+            .saturating_add(self.timing.orphan_min_age_ms)
+    }
+
+    pub(super) fn orphan_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let due: Vec<InstanceRef> = self
+            .orphans
+            .values()
+            .filter(|o| !o.deleting && self.orphan_due(o) <= now)
+            .map(|o| o.instance.as_ref())
+            .collect();
+        for r in due {
+            if let Some(o) = self.orphans.get_mut(&r.node) {
+                o.deleting = true;
+            }
+            let op = self.next_op_id();
+            let call = ProviderCall::Delete(r);
+            self.ops.insert(
+                op,
+                Op {
+                    call: call.clone(),
+                    attempt: 1,
+                },
+            );
+            out.push(Command::Provider { op, call });
+        }
+    }
+
+    /// The delete of an orphan finished: forgotten when `gone`, else
+    /// collected again once it is old enough counting from now.
+    pub(super) fn orphan_deleted(&mut self, id: &NodeId, gone: bool, now: Millis) {
+        if gone {
+            self.orphans.remove(id);
+        } else if let Some(orphan) = self.orphans.get_mut(id) {
+            orphan.deleting = false;
+            orphan.first_seen = now;
+        }
+    }
+}

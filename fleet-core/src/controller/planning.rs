@@ -1,0 +1,260 @@
+//! Pool planning: runs each pool's strategy over a view of its nodes and
+//! the demand waiting for it, checks every action it returns, and turns it
+//! into a persisted node record whose write issues the provider call.
+
+use super::nodes::instance_ref;
+use super::persist::Effect;
+use super::{Alert, Command, Controller, Node, ProviderCall};
+use crate::ids::{ClaimId, Millis, NodeId, PoolName};
+use crate::protocol::{ClaimState, JobState, NodeRecord, NodeState};
+use crate::provider::{BootSource, Market};
+use crate::strategy::{Action, Demand, NodeView, PoolView, SourceKind};
+
+impl Controller {
+    /// Runs every pool's strategy and applies what it asks for.
+    pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let names: Vec<PoolName> = self.pools.keys().cloned().collect();
+        for name in names {
+            let Some(pool) = self.pools.get(&name) else {
+                continue;
+            };
+            let views: Vec<NodeView> = self
+                .nodes
+                .values()
+                .filter(|n| n.rec.pool == name && n.rec.state != NodeState::Gone)
+                .map(|n| NodeView {
+                    node: n.rec.node.clone(),
+                    state: super::live_state(n),
+                    state_since: n.rec.state_since,
+                    instance_type: n.rec.instance_type.clone(),
+                    market: n.rec.market,
+                    claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
+                    slots: pool.spec.slots_per_node,
+                    idle_since: n.idle_since,
+                })
+                .collect();
+            let demand: Vec<Demand> = self
+                .pending
+                .iter()
+                .filter_map(|id| self.claims.get(id))
+                .filter(|c| {
+                    c.rec.request.pool == name
+                        && c.durable
+                        && c.reserved.is_none()
+                        && c.rec.state == ClaimState::Pending
+                })
+                .map(|c| Demand {
+                    claim: c.rec.request.claim_id.clone(),
+                    requirements: c.rec.request.requirements.clone(),
+                    enqueued_at: c.rec.enqueued_at,
+                })
+                .chain(
+                    self.queued
+                        .iter()
+                        .filter_map(|id| self.jobs.get(id))
+                        .filter(|j| {
+                            j.durable
+                                && j.rec.spec.pool == name
+                                && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
+                        })
+                        .filter_map(|j| {
+                            Some(Demand {
+                                claim: ClaimId::new(j.rec.spec.id.as_str()).ok()?,
+                                requirements: j.rec.spec.requirements.clone(),
+                                enqueued_at: j.rec.submitted_at,
+                            })
+                        }),
+                )
+                .collect();
+            let view = PoolView {
+                spec: &pool.spec,
+                nodes: &views,
+                pending: &demand,
+                offerings: &pool.offerings,
+                capabilities: &self.capabilities,
+                billing: &self.billing,
+                snapshot: pool.snapshot.as_ref(),
+            };
+            let plan = pool.strategy.plan(&view, now);
+            if let Some(p) = self.pools.get_mut(&name) {
+                p.wake_at = match (
+                    plan.wake_at,
+                    (p.create_backoff_until > now).then_some(p.create_backoff_until),
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            for action in plan.actions {
+                if let Err(why) = self.apply(&name, &action, now, out) {
+                    out.push(Command::Alert(Alert::InvalidAction {
+                        pool: name.clone(),
+                        detail: format!("{action:?}: {why}"),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn idle_node(&self, id: &NodeId, allowed: &[NodeState]) -> Result<&Node, String> {
+        let n = self.nodes.get(id).ok_or("unknown node")?;
+        if n.occupied() > 0 {
+            return Err("node holds claims or jobs".into());
+        }
+        if n.op.is_some() || n.retry.is_some() {
+            return Err("a provider call is already in flight".into());
+        }
+        if !allowed.contains(&n.rec.state) {
+            return Err(format!("node is {}", n.rec.state.name()));
+        }
+        Ok(n)
+    }
+
+    fn apply(
+        &mut self,
+        pool_name: &PoolName,
+        action: &Action,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) -> Result<(), String> {
+        let pool = self.pools.get(pool_name).ok_or("unknown pool")?;
+        match action {
+            Action::Create {
+                source,
+                market,
+                size,
+            } => {
+                if pool.create_backoff_until > now {
+                    return Err("pool is backing off after a failed create".into());
+                }
+                let live = self
+                    .nodes
+                    .values()
+                    .filter(|n| &n.rec.pool == pool_name && n.rec.state != NodeState::Gone)
+                    .count();
+                if live >= pool.spec.max_nodes as usize {
+                    return Err(format!("pool is at max_nodes {}", pool.spec.max_nodes));
+                }
+                let offering = pool
+                    .offerings
+                    .iter()
+                    .find(|o| &o.instance_type == size)
+                    .ok_or("instance type not in the pool")?;
+                if *market == Market::Spot && (!self.capabilities.spot || offering.spot.is_none()) {
+                    return Err("spot is not available".into());
+                }
+                let source = match source {
+                    SourceKind::Snapshot => BootSource::Snapshot(
+                        pool.snapshot.clone().ok_or("the pool has no snapshot")?,
+                    ),
+                    _ => BootSource::Image {
+                        image: pool.spec.image.clone(),
+                    },
+                };
+                let seq = self.next_node_seq;
+                self.next_node_seq += 1;
+                let prefix: String = pool_name.as_str().chars().take(40).collect();
+                let id = NodeId::new(format!("{prefix}-{}-{seq}", self.epoch.0))
+                    .map_err(|e| e.to_string())?;
+                let rec = NodeRecord {
+                    node: id.clone(),
+                    pool: pool_name.clone(),
+                    instance_type: size.clone(),
+                    market: *market,
+                    source,
+                    state: NodeState::Requested,
+                    provider_id: None,
+                    endpoint: None,
+                    created_at: now,
+                    state_since: now,
+                    epoch: self.epoch,
+                };
+                let call = ProviderCall::Create(self.spec_of(&rec));
+                self.nodes.insert(id.clone(), Node::new(rec, now, false));
+                self.save_node(
+                    &id,
+                    vec![Effect::NodeCall {
+                        node: id.clone(),
+                        call,
+                    }],
+                    now,
+                    out,
+                );
+            }
+            Action::Start { node } => {
+                if !self.capabilities.stop_start {
+                    return Err("provider cannot start/stop".into());
+                }
+                let n = self.idle_node(node, &[NodeState::Stopped])?;
+                let call = ProviderCall::Start(instance_ref(&n.rec).ok_or("no provider id")?);
+                self.transition_with_call(node, NodeState::Starting, call, now, out);
+            }
+            Action::Stop { node } => {
+                if !self.capabilities.stop_start {
+                    return Err("provider cannot start/stop".into());
+                }
+                let n = self.idle_node(node, &[NodeState::Ready])?;
+                let call = ProviderCall::Stop(instance_ref(&n.rec).ok_or("no provider id")?);
+                self.transition_with_call(node, NodeState::Stopping, call, now, out);
+            }
+            Action::Resize { node, to } => {
+                if !self.capabilities.resize {
+                    return Err("provider cannot resize".into());
+                }
+                if !pool.offerings.iter().any(|o| &o.instance_type == to) {
+                    return Err("instance type not in the pool".into());
+                }
+                let allowed: &[NodeState] = if self.capabilities.resize_requires_stop {
+                    &[NodeState::Stopped]
+                } else {
+                    &[NodeState::Ready, NodeState::Stopped]
+                };
+                let n = self.idle_node(node, allowed)?;
+                let call =
+                    ProviderCall::Resize(instance_ref(&n.rec).ok_or("no provider id")?, to.clone());
+                if let Some(n) = self.nodes.get_mut(node) {
+                    n.prev_type = Some(std::mem::replace(&mut n.rec.instance_type, to.clone()));
+                }
+                self.transition_with_call(node, NodeState::Resizing, call, now, out);
+            }
+            Action::Snapshot { node } => {
+                if !self.capabilities.snapshot {
+                    return Err("provider cannot snapshot".into());
+                }
+                let n = self.idle_node(node, &[NodeState::Ready])?;
+                let call = ProviderCall::Snapshot(instance_ref(&n.rec).ok_or("no provider id")?);
+                self.transition_with_call(node, NodeState::Snapshotting, call, now, out);
+            }
+            Action::Delete { node } => {
+                let n = self.idle_node(
+                    node,
+                    &[
+                        NodeState::Ready,
+                        NodeState::Stopped,
+                        NodeState::Booting,
+                        NodeState::Lost,
+                        NodeState::Interrupted,
+                        NodeState::Draining,
+                    ],
+                )?;
+                match instance_ref(&n.rec) {
+                    Some(i) => self.transition_with_call(
+                        node,
+                        NodeState::Deleting,
+                        ProviderCall::Delete(i),
+                        now,
+                        out,
+                    ),
+                    None => {
+                        // Never created as far as we know; an instance created
+                        // behind our back is found as an orphan and collected.
+                        self.set_state(node, NodeState::Gone, now);
+                        let effect = Effect::NodeForgotten { node: node.clone() };
+                        self.save_node(node, vec![effect], now, out);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! Supply against demand: which pending claims the pool's nodes (up, coming
+//! up, or created by the plan) will serve, and which are left uncovered.
+
+use std::collections::BTreeMap;
+
+use super::Draft;
+use crate::ids::InstanceType;
+use crate::protocol::{NodeResources, Requirements};
+use crate::provider::Offering;
+use crate::strategy::{Demand, PoolView};
+
+/// What a node of type `t` offers, if the pool still sells `t`.
+pub(in crate::strategy) fn resources_of(
+    view: &PoolView<'_>,
+    t: &InstanceType,
+) -> Option<NodeResources> {
+    view.offering(t).map(|o| o.resources(&view.spec.labels))
+}
+
+/// Whether a node of type `t` can serve `req`. A type the pool no longer
+/// sells is assumed to fit: over-counting supply at worst delays a claim,
+/// under-counting it would buy machines on every plan.
+pub(in crate::strategy) fn fits(view: &PoolView<'_>, t: &InstanceType, req: &Requirements) -> bool {
+    resources_of(view, t).is_none_or(|r| req.satisfied_by(&r))
+}
+
+/// Orders types small to large (unknown types last), for best fit.
+pub(in crate::strategy) fn size_key(
+    view: &PoolView<'_>,
+    t: &InstanceType,
+) -> (bool, u32, u64, InstanceType) {
+    match view.offering(t) {
+        Some(o) => (false, o.cpus, o.memory_mb, t.clone()),
+        None => (true, u32::MAX, u64::MAX, t.clone()),
+    }
+}
+
+/// Pending claims against supply.
+#[derive(Debug)]
+pub(in crate::strategy) struct Matching {
+    /// Pending claims (indices into `view.pending`) no free or coming
+    /// slot covers, oldest first.
+    pub(in crate::strategy) unmatched: Vec<usize>,
+    /// Per node: a pending claim is expected to land on it.
+    pub(in crate::strategy) needed: Vec<bool>,
+}
+
+impl Matching {
+    pub(in crate::strategy) fn demands<'a>(&self, view: &PoolView<'a>) -> Vec<&'a Demand> {
+        self.unmatched.iter().map(|&i| &view.pending[i]).collect()
+    }
+}
+
+struct Group {
+    ty: InstanceType,
+    // (node index or None for a node this plan creates, free slots)
+    members: Vec<(Option<usize>, u32)>,
+}
+
+type Groups = BTreeMap<(bool, u32, u64, InstanceType), Group>;
+
+fn add_slots(
+    view: &PoolView<'_>,
+    groups: &mut Groups,
+    ty: &InstanceType,
+    who: Option<usize>,
+    free: u32,
+) {
+    if free == 0 {
+        return;
+    }
+    groups
+        .entry(size_key(view, ty))
+        .or_insert_with(|| Group {
+            ty: ty.clone(),
+            members: Vec::new(),
+        })
+        .members
+        .push((who, free));
+}
+
+/// Matches pending claims first to free slots of up nodes (where
+/// arbitration will actually put them now), then to the slots of nodes
+/// on their way up, including those this draft starts or creates.
+/// Within each, largest claims first, each into the smallest type that
+/// fits, so that the nodes a previous plan created for these claims are
+/// found again (this is what makes re-planning idempotent).
+pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
+    let view = &d.view;
+    let mut up = Groups::new();
+    let mut coming = Groups::new();
+    for (i, n) in view.nodes.iter().enumerate() {
+        if d.is_removed(i) {
+            continue;
+        }
+        if d.is_started(i) || n.state.is_coming_up() {
+            add_slots(
+                view,
+                &mut coming,
+                &n.instance_type,
+                Some(i),
+                n.slots.saturating_sub(n.claims),
+            );
+        } else {
+            add_slots(view, &mut up, &n.instance_type, Some(i), n.free_slots());
+        }
+    }
+    let new_slots = view.spec.slots_per_node.max(1);
+    for t in &d.planned {
+        add_slots(view, &mut coming, t, None, new_slots);
+    }
+
+    // Most constrained claims first: those no type the pool sells fits
+    // (only a node of a retired type can take them), then by the
+    // smallest type that fits, largest first. Matching them first leaves
+    // over exactly the claims a new node can serve.
+    let mut sizes: Vec<&Offering> = view.offerings.iter().collect();
+    sizes.sort_by_key(|o| size_key(view, &o.instance_type));
+    let constraint = |req: &Requirements| {
+        let smallest = sizes
+            .iter()
+            .position(|o| req.satisfied_by(&o.resources(&view.spec.labels)));
+        (smallest.is_none(), smallest, req.cpus, req.memory_mb)
+    };
+    let mut order: Vec<usize> = (0..view.pending.len()).collect();
+    order.sort_by_cached_key(|&c| {
+        (
+            std::cmp::Reverse(constraint(&view.pending[c].requirements)),
+            c,
+        )
+    });
+
+    let mut needed = vec![false; view.nodes.len()];
+    for groups in [up, coming] {
+        let mut groups: Vec<Group> = groups.into_values().collect();
+        order.retain(|&c| {
+            let req = &view.pending[c].requirements;
+            let slot = groups.iter_mut().find_map(|g| {
+                if !fits(view, &g.ty, req) {
+                    return None;
+                }
+                g.members.iter_mut().find(|m| m.1 > 0)
+            });
+            match slot {
+                Some(m) => {
+                    m.1 -= 1;
+                    if let Some(i) = m.0 {
+                        needed[i] = true;
+                    }
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+    let mut unmatched = order;
+    unmatched.sort_unstable();
+    Matching { unmatched, needed }
+}
