@@ -657,8 +657,9 @@ impl World {
                 key,
                 value,
                 expected,
-                epoch,
             } => {
+                // The real store is fenced at the writer's epoch: so is this one.
+                let epoch = self.controller.epoch();
                 let result = self.persist(&key, value, expected, epoch);
                 self.push(self.now, Pending::Deliver(Event::Persisted { key, result }));
             }
@@ -666,6 +667,7 @@ impl World {
             Command::Send { to, msg } => self.send(to, msg),
             Command::IssueCredentials {
                 claim,
+                endpoint,
                 recipient,
                 expires_at,
                 ..
@@ -676,7 +678,9 @@ impl World {
                 } else {
                     Ok(SealedCredentials {
                         format: "world".to_owned(),
-                        ciphertext: format!("sealed-for-{recipient}-until-{expires_at}"),
+                        ciphertext: format!(
+                            "sealed-for-{recipient}-at-{endpoint}-until-{expires_at}"
+                        ),
                         signature: String::new(),
                         signer: String::new(),
                         expires_at,

@@ -36,7 +36,12 @@ fn a_claim_is_acknowledged_granted_after_boot_and_released() {
     w.run_for(250_000).unwrap();
     let g = granted(&w, "c1").expect("granted once the agent said hello");
     assert!(g.endpoint.ends_with(":7443"));
-    assert!(g.credentials.is_some(), "sealed to the recipient");
+    let sealed = g.credentials.as_ref().expect("sealed to the recipient");
+    assert!(
+        sealed.ciphertext.contains(&format!("-at-{}-", g.endpoint)),
+        "the credentials command carries the node's endpoint: {}",
+        sealed.ciphertext
+    );
     assert!(
         w.agent_messages(&g.node)
             .iter()

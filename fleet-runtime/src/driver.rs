@@ -603,11 +603,12 @@ impl Driver {
 
     async fn perform(&mut self, c: Command, now: Millis) {
         match c {
+            // The epoch rides in the record; the store given to the builder
+            // is fenced at it (FencedStore, LeaseFencedStore).
             Command::Persist {
                 key,
                 value,
                 expected,
-                epoch: _,
             } => {
                 let store = self.store.clone();
                 let tx = self.tx.clone();
@@ -638,14 +639,10 @@ impl Driver {
                 claim,
                 workspace,
                 node,
+                endpoint,
                 recipient,
                 expires_at,
             } => {
-                let endpoint = self
-                    .controller
-                    .node(&node)
-                    .and_then(|n| n.record.endpoint)
-                    .unwrap_or_default();
                 let tx = self.tx.clone();
                 let issuer = self.issuer.clone();
                 tokio::spawn(async move {

@@ -418,7 +418,7 @@ impl Controller {
         }
         let key = claim_key(&c.rec);
         let value = Some(Record::Claim(c.rec.clone()));
-        if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
+        if let Some(done) = self.writes.write(key, value, effects, out) {
             self.run_effects(done, now, out);
         }
         self.touch_claim(id);
@@ -504,6 +504,7 @@ impl Controller {
                             claim: claim.clone(),
                             workspace: c.rec.request.workspace.clone(),
                             node,
+                            endpoint: c.rec.endpoint.clone().unwrap_or_default(),
                             recipient,
                             expires_at,
                         });
@@ -597,7 +598,7 @@ impl Controller {
             _ => {
                 let key = claim_key(&c.rec);
                 let effect = Effect::ClaimForgotten { claim: id.clone() };
-                if let Some(done) = self.writes.write(key, None, vec![effect], self.epoch, out) {
+                if let Some(done) = self.writes.write(key, None, vec![effect], out) {
                     self.run_effects(done, now, out);
                 }
             }
@@ -792,11 +793,17 @@ impl Controller {
                 n.claims.insert(a.claim.clone());
                 n.idle_since = None;
             }
+            let endpoint = self
+                .nodes
+                .get(&a.node)
+                .and_then(|n| n.rec.endpoint.clone())
+                .unwrap_or_default();
             match recipient {
                 Some(recipient) => out.push(Command::IssueCredentials {
                     claim: a.claim.clone(),
                     workspace,
                     node: a.node.clone(),
+                    endpoint,
                     recipient,
                     expires_at,
                 }),

@@ -93,8 +93,7 @@ impl Controller {
                 if due {
                     let key = job_key(&job.rec.spec);
                     let effect = Effect::JobForgotten { job: id.clone() };
-                    if let Some(done) = self.writes.write(key, None, vec![effect], self.epoch, out)
-                    {
+                    if let Some(done) = self.writes.write(key, None, vec![effect], out) {
                         self.run_effects(done, now, out);
                     }
                 } else {
@@ -247,7 +246,7 @@ impl Controller {
         }
         let key = job_key(&j.rec.spec);
         let value = Some(Record::Job(j.rec.clone()));
-        if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
+        if let Some(done) = self.writes.write(key, value, effects, out) {
             self.run_effects(done, now, out);
         }
         self.touch_job(id);

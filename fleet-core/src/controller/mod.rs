@@ -315,8 +315,6 @@ pub enum Command {
         value: Option<Record>,
         /// The revision the write is conditional on.
         expected: Option<Revision>,
-        /// The writer's fencing epoch.
-        epoch: Epoch,
     },
     /// Call the provider. Answer with [`Event::ProviderDone`].
     Provider {
@@ -342,6 +340,8 @@ pub enum Command {
         workspace: Workspace,
         /// The node it is granted on.
         node: NodeId,
+        /// The node's gateway endpoint (`host:port`), sealed into the bundle.
+        endpoint: String,
         /// The caller's age recipient.
         recipient: String,
         /// Lease end.
@@ -629,8 +629,7 @@ impl Controller {
                 self.dirty = true;
             }
         }
-        let epoch = self.epoch;
-        self.writes.retry_due(now, epoch, out);
+        self.writes.retry_due(now, out);
     }
 }
 
@@ -658,10 +657,7 @@ impl Controller {
         out: &mut Vec<Command>,
     ) {
         let retry = self.timing.store_retry_ms;
-        match self
-            .writes
-            .persisted(&key, result, now, retry, self.epoch, out)
-        {
+        match self.writes.persisted(&key, result, now, retry, out) {
             Ok(effects) => self.run_effects(effects, now, out),
             Err(error) => {
                 // Someone else wrote this key: another leader. Stop here.

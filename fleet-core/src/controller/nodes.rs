@@ -132,7 +132,7 @@ impl Controller {
         } else {
             Some(Record::Node(n.rec.clone()))
         };
-        if let Some(done) = self.writes.write(key, value, effects, self.epoch, out) {
+        if let Some(done) = self.writes.write(key, value, effects, out) {
             self.run_effects(done, now, out);
         }
         self.touch_node(id);
@@ -479,9 +479,9 @@ impl Controller {
             epoch: self.epoch,
         };
         let key = Subjects::pool_key(pool_name);
-        if let Some(done) =
-            self.writes
-                .write(key, Some(Record::Pool(rec)), Vec::new(), self.epoch, out)
+        if let Some(done) = self
+            .writes
+            .write(key, Some(Record::Pool(rec)), Vec::new(), out)
         {
             self.run_effects(done, now, out);
         }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Command, ProviderCall};
-use crate::ids::{ClaimId, Epoch, JobId, Millis, NodeId};
+use crate::ids::{ClaimId, JobId, Millis, NodeId};
 use crate::protocol::Record;
 use crate::store::{Key, Revision, StoreError};
 use crate::transport::ReplyTo;
@@ -72,7 +72,6 @@ impl Writes {
         key: Key,
         value: Option<Record>,
         effects: Vec<Effect>,
-        epoch: Epoch,
         out: &mut Vec<Command>,
     ) -> Option<Vec<Effect>> {
         let slot = self.slots.entry(key.clone()).or_default();
@@ -96,7 +95,6 @@ impl Writes {
             key,
             value: value.clone(),
             expected: slot.revision,
-            epoch,
         });
         slot.in_flight = Some(Write { value, effects });
         self.busy += 1;
@@ -126,7 +124,6 @@ impl Writes {
         result: Result<Revision, StoreError>,
         now: Millis,
         retry_ms: Millis,
-        epoch: Epoch,
         out: &mut Vec<Command>,
     ) -> Result<Vec<Effect>, StoreError> {
         let Some(slot) = self.slots.get_mut(key) else {
@@ -169,9 +166,7 @@ impl Writes {
         }
         let mut effects = done.effects;
         if let Some(next) = slot.next.take() {
-            if let Some(mut now_done) =
-                self.write(key.clone(), next.value, next.effects, epoch, out)
-            {
+            if let Some(mut now_done) = self.write(key.clone(), next.value, next.effects, out) {
                 effects.append(&mut now_done);
             }
         } else if slot.revision.is_none() {
@@ -181,7 +176,7 @@ impl Writes {
     }
 
     /// Re-emits writes whose retry time has come.
-    pub(super) fn retry_due(&mut self, now: Millis, epoch: Epoch, out: &mut Vec<Command>) {
+    pub(super) fn retry_due(&mut self, now: Millis, out: &mut Vec<Command>) {
         while let Some((at, key)) = self.retries.first().cloned() {
             if at > now {
                 break;
@@ -199,7 +194,6 @@ impl Writes {
                     key: key.clone(),
                     value: w.value.clone(),
                     expected: slot.revision,
-                    epoch,
                 });
             }
         }
