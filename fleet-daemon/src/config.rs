@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use fleet_core::Workspace;
 use fleet_core::arbitrate::Quota;
 pub use fleet_core::config::ConfigError;
 use fleet_core::controller::Timing;
-use fleet_core::strategy::{PoolSpec, StrategyConfig};
-use fleet_core::{InstanceType, PoolName, Workspace};
+use fleet_core::strategy::PoolSpec;
 use serde::Deserialize;
 
 /// The largest config file read.
@@ -41,9 +41,10 @@ pub struct DaemonConfig {
     /// The provider.
     #[serde(default)]
     pub provider: ProviderConfig,
-    /// Pools.
+    /// Pools: `[[pool]]` tables, each a [`PoolSpec`] (the simulator's
+    /// `pool` is the same type). None: the default pool.
     #[serde(default, rename = "pool")]
-    pub pools: Vec<PoolConfig>,
+    pub pools: Vec<PoolSpec>,
     /// Per-workspace quotas.
     #[serde(default)]
     pub quota: BTreeMap<Workspace, Quota>,
@@ -407,60 +408,6 @@ fn default_lease() -> u64 {
     15_000
 }
 
-/// `[[pool]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolConfig {
-    /// Name.
-    pub name: PoolName,
-    /// Strategy (`kind = "cold_image"`, …, with its parameters).
-    #[serde(default)]
-    pub strategy: StrategyConfig,
-    /// Instance types, in preference order.
-    pub instance_types: Vec<InstanceType>,
-    /// Base image.
-    #[serde(default = "default_image")]
-    pub image: String,
-    /// Labels.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Minimum nodes.
-    #[serde(default)]
-    pub min_nodes: u32,
-    /// Maximum nodes.
-    #[serde(default = "default_max_nodes")]
-    pub max_nodes: u32,
-    /// Claims per node.
-    #[serde(default = "default_slots")]
-    pub slots_per_node: u32,
-}
-
-fn default_image() -> String {
-    "local".to_owned()
-}
-fn default_max_nodes() -> u32 {
-    4
-}
-fn default_slots() -> u32 {
-    1
-}
-
-impl PoolConfig {
-    /// As the core's pool spec.
-    pub fn spec(&self) -> PoolSpec {
-        PoolSpec {
-            name: self.name.clone(),
-            strategy: self.strategy.clone(),
-            instance_types: self.instance_types.clone(),
-            image: self.image.clone(),
-            labels: self.labels.clone(),
-            min_nodes: self.min_nodes,
-            max_nodes: self.max_nodes,
-            slots_per_node: self.slots_per_node,
-        }
-    }
-}
-
 impl DaemonConfig {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
@@ -494,7 +441,7 @@ impl DaemonConfig {
             message: e.to_string(),
         })?;
         if cfg.pools.is_empty() {
-            cfg.pools = vec![embedded_pool()];
+            cfg.pools = vec![PoolSpec::default()];
         }
         cfg.validate()?;
         Ok(cfg)
@@ -505,34 +452,14 @@ impl DaemonConfig {
             .map_err(|e| ConfigError::invalid("namespace", e.to_string()))?;
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.pools.iter().enumerate() {
-            let key = |k: &str| format!("pool[{i}].{k}");
+            let at = format!("pool[{i}].");
             if !seen.insert(p.name.clone()) {
                 return Err(ConfigError::invalid(
-                    key("name"),
+                    format!("{at}name"),
                     format!("pool {} is defined twice", p.name),
                 ));
             }
-            if p.instance_types.is_empty() {
-                return Err(ConfigError::invalid(
-                    key("instance_types"),
-                    "at least one instance type is required",
-                ));
-            }
-            if p.max_nodes == 0 || p.min_nodes > p.max_nodes {
-                return Err(ConfigError::invalid(
-                    key("max_nodes"),
-                    format!(
-                        "need 0 < max_nodes and min_nodes <= max_nodes (got {} and {})",
-                        p.max_nodes, p.min_nodes
-                    ),
-                ));
-            }
-            if p.slots_per_node == 0 {
-                return Err(ConfigError::invalid(
-                    key("slots_per_node"),
-                    "must be at least 1",
-                ));
-            }
+            p.validate().map_err(|e| e.under(&at))?;
         }
         if self.store.nats.is_some() && self.transport.nats.is_none() {
             return Err(ConfigError::invalid(
@@ -599,8 +526,10 @@ impl DaemonConfig {
 }
 
 impl Default for DaemonConfig {
-    /// The embedded default (what an empty file means): one local pool
-    /// `local` of `local.node` nodes, cold-started and kept 5 minutes idle.
+    /// The embedded default (what an empty file means): the local provider
+    /// and the default pool ([`PoolSpec::default`]: `default`, cold-started
+    /// nodes of the provider's cheapest type — on the local provider,
+    /// `local.node`).
     fn default() -> DaemonConfig {
         DaemonConfig {
             data_dir: None,
@@ -608,29 +537,12 @@ impl Default for DaemonConfig {
             http: HttpConfig::default(),
             transport: TransportConfig::default(),
             provider: ProviderConfig::default(),
-            pools: vec![embedded_pool()],
+            pools: vec![PoolSpec::default()],
             quota: BTreeMap::new(),
             store: StoreConfig::default(),
             timing: Timing::default(),
             leader: LeaderConfig::default(),
         }
-    }
-}
-
-fn embedded_pool() -> PoolConfig {
-    PoolConfig {
-        name: PoolName::new("local").unwrap_or_else(|_| unreachable!("valid literal")),
-        strategy: StrategyConfig::ColdImage(fleet_core::strategy::ColdImage {
-            idle_timeout_ms: 300_000,
-        }),
-        instance_types: vec![
-            InstanceType::new("local.node").unwrap_or_else(|_| unreachable!("valid literal")),
-        ],
-        image: default_image(),
-        labels: BTreeMap::new(),
-        min_nodes: 0,
-        max_nodes: default_max_nodes(),
-        slots_per_node: default_slots(),
     }
 }
 
@@ -642,7 +554,7 @@ mod tests {
     fn empty_file_is_the_embedded_default() {
         let cfg = DaemonConfig::parse("").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.pools.len(), 1);
-        assert_eq!(cfg.pools[0].name.as_str(), "local");
+        assert_eq!(cfg.pools[0].name.as_str(), "default");
         assert!(matches!(cfg.provider, ProviderConfig::Local { .. }));
         assert_eq!(cfg.http.listen.port(), 7080);
     }
@@ -653,10 +565,12 @@ mod tests {
             ("namespce = \"x\"", "namespce"),
             ("[http]\nlisten = \"nope\"", "listen"),
             ("[[pool]]\nname = \"a.b\"\ninstance_types = [\"t\"]", "pool"),
+            ("[[pool]]\nname = \"a\"\nmin_nodes = 5", "pool[0].min_nodes"),
             (
-                "[[pool]]\nname = \"a\"\ninstance_types = []",
-                "pool[0].instance_types",
+                "[[pool]]\nname = \"a\"\n[[pool]]\nname = \"a\"",
+                "pool[1].name",
             ),
+            ("[[pool]]\nslots_per_node = 0", "pool[0].slots_per_node"),
             (
                 "[[pool]]\nname = \"a\"\ninstance_types = [\"t\"]\nstrategy = { kind = \"warp\" }",
                 "warp",
@@ -729,7 +643,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(cfg.pools[0].spec().strategy.name(), "stopped_pool");
+        assert_eq!(cfg.pools[0].strategy.name(), "stopped_pool");
         assert_eq!(cfg.quota.len(), 1);
     }
 

@@ -18,8 +18,8 @@ use fleet_daemon::config::{CONFIG_ENV, DaemonConfig};
     after_help = "\
 With no config file, the embedded default runs: a redb store in
 $XDG_DATA_HOME/fleet (or ./.fleet), TLS WebSocket on 127.0.0.1:7443, HTTP on
-127.0.0.1:7080, and a pool `local` of nodes that are fleet-agent processes on
-this host.
+127.0.0.1:7080, the local provider (nodes are fleet-agent processes on this
+host) and the default pool `default` (fleet_core::strategy::PoolSpec).
 
 ENVIRONMENT:
     FLEET_DAEMON_CONFIG   config file (when --config is not given)

@@ -129,7 +129,7 @@ pub async fn serve(
         builder = builder.transport(t);
     }
     for p in &cfg.pools {
-        builder = builder.pool(p.spec());
+        builder = builder.pool(p.clone());
     }
     for (ws, q) in &cfg.quota {
         builder = builder.quota(ws.clone(), q.clone());

@@ -68,7 +68,7 @@ async fn kill_9_after_grant_keeps_the_claim_the_node_and_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_a_claim_waiting_loses_nothing() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let pool = "[[pool]]\nname = \"local\"\ninstance_types = [\"local.node\"]\nmax_nodes = 1\n";
+    let pool = "[[pool]]\nname = \"default\"\ninstance_types = [\"local.node\"]\nmax_nodes = 1\n";
     let mut d = Daemon::start(dir.path(), pool);
     let client = d.claim_client().await;
     let first = tokio::time::timeout(Duration::from_secs(60), client.claim(request("w1", None)))

@@ -301,9 +301,19 @@ impl FleetBuilder {
             return Err(RuntimeError::Config("a provider is required".into()));
         };
         let offerings = startup_offerings(&*provider, &self.timing).await?;
+        let mut pools = self.pools;
+        for p in &mut pools {
+            let name = p.name.clone();
+            let invalid = |e: fleet_core::config::ConfigError| {
+                RuntimeError::Config(format!("pool {name}: {e}"))
+            };
+            p.validate().map_err(invalid)?;
+            // A pool naming no instance type runs the cheapest the provider sells.
+            p.resolve(&offerings).map_err(invalid)?;
+        }
         let records = load_records(&*store).await?;
         let config = ControllerConfig {
-            pools: self.pools,
+            pools,
             quotas: self.quotas,
             offerings,
             capabilities: provider.capabilities().clone(),

@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 
+use fleet_core::InstanceType;
 use fleet_core::billing::{BillingModel, BootLatency};
 use fleet_core::ids::Millis;
 use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::{Arch, MAX_LEASE_TTL_MS, Requirements};
 use fleet_core::provider::{Offering, SpotTerms};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
-use fleet_core::{InstanceType, PoolName};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
@@ -46,9 +46,11 @@ pub struct SimInput {
     /// How long jobs hold a node and what they need.
     #[serde(default)]
     pub jobs: Jobs,
-    /// The pool the strategies run.
+    /// The pool the strategies run: the same [`PoolSpec`] as the daemon's
+    /// `[[pool]]`, defaults included (its `strategy` is replaced by each of
+    /// `strategies` in turn).
     #[serde(default)]
-    pub pool: PoolInput,
+    pub pool: PoolSpec,
     /// Prices, billing rules and latencies.
     pub provider: ProviderInput,
     /// The service level a strategy must meet to be ranked first.
@@ -187,50 +189,6 @@ pub enum DurationDist {
         /// Spread of the log (0.5: most jobs within ×0.4..×2.7 of the median).
         sigma: f64,
     },
-}
-
-/// The pool the strategies run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolInput {
-    /// Pool name.
-    #[serde(default = "default_pool_name")]
-    pub name: String,
-    /// Instance types from the price book, the baseline first (default:
-    /// the book's default type).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub instance_types: Vec<String>,
-    /// Nodes never fewer than this.
-    #[serde(default)]
-    pub min_nodes: u32,
-    /// Nodes never more than this.
-    #[serde(default = "default_max_nodes")]
-    pub max_nodes: u32,
-    /// Jobs one node runs at once.
-    #[serde(default = "default_slots")]
-    pub slots_per_node: u32,
-}
-
-impl Default for PoolInput {
-    fn default() -> PoolInput {
-        PoolInput {
-            name: default_pool_name(),
-            instance_types: Vec::new(),
-            min_nodes: 0,
-            max_nodes: default_max_nodes(),
-            slots_per_node: default_slots(),
-        }
-    }
-}
-
-fn default_pool_name() -> String {
-    "builds".to_owned()
-}
-fn default_max_nodes() -> u32 {
-    10
-}
-fn default_slots() -> u32 {
-    1
 }
 
 /// The provider: a built-in price book, optionally amended.
@@ -629,22 +587,12 @@ fn apply_boot(billing: &mut BillingModel, spread: &mut BootLatency, b: &BootInpu
 }
 
 fn resolve_pool(input: &SimInput, book: &PriceBook) -> Result<(PoolSpec, Requirements), SimError> {
-    let p = &input.pool;
-    let name = PoolName::new(p.name.clone())
-        .map_err(|e| SimError::invalid("$.pool.name", e.to_string()))?;
-    let mut types = Vec::new();
-    let names = if p.instance_types.is_empty() {
-        vec![book.default_type.clone()]
-    } else {
-        p.instance_types.clone()
-    };
-    for (i, t) in names.iter().enumerate() {
-        let path = format!("$.pool.instance_types[{i}]");
-        let t =
-            InstanceType::new(t.clone()).map_err(|e| SimError::invalid(&path, e.to_string()))?;
+    let mut pool = input.pool.clone();
+    pool.validate().map_err(|e| pool_error(&e))?;
+    for (i, t) in pool.instance_types.iter().enumerate() {
         check(
-            book.offerings.iter().any(|o| o.instance_type == t),
-            &path,
+            book.offerings.iter().any(|o| &o.instance_type == t),
+            &format!("$.pool.instance_types[{i}]"),
             || {
                 format!(
                     "{t} is not in the {} price book; it has: {}",
@@ -657,21 +605,10 @@ fn resolve_pool(input: &SimInput, book: &PriceBook) -> Result<(PoolSpec, Require
                 )
             },
         )?;
-        types.push(t);
     }
-    check(
-        p.max_nodes > 0 && p.max_nodes <= 10_000,
-        "$.pool.max_nodes",
-        || format!("must be between 1 and 10000, got {}", p.max_nodes),
-    )?;
-    check(p.min_nodes <= p.max_nodes, "$.pool.min_nodes", || {
-        format!("{} is above max_nodes {}", p.min_nodes, p.max_nodes)
-    })?;
-    check(
-        p.slots_per_node > 0 && p.slots_per_node <= 1_000,
-        "$.pool.slots_per_node",
-        || format!("must be between 1 and 1000, got {}", p.slots_per_node),
-    )?;
+    // As the daemon does: no type named, the cheapest the provider sells.
+    pool.resolve(&book.offerings).map_err(|e| pool_error(&e))?;
+    let types = pool.instance_types.clone();
     let requirements = input.jobs.requirements.to_core();
     let fits = |r: &Requirements| {
         types.iter().any(|t| {
@@ -695,17 +632,17 @@ fn resolve_pool(input: &SimInput, book: &PriceBook) -> Result<(PoolSpec, Require
             }
         }
     }
-    let pool = PoolSpec {
-        name,
-        strategy: StrategyConfig::default(),
-        instance_types: types,
-        image: format!("{}-build-base", book.name),
-        labels: BTreeMap::new(),
-        min_nodes: p.min_nodes,
-        max_nodes: p.max_nodes,
-        slots_per_node: p.slots_per_node,
-    };
     Ok((pool, requirements))
+}
+
+/// A pool setting the simulator cannot use, at its JSON path.
+fn pool_error(e: &fleet_core::config::ConfigError) -> SimError {
+    match e {
+        fleet_core::config::ConfigError::Invalid { key, why, .. } => {
+            SimError::invalid(format!("$.pool.{key}"), why.clone())
+        }
+        other => SimError::invalid("$.pool", other.to_string()),
+    }
 }
 
 /// Requirements of trace arrival `a` (its own, or the jobs' default).

@@ -31,8 +31,6 @@ pub const NAMES: [&str; 2] = ["aws", "hetzner"];
 pub struct PriceBook {
     /// `aws` or `hetzner`.
     pub name: String,
-    /// The type a pool runs when the input names none.
-    pub default_type: String,
     /// What it sells.
     pub offerings: Vec<Offering>,
     /// How it bills, with the mean boot latency per source.
@@ -117,7 +115,6 @@ fn aws() -> PriceBook {
     ];
     PriceBook {
         name: "aws".to_owned(),
-        default_type: "c7i.xlarge".to_owned(),
         offerings: rows
             .iter()
             .filter_map(|&(t, cpus, gb, arch, od, spot)| {
@@ -149,7 +146,6 @@ fn hetzner() -> PriceBook {
     ];
     PriceBook {
         name: "hetzner".to_owned(),
-        default_type: "cx32".to_owned(),
         offerings: rows
             .iter()
             .filter_map(|&(t, cpus, gb, disk, eur_h)| {
@@ -187,11 +183,6 @@ mod tests {
             assert!(b.is_some(), "{name}");
             let Some(b) = b else { continue };
             assert_eq!(b.offerings.len(), if name == "aws" { 5 } else { 4 });
-            assert!(
-                b.offerings
-                    .iter()
-                    .any(|o| o.instance_type.as_str() == b.default_type)
-            );
             assert!(b.offerings.iter().all(|o| o.on_demand.0 > Money::ZERO));
             for o in &b.offerings {
                 if let Some(s) = &o.spot {

@@ -10,12 +10,10 @@
 //! [`ColdImage`], [`ColdSnapshot`], [`AlwaysOnResize`], [`StoppedPool`],
 //! [`Spot`] and [`Hybrid`].
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::billing::{BillingModel, BootPath};
-use crate::ids::{ClaimId, InstanceType, Millis, NodeId, PoolName};
+use crate::ids::{ClaimId, InstanceType, Millis, NodeId};
 use crate::money::{HourlyPrice, Money};
 use crate::protocol::{NodeState, Requirements};
 use crate::provider::{Capabilities, Market, Offering, SnapshotRef};
@@ -26,6 +24,7 @@ mod cold_snapshot;
 mod config;
 mod hybrid;
 mod kit;
+mod pool;
 mod spot;
 mod stopped_pool;
 
@@ -34,42 +33,9 @@ pub use cold_image::ColdImage;
 pub use cold_snapshot::ColdSnapshot;
 pub use config::*;
 pub use hybrid::Hybrid;
+pub use pool::PoolSpec;
 pub use spot::Spot;
 pub use stopped_pool::StoppedPool;
-
-/// A pool as configured.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PoolSpec {
-    /// The pool.
-    pub name: PoolName,
-    /// How its nodes live.
-    pub strategy: StrategyConfig,
-    /// Instance types it may run, in order of preference (the first is the
-    /// baseline size).
-    pub instance_types: Vec<InstanceType>,
-    /// The base image new nodes boot from.
-    pub image: String,
-    /// Labels every node of the pool carries.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Nodes never fewer than this (counting stopped ones).
-    #[serde(default)]
-    pub min_nodes: u32,
-    /// Nodes never more than this.
-    #[serde(default = "default_max_nodes")]
-    pub max_nodes: u32,
-    /// Claims one node serves at once.
-    #[serde(default = "default_slots")]
-    pub slots_per_node: u32,
-}
-
-fn default_max_nodes() -> u32 {
-    10
-}
-fn default_slots() -> u32 {
-    1
-}
 
 /// One node as a strategy sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -268,7 +268,7 @@ pub(crate) fn request(id: &str, recipient: Option<String>) -> ClaimRequest {
     ClaimRequest {
         claim_id: ClaimId::new(id).unwrap_or_else(|e| panic!("{e}")),
         workspace: Workspace::new("ci").unwrap_or_else(|e| panic!("{e}")),
-        pool: PoolName::new("local").unwrap_or_else(|e| panic!("{e}")),
+        pool: PoolName::new("default").unwrap_or_else(|e| panic!("{e}")),
         requirements: Requirements::default(),
         priority: 0,
         lease_ttl_ms: 120_000,

@@ -6,14 +6,20 @@
 use fleet_sim::{Scenario, SimResult};
 use serde_json::{Value, json};
 
-/// A week-long input on `book` with `forecast`, the six default strategies.
+/// A week-long input on `book` with `forecast`, the six default strategies,
+/// on a 4-vCPU type of the book (the figures below are computed for it).
 pub(crate) fn input(book: &str, forecast: Value, hours: u64) -> Value {
+    let instance_type = if book == "hetzner" {
+        "cx32"
+    } else {
+        "c7i.xlarge"
+    };
     json!({
         "horizon_hours": hours,
         "seed": 7,
         "forecast": forecast,
         "jobs": { "duration": { "kind": "lognormal", "median_ms": 300000, "sigma": 0.5 } },
-        "pool": { "max_nodes": 6 },
+        "pool": { "max_nodes": 6, "instance_types": [instance_type] },
         "provider": { "price_book": book },
         "sla": { "percentile": 95, "max_wait_ms": 60000 }
     })
