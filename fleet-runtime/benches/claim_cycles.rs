@@ -2,7 +2,7 @@
 //! transport and the real driver, controller and memory store, against a raw
 //! in-process request/reply round trip measured in the same run.
 //!
-//! `cargo bench -p fleet-daemon --bench claim_cycles`
+//! `cargo bench -p fleet-runtime --bench claim_cycles`
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

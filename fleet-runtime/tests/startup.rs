@@ -1,26 +1,17 @@
 //! Starting a fleet: what the builder refuses, and how the provider's
 //! offerings are waited for (the retry comes from `Timing`).
 
+mod support;
+
 use std::sync::Arc;
 
 use fleet_core::controller::Timing;
 use fleet_core::memory::provider::{MemoryProvider, OpKind};
 use fleet_core::provider::ProviderError;
-use fleet_core::strategy::{PoolSpec, StrategyConfig};
-use fleet_core::{InstanceType, PoolName};
 use fleet_runtime::{Fleet, RuntimeError};
 
-fn pool() -> PoolSpec {
-    PoolSpec {
-        name: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
-        strategy: StrategyConfig::default(),
-        instance_types: vec![InstanceType::new("c7i.large").unwrap_or_else(|e| panic!("{e}"))],
-        image: "ami-test".to_owned(),
-        labels: Default::default(),
-        min_nodes: 0,
-        max_nodes: 2,
-        slots_per_node: 1,
-    }
+fn pool() -> fleet_core::strategy::PoolSpec {
+    support::pool(1, 2)
 }
 
 fn fast(attempts: u32) -> Timing {

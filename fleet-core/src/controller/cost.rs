@@ -21,7 +21,7 @@ use crate::billing::{BillingModel, BootPath};
 use crate::ids::{Millis, NodeId, PoolName};
 use crate::money::{HourlyPrice, Money};
 use crate::protocol::{NodeRecord, NodeState};
-use crate::provider::BootSource;
+use crate::provider::{BootSource, Offering};
 
 /// What one pool has cost.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,26 +267,22 @@ impl Controller {
         }
     }
 
+    /// The offering a node runs, if its pool still sells its type.
+    fn offering_of(&self, rec: &NodeRecord) -> Option<&Offering> {
+        self.pools.get(&rec.pool).and_then(|p| {
+            p.offerings
+                .iter()
+                .find(|o| o.instance_type == rec.instance_type)
+        })
+    }
+
     fn price_of(&self, rec: &NodeRecord) -> HourlyPrice {
-        self.pools
-            .get(&rec.pool)
-            .and_then(|p| {
-                p.offerings
-                    .iter()
-                    .find(|o| o.instance_type == rec.instance_type)
-            })
+        self.offering_of(rec)
             .map(|o| o.price(rec.market).unwrap_or(o.on_demand))
             .unwrap_or_default()
     }
 
     fn disk_of(&self, rec: &NodeRecord) -> u64 {
-        self.pools
-            .get(&rec.pool)
-            .and_then(|p| {
-                p.offerings
-                    .iter()
-                    .find(|o| o.instance_type == rec.instance_type)
-            })
-            .map_or(0, |o| u64::from(o.disk_gb))
+        self.offering_of(rec).map_or(0, |o| u64::from(o.disk_gb))
     }
 }
