@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Ca, Issued, TestResult, temp_dir};
 use fleet_agent::config::Backend;
-use fleet_agent::exec_api::{Client, ExecRequest};
 use fleet_agent::gateway::{Gateway, now_ms};
+use fleet_client::{ExecClient as Client, ExecRequest};
 use fleet_core::ids::{ClaimId, NodeId};
 use fleet_core::subjects::Subjects;
 use rustls::pki_types::pem::PemObject;

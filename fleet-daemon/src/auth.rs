@@ -28,9 +28,7 @@ use fleet_runtime::tokens::{digest, random_token, same, write_private};
 
 /// The file API token hashes are kept in.
 pub const TOKENS_FILE: &str = "tokens.json";
-/// The file the first admin token is written to (0600), for `fleetctl` on
-/// the same host.
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub use fleet_core::protocol::ADMIN_TOKEN_FILE;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredToken {

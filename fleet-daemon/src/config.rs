@@ -19,7 +19,7 @@ use serde::Deserialize;
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// The environment variable naming the config file.
-pub const CONFIG_ENV: &str = "FLEET_DAEMON_CONFIG";
+pub const CONFIG_ENV: &str = fleet_core::protocol::DAEMON_CONFIG_ENV;
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
@@ -518,10 +518,7 @@ impl DaemonConfig {
         if let Some(d) = &self.data_dir {
             return d.clone();
         }
-        match std::env::var_os("XDG_DATA_HOME") {
-            Some(x) if !x.is_empty() => PathBuf::from(x).join("fleet"),
-            _ => PathBuf::from(".fleet"),
-        }
+        fleet_client::discovery::standard_data_dir()
     }
 }
 

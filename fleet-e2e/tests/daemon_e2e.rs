@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fleet_agent::exec_api::{Client, ExecRequest};
+use fleet_client::{ExecClient as Client, ExecRequest};
 use fleet_core::transport::ClaimClient;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

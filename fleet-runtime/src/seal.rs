@@ -1,4 +1,5 @@
-//! Sealing a claim's credentials bundle for its claimant, and opening it.
+//! Sealing a claim's credentials bundle for its claimant. Opening is the
+//! claimant's side, in `fleet-client` (re-exported here).
 //!
 //! # Format (`fleet-credentials-v1`)
 //!
@@ -39,8 +40,7 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use fleet_core::ids::{ClaimId, Millis};
+use ed25519_dalek::{Signer as _, SigningKey};
 use fleet_core::protocol::{
     CREDENTIALS_FORMAT, CredentialsBundle, SealedCredentials, credentials_signing_payload,
 };
@@ -52,45 +52,18 @@ pub const SEAL_KEY_FILE: &str = "seal.ed25519.key";
 /// The public key's file name in the data directory, for operators to hand
 /// to claimants.
 pub const SEAL_PUB_FILE: &str = "seal.ed25519.pub";
-/// The largest armored ciphertext [`open`] accepts. A bundle is a few KiB.
-pub const MAX_CIPHERTEXT_BYTES: usize = 256 * 1024;
+pub use fleet_client::credentials::{Expected, MAX_CIPHERTEXT_BYTES, OpenError, SignerKey, open};
 
-/// A sealing or opening failure.
+/// A sealing failure.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SealError {
     /// The recipient is not an age X25519 recipient (`age1…`).
     #[error("bad age recipient: {0}")]
     BadRecipient(String),
-    /// The sealed bundle was signed by a key other than the trusted one.
-    #[error("sealed by an untrusted signer")]
-    UntrustedSigner,
-    /// The signature does not verify over the expected claim, recipient,
-    /// expiry and ciphertext: tampered, or sealed for another claim.
-    #[error("signature does not verify")]
-    BadSignature,
-    /// The ciphertext could not be decrypted with the given identity.
-    #[error("decryption failed: {0}")]
-    DecryptFailed(String),
-    /// The bundle names a different claim than expected.
-    #[error("bundle is for claim {found}, expected {expected}")]
-    WrongClaim {
-        /// The claim asked for.
-        expected: ClaimId,
-        /// The claim in the bundle.
-        found: ClaimId,
-    },
-    /// The bundle's expiry differs from the expected one.
-    #[error("bundle expires at {found}, expected {expected}")]
-    WrongExpiry {
-        /// The expiry asked for.
-        expected: Millis,
-        /// The expiry in the bundle.
-        found: Millis,
-    },
-    /// A field is not what the format says (bad base64, bad JSON, wrong
-    /// format name, too large).
-    #[error("malformed sealed credentials: {0}")]
+    /// The bundle is not what the format says (wrong format name, not
+    /// JSON-encodable).
+    #[error("malformed credentials: {0}")]
     Malformed(String),
     /// Encryption failed.
     #[error("encryption failed: {0}")]
@@ -118,11 +91,6 @@ impl SealError {
     pub fn kind(&self) -> &'static str {
         match self {
             SealError::BadRecipient(_) => "bad_recipient",
-            SealError::UntrustedSigner => "untrusted_signer",
-            SealError::BadSignature => "bad_signature",
-            SealError::DecryptFailed(_) => "decrypt_failed",
-            SealError::WrongClaim { .. } => "wrong_claim",
-            SealError::WrongExpiry { .. } => "wrong_expiry",
             SealError::Malformed(_) => "malformed",
             SealError::Encrypt(_) => "encrypt",
             SealError::Io { .. } => "io",
@@ -146,43 +114,6 @@ impl From<CaError> for SealError {
                 detail: other.to_string(),
             },
         }
-    }
-}
-
-/// A trusted signer's Ed25519 public key.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct SignerKey(VerifyingKey);
-
-impl SignerKey {
-    /// Parses the standard base64 of a 32-byte Ed25519 public key (the
-    /// `signer` field, or the content of `seal.ed25519.pub`).
-    pub fn from_base64(s: &str) -> Result<SignerKey, SealError> {
-        let bytes = B64
-            .decode(s.trim().as_bytes())
-            .map_err(|e| SealError::Malformed(format!("signer key: {e}")))?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| SealError::Malformed("signer key is not 32 bytes".to_owned()))?;
-        VerifyingKey::from_bytes(&bytes)
-            .map(SignerKey)
-            .map_err(|_| SealError::Malformed("signer key is not an Ed25519 point".to_owned()))
-    }
-
-    /// The standard base64 of the key.
-    pub fn to_base64(&self) -> String {
-        B64.encode(self.0.as_bytes())
-    }
-}
-
-impl fmt::Debug for SignerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SignerKey({})", self.to_base64())
-    }
-}
-
-impl fmt::Display for SignerKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_base64())
     }
 }
 
@@ -252,7 +183,8 @@ impl Sealer {
 
     /// The public key claimants must trust.
     pub fn signer(&self) -> SignerKey {
-        SignerKey(self.key.verifying_key())
+        SignerKey::from_bytes(self.key.verifying_key().as_bytes())
+            .unwrap_or_else(|_| unreachable!("a verifying key is a valid point"))
     }
 
     /// Seals `bundle` for `recipient` (an age X25519 recipient, `age1…`):
@@ -289,84 +221,4 @@ impl Sealer {
             expires_at: bundle.expires_at,
         })
     }
-}
-
-/// What the claimant expects of a sealed bundle: all known before opening.
-#[derive(Debug, Clone, Copy)]
-pub struct Expected<'a> {
-    /// The claim it asked for.
-    pub claim_id: &'a ClaimId,
-    /// The age recipient it sent with the request.
-    pub recipient: &'a str,
-    /// The certificate expiry the grant's sealed credentials name
-    /// (`SealedCredentials::expires_at`).
-    pub expires_at: Millis,
-    /// The daemon key it trusts.
-    pub signer: &'a SignerKey,
-}
-
-/// Opens a sealed bundle: checks the signer is the trusted one, verifies
-/// the signature over the expected claim, recipient and expiry, and only
-/// then decrypts and checks the bundle matches.
-pub fn open(
-    sealed: &SealedCredentials,
-    identity: &age::x25519::Identity,
-    expected: &Expected<'_>,
-) -> Result<CredentialsBundle, SealError> {
-    if sealed.format != CREDENTIALS_FORMAT {
-        return Err(SealError::Malformed(format!(
-            "format {:?}, expected {CREDENTIALS_FORMAT:?}",
-            sealed.format
-        )));
-    }
-    if sealed.ciphertext.len() > MAX_CIPHERTEXT_BYTES {
-        return Err(SealError::Malformed(format!(
-            "ciphertext of {} bytes exceeds {MAX_CIPHERTEXT_BYTES}",
-            sealed.ciphertext.len()
-        )));
-    }
-    let signer = SignerKey::from_base64(&sealed.signer)?;
-    if signer != *expected.signer {
-        return Err(SealError::UntrustedSigner);
-    }
-    let signature = B64
-        .decode(sealed.signature.trim().as_bytes())
-        .ok()
-        .and_then(|b| <[u8; 64]>::try_from(b).ok())
-        .map(|b| Signature::from_bytes(&b))
-        .ok_or_else(|| SealError::Malformed("signature is not 64 base64 bytes".to_owned()))?;
-    let payload = credentials_signing_payload(
-        expected.claim_id,
-        expected.recipient,
-        expected.expires_at,
-        &sealed.ciphertext,
-    );
-    expected
-        .signer
-        .0
-        .verify_strict(&payload, &signature)
-        .map_err(|_| SealError::BadSignature)?;
-    let plaintext = age::decrypt(identity, sealed.ciphertext.as_bytes())
-        .map_err(|e| SealError::DecryptFailed(e.to_string()))?;
-    let bundle: CredentialsBundle =
-        serde_json::from_slice(&plaintext).map_err(|e| SealError::Malformed(e.to_string()))?;
-    if bundle.format != CREDENTIALS_FORMAT {
-        return Err(SealError::Malformed(format!(
-            "bundle format {:?}, expected {CREDENTIALS_FORMAT:?}",
-            bundle.format
-        )));
-    }
-    if bundle.claim_id != *expected.claim_id {
-        return Err(SealError::WrongClaim {
-            expected: expected.claim_id.clone(),
-            found: bundle.claim_id,
-        });
-    }
-    if bundle.expires_at != expected.expires_at {
-        return Err(SealError::WrongExpiry {
-            expected: expected.expires_at,
-            found: bundle.expires_at,
-        });
-    }
-    Ok(bundle)
 }

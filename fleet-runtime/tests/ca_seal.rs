@@ -15,7 +15,7 @@ use fleet_core::protocol::{
 use fleet_core::subjects::Subjects;
 use fleet_runtime::ca::{CA_CERT_FILE, CA_KEY_FILE, CLOCK_SKEW_MS, CaError, PoolCa};
 use fleet_runtime::seal::{
-    Expected, SEAL_KEY_FILE, SEAL_PUB_FILE, SealError, Sealer, SignerKey, open,
+    Expected, OpenError, SEAL_KEY_FILE, SEAL_PUB_FILE, SealError, Sealer, SignerKey, open,
 };
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
@@ -302,7 +302,7 @@ impl Fixture {
             .unwrap_or_else(|e| panic!("seal: {e}"))
     }
 
-    fn open(&self, sealed: &SealedCredentials) -> Result<CredentialsBundle, SealError> {
+    fn open(&self, sealed: &SealedCredentials) -> Result<CredentialsBundle, OpenError> {
         let signer = self.sealer.signer();
         open(
             sealed,
@@ -386,7 +386,7 @@ fn tampered_ciphertext_fails_the_signature() {
         .unwrap_or_else(|| panic!("no body character to tamper with"));
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     sealed.ciphertext = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(f.open(&sealed), Err(SealError::BadSignature)));
+    assert!(matches!(f.open(&sealed), Err(OpenError::BadSignature)));
 }
 
 #[test]
@@ -405,7 +405,7 @@ fn an_untrusted_signer_is_refused() {
         },
     );
     assert!(
-        matches!(result, Err(SealError::UntrustedSigner)),
+        matches!(result, Err(OpenError::UntrustedSigner)),
         "{result:?}"
     );
 
@@ -417,7 +417,7 @@ fn an_untrusted_signer_is_refused() {
         signer: f.sealer.signer().to_base64(),
         ..forged
     };
-    assert!(matches!(f.open(&forged), Err(SealError::BadSignature)));
+    assert!(matches!(f.open(&forged), Err(OpenError::BadSignature)));
 }
 
 #[test]
@@ -437,7 +437,7 @@ fn the_wrong_identity_cannot_decrypt() {
         },
     );
     assert!(
-        matches!(result, Err(SealError::DecryptFailed(_))),
+        matches!(result, Err(OpenError::DecryptFailed(_))),
         "{result:?}"
     );
 }
@@ -459,7 +459,7 @@ fn a_bundle_for_another_claim_is_refused() {
             signer: &signer,
         },
     );
-    assert!(matches!(result, Err(SealError::BadSignature)), "{result:?}");
+    assert!(matches!(result, Err(OpenError::BadSignature)), "{result:?}");
 
     // A trusted but buggy signer signing claim-2 over a bundle of claim-1:
     // the bundle check still catches it.
@@ -485,7 +485,7 @@ fn a_bundle_for_another_claim_is_refused() {
         },
     );
     assert!(
-        matches!(result, Err(SealError::WrongClaim { .. })),
+        matches!(result, Err(OpenError::WrongClaim { .. })),
         "{result:?}"
     );
 }
@@ -505,7 +505,7 @@ fn a_wrong_expiry_is_refused() {
             signer: &signer,
         },
     );
-    assert!(matches!(result, Err(SealError::BadSignature)), "{result:?}");
+    assert!(matches!(result, Err(OpenError::BadSignature)), "{result:?}");
 }
 
 #[test]
@@ -538,7 +538,7 @@ fn bad_recipients_and_malformed_fields_are_typed() {
     ];
     for b in &broken {
         assert!(
-            matches!(f.open(b), Err(SealError::Malformed(_))),
+            matches!(f.open(b), Err(OpenError::Malformed(_))),
             "{:?}",
             f.open(b)
         );

@@ -148,6 +148,7 @@ pub enum Command {
     #[command(subcommand, alias = "tokens")]
     Token(Token),
     /// Check the local installation and the daemon
+    #[cfg(feature = "doctor")]
     Doctor,
     /// Print a shell completion script
     Completions {

@@ -3,19 +3,21 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fleet_client::credentials::{self as seal, Expected, SignerKey};
 use fleet_core::ids::{ClaimId, PoolName, Workspace};
 use fleet_core::protocol::{
     ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, Receipt, Requirements, SealedCredentials,
     TaskResult, TaskSpec,
 };
 use fleet_core::transport::{ClaimClient, ClaimError};
-use fleet_runtime::seal::{self, Expected, SignerKey};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::args::{ClaimArgs, Command, Jobs, Token};
+#[cfg(feature = "doctor")]
+use crate::doctor;
 use crate::render::{self, now_ms};
-use crate::{Context, CtlError, claimdir, doctor, exec, fail, read_text};
+use crate::{Context, CtlError, claimdir, exec, fail, read_text};
 
 /// Runs one invocation; returns the process exit code (errors are printed
 /// by the caller).
@@ -103,6 +105,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             workspace,
             interval_ms,
         }) => jobs_watch(&ctx, &id, workspace.as_deref(), interval_ms).await,
+        #[cfg(feature = "doctor")]
         Command::Doctor => Ok(doctor::run(&ctx).await),
     }
 }

@@ -2,17 +2,11 @@
 //! gateway and its built-in exec API.
 
 use std::io::Write;
-use std::sync::Arc;
 
-use fleet_agent::exec_api::{Client, ExecRequest};
-use fleet_core::ids::NodeId;
-use fleet_core::protocol::OutputStream;
-use fleet_core::subjects::Subjects;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+use fleet_client::gateway::GatewayStream;
+use fleet_client::{ExecClient, ExecRequest};
+use fleet_core::ids::{ClaimId, NodeId, Workspace};
+use fleet_core::protocol::{CredentialsBundle, OutputStream};
 
 use crate::claimdir::Credentials;
 use crate::{CtlError, fail};
@@ -22,40 +16,23 @@ pub const EXIT_TIMEOUT: i32 = 124;
 
 /// Opens the claim's mTLS connection to its node's gateway: trusts the pool
 /// CA, presents the claim certificate, verifies the node's server name.
-pub async fn connect(creds: &Credentials) -> Result<TlsStream<TcpStream>, CtlError> {
-    let endpoint = &creds.info.endpoint;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes()) {
-        let c = c.map_err(|e| fail(format!("claim CA: {e}")))?;
-        roots.add(c).map_err(|e| fail(format!("claim CA: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(fail("claim CA: no certificate in ca.pem"));
-    }
-    let certs = CertificateDer::pem_slice_iter(creds.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(format!("claim certificate: {e}")))?;
-    // The parse error never contains key material.
-    let key = PrivateKeyDer::from_pem_slice(creds.key_pem.expose().as_bytes())
-        .map_err(|e| fail(format!("claim key: unreadable ({e:?})")))?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .map_err(|e| fail(format!("claim certificate: {e}")))?;
-    let node = NodeId::new(creds.info.node.clone())
-        .map_err(|e| fail(format!("claim file: node {:?}: {e}", creds.info.node)))?;
-    let name = ServerName::try_from(Subjects::node_server_name(&node))
-        .map_err(|e| fail(format!("node server name: {e}")))?;
-    let tcp = TcpStream::connect(endpoint.as_str())
+pub async fn connect(creds: &Credentials) -> Result<GatewayStream, CtlError> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| fail(format!("claim file: {what}: {e}"));
+    let bundle = CredentialsBundle {
+        format: creds.info.format.clone(),
+        claim_id: ClaimId::new(creds.info.claim_id.clone()).map_err(|e| bad("claim_id", &e))?,
+        workspace: Workspace::new(creds.info.workspace.clone())
+            .map_err(|e| bad("workspace", &e))?,
+        node: NodeId::new(creds.info.node.clone()).map_err(|e| bad("node", &e))?,
+        endpoint: creds.info.endpoint.clone(),
+        expires_at: creds.info.expires_at,
+        ca_pem: creds.ca_pem.clone(),
+        cert_pem: creds.cert_pem.clone(),
+        key_pem: creds.key_pem.clone(),
+    };
+    fleet_client::gateway::connect(&bundle)
         .await
-        .map_err(|e| fail(format!("cannot reach the node at {endpoint}: {e}")))?;
-    TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| fail(format!("TLS with the node at {endpoint}: {e}")))
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// The exit code for a finished command: its own, 124 on timeout,
@@ -88,7 +65,7 @@ pub fn exit_code(code: Option<i32>, signal: Option<&str>, timed_out: bool) -> i3
 /// code to exit with.
 pub async fn run(creds: &Credentials, argv: Vec<String>) -> Result<i32, CtlError> {
     let stream = connect(creds).await?;
-    let mut client = Client::new(stream);
+    let mut client = ExecClient::new(stream);
     let req = ExecRequest {
         argv,
         ..ExecRequest::default()

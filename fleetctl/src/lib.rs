@@ -14,6 +14,7 @@
 pub mod args;
 pub mod claimdir;
 pub mod commands;
+#[cfg(feature = "doctor")]
 pub mod doctor;
 pub mod exec;
 pub mod http;
@@ -77,15 +78,9 @@ impl fmt::Debug for Context {
     }
 }
 
-/// The data dir the daemon would use.
+/// The data dir the daemon on this host uses.
 pub fn default_data_dir() -> PathBuf {
-    if let Some(path) = std::env::var_os(fleet_daemon::config::CONFIG_ENV)
-        && !path.is_empty()
-        && let Ok(cfg) = fleet_daemon::config::DaemonConfig::load(Path::new(&path))
-    {
-        return cfg.data_dir();
-    }
-    fleet_daemon::config::DaemonConfig::default().data_dir()
+    fleet_client::discovery::local_data_dir()
 }
 
 /// Reads a small text file with a clear error.
@@ -145,7 +140,7 @@ impl Context {
         {
             return Ok(Some(t.clone()));
         }
-        let path = self.data_dir.join(fleet_daemon::auth::ADMIN_TOKEN_FILE);
+        let path = self.data_dir.join(fleet_core::protocol::ADMIN_TOKEN_FILE);
         match std::fs::read_to_string(&path) {
             Ok(t) if !t.trim().is_empty() => Ok(Some(Secret::new(t.trim()))),
             Ok(_) => Ok(None),
@@ -177,6 +172,9 @@ impl Context {
         let mut cfg = fleet_transport_ws::WsConfig::default();
         // The daemon admits claim-plane callers by API token.
         cfg.bearer_token = self.token()?;
+        // A daemon that is restarting is waited for, and a call whose
+        // connection drops is re-sent with the same claim id.
+        cfg.connect_attempts = fleet_client::DEFAULT_CONNECT_ATTEMPTS;
         fleet_transport_ws::WsClaimClient::connect(&url, &tls, cfg)
             .await
             .map_err(|e| fail(format!("cannot reach the claim plane at {url}: {e}")))
@@ -197,7 +195,8 @@ pub fn ws_claims_url(ws: &str) -> String {
 
 /// A fresh random id: `c-` and 20 hex characters.
 pub fn random_id(prefix: &str) -> Result<String, CtlError> {
-    let t = fleet_runtime::tokens::random_token()
-        .map_err(|e| fail(format!("no randomness available: {e}")))?;
-    Ok(format!("{prefix}-{}", &t[..20.min(t.len())]))
+    let mut bytes = [0u8; 10];
+    getrandom::getrandom(&mut bytes).map_err(|e| fail(format!("no randomness available: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}-{hex}"))
 }

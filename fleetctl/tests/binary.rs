@@ -30,6 +30,7 @@ fn help_lists_the_subcommands_and_exits_zero() -> TestResult {
         "renew",
         "jobs",
         "token",
+        #[cfg(feature = "doctor")]
         "doctor",
         "completions",
     ] {

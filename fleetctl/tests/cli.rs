@@ -138,6 +138,7 @@ fn commands_after_double_dash() -> Result<(), clap::Error> {
         })
     );
     assert_eq!(cmd("costs")?, Command::Cost);
+    #[cfg(feature = "doctor")]
     assert_eq!(cmd("doctor")?, Command::Doctor);
     Ok(())
 }

@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 /// The file name of [`Discovery`] in the daemon's data dir.
 pub const DISCOVERY_FILE: &str = "daemon.json";
 
+/// The file in the daemon's data dir holding the first admin API token
+/// (mode 0600), for a client on the same host.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The environment variable naming the daemon's config file; a client on
+/// the same host reads its `data_dir` from there.
+pub const DAEMON_CONFIG_ENV: &str = "FLEET_DAEMON_CONFIG";
+
 /// What `daemon.json` says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Discovery {

@@ -9,12 +9,14 @@
 mod agent;
 mod claim;
 mod discovery;
+mod exec;
 mod job;
 mod records;
 
 pub use agent::*;
 pub use claim::*;
 pub use discovery::*;
+pub use exec::*;
 pub use job::*;
 pub use records::*;
 

@@ -375,7 +375,7 @@ pub(crate) mod cloud {
 
     use std::time::Duration;
 
-    use fleet_agent::exec_api::{Client, ExecRequest};
+    use fleet_client::{ExecClient as Client, ExecRequest};
     use fleet_core::protocol::ClaimGrant;
     use fleet_core::transport::ClaimError;
 
