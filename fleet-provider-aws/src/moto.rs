@@ -23,8 +23,8 @@ fn binary() -> PathBuf {
         .find(|c| c.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "moto_server not found: these tests need the EC2 emulator. Install it with \
-                 `python3 -m pip install 'moto[server]'` (CI: .ci/requirements.txt) or set MOTO_SERVER_BIN"
+                "moto_server not found: these tests need the EC2 emulator. Run them through \
+                 ./scripts/test (it installs one into a venv) or set MOTO_SERVER_BIN"
             )
         })
 }

