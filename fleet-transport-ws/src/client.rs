@@ -390,6 +390,10 @@ impl Handler for ClaimClientHandler {
                 }
                 return Flow::Continue;
             }
+            other => {
+                warn!(frame = ?other, "server frame this client does not know; ignored");
+                return Flow::Continue;
+            }
         };
         if let Some((_, tx)) = st.calls.get(&req)
             && tx.try_send(answer).is_err()

@@ -12,6 +12,7 @@ mod discovery;
 mod exec;
 mod job;
 mod records;
+mod ws;
 
 pub use agent::*;
 pub use claim::*;
@@ -19,6 +20,7 @@ pub use discovery::*;
 pub use exec::*;
 pub use job::*;
 pub use records::*;
+pub use ws::*;
 
 use std::fmt;
 

@@ -445,6 +445,16 @@ impl Handler for ClaimsHandler {
                 self.unsubscribe(sub);
                 return Flow::Continue;
             }
+            other => {
+                warn!(conn = self.conn, frame = ?other, "claim-plane frame this server does not handle");
+                self.refuse(
+                    None,
+                    None,
+                    "unknown_variant",
+                    "frame not handled".to_owned(),
+                );
+                return Flow::Continue;
+            }
         };
         if self.shared.inbox.send(inbound).await.is_err() {
             return Flow::Close(CloseReason::new(
