@@ -11,6 +11,7 @@ pub const DISCOVERY_FILE: &str = "daemon.json";
 
 /// What `daemon.json` says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Discovery {
     /// HTTP API base URL.
     pub http: String,
