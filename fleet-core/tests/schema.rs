@@ -37,20 +37,24 @@ enum Framing {
 
 use Framing::{Envelope, Plain};
 
+/// Generates a type's root schema: `schema_of::<T>`.
+type Generate = fn() -> Schema;
+
 /// Every top-level wire message: the file under `schema/`, how it travels,
 /// and the type it is generated from. One line per type.
-const WIRE: &[(&str, Framing, fn() -> Schema)] = &[
-    ("claim-msg.json", Envelope, schema_of::<ClaimMsg>),
-    ("claim-reply.json", Envelope, schema_of::<ClaimReply>),
-    ("agent-msg.json", Envelope, schema_of::<AgentMsg>),
-    ("daemon-msg.json", Envelope, schema_of::<DaemonMsg>),
-    ("job-msg.json", Envelope, schema_of::<JobMsg>),
-    ("job-reply.json", Envelope, schema_of::<JobReply>),
-    ("sealed-credentials.json", Plain, schema_of::<SealedCredentials>),
-    ("credentials-bundle.json", Plain, schema_of::<CredentialsBundle>),
-    ("discovery.json", Plain, schema_of::<Discovery>),
-    ("record.json", Envelope, schema_of::<Record>),
-    ("leader-record.json", Envelope, schema_of::<LeaderRecord>),
+#[rustfmt::skip]
+const WIRE: &[(&str, Framing, Generate)] = &[
+    ("claim-msg.json",          Envelope, schema_of::<ClaimMsg>),
+    ("claim-reply.json",        Envelope, schema_of::<ClaimReply>),
+    ("agent-msg.json",          Envelope, schema_of::<AgentMsg>),
+    ("daemon-msg.json",         Envelope, schema_of::<DaemonMsg>),
+    ("job-msg.json",            Envelope, schema_of::<JobMsg>),
+    ("job-reply.json",          Envelope, schema_of::<JobReply>),
+    ("sealed-credentials.json", Plain,    schema_of::<SealedCredentials>),
+    ("credentials-bundle.json", Plain,    schema_of::<CredentialsBundle>),
+    ("discovery.json",          Plain,    schema_of::<Discovery>),
+    ("record.json",             Envelope, schema_of::<Record>),
+    ("leader-record.json",      Envelope, schema_of::<LeaderRecord>),
 ];
 
 const BLESS_VAR: &str = "FLEET_BLESS_SCHEMA";
@@ -184,7 +188,9 @@ fn committed_schemas_match_the_code() {
     // A schema whose type left the table must not stay behind.
     let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     for entry in entries {
-        let path = entry.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path();
+        let path = entry
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .path();
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
             continue;
         };
