@@ -91,9 +91,23 @@ fn validate_with(
     Ok(())
 }
 
+/// The JSON Schema `pattern` of a token ([`is_token_char`], at most
+/// [`MAX_ID_LEN`] bytes).
+#[cfg(feature = "schema")]
+fn token_pattern() -> String {
+    format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$")
+}
+
+/// The JSON Schema `pattern` of an [`InstanceType`]: a token that may also
+/// hold `.`.
+#[cfg(feature = "schema")]
+fn instance_type_pattern() -> String {
+    format!("^[A-Za-z0-9._-]{{1,{MAX_ID_LEN}}}$")
+}
+
 macro_rules! string_id {
-    ($(#[$meta:meta])* $name:ident, $kind:literal, $check:expr) => {
-        $(#[$meta])*
+    ($(#[doc = $doc:literal])* $name:ident, $kind:literal, $pattern:expr, $check:expr) => {
+        $(#[doc = $doc])*
         ///
         /// Immutable and shared: a clone is a reference-count increment, which
         /// matters because the controller copies ids into every view, record
@@ -167,39 +181,65 @@ macro_rules! string_id {
                 &self.0
             }
         }
+
+        // Hand-written: the derive would say "string" and lose the check
+        // every decoder runs.
+        #[cfg(feature = "schema")]
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn schema_id() -> std::borrow::Cow<'static, str> {
+                concat!(module_path!(), "::", stringify!($name)).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let pattern: fn() -> String = $pattern;
+                let doc: &[&str] = &[$($doc),*];
+                let description = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+                schemars::json_schema!({
+                    "description": description,
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_ID_LEN,
+                    "pattern": pattern(),
+                })
+            }
+        }
     };
 }
 
 string_id!(
     /// A caller-chosen claim id; also the idempotency key of a claim request.
-    ClaimId, "claim id", |s| validate_token("claim id", s)
+    ClaimId, "claim id", token_pattern, |s| validate_token("claim id", s)
 );
 string_id!(
     /// A node id, chosen by the controller and used as the provider's
     /// idempotency key for `create`.
-    NodeId, "node id", |s| validate_token("node id", s)
+    NodeId, "node id", token_pattern, |s| validate_token("node id", s)
 );
 string_id!(
     /// A tenant: quotas, dollar caps and NATS permissions are per workspace.
-    Workspace, "workspace", |s| validate_token("workspace", s)
+    Workspace, "workspace", token_pattern, |s| validate_token("workspace", s)
 );
 string_id!(
     /// A pool of interchangeable nodes run by one strategy.
-    PoolName, "pool name", |s| validate_token("pool name", s)
+    PoolName, "pool name", token_pattern, |s| validate_token("pool name", s)
 );
 string_id!(
     /// A job (task) id, chosen by the submitter; idempotency key of a submit.
-    JobId, "job id", |s| validate_token("job id", s)
+    JobId, "job id", token_pattern, |s| validate_token("job id", s)
 );
 string_id!(
     /// The id of one command the daemon asked an agent to run. An agent
     /// remembers the ids it ran, so a command resent after a reconnect is not
     /// run twice.
-    CommandId, "command id", |s| validate_token("command id", s)
+    CommandId, "command id", token_pattern, |s| validate_token("command id", s)
 );
 string_id!(
     /// A provider's instance type name, e.g. `c7g.large` or `cx22`.
-    InstanceType, "instance type", |s| validate_with(
+    InstanceType, "instance type", instance_type_pattern, |s| validate_with(
         "instance type",
         s,
         MAX_ID_LEN,
@@ -213,6 +253,7 @@ string_id!(
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 

@@ -14,6 +14,7 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT_MS: Millis = 120_000;
 
 /// Which output stream a chunk came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OutputStream {
     /// Standard output.
@@ -24,6 +25,7 @@ pub enum OutputStream {
 
 /// The mTLS identity the daemon gives an agent after bootstrap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeIdentity {
     /// The node's certificate (PEM), signed by the pool CA.
     pub cert_pem: String,
@@ -35,6 +37,7 @@ pub struct NodeIdentity {
 
 /// A command the daemon asks an agent to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CommandSpec {
     /// Unique id; the agent never runs the same id twice.
     pub id: CommandId,
@@ -59,6 +62,7 @@ pub struct CommandSpec {
 
 /// Messages an agent sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AgentMsg {
@@ -127,6 +131,7 @@ pub enum AgentMsg {
 
 /// Messages the daemon sends to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DaemonMsg {

@@ -13,6 +13,7 @@ pub const MAX_LEASE_TTL_MS: Millis = 86_400_000;
 
 /// CPU architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Arch {
@@ -24,6 +25,7 @@ pub enum Arch {
 
 /// What a claim needs from a node. Zero means "any".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Requirements {
     /// Minimum vCPUs.
     #[serde(default)]
@@ -54,6 +56,7 @@ impl Requirements {
 
 /// What a node offers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeResources {
     /// vCPUs.
     pub cpus: u32,
@@ -68,6 +71,7 @@ pub struct NodeResources {
 
 /// A request for a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClaimRequest {
     /// Caller-chosen id; a retried request with the same id gets the same grant.
     pub claim_id: ClaimId,
@@ -99,6 +103,7 @@ fn default_lease() -> Millis {
 
 /// The lease a grant or renewal gives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Lease {
     /// The claim.
     pub claim_id: ClaimId,
@@ -111,6 +116,7 @@ pub struct Lease {
 /// On the wire it is a [`Lease`] with an optional `credentials` field, so a
 /// renewal of a claim without a recipient reads the same as before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Renewal {
     /// The claim.
     pub claim_id: ClaimId,
@@ -142,6 +148,7 @@ impl Renewal {
 /// ciphertext); `signer` is the daemon's public key. The core treats all three
 /// as opaque.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SealedCredentials {
     /// Bundle format name, e.g. `fleet-credentials-v1`.
     pub format: String,
@@ -160,6 +167,7 @@ pub struct SealedCredentials {
 
 /// A granted claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClaimGrant {
     /// The claim.
     pub claim_id: ClaimId,
@@ -182,6 +190,7 @@ pub struct ClaimGrant {
 
 /// Messages a caller sends on the claim plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClaimMsg {
@@ -223,6 +232,7 @@ impl ClaimMsg {
 
 /// Why a claim is still waiting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum PendingReason {
@@ -253,6 +263,7 @@ pub enum PendingReason {
 
 /// Why a granted claim was taken away.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RevokeReason {
@@ -278,6 +289,7 @@ pub enum RevokeReason {
 
 /// A revocation notice: the caller must stop using the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Revocation {
     /// The claim.
     pub claim_id: ClaimId,
@@ -292,6 +304,7 @@ pub struct Revocation {
 
 /// Why a claim message was refused outright.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClaimRejection {
@@ -339,6 +352,7 @@ impl ClaimRejection {
 
 /// Messages the control plane sends to a caller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClaimReply {
@@ -382,8 +396,9 @@ pub const CREDENTIALS_FORMAT: &str = "fleet-credentials-v1";
 /// claim is active. The gateway's own certificate is signed by the same CA for
 /// the DNS name [`crate::subjects::Subjects::node_server_name`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CredentialsBundle {
-    /// Always [`CREDENTIALS_FORMAT`].
+    /// Always `fleet-credentials-v1` ([`CREDENTIALS_FORMAT`]).
     pub format: String,
     /// The claim.
     pub claim_id: ClaimId,

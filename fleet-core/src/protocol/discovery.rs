@@ -19,6 +19,7 @@ pub const DAEMON_CONFIG_ENV: &str = "FLEET_DAEMON_CONFIG";
 
 /// What `daemon.json` says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Discovery {
     /// HTTP API base URL.
     pub http: String,

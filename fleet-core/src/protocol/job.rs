@@ -11,6 +11,7 @@ use crate::ids::{JobId, Millis, NodeId, PoolName, Workspace};
 /// Retry policy for a task. Defaults (seed 003): 3 attempts, 5 s initial
 /// backoff, ×2, at most 300 s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RetryPolicy {
     /// Attempts in all, including the first.
     #[serde(default = "d_attempts")]
@@ -70,6 +71,7 @@ impl RetryPolicy {
 
 /// Where an alert goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AlertChannel {
@@ -97,6 +99,7 @@ pub enum AlertChannel {
 
 /// When a task escalates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct AlertPolicy {
     /// Where alerts go.
     #[serde(default)]
@@ -111,6 +114,7 @@ pub struct AlertPolicy {
 
 /// How a task's result is judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Scorer {
@@ -146,6 +150,7 @@ pub enum Scorer {
 
 /// A unit of work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskSpec {
     /// Submitter-chosen id (idempotency key).
     pub id: JobId,
@@ -183,6 +188,7 @@ pub struct TaskSpec {
 
 /// The kind of an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ArtifactKind {
@@ -204,6 +210,7 @@ pub enum ArtifactKind {
 
 /// An artifact a task produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ArtifactRef {
     /// Kind.
     pub kind: ArtifactKind,
@@ -220,6 +227,7 @@ pub struct ArtifactRef {
 /// One state a worker reports for a task; the 15 states of the CodeWhale
 /// fleet protocol.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WorkerEvent {
@@ -326,6 +334,7 @@ impl WorkerEvent {
 
 /// The verdict of a finished task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TaskResult {
@@ -343,6 +352,7 @@ pub enum TaskResult {
 
 /// A score from a scorer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Score {
     /// Value.
     pub value: f64,
@@ -356,6 +366,7 @@ pub struct Score {
 
 /// The durable outcome of a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Receipt {
     /// The job.
     pub job: JobId,
@@ -384,6 +395,7 @@ pub struct Receipt {
 
 /// Messages a submitter sends on the job plane.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobMsg {
@@ -420,6 +432,7 @@ mod tests {
 
 /// Messages the control plane sends to a submitter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobReply {

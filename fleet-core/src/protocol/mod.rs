@@ -169,6 +169,7 @@ fn truncate(s: &str, max: usize) -> String {
 /// A secret string (bootstrap token, private key, webhook secret). It travels
 /// on the wire as a plain string but never shows in `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Secret(String);
 

@@ -8,6 +8,7 @@ use crate::ids::{CommandId, Epoch, InstanceType, Millis, NodeId, PoolName};
 /// A claim's lifecycle: `pending → granted → active → released | expired |
 /// revoked{reason}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ClaimState {
@@ -57,6 +58,7 @@ impl ClaimState {
 
 /// A stored claim.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ClaimRecord {
     /// The request as accepted.
     pub request: ClaimRequest,
@@ -93,6 +95,7 @@ pub struct ClaimRecord {
 /// draining → stopping → stopped → starting → … → deleting → gone`, plus
 /// `resizing`, `snapshotting`, `lost` and `interrupted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum NodeState {
@@ -195,6 +198,7 @@ impl NodeState {
 
 /// On-demand or spot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Market {
@@ -206,6 +210,7 @@ pub enum Market {
 
 /// A snapshot a node can boot from.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SnapshotRef {
     /// Provider id of the snapshot/image.
     pub id: String,
@@ -217,6 +222,7 @@ pub struct SnapshotRef {
 
 /// What a node boots from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum BootSource {
@@ -231,6 +237,7 @@ pub enum BootSource {
 
 /// A stored node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NodeRecord {
     /// The node.
     pub node: NodeId,
@@ -260,6 +267,7 @@ pub struct NodeRecord {
 
 /// A job's lifecycle in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum JobState {
@@ -304,6 +312,7 @@ impl JobState {
 
 /// A stored job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JobRecord {
     /// The spec as submitted.
     pub spec: TaskSpec,
@@ -328,6 +337,7 @@ pub struct JobRecord {
 
 /// Per-pool state that outlives nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PoolRecord {
     /// The pool.
     pub pool: PoolName,
@@ -342,6 +352,7 @@ pub struct PoolRecord {
 
 /// The leader lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct LeaderRecord {
     /// Who holds it.
     pub holder: String,
@@ -353,6 +364,7 @@ pub struct LeaderRecord {
 
 /// Anything the controller stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Record {
