@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
-    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, JobMsg, JobReply,
-    LeaderRecord, Record, SealedCredentials, credentials_signing_payload, decode, encode,
+    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, ExecFrame, JobMsg,
+    JobReply, LeaderRecord, Record, SealedCredentials, WsClientFrame, WsServerFrame,
+    credentials_signing_payload, decode, encode,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -45,6 +46,9 @@ const REGISTRY: &[(&str, Check)] = &[
     ("SealedCredentials", plain::<SealedCredentials>),
     ("CredentialsBundle", plain::<CredentialsBundle>),
     ("Discovery", plain::<Discovery>),
+    ("ExecFrame", plain::<ExecFrame>),
+    ("WsClientFrame", enveloped::<WsClientFrame>),
+    ("WsServerFrame", enveloped::<WsServerFrame>),
     ("signing-payload", signing_payload),
 ];
 

@@ -17,8 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fleet_core::protocol::{
-    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, JobMsg, JobReply,
-    LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Record, SealedCredentials,
+    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, ExecFrame, JobMsg,
+    JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Record, SealedCredentials,
+    WsClientFrame, WsServerFrame,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -55,6 +56,9 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("discovery.json",          Plain,    schema_of::<Discovery>),
     ("record.json",             Envelope, schema_of::<Record>),
     ("leader-record.json",      Envelope, schema_of::<LeaderRecord>),
+    ("exec-frame.json",         Plain,    schema_of::<ExecFrame>),
+    ("ws-client-frame.json",    Envelope, schema_of::<WsClientFrame>),
+    ("ws-server-frame.json",    Envelope, schema_of::<WsServerFrame>),
 ];
 
 const BLESS_VAR: &str = "FLEET_BLESS_SCHEMA";

@@ -37,6 +37,7 @@ pub const EXEC_DATA_CHUNK: usize = 256 * 1024;
 
 /// One frame of the exec API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ExecFrame {

@@ -13,6 +13,7 @@ use crate::ids::Workspace;
 
 /// A frame a claim-plane client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WsClientFrame {
@@ -55,6 +56,7 @@ pub enum WsClientFrame {
 
 /// A frame the server sends on the claim plane.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum WsServerFrame {
