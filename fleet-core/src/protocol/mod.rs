@@ -10,12 +10,14 @@ mod agent;
 mod claim;
 mod discovery;
 mod job;
+mod recipient;
 mod records;
 
 pub use agent::*;
 pub use claim::*;
 pub use discovery::*;
 pub use job::*;
+pub use recipient::*;
 pub use records::*;
 
 use std::fmt;
