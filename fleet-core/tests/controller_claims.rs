@@ -56,6 +56,23 @@ fn a_claim_is_acknowledged_granted_after_boot_and_released() {
     });
     w.run_for(1).unwrap();
     assert!(matches!(w.replies(&rel), [ClaimReply::Released { .. }]));
+    // The release is announced where the grant went, once, and is no
+    // revocation.
+    assert!(
+        matches!(
+            w.claim_messages(&cid("c1")),
+            [ClaimReply::Granted(_), ClaimReply::Released { claim_id }] if *claim_id == cid("c1")
+        ),
+        "{:?}",
+        w.claim_messages(&cid("c1"))
+    );
+    let again = w.send_claim(ClaimMsg::Release {
+        workspace: ws(),
+        claim_id: cid("c1"),
+    });
+    w.run_for(1).unwrap();
+    assert!(matches!(w.replies(&again), [ClaimReply::Released { .. }]));
+    assert_eq!(w.claim_messages(&cid("c1")).len(), 2, "announced once");
     assert_eq!(
         w.controller().claim(&cid("c1")).unwrap().state,
         ClaimState::Released

@@ -531,20 +531,27 @@ impl Controller {
                     }
                     self.dirty = true;
                 }
+                let released = ClaimReply::Released {
+                    claim_id: claim.clone(),
+                };
                 if let Some(reply) = reply {
                     out.push(Command::Send {
                         to: Peer::Reply(reply),
-                        msg: Outbound::Claim(ClaimReply::Released {
-                            claim_id: claim.clone(),
-                        }),
+                        msg: Outbound::Claim(released.clone()),
                     });
                 }
-                if rec.state != ClaimState::Released {
-                    out.push(Command::Send {
-                        to: Peer::Claim(rec.request.workspace.clone(), claim),
-                        msg: Outbound::Claim(ClaimReply::Revoked(revocation_of(&rec))),
-                    });
-                }
+                // The end goes where the grant went, so whoever follows the
+                // claim (not only whoever released it) learns of it: NATS
+                // publishes it on `<ns>.claim.{released,revoked}.<ws>.<id>`.
+                let end = if rec.state == ClaimState::Released {
+                    released
+                } else {
+                    ClaimReply::Revoked(revocation_of(&rec))
+                };
+                out.push(Command::Send {
+                    to: Peer::Claim(rec.request.workspace.clone(), claim),
+                    msg: Outbound::Claim(end),
+                });
             }
             Effect::ClaimForgotten { claim }
                 if self
