@@ -13,6 +13,7 @@ use fleet_agent::gateway::{Gateway, now_ms};
 use fleet_client::{ExecClient as Client, ExecRequest};
 use fleet_core::ids::{ClaimId, NodeId};
 use fleet_core::subjects::Subjects;
+use rustls::AlertDescription;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,6 +87,61 @@ async fn connect(
     Ok(TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await?)
+}
+
+/// The TLS alert a claimant gets when the gateway refuses its certificate.
+/// With TLS 1.3 the client finishes its side of the handshake before the
+/// server has judged its certificate, so the alert ends either the
+/// handshake or the first read; both count as "refused in the handshake".
+/// An `Err` says what came instead (a silent close, data, nothing).
+async fn refusal(s: &Setup, cert: &Issued) -> Result<AlertDescription, String> {
+    fn alert(e: &std::io::Error) -> Result<AlertDescription, String> {
+        match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => Ok(*a),
+            _ => Err(format!("an error that is no TLS alert: {e}")),
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(s.ca.pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let certs = CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(s.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name =
+        ServerName::try_from(Subjects::node_server_name(&s.node)).map_err(|e| e.to_string())?;
+    let attempt = async {
+        let mut tls = match TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+        {
+            Ok(tls) => tls,
+            Err(e) => return alert(&e),
+        };
+        let mut byte = [0u8; 1];
+        match tls.read(&mut byte).await {
+            Ok(0) => Err("the connection closed without an alert".to_owned()),
+            Ok(_) => Err("the gateway let the certificate in".to_owned()),
+            Err(e) => alert(&e),
+        }
+    };
+    // A guard against a hang, not a measure: the refusal comes at once.
+    tokio::time::timeout(Duration::from_secs(20), attempt)
+        .await
+        .map_err(|_| "no answer within 20 s".to_owned())?
 }
 
 /// Whether a round trip through the gateway echoes.
@@ -251,6 +307,112 @@ async fn a_claimant_faster_than_the_activation_is_let_in() -> TestResult {
     assert!(
         echoes(&s, Some(&cert)).await,
         "the activation arrived while the claimant waited"
+    );
+    Ok(())
+}
+
+// A certificate the gateway knows it must refuse is refused in the TLS
+// handshake with an alert that says why — not let through the handshake and
+// closed without a word after the activation grace.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_claims_certificate_fails_the_handshake() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(
+        Some(Backend::Tcp(echo.to_string())),
+        temp_dir("gw-released"),
+    )
+    .await?;
+    let claim = ClaimId::new("claim-released")?;
+    let cert = s.ca.claim_cert(&claim, false)?;
+    s.gateway.activate(claim.clone(), now_ms() + 60_000);
+    assert!(echoes(&s, Some(&cert)).await, "active first");
+    s.gateway.deactivate(&claim);
+    assert_eq!(
+        refusal(&s, &cert).await,
+        Ok(AlertDescription::CertificateRevoked)
+    );
+    // The daemon decides: a claim activated again is let in again.
+    s.gateway.activate(claim.clone(), now_ms() + 60_000);
+    assert!(echoes(&s, Some(&cert)).await, "re-activated");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_leases_certificate_fails_the_handshake() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(Some(Backend::Tcp(echo.to_string())), temp_dir("gw-lapsed")).await?;
+    let claim = ClaimId::new("claim-lapsed")?;
+    s.gateway
+        .activate(claim.clone(), now_ms().saturating_sub(1));
+    assert_eq!(
+        refusal(&s, &s.ca.claim_cert(&claim, false)?).await,
+        Ok(AlertDescription::CertificateRevoked)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_fails_the_handshake() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(Some(Backend::Tcp(echo.to_string())), temp_dir("gw-expired")).await?;
+    let claim = ClaimId::new("claim-active")?;
+    s.gateway.activate(claim.clone(), now_ms() + 60_000);
+    assert_eq!(
+        refusal(&s, &s.ca.claim_cert(&claim, true)?).await,
+        Ok(AlertDescription::CertificateExpired)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_ca_certificate_fails_the_handshake() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(Some(Backend::Tcp(echo.to_string())), temp_dir("gw-foreign")).await?;
+    let claim = ClaimId::new("claim-active")?;
+    s.gateway.activate(claim.clone(), now_ms() + 60_000);
+    let rogue = Ca::new("rogue ca")?;
+    assert_eq!(
+        refusal(&s, &rogue.claim_cert(&claim, false)?).await,
+        Ok(AlertDescription::UnknownCA)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_naming_no_claim_fails_the_handshake() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(Some(Backend::Tcp(echo.to_string())), temp_dir("gw-noclaim")).await?;
+    // The pool CA's, valid, for a client — but a node's, not a claim's.
+    let node = s.ca.node_identity(&NodeId::new("node_2")?)?;
+    let cert = Issued {
+        cert_pem: node.cert_pem,
+        key_pem: node.key_pem.expose().to_owned(),
+    };
+    assert_eq!(refusal(&s, &cert).await, Ok(AlertDescription::AccessDenied));
+    Ok(())
+}
+
+/// A claimant waiting out the activation grace is turned away once the
+/// claim ends (the daemon may deactivate a claim this agent never saw
+/// active), and every later handshake with its certificate fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_ending_during_the_grace_is_refused_then() -> TestResult {
+    let echo = echo_backend().await?;
+    let s = setup(Some(Backend::Tcp(echo.to_string())), temp_dir("gw-grace")).await?;
+    let claim = ClaimId::new("claim-short")?;
+    let cert = s.ca.claim_cert(&claim, false)?;
+    let gateway = s.gateway.clone();
+    let ended = claim.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gateway.deactivate(&ended);
+    });
+    assert!(!echoes(&s, Some(&cert)).await);
+    assert_eq!(
+        refusal(&s, &cert).await,
+        Ok(AlertDescription::CertificateRevoked),
+        "and from then on in the handshake"
     );
     Ok(())
 }

@@ -56,6 +56,23 @@ fn a_claim_is_acknowledged_granted_after_boot_and_released() {
     });
     w.run_for(1).unwrap();
     assert!(matches!(w.replies(&rel), [ClaimReply::Released { .. }]));
+    // The release is announced where the grant went, once, and is no
+    // revocation.
+    assert!(
+        matches!(
+            w.claim_messages(&cid("c1")),
+            [ClaimReply::Granted(_), ClaimReply::Released { claim_id }] if *claim_id == cid("c1")
+        ),
+        "{:?}",
+        w.claim_messages(&cid("c1"))
+    );
+    let again = w.send_claim(ClaimMsg::Release {
+        workspace: ws(),
+        claim_id: cid("c1"),
+    });
+    w.run_for(1).unwrap();
+    assert!(matches!(w.replies(&again), [ClaimReply::Released { .. }]));
+    assert_eq!(w.claim_messages(&cid("c1")).len(), 2, "announced once");
     assert_eq!(
         w.controller().claim(&cid("c1")).unwrap().state,
         ClaimState::Released
@@ -218,6 +235,64 @@ fn leases_expire_unless_renewed() {
             ..
         }]
     ));
+}
+
+/// A recipient the sealer would refuse is refused with the request: not
+/// accepted, no node started for it, and no revocation later.
+#[test]
+fn a_recipient_that_is_not_an_x25519_age_key_is_rejected_at_request_time() {
+    let mut w = world();
+    let plugin =
+        "age1yubikey1qgpsgpgxquyqjzstpsxsurcszyfpx9q4zct3sxg6rvwp68slyqsjyg52myc".to_owned();
+    let mut replies = Vec::new();
+    // The report's string, a real recipient missing its last character, and
+    // a plugin recipient (the sealer takes X25519 only).
+    for (i, bad) in [
+        "age1notarecipient".to_owned(),
+        RECIPIENT[..61].to_owned(),
+        plugin,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = request(&format!("bad{i}"));
+        req.recipient = Some(bad.clone());
+        replies.push((bad, w.send_claim(ClaimMsg::Request(req))));
+    }
+    w.run_for(300_000).unwrap();
+    for (i, (bad, reply)) in replies.iter().enumerate() {
+        match w.replies(reply) {
+            [
+                ClaimReply::Rejected {
+                    claim_id: Some(id),
+                    error: ClaimRejection::Invalid { why },
+                },
+            ] => {
+                assert_eq!(id, &cid(&format!("bad{i}")));
+                assert!(why.contains("recipient"), "{why}");
+            }
+            other => panic!("{bad}: expected Rejected{{invalid}} alone, got {other:?}"),
+        }
+        assert!(w.controller().claim(&cid(&format!("bad{i}"))).is_none());
+        assert!(w.claim_messages(&cid(&format!("bad{i}"))).is_empty());
+    }
+    assert!(
+        w.instances().is_empty(),
+        "no node is started for a refused claim"
+    );
+    assert!(
+        w.records()
+            .iter()
+            .all(|(k, _, _)| !k.as_str().starts_with("claims.")),
+        "nothing is stored for a refused claim"
+    );
+
+    // The same request with a well-formed recipient, upper-case too, is served.
+    let mut ok = request("good");
+    ok.recipient = Some(RECIPIENT.to_uppercase());
+    let reply = w.send_claim(ClaimMsg::Request(ok));
+    w.run_for(1).unwrap();
+    assert!(matches!(w.replies(&reply), [ClaimReply::Pending { .. }]));
 }
 
 #[test]

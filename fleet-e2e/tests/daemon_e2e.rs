@@ -40,6 +40,19 @@ async fn claim_exec_release_through_the_real_daemon_and_agent() {
 
     let identity = age::x25519::Identity::generate();
     let client = daemon.claim_client().await;
+    // A recipient the sealer cannot use is refused with the request, not
+    // accepted and revoked once a node has booted for it.
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        client.claim(request("e2e-bad", Some("age1notarecipient".to_owned()))),
+    )
+    .await
+    {
+        Ok(Err(fleet_core::transport::ClaimError::Rejected(
+            fleet_core::protocol::ClaimRejection::Invalid { .. },
+        ))) => {}
+        other => panic!("age1notarecipient: expected Rejected{{invalid}}, got {other:?}"),
+    }
     let started = Instant::now();
     let grant = tokio::time::timeout(
         Duration::from_secs(60),

@@ -511,12 +511,27 @@ fn a_wrong_expiry_is_refused() {
 #[test]
 fn bad_recipients_and_malformed_fields_are_typed() {
     let f = fixture();
-    for bad in ["", "age1nope", "ssh-ed25519 AAAA", "not a key"] {
+    // A plugin recipient (age1<plugin>1…): valid Bech32, but not X25519.
+    let plugin = "age1yubikey1qgpsgpgxquyqjzstpsxsurcszyfpx9q4zct3sxg6rvwp68slyqsjyg52myc";
+    for bad in [
+        "",
+        "age1nope",
+        "age1notarecipient",
+        plugin,
+        "ssh-ed25519 AAAA",
+        "not a key",
+    ] {
         match f.sealer.seal(&f.bundle, bad) {
             Err(e @ SealError::BadRecipient(_)) => assert_eq!(e.kind(), "bad_recipient"),
             other => panic!("recipient {bad:?}: expected BadRecipient, got {other:?}"),
         }
+        // The controller refuses the request naming it, before any node.
+        assert!(
+            fleet_core::protocol::x25519_recipient_key(bad).is_err(),
+            "the request check lets {bad:?} through"
+        );
     }
+    assert!(fleet_core::protocol::x25519_recipient_key(&f.recipient).is_ok());
     let sealed = f.seal();
     let broken = [
         SealedCredentials {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
-use fleet_core::protocol::{ClaimRequest, ClaimState, PendingReason, Requirements};
+use fleet_core::protocol::{ClaimRejection, ClaimRequest, ClaimState, PendingReason, Requirements};
 use fleet_core::transport::{ClaimClient, ClaimError};
 use fleet_core::{ClaimId, PoolName, Workspace};
 use fleet_runtime::Fleet;
@@ -124,7 +124,7 @@ async fn a_recipient_without_an_issuer_is_refused_with_a_note() {
     );
     boot_agents(&fleet, provider);
     let mut req = request("c1");
-    req.recipient = Some("age1qqqq".to_owned());
+    req.recipient = Some(age::x25519::Identity::generate().to_public().to_string());
     let r = tokio::time::timeout(Duration::from_secs(10), fleet.client().claim(req))
         .await
         .unwrap();
@@ -134,6 +134,32 @@ async fn a_recipient_without_an_issuer_is_refused_with_a_note() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A recipient the sealer could never use is refused with the request,
+/// before any node is asked for, not revoked once one has been started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_recipient_is_rejected_before_a_node_starts() {
+    let provider = MemoryProvider::ec2_like();
+    let fleet = Fleet::builder()
+        .provider(Arc::new(provider.clone()))
+        .pool(pool(1, 2))
+        .start()
+        .await
+        .unwrap();
+    let mut req = request("c1");
+    req.recipient = Some("age1notarecipient".to_owned());
+    let r = tokio::time::timeout(Duration::from_secs(10), fleet.client().claim(req))
+        .await
+        .unwrap();
+    match r {
+        Err(ClaimError::Rejected(ClaimRejection::Invalid { why })) => {
+            assert!(why.contains("recipient"), "{why}")
+        }
+        other => panic!("expected Rejected{{invalid}}, got {other:?}"),
+    }
+    assert!(fleet.status().await.unwrap().claims.is_empty());
+    assert!(provider.instances().is_empty(), "no node was started");
 }
 
 /// The provider's offerings at start: a passing failure (a cloud API

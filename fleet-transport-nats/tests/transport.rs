@@ -156,3 +156,60 @@ async fn claim_without_a_control_plane_is_no_peer() {
         other => panic!("claim with no daemon must fail no_peer, got {other:?}"),
     }
 }
+
+/// `Released` is published on `<ns>.claim.released.<ws>.<id>` (as granted
+/// and revoked are on theirs), not only answered to the releaser's inbox:
+/// whoever watches a workspace's claims learns that one ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_is_published_on_the_released_subject() {
+    use futures_util::StreamExt;
+
+    let server = NatsServer::start();
+    let transport = Arc::new(ok(
+        NatsTransport::start(
+            &connect(&server).await,
+            Subjects::default(),
+            NatsTransportConfig::default(),
+        )
+        .await,
+        "start transport",
+    ));
+    let daemon = daemon::spawn(transport.clone(), Arc::new(MemoryStore::new()));
+    let subjects = Subjects::default();
+    let ws = ok(Workspace::new("ws-a"), "ws");
+    let id = ok(ClaimId::new("rel-1"), "id");
+    let watcher = connect(&server).await;
+    let mut released = ok(
+        watcher
+            .client()
+            .subscribe(subjects.claim(ClaimVerb::Released, &ws, &id))
+            .await,
+        "subscribe to the released subject",
+    );
+    ok(watcher.client().flush().await, "flush");
+
+    let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
+    let grant = ok(
+        ok(
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                client.claim(request("ws-a", "rel-1")),
+            )
+            .await,
+            "claim timed out",
+        ),
+        "claim",
+    );
+    ok(client.release(&ws, &grant.claim_id).await, "release");
+    // A guard only: the message is published as the release is confirmed.
+    let msg = ok(
+        tokio::time::timeout(Duration::from_secs(10), released.next()).await,
+        "nothing on the released subject",
+    )
+    .unwrap_or_else(|| panic!("released subscription ended"));
+    match decode::<ClaimReply>(&msg.payload) {
+        Ok(ClaimReply::Released { claim_id }) => assert_eq!(claim_id, id),
+        other => panic!("expected Released on {}, got {other:?}", msg.subject),
+    }
+    daemon.abort();
+}

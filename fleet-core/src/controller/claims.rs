@@ -11,14 +11,10 @@ use crate::money::{Money, Rounding};
 use crate::protocol::{
     ClaimGrant, ClaimMsg, ClaimRecord, ClaimRejection, ClaimReply, ClaimRequest, ClaimState,
     DaemonMsg, Lease, MAX_LEASE_TTL_MS, NodeState, PendingReason, Record, Renewal, Revocation,
-    RevokeReason, SealedCredentials,
+    RevokeReason, SealedCredentials, x25519_recipient_key,
 };
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer, ReplyTo};
-
-/// The longest age recipient accepted (a bech32 X25519 recipient is 62 bytes;
-/// plugin recipients are longer).
-const MAX_RECIPIENT_LEN: usize = 1_024;
 
 impl Controller {
     pub(super) fn restore_claim(&mut self, mut rec: ClaimRecord, now: Millis) {
@@ -144,14 +140,11 @@ impl Controller {
             });
         }
         if let Some(r) = &req.recipient {
-            let ok = r.len() <= MAX_RECIPIENT_LEN
-                && (r.starts_with("age1") || r.starts_with("age1-"))
-                && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            if !ok {
-                return Err(ClaimRejection::Invalid {
-                    why: "recipient must be an age recipient (age1…)".to_owned(),
-                });
-            }
+            // The sealer takes X25519 recipients only: refuse now what it
+            // would refuse after the claim has waited for a node.
+            x25519_recipient_key(r).map_err(|e| ClaimRejection::Invalid {
+                why: format!("recipient must be an age X25519 recipient (age1…): {e}"),
+            })?;
         }
         Ok(())
     }
@@ -538,20 +531,27 @@ impl Controller {
                     }
                     self.dirty = true;
                 }
+                let released = ClaimReply::Released {
+                    claim_id: claim.clone(),
+                };
                 if let Some(reply) = reply {
                     out.push(Command::Send {
                         to: Peer::Reply(reply),
-                        msg: Outbound::Claim(ClaimReply::Released {
-                            claim_id: claim.clone(),
-                        }),
+                        msg: Outbound::Claim(released.clone()),
                     });
                 }
-                if rec.state != ClaimState::Released {
-                    out.push(Command::Send {
-                        to: Peer::Claim(rec.request.workspace.clone(), claim),
-                        msg: Outbound::Claim(ClaimReply::Revoked(revocation_of(&rec))),
-                    });
-                }
+                // The end goes where the grant went, so whoever follows the
+                // claim (not only whoever released it) learns of it: NATS
+                // publishes it on `<ns>.claim.{released,revoked}.<ws>.<id>`.
+                let end = if rec.state == ClaimState::Released {
+                    released
+                } else {
+                    ClaimReply::Revoked(revocation_of(&rec))
+                };
+                out.push(Command::Send {
+                    to: Peer::Claim(rec.request.workspace.clone(), claim),
+                    msg: Outbound::Claim(end),
+                });
             }
             Effect::ClaimForgotten { claim }
                 if self

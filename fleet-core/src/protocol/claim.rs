@@ -92,7 +92,9 @@ pub struct ClaimRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait_ms: Option<Millis>,
     /// The caller's age X25519 recipient (`age1…`); credentials are encrypted
-    /// to it. Without one, the grant carries no credentials.
+    /// to it. Without one, the grant carries no credentials. Anything but an
+    /// X25519 recipient (Bech32, `age` prefix, 32 bytes) is rejected
+    /// `invalid` with the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
 }

@@ -11,6 +11,7 @@ mod claim;
 mod discovery;
 mod exec;
 mod job;
+mod recipient;
 mod records;
 mod ws;
 
@@ -19,6 +20,7 @@ pub use claim::*;
 pub use discovery::*;
 pub use exec::*;
 pub use job::*;
+pub use recipient::*;
 pub use records::*;
 pub use ws::*;
 

@@ -18,6 +18,9 @@
 //! - A revocation sent to `Peer::Claim(ws, id)` reaches a subscriber of
 //!   `revocations(ws)` and never a subscriber of another workspace. The
 //!   subscription must be live when `revocations` returns.
+//! - `Released` sent to `Peer::Claim(ws, id)` (the controller announces
+//!   every release there) is accepted (`Ok`, or an error of kind
+//!   `"no_peer"`) and never reaches a subscriber of `revocations(ws)`.
 //! - 100 concurrent claims from one client each get their own grant: reply
 //!   routing never crosses.
 //! - `send` to a `ReplyTo` the transport never issued returns an error whose
@@ -85,6 +88,7 @@ pub async fn transport_suite(server: &dyn Transport, client: &dyn ClaimClient) {
     renew_and_release(server, client, &run).await;
     unexpected_reply(server, client, &run).await;
     revocations_stay_in_their_workspace(server, client, &run).await;
+    a_release_is_no_revocation(server, client, &run).await;
     concurrent_claims_route_replies(server, client, &run, 100).await;
     unknown_reply_address_is_no_peer(server, &run).await;
 }
@@ -460,6 +464,36 @@ async fn revocations_stay_in_their_workspace(
         sub_a.next().await,
         Some(rev_a2),
         "revocations(ws) must not deliver another workspace's revocation"
+    );
+}
+
+async fn a_release_is_no_revocation(server: &dyn Transport, client: &dyn ClaimClient, run: &Run) {
+    let ws = run.workspace("a");
+    let mut sub = match client.revocations(&ws).await {
+        Ok(s) => s,
+        Err(e) => panic!("transport suite: revocations({ws}) failed: {e}"),
+    };
+    let released = run.claim_id();
+    let to = Peer::Claim(ws.clone(), released.clone());
+    let msg = Outbound::Claim(ClaimReply::Released { claim_id: released });
+    match server.send(&to, msg).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == "no_peer" => {}
+        Err(e) => panic!("transport suite: Released to {to:?} must be accepted, got {e}"),
+    }
+    let rev = Revocation {
+        claim_id: run.claim_id(),
+        workspace: ws.clone(),
+        node: None,
+        reason: RevokeReason::Expired,
+    };
+    let to = Peer::Claim(ws.clone(), rev.claim_id.clone());
+    reply(server, &to, ClaimReply::Revoked(rev.clone()), "revocation").await;
+    // Per-subscriber order is preserved: a leaked release would come first.
+    assert_eq!(
+        sub.next().await,
+        Some(rev),
+        "a Released sent to Peer::Claim(ws, id) must not reach revocations(ws)"
     );
 }
 

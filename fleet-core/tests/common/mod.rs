@@ -79,6 +79,9 @@ pub(crate) fn world() -> World {
     World::new(config(pool(StrategyConfig::default(), 4)), T0, true)
 }
 
+/// A well-formed age X25519 recipient (Bech32 of 32 bytes under `age`).
+pub(crate) const RECIPIENT: &str = "age166j880zym4c8emmhegj987f0qa96pa7qyz9wza337kpftnytqk7qg3zd0u";
+
 pub(crate) fn request(id: &str) -> ClaimRequest {
     ClaimRequest {
         claim_id: ClaimId::new(id).unwrap_or_else(|e| panic!("{e}")),
@@ -88,7 +91,7 @@ pub(crate) fn request(id: &str) -> ClaimRequest {
         priority: 0,
         lease_ttl_ms: 600_000,
         max_wait_ms: None,
-        recipient: Some("age1qqqqexamplerecipient".to_owned()),
+        recipient: Some(RECIPIENT.to_owned()),
     }
 }
 
