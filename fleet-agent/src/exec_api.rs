@@ -22,40 +22,8 @@ pub const MAX_FRAME_BYTES: usize = fleet_core::protocol::MAX_EXEC_FRAME_BYTES;
 /// Raw bytes per `data`/`stdout`/`stderr` frame.
 pub const DATA_CHUNK: usize = fleet_core::protocol::EXEC_DATA_CHUNK;
 
-/// An exec-API failure.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ExecApiError {
-    /// The stream failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// A frame was malformed or too large.
-    #[error("bad frame: {0}")]
-    Frame(String),
-    /// The peer answered a request with an error.
-    #[error("remote error: {0}")]
-    Remote(String),
-    /// The stream ended in the middle of an exchange.
-    #[error("connection closed")]
-    Closed,
-}
-
-impl ExecApiError {
-    /// A short stable name for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ExecApiError::Io(_) => "io",
-            ExecApiError::Frame(_) => "frame",
-            ExecApiError::Remote(_) => "remote",
-            ExecApiError::Closed => "closed",
-        }
-    }
-
-    /// Whether a new connection may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ExecApiError::Io(_) | ExecApiError::Closed)
-    }
-}
+/// An exec-API failure (the protocol's, shared with the client).
+pub use fleet_core::protocol::ExecError as ExecApiError;
 
 /// Writes one frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> Result<(), ExecApiError> {

@@ -6,44 +6,9 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+pub use fleet_core::protocol::ExecError;
 use fleet_core::protocol::{EXEC_DATA_CHUNK, ExecFrame, OutputStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// An exec-API failure.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ExecError {
-    /// The stream failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    /// A frame was malformed, too large or out of place.
-    #[error("bad frame: {0}")]
-    Frame(String),
-    /// The node answered the request with an error (the connection stays
-    /// usable).
-    #[error("remote error: {0}")]
-    Remote(String),
-    /// The stream ended in the middle of an exchange.
-    #[error("connection closed")]
-    Closed,
-}
-
-impl ExecError {
-    /// A short stable name for logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ExecError::Io(_) => "io",
-            ExecError::Frame(_) => "frame",
-            ExecError::Remote(_) => "remote",
-            ExecError::Closed => "closed",
-        }
-    }
-
-    /// Whether a new connection may succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ExecError::Io(_) | ExecError::Closed)
-    }
-}
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &ExecFrame) -> Result<(), ExecError> {
     let wire = f.to_wire().map_err(|e| ExecError::Frame(e.to_string()))?;

@@ -88,13 +88,10 @@ async fn claim_exec_renew_revoke_and_release_through_fleet_client() {
     within("release", claim.release())
         .await
         .unwrap_or_else(|e| panic!("release: {e}"));
-    let (_, claims) = d.get("/v1/claims").await;
-    let v: serde_json::Value = serde_json::from_str(&claims).unwrap_or_default();
-    let state = v
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["request"]["claim_id"] == "c1"))
-        .map(|c| c["state"]["state"].clone());
-    assert_eq!(state, Some(serde_json::json!("released")));
+    assert_eq!(
+        d.claim_state("c1").await,
+        Some(serde_json::json!("released"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

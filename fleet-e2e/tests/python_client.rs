@@ -76,11 +76,8 @@ async fn the_python_client_from_protocol_md_claims_execs_and_releases() {
     assert!(stdout.contains("from-python"), "{stdout}");
     assert!(stderr.contains("\"released\": \"py-1\""), "{stderr}");
 
-    let (_, claims) = d.get("/v1/claims").await;
-    let v: serde_json::Value = serde_json::from_str(&claims).unwrap_or_default();
-    let state = v
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["request"]["claim_id"] == "py-1"))
-        .map(|c| c["state"]["state"].clone());
-    assert_eq!(state, Some(serde_json::json!("released")), "{claims}");
+    assert_eq!(
+        d.claim_state("py-1").await,
+        Some(serde_json::json!("released"))
+    );
 }

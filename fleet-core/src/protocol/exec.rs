@@ -103,6 +103,42 @@ pub enum ExecFrame {
     },
 }
 
+/// An exec-API failure, on either side of the connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// The stream failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame was malformed, too large or out of place.
+    #[error("bad frame: {0}")]
+    Frame(String),
+    /// The node answered the request with an error (the connection stays
+    /// usable).
+    #[error("remote error: {0}")]
+    Remote(String),
+    /// The stream ended in the middle of an exchange.
+    #[error("connection closed")]
+    Closed,
+}
+
+impl ExecError {
+    /// A short stable name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ExecError::Io(_) => "io",
+            ExecError::Frame(_) => "frame",
+            ExecError::Remote(_) => "remote",
+            ExecError::Closed => "closed",
+        }
+    }
+
+    /// Whether a new connection may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ExecError::Io(_) | ExecError::Closed)
+    }
+}
+
 impl ExecFrame {
     /// The frame as sent: length prefix and JSON body.
     pub fn to_wire(&self) -> Result<Vec<u8>, DecodeError> {

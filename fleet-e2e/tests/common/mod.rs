@@ -195,6 +195,16 @@ impl Daemon {
         WsClaimClient::connect(&url, &tls, cfg).await
     }
 
+    /// A claim's state as the HTTP API shows it (`"released"`, …).
+    pub(crate) async fn claim_state(&self, id: &str) -> Option<serde_json::Value> {
+        let (_, claims) = self.get("/v1/claims").await;
+        let v: serde_json::Value = serde_json::from_str(&claims).ok()?;
+        v.as_array()?
+            .iter()
+            .find(|c| c["request"]["claim_id"] == id)
+            .map(|c| c["state"]["state"].clone())
+    }
+
     /// The local nodes' agent pids.
     pub(crate) fn agent_pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();
