@@ -192,6 +192,25 @@ impl FleetClient {
         Ok(FleetClient::with_claim_client(Arc::new(client), cfg.signer))
     }
 
+    /// Connects to the claim plane on NATS subjects (`<namespace>.claim.…`,
+    /// see PROTOCOL.md); `nats` says how to reach the servers (URLs,
+    /// credentials, TLS, the inbox prefix a workspace's permissions allow).
+    #[cfg(feature = "nats")]
+    pub async fn connect_nats(
+        nats: &fleet_transport_nats::NatsConfig,
+        namespace: &str,
+        signer: SignerKey,
+    ) -> Result<FleetClient, ClientError> {
+        let subjects =
+            fleet_core::subjects::Subjects::new(namespace).map_err(ClientError::invalid)?;
+        let conn = nats
+            .connect()
+            .await
+            .map_err(|e| ClientError::Dial(format!("NATS: {e}")))?;
+        let client = fleet_transport_nats::NatsClaimClient::new(conn, subjects);
+        Ok(FleetClient::with_claim_client(Arc::new(client), signer))
+    }
+
     /// A client over any claim transport: NATS (`fleet-transport-nats`), or
     /// an embedded fleet's in-process one.
     pub fn with_claim_client(claims: Arc<dyn ClaimClient>, signer: SignerKey) -> FleetClient {

@@ -27,3 +27,6 @@ pub use client::{Claim, ClientConfig, ClientError, DEFAULT_CONNECT_ATTEMPTS, Fle
 pub use credentials::SignerKey;
 pub use discovery::read_discovery;
 pub use exec::{ExecClient, ExecError, ExecRequest, ExecResult};
+/// NATS connection settings, for [`FleetClient::connect_nats`].
+#[cfg(feature = "nats")]
+pub use fleet_transport_nats::NatsConfig;

@@ -54,3 +54,36 @@ async fn the_daemon_serves_claims_on_nats_and_keeps_them_in_jetstream_kv() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_client_claims_over_nats_and_uses_the_node() {
+    let nats = nats_server::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let extra = format!("[transport.nats]\nurls = [{url:?}]\n", url = nats.url());
+    let d = Daemon::start(dir.path(), &extra);
+    let signer = std::fs::read_to_string(&d.discovery.signer_file)
+        .ok()
+        .and_then(|s| fleet_client::SignerKey::from_base64(&s).ok())
+        .unwrap_or_else(|| panic!("the daemon's signer key"));
+    let fleet = fleet_client::FleetClient::connect_nats(
+        &fleet_client::NatsConfig::new(nats.url()),
+        &d.discovery.namespace,
+        signer,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let claim = tokio::time::timeout(Duration::from_secs(60), fleet.claim(request("nc1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no grant over NATS"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = claim
+        .exec(&fleet_client::ExecRequest::new(["echo", "over-nats"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.stdout, b"over-nats\n");
+    claim.release().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        d.claim_state("nc1").await,
+        Some(serde_json::json!("released"))
+    );
+}
