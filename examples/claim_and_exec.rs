@@ -40,14 +40,17 @@ async fn main() -> Result<(), Error> {
     );
 
     // Bounded: a claim that is never granted fails the example.
-    let result = tokio::time::timeout(Duration::from_secs(120), use_a_node(&daemon.data)).await;
-    // Stop the daemon and its agents before reporting (and on every path:
-    // `Daemon`'s drop does the same if we never get here).
-    drop(daemon);
-    match result {
-        Ok(r) => r,
-        Err(_) => Err("timed out after 120 s".into()),
+    let result = tokio::time::timeout(Duration::from_secs(120), use_a_node(&daemon.data))
+        .await
+        .unwrap_or_else(|_| Err("timed out after 120 s".into()));
+    if result.is_err() {
+        // The temp dir goes with us: show the daemon's side first.
+        eprintln!("daemon log:\n{}", daemon.log_text());
     }
+    // Stop the daemon and its agents (`Daemon`'s drop, which also runs on
+    // every early return above).
+    drop(daemon);
+    result
 }
 
 /// What a program that claims nodes does, given the daemon's data dir.
