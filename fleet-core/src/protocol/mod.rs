@@ -10,6 +10,7 @@ mod agent;
 mod claim;
 mod discovery;
 mod exec;
+mod http;
 mod job;
 mod records;
 
@@ -17,6 +18,7 @@ pub use agent::*;
 pub use claim::*;
 pub use discovery::*;
 pub use exec::*;
+pub use http::*;
 pub use job::*;
 pub use records::*;
 
