@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 
-
 use super::Controller;
 use crate::billing::{BillingModel, BootPath};
 use crate::ids::{Millis, NodeId, PoolName};

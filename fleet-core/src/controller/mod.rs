@@ -732,7 +732,6 @@ impl Controller {
     }
 }
 
-
 impl Node {
     /// A node with no claims, no agent session and no call in flight.
     fn new(rec: crate::protocol::NodeRecord, now: Millis, durable: bool) -> Node {

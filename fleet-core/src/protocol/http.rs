@@ -16,9 +16,10 @@
 //! Every `/v1` and `/metrics` path needs `Authorization: Bearer <operator
 //! token>`; a refusal (401, 403) and every other error carry an
 //! [`ApiErrorBody`]. The bodies are plain JSON (no envelope: the API is
-//! versioned by its `/v1` prefix). Decoders ignore fields they do not know,
-//! and the summaries default what is missing, so a daemon and a `fleetctl`
-//! of neighbouring versions still read each other.
+//! versioned by its `/v1` prefix). The answers' decoders ignore fields they
+//! do not know, and the summaries default what is missing, so a daemon and
+//! a `fleetctl` of neighbouring versions still read each other; the one
+//! request, [`NewTokenRequest`], is strict.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -194,7 +195,12 @@ impl CostReport {
 }
 
 /// `POST /v1/tokens`: mint an API token.
+///
+/// Unlike the answers, it refuses a field it does not know: a daemon that
+/// ignored a restriction added later would mint a broader token than was
+/// asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     /// A name for the token (1..=64 characters), shown in logs.
     pub name: String,
@@ -282,6 +288,7 @@ mod tests {
             workspaces: None,
         };
         assert_eq!(serde_json::to_string(&req)?, r#"{"name":"op"}"#);
+        assert!(serde_json::from_str::<NewTokenRequest>(r#"{"nmae":"x"}"#).is_err());
         Ok(())
     }
 }
