@@ -88,7 +88,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             exec::run(&creds, argv).await
         }
         Command::Release { id, workspace, dir } => {
-            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir)?;
+            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir).await?;
             let client = ctx.claim_client().await?;
             client
                 .release(&ws, &claim)
@@ -144,7 +144,9 @@ fn claim_error(call: &str, id: &str, e: ClaimError) -> CtlError {
     fail(format!("{call} {id}: {e}"))
 }
 
-fn claim_and_workspace(
+/// The claim and its workspace: `--workspace`, else the claim's files
+/// (written when it was granted), else the daemon's record of it.
+async fn claim_and_workspace(
     ctx: &Context,
     id: &str,
     workspace: Option<String>,
@@ -155,13 +157,45 @@ fn claim_and_workspace(
         Some(w) => w,
         None => {
             let dir = dir.unwrap_or_else(|| ctx.claim_dir(id));
-            claimdir::read_info(&dir)
-                .map_err(|e| fail(format!("{e}; pass --workspace")))?
-                .workspace
+            match claimdir::read_info(&dir) {
+                Ok(info) => info.workspace,
+                // Never granted (still pending, or refused), or claimed
+                // elsewhere: there are no files, but the daemon has the claim.
+                Err(no_files) => {
+                    return Ok((claim.clone(), workspace_of(ctx, &claim, no_files).await?));
+                }
+            }
         }
     };
     let ws = Workspace::new(ws.clone()).map_err(|e| invalid("workspace", &ws, e))?;
     Ok((claim, ws))
+}
+
+/// The workspace of `claim` as the daemon stores it (`GET /v1/claims`).
+async fn workspace_of(
+    ctx: &Context,
+    claim: &ClaimId,
+    no_files: CtlError,
+) -> Result<Workspace, CtlError> {
+    let claims = match ctx.api() {
+        Ok(api) => api.claims().await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
+        fail(format!(
+            "{no_files}; asking the daemon for claim {claim}: {e}; or pass --workspace"
+        ))
+    })?;
+    claims
+        .into_iter()
+        .find(|c| &c.request.claim_id == claim)
+        .map(|c| c.request.workspace)
+        .ok_or_else(|| {
+            fail(format!(
+                "claim {claim}: the daemon has no such claim (it was refused before it was \
+                 stored, or ended long enough ago to be forgotten), and {no_files}"
+            ))
+        })
 }
 
 /// Renews the lease; when the daemon sends credentials for the new lease,
@@ -174,7 +208,7 @@ async fn renew(
     dir: Option<PathBuf>,
 ) -> Result<i32, CtlError> {
     let dir = dir.unwrap_or_else(|| ctx.claim_dir(id));
-    let (claim, ws) = claim_and_workspace(ctx, id, workspace, Some(dir.clone()))?;
+    let (claim, ws) = claim_and_workspace(ctx, id, workspace, Some(dir.clone())).await?;
     let signer = daemon_signer(ctx)?;
     let client = ctx.claim_client().await?;
     let renewal = client
