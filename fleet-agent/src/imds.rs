@@ -4,16 +4,15 @@
 //! IMDSv2: `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds`
 //! gets a session token; `GET /latest/meta-data/spot/instance-action` with
 //! `X-aws-ec2-metadata-token` answers 404 while no action is scheduled and
-//! `{"action":"terminate","time":"2024-01-01T00:02:00Z"}` once one is. The
-//! HTTP client is a minimal HTTP/1.1 one (IMDS is plain HTTP on a link-local
-//! address).
+//! `{"action":"terminate","time":"2024-01-01T00:02:00Z"}` once one is.
+//! Requests go through `reqwest` (plain HTTP: IMDS is on a link-local
+//! address), never through a proxy from the environment, each within a
+//! timeout and read up to a size limit.
 
 use std::time::Duration;
 
 use fleet_core::ids::Millis;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Token lifetime asked for.
 const TOKEN_TTL_SECONDS: u32 = 21_600;
@@ -64,27 +63,36 @@ struct RawAction {
     time: String,
 }
 
-/// An IMDSv2 client for one base URL (`http://host[:port]`).
+/// An IMDSv2 client for one base URL (`http://host[:port]`; a path is
+/// ignored, the API's paths are absolute).
 #[derive(Debug, Clone)]
 pub struct Imds {
-    authority: String,
+    base: reqwest::Url,
+    client: reqwest::Client,
     token: Option<String>,
 }
 
 impl Imds {
     /// A client for `base_url`.
     pub fn new(base_url: &str) -> Result<Imds, ImdsError> {
-        let rest = base_url
-            .strip_prefix("http://")
-            .ok_or_else(|| ImdsError::Unreachable(format!("{base_url}: not http://")))?;
-        let authority = rest.split('/').next().unwrap_or("").to_owned();
-        let authority = if authority.contains(':') {
-            authority
-        } else {
-            format!("{authority}:80")
-        };
+        let base = reqwest::Url::parse(base_url)
+            .map_err(|e| ImdsError::Unreachable(format!("{base_url}: {e}")))?;
+        if base.scheme() != "http" || base.host_str().is_none_or(str::is_empty) {
+            return Err(ImdsError::Unreachable(format!("{base_url}: not http://")));
+        }
+        // The agent asks for no TLS, but a build that links reqwest's rustls
+        // for another crate (fleetctl in the same workspace build) sets it up
+        // when the client is built, from the process's crypto provider; the
+        // agent's is ring. Installing fails harmlessly when one already is.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .no_proxy()
+            .build()
+            .map_err(|e| ImdsError::Unreachable(format!("HTTP client: {e}")))?;
         Ok(Imds {
-            authority,
+            base,
+            client,
             token: None,
         })
     }
@@ -98,9 +106,9 @@ impl Imds {
                     let ttl = TOKEN_TTL_SECONDS.to_string();
                     let (status, body) = self
                         .request(
-                            "PUT",
+                            reqwest::Method::PUT,
                             "/latest/api/token",
-                            &[("X-aws-ec2-metadata-token-ttl-seconds", &ttl)],
+                            ("X-aws-ec2-metadata-token-ttl-seconds", &ttl),
                         )
                         .await?;
                     if status != 200 {
@@ -113,9 +121,9 @@ impl Imds {
             };
             let (status, body) = self
                 .request(
-                    "GET",
+                    reqwest::Method::GET,
                     "/latest/meta-data/spot/instance-action",
-                    &[("X-aws-ec2-metadata-token", &token)],
+                    ("X-aws-ec2-metadata-token", &token),
                 )
                 .await?;
             match status {
@@ -139,103 +147,58 @@ impl Imds {
         Err(ImdsError::BadResponse("token refused twice".to_owned()))
     }
 
+    /// One request with one header; the status and the body, read up to
+    /// [`MAX_RESPONSE`].
     async fn request(
         &self,
-        method: &str,
+        method: reqwest::Method,
         path: &str,
-        headers: &[(&str, &str)],
+        (name, value): (&str, &str),
     ) -> Result<(u16, Vec<u8>), ImdsError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.request_inner(method, path, headers))
+        let url = self
+            .base
+            .join(path)
+            .map_err(|e| ImdsError::Unreachable(format!("{path}: {e}")))?;
+        let unreachable = |e: reqwest::Error| {
+            ImdsError::Unreachable(if e.is_timeout() {
+                "timed out".to_owned()
+            } else {
+                innermost(&e)
+            })
+        };
+        let mut resp = self
+            .client
+            .request(method, url)
+            .header(name, value)
+            .send()
             .await
-            .map_err(|_| ImdsError::Unreachable("timed out".to_owned()))?
-    }
-
-    async fn request_inner(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<(u16, Vec<u8>), ImdsError> {
-        let io = |e: std::io::Error| ImdsError::Unreachable(e.to_string());
-        let mut s = TcpStream::connect(&self.authority).await.map_err(io)?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n",
-            self.authority
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
+            .map_err(unreachable)?;
+        let too_large = || ImdsError::BadResponse("response too large".to_owned());
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE as u64)
+        {
+            return Err(too_large());
         }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.map_err(io)?;
-        let mut buf = Vec::new();
-        (&mut s)
-            .take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(io)?;
-        if buf.len() > MAX_RESPONSE {
-            return Err(ImdsError::BadResponse("response too large".to_owned()));
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            if body.len() + chunk.len() > MAX_RESPONSE {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        parse_response(&buf)
+        Ok((status, body))
     }
 }
 
-/// Splits an HTTP/1.1 response into status and body (Content-Length,
-/// chunked, or to the end).
-fn parse_response(buf: &[u8]) -> Result<(u16, Vec<u8>), ImdsError> {
-    let bad = |w: &str| ImdsError::BadResponse(w.to_owned());
-    let end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no header end"))?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("non-UTF-8 header"))?;
-    let body = &buf[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status"))?;
-    let mut len = None;
-    let mut chunked = false;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "content-length" {
-                len = v.parse::<usize>().ok();
-            } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            }
-        }
+/// The innermost cause ("Connection refused (os error 111)").
+fn innermost(e: &reqwest::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
     }
-    if chunked {
-        let mut out = Vec::new();
-        let mut rest = body;
-        loop {
-            let nl = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .ok_or_else(|| bad("bad chunk"))?;
-            let size_str = std::str::from_utf8(&rest[..nl]).map_err(|_| bad("bad chunk"))?;
-            let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| bad("bad chunk size"))?;
-            if size == 0 {
-                return Ok((status, out));
-            }
-            let data = rest
-                .get(nl + 2..nl + 2 + size)
-                .ok_or_else(|| bad("short chunk"))?;
-            out.extend_from_slice(data);
-            rest = rest
-                .get(nl + 4 + size..)
-                .ok_or_else(|| bad("short chunk"))?;
-        }
-    }
-    let body = match len {
-        Some(n) => body.get(..n).ok_or_else(|| bad("short body"))?,
-        None => body,
-    };
-    Ok((status, body.to_vec()))
+    inner.to_string()
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fff]Z` (UTC) into ms since the epoch.
@@ -248,7 +211,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_times_and_responses() {
+    fn parses_times() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
             parse_rfc3339_ms("2017-09-18T08:22:00Z"),
@@ -259,11 +222,19 @@ mod tests {
             Some(1_505_722_920_500)
         );
         assert_eq!(parse_rfc3339_ms("nonsense"), None);
-        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi");
-        assert_eq!(r, Ok((200, b"hi".to_vec())));
-        let r = parse_response(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
-        );
-        assert_eq!(r, Ok((200, b"hi".to_vec())));
+    }
+
+    #[test]
+    fn only_plain_http_is_taken() {
+        assert!(Imds::new("http://169.254.169.254").is_ok());
+        assert!(Imds::new("http://127.0.0.1:8080/latest").is_ok());
+        for bad in [
+            "https://169.254.169.254",
+            "ftp://x",
+            "169.254.169.254",
+            "http://",
+        ] {
+            assert!(Imds::new(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -39,20 +39,9 @@ pub enum StoppedBilling {
     FullPrice,
 }
 
-/// The source a node boots from; each has its own latency.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BootPath {
-    /// A fresh node from the base image: provisioning plus full set-up.
-    Image,
-    /// A fresh node from a pre-baked snapshot.
-    Snapshot,
-    /// A stopped node powered on again.
-    Stopped,
-    /// A running node resized in place (downtime of the resize).
-    Resize,
-}
+// The cost report counts boots per path and travels on the HTTP API, so
+// the type is defined in `protocol`; billing and strategies find it here.
+pub use crate::protocol::BootPath;
 
 /// Time to a ready node per boot path, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -35,6 +35,7 @@ pub enum Rounding {
 /// An amount of money in whole micro-dollars. Arithmetic saturates rather
 /// than wrapping.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Money(i64);
 
@@ -214,6 +215,7 @@ impl FromStr for Money {
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct HourlyPrice(pub Money);
 

@@ -24,6 +24,9 @@ use fleet_core::protocol::{
     JobReply, LeaderRecord, Record, SealedCredentials, WsClientFrame, WsServerFrame,
     credentials_signing_payload, decode, encode,
 };
+use fleet_core::protocol::{
+    ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
+};
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -49,6 +52,13 @@ const REGISTRY: &[(&str, Check)] = &[
     ("ExecFrame", plain::<ExecFrame>),
     ("WsClientFrame", enveloped::<WsClientFrame>),
     ("WsServerFrame", enveloped::<WsServerFrame>),
+    ("StatusSummary", plain::<StatusSummary>),
+    ("PoolInfo", plain::<PoolInfo>),
+    ("NodeStatus", plain::<NodeStatus>),
+    ("CostReport", plain::<CostReport>),
+    ("NewTokenRequest", plain::<NewTokenRequest>),
+    ("NewToken", plain::<NewToken>),
+    ("ApiErrorBody", plain::<ApiErrorBody>),
     ("signing-payload", signing_payload),
 ];
 

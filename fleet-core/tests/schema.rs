@@ -21,6 +21,9 @@ use fleet_core::protocol::{
     JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Record, SealedCredentials,
     WsClientFrame, WsServerFrame,
 };
+use fleet_core::protocol::{
+    ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
+};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
@@ -59,6 +62,13 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("exec-frame.json",         Plain,    schema_of::<ExecFrame>),
     ("ws-client-frame.json",    Envelope, schema_of::<WsClientFrame>),
     ("ws-server-frame.json",    Envelope, schema_of::<WsServerFrame>),
+    ("http-status-summary.json", Plain,   schema_of::<StatusSummary>),
+    ("http-pool-info.json",     Plain,    schema_of::<PoolInfo>),
+    ("http-node-status.json",   Plain,    schema_of::<NodeStatus>),
+    ("http-cost-report.json",   Plain,    schema_of::<CostReport>),
+    ("http-new-token-request.json", Plain, schema_of::<NewTokenRequest>),
+    ("http-new-token.json",     Plain,    schema_of::<NewToken>),
+    ("http-api-error.json",     Plain,    schema_of::<ApiErrorBody>),
 ];
 
 const BLESS_VAR: &str = "FLEET_BLESS_SCHEMA";

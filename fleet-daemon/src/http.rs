@@ -5,6 +5,10 @@
 //! <token>` with an operator's token; a missing or wrong token gets a bare
 //! 401, with no detail, a token limited to workspaces a 403. Bodies are
 //! limited to 64 KiB.
+//!
+//! Every body is a type of `fleet_core::protocol` (its `http` module lists
+//! them per path), errors included ([`ApiErrorBody`]), so what this module
+//! writes is what `fleetctl` reads.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -17,8 +21,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fleet_core::ids::Workspace;
-use fleet_core::protocol::NodeState;
-use serde::{Deserialize, Serialize};
+use fleet_core::protocol::{
+    API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_METRICS_PATH,
+    API_NODES_PATH, API_POOLS_PATH, API_READYZ_PATH, API_STATUS_PATH, API_TOKENS_PATH,
+    ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken, NewTokenRequest, NodeState,
+    NodeStatus, PoolInfo, StatusSummary,
+};
 
 use crate::auth::ApiTokens;
 use fleet_runtime::{Fleet, Status};
@@ -47,18 +55,18 @@ impl std::fmt::Debug for ApiState {
 /// The router.
 pub fn router(state: ApiState) -> Router {
     let private = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/pools", get(pools))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/claims", get(claims))
-        .route("/v1/jobs", get(jobs))
-        .route("/v1/costs", get(costs))
-        .route("/v1/tokens", post(create_token))
+        .route(API_METRICS_PATH, get(metrics))
+        .route(API_STATUS_PATH, get(status))
+        .route(API_POOLS_PATH, get(pools))
+        .route(API_NODES_PATH, get(nodes))
+        .route(API_CLAIMS_PATH, get(claims))
+        .route(API_JOBS_PATH, get(jobs))
+        .route(API_COSTS_PATH, get(costs))
+        .route(API_TOKENS_PATH, post(create_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route(API_HEALTHZ_PATH, get(|| async { "ok\n" }))
+        .route(API_READYZ_PATH, get(readyz))
         .merge(private)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -78,15 +86,15 @@ async fn require_token(
         Some(holder) if holder.is_operator() => next.run(req).await,
         Some(holder) => {
             tracing::info!(path = %req.uri().path(), token = %holder.name, "workspace token used on the HTTP API");
-            (
+            ApiError(
                 StatusCode::FORBIDDEN,
-                "this token is limited to workspaces (the claim plane); the HTTP API needs an operator token\n",
+                "this token is limited to workspaces (the claim plane); the HTTP API needs an operator token".into(),
             )
-                .into_response()
+            .into_response()
         }
         None => {
             tracing::info!(path = %req.uri().path(), "unauthorized API request");
-            (StatusCode::UNAUTHORIZED, "unauthorized\n").into_response()
+            ApiError(StatusCode::UNAUTHORIZED, "unauthorized".into()).into_response()
         }
     }
 }
@@ -108,7 +116,7 @@ struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, axum::Json(serde_json::json!({ "error": self.1 }))).into_response()
+        (self.0, axum::Json(ApiErrorBody::new(self.1))).into_response()
     }
 }
 
@@ -125,91 +133,58 @@ async fn snapshot(state: &ApiState) -> Result<Status, ApiError> {
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
 }
 
-/// `/v1/status`: counts.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Summary {
-    /// Leader epoch.
-    pub epoch: u64,
-    /// Whether this daemon leads.
-    pub leader: bool,
-    /// Pools.
-    pub pools: usize,
-    /// Nodes by state.
-    pub nodes: std::collections::BTreeMap<String, usize>,
-    /// Claims by state.
-    pub claims: std::collections::BTreeMap<String, usize>,
-    /// Jobs by state.
-    pub jobs: std::collections::BTreeMap<String, usize>,
-    /// Total cost so far, micro-dollars.
-    pub cost_micros: i64,
+/// Counts per state name.
+fn count<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for name in names {
+        *by_name.entry(name.to_owned()).or_default() += 1;
+    }
+    by_name
 }
 
-async fn status(State(state): State<ApiState>) -> Result<axum::Json<Summary>, ApiError> {
+async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusSummary>, ApiError> {
     let s = snapshot(&state).await?;
-    let mut nodes = std::collections::BTreeMap::new();
-    for n in &s.nodes {
-        *nodes.entry(n.state.name().to_owned()).or_default() += 1;
-    }
-    let mut claims = std::collections::BTreeMap::new();
-    for c in &s.claims {
-        *claims.entry(c.state.name().to_owned()).or_default() += 1;
-    }
-    let mut jobs = std::collections::BTreeMap::new();
-    for j in &s.jobs {
-        *jobs.entry(j.state.name().to_owned()).or_default() += 1;
-    }
-    Ok(axum::Json(Summary {
-        epoch: s.epoch.0,
+    Ok(axum::Json(StatusSummary {
+        epoch: s.epoch,
         leader: state.leader.load(Ordering::Relaxed),
-        pools: s.pools.len(),
-        nodes,
-        claims,
-        jobs,
-        cost_micros: s.costs.total().micros(),
+        pools: s.pools.len() as u64,
+        nodes: count(s.nodes.iter().map(|n| n.state.name())),
+        claims: count(s.claims.iter().map(|c| c.state.name())),
+        jobs: count(s.jobs.iter().map(|j| j.state.name())),
+        cost_micros: s.costs.total(),
     }))
 }
 
-async fn pools(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(snapshot(&state).await?.pools).into_response())
+async fn pools(State(state): State<ApiState>) -> Result<axum::Json<Vec<PoolInfo>>, ApiError> {
+    let s = snapshot(&state).await?;
+    Ok(axum::Json(s.pools.iter().map(PoolInfo::from).collect()))
 }
 
-async fn nodes(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(snapshot(&state).await?.nodes).into_response())
+async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeStatus>>, ApiError> {
+    Ok(axum::Json(snapshot(&state).await?.nodes))
 }
 
-async fn claims(State(state): State<ApiState>) -> Result<Response, ApiError> {
+async fn claims(State(state): State<ApiState>) -> Result<axum::Json<Vec<ClaimRecord>>, ApiError> {
     // Sealed credentials are for the caller only; status never shows them.
     let mut claims = snapshot(&state).await?.claims;
     for c in &mut claims {
         c.credentials = None;
     }
-    Ok(axum::Json(claims).into_response())
+    Ok(axum::Json(claims))
 }
 
-async fn jobs(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(snapshot(&state).await?.jobs).into_response())
+async fn jobs(State(state): State<ApiState>) -> Result<axum::Json<Vec<JobRecord>>, ApiError> {
+    Ok(axum::Json(snapshot(&state).await?.jobs))
 }
 
-async fn costs(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(snapshot(&state).await?.costs).into_response())
-}
-
-/// `POST /v1/tokens` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewToken {
-    /// A name for the token.
-    pub name: String,
-    /// Limit the token to these workspaces (the claim plane only); absent:
-    /// an operator's token.
-    #[serde(default)]
-    pub workspaces: Option<Vec<Workspace>>,
+async fn costs(State(state): State<ApiState>) -> Result<axum::Json<CostReport>, ApiError> {
+    Ok(axum::Json(snapshot(&state).await?.costs))
 }
 
 async fn create_token(
     State(state): State<ApiState>,
-    body: Result<axum::Json<NewToken>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
+    body: Result<axum::Json<NewTokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<axum::Json<NewToken>, ApiError> {
     let axum::Json(req) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     if req.name.is_empty() || req.name.len() > 64 {
         return Err(ApiError(
@@ -230,12 +205,11 @@ async fn create_token(
         .tokens
         .create(&req.name, workspaces.clone(), now)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(axum::Json(serde_json::json!({
-        "name": req.name,
-        "token": token.expose(),
-        "workspaces": workspaces,
+    Ok(axum::Json(NewToken {
+        name: req.name,
+        token,
+        workspaces,
     }))
-    .into_response())
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {

@@ -6,6 +6,11 @@ use std::sync::Arc;
 use fleet_core::memory::faulty::FaultyStore;
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
+use fleet_core::protocol::{
+    API_CLAIMS_PATH, API_COSTS_PATH, API_JOBS_PATH, API_NODES_PATH, API_POOLS_PATH,
+    API_STATUS_PATH, ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken, NodeStatus,
+    PoolInfo, StatusSummary,
+};
 use fleet_daemon::auth::ApiTokens;
 use fleet_daemon::http::{ApiState, router};
 use fleet_runtime::Fleet;
@@ -27,6 +32,12 @@ async fn request(addr: std::net::SocketAddr, raw: String) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// The body of a raw response, decoded.
+fn decode<T: serde::de::DeserializeOwned>(response: &str) -> T {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
 }
 
 fn get(path: &str, token: Option<&str>) -> String {
@@ -87,6 +98,20 @@ async fn auth_limits_and_an_o1_readyz() {
     );
     assert_eq!(request(addr, get("/healthz", None)).await.0, 200);
 
+    // Every body is its protocol type, errors included.
+    let (_, raw) = request(addr, get("/v1/status", None)).await;
+    let refused: ApiErrorBody = decode(&raw);
+    assert_eq!(refused.error, "unauthorized");
+    let auth = Some(token.expose());
+    let s: StatusSummary = decode(&request(addr, get(API_STATUS_PATH, auth)).await.1);
+    assert_eq!((s.pools, s.leader), (1, true));
+    let pools: Vec<PoolInfo> = decode(&request(addr, get(API_POOLS_PATH, auth)).await.1);
+    assert_eq!(pools[0].strategy.kind, "cold_image");
+    let _: Vec<NodeStatus> = decode(&request(addr, get(API_NODES_PATH, auth)).await.1);
+    let _: Vec<ClaimRecord> = decode(&request(addr, get(API_CLAIMS_PATH, auth)).await.1);
+    let _: Vec<JobRecord> = decode(&request(addr, get(API_JOBS_PATH, auth)).await.1);
+    let _: CostReport = decode(&request(addr, get(API_COSTS_PATH, auth)).await.1);
+
     // Bodies over 64 KiB are refused; a malformed one gets a clear 400.
     let big = "x".repeat(70 * 1024);
     let post = |body: &str| {
@@ -109,12 +134,14 @@ async fn auth_limits_and_an_o1_readyz() {
     // the HTTP API, which shows every workspace.
     let (code, body) = request(addr, post("{\"name\":\"ci\",\"workspaces\":[\"team-a\"]}")).await;
     assert_eq!(code, 200, "{body}");
-    let json = body.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {body}"));
-    let ci = v["token"].as_str().unwrap_or_else(|| panic!("{body}"));
-    assert_eq!(v["workspaces"], serde_json::json!(["team-a"]));
+    let minted: NewToken = decode(&body);
+    let ci = minted.token.expose();
+    let team_a = fleet_core::Workspace::new("team-a").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(minted.workspaces, Some([team_a].into()));
     let (code, body) = request(addr, get("/v1/status", Some(ci))).await;
     assert_eq!(code, 403, "{body}");
+    let refused: ApiErrorBody = decode(&body);
+    assert!(refused.error.contains("operator token"), "{body}");
     let (code, body) = request(addr, post("{\"name\":\"x\",\"workspaces\":[\"bad ws\"]}")).await;
     assert_eq!(code, 422, "an invalid workspace: {body}");
     let (code, body) = request(addr, post("{\"name\":\"x\",\"workspaces\":[]}")).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use fleet_client::credentials::{self as seal, Expected, SignerKey};
 use fleet_core::ids::{ClaimId, PoolName, Workspace};
 use fleet_core::protocol::{
-    ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, Receipt, Requirements, SealedCredentials,
-    TaskResult, TaskSpec,
+    ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, NewTokenRequest, Receipt, Requirements,
+    SealedCredentials, TaskResult, TaskSpec,
 };
 use fleet_core::transport::{ClaimClient, ClaimError};
 use futures_util::StreamExt;
@@ -29,39 +29,48 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             crate::args::completions(shell, &mut std::io::stdout());
             Ok(0)
         }
-        Command::Status => show(&ctx, "/v1/status", render::status).await,
-        Command::Pools => show(&ctx, "/v1/pools", render::pools).await,
-        Command::Nodes => show(&ctx, "/v1/nodes", |v| render::nodes(v, now_ms())).await,
-        Command::Claims => show(&ctx, "/v1/claims", |v| render::claims(v, now_ms())).await,
-        Command::Cost => show(&ctx, "/v1/costs", render::cost).await,
-        Command::Jobs(Jobs::List) => show(&ctx, "/v1/jobs", render::jobs).await,
+        Command::Status => show(&ctx, ctx.api()?.status().await?, render::status),
+        Command::Pools => show(&ctx, ctx.api()?.pools().await?, |p| render::pools(p)),
+        Command::Nodes => show(&ctx, ctx.api()?.nodes().await?, |n| {
+            render::nodes(n, now_ms())
+        }),
+        Command::Claims => show(&ctx, ctx.api()?.claims().await?, |c| {
+            render::claims(c, now_ms())
+        }),
+        Command::Cost => show(&ctx, ctx.api()?.costs().await?, render::cost),
+        Command::Jobs(Jobs::List) => show(&ctx, ctx.api()?.jobs().await?, |j| render::jobs(j)),
         Command::Token(Token::Create { name, workspaces }) => {
-            let mut body = json!({ "name": name });
-            if let Some(w) = &workspaces {
-                for ws in w {
-                    Workspace::new(ws.clone()).map_err(|e| invalid("workspace", ws, e))?;
-                }
-                body["workspaces"] = json!(w);
-            }
-            let v = ctx.api()?.post_json("/v1/tokens", &body).await?;
-            let token = v
-                .get("token")
-                .and_then(Value::as_str)
-                .ok_or_else(|| fail("POST /v1/tokens: the answer has no token"))?;
+            let workspaces = workspaces
+                .map(|w| {
+                    w.iter()
+                        .map(|ws| {
+                            Workspace::new(ws.clone()).map_err(|e| invalid("workspace", ws, e))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
+            let minted = ctx
+                .api()?
+                .create_token(&NewTokenRequest { name, workspaces })
+                .await?;
             if json {
                 println!(
                     "{}",
-                    json!({ "name": name, "token": token, "workspaces": workspaces })
+                    serde_json::to_string(&minted).map_err(|e| fail(e.to_string()))?
                 );
             } else {
-                match &workspaces {
+                let name = &minted.name;
+                match &minted.workspaces {
                     Some(w) => eprintln!(
                         "API token {name:?} for workspaces {} (claim plane only; shown once; store it now):",
-                        w.join(", ")
+                        w.iter()
+                            .map(Workspace::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     None => eprintln!("API token {name:?} (operator; shown once; store it now):"),
                 }
-                println!("{token}");
+                println!("{}", minted.token.expose());
             }
             Ok(0)
         }
@@ -79,7 +88,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             exec::run(&creds, argv).await
         }
         Command::Release { id, workspace, dir } => {
-            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir)?;
+            let (claim, ws) = claim_and_workspace(&ctx, &id, workspace, dir).await?;
             let client = ctx.claim_client().await?;
             client
                 .release(&ws, &claim)
@@ -110,20 +119,19 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
     }
 }
 
-/// GET `path` and print it as a table or JSON.
-async fn show(
+/// Prints an answer of the API as a table or as its JSON.
+fn show<T: serde::Serialize>(
     ctx: &Context,
-    path: &str,
-    human: impl Fn(&Value) -> String,
+    answer: T,
+    human: impl Fn(&T) -> String,
 ) -> Result<i32, CtlError> {
-    let v = ctx.api()?.get_json(path).await?;
     if ctx.global.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&v).map_err(|e| fail(e.to_string()))?
+            serde_json::to_string_pretty(&answer).map_err(|e| fail(e.to_string()))?
         );
     } else {
-        print!("{}", human(&v));
+        print!("{}", human(&answer));
     }
     Ok(0)
 }
@@ -136,7 +144,9 @@ fn claim_error(call: &str, id: &str, e: ClaimError) -> CtlError {
     fail(format!("{call} {id}: {e}"))
 }
 
-fn claim_and_workspace(
+/// The claim and its workspace: `--workspace`, else the claim's files
+/// (written when it was granted), else the daemon's record of it.
+async fn claim_and_workspace(
     ctx: &Context,
     id: &str,
     workspace: Option<String>,
@@ -147,13 +157,45 @@ fn claim_and_workspace(
         Some(w) => w,
         None => {
             let dir = dir.unwrap_or_else(|| ctx.claim_dir(id));
-            claimdir::read_info(&dir)
-                .map_err(|e| fail(format!("{e}; pass --workspace")))?
-                .workspace
+            match claimdir::read_info(&dir) {
+                Ok(info) => info.workspace,
+                // Never granted (still pending, or refused), or claimed
+                // elsewhere: there are no files, but the daemon has the claim.
+                Err(no_files) => {
+                    return Ok((claim.clone(), workspace_of(ctx, &claim, no_files).await?));
+                }
+            }
         }
     };
     let ws = Workspace::new(ws.clone()).map_err(|e| invalid("workspace", &ws, e))?;
     Ok((claim, ws))
+}
+
+/// The workspace of `claim` as the daemon stores it (`GET /v1/claims`).
+async fn workspace_of(
+    ctx: &Context,
+    claim: &ClaimId,
+    no_files: CtlError,
+) -> Result<Workspace, CtlError> {
+    let claims = match ctx.api() {
+        Ok(api) => api.claims().await,
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
+        fail(format!(
+            "{no_files}; asking the daemon for claim {claim}: {e}; or pass --workspace"
+        ))
+    })?;
+    claims
+        .into_iter()
+        .find(|c| &c.request.claim_id == claim)
+        .map(|c| c.request.workspace)
+        .ok_or_else(|| {
+            fail(format!(
+                "claim {claim}: the daemon has no such claim (it was refused before it was \
+                 stored, or ended long enough ago to be forgotten), and {no_files}"
+            ))
+        })
 }
 
 /// Renews the lease; when the daemon sends credentials for the new lease,
@@ -166,7 +208,7 @@ async fn renew(
     dir: Option<PathBuf>,
 ) -> Result<i32, CtlError> {
     let dir = dir.unwrap_or_else(|| ctx.claim_dir(id));
-    let (claim, ws) = claim_and_workspace(ctx, id, workspace, Some(dir.clone()))?;
+    let (claim, ws) = claim_and_workspace(ctx, id, workspace, Some(dir.clone())).await?;
     let signer = daemon_signer(ctx)?;
     let client = ctx.claim_client().await?;
     let renewal = client
@@ -461,14 +503,9 @@ async fn jobs_watch(
     let mut seen = false;
     let started = now_ms();
     loop {
-        let v = api.get_json("/v1/jobs").await?;
-        let found = v.as_array().and_then(|jobs| {
-            jobs.iter().find(|j| {
-                render::at(j, "spec/id").and_then(Value::as_str) == Some(id)
-                    && workspace.is_none_or(|w| {
-                        render::at(j, "spec/workspace").and_then(Value::as_str) == Some(w)
-                    })
-            })
+        let jobs = api.jobs().await?;
+        let found = jobs.iter().find(|j| {
+            j.spec.id.as_str() == id && workspace.is_none_or(|w| j.spec.workspace.as_str() == w)
         });
         match found {
             None if seen => return Err(fail(format!("job {id} is no longer listed"))),
@@ -478,12 +515,15 @@ async fn jobs_watch(
             None => {}
             Some(j) => {
                 seen = true;
-                let state = render::label(render::at(j, "state/state"));
-                let attempts = render::label(j.get("attempts"));
+                let state = j.state.name().to_owned();
+                let attempts = j.attempts.to_string();
                 let now = (state.clone(), attempts.clone());
                 if last.as_ref() != Some(&now) {
                     if ctx.global.json {
-                        println!("{j}");
+                        println!(
+                            "{}",
+                            serde_json::to_string(j).map_err(|e| fail(e.to_string()))?
+                        );
                     } else {
                         println!(
                             "{} {id}: {state} (attempt {attempts})",
@@ -493,16 +533,12 @@ async fn jobs_watch(
                     last = Some(now);
                 }
                 if matches!(state.as_str(), "done" | "cancelled") {
-                    let receipt = j
-                        .get("receipt")
-                        .cloned()
-                        .and_then(|r| serde_json::from_value::<Receipt>(r).ok());
-                    return Ok(match receipt {
+                    return Ok(match &j.receipt {
                         Some(r) => {
                             if !ctx.global.json {
-                                println!("{}", receipt_line(&r));
+                                println!("{}", receipt_line(r));
                             }
-                            receipt_code(&r)
+                            receipt_code(r)
                         }
                         None => 1,
                     });

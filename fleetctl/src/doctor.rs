@@ -7,7 +7,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use fleet_core::protocol::Discovery;
+use fleet_core::protocol::{API_HEALTHZ_PATH, API_READYZ_PATH, API_STATUS_PATH, Discovery};
 
 use crate::Context;
 use crate::http::Api;
@@ -251,7 +251,7 @@ pub fn checks() -> Vec<(&'static str, Check)> {
 }
 
 async fn get_status(api: &Api, path: &str) -> Result<u16, String> {
-    api.request("GET", path, None)
+    api.request::<()>(reqwest::Method::GET, path, None)
         .await
         .map(|r| r.status)
         .map_err(|e| e.to_string())
@@ -277,14 +277,14 @@ pub async fn http_checks(s: &State<'_>) -> Vec<Outcome> {
         Err(e) => return vec![Outcome::Fail(e.to_string())],
     };
     let mut out = Vec::new();
-    for (path, what) in [("/healthz", "alive"), ("/readyz", "ready")] {
+    for (path, what) in [(API_HEALTHZ_PATH, "alive"), (API_READYZ_PATH, "ready")] {
         out.push(match get_status(&api, path).await {
             Ok(200) => Outcome::Pass(format!("{url}{path}: {what}")),
             Ok(code) => Outcome::Fail(format!("{url}{path}: HTTP {code}")),
             Err(e) => Outcome::Fail(e),
         });
     }
-    out.push(match (token, get_status(&api, "/v1/status").await) {
+    out.push(match (token, get_status(&api, API_STATUS_PATH).await) {
         (None, _) => Outcome::Fail(
             "API token: none (pass --token, set FLEET_TOKEN, or create <data dir>/admin.token)"
                 .to_owned(),

@@ -1,27 +1,38 @@
-//! A minimal HTTP/1.1 client for the daemon's loopback API: `http://` only,
-//! one request per connection (`Connection: close`), `Content-Length` or
-//! chunked bodies, a size limit and a timeout.
+//! The daemon's HTTP API, typed: one call per path, each answer decoded
+//! into its `fleet_core::protocol` type (see that module's `http` table).
+//!
+//! Requests go through `reqwest` with rustls on ring: `http://` for the
+//! loopback API, `https://` verified against the system's roots when the API
+//! sits behind a TLS proxy. No proxy from the environment is used (the
+//! requests carry the operator's token). Every request has a timeout and
+//! an answer is read up to a size limit.
 
 use std::fmt;
 use std::time::Duration;
 
-use fleet_core::protocol::Secret;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use fleet_core::protocol::{
+    API_CLAIMS_PATH, API_COSTS_PATH, API_JOBS_PATH, API_NODES_PATH, API_POOLS_PATH,
+    API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken,
+    NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
+};
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::CtlError;
+use crate::{CtlError, fail};
 
 /// The largest response accepted.
 pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
-/// How long one request may take.
+/// How long one request may take, the answer's body included.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The daemon's HTTP API.
 #[derive(Clone)]
 pub struct Api {
     base: String,
-    authority: String,
-    prefix: String,
+    client: reqwest::Client,
     token: Option<Secret>,
 }
 
@@ -34,34 +45,40 @@ impl fmt::Debug for Api {
     }
 }
 
-/// A response.
+/// A response: its status and its body, read within the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Body (de-chunked).
+    /// Body.
     pub body: Vec<u8>,
 }
 
 impl Api {
-    /// An API client for `base` (`http://host:port[/prefix]`).
+    /// An API client for `base` (`http[s]://host:port[/prefix]`).
     pub fn new(base: &str, token: Option<Secret>) -> Result<Api, CtlError> {
-        let rest = base.strip_prefix("http://").ok_or_else(|| {
-            CtlError::Failed(format!(
-                "{base}: only http:// URLs are supported (the API listens on loopback)"
-            ))
-        })?;
-        let (authority, prefix) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        if authority.is_empty() {
-            return Err(CtlError::Failed(format!("{base}: no host")));
+        let url = reqwest::Url::parse(base).map_err(|e| fail(format!("{base}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(fail(format!(
+                "{base}: not an http:// or https:// URL (the API listens on http://127.0.0.1:7070 by default)"
+            )));
         }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(fail(format!("{base}: no host")));
+        }
+        // reqwest's rustls backend takes the process's crypto provider; this
+        // build has ring only. Installing fails harmlessly when one already is.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .no_proxy()
+            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| fail(format!("cannot set up the HTTP client: {}", cause(&e))))?;
         Ok(Api {
             base: base.trim_end_matches('/').to_owned(),
-            authority: authority.to_owned(),
-            prefix: prefix.to_owned(),
+            client,
             token,
         })
     }
@@ -71,180 +88,165 @@ impl Api {
         &self.base
     }
 
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<StatusSummary, CtlError> {
+        self.get(API_STATUS_PATH).await
+    }
+
+    /// `GET /v1/pools`.
+    pub async fn pools(&self) -> Result<Vec<PoolInfo>, CtlError> {
+        self.get(API_POOLS_PATH).await
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeStatus>, CtlError> {
+        self.get(API_NODES_PATH).await
+    }
+
+    /// `GET /v1/claims`.
+    pub async fn claims(&self) -> Result<Vec<ClaimRecord>, CtlError> {
+        self.get(API_CLAIMS_PATH).await
+    }
+
+    /// `GET /v1/jobs`.
+    pub async fn jobs(&self) -> Result<Vec<JobRecord>, CtlError> {
+        self.get(API_JOBS_PATH).await
+    }
+
+    /// `GET /v1/costs`.
+    pub async fn costs(&self) -> Result<CostReport, CtlError> {
+        self.get(API_COSTS_PATH).await
+    }
+
+    /// `POST /v1/tokens`.
+    pub async fn create_token(&self, req: &NewTokenRequest) -> Result<NewToken, CtlError> {
+        let r = self
+            .request(Method::POST, API_TOKENS_PATH, Some(req))
+            .await?;
+        self.decode(&Method::POST, API_TOKENS_PATH, r)
+    }
+
+    /// `GET path`, expecting 2xx and a `T`.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CtlError> {
+        let r = self.request::<()>(Method::GET, path, None).await?;
+        self.decode(&Method::GET, path, r)
+    }
+
     /// Sends a request; any status is returned.
-    pub async fn request(
+    pub async fn request<B: Serialize + ?Sized>(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
-        body: Option<&[u8]>,
+        body: Option<&B>,
     ) -> Result<Response, CtlError> {
         let url = format!("{}{path}", self.base);
-        let fut = async {
-            let mut stream = TcpStream::connect(&self.authority).await.map_err(|e| {
-                CtlError::Failed(format!(
-                    "cannot reach the daemon at {}: {e} (is it running?)",
-                    self.base
+        let mut req = self
+            .client
+            .request(method.clone(), &url)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t.expose());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let failed = |e: reqwest::Error| {
+            if e.is_connect() {
+                fail(format!(
+                    "cannot reach the daemon at {}: {} (is it running?)",
+                    self.base,
+                    cause(&e)
                 ))
-            })?;
-            let mut head = format!(
-                "{method} {}{path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: fleetctl/{}\r\n",
-                self.prefix,
-                self.authority,
-                env!("CARGO_PKG_VERSION")
-            );
-            if let Some(t) = &self.token {
-                head.push_str("Authorization: Bearer ");
-                head.push_str(t.expose());
-                head.push_str("\r\n");
+            } else if e.is_timeout() {
+                fail(format!("{method} {url}: no answer within {TIMEOUT:?}"))
+            } else {
+                fail(format!("{method} {url}: {}", cause(&e)))
             }
-            if let Some(b) = body {
-                head.push_str(&format!(
-                    "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                    b.len()
-                ));
-            }
-            head.push_str("\r\n");
-            let io = |e: std::io::Error| CtlError::Failed(format!("{method} {url}: {e}"));
-            stream.write_all(head.as_bytes()).await.map_err(io)?;
-            if let Some(b) = body {
-                stream.write_all(b).await.map_err(io)?;
-            }
-            stream.flush().await.map_err(io)?;
-            let mut raw = Vec::new();
-            let mut limited = (&mut stream).take(MAX_RESPONSE_BYTES as u64 + 1);
-            limited.read_to_end(&mut raw).await.map_err(io)?;
-            if raw.len() > MAX_RESPONSE_BYTES {
-                return Err(CtlError::Failed(format!(
-                    "{method} {url}: response larger than {MAX_RESPONSE_BYTES} bytes"
-                )));
-            }
-            parse_response(&raw).map_err(|why| CtlError::Failed(format!("{method} {url}: {why}")))
         };
-        tokio::time::timeout(TIMEOUT, fut).await.map_err(|_| {
-            CtlError::Failed(format!("{method} {url}: no answer within {TIMEOUT:?}"))
-        })?
+        let mut resp = req.send().await.map_err(failed)?;
+        let too_large = || {
+            fail(format!(
+                "{method} {url}: response larger than {MAX_RESPONSE_BYTES} bytes"
+            ))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response { status, body })
     }
 
-    /// `GET path`, expecting 2xx and JSON.
-    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, CtlError> {
-        let r = self.request("GET", path, None).await?;
-        self.json("GET", path, r)
-    }
-
-    /// `POST path` with a JSON body, expecting 2xx and JSON.
-    pub async fn post_json(
+    fn decode<T: DeserializeOwned>(
         &self,
+        method: &Method,
         path: &str,
-        body: &serde_json::Value,
-    ) -> Result<serde_json::Value, CtlError> {
-        let bytes =
-            serde_json::to_vec(body).map_err(|e| CtlError::Failed(format!("POST {path}: {e}")))?;
-        let r = self.request("POST", path, Some(&bytes)).await?;
-        self.json("POST", path, r)
-    }
-
-    fn json(&self, method: &str, path: &str, r: Response) -> Result<serde_json::Value, CtlError> {
-        check_status(method, &format!("{}{path}", self.base), &r)?;
+        r: Response,
+    ) -> Result<T, CtlError> {
+        let url = format!("{}{path}", self.base);
+        check_status(method.as_str(), &url, &r)?;
         serde_json::from_slice(&r.body).map_err(|e| {
-            CtlError::Failed(format!(
-                "{method} {}{path}: the daemon answered with invalid JSON ({e})",
-                self.base
+            fail(format!(
+                "{method} {url}: the daemon's answer does not read as this fleetctl expects ({e}); \
+                 are fleetctl and the daemon the same version?"
             ))
         })
     }
 }
 
-/// A clear error for a non-2xx answer.
+/// The innermost cause of a reqwest error ("Connection refused (os error
+/// 111)" rather than "error sending request for url …").
+fn cause(e: &reqwest::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
+/// A clear error for a non-2xx answer: what the daemon said and, for the
+/// answers a person can act on, what to do.
 pub fn check_status(method: &str, url: &str, r: &Response) -> Result<(), CtlError> {
-    match r.status {
-        200..=299 => Ok(()),
-        401 => Err(CtlError::Failed(format!(
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_success() {
+        return Ok(());
+    }
+    let detail = serde_json::from_slice::<ApiErrorBody>(&r.body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| {
+            String::from_utf8_lossy(&r.body)
+                .chars()
+                .take(200)
+                .collect::<String>()
+        });
+    let detail = detail.trim();
+    let said = if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    };
+    Err(fail(match status {
+        StatusCode::UNAUTHORIZED => format!(
             "{method} {url}: the daemon refused the API token (401); pass --token, set FLEET_TOKEN, \
              or check <data dir>/admin.token"
-        ))),
-        status => {
-            let detail = serde_json::from_slice::<serde_json::Value>(&r.body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| {
-                    String::from_utf8_lossy(&r.body)
-                        .chars()
-                        .take(200)
-                        .collect::<String>()
-                        .trim()
-                        .to_owned()
-                });
-            Err(CtlError::Failed(format!(
-                "{method} {url}: HTTP {status}{}{detail}",
-                if detail.is_empty() { "" } else { ": " }
-            )))
-        }
-    }
-}
-
-/// Parses a complete HTTP/1.1 response.
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("truncated response (no end of headers)")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "response headers are not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or("");
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1.x response: {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.to_ascii_lowercase().contains("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(
-                value
-                    .parse::<usize>()
-                    .map_err(|_| format!("bad Content-Length {value:?}"))?,
-            );
-        }
-    }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else if let Some(n) = length {
-        rest.get(..n).ok_or("truncated response body")?.to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok(Response { status, body })
-}
-
-fn dechunk(mut rest: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let eol = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("truncated chunk header")?;
-        let size_text = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk header")?;
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        let chunk = rest.get(..size).ok_or("truncated chunk")?;
-        body.extend_from_slice(chunk);
-        rest = rest.get(size + 2..).ok_or("truncated chunk")?;
-    }
+        ),
+        StatusCode::FORBIDDEN => format!(
+            "{method} {url}: the daemon refused this token here (403){said}; use an operator token \
+             (<data dir>/admin.token, or one made with `fleetctl token create NAME` without --workspaces)"
+        ),
+        StatusCode::SERVICE_UNAVAILABLE => format!(
+            "{method} {url}: the daemon cannot answer now (503){said}; it may be starting or \
+             stopping (retry), or be a follower (point --url at the leading daemon)"
+        ),
+        _ => format!("{method} {url}: HTTP {}{said}", r.status),
+    }))
 }

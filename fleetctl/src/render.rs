@@ -1,7 +1,13 @@
-//! Human output: aligned tables, money, times. Renderers take the API's JSON
-//! (`serde_json::Value`) so a field the daemon adds or drops never breaks
-//! the CLI; a missing field shows as `-`.
+//! Human output: aligned tables, money, times. Renderers take the API's
+//! answers as their `fleet_core::protocol` types; an enum is shown by its
+//! wire name, an absent value as `-`.
 
+use std::collections::BTreeMap;
+
+use fleet_core::protocol::{
+    ClaimRecord, ClaimState, CostReport, JobRecord, NodeStatus, PoolInfo, StatusSummary,
+};
+use serde::Serialize;
 use serde_json::Value;
 
 /// Renders rows under headers, columns aligned (two spaces apart), no
@@ -78,11 +84,6 @@ pub fn expiry(at: u64, now: u64) -> String {
     }
 }
 
-/// The value at a `/`-separated path.
-pub fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('/').try_fold(v, |v, key| v.get(key))
-}
-
 /// A one-word rendering of a value: strings as is, numbers, `yes`/`no`,
 /// `-` for null/missing, a tagged enum by its tag (`state`, `type`, `kind`,
 /// `name`) or its single key, arrays comma-joined.
@@ -114,68 +115,66 @@ pub fn label(v: Option<&Value>) -> String {
     }
 }
 
-fn cell(v: &Value, path: &str) -> String {
-    label(at(v, path))
+/// A value by its wire name (`on_demand`, `node_lost`), through
+/// [`label`].
+pub fn tag<T: Serialize>(v: &T) -> String {
+    label(serde_json::to_value(v).ok().as_ref())
 }
 
-fn time_cell(v: &Value, path: &str, now: u64) -> String {
-    match at(v, path).and_then(Value::as_u64) {
-        Some(ms) => expiry(ms, now),
-        None => "-".to_owned(),
+fn or_dash<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn counts(by_name: &BTreeMap<String, u64>) -> String {
+    if by_name.is_empty() {
+        return "-".to_owned();
     }
-}
-
-fn counts(v: Option<&Value>) -> String {
-    match v.and_then(Value::as_object) {
-        Some(o) if !o.is_empty() => o
-            .iter()
-            .map(|(k, n)| format!("{k}={}", label(Some(n))))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => "-".to_owned(),
-    }
-}
-
-fn items(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+    by_name
+        .iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `GET /v1/status`.
-pub fn status(v: &Value) -> String {
-    let rows = vec![
-        vec!["epoch".to_owned(), cell(v, "epoch")],
-        vec!["leader".to_owned(), cell(v, "leader")],
-        vec!["pools".to_owned(), cell(v, "pools")],
-        vec!["nodes".to_owned(), counts(v.get("nodes"))],
-        vec!["claims".to_owned(), counts(v.get("claims"))],
-        vec!["jobs".to_owned(), counts(v.get("jobs"))],
-        vec![
-            "cost".to_owned(),
-            v.get("cost_micros")
-                .and_then(Value::as_i64)
-                .map(money)
-                .unwrap_or_else(|| "-".to_owned()),
-        ],
+pub fn status(s: &StatusSummary) -> String {
+    let rows = [
+        ("epoch", s.epoch.0.to_string()),
+        ("leader", if s.leader { "yes" } else { "no" }.to_owned()),
+        ("pools", s.pools.to_string()),
+        ("nodes", counts(&s.nodes)),
+        ("claims", counts(&s.claims)),
+        ("jobs", counts(&s.jobs)),
+        ("cost", money(s.cost_micros.micros())),
     ];
     let mut out = String::new();
-    for r in rows {
-        out.push_str(&format!("{:<8}{}\n", r[0], r[1]));
+    for (name, value) in rows {
+        out.push_str(&format!("{name:<8}{value}\n"));
     }
     out
 }
 
 /// `GET /v1/pools`.
-pub fn pools(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(v)
+pub fn pools(pools: &[PoolInfo]) -> String {
+    let rows: Vec<Vec<String>> = pools
         .iter()
         .map(|p| {
+            let types = if p.instance_types.is_empty() {
+                "-".to_owned()
+            } else {
+                p.instance_types
+                    .iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             vec![
-                cell(p, "name"),
-                cell(p, "strategy"),
-                cell(p, "instance_types"),
-                cell(p, "min_nodes"),
-                cell(p, "max_nodes"),
-                cell(p, "slots_per_node"),
+                p.name.to_string(),
+                p.strategy.kind.clone(),
+                types,
+                p.min_nodes.to_string(),
+                p.max_nodes.to_string(),
+                p.slots_per_node.to_string(),
             ]
         })
         .collect();
@@ -185,24 +184,33 @@ pub fn pools(v: &Value) -> String {
     )
 }
 
-/// `GET /v1/nodes` (`NodeStatus` list).
-pub fn nodes(v: &Value, now: u64) -> String {
-    let rows: Vec<Vec<String>> = items(v)
+/// `GET /v1/nodes`.
+pub fn nodes(nodes: &[NodeStatus], now: u64) -> String {
+    let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
-            let seen = match n.get("last_seen").and_then(Value::as_u64) {
-                Some(ms) if ms > 0 && ms <= now => format!("{} ago", duration(now - ms)),
+            let seen = match n.last_seen {
+                ms if ms > 0 && ms <= now => format!("{} ago", duration(now - ms)),
                 _ => "-".to_owned(),
             };
+            let claims = if n.claims.is_empty() {
+                "-".to_owned()
+            } else {
+                n.claims
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
             vec![
-                cell(n, "record/node"),
-                cell(n, "record/pool"),
-                cell(n, "state"),
-                cell(n, "record/instance_type"),
-                cell(n, "record/market"),
-                cell(n, "connected"),
-                cell(n, "claims"),
-                cell(n, "record/endpoint"),
+                n.record.node.to_string(),
+                n.record.pool.to_string(),
+                n.state.name().to_owned(),
+                n.record.instance_type.to_string(),
+                tag(&n.record.market),
+                if n.connected { "yes" } else { "no" }.to_owned(),
+                claims,
+                or_dash(n.record.endpoint.as_deref()),
                 seen,
             ]
         })
@@ -223,23 +231,42 @@ pub fn nodes(v: &Value, now: u64) -> String {
     )
 }
 
-/// `GET /v1/claims` (`ClaimRecord` list).
-pub fn claims(v: &Value, now: u64) -> String {
-    let rows: Vec<Vec<String>> = items(v)
+/// A claim's state for a table: its name, and why for a revoked one.
+pub fn claim_state(state: &ClaimState) -> String {
+    match state {
+        ClaimState::Revoked { reason } => format!("revoked ({})", tag(reason)),
+        other => other.name().to_owned(),
+    }
+}
+
+/// When a claim's lease runs out; for an ended claim (released, expired,
+/// revoked) when it ended, since its lease no longer means anything.
+pub fn claim_expiry(c: &ClaimRecord, now: u64) -> String {
+    if c.state.is_terminal() {
+        return match c.ended_at {
+            Some(at) => format!("ended {}", expiry(at, now)),
+            None => "-".to_owned(),
+        };
+    }
+    match c.expires_at {
+        Some(at) => expiry(at, now),
+        None => "-".to_owned(),
+    }
+}
+
+/// `GET /v1/claims`.
+pub fn claims(claims: &[ClaimRecord], now: u64) -> String {
+    let rows: Vec<Vec<String>> = claims
         .iter()
         .map(|c| {
-            let mut state = cell(c, "state/state");
-            if let Some(r) = at(c, "state/reason") {
-                state = format!("{state} ({})", label(Some(r)));
-            }
             vec![
-                cell(c, "request/claim_id"),
-                cell(c, "request/workspace"),
-                cell(c, "request/pool"),
-                state,
-                cell(c, "node"),
-                cell(c, "endpoint"),
-                time_cell(c, "expires_at", now),
+                c.request.claim_id.to_string(),
+                c.request.workspace.to_string(),
+                c.request.pool.to_string(),
+                claim_state(&c.state),
+                or_dash(c.node.as_ref()),
+                or_dash(c.endpoint.as_deref()),
+                claim_expiry(c, now),
             ]
         })
         .collect();
@@ -257,9 +284,9 @@ pub fn claims(v: &Value, now: u64) -> String {
     )
 }
 
-/// `GET /v1/jobs` (`JobRecord` list).
-pub fn jobs(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = items(v).iter().map(job_row).collect();
+/// `GET /v1/jobs`.
+pub fn jobs(jobs: &[JobRecord]) -> String {
+    let rows: Vec<Vec<String>> = jobs.iter().map(job_row).collect();
     table(
         &[
             "JOB",
@@ -275,67 +302,52 @@ pub fn jobs(v: &Value) -> String {
     )
 }
 
-fn job_row(j: &Value) -> Vec<String> {
-    let argv = at(j, "spec/argv")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|x| x.as_str().unwrap_or("?"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_else(|| "-".to_owned());
+fn job_row(j: &JobRecord) -> Vec<String> {
+    let argv = if j.spec.argv.is_empty() {
+        "-".to_owned()
+    } else {
+        j.spec.argv.join(" ")
+    };
     let argv = if argv.chars().count() > 40 {
         format!("{}…", argv.chars().take(39).collect::<String>())
     } else {
         argv
     };
     vec![
-        cell(j, "spec/id"),
-        cell(j, "spec/workspace"),
-        cell(j, "spec/pool"),
-        cell(j, "state/state"),
-        cell(j, "attempts"),
-        cell(j, "receipt/result"),
-        cell(j, "receipt/exit_code"),
+        j.spec.id.to_string(),
+        j.spec.workspace.to_string(),
+        j.spec.pool.to_string(),
+        j.state.name().to_owned(),
+        j.attempts.to_string(),
+        j.receipt
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |r| tag(&r.result)),
+        or_dash(j.receipt.as_ref().and_then(|r| r.exit_code)),
         argv,
     ]
 }
 
-/// `GET /v1/costs` (`CostReport`).
-pub fn cost(v: &Value) -> String {
-    let mut total = 0i64;
-    let mut rows: Vec<Vec<String>> = Vec::new();
-    if let Some(pools) = v.get("pools").and_then(Value::as_object) {
-        for (name, p) in pools {
-            let m = |k: &str| p.get(k).and_then(Value::as_i64).unwrap_or(0);
-            let pool_total = m("running")
-                .saturating_add(m("stopped"))
-                .saturating_add(m("snapshots"));
-            total = total.saturating_add(pool_total);
-            let hours = |k: &str| {
-                let ms = p.get(k).and_then(Value::as_u64).unwrap_or(0);
-                format!("{:.2}", ms as f64 / 3_600_000.0)
-            };
-            let boots: u64 = p
-                .get("boots")
-                .and_then(Value::as_object)
-                .map(|b| b.values().filter_map(Value::as_u64).sum())
-                .unwrap_or(0);
-            rows.push(vec![
-                name.clone(),
-                money(m("running")),
-                money(m("stopped")),
-                money(m("snapshots")),
-                money(pool_total),
-                hours("running_ms"),
-                hours("stopped_ms"),
-                boots.to_string(),
-                cell(p, "interruptions"),
-                cell(p, "lost"),
-            ]);
-        }
-    }
+/// `GET /v1/costs`.
+pub fn cost(report: &CostReport) -> String {
+    let hours = |ms: u64| format!("{:.2}", ms as f64 / 3_600_000.0);
+    let rows: Vec<Vec<String>> = report
+        .pools
+        .iter()
+        .map(|(name, p)| {
+            vec![
+                name.to_string(),
+                money(p.running.micros()),
+                money(p.stopped.micros()),
+                money(p.snapshots.micros()),
+                money(p.total().micros()),
+                hours(p.running_ms),
+                hours(p.stopped_ms),
+                p.boots.values().sum::<u64>().to_string(),
+                p.interruptions.to_string(),
+                p.lost.to_string(),
+            ]
+        })
+        .collect();
     let mut out = table(
         &[
             "POOL",
@@ -351,10 +363,10 @@ pub fn cost(v: &Value) -> String {
         ],
         &rows,
     );
-    out.push_str(&format!("total {}", money(total)));
-    if let Some(t) = v.get("at").and_then(Value::as_u64) {
-        out.push_str(&format!(" at {}", utc(t)));
-    }
-    out.push('\n');
+    out.push_str(&format!(
+        "total {} at {}\n",
+        money(report.total().micros()),
+        utc(report.at)
+    ));
     out
 }

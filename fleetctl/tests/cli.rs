@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::error::ErrorKind;
+use fleet_core::protocol::{ClaimRecord, CostReport, StatusSummary};
 use fleetctl::args::{ClaimArgs, Command, Jobs, Token, parse};
 use fleetctl::exec;
 use fleetctl::render;
@@ -228,12 +229,13 @@ fn money_times_and_labels() {
 }
 
 #[test]
-fn resource_tables() {
-    let claims = json!([{
+fn resource_tables() -> Result<(), serde_json::Error> {
+    let claims: Vec<ClaimRecord> = serde_json::from_value(json!([{
         "request": {"claim_id": "c1", "workspace": "w", "pool": "p"},
         "state": {"state": "revoked", "reason": {"kind": "node_lost"}},
-        "node": "n1", "endpoint": "127.0.0.1:9", "expires_at": 1_000, "enqueued_at": 0, "epoch": 1
-    }]);
+        "node": "n1", "endpoint": "127.0.0.1:9", "expires_at": 1_000, "enqueued_at": 0,
+        "ended_at": 1_500, "epoch": 1
+    }]))?;
     let out = render::claims(&claims, 2_000);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
@@ -242,27 +244,69 @@ fn resource_tables() {
         "{out}"
     );
     assert!(lines[1].contains("revoked (node_lost)"), "{out}");
-    assert!(lines[1].contains("(1s ago)"), "{out}");
+    assert!(
+        lines[1].ends_with("ended 1970-01-01T00:00:01Z (500ms ago)"),
+        "{out}"
+    );
 
-    let status = render::status(&json!({
+    let status: StatusSummary = serde_json::from_value(json!({
         "epoch": 3, "leader": true, "pools": 1,
         "nodes": {"ready": 2}, "claims": {}, "jobs": {"done": 1}, "cost_micros": 1500
-    }));
+    }))?;
     assert_eq!(
-        status,
+        render::status(&status),
         "epoch   3\nleader  yes\npools   1\nnodes   ready=2\nclaims  -\njobs    done=1\ncost    $0.001500\n"
     );
 
-    let cost = render::cost(&json!({"at": 0, "pools": {"p": {
+    let cost: CostReport = serde_json::from_value(json!({"at": 0, "pools": {"p": {
         "running": 2_000_000, "stopped": 0, "snapshots": 500_000,
-        "running_ms": 7_200_000, "stopped_ms": 0, "boots": {"cold": 2}, "interruptions": 0, "lost": 1
-    }}}));
+        "running_ms": 7_200_000, "stopped_ms": 0, "boots": {"image": 2}, "interruptions": 0, "lost": 1
+    }}}))?;
+    let cost = render::cost(&cost);
     assert!(cost.contains("$2.500000"), "{cost}");
     assert!(cost.contains("2.00"), "{cost}");
     assert!(
         cost.ends_with("total $2.500000 at 1970-01-01T00:00:00Z\n"),
         "{cost}"
     );
+    Ok(())
+}
+
+/// An ended claim keeps the lease end it had; the table shows when it
+/// ended instead, and a live one when its lease runs out.
+#[test]
+fn an_ended_claim_does_not_show_a_lease() -> Result<(), serde_json::Error> {
+    let claim = |state: serde_json::Value, ended_at: Option<u64>| {
+        serde_json::from_value::<ClaimRecord>(json!({
+            "request": {"claim_id": "c1", "workspace": "w", "pool": "p"},
+            "state": state, "node": "n1", "expires_at": 300_000, "enqueued_at": 0,
+            "ended_at": ended_at, "epoch": 1
+        }))
+    };
+    let now = 1_000;
+    let live = claim(json!({"state": "granted"}), None)?;
+    assert_eq!(
+        render::claim_expiry(&live, now),
+        "1970-01-01T00:05:00Z (in 4m59s)"
+    );
+    for (state, name) in [
+        (json!({"state": "released"}), "released"),
+        (json!({"state": "expired"}), "expired"),
+        (
+            json!({"state": "revoked", "reason": {"kind": "drained"}}),
+            "revoked (drained)",
+        ),
+    ] {
+        let ended = claim(state, Some(500))?;
+        assert_eq!(render::claim_state(&ended.state), name);
+        assert_eq!(
+            render::claim_expiry(&ended, now),
+            "ended 1970-01-01T00:00:00Z (500ms ago)"
+        );
+        let unknown_end = claim(json!({"state": "released"}), None)?;
+        assert_eq!(render::claim_expiry(&unknown_end, now), "-");
+    }
+    Ok(())
 }
 
 #[test]
@@ -284,19 +328,4 @@ fn claims_url_gets_its_path() {
         fleetctl::ws_claims_url("wss://h:1/v1/claims"),
         "wss://h:1/v1/claims"
     );
-}
-
-#[test]
-fn http_responses_parse() -> Result<(), String> {
-    let r = fleetctl::http::parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")?;
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"{}"[..]));
-    let r = fleetctl::http::parse_response(
-        b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
-    )?;
-    assert_eq!((r.status, r.body.as_slice()), (401, &b"abcde"[..]));
-    assert!(fleetctl::http::parse_response(b"garbage").is_err());
-    assert!(
-        fleetctl::http::parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err()
-    );
-    Ok(())
 }

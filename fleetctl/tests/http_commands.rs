@@ -1,91 +1,275 @@
-//! The HTTP commands against a small in-test server serving canned JSON.
+//! The HTTP commands against a small in-test server. What it serves is
+//! built as `fleet_core::protocol` values and encoded as the daemon encodes
+//! them, so a change to a body that the daemon would send and `fleetctl`
+//! could not read fails here.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::Output;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fleet_core::ids::{ClaimId, Epoch, InstanceType, JobId, NodeId, PoolName, Workspace};
+use fleet_core::money::Money;
+use fleet_core::protocol::{
+    API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_NODES_PATH,
+    API_POOLS_PATH, API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, BootSource, ClaimRecord,
+    ClaimRequest, ClaimState, CostReport, JobRecord, JobState, Market, NewToken, NewTokenRequest,
+    NodeRecord, NodeState, NodeStatus, PoolCost, PoolInfo, Receipt, Requirements, Secret,
+    StatusSummary, TaskResult, TaskSpec,
+};
+use fleet_core::strategy::PoolSpec;
 use tokio::net::TcpListener;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const TOKEN: &str = "test-token-123";
+/// A token limited to workspaces: the API answers it 403.
+const WORKSPACE_TOKEN: &str = "ws-token-456";
 
-fn canned(path: &str) -> Option<&'static str> {
-    Some(match path {
-        "/v1/status" => {
-            r#"{"epoch":2,"leader":true,"pools":1,"nodes":{"ready":1},"claims":{"active":1},"jobs":{},"cost_micros":2500000}"#
-        }
-        "/v1/pools" => {
-            r#"[{"name":"local","strategy":{"kind":"cold_image"},"instance_types":["local.node"],"image":"x","min_nodes":0,"max_nodes":4,"slots_per_node":1}]"#
-        }
-        "/v1/nodes" => {
-            r#"[{"record":{"node":"local-1-1","pool":"local","instance_type":"local.node","market":"on_demand","source":"image","state":"ready","endpoint":"127.0.0.1:9000","created_at":0,"state_since":0,"epoch":1},"state":"busy","claims":["c1"],"connected":true,"last_seen":0}]"#
-        }
-        "/v1/claims" => {
-            r#"[{"request":{"claim_id":"c1","workspace":"w","pool":"local"},"state":{"state":"active"},"enqueued_at":0,"node":"local-1-1","endpoint":"127.0.0.1:9000","expires_at":4102444800000,"epoch":1}]"#
-        }
-        "/v1/jobs" => {
-            r#"[{"spec":{"id":"j1","workspace":"w","pool":"local","argv":["make","test"]},"state":{"state":"done"},"attempts":1,"submitted_at":0,"receipt":{"job":"j1","attempts":1,"completed_at":0,"result":"pass","exit_code":0},"epoch":1}]"#
-        }
-        "/v1/costs" => {
-            r#"{"at":0,"pools":{"local":{"running":2500000,"stopped":0,"snapshots":0,"running_ms":3600000,"stopped_ms":0,"boots":{},"interruptions":0,"lost":0}}}"#
-        }
-        "/v1/tokens" => r#"{"name":"ci","token":"fresh-secret-token"}"#,
-        _ => return None,
-    })
+fn id<T>(r: Result<T, fleet_core::ids::IdError>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Serves canned JSON; `/v1/*` needs `Bearer TOKEN`.
-async fn server() -> std::io::Result<SocketAddr> {
+/// What the daemon would answer, as protocol values.
+#[derive(Clone)]
+struct Answers {
+    status: StatusSummary,
+    pools: Vec<PoolInfo>,
+    nodes: Vec<NodeStatus>,
+    claims: Vec<ClaimRecord>,
+    jobs: Vec<JobRecord>,
+    costs: CostReport,
+}
+
+fn answers() -> Answers {
+    let pool = id(PoolName::new("local"));
+    let node = id(NodeId::new("local-1-1"));
+    let ws = id(Workspace::new("w"));
+    let endpoint = "127.0.0.1:9000".to_owned();
+    let request = |claim: &str| ClaimRequest {
+        claim_id: id(ClaimId::new(claim)),
+        workspace: ws.clone(),
+        pool: pool.clone(),
+        requirements: Requirements::default(),
+        priority: 0,
+        lease_ttl_ms: 300_000,
+        max_wait_ms: None,
+        recipient: None,
+    };
+    let claim = |claim: &str, state: ClaimState, ended_at: Option<u64>| ClaimRecord {
+        request: request(claim),
+        state,
+        enqueued_at: 0,
+        node: Some(node.clone()),
+        endpoint: Some(endpoint.clone()),
+        granted_at: Some(0),
+        // Far in the future: a live lease shows "in …", an ended one must not.
+        expires_at: Some(4_102_444_800_000),
+        credentials: None,
+        pending_reason: None,
+        ended_at,
+        epoch: Epoch(1),
+    };
+    let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+        "id": "j1", "workspace": "w", "pool": "local", "argv": ["make", "test"],
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let job = id(JobId::new("j1"));
+    let mut costs = CostReport {
+        at: 0,
+        pools: BTreeMap::new(),
+    };
+    costs.pools.insert(
+        pool.clone(),
+        PoolCost {
+            running: Money::from_micros(2_500_000),
+            running_ms: 3_600_000,
+            ..PoolCost::default()
+        },
+    );
+    let mut spec_pool = PoolSpec {
+        name: pool.clone(),
+        ..PoolSpec::default()
+    };
+    spec_pool.instance_types = vec![id(InstanceType::new("local.node"))];
+    Answers {
+        status: StatusSummary {
+            epoch: Epoch(2),
+            leader: true,
+            pools: 1,
+            nodes: [("ready".to_owned(), 1)].into(),
+            claims: [("active".to_owned(), 1), ("released".to_owned(), 1)].into(),
+            jobs: BTreeMap::new(),
+            cost_micros: Money::from_micros(2_500_000),
+        },
+        pools: vec![PoolInfo::from(&spec_pool)],
+        nodes: vec![NodeStatus {
+            record: NodeRecord {
+                node: node.clone(),
+                pool: pool.clone(),
+                instance_type: id(InstanceType::new("local.node")),
+                market: Market::OnDemand,
+                source: BootSource::Image {
+                    image: "x".to_owned(),
+                },
+                state: NodeState::Ready,
+                provider_id: None,
+                endpoint: Some(endpoint.clone()),
+                created_at: 0,
+                state_since: 0,
+                epoch: Epoch(1),
+            },
+            state: NodeState::Busy,
+            claims: vec![id(ClaimId::new("c1"))],
+            connected: true,
+            last_seen: 0,
+        }],
+        claims: vec![
+            claim("c1", ClaimState::Active, None),
+            claim("c2", ClaimState::Released, Some(1_000)),
+        ],
+        jobs: vec![JobRecord {
+            spec,
+            state: JobState::Done,
+            attempts: 1,
+            submitted_at: 0,
+            last_event_at: None,
+            escalated: false,
+            receipt: Some(Receipt {
+                job,
+                node: None,
+                attempts: 1,
+                completed_at: 0,
+                result: TaskResult::Pass,
+                exit_code: Some(0),
+                reason: None,
+                artifacts: Vec::new(),
+                score: None,
+            }),
+            epoch: Epoch(1),
+        }],
+        costs,
+    }
+}
+
+/// How the test daemon behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Answers.
+    Leader,
+    /// Answers every `/v1` path 503, as a follower does.
+    Follower,
+    /// Answers the claims with a body over fleetctl's limit.
+    Huge,
+}
+
+async fn require_token(State(mode): State<Mode>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let refuse = |code: StatusCode, why: &str| (code, axum::Json(ApiErrorBody::new(why)));
+    match presented {
+        Some(TOKEN) if mode == Mode::Follower => refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this daemon is a follower; ask the leader",
+        )
+        .into_response(),
+        Some(TOKEN) => next.run(req).await,
+        Some(WORKSPACE_TOKEN) => refuse(
+            StatusCode::FORBIDDEN,
+            "this token is limited to workspaces (the claim plane); the HTTP API needs an operator token",
+        )
+        .into_response(),
+        _ => refuse(StatusCode::UNAUTHORIZED, "unauthorized").into_response(),
+    }
+}
+
+/// Serves [`answers`] as the daemon would.
+async fn server(mode: Mode) -> std::io::Result<SocketAddr> {
+    let a = Arc::new(answers());
+    let json = |v: serde_json::Result<Vec<u8>>| {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            v.unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
+    let claims = {
+        let a = Arc::clone(&a);
+        move || async move {
+            if mode == Mode::Huge {
+                // Valid JSON, over the 32 MiB limit.
+                let mut big = vec![b' '; 33 << 20];
+                big[0] = b'[';
+                big.push(b']');
+                return json(Ok(big));
+            }
+            json(serde_json::to_vec(&a.claims))
+        }
+    };
+    let v1 = Router::new()
+        .route(
+            API_STATUS_PATH,
+            get({
+                let a = Arc::clone(&a);
+                move || async move { json(serde_json::to_vec(&a.status)) }
+            }),
+        )
+        .route(
+            API_POOLS_PATH,
+            get({
+                let a = Arc::clone(&a);
+                move || async move { json(serde_json::to_vec(&a.pools)) }
+            }),
+        )
+        .route(
+            API_NODES_PATH,
+            get({
+                let a = Arc::clone(&a);
+                move || async move { json(serde_json::to_vec(&a.nodes)) }
+            }),
+        )
+        .route(API_CLAIMS_PATH, get(claims))
+        .route(
+            API_JOBS_PATH,
+            get({
+                let a = Arc::clone(&a);
+                move || async move { json(serde_json::to_vec(&a.jobs)) }
+            }),
+        )
+        .route(
+            API_COSTS_PATH,
+            get({
+                let a = Arc::clone(&a);
+                move || async move { json(serde_json::to_vec(&a.costs)) }
+            }),
+        )
+        .route(
+            API_TOKENS_PATH,
+            post(|axum::Json(req): axum::Json<NewTokenRequest>| async move {
+                axum::Json(NewToken {
+                    name: req.name,
+                    token: Secret::new("fresh-secret-token"),
+                    workspaces: req.workspaces.map(|w| w.into_iter().collect()),
+                })
+            }),
+        )
+        .route_layer(middleware::from_fn_with_state(mode, require_token))
+        .with_state(mode);
+    let app = Router::new()
+        .route(API_HEALTHZ_PATH, get(|| async { "ok\n" }))
+        .merge(v1);
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then the body by Content-Length.
-                loop {
-                    let Ok(n) = s.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if buf.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                let text = String::from_utf8_lossy(&buf).to_string();
-                let path = text.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let authed = text.contains(&format!("Authorization: Bearer {TOKEN}\r\n"));
-                let (status, body) = match path.as_str() {
-                    "/healthz" => ("200 OK", "ok\n".to_owned()),
-                    p if p.starts_with("/v1/") && !authed => {
-                        ("401 Unauthorized", "unauthorized\n".to_owned())
-                    }
-                    p => match canned(p) {
-                        Some(b) => ("200 OK", b.to_owned()),
-                        None => ("404 Not Found", r#"{"error":"no such thing"}"#.to_owned()),
-                    },
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
+        let _ = axum::serve(l, app).await;
     });
     Ok(addr)
 }
@@ -123,15 +307,19 @@ async fn fleetctl_with_env_token(
     .await?
 }
 
-fn run_args(addr: SocketAddr, rest: &str) -> Vec<String> {
+fn run_args_with(addr: SocketAddr, token: &str, rest: &str) -> Vec<String> {
     let mut v = vec![
         "--url".to_owned(),
         format!("http://{addr}"),
         "--token".to_owned(),
-        TOKEN.to_owned(),
+        token.to_owned(),
     ];
     v.extend(rest.split_whitespace().map(str::to_owned));
     v
+}
+
+fn run_args(addr: SocketAddr, rest: &str) -> Vec<String> {
+    run_args_with(addr, TOKEN, rest)
 }
 
 fn text(b: &[u8]) -> String {
@@ -140,31 +328,46 @@ fn text(b: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_and_json_from_the_api() -> TestResult {
-    let addr = server().await?;
+    let addr = server(Mode::Leader).await?;
 
     let out = fleetctl(run_args(addr, "status")).await?;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(s.contains("nodes   ready=1"), "{s}");
+    assert!(s.contains("claims  active=1 released=1"), "{s}");
     assert!(s.contains("cost    $2.500000"), "{s}");
 
     let out = fleetctl(run_args(addr, "nodes")).await?;
     let s = text(&out.stdout);
     assert!(s.starts_with("NODE       POOL   STATE"), "{s}");
-    assert!(s.contains("local-1-1  local  busy"), "{s}");
+    assert!(
+        s.contains("local-1-1  local  busy   local.node  on_demand  yes        c1"),
+        "{s}"
+    );
 
     let out = fleetctl(run_args(addr, "claims")).await?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let line = |id: &str| {
+        s.lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("no {id} in {s}"))
+            .to_owned()
+    };
     assert!(
-        text(&out.stdout).contains("c1     w          local  active"),
-        "{}",
-        text(&out.stdout)
+        line("c1 ").contains("c1     w          local  active"),
+        "{s}"
     );
+    assert!(line("c1 ").contains("2100-01-01T00:00:00Z (in "), "{s}");
+    // A released claim keeps its old lease end in the record; the table
+    // says it ended.
+    assert!(line("c2 ").contains("released"), "{s}");
+    assert!(line("c2 ").contains("ended 1970-01-01T00:00:01Z ("), "{s}");
+    assert!(!line("c2 ").contains("(in "), "{s}");
+
     let out = fleetctl(run_args(addr, "pools")).await?;
-    assert!(
-        text(&out.stdout).contains("cold_image"),
-        "{}",
-        text(&out.stdout)
-    );
+    let s = text(&out.stdout);
+    assert!(s.contains("local  cold_image  local.node"), "{s}");
     let out = fleetctl(run_args(addr, "cost")).await?;
     assert!(
         text(&out.stdout).contains("total $2.500000"),
@@ -172,16 +375,19 @@ async fn tables_and_json_from_the_api() -> TestResult {
         text(&out.stdout)
     );
     let out = fleetctl(run_args(addr, "jobs list")).await?;
+    let s = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains("make test"),
-        "{}",
-        text(&out.stdout)
+        s.contains("j1   w          local  done   1         pass    0     make test"),
+        "{s}"
     );
 
-    // JSON is the API's JSON.
+    // JSON is the API's JSON: it decodes into the protocol type.
     let out = fleetctl(run_args(addr, "--json claims")).await?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    assert_eq!(v[0]["request"]["claim_id"], "c1");
+    let claims: Vec<ClaimRecord> = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(claims, answers().claims);
+    let out = fleetctl(run_args(addr, "--json pools")).await?;
+    let pools: Vec<PoolInfo> = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(pools, answers().pools);
 
     // Job watch of a finished job: one line, the receipt, exit 0.
     let out = fleetctl(run_args(addr, "jobs watch j1 --interval-ms 50")).await?;
@@ -195,33 +401,91 @@ async fn tables_and_json_from_the_api() -> TestResult {
     // The token is printed once, by token create only.
     let out = fleetctl(run_args(addr, "token create ci")).await?;
     assert_eq!(text(&out.stdout), "fresh-secret-token\n");
+    let out = fleetctl(run_args(addr, "--json token create ci --workspaces a,b")).await?;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let minted: NewToken = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(minted.token.expose(), "fresh-secret-token");
+    assert_eq!(minted.workspaces.map(|w| w.len()), Some(2));
+    Ok(())
+}
+
+/// A claim that never ended renders the same through every path: the
+/// value the daemon encodes is the value fleetctl renders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_daemon_encodes_is_what_fleetctl_renders() -> TestResult {
+    let addr = server(Mode::Leader).await?;
+    let out = fleetctl(run_args(addr, "claims")).await?;
+    let a = answers();
+    // Rendering at slightly different instants: compare everything but the
+    // relative time.
+    let served = fleetctl::render::claims(&a.claims, fleetctl::render::now_ms());
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| l.split(" (").next().unwrap_or(l).to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&text(&out.stdout)), strip(&served));
+    let out = fleetctl(run_args(addr, "status")).await?;
+    assert_eq!(text(&out.stdout), fleetctl::render::status(&a.status));
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_one_clear_line() -> TestResult {
-    let addr = server().await?;
+    let addr = server(Mode::Leader).await?;
 
-    let out = fleetctl(vec![
-        "--url".into(),
-        format!("http://{addr}"),
-        "--token".into(),
-        "wrong-token".into(),
-        "status".into(),
-    ])
-    .await?;
+    let out = fleetctl(run_args_with(addr, "wrong-token", "status")).await?;
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("refused the API token (401)"), "{err}");
     assert!(!err.contains("wrong-token"), "token leaked: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
+    // A workspace token: says why and which token to use instead.
+    let out = fleetctl(run_args_with(addr, WORKSPACE_TOKEN, "nodes")).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("(403)"), "{err}");
+    assert!(err.contains("operator token"), "{err}");
+    assert!(err.contains("admin.token"), "{err}");
+    assert!(!err.contains(WORKSPACE_TOKEN), "token leaked: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A follower: what the daemon said and what to do.
+    let follower = server(Mode::Follower).await?;
+    let out = fleetctl(run_args(follower, "claims")).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("(503)"), "{err}");
+    assert!(err.contains("follower; ask the leader"), "{err}");
+    assert!(err.contains("--url"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // An answer over the size limit is refused, not decoded.
+    let huge = server(Mode::Huge).await?;
+    let out = fleetctl(run_args(huge, "claims")).await?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("larger than"), "{err}");
+
     // Daemon down.
     let dead = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
     let out = fleetctl(run_args(dead, "status")).await?;
     assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot reach the daemon"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Not an HTTP URL.
+    let out = fleetctl(vec![
+        "--url".into(),
+        "ftp://127.0.0.1:1".into(),
+        "status".into(),
+    ])
+    .await?;
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("cannot reach the daemon"),
+        text(&out.stderr).contains("not an http://"),
         "{}",
         text(&out.stderr)
     );
@@ -243,7 +507,7 @@ async fn failures_are_one_clear_line() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_comes_from_fleet_token_unless_passed() -> TestResult {
-    let addr = server().await?;
+    let addr = server(Mode::Leader).await?;
 
     // As `export FLEET_TOKEN=$(cat admin.token)` leaves it: a newline.
     let out = fleetctl_with_env_token(addr, &format!("{TOKEN}\n"), &["status"]).await?;

@@ -14,58 +14,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::Controller;
 use crate::billing::{BillingModel, BootPath};
 use crate::ids::{Millis, NodeId, PoolName};
-use crate::money::{HourlyPrice, Money};
-use crate::protocol::{NodeRecord, NodeState};
+use crate::money::HourlyPrice;
+use crate::protocol::{CostReport, NodeRecord, NodeState, PoolCost};
 use crate::provider::{BootSource, Offering};
-
-/// What one pool has cost.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolCost {
-    /// Running time billed.
-    pub running: Money,
-    /// Stopped time billed.
-    pub stopped: Money,
-    /// Snapshot storage billed.
-    pub snapshots: Money,
-    /// Node-milliseconds spent running (billed states).
-    pub running_ms: u64,
-    /// Node-milliseconds spent stopped.
-    pub stopped_ms: u64,
-    /// Nodes brought up, per boot path.
-    pub boots: BTreeMap<BootPath, u64>,
-    /// Spot interruptions.
-    pub interruptions: u64,
-    /// Nodes lost (heartbeat or boot timeout).
-    pub lost: u64,
-}
-
-impl PoolCost {
-    /// Everything billed.
-    pub fn total(&self) -> Money {
-        self.running + self.stopped + self.snapshots
-    }
-}
-
-/// Costs of every pool at one instant.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CostReport {
-    /// When.
-    pub at: Millis,
-    /// Per pool.
-    pub pools: BTreeMap<PoolName, PoolCost>,
-}
-
-impl CostReport {
-    /// All pools together.
-    pub fn total(&self) -> Money {
-        self.pools.values().map(PoolCost::total).sum()
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Meter {

@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use cost::{CostReport, PoolCost};
+// What the status API shows; defined with the other wire types.
+pub use crate::protocol::{CostReport, NodeStatus, PoolCost};
 
 use crate::arbitrate::Quota;
 use crate::billing::BillingModel;
@@ -729,21 +730,6 @@ impl Controller {
             last_seen: n.last_seen,
         }
     }
-}
-
-/// A node's live status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeStatus {
-    /// The stored record.
-    pub record: crate::protocol::NodeRecord,
-    /// The live state (`busy` when it holds claims).
-    pub state: NodeState,
-    /// Claims it holds (granted, active, or being granted).
-    pub claims: Vec<ClaimId>,
-    /// Whether its agent session is open.
-    pub connected: bool,
-    /// Last message from its agent.
-    pub last_seen: Millis,
 }
 
 impl Node {

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 use crate::ids::{InstanceType, PoolName};
+use crate::protocol::{PoolInfo, StrategyParams};
 use crate::provider::Offering;
 use crate::strategy::StrategyConfig;
 
@@ -57,6 +58,39 @@ impl Default for PoolSpec {
             min_nodes: 0,
             max_nodes: PoolSpec::default_max_nodes(),
             slots_per_node: PoolSpec::default_slots(),
+        }
+    }
+}
+
+impl From<&PoolSpec> for PoolInfo {
+    /// The pool as the HTTP API shows it; the strategy's parameters keep the
+    /// shape they have in the config.
+    fn from(p: &PoolSpec) -> PoolInfo {
+        PoolInfo {
+            name: p.name.clone(),
+            strategy: StrategyParams::from(&p.strategy),
+            instance_types: p.instance_types.clone(),
+            image: p.image.clone(),
+            labels: p.labels.clone(),
+            min_nodes: p.min_nodes,
+            max_nodes: p.max_nodes,
+            slots_per_node: p.slots_per_node,
+        }
+    }
+}
+
+impl From<&StrategyConfig> for StrategyParams {
+    fn from(s: &StrategyConfig) -> StrategyParams {
+        // A strategy's parameters are a struct of plain fields, so this
+        // cannot fail; were it to, the kind alone is still right.
+        let mut params = match serde_json::to_value(s) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        };
+        params.remove("kind");
+        StrategyParams {
+            kind: s.name().to_owned(),
+            params,
         }
     }
 }
@@ -219,5 +253,32 @@ mod tests {
         named.resolve(&offerings).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(named.instance_types, [offerings[0].instance_type.clone()]);
         assert!(PoolSpec::default().resolve(&[]).is_err());
+    }
+
+    #[test]
+    fn the_api_shows_a_pool_as_its_config_says_it() {
+        for kind in [
+            "cold_image",
+            "cold_snapshot",
+            "always_on_resize",
+            "stopped_pool",
+            "spot",
+            "hybrid",
+        ] {
+            let spec: PoolSpec = serde_json::from_value(serde_json::json!({
+                "name": "p", "strategy": { "kind": kind }, "labels": { "team": "ci" },
+            }))
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let info = PoolInfo::from(&spec);
+            assert_eq!(info.strategy.kind, kind);
+            let shown = serde_json::to_value(&info).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                shown,
+                serde_json::to_value(&spec).unwrap_or_else(|e| panic!("{e}")),
+                "{kind}"
+            );
+            let back: PoolInfo = serde_json::from_value(shown).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(back, info);
+        }
     }
 }

@@ -1,0 +1,304 @@
+//! The daemon's HTTP API: what each path answers and takes.
+//!
+//! | path | method | body |
+//! |---|---|---|
+//! | [`API_HEALTHZ_PATH`] | GET | `ok` (text) |
+//! | [`API_READYZ_PATH`] | GET | `ready` / 503 (text) |
+//! | [`API_METRICS_PATH`] | GET | Prometheus text |
+//! | [`API_STATUS_PATH`] | GET | [`StatusSummary`] |
+//! | [`API_POOLS_PATH`] | GET | `[`[`PoolInfo`]`]` |
+//! | [`API_NODES_PATH`] | GET | `[`[`NodeStatus`]`]` |
+//! | [`API_CLAIMS_PATH`] | GET | `[`[`ClaimRecord`](super::ClaimRecord)`]`, without credentials |
+//! | [`API_JOBS_PATH`] | GET | `[`[`JobRecord`](super::JobRecord)`]` |
+//! | [`API_COSTS_PATH`] | GET | [`CostReport`] |
+//! | [`API_TOKENS_PATH`] | POST | [`NewTokenRequest`] → [`NewToken`] |
+//!
+//! Every `/v1` and `/metrics` path needs `Authorization: Bearer <operator
+//! token>`; a refusal (401, 403) and every other error carry an
+//! [`ApiErrorBody`]. The bodies are plain JSON (no envelope: the API is
+//! versioned by its `/v1` prefix). The answers' decoders ignore fields they
+//! do not know, and the summaries default what is missing, so a daemon and
+//! a `fleetctl` of neighbouring versions still read each other; the one
+//! request, [`NewTokenRequest`], is strict.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{NodeRecord, NodeState, Secret};
+use crate::ids::{ClaimId, Epoch, InstanceType, Millis, PoolName, Workspace};
+use crate::money::Money;
+
+/// Liveness: answers while the process runs.
+pub const API_HEALTHZ_PATH: &str = "/healthz";
+/// Readiness: 200 once this daemon leads and its control loop runs.
+pub const API_READYZ_PATH: &str = "/readyz";
+/// Prometheus metrics.
+pub const API_METRICS_PATH: &str = "/metrics";
+/// [`StatusSummary`].
+pub const API_STATUS_PATH: &str = "/v1/status";
+/// The pools, as [`PoolInfo`]s.
+pub const API_POOLS_PATH: &str = "/v1/pools";
+/// The nodes, as [`NodeStatus`]es.
+pub const API_NODES_PATH: &str = "/v1/nodes";
+/// The stored claims, as [`ClaimRecord`](super::ClaimRecord)s.
+pub const API_CLAIMS_PATH: &str = "/v1/claims";
+/// The jobs, as [`JobRecord`](super::JobRecord)s.
+pub const API_JOBS_PATH: &str = "/v1/jobs";
+/// [`CostReport`].
+pub const API_COSTS_PATH: &str = "/v1/costs";
+/// POST a [`NewTokenRequest`], get a [`NewToken`].
+pub const API_TOKENS_PATH: &str = "/v1/tokens";
+
+/// `GET /v1/status`: counts of what the control plane holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default)]
+pub struct StatusSummary {
+    /// The leader's epoch.
+    pub epoch: Epoch,
+    /// Whether the answering daemon leads.
+    pub leader: bool,
+    /// How many pools are configured.
+    pub pools: u64,
+    /// Nodes per state name ([`NodeState::name`]).
+    pub nodes: BTreeMap<String, u64>,
+    /// Stored claims per state name
+    /// ([`ClaimState::name`](super::ClaimState::name)).
+    pub claims: BTreeMap<String, u64>,
+    /// Jobs per state name.
+    pub jobs: BTreeMap<String, u64>,
+    /// What every pool has cost so far.
+    pub cost_micros: Money,
+}
+
+/// `GET /v1/pools`: one pool as the daemon runs it (its configured
+/// `PoolSpec`, with the instance types resolved).
+///
+/// The strategy's parameters differ per strategy and a newer daemon may run
+/// one this build does not know, so they travel as [`StrategyParams`]
+/// rather than as the typed `StrategyConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PoolInfo {
+    /// The pool.
+    pub name: PoolName,
+    /// How its nodes live.
+    pub strategy: StrategyParams,
+    /// Instance types it may run, the baseline first.
+    #[serde(default)]
+    pub instance_types: Vec<InstanceType>,
+    /// The base image new nodes boot from.
+    #[serde(default)]
+    pub image: String,
+    /// Labels every node of the pool carries.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Nodes never fewer than this.
+    #[serde(default)]
+    pub min_nodes: u32,
+    /// Nodes never more than this.
+    #[serde(default)]
+    pub max_nodes: u32,
+    /// Claims one node serves at once.
+    #[serde(default)]
+    pub slots_per_node: u32,
+}
+
+/// A pool's strategy: its `kind` (`cold_image`, `spot`, …) and the
+/// parameters of that kind, as written in the daemon's config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct StrategyParams {
+    /// The strategy's name.
+    pub kind: String,
+    /// Its parameters.
+    #[serde(flatten)]
+    pub params: BTreeMap<String, serde_json::Value>,
+}
+
+/// `GET /v1/nodes`: a node's stored record with its live state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct NodeStatus {
+    /// The stored record.
+    pub record: NodeRecord,
+    /// The live state (`busy` when it holds claims; the record says
+    /// `ready`).
+    pub state: NodeState,
+    /// Claims it holds (granted, active, or being granted).
+    #[serde(default)]
+    pub claims: Vec<ClaimId>,
+    /// Whether its agent session is open.
+    #[serde(default)]
+    pub connected: bool,
+    /// Last message from its agent.
+    #[serde(default)]
+    pub last_seen: Millis,
+}
+
+/// The source a node boots from; each has its own latency and cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BootPath {
+    /// A fresh node from the base image: provisioning plus full set-up.
+    Image,
+    /// A fresh node from a pre-baked snapshot.
+    Snapshot,
+    /// A stopped node powered on again.
+    Stopped,
+    /// A running node resized in place (downtime of the resize).
+    Resize,
+}
+
+/// What one pool has cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default)]
+pub struct PoolCost {
+    /// Running time billed.
+    pub running: Money,
+    /// Stopped time billed.
+    pub stopped: Money,
+    /// Snapshot storage billed.
+    pub snapshots: Money,
+    /// Node-milliseconds spent running (billed states).
+    pub running_ms: u64,
+    /// Node-milliseconds spent stopped.
+    pub stopped_ms: u64,
+    /// Nodes brought up, per boot path.
+    pub boots: BTreeMap<BootPath, u64>,
+    /// Spot interruptions.
+    pub interruptions: u64,
+    /// Nodes lost (heartbeat or boot timeout).
+    pub lost: u64,
+}
+
+impl PoolCost {
+    /// Everything billed.
+    pub fn total(&self) -> Money {
+        self.running + self.stopped + self.snapshots
+    }
+}
+
+/// `GET /v1/costs`: what every pool has cost, at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default)]
+pub struct CostReport {
+    /// When.
+    pub at: Millis,
+    /// Per pool.
+    pub pools: BTreeMap<PoolName, PoolCost>,
+}
+
+impl CostReport {
+    /// All pools together.
+    pub fn total(&self) -> Money {
+        self.pools.values().map(PoolCost::total).sum()
+    }
+}
+
+/// `POST /v1/tokens`: mint an API token.
+///
+/// Unlike the answers, it refuses a field it does not know: a daemon that
+/// ignored a restriction added later would mint a broader token than was
+/// asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenRequest {
+    /// A name for the token (1..=64 characters), shown in logs.
+    pub name: String,
+    /// Limit the token to these workspaces (the claim plane only); absent:
+    /// an operator's token, which also opens this API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspaces: Option<Vec<Workspace>>,
+}
+
+/// The answer to [`NewTokenRequest`]: the token, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct NewToken {
+    /// The name it was given.
+    pub name: String,
+    /// The bearer token.
+    pub token: Secret,
+    /// The workspaces it is limited to; `None` for an operator's token.
+    #[serde(default)]
+    pub workspaces: Option<BTreeSet<Workspace>>,
+}
+
+/// The body of every error answer (4xx, 5xx) of the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default)]
+pub struct ApiErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+impl ApiErrorBody {
+    /// An error body saying `why`.
+    pub fn new(why: impl Into<String>) -> ApiErrorBody {
+        ApiErrorBody { error: why.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[test]
+    fn summaries_ignore_unknown_fields_and_default_missing_ones() -> TestResult {
+        let s: StatusSummary = serde_json::from_str(
+            r#"{"epoch":3,"leader":true,"nodes":{"ready":2},"added_later":{"x":1}}"#,
+        )?;
+        assert_eq!(s.epoch, Epoch(3));
+        assert_eq!(s.nodes.get("ready"), Some(&2));
+        assert_eq!(s.cost_micros, Money::ZERO);
+
+        let c: CostReport = serde_json::from_str(
+            r#"{"at":5,"pools":{"p":{"running":7,"boots":{"image":1},"new":0}}}"#,
+        )?;
+        assert_eq!(c.total(), Money::from_micros(7));
+        Ok(())
+    }
+
+    #[test]
+    fn pool_info_keeps_the_strategy_parameters_flat() -> TestResult {
+        let text = r#"{"name":"p","strategy":{"kind":"spot","fallback":true},"instance_types":["t3.micro"],"image":"img","labels":{},"min_nodes":0,"max_nodes":4,"slots_per_node":1}"#;
+        let p: PoolInfo = serde_json::from_str(text)?;
+        assert_eq!(p.strategy.kind, "spot");
+        assert_eq!(
+            p.strategy.params.get("fallback"),
+            Some(&serde_json::json!(true))
+        );
+        assert_eq!(
+            serde_json::to_value(&p)?,
+            serde_json::from_str::<serde_json::Value>(text)?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_token_shows_its_secret_on_the_wire_only() -> TestResult {
+        let t: NewToken =
+            serde_json::from_str(r#"{"name":"ci","token":"s3cret","workspaces":["w"]}"#)?;
+        assert_eq!(t.token.expose(), "s3cret");
+        assert!(!format!("{t:?}").contains("s3cret"));
+        let op: NewToken = serde_json::from_str(r#"{"name":"op","token":"x"}"#)?;
+        assert_eq!(op.workspaces, None);
+        let req = NewTokenRequest {
+            name: "op".to_owned(),
+            workspaces: None,
+        };
+        assert_eq!(serde_json::to_string(&req)?, r#"{"name":"op"}"#);
+        assert!(serde_json::from_str::<NewTokenRequest>(r#"{"nmae":"x"}"#).is_err());
+        Ok(())
+    }
+}
