@@ -1,5 +1,5 @@
 //! Sealing a claim's credentials bundle for its claimant. Opening is the
-//! claimant's side, in `fleet-client` (re-exported here).
+//! claimant's side: `fleet_client::credentials::open`.
 //!
 //! # Format (`fleet-credentials-v1`)
 //!
@@ -52,7 +52,6 @@ pub const SEAL_KEY_FILE: &str = "seal.ed25519.key";
 /// The public key's file name in the data directory, for operators to hand
 /// to claimants.
 pub const SEAL_PUB_FILE: &str = "seal.ed25519.pub";
-pub use fleet_client::credentials::{Expected, MAX_CIPHERTEXT_BYTES, OpenError, SignerKey, open};
 
 /// A sealing failure.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +165,7 @@ impl Sealer {
             }
         };
         // Rewritten on every load so it always matches the key.
-        let public = format!("{}\n", sealer.signer().to_base64());
+        let public = format!("{}\n", sealer.signer());
         if read_optional(&pub_path)?.as_deref() != Some(public.as_str()) {
             write_private_file(&pub_path, public.as_bytes(), 0o644)?;
         }
@@ -181,10 +180,10 @@ impl Sealer {
         }
     }
 
-    /// The public key claimants must trust.
-    pub fn signer(&self) -> SignerKey {
-        SignerKey::from_bytes(self.key.verifying_key().as_bytes())
-            .unwrap_or_else(|_| unreachable!("a verifying key is a valid point"))
+    /// The public key claimants must trust: standard base64 of its 32
+    /// bytes (`fleet_client::SignerKey::from_base64` reads it).
+    pub fn signer(&self) -> String {
+        B64.encode(self.key.verifying_key().as_bytes())
     }
 
     /// Seals `bundle` for `recipient` (an age X25519 recipient, `age1…`):
@@ -217,7 +216,7 @@ impl Sealer {
             format: CREDENTIALS_FORMAT.to_owned(),
             ciphertext,
             signature: B64.encode(signature.to_bytes()),
-            signer: self.signer().to_base64(),
+            signer: self.signer(),
             expires_at: bundle.expires_at,
         })
     }

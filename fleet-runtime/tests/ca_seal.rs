@@ -8,15 +8,14 @@ use std::str::FromStr;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::Signer as _;
+use fleet_client::credentials::{Expected, OpenError, SignerKey, open};
 use fleet_core::ids::{ClaimId, NodeId, Workspace};
 use fleet_core::protocol::{
     CREDENTIALS_FORMAT, CredentialsBundle, SealedCredentials, credentials_signing_payload,
 };
 use fleet_core::subjects::Subjects;
 use fleet_runtime::ca::{CA_CERT_FILE, CA_KEY_FILE, CLOCK_SKEW_MS, CaError, PoolCa};
-use fleet_runtime::seal::{
-    Expected, OpenError, SEAL_KEY_FILE, SEAL_PUB_FILE, SealError, Sealer, SignerKey, open,
-};
+use fleet_runtime::seal::{SEAL_KEY_FILE, SEAL_PUB_FILE, SealError, Sealer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 
@@ -303,7 +302,7 @@ impl Fixture {
     }
 
     fn open(&self, sealed: &SealedCredentials) -> Result<CredentialsBundle, OpenError> {
-        let signer = self.sealer.signer();
+        let signer = trusted(&self.sealer.signer());
         open(
             sealed,
             &self.identity,
@@ -330,7 +329,7 @@ fn seal_round_trip() {
         sealed.ciphertext
     );
     assert!(!sealed.ciphertext.contains("PRIVATE KEY"));
-    assert_eq!(sealed.signer, f.sealer.signer().to_base64());
+    assert_eq!(sealed.signer, f.sealer.signer());
     let opened = f.open(&sealed).unwrap_or_else(|e| panic!("open: {e}"));
     assert_eq!(opened, f.bundle);
     assert!(!format!("{opened:?}").contains("PRIVATE KEY"));
@@ -393,7 +392,7 @@ fn tampered_ciphertext_fails_the_signature() {
 fn an_untrusted_signer_is_refused() {
     let f = fixture();
     let sealed = f.seal();
-    let other = Sealer::from_seed([7u8; 32]).signer();
+    let other = trusted(&Sealer::from_seed([7u8; 32]).signer());
     let result = open(
         &sealed,
         &f.identity,
@@ -414,7 +413,7 @@ fn an_untrusted_signer_is_refused() {
         .seal(&f.bundle, &f.recipient)
         .unwrap_or_else(|e| panic!("{e}"));
     let forged = SealedCredentials {
-        signer: f.sealer.signer().to_base64(),
+        signer: f.sealer.signer(),
         ..forged
     };
     assert!(matches!(f.open(&forged), Err(OpenError::BadSignature)));
@@ -425,7 +424,7 @@ fn the_wrong_identity_cannot_decrypt() {
     let f = fixture();
     let sealed = f.seal();
     let stranger = age::x25519::Identity::generate();
-    let signer = f.sealer.signer();
+    let signer = trusted(&f.sealer.signer());
     let result = open(
         &sealed,
         &stranger,
@@ -446,7 +445,7 @@ fn the_wrong_identity_cannot_decrypt() {
 fn a_bundle_for_another_claim_is_refused() {
     let f = fixture();
     let sealed = f.seal();
-    let signer = f.sealer.signer();
+    let signer = trusted(&f.sealer.signer());
     let mine = claim("claim-2");
     // The signature binds the claim id: sealed for claim-1, asked as claim-2.
     let result = open(
@@ -494,7 +493,7 @@ fn a_bundle_for_another_claim_is_refused() {
 fn a_wrong_expiry_is_refused() {
     let f = fixture();
     let sealed = f.seal();
-    let signer = f.sealer.signer();
+    let signer = trusted(&f.sealer.signer());
     let result = open(
         &sealed,
         &f.identity,
@@ -571,7 +570,7 @@ fn the_signing_key_persists_privately() {
         std::fs::read_to_string(dir.path().join(SEAL_PUB_FILE)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         SignerKey::from_base64(&public).unwrap_or_else(|e| panic!("{e}")),
-        a.signer()
+        trusted(&a.signer())
     );
     let seed =
         std::fs::read_to_string(dir.path().join(SEAL_KEY_FILE)).unwrap_or_else(|e| panic!("{e}"));
@@ -594,4 +593,9 @@ fn recipient_strings_parse_like_age() {
     let r = id.to_public().to_string();
     assert!(r.starts_with("age1"));
     assert!(age::x25519::Recipient::from_str(&r).is_ok());
+}
+
+/// The key a claimant pins, from what the sealer publishes.
+fn trusted(published: &str) -> SignerKey {
+    SignerKey::from_base64(published).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -192,7 +192,7 @@ fn signer(s: &mut State<'_>) -> Outcome {
     };
     match crate::read_text(&path, "signer key") {
         Err(e) => Outcome::Fail(e.to_string()),
-        Ok(t) => match fleet_runtime::seal::SignerKey::from_base64(&t) {
+        Ok(t) => match fleet_client::SignerKey::from_base64(&t) {
             Ok(_) => Outcome::Pass(format!("signer key {}", path.display())),
             Err(e) => Outcome::Fail(format!("signer key {}: {e}", path.display())),
         },

@@ -7,13 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_client::credentials::{Expected, SignerKey};
 use fleet_core::protocol::Discovery;
 use fleet_core::protocol::{
     ClaimGrant, ClaimRequest, CredentialsBundle, Requirements, SealedCredentials,
 };
 use fleet_core::subjects::Subjects;
 use fleet_core::{ClaimId, PoolName, Workspace};
-use fleet_runtime::seal::{Expected, SignerKey};
 use fleet_transport_ws::{ClientTlsConfig, WsClaimClient, WsConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -310,7 +310,7 @@ pub(crate) fn open_sealed(
     let signer = std::fs::read_to_string(&d.signer_file).unwrap_or_else(|e| panic!("{e}"));
     let signer = SignerKey::from_base64(signer.trim()).unwrap_or_else(|e| panic!("{e}"));
     let recipient = identity.to_public().to_string();
-    fleet_runtime::seal::open(
+    fleet_client::credentials::open(
         sealed,
         identity,
         &Expected {
