@@ -19,8 +19,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A binary of this workspace, built if missing.
+/// A binary of this workspace, built with every feature (the daemon's
+/// NATS and cloud providers) before its first use in this test process.
+///
+/// Always asking cargo (a no-op when it is fresh) rather than trusting a
+/// binary that exists: the target dir is shared, and another build (an
+/// example, a `cargo build -p fleet-daemon` without features, another
+/// checkout) may have left one built from other sources or features.
 pub(crate) fn bin(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let dir = exe
         .parent()
@@ -28,13 +35,17 @@ pub(crate) fn bin(package: &str, name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
         .to_owned();
     let path = dir.join(name);
-    if !path.exists() {
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", name])
+            .args(["build", "-p", package, "--bin", name, "--all-features"])
             .status()
             .unwrap_or_else(|e| panic!("building {name}: {e}"));
         assert!(status.success(), "building {name} failed");
+        built.push(name.to_owned());
     }
     assert!(path.exists(), "{} missing after build", path.display());
     path
