@@ -60,7 +60,7 @@ impl Api {
         let url = reqwest::Url::parse(base).map_err(|e| fail(format!("{base}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(fail(format!(
-                "{base}: not an http:// or https:// URL (the API listens on http://127.0.0.1:7070 by default)"
+                "{base}: not an http:// or https:// URL (the API listens on http://127.0.0.1:7080 by default)"
             )));
         }
         if url.host_str().is_none_or(str::is_empty) {
