@@ -146,14 +146,40 @@ impl ClientConfig {
 
     /// The claim-plane URL: `wss://host:port` gains `/v1/claims`.
     pub fn claims_url(&self) -> String {
-        let ws = self.url.trim_end_matches('/');
-        let after_scheme = ws.split_once("://").map_or(ws, |(_, r)| r);
-        if after_scheme.contains('/') {
-            ws.to_owned()
-        } else {
-            format!("{ws}{}", fleet_transport_ws::CLAIMS_PATH)
-        }
+        claims_url(&self.url)
     }
+}
+
+/// `wss://host:port` → `wss://host:port/v1/claims`; a URL with a path is
+/// kept as it is.
+pub fn claims_url(ws: &str) -> String {
+    let ws = ws.trim_end_matches('/');
+    let after_scheme = ws.split_once("://").map_or(ws, |(_, r)| r);
+    if after_scheme.contains('/') {
+        ws.to_owned()
+    } else {
+        format!("{ws}{}", fleet_transport_ws::CLAIMS_PATH)
+    }
+}
+
+/// The WebSocket claim-plane connection [`FleetClient::connect`] makes:
+/// trusting `ca_pem`, presenting `token`, dialing up to `connect_attempts`
+/// times. For a caller that needs the transport itself (its job plane).
+pub async fn connect_claim_plane(
+    url: &str,
+    ca_pem: &str,
+    token: Option<Secret>,
+    connect_attempts: u32,
+) -> Result<fleet_transport_ws::WsClaimClient, fleet_transport_ws::WsError> {
+    let tls = fleet_transport_ws::ClientTlsConfig {
+        ca_pem: ca_pem.to_owned(),
+        identity: None,
+        server_name: None,
+    };
+    let mut ws = fleet_transport_ws::WsConfig::default();
+    ws.bearer_token = token;
+    ws.connect_attempts = connect_attempts.max(1);
+    fleet_transport_ws::WsClaimClient::connect(url, &tls, ws).await
 }
 
 /// A connection to a fleet's claim plane.
@@ -177,18 +203,11 @@ impl FleetClient {
     /// connection when one drops, with the same claim id, so a waiting or
     /// granted claim survives a daemon restart.
     pub async fn connect(cfg: ClientConfig) -> Result<FleetClient, ClientError> {
-        let tls = fleet_transport_ws::ClientTlsConfig {
-            ca_pem: cfg.ca_pem.clone(),
-            identity: None,
-            server_name: None,
-        };
-        let mut ws = fleet_transport_ws::WsConfig::default();
-        ws.bearer_token = cfg.token.clone();
-        ws.connect_attempts = cfg.connect_attempts.max(1);
         let url = cfg.claims_url();
-        let client = fleet_transport_ws::WsClaimClient::connect(&url, &tls, ws)
-            .await
-            .map_err(|e| ClientError::Dial(format!("{url}: {e}")))?;
+        let client =
+            connect_claim_plane(&url, &cfg.ca_pem, cfg.token.clone(), cfg.connect_attempts)
+                .await
+                .map_err(|e| ClientError::Dial(format!("{url}: {e}")))?;
         Ok(FleetClient::with_claim_client(Arc::new(client), cfg.signer))
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fleet_core::protocol::{DAEMON_CONFIG_ENV, DISCOVERY_FILE, Discovery};
+use fleet_core::protocol::{DAEMON_CONFIG_ENV, DISCOVERY_FILE, Discovery, MAX_MESSAGE_BYTES};
 
 use crate::ClientError;
 
@@ -31,15 +31,23 @@ pub fn local_data_dir() -> PathBuf {
         .unwrap_or_else(standard_data_dir)
 }
 
-/// Reads `daemon.json` from a daemon's data dir.
+/// Reads `daemon.json` from a daemon's data dir (at most
+/// [`MAX_MESSAGE_BYTES`]).
 pub fn read_discovery(data_dir: &Path) -> Result<Discovery, ClientError> {
     let path = data_dir.join(DISCOVERY_FILE);
-    let text = std::fs::read(&path).map_err(|e| {
+    let unreadable = |why: String| {
         ClientError::Invalid(format!(
-            "{}: {e} (is the daemon running with this data dir?)",
+            "{}: {why} (is the daemon running with this data dir?)",
             path.display()
         ))
-    })?;
+    };
+    let len = std::fs::metadata(&path)
+        .map_err(|e| unreadable(e.to_string()))?
+        .len();
+    if len > MAX_MESSAGE_BYTES as u64 {
+        return Err(unreadable(format!("larger than {MAX_MESSAGE_BYTES} bytes")));
+    }
+    let text = std::fs::read(&path).map_err(|e| unreadable(e.to_string()))?;
     serde_json::from_slice(&text)
         .map_err(|e| ClientError::Invalid(format!("{}: {e}", path.display())))
 }

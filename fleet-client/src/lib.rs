@@ -23,7 +23,10 @@ pub mod discovery;
 pub mod exec;
 pub mod gateway;
 
-pub use client::{Claim, ClientConfig, ClientError, DEFAULT_CONNECT_ATTEMPTS, FleetClient};
+pub use client::{
+    Claim, ClientConfig, ClientError, DEFAULT_CONNECT_ATTEMPTS, FleetClient, claims_url,
+    connect_claim_plane,
+};
 pub use credentials::SignerKey;
 pub use discovery::read_discovery;
 pub use exec::{ExecClient, ExecError, ExecRequest, ExecResult};

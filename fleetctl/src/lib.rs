@@ -113,14 +113,8 @@ impl Context {
 
     /// Reads `daemon.json`.
     pub fn discovery(&self) -> Result<Discovery, CtlError> {
-        let path = self.discovery_path();
-        let text = read_text(&path, "daemon discovery file").map_err(|e| {
-            fail(format!(
-                "{e} (is the daemon running with this data dir? pass --data-dir)"
-            ))
-        })?;
-        serde_json::from_str(&text)
-            .map_err(|e| fail(format!("daemon discovery file {}: {e}", path.display())))
+        fleet_client::read_discovery(&self.data_dir)
+            .map_err(|e| fail(format!("daemon discovery file {e}; pass --data-dir")))
     }
 
     /// The HTTP API base URL.
@@ -164,34 +158,23 @@ impl Context {
         let d = self.discovery()?;
         let ca_pem = read_text(&d.ca_file, "daemon CA file")?;
         let url = ws_claims_url(&d.ws);
-        let tls = fleet_transport_ws::ClientTlsConfig {
-            ca_pem,
-            identity: None,
-            server_name: None,
-        };
-        let mut cfg = fleet_transport_ws::WsConfig::default();
-        // The daemon admits claim-plane callers by API token.
-        cfg.bearer_token = self.token()?;
-        // A daemon that is restarting is waited for, and a call whose
-        // connection drops is re-sent with the same claim id.
-        cfg.connect_attempts = fleet_client::DEFAULT_CONNECT_ATTEMPTS;
-        fleet_transport_ws::WsClaimClient::connect(&url, &tls, cfg)
-            .await
-            .map_err(|e| fail(format!("cannot reach the claim plane at {url}: {e}")))
+        // The daemon admits claim-plane callers by API token. A daemon that
+        // is restarting is waited for, and a call whose connection drops is
+        // re-sent with the same claim id.
+        fleet_client::connect_claim_plane(
+            &url,
+            &ca_pem,
+            self.token()?,
+            fleet_client::DEFAULT_CONNECT_ATTEMPTS,
+        )
+        .await
+        .map_err(|e| fail(format!("cannot reach the claim plane at {url}: {e}")))
     }
 }
 
 /// `wss://host:port` → `wss://host:port/v1/claims` (a URL with a path is
 /// kept).
-pub fn ws_claims_url(ws: &str) -> String {
-    let ws = ws.trim_end_matches('/');
-    let after_scheme = ws.split_once("://").map_or(ws, |(_, r)| r);
-    if after_scheme.contains('/') {
-        ws.to_owned()
-    } else {
-        format!("{ws}{}", fleet_transport_ws::CLAIMS_PATH)
-    }
-}
+pub use fleet_client::claims_url as ws_claims_url;
 
 /// A fresh random id: `c-` and 20 hex characters.
 pub fn random_id(prefix: &str) -> Result<String, CtlError> {
