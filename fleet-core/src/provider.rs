@@ -25,6 +25,11 @@ pub const TAG_NODE: &str = "fleet-node";
 pub const TAG_POOL: &str = "fleet-pool";
 /// The tag with the fleet namespace (so two fleets can share an account).
 pub const TAG_NAMESPACE: &str = "fleet-namespace";
+/// The tag with the fleet's identity: generated at the fleet's first start,
+/// persisted in its store. A fleet lists, adopts, stops and deletes only
+/// instances carrying its own identity, so two fleets sharing an account
+/// (even with the same namespace and pool names) never touch each other's.
+pub const TAG_FLEET: &str = "fleet-id";
 
 /// What a provider can do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +125,9 @@ pub struct NodeSpec {
     pub market: Market,
     /// Boot source.
     pub source: BootSource,
-    /// Tags (always include [`TAG_NODE`], [`TAG_POOL`], [`TAG_NAMESPACE`]).
+    /// Tags (always include [`TAG_NODE`], [`TAG_POOL`], [`TAG_NAMESPACE`],
+    /// [`TAG_FLEET`]). `create` adopts an existing instance only if it
+    /// carries the same node, namespace and fleet tags.
     pub tags: BTreeMap<String, String>,
     /// Single-use agent bootstrap token, passed via user data.
     #[serde(default, skip_serializing_if = "Option::is_none")]

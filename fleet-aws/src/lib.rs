@@ -1,0 +1,1 @@
+//! The AWS SDK configuration fleet shares.
