@@ -147,7 +147,6 @@ where
 /// Runs queue mode until SIGTERM/SIGINT, then drains and exits 0.
 fn queue_mode(env: &std::collections::BTreeMap<String, String>) -> ExitCode {
     use fleet_agent::queue::{Backend, QueueConfig, store};
-    use fleet_http::sigv4::{AwsCredentials, CredentialSource, Credentials};
     let cfg = match QueueConfig::from_env(env) {
         Ok(c) => c,
         Err(e) => {
@@ -156,31 +155,52 @@ fn queue_mode(env: &std::collections::BTreeMap<String, String>) -> ExitCode {
         }
     };
     init_logging();
-    let store: std::sync::Arc<dyn store::ObjectStore> = match &cfg.backend {
-        Backend::Dir(dir) => std::sync::Arc::new(store::DirStore::new(dir.clone())),
+    type Store = std::sync::Arc<dyn store::ObjectStore>;
+    // Opened inside the runtime that uses it (the SDK's connections live there).
+    let open: std::pin::Pin<Box<dyn std::future::Future<Output = Store> + Send>> = match &cfg
+        .backend
+    {
+        Backend::Dir(dir) => {
+            let dir = dir.clone();
+            Box::pin(async move { std::sync::Arc::new(store::DirStore::new(dir)) as Store })
+        }
+        #[cfg(feature = "s3")]
         Backend::S3 {
             bucket,
             region,
             endpoint,
         } => {
+            // Keys from the agent's environment map (as the rest of its
+            // settings); else the SDK's chain: profile, web identity,
+            // container credentials, the instance role.
             let key = |k: &str| env.get(k).filter(|v| !v.trim().is_empty()).cloned();
-            let source = match (key("AWS_ACCESS_KEY_ID"), key("AWS_SECRET_ACCESS_KEY")) {
-                (Some(access_key_id), Some(secret_access_key)) => {
-                    CredentialSource::Static(Credentials {
-                        access_key_id,
-                        secret_access_key,
-                        session_token: key("AWS_SESSION_TOKEN"),
-                    })
-                }
-                _ => CredentialSource::instance_role(),
+            let static_keys = match (key("AWS_ACCESS_KEY_ID"), key("AWS_SECRET_ACCESS_KEY")) {
+                (Some(access_key_id), Some(secret_access_key)) => Some(fleet_aws::StaticKeys {
+                    access_key_id,
+                    secret_access_key,
+                    session_token: key("AWS_SESSION_TOKEN"),
+                }),
+                _ => None,
             };
-            match store::S3Store::new(endpoint, bucket, region, AwsCredentials::new(source)) {
-                Ok(s) => std::sync::Arc::new(s),
-                Err(e) => {
-                    eprintln!("fleet-agent: queue mode: {e}");
-                    return ExitCode::from(2);
-                }
-            }
+            let settings = fleet_aws::AwsSettings {
+                region: region.clone(),
+                endpoint: endpoint.clone(),
+                static_keys,
+                profile: key("AWS_PROFILE"),
+                ..Default::default()
+            };
+            let bucket = bucket.clone();
+            Box::pin(async move {
+                std::sync::Arc::new(store::S3Store::new(&settings, &bucket).await) as Store
+            })
+        }
+        #[cfg(not(feature = "s3"))]
+        Backend::S3 { .. } => {
+            eprintln!(
+                "fleet-agent: queue mode: FLEET_QUEUE_BUCKET needs the `s3` feature; this agent \
+                 was built without it (cargo build -p fleet-agent --features s3)"
+            );
+            return ExitCode::from(2);
         }
         _ => {
             eprintln!("fleet-agent: queue mode: unsupported backend");
@@ -188,6 +208,7 @@ fn queue_mode(env: &std::collections::BTreeMap<String, String>) -> ExitCode {
         }
     };
     until_signal(|shutdown| async move {
+        let store = open.await;
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;

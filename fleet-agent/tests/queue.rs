@@ -10,9 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_agent::queue::store::{DirStore, ObjectStore, S3Store};
+#[cfg(feature = "s3")]
+use fleet_agent::queue::store::S3Store;
+use fleet_agent::queue::store::{DirStore, ObjectStore};
 use fleet_agent::queue::{Outcome, QueueConfig, run};
-use fleet_http::sigv4::{AwsCredentials, CredentialSource, Credentials};
 
 /// A supervisor that appends the spec id and its stdin to `log`, then exits
 /// with the number in the spec's `"exit"` field (0 if none).
@@ -226,19 +227,24 @@ fn the_binary_drains_on_sigterm_with_the_running_spec_finished() {
     assert!(text.contains("drained"), "{text}");
 }
 
+#[cfg(feature = "s3")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_s3_store_claims_with_a_conditional_write() {
     let moto = fleet_provider_aws::moto::Moto::start();
-    // Make the bucket (the emulator does not check signatures).
-    let http = fleet_http::HttpClient::new(&moto.url(), Duration::from_secs(10)).unwrap();
-    let made = http.send("PUT", "/fleet-queue", &[], None).await.unwrap();
-    assert!(made.is_success(), "{}", String::from_utf8_lossy(&made.body));
-    let creds = AwsCredentials::new(CredentialSource::Static(Credentials {
-        access_key_id: "AKIDTEST".into(),
-        secret_access_key: "secret".into(),
-        session_token: None,
-    }));
-    let s3 = S3Store::new(&moto.url(), "fleet-queue", "us-east-1", creds).unwrap();
+    let settings = moto.settings();
+    let sdk = fleet_aws::load(&settings).await;
+    let admin = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    admin
+        .create_bucket()
+        .bucket("fleet-queue")
+        .send()
+        .await
+        .unwrap();
+    let s3 = S3Store::new(&settings, "fleet-queue").await;
     assert!(s3.create("fleet/claimed/a b.json", b"1").await.unwrap());
     assert!(
         !s3.create("fleet/claimed/a b.json", b"2").await.unwrap(),
@@ -271,8 +277,8 @@ async fn the_s3_store_claims_with_a_conditional_write() {
     let mut cfg = config(tmp.path(), &sup, &[]);
     cfg.backend = fleet_agent::queue::Backend::S3 {
         bucket: "fleet-queue".into(),
-        region: "us-east-1".into(),
-        endpoint: moto.url(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.url()),
     };
     let store: Arc<dyn ObjectStore> = Arc::new(s3);
     let outcomes = run_until(&cfg, store.clone(), |p| p.is_empty(), "fleet/pending/").await;

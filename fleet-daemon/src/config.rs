@@ -270,14 +270,21 @@ pub enum ProviderConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsProviderConfig {
-    /// `us-east-1`, …
-    pub region: String,
-    /// File with the access key id (else `$AWS_ACCESS_KEY_ID`).
+    /// `us-east-1`, … (else `AWS_REGION`, the profile's `region`, IMDS).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The shared-config profile (`~/.aws/config`, or `AWS_CONFIG_FILE`)
+    /// to take credentials and region from (else `AWS_PROFILE`, else
+    /// `default`): static keys, `role_arn` assume-role, SSO,
+    /// `credential_process`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// File with an access key id; with `secret_access_key_file`, these
+    /// keys are used instead of the SDK's credential chain (environment,
+    /// profile, SSO, web identity, container credentials, instance role).
     #[serde(default)]
     pub access_key_id_file: Option<PathBuf>,
-    /// File with the secret access key (else `$AWS_SECRET_ACCESS_KEY`;
-    /// `$AWS_SESSION_TOKEN` is used when set). With no keys at all the
-    /// instance role of the EC2 instance the daemon runs on is used.
+    /// File with the secret access key of `access_key_id_file`.
     #[serde(default)]
     pub secret_access_key_file: Option<PathBuf>,
     /// The daemon's WebSocket address as new instances reach it; its host
@@ -293,7 +300,8 @@ pub struct AwsProviderConfig {
     /// over the built-in us-east-1 list; required in other regions.
     #[serde(default)]
     pub prices: BTreeMap<String, String>,
-    /// Spot price as per mille of on-demand (default 350).
+    /// Spot is priced from `DescribeSpotPriceHistory`; for a type EC2
+    /// gives no price for, at this per mille of on-demand (default 350).
     #[serde(default)]
     pub spot_per_mille: Option<u64>,
     /// Root volume GB, for pricing stopped instances (default 30).

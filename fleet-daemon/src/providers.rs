@@ -36,7 +36,7 @@ pub(crate) struct ProviderContext<'a> {
 }
 
 /// The provider `cfg` names; the error says what is wrong with its settings.
-pub(crate) fn build(
+pub(crate) async fn build(
     cfg: &DaemonConfig,
     ctx: ProviderContext<'_>,
 ) -> Result<Arc<dyn Provider>, String> {
@@ -60,9 +60,9 @@ pub(crate) fn build(
         ProviderConfig::Hetzner(h) => hetzner_provider(h, ctx.ca_pem, ctx.cert_hosts)
             .map(|p| Arc::new(p) as Arc<dyn Provider>),
         #[cfg(feature = "aws")]
-        ProviderConfig::Aws(a) => {
-            aws_provider(a, ctx.ca_pem, ctx.cert_hosts).map(|p| Arc::new(p) as Arc<dyn Provider>)
-        }
+        ProviderConfig::Aws(a) => aws_provider(a, ctx.ca_pem, ctx.cert_hosts)
+            .await
+            .map(|p| Arc::new(p) as Arc<dyn Provider>),
         #[cfg_attr(
             all(feature = "aws", feature = "hetzner"),
             expect(
@@ -203,47 +203,51 @@ fn hetzner_provider(
 }
 
 #[cfg(feature = "aws")]
-/// An EC2 provider from `[provider] kind = "aws"`: credentials from the
-/// files named or the standard `AWS_*` variables.
-fn aws_provider(
+/// An EC2 provider from `[provider] kind = "aws"`: keys from the files
+/// named, else the SDK's default chain (environment, shared config profile,
+/// SSO, web identity, container credentials, instance role).
+async fn aws_provider(
     a: &crate::config::AwsProviderConfig,
     ca_pem: &str,
     cert_hosts: &[String],
 ) -> Result<fleet_provider_aws::Ec2Provider, String> {
-    use fleet_provider_aws::{CredentialSource, Credentials, Ec2Config, Ec2Provider};
+    use fleet_provider_aws::{Ec2Config, Ec2Provider, StaticKeys};
     // EC2 takes 16 KiB of user data before base64.
     let boot = AgentBootstrap::load(&a.daemon_url, &a.user_data, 16 * 1024, ca_pem, cert_hosts)?;
-    let access_key_id = secret_from(
-        a.access_key_id_file.as_deref(),
-        "AWS_ACCESS_KEY_ID",
-        "access_key_id_file",
-    )?;
-    let secret_access_key = secret_from(
+    let from_file = |file: Option<&Path>, what: &str| -> Result<Option<String>, String> {
+        let Some(path) = file else { return Ok(None) };
+        let value =
+            std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(format!("{what} {}: the file is empty", path.display()));
+        }
+        Ok(Some(value.to_owned()))
+    };
+    let access_key_id = from_file(a.access_key_id_file.as_deref(), "access_key_id_file")?;
+    let secret_access_key = from_file(
         a.secret_access_key_file.as_deref(),
-        "AWS_SECRET_ACCESS_KEY",
         "secret_access_key_file",
     )?;
-    let credentials = match (access_key_id, secret_access_key) {
-        (Some(access_key_id), Some(secret_access_key)) => CredentialSource::Static(Credentials {
+    let mut cfg = Ec2Config::from_chain();
+    cfg.aws.static_keys = match (access_key_id, secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => Some(StaticKeys {
             access_key_id,
             secret_access_key,
-            session_token: secret_from(None, "AWS_SESSION_TOKEN", "AWS_SESSION_TOKEN")?,
+            session_token: None,
         }),
-        (None, None) => {
-            tracing::info!("no AWS keys configured: using the instance role (IMDSv2)");
-            CredentialSource::instance_role()
-        }
+        (None, None) => None,
         _ => {
             return Err(
-                "an AWS access key id without its secret (or the reverse): set both, or neither to use the instance role"
+                "access_key_id_file without secret_access_key_file (or the reverse): set both, \
+                 or neither to use the SDK's credential chain"
                     .to_owned(),
             );
         }
     };
-    let mut cfg = Ec2Config::new(a.region.clone(), credentials);
-    if let Some(endpoint) = &a.endpoint {
-        cfg.endpoint = endpoint.clone();
-    }
+    cfg.aws.region = a.region.clone();
+    cfg.aws.profile = a.profile.clone();
+    cfg.aws.endpoint = a.endpoint.clone();
     cfg.instance_types = a.instance_types.clone();
     cfg.prices = a.prices.clone();
     if let Some(p) = a.spot_per_mille {
@@ -259,7 +263,13 @@ fn aws_provider(
     cfg.max_instances = a.max_instances;
     cfg.user_data = Some(boot.user_data);
     cfg.user_data_vars = boot.vars;
-    Ec2Provider::new(cfg).map_err(|e| e.to_string())
+    let provider = Ec2Provider::new(cfg).await.map_err(|e| e.to_string())?;
+    tracing::info!(
+        region = provider.region(),
+        profile = a.profile.as_deref().unwrap_or("(default chain)"),
+        "EC2 provider configured"
+    );
+    Ok(provider)
 }
 
 #[cfg(all(test, any(feature = "aws", feature = "hetzner")))]
@@ -323,8 +333,8 @@ mod tests {
     }
 
     #[cfg(feature = "aws")]
-    #[test]
-    fn aws_settings_name_what_is_missing() {
+    #[tokio::test]
+    async fn aws_settings_name_what_is_missing() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let user_data = dir.path().join("user-data.sh");
         std::fs::write(&user_data, "t={{bootstrap_token}}").unwrap_or_else(|e| panic!("{e}"));
@@ -334,7 +344,8 @@ mod tests {
         std::fs::write(&secret, "s\n").unwrap_or_else(|e| panic!("{e}"));
         let hosts = vec!["fleet.example.com".to_owned()];
         let good = crate::config::AwsProviderConfig {
-            region: "eu-west-1".to_owned(),
+            region: Some("eu-west-1".to_owned()),
+            profile: None,
             access_key_id_file: Some(key),
             secret_access_key_file: Some(secret),
             daemon_url: "wss://fleet.example.com:7443".to_owned(),
@@ -350,33 +361,34 @@ mod tests {
             max_instances: None,
             endpoint: None,
         };
-        assert!(aws_provider(&good, "CA", &hosts).is_ok());
-        let err = |c: &crate::config::AwsProviderConfig| {
-            aws_provider(c, "CA", &hosts).err().unwrap_or_default()
+        assert!(aws_provider(&good, "CA", &hosts).await.is_ok());
+        let err = async |c: &crate::config::AwsProviderConfig| {
+            aws_provider(c, "CA", &hosts)
+                .await
+                .err()
+                .unwrap_or_default()
         };
         let mut c = good.clone();
         c.prices.insert("m7i.large".to_owned(), "lots".to_owned());
-        assert!(err(&c).contains("prices.m7i.large"), "{}", err(&c));
+        let e = err(&c).await;
+        assert!(e.contains("prices.m7i.large"), "{e}");
         let mut c = good.clone();
         c.access_key_id_file = Some(dir.path().join("nope"));
-        assert!(err(&c).contains("access_key_id_file"), "{}", err(&c));
+        let e = err(&c).await;
+        assert!(e.contains("access_key_id_file"), "{e}");
         let mut c = good.clone();
         c.daemon_url = "wss://elsewhere:7443".to_owned();
-        assert!(err(&c).contains("[transport.ws] hosts"), "{}", err(&c));
-        // A key id without its secret is a mistake; neither means the
-        // instance role (unless the environment has keys).
-        if std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none() {
-            let mut c = good.clone();
-            c.secret_access_key_file = None;
-            assert!(err(&c).contains("without its secret"), "{}", err(&c));
-        }
-        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none()
-            && std::env::var_os("AWS_SECRET_ACCESS_KEY").is_none()
-        {
-            let mut c = good;
-            c.access_key_id_file = None;
-            c.secret_access_key_file = None;
-            assert!(aws_provider(&c, "CA", &hosts).is_ok());
-        }
+        let e = err(&c).await;
+        assert!(e.contains("[transport.ws] hosts"), "{e}");
+        // A key id without its secret is a mistake.
+        let mut c = good.clone();
+        c.secret_access_key_file = None;
+        let e = err(&c).await;
+        assert!(e.contains("without secret_access_key_file"), "{e}");
+        // Neither: the SDK's chain (credentials are looked up on first use).
+        let mut c = good;
+        c.access_key_id_file = None;
+        c.secret_access_key_file = None;
+        assert!(aws_provider(&c, "CA", &hosts).await.is_ok());
     }
 }

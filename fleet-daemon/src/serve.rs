@@ -109,6 +109,7 @@ pub async fn serve(
             clock: clock.clone(),
         },
     )
+    .await
     .map_err(setup("configuring the provider"))?;
 
     let mut builder = Fleet::builder()

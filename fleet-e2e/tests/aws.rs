@@ -1,7 +1,8 @@
 //! The daemon on the EC2 provider, end to end except for the virtual
 //! machine itself: the daemon (a real process) launches an instance on
-//! `moto_server` (the AWS API emulator) with SigV4-signed calls and user
-//! data rendered from its template; this test plays the instance's first
+//! `moto_server` (the AWS API emulator) through aws-sdk-ec2, with
+//! credentials from a shared config file's profile and user data rendered
+//! from its template; this test plays the instance's first
 //! boot — it reads that user data back from the emulator and starts a real
 //! `fleet-agent` with it — and the node then serves a claim.
 
@@ -12,7 +13,7 @@ use fleet_core::PoolName;
 use fleet_core::provider::{Provider, TagFilter};
 use fleet_core::transport::ClaimClient;
 use fleet_provider_aws::moto::Moto;
-use fleet_provider_aws::{Credentials, Ec2Config, Ec2Provider};
+use fleet_provider_aws::{Ec2Config, Ec2Provider};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ec2_instance_boots_an_agent_that_serves_a_claim() {
@@ -23,21 +24,24 @@ async fn an_ec2_instance_boots_an_agent_that_serves_a_claim() {
     std::fs::create_dir_all(&node_dir).unwrap_or_else(|e| panic!("{e}"));
     let template_file = dir.path().join("user-data");
     std::fs::write(&template_file, cloud::template(&node_dir)).unwrap_or_else(|e| panic!("{e}"));
-    let key_file = dir.path().join("aws.key");
-    std::fs::write(&key_file, "AKIDE2E\n").unwrap_or_else(|e| panic!("{e}"));
-    let secret_file = dir.path().join("aws.secret");
-    std::fs::write(&secret_file, "e2e-secret\n").unwrap_or_else(|e| panic!("{e}"));
+    // Region and keys from a profile in a shared config file, as
+    // `aws configure --profile fleet-e2e` would write it.
+    let aws_config = dir.path().join("aws-config");
+    std::fs::write(
+        &aws_config,
+        "[profile fleet-e2e]\nregion = us-east-1\n\
+         aws_access_key_id = AKIDE2E\naws_secret_access_key = e2e-secret\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let no_credentials_file = dir.path().join("no-credentials");
     let url = moto.url();
-    let mut daemon = Daemon::start_with(
+    let mut daemon = Daemon::start_with_env(
         dir.path(),
         |ws| {
             format!(
-                "kind = \"aws\"\nregion = \"us-east-1\"\nendpoint = {url:?}\n\
-                 access_key_id_file = {key:?}\nsecret_access_key_file = {secret:?}\n\
+                "kind = \"aws\"\nprofile = \"fleet-e2e\"\nendpoint = {url:?}\n\
                  daemon_url = \"wss://127.0.0.1:{ws}\"\nuser_data = {template:?}\n\
                  instance_types = [\"c7i.large\", \"c7i.xlarge\"]\n",
-                key = key_file.display().to_string(),
-                secret = secret_file.display().to_string(),
                 template = template_file.display().to_string(),
             )
         },
@@ -45,6 +49,13 @@ async fn an_ec2_instance_boots_an_agent_that_serves_a_claim() {
             "[[pool]]\nname = \"ec2\"\ninstance_types = [\"c7i.large\"]\nimage = {ami:?}\n\
              strategy = {{ kind = \"cold_image\", idle_timeout_ms = 600000 }}\n"
         ),
+        &[
+            ("AWS_CONFIG_FILE", &aws_config.display().to_string()),
+            (
+                "AWS_SHARED_CREDENTIALS_FILE",
+                &no_credentials_file.display().to_string(),
+            ),
+        ],
     );
 
     let client = daemon.claim_client().await;
@@ -57,16 +68,11 @@ async fn an_ec2_instance_boots_an_agent_that_serves_a_claim() {
     });
 
     // What the daemon launched, seen through the emulator.
-    let mut cfg = Ec2Config::new(
-        "us-east-1",
-        Credentials {
-            access_key_id: "AKIDE2E".into(),
-            secret_access_key: "e2e-secret".into(),
-            session_token: None,
-        },
-    );
-    cfg.endpoint = moto.url();
-    let ec2 = Ec2Provider::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let mut cfg = Ec2Config::new("us-east-1");
+    cfg.aws = moto.settings();
+    let ec2 = Ec2Provider::new(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let instance = eventually(30, || async {
         ec2.list(&TagFilter::default())
             .await
@@ -98,4 +104,132 @@ async fn an_ec2_instance_boots_an_agent_that_serves_a_claim() {
     let _ = agent.kill();
     let _ = agent.wait();
     assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
+}
+
+/// Two daemons of different namespaces on one account, with the same pool
+/// names: each launches and keeps only its own instance; neither adopts,
+/// stops nor terminates the other's — also across a restart, when a
+/// daemon reconciles with everything the account runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fleets_on_one_account_keep_to_their_own_instances() {
+    use fleet_core::provider::{TAG_FLEET, TAG_NAMESPACE};
+    let moto = Moto::start();
+    let ami = moto.some_ami().await;
+    let url = moto.url();
+    let start = |dir: &std::path::Path, namespace: &str| {
+        let key_file = dir.join("aws.key");
+        std::fs::write(&key_file, "AKIDE2E\n").unwrap_or_else(|e| panic!("{e}"));
+        let secret_file = dir.join("aws.secret");
+        std::fs::write(&secret_file, "e2e-secret\n").unwrap_or_else(|e| panic!("{e}"));
+        let template_file = dir.join("user-data");
+        std::fs::write(&template_file, cloud::template(&dir.join("instance")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Daemon::start_with(
+            dir,
+            |ws| {
+                format!(
+                    "kind = \"aws\"\nregion = \"us-east-1\"\nendpoint = {url:?}\n\
+                     access_key_id_file = {key:?}\nsecret_access_key_file = {secret:?}\n\
+                     daemon_url = \"wss://127.0.0.1:{ws}\"\nuser_data = {template:?}\n\
+                     instance_types = [\"c7i.large\"]\n",
+                    key = key_file.display().to_string(),
+                    secret = secret_file.display().to_string(),
+                    template = template_file.display().to_string(),
+                )
+            },
+            &format!(
+                "namespace = {namespace:?}\n\
+                 [[pool]]\nname = \"ec2\"\ninstance_types = [\"c7i.large\"]\nimage = {ami:?}\n\
+                 strategy = {{ kind = \"cold_image\", idle_timeout_ms = 600000 }}\n"
+            ),
+        )
+    };
+    // `namespace` is a top-level key: it must come before the first table.
+    let dir_x = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir_y = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut x = start(dir_x.path(), "fleet.x");
+    let mut y = start(dir_y.path(), "fleet.y");
+
+    let mut cfg = Ec2Config::new("us-east-1");
+    cfg.aws = moto.settings();
+    let ec2 = Ec2Provider::new(cfg)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let all = || async {
+        ec2.list(&TagFilter::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let claim = |d: &Daemon, name: &str| {
+        let name = name.to_owned();
+        let client = d.claim_client();
+        async move {
+            let client = client.await;
+            let mut req = request(&name, None);
+            req.pool = PoolName::new("ec2").unwrap_or_else(|e| panic!("{e}"));
+            tokio::spawn(async move { client.claim(req).await })
+        }
+    };
+    let _x_claim = claim(&x, "x-1").await;
+    let from_x = eventually(30, || async { all().await.into_iter().next() })
+        .await
+        .unwrap_or_else(|| panic!("x launched nothing; see {}", dir_x.path().display()));
+    let _y_claim = claim(&y, "y-1").await;
+    let both = eventually(30, || async {
+        let l = all().await;
+        (l.len() == 2).then_some(l)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "y did not launch its own instance (it adopted x's?): {:?}; see {}",
+            all_ids(&ec2).await,
+            dir_y.path().display()
+        )
+    });
+    let from_y = both
+        .iter()
+        .find(|i| i.provider_id != from_x.provider_id)
+        .unwrap_or_else(|| panic!("{both:?}"))
+        .clone();
+    assert_ne!(
+        from_x.node, from_y.node,
+        "node ids are unique across fleets"
+    );
+    assert_eq!(
+        from_x.tags.get(TAG_NAMESPACE).map(String::as_str),
+        Some("fleet.x")
+    );
+    assert_eq!(
+        from_y.tags.get(TAG_NAMESPACE).map(String::as_str),
+        Some("fleet.y")
+    );
+    assert_ne!(from_x.tags.get(TAG_FLEET), from_y.tags.get(TAG_FLEET));
+    assert!(from_x.tags.contains_key(TAG_FLEET), "{:?}", from_x.tags);
+
+    // y restarts: its startup inventory sees the account and must leave
+    // x's instance alone (and keep its own).
+    y.crash_and_restart();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = all().await;
+    let mut ids: Vec<&str> = after.iter().map(|i| i.provider_id.as_str()).collect();
+    ids.sort_unstable();
+    let mut want = vec![from_x.provider_id.as_str(), from_y.provider_id.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want, "an instance was stopped or terminated");
+    assert!(
+        after
+            .iter()
+            .all(|i| i.state == fleet_core::provider::InstanceState::Running),
+        "{after:?}"
+    );
+    assert_eq!(x.stop(), Some(0));
+    assert_eq!(y.stop(), Some(0));
+}
+
+async fn all_ids(ec2: &Ec2Provider) -> Vec<String> {
+    ec2.list(&TagFilter::default())
+        .await
+        .map(|l| l.into_iter().map(|i| i.provider_id).collect())
+        .unwrap_or_default()
 }

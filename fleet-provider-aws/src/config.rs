@@ -3,19 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_http::sigv4::{CredentialSource, Credentials};
+pub use fleet_aws::{AwsSettings, ConfigFile, StaticKeys};
 
 /// How an [`crate::Ec2Provider`] reaches EC2 and builds instances.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Ec2Config {
-    /// `us-east-1`, …
-    pub region: String,
-    /// API endpoint (default `https://ec2.<region>.amazonaws.com`; an
-    /// emulator's `http://127.0.0.1:<port>` in tests).
-    pub endpoint: String,
-    /// Where signing credentials come from.
-    pub credentials: CredentialSource,
+    /// Region, profile, credentials, endpoint and retries (see
+    /// [`fleet_aws`]: the SDK's default chains unless set).
+    pub aws: AwsSettings,
     /// Sell only these instance types (empty: every type the price table
     /// or [`Ec2Config::prices`] prices).
     pub instance_types: Vec<String>,
@@ -23,9 +19,12 @@ pub struct Ec2Config {
     /// built-in us-east-1 list prices; required for types the table lacks
     /// and in other regions.
     pub prices: BTreeMap<String, String>,
-    /// Spot is priced at this fraction of on-demand, in per mille (default
-    /// 350: spot typically trades at 30–40 % of on-demand).
+    /// Spot prices come from `DescribeSpotPriceHistory`; when EC2 gives
+    /// none for a type (or the call fails), spot is priced at this fraction
+    /// of on-demand, in per mille (default 350), and a warning says so.
     pub spot_per_mille: u64,
+    /// How long fetched spot prices are used before they are fetched again.
+    pub spot_price_ttl: Duration,
     /// Expected spot interruptions per 1000 instance-hours (default 5).
     pub spot_interruptions_per_1000h: u32,
     /// Root volume size in GB: new instances get a gp3 root volume of this
@@ -47,25 +46,30 @@ pub struct Ec2Config {
     pub user_data_vars: BTreeMap<String, String>,
     /// Most instances this account may run, if the fleet should know.
     pub max_instances: Option<u32>,
-    /// Per request.
-    pub request_timeout: Duration,
-    /// How often a transition is polled.
+    /// How often a booting instance is polled for `running`.
     pub poll_interval: Duration,
     /// How long a transition (boot, stop, AMI) may take.
     pub wait_timeout: Duration,
 }
 
 impl Ec2Config {
-    /// Settings for `region` with `credentials` and defaults for the rest.
-    pub fn new(region: impl Into<String>, credentials: impl Into<CredentialSource>) -> Ec2Config {
-        let region = region.into();
+    /// Settings for `region`, everything else from the SDK's chains and
+    /// defaults.
+    pub fn new(region: impl Into<String>) -> Ec2Config {
+        let mut cfg = Ec2Config::from_chain();
+        cfg.aws.region = Some(region.into());
+        cfg
+    }
+
+    /// Settings with the region, too, from the SDK's chain (`AWS_REGION`,
+    /// the profile's `region`, IMDS).
+    pub fn from_chain() -> Ec2Config {
         Ec2Config {
-            endpoint: format!("https://ec2.{region}.amazonaws.com"),
-            region,
-            credentials: credentials.into(),
+            aws: AwsSettings::default(),
             instance_types: Vec::new(),
             prices: BTreeMap::new(),
             spot_per_mille: 350,
+            spot_price_ttl: Duration::from_secs(15 * 60),
             spot_interruptions_per_1000h: 5,
             root_volume_gb: 30,
             subnet_id: None,
@@ -75,26 +79,19 @@ impl Ec2Config {
             user_data: None,
             user_data_vars: BTreeMap::new(),
             max_instances: None,
-            request_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(2),
             wait_timeout: Duration::from_secs(900),
         }
     }
 }
 
-/// Credentials from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-/// `AWS_SESSION_TOKEN`, if the first two are set.
-pub fn credentials_from_env() -> Option<Credentials> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    Some(Credentials {
-        access_key_id: var("AWS_ACCESS_KEY_ID")?,
-        secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
-        session_token: var("AWS_SESSION_TOKEN"),
-    })
-}
+/// Where [`US_EAST_1_PRICES`] come from.
+pub const US_EAST_1_PRICES_SOURCE: &str = "AWS EC2 On-Demand pricing, Linux, us-east-1 \
+     (aws.amazon.com/ec2/pricing/on-demand), as published in June 2026";
 
 /// EC2 us-east-1 Linux on-demand list prices (dollars per hour), used when
-/// the config names no price for a type.
+/// the config names no price for a type. Source: [`US_EAST_1_PRICES_SOURCE`].
+/// In other regions every price must come from the config.
 pub const US_EAST_1_PRICES: &[(&str, &str)] = &[
     ("c7g.large", "0.0725"),
     ("c7g.xlarge", "0.145"),

@@ -1,38 +1,42 @@
-//! fleet's [`Provider`](fleet_core::provider::Provider) over Amazon EC2.
+//! fleet's [`Provider`](fleet_core::provider::Provider) over Amazon EC2, on
+//! `aws-sdk-ec2`.
 //!
 //! ```ignore
-//! let creds = credentials_from_env().ok_or("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")?;
-//! let mut cfg = Ec2Config::new("us-east-1", creds);
+//! // Region, credentials and retries from the SDK's chains (AWS_PROFILE,
+//! // ~/.aws/config, SSO, web identity, the instance role, …).
+//! let mut cfg = Ec2Config::from_chain();
 //! cfg.instance_types = vec!["c7i.xlarge".into(), "c7i.2xlarge".into()];
 //! cfg.subnet_id = Some("subnet-0123".into());
 //! cfg.user_data = Some(std::fs::read_to_string("agent-user-data.sh")?);
-//! let provider = Ec2Provider::new(cfg)?;
+//! let provider = Ec2Provider::new(cfg).await?;
 //! ```
 //!
-//! It speaks the EC2 Query API directly (form-encoded POSTs signed with
-//! SigV4, XML answers) through [`fleet_http`] rather than the AWS SDK: the
-//! dozen calls a provider needs do not justify the SDK's build time.
+//! Credentials, region, retries (the SDK's standard mode) and the endpoint
+//! come from [`fleet_aws`]; the HTTP client is rustls on ring.
 //!
 //! | fleet | EC2 |
 //! |---|---|
-//! | offering | `DescribeInstanceTypes` (vCPUs, memory, architecture, spot support) priced from the config or the built-in us-east-1 list |
-//! | `create` | `RunInstances` with `ClientToken` = node id, the fleet tags, base64 user data, spot as a one-time request |
-//! | `start` / `stop` | `StartInstances` / `StopInstances`, waiting for the state |
+//! | offering | `DescribeInstanceTypes` (paginated: vCPUs, memory, architecture, spot support); on-demand priced from the config or [`US_EAST_1_PRICES`], spot from `DescribeSpotPriceHistory` |
+//! | `create` | `DescribeInstances` by node, fleet and namespace tags; else `RunInstances` with a fleet-unique `ClientToken`, the fleet tags, base64 user data, spot as a one-time request; polled until `running` |
+//! | `start` / `stop` | `StartInstances` (polled) / `StopInstances` + the `instance_stopped` waiter |
 //! | `resize` | `ModifyInstanceAttribute` `InstanceType` (instance stopped) |
-//! | `snapshot` | `CreateImage` (no reboot), waiting for the AMI |
+//! | `snapshot` | `CreateImage` (no reboot) + the `image_available` waiter |
 //! | `delete` | `TerminateInstances` |
-//! | `list` | `DescribeInstances` by tag, all pages, live states only |
+//! | `list` | `DescribeInstances` paginator by tag, live states only |
 //!
-//! Errors: `RequestLimitExceeded` → `RateLimited`, `InsufficientInstanceCapacity`
-//! → `Capacity`, `InstanceLimitExceeded`/`VcpuLimitExceeded` → `Quota`,
-//! `*.NotFound` → `NotFound`, `IncorrectInstanceState`/5xx → `Transient`,
-//! `AuthFailure` and other client errors → `Permanent`.
+//! Errors (after the SDK's retries): `RequestLimitExceeded` → `RateLimited`,
+//! `InsufficientInstanceCapacity` → `Capacity`,
+//! `InstanceLimitExceeded`/`VcpuLimitExceeded` → `Quota`, `*.NotFound` →
+//! `NotFound`, `IncorrectInstanceState`/5xx/timeouts/connection errors →
+//! `Transient`, `AuthFailure`, missing credentials and other client errors
+//! → `Permanent`.
 
 mod config;
 #[cfg(feature = "moto")]
 pub mod moto;
 mod provider;
 
-pub use config::{Ec2Config, US_EAST_1_PRICES, credentials_from_env};
-pub use fleet_http::sigv4::{self, CredentialSource, Credentials};
+pub use config::{
+    AwsSettings, ConfigFile, Ec2Config, StaticKeys, US_EAST_1_PRICES, US_EAST_1_PRICES_SOURCE,
+};
 pub use provider::{Ec2Provider, error_of};

@@ -63,62 +63,59 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Settings that reach the emulator with static test keys.
+    pub fn settings(&self) -> fleet_aws::AwsSettings {
+        fleet_aws::AwsSettings {
+            region: Some("us-east-1".to_owned()),
+            endpoint: Some(self.url()),
+            static_keys: Some(fleet_aws::StaticKeys {
+                access_key_id: "AKIDTEST".to_owned(),
+                secret_access_key: "secret".to_owned(),
+                session_token: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// An EC2 client of the emulator (to look behind the provider's back).
+    pub async fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&fleet_aws::load(&self.settings()).await)
+    }
+
     /// An AMI the emulator knows (its built-in Amazon images).
     pub async fn some_ami(&self) -> String {
-        self.first("Action=DescribeImages&Owner.1=amazon", "imageId")
+        let out = self
+            .ec2()
             .await
+            .describe_images()
+            .owners("amazon")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeImages: {e:?}"));
+        out.images()
+            .iter()
+            .find_map(|i| i.image_id())
+            .unwrap_or_else(|| panic!("moto knows no Amazon AMI"))
+            .to_owned()
     }
 
     /// An instance's user data, decoded.
     pub async fn user_data(&self, instance: &str) -> String {
         use base64::Engine as _;
-        let b64 = self
-            .first(
-                &format!(
-                    "Action=DescribeInstanceAttribute&InstanceId={instance}&Attribute=userData"
-                ),
-                "value",
-            )
-            .await;
+        let out = self
+            .ec2()
+            .await
+            .describe_instance_attribute()
+            .instance_id(instance)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeInstanceAttribute: {e:?}"));
+        let b64 = out.user_data().and_then(|u| u.value()).unwrap_or_default();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .unwrap_or_else(|e| panic!("user data is not base64: {e}"));
         String::from_utf8_lossy(&bytes).into_owned()
-    }
-
-    /// The text of the first `<tag>` in the answer to an (unsigned: the
-    /// emulator does not check) EC2 call.
-    pub async fn first(&self, query: &str, tag: &str) -> String {
-        let http = fleet_http::HttpClient::new(&self.url(), Duration::from_secs(10))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let a = http
-            .send(
-                "POST",
-                "/",
-                &[
-                    (
-                        "content-type",
-                        "application/x-www-form-urlencoded".to_owned(),
-                    ),
-                    (
-                        "authorization",
-                        "AWS4-HMAC-SHA256 Credential=test/20261125/us-east-1/ec2/aws4_request, \
-                         SignedHeaders=host, Signature=0"
-                            .to_owned(),
-                    ),
-                ],
-                Some(format!("{query}&Version=2016-11-15").into_bytes()),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let body = String::from_utf8_lossy(&a.body);
-        let open = format!("<{tag}>");
-        let start = body
-            .find(&open)
-            .unwrap_or_else(|| panic!("no <{tag}> in {body}"))
-            + open.len();
-        let end = body[start..].find('<').unwrap_or(0) + start;
-        body[start..end].to_owned()
     }
 }
 

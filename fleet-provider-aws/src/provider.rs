@@ -1,9 +1,22 @@
-//! [`Ec2Provider`]: the fleet's [`Provider`] over the EC2 Query API.
+//! [`Ec2Provider`]: the fleet's [`Provider`] over the EC2 API, through
+//! `aws-sdk-ec2`.
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::client::Waiters as _;
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    ArchitectureType, AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter,
+    IamInstanceProfileSpecification, ImageState, InstanceInterruptionBehavior,
+    InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, MarketType,
+    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, UsageClassType,
+    VolumeType,
+};
+use aws_smithy_runtime_api::client::waiters::error::WaiterError;
 use base64::Engine as _;
 use fleet_core::billing::BillingModel;
 use fleet_core::ids::{InstanceType, NodeId};
@@ -11,52 +24,55 @@ use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, SpotTerms, TAG_NODE, TAG_POOL, TagFilter,
+    Provider, ProviderError, SnapshotRef, SpotTerms, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TAG_POOL,
+    TagFilter,
 };
-use fleet_http::{Answer, HttpClient, HttpError};
+use tokio::sync::Mutex;
 
-use crate::config::{Ec2Config, US_EAST_1_PRICES};
-use fleet_http::sigv4;
-use fleet_http::xml::{self, Element};
+use crate::config::{Ec2Config, US_EAST_1_PRICES, US_EAST_1_PRICES_SOURCE};
 
-/// The EC2 API version spoken.
-const API_VERSION: &str = "2016-11-15";
 /// The states a live instance can be in (terminated ones stay listed a while).
 const LIVE: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+/// The product whose spot prices are read.
+const SPOT_PRODUCT: &str = "Linux/UNIX";
 
 /// Runs, starts, stops, resizes, images and terminates EC2 instances.
 ///
-/// - `create` looks the node up by its `fleet-node` tag first and passes
-///   the node id as `ClientToken`, so a retried create never launches a
+/// - `create` looks the node up by its tags first (node, fleet and
+///   namespace: never another fleet's instance) and passes a client token
+///   made of the fleet id and node id, so a retried create never launches a
 ///   second instance; it returns once the instance runs.
-/// - `stop` and `start` wait for `stopped` / `running`; `resize` is
+/// - `stop` waits with the SDK's `instance_stopped` waiter; `start` and
+///   `create` poll for `running` every [`Ec2Config::poll_interval`] (the
+///   SDK's `instance_running` waiter sleeps at least 15 s between polls,
+///   which would add up to 15 s to every boot). `resize` is
 ///   `ModifyInstanceAttribute` on a stopped instance (EC2 refuses a running
 ///   one: so does this provider, before calling); `snapshot` is
-///   `CreateImage` (no reboot) and waits for the AMI to be available;
+///   `CreateImage` (no reboot) and waits with the `image_available` waiter;
 ///   `delete` terminates.
-/// - Spot instances are one-time requests that terminate on interruption.
-/// - EC2 has no price API of its own: on-demand prices come from
-///   [`Ec2Config::prices`] or the built-in us-east-1 list, spot is a
-///   configured fraction of on-demand.
+/// - Spot instances are one-time requests that terminate on interruption,
+///   priced from `DescribeSpotPriceHistory` (the highest current price over
+///   the region's zones, cached for [`Ec2Config::spot_price_ttl`]).
+/// - On-demand prices come from [`Ec2Config::prices`] or the built-in
+///   us-east-1 list ([`US_EAST_1_PRICES_SOURCE`]).
 #[derive(Debug)]
 pub struct Ec2Provider {
     cfg: Ec2Config,
-    http: HttpClient,
+    sdk: fleet_aws::SdkConfig,
+    client: Client,
+    region: String,
     capabilities: Capabilities,
     billing: BillingModel,
-    credentials: sigv4::AwsCredentials,
     /// Root device names by AMI (to size the root volume at launch).
-    root_devices: tokio::sync::Mutex<BTreeMap<String, String>>,
+    root_devices: Mutex<BTreeMap<String, String>>,
+    /// Spot prices by type and when they were fetched.
+    spot_prices: Mutex<Option<(Instant, BTreeMap<String, HourlyPrice>)>>,
 }
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-fn encode(s: &str) -> String {
-    sigv4::uri_encode(s, false)
 }
 
 fn state_of(name: &str) -> InstanceState {
@@ -99,6 +115,61 @@ pub fn error_of(status: u16, code: &str, message: &str) -> ProviderError {
     }
 }
 
+/// An SDK error as a provider error: service errors by their code (after
+/// the SDK's own retries), transport trouble as transient, a request the
+/// SDK could not build (or credentials it could not find) as permanent.
+fn sdk_error<E>(action: &str, e: SdkError<E, HttpResponse>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let chain = fleet_aws::error_chain(&e);
+    let err = match &e {
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = s
+                .err()
+                .code()
+                .map_or_else(|| format!("HTTP{status}"), str::to_owned);
+            let message = s.err().message().unwrap_or_default();
+            match error_of(status, &code, message) {
+                ProviderError::Permanent(t) if status == 503 => ProviderError::Transient(t),
+                other => other,
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => ProviderError::Transient(chain),
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+            ProviderError::Transient(chain)
+        }
+        // No credentials, a bad endpoint: retrying does not help.
+        _ => ProviderError::Permanent(chain),
+    };
+    err.with_context(action)
+}
+
+/// A waiter's failure: the operation's own error, the state it must not
+/// reach (`terminated` while waiting to run), or the time running out.
+fn waiter_error<O, E>(
+    action: &str,
+    what: &str,
+    wait: Duration,
+    e: WaiterError<O, E>,
+) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    O: std::fmt::Debug,
+{
+    match e {
+        WaiterError::OperationFailed(f) => sdk_error(action, f.into_error()),
+        WaiterError::ExceededMaxWait(_) => {
+            ProviderError::Transient(format!("{action}: {what} not reached after {wait:?}"))
+        }
+        WaiterError::FailureState(_) => {
+            ProviderError::NotFound(format!("{action}: {what} can no longer be reached"))
+        }
+        other => ProviderError::Transient(format!("{action}: waiting for {what}: {other:?}")),
+    }
+}
+
 /// Dollars per hour (`"0.1785"`) as an hourly price.
 fn dollars(s: &str) -> Option<HourlyPrice> {
     s.trim()
@@ -109,37 +180,30 @@ fn dollars(s: &str) -> Option<HourlyPrice> {
         .map(HourlyPrice)
 }
 
-/// Request parameters, in order.
-#[derive(Debug, Default)]
-struct Params(Vec<(String, String)>);
+fn filter(name: impl Into<String>, values: &[&str]) -> Filter {
+    values
+        .iter()
+        .fold(Filter::builder().name(name), |b, v| b.values(*v))
+        .build()
+}
 
-impl Params {
-    fn set(&mut self, k: impl Into<String>, v: impl Into<String>) -> &mut Self {
-        self.0.push((k.into(), v.into()));
-        self
-    }
-
-    /// `Filter.N.Name` / `Filter.N.Value.M`.
-    fn filter(&mut self, name: &str, values: &[&str]) -> &mut Self {
-        let n = 1 + self
-            .0
-            .iter()
-            .filter(|(k, _)| k.ends_with(".Name") && k.starts_with("Filter."))
-            .count();
-        self.set(format!("Filter.{n}.Name"), name);
-        for (i, v) in values.iter().enumerate() {
-            self.set(format!("Filter.{n}.Value.{}", i + 1), *v);
-        }
-        self
-    }
+/// The client token of node `node` in fleet `fleet`: EC2 returns the same
+/// instance for a repeated token, so it must be unique across fleets.
+/// At most 64 ASCII characters.
+fn client_token(spec: &NodeSpec) -> String {
+    let fleet = spec.tags.get(TAG_FLEET).map_or("", String::as_str);
+    let token = if fleet.is_empty() || spec.node.as_str().contains(fleet) {
+        spec.node.to_string()
+    } else {
+        format!("{fleet}.{}", spec.node)
+    };
+    token.chars().filter(char::is_ascii).take(64).collect()
 }
 
 impl Ec2Provider {
-    /// A provider for `cfg`'s account and region.
-    pub fn new(cfg: Ec2Config) -> Result<Ec2Provider, ProviderError> {
-        if cfg.region.is_empty() {
-            return Err(ProviderError::Permanent("region must be set".to_owned()));
-        }
+    /// A provider for `cfg`'s account and region: loads the SDK
+    /// configuration (region now; credentials on the first call).
+    pub async fn new(cfg: Ec2Config) -> Result<Ec2Provider, ProviderError> {
         for (ty, price) in &cfg.prices {
             if dollars(price).is_none() {
                 return Err(ProviderError::Permanent(format!(
@@ -147,8 +211,14 @@ impl Ec2Provider {
                 )));
             }
         }
-        let http = HttpClient::new(&cfg.endpoint, cfg.request_timeout)
-            .map_err(|e| ProviderError::Permanent(format!("endpoint: {e}")))?;
+        let sdk = fleet_aws::load(&cfg.aws).await;
+        let Some(region) = sdk.region().map(|r| r.as_ref().to_owned()) else {
+            return Err(ProviderError::Permanent(
+                "no AWS region: set it in the config, AWS_REGION, or the profile's `region`"
+                    .to_owned(),
+            ));
+        };
+        let client = Client::new(&sdk);
         Ok(Ec2Provider {
             capabilities: Capabilities {
                 stop_start: true,
@@ -159,11 +229,26 @@ impl Ec2Provider {
                 max_instances: cfg.max_instances,
             },
             billing: BillingModel::ec2(),
-            credentials: sigv4::AwsCredentials::new(cfg.credentials.clone()),
-            root_devices: tokio::sync::Mutex::new(BTreeMap::new()),
+            root_devices: Mutex::new(BTreeMap::new()),
+            spot_prices: Mutex::new(None),
+            region,
+            client,
+            sdk,
             cfg,
-            http,
         })
+    }
+
+    /// The region the provider works in.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// The access key id the SDK's chain resolves to now (never the
+    /// secret): a clear error when there are no credentials.
+    pub async fn access_key_id(&self) -> Result<String, ProviderError> {
+        fleet_aws::access_key_id(&self.sdk)
+            .await
+            .map_err(ProviderError::Permanent)
     }
 
     /// The root device name of `image` (`/dev/xvda`, `/dev/sda1`).
@@ -171,13 +256,17 @@ impl Ec2Provider {
         if let Some(d) = self.root_devices.lock().await.get(image) {
             return Ok(d.clone());
         }
-        let mut p = Params::default();
-        p.set("ImageId.1", image);
-        let root = self.call("DescribeImages", &p).await?;
-        let device = root
-            .items("imagesSet")
-            .next()
-            .and_then(|i| i.text_at("rootDeviceName"))
+        let out = self
+            .client
+            .describe_images()
+            .image_ids(image)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeImages", e))?;
+        let device = out
+            .images()
+            .first()
+            .and_then(|i| i.root_device_name())
             .filter(|d| !d.is_empty())
             .ok_or_else(|| ProviderError::NotFound(format!("image {image}")))?
             .to_owned();
@@ -188,142 +277,85 @@ impl Ec2Provider {
         Ok(device)
     }
 
-    /// The credentials to sign with now.
-    pub(crate) async fn credentials(&self) -> Result<sigv4::Credentials, ProviderError> {
-        self.credentials
-            .get()
-            .await
-            .map_err(ProviderError::Transient)
-    }
-
-    /// One signed Query API call; the answer's root element.
-    async fn call(&self, action: &str, params: &Params) -> Result<Element, ProviderError> {
-        let mut body = format!("Action={action}&Version={API_VERSION}");
-        for (k, v) in &params.0 {
-            body.push('&');
-            body.push_str(&encode(k));
-            body.push('=');
-            body.push_str(&encode(v));
-        }
-        let content_type = "application/x-www-form-urlencoded; charset=utf-8";
-        let host = self.http.host_header();
-        let path = if self.http.prefix().is_empty() {
-            "/".to_owned()
-        } else {
-            format!("{}/", self.http.prefix())
-        };
-        let amz_date = sigv4::amz_date(now_ms());
-        let creds = self.credentials().await?;
-        let mut headers = sigv4::sign(
-            &sigv4::Request {
-                method: "POST",
-                host: &host,
-                path: &path,
-                query: "",
-                headers: &[("content-type", content_type.to_owned())],
-                body: body.as_bytes(),
-                amz_date: &amz_date,
-                region: &self.cfg.region,
-                service: "ec2",
-            },
-            &creds,
-        );
-        headers.push(("content-type", content_type.to_owned()));
-        let answer = self
-            .http
-            .send("POST", "/", &headers, Some(body.into_bytes()))
-            .await
-            .map_err(|e| match e {
-                HttpError::Invalid(why) => ProviderError::Permanent(format!("{action}: {why}")),
-                other => ProviderError::Transient(format!("{action}: {other}")),
-            })?;
-        self.answer(action, &answer)
-    }
-
-    fn answer(&self, action: &str, a: &Answer) -> Result<Element, ProviderError> {
-        let root = xml::parse(&a.body);
-        if a.is_success() {
-            return root.map_err(|e| {
-                ProviderError::Transient(format!("{action}: unreadable answer: {e}"))
-            });
-        }
-        let (code, message) = root
-            .ok()
-            .and_then(|r| {
-                let e = r.child("Errors")?.child("Error")?;
-                Some((
-                    e.text_at("Code")?.to_owned(),
-                    e.text_at("Message").unwrap_or("").to_owned(),
-                ))
-            })
-            .unwrap_or_else(|| {
-                (
-                    format!("HTTP{}", a.status),
-                    String::from_utf8_lossy(&a.body).into_owned(),
-                )
-            });
-        Err(match error_of(a.status, &code, &message) {
-            ProviderError::Permanent(t) if a.status == 503 => ProviderError::Transient(t),
-            e => e,
-        }
-        .with_context(action))
-    }
-
     /// Every live instance matching `filters`, over all pages.
-    async fn describe(&self, mut params: Params) -> Result<Vec<Element>, ProviderError> {
-        params.filter("instance-state-name", &LIVE);
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let mut page = Params(params.0.clone());
-            if let Some(t) = &token {
-                page.set("NextToken", t.clone());
-            }
-            let root = self.call("DescribeInstances", &page).await?;
-            out.extend(
-                root.items("reservationSet")
-                    .flat_map(|r| r.items("instancesSet"))
-                    .cloned(),
-            );
-            match root.text_at("nextToken").filter(|t| !t.is_empty()) {
-                Some(t) if token.as_deref() != Some(t) => token = Some(t.to_owned()),
-                _ => return Ok(out),
-            }
-        }
+    async fn describe(
+        &self,
+        mut filters: Vec<Filter>,
+    ) -> Result<Vec<aws_sdk_ec2::types::Instance>, ProviderError> {
+        filters.push(filter("instance-state-name", &LIVE));
+        let reservations: Vec<_> = self
+            .client
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        Ok(reservations
+            .into_iter()
+            .flat_map(|r| r.instances.unwrap_or_default())
+            .collect())
     }
 
-    async fn one(&self, id: &str) -> Result<Element, ProviderError> {
-        let mut p = Params::default();
-        p.set("InstanceId.1", id);
-        let root = self.call("DescribeInstances", &p).await?;
-        root.items("reservationSet")
-            .flat_map(|r| r.items("instancesSet"))
+    async fn one(&self, id: &str) -> Result<aws_sdk_ec2::types::Instance, ProviderError> {
+        let out = self
+            .client
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeInstances", e))?;
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
             .next()
             .cloned()
             .ok_or_else(|| ProviderError::NotFound(format!("instance {id}")))
     }
 
-    async fn by_node(&self, node: &NodeId) -> Result<Option<Element>, ProviderError> {
-        let mut p = Params::default();
-        p.filter(&format!("tag:{TAG_NODE}"), &[node.as_str()]);
-        Ok(self.describe(p).await?.into_iter().next())
+    /// The live instance of `spec`'s node in `spec`'s fleet and namespace.
+    async fn by_node(
+        &self,
+        spec: &NodeSpec,
+    ) -> Result<Option<aws_sdk_ec2::types::Instance>, ProviderError> {
+        let mut filters = vec![filter(format!("tag:{TAG_NODE}"), &[spec.node.as_str()])];
+        for k in [TAG_FLEET, TAG_NAMESPACE] {
+            if let Some(v) = spec.tags.get(k) {
+                filters.push(filter(format!("tag:{k}"), &[v.as_str()]));
+            }
+        }
+        Ok(self.describe(filters).await?.into_iter().next())
     }
 
-    /// Polls `id` until its state is `want` (or one of `done`, an error).
-    async fn wait_state(&self, id: &str, want: &str) -> Result<Element, ProviderError> {
+    /// Polls `id` every [`Ec2Config::poll_interval`] until it runs.
+    async fn wait_running(&self, id: &str) -> Result<Instance, ProviderError> {
         let deadline = Instant::now() + self.cfg.wait_timeout;
         loop {
-            let e = self.one(id).await?;
-            let state = e.text_at("instanceState/name").unwrap_or_default();
-            if state == want {
-                return Ok(e);
-            }
-            if matches!(state, "shutting-down" | "terminated") && want != "terminated" {
-                return Err(ProviderError::NotFound(format!("instance {id} is {state}")));
+            match self.one(id).await {
+                Ok(i) => {
+                    let state = i.state().and_then(|s| s.name());
+                    if state == Some(&InstanceStateName::Running) {
+                        return self.instance(&i);
+                    }
+                    if matches!(
+                        state,
+                        Some(InstanceStateName::ShuttingDown | InstanceStateName::Terminated)
+                    ) {
+                        return Err(ProviderError::NotFound(format!(
+                            "instance {id} is {}",
+                            state.map_or("gone", |s| s.as_str())
+                        )));
+                    }
+                }
+                // Just launched: EC2 is eventually consistent.
+                Err(ProviderError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
             if Instant::now() >= deadline {
                 return Err(ProviderError::Transient(format!(
-                    "instance {id} still {state} after {:?} (waiting for {want})",
+                    "instance {id} not running after {:?}",
                     self.cfg.wait_timeout
                 )));
             }
@@ -331,11 +363,12 @@ impl Ec2Provider {
         }
     }
 
-    fn instance(&self, e: &Element) -> Result<Instance, ProviderError> {
-        let id = e.text_at("instanceId").unwrap_or_default().to_owned();
+    fn instance(&self, e: &aws_sdk_ec2::types::Instance) -> Result<Instance, ProviderError> {
+        let id = e.instance_id().unwrap_or_default().to_owned();
         let tags: BTreeMap<String, String> = e
-            .items("tagSet")
-            .filter_map(|t| Some((t.text_at("key")?.to_owned(), t.text_at("value")?.to_owned())))
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned())))
             .collect();
         let node = tags
             .get(TAG_NODE)
@@ -343,28 +376,33 @@ impl Ec2Provider {
             .ok_or_else(|| {
                 ProviderError::Permanent(format!("instance {id} has no valid {TAG_NODE} tag"))
             })?;
-        let instance_type = InstanceType::new(e.text_at("instanceType").unwrap_or_default())
+        let instance_type = InstanceType::new(e.instance_type().map_or("", |t| t.as_str()))
             .map_err(|err| ProviderError::Permanent(format!("instance {id}: {err}")))?;
         let address = e
-            .text_at("ipAddress")
-            .or_else(|| e.text_at("privateIpAddress"))
+            .public_ip_address()
+            .or_else(|| e.private_ip_address())
             .filter(|a| !a.is_empty())
             .map(str::to_owned);
         Ok(Instance {
             node,
             provider_id: id,
             instance_type,
-            market: if e.text_at("instanceLifecycle") == Some("spot") {
+            market: if e.instance_lifecycle() == Some(&InstanceLifecycleType::Spot) {
                 Market::Spot
             } else {
                 Market::OnDemand
             },
-            state: state_of(e.text_at("instanceState/name").unwrap_or_default()),
+            state: state_of(
+                e.state()
+                    .and_then(|s| s.name())
+                    .map_or("pending", |n| n.as_str()),
+            ),
             address,
             tags,
             created_at: e
-                .text_at("launchTime")
-                .and_then(fleet_core::time::parse_rfc3339)
+                .launch_time()
+                .and_then(|t| t.to_millis().ok())
+                .and_then(|ms| u64::try_from(ms).ok())
                 .unwrap_or(0),
         })
     }
@@ -394,13 +432,116 @@ impl Ec2Provider {
         if let Some(p) = self.cfg.prices.get(ty) {
             return dollars(p);
         }
-        if self.cfg.region != "us-east-1" {
+        if self.region != "us-east-1" {
             return None;
         }
         US_EAST_1_PRICES
             .iter()
             .find(|(t, _)| *t == ty)
             .and_then(|(_, p)| dollars(p))
+    }
+
+    /// Current spot prices of `types` (the highest over the region's
+    /// zones: the zone is EC2's choice), fetched at most once per
+    /// [`Ec2Config::spot_price_ttl`]. A failure to fetch is logged and
+    /// yields what is cached (possibly nothing).
+    async fn spot_prices(&self, types: &[String]) -> BTreeMap<String, HourlyPrice> {
+        let mut cache = self.spot_prices.lock().await;
+        if let Some((at, prices)) = &*cache
+            && at.elapsed() < self.cfg.spot_price_ttl
+            && types.iter().all(|t| prices.contains_key(t))
+        {
+            return prices.clone();
+        }
+        let fetched = self
+            .client
+            .describe_spot_price_history()
+            .set_instance_types(Some(
+                types
+                    .iter()
+                    .map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str()))
+                    .collect(),
+            ))
+            .product_descriptions(SPOT_PRODUCT)
+            // From now: the price in effect in each zone.
+            .start_time(aws_sdk_ec2::primitives::DateTime::from(SystemTime::now()))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await;
+        match fetched {
+            Ok(history) => {
+                let mut prices: BTreeMap<String, HourlyPrice> = BTreeMap::new();
+                for p in &history {
+                    let (Some(ty), Some(price)) =
+                        (p.instance_type(), p.spot_price().and_then(dollars))
+                    else {
+                        continue;
+                    };
+                    let slot = prices.entry(ty.as_str().to_owned()).or_insert(price);
+                    if price.0 > slot.0 {
+                        *slot = price;
+                    }
+                }
+                tracing::debug!(types = prices.len(), "spot prices fetched");
+                *cache = Some((Instant::now(), prices.clone()));
+                prices
+            }
+            Err(e) => {
+                let e = sdk_error("DescribeSpotPriceHistory", e);
+                tracing::warn!(error = %e, "spot prices unavailable; using cached or configured ones");
+                cache.as_ref().map(|(_, p)| p.clone()).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Waits for AMI `image_id` and describes it.
+    async fn wait_image(&self, image_id: &str) -> Result<SnapshotRef, ProviderError> {
+        let wait = self.cfg.wait_timeout;
+        self.client
+            .wait_until_image_available()
+            .image_ids(image_id)
+            .wait(wait)
+            .await
+            .map_err(|e| {
+                waiter_error(
+                    "DescribeImages",
+                    &format!("AMI {image_id} available"),
+                    wait,
+                    e,
+                )
+            })?;
+        let out = self
+            .client
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("DescribeImages", e))?;
+        let image = out
+            .images()
+            .first()
+            .ok_or_else(|| ProviderError::NotFound(format!("AMI {image_id}")))?;
+        if image.state() != Some(&ImageState::Available) {
+            return Err(ProviderError::Transient(format!(
+                "AMI {image_id} is not available"
+            )));
+        }
+        let gb: i64 = image
+            .block_device_mappings()
+            .iter()
+            .filter_map(|b| b.ebs()?.volume_size())
+            .map(i64::from)
+            .sum();
+        Ok(SnapshotRef {
+            id: image_id.to_owned(),
+            size_gb: u32::try_from(gb).unwrap_or(u32::MAX).max(1),
+            created_at: image
+                .creation_date()
+                .and_then(fleet_core::time::parse_rfc3339)
+                .unwrap_or_else(now_ms),
+        })
     }
 }
 
@@ -419,6 +560,7 @@ impl WithContext for ProviderError {
             ProviderError::RateLimited(t) => ProviderError::RateLimited(c(t)),
             ProviderError::Transient(t) => ProviderError::Transient(c(t)),
             ProviderError::Unsupported(t) => ProviderError::Unsupported(c(t)),
+            ProviderError::Permanent(t) => ProviderError::Permanent(c(t)),
             other => other,
         }
     }
@@ -437,7 +579,7 @@ impl Provider for Ec2Provider {
     async fn offerings(&self) -> Result<Vec<Offering>, ProviderError> {
         let wanted: Vec<String> = if self.cfg.instance_types.is_empty() {
             let mut all: Vec<String> = self.cfg.prices.keys().cloned().collect();
-            if self.cfg.region == "us-east-1" {
+            if self.region == "us-east-1" {
                 all.extend(US_EAST_1_PRICES.iter().map(|(t, _)| (*t).to_owned()));
             }
             all.sort();
@@ -446,69 +588,101 @@ impl Provider for Ec2Provider {
         } else {
             self.cfg.instance_types.clone()
         };
-        let mut p = Params::default();
-        for (i, t) in wanted.iter().enumerate() {
-            p.set(format!("InstanceType.{}", i + 1), t.clone());
-        }
-        let root = self.call("DescribeInstanceTypes", &p).await?;
+        let infos: Vec<_> = self
+            .client
+            .describe_instance_types()
+            .set_instance_types(Some(
+                wanted
+                    .iter()
+                    .map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str()))
+                    .collect(),
+            ))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| sdk_error("DescribeInstanceTypes", e))?;
+        let spot_types: Vec<String> = infos
+            .iter()
+            .filter(|t| t.supported_usage_classes().contains(&UsageClassType::Spot))
+            .filter_map(|t| Some(t.instance_type()?.as_str().to_owned()))
+            .collect();
+        let spot_prices = if spot_types.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.spot_prices(&spot_types).await
+        };
         let mut out = Vec::new();
-        for t in root.items("instanceTypeSet") {
-            let name = t.text_at("instanceType").unwrap_or_default();
+        for t in &infos {
+            let name = t.instance_type().map_or("", |t| t.as_str());
             let Some(on_demand) = self.price_of(name) else {
-                tracing::warn!(instance_type = name, region = %self.cfg.region, "no price for this type: set prices.{name}; skipped");
+                tracing::warn!(instance_type = name, region = %self.region, "no on-demand price for this type: set prices.{name}; skipped");
                 continue;
             };
             let Ok(instance_type) = InstanceType::new(name) else {
                 continue;
             };
-            let arm = t
-                .child("processorInfo")
-                .into_iter()
-                .flat_map(|p| p.items("supportedArchitectures"))
-                .any(|a| a.text == "arm64");
-            let spot_price = on_demand
-                .0
-                .mul_div(
-                    self.cfg.spot_per_mille,
-                    1_000,
-                    fleet_core::money::Rounding::Up,
-                )
-                .map(HourlyPrice);
+            let arm = t.processor_info().is_some_and(|p| {
+                p.supported_architectures()
+                    .contains(&ArchitectureType::Arm64)
+            });
+            let spot = if spot_types.iter().any(|s| s == name) {
+                match spot_prices.get(name) {
+                    Some(p) => Some(*p),
+                    None => {
+                        let fallback = on_demand
+                            .0
+                            .mul_div(
+                                self.cfg.spot_per_mille,
+                                1_000,
+                                fleet_core::money::Rounding::Up,
+                            )
+                            .map(HourlyPrice);
+                        tracing::warn!(
+                            instance_type = name,
+                            per_mille = self.cfg.spot_per_mille,
+                            "EC2 gave no spot price for this type: priced at the configured fraction of on-demand"
+                        );
+                        fallback
+                    }
+                }
+            } else {
+                None
+            };
             out.push(Offering {
                 instance_type,
                 cpus: t
-                    .text_at("vCpuInfo/defaultVCpus")
-                    .and_then(|v| v.parse().ok())
+                    .v_cpu_info()
+                    .and_then(|v| v.default_v_cpus())
+                    .and_then(|v| u32::try_from(v).ok())
                     .unwrap_or(0),
                 memory_mb: t
-                    .text_at("memoryInfo/sizeInMiB")
-                    .and_then(|v| v.parse().ok())
+                    .memory_info()
+                    .and_then(|m| m.size_in_mib())
+                    .and_then(|m| u64::try_from(m).ok())
                     .unwrap_or(0),
                 arch: if arm { Arch::Aarch64 } else { Arch::X86_64 },
                 disk_gb: self.cfg.root_volume_gb,
                 on_demand,
-                spot: t
-                    .items("supportedUsageClasses")
-                    .any(|c| c.text == "spot")
-                    .then_some(spot_price)
-                    .flatten()
-                    .map(|price| SpotTerms {
-                        price,
-                        interruptions_per_1000h: self.cfg.spot_interruptions_per_1000h,
-                    }),
+                spot: spot.map(|price| SpotTerms {
+                    price,
+                    interruptions_per_1000h: self.cfg.spot_interruptions_per_1000h,
+                }),
             });
         }
         if out.is_empty() {
             return Err(ProviderError::Permanent(format!(
-                "no instance type is both sold and priced in {} (wanted {wanted:?})",
-                self.cfg.region
+                "no instance type is both sold and priced in {} (wanted {wanted:?}; built-in \
+                 prices: {US_EAST_1_PRICES_SOURCE})",
+                self.region
             )));
         }
         Ok(out)
     }
 
     async fn create(&self, spec: &NodeSpec) -> Result<Instance, ProviderError> {
-        if let Some(e) = self.by_node(&spec.node).await? {
+        if let Some(e) = self.by_node(spec).await? {
             return self.instance(&e); // a retried create: the same instance
         }
         let image = match &spec.source {
@@ -517,88 +691,121 @@ impl Provider for Ec2Provider {
             other => return Err(ProviderError::Unsupported(format!("boot source {other:?}"))),
         };
         let device = self.root_device(&image).await?;
-        let mut p = Params::default();
-        p.set("BlockDeviceMapping.1.DeviceName", device)
-            .set(
-                "BlockDeviceMapping.1.Ebs.VolumeSize",
-                self.cfg.root_volume_gb.to_string(),
-            )
-            .set("BlockDeviceMapping.1.Ebs.VolumeType", "gp3")
-            .set("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true");
-        p.set("ImageId", image)
-            .set("InstanceType", spec.instance_type.as_str())
-            .set("MinCount", "1")
-            .set("MaxCount", "1")
-            .set("ClientToken", spec.node.as_str())
-            .set("TagSpecification.1.ResourceType", "instance");
         let mut tags = spec.tags.clone();
         tags.insert(TAG_NODE.to_owned(), spec.node.to_string());
         tags.insert(TAG_POOL.to_owned(), spec.pool.to_string());
         tags.entry("Name".to_owned())
             .or_insert_with(|| spec.node.to_string());
-        for (i, (k, v)) in tags.iter().enumerate() {
-            p.set(format!("TagSpecification.1.Tag.{}.Key", i + 1), k.clone())
-                .set(format!("TagSpecification.1.Tag.{}.Value", i + 1), v.clone());
-        }
+        let tag_spec = tags
+            .iter()
+            .fold(
+                TagSpecification::builder().resource_type(ResourceType::Instance),
+                |b, (k, v)| b.tags(Tag::builder().key(k).value(v).build()),
+            )
+            .build();
+        let mut run = self
+            .client
+            .run_instances()
+            .image_id(image)
+            .instance_type(aws_sdk_ec2::types::InstanceType::from(
+                spec.instance_type.as_str(),
+            ))
+            .min_count(1)
+            .max_count(1)
+            .client_token(client_token(spec))
+            .tag_specifications(tag_spec)
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(device)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(i32::try_from(self.cfg.root_volume_gb).unwrap_or(i32::MAX))
+                            .volume_type(VolumeType::Gp3)
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .set_subnet_id(self.cfg.subnet_id.clone())
+            .set_key_name(self.cfg.key_name.clone())
+            .set_user_data(self.user_data(spec));
         if spec.market == Market::Spot {
-            p.set("InstanceMarketOptions.MarketType", "spot")
-                .set(
-                    "InstanceMarketOptions.SpotOptions.SpotInstanceType",
-                    "one-time",
-                )
-                .set(
-                    "InstanceMarketOptions.SpotOptions.InstanceInterruptionBehavior",
-                    "terminate",
-                );
+            run = run.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
         }
-        if let Some(ud) = self.user_data(spec) {
-            p.set("UserData", ud);
-        }
-        if let Some(s) = &self.cfg.subnet_id {
-            p.set("SubnetId", s.clone());
-        }
-        for (i, g) in self.cfg.security_group_ids.iter().enumerate() {
-            p.set(format!("SecurityGroupId.{}", i + 1), g.clone());
-        }
-        if let Some(k) = &self.cfg.key_name {
-            p.set("KeyName", k.clone());
+        for g in &self.cfg.security_group_ids {
+            run = run.security_group_ids(g);
         }
         if let Some(profile) = &self.cfg.instance_profile {
-            p.set("IamInstanceProfile.Name", profile.clone());
+            run = run.iam_instance_profile(
+                IamInstanceProfileSpecification::builder()
+                    .name(profile)
+                    .build(),
+            );
         }
-        let root = self.call("RunInstances", &p).await?;
-        let id = root
-            .items("instancesSet")
-            .next()
-            .and_then(|i| i.text_at("instanceId"))
+        let out = run.send().await.map_err(|e| sdk_error("RunInstances", e))?;
+        let id = out
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
             .filter(|i| !i.is_empty())
             .ok_or_else(|| {
                 ProviderError::Transient("RunInstances answered without an instance".into())
             })?
             .to_owned();
-        let e = self.wait_state(&id, "running").await?;
-        self.instance(&e)
+        self.wait_running(&id).await
     }
 
     async fn start(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
-        let mut p = Params::default();
-        p.set("InstanceId.1", r.provider_id.clone());
-        self.call("StartInstances", &p).await?;
-        let e = self.wait_state(&r.provider_id, "running").await?;
-        self.instance(&e)
+        self.client
+            .start_instances()
+            .instance_ids(&r.provider_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("StartInstances", e))?;
+        self.wait_running(&r.provider_id).await
     }
 
     async fn stop(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
-        let mut p = Params::default();
-        p.set("InstanceId.1", r.provider_id.clone());
-        self.call("StopInstances", &p).await?;
-        let e = self.wait_state(&r.provider_id, "stopped").await?;
-        self.instance(&e)
+        self.client
+            .stop_instances()
+            .instance_ids(&r.provider_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("StopInstances", e))?;
+        let wait = self.cfg.wait_timeout;
+        self.client
+            .wait_until_instance_stopped()
+            .instance_ids(&r.provider_id)
+            .wait(wait)
+            .await
+            .map_err(|e| {
+                waiter_error(
+                    "DescribeInstances",
+                    &format!("instance {} stopped", r.provider_id),
+                    wait,
+                    e,
+                )
+            })?;
+        let i = self.one(&r.provider_id).await?;
+        self.instance(&i)
     }
 
     async fn resize(&self, r: &InstanceRef, to: &InstanceType) -> Result<Instance, ProviderError> {
         let current = self.one(&r.provider_id).await?;
-        let state = current.text_at("instanceState/name").unwrap_or_default();
+        let state = current
+            .state()
+            .and_then(|s| s.name())
+            .map_or("unknown", |n| n.as_str());
         if state != "stopped" {
             return Err(error_of(
                 400,
@@ -609,81 +816,62 @@ impl Provider for Ec2Provider {
                 ),
             ));
         }
-        let mut p = Params::default();
-        p.set("InstanceId", r.provider_id.clone())
-            .set("InstanceType.Value", to.as_str());
-        self.call("ModifyInstanceAttribute", &p).await?;
-        let e = self.one(&r.provider_id).await?;
-        self.instance(&e)
+        self.client
+            .modify_instance_attribute()
+            .instance_id(&r.provider_id)
+            .instance_type(AttributeValue::builder().value(to.as_str()).build())
+            .send()
+            .await
+            .map_err(|e| sdk_error("ModifyInstanceAttribute", e))?;
+        let i = self.one(&r.provider_id).await?;
+        self.instance(&i)
     }
 
     async fn snapshot(&self, r: &InstanceRef) -> Result<SnapshotRef, ProviderError> {
-        let mut p = Params::default();
-        p.set("InstanceId", r.provider_id.clone())
-            .set("Name", format!("fleet-{}-{}", r.node, now_ms()))
-            .set("NoReboot", "true");
-        let root = self.call("CreateImage", &p).await?;
-        let image_id = root
-            .text_at("imageId")
+        let out = self
+            .client
+            .create_image()
+            .instance_id(&r.provider_id)
+            .name(format!("fleet-{}-{}", r.node, now_ms()))
+            .no_reboot(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateImage", e))?;
+        let image_id = out
+            .image_id()
             .filter(|i| !i.is_empty())
             .ok_or_else(|| {
                 ProviderError::Transient("CreateImage answered without an image".into())
             })?
             .to_owned();
-        let deadline = Instant::now() + self.cfg.wait_timeout;
-        loop {
-            let mut q = Params::default();
-            q.set("ImageId.1", image_id.clone());
-            let root = self.call("DescribeImages", &q).await?;
-            let image = root.items("imagesSet").next().cloned().unwrap_or_default();
-            match image.text_at("imageState").unwrap_or("pending") {
-                "available" => {
-                    let gb: u32 = image
-                        .items("blockDeviceMapping")
-                        .filter_map(|b| b.text_at("ebs/volumeSize")?.parse::<u32>().ok())
-                        .sum();
-                    return Ok(SnapshotRef {
-                        id: image_id,
-                        size_gb: gb.max(1),
-                        created_at: image
-                            .text_at("creationDate")
-                            .and_then(fleet_core::time::parse_rfc3339)
-                            .unwrap_or_else(now_ms),
-                    });
-                }
-                "failed" | "invalid" | "error" => {
-                    return Err(ProviderError::Transient(format!("AMI {image_id} failed")));
-                }
-                _ if Instant::now() >= deadline => {
-                    return Err(ProviderError::Transient(format!(
-                        "AMI {image_id} not available after {:?}",
-                        self.cfg.wait_timeout
-                    )));
-                }
-                _ => tokio::time::sleep(self.cfg.poll_interval).await,
-            }
-        }
+        self.wait_image(&image_id).await
     }
 
     async fn delete(&self, r: &InstanceRef) -> Result<(), ProviderError> {
-        let mut p = Params::default();
-        p.set("InstanceId.1", r.provider_id.clone());
-        match self.call("TerminateInstances", &p).await {
+        match self
+            .client
+            .terminate_instances()
+            .instance_ids(&r.provider_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error("TerminateInstances", e))
+        {
             Ok(_) | Err(ProviderError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     async fn list(&self, tags: &TagFilter) -> Result<Vec<Instance>, ProviderError> {
-        let mut p = Params::default();
-        for (k, v) in &tags.0 {
-            p.filter(&format!("tag:{k}"), &[v.as_str()]);
-        }
+        let mut filters: Vec<Filter> = tags
+            .0
+            .iter()
+            .map(|(k, v)| filter(format!("tag:{k}"), &[v.as_str()]))
+            .collect();
         if !tags.0.contains_key(TAG_NODE) {
-            p.filter("tag-key", &[TAG_NODE]); // only fleet instances
+            filters.push(filter("tag-key", &[TAG_NODE])); // only fleet instances
         }
         let mut out = Vec::new();
-        for e in self.describe(p).await? {
+        for e in self.describe(filters).await? {
             match self.instance(&e) {
                 Ok(i) if tags.matches(&i.tags) => out.push(i),
                 Ok(_) => {}
@@ -737,130 +925,36 @@ mod tests {
         assert!(matches!(e(500, "Whatever"), ProviderError::Transient(_)));
     }
 
-    #[test]
-    fn query_values_are_percent_encoded() {
-        assert_eq!(encode("a b/c=d&e~f_g.h-i"), "a%20b%2Fc%3Dd%26e~f_g.h-i");
-        assert_eq!(encode("ü"), "%C3%BC");
+    fn spec(node: &str, fleet: Option<&str>) -> NodeSpec {
+        let mut tags = BTreeMap::new();
+        if let Some(f) = fleet {
+            tags.insert(TAG_FLEET.to_owned(), f.to_owned());
+        }
+        NodeSpec {
+            node: NodeId::new(node).unwrap_or_else(|e| panic!("{e}")),
+            pool: fleet_core::ids::PoolName::new("p").unwrap_or_else(|e| panic!("{e}")),
+            instance_type: InstanceType::new("c7i.large").unwrap_or_else(|e| panic!("{e}")),
+            market: Market::OnDemand,
+            source: BootSource::Image {
+                image: "ami-1".into(),
+            },
+            tags,
+            bootstrap_token: None,
+        }
     }
 
     #[test]
-    fn filters_number_themselves() {
-        let mut p = Params::default();
-        p.filter("tag:a", &["1"])
-            .set("X", "y")
-            .filter("state", &["a", "b"]);
-        let keys: Vec<&str> = p.0.iter().map(|(k, _)| k.as_str()).collect();
+    fn client_tokens_differ_across_fleets_and_fit_ec2() {
+        let a = client_token(&spec("ec2-1-1", Some("aaaa1111")));
+        let b = client_token(&spec("ec2-1-1", Some("bbbb2222")));
+        assert_ne!(a, b, "the same node id in two fleets is two instances");
+        // A node id that already names its fleet is used as it is.
         assert_eq!(
-            keys,
-            [
-                "Filter.1.Name",
-                "Filter.1.Value.1",
-                "X",
-                "Filter.2.Name",
-                "Filter.2.Value.1",
-                "Filter.2.Value.2"
-            ]
+            client_token(&spec("ec2-aaaa1111-1-1", Some("aaaa1111"))),
+            "ec2-aaaa1111-1-1"
         );
-    }
-
-    /// A metadata service on loopback that hands out role credentials
-    /// expiring at `expiration`, only to requests with a session token;
-    /// returns its URL and a request counter.
-    async fn fake_imds(
-        expiration: &'static str,
-    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let url = format!(
-            "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
-        );
-        let hits = std::sync::Arc::new(AtomicU32::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::Relaxed);
-                let mut buf = vec![0u8; 4096];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
-                let body = if req.starts_with("put /latest/api/token") {
-                    "tok-1".to_owned()
-                } else if !req.contains("x-aws-ec2-metadata-token: tok-1") {
-                    String::new()
-                } else if req.starts_with("get /latest/meta-data/iam/security-credentials/ ") {
-                    "fleet-role\n".to_owned()
-                } else if req
-                    .starts_with("get /latest/meta-data/iam/security-credentials/fleet-role ")
-                {
-                    format!(
-                        r#"{{"Code":"Success","AccessKeyId":"ASIAROLE","SecretAccessKey":"s3cr3t","Token":"sess","Expiration":"{expiration}"}}"#
-                    )
-                } else {
-                    String::new()
-                };
-                let status = if body.is_empty() {
-                    "401 Unauthorized"
-                } else {
-                    "200 OK"
-                };
-                let _ = s
-                    .write_all(
-                        format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-            }
-        });
-        (url, hits)
-    }
-
-    fn role_provider(imds_url: String) -> Ec2Provider {
-        let cfg = Ec2Config::new(
-            "us-east-1",
-            sigv4::CredentialSource::InstanceRole { imds_url },
-        );
-        Ec2Provider::new(cfg).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[tokio::test]
-    async fn instance_role_credentials_come_from_imdsv2_and_are_cached() {
-        use std::sync::atomic::Ordering;
-        let (url, hits) = fake_imds("2999-01-01T00:00:00Z").await;
-        let p = role_provider(url);
-        let c = p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.access_key_id, "ASIAROLE");
-        assert_eq!(c.session_token.as_deref(), Some("sess"));
-        assert_eq!(hits.load(Ordering::Relaxed), 3, "token, role, credentials");
-        p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(hits.load(Ordering::Relaxed), 3, "cached until near expiry");
-
-        // Credentials about to expire are fetched again on every use.
-        let (url, hits) = fake_imds("2000-01-01T00:00:00Z").await;
-        let p = role_provider(url);
-        p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
-        p.credentials().await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(hits.load(Ordering::Relaxed), 6);
-    }
-
-    #[tokio::test]
-    async fn no_credentials_anywhere_is_a_clear_error() {
-        // Nothing listens here.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
-        let p = role_provider(format!("http://127.0.0.1:{port}"));
-        let e = p
-            .credentials()
-            .await
-            .err()
-            .unwrap_or_else(|| panic!("no credentials"));
-        assert!(e.to_string().contains("no AWS credentials"), "{e}");
+        let long = "n".repeat(64);
+        assert_eq!(client_token(&spec(&long, Some("f"))).len(), 64);
+        assert_eq!(client_token(&spec("x", None)), "x");
     }
 }

@@ -45,10 +45,11 @@ pub enum Backend {
     S3 {
         /// The bucket.
         bucket: String,
-        /// Its region.
-        region: String,
-        /// The endpoint (`https://s3.<region>.amazonaws.com` by default).
-        endpoint: String,
+        /// Its region (`AWS_REGION`; else the SDK's region chain).
+        region: Option<String>,
+        /// An endpoint overriding the region's (`AWS_ENDPOINT_URL_S3`,
+        /// `AWS_ENDPOINT_URL`: an S3-compatible store or an emulator).
+        endpoint: Option<String>,
     },
 }
 
@@ -142,16 +143,9 @@ impl QueueConfig {
                 ));
             }
             (Some((_, bucket)), None) => {
-                let region = env
-                    .get("AWS_REGION")
-                    .or_else(|| env.get("AWS_DEFAULT_REGION"))
-                    .cloned()
-                    .unwrap_or_else(|| "us-east-1".to_owned());
-                let endpoint = env
-                    .get("AWS_ENDPOINT_URL_S3")
-                    .or_else(|| env.get("AWS_ENDPOINT_URL"))
-                    .cloned()
-                    .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+                let set = |k: &str| env.get(k).filter(|v| !v.trim().is_empty()).cloned();
+                let region = set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION"));
+                let endpoint = set("AWS_ENDPOINT_URL_S3").or_else(|| set("AWS_ENDPOINT_URL"));
                 Backend::S3 {
                     bucket: bucket.trim().to_owned(),
                     region,
@@ -397,8 +391,8 @@ mod tests {
             cfg.backend,
             Backend::S3 {
                 bucket: "cellos-prod".into(),
-                region: "us-west-2".into(),
-                endpoint: "https://s3.us-west-2.amazonaws.com".into()
+                region: Some("us-west-2".into()),
+                endpoint: None
             }
         );
         assert_eq!(cfg.dir("pending"), "fleet/gpu-pool/pending/");

@@ -6,8 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use fleet_http::sigv4::{self, AwsCredentials};
-use fleet_http::{HttpClient, HttpError, xml};
 
 /// A queue store failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,204 +138,154 @@ impl ObjectStore for DirStore {
     }
 }
 
-/// An S3 bucket, path-style (`<endpoint>/<bucket>/<key>`), SigV4-signed.
-#[derive(Debug)]
+/// An S3 bucket, through `aws-sdk-s3` (feature `s3`): the SDK's credential
+/// and region chains (see `fleet_aws`), its standard retries; path-style
+/// addressing when an endpoint is given (emulators, S3-compatible stores).
+#[cfg(feature = "s3")]
+#[derive(Debug, Clone)]
 pub struct S3Store {
-    http: HttpClient,
+    client: aws_sdk_s3::Client,
     bucket: String,
-    region: String,
-    credentials: AwsCredentials,
 }
 
-impl S3Store {
-    /// `bucket` at `endpoint` (`https://s3.<region>.amazonaws.com`, or an
-    /// emulator's address) in `region`.
-    pub fn new(
-        endpoint: &str,
-        bucket: &str,
-        region: &str,
-        credentials: AwsCredentials,
-    ) -> Result<S3Store, StoreError> {
-        let http = HttpClient::new(endpoint, std::time::Duration::from_secs(30))
-            .map_err(|e| StoreError::Refused(format!("S3 endpoint: {e}")))?;
-        Ok(S3Store {
-            http,
-            bucket: bucket.to_owned(),
-            region: region.to_owned(),
-            credentials,
-        })
-    }
+#[cfg(feature = "s3")]
+mod s3 {
+    use aws_sdk_s3::config::http::HttpResponse;
+    use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+    use aws_sdk_s3::primitives::ByteStream;
 
-    /// One signed request; the answer. `query` is already canonical.
-    async fn call(
-        &self,
-        method: &str,
-        key: &str,
-        query: &str,
-        extra: &[(&str, String)],
-        body: Option<&[u8]>,
-    ) -> Result<fleet_http::Answer, StoreError> {
-        let creds = self.credentials.get().await.map_err(StoreError::Refused)?;
-        let path = if key.is_empty() {
-            format!(
-                "{}/{}",
-                self.http.prefix(),
-                sigv4::uri_encode(&self.bucket, false)
-            )
-        } else {
-            format!(
-                "{}/{}/{}",
-                self.http.prefix(),
-                sigv4::uri_encode(&self.bucket, false),
-                sigv4::uri_encode(key, true)
-            )
-        };
-        let body = body.unwrap_or_default();
-        let mut headers: Vec<(&str, String)> = extra.to_vec();
-        headers.push(("x-amz-content-sha256", sigv4::payload_hash(body)));
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-        let amz_date = sigv4::amz_date(now);
-        let host = self.http.host_header();
-        let signed = sigv4::sign(
-            &sigv4::Request {
-                method,
-                host: &host,
-                path: &path,
-                query,
-                headers: &headers,
-                body,
-                amz_date: &amz_date,
-                region: &self.region,
-                service: "s3",
-            },
-            &creds,
+    use super::{S3Store, StoreError};
+
+    /// An SDK error as a store error: 404 is `NotFound`; throttling,
+    /// 5xx and transport trouble are `Io` (worth another try); the rest
+    /// (credentials, permissions, the bucket) is `Refused`.
+    pub(super) fn error<E>(what: &str, e: SdkError<E, HttpResponse>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let code = e.code().unwrap_or_default().to_owned();
+        let text = format!(
+            "S3 {what}: {}{}",
+            status.map(|s| format!("HTTP {s} ")).unwrap_or_default(),
+            fleet_aws::error_chain(&e)
         );
-        headers.extend(signed);
-        let target = if query.is_empty() {
-            path.clone()
-        } else {
-            format!("{path}?{query}")
-        };
-        // `send` puts the endpoint's own path first; `path` already has it.
-        let target = target
-            .strip_prefix(self.http.prefix())
-            .unwrap_or(&target)
-            .to_owned();
-        self.http
-            .send(
-                method,
-                &target,
-                &headers,
-                (!body.is_empty()).then(|| body.to_vec()),
-            )
-            .await
-            .map_err(|e| match e {
-                HttpError::Invalid(why) => StoreError::Refused(why),
-                other => StoreError::Io(format!("S3 {method} {key}: {other}")),
-            })
+        match (&e, status) {
+            (_, Some(404)) => StoreError::NotFound(text),
+            (SdkError::ServiceError(_), Some(s)) if s < 500 && code != "SlowDown" => {
+                StoreError::Refused(text)
+            }
+            (SdkError::ConstructionFailure(_), _) => StoreError::Refused(text),
+            (SdkError::DispatchFailure(d), _) if d.is_user() || d.is_other() => {
+                StoreError::Refused(text)
+            }
+            _ => StoreError::Io(text),
+        }
     }
 
-    fn error(&self, what: &str, a: &fleet_http::Answer) -> StoreError {
-        let code = xml::parse(&a.body)
-            .ok()
-            .and_then(|r| r.text_at("Code").map(str::to_owned))
-            .unwrap_or_default();
-        let text = format!("S3 {what}: HTTP {} {code}", a.status);
-        match a.status {
-            404 => StoreError::NotFound(text),
-            s if s >= 500 || code == "SlowDown" => StoreError::Io(text),
-            _ => StoreError::Refused(text),
+    impl S3Store {
+        /// `bucket`, reached as `settings` say.
+        pub async fn new(settings: &fleet_aws::AwsSettings, bucket: &str) -> S3Store {
+            let sdk = fleet_aws::load(settings).await;
+            let conf = aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(settings.endpoint.is_some())
+                .build();
+            S3Store {
+                client: aws_sdk_s3::Client::from_conf(conf),
+                bucket: bucket.to_owned(),
+            }
+        }
+
+        pub(super) fn body(body: &[u8]) -> ByteStream {
+            ByteStream::from(body.to_vec())
         }
     }
 }
 
+#[cfg(feature = "s3")]
 #[async_trait]
 impl ObjectStore for S3Store {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            // Canonical order: parameters sorted by name.
-            let mut query = String::new();
-            if let Some(t) = &token {
-                query.push_str(&format!(
-                    "continuation-token={}&",
-                    sigv4::uri_encode(t, false)
-                ));
-            }
-            query.push_str(&format!(
-                "list-type=2&prefix={}",
-                sigv4::uri_encode(prefix, false)
-            ));
-            let a = self.call("GET", "", &query, &[], None).await?;
-            if !a.is_success() {
-                return Err(self.error(&format!("list {prefix}"), &a));
-            }
-            let root = xml::parse(&a.body).map_err(|e| StoreError::Io(format!("S3 list: {e}")))?;
-            keys.extend(
-                root.children
-                    .iter()
-                    .filter(|c| c.name == "Contents")
-                    .filter_map(|c| c.text_at("Key").map(str::to_owned)),
-            );
-            match root
-                .text_at("NextContinuationToken")
-                .filter(|t| !t.is_empty())
-            {
-                Some(t) if root.text_at("IsTruncated") == Some("true") => {
-                    token = Some(t.to_owned())
-                }
-                _ => break,
-            }
-        }
+        let pages: Vec<_> = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| s3::error(&format!("list {prefix}"), e))?;
+        let mut keys: Vec<String> = pages
+            .iter()
+            .flat_map(|p| p.contents())
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
         keys.sort();
         Ok(keys)
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let a = self.call("GET", key, "", &[], None).await?;
-        if a.is_success() {
-            Ok(a.body.to_vec())
-        } else {
-            Err(self.error(&format!("get {key}"), &a))
-        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3::error(&format!("get {key}"), e))?;
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::Io(format!("S3 get {key}: reading the body: {e}")))?;
+        Ok(bytes.into_bytes().to_vec())
     }
 
     async fn create(&self, key: &str, body: &[u8]) -> Result<bool, StoreError> {
-        let a = self
-            .call(
-                "PUT",
-                key,
-                "",
-                &[("if-none-match", "*".to_owned())],
-                Some(body),
-            )
-            .await?;
-        match a.status {
-            s if (200..300).contains(&s) => Ok(true),
-            // Someone created it first (409: a concurrent conditional write).
-            412 | 409 => Ok(false),
-            _ => Err(self.error(&format!("create {key}"), &a)),
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .body(S3Store::body(body))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                // Someone created it first (409: a concurrent conditional write).
+                Some(412 | 409) => Ok(false),
+                _ => Err(s3::error(&format!("create {key}"), e)),
+            },
         }
     }
 
     async fn put(&self, key: &str, body: &[u8]) -> Result<(), StoreError> {
-        let a = self.call("PUT", key, "", &[], Some(body)).await?;
-        if a.is_success() {
-            Ok(())
-        } else {
-            Err(self.error(&format!("put {key}"), &a))
-        }
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(S3Store::body(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| s3::error(&format!("put {key}"), e))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let a = self.call("DELETE", key, "", &[], None).await?;
-        if a.is_success() || a.status == 404 {
-            Ok(())
-        } else {
-            Err(self.error(&format!("delete {key}"), &a))
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| s3::error(&format!("delete {key}"), e))
+        {
+            Ok(_) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

@@ -62,6 +62,8 @@ pub(crate) fn free_port() -> u16 {
 pub(crate) struct Daemon {
     pub(crate) dir: PathBuf,
     pub(crate) config: PathBuf,
+    /// Extra environment of the daemon process (kept across restarts).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pub(crate) discovery: Discovery,
     pub(crate) token: String,
@@ -86,11 +88,28 @@ impl Daemon {
         provider: impl FnOnce(u16) -> String,
         extra: &str,
     ) -> Daemon {
+        Daemon::start_with_env(dir, provider, extra, &[])
+    }
+
+    /// Like [`Daemon::start_with`], with more environment variables.
+    pub(crate) fn start_with_env(
+        dir: &Path,
+        provider: impl FnOnce(u16) -> String,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let data = dir.join("data");
         let config = dir.join("daemon.toml");
         let ws = free_port();
+        // Top-level keys in `extra` (before its first table) go first.
+        let split = if extra.starts_with('[') {
+            0
+        } else {
+            extra.find("\n[").map_or(extra.len(), |i| i + 1)
+        };
+        let (top, extra) = extra.split_at(split);
         let text = format!(
-            "data_dir = {data:?}\n\
+            "data_dir = {data:?}\n{top}\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
              [transport.ws]\nlisten = \"127.0.0.1:{ws}\"\n\
              [provider]\n{provider}\
@@ -102,10 +121,14 @@ impl Daemon {
             provider = provider(ws),
         );
         std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
-        Daemon::launch(dir, config)
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Daemon::launch(dir, config, env)
     }
 
-    fn launch(dir: &Path, config: PathBuf) -> Daemon {
+    fn launch(dir: &Path, config: PathBuf, env: Vec<(String, String)>) -> Daemon {
         let data = dir.join("data");
         let _ = std::fs::remove_file(data.join("daemon.json"));
         let log = std::fs::OpenOptions::new()
@@ -117,6 +140,7 @@ impl Daemon {
         let child = Command::new(bin("fleet-daemon", "fleet-daemon"))
             .env("FLEET_DAEMON_CONFIG", &config)
             .env("FLEET_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
@@ -141,6 +165,7 @@ impl Daemon {
         Daemon {
             dir: dir.to_owned(),
             config,
+            env,
             child: Some(child),
             discovery,
             token: token.trim().to_owned(),
@@ -150,7 +175,8 @@ impl Daemon {
     /// kill -9 the daemon and start it again on the same config.
     pub(crate) fn crash_and_restart(&mut self) {
         self.kill9();
-        let mut restarted = Daemon::launch(&self.dir.clone(), self.config.clone());
+        let mut restarted =
+            Daemon::launch(&self.dir.clone(), self.config.clone(), self.env.clone());
         self.child = restarted.child.take();
         self.discovery = restarted.discovery.clone();
         self.token = restarted.token.clone();
