@@ -160,15 +160,11 @@ async fn two_fleets_on_one_account_keep_to_their_own_instances() {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     };
-    let claim = |d: &Daemon, name: &str| {
-        let name = name.to_owned();
-        let client = d.claim_client();
-        async move {
-            let client = client.await;
-            let mut req = request(&name, None);
-            req.pool = PoolName::new("ec2").unwrap_or_else(|e| panic!("{e}"));
-            tokio::spawn(async move { client.claim(req).await })
-        }
+    let claim = async |d: &Daemon, name: &str| {
+        let client = d.claim_client().await;
+        let mut req = request(name, None);
+        req.pool = PoolName::new("ec2").unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move { client.claim(req).await })
     };
     let _x_claim = claim(&x, "x-1").await;
     let from_x = eventually(30, || async { all().await.into_iter().next() })
@@ -179,14 +175,14 @@ async fn two_fleets_on_one_account_keep_to_their_own_instances() {
         let l = all().await;
         (l.len() == 2).then_some(l)
     })
-    .await
-    .unwrap_or_else(|| {
+    .await;
+    let Some(both) = both else {
         panic!(
             "y did not launch its own instance (it adopted x's?): {:?}; see {}",
             all_ids(&ec2).await,
             dir_y.path().display()
         )
-    });
+    };
     let from_y = both
         .iter()
         .find(|i| i.provider_id != from_x.provider_id)
