@@ -36,8 +36,16 @@ pub struct HetznerConfig {
     pub ssh_keys: Vec<String>,
     /// Most servers this project may run, if the fleet should know.
     pub max_instances: Option<u32>,
-    /// Per request.
+    /// Per request, the answer's body included.
     pub request_timeout: Duration,
+    /// How often one call is sent again: after a 429 (any call; the API did
+    /// not execute it) or after a transient failure (reads and deletes only).
+    pub max_retries: u32,
+    /// The longest wait for a rate limit to reset before a call is retried
+    /// (the API's `RateLimit-Reset` is when the whole hourly bucket is full
+    /// again, often far later than the next request would pass) and the
+    /// longest backoff between retries.
+    pub rate_limit_max_wait: Duration,
     /// How often a running action is polled.
     pub poll_interval: Duration,
     /// How long an action (create, power, change type, snapshot) may take.
@@ -60,6 +68,8 @@ impl HetznerConfig {
             ssh_keys: Vec::new(),
             max_instances: None,
             request_timeout: Duration::from_secs(30),
+            max_retries: 3,
+            rate_limit_max_wait: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             action_timeout: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(60),

@@ -2,18 +2,32 @@
 //! (<https://docs.hetzner.cloud/>) for integration tests.
 //!
 //! [`FakeHetzner::start`] serves it with axum on `127.0.0.1:<random port>`; point the client at
-//! [`FakeHetzner::url`]. Covered: `GET /server_types`, `GET|POST /servers`,
+//! [`FakeHetzner::url`]. Covered: `GET /locations`, `GET /server_types`, `GET|POST /servers`,
 //! `GET|DELETE /servers/{id}`, `POST /servers/{id}/actions/{poweron,poweroff,shutdown,
 //! change_type,create_image}`, `GET /images/{id}` and `GET /actions/{id}`; anything else is
 //! answered `404 not_found`. Every error body is `{"error":{"code","message","details"?}}`.
 //!
+//! Answers are a faithful subset of the real API: every field the API documents as always
+//! present (and the `hcloud` crate's models require) is there, e.g. a server carries its full
+//! `server_type`, `image`, `location`, `public_net` and `protection` objects.
+//!
 //! Actions are asynchronous but deterministic: each starts `running` and succeeds on its second
 //! `GET /actions/{id}` or once it is 50 ms old, whichever comes first. Server status changes
-//! (e.g. `initializing` → `running`) happen when the action finishes. Each request is counted,
-//! then answered 429 if [`FakeHetzner::rate_limit_next`] is pending, then checked for
+//! (e.g. `initializing` → `running`) happen when the action finishes.
+//!
+//! Rate limiting works like the API's: a bucket of 3600 requests that refills by one per
+//! second; every answer carries `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`
+//! (the unix second at which the bucket is full again), and an empty bucket answers 429
+//! `rate_limit_exceeded`. Tests force 429s with [`FakeHetzner::rate_limit_next`] (a number of
+//! requests) or [`FakeHetzner::rate_limit_for`] (a time window whose end is the
+//! `RateLimit-Reset`). Each request is counted, then rate-limited, then checked for
 //! `Authorization: Bearer <token>`.
+//!
+//! Capacity: [`FakeHetzner::set_capacity`] takes a server type out of stock, so
+//! `POST /servers` for it fails like the API does (412 `resource_unavailable`, "error during
+//! placement"); [`FakeHetzner::fail_creates`] fails the next creates of any type that way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,8 +44,58 @@ use serde_json::{Map, Value, json};
 
 /// How long an action stays `running` when it is not polled twice.
 const ACTION_DURATION: Duration = Duration::from_millis(50);
-/// (location, datacenter) pairs; the first is the default.
-const LOCATIONS: [(&str, &str); 2] = [("fsn1", "fsn1-dc14"), ("nbg1", "nbg1-dc3")];
+/// The locations servers can be created in; the first is the default.
+const LOCATIONS: [Location; 2] = [
+    Location {
+        id: 1,
+        name: "fsn1",
+        datacenter: ("fsn1-dc14", 4),
+        description: "Falkenstein DC Park 1",
+        country: "DE",
+        city: "Falkenstein",
+        coordinates: (50.47612, 12.370071),
+    },
+    Location {
+        id: 2,
+        name: "nbg1",
+        datacenter: ("nbg1-dc3", 2),
+        description: "Nuremberg DC Park 1",
+        country: "DE",
+        city: "Nuremberg",
+        coordinates: (49.452102, 11.076665),
+    },
+];
+/// Requests per hour; the bucket refills by one request per second.
+const RATE_LIMIT: u32 = 3600;
+
+/// A location and its one datacenter, as the fake offers them.
+struct Location {
+    id: u64,
+    name: &'static str,
+    /// (name, ID).
+    datacenter: (&'static str, u64),
+    description: &'static str,
+    country: &'static str,
+    city: &'static str,
+    /// (latitude, longitude).
+    coordinates: (f64, f64),
+}
+
+impl Location {
+    fn json(&self) -> Value {
+        json!({
+            "id": self.id, "name": self.name, "description": self.description,
+            "country": self.country, "city": self.city, "latitude": self.coordinates.0,
+            "longitude": self.coordinates.1, "network_zone": "eu-central",
+        })
+    }
+
+    fn datacenter_json(&self) -> Value {
+        let (name, id) = self.datacenter;
+        let description = format!("{} virtual DC", self.city);
+        json!({ "id": id, "name": name, "description": description, "location": self.json() })
+    }
+}
 
 /// A running fake Hetzner Cloud API. Dropping it stops the server.
 pub struct FakeHetzner {
@@ -65,6 +129,7 @@ impl FakeHetzner {
     pub async fn start(token: &str) -> FakeHetzner {
         let state: Shared = Arc::new(Mutex::new(Inner::new(token)));
         let app = Router::new()
+            .route("/v1/locations", get(list_locations))
             .route("/v1/server_types", get(list_server_types))
             .route("/v1/servers", get(list_servers).post(create_server))
             .route("/v1/servers/{id}", get(get_server).delete(delete_server))
@@ -95,10 +160,38 @@ impl FakeHetzner {
     /// The next `n` requests (any endpoint) are answered 429 `rate_limit_exceeded` with headers
     /// `RateLimit-Limit: 3600`, `RateLimit-Remaining: 0`, `RateLimit-Reset: <unix now + 1>`.
     pub fn rate_limit_next(&self, n: u32) {
-        lock(&self.state).rate_limited = n;
+        lock(&self.state).rate.forced = n;
     }
 
-    /// The next `n` `POST /servers` fail with 412 `resource_unavailable`.
+    /// Every request during the next `window` (rounded up to the next whole unix second, as
+    /// the header counts seconds) is answered 429 `rate_limit_exceeded` with
+    /// `RateLimit-Remaining: 0` and `RateLimit-Reset` the second the window ends; from that
+    /// second on, requests pass again.
+    pub fn rate_limit_for(&self, window: Duration) {
+        let end = SystemTime::now() + window;
+        let secs = end.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let reset = secs.as_secs() + u64::from(secs.subsec_nanos() > 0);
+        lock(&self.state).rate.until = Some(reset);
+    }
+
+    /// How many requests were answered 429 so far.
+    pub fn rate_limited_requests(&self) -> u64 {
+        lock(&self.state).rate.rejected
+    }
+
+    /// Whether `server_type` can be placed: while `false`, `POST /servers` for it fails with
+    /// 412 `resource_unavailable` ("error during placement"), as the API answers when a type
+    /// is sold out in a location. Every type is available at start.
+    pub fn set_capacity(&self, server_type: &str, available: bool) {
+        let mut st = lock(&self.state);
+        if available {
+            st.sold_out.remove(server_type);
+        } else {
+            st.sold_out.insert(server_type.to_owned());
+        }
+    }
+
+    /// The next `n` `POST /servers` (of any type) fail with 412 `resource_unavailable`.
     pub fn fail_creates(&self, n: u32) {
         lock(&self.state).failing_creates = n;
     }
@@ -152,16 +245,21 @@ fn server_types() -> Vec<Value> {
     let price = |p: &Value| json!({ "net": p[0], "gross": p[1] });
     let render = |t: &Value| {
         let prices: Vec<Value> = (LOCATIONS.iter())
-            .map(|(location, _)| {
-                json!({ "location": location, "price_hourly": price(&t["hourly"]),
-                        "price_monthly": price(&t["monthly"]) })
+            .map(|l| {
+                json!({ "location": l.name, "price_hourly": price(&t["hourly"]),
+                        "price_monthly": price(&t["monthly"]), "included_traffic": 21_990_232_555_520_u64,
+                        "price_per_tb_traffic": { "net": "1.0000000000", "gross": "1.1900000000" } })
             })
+            .collect();
+        let locations: Vec<Value> = (LOCATIONS.iter())
+            .map(|l| json!({ "id": l.id, "name": l.name, "deprecation": null }))
             .collect();
         json!({
             "id": t["id"], "name": t["name"], "description": t["name"].as_str().map(str::to_uppercase),
-            "cores": t["cores"], "memory": t["memory"], "disk": t["disk"],
-            "architecture": t["architecture"], "cpu_type": "shared", "deprecated": false,
-            "prices": prices, "storage_type": "local",
+            "category": "cost_optimized", "cores": t["cores"], "memory": t["memory"],
+            "disk": t["disk"], "architecture": t["architecture"], "cpu_type": "shared",
+            "deprecated": false, "deprecation": null, "prices": prices, "locations": locations,
+            "storage_type": "local",
         })
     };
     table.as_array().into_iter().flatten().map(render).collect()
@@ -184,12 +282,68 @@ fn lock(state: &Shared) -> MutexGuard<'_, Inner> {
 struct Inner {
     token: String,
     requests: u64,
-    rate_limited: u32,
+    rate: RateLimit,
     failing_creates: u32,
+    /// Server types that cannot be placed.
+    sold_out: BTreeSet<String>,
     next_id: u64,
     servers: BTreeMap<u64, Server>,
     actions: BTreeMap<u64, Action>,
     images: BTreeMap<u64, Value>,
+}
+
+/// The API's request bucket, and what tests forced on it.
+struct RateLimit {
+    /// Requests left in the bucket.
+    remaining: u32,
+    /// The unix second the bucket was last refilled.
+    refilled: u64,
+    /// This many next requests are rejected.
+    forced: u32,
+    /// Requests are rejected until this unix second.
+    until: Option<u64>,
+    /// Requests answered 429.
+    rejected: u64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            remaining: RATE_LIMIT,
+            refilled: unix_now(),
+            forced: 0,
+            until: None,
+            rejected: 0,
+        }
+    }
+}
+
+impl RateLimit {
+    /// Takes one request from the bucket: the `(remaining, reset)` headers to send, and
+    /// whether the request is rejected.
+    fn take(&mut self) -> (u32, u64, bool) {
+        let now = unix_now();
+        let refill = u32::try_from(now.saturating_sub(self.refilled)).unwrap_or(u32::MAX);
+        self.remaining = self.remaining.saturating_add(refill).min(RATE_LIMIT);
+        self.refilled = now;
+        let full_at = |remaining: u32| now + u64::from(RATE_LIMIT - remaining);
+        if let Some(until) = self.until.filter(|until| now < *until) {
+            self.rejected += 1;
+            return (0, until, true);
+        }
+        self.until = None;
+        if self.forced > 0 {
+            self.forced -= 1;
+            self.rejected += 1;
+            return (0, now + 1, true);
+        }
+        if self.remaining == 0 {
+            self.rejected += 1;
+            return (0, full_at(0), true);
+        }
+        self.remaining -= 1;
+        (self.remaining, full_at(self.remaining), false)
+    }
 }
 
 struct Server {
@@ -201,7 +355,8 @@ struct Server {
     ty: Value,
     disk: u64,
     datacenter: Value,
-    /// `{"id", "name", "type"}` of the image it was created from.
+    location: Value,
+    /// The full image object it was created from.
     image: Value,
     labels: BTreeMap<String, String>,
     user_data: Option<String>,
@@ -231,10 +386,13 @@ enum Effect {
 impl Inner {
     fn new(token: &str) -> Self {
         let system = |id: u64, name: &str, description: &str| {
+            let (os_flavor, os_version) = name.split_once('-').unwrap_or((name, ""));
             let image = json!({
                 "id": id, "type": "system", "status": "available", "name": name,
                 "description": description, "image_size": null, "disk_size": 5,
-                "created": "2024-04-25T00:00:00+00:00", "created_from": null,
+                "created": "2024-04-25T00:00:00+00:00", "created_from": null, "bound_to": null,
+                "os_flavor": os_flavor, "os_version": os_version, "rapid_deploy": true,
+                "protection": { "delete": false }, "deprecated": null, "deleted": null,
                 "architecture": "x86", "labels": {},
             });
             (id, image)
@@ -353,12 +511,25 @@ impl Inner {
 }
 
 fn server_json(s: &Server) -> Value {
-    let ipv4 = json!({ "ip": format!("203.0.113.{}", s.id % 250), "blocked": false });
+    let ip = format!("203.0.113.{}", s.id % 250);
+    let ipv4 = json!({
+        "id": s.id + 1_000_000, "ip": ip, "blocked": false,
+        "dns_ptr": format!("static.{ip}.clients.your-server.de"),
+    });
+    let ipv6 = json!({
+        "id": s.id + 2_000_000, "ip": format!("2001:db8:{:x}::/64", s.id), "blocked": false,
+        "dns_ptr": [],
+    });
+    let public_net = json!({ "ipv4": ipv4, "ipv6": ipv6, "floating_ips": [], "firewalls": [] });
     json!({
         "id": s.id, "name": s.name, "status": s.status, "created": s.created,
-        "public_net": { "ipv4": ipv4, "ipv6": null }, "server_type": s.ty,
-        "datacenter": s.datacenter, "image": s.image, "labels": s.labels,
-        "primary_disk_size": s.disk, "locked": false,
+        "public_net": public_net, "private_net": [], "server_type": s.ty,
+        "datacenter": s.datacenter, "location": s.location, "image": s.image, "iso": null,
+        "labels": s.labels, "primary_disk_size": s.disk, "locked": false,
+        "protection": { "delete": false, "rebuild": false }, "rescue_enabled": false,
+        "backup_window": null, "included_traffic": 21_990_232_555_520_u64,
+        "ingoing_traffic": 0, "outgoing_traffic": 0, "placement_group": null,
+        "load_balancers": [], "volumes": [],
     })
 }
 
@@ -484,37 +655,49 @@ fn selector_matches(selector: &str, labels: &BTreeMap<String, String>) -> bool {
     })
 }
 
-/// Counts every request, then applies the rate limit, the token check and due actions.
+/// Counts every request, then applies the rate limit, the token check and due actions; every
+/// answer carries the `RateLimit-*` headers.
 async fn gate(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    {
+    let (headers, early) = {
         let mut st = lock(&state);
         st.requests += 1;
-        if st.rate_limited > 0 {
-            st.rate_limited -= 1;
-            let reset = (unix_now() + 1).to_string();
-            let headers = [
-                ("RateLimit-Limit", "3600".to_string()),
-                ("RateLimit-Remaining", "0".to_string()),
-                ("RateLimit-Reset", reset),
-            ];
-            let message = "limit of 3600 requests per hour reached";
-            return (headers, fail(429, "rate_limit_exceeded", message)).into_response();
-        }
+        let (remaining, reset, rejected) = st.rate.take();
+        let headers = [
+            ("RateLimit-Limit", RATE_LIMIT.to_string()),
+            ("RateLimit-Remaining", remaining.to_string()),
+            ("RateLimit-Reset", reset.to_string()),
+        ];
         let auth = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if auth.and_then(|a| a.strip_prefix("Bearer ")) != Some(st.token.as_str()) {
-            let message = "unable to authenticate";
-            return fail(401, "unauthorized", message).into_response();
-        }
-        st.tick();
+        let early = if rejected {
+            let message = format!("limit of {RATE_LIMIT} requests per hour reached");
+            Some(fail(429, "rate_limit_exceeded", message))
+        } else if auth.and_then(|a| a.strip_prefix("Bearer ")) != Some(st.token.as_str()) {
+            Some(fail(401, "unauthorized", "unable to authenticate"))
+        } else {
+            st.tick();
+            None
+        };
+        (headers, early)
+    };
+    match early {
+        Some(error) => (headers, error).into_response(),
+        None => (headers, next.run(req).await).into_response(),
     }
-    next.run(req).await
 }
 
 async fn no_route() -> ApiError {
     fail(404, "not_found", "not found")
+}
+
+async fn list_locations(Query(query): Query<HashMap<String, String>>) -> Reply {
+    let locations = (LOCATIONS.iter())
+        .filter(|l| query.get("name").is_none_or(|name| name == l.name))
+        .map(Location::json)
+        .collect();
+    paginate("locations", locations, &query)
 }
 
 async fn list_server_types(Query(query): Query<HashMap<String, String>>) -> Reply {
@@ -554,6 +737,9 @@ async fn create_server(State(state): State<Shared>, body: Bytes) -> Reply {
         return Err(fail(412, "resource_unavailable", message));
     }
     let req: CreateServer = parse_body(&body)?;
+    if st.sold_out.contains(&req.server_type) {
+        return Err(fail(412, "resource_unavailable", "error during placement"));
+    }
     if !valid_hostname(&req.name) {
         let name = &req.name;
         let message = format!("invalid input in field 'name': '{name}' is not a valid hostname");
@@ -569,14 +755,14 @@ async fn create_server(State(state): State<Shared>, body: Bytes) -> Reply {
     let image = (st.images.values())
         .find(|i| (wanted_id.is_some() && i["id"].as_u64() == wanted_id) || i["name"] == *wanted)
         .filter(|i| i["status"] == "available")
-        .map(|i| json!({ "id": i["id"], "name": i["name"], "type": i["type"] }));
+        .cloned();
     let Some(image) = image else {
         return Err(invalid(format!(
             "invalid input in field 'image': '{wanted}' not available"
         )));
     };
-    let location = req.location.as_deref().unwrap_or(LOCATIONS[0].0);
-    let Some((location, dc)) = LOCATIONS.into_iter().find(|(l, _)| *l == location) else {
+    let location = req.location.as_deref().unwrap_or(LOCATIONS[0].name);
+    let Some(location) = LOCATIONS.iter().find(|l| l.name == location) else {
         let message = format!("invalid input in field 'location': unknown location '{location}'");
         return Err(invalid(message));
     };
@@ -593,7 +779,8 @@ async fn create_server(State(state): State<Shared>, body: Bytes) -> Reply {
         created: now_iso(),
         disk: ty["disk"].as_u64().unwrap_or_default(),
         ty,
-        datacenter: json!({ "name": dc, "location": { "name": location } }),
+        datacenter: location.datacenter_json(),
+        location: location.json(),
         image,
         labels: req.labels.unwrap_or_default(),
         user_data: req.user_data,
@@ -683,11 +870,14 @@ fn create_image(st: &mut Inner, server: u64, req: CreateImage) -> Reply {
     let s = st.server(&server.to_string())?;
     let from = json!({ "id": s.id, "name": s.name });
     let (disk, architecture) = (s.disk, s.ty["architecture"].clone());
+    let (os_flavor, os_version) = (s.image["os_flavor"].clone(), s.image["os_version"].clone());
     let id = st.fresh_id();
     let image = json!({
         "id": id, "type": "snapshot", "status": "creating", "name": null,
         "description": req.description.unwrap_or_default(), "image_size": null,
-        "disk_size": disk, "created": now_iso(), "created_from": from,
+        "disk_size": disk, "created": now_iso(), "created_from": from, "bound_to": null,
+        "os_flavor": os_flavor, "os_version": os_version, "rapid_deploy": false,
+        "protection": { "delete": false }, "deprecated": null, "deleted": null,
         "architecture": architecture, "labels": req.labels.unwrap_or_default(),
     });
     st.images.insert(id, image.clone());

@@ -1,6 +1,6 @@
 //! [`HetznerProvider`]: the fleet's [`Provider`] over the Hetzner Cloud API.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -10,56 +10,109 @@ use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, TAG_NODE, TAG_POOL, TagFilter,
+    Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TAG_POOL, TagFilter,
 };
-use serde_json::json;
+use hcloud::apis::{actions_api, images_api, server_types_api, servers_api};
+use hcloud::models::{self, Action, Server, ServerType};
+use models::action::Status as ActionStatus;
+use models::server::Status;
 
-use crate::api::{
-    self, Action, CreatedServer, OneAction, OneImage, OneServer, Server, ServerTypes, Servers,
-};
+use crate::api::{self, Api, Retry};
 use crate::config::HetznerConfig;
-use fleet_http::{Answer, HttpClient, HttpError};
 
-/// Servers per page when listing (the API allows up to 50).
-const PAGE: u32 = 50;
+/// Servers (or server types) per page when listing (the API allows up to 50).
+const PAGE: i64 = 50;
+/// The longest node part of a server name: a hostname label holds 63
+/// characters, 9 go to the `-<hash>` suffix.
+const NAME_NODE_CHARS: usize = 54;
 
 /// Creates, powers, resizes, snapshots and deletes Hetzner Cloud servers.
 ///
-/// - A node is a server named after the node id (lowercased, `_` → `-`, as
-///   server names must be hostnames) and labelled with the fleet tags;
-///   `create` first looks for a server labelled with the node id, so a
-///   retried create returns the same server, and a name clash with a server
-///   of this node is adopted.
+/// - A node is a server labelled with the fleet tags and named after the
+///   node ([`server_name`]). The instance of a node is the server labelled
+///   with its node id, fleet id and namespace — never another fleet's server
+///   with the same node id — so a retried `create` returns the same server.
 /// - Every call waits for its action to finish (polling `GET /actions/{id}`),
 ///   so the controller sees the state it asked for.
 /// - `stop` is a graceful ACPI shutdown; a server still on after
 ///   `shutdown_timeout` is powered off.
 /// - `resize` is `change_type` without a disk upgrade (so the type can go
 ///   back down); Hetzner needs the server off for it.
+/// - `delete` removes only a server labelled with the node it is asked for.
 /// - Hetzner sells no spot capacity and bills a stopped server in full
 ///   ([`BillingModel::hetzner`]): strategies read that and keep warm pools
 ///   instead of stopping.
 #[derive(Debug)]
 pub struct HetznerProvider {
     cfg: HetznerConfig,
-    http: HttpClient,
+    api: Api,
     capabilities: Capabilities,
     billing: BillingModel,
 }
 
-/// A server name for `node`: hostnames allow no `_`.
-pub fn server_name(node: &NodeId) -> String {
-    node.as_str().to_ascii_lowercase().replace('_', "-")
+/// The server name for `spec`: the node id as a hostname (lowercased, `_` →
+/// `-`, at most 54 characters) and 8 hex digits of a hash of its fleet id,
+/// namespace and node id. Server names are unique per project, so two
+/// fleets (or two node ids differing only in case) must not share one;
+/// the fleet finds its servers by labels, never by name.
+pub fn server_name(spec: &NodeSpec) -> String {
+    let host: String = spec
+        .node
+        .as_str()
+        .trim_start_matches(['-', '_'])
+        .chars()
+        .take(NAME_NODE_CHARS)
+        .map(|c| match c {
+            '_' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    let host = if host.is_empty() { "node" } else { &host };
+    let tag = |k: &str| spec.tags.get(k).map_or("", String::as_str);
+    let key = format!("{}\n{}\n{}", tag(TAG_FLEET), tag(TAG_NAMESPACE), spec.node);
+    format!("{host}-{:08x}", fnv1a(key.as_bytes()))
 }
 
-fn state_of(status: &str) -> InstanceState {
+/// 32-bit FNV-1a: stable across builds and platforms, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The label selector of the one server that is `spec`'s node: its node id,
+/// and its fleet id and namespace (or their absence, if the spec has none).
+fn owner_selector(spec: &NodeSpec) -> String {
+    let mut terms = vec![format!("{TAG_NODE}={}", spec.node)];
+    for key in [TAG_FLEET, TAG_NAMESPACE] {
+        terms.push(match spec.tags.get(key) {
+            Some(v) => format!("{key}={v}"),
+            None => format!("!{key}"),
+        });
+    }
+    terms.join(",")
+}
+
+/// Whether `labels` make a server `spec`'s node (the selector, checked again
+/// here rather than trusted).
+fn owned_by(spec: &NodeSpec, labels: &HashMap<String, String>) -> bool {
+    labels.get(TAG_NODE).map(String::as_str) == Some(spec.node.as_str())
+        && [TAG_FLEET, TAG_NAMESPACE]
+            .iter()
+            .all(|k| labels.get(*k) == spec.tags.get(*k))
+}
+
+fn state_of(status: Status) -> InstanceState {
     match status {
-        "running" => InstanceState::Running,
-        "stopping" => InstanceState::Stopping,
-        "off" => InstanceState::Stopped,
-        "deleting" => InstanceState::Terminated,
-        // initializing, starting, migrating, rebuilding, unknown
-        _ => InstanceState::Pending,
+        Status::Running => InstanceState::Running,
+        Status::Stopping => InstanceState::Stopping,
+        Status::Off => InstanceState::Stopped,
+        Status::Deleting => InstanceState::Terminated,
+        Status::Initializing
+        | Status::Starting
+        | Status::Migrating
+        | Status::Rebuilding
+        | Status::Unknown => InstanceState::Pending,
     }
 }
 
@@ -91,8 +144,7 @@ impl HetznerProvider {
         if cfg.location.is_empty() {
             return Err(ProviderError::Permanent("location must be set".to_owned()));
         }
-        let http = HttpClient::new(&cfg.api_url, cfg.request_timeout)
-            .map_err(|e| ProviderError::Permanent(format!("api_url: {e}")))?;
+        let api = Api::new(&cfg)?;
         Ok(HetznerProvider {
             capabilities: Capabilities {
                 stop_start: true,
@@ -104,104 +156,95 @@ impl HetznerProvider {
             },
             billing: BillingModel::hetzner(),
             cfg,
-            http,
+            api,
         })
-    }
-
-    async fn call(
-        &self,
-        what: &str,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<Answer, ProviderError> {
-        let mut headers = vec![(
-            "authorization",
-            format!("Bearer {}", self.cfg.token.expose()),
-        )];
-        if body.is_some() {
-            headers.push(("content-type", "application/json".to_owned()));
-        }
-        let body = body.map(|b| b.to_string().into_bytes());
-        let answer = self
-            .http
-            .send(method, path, &headers, body)
-            .await
-            .map_err(|e| match e {
-                HttpError::Invalid(why) => ProviderError::Permanent(format!("{what}: {why}")),
-                other => ProviderError::Transient(format!("{what}: {other}")),
-            })?;
-        if answer.is_success() {
-            Ok(answer)
-        } else {
-            Err(api::error_of(what, &answer))
-        }
     }
 
     /// Waits until `action` finished; its error if it failed.
     async fn wait(&self, what: &str, mut action: Action) -> Result<(), ProviderError> {
         let deadline = Instant::now() + self.cfg.action_timeout;
         loop {
-            match action.status.as_str() {
-                "success" => return Ok(()),
-                "error" => {
+            match action.status {
+                ActionStatus::Success => return Ok(()),
+                ActionStatus::Error => {
                     let (code, message) = action
                         .error
                         .map(|e| (e.code, e.message))
                         .unwrap_or_default();
-                    let text = format!("{what}: action {} failed: {code}: {message}", action.id);
-                    return Err(match code.as_str() {
-                        "resource_unavailable" | "placement_error" => ProviderError::Capacity(text),
-                        "resource_limit_exceeded" => ProviderError::Quota(text),
-                        _ => ProviderError::Transient(text),
-                    });
+                    let text = format!(
+                        "{what}: action {} ({}) failed: {code}: {message}",
+                        action.id, action.command
+                    );
+                    return Err(api::classify_action_error(&code, text));
                 }
-                _ => {}
+                ActionStatus::Running => {}
             }
             if Instant::now() >= deadline {
                 return Err(ProviderError::Transient(format!(
-                    "{what}: action {} still {} after {:?}",
-                    action.id, action.status, self.cfg.action_timeout
+                    "{what}: action {} ({}) still running after {:?}",
+                    action.id, action.command, self.cfg.action_timeout
                 )));
             }
             tokio::time::sleep(self.cfg.poll_interval).await;
-            let a = self
-                .call(what, "GET", &format!("/actions/{}", action.id), None)
-                .await?;
-            action = api::parse::<OneAction>(what, &a)?.action;
+            let id = action.id;
+            action = *self
+                .api
+                .call(what, Retry::Idempotent, |c| async move {
+                    actions_api::get_action(c, actions_api::GetActionParams { id }).await
+                })
+                .await?
+                .action;
         }
     }
 
-    async fn server(&self, what: &str, id: &str) -> Result<Server, ProviderError> {
-        let a = self
-            .call(what, "GET", &format!("/servers/{id}"), None)
+    async fn server(&self, what: &str, id: i64) -> Result<Server, ProviderError> {
+        let answer = self
+            .api
+            .call(what, Retry::Idempotent, |c| async move {
+                servers_api::get_server(c, servers_api::GetServerParams { id }).await
+            })
             .await?;
-        Ok(api::parse::<OneServer>(what, &a)?.server)
+        answer.server.map(|s| *s).ok_or_else(|| {
+            ProviderError::Transient(format!("{what}: the answer for server {id} holds none"))
+        })
     }
 
-    /// Every server whose labels match `selector` (`k=v,…`).
+    /// Every server whose labels match `selector` (`k=v,!k,…`), all pages.
     async fn servers(&self, what: &str, selector: &str) -> Result<Vec<Server>, ProviderError> {
         let mut out = Vec::new();
         let mut page = 1;
         loop {
-            let path = format!(
-                "/servers?label_selector={}&page={page}&per_page={PAGE}",
-                query_escape(selector)
-            );
-            let a = self.call(what, "GET", &path, None).await?;
-            let s: Servers = api::parse(what, &a)?;
-            out.extend(s.servers);
-            match s.meta.pagination.and_then(|p| p.next_page) {
+            let params = servers_api::ListServersParams {
+                label_selector: Some(selector.to_owned()),
+                page: Some(page),
+                per_page: Some(PAGE),
+                ..Default::default()
+            };
+            let answer = self
+                .api
+                .call(what, Retry::Idempotent, |c| {
+                    let params = params.clone();
+                    async move { servers_api::list_servers(c, params).await }
+                })
+                .await?;
+            out.extend(answer.servers);
+            match answer.meta.pagination.next_page {
                 Some(next) if next > page => page = next,
                 _ => return Ok(out),
             }
         }
     }
 
-    /// The server of `node`, if one exists.
-    async fn server_of(&self, what: &str, node: &NodeId) -> Result<Option<Server>, ProviderError> {
-        let selector = format!("{TAG_NODE}={node}");
-        Ok(self.servers(what, &selector).await?.into_iter().next())
+    /// The server of `spec`'s node in `spec`'s fleet, if one exists.
+    async fn server_of(
+        &self,
+        what: &str,
+        spec: &NodeSpec,
+    ) -> Result<Option<Server>, ProviderError> {
+        let servers = self.servers(what, &owner_selector(spec)).await?;
+        Ok(servers
+            .into_iter()
+            .find(|s| owned_by(spec, &s.labels) && s.status != Status::Deleting))
     }
 
     fn instance(&self, s: Server) -> Result<Instance, ProviderError> {
@@ -219,9 +262,9 @@ impl HetznerProvider {
             provider_id: s.id.to_string(),
             instance_type,
             market: Market::OnDemand,
-            state: state_of(&s.status),
-            address: s.public_net.and_then(|n| n.ipv4).map(|v| v.ip),
-            tags: s.labels,
+            state: state_of(s.status),
+            address: s.public_net.ipv4.map(|v| v.ip),
+            tags: s.labels.into_iter().collect(),
             created_at: fleet_core::time::parse_rfc3339(&s.created).unwrap_or(0),
         })
     }
@@ -247,35 +290,96 @@ impl HetznerProvider {
         Some(out)
     }
 
-    /// Runs a server action (`poweron`, …) and returns the server after it.
-    async fn act(
-        &self,
-        what: &str,
-        r: &InstanceRef,
-        action: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<Server, ProviderError> {
-        let path = format!("/servers/{}/actions/{action}", r.provider_id);
-        let a = self
-            .call(what, "POST", &path, Some(body.unwrap_or_else(|| json!({}))))
+    /// Runs a server action (`poweron`, …) on `id`, waits for it and returns
+    /// the server after it.
+    async fn act(&self, what: &str, id: i64, kind: Power) -> Result<Server, ProviderError> {
+        let action = self
+            .api
+            .call(what, Retry::Once, |c| async move {
+                match kind {
+                    Power::On => {
+                        servers_api::power_on_server(c, servers_api::PowerOnServerParams { id })
+                            .await
+                            .map(|a| a.action)
+                            .map_err(erase)
+                    }
+                    Power::Shutdown => {
+                        servers_api::shutdown_server(c, servers_api::ShutdownServerParams { id })
+                            .await
+                            .map(|a| a.action)
+                            .map_err(erase)
+                    }
+                    Power::Off => {
+                        servers_api::power_off_server(c, servers_api::PowerOffServerParams { id })
+                            .await
+                            .map(|a| a.action)
+                            .map_err(erase)
+                    }
+                }
+            })
             .await?;
-        self.wait(what, api::parse::<OneAction>(what, &a)?.action)
-            .await?;
-        self.server(what, &r.provider_id).await
+        self.wait(what, *action).await?;
+        self.server(what, id).await
     }
 }
 
-/// Percent-encodes a query value (label selectors hold `=` and `,`).
-fn query_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
+/// A server's power actions.
+#[derive(Debug, Clone, Copy)]
+enum Power {
+    On,
+    Shutdown,
+    Off,
+}
+
+/// Forgets the endpoint's typed error (we read the raw body instead), so
+/// calls to different endpoints share one error type.
+fn erase<E>(e: hcloud::apis::Error<E>) -> hcloud::apis::Error<()> {
+    use hcloud::apis::{Error, ResponseContent};
+    match e {
+        Error::Reqwest(e) => Error::Reqwest(e),
+        Error::Serde(e) => Error::Serde(e),
+        Error::Io(e) => Error::Io(e),
+        Error::ResponseError(r) => Error::ResponseError(ResponseContent {
+            status: r.status,
+            content: r.content,
+            entity: None,
+        }),
     }
-    out
+}
+
+/// An offering for server type `t` in `location`, if it is sold there.
+fn offering(t: &ServerType, location: &str, rate: u64) -> Option<Offering> {
+    let deprecated = t.deprecated == Some(true) || matches!(t.deprecation, Some(Some(_)));
+    // `locations` lists where the type can be created (empty: no such data).
+    let placeable = t.locations.is_empty()
+        || t.locations
+            .iter()
+            .any(|l| l.name == location && l.deprecation.is_none());
+    if deprecated || !placeable {
+        return None;
+    }
+    let price = t.prices.iter().find(|p| p.location == location)?;
+    let (Some(on_demand), Ok(instance_type), Ok(cpus)) = (
+        eur_hourly_to_usd(&price.price_hourly.net, rate),
+        InstanceType::new(t.name.clone()),
+        u32::try_from(t.cores),
+    ) else {
+        tracing::warn!(server_type = %t.name, "server type skipped: unusable name, cores or price");
+        return None;
+    };
+    Some(Offering {
+        instance_type,
+        cpus,
+        // Saturating float casts: a negative or absurd size cannot panic.
+        memory_mb: (t.memory * 1024.0).round() as u64,
+        arch: match t.architecture {
+            models::Architecture::Arm => Arch::Aarch64,
+            models::Architecture::X86 => Arch::X86_64,
+        },
+        disk_gb: t.disk.round() as u32,
+        on_demand,
+        spot: None,
+    })
 }
 
 #[async_trait]
@@ -293,46 +397,25 @@ impl Provider for HetznerProvider {
         let mut out = Vec::new();
         let mut page = 1;
         loop {
-            let a = self
-                .call(
-                    what,
-                    "GET",
-                    &format!("/server_types?page={page}&per_page={PAGE}"),
-                    None,
-                )
+            let answer = self
+                .api
+                .call(what, Retry::Idempotent, |c| async move {
+                    let params = server_types_api::ListServerTypesParams {
+                        name: None,
+                        page: Some(page),
+                        per_page: Some(PAGE),
+                    };
+                    server_types_api::list_server_types(c, params).await
+                })
                 .await?;
-            let types: ServerTypes = api::parse(what, &a)?;
-            for t in types.server_types {
-                if t.deprecated == Some(true)
-                    || (!self.cfg.server_types.is_empty()
-                        && !self.cfg.server_types.contains(&t.name))
-                {
-                    continue;
-                }
-                let Some(price) = t.prices.iter().find(|p| p.location == self.cfg.location) else {
-                    continue; // not sold in this location
-                };
-                let (Some(on_demand), Ok(instance_type)) = (
-                    eur_hourly_to_usd(&price.price_hourly.net, self.cfg.eur_to_usd_micros),
-                    InstanceType::new(t.name.clone()),
-                ) else {
-                    tracing::warn!(server_type = %t.name, "server type skipped: unusable name or price");
-                    continue;
-                };
-                out.push(Offering {
-                    instance_type,
-                    cpus: t.cores,
-                    memory_mb: (t.memory * 1024.0).round() as u64,
-                    arch: match t.architecture.as_deref() {
-                        Some("arm") => Arch::Aarch64,
-                        _ => Arch::X86_64,
-                    },
-                    disk_gb: t.disk,
-                    on_demand,
-                    spot: None,
-                });
-            }
-            match types.meta.pagination.and_then(|p| p.next_page) {
+            out.extend(answer.server_types.iter().filter_map(|t| {
+                let wanted =
+                    self.cfg.server_types.is_empty() || self.cfg.server_types.contains(&t.name);
+                wanted
+                    .then(|| offering(t, &self.cfg.location, self.cfg.eur_to_usd_micros))
+                    .flatten()
+            }));
+            match answer.meta.pagination.next_page {
                 Some(next) if next > page => page = next,
                 _ => break,
             }
@@ -353,102 +436,148 @@ impl Provider for HetznerProvider {
                 "Hetzner Cloud sells no spot capacity".to_owned(),
             ));
         }
-        if let Some(s) = self.server_of(&what, &spec.node).await? {
+        if let Some(s) = self.server_of(&what, spec).await? {
             return self.instance(s); // a retried create: the same server
         }
         let image = match &spec.source {
-            BootSource::Image { image } => json!(image),
-            BootSource::Snapshot(s) => json!(s.id),
+            BootSource::Image { image } => image.clone(),
+            BootSource::Snapshot(s) => s.id.clone(),
             other => {
                 return Err(ProviderError::Unsupported(format!("boot source {other:?}")));
             }
         };
-        let mut labels = spec.tags.clone();
+        let mut labels: HashMap<String, String> = spec.tags.clone().into_iter().collect();
         labels.insert(TAG_NODE.to_owned(), spec.node.to_string());
         labels.insert(TAG_POOL.to_owned(), spec.pool.to_string());
-        let mut body = json!({
-            "name": server_name(&spec.node),
-            "server_type": spec.instance_type.as_str(),
-            "image": image,
-            "location": self.cfg.location,
-            "labels": labels,
-            "start_after_create": true,
-        });
-        if let Some(user_data) = self.user_data(spec) {
-            body["user_data"] = json!(user_data);
-        }
-        if !self.cfg.ssh_keys.is_empty() {
-            body["ssh_keys"] = json!(self.cfg.ssh_keys);
-        }
-        let created = match self.call(&what, "POST", "/servers", Some(body)).await {
-            Ok(a) => api::parse::<CreatedServer>(&what, &a)?,
+        let request = models::CreateServerRequest {
+            name: server_name(spec),
+            server_type: spec.instance_type.to_string(),
+            image,
+            location: Some(self.cfg.location.clone()),
+            labels: Some(labels),
+            user_data: self.user_data(spec),
+            ssh_keys: (!self.cfg.ssh_keys.is_empty()).then(|| self.cfg.ssh_keys.clone()),
+            start_after_create: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .api
+            .call(&what, Retry::Once, |c| {
+                let create_server_request = request.clone();
+                async move {
+                    let params = servers_api::CreateServerParams {
+                        create_server_request,
+                    };
+                    servers_api::create_server(c, params).await
+                }
+            })
+            .await;
+        let created = match created {
+            Ok(created) => created,
             Err(ProviderError::AlreadyExists(e)) => {
-                // Created meanwhile (a concurrent retry): adopt it if it is this node's.
-                return match self.server_of(&what, &spec.node).await? {
+                // The name is taken: by this node's server if a concurrent
+                // create made it meanwhile; anything else is not ours.
+                return match self.server_of(&what, spec).await? {
                     Some(s) => self.instance(s),
                     None => Err(ProviderError::AlreadyExists(e)),
                 };
             }
             Err(e) => return Err(e),
         };
-        self.wait(&what, created.action).await?;
-        let s = self.server(&what, &created.server.id.to_string()).await?;
+        self.wait(&what, *created.action).await?;
+        for next in created.next_actions {
+            self.wait(&what, next).await?;
+        }
+        let s = self.server(&what, created.server.id).await?;
         self.instance(s)
     }
 
     async fn start(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
-        let s = self
-            .act(&format!("start node {}", r.node), r, "poweron", None)
-            .await?;
+        let what = format!("start node {}", r.node);
+        let id = api::server_id(&what, &r.provider_id)?;
+        let s = self.act(&what, id, Power::On).await?;
         self.instance(s)
     }
 
     async fn stop(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
         let what = format!("stop node {}", r.node);
-        let mut s = self.act(&what, r, "shutdown", None).await?;
+        let id = api::server_id(&what, &r.provider_id)?;
+        let mut s = self.act(&what, id, Power::Shutdown).await?;
         let deadline = Instant::now() + self.cfg.shutdown_timeout;
-        while s.status != "off" {
+        while s.status != Status::Off {
             if Instant::now() >= deadline {
                 tracing::warn!(node = %r.node, "graceful shutdown took too long; powering off");
-                s = self.act(&what, r, "poweroff", None).await?;
+                s = self.act(&what, id, Power::Off).await?;
                 break;
             }
             tokio::time::sleep(self.cfg.poll_interval).await;
-            s = self.server(&what, &r.provider_id).await?;
+            s = self.server(&what, id).await?;
         }
         self.instance(s)
     }
 
     async fn resize(&self, r: &InstanceRef, to: &InstanceType) -> Result<Instance, ProviderError> {
         let what = format!("resize node {} to {to}", r.node);
-        let body = json!({ "server_type": to.as_str(), "upgrade_disk": false });
-        let s = self.act(&what, r, "change_type", Some(body)).await?;
+        let id = api::server_id(&what, &r.provider_id)?;
+        let action = self
+            .api
+            .call(&what, Retry::Once, |c| async move {
+                let params = servers_api::ChangeTypeOfServerParams {
+                    id,
+                    change_type_of_server_request: models::ChangeTypeOfServerRequest {
+                        server_type: to.to_string(),
+                        upgrade_disk: false,
+                    },
+                };
+                servers_api::change_type_of_server(c, params).await
+            })
+            .await?
+            .action;
+        self.wait(&what, *action).await?;
+        let s = self.server(&what, id).await?;
         self.instance(s)
     }
 
     async fn snapshot(&self, r: &InstanceRef) -> Result<SnapshotRef, ProviderError> {
         let what = format!("snapshot node {}", r.node);
-        let body = json!({
-            "type": "snapshot",
-            "description": format!("fleet snapshot of {}", r.node),
-            "labels": { TAG_NODE: r.node.as_str() },
-        });
-        let path = format!("/servers/{}/actions/create_image", r.provider_id);
-        let a = self.call(&what, "POST", &path, Some(body)).await?;
-        let created: OneImage = api::parse(&what, &a)?;
-        if let Some(action) = created.action {
-            self.wait(&what, action).await?;
-        }
-        let a = self
-            .call(&what, "GET", &format!("/images/{}", created.image.id), None)
+        let id = api::server_id(&what, &r.provider_id)?;
+        let request = models::CreateImageFromServerRequest {
+            description: Some(format!("fleet snapshot of {}", r.node)),
+            labels: Some(HashMap::from([(TAG_NODE.to_owned(), r.node.to_string())])),
+            r#type: Some(models::create_image_from_server_request::Type::Snapshot),
+        };
+        let created = self
+            .api
+            .call(&what, Retry::Once, |c| {
+                let create_image_from_server_request = request.clone();
+                async move {
+                    let params = servers_api::CreateImageFromServerParams {
+                        id,
+                        create_image_from_server_request,
+                    };
+                    servers_api::create_image_from_server(c, params).await
+                }
+            })
             .await?;
-        let image = api::parse::<OneImage>(&what, &a)?.image;
-        let gb = image
-            .image_size
-            .or(image.disk_size)
-            .unwrap_or(1.0)
-            .ceil()
-            .max(1.0);
+        let image_id = created.image.map(|i| i.id).ok_or_else(|| {
+            ProviderError::Transient(format!("{what}: the answer names no image"))
+        })?;
+        if let Some(action) = created.action {
+            self.wait(&what, *action).await?;
+        }
+        let image = self
+            .api
+            .call(&what, Retry::Idempotent, |c| async move {
+                images_api::get_image(c, images_api::GetImageParams { id: image_id }).await
+            })
+            .await?
+            .image
+            .ok_or_else(|| {
+                ProviderError::Transient(format!(
+                    "{what}: the answer for image {image_id} holds none"
+                ))
+            })?;
+        let gb = image.image_size.unwrap_or(image.disk_size).ceil().max(1.0);
         Ok(SnapshotRef {
             id: image.id.to_string(),
             size_gb: gb as u32,
@@ -458,36 +587,52 @@ impl Provider for HetznerProvider {
 
     async fn delete(&self, r: &InstanceRef) -> Result<(), ProviderError> {
         let what = format!("delete node {}", r.node);
-        match self
-            .call(
-                &what,
-                "DELETE",
-                &format!("/servers/{}", r.provider_id),
-                None,
-            )
-            .await
-        {
-            Ok(a) => {
-                let action = api::parse::<OneAction>(&what, &a)?.action;
-                match self.wait(&what, action).await {
+        let id = api::server_id(&what, &r.provider_id)?;
+        // Only this node's server is deleted, whatever id the caller holds.
+        let s = match self.server(&what, id).await {
+            Ok(s) => s,
+            Err(ProviderError::NotFound(_)) => return Ok(()), // deleted already
+            Err(e) => return Err(e),
+        };
+        if s.labels.get(TAG_NODE).map(String::as_str) != Some(r.node.as_str()) {
+            return Err(ProviderError::Permanent(format!(
+                "{what}: server {id} is not labelled {TAG_NODE}={}; not deleting it",
+                r.node
+            )));
+        }
+        if s.status == Status::Deleting {
+            return Ok(()); // on its way out; `list` no longer shows it
+        }
+        let answer = self
+            .api
+            .call(&what, Retry::Idempotent, |c| async move {
+                servers_api::delete_server(c, servers_api::DeleteServerParams { id }).await
+            })
+            .await;
+        match answer {
+            Ok(answer) => match answer.action {
+                Some(action) => match self.wait(&what, *action).await {
                     Err(ProviderError::NotFound(_)) | Ok(()) => Ok(()),
                     Err(e) => Err(e),
-                }
-            }
-            Err(ProviderError::NotFound(_)) => Ok(()), // deleting a deleted server succeeds
+                },
+                None => Ok(()),
+            },
+            Err(ProviderError::NotFound(_)) => Ok(()), // deleted meanwhile
             Err(e) => Err(e),
         }
     }
 
     async fn list(&self, tags: &TagFilter) -> Result<Vec<Instance>, ProviderError> {
+        // Every filter label goes into the selector, so the API returns only
+        // what matches; without a node filter, only fleet servers.
         let mut terms: Vec<String> = tags.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
         if !tags.0.contains_key(TAG_NODE) {
-            terms.push(TAG_NODE.to_owned()); // only fleet servers
+            terms.push(TAG_NODE.to_owned());
         }
         let servers = self.servers("list servers", &terms.join(",")).await?;
         let mut out = Vec::with_capacity(servers.len());
         for s in servers {
-            if s.status == "deleting" {
+            if s.status == Status::Deleting {
                 continue;
             }
             match self.instance(s) {
@@ -503,6 +648,7 @@ impl Provider for HetznerProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_core::ids::PoolName;
 
     #[test]
     fn euro_prices_convert_exactly_and_round_up() {
@@ -516,10 +662,88 @@ mod tests {
         assert_eq!(p(""), None);
     }
 
+    fn spec(node: &str, tags: &[(&str, &str)]) -> NodeSpec {
+        NodeSpec {
+            node: NodeId::new(node).unwrap_or_else(|e| panic!("{e}")),
+            pool: PoolName::new("p").unwrap_or_else(|e| panic!("{e}")),
+            instance_type: InstanceType::new("cx22").unwrap_or_else(|e| panic!("{e}")),
+            market: Market::OnDemand,
+            source: BootSource::Image {
+                image: "ubuntu-24.04".to_owned(),
+            },
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            bootstrap_token: None,
+        }
+    }
+
+    fn valid_hostname_label(s: &str) -> bool {
+        (1..=63).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    }
+
     #[test]
-    fn server_names_are_hostnames_and_selectors_are_escaped() {
-        let n = NodeId::new("Build_Pool-1-7").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(server_name(&n), "build-pool-1-7");
-        assert_eq!(query_escape("fleet-node=a_b,x"), "fleet-node%3Da_b%2Cx");
+    fn server_names_are_hostnames_unique_per_fleet() {
+        let a = spec(
+            "Build_Pool-1-7",
+            &[(TAG_FLEET, "fa"), (TAG_NAMESPACE, "ns")],
+        );
+        let name = server_name(&a);
+        assert!(name.starts_with("build-pool-1-7-"), "{name}");
+        assert!(valid_hostname_label(&name), "{name}");
+        assert_eq!(name, server_name(&a.clone()), "stable");
+        let b = spec(
+            "Build_Pool-1-7",
+            &[(TAG_FLEET, "fb"), (TAG_NAMESPACE, "ns")],
+        );
+        assert_ne!(name, server_name(&b), "another fleet, another name");
+        let c = spec(
+            "build-pool-1-7",
+            &[(TAG_FLEET, "fa"), (TAG_NAMESPACE, "ns")],
+        );
+        assert_ne!(name, server_name(&c), "node ids differing in case");
+        for node in ["_x", "-", &"A".repeat(64), "n_"] {
+            let n = server_name(&spec(node, &[]));
+            assert!(valid_hostname_label(&n), "{node:?} -> {n:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let cfg = HetznerConfig::new(fleet_core::protocol::Secret::new("tok-sekrit"), "fsn1");
+        let p = HetznerProvider::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("tok-sekrit"), "{shown}");
+        assert!(shown.contains("api.hetzner.cloud"), "{shown}");
+    }
+
+    #[test]
+    fn the_owner_selector_names_node_fleet_and_namespace() {
+        let s = spec("n-1", &[(TAG_FLEET, "f1"), (TAG_NAMESPACE, "ns")]);
+        assert_eq!(
+            owner_selector(&s),
+            "fleet-node=n-1,fleet-id=f1,fleet-namespace=ns"
+        );
+        assert_eq!(
+            owner_selector(&spec("n-1", &[])),
+            "fleet-node=n-1,!fleet-id,!fleet-namespace"
+        );
+        let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let mine = labels(&[(TAG_NODE, "n-1"), (TAG_FLEET, "f1"), (TAG_NAMESPACE, "ns")]);
+        assert!(owned_by(&s, &mine));
+        let other = labels(&[(TAG_NODE, "n-1"), (TAG_FLEET, "f2"), (TAG_NAMESPACE, "ns")]);
+        assert!(!owned_by(&s, &other));
+        let unfleeted = labels(&[(TAG_NODE, "n-1"), (TAG_NAMESPACE, "ns")]);
+        assert!(!owned_by(&s, &unfleeted));
     }
 }

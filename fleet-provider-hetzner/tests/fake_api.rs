@@ -235,12 +235,43 @@ async fn create_server_lifecycle_needs_polling() {
     assert_eq!(server["server_type"]["name"], "cx22");
     assert_eq!(server["server_type"]["prices"][0]["location"], "fsn1");
     assert_eq!(
-        server["datacenter"],
-        json!({ "name": "nbg1-dc3", "location": { "name": "nbg1" } })
+        (
+            server["datacenter"]["name"].clone(),
+            server["datacenter"]["location"]["name"].clone()
+        ),
+        (json!("nbg1-dc3"), json!("nbg1"))
+    );
+    assert_eq!(server["location"], server["datacenter"]["location"]);
+    assert_eq!(
+        (
+            server["location"]["city"].clone(),
+            server["location"]["network_zone"].clone()
+        ),
+        (json!("Nuremberg"), json!("eu-central"))
+    );
+    let image = &server["image"];
+    assert_eq!(
+        (
+            image["id"].clone(),
+            image["name"].clone(),
+            image["type"].clone()
+        ),
+        (json!(161547269), json!("ubuntu-24.04"), json!("system"))
     );
     assert_eq!(
-        server["image"],
-        json!({ "id": 161547269, "name": "ubuntu-24.04", "type": "system" })
+        (image["os_flavor"].clone(), image["os_version"].clone()),
+        (json!("ubuntu"), json!("24.04"))
+    );
+    assert_eq!(
+        server["protection"],
+        json!({ "delete": false, "rebuild": false })
+    );
+    assert_eq!(
+        (
+            server["private_net"].clone(),
+            server["rescue_enabled"].clone()
+        ),
+        (json!([]), json!(false))
     );
     assert_eq!(server["labels"], json!({ "fleet": "t1" }));
     assert_eq!(
@@ -251,11 +282,17 @@ async fn create_server_lifecycle_needs_polling() {
         (json!(40), json!(false))
     );
     let id = server["id"].as_u64().unwrap();
+    let ip = format!("203.0.113.{}", id % 250);
     assert_eq!(
         server["public_net"]["ipv4"],
-        json!({ "ip": format!("203.0.113.{}", id % 250), "blocked": false })
+        json!({ "id": id + 1_000_000, "ip": ip, "blocked": false,
+                "dns_ptr": format!("static.{ip}.clients.your-server.de") })
     );
-    assert_eq!(server["public_net"]["ipv6"], Value::Null);
+    assert_eq!(
+        server["public_net"]["ipv6"]["ip"],
+        format!("2001:db8:{id:x}::/64")
+    );
+    assert_eq!(server["public_net"]["floating_ips"], json!([]));
     let created = server["created"].as_str().unwrap();
     let year: u32 = created[..4].parse().unwrap();
     assert!((2025..2100).contains(&year), "{created}");
@@ -534,10 +571,16 @@ async fn snapshots_and_create_from_snapshot() {
     ] {
         let resp = create(&fake, name, json!({ "image": image })).await;
         assert_eq!(resp.status, 201, "{}", resp.body);
+        let image = &resp.body["server"]["image"];
         assert_eq!(
-            resp.body["server"]["image"],
-            json!({ "id": image_id, "name": null, "type": "snapshot" })
+            (
+                image["id"].clone(),
+                image["name"].clone(),
+                image["type"].clone()
+            ),
+            (json!(image_id), Value::Null, json!("snapshot"))
         );
+        assert_eq!(image["created_from"], json!({ "id": id, "name": "golden" }));
     }
     assert_eq!(fake.servers()[2].image, image_id.to_string());
     assert_error(&get(&fake, "/images/12345").await, 404, "not_found");
@@ -699,4 +742,141 @@ async fn drop_stops_the_server() {
     drop(fake);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(TcpStream::connect(&host).await.is_err());
+}
+
+/// Decodes a body into an `hcloud` model, failing with the body on a mismatch.
+fn model<T: serde::de::DeserializeOwned>(resp: &Resp) -> T {
+    assert!((200..300).contains(&resp.status), "{}", resp.body);
+    serde_json::from_value(resp.body.clone())
+        .unwrap_or_else(|e| panic!("not an {}: {e}\n{}", std::any::type_name::<T>(), resp.body))
+}
+
+#[tokio::test]
+async fn answers_are_what_the_hcloud_models_require() {
+    use hcloud::models::{
+        ChangeTypeOfServerResponse, CreateImageFromServerResponse, CreateServerResponse,
+        DeleteServerResponse, GetActionResponse, GetImageResponse, GetServerResponse,
+        ListLocationsResponse, ListServerTypesResponse, ListServersResponse,
+        PowerOffServerResponse, PowerOnServerResponse, ShutdownServerResponse,
+    };
+    let fake = FakeHetzner::start(TOKEN).await;
+    let types: ListServerTypesResponse = model(&get(&fake, "/server_types").await);
+    assert_eq!(types.server_types.len(), 4);
+    assert_eq!(types.server_types[0].locations.len(), 2);
+    let locations: ListLocationsResponse = model(&get(&fake, "/locations").await);
+    assert_eq!(locations.locations[0].name, "fsn1");
+
+    let created: CreateServerResponse = model(&create(&fake, "m-1", json!({})).await);
+    let id = created.server.id;
+    let server = get(&fake, &format!("/servers/{id}")).await;
+    let server: GetServerResponse = model(&server);
+    assert_eq!(server.server.unwrap().name, "m-1");
+    let listed: ListServersResponse = model(&get(&fake, "/servers").await);
+    assert_eq!(listed.meta.pagination.total_entries, Some(1));
+    let action = get(&fake, &format!("/actions/{}", created.action.id)).await;
+    let _: GetActionResponse = model(&action);
+
+    let act = |a: &str| format!("/servers/{id}/actions/{a}");
+    let _: PowerOffServerResponse = model(&post(&fake, &act("poweroff"), json!({})).await);
+    let _: ShutdownServerResponse = model(&post(&fake, &act("shutdown"), json!({})).await);
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let to_cx32 = json!({ "server_type": "cx32", "upgrade_disk": false });
+    let resp = post(&fake, &act("change_type"), to_cx32).await;
+    let _: ChangeTypeOfServerResponse = model(&resp);
+    let _: PowerOnServerResponse = model(&post(&fake, &act("poweron"), json!({})).await);
+    let snap = post(&fake, &act("create_image"), json!({ "type": "snapshot" })).await;
+    let snap: CreateImageFromServerResponse = model(&snap);
+    let image_id = snap.image.unwrap().id;
+    let image: GetImageResponse = model(&get(&fake, &format!("/images/{image_id}")).await);
+    assert_eq!(image.image.unwrap().created_from.unwrap().name, "m-1");
+    let system: GetImageResponse = model(&get(&fake, "/images/114690387").await);
+    assert_eq!(system.image.unwrap().name.as_deref(), Some("debian-12"));
+    let deleted = raw(
+        &fake,
+        "DELETE",
+        &format!("/servers/{id}"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    let _: DeleteServerResponse = model(&deleted);
+}
+
+#[tokio::test]
+async fn locations_are_listed() {
+    let fake = FakeHetzner::start(TOKEN).await;
+    let resp = get(&fake, "/locations?per_page=1").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body["locations"][0]["name"], "fsn1");
+    assert_eq!(resp.body["meta"]["pagination"]["next_page"], 2);
+    let resp = get(&fake, "/locations?name=nbg1").await;
+    assert_eq!(resp.body["locations"][0]["city"], "Nuremberg");
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_rate_limit() {
+    let fake = FakeHetzner::start(TOKEN).await;
+    let first = get(&fake, "/server_types").await;
+    let second = get(&fake, "/nothing-here").await;
+    let unauthorized = raw(&fake, "GET", "/servers", None, None).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (resp, remaining) in [(&first, 3599), (&second, 3598), (&unauthorized, 3597)] {
+        assert_eq!(resp.headers["ratelimit-limit"], "3600");
+        let left: u64 = resp.headers["ratelimit-remaining"].parse().unwrap();
+        // The bucket refills by one a second; the test may straddle one.
+        assert!((remaining..=remaining + 2).contains(&left), "{left}");
+        let reset: u64 = resp.headers["ratelimit-reset"].parse().unwrap();
+        assert!(
+            (now..=now + 3).contains(&reset),
+            "the bucket is full again when the used requests have refilled: {reset} vs {now}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_windows_end_at_their_reset() {
+    let fake = FakeHetzner::start(TOKEN).await;
+    fake.rate_limit_for(Duration::from_millis(1_200));
+    let resp = get(&fake, "/server_types").await;
+    assert_error(&resp, 429, "rate_limit_exceeded");
+    assert_eq!(resp.headers["ratelimit-remaining"], "0");
+    let reset: u64 = resp.headers["ratelimit-reset"].parse().unwrap();
+    let again = get(&fake, "/servers").await;
+    assert_error(&again, 429, "rate_limit_exceeded");
+    assert_eq!(again.headers["ratelimit-reset"], reset.to_string());
+    assert_eq!(fake.rate_limited_requests(), 2);
+    // At the reset second, requests pass again.
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(reset);
+    let wait = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    assert_eq!(get(&fake, "/servers").await.status, 200);
+    assert_eq!(fake.rate_limited_requests(), 2);
+}
+
+#[tokio::test]
+async fn sold_out_server_types_fail_placement() {
+    let fake = FakeHetzner::start(TOKEN).await;
+    fake.set_capacity("cx22", false);
+    let resp = create(&fake, "a", json!({})).await;
+    assert_error(&resp, 412, "resource_unavailable");
+    assert_eq!(resp.body["error"]["message"], "error during placement");
+    assert_eq!(
+        create(&fake, "b", json!({ "server_type": "cx32" }))
+            .await
+            .status,
+        201
+    );
+    assert_error(
+        &create(&fake, "c", json!({})).await,
+        412,
+        "resource_unavailable",
+    );
+    fake.set_capacity("cx22", true);
+    assert_eq!(create(&fake, "a", json!({})).await.status, 201);
+    assert_eq!(fake.servers().len(), 2);
 }
