@@ -112,120 +112,43 @@ async fn an_ec2_instance_boots_an_agent_that_serves_a_claim() {
 /// daemon reconciles with everything the account runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fleets_on_one_account_keep_to_their_own_instances() {
-    use fleet_core::provider::{TAG_FLEET, TAG_NAMESPACE};
     let moto = Moto::start();
     let ami = moto.some_ami().await;
     let url = moto.url();
-    let start = |dir: &std::path::Path, namespace: &str| {
-        let key_file = dir.join("aws.key");
-        std::fs::write(&key_file, "AKIDE2E\n").unwrap_or_else(|e| panic!("{e}"));
-        let secret_file = dir.join("aws.secret");
-        std::fs::write(&secret_file, "e2e-secret\n").unwrap_or_else(|e| panic!("{e}"));
-        let template_file = dir.join("user-data");
-        std::fs::write(&template_file, cloud::template(&dir.join("instance")))
-            .unwrap_or_else(|e| panic!("{e}"));
-        Daemon::start_with(
-            dir,
-            |ws| {
-                format!(
-                    "kind = \"aws\"\nregion = \"us-east-1\"\nendpoint = {url:?}\n\
-                     access_key_id_file = {key:?}\nsecret_access_key_file = {secret:?}\n\
-                     daemon_url = \"wss://127.0.0.1:{ws}\"\nuser_data = {template:?}\n\
-                     instance_types = [\"c7i.large\"]\n",
-                    key = key_file.display().to_string(),
-                    secret = secret_file.display().to_string(),
-                    template = template_file.display().to_string(),
-                )
-            },
-            &format!(
-                "namespace = {namespace:?}\n\
-                 [[pool]]\nname = \"ec2\"\ninstance_types = [\"c7i.large\"]\nimage = {ami:?}\n\
-                 strategy = {{ kind = \"cold_image\", idle_timeout_ms = 600000 }}\n"
-            ),
-        )
-    };
-    // `namespace` is a top-level key: it must come before the first table.
-    let dir_x = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let dir_y = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let mut x = start(dir_x.path(), "fleet.x");
-    let mut y = start(dir_y.path(), "fleet.y");
-
     let mut cfg = Ec2Config::new("us-east-1");
     cfg.aws = moto.settings();
     let ec2 = Ec2Provider::new(cfg)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let all = || async {
-        ec2.list(&TagFilter::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
-    let claim = async |d: &Daemon, name: &str| {
-        let client = d.claim_client().await;
-        let mut req = request(name, None);
-        req.pool = PoolName::new("ec2").unwrap_or_else(|e| panic!("{e}"));
-        tokio::spawn(async move { client.claim(req).await })
-    };
-    let _x_claim = claim(&x, "x-1").await;
-    let from_x = eventually(30, || async { all().await.into_iter().next() })
-        .await
-        .unwrap_or_else(|| panic!("x launched nothing; see {}", dir_x.path().display()));
-    let _y_claim = claim(&y, "y-1").await;
-    let both = eventually(30, || async {
-        let l = all().await;
-        (l.len() == 2).then_some(l)
-    })
+    two_fleets::keep_apart(
+        |dir, ws| {
+            let key_file = dir.join("aws.key");
+            std::fs::write(&key_file, "AKIDE2E\n").unwrap_or_else(|e| panic!("{e}"));
+            let secret_file = dir.join("aws.secret");
+            std::fs::write(&secret_file, "e2e-secret\n").unwrap_or_else(|e| panic!("{e}"));
+            format!(
+                "kind = \"aws\"\nregion = \"us-east-1\"\nendpoint = {url:?}\n\
+                 access_key_id_file = {key:?}\nsecret_access_key_file = {secret:?}\n\
+                 daemon_url = \"wss://127.0.0.1:{ws}\"\nuser_data = {template:?}\n\
+                 instance_types = [\"c7i.large\"]\n",
+                key = key_file.display().to_string(),
+                secret = secret_file.display().to_string(),
+                template = two_fleets::user_data(dir),
+            )
+        },
+        &format!("instance_types = [\"c7i.large\"]\nimage = {ami:?}\n"),
+        || async {
+            ec2.list(&TagFilter::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|i| two_fleets::Seen {
+                    id: i.provider_id,
+                    running: i.state == fleet_core::provider::InstanceState::Running,
+                    tags: i.tags,
+                })
+                .collect()
+        },
+    )
     .await;
-    let Some(both) = both else {
-        panic!(
-            "y did not launch its own instance (it adopted x's?): {:?}; see {}",
-            all_ids(&ec2).await,
-            dir_y.path().display()
-        )
-    };
-    let from_y = both
-        .iter()
-        .find(|i| i.provider_id != from_x.provider_id)
-        .unwrap_or_else(|| panic!("{both:?}"))
-        .clone();
-    assert_ne!(
-        from_x.node, from_y.node,
-        "node ids are unique across fleets"
-    );
-    assert_eq!(
-        from_x.tags.get(TAG_NAMESPACE).map(String::as_str),
-        Some("fleet.x")
-    );
-    assert_eq!(
-        from_y.tags.get(TAG_NAMESPACE).map(String::as_str),
-        Some("fleet.y")
-    );
-    assert_ne!(from_x.tags.get(TAG_FLEET), from_y.tags.get(TAG_FLEET));
-    assert!(from_x.tags.contains_key(TAG_FLEET), "{:?}", from_x.tags);
-
-    // y restarts: its startup inventory sees the account and must leave
-    // x's instance alone (and keep its own).
-    y.crash_and_restart();
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let after = all().await;
-    let mut ids: Vec<&str> = after.iter().map(|i| i.provider_id.as_str()).collect();
-    ids.sort_unstable();
-    let mut want = vec![from_x.provider_id.as_str(), from_y.provider_id.as_str()];
-    want.sort_unstable();
-    assert_eq!(ids, want, "an instance was stopped or terminated");
-    assert!(
-        after
-            .iter()
-            .all(|i| i.state == fleet_core::provider::InstanceState::Running),
-        "{after:?}"
-    );
-    assert_eq!(x.stop(), Some(0));
-    assert_eq!(y.stop(), Some(0));
-}
-
-async fn all_ids(ec2: &Ec2Provider) -> Vec<String> {
-    ec2.list(&TagFilter::default())
-        .await
-        .map(|l| l.into_iter().map(|i| i.provider_id).collect())
-        .unwrap_or_default()
 }

@@ -79,3 +79,36 @@ async fn a_hetzner_server_boots_an_agent_that_serves_a_claim() {
     let _ = agent.wait();
     assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
 }
+
+/// Two daemons of different namespaces on one Hetzner project, with the same
+/// pool names: each creates and keeps only its own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_fleets_on_one_project_keep_to_their_own_servers() {
+    let fake = FakeHetzner::start("hz-token").await;
+    let url = fake.url();
+    two_fleets::keep_apart(
+        |dir, ws| {
+            let token_file = dir.join("hcloud.token");
+            std::fs::write(&token_file, "hz-token\n").unwrap_or_else(|e| panic!("{e}"));
+            format!(
+                "kind = \"hetzner\"\nlocation = \"fsn1\"\napi_url = {url:?}\n\
+                 token_file = {token:?}\ndaemon_url = \"wss://127.0.0.1:{ws}\"\n\
+                 user_data = {template:?}\nserver_types = [\"cx22\"]\n",
+                token = token_file.display().to_string(),
+                template = two_fleets::user_data(dir),
+            )
+        },
+        "instance_types = [\"cx22\"]\nimage = \"ubuntu-24.04\"\n",
+        || async {
+            fake.servers()
+                .into_iter()
+                .map(|s| two_fleets::Seen {
+                    id: s.id.to_string(),
+                    running: !matches!(s.status.as_str(), "off" | "stopping" | "deleting"),
+                    tags: s.labels,
+                })
+                .collect()
+        },
+    )
+    .await;
+}

@@ -516,3 +516,124 @@ pub(crate) mod cloud {
         grant
     }
 }
+
+/// Two fleets on one cloud account: the same pool names, different
+/// namespaces, one claim each.
+pub(crate) mod two_fleets {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use fleet_core::PoolName;
+    use fleet_core::provider::{TAG_FLEET, TAG_NAMESPACE, TAG_NODE};
+    use fleet_core::transport::ClaimClient;
+
+    use super::{Daemon, cloud, eventually, request};
+
+    /// An instance as the cloud lists it.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Seen {
+        pub(crate) id: String,
+        pub(crate) running: bool,
+        pub(crate) tags: BTreeMap<String, String>,
+    }
+
+    /// Writes a user data template under `dir`; its path.
+    pub(crate) fn user_data(dir: &Path) -> String {
+        let file = dir.join("user-data");
+        std::fs::write(&file, cloud::template(&dir.join("instance")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        file.display().to_string()
+    }
+
+    /// Starts fleets `fleet.x` and `fleet.y` with `provider(dir, ws_port)`
+    /// as their `[provider]` and one pool `ec2` (`pool` adds its type and
+    /// image keys); each claims once. Each must launch its own instance,
+    /// tagged with its own namespace and fleet id under its own node id,
+    /// and after `y` restarts (reconciling with the account) both
+    /// instances must still run.
+    pub(crate) async fn keep_apart<F, Fut>(
+        provider: impl Fn(&Path, u16) -> String,
+        pool: &str,
+        list: F,
+    ) where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Vec<Seen>>,
+    {
+        let start = |dir: &Path, namespace: &str| {
+            Daemon::start_with(
+                dir,
+                |ws| provider(dir, ws),
+                &format!(
+                    "namespace = {namespace:?}\n\
+                     [[pool]]\nname = \"ec2\"\n{pool}\
+                     strategy = {{ kind = \"cold_image\", idle_timeout_ms = 600000 }}\n"
+                ),
+            )
+        };
+        /// A claim in pool `ec2`, left waiting for its node.
+        async fn claim(
+            d: &Daemon,
+            name: &str,
+        ) -> tokio::task::JoinHandle<
+            Result<fleet_core::protocol::ClaimGrant, fleet_core::transport::ClaimError>,
+        > {
+            let client = d.claim_client().await;
+            let mut req = request(name, None);
+            req.pool = PoolName::new("ec2").unwrap_or_else(|e| panic!("{e}"));
+            tokio::spawn(async move { client.claim(req).await })
+        }
+        let dir_x = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir_y = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut x = start(dir_x.path(), "fleet.x");
+        let _x_claim = claim(&x, "x-1").await;
+        let from_x = eventually(30, || async { list().await.into_iter().next() })
+            .await
+            .unwrap_or_else(|| panic!("x launched nothing; see {}", dir_x.path().display()));
+        let mut y = start(dir_y.path(), "fleet.y");
+        let _y_claim = claim(&y, "y-1").await;
+        let both = eventually(30, || async {
+            let l = list().await;
+            (l.len() == 2).then_some(l)
+        })
+        .await;
+        let Some(both) = both else {
+            panic!(
+                "y did not launch its own instance (it adopted x's?): {:?}; see {}",
+                list().await,
+                dir_y.path().display()
+            )
+        };
+        let from_y = both
+            .iter()
+            .find(|i| i.id != from_x.id)
+            .unwrap_or_else(|| panic!("{both:?}"))
+            .clone();
+        let tag = |i: &Seen, k: &str| i.tags.get(k).cloned().unwrap_or_default();
+        assert_ne!(
+            tag(&from_x, TAG_NODE),
+            tag(&from_y, TAG_NODE),
+            "node ids are unique across fleets"
+        );
+        assert_eq!(tag(&from_x, TAG_NAMESPACE), "fleet.x");
+        assert_eq!(tag(&from_y, TAG_NAMESPACE), "fleet.y");
+        assert!(!tag(&from_x, TAG_FLEET).is_empty(), "{:?}", from_x.tags);
+        assert_ne!(tag(&from_x, TAG_FLEET), tag(&from_y, TAG_FLEET));
+
+        // y restarts: its startup inventory sees the whole account and must
+        // leave x's instance alone (and keep its own).
+        y.crash_and_restart();
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let after = list().await;
+        let mut ids: Vec<&str> = after.iter().map(|i| i.id.as_str()).collect();
+        ids.sort_unstable();
+        let mut want = vec![from_x.id.as_str(), from_y.id.as_str()];
+        want.sort_unstable();
+        assert_eq!(ids, want, "an instance was terminated: {after:?}");
+        assert!(
+            after.iter().all(|i| i.running),
+            "an instance was stopped: {after:?}"
+        );
+        assert_eq!(x.stop(), Some(0));
+        assert_eq!(y.stop(), Some(0));
+    }
+}
