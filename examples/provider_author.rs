@@ -36,7 +36,7 @@ use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, TagFilter,
+    Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TagFilter,
 };
 use fleet_core::{InstanceType, Millis, NodeId};
 
@@ -155,12 +155,21 @@ impl Provider for RackProvider {
     async fn create(&self, spec: &NodeSpec) -> Result<Instance, ProviderError> {
         let mut rack = self.rack();
         // Idempotent by node id: the controller retries a create whose
-        // answer it never saw (a crash, a timeout).
+        // answer it never saw (a crash, a timeout). But only for the fleet
+        // that made it: fleets sharing an account (even a namespace) tell
+        // their machines apart by these tags, and never adopt another's.
         if let Some(m) = rack.machines.get(&spec.node) {
+            let ours = [TAG_NAMESPACE, TAG_FLEET]
+                .iter()
+                .all(|t| m.spec.tags.get(*t) == spec.tags.get(*t));
             let same = m.spec.instance_type == spec.instance_type
                 && m.spec.market == spec.market
                 && m.spec.source == spec.source;
             return match m.instance.state {
+                _ if !ours => Err(ProviderError::AlreadyExists(format!(
+                    "node {} is another fleet's machine",
+                    spec.node
+                ))),
                 InstanceState::Terminated => Err(ProviderError::AlreadyExists(format!(
                     "node {} was deleted; node ids are single-use",
                     spec.node

@@ -14,7 +14,7 @@ use fleet_core::money::HourlyPrice;
 use fleet_core::protocol::{Arch, ClaimRequest, Requirements};
 use fleet_core::provider::{Capabilities, Offering};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
-use fleet_core::{ClaimId, Epoch, InstanceType, PoolName, Workspace};
+use fleet_core::{ClaimId, Epoch, FleetId, InstanceType, PoolName, Workspace};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = PoolName::new("linux-x64")?;
@@ -45,6 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             billing: BillingModel::ec2(),
             epoch: Epoch(1),
             namespace: "fleet".to_owned(),
+            fleet_id: FleetId::new("embedded").unwrap_or_else(|e| panic!("{e}")),
             timing: Timing::default(),
         };
         let start = 1_767_225_600_000; // 2026-01-01T00:00Z

@@ -98,6 +98,12 @@ fn token_pattern() -> String {
     format!("^[A-Za-z0-9_-]{{1,{MAX_ID_LEN}}}$")
 }
 
+/// The JSON Schema `pattern` of a [`FleetId`].
+#[cfg(feature = "schema")]
+fn fleet_id_pattern() -> String {
+    format!("^[a-z0-9-]{{1,{MAX_FLEET_ID_LEN}}}$")
+}
+
 /// The JSON Schema `pattern` of an [`InstanceType`]: a token that may also
 /// hold `.`.
 #[cfg(feature = "schema")]
@@ -107,6 +113,9 @@ fn instance_type_pattern() -> String {
 
 macro_rules! string_id {
     ($(#[doc = $doc:literal])* $name:ident, $kind:literal, $pattern:expr, $check:expr) => {
+        string_id!($(#[doc = $doc])* $name, $kind, $pattern, $check, MAX_ID_LEN);
+    };
+    ($(#[doc = $doc:literal])* $name:ident, $kind:literal, $pattern:expr, $check:expr, $max:expr) => {
         $(#[doc = $doc])*
         ///
         /// Immutable and shared: a clone is a reference-count increment, which
@@ -202,7 +211,7 @@ macro_rules! string_id {
                     "description": description,
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": MAX_ID_LEN,
+                    "maxLength": $max,
                     "pattern": pattern(),
                 })
             }
@@ -246,6 +255,27 @@ string_id!(
         |c| is_token_char(c) || c == '.',
         "ASCII letters, digits, '.', '-' and '_'"
     )
+);
+
+/// The longest fleet id accepted, in bytes: it is part of every node id,
+/// which must stay within [`MAX_ID_LEN`].
+pub const MAX_FLEET_ID_LEN: usize = 16;
+
+string_id!(
+    /// A fleet's identity: generated at the fleet's first start and kept in
+    /// its store, written into every instance's tags and node id, so fleets
+    /// sharing a cloud account (even with one namespace and the same pool
+    /// names) never touch each other's instances. Lowercase ASCII letters,
+    /// digits and `-`, at most 16 bytes (node ids become host names, which
+    /// ignore case).
+    FleetId, "fleet id", fleet_id_pattern, |s| validate_with(
+        "fleet id",
+        s,
+        MAX_FLEET_ID_LEN,
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-',
+        "lowercase ASCII letters, digits and '-'"
+    ),
+    MAX_FLEET_ID_LEN
 );
 
 /// The leader's fencing epoch. Every mutation a leader makes carries it; a
@@ -306,6 +336,10 @@ mod tests {
         ));
         assert!(InstanceType::new("c7g.large").is_ok());
         assert!(InstanceType::new("c7g large").is_err());
+        assert!(FleetId::new("3f9a0c2e").is_ok());
+        for bad in ["", "Fleet", "a_b", "a.b", "0123456789abcdef0"] {
+            assert!(FleetId::new(bad).is_err(), "fleet id {bad:?} accepted");
+        }
     }
 
     #[test]

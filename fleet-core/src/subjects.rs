@@ -205,6 +205,14 @@ impl Subjects {
         Key::from_tokens(&["leader"])
     }
 
+    /// Store key of the fleet's identity
+    /// ([`FleetRecord`](crate::protocol::FleetRecord)): `fleet.id`. Outside
+    /// the controller's prefixes, like the lease: it is read before the
+    /// controller is built.
+    pub fn fleet_key() -> Key {
+        Key::from_tokens(&["fleet", "id"])
+    }
+
     /// Prefix of every claim key.
     pub const CLAIMS_PREFIX: &'static str = "claims.";
     /// Prefix of every node key.

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
-    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, ExecFrame, JobMsg,
-    JobReply, LeaderRecord, Record, SealedCredentials, WsClientFrame, WsServerFrame,
-    credentials_signing_payload, decode, encode,
+    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, ExecFrame,
+    FleetRecord, JobMsg, JobReply, LeaderRecord, Record, SealedCredentials, WsClientFrame,
+    WsServerFrame, credentials_signing_payload, decode, encode,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -46,6 +46,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("JobReply", enveloped::<JobReply>),
     ("Record", enveloped::<Record>),
     ("LeaderRecord", enveloped::<LeaderRecord>),
+    ("FleetRecord", enveloped::<FleetRecord>),
     ("SealedCredentials", plain::<SealedCredentials>),
     ("CredentialsBundle", plain::<CredentialsBundle>),
     ("Discovery", plain::<Discovery>),

@@ -6,7 +6,8 @@
 //! (it reconnects with the mTLS identity it was issued); `delete` kills it
 //! and removes its directory. Each node's state is kept in
 //! `<dir>/instance.json`, so a restarted daemon finds — and adopts — the
-//! agents it started before.
+//! agents it started before (only its own: a node directory whose instance
+//! carries another fleet's id or namespace is refused, not adopted).
 //!
 //! Honest emulation, declared in [`Capabilities`]: there is no spot market
 //! and no resize (one instance type, the host itself); a snapshot copies the
@@ -24,7 +25,7 @@ use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, TagFilter,
+    Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TagFilter,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -378,7 +379,19 @@ impl Provider for LocalProvider {
     async fn create(&self, spec: &NodeSpec) -> Result<Instance, ProviderError> {
         let _g = self.lock.lock().await;
         if let Some(existing) = self.read(&spec.node)? {
-            return Ok(existing.instance()); // idempotent by node id
+            // Idempotent by node id, for the fleet that made it only: a node
+            // directory of another fleet sharing this base dir is not ours.
+            for tag in [TAG_NAMESPACE, TAG_FLEET] {
+                if existing.tags.get(tag) != spec.tags.get(tag) {
+                    return Err(ProviderError::AlreadyExists(format!(
+                        "node {} is another fleet's ({tag} {:?}, not {:?})",
+                        spec.node,
+                        existing.tags.get(tag).map_or("", String::as_str),
+                        spec.tags.get(tag).map_or("", String::as_str),
+                    )));
+                }
+            }
+            return Ok(existing.instance());
         }
         if spec.instance_type != self.offering.instance_type {
             return Err(ProviderError::Permanent(format!(

@@ -22,7 +22,7 @@ use fleet_core::money::Money;
 use fleet_core::protocol::ClaimRequest;
 use fleet_core::provider::{InstanceState, Market};
 use fleet_core::strategy::{PoolView, StrategyConfig, StrategyInfo};
-use fleet_core::{ClaimId, Epoch, NodeId, Workspace};
+use fleet_core::{ClaimId, Epoch, FleetId, NodeId, Workspace};
 
 use crate::error::SimError;
 use crate::forecast::Arrivals;
@@ -197,6 +197,8 @@ pub fn run_one(
         billing: s.book.billing.clone(),
         epoch: Epoch(1),
         namespace: "sim".to_owned(),
+        // One fleet per run: a fixed identity keeps node ids stable.
+        fleet_id: FleetId::new("sim").map_err(|e| fail(strategy, e.to_string()))?,
         timing: Timing {
             // No heartbeats are simulated: nodes must never time out.
             heartbeat_timeout_ms: s.horizon_ms + MAX_DRAIN_MS + 7 * DAY,

@@ -1,7 +1,12 @@
 //! Reconciliation with the provider's inventory: adopting the provider ids
 //! of our instances, noticing instances that vanished, and collecting
-//! orphans (instances of this namespace no node record knows) once they are
+//! orphans (instances of this fleet no node record knows) once they are
 //! `orphan_min_age_ms` old.
+//!
+//! "Ours" means tagged with this fleet's namespace *and* its fleet id: a
+//! fleet sharing the account and the namespace (another daemon, another
+//! store) has another fleet id, and its instances are neither adopted nor
+//! collected, whatever their node ids.
 
 use std::collections::BTreeSet;
 
@@ -9,7 +14,7 @@ use super::persist::Effect;
 use super::{Command, Controller, Op, Orphan, ProviderCall};
 use crate::ids::{Millis, NodeId};
 use crate::protocol::NodeState;
-use crate::provider::{Instance, InstanceRef, InstanceState, TAG_NAMESPACE};
+use crate::provider::{Instance, InstanceRef, InstanceState, TAG_FLEET, TAG_NAMESPACE};
 
 impl Controller {
     /// Adopts known instances, notices vanished ones, tracks orphans.
@@ -21,9 +26,7 @@ impl Controller {
     ) {
         let mut seen = BTreeSet::new();
         for i in instances {
-            if i.tags.get(TAG_NAMESPACE) != Some(&self.namespace)
-                || i.state == InstanceState::Terminated
-            {
+            if !self.is_ours(&i) || i.state == InstanceState::Terminated {
                 continue;
             }
             seen.insert(i.node.clone());
@@ -73,6 +76,12 @@ impl Controller {
                 self.node_lost(&id, now, out);
             }
         }
+    }
+
+    /// Whether an instance carries this fleet's namespace and fleet id.
+    fn is_ours(&self, i: &Instance) -> bool {
+        i.tags.get(TAG_NAMESPACE).map(String::as_str) == Some(self.namespace.as_str())
+            && i.tags.get(TAG_FLEET).map(String::as_str) == Some(self.fleet_id.as_str())
     }
 
     pub(super) fn orphan_due(&self, o: &Orphan) -> Millis {

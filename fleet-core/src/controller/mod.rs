@@ -34,7 +34,8 @@ pub use crate::protocol::{CostReport, NodeStatus, PoolCost};
 use crate::arbitrate::Quota;
 use crate::billing::BillingModel;
 use crate::ids::{
-    ClaimId, CommandId, Epoch, InstanceType, JobId, Millis, NodeId, OpId, PoolName, Workspace,
+    ClaimId, CommandId, Epoch, FleetId, InstanceType, JobId, Millis, NodeId, OpId, PoolName,
+    Workspace,
 };
 use crate::protocol::{
     AgentMsg, ClaimMsg, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, JobMsg,
@@ -114,6 +115,10 @@ pub struct ControllerConfig {
     pub epoch: Epoch,
     /// The namespace, written into every instance's tags.
     pub namespace: String,
+    /// The fleet's identity, written into every instance's tags and node
+    /// id; inventory, adoption and orphan collection see only instances
+    /// carrying it.
+    pub fleet_id: FleetId,
     /// Timers.
     pub timing: Timing,
 }
@@ -425,6 +430,7 @@ struct Orphan {
 pub struct Controller {
     epoch: Epoch,
     namespace: String,
+    fleet_id: FleetId,
     timing: Timing,
     capabilities: Capabilities,
     billing: BillingModel,
@@ -477,6 +483,7 @@ impl Controller {
         let mut c = Controller {
             epoch: config.epoch,
             namespace: config.namespace,
+            fleet_id: config.fleet_id,
             timing: config.timing,
             capabilities: config.capabilities,
             billing: config.billing,
@@ -541,6 +548,11 @@ impl Controller {
     /// The leader epoch.
     pub fn epoch(&self) -> Epoch {
         self.epoch
+    }
+
+    /// The fleet's identity.
+    pub fn fleet_id(&self) -> &FleetId {
+        &self.fleet_id
     }
 
     /// Whether a store conflict fenced this controller off.

@@ -11,7 +11,9 @@ use crate::ids::{ClaimId, Millis, NodeId, PoolName};
 use crate::protocol::{
     AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
 };
-use crate::provider::{InstanceRef, NodeSpec, ProviderError, TAG_NAMESPACE, TAG_NODE, TAG_POOL};
+use crate::provider::{
+    InstanceRef, NodeSpec, ProviderError, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TAG_POOL,
+};
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer};
 
@@ -64,6 +66,7 @@ impl Controller {
         tags.insert(TAG_NODE.to_owned(), rec.node.to_string());
         tags.insert(TAG_POOL.to_owned(), rec.pool.to_string());
         tags.insert(TAG_NAMESPACE.to_owned(), self.namespace.clone());
+        tags.insert(TAG_FLEET.to_owned(), self.fleet_id.to_string());
         NodeSpec {
             node: rec.node.clone(),
             pool: rec.pool.clone(),

@@ -5,10 +5,32 @@
 use super::nodes::instance_ref;
 use super::persist::Effect;
 use super::{Alert, Command, Controller, Node, ProviderCall};
-use crate::ids::{ClaimId, Millis, NodeId, PoolName};
+use crate::ids::{ClaimId, Epoch, FleetId, IdError, Millis, NodeId, PoolName};
 use crate::protocol::{ClaimState, JobState, NodeRecord, NodeState};
 use crate::provider::{BootSource, Market};
 use crate::strategy::{Action, Demand, NodeView, PoolView, SourceKind};
+
+/// The longest node id minted: a DNS label (providers make host names of
+/// node ids, and EC2 takes one as its 64-byte `ClientToken`).
+const MAX_NODE_ID_LEN: usize = 63;
+
+/// A new node's id: `<pool prefix>-<fleet id>-<epoch>-<seq>`. The fleet id
+/// keeps fleets sharing an account apart, the epoch (a new one each
+/// leadership term) keeps restarts apart, the sequence the nodes of one
+/// term. The pool name is cut to what the rest leaves of
+/// [`MAX_NODE_ID_LEN`]; it is only there for people to read.
+pub(super) fn node_id(
+    pool: &PoolName,
+    fleet: &FleetId,
+    epoch: Epoch,
+    seq: u64,
+) -> Result<NodeId, IdError> {
+    let suffix = format!("-{fleet}-{}-{seq}", epoch.0);
+    // At most 1 + 16 + 1 + 20 + 1 + 20 bytes: at least 4 are left.
+    let room = MAX_NODE_ID_LEN.saturating_sub(suffix.len()).max(1);
+    let prefix: String = pool.as_str().chars().take(room).collect();
+    NodeId::new(format!("{prefix}{suffix}"))
+}
 
 impl Controller {
     /// Runs every pool's strategy and applies what it asks for.
@@ -153,8 +175,7 @@ impl Controller {
                 };
                 let seq = self.next_node_seq;
                 self.next_node_seq += 1;
-                let prefix: String = pool_name.as_str().chars().take(40).collect();
-                let id = NodeId::new(format!("{prefix}-{}-{seq}", self.epoch.0))
+                let id = node_id(pool_name, &self.fleet_id, self.epoch, seq)
                     .map_err(|e| e.to_string())?;
                 let rec = NodeRecord {
                     node: id.clone(),
@@ -256,5 +277,36 @@ impl Controller {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(s: &str) -> PoolName {
+        PoolName::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn node_ids_name_pool_fleet_epoch_and_sequence() {
+        let fleet = FleetId::new("3f9a0c2e").unwrap_or_else(|e| panic!("{e}"));
+        let id = node_id(&pool("linux"), &fleet, Epoch(3), 17).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(id.as_str(), "linux-3f9a0c2e-3-17");
+    }
+
+    #[test]
+    fn long_pool_names_are_cut_so_ids_fit_a_dns_label() {
+        let fleet = FleetId::new("0123456789abcdef").unwrap_or_else(|e| panic!("{e}"));
+        let long = pool(&"p".repeat(64));
+        for (epoch, seq) in [(1, 1), (u64::MAX, u64::MAX), (7, 123_456)] {
+            let id = node_id(&long, &fleet, Epoch(epoch), seq).unwrap_or_else(|e| panic!("{e}"));
+            assert!(id.as_str().len() <= MAX_NODE_ID_LEN, "{id}");
+            assert!(id.as_str().starts_with("pppp"), "{id}");
+            assert!(
+                id.as_str().ends_with(&format!("-{fleet}-{epoch}-{seq}")),
+                "{id}"
+            );
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! It keeps one record per node id and never forgets it: a deleted or
 //! interrupted instance stays as [`InstanceState::Terminated`], so a provider
 //! id is never minted twice for a node and a retried `create` cannot silently
-//! bring a dead node back.
+//! bring a dead node back. A `create` for a node id whose instance carries
+//! another fleet's [`TAG_FLEET`] or [`TAG_NAMESPACE`] is refused with
+//! [`ProviderError::AlreadyExists`]: it is not the caller's to adopt.
 //!
 //! Faults a test can arm (all on a shared handle, so the test keeps a clone
 //! while the code under test owns another):
@@ -36,7 +38,7 @@ use crate::money::HourlyPrice;
 use crate::protocol::Arch;
 use crate::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, SpotTerms, TagFilter,
+    Provider, ProviderError, SnapshotRef, SpotTerms, TAG_FLEET, TAG_NAMESPACE, TagFilter,
 };
 
 /// Waits for a duration. Supplied by the caller because this crate has no
@@ -715,10 +717,21 @@ fn ec2_capabilities() -> Capabilities {
 
 /// The answer to a `create` for a node that already has a record.
 fn existing_for_create(rec: &Record, spec: &NodeSpec) -> Result<Instance, ProviderError> {
-    // Tags and the bootstrap token are not compared: a retry after a crash
-    // may carry a fresh token. What the instance *is* must match, as EC2's
-    // client token refuses a retry with different parameters.
+    // Another fleet's instance under the same node id is not ours to adopt.
     let old = &rec.spec;
+    for tag in [TAG_NAMESPACE, TAG_FLEET] {
+        if old.tags.get(tag) != spec.tags.get(tag) {
+            return Err(ProviderError::AlreadyExists(format!(
+                "node {} is another fleet's instance ({tag} {:?}, not {:?})",
+                spec.node,
+                old.tags.get(tag).map_or("", String::as_str),
+                spec.tags.get(tag).map_or("", String::as_str),
+            )));
+        }
+    }
+    // Other tags and the bootstrap token are not compared: a retry after a
+    // crash may carry a fresh token. What the instance *is* must match, as
+    // EC2's client token refuses a retry with different parameters.
     if old.pool != spec.pool
         || old.instance_type != spec.instance_type
         || old.market != spec.market

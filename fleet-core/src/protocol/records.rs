@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ClaimRequest, PendingReason, Receipt, RevokeReason, SealedCredentials, TaskSpec};
-use crate::ids::{CommandId, Epoch, InstanceType, Millis, NodeId, PoolName};
+use crate::ids::{CommandId, Epoch, FleetId, InstanceType, Millis, NodeId, PoolName};
 
 /// A claim's lifecycle: `pending → granted → active → released | expired |
 /// revoked{reason}`.
@@ -360,6 +360,18 @@ pub struct LeaderRecord {
     pub epoch: Epoch,
     /// When it lapses unless renewed.
     pub expires_at: Millis,
+}
+
+/// The fleet's identity, written once at its first start with a create
+/// (so two starters racing on a fresh store agree on one) and read at
+/// every later start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FleetRecord {
+    /// The identity: in every instance's `fleet-id` tag and node id.
+    pub fleet_id: FleetId,
+    /// When it was generated.
+    pub created_at: Millis,
 }
 
 /// Anything the controller stores.

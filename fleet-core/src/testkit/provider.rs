@@ -14,11 +14,12 @@
 //!
 //! The suite reads [`Capabilities`] and checks that each operation works
 //! when they say so and answers [`ProviderError::Unsupported`] when they do
-//! not. It creates at most four instances, all tagged
-//! [`TAG_NAMESPACE`]` = fleet-conformance-<run>`, and deletes them all. It
-//! accepts the in-between states (`Stopping`, `Pending`) a real cloud reports
-//! right after a call; a backend whose cloud needs time between a stop and
-//! a start should make its `start` wait.
+//! not. It creates at most seven instances, never more than two at once,
+//! all tagged [`TAG_NAMESPACE`]` = fleet-conformance-<run>` and a
+//! [`TAG_FLEET`], and deletes them all. It accepts the in-between states
+//! (`Stopping`, `Pending`) a real cloud reports right after a call; a
+//! backend whose cloud needs time between a stop and a start should make
+//! its `start` wait.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,11 +27,17 @@ use crate::ids::{InstanceType, NodeId, PoolName};
 use crate::money::Money;
 use crate::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, TAG_NAMESPACE, TAG_NODE, TAG_POOL, TagFilter,
+    Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TAG_POOL, TagFilter,
 };
 
 /// The tag the suite sets to tell its instances apart.
 const TAG_CASE: &str = "fleet-conformance-case";
+
+/// The fleet id the suite's instances carry.
+const FLEET: &str = "conformance-a";
+
+/// Another fleet sharing the account and the namespace.
+const OTHER_FLEET: &str = "conformance-b";
 
 /// Runs every provider check. `run` is a token unique to this run (at most
 /// 40 characters of ASCII letters, digits, `-`, `_`); `image` is the base
@@ -40,6 +47,7 @@ pub async fn provider_suite(provider: &dyn Provider, run: &str, image: &str) {
     billing_consistent(provider);
     let ctx = Ctx::new(run, image, offerings);
     create_idempotent_and_tags(provider, &ctx).await;
+    fleets_keep_apart(provider, &ctx).await;
     lifecycle_per_capabilities(provider, &ctx).await;
     spot_per_capabilities(provider, &ctx).await;
     let left = list(provider, &ctx.namespace_filter()).await;
@@ -79,6 +87,13 @@ impl Ctx {
         )]))
     }
 
+    /// What a fleet lists: its namespace and its fleet id.
+    fn fleet_filter(&self, fleet: &str) -> TagFilter {
+        let mut f = self.namespace_filter();
+        f.0.insert(TAG_FLEET.to_owned(), fleet.to_owned());
+        f
+    }
+
     fn node(&self, case: &str) -> NodeId {
         let s = format!("{}-{case}", self.run);
         NodeId::new(s.as_str())
@@ -99,6 +114,7 @@ impl Ctx {
             (TAG_NODE.to_owned(), node.as_str().to_owned()),
             (TAG_POOL.to_owned(), self.pool.as_str().to_owned()),
             (TAG_NAMESPACE.to_owned(), self.namespace()),
+            (TAG_FLEET.to_owned(), FLEET.to_owned()),
             (TAG_CASE.to_owned(), case.to_owned()),
         ]);
         NodeSpec {
@@ -319,6 +335,71 @@ async fn create_idempotent_and_tags(provider: &dyn Provider, ctx: &Ctx) {
     );
     delete(provider, &a.as_ref()).await;
     delete(provider, &b.as_ref()).await;
+}
+
+/// Two fleets sharing the account and the namespace never share an
+/// instance: a `create` for a node id that fleet A's instance already has,
+/// made by fleet B (another [`TAG_FLEET`]), must not return A's instance —
+/// it creates B's own or fails with [`ProviderError::AlreadyExists`] — and
+/// listing by B's tags never shows A's instance.
+async fn fleets_keep_apart(provider: &dyn Provider, ctx: &Ctx) {
+    let ty = ctx.cheapest().instance_type.clone();
+    let spec_a = ctx.spec("fleets", &ty, Market::OnDemand, ctx.image());
+    let mut spec_b = spec_a.clone();
+    spec_b
+        .tags
+        .insert(TAG_FLEET.to_owned(), OTHER_FLEET.to_owned());
+
+    let a = create(provider, &spec_a).await;
+    let b = match provider.create(&spec_b).await {
+        Ok(b) => {
+            assert_ne!(
+                b.provider_id, a.provider_id,
+                "create for node {} by another fleet returned the first fleet's instance; \
+                 create must adopt only an instance with the same node, namespace and fleet tags",
+                spec_a.node
+            );
+            assert_eq!(
+                b.tags.get(TAG_FLEET).map(String::as_str),
+                Some(OTHER_FLEET),
+                "the other fleet's instance must carry its own fleet tag"
+            );
+            Some(b)
+        }
+        Err(ProviderError::AlreadyExists(_)) => None,
+        Err(e) => panic!(
+            "create for node {} by another fleet must create its own instance or answer \
+             AlreadyExists; got {e}",
+            spec_a.node
+        ),
+    };
+
+    let seen_b = list(provider, &ctx.fleet_filter(OTHER_FLEET)).await;
+    assert!(
+        seen_b.iter().all(|i| i.provider_id != a.provider_id),
+        "list by the other fleet's tags shows the first fleet's instance: {seen_b:?}"
+    );
+    assert_eq!(
+        seen_b.len(),
+        usize::from(b.is_some()),
+        "list by the other fleet's tags must show its own instance only: {seen_b:?}"
+    );
+    let seen_a = list(provider, &ctx.fleet_filter(FLEET)).await;
+    assert!(
+        seen_a.len() == 1 && seen_a[0].provider_id == a.provider_id,
+        "list by the first fleet's tags must show its instance only: {seen_a:?}"
+    );
+
+    if let Some(b) = &b {
+        delete(provider, &b.as_ref()).await;
+    }
+    // The other fleet's create or delete left the first fleet's instance be.
+    let still = list(provider, &ctx.fleet_filter(FLEET)).await;
+    assert!(
+        still.iter().any(|i| i.provider_id == a.provider_id),
+        "the first fleet's instance is gone after the other fleet's create/delete: {still:?}"
+    );
+    delete(provider, &a.as_ref()).await;
 }
 
 /// Stop, start, resize and snapshot each work when the capabilities say so

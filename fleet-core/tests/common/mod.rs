@@ -10,7 +10,7 @@ use fleet_core::money::HourlyPrice;
 use fleet_core::protocol::{Arch, ClaimRequest, Requirements};
 use fleet_core::provider::{Capabilities, Offering, SpotTerms};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
-use fleet_core::{ClaimId, Epoch, InstanceType, PoolName, Workspace};
+use fleet_core::{ClaimId, Epoch, FleetId, InstanceType, PoolName, Workspace};
 
 pub(crate) const T0: u64 = 1_700_000_000_000;
 
@@ -66,6 +66,7 @@ pub(crate) fn config(pool: PoolSpec) -> ControllerConfig {
         billing: BillingModel::ec2(),
         epoch: Epoch(1),
         namespace: "fleet".to_owned(),
+        fleet_id: FleetId::new("f1").unwrap_or_else(|e| panic!("{e}")),
         timing: Timing {
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 30_000,

@@ -22,7 +22,7 @@ use fleet_core::provider::{Capabilities, Instance, InstanceState, Offering};
 use fleet_core::store::{Revision, Store, StoreError};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use fleet_core::transport::{Inbound, Transport};
-use fleet_core::{Epoch, InstanceType, Millis, PoolName};
+use fleet_core::{Epoch, FleetId, InstanceType, Millis, PoolName};
 use tokio::task::JoinHandle;
 
 /// The pool the mini daemon serves.
@@ -67,6 +67,7 @@ pub(crate) fn config() -> ControllerConfig {
         billing: BillingModel::ec2(),
         epoch: Epoch(1),
         namespace: "fleet".to_owned(),
+        fleet_id: FleetId::new("nats-test").unwrap_or_else(|e| panic!("{e}")),
         timing: Timing::default(),
     }
 }
