@@ -145,6 +145,7 @@ fn count<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap
 async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusSummary>, ApiError> {
     let s = snapshot(&state).await?;
     Ok(axum::Json(StatusSummary {
+        fleet_id: Some(s.fleet_id.clone()),
         epoch: s.epoch,
         leader: state.leader.load(Ordering::Relaxed),
         pools: s.pools.len() as u64,

@@ -19,14 +19,16 @@ use fleet_core::controller::{
     Alert, Command, Controller, ControllerConfig, CostReport, Event, NodeStatus, ProviderCall,
     ProviderOutcome,
 };
-use fleet_core::ids::{ClaimId, Epoch, Millis, NodeId, Workspace};
+use fleet_core::ids::{ClaimId, Epoch, FleetId, Millis, NodeId, Workspace};
 use fleet_core::memory::transport::{
     InProcAgent, InProcClaimClient, InProcJobClient, InProcTransport,
 };
 use fleet_core::protocol::{
-    ClaimRecord, ClaimReply, JobRecord, Record, SealedCredentials, decode, encode,
+    ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record, SealedCredentials, decode, encode,
 };
-use fleet_core::provider::{Offering, Provider, ProviderError, TAG_NAMESPACE, TagFilter};
+use fleet_core::provider::{
+    Offering, Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TagFilter,
+};
 use fleet_core::store::{Key, Revision, Store, StoreError};
 use fleet_core::strategy::PoolSpec;
 use fleet_core::subjects::Subjects;
@@ -127,6 +129,8 @@ impl RuntimeError {
 /// A consistent view of the control plane, for status APIs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
+    /// The fleet's identity.
+    pub fleet_id: FleetId,
     /// The leader epoch.
     pub epoch: Epoch,
     /// When the view was taken.
@@ -175,6 +179,7 @@ pub struct FleetBuilder {
     quotas: BTreeMap<Workspace, fleet_core::arbitrate::Quota>,
     timing: fleet_core::controller::Timing,
     namespace: String,
+    fleet_id: Option<FleetId>,
     epoch: Epoch,
     issuer: Option<Arc<dyn CredentialIssuer>>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
@@ -188,6 +193,7 @@ impl std::fmt::Debug for FleetBuilder {
             .field("pools", &self.pools)
             .field("transports", &self.transports.len())
             .field("namespace", &self.namespace)
+            .field("fleet_id", &self.fleet_id)
             .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
@@ -203,6 +209,7 @@ impl Default for FleetBuilder {
             quotas: BTreeMap::new(),
             timing: fleet_core::controller::Timing::default(),
             namespace: fleet_core::subjects::DEFAULT_NAMESPACE.to_owned(),
+            fleet_id: None,
             epoch: Epoch(1),
             issuer: None,
             tokens: None,
@@ -253,6 +260,15 @@ impl FleetBuilder {
     /// The namespace (subjects, tags).
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.namespace = ns.into();
+        self
+    }
+
+    /// Sets the fleet's identity instead of the one in the store (for tests
+    /// and embedders that manage identities themselves; nothing is written).
+    /// By default the identity is read from the store, or generated and
+    /// stored at the fleet's first start ([`fleet_identity`]).
+    pub fn fleet_id(mut self, id: FleetId) -> Self {
+        self.fleet_id = Some(id);
         self
     }
 
@@ -311,6 +327,11 @@ impl FleetBuilder {
             // A pool naming no instance type runs the cheapest the provider sells.
             p.resolve(&offerings).map_err(invalid)?;
         }
+        let fleet_id = match self.fleet_id {
+            Some(id) => id,
+            None => fleet_identity(&*store, self.clock.now()).await?,
+        };
+        tracing::info!(fleet_id = %fleet_id, namespace = %self.namespace, "fleet identity");
         let records = load_records(&*store).await?;
         let config = ControllerConfig {
             pools,
@@ -320,6 +341,7 @@ impl FleetBuilder {
             billing: provider.billing().clone(),
             epoch: self.epoch,
             namespace: self.namespace.clone(),
+            fleet_id: fleet_id.clone(),
             timing: self.timing,
         };
         let now = self.clock.now();
@@ -352,13 +374,16 @@ impl FleetBuilder {
         {
             let provider = provider.clone();
             let tx = tx.clone();
-            let ns = self.namespace.clone();
+            // This fleet's instances only: another fleet sharing the
+            // account and the namespace has another fleet id.
+            let filter = TagFilter(BTreeMap::from([
+                (TAG_NAMESPACE.to_owned(), self.namespace.clone()),
+                (TAG_FLEET.to_owned(), fleet_id.to_string()),
+            ]));
             let every = self.inventory_every;
             tokio::spawn(async move {
                 loop {
-                    let mut tags = BTreeMap::new();
-                    tags.insert(TAG_NAMESPACE.to_owned(), ns.clone());
-                    match provider.list(&TagFilter(tags)).await {
+                    match provider.list(&filter).await {
                         Ok(instances) => {
                             if tx.send(Input::Inventory(instances)).is_err() {
                                 return;
@@ -385,6 +410,7 @@ impl FleetBuilder {
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Fleet {
+            fleet_id,
             tx,
             inproc,
             ready,
@@ -396,6 +422,7 @@ impl FleetBuilder {
 /// A running control plane.
 #[derive(Debug)]
 pub struct Fleet {
+    fleet_id: FleetId,
     tx: mpsc::UnboundedSender<Input>,
     inproc: Arc<InProcTransport>,
     ready: Arc<AtomicBool>,
@@ -406,6 +433,11 @@ impl Fleet {
     /// A builder.
     pub fn builder() -> FleetBuilder {
         FleetBuilder::default()
+    }
+
+    /// The fleet's identity: in every instance's tags and node id.
+    pub fn fleet_id(&self) -> &FleetId {
+        &self.fleet_id
     }
 
     /// An in-process claim client: no network hop.
@@ -451,6 +483,49 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = self.tx.send(Input::Shutdown);
     }
+}
+
+/// The fleet's identity in `store`: the stored one, or, at the fleet's
+/// first start, a fresh random one (8 lowercase hex digits) stored with a
+/// create — when two starters race on a fresh store, the loser reads the
+/// winner's, so both agree.
+pub async fn fleet_identity(store: &dyn Store, now: Millis) -> Result<FleetId, RuntimeError> {
+    let key = Subjects::fleet_key();
+    if let Some(v) = store.get(&key).await? {
+        return stored_identity(&key, &v.value);
+    }
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| RuntimeError::Config(format!("no randomness for the fleet id: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let fleet_id = FleetId::new(hex).map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let record = FleetRecord {
+        fleet_id: fleet_id.clone(),
+        created_at: now,
+    };
+    let bytes = encode(&record).map_err(|e| RuntimeError::Config(e.to_string()))?;
+    match store.create(&key, Bytes::from(bytes)).await {
+        Ok(_) => {
+            tracing::info!(%fleet_id, "new fleet: identity generated and stored");
+            Ok(fleet_id)
+        }
+        Err(StoreError::AlreadyExists { .. }) => match store.get(&key).await? {
+            Some(v) => stored_identity(&key, &v.value),
+            None => Err(RuntimeError::Store(StoreError::Unavailable(format!(
+                "{key} was created by another starter and is gone again"
+            )))),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn stored_identity(key: &Key, bytes: &[u8]) -> Result<FleetId, RuntimeError> {
+    decode::<FleetRecord>(bytes)
+        .map(|r| r.fleet_id)
+        .map_err(|e| RuntimeError::CorruptRecord {
+            key: key.to_string(),
+            error: e.to_string(),
+        })
 }
 
 /// Reads and decodes every record the controller owns.
@@ -592,6 +667,7 @@ impl Driver {
     fn status(&self) -> Status {
         let now = self.clock.now();
         Status {
+            fleet_id: self.controller.fleet_id().clone(),
             epoch: self.controller.epoch(),
             at: now,
             pools: self.controller.pools().cloned().collect(),

@@ -138,7 +138,9 @@ fn counts(by_name: &BTreeMap<String, u64>) -> String {
 
 /// `GET /v1/status`.
 pub fn status(s: &StatusSummary) -> String {
-    let rows = [
+    // A daemon from before fleet ids says none: no line then.
+    let fleet = s.fleet_id.as_ref().map(|f| ("fleet", f.to_string()));
+    let rows = fleet.into_iter().chain([
         ("epoch", s.epoch.0.to_string()),
         ("leader", if s.leader { "yes" } else { "no" }.to_owned()),
         ("pools", s.pools.to_string()),
@@ -146,7 +148,7 @@ pub fn status(s: &StatusSummary) -> String {
         ("claims", counts(&s.claims)),
         ("jobs", counts(&s.jobs)),
         ("cost", money(s.cost_micros.micros())),
-    ];
+    ]);
     let mut out = String::new();
     for (name, value) in rows {
         out.push_str(&format!("{name:<8}{value}\n"));

@@ -257,6 +257,12 @@ fn resource_tables() -> Result<(), serde_json::Error> {
         render::status(&status),
         "epoch   3\nleader  yes\npools   1\nnodes   ready=2\nclaims  -\njobs    done=1\ncost    $0.001500\n"
     );
+    let named: StatusSummary = serde_json::from_value(json!({"fleet_id": "3f9a0c2e", "epoch": 3}))?;
+    assert!(
+        render::status(&named).starts_with("fleet   3f9a0c2e\nepoch   3\n"),
+        "{}",
+        render::status(&named)
+    );
 
     let cost: CostReport = serde_json::from_value(json!({"at": 0, "pools": {"p": {
         "running": 2_000_000, "stopped": 0, "snapshots": 500_000,

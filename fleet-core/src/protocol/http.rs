@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{NodeRecord, NodeState, Secret};
-use crate::ids::{ClaimId, Epoch, InstanceType, Millis, PoolName, Workspace};
+use crate::ids::{ClaimId, Epoch, FleetId, InstanceType, Millis, PoolName, Workspace};
 use crate::money::Money;
 
 /// Liveness: answers while the process runs.
@@ -55,6 +55,9 @@ pub const API_TOKENS_PATH: &str = "/v1/tokens";
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct StatusSummary {
+    /// The fleet's identity (in every instance's tags and node id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<FleetId>,
     /// The leader's epoch.
     pub epoch: Epoch,
     /// Whether the answering daemon leads.
