@@ -19,12 +19,13 @@ use fleet_core::controller::{
     Alert, Command, Controller, ControllerConfig, CostReport, Event, NodeStatus, ProviderCall,
     ProviderOutcome,
 };
-use fleet_core::ids::{ClaimId, Epoch, FleetId, Millis, NodeId, Workspace};
+use fleet_core::ids::{ClaimId, Epoch, FleetId, Millis, NodeId, PoolName, Workspace};
 use fleet_core::memory::transport::{
     InProcAgent, InProcClaimClient, InProcJobClient, InProcTransport,
 };
 use fleet_core::protocol::{
-    ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record, SealedCredentials, decode, encode,
+    CapacityShortage, ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record, SealedCredentials,
+    decode, encode,
 };
 use fleet_core::provider::{
     Offering, Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TagFilter,
@@ -137,6 +138,9 @@ pub struct Status {
     pub at: Millis,
     /// Pools.
     pub pools: Vec<PoolSpec>,
+    /// Per pool, the instance types its new nodes avoid for lack of
+    /// capacity (pools without any are left out).
+    pub shortages: BTreeMap<PoolName, Vec<CapacityShortage>>,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Claims.
@@ -666,11 +670,22 @@ impl Driver {
 
     fn status(&self) -> Status {
         let now = self.clock.now();
+        let shortages = self
+            .controller
+            .pools()
+            .map(|p| {
+                let name = p.name.clone();
+                let short = self.controller.capacity_shortages(&name, now);
+                (name, short)
+            })
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
         Status {
             fleet_id: self.controller.fleet_id().clone(),
             epoch: self.controller.epoch(),
             at: now,
             pools: self.controller.pools().cloned().collect(),
+            shortages,
             nodes: self.controller.nodes().collect(),
             claims: self.controller.accepted_claims().cloned().collect(),
             jobs: self.controller.jobs().cloned().collect(),
@@ -871,6 +886,24 @@ fn log_alert(alert: &Alert) {
             tracing::warn!(%pool, %detail, "strategy asked for an invalid action")
         }
         Alert::UnknownAgent { node } => tracing::warn!(%node, "agent for an unknown node"),
+        Alert::CapacityShortage {
+            pool,
+            node,
+            instance_type,
+            market,
+            using,
+            until,
+            error,
+        } => match using {
+            Some(using) => tracing::warn!(
+                %pool, %node, %instance_type, ?market, %using, until, %error,
+                "insufficient capacity: new nodes use {using} instead of {instance_type} until {until}"
+            ),
+            None => tracing::warn!(
+                %pool, %node, %instance_type, ?market, until, %error,
+                "insufficient capacity, and no other type of the pool fits"
+            ),
+        },
         Alert::JobEscalated {
             job,
             attempts,

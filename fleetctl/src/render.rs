@@ -180,10 +180,28 @@ pub fn pools(pools: &[PoolInfo]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &["POOL", "STRATEGY", "INSTANCE TYPES", "MIN", "MAX", "SLOTS"],
         &rows,
-    )
+    );
+    // Why a pool's new nodes are not of the type it prefers, for now.
+    for p in pools {
+        for s in &p.shortages {
+            let instead = match &s.using {
+                Some(t) => format!("using {t}"),
+                None => "no other type fits, retrying".to_owned(),
+            };
+            out.push_str(&format!(
+                "{}: {} ({}): insufficient capacity since {}, {instead} until {}\n",
+                p.name,
+                s.instance_type,
+                tag(&s.market),
+                utc(s.since),
+                utc(s.until),
+            ));
+        }
+    }
+    out
 }
 
 /// `GET /v1/nodes`.
