@@ -17,12 +17,12 @@ use crate::billing::BootLatency;
 use crate::controller::{
     Alert, Command, Controller, ControllerConfig, Event, ProviderCall, ProviderOutcome,
 };
-use crate::ids::{ClaimId, CommandId, Epoch, Millis, NodeId, OpId, Workspace};
+use crate::ids::{ClaimId, CommandId, Epoch, InstanceType, Millis, NodeId, OpId, Workspace};
 use crate::protocol::{
     AgentMsg, Arch, ClaimMsg, ClaimReply, CommandSpec, DaemonMsg, JobMsg, JobReply, NodeResources,
     Record, SealedCredentials, WorkerEvent, decode, encode,
 };
-use crate::provider::{BootSource, Instance, InstanceState, ProviderError, SnapshotRef};
+use crate::provider::{BootSource, Instance, InstanceState, Market, ProviderError, SnapshotRef};
 use crate::store::{Key, Revision, StoreError};
 use crate::transport::{Outbound, Peer, ReplyTo};
 
@@ -40,6 +40,9 @@ pub struct Faults {
     pub agents_never_boot: bool,
     /// The next N credential issues fail.
     pub credentials_fail: u32,
+    /// Creates of (and resizes to) these types in these markets fail with
+    /// [`ProviderError::Capacity`] while listed (a sold-out type).
+    pub sold_out: BTreeSet<(InstanceType, Market)>,
 }
 
 /// What happened to one claim, as its caller saw it.
@@ -815,6 +818,23 @@ impl World {
             );
             return;
         }
+        if let ProviderCall::Create(spec) = &call
+            && self
+                .faults
+                .sold_out
+                .contains(&(spec.instance_type.clone(), spec.market))
+        {
+            let e = ProviderError::Capacity(format!(
+                "insufficient capacity for {} ({:?})",
+                spec.instance_type, spec.market
+            ));
+            self.capacity_refusals += 1;
+            self.push(
+                self.now + api_ms,
+                Pending::Deliver(Event::ProviderDone { op, result: Err(e) }),
+            );
+            return;
+        }
         if let (ProviderCall::Create(spec), Some((per_million, draws))) =
             (&call, &mut self.capacity)
             && draws.draw(999_999) < *per_million
@@ -878,6 +898,13 @@ impl World {
                 None => (api_ms, Err(ProviderError::NotFound(r.provider_id))),
             },
             ProviderCall::Resize(r, to) => match self.instances.get_mut(&r.node) {
+                Some(i) if self.faults.sold_out.contains(&(to.clone(), i.market)) => (
+                    api_ms,
+                    Err(ProviderError::Capacity(format!(
+                        "insufficient capacity for {to} ({:?})",
+                        i.market
+                    ))),
+                ),
                 Some(i) => {
                     i.instance_type = to;
                     (boot.resize_ms, Ok(ProviderOutcome::Instance(i.clone())))

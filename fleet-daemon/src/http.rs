@@ -145,6 +145,7 @@ fn count<'a>(names: impl Iterator<Item = &'a str>) -> std::collections::BTreeMap
 async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusSummary>, ApiError> {
     let s = snapshot(&state).await?;
     Ok(axum::Json(StatusSummary {
+        fleet_id: Some(s.fleet_id.clone()),
         epoch: s.epoch,
         leader: state.leader.load(Ordering::Relaxed),
         pools: s.pools.len() as u64,
@@ -157,7 +158,16 @@ async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusSummar
 
 async fn pools(State(state): State<ApiState>) -> Result<axum::Json<Vec<PoolInfo>>, ApiError> {
     let s = snapshot(&state).await?;
-    Ok(axum::Json(s.pools.iter().map(PoolInfo::from).collect()))
+    let pools = s
+        .pools
+        .iter()
+        .map(|p| {
+            let mut info = PoolInfo::from(p);
+            info.shortages = s.shortages.get(&p.name).cloned().unwrap_or_default();
+            info
+        })
+        .collect();
+    Ok(axum::Json(pools))
 }
 
 async fn nodes(State(state): State<ApiState>) -> Result<axum::Json<Vec<NodeStatus>>, ApiError> {

@@ -105,6 +105,11 @@ async fn auth_limits_and_an_o1_readyz() {
     let auth = Some(token.expose());
     let s: StatusSummary = decode(&request(addr, get(API_STATUS_PATH, auth)).await.1);
     assert_eq!((s.pools, s.leader), (1, true));
+    assert_eq!(
+        s.fleet_id.as_ref(),
+        Some(fleet.fleet_id()),
+        "the status names the fleet"
+    );
     let pools: Vec<PoolInfo> = decode(&request(addr, get(API_POOLS_PATH, auth)).await.1);
     assert_eq!(pools[0].strategy.kind, "cold_image");
     let _: Vec<NodeStatus> = decode(&request(addr, get(API_NODES_PATH, auth)).await.1);

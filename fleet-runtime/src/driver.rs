@@ -19,14 +19,17 @@ use fleet_core::controller::{
     Alert, Command, Controller, ControllerConfig, CostReport, Event, NodeStatus, ProviderCall,
     ProviderOutcome,
 };
-use fleet_core::ids::{ClaimId, Epoch, Millis, NodeId, Workspace};
+use fleet_core::ids::{ClaimId, Epoch, FleetId, Millis, NodeId, PoolName, Workspace};
 use fleet_core::memory::transport::{
     InProcAgent, InProcClaimClient, InProcJobClient, InProcTransport,
 };
 use fleet_core::protocol::{
-    ClaimRecord, ClaimReply, JobRecord, Record, SealedCredentials, decode, encode,
+    CapacityShortage, ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record, SealedCredentials,
+    decode, encode,
 };
-use fleet_core::provider::{Offering, Provider, ProviderError, TAG_NAMESPACE, TagFilter};
+use fleet_core::provider::{
+    Offering, Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TagFilter,
+};
 use fleet_core::store::{Key, Revision, Store, StoreError};
 use fleet_core::strategy::PoolSpec;
 use fleet_core::subjects::Subjects;
@@ -127,12 +130,17 @@ impl RuntimeError {
 /// A consistent view of the control plane, for status APIs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
+    /// The fleet's identity.
+    pub fleet_id: FleetId,
     /// The leader epoch.
     pub epoch: Epoch,
     /// When the view was taken.
     pub at: Millis,
     /// Pools.
     pub pools: Vec<PoolSpec>,
+    /// Per pool, the instance types its new nodes avoid for lack of
+    /// capacity (pools without any are left out).
+    pub shortages: BTreeMap<PoolName, Vec<CapacityShortage>>,
     /// Nodes.
     pub nodes: Vec<NodeStatus>,
     /// Claims.
@@ -175,6 +183,7 @@ pub struct FleetBuilder {
     quotas: BTreeMap<Workspace, fleet_core::arbitrate::Quota>,
     timing: fleet_core::controller::Timing,
     namespace: String,
+    fleet_id: Option<FleetId>,
     epoch: Epoch,
     issuer: Option<Arc<dyn CredentialIssuer>>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
@@ -188,6 +197,7 @@ impl std::fmt::Debug for FleetBuilder {
             .field("pools", &self.pools)
             .field("transports", &self.transports.len())
             .field("namespace", &self.namespace)
+            .field("fleet_id", &self.fleet_id)
             .field("epoch", &self.epoch)
             .finish_non_exhaustive()
     }
@@ -203,6 +213,7 @@ impl Default for FleetBuilder {
             quotas: BTreeMap::new(),
             timing: fleet_core::controller::Timing::default(),
             namespace: fleet_core::subjects::DEFAULT_NAMESPACE.to_owned(),
+            fleet_id: None,
             epoch: Epoch(1),
             issuer: None,
             tokens: None,
@@ -253,6 +264,15 @@ impl FleetBuilder {
     /// The namespace (subjects, tags).
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.namespace = ns.into();
+        self
+    }
+
+    /// Sets the fleet's identity instead of the one in the store (for tests
+    /// and embedders that manage identities themselves; nothing is written).
+    /// By default the identity is read from the store, or generated and
+    /// stored at the fleet's first start ([`fleet_identity`]).
+    pub fn fleet_id(mut self, id: FleetId) -> Self {
+        self.fleet_id = Some(id);
         self
     }
 
@@ -311,6 +331,11 @@ impl FleetBuilder {
             // A pool naming no instance type runs the cheapest the provider sells.
             p.resolve(&offerings).map_err(invalid)?;
         }
+        let fleet_id = match self.fleet_id {
+            Some(id) => id,
+            None => fleet_identity(&*store, self.clock.now()).await?,
+        };
+        tracing::info!(fleet_id = %fleet_id, namespace = %self.namespace, "fleet identity");
         let records = load_records(&*store).await?;
         let config = ControllerConfig {
             pools,
@@ -320,6 +345,7 @@ impl FleetBuilder {
             billing: provider.billing().clone(),
             epoch: self.epoch,
             namespace: self.namespace.clone(),
+            fleet_id: fleet_id.clone(),
             timing: self.timing,
         };
         let now = self.clock.now();
@@ -352,13 +378,16 @@ impl FleetBuilder {
         {
             let provider = provider.clone();
             let tx = tx.clone();
-            let ns = self.namespace.clone();
+            // This fleet's instances only: another fleet sharing the
+            // account and the namespace has another fleet id.
+            let filter = TagFilter(BTreeMap::from([
+                (TAG_NAMESPACE.to_owned(), self.namespace.clone()),
+                (TAG_FLEET.to_owned(), fleet_id.to_string()),
+            ]));
             let every = self.inventory_every;
             tokio::spawn(async move {
                 loop {
-                    let mut tags = BTreeMap::new();
-                    tags.insert(TAG_NAMESPACE.to_owned(), ns.clone());
-                    match provider.list(&TagFilter(tags)).await {
+                    match provider.list(&filter).await {
                         Ok(instances) => {
                             if tx.send(Input::Inventory(instances)).is_err() {
                                 return;
@@ -385,6 +414,7 @@ impl FleetBuilder {
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Fleet {
+            fleet_id,
             tx,
             inproc,
             ready,
@@ -396,6 +426,7 @@ impl FleetBuilder {
 /// A running control plane.
 #[derive(Debug)]
 pub struct Fleet {
+    fleet_id: FleetId,
     tx: mpsc::UnboundedSender<Input>,
     inproc: Arc<InProcTransport>,
     ready: Arc<AtomicBool>,
@@ -406,6 +437,11 @@ impl Fleet {
     /// A builder.
     pub fn builder() -> FleetBuilder {
         FleetBuilder::default()
+    }
+
+    /// The fleet's identity: in every instance's tags and node id.
+    pub fn fleet_id(&self) -> &FleetId {
+        &self.fleet_id
     }
 
     /// An in-process claim client: no network hop.
@@ -451,6 +487,49 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = self.tx.send(Input::Shutdown);
     }
+}
+
+/// The fleet's identity in `store`: the stored one, or, at the fleet's
+/// first start, a fresh random one (8 lowercase hex digits) stored with a
+/// create — when two starters race on a fresh store, the loser reads the
+/// winner's, so both agree.
+pub async fn fleet_identity(store: &dyn Store, now: Millis) -> Result<FleetId, RuntimeError> {
+    let key = Subjects::fleet_key();
+    if let Some(v) = store.get(&key).await? {
+        return stored_identity(&key, &v.value);
+    }
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| RuntimeError::Config(format!("no randomness for the fleet id: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let fleet_id = FleetId::new(hex).map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let record = FleetRecord {
+        fleet_id: fleet_id.clone(),
+        created_at: now,
+    };
+    let bytes = encode(&record).map_err(|e| RuntimeError::Config(e.to_string()))?;
+    match store.create(&key, Bytes::from(bytes)).await {
+        Ok(_) => {
+            tracing::info!(%fleet_id, "new fleet: identity generated and stored");
+            Ok(fleet_id)
+        }
+        Err(StoreError::AlreadyExists { .. }) => match store.get(&key).await? {
+            Some(v) => stored_identity(&key, &v.value),
+            None => Err(RuntimeError::Store(StoreError::Unavailable(format!(
+                "{key} was created by another starter and is gone again"
+            )))),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn stored_identity(key: &Key, bytes: &[u8]) -> Result<FleetId, RuntimeError> {
+    decode::<FleetRecord>(bytes)
+        .map(|r| r.fleet_id)
+        .map_err(|e| RuntimeError::CorruptRecord {
+            key: key.to_string(),
+            error: e.to_string(),
+        })
 }
 
 /// Reads and decodes every record the controller owns.
@@ -591,10 +670,22 @@ impl Driver {
 
     fn status(&self) -> Status {
         let now = self.clock.now();
+        let shortages = self
+            .controller
+            .pools()
+            .map(|p| {
+                let name = p.name.clone();
+                let short = self.controller.capacity_shortages(&name, now);
+                (name, short)
+            })
+            .filter(|(_, s)| !s.is_empty())
+            .collect();
         Status {
+            fleet_id: self.controller.fleet_id().clone(),
             epoch: self.controller.epoch(),
             at: now,
             pools: self.controller.pools().cloned().collect(),
+            shortages,
             nodes: self.controller.nodes().collect(),
             claims: self.controller.accepted_claims().cloned().collect(),
             jobs: self.controller.jobs().cloned().collect(),
@@ -795,6 +886,24 @@ fn log_alert(alert: &Alert) {
             tracing::warn!(%pool, %detail, "strategy asked for an invalid action")
         }
         Alert::UnknownAgent { node } => tracing::warn!(%node, "agent for an unknown node"),
+        Alert::CapacityShortage {
+            pool,
+            node,
+            instance_type,
+            market,
+            using,
+            until,
+            error,
+        } => match using {
+            Some(using) => tracing::warn!(
+                %pool, %node, %instance_type, ?market, %using, until, %error,
+                "insufficient capacity: new nodes use {using} instead of {instance_type} until {until}"
+            ),
+            None => tracing::warn!(
+                %pool, %node, %instance_type, ?market, until, %error,
+                "insufficient capacity, and no other type of the pool fits"
+            ),
+        },
         Alert::JobEscalated {
             job,
             attempts,

@@ -138,7 +138,9 @@ fn counts(by_name: &BTreeMap<String, u64>) -> String {
 
 /// `GET /v1/status`.
 pub fn status(s: &StatusSummary) -> String {
-    let rows = [
+    // A daemon from before fleet ids says none: no line then.
+    let fleet = s.fleet_id.as_ref().map(|f| ("fleet", f.to_string()));
+    let rows = fleet.into_iter().chain([
         ("epoch", s.epoch.0.to_string()),
         ("leader", if s.leader { "yes" } else { "no" }.to_owned()),
         ("pools", s.pools.to_string()),
@@ -146,7 +148,7 @@ pub fn status(s: &StatusSummary) -> String {
         ("claims", counts(&s.claims)),
         ("jobs", counts(&s.jobs)),
         ("cost", money(s.cost_micros.micros())),
-    ];
+    ]);
     let mut out = String::new();
     for (name, value) in rows {
         out.push_str(&format!("{name:<8}{value}\n"));
@@ -178,10 +180,28 @@ pub fn pools(pools: &[PoolInfo]) -> String {
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &["POOL", "STRATEGY", "INSTANCE TYPES", "MIN", "MAX", "SLOTS"],
         &rows,
-    )
+    );
+    // Why a pool's new nodes are not of the type it prefers, for now.
+    for p in pools {
+        for s in &p.shortages {
+            let instead = match &s.using {
+                Some(t) => format!("using {t}"),
+                None => "no other type fits, retrying".to_owned(),
+            };
+            out.push_str(&format!(
+                "{}: {} ({}): insufficient capacity since {}, {instead} until {}\n",
+                p.name,
+                s.instance_type,
+                tag(&s.market),
+                utc(s.since),
+                utc(s.until),
+            ));
+        }
+    }
+    out
 }
 
 /// `GET /v1/nodes`.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::error::ErrorKind;
-use fleet_core::protocol::{ClaimRecord, CostReport, StatusSummary};
+use fleet_core::protocol::{ClaimRecord, CostReport, PoolInfo, StatusSummary};
 use fleetctl::args::{ClaimArgs, Command, Jobs, Token, parse};
 use fleetctl::exec;
 use fleetctl::render;
@@ -256,6 +256,28 @@ fn resource_tables() -> Result<(), serde_json::Error> {
     assert_eq!(
         render::status(&status),
         "epoch   3\nleader  yes\npools   1\nnodes   ready=2\nclaims  -\njobs    done=1\ncost    $0.001500\n"
+    );
+    let named: StatusSummary = serde_json::from_value(json!({"fleet_id": "3f9a0c2e", "epoch": 3}))?;
+    assert!(
+        render::status(&named).starts_with("fleet   3f9a0c2e\nepoch   3\n"),
+        "{}",
+        render::status(&named)
+    );
+
+    // A pool short of capacity says why its nodes are of another type.
+    let pools: Vec<PoolInfo> = serde_json::from_value(json!([{
+        "name": "linux", "strategy": {"kind": "spot"},
+        "instance_types": ["c7i.xlarge", "c7i.2xlarge"],
+        "shortages": [{"instance_type": "c7i.xlarge", "market": "spot", "since": 0,
+            "until": 600_000, "using": "c7i.2xlarge", "error": "no capacity"}]
+    }]))?;
+    let out = render::pools(&pools);
+    assert!(
+        out.ends_with(
+            "linux: c7i.xlarge (spot): insufficient capacity since 1970-01-01T00:00:00Z, \
+             using c7i.2xlarge until 1970-01-01T00:10:00Z\n"
+        ),
+        "{out}"
     );
 
     let cost: CostReport = serde_json::from_value(json!({"at": 0, "pools": {"p": {

@@ -100,6 +100,7 @@ fn answers() -> Answers {
     spec_pool.instance_types = vec![id(InstanceType::new("local.node"))];
     Answers {
         status: StatusSummary {
+            fleet_id: None,
             epoch: Epoch(2),
             leader: true,
             pools: 1,

@@ -16,6 +16,7 @@
 //! leader wrote: the controller stops issuing commands and raises
 //! [`Alert::Fenced`]; its driver must step down.
 
+mod capacity;
 mod claims;
 mod cost;
 mod inventory;
@@ -38,8 +39,8 @@ use crate::ids::{
     Workspace,
 };
 use crate::protocol::{
-    AgentMsg, ClaimMsg, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TIMEOUT_MS, JobMsg,
-    NodeState, Record, SealedCredentials,
+    AgentMsg, CapacityShortage, ClaimMsg, DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_HEARTBEAT_TIMEOUT_MS, JobMsg, Market, NodeState, Record, SealedCredentials,
 };
 use crate::provider::{
     Capabilities, Instance, InstanceRef, NodeSpec, Offering, ProviderError, SnapshotRef,
@@ -66,6 +67,11 @@ pub struct Timing {
     pub provider_retry_max_ms: Millis,
     /// After a non-retryable create failure, the pool creates nothing for this long.
     pub create_backoff_ms: Millis,
+    /// After a create failed for lack of capacity, the pool's new nodes
+    /// avoid that instance type in that market for this long (using the
+    /// cheapest other type of the pool at least as large), then try it
+    /// again.
+    pub capacity_cooldown_ms: Millis,
     /// Retry delay of a store write that failed as unavailable.
     pub store_retry_ms: Millis,
     /// Ended claims stay in the store this long (so a retried request still
@@ -90,6 +96,7 @@ impl Default for Timing {
             provider_retry_initial_ms: 2_000,
             provider_retry_max_ms: 120_000,
             create_backoff_ms: 60_000,
+            capacity_cooldown_ms: 600_000,
             store_retry_ms: 500,
             claim_retention_ms: 3_600_000,
             orphan_min_age_ms: 600_000,
@@ -216,6 +223,27 @@ pub enum Alert {
         pool: PoolName,
         /// What and why.
         detail: String,
+    },
+    /// A create or resize failed for lack of capacity: the pool's new nodes
+    /// avoid `instance_type` in `market` until `until`, and are of `using`
+    /// meanwhile; resizes to it wait until then. A create without `using`
+    /// (no other type of the pool fits) is retried as any passing failure
+    /// is.
+    CapacityShortage {
+        /// The pool.
+        pool: PoolName,
+        /// The node whose create or resize failed.
+        node: NodeId,
+        /// The type the provider had no capacity for.
+        instance_type: InstanceType,
+        /// In which market.
+        market: Market,
+        /// What new nodes get instead, if anything.
+        using: Option<InstanceType>,
+        /// When the type is tried again.
+        until: Millis,
+        /// The provider's words.
+        error: String,
     },
     /// An agent said hello for a node the controller does not know.
     UnknownAgent {
@@ -397,6 +425,9 @@ struct Node {
     retry: Option<(Millis, ProviderCall, u32)>,
     /// The type before a resize in flight (restored if it fails).
     prev_type: Option<InstanceType>,
+    /// The type the strategy asked for, when a capacity shortage made the
+    /// node another (not persisted: it only steers the next fallback).
+    wanted: Option<InstanceType>,
     /// The record is in the store.
     durable: bool,
 }
@@ -410,6 +441,8 @@ struct Pool {
     wake_at: Option<Millis>,
     create_backoff_until: Millis,
     next_seq: u64,
+    /// Types out of capacity in a market (see `capacity.rs`).
+    shortages: capacity::Shortages,
 }
 
 #[derive(Debug, Clone)]
@@ -523,6 +556,7 @@ impl Controller {
                 wake_at: Some(now),
                 create_backoff_until: 0,
                 next_seq: 1,
+                shortages: BTreeMap::new(),
             };
             c.pools.insert(pool.spec.name.clone(), pool);
         }
@@ -637,6 +671,7 @@ impl Controller {
         self.requeue_orphaned_jobs(now, out);
         self.orphan_timers(now, out);
         for pool in self.pools.values_mut() {
+            capacity::forget_past(&mut pool.shortages, now);
             if pool.wake_at.is_some_and(|t| t <= now) {
                 pool.wake_at = None;
                 self.dirty = true;
@@ -718,6 +753,15 @@ impl Controller {
         self.pools.values().map(|p| &p.spec)
     }
 
+    /// The instance types a pool's new nodes avoid at `now` for lack of
+    /// capacity, and what they use instead.
+    pub fn capacity_shortages(&self, pool: &PoolName, now: Millis) -> Vec<CapacityShortage> {
+        self.pools
+            .get(pool)
+            .map(|p| capacity::shortages(&p.offerings, &p.shortages, now))
+            .unwrap_or_default()
+    }
+
     /// Claims currently waiting for a node.
     pub fn pending_count(&self) -> usize {
         self.pending.len()
@@ -757,6 +801,7 @@ impl Node {
             op: None,
             retry: None,
             prev_type: None,
+            wanted: None,
             durable,
         }
     }

@@ -393,6 +393,23 @@ impl Controller {
             return; // superseded
         }
         n.op = None;
+        if let Err(ProviderError::Capacity(why)) = &result {
+            match &call {
+                ProviderCall::Create(spec) if self.create_short(&id, spec, why, now, out) => {
+                    return;
+                }
+                ProviderCall::Resize(_, to) => {
+                    self.resize_short(&id, to, why, now, out);
+                    // A retry before the shortage ends would be refused the
+                    // same way; the strategy's next resize waits for its end.
+                    if let Err(e) = result {
+                        return self.call_failed(&id, call, e, now, out);
+                    }
+                    return;
+                }
+                _ => {}
+            }
+        }
         match result {
             Ok(outcome) => self.call_succeeded(&id, call, outcome, now, out),
             Err(ProviderError::NotFound(_)) if matches!(call, ProviderCall::Delete(_)) => {

@@ -99,13 +99,16 @@ impl Controller {
             };
             let plan = pool.strategy.plan(&view, now);
             if let Some(p) = self.pools.get_mut(&name) {
-                p.wake_at = match (
+                // Plan again when the strategy asks, the create back-off
+                // ends, or a capacity shortage ends (a deferred resize).
+                p.wake_at = [
                     plan.wake_at,
                     (p.create_backoff_until > now).then_some(p.create_backoff_until),
-                ) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                    super::capacity::next_end(&p.shortages, now),
+                ]
+                .into_iter()
+                .flatten()
+                .min();
             }
             for action in plan.actions {
                 if let Err(why) = self.apply(&name, &action, now, out) {
@@ -144,7 +147,7 @@ impl Controller {
             Action::Create {
                 source,
                 market,
-                size,
+                size: wanted,
             } => {
                 if pool.create_backoff_until > now {
                     return Err("pool is backing off after a failed create".into());
@@ -157,6 +160,14 @@ impl Controller {
                 if live >= pool.spec.max_nodes as usize {
                     return Err(format!("pool is at max_nodes {}", pool.spec.max_nodes));
                 }
+                // A type short of capacity gives way to another (capacity.rs).
+                let size = super::capacity::available(
+                    &pool.offerings,
+                    &pool.shortages,
+                    wanted,
+                    *market,
+                    now,
+                );
                 let offering = pool
                     .offerings
                     .iter()
@@ -191,7 +202,9 @@ impl Controller {
                     epoch: self.epoch,
                 };
                 let call = ProviderCall::Create(self.spec_of(&rec));
-                self.nodes.insert(id.clone(), Node::new(rec, now, false));
+                let mut node = Node::new(rec, now, false);
+                node.wanted = Some(wanted.clone()).filter(|w| w != &node.rec.instance_type);
+                self.nodes.insert(id.clone(), node);
                 self.save_node(
                     &id,
                     vec![Effect::NodeCall {
@@ -231,6 +244,11 @@ impl Controller {
                     &[NodeState::Ready, NodeState::Stopped]
                 };
                 let n = self.idle_node(node, allowed)?;
+                if super::capacity::is_short(&pool.shortages, to, n.rec.market, now) {
+                    // Deferred, not refused: the pool wakes when the
+                    // shortage ends and the strategy asks again.
+                    return Ok(());
+                }
                 let call =
                     ProviderCall::Resize(instance_ref(&n.rec).ok_or("no provider id")?, to.clone());
                 if let Some(n) = self.nodes.get_mut(node) {

@@ -15,7 +15,8 @@
 //! - crash points: [`MemoryProvider::fail_after_apply`] applies the effect and
 //!   then reports [`ProviderError::Transient`], as if the process died between
 //!   the provider's success and the caller recording it;
-//! - capacity: [`MemoryProvider::set_capacity`];
+//! - capacity: [`MemoryProvider::set_capacity`] (instances in all), and
+//!   [`MemoryProvider::set_sold_out`] (one instance type in one market);
 //! - spot interruptions: [`MemoryProvider::interrupt`];
 //! - latency: [`MemoryProvider::set_latency`] with a caller-supplied
 //!   [`DelayFn`] (this crate never sleeps; tests pass `tokio::time::sleep`).
@@ -23,7 +24,7 @@
 //! The provider has no clock: `created_at` and snapshot times are read from a
 //! settable value ([`MemoryProvider::set_now`]) a simulator can share.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -131,6 +132,8 @@ struct State {
     faults: BTreeMap<OpKind, OpFaults>,
     /// Most live instances before `create` answers `Capacity`.
     capacity: Option<u32>,
+    /// Types out of capacity in a market: `create` answers `Capacity`.
+    sold_out: BTreeSet<(InstanceType, Market)>,
     interrupted: Vec<Instance>,
     /// Sequence for provider ids and snapshot ids.
     next_id: u64,
@@ -431,6 +434,19 @@ impl MemoryProvider {
         self.lock().capacity = max;
     }
 
+    /// While `sold_out`, `create` of `instance_type` in `market` answers
+    /// [`ProviderError::Capacity`], as a cloud out of one type in one zone
+    /// does; other types and the other market are unaffected.
+    pub fn set_sold_out(&self, instance_type: &InstanceType, market: Market, sold_out: bool) {
+        let mut state = self.lock();
+        let key = (instance_type.clone(), market);
+        if sold_out {
+            state.sold_out.insert(key);
+        } else {
+            state.sold_out.remove(&key);
+        }
+    }
+
     /// Disarms every fault and latency; call counts are kept.
     pub fn clear_faults(&self) {
         let mut state = self.lock();
@@ -441,6 +457,7 @@ impl MemoryProvider {
             faults.latency = None;
         }
         state.capacity = None;
+        state.sold_out.clear();
     }
 
     /// How many times `op` was called, failed calls included.
@@ -583,6 +600,15 @@ impl MemoryProvider {
         {
             return Err(ProviderError::Quota(format!(
                 "account limit of {max} instances reached"
+            )));
+        }
+        if state
+            .sold_out
+            .contains(&(spec.instance_type.clone(), spec.market))
+        {
+            return Err(ProviderError::Capacity(format!(
+                "insufficient capacity for {} ({:?})",
+                spec.instance_type, spec.market
             )));
         }
         if let Some(max) = state.capacity

@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeRecord, NodeState, Secret};
-use crate::ids::{ClaimId, Epoch, InstanceType, Millis, PoolName, Workspace};
+use super::{Market, NodeRecord, NodeState, Secret};
+use crate::ids::{ClaimId, Epoch, FleetId, InstanceType, Millis, PoolName, Workspace};
 use crate::money::Money;
 
 /// Liveness: answers while the process runs.
@@ -55,6 +55,9 @@ pub const API_TOKENS_PATH: &str = "/v1/tokens";
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct StatusSummary {
+    /// The fleet's identity (in every instance's tags and node id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_id: Option<FleetId>,
     /// The leader's epoch.
     pub epoch: Epoch,
     /// Whether the answering daemon leads.
@@ -73,7 +76,8 @@ pub struct StatusSummary {
 }
 
 /// `GET /v1/pools`: one pool as the daemon runs it (its configured
-/// `PoolSpec`, with the instance types resolved).
+/// `PoolSpec`, with the instance types resolved, and the types its new
+/// nodes avoid for now).
 ///
 /// The strategy's parameters differ per strategy and a newer daemon may run
 /// one this build does not know, so they travel as [`StrategyParams`]
@@ -103,6 +107,35 @@ pub struct PoolInfo {
     /// Claims one node serves at once.
     #[serde(default)]
     pub slots_per_node: u32,
+    /// Instance types the provider had no capacity for lately: new nodes
+    /// use another type of the pool until the shortage's `until`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shortages: Vec<CapacityShortage>,
+}
+
+/// An instance type a pool's new nodes avoid for now: a create of (or a
+/// resize to) it in `market` failed for lack of capacity. New nodes that
+/// would have been of this type are of `using` instead (the cheapest other
+/// type of the pool that is at least as large, in the same market), and
+/// resizes to it wait, until `until`, when the type is tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CapacityShortage {
+    /// The type the provider had no capacity for.
+    pub instance_type: InstanceType,
+    /// In which market.
+    pub market: Market,
+    /// When a call first failed for capacity (of this run of failures).
+    pub since: Millis,
+    /// When new nodes try the type again.
+    pub until: Millis,
+    /// What new nodes get meanwhile; none when the pool has no other type
+    /// that is large enough and not short too (the create is retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub using: Option<InstanceType>,
+    /// The provider's words.
+    #[serde(default)]
+    pub error: String,
 }
 
 /// A pool's strategy: its `kind` (`cold_image`, `spot`, …) and the

@@ -75,6 +75,8 @@ impl From<&PoolSpec> for PoolInfo {
             min_nodes: p.min_nodes,
             max_nodes: p.max_nodes,
             slots_per_node: p.slots_per_node,
+            // Live state, not configuration: the status API fills it in.
+            shortages: Vec::new(),
         }
     }
 }

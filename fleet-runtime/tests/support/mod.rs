@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::protocol::{AgentMsg, Arch, NodeResources};
-use fleet_core::provider::InstanceState;
+use fleet_core::provider::{InstanceState, TAG_FLEET};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use fleet_core::{InstanceType, PoolName};
 use fleet_runtime::Fleet;
@@ -25,8 +25,9 @@ pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
     }
 }
 
-/// Boots an in-process agent for every running instance the provider has:
-/// hello, then a heartbeat every second. Stops with the fleet.
+/// Boots an in-process agent for every running instance of this fleet
+/// (tagged with its fleet id) the provider has: hello, then a heartbeat
+/// every 50 ms. Stops with the fleet.
 pub(crate) fn boot_agents(fleet: &Arc<Fleet>, provider: MemoryProvider) {
     let fleet = Arc::downgrade(fleet);
     tokio::spawn(async move {
@@ -35,7 +36,8 @@ pub(crate) fn boot_agents(fleet: &Arc<Fleet>, provider: MemoryProvider) {
         loop {
             let Some(f) = fleet.upgrade() else { return };
             for i in provider.instances() {
-                if i.state == InstanceState::Running && up.insert(i.node.clone()) {
+                let ours = i.tags.get(TAG_FLEET).map(String::as_str) == Some(f.fleet_id().as_str());
+                if ours && i.state == InstanceState::Running && up.insert(i.node.clone()) {
                     let agent = f.connect_agent(i.node.clone());
                     let hello = AgentMsg::Hello {
                         node: i.node.clone(),
