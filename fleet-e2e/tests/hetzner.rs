@@ -112,3 +112,71 @@ async fn two_fleets_on_one_project_keep_to_their_own_servers() {
     )
     .await;
 }
+
+/// Hetzner sells out of the pool's preferred server type: the daemon creates
+/// the next cheapest type that is large enough, says why in `GET
+/// /v1/pools`, and once the cooldown has passed new nodes get the preferred
+/// type again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sold_out_server_type_falls_back_to_the_next_cheapest() {
+    use fleet_core::protocol::PoolInfo;
+    let fake = FakeHetzner::start("hz-token").await;
+    fake.set_capacity("cx22", false);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let token_file = dir.path().join("hcloud.token");
+    std::fs::write(&token_file, "hz-token\n").unwrap_or_else(|e| panic!("{e}"));
+    let url = fake.url();
+    let daemon = Daemon::start_with(
+        dir.path(),
+        |ws| {
+            format!(
+                "kind = \"hetzner\"\nlocation = \"fsn1\"\napi_url = {url:?}\n\
+                 token_file = {token:?}\ndaemon_url = \"wss://127.0.0.1:{ws}\"\n\
+                 user_data = {template:?}\nserver_types = [\"cx22\", \"cx32\"]\n",
+                token = token_file.display().to_string(),
+                template = two_fleets::user_data(dir.path()),
+            )
+        },
+        "[[pool]]\nname = \"hz\"\ninstance_types = [\"cx22\", \"cx32\"]\nimage = \"ubuntu-24.04\"\n\
+         strategy = { kind = \"cold_image\", idle_timeout_ms = 600000 }\n\
+         [timing]\ncapacity_cooldown_ms = 3000\n",
+    );
+    let client = daemon.claim_client().await;
+    let claim = |id: &str| {
+        let mut req = request(id, None);
+        req.pool = PoolName::new("hz").unwrap_or_else(|e| panic!("{e}"));
+        let client = client.clone();
+        tokio::spawn(async move { client.claim(req).await })
+    };
+    let _first = claim("hz-1");
+    let fallback = eventually(30, || async { fake.servers().into_iter().next() })
+        .await
+        .unwrap_or_else(|| panic!("no server created; see {}/daemon.log", dir.path().display()));
+    assert_eq!(fallback.server_type, "cx32", "the next cheapest type");
+    let (status, body) = daemon.get("/v1/pools").await;
+    assert_eq!(status, 200, "{body}");
+    let pools: Vec<PoolInfo> =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let shortage = pools
+        .iter()
+        .find(|p| p.name.as_str() == "hz")
+        .and_then(|p| p.shortages.first())
+        .unwrap_or_else(|| panic!("no shortage reported: {body}"));
+    assert_eq!(shortage.instance_type.as_str(), "cx22");
+    assert_eq!(shortage.using.as_ref().map(|t| t.as_str()), Some("cx32"));
+    assert!(
+        shortage.error.contains("resource_unavailable"),
+        "{shortage:?}"
+    );
+
+    // cx22 is back and the cooldown passes: the next node is a cx22.
+    fake.set_capacity("cx22", true);
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    let _second = claim("hz-2");
+    let preferred = eventually(30, || async {
+        fake.servers().into_iter().find(|s| s.id != fallback.id)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no second server; see {}/daemon.log", dir.path().display()));
+    assert_eq!(preferred.server_type, "cx22", "back to the preferred type");
+}

@@ -108,12 +108,24 @@ impl Daemon {
             extra.find("\n[").map_or(extra.len(), |i| i + 1)
         };
         let (top, extra) = extra.split_at(split);
+        // Keys of a `[timing]` table in `extra` join the one written here.
+        let (timing, extra) = match extra.find("[timing]\n") {
+            Some(at) => {
+                let body = &extra[at + "[timing]\n".len()..];
+                let end = body.find("\n[").map_or(body.len(), |i| i + 1);
+                (
+                    body[..end].to_owned(),
+                    format!("{}{}", &extra[..at], &body[end..]),
+                )
+            }
+            None => (String::new(), extra.to_owned()),
+        };
         let text = format!(
             "data_dir = {data:?}\n{top}\
              [http]\nlisten = \"127.0.0.1:{http}\"\n\
              [transport.ws]\nlisten = \"127.0.0.1:{ws}\"\n\
              [provider]\n{provider}\
-             [timing]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 10000\n\
+             [timing]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 10000\n{timing}\
              [leader]\nlease_ms = 3000\n\
              {extra}",
             data = data.display().to_string(),
