@@ -219,3 +219,38 @@ fn a_resize_to_a_sold_out_type_waits_for_the_cooldown() {
     assert_eq!(type_of(&w, &node), big);
     w.check_invariants().unwrap();
 }
+
+/// Offerings read again (spot prices move) reprice the types a pool runs;
+/// a type the provider no longer lists keeps its price, and none is added.
+#[test]
+fn offerings_read_again_reprice_the_pools_types() {
+    use fleet_core::controller::{Controller, Event};
+    use fleet_core::money::{HourlyPrice, Money};
+    let cfg = config(pool(StrategyConfig::default(), 4));
+    let mut c = Controller::restore(cfg.clone(), Vec::new(), T0);
+    let before = c.pool_offerings(&linux()).to_vec();
+    assert!(before.len() >= 2, "{before:?}");
+    let mut newer = offerings();
+    newer.retain(|o| o.instance_type != before[1].instance_type);
+    for o in &mut newer {
+        o.on_demand = HourlyPrice(Money::from_micros(o.on_demand.0.micros() * 2));
+        if let Some(s) = &mut o.spot {
+            s.price = HourlyPrice(Money::from_micros(7));
+        }
+    }
+    c.handle(
+        Event::Offerings {
+            offerings: newer.clone(),
+        },
+        T0 + 1,
+    );
+    let after = c.pool_offerings(&linux());
+    assert_eq!(after.len(), before.len(), "no type added or removed");
+    let repriced = newer
+        .iter()
+        .find(|o| o.instance_type == before[0].instance_type)
+        .unwrap();
+    assert_eq!(after[0].on_demand, repriced.on_demand);
+    assert_eq!(after[0].spot, repriced.spot);
+    assert_eq!(after[1], before[1], "unlisted now: the last price stays");
+}

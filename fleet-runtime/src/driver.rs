@@ -170,6 +170,7 @@ enum Input {
         result: Result<SealedCredentials, String>,
     },
     Inventory(Vec<fleet_core::provider::Instance>),
+    Offerings(Vec<Offering>),
     Status(oneshot::Sender<Status>),
     Shutdown,
 }
@@ -189,6 +190,7 @@ pub struct FleetBuilder {
     tokens: Option<Arc<dyn BootstrapTokens>>,
     clock: Arc<dyn Clock>,
     inventory_every: Duration,
+    offerings_every: Duration,
 }
 
 impl std::fmt::Debug for FleetBuilder {
@@ -219,6 +221,7 @@ impl Default for FleetBuilder {
             tokens: None,
             clock: Arc::new(SystemClock),
             inventory_every: Duration::from_secs(300),
+            offerings_every: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -298,6 +301,13 @@ impl FleetBuilder {
     /// The clock.
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// How often the provider's offerings are re-read after the start, so
+    /// cost decisions follow moving (spot) prices (default 15 min).
+    pub fn offerings_every(mut self, every: Duration) -> Self {
+        self.offerings_every = every;
         self
     }
 
@@ -396,6 +406,27 @@ impl FleetBuilder {
                         Err(e) => tracing::warn!(error = %e, "provider inventory failed"),
                     }
                     tokio::time::sleep(every).await;
+                }
+            });
+        }
+        // Prices move (spot): read the offerings again now and then.
+        {
+            let provider = provider.clone();
+            let tx = tx.clone();
+            let every = self.offerings_every;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match provider.offerings().await {
+                        Ok(offerings) => {
+                            if tx.send(Input::Offerings(offerings)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-reading the provider's offerings failed; prices unchanged")
+                        }
+                    }
                 }
             });
         }
@@ -660,6 +691,7 @@ impl Driver {
                 self.step(Event::CredentialsIssued { claim, result }).await
             }
             Input::Inventory(instances) => self.step(Event::Inventory { instances }).await,
+            Input::Offerings(offerings) => self.step(Event::Offerings { offerings }).await,
             Input::Status(reply) => {
                 let _ = reply.send(self.status());
             }

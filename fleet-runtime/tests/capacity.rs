@@ -119,3 +119,23 @@ async fn a_sold_out_type_gives_way_to_the_next_cheapest_until_the_cooldown_ends(
         "the preferred type again"
     );
 }
+
+/// Spot prices move: the runtime reads the provider's offerings again every
+/// `offerings_every` (beside the read at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offerings_are_read_again_while_the_fleet_runs() {
+    let provider = MemoryProvider::ec2_like();
+    let fleet = Fleet::builder()
+        .provider(Arc::new(provider.clone()))
+        .pool(pool(1, 2))
+        .offerings_every(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap();
+    let at_start = provider.calls(OpKind::Offerings);
+    assert!(at_start >= 1);
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    let later = provider.calls(OpKind::Offerings);
+    assert!(later >= at_start + 3, "{at_start} then {later}");
+    drop(fleet);
+}

@@ -17,6 +17,22 @@ use crate::protocol::NodeState;
 use crate::provider::{Instance, InstanceRef, InstanceState, TAG_FLEET, TAG_NAMESPACE};
 
 impl Controller {
+    /// New prices for the types the pools use (a type the provider no
+    /// longer lists keeps its last price; no type is added or removed).
+    pub(super) fn on_offerings(&mut self, offerings: &[crate::provider::Offering]) {
+        for pool in self.pools.values_mut() {
+            for o in &mut pool.offerings {
+                if let Some(new) = offerings
+                    .iter()
+                    .find(|n| n.instance_type == o.instance_type)
+                {
+                    o.on_demand = new.on_demand;
+                    o.spot = new.spot.clone();
+                }
+            }
+        }
+    }
+
     /// Adopts known instances, notices vanished ones, tracks orphans.
     pub(super) fn on_inventory(
         &mut self,

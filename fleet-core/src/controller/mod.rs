@@ -327,6 +327,13 @@ pub enum Event {
         /// The instances.
         instances: Vec<Instance>,
     },
+    /// The provider's offerings read again (periodically: spot prices
+    /// move). Prices of the types the pools use are updated; the set of
+    /// types a pool runs is fixed when the fleet starts.
+    Offerings {
+        /// The offerings.
+        offerings: Vec<Offering>,
+    },
     /// Time passed (send at [`Controller::next_deadline`]).
     Tick,
 }
@@ -613,6 +620,7 @@ impl Controller {
                 self.on_credentials(claim, result, now, &mut out)
             }
             Event::Inventory { instances } => self.on_inventory(instances, now, &mut out),
+            Event::Offerings { offerings } => self.on_offerings(&offerings),
             Event::Tick => {}
         }
         if !self.fenced {
@@ -751,6 +759,11 @@ impl Controller {
     /// Pool names.
     pub fn pools(&self) -> impl Iterator<Item = &PoolSpec> {
         self.pools.values().map(|p| &p.spec)
+    }
+
+    /// The offerings (types and current prices) a pool runs on.
+    pub fn pool_offerings(&self, pool: &PoolName) -> &[Offering] {
+        self.pools.get(pool).map_or(&[], |p| p.offerings.as_slice())
     }
 
     /// The instance types a pool's new nodes avoid at `now` for lack of
