@@ -36,7 +36,7 @@ use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TagFilter,
+    Provider, ProviderError, SnapshotRef, TagFilter, check_same_fleet,
 };
 use fleet_core::{InstanceType, Millis, NodeId};
 
@@ -159,17 +159,11 @@ impl Provider for RackProvider {
         // that made it: fleets sharing an account (even a namespace) tell
         // their machines apart by these tags, and never adopt another's.
         if let Some(m) = rack.machines.get(&spec.node) {
-            let ours = [TAG_NAMESPACE, TAG_FLEET]
-                .iter()
-                .all(|t| m.spec.tags.get(*t) == spec.tags.get(*t));
+            check_same_fleet(&m.spec.tags, spec)?;
             let same = m.spec.instance_type == spec.instance_type
                 && m.spec.market == spec.market
                 && m.spec.source == spec.source;
             return match m.instance.state {
-                _ if !ours => Err(ProviderError::AlreadyExists(format!(
-                    "node {} is another fleet's machine",
-                    spec.node
-                ))),
                 InstanceState::Terminated => Err(ProviderError::AlreadyExists(format!(
                     "node {} was deleted; node ids are single-use",
                     spec.node

@@ -192,6 +192,27 @@ pub struct InstanceRef {
     pub provider_id: String,
 }
 
+/// Whether an existing instance with `tags`, found under `spec`'s node id,
+/// is `spec`'s fleet's to adopt: its namespace and fleet tags must be
+/// `spec`'s. The error (`AlreadyExists`) is what `create` answers when they
+/// are not — another fleet's instance is never adopted.
+pub fn check_same_fleet(
+    tags: &BTreeMap<String, String>,
+    spec: &NodeSpec,
+) -> Result<(), ProviderError> {
+    for tag in [TAG_NAMESPACE, TAG_FLEET] {
+        if tags.get(tag) != spec.tags.get(tag) {
+            return Err(ProviderError::AlreadyExists(format!(
+                "node {} is another fleet's instance ({tag} {:?}, not {:?})",
+                spec.node,
+                tags.get(tag).map_or("", String::as_str),
+                spec.tags.get(tag).map_or("", String::as_str),
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Instances whose tags include all of these.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TagFilter(pub BTreeMap<String, String>);

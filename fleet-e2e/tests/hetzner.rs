@@ -12,6 +12,27 @@ use fleet_core::transport::ClaimClient;
 use fleet_core::{ClaimId, PoolName};
 use fleet_provider_hetzner::fake::FakeHetzner;
 
+/// The `[provider]` section of a daemon on `fake` whose WebSocket port is
+/// `ws`, selling `types`, with the API token in a file under `dir` and the
+/// user data template at `template`.
+fn provider_section(
+    fake: &FakeHetzner,
+    dir: &std::path::Path,
+    ws: u16,
+    types: &str,
+    template: &str,
+) -> String {
+    let token_file = dir.join("hcloud.token");
+    std::fs::write(&token_file, "hz-token\n").unwrap_or_else(|e| panic!("{e}"));
+    format!(
+        "kind = \"hetzner\"\nlocation = \"fsn1\"\napi_url = {url:?}\n\
+         token_file = {token:?}\ndaemon_url = \"wss://127.0.0.1:{ws}\"\n\
+         user_data = {template:?}\nserver_types = {types}\n",
+        url = fake.url(),
+        token = token_file.display().to_string(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hetzner_server_boots_an_agent_that_serves_a_claim() {
     let fake = FakeHetzner::start("hz-token").await;
@@ -21,18 +42,15 @@ async fn a_hetzner_server_boots_an_agent_that_serves_a_claim() {
     let template = cloud::template(&node_dir);
     let template_file = dir.path().join("user-data");
     std::fs::write(&template_file, template).unwrap_or_else(|e| panic!("{e}"));
-    let token_file = dir.path().join("hcloud.token");
-    std::fs::write(&token_file, "hz-token\n").unwrap_or_else(|e| panic!("{e}"));
-    let url = fake.url();
     let mut daemon = Daemon::start_with(
         dir.path(),
         |ws| {
-            format!(
-                "kind = \"hetzner\"\nlocation = \"fsn1\"\napi_url = {url:?}\n\
-                 token_file = {token:?}\ndaemon_url = \"wss://127.0.0.1:{ws}\"\n\
-                 user_data = {template:?}\nserver_types = [\"cx22\", \"cx32\"]\n",
-                token = token_file.display().to_string(),
-                template = template_file.display().to_string(),
+            provider_section(
+                &fake,
+                dir.path(),
+                ws,
+                r#"["cx22", "cx32"]"#,
+                &template_file.display().to_string(),
             )
         },
         "[[pool]]\nname = \"hz\"\ninstance_types = [\"cx22\"]\nimage = \"ubuntu-24.04\"\n\
@@ -85,19 +103,8 @@ async fn a_hetzner_server_boots_an_agent_that_serves_a_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fleets_on_one_project_keep_to_their_own_servers() {
     let fake = FakeHetzner::start("hz-token").await;
-    let url = fake.url();
     two_fleets::keep_apart(
-        |dir, ws| {
-            let token_file = dir.join("hcloud.token");
-            std::fs::write(&token_file, "hz-token\n").unwrap_or_else(|e| panic!("{e}"));
-            format!(
-                "kind = \"hetzner\"\nlocation = \"fsn1\"\napi_url = {url:?}\n\
-                 token_file = {token:?}\ndaemon_url = \"wss://127.0.0.1:{ws}\"\n\
-                 user_data = {template:?}\nserver_types = [\"cx22\"]\n",
-                token = token_file.display().to_string(),
-                template = two_fleets::user_data(dir),
-            )
-        },
+        |dir, ws| provider_section(&fake, dir, ws, r#"["cx22"]"#, &two_fleets::user_data(dir)),
         "instance_types = [\"cx22\"]\nimage = \"ubuntu-24.04\"\n",
         || async {
             fake.servers()
@@ -123,18 +130,15 @@ async fn a_sold_out_server_type_falls_back_to_the_next_cheapest() {
     let fake = FakeHetzner::start("hz-token").await;
     fake.set_capacity("cx22", false);
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let token_file = dir.path().join("hcloud.token");
-    std::fs::write(&token_file, "hz-token\n").unwrap_or_else(|e| panic!("{e}"));
-    let url = fake.url();
     let daemon = Daemon::start_with(
         dir.path(),
         |ws| {
-            format!(
-                "kind = \"hetzner\"\nlocation = \"fsn1\"\napi_url = {url:?}\n\
-                 token_file = {token:?}\ndaemon_url = \"wss://127.0.0.1:{ws}\"\n\
-                 user_data = {template:?}\nserver_types = [\"cx22\", \"cx32\"]\n",
-                token = token_file.display().to_string(),
-                template = two_fleets::user_data(dir.path()),
+            provider_section(
+                &fake,
+                dir.path(),
+                ws,
+                r#"["cx22", "cx32"]"#,
+                &two_fleets::user_data(dir.path()),
             )
         },
         "[[pool]]\nname = \"hz\"\ninstance_types = [\"cx22\", \"cx32\"]\nimage = \"ubuntu-24.04\"\n\

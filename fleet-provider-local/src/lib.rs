@@ -25,7 +25,7 @@ use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TagFilter,
+    Provider, ProviderError, SnapshotRef, TagFilter, check_same_fleet,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -381,16 +381,7 @@ impl Provider for LocalProvider {
         if let Some(existing) = self.read(&spec.node)? {
             // Idempotent by node id, for the fleet that made it only: a node
             // directory of another fleet sharing this base dir is not ours.
-            for tag in [TAG_NAMESPACE, TAG_FLEET] {
-                if existing.tags.get(tag) != spec.tags.get(tag) {
-                    return Err(ProviderError::AlreadyExists(format!(
-                        "node {} is another fleet's ({tag} {:?}, not {:?})",
-                        spec.node,
-                        existing.tags.get(tag).map_or("", String::as_str),
-                        spec.tags.get(tag).map_or("", String::as_str),
-                    )));
-                }
-            }
+            check_same_fleet(&existing.tags, spec)?;
             return Ok(existing.instance());
         }
         if spec.instance_type != self.offering.instance_type {

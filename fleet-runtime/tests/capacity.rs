@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use fleet_core::controller::Timing;
 use fleet_core::memory::provider::{MemoryProvider, OpKind};
-use fleet_core::protocol::{ClaimGrant, ClaimRequest, Market, Requirements};
+use fleet_core::protocol::{ClaimGrant, ClaimRequest, Market};
 use fleet_core::transport::ClaimClient;
-use fleet_core::{ClaimId, InstanceType, PoolName, Workspace};
+use fleet_core::{InstanceType, PoolName};
 use fleet_runtime::Fleet;
 use support::*;
 
@@ -25,16 +25,7 @@ fn it(s: &str) -> InstanceType {
 }
 
 fn request(id: &str) -> ClaimRequest {
-    ClaimRequest {
-        claim_id: ClaimId::new(id).unwrap(),
-        workspace: Workspace::new("ci").unwrap(),
-        pool: PoolName::new("linux").unwrap(),
-        requirements: Requirements::default(),
-        priority: 0,
-        lease_ttl_ms: 600_000,
-        max_wait_ms: None,
-        recipient: None,
-    }
+    request_for(id, 600_000)
 }
 
 async fn claim(fleet: &Fleet, id: &str) -> ClaimGrant {

@@ -9,25 +9,16 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_core::PoolName;
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
-use fleet_core::protocol::{ClaimRejection, ClaimRequest, ClaimState, PendingReason, Requirements};
+use fleet_core::protocol::{ClaimRejection, ClaimRequest, ClaimState, PendingReason};
 use fleet_core::transport::{ClaimClient, ClaimError};
-use fleet_core::{ClaimId, PoolName, Workspace};
 use fleet_runtime::Fleet;
 use support::*;
 
 fn request(id: &str) -> ClaimRequest {
-    ClaimRequest {
-        claim_id: ClaimId::new(id).unwrap(),
-        workspace: Workspace::new("ci").unwrap(),
-        pool: PoolName::new("linux").unwrap(),
-        requirements: Requirements::default(),
-        priority: 0,
-        lease_ttl_ms: 60_000,
-        max_wait_ms: None,
-        recipient: None,
-    }
+    request_for(id, 60_000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,15 +9,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_core::FleetId;
 use fleet_core::controller::Timing;
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
-use fleet_core::protocol::{ClaimRequest, FleetRecord, Requirements, decode};
+use fleet_core::protocol::{ClaimRequest, FleetRecord, decode};
 use fleet_core::provider::{InstanceState, TAG_FLEET, TAG_NAMESPACE};
 use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent};
 use fleet_core::subjects::Subjects;
 use fleet_core::transport::ClaimClient;
-use fleet_core::{ClaimId, FleetId, PoolName, Workspace};
 use fleet_runtime::Fleet;
 use fleet_runtime::driver::fleet_identity;
 use fleet_store_redb::RedbStore;
@@ -26,16 +26,7 @@ use futures_util::future::join_all;
 use support::*;
 
 fn request(id: &str) -> ClaimRequest {
-    ClaimRequest {
-        claim_id: ClaimId::new(id).unwrap(),
-        workspace: Workspace::new("ci").unwrap(),
-        pool: PoolName::new("linux").unwrap(),
-        requirements: Requirements::default(),
-        priority: 0,
-        lease_ttl_ms: 600_000,
-        max_wait_ms: None,
-        recipient: None,
-    }
+    request_for(id, 600_000)
 }
 
 async fn start(store: Arc<dyn Store>, provider: &MemoryProvider, timing: Timing) -> Arc<Fleet> {

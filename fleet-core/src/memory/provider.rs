@@ -6,7 +6,8 @@
 //! interrupted instance stays as [`InstanceState::Terminated`], so a provider
 //! id is never minted twice for a node and a retried `create` cannot silently
 //! bring a dead node back. A `create` for a node id whose instance carries
-//! another fleet's [`TAG_FLEET`] or [`TAG_NAMESPACE`] is refused with
+//! another fleet's [`TAG_FLEET`](crate::provider::TAG_FLEET) or
+//! [`TAG_NAMESPACE`](crate::provider::TAG_NAMESPACE) is refused with
 //! [`ProviderError::AlreadyExists`]: it is not the caller's to adopt.
 //!
 //! Faults a test can arm (all on a shared handle, so the test keeps a clone
@@ -39,7 +40,7 @@ use crate::money::HourlyPrice;
 use crate::protocol::Arch;
 use crate::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, SpotTerms, TAG_FLEET, TAG_NAMESPACE, TagFilter,
+    Provider, ProviderError, SnapshotRef, SpotTerms, TagFilter,
 };
 
 /// Waits for a duration. Supplied by the caller because this crate has no
@@ -745,16 +746,7 @@ fn ec2_capabilities() -> Capabilities {
 fn existing_for_create(rec: &Record, spec: &NodeSpec) -> Result<Instance, ProviderError> {
     // Another fleet's instance under the same node id is not ours to adopt.
     let old = &rec.spec;
-    for tag in [TAG_NAMESPACE, TAG_FLEET] {
-        if old.tags.get(tag) != spec.tags.get(tag) {
-            return Err(ProviderError::AlreadyExists(format!(
-                "node {} is another fleet's instance ({tag} {:?}, not {:?})",
-                spec.node,
-                old.tags.get(tag).map_or("", String::as_str),
-                spec.tags.get(tag).map_or("", String::as_str),
-            )));
-        }
-    }
+    crate::provider::check_same_fleet(&old.tags, spec)?;
     // Other tags and the bootstrap token are not compared: a retry after a
     // crash may carry a fresh token. What the instance *is* must match, as
     // EC2's client token refuses a retry with different parameters.

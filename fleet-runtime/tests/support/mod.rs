@@ -12,6 +12,20 @@ use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use fleet_core::{InstanceType, PoolName};
 use fleet_runtime::Fleet;
 
+/// A claim `id` in workspace `ci`, pool `linux`, leased `lease_ttl_ms`.
+pub(crate) fn request_for(id: &str, lease_ttl_ms: u64) -> fleet_core::protocol::ClaimRequest {
+    fleet_core::protocol::ClaimRequest {
+        claim_id: fleet_core::ClaimId::new(id).unwrap_or_else(|e| panic!("{e}")),
+        workspace: fleet_core::Workspace::new("ci").unwrap_or_else(|e| panic!("{e}")),
+        pool: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
+        requirements: fleet_core::protocol::Requirements::default(),
+        priority: 0,
+        lease_ttl_ms,
+        max_wait_ms: None,
+        recipient: None,
+    }
+}
+
 pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
     PoolSpec {
         name: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
