@@ -198,25 +198,9 @@ pub async fn access_key_id(config: &SdkConfig) -> Result<String, String> {
             "no AWS credentials: {} (looked at AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the \
              shared config and credentials files and their profile, web identity, container \
              credentials and the instance role)",
-            error_chain(&e)
+            fleet_core::provider::error_chain(&e)
         )),
     }
-}
-
-/// `e` and its causes on one line (the SDK's errors put the useful part in
-/// their sources).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

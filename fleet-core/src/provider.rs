@@ -192,6 +192,23 @@ pub struct InstanceRef {
     pub provider_id: String,
 }
 
+/// `e` and its causes on one line, each cause once (cloud SDK and HTTP
+/// client errors put the useful part in their sources, and some repeat it
+/// in their own message).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
+
 /// Whether an existing instance with `tags`, found under `spec`'s node id,
 /// is `spec`'s fleet's to adopt: its namespace and fleet tags must be
 /// `spec`'s. The error (`AlreadyExists`) is what `create` answers when they

@@ -122,7 +122,7 @@ fn sdk_error<E>(action: &str, e: SdkError<E, HttpResponse>) -> ProviderError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let chain = fleet_aws::error_chain(&e);
+    let chain = fleet_core::provider::error_chain(&e);
     let err = match &e {
         SdkError::ServiceError(s) => {
             let status = s.raw().status().as_u16();

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleet_core::provider::ProviderError;
+use fleet_core::provider::{ProviderError, error_chain};
 use hcloud::apis::Error as HcloudError;
 use hcloud::apis::configuration::Configuration;
 use hcloud::models::ErrorResponse;
@@ -101,9 +101,9 @@ impl<E> From<HcloudError<E>> for Failure {
                 // A request that cannot even be built (a bad URL) never will be.
                 permanent: e.is_builder(),
                 why: if e.is_timeout() {
-                    format!("no answer in time: {}", cause(&e))
+                    format!("no answer in time: {}", error_chain(&e))
                 } else {
-                    cause(&e)
+                    error_chain(&e)
                 },
             },
             HcloudError::Serde(e) => Failure::Transport {
@@ -180,18 +180,6 @@ fn snippet(body: &str) -> String {
     body.chars().take(200).collect()
 }
 
-/// An error with its sources, as reqwest nests the useful part.
-fn cause(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// The API client: `hcloud`'s configuration, and the retry policy around it.
 pub(crate) struct Api {
     config: Configuration,
@@ -245,7 +233,10 @@ impl Api {
             .no_proxy()
             .build()
             .map_err(|e| {
-                ProviderError::Permanent(format!("cannot set up the HTTP client: {}", cause(&e)))
+                ProviderError::Permanent(format!(
+                    "cannot set up the HTTP client: {}",
+                    error_chain(&e)
+                ))
             })?;
         let config = Configuration {
             base_path_mapping: [(HCLOUD_BASE.to_owned(), base.clone())]
@@ -364,7 +355,7 @@ impl Api {
         match req.send().await {
             Ok(answer) => RateLimit::from_headers(answer.headers()),
             Err(e) => {
-                tracing::debug!(error = %cause(&e), "rate-limit probe failed");
+                tracing::debug!(error = %error_chain(&e), "rate-limit probe failed");
                 None
             }
         }

@@ -168,7 +168,7 @@ mod s3 {
         let text = format!(
             "S3 {what}: {}{}",
             status.map(|s| format!("HTTP {s} ")).unwrap_or_default(),
-            fleet_aws::error_chain(&e)
+            fleet_core::provider::error_chain(&e)
         );
         match (&e, status) {
             (_, Some(404)) => StoreError::NotFound(text),
