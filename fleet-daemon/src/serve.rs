@@ -73,7 +73,16 @@ pub async fn serve(
     let holder = format!("{}-{}", hostname(), std::process::id());
     let mut lease = LeaderLease::new(holder, cfg.leader.lease_ms);
     let epoch = loop {
-        match lease.try_acquire(&*stores.lease, clock.now()).await {
+        // Holding redb's file lock proves every earlier holder of the data
+        // dir dead (the kernel drops it with its process): lead at once
+        // instead of waiting out a crashed predecessor's lease. A shared
+        // store proves nothing; wait for the lease to lapse.
+        let acquired = if stores.redb.is_some() {
+            lease.take_over(&*stores.lease, clock.now()).await
+        } else {
+            lease.try_acquire(&*stores.lease, clock.now()).await
+        };
+        match acquired {
             Ok(Some(epoch)) => break epoch,
             Ok(None) => tokio::time::sleep(Duration::from_millis(cfg.leader.lease_ms / 3)).await,
             Err(e) => return Err(setup("taking the leader lease")(e.to_string())),
