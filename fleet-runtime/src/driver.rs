@@ -8,7 +8,7 @@
 //! Reply addresses are prefixed with the index of the transport they came
 //! from, so answers go back the way the question came.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 pub use fleet_core::clock::Clock;
 
 use crate::metrics::Metrics;
+use crate::tokens::BootstrapError;
 
 /// The system clock.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,10 +86,19 @@ pub trait CredentialIssuer: Send + Sync {
 }
 
 /// Mints single-use bootstrap tokens for new nodes (the agent auth side
-/// consumes them).
+/// consumes them); [`crate::tokens::BootstrapRegistry`] keeps them in the
+/// store.
+#[async_trait]
 pub trait BootstrapTokens: Send + Sync {
-    /// A fresh token for `node`, remembered (hashed) until used.
-    fn mint(&self, node: &NodeId) -> fleet_core::protocol::Secret;
+    /// A fresh token for `node`, remembered (hashed, durably) before it is
+    /// returned, so that it is honoured even by a later incarnation of the
+    /// daemon. An error means no token: the create is not sent.
+    async fn mint(&self, node: &NodeId) -> Result<fleet_core::protocol::Secret, BootstrapError>;
+    /// Drops every token of `node` (it is gone).
+    async fn forget(&self, node: &NodeId) -> Result<(), BootstrapError>;
+    /// Drops the tokens of every node not in `live`; returns how many
+    /// nodes' tokens were dropped.
+    async fn retain(&self, live: &BTreeSet<NodeId>) -> Result<usize, BootstrapError>;
 }
 
 /// Why the runtime could not start or answer.
@@ -347,6 +357,21 @@ impl FleetBuilder {
         };
         tracing::info!(fleet_id = %fleet_id, namespace = %self.namespace, "fleet identity");
         let records = load_records(&*store).await?;
+        if let Some(tokens) = &self.tokens {
+            // Tokens of nodes deleted while their removal was lost to a crash.
+            let live: BTreeSet<NodeId> = records
+                .iter()
+                .filter_map(|(_, _, r)| match r {
+                    Record::Node(n) => Some(n.node.clone()),
+                    _ => None,
+                })
+                .collect();
+            match tokens.retain(&live).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(nodes = n, "dropped the bootstrap tokens of gone nodes"),
+                Err(e) => tracing::warn!(error = %e, "bootstrap tokens of gone nodes not dropped"),
+            }
+        }
         let config = ControllerConfig {
             pools,
             quotas: self.quotas,
@@ -745,20 +770,50 @@ impl Driver {
             } => {
                 let store = self.store.clone();
                 let tx = self.tx.clone();
+                // A node record deleted: the node is gone, so are its
+                // unused bootstrap tokens.
+                let gone = (value.is_none())
+                    .then(|| key.as_str().strip_prefix(Subjects::NODES_PREFIX))
+                    .flatten()
+                    .and_then(|rest| rest.rsplit('.').next())
+                    .and_then(|n| NodeId::new(n).ok())
+                    .zip(self.tokens.clone());
                 tokio::spawn(async move {
                     let result = persist(&*store, &key, value, expected).await;
+                    if let (Ok(_), Some((node, tokens))) = (&result, gone)
+                        && let Err(e) = tokens.forget(&node).await
+                    {
+                        tracing::warn!(%node, error = %e, "bootstrap tokens of a deleted node kept; dropped at the next start");
+                    }
                     let _ = tx.send(Input::Persisted { key, result });
                 });
             }
             Command::Provider { op, call } => {
                 let mut call = call;
-                if let (ProviderCall::Create(spec), Some(tokens)) = (&mut call, &self.tokens) {
-                    spec.bootstrap_token = Some(tokens.mint(&spec.node));
-                }
+                let tokens = self.tokens.clone();
                 let provider = self.provider.clone();
                 let tx = self.tx.clone();
                 let name = call.name();
                 tokio::spawn(async move {
+                    // The token's digest is stored before the create goes
+                    // out, so the node can join whichever incarnation of
+                    // the daemon leads when its agent says hello.
+                    if let (ProviderCall::Create(spec), Some(tokens)) = (&mut call, &tokens) {
+                        match tokens.mint(&spec.node).await {
+                            Ok(token) => spec.bootstrap_token = Some(token),
+                            Err(e) => {
+                                tracing::warn!(node = %spec.node, error = %e, "no bootstrap token; the create waits");
+                                let _ = tx.send(Input::ProviderDone {
+                                    op,
+                                    call: name,
+                                    result: Err(ProviderError::Transient(format!(
+                                        "bootstrap token: {e}"
+                                    ))),
+                                });
+                                return;
+                            }
+                        }
+                    }
                     let result = call_provider(&*provider, call).await;
                     let _ = tx.send(Input::ProviderDone {
                         op,
