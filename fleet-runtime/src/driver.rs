@@ -611,7 +611,11 @@ impl Driver {
                 }
                 None => Duration::from_secs(3_600),
             };
+            // Biased: tokio otherwise picks a ready branch at random, and a
+            // seeded simulation (fleet-chaos) must replay the same order.
+            // Inputs first loses nothing: every event runs due timers.
             let first = tokio::select! {
+                biased;
                 input = rx.recv() => match input {
                     Some(i) => Some(i),
                     None => return,
