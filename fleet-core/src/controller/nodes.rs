@@ -348,6 +348,11 @@ impl Controller {
             let Some(c) = self.claims.get(claim) else {
                 continue;
             };
+            // A grant or renewal still being written is activated by its
+            // own effect once stored.
+            if self.writes.pending(&super::claims::claim_key(&c.rec)) {
+                continue;
+            }
             if let (true, Some(expires_at)) = (c.rec.state.holds_node(), c.rec.expires_at) {
                 out.push(Command::Send {
                     to: Peer::Node(id.clone()),
