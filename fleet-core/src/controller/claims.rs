@@ -404,9 +404,13 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(c) = self.claims.get(id) else {
+        let epoch = self.epoch;
+        let Some(c) = self.claims.get_mut(id) else {
             return;
         };
+        // Every write carries its writer's epoch (a driver tells its own
+        // writes from another leader's by it).
+        c.rec.epoch = epoch;
         if c.rec.state == ClaimState::Pending {
             self.pending.insert(id.clone());
         } else {

@@ -126,9 +126,13 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(n) = self.nodes.get(id) else {
+        let epoch = self.epoch;
+        let Some(n) = self.nodes.get_mut(id) else {
             return;
         };
+        // Every write carries its writer's epoch (a driver tells its own
+        // writes from another leader's by it).
+        n.rec.epoch = epoch;
         let key = Subjects::node_key(&n.rec.pool, id);
         let value = if n.rec.state == NodeState::Gone {
             None
