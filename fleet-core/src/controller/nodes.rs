@@ -272,11 +272,7 @@ impl Controller {
         };
         n.last_seen = now;
         match msg {
-            AgentMsg::Hello {
-                gateway,
-                seen_commands,
-                ..
-            } => {
+            AgentMsg::Hello { gateway, .. } => {
                 n.connected = true;
                 let endpoint_changed = gateway.is_some() && n.rec.endpoint != gateway;
                 if endpoint_changed {
@@ -298,7 +294,7 @@ impl Controller {
                 // A reconnecting agent may have lost its gateway state, and
                 // commands sent while it was away.
                 self.reactivate(&id, out);
-                self.resend_commands(&id, &seen_commands, out);
+                self.resend_commands(&id, out);
                 self.dirty = true;
             }
             AgentMsg::Heartbeat { .. } => {
