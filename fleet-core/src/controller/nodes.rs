@@ -12,7 +12,8 @@ use crate::protocol::{
     AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
 };
 use crate::provider::{
-    InstanceRef, NodeSpec, ProviderError, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TAG_POOL,
+    InstanceRef, InstanceState, NodeSpec, ProviderError, TAG_FLEET, TAG_NAMESPACE, TAG_NODE,
+    TAG_POOL,
 };
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer};
@@ -456,6 +457,15 @@ impl Controller {
             NodeState::Booting
         };
         match call {
+            // A provider that resizes only stopped machines leaves them
+            // stopped: the strategy starts them when it wants them up.
+            ProviderCall::Resize(..) if matches!(&outcome, ProviderOutcome::Instance(i) if i.state == InstanceState::Stopped) =>
+            {
+                self.set_state(id, NodeState::Stopped, now);
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.prev_type = None;
+                }
+            }
             ProviderCall::Create(_) | ProviderCall::Start(_) | ProviderCall::Resize(..) => {
                 self.set_state(id, up, now);
                 if let Some(n) = self.nodes.get_mut(id) {
@@ -552,7 +562,14 @@ impl Controller {
                 {
                     n.rec.instance_type = prev;
                 }
-                self.set_state(id, NodeState::Ready, now);
+                // Back to where it was resized from: stopped, when the
+                // provider resizes only stopped machines.
+                let back = if self.capabilities.resize_requires_stop {
+                    NodeState::Stopped
+                } else {
+                    NodeState::Ready
+                };
+                self.set_state(id, back, now);
             }
             ProviderCall::Delete(_) => {
                 // A node must never leak: keep trying, slowly.
