@@ -636,7 +636,11 @@ impl Driver {
                 }
                 None => Duration::from_secs(3_600),
             };
+            // Biased: tokio otherwise picks a ready branch at random, and a
+            // seeded simulation (fleet-chaos) must replay the same order.
+            // Inputs first loses nothing: every event runs due timers.
             let first = tokio::select! {
+                biased;
                 input = rx.recv() => match input {
                     Some(i) => Some(i),
                     None => return,
@@ -778,8 +782,9 @@ impl Driver {
                     .and_then(|rest| rest.rsplit('.').next())
                     .and_then(|n| NodeId::new(n).ok())
                     .zip(self.tokens.clone());
+                let epoch = self.controller.epoch();
                 tokio::spawn(async move {
-                    let result = persist(&*store, &key, value, expected).await;
+                    let result = persist(&*store, &key, value, expected, epoch).await;
                     if let (Ok(_), Some((node, tokens))) = (&result, gone)
                         && let Err(e) = tokens.forget(&node).await
                     {
@@ -918,21 +923,61 @@ fn untag_reply(r: &ReplyTo) -> Option<(usize, ReplyTo)> {
 }
 
 /// Performs one store write for the controller.
+///
+/// A write that failed as unavailable (a timeout) may have landed anyway;
+/// the controller retries it on the revision it knew, and the retry meets
+/// the landed write: `Conflict` or `AlreadyExists`, or `NotFound` for a
+/// delete. Taken at face value that reads as another leader's write and
+/// stops the control loop for good. So a conflicting record is read back:
+/// one carrying this leader's epoch was written by this leader (another
+/// leader has another epoch, and the store fences stale ones), and the
+/// write is applied on top of it; when the read fails as unavailable the
+/// write fails so too (and is retried); a delete that finds nothing is done.
 async fn persist(
     store: &dyn Store,
     key: &Key,
     value: Option<Record>,
     expected: Option<Revision>,
+    epoch: Epoch,
 ) -> Result<Revision, StoreError> {
-    match (value, expected) {
-        (Some(record), expected) => {
-            let bytes =
-                Bytes::from(encode(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            match expected {
-                None => store.create(key, bytes).await,
-                Some(rev) => store.update(key, bytes, rev).await,
+    let bytes = match &value {
+        Some(record) => Some(Bytes::from(
+            encode(record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let result = write(store, key, bytes.clone(), expected).await;
+    match result {
+        Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
+            match store.get(key).await {
+                Ok(Some(current)) if written_in(&current.value, epoch) => {
+                    tracing::info!(%key, "a timed-out write of this leader had landed; writing on top of it");
+                    write(store, key, bytes, Some(current.revision)).await
+                }
+                // Whose record it is cannot be told yet: try again later.
+                Err(e @ StoreError::Unavailable(_)) => Err(e),
+                _ => result,
             }
         }
+        Err(StoreError::NotFound { .. }) if bytes.is_none() => Ok(expected.unwrap_or(Revision(0))),
+        other => other,
+    }
+}
+
+/// Whether a stored value is a record written in `epoch`.
+fn written_in(bytes: &[u8], epoch: Epoch) -> bool {
+    decode::<Record>(bytes).is_ok_and(|r| r.epoch() == epoch)
+}
+
+async fn write(
+    store: &dyn Store,
+    key: &Key,
+    bytes: Option<Bytes>,
+    expected: Option<Revision>,
+) -> Result<Revision, StoreError> {
+    match (bytes, expected) {
+        (Some(bytes), None) => store.create(key, bytes).await,
+        (Some(bytes), Some(rev)) => store.update(key, bytes, rev).await,
         (None, Some(rev)) => store.delete(key, rev).await.map(|()| rev),
         (None, None) => Ok(Revision(0)),
     }

@@ -414,3 +414,15 @@ pub enum Record {
     /// A pool.
     Pool(PoolRecord),
 }
+
+impl Record {
+    /// The epoch of the leader that wrote it.
+    pub fn epoch(&self) -> Epoch {
+        match self {
+            Record::Claim(r) => r.epoch,
+            Record::Node(r) => r.epoch,
+            Record::Job(r) => r.epoch,
+            Record::Pool(r) => r.epoch,
+        }
+    }
+}
