@@ -279,7 +279,11 @@ where
             // Handshake messages processing queued (session tickets, a key
             // update): sent as the socket takes them.
             this.try_write_out(cx)?;
-            if matches!(step, Step::Closed) || this.plain_pos < this.plain.len() {
+            // A close_notify just processed ends the stream cleanly, even
+            // when the socket's end came with it (a client closing both at
+            // once): the top of the loop returns what was decrypted, then 0.
+            if matches!(step, Step::Closed) || this.plain_pos < this.plain.len() || this.peer_closed
+            {
                 continue;
             }
             if ready!(this.poll_fill(cx))? == 0 {
