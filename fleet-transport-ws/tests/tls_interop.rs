@@ -620,3 +620,71 @@ async fn server_close_notify_is_a_clean_end_for_the_client() {
     assert_eq!(seen.data, b"after yours");
     assert_eq!(seen.end, Ok(()));
 }
+
+/// Found by fleet-fuzz: after an error the server called rustls again,
+/// which deframed the same bad bytes and raised a second fatal alert (a
+/// debug assertion in rustls), and the first alert was never sent. Now the
+/// client learns why: a garbled ClientHello and a tampered record are each
+/// answered with a fatal alert before the socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_errors_send_an_alert_before_closing() {
+    let pki = Pki::new();
+
+    // A ClientHello whose cipher suites run past its end: decode_error.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = Arc::clone(&pki.server);
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tls_accept(tcp, cfg).await.map(drop)
+    });
+    let client = pki.client(false);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut conn =
+            ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut hello = pending_tls(&mut conn);
+        // Record header (5), handshake header (4), version (2), random
+        // (32), then the session id (its length, 32 bytes) and the cipher
+        // suites' 16-bit length.
+        assert_eq!(hello[43], 32, "a session id of 32 bytes");
+        hello[76..78].copy_from_slice(&[0xff, 0xfe]);
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.write_all(&hello).unwrap();
+        let mut answer = Vec::new();
+        let _ = sock.read_to_end(&mut answer);
+        answer
+    })
+    .await
+    .unwrap();
+    let accepted = server.await.unwrap();
+    assert!(accepted.is_err(), "the handshake fails");
+    assert_eq!(
+        records(&answer).first().map(|r| r.0),
+        Some(21),
+        "an alert record before the close: {answer:?}"
+    );
+
+    // A tampered application data record: bad_record_mac.
+    let (addr, server) =
+        serve_one(&pki, |mut tls: Tls| async move { read_all(&mut tls).await }).await;
+    let cfg = pki.client(false);
+    let err = tokio::task::spawn_blocking(move || {
+        let (mut conn, mut sock) = sync_client(addr, cfg, |hello, sock| {
+            sock.write_all(hello).unwrap();
+        });
+        conn.writer().write_all(b"soon garbled").unwrap();
+        let mut wire = pending_tls(&mut conn);
+        let last = wire.len() - 1;
+        wire[last] ^= 0x40;
+        sock.write_all(&wire).unwrap();
+        sync_read_to_end(&mut conn, &mut sock).unwrap_err()
+    })
+    .await
+    .unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen.end, Err(std::io::ErrorKind::InvalidData));
+    assert!(
+        format!("{err:?}").contains("AlertReceived(BadRecordMac)"),
+        "the client hears why: {err:?}"
+    );
+}
