@@ -18,11 +18,12 @@ use crate::mutate::{self, Rng};
 
 pub(super) struct ExecFrames;
 
-/// The claim's file area paths are confined to (empty; never written).
+/// The claim's file area paths are confined to: one empty folder, shared by
+/// every run and never written (confinement only resolves paths).
 fn root() -> &'static PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("fleet-fuzz-exec-{}", std::process::id()));
+        let dir = std::env::temp_dir().join("fleet-fuzz-exec-root");
         let _ = std::fs::create_dir_all(&dir);
         dir
     })
