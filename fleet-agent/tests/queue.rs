@@ -59,12 +59,15 @@ async fn specs_move_through_the_states_by_exit_code_and_pool() {
     )
     .await;
     put(&*store, "fleet/other/pending/elsewhere.json", "{}").await;
-    let cfg = config(&[
-        ("FLEET_QUEUE_DIR", &root.display().to_string()),
-        ("FLEET_QUEUE_SUPERVISOR", &sup),
-        ("CELLOS_FLEET_QUEUE_NAME", "gpu"),
-        ("CELLOS_FLEET_POOL_ID", "gpu"),
-    ]);
+    let cfg = config(
+        &agent_binary(tmp.path()),
+        &[
+            ("FLEET_QUEUE_DIR", &root.display().to_string()),
+            ("FLEET_QUEUE_SUPERVISOR", &sup),
+            ("CELLOS_FLEET_QUEUE_NAME", "gpu"),
+            ("CELLOS_FLEET_POOL_ID", "gpu"),
+        ],
+    );
     let started = now_ms();
     let outcomes = run_until(&cfg, store.clone(), |s| async move {
         s.list("fleet/gpu/pending/").await.unwrap() == ["fleet/gpu/pending/cpu.json"]
@@ -132,10 +135,13 @@ async fn racing_agents_run_each_spec_once() {
     for i in 0..24 {
         put(&*store, &format!("fleet/pending/s{i:02}.json"), "{}").await;
     }
-    let cfg = config(&[
-        ("FLEET_QUEUE_DIR", &root.display().to_string()),
-        ("FLEET_QUEUE_SUPERVISOR", &sup),
-    ]);
+    let cfg = config(
+        &agent_binary(tmp.path()),
+        &[
+            ("FLEET_QUEUE_DIR", &root.display().to_string()),
+            ("FLEET_QUEUE_SUPERVISOR", &sup),
+        ],
+    );
     let (stop, rx) = tokio::sync::watch::channel(false);
     let agents: Vec<_> = (0..3)
         .map(|_| {
@@ -220,12 +226,15 @@ async fn what_dead_agents_leave_behind_is_taken_over_failed_filed_or_dropped() {
     // A pending copy left by an agent that died between claiming and
     // deleting it, of a spec filed since: dropped without running.
     put(&*store, "fleet/pending/settled.json", "{}").await;
-    let cfg = config(&[
-        ("FLEET_QUEUE_DIR", &root.display().to_string()),
-        ("FLEET_QUEUE_SUPERVISOR", &sup),
-        ("FLEET_QUEUE_LEASE_MS", "1000"),
-        ("FLEET_QUEUE_RENEW_INTERVAL_MS", "100"),
-    ]);
+    let cfg = config(
+        &agent_binary(tmp.path()),
+        &[
+            ("FLEET_QUEUE_DIR", &root.display().to_string()),
+            ("FLEET_QUEUE_SUPERVISOR", &sup),
+            ("FLEET_QUEUE_LEASE_MS", "1000"),
+            ("FLEET_QUEUE_RENEW_INTERVAL_MS", "100"),
+        ],
+    );
     let outcomes = run_until(&cfg, store.clone(), |s| async move {
         count(&*s, "fleet", "claimed").await == 1 && count(&*s, "fleet", "pending").await == 0
     })
@@ -240,7 +249,10 @@ async fn what_dead_agents_leave_behind_is_taken_over_failed_filed_or_dropped() {
         format!("test-node/{}", std::process::id())
     );
     assert_eq!(
-        (completed["settled"].agent.as_str(), completed["settled"].fencing),
+        (
+            completed["settled"].agent.as_str(),
+            completed["settled"].fencing
+        ),
         ("dead/4", 2),
         "filed as its holder settled it"
     );
@@ -280,12 +292,15 @@ async fn without_take_over_a_lapsed_lease_is_left_for_an_operator() {
         .unwrap()
         .unwrap();
     put(&*store, "fleet/pending/new.json", "{}").await;
-    let cfg = config(&[
-        ("FLEET_QUEUE_DIR", &root.display().to_string()),
-        ("FLEET_QUEUE_SUPERVISOR", &sup),
-        ("FLEET_QUEUE_TAKE_OVER", "false"),
-        ("FLEET_QUEUE_RENEW_INTERVAL_MS", "50"),
-    ]);
+    let cfg = config(
+        &agent_binary(tmp.path()),
+        &[
+            ("FLEET_QUEUE_DIR", &root.display().to_string()),
+            ("FLEET_QUEUE_SUPERVISOR", &sup),
+            ("FLEET_QUEUE_TAKE_OVER", "false"),
+            ("FLEET_QUEUE_RENEW_INTERVAL_MS", "50"),
+        ],
+    );
     let outcomes = run_until(&cfg, store.clone(), |s| async move {
         count(&*s, "fleet", "completed").await == 1
     })
@@ -331,8 +346,9 @@ fn a_late_runner_whose_lease_was_taken_over_records_nothing() {
             ("FLEET_QUEUE_NODE_ID", node.into()),
         ]
     };
+    let bin = agent_binary(tmp.path());
     let first_log = tmp.path().join("first.log");
-    let mut first = spawn_agent(&env("first"), &first_log);
+    let mut first = Agent(spawn_agent(&bin, &env("first"), &first_log));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !root.join("fleet/claimed/job.json").exists() {
         assert!(Instant::now() < deadline, "never claimed");
@@ -340,14 +356,18 @@ fn a_late_runner_whose_lease_was_taken_over_records_nothing() {
     }
     // The first agent stalls (its supervisor runs on); its lease lapses and
     // the second takes the spec over.
-    signal(first.id(), Signal::SIGSTOP);
-    let mut second = spawn_agent(&env("second"), &tmp.path().join("second.log"));
+    signal(first.0.id(), Signal::SIGSTOP);
+    let mut second = Agent(spawn_agent(
+        &bin,
+        &env("second"),
+        &tmp.path().join("second.log"),
+    ));
     while !root.join("fleet/completed/job.json").exists() {
         assert!(Instant::now() < deadline, "never completed");
         std::thread::sleep(Duration::from_millis(20));
     }
     // Back late: its supervisor has finished, and the result is not its.
-    signal(first.id(), Signal::SIGCONT);
+    signal(first.0.id(), Signal::SIGCONT);
     let text = loop {
         let text = std::fs::read_to_string(&first_log).unwrap();
         if text.contains("lease lost") || text.contains("result not recorded") {
@@ -360,17 +380,19 @@ fn a_late_runner_whose_lease_was_taken_over_records_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     };
     for agent in [&mut first, &mut second] {
-        signal(agent.id(), Signal::SIGTERM);
-        assert!(agent.wait().unwrap().success());
+        signal(agent.0.id(), Signal::SIGTERM);
+        assert!(agent.0.wait().unwrap().success());
     }
     let body = std::fs::read(root.join("fleet/completed/job.json")).unwrap();
     let record: fleet_core::protocol::QueueRecord = fleet_core::protocol::decode(&body).unwrap();
     assert_eq!(record.fencing, 2, "{record:?}");
-    assert_eq!(record.agent, format!("second/{}", second.id()));
+    assert_eq!(record.agent, format!("second/{}", second.0.id()));
     assert!(!root.join("fleet/failed/job.json").exists(), "{text}");
-    assert!(std::fs::read_dir(root.join("fleet/claimed")).unwrap().all(|e| {
-        e.unwrap().file_name().to_string_lossy().starts_with('.')
-    }));
+    assert!(
+        std::fs::read_dir(root.join("fleet/claimed"))
+            .unwrap()
+            .all(|e| { e.unwrap().file_name().to_string_lossy().starts_with('.') })
+    );
     // The late run got to its end too (or was stopped when the first agent
     // found its lease lost); the supervisor tells them apart by the fencing.
     let ran = marks(&marks_dir);
@@ -391,14 +413,15 @@ fn the_supervisors_process_group_dies_with_a_killed_agent() {
     );
     std::fs::create_dir_all(root.join("fleet/pending")).unwrap();
     std::fs::write(root.join("fleet/pending/long.json"), "{}").unwrap();
-    let mut agent = spawn_agent(
+    let mut agent = Agent(spawn_agent(
+        &agent_binary(tmp.path()),
         &[
             ("FLEET_QUEUE_DIR", root.display().to_string()),
             ("FLEET_QUEUE_SUPERVISOR", sup),
             ("FLEET_QUEUE_POLL_INTERVAL_MS", "50".into()),
         ],
         &tmp.path().join("agent.log"),
-    );
+    ));
     let deadline = Instant::now() + Duration::from_secs(20);
     let pgid = loop {
         if let Some(pid) = std::fs::read_to_string(&pid_file)
@@ -410,17 +433,31 @@ fn the_supervisors_process_group_dies_with_a_killed_agent() {
         assert!(Instant::now() < deadline, "the supervisor never started");
         std::thread::sleep(Duration::from_millis(10));
     };
+    // Killed whatever the test's outcome, so a failure leaves nothing behind.
+    struct KillGroup(i32);
+    impl Drop for KillGroup {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(self.0),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _group = KillGroup(pgid);
     // Its own group (it leads it), with the shell and its child in it.
     while live_in_group(pgid).len() < 2 {
-        assert!(Instant::now() < deadline, "the supervisor's child never started");
+        assert!(
+            Instant::now() < deadline,
+            "the supervisor's child never started"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let agent_pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(agent.id() as i32)))
+    let agent_pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(agent.0.id() as i32)))
         .unwrap()
         .as_raw();
     assert_ne!(pgid, agent_pgid, "the supervisor has a group of its own");
-    agent.kill().unwrap(); // SIGKILL
-    agent.wait().unwrap();
+    agent.0.kill().unwrap(); // SIGKILL
+    agent.0.wait().unwrap();
     while !live_in_group(pgid).is_empty() {
         assert!(
             Instant::now() < deadline,
@@ -443,21 +480,22 @@ fn the_binary_drains_on_sigterm_with_the_running_spec_finished() {
     std::fs::create_dir_all(root.join("fleet/pending")).unwrap();
     std::fs::write(root.join("fleet/pending/long.json"), "{}").unwrap();
     let log = tmp.path().join("agent.log");
-    let mut child = spawn_agent(
+    let mut child = Agent(spawn_agent(
+        &agent_binary(tmp.path()),
         &[
             ("CELLOS_FLEET_DIR", root.display().to_string()),
             ("CELLOS_FLEET_SUPERVISOR", sup),
             ("CELLOS_FLEET_POLL_INTERVAL_MS", "50".into()),
         ],
         &log,
-    );
+    ));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !root.join("fleet/claimed/long.json").exists() {
         assert!(Instant::now() < deadline, "never claimed");
         std::thread::sleep(Duration::from_millis(10));
     }
-    signal(child.id(), nix::sys::signal::Signal::SIGTERM);
-    let status = child.wait().unwrap();
+    signal(child.0.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(
         root.join("fleet/completed/long.json").exists(),
@@ -471,18 +509,29 @@ fn the_binary_drains_on_sigterm_with_the_running_spec_finished() {
 async fn conditional_writes(store: &dyn ObjectStore) {
     let key = "fleet/claimed/a b.json";
     let v1 = store.create(key, b"1").await.unwrap().unwrap();
-    assert_eq!(store.create(key, b"2").await.unwrap(), None, "the second create loses");
+    assert_eq!(
+        store.create(key, b"2").await.unwrap(),
+        None,
+        "the second create loses"
+    );
     let read = store.get(key, 16).await.unwrap();
     assert_eq!((read.body.as_slice(), &read.version), (&b"1"[..], &v1));
     let v2 = store.replace(key, b"22", &v1).await.unwrap().unwrap();
     assert_ne!(v1, v2);
-    assert_eq!(store.replace(key, b"3", &v1).await.unwrap(), None, "a stale version loses");
+    assert_eq!(
+        store.replace(key, b"3", &v1).await.unwrap(),
+        None,
+        "a stale version loses"
+    );
     assert_eq!(store.get(key, 16).await.unwrap().body, b"22");
     assert!(matches!(
         store.get(key, 1).await,
         Err(StoreError::TooLarge { len: 2, max: 1, .. })
     ));
-    assert!(!store.delete_if(key, &v1).await.unwrap(), "a stale delete loses");
+    assert!(
+        !store.delete_if(key, &v1).await.unwrap(),
+        "a stale delete loses"
+    );
     assert!(store.delete_if(key, &v2).await.unwrap());
     assert!(!store.delete_if(key, &v2).await.unwrap(), "gone");
     assert_eq!(store.replace(key, b"4", &v2).await.unwrap(), None, "gone");
@@ -568,10 +617,13 @@ async fn the_s3_store_writes_conditionally_and_runs_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
     let marks_dir = tmp.path().join("marks");
     let sup = marking_supervisor(tmp.path(), &marks_dir);
-    let mut cfg = config(&[
-        ("FLEET_QUEUE_DIR", "/unused"),
-        ("FLEET_QUEUE_SUPERVISOR", &sup),
-    ]);
+    let mut cfg = config(
+        &agent_binary(tmp.path()),
+        &[
+            ("FLEET_QUEUE_DIR", "/unused"),
+            ("FLEET_QUEUE_SUPERVISOR", &sup),
+        ],
+    );
     cfg.backend = fleet_agent::queue::Backend::S3 {
         bucket: "fleet-queue".into(),
         region: Some("us-east-1".into()),

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
     AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, ExecFrame,
-    FleetRecord, JobMsg, JobReply, LeaderRecord, QueueClaim, QueueRecord, Record, SealedCredentials,
-    WsClientFrame, WsServerFrame, credentials_signing_payload, decode, encode,
+    FleetRecord, JobMsg, JobReply, LeaderRecord, QueueClaim, QueueRecord, Record,
+    SealedCredentials, WsClientFrame, WsServerFrame, credentials_signing_payload, decode, encode,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,

@@ -319,7 +319,10 @@ mod tests {
                 "CELLOS_FLEET_RENEW_INTERVAL_MS",
             ),
             (
-                vec![("FLEET_QUEUE_DIR", "/d"), ("FLEET_QUEUE_TAKE_OVER", "maybe")],
+                vec![
+                    ("FLEET_QUEUE_DIR", "/d"),
+                    ("FLEET_QUEUE_TAKE_OVER", "maybe"),
+                ],
                 "FLEET_QUEUE_TAKE_OVER",
             ),
             (

@@ -249,7 +249,10 @@ mod tests {
             &r,
         );
         let record = c.record().unwrap_or_else(|| panic!("settled"));
-        assert_eq!((record.fencing, record.started_at, record.ended_at), (1, 5, 5));
+        assert_eq!(
+            (record.fencing, record.started_at, record.ended_at),
+            (1, 5, 5)
+        );
         assert_eq!(
             record.outcome,
             QueueOutcome::Failed {

@@ -287,7 +287,11 @@ impl Agent<'_> {
             .map(|mut seen| seen.insert(key.to_owned()))
             .unwrap_or(true);
         if first {
-            tracing::error!(key, error = why, "a claimed object is not a fleet claim; left for an operator");
+            tracing::error!(
+                key,
+                error = why,
+                "a claimed object is not a fleet claim; left for an operator"
+            );
         }
     }
 
@@ -461,7 +465,11 @@ impl Agent<'_> {
         tracing::info!(spec = %id, fencing, state = outcome.dir(), ?outcome, "supervisor ended");
         let settled = lease::settle(&held.claim, outcome, started_at, ended_at);
         // Recorded only if the lease still holds: the same version.
-        let give_up = held.claim.lease.expires_at.saturating_add(self.rules.lease_ms);
+        let give_up = held
+            .claim
+            .lease
+            .expires_at
+            .saturating_add(self.rules.lease_ms);
         let version = loop {
             let written = match Self::encode(&settled) {
                 Ok(body) => self.store.replace(&held.key, &body, &held.version).await,
@@ -479,7 +487,8 @@ impl Agent<'_> {
                 }
                 Err(e) => {
                     tracing::warn!(spec = %id, fencing, error = %e, "recording the result failed; retrying");
-                    tokio::time::sleep(self.cfg.poll_interval.min(Duration::from_millis(500))).await;
+                    tokio::time::sleep(self.cfg.poll_interval.min(Duration::from_millis(500)))
+                        .await;
                 }
             }
         };
@@ -526,7 +535,8 @@ fn outcome_of(status: &std::io::Result<std::process::ExitStatus>) -> QueueOutcom
                 exit_code: None,
                 reason: format!(
                     "the supervisor was killed by {}",
-                    Signal::try_from(sig).map_or_else(|_| format!("signal {sig}"), |s| s.to_string())
+                    Signal::try_from(sig)
+                        .map_or_else(|_| format!("signal {sig}"), |s| s.to_string())
                 ),
             },
             (None, None) => QueueOutcome::Failed {

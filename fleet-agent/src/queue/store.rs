@@ -221,10 +221,7 @@ fn read(key: &str, path: &Path, max: usize) -> Result<Object, StoreError> {
 }
 
 /// Runs `f` holding the exclusive lock of `path`'s directory.
-fn locked<T>(
-    path: &Path,
-    f: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+fn locked<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, &e))?;
     let lock_path = dir.join(".lock");

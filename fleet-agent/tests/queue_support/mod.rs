@@ -12,8 +12,32 @@ use fleet_agent::queue::store::ObjectStore;
 use fleet_agent::queue::{Outcome, QueueConfig, run};
 use fleet_core::protocol::{MAX_QUEUE_RECORD_BYTES, QueueClaim, QueueRecord, decode};
 
-/// The agent binary (also the supervisor guard).
-pub const AGENT: &str = env!("CARGO_BIN_EXE_fleet-agent");
+/// The agent binary cargo built (also the supervisor guard).
+const AGENT: &str = env!("CARGO_BIN_EXE_fleet-agent");
+
+/// This build's agent binary, hard-linked into `dir`: the tests run that
+/// file, which stays this build even when cargo (or a build of another
+/// checkout sharing the target directory) replaces `target/debug/fleet-agent`
+/// meanwhile. Panics when the binary is not this version.
+pub fn agent_binary(dir: &Path) -> PathBuf {
+    let bin = dir.join("fleet-agent");
+    if !bin.exists() {
+        std::fs::hard_link(AGENT, &bin)
+            .or_else(|_| std::fs::copy(AGENT, &bin).map(|_| ()))
+            .unwrap();
+    }
+    let out = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        version.trim(),
+        format!("fleet-agent {}", env!("CARGO_PKG_VERSION")),
+        "{AGENT} is not this build (another checkout built it into the shared target dir?)"
+    );
+    bin
+}
 
 /// An executable shell script at `dir/name`.
 pub fn script(dir: &Path, name: &str, text: &str) -> String {
@@ -59,8 +83,8 @@ pub fn marks(marks: &Path) -> Vec<(String, u64)> {
 }
 
 /// A queue config over `env` plus test defaults: a fast poll, the real
-/// guard.
-pub fn config(extra: &[(&str, &str)]) -> QueueConfig {
+/// guard (`bin`, from [`agent_binary`]).
+pub fn config(bin: &Path, extra: &[(&str, &str)]) -> QueueConfig {
     let mut env: BTreeMap<String, String> = [
         ("FLEET_QUEUE_POLL_INTERVAL_MS", "20"),
         ("FLEET_QUEUE_NODE_ID", "test-node"),
@@ -72,7 +96,7 @@ pub fn config(extra: &[(&str, &str)]) -> QueueConfig {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     let mut cfg = QueueConfig::from_env(&env).unwrap();
-    cfg.guard = PathBuf::from(AGENT);
+    cfg.guard = bin.to_owned();
     cfg
 }
 
@@ -110,8 +134,8 @@ pub async fn records(
     let mut out = BTreeMap::new();
     for key in store.list(&format!("{prefix}/{state}/")).await.unwrap() {
         let body = store.get(&key, MAX_QUEUE_RECORD_BYTES).await.unwrap().body;
-        let record: QueueRecord =
-            decode(&body).unwrap_or_else(|e| panic!("{key}: {e}: {:?}", String::from_utf8_lossy(&body)));
+        let record: QueueRecord = decode(&body)
+            .unwrap_or_else(|e| panic!("{key}: {e}: {:?}", String::from_utf8_lossy(&body)));
         assert_eq!(
             key,
             format!("{prefix}/{state}/{}.json", record.spec_id),
@@ -136,22 +160,35 @@ pub async fn count(store: &dyn ObjectStore, prefix: &str, state: &str) -> usize 
         .len()
 }
 
-/// A `fleet-agent queue` process, its stderr in `log`.
-pub fn spawn_agent(env: &[(&str, String)], log: &Path) -> std::process::Child {
+/// A `fleet-agent queue` process (`bin`, from [`agent_binary`]), its
+/// stderr in `log`.
+pub fn spawn_agent(bin: &Path, env: &[(&str, String)], log: &Path) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    let mut cmd = std::process::Command::new(AGENT);
+    let mut cmd = std::process::Command::new(bin);
     cmd.arg("queue")
         .env_remove("FLEET_AGENT_CONFIG")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
         .stderr(log);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.spawn().unwrap()
+}
+
+/// An agent process, killed (SIGKILL) when dropped, so a failed test
+/// leaves none behind.
+pub struct Agent(pub std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Sends `sig` to `pid`.
