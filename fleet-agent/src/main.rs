@@ -27,7 +27,16 @@ QUEUE MODE (each also read as CELLOS_FLEET_<NAME>):
     FLEET_QUEUE_SUPERVISOR        executable run per spec, spec on stdin (default cellos-supervisor)
     FLEET_QUEUE_POLL_INTERVAL_MS  default 5000
     FLEET_QUEUE_HEARTBEAT_INTERVAL_MS  default 30000
-    FLEET_QUEUE_NODE_ID           name in logs (default the hostname)
+    FLEET_QUEUE_NODE_ID           name in logs and leases (default the hostname)
+    FLEET_QUEUE_LEASE_MS          how long a claim's lease lasts unless renewed (default 60000)
+    FLEET_QUEUE_RENEW_INTERVAL_MS renewal cadence, also how often claimed/ is checked for
+                                  lapsed leases (default a third of the lease)
+    FLEET_QUEUE_TAKE_OVER         take over specs whose lease lapsed: true (default) or false
+    FLEET_QUEUE_MAX_ATTEMPTS      runs a spec gets before a lapsed lease fails it (default 3)
+
+The supervisor gets the spec on stdin and FLEET_QUEUE_SPEC_ID, FLEET_QUEUE_NODE_ID,
+FLEET_QUEUE_AGENT_ID and FLEET_QUEUE_FENCING (1, then +1 at each take-over); it runs in a
+process group of its own that is killed when the agent dies.
 
 With no config (no --config, no FLEET_AGENT_CONFIG) and FLEET_QUEUE_BUCKET or
 FLEET_QUEUE_DIR set, the agent runs queue mode without the `queue` word.
@@ -67,11 +76,23 @@ enum Mode {
     // `fleet-agent queue -V` prints `fleet-agent …`, not `fleet-agent-queue …`.
     #[command(display_name = "fleet-agent")]
     Queue,
+    /// Queue mode's supervisor guard (started by the agent, not by hand)
+    #[command(name = "queue-guard", hide = true)]
+    QueueGuard {
+        /// The agent's pid
+        #[arg(long)]
+        parent: u32,
+        /// The supervisor executable
+        supervisor: String,
+    },
 }
 
 fn main() -> ExitCode {
     // Usage errors exit 2 (clap's code, as before), --help and --version 0.
     let cli = Cli::parse();
+    if let Some(Mode::QueueGuard { parent, supervisor }) = &cli.mode {
+        return fleet_agent::queue::guard::main(*parent, supervisor);
+    }
     let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let queue = matches!(cli.mode, Some(Mode::Queue))
         || (cli.config.is_none() && fleet_agent::queue::QueueConfig::requested(&env));

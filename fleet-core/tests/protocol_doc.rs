@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
     AgentMsg, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
-    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, Record, SealedCredentials,
-    WsClientFrame, WsServerFrame, credentials_signing_payload, decode, encode,
+    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, QueueClaim, QueueRecord, Record,
+    SealedCredentials, WsClientFrame, WsServerFrame, credentials_signing_payload, decode, encode,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -48,6 +48,8 @@ const REGISTRY: &[(&str, Check)] = &[
     ("LeaderRecord", enveloped::<LeaderRecord>),
     ("FleetRecord", enveloped::<FleetRecord>),
     ("BootstrapRecord", enveloped::<BootstrapRecord>),
+    ("QueueClaim", enveloped::<QueueClaim>),
+    ("QueueRecord", enveloped::<QueueRecord>),
     ("SealedCredentials", plain::<SealedCredentials>),
     ("CredentialsBundle", plain::<CredentialsBundle>),
     ("Discovery", plain::<Discovery>),

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use fleet_core::protocol::{
     AgentMsg, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
     ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-    Record, SealedCredentials, WsClientFrame, WsServerFrame,
+    QueueClaim, QueueRecord, Record, SealedCredentials, WsClientFrame, WsServerFrame,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -61,6 +61,8 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("leader-record.json",      Envelope, schema_of::<LeaderRecord>),
     ("fleet-record.json",       Envelope, schema_of::<FleetRecord>),
     ("bootstrap-record.json",   Envelope, schema_of::<BootstrapRecord>),
+    ("queue-claim.json",        Envelope, schema_of::<QueueClaim>),
+    ("queue-record.json",       Envelope, schema_of::<QueueRecord>),
     ("exec-frame.json",         Plain,    schema_of::<ExecFrame>),
     ("ws-client-frame.json",    Envelope, schema_of::<WsClientFrame>),
     ("ws-server-frame.json",    Envelope, schema_of::<WsServerFrame>),

@@ -2,214 +2,75 @@
 //! object-store prefix and hands each to a local supervisor — no daemon, no
 //! database, no leader (seed 001, `cellos-fleet`).
 //!
-//! Layout under `<prefix>[/<queue name>]`:
+//! Layout under `<prefix>[/<queue name>]` (the objects are
+//! `fleet_core::protocol::{QueueClaim, QueueRecord}`, PROTOCOL.md "Queue
+//! mode objects"):
 //!
 //! ```text
-//! pending/<spec-id>.json  → claimed/<spec-id>.json → supervisor runs
+//! pending/<spec-id>.json  → claimed/<spec-id>.json (spec + lease) → supervisor runs
+//!                           → claimed/<spec-id>.json settled (+ result)
 //!                           → completed/<spec-id>.json   (exit 0)
-//!                           → failed/<spec-id>.json      (exit ≠ 0, or a spec
-//!                                                         that is not JSON)
+//!                           → failed/<spec-id>.json      (otherwise, with a reason)
 //! ```
 //!
-//! A claim creates `claimed/<id>.json` only if it does not exist (a hard
-//! link in a directory, `If-None-Match: *` on S3), so of several agents
-//! exactly one runs a spec; the pending object is removed after. The
-//! supervisor gets the spec on stdin and `FLEET_QUEUE_SPEC_ID`,
-//! `FLEET_QUEUE_NODE_ID` in its environment. With a pool id set, specs whose
-//! `spec.placement.poolId` is set to another pool are left alone. A
-//! heartbeat line is logged every interval; on SIGTERM no new spec is
-//! claimed, the running one finishes, and a drain line is logged.
+//! A claim creates `claimed/<id>.json` only if it is absent, so of several
+//! agents one gets the spec. Its holder renews the lease every
+//! `renew_interval` by a conditional write on the version it last wrote; a
+//! lost renewal means another agent took the spec over, and the holder
+//! stops its supervisor. A lease not renewed by its expiry is taken over by
+//! another agent (a conditional write too, fencing number + 1), which runs
+//! the spec again; after `max_attempts` runs a lapsed spec is filed as
+//! failed. The result is recorded only under the lease it ran with: the
+//! holder settles the claim (the result written into it, conditionally),
+//! and any agent files a settled claim (a create of the record, then the
+//! claim's conditional delete) — so a run that comes back after losing its
+//! lease records nothing, and a spec is filed once.
 //!
-//! A spec left in `claimed/` by an agent that died stays there for an
-//! operator: re-running it automatically could run it twice.
+//! The supervisor gets the spec on stdin and `FLEET_QUEUE_SPEC_ID`,
+//! `FLEET_QUEUE_NODE_ID`, `FLEET_QUEUE_AGENT_ID` and `FLEET_QUEUE_FENCING`
+//! in its environment; it runs in its own process group under a
+//! [`guard`] that kills the group when the agent dies. With a pool id set,
+//! specs whose `spec.placement.poolId` is another pool are left alone. A
+//! heartbeat line is logged every interval; on SIGTERM no new spec is
+//! claimed or taken over, the running one finishes, and a drain line is
+//! logged.
 
+pub mod config;
+pub mod guard;
+pub mod lease;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::process::Stdio;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
+use fleet_core::ids::Millis;
+use fleet_core::protocol::{
+    MAX_QUEUE_RECORD_BYTES, MAX_QUEUE_SPEC_BYTES, QUEUE_AGENT_ID_ENV, QUEUE_FENCING_ENV,
+    QUEUE_NODE_ID_ENV, QUEUE_SPEC_ID_ENV, QueueClaim, QueueOutcome, QueueRecord, decode_limited,
+    encode,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-use store::{ObjectStore, StoreError};
+pub use config::{Backend, QueueConfig, QueueConfigError};
+use lease::{Found, Rules};
+use store::{ObjectStore, StoreError, Version};
 
-/// Where the specs are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Backend {
-    /// A directory (local, or a shared mount).
-    Dir(std::path::PathBuf),
-    /// An S3 bucket.
-    S3 {
-        /// The bucket.
-        bucket: String,
-        /// Its region (`AWS_REGION`; else the SDK's region chain).
-        region: Option<String>,
-        /// An endpoint overriding the region's (`AWS_ENDPOINT_URL_S3`,
-        /// `AWS_ENDPOINT_URL`: an S3-compatible store or an emulator).
-        endpoint: Option<String>,
-    },
-}
-
-/// Queue mode settings, from the environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct QueueConfig {
-    /// The store.
-    pub backend: Backend,
-    /// Key prefix (default `fleet`).
-    pub prefix: String,
-    /// Optional lane under the prefix.
-    pub queue_name: Option<String>,
-    /// Only specs for this pool (or for no pool in particular).
-    pub pool_id: Option<String>,
-    /// The supervisor executable.
-    pub supervisor: String,
-    /// Poll cadence.
-    pub poll_interval: Duration,
-    /// Heartbeat cadence.
-    pub heartbeat_interval: Duration,
-    /// This node's name in logs.
-    pub node_id: String,
-}
-
-/// A setting that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{var}: {why}")]
-pub struct QueueConfigError {
-    /// The variable.
-    pub var: String,
-    /// What is wrong.
-    pub why: String,
-}
-
-/// Each setting's variable and the seed's alias.
-const VARS: [(&str, &str); 9] = [
-    ("FLEET_QUEUE_BUCKET", "CELLOS_FLEET_BUCKET"),
-    ("FLEET_QUEUE_DIR", "CELLOS_FLEET_DIR"),
-    ("FLEET_QUEUE_PREFIX", "CELLOS_FLEET_PREFIX"),
-    ("FLEET_QUEUE_NAME", "CELLOS_FLEET_QUEUE_NAME"),
-    ("FLEET_QUEUE_POOL_ID", "CELLOS_FLEET_POOL_ID"),
-    ("FLEET_QUEUE_SUPERVISOR", "CELLOS_FLEET_SUPERVISOR"),
-    (
-        "FLEET_QUEUE_POLL_INTERVAL_MS",
-        "CELLOS_FLEET_POLL_INTERVAL_MS",
-    ),
-    (
-        "FLEET_QUEUE_HEARTBEAT_INTERVAL_MS",
-        "CELLOS_FLEET_HEARTBEAT_INTERVAL_MS",
-    ),
-    ("FLEET_QUEUE_NODE_ID", "CELLOS_FLEET_NODE_ID"),
-];
-
-impl QueueConfig {
-    /// Whether the environment asks for queue mode (a bucket or a directory).
-    pub fn requested(env: &BTreeMap<String, String>) -> bool {
-        VARS[..2]
-            .iter()
-            .any(|(a, b)| env.contains_key(*a) || env.contains_key(*b))
-    }
-
-    /// Reads the settings from `env` (the `CELLOS_FLEET_*` names are
-    /// accepted for each `FLEET_QUEUE_*` one).
-    pub fn from_env(env: &BTreeMap<String, String>) -> Result<QueueConfig, QueueConfigError> {
-        let get = |i: usize| -> Option<(String, &str)> {
-            let (name, alias) = VARS[i];
-            env.get(name)
-                .map(|v| (name.to_owned(), v.as_str()))
-                .or_else(|| env.get(alias).map(|v| (alias.to_owned(), v.as_str())))
-                .filter(|(_, v)| !v.trim().is_empty())
-        };
-        let err = |var: &str, why: &str| QueueConfigError {
-            var: var.to_owned(),
-            why: why.to_owned(),
-        };
-        let ms = |i: usize, default: u64| -> Result<Duration, QueueConfigError> {
-            match get(i) {
-                None => Ok(Duration::from_millis(default)),
-                Some((var, v)) => match v.trim().parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(Duration::from_millis(n)),
-                    _ => Err(err(&var, "must be a positive number of milliseconds")),
-                },
-            }
-        };
-        let backend = match (get(0), get(1)) {
-            (Some((var, _)), Some((other, _))) => {
-                return Err(err(
-                    &var,
-                    &format!("set a bucket or a directory ({other}), not both"),
-                ));
-            }
-            (Some((_, bucket)), None) => {
-                let set = |k: &str| env.get(k).filter(|v| !v.trim().is_empty()).cloned();
-                let region = set("AWS_REGION").or_else(|| set("AWS_DEFAULT_REGION"));
-                let endpoint = set("AWS_ENDPOINT_URL_S3").or_else(|| set("AWS_ENDPOINT_URL"));
-                Backend::S3 {
-                    bucket: bucket.trim().to_owned(),
-                    region,
-                    endpoint,
-                }
-            }
-            (None, Some((_, dir))) => Backend::Dir(dir.trim().into()),
-            (None, None) => {
-                return Err(err(
-                    "FLEET_QUEUE_BUCKET",
-                    "set a bucket (or FLEET_QUEUE_DIR for a directory)",
-                ));
-            }
-        };
-        let token = |i: usize, default: &str| -> Result<Option<String>, QueueConfigError> {
-            match get(i) {
-                None => Ok((!default.is_empty()).then(|| default.to_owned())),
-                Some((var, v)) => {
-                    let v = v.trim().trim_matches('/');
-                    if v.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
-                        Err(err(&var, "must be a plain key path"))
-                    } else {
-                        Ok(Some(v.to_owned()))
-                    }
-                }
-            }
-        };
-        Ok(QueueConfig {
-            backend,
-            prefix: token(2, "fleet")?.unwrap_or_default(),
-            queue_name: token(3, "")?,
-            pool_id: get(4).map(|(_, v)| v.trim().to_owned()),
-            supervisor: get(5)
-                .map_or_else(|| "cellos-supervisor".to_owned(), |(_, v)| v.to_owned()),
-            poll_interval: ms(6, 5_000)?,
-            heartbeat_interval: ms(7, 30_000)?,
-            node_id: get(8).map_or_else(hostname, |(_, v)| v.trim().to_owned()),
-        })
-    }
-
-    /// `<prefix>[/<queue>]/<state>/`.
-    pub fn dir(&self, state: &str) -> String {
-        match &self.queue_name {
-            Some(q) => format!("{}/{q}/{state}/", self.prefix),
-            None => format!("{}/{state}/", self.prefix),
-        }
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
-/// What became of one spec.
+/// What became of one spec this agent took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The supervisor exited 0.
+    /// Filed under `completed/`: the supervisor exited 0.
     Completed(String),
-    /// It exited otherwise, could not start, or the spec was not JSON.
+    /// Filed under `failed/`: it exited otherwise, could not start, the
+    /// spec was not runnable, or its lease lapsed too often.
     Failed(String),
+    /// Nothing recorded: the lease was taken over (or lapsed unrenewed)
+    /// before the result could be; the spec is another agent's now.
+    Lost(String),
 }
 
 /// Whether `spec` may run in `pool`: no pool set on either side, or the same.
@@ -224,17 +85,59 @@ pub fn placement_allows(spec: &serde_json::Value, pool: Option<&str>) -> bool {
     }
 }
 
+/// Wall-clock milliseconds since the Unix epoch (leases compare clocks of
+/// different hosts: keep them synchronised well within a lease).
+fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The spec id of `key` (`…/<id>.json`).
+fn spec_id(key: &str) -> Option<&str> {
+    key.rsplit('/')
+        .next()
+        .and_then(|n| n.strip_suffix(".json"))
+        .filter(|n| !n.is_empty())
+}
+
+/// `keys` from a random place on, so agents polling together do not all
+/// race for the first one.
+fn rotated(mut keys: Vec<String>) -> Vec<String> {
+    if !keys.is_empty() {
+        let at = fastrand::usize(..keys.len());
+        keys.rotate_left(at);
+    }
+    keys
+}
+
 /// Takes specs from `store` and runs them until `stop` turns true, then
 /// returns (after the running one finished).
 pub async fn run(
     cfg: &QueueConfig,
     store: Arc<dyn ObjectStore>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Vec<Outcome> {
-    let running: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let agent = Agent {
+        cfg,
+        store: &*store,
+        id: format!("{}/{}", cfg.node_id, std::process::id()),
+        rules: Rules {
+            lease_ms: u64::try_from(cfg.lease.as_millis()).unwrap_or(u64::MAX),
+            max_attempts: cfg.max_attempts,
+            take_over: cfg.take_over,
+        },
+        running: Arc::default(),
+        unreadable: Mutex::default(),
+        stop,
+    };
     let heartbeat = {
-        let (node, every, running) = (cfg.node_id.clone(), cfg.heartbeat_interval, running.clone());
-        let mut stop = stop.clone();
+        let (node, every, running) = (
+            cfg.node_id.clone(),
+            cfg.heartbeat_interval,
+            agent.running.clone(),
+        );
+        let mut stop = agent.stop.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -248,16 +151,34 @@ pub async fn run(
             }
         })
     };
+    tracing::info!(agent = %agent.id, lease_ms = agent.rules.lease_ms, renew_ms = u64::try_from(cfg.renew_interval.as_millis()).unwrap_or(u64::MAX), take_over = cfg.take_over, max_attempts = cfg.max_attempts, "fleet queue agent ready");
     let mut outcomes = Vec::new();
-    while !*stop.borrow() {
-        match next(cfg, &*store, &running).await {
-            Ok(Some(outcome)) => {
-                outcomes.push(outcome);
-                continue; // more may be waiting: look again at once
+    let mut scanned: Option<Instant> = None;
+    while !agent.stopping() {
+        let mut done = None;
+        // Lapsed and settled claims, at most once per renew interval.
+        if scanned.is_none_or(|t| t.elapsed() >= cfg.renew_interval) {
+            scanned = Some(Instant::now());
+            match agent.scan_claimed().await {
+                Ok(o) => done = o,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "looking at claimed specs failed; retrying")
+                }
             }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "queue poll failed; retrying"),
         }
+        if done.is_none() {
+            match agent.next_pending().await {
+                Ok(o) => done = o,
+                Err(e) => {
+                    tracing::warn!(error = %e, kind = e.kind(), "queue poll failed; retrying")
+                }
+            }
+        }
+        if let Some(outcome) = done {
+            outcomes.push(outcome);
+            continue; // more may be waiting: look again at once
+        }
+        let mut stop = agent.stop.clone();
         tokio::select! {
             () = tokio::time::sleep(cfg.poll_interval) => {}
             _ = stop.changed() => {}
@@ -268,181 +189,438 @@ pub async fn run(
     outcomes
 }
 
-/// Claims and runs the first spec this agent may take; `None` when there is none.
-async fn next(
-    cfg: &QueueConfig,
-    store: &dyn ObjectStore,
-    running: &std::sync::Mutex<Option<String>>,
-) -> Result<Option<Outcome>, StoreError> {
-    for key in store.list(&cfg.dir("pending")).await? {
-        let Some(id) = key
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.strip_suffix(".json"))
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-        else {
-            continue;
-        };
-        let body = match store.get(&key).await {
-            Ok(b) => b,
-            Err(StoreError::NotFound(_)) => continue, // claimed meanwhile
-            Err(e) => return Err(e),
-        };
-        let spec: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        if spec
-            .as_ref()
-            .is_some_and(|s| !placement_allows(s, cfg.pool_id.as_deref()))
-        {
-            continue;
-        }
-        let claimed = format!("{}{id}.json", cfg.dir("claimed"));
-        if !store.create(&claimed, &body).await? {
-            continue; // another agent won it
-        }
-        store.delete(&key).await?;
-        tracing::info!(spec = %id, node = %cfg.node_id, "claimed");
-        if let Ok(mut r) = running.lock() {
-            *r = Some(id.clone());
-        }
-        let ok = match &spec {
-            None => {
-                tracing::error!(spec = %id, "spec is not JSON: marked failed without running");
-                false
-            }
-            Some(_) => supervise(cfg, &id, &body).await,
-        };
-        if let Ok(mut r) = running.lock() {
-            *r = None;
-        }
-        let state = if ok { "completed" } else { "failed" };
-        store
-            .put(&format!("{}{id}.json", cfg.dir(state)), &body)
-            .await?;
-        store.delete(&claimed).await?;
-        tracing::info!(spec = %id, state, "done");
-        return Ok(Some(if ok {
-            Outcome::Completed(id)
-        } else {
-            Outcome::Failed(id)
-        }));
-    }
-    Ok(None)
+/// One agent's view: its settings, store and identity.
+struct Agent<'a> {
+    cfg: &'a QueueConfig,
+    store: &'a dyn ObjectStore,
+    /// `<node id>/<pid>`: the holder named in leases and records.
+    id: String,
+    rules: Rules,
+    /// The spec being run, for the heartbeat.
+    running: Arc<Mutex<Option<String>>>,
+    /// Claimed objects already reported as unreadable (logged once each).
+    unreadable: Mutex<HashSet<String>>,
+    stop: watch::Receiver<bool>,
 }
 
-/// Runs the supervisor with the spec on stdin; whether it exited 0.
-async fn supervise(cfg: &QueueConfig, id: &str, spec: &[u8]) -> bool {
-    let child = tokio::process::Command::new(&cfg.supervisor)
-        .env("FLEET_QUEUE_SPEC_ID", id)
-        .env("FLEET_QUEUE_NODE_ID", &cfg.node_id)
-        .stdin(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(spec = %id, supervisor = %cfg.supervisor, error = %e, "the supervisor did not start");
-            return false;
-        }
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        if let Err(e) = stdin.write_all(spec).await {
-            tracing::warn!(spec = %id, error = %e, "the supervisor did not read the whole spec");
-        }
-        drop(stdin);
+/// A claim this agent holds, at the version it last wrote.
+struct Held {
+    key: String,
+    claim: QueueClaim,
+    version: Version,
+}
+
+impl Agent<'_> {
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
     }
-    match child.wait().await {
-        Ok(status) => {
-            tracing::info!(spec = %id, code = ?status.code(), "supervisor exited");
-            status.success()
+
+    fn key(&self, state: &str, id: &str) -> String {
+        format!("{}{id}.json", self.cfg.dir(state))
+    }
+
+    fn encode(claim: &QueueClaim) -> Result<Vec<u8>, StoreError> {
+        encode(claim).map_err(|e| StoreError::Io(format!("encoding a claim: {e}")))
+    }
+
+    /// Files settled claims, takes over one lapsed claim and runs it.
+    async fn scan_claimed(&self) -> Result<Option<Outcome>, StoreError> {
+        for key in rotated(self.store.list(&self.cfg.dir("claimed")).await?) {
+            if spec_id(&key).is_none() {
+                continue;
+            }
+            let object = match self.store.get(&key, MAX_QUEUE_RECORD_BYTES).await {
+                Ok(o) => o,
+                Err(StoreError::NotFound(_)) => continue, // filed meanwhile
+                Err(e @ StoreError::TooLarge { .. }) => {
+                    self.unreadable(&key, &e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let claim: QueueClaim = match decode_limited(&object.body, MAX_QUEUE_RECORD_BYTES) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.unreadable(&key, &e.to_string());
+                    continue;
+                }
+            };
+            let held = Held {
+                key,
+                claim,
+                version: object.version,
+            };
+            match lease::found(&held.claim, &self.id, now_ms(), &self.rules) {
+                Found::Held { .. } => {}
+                Found::Lapsed => {
+                    tracing::debug!(spec = %held.claim.spec_id, holder = %held.claim.lease.agent, "lease lapsed; take-over is off here");
+                }
+                Found::File(record) => self.file(&held, &record).await?,
+                Found::TakeOver(next) | Found::GiveUp(next) if !self.stopping() => {
+                    let Some(version) = self
+                        .store
+                        .replace(&held.key, &Self::encode(&next)?, &held.version)
+                        .await?
+                    else {
+                        continue; // another agent acted on it first
+                    };
+                    tracing::warn!(spec = %next.spec_id, from = %held.claim.lease.agent, fencing = next.lease.fencing, expired_at = held.claim.lease.expires_at, settled = next.result.is_some(), "took over a lapsed lease");
+                    let next = Held {
+                        key: held.key,
+                        claim: next,
+                        version,
+                    };
+                    if let Some(outcome) = self.start(next).await? {
+                        return Ok(Some(outcome));
+                    }
+                }
+                Found::TakeOver(_) | Found::GiveUp(_) => {}
+            }
         }
-        Err(e) => {
-            tracing::error!(spec = %id, error = %e, "waiting for the supervisor failed");
-            false
+        Ok(None)
+    }
+
+    fn unreadable(&self, key: &str, why: &str) {
+        let first = self
+            .unreadable
+            .lock()
+            .map(|mut seen| seen.insert(key.to_owned()))
+            .unwrap_or(true);
+        if first {
+            tracing::error!(
+                key,
+                error = why,
+                "a claimed object is not a fleet claim; left for an operator"
+            );
         }
+    }
+
+    /// Claims the first pending spec this agent may take and runs it;
+    /// `None` when there is none.
+    async fn next_pending(&self) -> Result<Option<Outcome>, StoreError> {
+        for key in rotated(self.store.list(&self.cfg.dir("pending")).await?) {
+            if self.stopping() {
+                return Ok(None);
+            }
+            let Some(id) = spec_id(&key) else {
+                continue;
+            };
+            let now = now_ms();
+            let claim = match self.store.get(&key, MAX_QUEUE_SPEC_BYTES).await {
+                Ok(object) => match serde_json::from_slice::<serde_json::Value>(&object.body) {
+                    Ok(spec) if placement_allows(&spec, self.cfg.pool_id.as_deref()) => {
+                        lease::claim(id, spec, &self.id, now, &self.rules)
+                    }
+                    Ok(_) => continue, // another pool's
+                    Err(e) => {
+                        let text = String::from_utf8_lossy(&object.body).into_owned();
+                        tracing::error!(spec = %id, error = %e, "spec is not JSON: filed as failed without running");
+                        let reason = format!("the spec is not JSON: {e}");
+                        lease::refused(id, text.into(), &self.id, now, reason, &self.rules)
+                    }
+                },
+                Err(StoreError::NotFound(_)) => continue, // claimed meanwhile
+                Err(e @ StoreError::TooLarge { .. }) => {
+                    tracing::error!(spec = %id, error = %e, "spec too large: filed as failed without running");
+                    let reason = format!("the spec is too large: {e}");
+                    let spec = serde_json::Value::Null;
+                    lease::refused(id, spec, &self.id, now, reason, &self.rules)
+                }
+                Err(e) => return Err(e),
+            };
+            let claimed = self.key("claimed", id);
+            let Some(version) = self.store.create(&claimed, &Self::encode(&claim)?).await? else {
+                continue; // another agent won it
+            };
+            tracing::info!(spec = %id, agent = %self.id, "claimed");
+            let held = Held {
+                key: claimed,
+                claim,
+                version,
+            };
+            if let Some(outcome) = self.start(held).await? {
+                return Ok(Some(outcome));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether `id` has a record already.
+    async fn filed(&self, id: &str) -> Result<Option<&'static str>, StoreError> {
+        for state in ["completed", "failed"] {
+            match self
+                .store
+                .get(&self.key(state, id), MAX_QUEUE_RECORD_BYTES)
+                .await
+            {
+                Ok(_) | Err(StoreError::TooLarge { .. }) => return Ok(Some(state)),
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs (or files) a claim this agent just created or took over.
+    async fn start(&self, held: Held) -> Result<Option<Outcome>, StoreError> {
+        let id = held.claim.spec_id.clone();
+        // The pending object is gone once claimed; one left by an agent that
+        // died in between has a claim, and the claim is only deleted after
+        // the spec was filed. So a record here means this claim came from
+        // such a leftover (or a reused id): drop it, do not run again.
+        if let Some(state) = self.filed(&id).await? {
+            tracing::warn!(spec = %id, state, "spec already filed: a leftover pending copy; removed without running");
+            self.store.delete_if(&held.key, &held.version).await?;
+            self.store.delete(&self.key("pending", &id)).await?;
+            return Ok(None);
+        }
+        if let Err(e) = self.store.delete(&self.key("pending", &id)).await {
+            // The claim stands; the leftover is dropped when seen again.
+            tracing::warn!(spec = %id, error = %e, "could not remove the pending copy of a claimed spec");
+        }
+        if let Some(record) = held.claim.record() {
+            self.file(&held, &record).await?;
+            return Ok(Some(Outcome::Failed(id)));
+        }
+        if let Ok(mut r) = self.running.lock() {
+            *r = Some(format!("{id} (fencing {})", held.claim.lease.fencing));
+        }
+        let outcome = self.supervise(held).await;
+        if let Ok(mut r) = self.running.lock() {
+            *r = None;
+        }
+        Ok(Some(outcome))
+    }
+
+    /// Files a settled claim: creates its record if absent (a spec is filed
+    /// once), then deletes the claim if it is still that version.
+    async fn file(&self, held: &Held, record: &QueueRecord) -> Result<(), StoreError> {
+        let state = record.outcome.dir();
+        let key = self.key(state, &record.spec_id);
+        let body = encode(record).map_err(|e| StoreError::Io(format!("encoding a record: {e}")))?;
+        if self.store.create(&key, &body).await?.is_some() {
+            tracing::info!(spec = %record.spec_id, state, agent = %record.agent, fencing = record.fencing, "filed");
+        } else {
+            tracing::info!(spec = %record.spec_id, state, "already filed");
+        }
+        self.store.delete_if(&held.key, &held.version).await?;
+        Ok(())
+    }
+
+    /// Runs the supervisor under the lease, renewing it; settles and files
+    /// the result if the lease still holds.
+    async fn supervise(&self, mut held: Held) -> Outcome {
+        let id = held.claim.spec_id.clone();
+        let fencing = held.claim.lease.fencing;
+        let started_at = now_ms();
+        let outcome = match Supervisor::start(self, &held.claim) {
+            Err(e) => {
+                tracing::error!(spec = %id, guard = %self.cfg.guard.display(), error = %e, "the supervisor did not start");
+                QueueOutcome::Failed {
+                    exit_code: None,
+                    reason: format!("the supervisor did not start: {e}"),
+                }
+            }
+            Ok(mut sup) => {
+                // A failed renewal is retried sooner.
+                let retry = (self.cfg.renew_interval / 4).max(Duration::from_millis(50));
+                let mut wait = self.cfg.renew_interval;
+                let status = loop {
+                    tokio::select! {
+                        status = sup.child.wait() => break status,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    let next = lease::renew(&held.claim, now_ms(), &self.rules);
+                    let written = match Self::encode(&next) {
+                        Ok(body) => self.store.replace(&held.key, &body, &held.version).await,
+                        Err(e) => Err(e),
+                    };
+                    match written {
+                        Ok(Some(version)) => {
+                            held.claim = next;
+                            held.version = version;
+                            wait = self.cfg.renew_interval;
+                        }
+                        Ok(None) => {
+                            tracing::warn!(spec = %id, fencing, "lease lost: another agent took the spec over; stopping the supervisor, recording nothing");
+                            sup.stop().await;
+                            return Outcome::Lost(id);
+                        }
+                        Err(e) if now_ms() > held.claim.lease.expires_at => {
+                            tracing::warn!(spec = %id, fencing, error = %e, "lease lapsed unrenewed (it may run elsewhere now); stopping the supervisor");
+                            sup.stop().await;
+                            return Outcome::Lost(id);
+                        }
+                        Err(e) => {
+                            tracing::warn!(spec = %id, fencing, error = %e, "lease renewal failed; retrying");
+                            wait = retry;
+                        }
+                    }
+                };
+                sup.waited();
+                outcome_of(&status)
+            }
+        };
+        let ended_at = now_ms();
+        tracing::info!(spec = %id, fencing, state = outcome.dir(), ?outcome, "supervisor ended");
+        let settled = lease::settle(&held.claim, outcome, started_at, ended_at);
+        // Recorded only if the lease still holds: the same version.
+        let give_up = held
+            .claim
+            .lease
+            .expires_at
+            .saturating_add(self.rules.lease_ms);
+        let version = loop {
+            let written = match Self::encode(&settled) {
+                Ok(body) => self.store.replace(&held.key, &body, &held.version).await,
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(Some(v)) => break v,
+                Ok(None) => {
+                    tracing::warn!(spec = %id, fencing, "result not recorded: the lease was taken over while the supervisor ran");
+                    return Outcome::Lost(id);
+                }
+                Err(e) if now_ms() > give_up => {
+                    tracing::error!(spec = %id, fencing, error = %e, "result not recorded: the store failed until the lease was long gone");
+                    return Outcome::Lost(id);
+                }
+                Err(e) => {
+                    tracing::warn!(spec = %id, fencing, error = %e, "recording the result failed; retrying");
+                    tokio::time::sleep(self.cfg.poll_interval.min(Duration::from_millis(500)))
+                        .await;
+                }
+            }
+        };
+        let settled = Held {
+            key: held.key,
+            claim: settled,
+            version,
+        };
+        let failed = matches!(
+            settled.claim.result.as_ref().map(|r| &r.outcome),
+            Some(QueueOutcome::Failed { .. })
+        );
+        if let Some(record) = settled.claim.record()
+            && let Err(e) = self.file(&settled, &record).await
+        {
+            // Settled: any agent files it later.
+            tracing::warn!(spec = %id, error = %e, "filing failed; the settled claim is filed later");
+        }
+        if failed {
+            Outcome::Failed(id)
+        } else {
+            Outcome::Completed(id)
+        }
+    }
+}
+
+/// The supervisor's outcome from the guard's exit status.
+fn outcome_of(status: &std::io::Result<std::process::ExitStatus>) -> QueueOutcome {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) if s.success() => QueueOutcome::Completed { exit_code: 0 },
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) if code == i32::from(guard::NOT_STARTED) => QueueOutcome::Failed {
+                exit_code: Some(code),
+                reason: format!(
+                    "the supervisor exited with {code} (it could not be started; see the agent's log)"
+                ),
+            },
+            (Some(code), _) => QueueOutcome::Failed {
+                exit_code: Some(code),
+                reason: format!("the supervisor exited with {code}"),
+            },
+            (None, Some(sig)) => QueueOutcome::Failed {
+                exit_code: None,
+                reason: format!(
+                    "the supervisor was killed by {}",
+                    Signal::try_from(sig)
+                        .map_or_else(|_| format!("signal {sig}"), |s| s.to_string())
+                ),
+            },
+            (None, None) => QueueOutcome::Failed {
+                exit_code: None,
+                reason: format!("the supervisor ended: {s}"),
+            },
+        },
+        Err(e) => QueueOutcome::Failed {
+            exit_code: None,
+            reason: format!("waiting for the supervisor failed: {e}"),
+        },
+    }
+}
+
+/// A running supervisor: the guard process.
+struct Supervisor {
+    child: tokio::process::Child,
+    pid: Option<Pid>,
+}
+
+impl Supervisor {
+    /// Starts the guard (which starts the supervisor) with the spec on stdin.
+    fn start(agent: &Agent<'_>, claim: &QueueClaim) -> std::io::Result<Supervisor> {
+        let spec = serde_json::to_vec(&claim.spec)?;
+        let mut child = tokio::process::Command::new(&agent.cfg.guard)
+            .arg(guard::GUARD_COMMAND)
+            .arg("--parent")
+            .arg(std::process::id().to_string())
+            .arg("--")
+            .arg(&agent.cfg.supervisor)
+            .env(QUEUE_SPEC_ID_ENV, &claim.spec_id)
+            .env(QUEUE_NODE_ID_ENV, &agent.cfg.node_id)
+            .env(QUEUE_AGENT_ID_ENV, &claim.lease.agent)
+            .env(QUEUE_FENCING_ENV, claim.lease.fencing.to_string())
+            .stdin(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .map(Pid::from_raw);
+        if let Some(mut stdin) = child.stdin.take() {
+            let id = claim.spec_id.clone();
+            // Apart from the wait: a supervisor that does not read its
+            // stdin must not hold up the lease renewals.
+            tokio::spawn(async move {
+                if let Err(e) = stdin.write_all(&spec).await {
+                    tracing::warn!(spec = %id, error = %e, "the supervisor did not read the whole spec");
+                }
+            });
+        }
+        Ok(Supervisor { child, pid })
+    }
+
+    /// Asks the guard to kill the supervisor's group, and waits for it.
+    async fn stop(&mut self) {
+        self.signal();
+        let _ = self.child.wait().await;
+        self.waited();
+    }
+
+    fn signal(&self) {
+        if let Some(pid) = self.pid {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// The guard was reaped: its pid may be reused, never signal it again.
+    fn waited(&mut self) {
+        self.pid = None;
+    }
+}
+
+impl Drop for Supervisor {
+    /// The run is abandoned (the agent is shutting down): the guard kills
+    /// the group (SIGKILL to the guard would leave the group behind).
+    fn drop(&mut self) {
+        self.signal();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
-
-    #[test]
-    fn settings_come_from_the_environment_with_the_seed_aliases() {
-        let cfg = QueueConfig::from_env(&env(&[
-            ("CELLOS_FLEET_BUCKET", "cellos-prod"),
-            ("CELLOS_FLEET_QUEUE_NAME", "gpu-pool"),
-            ("CELLOS_FLEET_POOL_ID", "gpu-a100"),
-            (
-                "CELLOS_FLEET_SUPERVISOR",
-                "/opt/cellos/bin/cellos-supervisor",
-            ),
-            ("AWS_REGION", "us-west-2"),
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            cfg.backend,
-            Backend::S3 {
-                bucket: "cellos-prod".into(),
-                region: Some("us-west-2".into()),
-                endpoint: None
-            }
-        );
-        assert_eq!(cfg.dir("pending"), "fleet/gpu-pool/pending/");
-        assert_eq!(cfg.pool_id.as_deref(), Some("gpu-a100"));
-        assert_eq!(cfg.poll_interval, Duration::from_secs(5));
-        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(30));
-        // The fleet names win over the aliases.
-        let cfg = QueueConfig::from_env(&env(&[
-            ("FLEET_QUEUE_DIR", "/srv/q"),
-            ("FLEET_QUEUE_PREFIX", "jobs"),
-            ("CELLOS_FLEET_PREFIX", "ignored"),
-            ("FLEET_QUEUE_POLL_INTERVAL_MS", "250"),
-        ]))
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cfg.backend, Backend::Dir("/srv/q".into()));
-        assert_eq!(cfg.dir("claimed"), "jobs/claimed/");
-        assert_eq!(cfg.poll_interval, Duration::from_millis(250));
-    }
-
-    #[test]
-    fn bad_settings_name_the_variable() {
-        for (pairs, var) in [
-            (vec![], "FLEET_QUEUE_BUCKET"),
-            (
-                vec![("FLEET_QUEUE_BUCKET", "b"), ("FLEET_QUEUE_DIR", "/d")],
-                "FLEET_QUEUE_BUCKET",
-            ),
-            (
-                vec![
-                    ("FLEET_QUEUE_DIR", "/d"),
-                    ("CELLOS_FLEET_POLL_INTERVAL_MS", "soon"),
-                ],
-                "CELLOS_FLEET_POLL_INTERVAL_MS",
-            ),
-            (
-                vec![("FLEET_QUEUE_DIR", "/d"), ("FLEET_QUEUE_PREFIX", "a/../b")],
-                "FLEET_QUEUE_PREFIX",
-            ),
-        ] {
-            let e = QueueConfig::from_env(&env(&pairs))
-                .err()
-                .unwrap_or_else(|| panic!("{pairs:?}"));
-            assert_eq!(e.var, var, "{e}");
-        }
-        assert!(!QueueConfig::requested(&env(&[("HOME", "/root")])));
-        assert!(QueueConfig::requested(&env(&[(
-            "CELLOS_FLEET_BUCKET",
-            "b"
-        )])));
-    }
 
     #[test]
     fn the_pool_gate_only_refuses_a_spec_for_another_pool() {
@@ -454,5 +632,36 @@ mod tests {
         assert!(placement_allows(&spec(Some("gpu")), Some("gpu")));
         assert!(!placement_allows(&spec(Some("cpu")), Some("gpu")));
         assert!(placement_allows(&spec(Some("cpu")), None));
+    }
+
+    #[test]
+    fn exit_statuses_become_outcomes_with_reasons() {
+        use std::os::unix::process::ExitStatusExt;
+        let of = |raw: i32| outcome_of(&Ok(std::process::ExitStatus::from_raw(raw)));
+        assert_eq!(of(0), QueueOutcome::Completed { exit_code: 0 });
+        assert_eq!(
+            of(3 << 8),
+            QueueOutcome::Failed {
+                exit_code: Some(3),
+                reason: "the supervisor exited with 3".into()
+            }
+        );
+        assert_eq!(
+            of(9),
+            QueueOutcome::Failed {
+                exit_code: None,
+                reason: "the supervisor was killed by SIGKILL".into()
+            }
+        );
+        assert!(
+            matches!(of(127 << 8), QueueOutcome::Failed { exit_code: Some(127), reason } if reason.contains("could not be started"))
+        );
+    }
+
+    #[test]
+    fn spec_ids_are_object_names_without_json() {
+        assert_eq!(spec_id("fleet/pending/a b.json"), Some("a b"));
+        assert_eq!(spec_id("fleet/pending/.json"), None);
+        assert_eq!(spec_id("fleet/pending/x.txt"), None);
     }
 }
