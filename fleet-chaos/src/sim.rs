@@ -106,6 +106,38 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// When the copies of one caller-plane message sent at `at` arrive:
+    /// none if it is lost (traced as `lost`), two if it is duplicated, each
+    /// after its own delay while faults are on.
+    fn caller_plane_deliveries(
+        &mut self,
+        at: Millis,
+        f: &crate::plan::Faults,
+        lost: std::fmt::Arguments<'_>,
+    ) -> Vec<Millis> {
+        let faults = self.faults(at);
+        if faults && self.rng.chance(f.msg_loss) {
+            self.step(at, lost);
+            self.count("caller-plane messages lost");
+            return Vec::new();
+        }
+        let copies = if faults && self.rng.chance(f.msg_dup) {
+            self.count("caller-plane messages duplicated");
+            2
+        } else {
+            1
+        };
+        (0..copies)
+            .map(|_| {
+                at + if faults {
+                    self.rng.range(1, f.msg_delay_ms)
+                } else {
+                    1
+                }
+            })
+            .collect()
+    }
+
     /// Faults are on at `at` (ms since the start).
     pub(crate) fn faults(&self, at: Millis) -> bool {
         at < self.faults_until
@@ -385,28 +417,7 @@ impl Sim {
     /// to loss, duplication and delay.
     fn to_mailbox(self: &Arc<Self>, mailbox: String, msg: Outbound) {
         let deliveries = self.with(|st, at| {
-            let f = &self.plan.faults;
-            let faults = st.faults(at);
-            if faults && st.rng.chance(f.msg_loss) {
-                st.step(at, format_args!("lost -> {mailbox}"));
-                st.count("caller-plane messages lost");
-                return Vec::new();
-            }
-            let copies = if faults && st.rng.chance(f.msg_dup) {
-                st.count("caller-plane messages duplicated");
-                2
-            } else {
-                1
-            };
-            (0..copies)
-                .map(|_| {
-                    at + if faults {
-                        st.rng.range(1, f.msg_delay_ms)
-                    } else {
-                        1
-                    }
-                })
-                .collect::<Vec<_>>()
+            st.caller_plane_deliveries(at, &self.plan.faults, format_args!("lost -> {mailbox}"))
         });
         for when in deliveries {
             let sim = Arc::clone(self);
@@ -472,29 +483,8 @@ impl Sim {
     /// (none: it is lost), subject to loss, duplication and delay.
     pub(crate) fn caller_send(self: &Arc<Self>, what: &str, msg: Inbound) {
         let deliveries = self.with(|st, at| {
-            let f = &self.plan.faults;
-            let faults = st.faults(at);
             st.step(at, format_args!("{what}"));
-            if faults && st.rng.chance(f.msg_loss) {
-                st.step(at, format_args!("lost: {what}"));
-                st.count("caller-plane messages lost");
-                return Vec::new();
-            }
-            let copies = if faults && st.rng.chance(f.msg_dup) {
-                st.count("caller-plane messages duplicated");
-                2
-            } else {
-                1
-            };
-            (0..copies)
-                .map(|_| {
-                    at + if faults {
-                        st.rng.range(1, f.msg_delay_ms)
-                    } else {
-                        1
-                    }
-                })
-                .collect::<Vec<_>>()
+            st.caller_plane_deliveries(at, &self.plan.faults, format_args!("lost: {what}"))
         });
         for when in deliveries {
             let sim = Arc::clone(self);
