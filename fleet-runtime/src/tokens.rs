@@ -157,27 +157,6 @@ impl BootstrapRegistry {
         }
         Err(BootstrapError::Contended(key.to_string()))
     }
-
-    /// Deletes the records of nodes not in `live` (nodes deleted while
-    /// their record's removal was lost to a crash); returns how many.
-    pub async fn retain(&self, live: &BTreeSet<NodeId>) -> Result<usize, BootstrapError> {
-        let mut removed = 0;
-        for (key, v) in self.store.list(Subjects::BOOTSTRAP_PREFIX).await? {
-            let node = key
-                .as_str()
-                .strip_prefix(Subjects::BOOTSTRAP_PREFIX)
-                .and_then(|n| NodeId::new(n).ok());
-            if node.is_some_and(|n| live.contains(&n)) {
-                continue;
-            }
-            match self.store.delete(&key, v.revision).await {
-                Ok(()) => removed += 1,
-                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(removed)
-    }
 }
 
 #[async_trait]
@@ -244,7 +223,22 @@ impl BootstrapTokens for BootstrapRegistry {
     }
 
     async fn retain(&self, live: &BTreeSet<NodeId>) -> Result<usize, BootstrapError> {
-        BootstrapRegistry::retain(self, live).await
+        let mut removed = 0;
+        for (key, v) in self.store.list(Subjects::BOOTSTRAP_PREFIX).await? {
+            let node = key
+                .as_str()
+                .strip_prefix(Subjects::BOOTSTRAP_PREFIX)
+                .and_then(|n| NodeId::new(n).ok());
+            if node.is_some_and(|n| live.contains(&n)) {
+                continue;
+            }
+            match self.store.delete(&key, v.revision).await {
+                Ok(()) => removed += 1,
+                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -209,13 +209,8 @@ impl Daemon {
     /// kill -9 the daemon and start it again on the same config.
     pub(crate) fn crash_and_restart(&mut self) {
         self.kill9();
-        let mut restarted =
-            Daemon::launch(&self.dir.clone(), self.config.clone(), self.env.clone());
-        self.child = restarted.child.take();
-        self.discovery = restarted.discovery.clone();
-        self.token = restarted.token.clone();
-        // `restarted` has no child now; its drop must not kill our agents.
-        std::mem::forget(restarted);
+        let restarted = Daemon::launch(&self.dir.clone(), self.config.clone(), self.env.clone());
+        self.adopt(restarted);
     }
 
     /// kill -9 the daemon, start it again on the same config, and return
@@ -241,11 +236,17 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
         restarted.await_discovery();
+        self.adopt(restarted);
+        ready
+    }
+
+    /// Takes over a restarted process's child and discovery.
+    fn adopt(&mut self, mut restarted: Daemon) {
         self.child = restarted.child.take();
         self.discovery = restarted.discovery.clone();
         self.token = restarted.token.clone();
+        // `restarted` has no child now; its drop must not kill our agents.
         std::mem::forget(restarted);
-        ready
     }
 
     pub(crate) fn kill9(&mut self) {
