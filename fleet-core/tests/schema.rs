@@ -17,9 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fleet_core::protocol::{
-    AgentMsg, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery, ExecFrame,
-    FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Record,
-    SealedCredentials, WsClientFrame, WsServerFrame,
+    AgentMsg, AgentRefusal, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
+    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
+    Record, SealedCredentials, WsClientFrame, WsServerFrame,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -70,6 +70,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-new-token-request.json", Plain, schema_of::<NewTokenRequest>),
     ("http-new-token.json",     Plain,    schema_of::<NewToken>),
     ("http-api-error.json",     Plain,    schema_of::<ApiErrorBody>),
+    ("agent-refusal.json",      Plain,    schema_of::<AgentRefusal>),
 ];
 
 const BLESS_VAR: &str = "FLEET_BLESS_SCHEMA";
