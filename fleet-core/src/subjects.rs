@@ -213,6 +213,16 @@ impl Subjects {
         Key::from_tokens(&["fleet", "id"])
     }
 
+    /// Store key of a node's bootstrap token digests
+    /// ([`BootstrapRecord`](crate::protocol::BootstrapRecord)):
+    /// `bootstrap.<node>`. Outside the controller's prefixes: the runtime
+    /// and the agent authenticator own it.
+    pub fn bootstrap_key(node: &NodeId) -> Key {
+        Key::from_tokens(&["bootstrap", node.as_str()])
+    }
+
+    /// Prefix of every bootstrap key.
+    pub const BOOTSTRAP_PREFIX: &'static str = "bootstrap.";
     /// Prefix of every claim key.
     pub const CLAIMS_PREFIX: &'static str = "claims.";
     /// Prefix of every node key.

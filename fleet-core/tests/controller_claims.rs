@@ -479,3 +479,48 @@ fn cost_is_accrued_with_the_billing_model() {
     assert_eq!(pool.running, expected);
     assert_eq!(pool.boots.values().sum::<u64>(), 1);
 }
+
+#[test]
+fn a_claim_only_the_peak_serves_is_granted_after_stop_resize_start_where_resizing_needs_a_stop() {
+    // Found by fleet-chaos: on EC2 and Hetzner (`resize_requires_stop`)
+    // always_on_resize asked to resize its running node, the controller
+    // refused, and the claim waited for good.
+    use fleet_core::strategy::StrategyConfig;
+    let mut config = config(pool(StrategyConfig::AlwaysOnResize(Default::default()), 1));
+    config.capabilities.resize_requires_stop = true;
+    let mut w = fleet_core::harness::World::new(config, T0, true);
+    w.run_for(300_000).unwrap();
+    let node = w
+        .controller()
+        .nodes()
+        .next()
+        .expect("the always-on node")
+        .record;
+    assert_eq!(node.instance_type.as_str(), "c7.large");
+    let mut req = request("big");
+    req.requirements.cpus = 8;
+    req.recipient = None;
+    w.claim_for(req, 60_000);
+    let asked = w.now();
+    while granted(&w, "big").is_none() {
+        assert!(w.now() < asked + 600_000, "not granted: {:?}", w.alerts());
+        assert!(w.step());
+    }
+    let g = granted(&w, "big").unwrap();
+    assert_eq!(g.node, node.node);
+    let now = w.controller().node(&node.node).unwrap().record;
+    assert_eq!(now.instance_type.as_str(), "c7.2xlarge");
+    assert!(
+        !w.alerts()
+            .iter()
+            .any(|a| matches!(a, Alert::InvalidAction { .. })),
+        "{:?}",
+        w.alerts()
+    );
+    // Released and idle at the peak: stopped, resized back, started again.
+    w.run_for(1_800_000).unwrap();
+    let back = w.controller().node(&node.node).unwrap();
+    assert_eq!(back.record.instance_type.as_str(), "c7.large");
+    assert_eq!(back.state, NodeState::Ready);
+    w.check_invariants().unwrap();
+}

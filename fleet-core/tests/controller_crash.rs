@@ -135,6 +135,57 @@ fn a_store_outage_delays_the_ack_but_loses_nothing() {
     assert!(granted_node(&w, "c1").is_some());
 }
 
+/// The claim's stored record, as a restarted daemon would read it.
+fn stored_claim(w: &World, id: &str) -> Option<fleet_core::protocol::ClaimRecord> {
+    w.records().into_iter().find_map(|(_, _, r)| match r {
+        Record::Claim(c) if c.request.claim_id.as_str() == id => Some(c),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_retried_request_is_not_answered_with_a_grant_that_is_not_stored() {
+    // Found by fleet-chaos: a retry arriving while the grant's write was in
+    // flight was answered from memory; a crash before the write landed left
+    // the caller holding a node the store never gave it.
+    let mut w = world();
+    let mut req = request("c1");
+    req.recipient = None;
+    w.send_claim(ClaimMsg::Request(req.clone()));
+    // Until the node is booting and every write has landed: the next two
+    // writes are the node's `ready` and the grant, both at the agent's hello.
+    while !(w
+        .controller()
+        .nodes()
+        .any(|n| n.state == fleet_core::protocol::NodeState::Booting)
+        && w.controller().writes_in_flight() == 0)
+    {
+        assert!(w.step());
+    }
+    w.faults().store_unavailable = 2;
+    while w.controller().claim(&cid("c1")).unwrap().state != ClaimState::Granted {
+        assert!(w.step());
+    }
+    assert_eq!(stored_claim(&w, "c1").unwrap().state, ClaimState::Pending);
+    let retry = w.send_claim(ClaimMsg::Request(req));
+    // The failed writes come back and the retry is handled; the writes are
+    // retried later.
+    w.run_for(1).unwrap();
+    assert_eq!(stored_claim(&w, "c1").unwrap().state, ClaimState::Pending);
+    assert!(
+        w.replies(&retry).is_empty(),
+        "answered before the grant was stored: {:?}",
+        w.replies(&retry)
+    );
+    w.run_for(5_000).unwrap();
+    assert_eq!(stored_claim(&w, "c1").unwrap().state, ClaimState::Granted);
+    assert!(
+        matches!(w.replies(&retry), [ClaimReply::Granted(_)]),
+        "{:?}",
+        w.replies(&retry)
+    );
+}
+
 #[test]
 fn a_stale_epoch_write_fences_the_old_leader() {
     use fleet_core::controller::{Command, Event};

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
-    AgentMsg, AgentRefusal, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
-    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, Record, SealedCredentials,
+    AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg,
+    Discovery, ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, Record, SealedCredentials,
     WsClientFrame, WsServerFrame, credentials_signing_payload, decode, encode,
 };
 use fleet_core::protocol::{
@@ -47,6 +47,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("Record", enveloped::<Record>),
     ("LeaderRecord", enveloped::<LeaderRecord>),
     ("FleetRecord", enveloped::<FleetRecord>),
+    ("BootstrapRecord", enveloped::<BootstrapRecord>),
     ("SealedCredentials", plain::<SealedCredentials>),
     ("CredentialsBundle", plain::<CredentialsBundle>),
     ("Discovery", plain::<Discovery>),

@@ -17,9 +17,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fleet_core::protocol::{
-    AgentMsg, AgentRefusal, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
-    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-    Record, SealedCredentials, WsClientFrame, WsServerFrame,
+    AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg,
+    Discovery, ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION, Record, SealedCredentials, WsClientFrame, WsServerFrame,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -60,6 +60,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("record.json",             Envelope, schema_of::<Record>),
     ("leader-record.json",      Envelope, schema_of::<LeaderRecord>),
     ("fleet-record.json",       Envelope, schema_of::<FleetRecord>),
+    ("bootstrap-record.json",   Envelope, schema_of::<BootstrapRecord>),
     ("exec-frame.json",         Plain,    schema_of::<ExecFrame>),
     ("ws-client-frame.json",    Envelope, schema_of::<WsClientFrame>),
     ("ws-server-frame.json",    Envelope, schema_of::<WsServerFrame>),

@@ -349,7 +349,19 @@ fn always_on_resize_without_resize_capability_creates_nothing_extra() {
         .build()
         .plan(&f.view(), NOW);
     assert_eq!(plan, Plan::default());
+    // EC2 resizes only stopped machines: the resize starts with a stop.
     f.caps.resize = true;
+    let plan = StrategyConfig::AlwaysOnResize(AlwaysOnResize::default())
+        .build()
+        .plan(&f.view(), NOW);
+    assert_eq!(
+        plan.actions,
+        vec![Action::Stop {
+            node: NodeId::new("n1").unwrap(),
+        }]
+    );
+    // A provider that resizes running machines gets the resize itself.
+    f.caps.resize_requires_stop = false;
     let plan = StrategyConfig::AlwaysOnResize(AlwaysOnResize::default())
         .build()
         .plan(&f.view(), NOW);
@@ -359,6 +371,58 @@ fn always_on_resize_without_resize_capability_creates_nothing_extra() {
             node: NodeId::new("n1").unwrap(),
             to: it(BIG)
         }]
+    );
+    // One that resizes only stopped machines and cannot stop them cannot
+    // resize at all: nothing happens, as without the capability.
+    f.caps.resize_requires_stop = true;
+    f.caps.stop_start = false;
+    let plan = StrategyConfig::AlwaysOnResize(AlwaysOnResize::default())
+        .build()
+        .plan(&f.view(), NOW);
+    assert_eq!(plan, Plan::default());
+}
+
+#[test]
+fn always_on_resize_stops_resizes_then_starts_where_resizing_needs_a_stop() {
+    // Found by fleet-chaos: on EC2 and Hetzner (`resize_requires_stop`) the
+    // strategy asked to resize a running node, which the controller refuses,
+    // so a claim only the peak type serves waited for good.
+    let aor = StrategyConfig::AlwaysOnResize(AlwaysOnResize::default()).build();
+    let n1 = || NodeId::new("n1").unwrap();
+    let step = |state: NodeState, t: &str, claims: usize| {
+        let f = Fixture::ec2()
+            .node("n1", state, t, Market::OnDemand, 0)
+            .claims(claims, 8);
+        aor.plan(&f.view(), NOW).actions
+    };
+    // Up at the baseline, a claim needs the peak: stop, resize, start.
+    assert_eq!(
+        step(NodeState::Ready, SMALL, 1),
+        vec![Action::Stop { node: n1() }]
+    );
+    assert_eq!(
+        step(NodeState::Stopped, SMALL, 1),
+        vec![Action::Resize {
+            node: n1(),
+            to: it(BIG)
+        }]
+    );
+    assert_eq!(
+        step(NodeState::Stopped, BIG, 1),
+        vec![Action::Start { node: n1() }]
+    );
+    // Stopped at the peak with nothing waiting (stopped to scale down):
+    // back to the baseline, then up.
+    assert_eq!(
+        step(NodeState::Stopped, BIG, 0),
+        vec![Action::Resize {
+            node: n1(),
+            to: it(SMALL)
+        }]
+    );
+    assert_eq!(
+        step(NodeState::Stopped, SMALL, 0),
+        vec![Action::Start { node: n1() }]
     );
 }
 
@@ -665,7 +729,16 @@ fn always_on_resize_scales_down_after_idle_at_peak() {
             wake_at: Some(NOW + 200_000)
         }
     );
-    let f = f.idle_since(NOW - 300_000);
+    let mut f = f.idle_since(NOW - 300_000);
+    // EC2 resizes only stopped machines: the scale-down starts with a stop
+    // (and goes on above).
+    assert_eq!(
+        aor.plan(&f.view(), NOW).actions,
+        vec![Action::Stop {
+            node: NodeId::new("n1").unwrap(),
+        }]
+    );
+    f.caps.resize_requires_stop = false;
     assert_eq!(
         aor.plan(&f.view(), NOW).actions,
         vec![Action::Resize {

@@ -167,8 +167,14 @@ impl AgentAuth for NodeAuth {
         let Some(token) = &hello.bootstrap_token else {
             return Err(AuthError::NoCredentials);
         };
-        if !self.tokens.consume(&hello.node, token.expose()) {
-            return Err(AuthError::BadToken);
+        match self.tokens.consume(&hello.node, token.expose()).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AuthError::BadToken),
+            // The agent retries: the token may well be good.
+            Err(e) => {
+                tracing::warn!(node = %hello.node, error = %e, "bootstrap token not checked");
+                return Err(AuthError::Unavailable(e.to_string()));
+            }
         }
         let now = self.clock.now();
         let hosts = vec!["localhost".to_owned(), hello.peer.ip().to_string()];

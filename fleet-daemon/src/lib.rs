@@ -12,3 +12,4 @@ pub mod config;
 pub mod http;
 mod providers;
 pub mod serve;
+mod tls_listener;

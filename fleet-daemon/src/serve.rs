@@ -17,7 +17,7 @@ use fleet_core::clock::Clock;
 use fleet_core::protocol::{DISCOVERY_FILE, Discovery};
 use fleet_core::store::Store;
 use fleet_core::subjects::Subjects;
-use fleet_runtime::ca::{CA_CERT_FILE, PoolCa};
+use fleet_runtime::ca::{CA_CERT_FILE, CA_KEY_FILE, PoolCa};
 use fleet_runtime::credentials::CaIssuer;
 use fleet_runtime::lease::{LeaderLease, LeaseFencedStore};
 use fleet_runtime::seal::{SEAL_PUB_FILE, Sealer};
@@ -65,7 +65,23 @@ pub async fn serve(
     let leader = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(load_api_tokens(&data_dir, &*clock)?);
     let fleet_cell: Arc<OnceLock<Arc<Fleet>>> = Arc::new(OnceLock::new());
-    let http = HttpServer::start(&cfg, &fleet_cell, &tokens, &leader).await?;
+    // Beyond loopback the API is HTTPS with a certificate from the pool CA.
+    // A CA already on disk is only read, so a follower serves at once; on a
+    // first start only the leader may create it, so the API waits for it.
+    let early_tls = if api_needs_tls(cfg.http.listen) {
+        existing_ca(&data_dir, clock.now())
+            .await?
+            .map(|ca| api_tls(&cfg, &ca, clock.now()))
+            .transpose()?
+    } else {
+        None
+    };
+    let mut http = match (&early_tls, api_needs_tls(cfg.http.listen)) {
+        (None, true) => None,
+        (tls, _) => {
+            Some(HttpServer::start(&cfg, &fleet_cell, &tokens, &leader, tls.clone()).await?)
+        }
+    };
 
     let subjects = Subjects::new(&cfg.namespace).map_err(|e| setup("namespace")(e.to_string()))?;
     let nats = nats::connect(&cfg).await?;
@@ -73,7 +89,16 @@ pub async fn serve(
     let holder = format!("{}-{}", hostname(), std::process::id());
     let mut lease = LeaderLease::new(holder, cfg.leader.lease_ms);
     let epoch = loop {
-        match lease.try_acquire(&*stores.lease, clock.now()).await {
+        // Holding redb's file lock proves every earlier holder of the data
+        // dir dead (the kernel drops it with its process): lead at once
+        // instead of waiting out a crashed predecessor's lease. A shared
+        // store proves nothing; wait for the lease to lapse.
+        let acquired = if stores.redb.is_some() {
+            lease.take_over(&*stores.lease, clock.now()).await
+        } else {
+            lease.try_acquire(&*stores.lease, clock.now()).await
+        };
+        match acquired {
             Ok(Some(epoch)) => break epoch,
             Ok(None) => tokio::time::sleep(Duration::from_millis(cfg.leader.lease_ms / 3)).await,
             Err(e) => return Err(setup("taking the leader lease")(e.to_string())),
@@ -94,7 +119,16 @@ pub async fn serve(
     };
 
     let (ca, sealer) = load_trust(&data_dir, clock.now()).await?;
-    let bootstrap = Arc::new(BootstrapRegistry::default());
+    let http = match http.take() {
+        Some(h) => h,
+        None => {
+            let tls = api_tls(&cfg, &ca, clock.now())?;
+            HttpServer::start(&cfg, &fleet_cell, &tokens, &leader, Some(tls)).await?
+        }
+    };
+    // Bootstrap tokens live in the store, fenced like every leader write,
+    // so a node created before a restart joins after it.
+    let bootstrap = Arc::new(BootstrapRegistry::new(write_store.clone(), clock.clone()));
     let (ws, ws_url, cert_hosts) =
         bind_ws(&cfg, &ca, &bootstrap, &tokens, clock.clone(), clock.now()).await?;
     let ca_file = data_dir.join(CA_CERT_FILE);
@@ -160,7 +194,7 @@ pub async fn serve(
     }
 
     let discovery = Discovery {
-        http: format!("http://{}", url_host(http.addr)),
+        http: format!("{}://{}", http.scheme(), url_host(connectable(http.addr))),
         ws: ws_url,
         ca_file,
         signer_file: data_dir.join(SEAL_PUB_FILE),
@@ -234,6 +268,7 @@ fn load_api_tokens(data_dir: &Path, clock: &dyn Clock) -> Result<ApiTokens, Serv
 /// The HTTP API, up before leadership so a follower answers health.
 struct HttpServer {
     addr: SocketAddr,
+    tls: bool,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -244,6 +279,7 @@ impl HttpServer {
         fleet: &Arc<OnceLock<Arc<Fleet>>>,
         tokens: &Arc<ApiTokens>,
         leader: &Arc<AtomicBool>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<HttpServer, ServeError> {
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
             .await
@@ -257,14 +293,35 @@ impl HttpServer {
             leader: leader.clone(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let https = tls.is_some();
+        let task = match tls {
+            Some(tls) => {
+                let listener = crate::tls_listener::TlsListener::new(listener, tls);
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, app)
+                        .with_graceful_shutdown(stopped)
+                        .await;
                 })
-                .await;
-        });
-        Ok(HttpServer { addr, stop, task })
+            }
+            None => tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+            }),
+        };
+        Ok(HttpServer {
+            addr,
+            tls: https,
+            stop,
+            task,
+        })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     async fn stop(self) {
@@ -339,6 +396,66 @@ async fn load_trust(data_dir: &Path, now: u64) -> Result<(Arc<PoolCa>, Sealer), 
     .map_err(|e| setup("loading the CA")(e.to_string()))?
     .map_err(setup("loading the CA"))?;
     Ok((Arc::new(ca), sealer))
+}
+
+/// Whether the API must be HTTPS: beyond loopback an operator's bearer
+/// token would otherwise cross the network in clear text.
+pub(crate) fn api_needs_tls(listen: SocketAddr) -> bool {
+    !listen.ip().is_loopback()
+}
+
+/// The pool CA if the data dir already has one (read, never created).
+async fn existing_ca(data_dir: &Path, now: u64) -> Result<Option<Arc<PoolCa>>, ServeError> {
+    let present = data_dir.join(CA_CERT_FILE).exists() && data_dir.join(CA_KEY_FILE).exists();
+    if !present {
+        return Ok(None);
+    }
+    let dir = data_dir.to_owned();
+    let ca = tokio::task::spawn_blocking(move || PoolCa::load_or_create(&dir, now))
+        .await
+        .map_err(|e| setup("loading the CA")(e.to_string()))?
+        .map_err(|e| setup("loading the CA")(e.to_string()))?;
+    Ok(Some(Arc::new(ca)))
+}
+
+/// The API's TLS: a server certificate from the pool CA for `localhost`,
+/// the listen address (the loopback addresses too when it is a wildcard)
+/// and the WebSocket's extra host names.
+fn api_tls(
+    cfg: &DaemonConfig,
+    ca: &PoolCa,
+    now: u64,
+) -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    let ip = cfg.http.listen.ip();
+    let mut hosts = vec!["localhost".to_owned(), ip.to_string()];
+    if ip.is_unspecified() {
+        hosts.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+    }
+    hosts.extend(cfg.transport.ws.hosts.iter().cloned());
+    let cert = ca
+        .issue_server_cert(&hosts, now, now + 365 * 24 * 3_600_000)
+        .map_err(|e| setup("issuing the API's certificate")(e.to_string()))?;
+    ServerTlsConfig {
+        cert_chain_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        client_ca_pem: None,
+    }
+    .build()
+    .map_err(|e| setup("configuring the API's TLS")(e.to_string()))
+}
+
+/// An address a local client can connect to: a wildcard listen address
+/// becomes the loopback one.
+fn connectable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, addr.port()))
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+        }
+        _ => addr,
+    }
 }
 
 /// Agents and claim clients: TLS WebSocket with the daemon's certificate

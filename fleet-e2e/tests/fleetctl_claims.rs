@@ -185,3 +185,54 @@ async fn claims_never_granted_are_released_by_id_alone() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
 }
+
+/// Listening beyond loopback, the daemon serves its API over HTTPS with a
+/// certificate from the pool CA: `daemon.json` says `https://`, fleetctl
+/// verifies it against the CA and works; a plain-HTTP request gets no
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_api_is_https_from_the_pool_ca() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut d = Daemon::start(dir.path(), "");
+    let port = d
+        .discovery
+        .http
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let text = std::fs::read_to_string(&d.config).unwrap_or_default();
+    let loopback = format!("listen = \"127.0.0.1:{port}\"");
+    assert!(text.contains(&loopback), "{text}");
+    std::fs::write(
+        &d.config,
+        text.replacen(&loopback, &format!("listen = \"0.0.0.0:{port}\""), 1),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    d.crash_and_restart();
+    assert_eq!(d.discovery.http, format!("https://127.0.0.1:{port}"));
+
+    let status = ok(&fleetctl(&d, &["--json", "status"], 30));
+    let summary: serde_json::Value =
+        serde_json::from_str(&status).unwrap_or_else(|e| panic!("{e}: {status}"));
+    assert_eq!(summary["leader"], true, "{status}");
+
+    // Plain HTTP to the same port: the TLS server answers no HTTP.
+    let answer = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server neither answered nor closed"))
+    .unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}

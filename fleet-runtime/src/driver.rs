@@ -8,7 +8,7 @@
 //! Reply addresses are prefixed with the index of the transport they came
 //! from, so answers go back the way the question came.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,6 +40,7 @@ use tokio::task::JoinHandle;
 pub use fleet_core::clock::Clock;
 
 use crate::metrics::Metrics;
+use crate::tokens::BootstrapError;
 
 /// The system clock.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,10 +86,19 @@ pub trait CredentialIssuer: Send + Sync {
 }
 
 /// Mints single-use bootstrap tokens for new nodes (the agent auth side
-/// consumes them).
+/// consumes them); [`crate::tokens::BootstrapRegistry`] keeps them in the
+/// store.
+#[async_trait]
 pub trait BootstrapTokens: Send + Sync {
-    /// A fresh token for `node`, remembered (hashed) until used.
-    fn mint(&self, node: &NodeId) -> fleet_core::protocol::Secret;
+    /// A fresh token for `node`, remembered (hashed, durably) before it is
+    /// returned, so that it is honoured even by a later incarnation of the
+    /// daemon. An error means no token: the create is not sent.
+    async fn mint(&self, node: &NodeId) -> Result<fleet_core::protocol::Secret, BootstrapError>;
+    /// Drops every token of `node` (it is gone).
+    async fn forget(&self, node: &NodeId) -> Result<(), BootstrapError>;
+    /// Drops the tokens of every node not in `live`; returns how many
+    /// nodes' tokens were dropped.
+    async fn retain(&self, live: &BTreeSet<NodeId>) -> Result<usize, BootstrapError>;
 }
 
 /// Why the runtime could not start or answer.
@@ -347,6 +357,21 @@ impl FleetBuilder {
         };
         tracing::info!(fleet_id = %fleet_id, namespace = %self.namespace, "fleet identity");
         let records = load_records(&*store).await?;
+        if let Some(tokens) = &self.tokens {
+            // Tokens of nodes deleted while their removal was lost to a crash.
+            let live: BTreeSet<NodeId> = records
+                .iter()
+                .filter_map(|(_, _, r)| match r {
+                    Record::Node(n) => Some(n.node.clone()),
+                    _ => None,
+                })
+                .collect();
+            match tokens.retain(&live).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(nodes = n, "dropped the bootstrap tokens of gone nodes"),
+                Err(e) => tracing::warn!(error = %e, "bootstrap tokens of gone nodes not dropped"),
+            }
+        }
         let config = ControllerConfig {
             pools,
             quotas: self.quotas,
@@ -611,7 +636,11 @@ impl Driver {
                 }
                 None => Duration::from_secs(3_600),
             };
+            // Biased: tokio otherwise picks a ready branch at random, and a
+            // seeded simulation (fleet-chaos) must replay the same order.
+            // Inputs first loses nothing: every event runs due timers.
             let first = tokio::select! {
+                biased;
                 input = rx.recv() => match input {
                     Some(i) => Some(i),
                     None => return,
@@ -745,20 +774,51 @@ impl Driver {
             } => {
                 let store = self.store.clone();
                 let tx = self.tx.clone();
+                // A node record deleted: the node is gone, so are its
+                // unused bootstrap tokens.
+                let gone = (value.is_none())
+                    .then(|| key.as_str().strip_prefix(Subjects::NODES_PREFIX))
+                    .flatten()
+                    .and_then(|rest| rest.rsplit('.').next())
+                    .and_then(|n| NodeId::new(n).ok())
+                    .zip(self.tokens.clone());
+                let epoch = self.controller.epoch();
                 tokio::spawn(async move {
-                    let result = persist(&*store, &key, value, expected).await;
+                    let result = persist(&*store, &key, value, expected, epoch).await;
+                    if let (Ok(_), Some((node, tokens))) = (&result, gone)
+                        && let Err(e) = tokens.forget(&node).await
+                    {
+                        tracing::warn!(%node, error = %e, "bootstrap tokens of a deleted node kept; dropped at the next start");
+                    }
                     let _ = tx.send(Input::Persisted { key, result });
                 });
             }
             Command::Provider { op, call } => {
                 let mut call = call;
-                if let (ProviderCall::Create(spec), Some(tokens)) = (&mut call, &self.tokens) {
-                    spec.bootstrap_token = Some(tokens.mint(&spec.node));
-                }
+                let tokens = self.tokens.clone();
                 let provider = self.provider.clone();
                 let tx = self.tx.clone();
                 let name = call.name();
                 tokio::spawn(async move {
+                    // The token's digest is stored before the create goes
+                    // out, so the node can join whichever incarnation of
+                    // the daemon leads when its agent says hello.
+                    if let (ProviderCall::Create(spec), Some(tokens)) = (&mut call, &tokens) {
+                        match tokens.mint(&spec.node).await {
+                            Ok(token) => spec.bootstrap_token = Some(token),
+                            Err(e) => {
+                                tracing::warn!(node = %spec.node, error = %e, "no bootstrap token; the create waits");
+                                let _ = tx.send(Input::ProviderDone {
+                                    op,
+                                    call: name,
+                                    result: Err(ProviderError::Transient(format!(
+                                        "bootstrap token: {e}"
+                                    ))),
+                                });
+                                return;
+                            }
+                        }
+                    }
                     let result = call_provider(&*provider, call).await;
                     let _ = tx.send(Input::ProviderDone {
                         op,
@@ -863,21 +923,61 @@ fn untag_reply(r: &ReplyTo) -> Option<(usize, ReplyTo)> {
 }
 
 /// Performs one store write for the controller.
+///
+/// A write that failed as unavailable (a timeout) may have landed anyway;
+/// the controller retries it on the revision it knew, and the retry meets
+/// the landed write: `Conflict` or `AlreadyExists`, or `NotFound` for a
+/// delete. Taken at face value that reads as another leader's write and
+/// stops the control loop for good. So a conflicting record is read back:
+/// one carrying this leader's epoch was written by this leader (another
+/// leader has another epoch, and the store fences stale ones), and the
+/// write is applied on top of it; when the read fails as unavailable the
+/// write fails so too (and is retried); a delete that finds nothing is done.
 async fn persist(
     store: &dyn Store,
     key: &Key,
     value: Option<Record>,
     expected: Option<Revision>,
+    epoch: Epoch,
 ) -> Result<Revision, StoreError> {
-    match (value, expected) {
-        (Some(record), expected) => {
-            let bytes =
-                Bytes::from(encode(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?);
-            match expected {
-                None => store.create(key, bytes).await,
-                Some(rev) => store.update(key, bytes, rev).await,
+    let bytes = match &value {
+        Some(record) => Some(Bytes::from(
+            encode(record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let result = write(store, key, bytes.clone(), expected).await;
+    match result {
+        Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
+            match store.get(key).await {
+                Ok(Some(current)) if written_in(&current.value, epoch) => {
+                    tracing::info!(%key, "a timed-out write of this leader had landed; writing on top of it");
+                    write(store, key, bytes, Some(current.revision)).await
+                }
+                // Whose record it is cannot be told yet: try again later.
+                Err(e @ StoreError::Unavailable(_)) => Err(e),
+                _ => result,
             }
         }
+        Err(StoreError::NotFound { .. }) if bytes.is_none() => Ok(expected.unwrap_or(Revision(0))),
+        other => other,
+    }
+}
+
+/// Whether a stored value is a record written in `epoch`.
+fn written_in(bytes: &[u8], epoch: Epoch) -> bool {
+    decode::<Record>(bytes).is_ok_and(|r| r.epoch() == epoch)
+}
+
+async fn write(
+    store: &dyn Store,
+    key: &Key,
+    bytes: Option<Bytes>,
+    expected: Option<Revision>,
+) -> Result<Revision, StoreError> {
+    match (bytes, expected) {
+        (Some(bytes), None) => store.create(key, bytes).await,
+        (Some(bytes), Some(rev)) => store.update(key, bytes, rev).await,
         (None, Some(rev)) => store.delete(key, rev).await.map(|()| rev),
         (None, None) => Ok(Revision(0)),
     }

@@ -264,6 +264,34 @@ impl LeaderLease {
         store: &dyn Store,
         now: Millis,
     ) -> Result<Option<Epoch>, StoreError> {
+        self.acquire(store, now, false).await
+    }
+
+    /// Takes the lease at `now` even if the record says another holder's
+    /// lease is still live, with the next epoch — for a contender that
+    /// *knows* every earlier holder is dead, because it holds an exclusive
+    /// OS lock that each of them held for its whole life (a local redb
+    /// store: the file lock the kernel drops when its owner dies). A dead
+    /// holder makes no more writes, so there is nothing to wait out; the
+    /// new epoch still fences any write of it a store has not applied yet.
+    ///
+    /// Never use it on a store shared between hosts (JetStream KV): there a
+    /// holder's death cannot be proven, and [`LeaderLease::try_acquire`]
+    /// must wait for the lease to lapse.
+    pub async fn take_over(
+        &mut self,
+        store: &dyn Store,
+        now: Millis,
+    ) -> Result<Option<Epoch>, StoreError> {
+        self.acquire(store, now, true).await
+    }
+
+    async fn acquire(
+        &mut self,
+        store: &dyn Store,
+        now: Millis,
+        holders_dead: bool,
+    ) -> Result<Option<Epoch>, StoreError> {
         let began = Instant::now();
         let key = Subjects::leader_key();
         let expires_at = now.saturating_add(self.ttl_ms);
@@ -281,7 +309,7 @@ impl LeaderLease {
                     Err(LeaseError::Store(e)) => Err(e),
                 };
             }
-            Some((record, _)) if now < record.expires_at => {
+            Some((record, _)) if now < record.expires_at && !holders_dead => {
                 // Someone else's live lease (or ours from an earlier life,
                 // which must lapse first so its writes stay fenced).
                 self.held = None;

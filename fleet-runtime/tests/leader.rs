@@ -222,6 +222,50 @@ async fn a_stale_leaders_fenced_writes_are_rejected() {
         .unwrap_or_else(|e| panic!("the new leader's write: {e}"));
 }
 
+/// A restart that proved its predecessor dead (it holds the data dir's OS
+/// lock) takes the lease at once, with the next epoch, instead of waiting
+/// out the dead holder's unexpired lease; the dead epoch's writes stay
+/// fenced. `try_acquire` at the same instant still waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_over_leads_at_once_over_a_dead_holders_live_lease() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let store = RedbStore::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let mut dead = LeaderLease::new("host-1", TTL);
+    let e1 = acquire(&mut dead, &store, T0)
+        .await
+        .unwrap_or_else(|| panic!("first leader"));
+    let k = key("claims.w.c1");
+    let r1 = store
+        .fenced(e1)
+        .create(&k, Bytes::from_static(b"by the dead one"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let mut waiting = LeaderLease::new("host-2", TTL);
+    assert_eq!(acquire(&mut waiting, &store, T0 + 1).await, None);
+    let mut restarted = LeaderLease::new("host-2", TTL);
+    let e2 = restarted
+        .take_over(&store, T0 + 1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("take_over must lead over a live record"));
+    assert_eq!(e2, e1.next());
+    let (record, _) = read_leader(&store)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no leader record"));
+    assert_eq!((record.holder.as_str(), record.epoch), ("host-2", e2));
+    assert!(matches!(
+        store
+            .fenced(e1)
+            .update(&k, Bytes::from_static(b"late"), r1)
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    // Renewing what it took is an ordinary renewal.
+    assert_eq!(acquire(&mut restarted, &store, T0 + 2).await, Some(e2));
+}
+
 /// On a store that cannot check the epoch in the write's transaction (a
 /// shared KV bucket), the lease's own clock fences: writes go through while
 /// the lease holds, stop once it lapses unrenewed (a paused leader that

@@ -93,6 +93,9 @@ mod client;
 mod config;
 mod conn;
 pub mod frame;
+#[cfg(feature = "fuzz")]
+#[doc(hidden)]
+pub mod fuzz;
 mod server;
 mod tls;
 mod utls;

@@ -41,6 +41,9 @@ pub(crate) struct ServerTls<IO> {
     /// The peer sent close_notify: no more data will come.
     peer_closed: bool,
     close_sent: bool,
+    /// Processing failed: rustls is not called again (it would deframe the
+    /// same bad bytes and raise a second fatal alert).
+    failed: bool,
 }
 
 /// What to encrypt once the connection can send.
@@ -104,9 +107,18 @@ where
         out_pos: 0,
         peer_closed: false,
         close_sent: false,
+        failed: false,
     };
     loop {
-        let step = tls.process(Outgo::Nothing)?;
+        let step = match tls.process(Outgo::Nothing) {
+            Ok(step) => step,
+            Err(e) => {
+                // Best effort: the client learns why (the alert) before
+                // the socket closes; the handshake timeout bounds the wait.
+                let _ = std::future::poll_fn(|cx| tls.poll_write_out(cx)).await;
+                return Err(e);
+            }
+        };
         std::future::poll_fn(|cx| tls.poll_write_out(cx)).await?;
         match step {
             // A TLS 1.3 server may send before the client's Finished; the
@@ -141,12 +153,58 @@ where
 
     /// Processes the received TLS bytes: decrypted data goes to `plain`,
     /// TLS bytes to send to `outgoing`, and `send` is encrypted once the
-    /// connection can send.
-    fn process(&mut self, mut send: Outgo<'_>) -> io::Result<Step> {
+    /// connection can send. After an error the connection is dead: the fatal
+    /// alert rustls queued goes to `outgoing`, and every later call fails.
+    fn process(&mut self, send: Outgo<'_>) -> io::Result<Step> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the TLS connection failed earlier",
+            ));
+        }
+        let result = self.process_records(send);
+        if result.is_err() {
+            self.failed = true;
+            self.incoming = Vec::new();
+        }
+        result
+    }
+
+    /// Moves the fatal alert rustls queued with an error to `outgoing`.
+    /// Called once, on the unprocessed input: rustls hands back what it
+    /// queued before reading any of it, and a second call would read the
+    /// same bad bytes again.
+    fn queue_alert(&mut self) {
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = append(
+                &mut self.outgoing,
+                |buf| encode.encode(buf),
+                |e| match e {
+                    EncodeError::InsufficientSize(s) => Some(s.required_size),
+                    _ => None,
+                },
+            );
+        }
+    }
+
+    fn process_records(&mut self, mut send: Outgo<'_>) -> io::Result<Step> {
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
-            let step = match state.map_err(tls_error)? {
+            let state = match state {
+                Ok(state) => state,
+                Err(e) => {
+                    self.incoming.drain(..discard);
+                    // A peer's alert needs no answer; any other error
+                    // queued ours.
+                    if !matches!(e, rustls::Error::AlertReceived(_)) {
+                        self.queue_alert();
+                    }
+                    return Err(tls_error(e));
+                }
+            };
+            let step = match state {
                 ConnectionState::ReadTraffic(mut read) => {
                     while let Some(record) = read.next_record() {
                         let record = record.map_err(tls_error)?;
@@ -275,11 +333,22 @@ where
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            let step = this.process(Outgo::Nothing)?;
+            let step = match this.process(Outgo::Nothing) {
+                Ok(step) => step,
+                Err(e) => {
+                    // The alert goes out if the socket takes it now.
+                    let _ = this.try_write_out(cx);
+                    return Poll::Ready(Err(e));
+                }
+            };
             // Handshake messages processing queued (session tickets, a key
             // update): sent as the socket takes them.
             this.try_write_out(cx)?;
-            if matches!(step, Step::Closed) || this.plain_pos < this.plain.len() {
+            // A close_notify just processed ends the stream cleanly, even
+            // when the socket's end came with it (a client closing both at
+            // once): the top of the loop returns what was decrypted, then 0.
+            if matches!(step, Step::Closed) || this.plain_pos < this.plain.len() || this.peer_closed
+            {
                 continue;
             }
             if ready!(this.poll_fill(cx))? == 0 {
@@ -307,7 +376,14 @@ where
         }
         // At most one write's worth buffered here.
         ready!(this.poll_write_out(cx))?;
-        match this.process(Outgo::Data(buf))? {
+        let step = match this.process(Outgo::Data(buf)) {
+            Ok(step) => step,
+            Err(e) => {
+                let _ = this.try_write_out(cx);
+                return Poll::Ready(Err(e));
+            }
+        };
+        match step {
             Step::Ready => {}
             Step::Blocked => return Poll::Ready(Err(io::Error::other("tls handshake not done"))),
             Step::Closed => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
@@ -327,7 +403,7 @@ where
         if !this.close_sent {
             ready!(this.poll_write_out(cx))?;
             this.close_sent = true;
-            // Best effort: a connection already closed sends nothing.
+            // Best effort: a closed or failed connection sends nothing.
             let _ = this.process(Outgo::CloseNotify);
         }
         ready!(this.poll_write_out(cx))?;

@@ -2,10 +2,13 @@
 //! into its `fleet_core::protocol` type (see that module's `http` table).
 //!
 //! Requests go through `reqwest` with rustls on ring: `http://` for the
-//! loopback API, `https://` verified against the system's roots when the API
-//! sits behind a TLS proxy. No proxy from the environment is used (the
-//! requests carry the operator's token). Every request has a timeout and
-//! an answer is read up to a size limit.
+//! loopback API, `https://` verified against the pool CA (the daemon serves
+//! its API over TLS whenever it listens beyond loopback) and the system's
+//! roots (an API behind a TLS proxy). A token is never sent in clear text
+//! beyond loopback: an `http://` URL naming another host is refused before
+//! anything is sent. No proxy from the environment is used (the requests
+//! carry the operator's token). Every request has a timeout and an answer
+//! is read up to a size limit.
 
 use std::fmt;
 use std::time::Duration;
@@ -57,23 +60,50 @@ pub struct Response {
 impl Api {
     /// An API client for `base` (`http[s]://host:port[/prefix]`).
     pub fn new(base: &str, token: Option<Secret>) -> Result<Api, CtlError> {
+        Api::with_ca(base, token, None)
+    }
+
+    /// An API client for `base` that also trusts `ca_pem` (the pool CA the
+    /// daemon's HTTPS certificate comes from) for `https://`.
+    ///
+    /// Refuses an `http://` URL whose host is not a loopback address when
+    /// there is a token to send: it would cross the network in clear text.
+    pub fn with_ca(
+        base: &str,
+        token: Option<Secret>,
+        ca_pem: Option<&str>,
+    ) -> Result<Api, CtlError> {
         let url = reqwest::Url::parse(base).map_err(|e| fail(format!("{base}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(fail(format!(
                 "{base}: not an http:// or https:// URL (the API listens on http://127.0.0.1:7080 by default)"
             )));
         }
-        if url.host_str().is_none_or(str::is_empty) {
+        let Some(host) = url.host().filter(|h| !matches!(h, url::Host::Domain(""))) else {
             return Err(fail(format!("{base}: no host")));
+        };
+        if url.scheme() == "http" && token.is_some() && !is_loopback(&host) {
+            return Err(fail(format!(
+                "{base}: refusing to send the API token in clear text to {host}; use https:// \
+                 (the daemon serves its API over TLS when it listens beyond loopback)"
+            )));
         }
         // reqwest's rustls backend takes the process's crypto provider; this
         // build has ring only. Installing fails harmlessly when one already is.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
-            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = ca_pem {
+            for cert in reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| fail(format!("the daemon's CA certificate: {}", cause(&e))))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
             .build()
             .map_err(|e| fail(format!("cannot set up the HTTP client: {}", cause(&e))))?;
         Ok(Api {
@@ -249,4 +279,14 @@ pub fn check_status(method: &str, url: &str, r: &Response) -> Result<(), CtlErro
         ),
         _ => format!("{method} {url}: HTTP {}{said}", r.status),
     }))
+}
+
+/// Whether a URL's host is this machine's loopback: `localhost` or a
+/// loopback address (`127.0.0.0/8`, `::1`).
+fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.is_loopback(),
+    }
 }

@@ -143,9 +143,15 @@ impl Context {
         }
     }
 
-    /// The HTTP API client.
+    /// The HTTP API client; for `https://` it trusts the pool CA named in
+    /// `daemon.json` when there is one.
     pub fn api(&self) -> Result<http::Api, CtlError> {
-        http::Api::new(&self.api_url()?, self.token()?)
+        let url = self.api_url()?;
+        let ca = match (url.starts_with("https://"), self.discovery()) {
+            (true, Ok(d)) => Some(read_text(&d.ca_file, "daemon CA file")?),
+            _ => None,
+        };
+        http::Api::with_ca(&url, self.token()?, ca.as_deref())
     }
 
     /// Where a claim's files live by default.

@@ -519,3 +519,55 @@ async fn the_token_comes_from_fleet_token_unless_passed() -> TestResult {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     Ok(())
 }
+
+/// A token never crosses the network in clear text: `http://` to a host
+/// that is not loopback is refused before anything is sent (the address is
+/// TEST-NET-1, routed nowhere: a request would hang, not fail fast); the
+/// loopback API and a token-less probe are fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_never_sent_in_clear_text_beyond_loopback() -> TestResult {
+    let secret = || Some(fleet_core::protocol::Secret::new("t0k3n"));
+    for url in [
+        "http://192.0.2.1:7080",
+        "http://example.com",
+        "http://10.0.0.1",
+    ] {
+        let Err(err) = fleetctl::http::Api::new(url, secret()) else {
+            panic!("{url}: a token over plain http:// beyond loopback was accepted");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("refusing to send the API token in clear text"),
+            "{err}"
+        );
+        assert!(!err.contains("t0k3n"), "{err}");
+    }
+    for url in [
+        "http://127.0.0.1:7080",
+        "http://127.8.9.1:7080",
+        "http://localhost:7080",
+        "http://[::1]:7080",
+        "https://192.0.2.1:7080",
+    ] {
+        assert!(fleetctl::http::Api::new(url, secret()).is_ok(), "{url}");
+    }
+    assert!(fleetctl::http::Api::new("http://192.0.2.1:7080", None).is_ok());
+
+    let started = std::time::Instant::now();
+    let out = fleetctl(vec![
+        "--url".into(),
+        "http://192.0.2.1:7080".into(),
+        "--token".into(),
+        "t0k3n".into(),
+        "status".into(),
+    ])
+    .await?;
+    assert_ne!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(err.contains("use https://"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused without connecting"
+    );
+    Ok(())
+}

@@ -213,9 +213,12 @@ impl Controller {
         let Some(c) = self.claims.get(id) else {
             return;
         };
-        if !c.durable {
-            // Not yet stored: answer when it is, never before.
-            let key = claim_key(&c.rec);
+        let key = claim_key(&c.rec);
+        if !c.durable || self.writes.pending(&key) {
+            // Not yet stored, or moving on (a grant, an end) and not yet
+            // stored: answer once it is, never before — a grant answered
+            // from memory and lost in a crash would be granted again
+            // elsewhere.
             let effect = Effect::ClaimAccepted {
                 claim: id.clone(),
                 reply,
@@ -401,9 +404,13 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(c) = self.claims.get(id) else {
+        let epoch = self.epoch;
+        let Some(c) = self.claims.get_mut(id) else {
             return;
         };
+        // Every write carries its writer's epoch (a driver tells its own
+        // writes from another leader's by it).
+        c.rec.epoch = epoch;
         if c.rec.state == ClaimState::Pending {
             self.pending.insert(id.clone());
         } else {

@@ -640,19 +640,21 @@ impl Controller {
         }
     }
 
-    /// Re-sends commands an agent that reconnected has not seen.
-    pub(super) fn resend_commands(
-        &self,
-        node: &NodeId,
-        seen: &[CommandId],
-        out: &mut Vec<Command>,
-    ) {
+    /// After a reconnect, re-sends the command of every attempt the node
+    /// holds: the agent runs what it has not seen and answers what it has
+    /// with that command's last event. A final event written to a
+    /// connection that broke under it (or received by a daemon that
+    /// crashed before storing it) is lost to the daemon; without this the
+    /// attempt would stay running forever. Attempts with a write in flight
+    /// are left to the effect of that write.
+    pub(super) fn resend_commands(&self, node: &NodeId, out: &mut Vec<Command>) {
         for (command, job) in &self.commands {
             let Some(j) = self.jobs.get(job) else {
                 continue;
             };
-            let on_node = matches!(&j.rec.state, JobState::Leased { node: n, .. } if n == node);
-            if on_node && !seen.contains(command) {
+            let on_node = matches!(&j.rec.state,
+                JobState::Leased { node: n, .. } | JobState::Running { node: n, .. } if n == node);
+            if on_node && !self.writes.pending(&job_key(&j.rec.spec)) {
                 out.push(Command::Send {
                     to: Peer::Node(node.clone()),
                     msg: Outbound::Agent(run_msg(job, command, &j.rec.spec)),

@@ -12,7 +12,8 @@ use crate::protocol::{
     AgentMsg, ClaimState, DaemonMsg, NodeRecord, NodeState, PoolRecord, Record, RevokeReason,
 };
 use crate::provider::{
-    InstanceRef, NodeSpec, ProviderError, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TAG_POOL,
+    InstanceRef, InstanceState, NodeSpec, ProviderError, TAG_FLEET, TAG_NAMESPACE, TAG_NODE,
+    TAG_POOL,
 };
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer};
@@ -126,9 +127,13 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(n) = self.nodes.get(id) else {
+        let epoch = self.epoch;
+        let Some(n) = self.nodes.get_mut(id) else {
             return;
         };
+        // Every write carries its writer's epoch (a driver tells its own
+        // writes from another leader's by it).
+        n.rec.epoch = epoch;
         let key = Subjects::node_key(&n.rec.pool, id);
         let value = if n.rec.state == NodeState::Gone {
             None
@@ -268,11 +273,7 @@ impl Controller {
         };
         n.last_seen = now;
         match msg {
-            AgentMsg::Hello {
-                gateway,
-                seen_commands,
-                ..
-            } => {
+            AgentMsg::Hello { gateway, .. } => {
                 n.connected = true;
                 let endpoint_changed = gateway.is_some() && n.rec.endpoint != gateway;
                 if endpoint_changed {
@@ -294,7 +295,7 @@ impl Controller {
                 // A reconnecting agent may have lost its gateway state, and
                 // commands sent while it was away.
                 self.reactivate(&id, out);
-                self.resend_commands(&id, &seen_commands, out);
+                self.resend_commands(&id, out);
                 self.dirty = true;
             }
             AgentMsg::Heartbeat { .. } => {
@@ -348,6 +349,11 @@ impl Controller {
             let Some(c) = self.claims.get(claim) else {
                 continue;
             };
+            // A grant or renewal still being written is activated by its
+            // own effect once stored.
+            if self.writes.pending(&super::claims::claim_key(&c.rec)) {
+                continue;
+            }
             if let (true, Some(expires_at)) = (c.rec.state.holds_node(), c.rec.expires_at) {
                 out.push(Command::Send {
                     to: Peer::Node(id.clone()),
@@ -451,6 +457,15 @@ impl Controller {
             NodeState::Booting
         };
         match call {
+            // A provider that resizes only stopped machines leaves them
+            // stopped: the strategy starts them when it wants them up.
+            ProviderCall::Resize(..) if matches!(&outcome, ProviderOutcome::Instance(i) if i.state == InstanceState::Stopped) =>
+            {
+                self.set_state(id, NodeState::Stopped, now);
+                if let Some(n) = self.nodes.get_mut(id) {
+                    n.prev_type = None;
+                }
+            }
             ProviderCall::Create(_) | ProviderCall::Start(_) | ProviderCall::Resize(..) => {
                 self.set_state(id, up, now);
                 if let Some(n) = self.nodes.get_mut(id) {
@@ -547,7 +562,14 @@ impl Controller {
                 {
                     n.rec.instance_type = prev;
                 }
-                self.set_state(id, NodeState::Ready, now);
+                // Back to where it was resized from: stopped, when the
+                // provider resizes only stopped machines.
+                let back = if self.capabilities.resize_requires_stop {
+                    NodeState::Stopped
+                } else {
+                    NodeState::Ready
+                };
+                self.set_state(id, back, now);
             }
             ProviderCall::Delete(_) => {
                 // A node must never leak: keep trying, slowly.

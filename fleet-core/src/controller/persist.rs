@@ -101,6 +101,14 @@ impl Writes {
         None
     }
 
+    /// Whether a write of `key` is in flight or queued: the record in
+    /// memory may be newer than the stored one.
+    pub(super) fn pending(&self, key: &Key) -> bool {
+        self.slots
+            .get(key)
+            .is_some_and(|s| s.in_flight.is_some() || s.next.is_some())
+    }
+
     /// Adds an effect to the newest queued write of `key`; returns it back
     /// when nothing is queued (the caller runs it now).
     pub(super) fn attach(&mut self, key: &Key, effect: Effect) -> Option<Effect> {

@@ -374,6 +374,31 @@ pub struct FleetRecord {
     pub created_at: Millis,
 }
 
+/// The bootstrap tokens a node's agent may present at its first hello,
+/// kept as SHA-256 digests (hex) — never the tokens. Written by the runtime
+/// before each provider create of the node (a create re-issued after a
+/// restart mints one more, while the instance an earlier create made still
+/// holds its own), deleted when one of them is used or the node is gone: a
+/// node joins once. Stored, not held in memory, so that a node created by
+/// one daemon incarnation can join the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct BootstrapRecord {
+    /// The node.
+    pub node: NodeId,
+    /// Digests of the tokens minted for it, oldest first (at most
+    /// [`BootstrapRecord::MAX_DIGESTS`]).
+    pub digests: Vec<String>,
+    /// When the last one was minted.
+    pub minted_at: Millis,
+}
+
+impl BootstrapRecord {
+    /// How many digests a record keeps: a node whose create was re-issued
+    /// more often than this keeps the newest.
+    pub const MAX_DIGESTS: usize = 8;
+}
+
 /// Anything the controller stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -388,4 +413,16 @@ pub enum Record {
     Job(JobRecord),
     /// A pool.
     Pool(PoolRecord),
+}
+
+impl Record {
+    /// The epoch of the leader that wrote it.
+    pub fn epoch(&self) -> Epoch {
+        match self {
+            Record::Claim(r) => r.epoch,
+            Record::Node(r) => r.epoch,
+            Record::Job(r) => r.epoch,
+            Record::Pool(r) => r.epoch,
+        }
+    }
 }

@@ -25,6 +25,13 @@ use crate::provider::{Market, Offering};
 /// - It never deletes its always-on nodes (only lost/interrupted ones, which
 ///   it replaces, and extra idle nodes beyond the always-on count).
 /// - A stopped always-on node is started when the provider can.
+/// - On a provider that resizes only stopped machines
+///   (`resize_requires_stop`: EC2, Hetzner) a resize is three steps: the
+///   idle node is stopped, the stopped node resized, the resized node
+///   started. A stopped always-on node is therefore resized before it is
+///   started when waiting claims need the peak (or, stopped at the peak
+///   with nothing waiting, back to the baseline). Without stop/start such
+///   a provider cannot resize at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlwaysOnResize {
@@ -129,9 +136,38 @@ impl Strategy for AlwaysOnResize {
         let peak = peak_offering(pool, self.peak.as_ref()).unwrap_or(base);
         let k = Self::always_on(pool);
         let primary = kit::primaries(&d, k, &[&base.instance_type, &peak.instance_type]);
+        let caps = pool.capabilities;
+        // The provider resizes only stopped machines: stop, resize, start.
+        let stop_first = caps.resize_requires_stop;
+        let can_resize = caps.resize && (!stop_first || caps.stop_start);
+        // What waits before any stopped node comes back.
+        let before = kit::match_pending(&d);
+        let waiting_now = before.demands(pool);
         for (i, n) in pool.nodes.iter().enumerate() {
-            if primary[i] && n.state == NodeState::Stopped && pool.capabilities.stop_start {
-                d.start(i);
+            if !(primary[i] && n.state == NodeState::Stopped && caps.stop_start) {
+                continue;
+            }
+            let to = if !(can_resize && stop_first) {
+                None
+            } else if n.instance_type != peak.instance_type
+                && waiting_now.iter().any(|c| {
+                    !kit::fits(pool, &n.instance_type, &c.requirements)
+                        && kit::fits(pool, &peak.instance_type, &c.requirements)
+                })
+            {
+                Some(&peak.instance_type)
+            } else if n.instance_type != base.instance_type && waiting_now.is_empty() {
+                // Stopped for a scale-down.
+                Some(&base.instance_type)
+            } else {
+                None
+            };
+            match to {
+                Some(to) => d.push(Action::Resize {
+                    node: n.node.clone(),
+                    to: to.clone(),
+                }),
+                None => d.start(i),
             }
         }
         let m = kit::match_pending(&d);
@@ -148,7 +184,7 @@ impl Strategy for AlwaysOnResize {
         for _ in have..usize::try_from(k).unwrap_or(usize::MAX) {
             d.create(source, Market::OnDemand, &base.instance_type);
         }
-        if !pool.capabilities.resize {
+        if !can_resize {
             return d.finish();
         }
         let waiting = m.demands(pool);
@@ -166,19 +202,26 @@ impl Strategy for AlwaysOnResize {
                 !kit::fits(pool, &n.instance_type, &c.requirements)
                     && kit::fits(pool, &peak.instance_type, &c.requirements)
             });
+            // A stopped node is resized (above) and then started.
+            let resize = |to: &InstanceType| {
+                if stop_first {
+                    Action::Stop {
+                        node: n.node.clone(),
+                    }
+                } else {
+                    Action::Resize {
+                        node: n.node.clone(),
+                        to: to.clone(),
+                    }
+                }
+            };
             if need_peak > 0 && too_small && n.instance_type != peak.instance_type {
                 need_peak = need_peak.saturating_sub(usize::try_from(n.slots.max(1)).unwrap_or(1));
-                d.push(Action::Resize {
-                    node: n.node.clone(),
-                    to: peak.instance_type.clone(),
-                });
+                d.push(resize(&peak.instance_type));
             } else if n.instance_type != base.instance_type && !m.needed[i] && need_peak == 0 {
                 let due = kit::idle_start(n).saturating_add(self.scale_down_after_ms);
                 if due <= now {
-                    d.push(Action::Resize {
-                        node: n.node.clone(),
-                        to: base.instance_type.clone(),
-                    });
+                    d.push(resize(&base.instance_type));
                 } else {
                     d.wake(due, now);
                 }

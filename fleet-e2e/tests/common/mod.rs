@@ -141,6 +141,14 @@ impl Daemon {
     }
 
     fn launch(dir: &Path, config: PathBuf, env: Vec<(String, String)>) -> Daemon {
+        let mut d = Daemon::launch_unwaited(dir, config, env);
+        d.await_discovery();
+        d
+    }
+
+    /// Spawns the daemon; `discovery` is a placeholder until
+    /// [`Daemon::await_discovery`].
+    fn launch_unwaited(dir: &Path, config: PathBuf, env: Vec<(String, String)>) -> Daemon {
         let data = dir.join("data");
         let _ = std::fs::remove_file(data.join("daemon.json"));
         let log = std::fs::OpenOptions::new()
@@ -158,30 +166,44 @@ impl Daemon {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning the daemon: {e}"));
+        Daemon {
+            dir: dir.to_owned(),
+            config,
+            env,
+            child: Some(child),
+            discovery: Discovery {
+                http: String::new(),
+                ws: String::new(),
+                ca_file: PathBuf::new(),
+                signer_file: PathBuf::new(),
+                namespace: String::new(),
+                pid: 0,
+            },
+            token: String::new(),
+        }
+    }
+
+    /// Waits for the running daemon's `daemon.json` and admin token.
+    fn await_discovery(&mut self) {
+        let data = self.dir.join("data");
+        let pid = self.child.as_ref().map_or(0, Child::id);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let discovery: Discovery = loop {
+        self.discovery = loop {
             if let Ok(bytes) = std::fs::read(data.join("daemon.json"))
                 && let Ok(d) = serde_json::from_slice::<Discovery>(&bytes)
-                && d.pid == child.id()
+                && d.pid == pid
             {
                 break d;
             }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not come up; see {}",
-                dir.join("daemon.log").display()
+                self.dir.join("daemon.log").display()
             );
             std::thread::sleep(Duration::from_millis(50));
         };
         let token = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
-        Daemon {
-            dir: dir.to_owned(),
-            config,
-            env,
-            child: Some(child),
-            discovery,
-            token: token.trim().to_owned(),
-        }
+        self.token = token.trim().to_owned();
     }
 
     /// kill -9 the daemon and start it again on the same config.
@@ -194,6 +216,36 @@ impl Daemon {
         self.token = restarted.token.clone();
         // `restarted` has no child now; its drop must not kill our agents.
         std::mem::forget(restarted);
+    }
+
+    /// kill -9 the daemon, start it again on the same config, and return
+    /// how long the new process took from its spawn to `/readyz` 200.
+    pub(crate) async fn crash_and_restart_timed(&mut self) -> Duration {
+        self.kill9();
+        let base = self.discovery.http.clone();
+        let began = Instant::now();
+        let mut restarted =
+            Daemon::launch_unwaited(&self.dir.clone(), self.config.clone(), self.env.clone());
+        let ready = loop {
+            let listening = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+                .await
+                .is_ok();
+            if listening && http(&base, "GET", "/readyz", None).await.0 == 200 {
+                break began.elapsed();
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "daemon never ready; see {}",
+                self.dir.join("daemon.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        restarted.await_discovery();
+        self.child = restarted.child.take();
+        self.discovery = restarted.discovery.clone();
+        self.token = restarted.token.clone();
+        std::mem::forget(restarted);
+        ready
     }
 
     pub(crate) fn kill9(&mut self) {

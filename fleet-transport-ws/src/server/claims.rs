@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fleet_core::ids::{ClaimId, Workspace};
-use fleet_core::protocol::{
-    ClaimMsg, ClaimRejection, ClaimReply, JobMsg, JobReply, decode_limited,
-};
+use fleet_core::protocol::{ClaimMsg, ClaimRejection, ClaimReply, JobMsg, JobReply};
 use fleet_core::transport::{Inbound, Outbound, ReplyTo, TransportError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Bytes;
@@ -20,7 +18,7 @@ use super::{Shared, State, Ws, close_now};
 use crate::auth::ClaimScope;
 use crate::config::close_code;
 use crate::conn::{CloseReason, Flow, Handler, Queued, drive, queue_error, to_message};
-use crate::frame::{ClientFrame, ServerFrame, probe};
+use crate::frame::{ClientFrame, ServerFrame, Undecodable, read_client_frame};
 
 const REPLY_PREFIX: &str = "ws-";
 
@@ -378,14 +376,11 @@ impl ClaimsHandler {
 
 impl Handler for ClaimsHandler {
     async fn on_frame(&mut self, data: Bytes) -> Flow {
-        let frame = match decode_limited::<ClientFrame>(&data, self.shared.cfg.max_message_bytes) {
+        let frame = match read_client_frame(&data, self.shared.cfg.max_message_bytes) {
             Ok(f) => f,
-            Err(e) => {
-                let p = probe(&data);
-                let kind = p.as_ref().and_then(|p| p.kind.clone());
-                let req = p.as_ref().and_then(|p| p.req.or(p.sub));
-                warn!(conn = self.conn, error = %e, kind = e.kind(), "undecodable claim-plane frame");
-                self.refuse(kind.as_deref(), req, e.kind(), e.to_string());
+            Err(Undecodable { error, kind, req }) => {
+                warn!(conn = self.conn, error = %error, kind = error.kind(), "undecodable claim-plane frame");
+                self.refuse(kind.as_deref(), req, error.kind(), error.to_string());
                 return Flow::Continue;
             }
         };
