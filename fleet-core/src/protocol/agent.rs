@@ -247,8 +247,8 @@ impl AgentRefusal {
     pub fn explain(self) -> &'static str {
         match self {
             AgentRefusal::BadToken => {
-                "the bootstrap token is unknown or already used (a node joins once with it; \
-                 after that it authenticates with the identity in its identity_dir, which is missing)"
+                "the bootstrap token is unknown or already used: the daemon no longer wants \
+                 this node, or it joined before and lost the identity in its identity_dir"
             }
             AgentRefusal::TokenForOtherNode => {
                 "the bootstrap token was issued for another node (check node_id)"
