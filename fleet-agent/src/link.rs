@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fleet_core::ids::{Millis, NodeId};
 use fleet_core::memory::transport::{InProcAgent, InProcTransport};
-use fleet_core::protocol::{AgentMsg, DaemonMsg, NodeIdentity};
+use fleet_core::protocol::{AgentMsg, AgentRefusal, DaemonMsg, NodeIdentity};
 use fleet_core::transport::TransportError;
 
 /// How long a connector waits for `Welcome` after `Hello`.
@@ -23,10 +23,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LinkError {
-    /// The daemon refused the session (bad or reused bootstrap token,
-    /// unknown node, certificate rejected).
+    /// The daemon refused the session, maybe for now (it could not
+    /// decide, or said something this agent does not know).
     #[error("daemon refused the session: {0}")]
     Refused(String),
+    /// The daemon refused these credentials for good (an unknown or used
+    /// bootstrap token, a certificate of another node, …): connecting
+    /// again with them cannot succeed.
+    #[error("the daemon refused this agent for good ({0}): {explain}", explain = .0.explain())]
+    Denied(AgentRefusal),
     /// The daemon could not be reached or the connection broke.
     #[error("daemon unreachable: {0}")]
     Unreachable(String),
@@ -46,6 +51,7 @@ impl LinkError {
     pub fn kind(&self) -> &'static str {
         match self {
             LinkError::Refused(_) => "refused",
+            LinkError::Denied(_) => "denied",
             LinkError::Unreachable(_) => "unreachable",
             LinkError::Protocol(_) => "protocol",
             LinkError::Closed => "closed",
@@ -53,10 +59,11 @@ impl LinkError {
         }
     }
 
-    /// Whether reconnecting may help. A refusal is retried too (with
-    /// backoff): the operator may fix the token file meanwhile.
+    /// Whether reconnecting may help: not after a definitive refusal or
+    /// with a transport this build lacks. Every other failure (network,
+    /// a daemon restarting, a refusal for now) is retried with backoff.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, LinkError::Unsupported(_))
+        !matches!(self, LinkError::Unsupported(_) | LinkError::Denied(_))
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use fleet_agent::link::LinkError;
 use fleet_agent::{Config, connector_for};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -44,7 +45,9 @@ FLEET_QUEUE_DIR set, the agent runs queue mode without the `queue` word.
 On SIGTERM the agent stops taking commands (or specs), finishes or reports
 those in flight, tells the daemon it is draining, and exits 0.
 
-Exit codes: 0 drained, 1 failure, 2 usage or config error.";
+Exit codes: 0 drained, 1 failure, 2 usage or config error, 3 the daemon refused
+this node for good (its bootstrap token is unknown or used, its identity is
+another node's): restarting it with the same files cannot help.";
 
 /// fleet-agent: the fleet node agent (with no command: a node of a fleet daemon)
 #[derive(Debug, Parser)]
@@ -118,18 +121,38 @@ fn main() -> ExitCode {
     until_signal(|shutdown| async move {
         fleet_agent::run(config, connector, shutdown)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| Fatal {
+                code: e.exit_code(),
+                message: match e {
+                    fleet_agent::AgentError::Link(denied @ LinkError::Denied(_)) => {
+                        format!("{denied}; not retrying (exit 3)")
+                    }
+                    other => other.to_string(),
+                },
+            })
     })
+}
+
+/// Why the agent stops with an error, and its exit code.
+struct Fatal {
+    message: String,
+    code: u8,
+}
+
+impl From<String> for Fatal {
+    fn from(message: String) -> Fatal {
+        Fatal { message, code: 1 }
+    }
 }
 
 /// Builds the runtime, installs the SIGTERM/SIGINT handlers before anything
 /// else (an early signal drains instead of killing the process), and runs
 /// `body` with a future that completes on the first signal. Exit 0 when
-/// `body` returns `Ok` (it drained), 1 otherwise.
+/// `body` returns `Ok` (it drained), else the error's code.
 fn until_signal<F, Fut>(body: F) -> ExitCode
 where
     F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), Fatal>>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -157,10 +180,10 @@ where
             tracing::info!("fleet-agent: drained, exiting");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            tracing::error!(error = %e, "fleet-agent: fatal");
-            eprintln!("fleet-agent: {e}");
-            ExitCode::FAILURE
+        Err(Fatal { message, code }) => {
+            tracing::error!(error = %message, code, "fleet-agent: fatal");
+            eprintln!("fleet-agent: {message}");
+            ExitCode::from(code)
         }
     }
 }

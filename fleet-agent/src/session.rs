@@ -59,6 +59,20 @@ impl AgentError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, AgentError::Io { .. })
     }
+
+    /// The process exit code: [`AgentError::EXIT_REFUSED`] when the daemon
+    /// refused this node for good, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Link(LinkError::Denied(_)) => AgentError::EXIT_REFUSED,
+            _ => 1,
+        }
+    }
+
+    /// Exit code of an agent the daemon refused for good (a service
+    /// manager should not restart it with the same credentials:
+    /// `RestartPreventExitStatus=3`).
+    pub const EXIT_REFUSED: u8 = 3;
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -216,14 +230,15 @@ where
             Ok(ok) => ok,
             Err(e) => {
                 if !e.is_retryable() {
+                    tracing::error!(error = %e, kind = e.kind(), "cannot join the daemon; not retrying");
                     return Err(e.into());
                 }
                 let delay = backoff.next_delay();
                 match &e {
-                    LinkError::Refused(why) => tracing::error!(
+                    LinkError::Refused(why) => tracing::warn!(
                         why = %why,
                         retry_in_ms = delay.as_millis(),
-                        "daemon refused the agent (bootstrap token invalid or already used?); retrying"
+                        "daemon refused the session for now; retrying"
                     ),
                     other => tracing::warn!(
                         error = %other, kind = other.kind(),

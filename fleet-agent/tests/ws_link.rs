@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Ca, TestResult, temp_dir};
 use fleet_agent::link::{LinkError, ws};
 use fleet_core::ids::NodeId;
-use fleet_core::protocol::{AgentMsg, Arch, DaemonMsg, NodeResources, Secret};
+use fleet_core::protocol::{AgentMsg, AgentRefusal, Arch, DaemonMsg, NodeResources, Secret};
 use fleet_core::transport::{Inbound, Outbound, Peer, Transport};
 use fleet_transport_ws::{ServerTlsConfig, StaticAgentAuth, WsConfig, WsServer};
 use tokio::time::timeout;
@@ -103,12 +103,13 @@ async fn bootstraps_with_a_token_then_reconnects_with_mtls() -> TestResult {
     assert_eq!(got, Some(DaemonMsg::Drain));
     drop(link);
 
-    // The token is single-use: without the identity the daemon refuses.
+    // The token is single-use: without the identity the daemon refuses,
+    // for good.
     let again = connector
         .connect(hello(&node, Some("boot-tok")), None)
         .await;
     assert!(
-        matches!(again, Err(LinkError::Refused(_))),
+        matches!(again, Err(LinkError::Denied(AgentRefusal::BadToken))),
         "reused token: {:?}",
         again.err()
     );
@@ -137,7 +138,7 @@ async fn bootstraps_with_a_token_then_reconnects_with_mtls() -> TestResult {
     let other = ca.node_identity(&NodeId::new("n-ws-other")?)?;
     let wrong = mtls.connect(hello(&node, None), Some(&other)).await;
     assert!(
-        matches!(wrong, Err(LinkError::Refused(_))),
+        matches!(wrong, Err(LinkError::Denied(AgentRefusal::NodeMismatch))),
         "{:?}",
         wrong.err()
     );

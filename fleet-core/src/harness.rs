@@ -394,6 +394,28 @@ impl World {
         );
     }
 
+    /// An instance appears at the provider behind the controller's back (a
+    /// create of a store since rolled back, one made by hand, another
+    /// fleet's): running, with no agent. A later [`World::inventory`] shows
+    /// it to the controller.
+    pub fn add_instance(&mut self, instance: Instance) {
+        self.instances.insert(instance.node.clone(), instance);
+    }
+
+    /// An instance is deleted behind the controller's back (by hand, by
+    /// another tool); returns it.
+    pub fn remove_instance(&mut self, node: &NodeId) -> Option<Instance> {
+        self.instances.remove(node)
+    }
+
+    /// The driver reads the provider's inventory now (the daemon does it at
+    /// start and periodically): every instance, whoever's, as a provider
+    /// ignoring the tag filter would list them.
+    pub fn inventory(&mut self) {
+        let instances: Vec<Instance> = self.instances.values().cloned().collect();
+        self.push(self.now, Pending::Deliver(Event::Inventory { instances }));
+    }
+
     /// The daemon crashes and restarts: every event in flight to it is
     /// lost (store writes already applied stay applied), a new controller
     /// is restored from the store with the next epoch, and it is told the

@@ -20,9 +20,10 @@ use std::path::{Path, PathBuf};
 
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
-    AgentMsg, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
-    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, QueueClaim, QueueRecord, Record,
-    SealedCredentials, WsClientFrame, WsServerFrame, credentials_signing_payload, decode, encode,
+    AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg,
+    Discovery, ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, QueueClaim, QueueRecord,
+    Record, SealedCredentials, WsClientFrame, WsServerFrame, credentials_signing_payload, decode,
+    encode,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -64,6 +65,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("NewToken", plain::<NewToken>),
     ("ApiErrorBody", plain::<ApiErrorBody>),
     ("signing-payload", signing_payload),
+    ("AgentRefusal", agent_refusals),
 ];
 
 /// A message as it travels: the envelope, through `protocol::decode`.
@@ -134,6 +136,38 @@ fn signing_payload(text: &str) -> Result<Value, String> {
         ));
     }
     Ok(serde_json::json!({ "expires_at": expires_at, "ciphertext": ciphertext }))
+}
+
+/// Close frames of refused agent sessions, one `<code> <reason>` a line:
+/// each reason must name an [`AgentRefusal`] (as serde writes it too) sent
+/// with that code, and every refusal must be there.
+fn agent_refusals(text: &str) -> Result<Value, String> {
+    let mut seen = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (code, reason) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("{line:?} is not `<code> <reason>`"))?;
+        let code: u16 = code.parse().map_err(|e| format!("{line:?}: {e}"))?;
+        let refusal =
+            AgentRefusal::parse(reason).ok_or_else(|| format!("{reason:?} is no AgentRefusal"))?;
+        if code != refusal.close_code() {
+            return Err(format!(
+                "{reason} is sent with close code {}, not {code}",
+                refusal.close_code()
+            ));
+        }
+        let serde = serde_json::to_value(refusal).map_err(|e| e.to_string())?;
+        if serde != reason {
+            return Err(format!("{reason} encodes as {serde} in JSON"));
+        }
+        seen.push(refusal);
+    }
+    if let Some(missing) = AgentRefusal::ALL.iter().find(|r| !seen.contains(r)) {
+        return Err(format!("no line for {missing}"));
+    }
+    Ok(Value::Array(
+        seen.iter().map(|r| Value::from(r.as_str())).collect(),
+    ))
 }
 
 /// Whether everything in `example` is in `again` (the re-encoded message),

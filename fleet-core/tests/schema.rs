@@ -17,9 +17,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use fleet_core::protocol::{
-    AgentMsg, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg, Discovery,
-    ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
-    QueueClaim, QueueRecord, Record, SealedCredentials, WsClientFrame, WsServerFrame,
+    AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg,
+    Discovery, ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION, QueueClaim, QueueRecord, Record, SealedCredentials, WsClientFrame,
+    WsServerFrame,
 };
 use fleet_core::protocol::{
     ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
@@ -73,6 +74,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-new-token-request.json", Plain, schema_of::<NewTokenRequest>),
     ("http-new-token.json",     Plain,    schema_of::<NewToken>),
     ("http-api-error.json",     Plain,    schema_of::<ApiErrorBody>),
+    ("agent-refusal.json",      Plain,    schema_of::<AgentRefusal>),
 ];
 
 const BLESS_VAR: &str = "FLEET_BLESS_SCHEMA";

@@ -29,6 +29,14 @@ pub struct DaemonConfig {
     /// `$XDG_DATA_HOME/fleet`, else `./.fleet`).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Where the daemon keeps logs (default `<data_dir>/logs`): the agent
+    /// logs of deleted local nodes, in `agents/`.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
+    /// `[agent_logs]`: how long and how many deleted nodes' agent logs are
+    /// kept.
+    #[serde(default)]
+    pub agent_logs: AgentLogsConfig,
     /// Subject and tag namespace.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -395,6 +403,55 @@ impl Default for ProviderConfig {
     }
 }
 
+/// `[agent_logs]`: the agent logs of deleted nodes (local provider), kept
+/// in `<log_dir>/agents/` within these bounds; the oldest go first.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLogsConfig {
+    /// A log is removed this many hours after its agent last wrote to it
+    /// (default 168: a week).
+    #[serde(default = "default_log_hours")]
+    pub max_age_hours: u64,
+    /// At most this many logs (default 200).
+    #[serde(default = "default_log_files")]
+    pub max_files: usize,
+    /// At most this many MiB of logs in all (default 1024).
+    #[serde(default = "default_log_mb")]
+    pub max_mb: u64,
+}
+
+impl Default for AgentLogsConfig {
+    fn default() -> Self {
+        AgentLogsConfig {
+            max_age_hours: default_log_hours(),
+            max_files: default_log_files(),
+            max_mb: default_log_mb(),
+        }
+    }
+}
+
+fn default_log_hours() -> u64 {
+    168
+}
+fn default_log_files() -> usize {
+    200
+}
+fn default_log_mb() -> u64 {
+    1024
+}
+
+impl AgentLogsConfig {
+    /// The local provider's setting, for logs kept in `log_dir`.
+    pub fn kept_logs(&self, log_dir: &Path) -> fleet_provider_local::KeptLogs {
+        fleet_provider_local::KeptLogs {
+            dir: log_dir.join("agents"),
+            max_age: std::time::Duration::from_secs(self.max_age_hours.saturating_mul(3_600)),
+            max_files: self.max_files,
+            max_bytes: self.max_mb.saturating_mul(1 << 20),
+        }
+    }
+}
+
 /// `[leader]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -528,6 +585,14 @@ impl DaemonConfig {
         }
         fleet_client::discovery::standard_data_dir()
     }
+
+    /// The log dir: configured, else `logs` in the data dir.
+    pub fn log_dir(&self) -> PathBuf {
+        match &self.log_dir {
+            Some(d) => d.clone(),
+            None => self.data_dir().join("logs"),
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -538,6 +603,8 @@ impl Default for DaemonConfig {
     fn default() -> DaemonConfig {
         DaemonConfig {
             data_dir: None,
+            log_dir: None,
+            agent_logs: AgentLogsConfig::default(),
             namespace: default_namespace(),
             http: HttpConfig::default(),
             transport: TransportConfig::default(),
@@ -562,6 +629,9 @@ mod tests {
         assert_eq!(cfg.pools[0].name.as_str(), "default");
         assert!(matches!(cfg.provider, ProviderConfig::Local { .. }));
         assert_eq!(cfg.http.listen.port(), 7080);
+        assert_eq!(cfg.log_dir(), cfg.data_dir().join("logs"));
+        assert_eq!(cfg.agent_logs, AgentLogsConfig::default());
+        assert_eq!(cfg.agent_logs.max_age_hours, 24 * 7);
     }
 
     #[test]
@@ -594,6 +664,8 @@ mod tests {
                 "region",
             ),
             ("[timing]\nheartbeat_timeout = 3", "heartbeat_timeout"),
+            ("[agent_logs]\nmax_days = 3", "max_days"),
+            ("[agent_logs]\nmax_files = -1", "max_files"),
             ("namespace = \"bad ns\"", "namespace"),
             ("[store.nats]\nreplicas = 3", "store.nats"),
             ("[transport.nats]\nurls = []", "transport.nats.urls"),
@@ -611,6 +683,7 @@ mod tests {
     fn a_full_file_parses() {
         let text = r#"
             data_dir = "/var/lib/fleet"
+            log_dir = "/var/log/fleet"
             namespace = "fleet.acme"
             [http]
             listen = "127.0.0.1:0"
@@ -626,9 +699,17 @@ mod tests {
             strategy = { kind = "stopped_pool", size = 2 }
             [quota.team-a]
             max_claims = 3
+            [agent_logs]
+            max_age_hours = 24
+            max_files = 50
         "#;
         let cfg = DaemonConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.namespace, "fleet.acme");
+        let kept = cfg.agent_logs.kept_logs(&cfg.log_dir());
+        assert_eq!(kept.dir, Path::new("/var/log/fleet/agents"));
+        assert_eq!(kept.max_age, std::time::Duration::from_secs(86_400));
+        assert_eq!(kept.max_files, 50);
+        assert_eq!(kept.max_bytes, 1024 << 20, "the default size bound");
         let hetzner = r#"
             [provider]
             kind = "hetzner"

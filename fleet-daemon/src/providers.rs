@@ -32,6 +32,8 @@ pub(crate) struct ProviderContext<'a> {
     )]
     pub(crate) cert_hosts: &'a [String],
     pub(crate) data_dir: &'a Path,
+    /// Where the daemon keeps logs (kept agent logs in `agents/`).
+    pub(crate) log_dir: &'a Path,
     pub(crate) clock: Arc<dyn Clock>,
 }
 
@@ -53,6 +55,7 @@ pub(crate) async fn build(
                 max_nodes: *max_nodes,
                 heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
                 stop_timeout: Duration::from_secs(30),
+                kept_logs: Some(cfg.agent_logs.kept_logs(ctx.log_dir)),
             },
             ctx.clock,
         ))),

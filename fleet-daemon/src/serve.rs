@@ -132,6 +132,19 @@ pub async fn serve(
     let (ws, ws_url, cert_hosts) =
         bind_ws(&cfg, &ca, &bootstrap, &tokens, clock.clone(), clock.now()).await?;
     let ca_file = data_dir.join(CA_CERT_FILE);
+    // Relative to the resolved data dir, and made now so a bad path fails
+    // the start rather than the first node's delete.
+    // Made owner-only if missing; an existing one keeps the mode its
+    // operator gave it.
+    let log_dir = cfg.log_dir.clone().unwrap_or_else(|| data_dir.join("logs"));
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&log_dir)
+            .map_err(|e| setup("creating the log dir")(format!("{}: {e}", log_dir.display())))?;
+    }
     let provider = providers::build(
         &cfg,
         ProviderContext {
@@ -140,6 +153,7 @@ pub async fn serve(
             ca_file: &ca_file,
             cert_hosts: &cert_hosts,
             data_dir: &data_dir,
+            log_dir: &log_dir,
             clock: clock.clone(),
         },
     )

@@ -58,6 +58,9 @@ KillSignal=SIGTERM
 TimeoutStopSec=120
 Restart=always
 RestartSec=2
+# Exit 3: the daemon refused this node for good (its bootstrap token is
+# spent or unknown); restarting with the same files cannot help.
+RestartPreventExitStatus=3
 
 [Install]
 WantedBy=multi-user.target

@@ -4,7 +4,9 @@
 //! single-use bootstrap token) into its own directory and spawns the agent;
 //! `stop` sends SIGTERM (the agent drains) and waits; `start` spawns it again
 //! (it reconnects with the mTLS identity it was issued); `delete` kills it
-//! and removes its directory. Each node's state is kept in
+//! and removes its directory — its `agent.log` moved first, with
+//! [`KeptLogs`], to a directory where the logs of deleted nodes are kept for
+//! a bounded time, number and size. Each node's state is kept in
 //! `<dir>/instance.json`, so a restarted daemon finds — and adopts — the
 //! agents it started before (only its own: a node directory whose instance
 //! carries another fleet's id or namespace is refused, not adopted).
@@ -54,6 +56,90 @@ pub struct LocalOptions {
     pub heartbeat_interval_ms: Millis,
     /// How long `stop` waits for an agent to drain before killing it.
     pub stop_timeout: Duration,
+    /// Where a deleted node's agent log is kept (`None`: removed with the
+    /// node).
+    pub kept_logs: Option<KeptLogs>,
+}
+
+/// Where the agent logs of deleted nodes are kept, and within what bounds:
+/// so an operator can read why a node failed after it is gone. Each is
+/// `<dir>/<node>.<deleted at, ms>.log`. Kept logs are pruned at each
+/// delete and when the provider is made: the oldest (by last write) go
+/// first, until every bound holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptLogs {
+    /// The directory (the daemon's `<log_dir>/agents`).
+    pub dir: PathBuf,
+    /// A log not written to for longer is removed.
+    pub max_age: Duration,
+    /// At most this many logs are kept.
+    pub max_files: usize,
+    /// At most this many bytes of logs are kept.
+    pub max_bytes: u64,
+}
+
+impl KeptLogs {
+    /// Moves `log` (an agent log of `node`, deleted at `now`) here and
+    /// prunes; returns where it is now, if it was kept.
+    fn keep(&self, node: &NodeId, log: &Path, now: Millis) -> std::io::Result<Option<PathBuf>> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        if !log.exists() {
+            return Ok(None);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        let kept = self.dir.join(format!("{node}.{now}.log"));
+        if std::fs::rename(log, &kept).is_err() {
+            // Another file system: copy (the original goes with the node).
+            std::fs::copy(log, &kept)?;
+        }
+        self.prune(now)?;
+        Ok(kept.exists().then_some(kept))
+    }
+
+    /// Removes the logs beyond the bounds at `now`; returns them.
+    pub fn prune(&self, now: Millis) -> std::io::Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut logs = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let meta = entry.metadata()?;
+            if !meta.is_file() || path.extension().is_none_or(|e| e != "log") {
+                continue;
+            }
+            let written = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            logs.push((written, path, meta.len()));
+        }
+        // Newest first; the name breaks ties, so the order is stable.
+        logs.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+        let max_age = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
+        let (mut files, mut bytes) = (0usize, 0u64);
+        let mut removed = Vec::new();
+        for (written, path, len) in logs {
+            let fits = now.saturating_sub(written) <= max_age
+                && files < self.max_files
+                && bytes.saturating_add(len) <= self.max_bytes;
+            if fits {
+                files += 1;
+                bytes += len;
+            } else {
+                std::fs::remove_file(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,8 +193,13 @@ fn io(what: &str, path: &Path, e: std::io::Error) -> ProviderError {
 }
 
 impl LocalProvider {
-    /// A provider for this host.
+    /// A provider for this host. Prunes the kept agent logs.
     pub fn new(opts: LocalOptions, clock: Arc<dyn Clock>) -> LocalProvider {
+        if let Some(kept) = &opts.kept_logs
+            && let Err(e) = kept.prune(clock.now())
+        {
+            tracing::warn!(dir = %kept.dir.display(), error = %e, "cannot prune the kept agent logs");
+        }
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         let memory_mb = host_memory_mb().unwrap_or(1024);
         let arch = if std::env::consts::ARCH == "aarch64" {
@@ -490,6 +581,19 @@ impl Provider for LocalProvider {
         };
         self.terminate(inst.pid, Signal::SIGTERM).await;
         let dir = self.node_dir(&r.node);
+        if let Some(kept) = &self.opts.kept_logs {
+            // The agent has exited: its log is complete. Losing it must not
+            // keep the node alive, so a failure is only logged.
+            match kept.keep(&r.node, &dir.join("agent.log"), self.clock.now()) {
+                Ok(Some(path)) => {
+                    tracing::info!(node = %r.node, log = %path.display(), "agent log kept")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(node = %r.node, dir = %kept.dir.display(), error = %e, "cannot keep the agent log")
+                }
+            }
+        }
         std::fs::remove_dir_all(&dir).map_err(|e| io("removing", &dir, e))
     }
 

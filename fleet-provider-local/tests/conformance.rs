@@ -13,7 +13,7 @@ use fleet_core::clock::Clock;
 use fleet_core::ids::Millis;
 use fleet_core::provider::{InstanceRef, Provider};
 use fleet_core::testkit::provider::provider_suite;
-use fleet_provider_local::{LocalOptions, LocalProvider};
+use fleet_provider_local::{KeptLogs, LocalOptions, LocalProvider};
 
 /// A clock that ticks a second per read, so snapshot ids differ.
 #[derive(Default)]
@@ -29,11 +29,21 @@ const FAKE_AGENT: &str = r#"#!/bin/sh
 cfg="$FLEET_AGENT_CONFIG"
 test -f "$cfg" || exit 3
 echo started >> "$(dirname "$cfg")/starts"
+echo "agent of $(dirname "$cfg") up" >&2
 trap 'exit 0' TERM
 while :; do sleep 0.05; done
 "#;
 
 fn provider(dir: &Path, max_nodes: u32) -> LocalProvider {
+    provider_with(dir, max_nodes, None, Arc::new(Ticking::default()))
+}
+
+fn provider_with(
+    dir: &Path,
+    max_nodes: u32,
+    kept_logs: Option<KeptLogs>,
+    clock: Arc<dyn Clock>,
+) -> LocalProvider {
     let agent = dir.join("fake-agent.sh");
     std::fs::write(&agent, FAKE_AGENT).unwrap_or_else(|e| panic!("{e}"));
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755))
@@ -47,9 +57,114 @@ fn provider(dir: &Path, max_nodes: u32) -> LocalProvider {
             max_nodes,
             heartbeat_interval_ms: 1_000,
             stop_timeout: Duration::from_secs(5),
+            kept_logs,
         },
-        Arc::new(Ticking::default()),
+        clock,
     )
+}
+
+/// The wall clock: kept logs are aged by their files' modification times.
+struct Wall;
+
+impl Clock for Wall {
+    fn now(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+fn spec(node: &str) -> fleet_core::provider::NodeSpec {
+    fleet_core::provider::NodeSpec {
+        node: fleet_core::NodeId::new(node).unwrap_or_else(|e| panic!("{e}")),
+        pool: fleet_core::PoolName::new("local").unwrap_or_else(|e| panic!("{e}")),
+        instance_type: fleet_core::InstanceType::new(fleet_provider_local::LOCAL_TYPE)
+            .unwrap_or_else(|e| panic!("{e}")),
+        market: fleet_core::provider::Market::OnDemand,
+        source: fleet_core::provider::BootSource::Image {
+            image: "local".to_owned(),
+        },
+        tags: Default::default(),
+        bootstrap_token: None,
+    }
+}
+
+/// A file in `dir` last written `ago` before now, `len` bytes long.
+fn old_file(dir: &Path, name: &str, ago: Duration, len: usize) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, vec![b'x'; len]).unwrap_or_else(|e| panic!("{e}"));
+    let f = std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    f.set_modified(std::time::SystemTime::now() - ago)
+        .unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A deleted node's agent log outlives its directory, in the kept-logs
+/// directory, until it is too old or too many or too large are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_nodes_agent_log_is_kept_within_bounds() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kept_dir = dir.path().join("logs/agents");
+    std::fs::create_dir_all(&kept_dir).unwrap_or_else(|e| panic!("{e}"));
+    let hour = Duration::from_secs(3_600);
+    // Before the provider is made: one log past the age, one not a log.
+    let stale = old_file(&kept_dir, "gone-1.1.log", 25 * hour, 10);
+    let other = old_file(&kept_dir, "notes.txt", 25 * hour, 10);
+    let kept = KeptLogs {
+        dir: kept_dir.clone(),
+        max_age: 24 * hour,
+        max_files: 3,
+        max_bytes: 4_096,
+    };
+    let p = provider_with(dir.path(), 4, Some(kept.clone()), Arc::new(Wall));
+    assert!(!stale.exists(), "pruned when the provider is made");
+    assert!(other.exists(), "only logs are pruned");
+
+    // Two older logs, then three nodes deleted: the three newest stay.
+    old_file(&kept_dir, "gone-2.2.log", 2 * hour, 10);
+    old_file(&kept_dir, "gone-3.3.log", hour, 10);
+    for n in ["n-1", "n-2", "n-3"] {
+        let inst = p.create(&spec(n)).await.unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("local/nodes").join(n).join("agent.log");
+        wait_for(|| std::fs::read_to_string(&log).is_ok_and(|s| s.contains(" up"))).await;
+        p.delete(&inst.as_ref())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!dir.path().join("local/nodes").join(n).exists());
+    }
+    let left = names(&kept_dir);
+    assert_eq!(left.len(), 4, "{left:?}");
+    assert_eq!(left[3], "notes.txt");
+    for (name, node) in left[..3].iter().zip(["n-1", "n-2", "n-3"]) {
+        assert!(name.starts_with(&format!("{node}.")), "{left:?}");
+        let text = std::fs::read_to_string(kept_dir.join(name)).unwrap_or_default();
+        assert!(
+            text.contains(&format!("nodes/{node} up")),
+            "{name} is {node}'s log: {text:?}"
+        );
+    }
+
+    // The byte bound: a large recent log pushes the older ones out.
+    let big = old_file(&kept_dir, "big.9.log", Duration::ZERO, 4_090);
+    let removed = kept.prune(Wall.now()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(big.exists());
+    assert_eq!(removed.len(), 3, "{removed:?}");
+    assert_eq!(names(&kept_dir), vec!["big.9.log", "notes.txt"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use fleet_core::ids::{NodeId, Workspace};
-use fleet_core::protocol::{NodeIdentity, Secret};
+use fleet_core::protocol::{AgentRefusal, NodeIdentity, Secret};
 
 /// What the server knows about an agent when it says `Hello`.
 #[derive(Debug, Clone)]
@@ -52,20 +52,26 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// What the agent is told: the close reason (and, through it, the
+    /// close code) of the refused session.
+    pub fn refusal(&self) -> AgentRefusal {
+        match self {
+            AuthError::BadToken => AgentRefusal::BadToken,
+            AuthError::TokenForOtherNode => AgentRefusal::TokenForOtherNode,
+            AuthError::NodeMismatch { .. } => AgentRefusal::NodeMismatch,
+            AuthError::NoCredentials => AgentRefusal::NoCredentials,
+            AuthError::Unavailable(_) => AgentRefusal::Unavailable,
+        }
+    }
+
     /// A short stable name for logs, metrics and close reasons.
     pub fn kind(&self) -> &'static str {
-        match self {
-            AuthError::BadToken => "bad_token",
-            AuthError::TokenForOtherNode => "token_for_other_node",
-            AuthError::NodeMismatch { .. } => "node_mismatch",
-            AuthError::NoCredentials => "no_credentials",
-            AuthError::Unavailable(_) => "unavailable",
-        }
+        self.refusal().as_str()
     }
 
     /// Whether the same credentials may be accepted later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, AuthError::Unavailable(_))
+        !self.refusal().is_definitive()
     }
 }
 
@@ -76,7 +82,8 @@ impl AuthError {
 pub trait AgentAuth: Send + Sync {
     /// `Ok(Some(identity))`: accepted on a bootstrap token; the identity is
     /// sent in `Welcome`. `Ok(None)`: accepted on the client certificate.
-    /// `Err`: refused (close code 4003).
+    /// `Err`: refused, with the close code and reason of
+    /// [`AuthError::refusal`] (4003 for good, 1013 to try again later).
     async fn authenticate(&self, hello: &AgentHelloInfo)
     -> Result<Option<NodeIdentity>, AuthError>;
 }

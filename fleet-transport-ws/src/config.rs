@@ -91,8 +91,13 @@ pub mod close_code {
     pub const REPLACED: u16 = 4001;
     /// No `Hello` within the hello timeout.
     pub const HELLO_TIMEOUT: u16 = 4002;
-    /// The agent could not be authenticated.
-    pub const AUTH_REFUSED: u16 = 4003;
+    /// The agent could not be authenticated, for good (the reason is a
+    /// [`fleet_core::protocol::AgentRefusal`]); a claim client's token was
+    /// refused.
+    pub const AUTH_REFUSED: u16 = fleet_core::protocol::CLOSE_AGENT_REFUSED;
+    /// The agent could not be authenticated now (its credentials were not
+    /// judged; reason `unavailable`): try again later.
+    pub const TRY_AGAIN_LATER: u16 = fleet_core::protocol::CLOSE_TRY_AGAIN_LATER;
     /// The peer did not read its messages fast enough.
     pub const SLOW_CONSUMER: u16 = 4004;
     /// Nothing heard from the peer within the keepalive window.

@@ -25,7 +25,9 @@
 //! (with `identity` when the session was opened with a bootstrap token).
 //! The server closes the session — and the control plane sees `AgentGone` —
 //! on an undecodable message (1007), a first message other than `hello`
-//! (1008), a refused authentication (4003), a newer session for the same node
+//! (1008), a refused authentication (4003 for good, 1013 when the
+//! authenticator could not decide; the reason names the
+//! `fleet_core::protocol::AgentRefusal`), a newer session for the same node
 //! (4001, no `AgentGone` for the old one), a full send queue (4004), or
 //! silence for `ping_interval + pong_timeout` (4005). See [`close_code`].
 //!

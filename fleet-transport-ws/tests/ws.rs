@@ -16,15 +16,15 @@ use std::time::Duration;
 use common::{Pki, raw_connect};
 use fleet_core::ids::{ClaimId, CommandId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
-    AgentMsg, Arch, ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, CommandSpec, DaemonMsg,
-    MAX_MESSAGE_BYTES, NodeResources, Secret, encode,
+    AgentMsg, AgentRefusal, Arch, ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, CommandSpec,
+    DaemonMsg, MAX_MESSAGE_BYTES, NodeResources, Secret, encode,
 };
 use fleet_core::testkit::transport::transport_suite;
 use fleet_core::transport::{ClaimClient, ClaimError, Inbound, Outbound, Peer, Transport};
 use fleet_transport_ws::frame::ServerFrame;
 use fleet_transport_ws::{
-    SessionEnd, StaticAgentAuth, WsAgentClient, WsClaimClient, WsConfig, WsError, WsServer,
-    close_code,
+    AgentAuth, AgentHelloInfo, AuthError, SessionEnd, StaticAgentAuth, WsAgentClient,
+    WsClaimClient, WsConfig, WsError, WsServer, close_code,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
@@ -195,13 +195,23 @@ async fn bootstrap_token_is_accepted_once_and_identity_is_delivered() {
         )
         .await
         {
-            Err(WsError::Refused { code, .. }) => assert_eq!(code, close_code::AUTH_REFUSED),
+            Err(e @ WsError::Refused { .. }) => {
+                assert!(!e.is_retryable(), "a used token is refused for good");
+                let WsError::Refused { code, reason } = e else {
+                    unreachable!()
+                };
+                assert_eq!(code, close_code::AUTH_REFUSED);
+                assert_eq!(AgentRefusal::parse(&reason), Some(AgentRefusal::BadToken));
+            }
             other => panic!("a used token must be refused, got {other:?}"),
         }
     }
     // No credentials at all: refused.
     match WsAgentClient::connect(&url, &tls, hello("n-other", None), WsConfig::default()).await {
-        Err(e @ WsError::Refused { .. }) => assert!(!e.is_retryable()),
+        Err(e @ WsError::Refused { .. }) => {
+            assert!(!e.is_retryable());
+            assert!(e.to_string().contains("no_credentials"), "{e}");
+        }
         other => panic!("no credentials must be refused, got {other:?}"),
     }
 
@@ -242,6 +252,49 @@ async fn bootstrap_token_is_accepted_once_and_identity_is_delivered() {
         other => panic!("expected AgentGone, got {other:?}"),
     }
     assert_eq!(fx.server.agent_count(), 0);
+}
+
+/// An authenticator that cannot decide (its store is down).
+struct Undecided;
+
+#[async_trait::async_trait]
+impl AgentAuth for Undecided {
+    async fn authenticate(
+        &self,
+        _: &AgentHelloInfo,
+    ) -> Result<Option<fleet_core::protocol::NodeIdentity>, AuthError> {
+        Err(AuthError::Unavailable("store unavailable".to_owned()))
+    }
+}
+
+/// A refusal that is not about the credentials says so: "try again later"
+/// (1013, reason `unavailable`), which a client may retry, unlike 4003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_authentication_says_try_again_later() {
+    let pki = Pki::new();
+    let (server, addr) = WsServer::bind(
+        LOOPBACK.parse().unwrap(),
+        &pki.server_tls(true),
+        Arc::new(Undecided),
+        WsConfig::default(),
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://127.0.0.1:{}/v1/agent", addr.port());
+    let tls = pki.client_tls(None);
+    match WsAgentClient::connect(&url, &tls, hello("n-1", Some("tok")), WsConfig::default()).await {
+        Err(e @ WsError::Refused { .. }) => {
+            assert!(e.is_retryable(), "{e}");
+            let WsError::Refused { code, reason } = e else {
+                unreachable!()
+            };
+            assert_eq!(code, close_code::TRY_AGAIN_LATER);
+            assert_eq!(code, AgentRefusal::Unavailable.close_code());
+            assert_eq!(reason, "unavailable");
+        }
+        other => panic!("must be refused for now, got {other:?}"),
+    }
+    drop(server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

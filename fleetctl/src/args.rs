@@ -148,6 +148,15 @@ pub enum Command {
     #[command(subcommand, alias = "tokens")]
     Token(Token),
     /// Check the local installation and the daemon
+    ///
+    /// One line per check, `✓` passed or `✗` failed with what to do: the
+    /// data dir and its secret files are owner-only, daemon.json names a
+    /// running daemon, the pool CA certificate is valid, the signer key
+    /// parses, the config in $FLEET_DAEMON_CONFIG parses, its store works
+    /// (redb: every record decodes, unless the running daemon holds the
+    /// file; JetStream KV: a NATS server answers), and the HTTP API is
+    /// alive, ready and takes the token. Exit 0 when every check passed,
+    /// 1 when any failed.
     #[cfg(feature = "doctor")]
     Doctor,
     /// Print a shell completion script

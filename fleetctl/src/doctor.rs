@@ -1,13 +1,28 @@
 //! `fleetctl doctor`: a list of independent checks, each printed as a
 //! `✓`/`✗` line with a message; the exit code is 1 if any failed.
 //!
+//! The checks: the data dir (exists, owner-only, yours), the secret files
+//! in it (owner-only), `daemon.json` (readable, its daemon running), the
+//! pool CA certificate (parses, valid now), the signer key, the daemon
+//! config `$FLEET_DAEMON_CONFIG` names (parses), the store it names (redb:
+//! the file opens and every record decodes, unless the running daemon
+//! holds it; JetStream KV: a NATS server answers), and the daemon's HTTP
+//! API (`/healthz`, `/readyz`, the API token).
+//!
 //! To add a check, add a function returning [`Outcome`] and list it in
-//! [`checks`].
+//! [`checks`] (or, if it must wait on I/O, call it from [`run`]).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
-use fleet_core::protocol::{API_HEALTHZ_PATH, API_READYZ_PATH, API_STATUS_PATH, Discovery};
+use fleet_core::protocol::{
+    API_HEALTHZ_PATH, API_READYZ_PATH, API_STATUS_PATH, Discovery, FleetRecord, LeaderRecord,
+    Record, decode,
+};
+use fleet_core::store::Store as _;
+use fleet_core::subjects::Subjects;
+use fleet_daemon::config::DaemonConfig;
 
 use crate::Context;
 use crate::http::Api;
@@ -27,12 +42,21 @@ impl Outcome {
         matches!(self, Outcome::Pass(_))
     }
 
-    /// The line to print.
+    /// The line to print: `✓ …` or `✗ …`; a message of several lines (a
+    /// TOML error shows the offending line) continues indented, so every
+    /// line that does not start with a mark belongs to the check above.
     pub fn line(&self) -> String {
-        match self {
-            Outcome::Pass(m) => format!("✓ {m}"),
-            Outcome::Fail(m) => format!("✗ {m}"),
+        let (mark, m) = match self {
+            Outcome::Pass(m) => ('✓', m),
+            Outcome::Fail(m) => ('✗', m),
+        };
+        let mut lines = m.trim_end().lines();
+        let mut out = format!("{mark} {}", lines.next().unwrap_or(""));
+        for l in lines {
+            out.push_str("\n  ");
+            out.push_str(l);
         }
+        out
     }
 }
 
@@ -43,6 +67,9 @@ pub struct State<'a> {
     pub ctx: &'a Context,
     /// `daemon.json`, once read.
     pub discovery: Option<Discovery>,
+    /// The daemon config, once read (the embedded default when
+    /// `$FLEET_DAEMON_CONFIG` is not set).
+    pub config: Option<DaemonConfig>,
 }
 
 /// Files in the data dir that hold secrets and must be owner-only.
@@ -121,9 +148,20 @@ fn key_files(s: &mut State<'_>) -> Outcome {
 fn discovery(s: &mut State<'_>) -> Outcome {
     match s.ctx.discovery() {
         Ok(d) => {
-            let msg = format!("daemon.json: http {}, ws {}, pid {}", d.http, d.ws, d.pid);
+            let running = Path::new("/proc").join(d.pid.to_string()).exists();
+            let out = if running {
+                Outcome::Pass(format!(
+                    "daemon.json: http {}, ws {}, pid {}",
+                    d.http, d.ws, d.pid
+                ))
+            } else {
+                Outcome::Fail(format!(
+                    "daemon.json: the daemon that wrote it (pid {}) is not running; start fleet-daemon",
+                    d.pid
+                ))
+            };
             s.discovery = Some(d);
-            Outcome::Pass(msg)
+            out
         }
         Err(e) => Outcome::Fail(e.to_string()),
     }
@@ -199,36 +237,147 @@ fn signer(s: &mut State<'_>) -> Outcome {
     }
 }
 
-fn store_file(s: &mut State<'_>) -> Outcome {
+/// The store the config names: JetStream KV (a NATS server must answer)
+/// or redb in the data dir (it must open and every record decode, unless
+/// the running daemon holds it — then `/readyz` speaks for it).
+pub async fn store(s: &State<'_>) -> Outcome {
+    if let Some(cfg) = &s.config
+        && cfg.store.nats.is_some()
+    {
+        let urls = cfg
+            .transport
+            .nats
+            .as_ref()
+            .map(|n| n.urls.clone())
+            .unwrap_or_default();
+        return nats_reachable(&urls).await;
+    }
     let path = s.ctx.data_dir.join(fleet_store_redb::STORE_FILE_NAME);
     match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => {
-            Outcome::Pass(format!("store {} ({} bytes)", path.display(), m.len()))
+        Ok(m) if m.is_file() => {}
+        Ok(_) => return Outcome::Fail(format!("store {} is not a file", path.display())),
+        Err(e) => return Outcome::Fail(format!("store {}: {e}", path.display())),
+    }
+    let dir = s.ctx.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || fleet_store_redb::RedbStore::open(&dir)).await;
+    let store = match opened {
+        Ok(Ok(store)) => store,
+        Ok(Err(fleet_store_redb::OpenError::Locked { .. })) => {
+            return Outcome::Pass(format!(
+                "store {} is held by the running daemon (its /readyz below says whether it works)",
+                path.display()
+            ));
         }
-        Ok(_) => Outcome::Fail(format!("store {} is not a file", path.display())),
-        Err(e) => Outcome::Fail(format!("store {}: {e}", path.display())),
+        Ok(Err(e)) => return Outcome::Fail(e.to_string()),
+        Err(e) => return Outcome::Fail(format!("store {}: {e}", path.display())),
+    };
+    match check_records(&store).await {
+        Ok(n) => Outcome::Pass(format!("store {}: {n} records decode", path.display())),
+        Err(why) => Outcome::Fail(format!(
+            "store {}: {why}; the daemon will not start with it (restore a backup, or move the \
+             file away to start empty)",
+            path.display()
+        )),
     }
 }
 
-fn daemon_config(_s: &mut State<'_>) -> Outcome {
-    match std::env::var_os(fleet_daemon::config::CONFIG_ENV) {
-        None => Outcome::Pass(format!(
-            "{} not set (embedded default config)",
-            fleet_daemon::config::CONFIG_ENV
-        )),
+/// Decodes every record the daemon reads at start; the number of them, or
+/// the first that does not decode.
+async fn check_records(store: &fleet_store_redb::RedbStore) -> Result<usize, String> {
+    let corrupt =
+        |key: &str, e: &dyn std::fmt::Display| format!("record {key} does not decode: {e}");
+    let mut n = 0;
+    for prefix in [
+        Subjects::CLAIMS_PREFIX,
+        Subjects::NODES_PREFIX,
+        Subjects::JOBS_PREFIX,
+        Subjects::POOLS_PREFIX,
+    ] {
+        for (key, v) in store.list(prefix).await.map_err(|e| e.to_string())? {
+            decode::<Record>(&v.value).map_err(|e| corrupt(key.as_str(), &e))?;
+            n += 1;
+        }
+    }
+    for (key, is_leader) in [
+        (Subjects::leader_key(), true),
+        (Subjects::fleet_key(), false),
+    ] {
+        if let Some(v) = store.get(&key).await.map_err(|e| e.to_string())? {
+            if is_leader {
+                decode::<LeaderRecord>(&v.value).map_err(|e| corrupt(key.as_str(), &e))?;
+            } else {
+                decode::<FleetRecord>(&v.value).map_err(|e| corrupt(key.as_str(), &e))?;
+            }
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a NATS server of `urls` accepts a TCP connection (within 3 s
+/// each). Names hosts and ports only: a URL may carry a password.
+async fn nats_reachable(urls: &[String]) -> Outcome {
+    let mut failed = Vec::new();
+    for url in urls {
+        let addr = nats_address(url);
+        let connect = tokio::net::TcpStream::connect(addr.clone());
+        match tokio::time::timeout(Duration::from_secs(3), connect).await {
+            Ok(Ok(_)) => {
+                return Outcome::Pass(format!("store: JetStream KV, NATS server {addr} answers"));
+            }
+            Ok(Err(e)) => failed.push(format!("{addr}: {e}")),
+            Err(_) => failed.push(format!("{addr}: no answer within 3 s")),
+        }
+    }
+    if failed.is_empty() {
+        return Outcome::Fail("store: [store.nats] without [transport.nats] urls".to_owned());
+    }
+    Outcome::Fail(format!(
+        "store: JetStream KV unreachable, no NATS server answers ({})",
+        failed.join("; ")
+    ))
+}
+
+/// `nats://user:pass@host:4222/` → `host:4222`; the port defaults to 4222.
+fn nats_address(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let has_port = host_port.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!host.contains(':') || host.ends_with(']'))
+    });
+    if has_port {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:4222")
+    }
+}
+
+fn daemon_config(s: &mut State<'_>) -> Outcome {
+    let env = fleet_daemon::config::CONFIG_ENV;
+    match std::env::var_os(env).filter(|p| !p.is_empty()) {
+        None => {
+            s.config = Some(DaemonConfig::default());
+            Outcome::Pass(format!("{env} not set (embedded default config)"))
+        }
         Some(p) => {
             let path = Path::new(&p);
-            match fleet_daemon::config::DaemonConfig::load(path) {
-                Ok(_) => Outcome::Pass(format!(
-                    "{}={} parses",
-                    fleet_daemon::config::CONFIG_ENV,
-                    path.display()
-                )),
-                Err(e) => Outcome::Fail(format!(
-                    "{}={}: {e}",
-                    fleet_daemon::config::CONFIG_ENV,
-                    path.display()
-                )),
+            match DaemonConfig::load(path) {
+                Ok(cfg) => {
+                    let mut msg = format!("{env}={} parses", path.display());
+                    if cfg.data_dir() != s.ctx.data_dir {
+                        msg.push_str(&format!(
+                            " (its data_dir is {}; checking {})",
+                            cfg.data_dir().display(),
+                            s.ctx.data_dir.display()
+                        ));
+                    }
+                    s.config = Some(cfg);
+                    Outcome::Pass(msg)
+                }
+                Err(e) => Outcome::Fail(format!("{env}={}: {e}", path.display())),
             }
         }
     }
@@ -245,15 +394,25 @@ pub fn checks() -> Vec<(&'static str, Check)> {
         ("daemon.json", discovery),
         ("CA certificate", ca_cert),
         ("signer key", signer),
-        ("store file", store_file),
         ("daemon config", daemon_config),
     ]
 }
 
 async fn get_status(api: &Api, path: &str) -> Result<u16, String> {
+    get(api, path).await.map(|(status, _)| status)
+}
+
+/// The status and the first line of the body.
+async fn get(api: &Api, path: &str) -> Result<(u16, String), String> {
     api.request::<()>(reqwest::Method::GET, path, None)
         .await
-        .map(|r| r.status)
+        .map(|r| {
+            let body = String::from_utf8_lossy(&r.body);
+            (
+                r.status,
+                body.lines().next().unwrap_or("").trim().to_owned(),
+            )
+        })
         .map_err(|e| e.to_string())
 }
 
@@ -278,10 +437,13 @@ pub async fn http_checks(s: &State<'_>) -> Vec<Outcome> {
     };
     let mut out = Vec::new();
     for (path, what) in [(API_HEALTHZ_PATH, "alive"), (API_READYZ_PATH, "ready")] {
-        out.push(match get_status(&api, path).await {
-            Ok(200) => Outcome::Pass(format!("{url}{path}: {what}")),
-            Ok(code) => Outcome::Fail(format!("{url}{path}: HTTP {code}")),
-            Err(e) => Outcome::Fail(e),
+        out.push(match get(&api, path).await {
+            Ok((200, _)) => Outcome::Pass(format!("{url}{path}: {what}")),
+            Ok((code, said)) if said.is_empty() => {
+                Outcome::Fail(format!("{url}{path}: HTTP {code}"))
+            }
+            Ok((code, said)) => Outcome::Fail(format!("{url}{path}: HTTP {code}: {said}")),
+            Err(e) => Outcome::Fail(format!("{path}: {e}")),
         });
     }
     out.push(match (token, get_status(&api, API_STATUS_PATH).await) {
@@ -302,6 +464,7 @@ pub async fn run(ctx: &Context) -> i32 {
     let mut state = State {
         ctx,
         discovery: None,
+        config: None,
     };
     let mut outcomes = Vec::new();
     for (_, check) in checks() {
@@ -309,6 +472,9 @@ pub async fn run(ctx: &Context) -> i32 {
         println!("{}", o.line());
         outcomes.push(o);
     }
+    let o = store(&state).await;
+    println!("{}", o.line());
+    outcomes.push(o);
     for o in http_checks(&state).await {
         println!("{}", o.line());
         outcomes.push(o);
@@ -320,5 +486,36 @@ pub async fn run(ctx: &Context) -> i32 {
     } else {
         println!("{failed} of {} checks failed", outcomes.len());
         1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Outcome, nats_address};
+
+    #[test]
+    fn a_message_of_several_lines_continues_indented() {
+        let o = Outcome::Fail("config: parse error\n1 | x = \n  | ^\nunknown field\n".to_owned());
+        assert_eq!(
+            o.line(),
+            "✗ config: parse error\n  1 | x = \n    | ^\n  unknown field"
+        );
+        assert_eq!(Outcome::Pass("ok".to_owned()).line(), "✓ ok");
+    }
+
+    #[test]
+    fn nats_addresses_drop_scheme_credentials_and_path() {
+        for (url, addr) in [
+            ("nats://127.0.0.1:4222", "127.0.0.1:4222"),
+            (
+                "tls://user:secret@nats.example.com:7422/",
+                "nats.example.com:7422",
+            ),
+            ("nats.example.com", "nats.example.com:4222"),
+            ("nats://[::1]:4333", "[::1]:4333"),
+            ("nats://[::1]", "[::1]:4222"),
+        ] {
+            assert_eq!(nats_address(url), addr, "{url}");
+        }
     }
 }

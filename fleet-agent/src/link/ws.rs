@@ -10,8 +10,11 @@
 //!   mTLS client certificate and any token in the `Hello` is dropped.
 //! - **Server name.** The URL's host (the daemon's certificate names
 //!   `localhost` and its listen address).
-//! - **Errors.** A close before `Welcome` (4003 auth refused, 1008, …) or an
-//!   HTTP 401/403 on the upgrade is [`LinkError::Refused`]; socket, TLS and
+//! - **Errors.** A close before `Welcome` with 4003 and a definitive
+//!   [`AgentRefusal`] reason (`bad_token`, …) is [`LinkError::Denied`]: the
+//!   agent stops. Any other close before `Welcome` (1013 `unavailable`,
+//!   1008, …) or an HTTP 401/403 on the upgrade is [`LinkError::Refused`],
+//!   retried; socket, TLS and
 //!   handshake failures and timeouts are [`LinkError::Unreachable`]; a URL
 //!   or TLS material that can never work is [`LinkError::Unsupported`].
 //!
@@ -22,7 +25,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fleet_core::protocol::{AgentMsg, DaemonMsg, NodeIdentity};
+use fleet_core::protocol::{AgentMsg, AgentRefusal, DaemonMsg, NodeIdentity};
 use fleet_transport_ws::{
     AGENT_PATH, AgentSender, ClientIdentity, ClientTlsConfig, WsAgentClient, WsAgentSession,
     WsConfig, WsError,
@@ -115,11 +118,13 @@ fn normalize_url(url: &str) -> Result<String, LinkError> {
 /// Maps a dial/handshake failure to the agent's error kinds.
 pub fn map_error(e: WsError) -> LinkError {
     match e {
-        WsError::Refused { code, reason } => LinkError::Refused(if reason.is_empty() {
-            format!("closed with code {code} before Welcome")
-        } else {
-            format!("{reason} (close code {code})")
-        }),
+        WsError::Refused { code, reason } => match definitive(code, &reason) {
+            Some(refusal) => LinkError::Denied(refusal),
+            None if reason.is_empty() => {
+                LinkError::Refused(format!("closed with code {code} before Welcome"))
+            }
+            None => LinkError::Refused(format!("{reason} (close code {code})")),
+        },
         WsError::Io(why) => {
             // tungstenite reports a refused upgrade as "HTTP error: 401 …".
             let refused_http = ["HTTP error: 401", "HTTP error: 403"]
@@ -137,6 +142,12 @@ pub fn map_error(e: WsError) -> LinkError {
         WsError::Url { url, why } => LinkError::Unsupported(format!("{url}: {why}")),
         other => LinkError::Unreachable(other.to_string()),
     }
+}
+
+/// The refusal a close frame names, when it is definitive and sent with
+/// its own close code (4003); anything else may pass and is retried.
+fn definitive(code: u16, reason: &str) -> Option<AgentRefusal> {
+    AgentRefusal::parse(reason).filter(|r| r.is_definitive() && r.close_code() == code)
 }
 
 #[async_trait]
@@ -240,11 +251,28 @@ mod tests {
 
     #[test]
     fn refusals_and_failures_map_to_their_kinds() {
-        let refused = map_error(WsError::Refused {
+        let denied = map_error(WsError::Refused {
             code: 4003,
             reason: "bad_token".into(),
         });
-        assert_eq!(refused.kind(), "refused");
+        assert_eq!(denied, LinkError::Denied(AgentRefusal::BadToken));
+        assert!(!denied.is_retryable());
+        // Not definitive: for now, unknown to this agent, or a reason
+        // under another code.
+        for (code, reason) in [
+            (1013, "unavailable"),
+            (4003, "unavailable"),
+            (4003, "a_reason_from_a_newer_daemon"),
+            (1008, "bad_token"),
+            (4003, ""),
+        ] {
+            let e = map_error(WsError::Refused {
+                code,
+                reason: reason.into(),
+            });
+            assert_eq!(e.kind(), "refused", "{code} {reason}");
+            assert!(e.is_retryable(), "{code} {reason}");
+        }
         assert_eq!(
             map_error(WsError::Io("WebSocket x: HTTP error: 403 Forbidden".into())).kind(),
             "refused"

@@ -108,6 +108,13 @@ impl Controller {
     }
 
     pub(super) fn orphan_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
+        // An id a node of ours has taken since it was listed (a store
+        // rolled back hands out its epoch and sequence again, and the
+        // provider's create adopts the instance by id) is ours, not an
+        // orphan.
+        let nodes = &self.nodes;
+        self.orphans
+            .retain(|id, o| o.deleting || !nodes.contains_key(id));
         let due: Vec<InstanceRef> = self
             .orphans
             .values()

@@ -77,8 +77,11 @@ pub struct Timing {
     /// Ended claims stay in the store this long (so a retried request still
     /// gets an answer), then are deleted.
     pub claim_retention_ms: Millis,
-    /// An untracked instance carrying this fleet's tags is deleted once it is
-    /// at least this old and still untracked on a later inventory.
+    /// An untracked instance carrying this fleet's tags (no node record
+    /// knows it) is deleted once this long has passed since both its
+    /// creation and the first inventory that listed it, unless an
+    /// inventory in between no longer listed it or a node of ours took its
+    /// id. Instances of another namespace or fleet id are never touched.
     pub orphan_min_age_ms: Millis,
     /// How often a driver asks for the provider's offerings at start before
     /// giving up on a failure that may pass; it waits as for a failed

@@ -167,3 +167,105 @@ pub enum DaemonMsg {
     /// Finish up and shut down.
     Drain,
 }
+
+/// WebSocket close code of an agent session refused for good: the same
+/// credentials will never be accepted; the close reason is an
+/// [`AgentRefusal`] that [`AgentRefusal::is_definitive`].
+pub const CLOSE_AGENT_REFUSED: u16 = 4003;
+
+/// WebSocket close code of an agent session the daemon could not
+/// authenticate now (RFC 6455's "Try Again Later"): the close reason is
+/// [`AgentRefusal::Unavailable`]; the agent retries with the same
+/// credentials.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
+/// Why the daemon refused an agent's session before `welcome`: the reason
+/// text of the WebSocket close frame (`bad_token`, …), under the close code
+/// [`AgentRefusal::close_code`] gives. An agent stops on a definitive
+/// refusal and keeps retrying on anything else (an unknown reason
+/// included: a newer daemon may add reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AgentRefusal {
+    /// The bootstrap token is unknown or already used.
+    BadToken,
+    /// The bootstrap token was issued for another node.
+    TokenForOtherNode,
+    /// The client certificate names another node than the `hello`.
+    NodeMismatch,
+    /// Neither a bootstrap token nor a client certificate.
+    NoCredentials,
+    /// The daemon cannot decide now (its store or CA is unavailable).
+    Unavailable,
+}
+
+impl AgentRefusal {
+    /// Every refusal.
+    pub const ALL: [AgentRefusal; 5] = [
+        AgentRefusal::BadToken,
+        AgentRefusal::TokenForOtherNode,
+        AgentRefusal::NodeMismatch,
+        AgentRefusal::NoCredentials,
+        AgentRefusal::Unavailable,
+    ];
+
+    /// The close reason text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentRefusal::BadToken => "bad_token",
+            AgentRefusal::TokenForOtherNode => "token_for_other_node",
+            AgentRefusal::NodeMismatch => "node_mismatch",
+            AgentRefusal::NoCredentials => "no_credentials",
+            AgentRefusal::Unavailable => "unavailable",
+        }
+    }
+
+    /// The refusal a close reason names; `None` for any other text.
+    pub fn parse(reason: &str) -> Option<AgentRefusal> {
+        AgentRefusal::ALL.into_iter().find(|r| r.as_str() == reason)
+    }
+
+    /// Whether the same credentials can never be accepted: the agent must
+    /// not retry with them.
+    pub fn is_definitive(self) -> bool {
+        !matches!(self, AgentRefusal::Unavailable)
+    }
+
+    /// The close code it is sent with: [`CLOSE_AGENT_REFUSED`] when
+    /// definitive, else [`CLOSE_TRY_AGAIN_LATER`].
+    pub fn close_code(self) -> u16 {
+        if self.is_definitive() {
+            CLOSE_AGENT_REFUSED
+        } else {
+            CLOSE_TRY_AGAIN_LATER
+        }
+    }
+
+    /// What it means, for an operator reading the agent's log.
+    pub fn explain(self) -> &'static str {
+        match self {
+            AgentRefusal::BadToken => {
+                "the bootstrap token is unknown or already used: the daemon no longer wants \
+                 this node, or it joined before and lost the identity in its identity_dir"
+            }
+            AgentRefusal::TokenForOtherNode => {
+                "the bootstrap token was issued for another node (check node_id)"
+            }
+            AgentRefusal::NodeMismatch => {
+                "the node identity in identity_dir is another node's (check node_id)"
+            }
+            AgentRefusal::NoCredentials => {
+                "the agent has neither a bootstrap token nor a node identity"
+            }
+            AgentRefusal::Unavailable => "the daemon cannot authenticate agents right now",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

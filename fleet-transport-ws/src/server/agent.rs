@@ -162,7 +162,8 @@ pub(super) async fn agent_open(
         Ok(id) => id,
         Err(e) => {
             warn!(%peer, %node, cert_node = ?info.cert_node, error = %e, kind = e.kind(), "agent refused");
-            close_now(ws, CloseReason::new(close_code::AUTH_REFUSED, e.kind())).await;
+            let refusal = e.refusal();
+            close_now(ws, CloseReason::new(refusal.close_code(), refusal.as_str())).await;
             return None;
         }
     };
