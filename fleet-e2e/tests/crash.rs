@@ -153,7 +153,7 @@ async fn two_daemons_on_one_data_dir_exactly_one_leads() {
     std::fs::write(&config_b, text_b).unwrap_or_else(|e| panic!("{e}"));
     let log =
         std::fs::File::create(dir.path().join("daemon-b.log")).unwrap_or_else(|e| panic!("{e}"));
-    let mut b = Command::new(bin("fleet-daemon", "fleet-daemon"))
+    let mut b = Command::new(bin("fleet-daemon"))
         .env("FLEET_DAEMON_CONFIG", &config_b)
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
@@ -253,10 +253,7 @@ async fn kill_9_during_boot_ten_rounds_serves_every_claim_on_its_own_node() {
     let agent = dir.path().join("slow-boot-agent.sh");
     std::fs::write(
         &agent,
-        format!(
-            "#!/bin/sh\nsleep 1\nexec {:?} \"$@\"\n",
-            bin("fleet-agent", "fleet-agent")
-        ),
+        format!("#!/bin/sh\nsleep 1\nexec {:?} \"$@\"\n", bin("fleet-agent")),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))

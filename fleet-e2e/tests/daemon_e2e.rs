@@ -220,7 +220,7 @@ async fn claim_plane_tokens_are_scoped_to_workspaces() {
         }
     }
 
-    let out = std::process::Command::new(bin("fleetctl", "fleetctl"))
+    let out = std::process::Command::new(bin("fleetctl"))
         .args(["--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--json", "token", "create", "ci-bot", "--workspaces", "ci"])

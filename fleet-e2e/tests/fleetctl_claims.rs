@@ -18,7 +18,7 @@ fn fleetctl(daemon: &Daemon, args: &[&str], secs: u64) -> Output {
 }
 
 fn spawn_fleetctl(daemon: &Daemon, args: &[&str], out: Stdio) -> Child {
-    Command::new(bin("fleetctl", "fleetctl"))
+    Command::new(bin("fleetctl"))
         .arg("--data-dir")
         .arg(daemon.dir.join("data"))
         .args(args)

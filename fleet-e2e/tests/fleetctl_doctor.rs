@@ -14,7 +14,7 @@ use common::*;
 
 /// `fleetctl --data-dir <data> doctor` with `env`; (exit code, stdout).
 fn doctor(data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let out: Output = Command::new(bin("fleetctl", "fleetctl"))
+    let out: Output = Command::new(bin("fleetctl"))
         .arg("--data-dir")
         .arg(data)
         .arg("doctor")

@@ -15,7 +15,7 @@ use fleet_core::protocol::{ClaimRecord, CostReport, JobRecord, NodeStatus, Statu
 
 /// `fleetctl --data-dir <the daemon's> ARGS`, killed after 60 s.
 fn fleetctl(daemon: &Daemon, args: &[&str]) -> Output {
-    let mut child = Command::new(bin("fleetctl", "fleetctl"))
+    let mut child = Command::new(bin("fleetctl"))
         .arg("--data-dir")
         .arg(daemon.dir.join("data"))
         .args(args)

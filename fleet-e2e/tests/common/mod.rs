@@ -26,27 +26,41 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// binary that exists: the target dir is shared, and another build (an
 /// example, a `cargo build -p fleet-daemon` without features, another
 /// checkout) may have left one built from other sources or features.
-pub(crate) fn bin(package: &str, name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+///
+/// The build is the workspace's, with the features `scripts/test` resolves
+/// (`cargo test --workspace --all-features`: every test target, so
+/// dev-dependencies' features too), and so it is fresh under the README's
+/// test command. A `-p <package>` build resolves other features for shared
+/// dependencies and compiled a second copy of 40-odd crates (aws-sdk-ec2
+/// among them): four minutes and a gigabyte per CI run.
+pub(crate) fn bin(name: &str) -> PathBuf {
+    // Held through the build: the first caller builds, the others wait.
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
         .to_owned();
-    let path = dir.join(name);
     let mut built = BUILT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !built.iter().any(|b| b == name) {
+    if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
-            .args(["build", "-p", package, "--bin", name, "--all-features"])
+            .args([
+                "build",
+                "--workspace",
+                "--all-features",
+                "--tests",
+                "--bins",
+            ])
             .status()
-            .unwrap_or_else(|e| panic!("building {name}: {e}"));
-        assert!(status.success(), "building {name} failed");
-        built.push(name.to_owned());
+            .unwrap_or_else(|e| panic!("building the workspace's binaries: {e}"));
+        assert!(status.success(), "building the workspace's binaries failed");
+        *built = true;
     }
+    let path = dir.join(name);
     assert!(path.exists(), "{} missing after build", path.display());
     path
 }
@@ -73,7 +87,7 @@ impl Daemon {
     /// Writes a config (fixed WS port so agents can reconnect across a
     /// restart) and starts the daemon.
     pub(crate) fn start(dir: &Path, extra: &str) -> Daemon {
-        let agent = bin("fleet-agent", "fleet-agent").display().to_string();
+        let agent = bin("fleet-agent").display().to_string();
         Daemon::start_with(
             dir,
             |_| format!("kind = \"local\"\nagent_bin = {agent:?}\nmax_nodes = 3\n"),
@@ -157,7 +171,7 @@ impl Daemon {
             .open(dir.join("daemon.log"))
             .unwrap_or_else(|e| panic!("{e}"));
         let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(bin("fleet-daemon", "fleet-daemon"))
+        let child = Command::new(bin("fleet-daemon"))
             .env("FLEET_DAEMON_CONFIG", &config)
             .env("FLEET_LOG", "debug")
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -541,7 +555,7 @@ pub(crate) mod cloud {
         write("agent.toml", agent_toml);
         let log =
             std::fs::File::create(node_dir.join("agent.log")).unwrap_or_else(|e| panic!("{e}"));
-        Command::new(bin("fleet-agent", "fleet-agent"))
+        Command::new(bin("fleet-agent"))
             .env("FLEET_AGENT_CONFIG", node_dir.join("agent.toml"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
