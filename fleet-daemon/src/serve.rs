@@ -100,9 +100,15 @@ pub async fn serve(
         };
         match acquired {
             Ok(Some(epoch)) => break epoch,
-            Ok(None) => tokio::time::sleep(Duration::from_millis(cfg.leader.lease_ms / 3)).await,
+            Ok(None) => {}
+            // A follower is what takes over when the leader's store server
+            // dies too: an unreachable store is waited for, not fatal.
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "the store is unavailable; still waiting for the leader lease");
+            }
             Err(e) => return Err(setup("taking the leader lease")(e.to_string())),
         }
+        tokio::time::sleep(Duration::from_millis(cfg.leader.lease_ms / 3)).await;
     };
     leader.store(true, Ordering::Relaxed);
     tracing::info!(epoch = epoch.0, "leader");
@@ -209,12 +215,19 @@ pub async fn serve(
     ready(&discovery);
 
     // Keep the lease; losing it means another daemon leads: stop at once.
+    // A renewal the store could not take is tried again while the lease
+    // holds by this process's clock (writes stop when it lapses anyway).
     let renew_every = Duration::from_millis((cfg.leader.lease_ms / 3).max(100));
+    let guard = lease.guard();
     let lost = async {
         loop {
             tokio::time::sleep(renew_every).await;
-            if let Err(e) = lease.renew(&*stores.lease, clock.now()).await {
-                return e.to_string();
+            match lease.renew(&*stores.lease, clock.now()).await {
+                Ok(_) => {}
+                Err(e) if e.is_retryable() && guard.remaining().is_some() => {
+                    tracing::warn!(error = %e, remaining = ?guard.remaining(), "renewing the leader lease failed; retrying");
+                }
+                Err(e) => return e.to_string(),
             }
         }
     };

@@ -135,6 +135,11 @@ impl RuntimeError {
             RuntimeError::Config(_) => "config",
         }
     }
+
+    /// Whether the same call may succeed later: the store was unavailable.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RuntimeError::Store(e) if e.is_retryable())
+    }
 }
 
 /// A consistent view of the control plane, for status APIs.
@@ -353,10 +358,18 @@ impl FleetBuilder {
         }
         let fleet_id = match self.fleet_id {
             Some(id) => id,
-            None => fleet_identity(&*store, self.clock.now()).await?,
+            None => {
+                startup_read(&self.timing, "reading the fleet identity", || {
+                    fleet_identity(&*store, self.clock.now())
+                })
+                .await?
+            }
         };
         tracing::info!(fleet_id = %fleet_id, namespace = %self.namespace, "fleet identity");
-        let records = load_records(&*store).await?;
+        let records = startup_read(&self.timing, "loading the records", || {
+            load_records(&*store)
+        })
+        .await?;
         if let Some(tokens) = &self.tokens {
             // Tokens of nodes deleted while their removal was lost to a crash.
             let live: BTreeSet<NodeId> = records
@@ -1048,30 +1061,69 @@ fn log_alert(alert: &Alert) {
     }
 }
 
-/// The provider's offerings, retrying passing failures as the controller
-/// retries a provider call (`timing.provider_retry_initial_ms`, doubling up
-/// to `provider_retry_max_ms`, `startup_attempts` in all); a permanent one
-/// (bad credentials, no type sold) fails at once with the provider's words.
-async fn startup_offerings(
-    provider: &dyn Provider,
+/// Runs a start-up step, retrying a failure that may pass as the
+/// controller retries a provider call (`timing.provider_retry_initial_ms`,
+/// doubling up to `provider_retry_max_ms`, `startup_attempts` in all): the
+/// provider's API or a replicated store electing a new leader. A permanent
+/// failure, or the last attempt's, is returned with the attempts made.
+async fn at_startup<T, E, Fut>(
     timing: &fleet_core::controller::Timing,
-) -> Result<Vec<Offering>, RuntimeError> {
+    what: &str,
+    retryable: impl Fn(&E) -> bool,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, (E, u32)>
+where
+    E: std::fmt::Display,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let mut wait = timing.provider_retry_initial_ms;
     let mut attempt = 1;
     loop {
-        match provider.offerings().await {
-            Ok(o) => return Ok(o),
-            Err(e) if e.is_retryable() && attempt < timing.startup_attempts => {
-                tracing::warn!(error = %e, attempt, retry_in_ms = wait, "provider offerings unavailable; retrying");
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if retryable(&e) && attempt < timing.startup_attempts => {
+                tracing::warn!(error = %e, attempt, retry_in_ms = wait, "{what} failed; retrying");
                 tokio::time::sleep(Duration::from_millis(wait)).await;
                 wait = wait.saturating_mul(2).min(timing.provider_retry_max_ms);
                 attempt += 1;
             }
-            Err(e) => {
-                return Err(RuntimeError::Config(format!(
-                    "provider offerings unavailable (after {attempt} attempt(s)): {e}"
-                )));
-            }
+            Err(e) => return Err((e, attempt)),
         }
     }
+}
+
+/// The provider's offerings ([`at_startup`]); a permanent failure (bad
+/// credentials, no type sold) fails at once with the provider's words.
+async fn startup_offerings(
+    provider: &dyn Provider,
+    timing: &fleet_core::controller::Timing,
+) -> Result<Vec<Offering>, RuntimeError> {
+    at_startup(
+        timing,
+        "reading the provider's offerings",
+        ProviderError::is_retryable,
+        || provider.offerings(),
+    )
+    .await
+    .map_err(|(e, attempt)| {
+        RuntimeError::Config(format!(
+            "provider offerings unavailable (after {attempt} attempt(s)): {e}"
+        ))
+    })
+}
+
+/// A store read at start ([`at_startup`]): an unavailable store (a
+/// JetStream stream electing a new leader after a server died) is waited
+/// for; a corrupt record or a permanent error stops the start at once.
+async fn startup_read<T, Fut>(
+    timing: &fleet_core::controller::Timing,
+    what: &str,
+    step: impl FnMut() -> Fut,
+) -> Result<T, RuntimeError>
+where
+    Fut: std::future::Future<Output = Result<T, RuntimeError>>,
+{
+    at_startup(timing, what, RuntimeError::is_retryable, step)
+        .await
+        .map_err(|(e, _)| e)
 }

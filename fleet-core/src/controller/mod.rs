@@ -83,9 +83,9 @@ pub struct Timing {
     /// inventory in between no longer listed it or a node of ours took its
     /// id. Instances of another namespace or fleet id are never touched.
     pub orphan_min_age_ms: Millis,
-    /// How often a driver asks for the provider's offerings at start before
-    /// giving up on a failure that may pass; it waits as for a failed
-    /// provider call (`provider_retry_initial_ms`, doubling up to
+    /// How often a driver tries each start-up step (the provider's
+    /// offerings, the fleet identity and records in the store) before giving
+    /// up on a failure that may pass; it waits as for a failed provider call (`provider_retry_initial_ms`, doubling up to
     /// `provider_retry_max_ms`) in between.
     pub startup_attempts: u32,
 }

@@ -19,7 +19,7 @@ pub(crate) fn ok<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
     }
 }
 
-fn binary() -> PathBuf {
+pub(crate) fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
         return PathBuf::from(p);
     }
