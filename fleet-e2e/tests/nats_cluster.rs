@@ -3,12 +3,17 @@
 //! the fleet's records in a bucket with three replicas, and two daemons
 //! contending for the lease. In the middle of a stream of claims the
 //! leading daemon and one NATS server are killed with SIGKILL: the other
-//! daemon leads once the dead one's lease lapsed and JetStream re-elected
-//! its stream leaders (3-10 s with the tests' 3 s lease; it waits out a
-//! store that answers "no responders" meanwhile), every claim a caller was
-//! told about is
+//! daemon leads within the lease (it lapses at most one lease after the
+//! kill, and the follower looks every third of a lease), every claim a
+//! caller was told about is
 //! granted exactly once (a retry with the same id gets the same grant) and
 //! released, and no claim is lost.
+//!
+//! The lease is 10 s: longer than JetStream takes to re-elect the leaders
+//! of a stream whose leader's server died (4-6 s here, during which the
+//! bucket answers "503 no responders" or "no stream found", and the
+//! follower keeps waiting rather than giving up). With a lease shorter
+//! than that, takeover is that election instead (2.8-9.7 s with 3 s).
 //!
 //! The two daemons share a data dir: what a real pair shares by other means
 //! — the pool CA and sealing key (copied), and the provider's view of the
@@ -199,14 +204,17 @@ async fn claim_and_release(client: &NatsClaimClient, id: &str) -> ClaimGrant {
 async fn two_daemons_on_a_three_node_jetstream_cluster_survive_losing_the_leader_and_a_server() {
     const CALLERS: usize = 4;
     const PER_CALLER: usize = 10;
+    const LEASE: Duration = Duration::from_secs(10);
     let mut cluster = Cluster::start();
     let conn = cluster.await_bucket().await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let urls: Vec<String> = cluster.urls();
     let extra = format!(
         "[transport.nats]\nurls = {urls:?}\n[store.nats]\nreplicas = 3\n\
+         [leader]\nlease_ms = {lease}\n\
          [[pool]]\nname = \"default\"\ninstance_types = [\"local.node\"]\n\
-         min_nodes = 1\nmax_nodes = 2\nslots_per_node = 16\n"
+         min_nodes = 1\nmax_nodes = 2\nslots_per_node = 16\n",
+        lease = LEASE.as_millis()
     );
     let mut a = Daemon::start(dir.path(), &extra);
     let (mut b, base_b) = follower(&a, dir.path());
@@ -257,6 +265,13 @@ async fn two_daemons_on_a_three_node_jetstream_cluster_survive_losing_the_leader
         log_tail(&dir.path().join("daemon-b.log"))
     );
     println!("takeover after kill -9 of the leader and one of three NATS servers: {takeover:?}");
+    // The lease lapses within one lease of the kill; the follower's next
+    // look comes within a third of one more (and a second of slack for
+    // the start itself).
+    assert!(
+        takeover < LEASE + LEASE / 3 + Duration::from_secs(1),
+        "took over after {takeover:?}, beyond the {LEASE:?} lease and one look"
+    );
 
     for c in callers {
         c.await.unwrap_or_else(|e| panic!("caller: {e}"));

@@ -72,6 +72,23 @@ pub(crate) fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The body of `table` (a header line such as `[timing]`) in a config
+/// fragment, and the fragment without it.
+fn take_table(extra: &str, table: &str) -> (String, String) {
+    let header = format!("{table}\n");
+    match extra.find(&header) {
+        Some(at) => {
+            let body = &extra[at + header.len()..];
+            let end = body.find("\n[").map_or(body.len(), |i| i + 1);
+            (
+                body[..end].to_owned(),
+                format!("{}{}", &extra[..at], &body[end..]),
+            )
+        }
+        None => (String::new(), extra.to_owned()),
+    }
+}
+
 /// A daemon process with its config and data dir.
 pub(crate) struct Daemon {
     pub(crate) dir: PathBuf,
@@ -122,17 +139,14 @@ impl Daemon {
             extra.find("\n[").map_or(extra.len(), |i| i + 1)
         };
         let (top, extra) = extra.split_at(split);
-        // Keys of a `[timing]` table in `extra` join the one written here.
-        let (timing, extra) = match extra.find("[timing]\n") {
-            Some(at) => {
-                let body = &extra[at + "[timing]\n".len()..];
-                let end = body.find("\n[").map_or(body.len(), |i| i + 1);
-                (
-                    body[..end].to_owned(),
-                    format!("{}{}", &extra[..at], &body[end..]),
-                )
-            }
-            None => (String::new(), extra.to_owned()),
+        // Keys of a `[timing]` table in `extra` join the one written here; a
+        // `[leader]` table in `extra` replaces the tests' short lease.
+        let (timing, extra) = take_table(extra, "[timing]");
+        let (leader, extra) = take_table(&extra, "[leader]");
+        let leader = if leader.is_empty() {
+            "lease_ms = 3000\n".to_owned()
+        } else {
+            leader
         };
         let text = format!(
             "data_dir = {data:?}\n{top}\
@@ -140,7 +154,7 @@ impl Daemon {
              [transport.ws]\nlisten = \"127.0.0.1:{ws}\"\n\
              [provider]\n{provider}\
              [timing]\nheartbeat_interval_ms = 500\nheartbeat_timeout_ms = 10000\n{timing}\
-             [leader]\nlease_ms = 3000\n\
+             [leader]\n{leader}\
              {extra}",
             data = data.display().to_string(),
             http = free_port(),
