@@ -5,7 +5,6 @@
 //! fleet-sim --bench [--config sim-input.json]
 //! ```
 
-use std::io::Write as _;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fleet_sim::{Scenario, SimError, input, report};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// The example input, used by `--bench` without `--config`.
 const EXAMPLE: &str = include_str!("../examples/sim-input.json");
@@ -106,7 +106,9 @@ fn write(path: &std::path::Path, text: &str) -> Result<(), SimError> {
     })
 }
 
-/// Runs `f`, drawing a progress bar on stderr once it has taken a second.
+/// Runs `f`, drawing a progress bar on stderr once it has taken a second,
+/// if stderr is a terminal (never into a CI log or a pipe: indicatif's
+/// stderr target hides itself there).
 fn with_progress<T>(
     s: &Scenario,
     threads: usize,
@@ -126,29 +128,25 @@ where
     std::thread::scope(|scope| {
         if !quiet {
             scope.spawn(|| {
+                // Each strategy's counter runs to 1000.
+                let total = 1000 * counters.len().max(1) as u64;
+                let bar = ProgressBar::with_draw_target(
+                    Some(total),
+                    ProgressDrawTarget::stderr_with_hz(10),
+                );
+                if let Ok(style) =
+                    ProgressStyle::with_template("[{bar:40}] {percent:>3}% {elapsed_precise}")
+                {
+                    bar.set_style(style.progress_chars("#>."));
+                }
                 let started = Instant::now();
-                let mut drawn = false;
                 while !done.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
-                    if started.elapsed() < Duration::from_secs(1) {
-                        continue;
+                    if started.elapsed() >= Duration::from_secs(1) {
+                        bar.set_position(counters.iter().map(|c| c.load(Ordering::Relaxed)).sum());
                     }
-                    let total: u64 = counters.iter().map(|c| c.load(Ordering::Relaxed)).sum();
-                    let frac = total as f64 / (1000.0 * counters.len().max(1) as f64);
-                    let filled = (frac * 40.0) as usize;
-                    eprint!(
-                        "\r[{}{}] {:>3}% {:>5.1}s",
-                        "#".repeat(filled.min(40)),
-                        ".".repeat(40 - filled.min(40)),
-                        (frac * 100.0) as u32,
-                        started.elapsed().as_secs_f64()
-                    );
-                    let _ = std::io::stderr().flush();
-                    drawn = true;
                 }
-                if drawn {
-                    eprintln!();
-                }
+                bar.finish_and_clear();
             });
         }
         let r = f(s, threads, Some(&counters));

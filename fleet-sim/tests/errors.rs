@@ -209,3 +209,26 @@ fn command_line_mistakes_exit_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// Into a pipe (a CI log) the progress bar is never drawn: the table goes
+/// to stdout and stderr stays free of `\r` redraws, however long the run.
+#[test]
+fn no_progress_bar_is_drawn_into_a_pipe() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim-input.json");
+    let started = std::time::Instant::now();
+    let out = sim(&["--config", example, "--threads", "1"]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\r') && !stderr.contains('%'),
+        "a bar was drawn into a pipe after {took:?}: {stderr:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cold_image"));
+    // The bar waits a second before drawing: a quicker run proves nothing.
+    assert!(took.as_secs_f64() > 1.2, "the run took only {took:?}");
+}
