@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use fleet_core::billing::{BillingModel, BootLatency, CallLatency, Granularity, StoppedBilling};
+use fleet_core::billing::{
+    BillingModel, BootLatency, CallLatency, Granularity, NodeCharges, StoppedBilling,
+};
 use fleet_core::clock::Clock;
 use fleet_core::ids::IdError;
 use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
@@ -104,6 +106,9 @@ impl RackProvider {
                     resize_ms: 0,
                 },
                 calls: CallLatency::default(),
+                // Charges beside the instance price: this rack's disks are
+                // in the price and its nodes get no public address.
+                charges: NodeCharges::default(),
             },
             offerings: [
                 offering("rack.small", 4, 8_192, 40_000),

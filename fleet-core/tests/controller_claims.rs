@@ -468,13 +468,15 @@ fn cost_is_accrued_with_the_billing_model() {
     w.run_for(3_600_000).unwrap();
     let report = w.controller().costs(w.now());
     let pool = &report.pools[&fleet_core::PoolName::new("linux").unwrap()];
-    // Boot 240 s + hold 600 s + idle 60 s (+ API latencies), at $0.085/h.
+    // Boot 240 s + hold 600 s + idle 60 s (+ API latencies), at $0.085/h
+    // plus the 30 GB root volume ($0.003288/h) and the public IPv4
+    // ($0.005/h).
     assert!(
         pool.running_ms >= 900_000 && pool.running_ms < 960_000,
         "{}",
         pool.running_ms
     );
-    let expected = fleet_core::money::HourlyPrice::from_micros(85_000)
+    let expected = fleet_core::money::HourlyPrice::from_micros(85_000 + 3_288 + 5_000)
         .for_millis(pool.running_ms.div_ceil(1000) * 1000);
     assert_eq!(pool.running, expected);
     assert_eq!(pool.boots.values().sum::<u64>(), 1);

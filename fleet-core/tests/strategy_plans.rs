@@ -298,18 +298,26 @@ fn idle_costs_are_exact() {
         let i = d[n].idle_cost;
         (i.setup.micros(), i.settle_ms, i.per_hour.micros())
     };
-    assert_eq!(cost("cold_image"), (0, 0, 2 * 100_800));
+    // A running node: the instance ($0.1008/h), its 40 GB gp3 root volume
+    // ($0.08/GB-month over 730 h, rounded up: 4 384 µ$/h) and its public
+    // IPv4 address ($0.005/h).
+    let node = 100_800 + 4_384 + 5_000;
+    assert_eq!(cost("cold_image"), (0, 0, 2 * node));
     // Two kept nodes, one gets snapshotted once it booted from the image
     // (240 s) and the snapshot is taken (60 s): the nodes alone for those
     // 300 s, then 40 GB × $0.05/GB-month / 730 h (rounded up) on top.
-    let snapshot = (2 * 8_400, 300_000, 2 * 100_800 + 2_740);
+    let snapshot = (2 * node * 300 / 3600, 300_000, 2 * node + 2_740);
     assert_eq!(cost("cold_snapshot"), snapshot);
     assert_eq!(cost("hybrid"), snapshot);
-    assert_eq!(cost("always_on_resize"), (0, 0, 2 * 100_800));
-    assert_eq!(cost("spot"), (0, 0, 2 * 38_000));
-    // size 2: each runs 240 s boot + 300 s idle + 2 s stop call = 542 s at
-    // $0.1008/h, then pays 40 GB × $0.08/GB-month / 730 h per hour stopped.
-    assert_eq!(cost("stopped_pool"), (2 * 15_176, 542_000, 2 * 4_384));
+    assert_eq!(cost("always_on_resize"), (0, 0, 2 * node));
+    assert_eq!(cost("spot"), (0, 0, 2 * (38_000 + 4_384 + 5_000)));
+    // size 2: each runs 240 s boot + 300 s idle + 2 s stop call = 542 s
+    // (rounded up to the micro-dollar), then pays only its volume, 40 GB ×
+    // $0.08/GB-month / 730 h per hour stopped (EC2 releases the address).
+    assert_eq!(
+        cost("stopped_pool"),
+        (2 * ((node * 542 + 3_599) / 3_600), 542_000, 2 * 4_384)
+    );
 
     // With a snapshot already there, it is paid from the start.
     let mut g = f.clone();
@@ -321,7 +329,7 @@ fn idle_costs_are_exact() {
     let d = describes(&g);
     assert_eq!(
         d["cold_snapshot"].idle_cost,
-        IdleCost::steady(Money::from_micros(2 * 100_800 + 2_740))
+        IdleCost::steady(Money::from_micros(2 * node + 2_740))
     );
 
     f.spec.min_nodes = 0;
@@ -329,13 +337,14 @@ fn idle_costs_are_exact() {
     assert_eq!(d["cold_image"].idle_cost.per_hour.micros(), 0);
     assert_eq!(d["cold_snapshot"].idle_cost.per_hour.micros(), 0);
     assert_eq!(d["spot"].idle_cost.per_hour.micros(), 0);
-    assert_eq!(d["always_on_resize"].idle_cost.per_hour.micros(), 100_800);
+    assert_eq!(d["always_on_resize"].idle_cost.per_hour.micros(), node);
 
     let h = describes(&Fixture::hetzner());
-    // Stopping saves nothing on Hetzner: a warm pool, no setup.
+    // Stopping saves nothing on Hetzner: a warm pool, no setup; each
+    // server with its primary IPv4 (€0.0008/h at $1.08).
     assert_eq!(
         h["stopped_pool"].idle_cost,
-        IdleCost::steady(Money::from_micros(2 * 6_000))
+        IdleCost::steady(Money::from_micros(2 * (6_000 + 864)))
     );
 }
 

@@ -318,6 +318,11 @@ pub struct AwsProviderConfig {
     /// Subnet for new instances.
     #[serde(default)]
     pub subnet_id: Option<String>,
+    /// Whether new instances get a public IPv4 address ($0.005/h each
+    /// while running, counted in the cost model unless `false`); unset,
+    /// the subnet's auto-assign setting decides and it is counted.
+    #[serde(default)]
+    pub public_ipv4: Option<bool>,
     /// Security groups for new instances.
     #[serde(default)]
     pub security_group_ids: Vec<String>,
@@ -358,6 +363,11 @@ pub struct HetznerProviderConfig {
     /// SSH key names added to new servers.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
+    /// Whether new servers get a primary IPv4 address (default true;
+    /// €0.0008/h each while the server exists, counted in the cost model);
+    /// without, the agent must reach the daemon over IPv6.
+    #[serde(default)]
+    pub public_ipv4: Option<bool>,
     /// Most servers at once.
     #[serde(default)]
     pub max_instances: Option<u32>,

@@ -199,6 +199,9 @@ fn hetzner_provider(
     }
     cfg.server_types = h.server_types.clone();
     cfg.ssh_keys = h.ssh_keys.clone();
+    if let Some(public) = h.public_ipv4 {
+        cfg.public_ipv4 = public;
+    }
     cfg.max_instances = h.max_instances;
     cfg.user_data = Some(boot.user_data);
     cfg.user_data_vars = boot.vars;
@@ -260,6 +263,7 @@ async fn aws_provider(
         cfg.root_volume_gb = gb;
     }
     cfg.subnet_id = a.subnet_id.clone();
+    cfg.public_ipv4 = a.public_ipv4;
     cfg.security_group_ids = a.security_group_ids.clone();
     cfg.key_name = a.key_name.clone();
     cfg.instance_profile = a.instance_profile.clone();
@@ -298,6 +302,7 @@ mod tests {
             user_data,
             server_types: Vec::new(),
             ssh_keys: Vec::new(),
+            public_ipv4: None,
             max_instances: None,
             api_url: None,
             eur_to_usd: None,
@@ -358,6 +363,7 @@ mod tests {
             spot_per_mille: None,
             root_volume_gb: None,
             subnet_id: None,
+            public_ipv4: None,
             security_group_ids: Vec::new(),
             key_name: None,
             instance_profile: None,

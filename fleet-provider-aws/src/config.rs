@@ -32,6 +32,12 @@ pub struct Ec2Config {
     pub root_volume_gb: u32,
     /// Subnet new instances go in (default: the default VPC's).
     pub subnet_id: Option<String>,
+    /// Whether new instances get a public IPv4 address: `None` leaves it
+    /// to the subnet's auto-assign setting (the default VPC's subnets
+    /// assign one); `Some` asks for it, or its absence, at launch. Each
+    /// address costs $0.005/h while its instance runs, which the billing
+    /// model counts unless this is `Some(false)`.
+    pub public_ipv4: Option<bool>,
     /// Security groups for new instances.
     pub security_group_ids: Vec<String>,
     /// EC2 key pair name.
@@ -73,6 +79,7 @@ impl Ec2Config {
             spot_interruptions_per_1000h: 5,
             root_volume_gb: 30,
             subnet_id: None,
+            public_ipv4: None,
             security_group_ids: Vec::new(),
             key_name: None,
             instance_profile: None,

@@ -12,13 +12,13 @@ use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     ArchitectureType, AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter,
     IamInstanceProfileSpecification, ImageState, InstanceInterruptionBehavior,
-    InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceStateName, MarketType,
-    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification, UsageClassType,
-    VolumeType,
+    InstanceLifecycleType, InstanceMarketOptionsRequest, InstanceNetworkInterfaceSpecification,
+    InstanceStateName, MarketType, ResourceType, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification, UsageClassType, VolumeType,
 };
 use aws_smithy_runtime_api::client::waiters::error::WaiterError;
 use base64::Engine as _;
-use fleet_core::billing::BillingModel;
+use fleet_core::billing::{BillingModel, NodeCharges};
 use fleet_core::ids::{InstanceType, NodeId};
 use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::Arch;
@@ -200,6 +200,23 @@ fn client_token(spec: &NodeSpec) -> String {
     token.chars().filter(char::is_ascii).take(64).collect()
 }
 
+/// EC2's billing rules for instances built as `cfg` says: without a
+/// public IPv4 address an instance pays none.
+fn ec2_billing(cfg: &Ec2Config) -> BillingModel {
+    let ec2 = BillingModel::ec2();
+    if cfg.public_ipv4 == Some(false) {
+        BillingModel {
+            charges: NodeCharges {
+                public_ipv4: HourlyPrice(Money::ZERO),
+                ..ec2.charges
+            },
+            ..ec2
+        }
+    } else {
+        ec2
+    }
+}
+
 impl Ec2Provider {
     /// A provider for `cfg`'s account and region: loads the SDK
     /// configuration (region now; credentials on the first call).
@@ -228,7 +245,7 @@ impl Ec2Provider {
                 spot: true,
                 max_instances: cfg.max_instances,
             },
-            billing: BillingModel::ec2(),
+            billing: ec2_billing(&cfg),
             root_devices: Mutex::new(BTreeMap::new()),
             spot_prices: Mutex::new(None),
             region,
@@ -726,9 +743,33 @@ impl Provider for Ec2Provider {
                     )
                     .build(),
             )
-            .set_subnet_id(self.cfg.subnet_id.clone())
             .set_key_name(self.cfg.key_name.clone())
             .set_user_data(self.user_data(spec));
+        // Asking for (or against) a public address takes a network
+        // interface spec, which then carries the subnet and security
+        // groups (EC2 refuses them beside it).
+        match self.cfg.public_ipv4 {
+            Some(public) => {
+                run = run.network_interfaces(
+                    InstanceNetworkInterfaceSpecification::builder()
+                        .device_index(0)
+                        .associate_public_ip_address(public)
+                        .delete_on_termination(true)
+                        .set_subnet_id(self.cfg.subnet_id.clone())
+                        .set_groups(
+                            (!self.cfg.security_group_ids.is_empty())
+                                .then(|| self.cfg.security_group_ids.clone()),
+                        )
+                        .build(),
+                );
+            }
+            None => {
+                run = run.set_subnet_id(self.cfg.subnet_id.clone());
+                for g in &self.cfg.security_group_ids {
+                    run = run.security_group_ids(g);
+                }
+            }
+        }
         if spec.market == Market::Spot {
             run = run.instance_market_options(
                 InstanceMarketOptionsRequest::builder()
@@ -741,9 +782,6 @@ impl Provider for Ec2Provider {
                     )
                     .build(),
             );
-        }
-        for g in &self.cfg.security_group_ids {
-            run = run.security_group_ids(g);
         }
         if let Some(profile) = &self.cfg.instance_profile {
             run = run.iam_instance_profile(

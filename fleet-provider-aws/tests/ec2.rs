@@ -266,3 +266,52 @@ async fn two_fleets_in_one_account_never_share_an_instance() {
     );
     p.delete(&a.as_ref()).await.unwrap();
 }
+
+/// `public_ipv4` is asked for at launch and priced: without an address an
+/// instance pays no IPv4 charge; with one (or when the subnet decides) it
+/// pays $0.005/h while running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_ipv4_address_is_asked_for_and_priced_as_configured() {
+    let moto = Moto::start();
+    let ami = moto.some_ami().await;
+    let ec2 = moto.ec2().await;
+    let public_ip = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let out = ec2
+                .describe_instances()
+                .instance_ids(id)
+                .send()
+                .await
+                .unwrap();
+            out.reservations()[0].instances()[0]
+                .public_ip_address()
+                .map(str::to_owned)
+        }
+    };
+    for (setting, address, charge) in [
+        (Some(false), false, 0),
+        (Some(true), true, 5_000),
+        (None, true, 5_000),
+    ] {
+        let mut cfg = config(&moto);
+        cfg.public_ipv4 = setting;
+        let p = Ec2Provider::new(cfg).await.unwrap();
+        assert_eq!(
+            p.billing().charges.public_ipv4.0.micros(),
+            charge,
+            "{setting:?}"
+        );
+        let node = format!(
+            "ip-{}",
+            setting.map_or("subnet", |s| if s { "yes" } else { "no" })
+        );
+        let inst = p.create(&spec(&node, &ami)).await.unwrap();
+        assert_eq!(
+            public_ip(inst.provider_id.clone()).await.is_some(),
+            address,
+            "{setting:?}"
+        );
+        p.delete(&inst.as_ref()).await.unwrap();
+    }
+}

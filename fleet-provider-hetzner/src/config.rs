@@ -8,6 +8,10 @@ use fleet_core::protocol::Secret;
 /// The public API.
 pub const DEFAULT_API_URL: &str = "https://api.hetzner.cloud/v1";
 
+/// A primary IPv4 address per hour in euros, net (Germany, as published in
+/// 2024; capped at €0.50 a month).
+pub const PRIMARY_IPV4_EUR_HOURLY: &str = "0.0008";
+
 /// How a [`crate::HetznerProvider`] reaches the API and builds servers.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -34,6 +38,11 @@ pub struct HetznerConfig {
     pub user_data_vars: BTreeMap<String, String>,
     /// SSH key names or ids added to new servers.
     pub ssh_keys: Vec<String>,
+    /// Whether new servers get a primary IPv4 address (default true). One
+    /// costs [`PRIMARY_IPV4_EUR_HOURLY`] while its server exists, which the
+    /// billing model counts; without one a server has IPv6 only, and its
+    /// agent must reach the daemon over IPv6.
+    pub public_ipv4: bool,
     /// Most servers this project may run, if the fleet should know.
     pub max_instances: Option<u32>,
     /// Per request, the answer's body included.
@@ -66,6 +75,7 @@ impl HetznerConfig {
             user_data: None,
             user_data_vars: BTreeMap::new(),
             ssh_keys: Vec::new(),
+            public_ipv4: true,
             max_instances: None,
             request_timeout: Duration::from_secs(30),
             max_retries: 3,

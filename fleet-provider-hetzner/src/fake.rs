@@ -360,6 +360,8 @@ struct Server {
     image: Value,
     labels: BTreeMap<String, String>,
     user_data: Option<String>,
+    /// Whether it has a primary IPv4 address.
+    ipv4: bool,
 }
 
 struct Action {
@@ -512,10 +514,14 @@ impl Inner {
 
 fn server_json(s: &Server) -> Value {
     let ip = format!("203.0.113.{}", s.id % 250);
-    let ipv4 = json!({
-        "id": s.id + 1_000_000, "ip": ip, "blocked": false,
-        "dns_ptr": format!("static.{ip}.clients.your-server.de"),
-    });
+    let ipv4 = if s.ipv4 {
+        json!({
+            "id": s.id + 1_000_000, "ip": ip, "blocked": false,
+            "dns_ptr": format!("static.{ip}.clients.your-server.de"),
+        })
+    } else {
+        Value::Null
+    };
     let ipv6 = json!({
         "id": s.id + 2_000_000, "ip": format!("2001:db8:{:x}::/64", s.id), "blocked": false,
         "dns_ptr": [],
@@ -727,6 +733,12 @@ struct CreateServer {
     labels: Option<BTreeMap<String, String>>,
     user_data: Option<String>,
     start_after_create: Option<bool>,
+    public_net: Option<PublicNet>,
+}
+
+#[derive(Deserialize)]
+struct PublicNet {
+    enable_ipv4: Option<bool>,
 }
 
 async fn create_server(State(state): State<Shared>, body: Bytes) -> Reply {
@@ -784,6 +796,7 @@ async fn create_server(State(state): State<Shared>, body: Bytes) -> Reply {
         image,
         labels: req.labels.unwrap_or_default(),
         user_data: req.user_data,
+        ipv4: req.public_net.and_then(|p| p.enable_ipv4).unwrap_or(true),
     };
     let rendered = server_json(&server);
     st.servers.insert(id, server);

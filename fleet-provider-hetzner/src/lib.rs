@@ -101,5 +101,5 @@ mod config;
 pub mod fake;
 mod provider;
 
-pub use config::{DEFAULT_API_URL, HetznerConfig};
+pub use config::{DEFAULT_API_URL, HetznerConfig, PRIMARY_IPV4_EUR_HOURLY};
 pub use provider::{HetznerProvider, eur_hourly_to_usd, server_name};

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use fleet_core::billing::BillingModel;
+use fleet_core::billing::{BillingModel, NodeCharges};
 use fleet_core::ids::{InstanceType, NodeId};
 use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::Arch;
@@ -18,7 +18,7 @@ use models::action::Status as ActionStatus;
 use models::server::Status;
 
 use crate::api::{self, Api, Retry};
-use crate::config::HetznerConfig;
+use crate::config::{HetznerConfig, PRIMARY_IPV4_EUR_HOURLY};
 
 /// Servers (or server types) per page when listing (the API allows up to 50).
 const PAGE: i64 = 50;
@@ -138,6 +138,40 @@ pub fn eur_hourly_to_usd(net: &str, rate_micros: u64) -> Option<HourlyPrice> {
     Some(HourlyPrice(Money::from_micros(i64::try_from(micros).ok()?)))
 }
 
+/// The address a server without IPv4 answers on: the first host of its
+/// IPv6 network (`2001:db8:1::/64` → `2001:db8:1::1`), as Hetzner
+/// configures its images.
+fn ipv6_host(network: &str) -> Option<String> {
+    let prefix = network.strip_suffix("/64").unwrap_or(network);
+    let addr: std::net::Ipv6Addr = prefix.parse().ok()?;
+    let mut segments = addr.segments();
+    segments[7] = 1;
+    Some(std::net::Ipv6Addr::from(segments).to_string())
+}
+
+/// Hetzner's billing rules for servers built as `cfg` says: a primary
+/// IPv4 address at its euro price and `cfg`'s rate, or none.
+fn hetzner_billing(cfg: &HetznerConfig) -> Result<BillingModel, ProviderError> {
+    let hetzner = BillingModel::hetzner();
+    let public_ipv4 = if cfg.public_ipv4 {
+        eur_hourly_to_usd(PRIMARY_IPV4_EUR_HOURLY, cfg.eur_to_usd_micros).ok_or_else(|| {
+            ProviderError::Permanent(format!(
+                "eur_to_usd {} µ$/€ overflows the IPv4 price",
+                cfg.eur_to_usd_micros
+            ))
+        })?
+    } else {
+        HourlyPrice(Money::ZERO)
+    };
+    Ok(BillingModel {
+        charges: NodeCharges {
+            public_ipv4,
+            ..hetzner.charges
+        },
+        ..hetzner
+    })
+}
+
 impl HetznerProvider {
     /// A provider for `cfg`'s project and location.
     pub fn new(cfg: HetznerConfig) -> Result<HetznerProvider, ProviderError> {
@@ -154,7 +188,7 @@ impl HetznerProvider {
                 spot: false,
                 max_instances: cfg.max_instances,
             },
-            billing: BillingModel::hetzner(),
+            billing: hetzner_billing(&cfg)?,
             cfg,
             api,
         })
@@ -263,7 +297,10 @@ impl HetznerProvider {
             instance_type,
             market: Market::OnDemand,
             state: state_of(s.status),
-            address: s.public_net.ipv4.map(|v| v.ip),
+            address: match (s.public_net.ipv4, s.public_net.ipv6) {
+                (Some(v4), _) => Some(v4.ip),
+                (None, v6) => v6.and_then(|v| ipv6_host(&v.ip)),
+            },
             tags: s.labels.into_iter().collect(),
             created_at: fleet_core::time::parse_rfc3339(&s.created).unwrap_or(0),
         })
@@ -458,6 +495,14 @@ impl Provider for HetznerProvider {
             user_data: self.user_data(spec),
             ssh_keys: (!self.cfg.ssh_keys.is_empty()).then(|| self.cfg.ssh_keys.clone()),
             start_after_create: Some(true),
+            // Omitted, the API gives both; without IPv4, IPv6 still.
+            public_net: (!self.cfg.public_ipv4).then(|| {
+                Box::new(models::CreateServerRequestPublicNet {
+                    enable_ipv4: Some(false),
+                    enable_ipv6: Some(true),
+                    ..Default::default()
+                })
+            }),
             ..Default::default()
         };
         let created = self

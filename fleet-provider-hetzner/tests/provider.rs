@@ -22,6 +22,10 @@ use fleet_provider_hetzner::{HetznerConfig, HetznerProvider};
 const TOKEN: &str = "test-token";
 
 fn provider(fake: &FakeHetzner) -> HetznerProvider {
+    HetznerProvider::new(config(fake)).unwrap()
+}
+
+fn config(fake: &FakeHetzner) -> HetznerConfig {
     let mut cfg = HetznerConfig::new(Secret::new(TOKEN), "fsn1");
     cfg.api_url = fake.url();
     cfg.poll_interval = Duration::from_millis(5);
@@ -33,7 +37,7 @@ fn provider(fake: &FakeHetzner) -> HetznerProvider {
         "daemon_url".into(),
         "wss://fleet.example:7443/v1/agent".into(),
     );
-    HetznerProvider::new(cfg).unwrap()
+    cfg
 }
 
 fn spec(node: &str) -> NodeSpec {
@@ -349,4 +353,26 @@ async fn two_fleets_in_one_project_never_touch_each_other() {
     assert_eq!(fake.servers().len(), 1);
     pb.delete(&b1.as_ref()).await.unwrap();
     assert!(fake.servers().is_empty());
+}
+
+/// Without a primary IPv4 a server is created IPv6-only, answers on its
+/// network's first host, and is priced without the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_primary_ipv4_is_ipv6_only_and_pays_no_address() {
+    let fake = FakeHetzner::start(TOKEN).await;
+    let with = provider(&fake);
+    // €0.0008/h at $1.08.
+    assert_eq!(with.billing().charges.public_ipv4.0.micros(), 864);
+    assert!(with.billing().charges.ipv4_while_stopped);
+    let mut cfg = config(&fake);
+    cfg.public_ipv4 = false;
+    let without = HetznerProvider::new(cfg).unwrap();
+    assert_eq!(without.billing().charges.public_ipv4.0.micros(), 0);
+    let inst = without.create(&spec("v6-only")).await.unwrap();
+    let address = inst.address.clone().unwrap_or_default();
+    let ip: std::net::Ipv6Addr = address
+        .parse()
+        .unwrap_or_else(|e| panic!("{address:?}: {e}"));
+    assert_eq!(ip.segments()[7], 1, "{address}");
+    without.delete(&inst.as_ref()).await.unwrap();
 }

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_core::billing::{BillingModel, BootLatency, CallLatency, Granularity, StoppedBilling};
+use fleet_core::billing::{
+    BillingModel, BootLatency, CallLatency, Granularity, NodeCharges, StoppedBilling,
+};
 use fleet_core::ids::{InstanceType, Millis, NodeId};
 use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
@@ -233,6 +235,8 @@ impl LocalProvider {
                     api_ms: 100,
                     snapshot_ms: 500,
                 },
+                // Nothing is charged for a process on this machine.
+                charges: NodeCharges::default(),
             },
             offering: Offering {
                 instance_type: InstanceType::new(LOCAL_TYPE)

@@ -166,7 +166,7 @@ fn add_interval(entry: &mut PoolCost, billing: &BillingModel, open: &Open, now: 
     let ms = now.saturating_sub(open.since);
     match open.meter {
         Meter::Running => {
-            entry.running += billing.running_cost(open.price, ms);
+            entry.running += billing.running_cost(open.price, open.disk_gb, ms);
             entry.running_ms += ms;
         }
         Meter::Stopped => {

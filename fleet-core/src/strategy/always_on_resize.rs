@@ -80,7 +80,7 @@ impl Strategy for AlwaysOnResize {
         let peak = peak_offering(pool, self.peak.as_ref());
         let k = Self::always_on(pool);
         let per_hour = base.map_or(Money::ZERO, |b| {
-            kit::hour_of(pool.billing, b.on_demand).times(u64::from(k))
+            kit::hour_of(pool.billing, b.on_demand, b.disk_gb).times(u64::from(k))
         });
         let resize_words = if pool.capabilities.resize {
             format!(

@@ -33,7 +33,7 @@ impl Strategy for ColdImage {
         let b = pool.baseline();
         let floor = pool.spec.min_nodes.min(pool.spec.max_nodes);
         let per_hour = b.map_or(Money::ZERO, |b| {
-            kit::hour_of(pool.billing, b.on_demand).times(u64::from(floor))
+            kit::hour_of(pool.billing, b.on_demand, b.disk_gb).times(u64::from(floor))
         });
         StrategyInfo {
             name: "cold_image",

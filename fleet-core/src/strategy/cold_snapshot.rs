@@ -41,7 +41,7 @@ impl Strategy for ColdSnapshot {
         let b = pool.baseline();
         let floor = pool.spec.min_nodes.min(pool.spec.max_nodes);
         let nodes = b.map_or(Money::ZERO, |b| {
-            kit::hour_of(pool.billing, b.on_demand).times(u64::from(floor))
+            kit::hour_of(pool.billing, b.on_demand, b.disk_gb).times(u64::from(floor))
         });
         // With nodes kept by min_nodes a snapshot is taken of one of them
         // even if no claim ever arrives; without, only an existing one is kept.

@@ -50,7 +50,7 @@ impl Strategy for Hybrid {
         let base = kit::offering_or_baseline(pool, self.baseline.as_ref());
         let k = Self::always_on(pool);
         let nodes = base.map_or(Money::ZERO, |b| {
-            kit::hour_of(pool.billing, b.on_demand).times(u64::from(k))
+            kit::hour_of(pool.billing, b.on_demand, b.disk_gb).times(u64::from(k))
         });
         // The always-on node is idle, so a snapshot gets taken even with no claims.
         let storage = if k > 0 {

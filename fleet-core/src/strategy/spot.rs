@@ -56,9 +56,11 @@ impl Strategy for Spot {
         // The min_nodes nodes are baseline nodes bought exactly as plan() buys them.
         let market =
             b.and_then(|b| kit::market_for(pool, b, Market::Spot, self.on_demand_fallback));
-        let price = b.zip(market).and_then(|(b, m)| b.price(m));
-        let per_hour = price.map_or(Money::ZERO, |p| {
-            kit::hour_of(pool.billing, p).times(u64::from(floor))
+        let priced = b
+            .zip(market)
+            .and_then(|(b, m)| Some((b.price(m)?, b.disk_gb)));
+        let per_hour = priced.map_or(Money::ZERO, |(p, disk_gb)| {
+            kit::hour_of(pool.billing, p, disk_gb).times(u64::from(floor))
         });
         let availability = match (pool.capabilities.spot, b.and_then(|b| b.spot.as_ref())) {
             (false, _) if self.on_demand_fallback => {

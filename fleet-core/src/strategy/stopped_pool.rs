@@ -111,7 +111,7 @@ impl Strategy for StoppedPool {
             Some(b) if stops => IdleCost {
                 setup: pool
                     .billing
-                    .running_cost(b.on_demand, first_run_ms)
+                    .running_cost(b.on_demand, u64::from(b.disk_gb), first_run_ms)
                     .times(n),
                 settle_ms: first_run_ms,
                 per_hour: pool
@@ -120,7 +120,9 @@ impl Strategy for StoppedPool {
                     .0
                     .times(n),
             },
-            Some(b) => IdleCost::steady(kit::hour_of(pool.billing, b.on_demand).times(n)),
+            Some(b) => {
+                IdleCost::steady(kit::hour_of(pool.billing, b.on_demand, b.disk_gb).times(n))
+            }
         };
         let mode = if !pool.capabilities.stop_start {
             "the provider cannot stop/start: this runs as a warm pool, all nodes always running"

@@ -7,9 +7,14 @@ use crate::money::{HourlyPrice, MS_PER_HOUR, Money};
 use crate::provider::{Market, Offering};
 use crate::strategy::{IdleCost, PoolView};
 
-/// One hour of running at `price`, as billed.
-pub(in crate::strategy) fn hour_of(billing: &BillingModel, price: HourlyPrice) -> Money {
-    billing.running_cost(price, MS_PER_HOUR)
+/// One hour of running a node of instance price `price` with a root disk
+/// of `disk_gb`, as billed (with its disk and address where charged).
+pub(in crate::strategy) fn hour_of(
+    billing: &BillingModel,
+    price: HourlyPrice,
+    disk_gb: u32,
+) -> Money {
+    billing.running_cost(price, u64::from(disk_gb), MS_PER_HOUR)
 }
 
 /// Snapshot storage per hour for an idle pool: the snapshot that exists,
@@ -75,8 +80,31 @@ pub(in crate::strategy) fn billing_words(b: &BillingModel) -> String {
         ),
         StoppedBilling::FullPrice => "a stopped node pays its full price".to_owned(),
     };
+    let mut charges = Vec::new();
+    if b.charges.disk_while_running {
+        charges.push(format!(
+            "the root disk ({}/GB-month) while running too",
+            b.disk_per_gb_month.0
+        ));
+    }
+    if b.charges.public_ipv4.0 != Money::ZERO {
+        let when = if b.charges.ipv4_while_stopped {
+            "while the node exists"
+        } else {
+            "while running"
+        };
+        charges.push(format!(
+            "a public IPv4 address {}/h {when}",
+            b.charges.public_ipv4.0
+        ));
+    }
+    let charges = if charges.is_empty() {
+        String::new()
+    } else {
+        format!("; a node also pays {}", charges.join(" and "))
+    };
     format!(
-        "{running}; {stopped}; snapshots {}/GB-month",
+        "{running}; {stopped}{charges}; snapshots {}/GB-month",
         b.snapshot_per_gb_month.0
     )
 }
