@@ -191,9 +191,12 @@ pub enum BootPath {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
 pub struct PoolCost {
-    /// Running time billed.
+    /// Running time billed, with what a running node pays beside its
+    /// instance price (EC2: its root volume and public IPv4 address).
     pub running: Money,
-    /// Stopped time billed.
+    /// Stopped time billed: the disk where stopping saves (EC2), the full
+    /// price where it does not (Hetzner), and an address a stopped node
+    /// keeps.
     pub stopped: Money,
     /// Snapshot storage billed.
     pub snapshots: Money,
