@@ -1,12 +1,15 @@
 //! The envelope decoder, `fleet_core::protocol::decode`, over every
-//! enveloped message type. What decodes must also survive
-//! `decode(encode(x)) == x`.
+//! enveloped message type and stored record (the queue's claims and
+//! records, bootstrap token digests). What decodes must also survive
+//! `decode(encode(x)) == x`. The same bytes are read as an agent's close
+//! reason (`AgentRefusal::parse`), which must round-trip too.
 
 use std::fmt::Debug;
 
 use fleet_core::protocol::{
-    AgentMsg, ClaimMsg, ClaimReply, DaemonMsg, FleetRecord, JobMsg, JobReply, LeaderRecord, Record,
-    WsClientFrame, WsServerFrame, decode, encode,
+    AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, DaemonMsg, FleetRecord, JobMsg,
+    JobReply, LeaderRecord, QueueClaim, QueueRecord, Record, WsClientFrame, WsServerFrame, decode,
+    encode,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -64,7 +67,20 @@ impl Target for Envelope {
                 "WsServerFrame",
                 check::<WsServerFrame>("WsServerFrame", input)?,
             ),
+            (
+                "BootstrapRecord",
+                check::<BootstrapRecord>("BootstrapRecord", input)?,
+            ),
+            ("QueueClaim", check::<QueueClaim>("QueueClaim", input)?),
+            ("QueueRecord", check::<QueueRecord>("QueueRecord", input)?),
         ];
+        // A close reason is a bare string on the wire.
+        if let Ok(reason) = std::str::from_utf8(input)
+            && let Some(refusal) = AgentRefusal::parse(reason)
+            && AgentRefusal::parse(refusal.as_str()) != Some(refusal)
+        {
+            return Err(format!("AgentRefusal: {reason:?} does not round-trip"));
+        }
         let decoded: Vec<&str> = results
             .iter()
             .filter(|(_, e)| e.is_none())
