@@ -5,47 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
 use common::*;
 use fleet_core::protocol::{ClaimRecord, ClaimState};
 
 /// `fleetctl --data-dir <the daemon's> ARGS`, killed after `secs`.
-fn fleetctl(daemon: &Daemon, args: &[&str], secs: u64) -> Output {
-    let child = spawn_fleetctl(daemon, args, Stdio::piped());
-    wait_for(child, secs, args)
-}
-
-fn spawn_fleetctl(daemon: &Daemon, args: &[&str], out: Stdio) -> Child {
-    Command::new(bin("fleetctl"))
-        .arg("--data-dir")
-        .arg(daemon.dir.join("data"))
-        .args(args)
-        .env_remove("FLEET_TOKEN")
-        .env_remove("FLEET_DAEMON_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("fleetctl: {e}"))
-}
-
-fn wait_for(mut child: Child, secs: u64, args: &[&str]) -> Output {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output();
-            panic!("fleetctl {args:?} still running after {secs} s: {out:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e}"))
-}
-
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),

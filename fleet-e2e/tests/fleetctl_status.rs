@@ -7,40 +7,11 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-
 use common::*;
 use fleet_core::protocol::{ClaimRecord, CostReport, JobRecord, NodeStatus, StatusSummary};
 
-/// `fleetctl --data-dir <the daemon's> ARGS`, killed after 60 s.
-fn fleetctl(daemon: &Daemon, args: &[&str]) -> Output {
-    let mut child = Command::new(bin("fleetctl"))
-        .arg("--data-dir")
-        .arg(daemon.dir.join("data"))
-        .args(args)
-        .env_remove("FLEET_TOKEN")
-        .env_remove("FLEET_DAEMON_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("fleetctl: {e}"));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("fleetctl {args:?} still running after 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e}"))
-}
-
 fn ok(daemon: &Daemon, args: &[&str]) -> String {
-    let out = fleetctl(daemon, args);
+    let out = fleetctl(daemon, args, 60);
     assert!(
         out.status.success(),
         "fleetctl {args:?}: exit {:?}: {}",

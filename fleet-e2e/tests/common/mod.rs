@@ -3,7 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -729,4 +729,41 @@ pub(crate) mod two_fleets {
         assert_eq!(x.stop(), Some(0));
         assert_eq!(y.stop(), Some(0));
     }
+}
+
+/// `fleetctl --data-dir <the daemon's> ARGS`, killed after `secs`.
+pub(crate) fn fleetctl(daemon: &Daemon, args: &[&str], secs: u64) -> Output {
+    let child = spawn_fleetctl(daemon, args, Stdio::piped());
+    wait_for(child, secs, args)
+}
+
+/// `fleetctl --data-dir <the daemon's> ARGS`, started.
+pub(crate) fn spawn_fleetctl(daemon: &Daemon, args: &[&str], out: Stdio) -> Child {
+    Command::new(bin("fleetctl"))
+        .arg("--data-dir")
+        .arg(daemon.dir.join("data"))
+        .args(args)
+        .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_DAEMON_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("fleetctl: {e}"))
+}
+
+/// `child`'s output once it exits; killed (and the test failed) after `secs`.
+pub(crate) fn wait_for(mut child: Child, secs: u64, args: &[&str]) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output();
+            panic!("fleetctl {args:?} still running after {secs} s: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e}"))
 }
