@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Io,
     /// The controller did not settle (a livelock in the world).
     Run,
+    /// The chart could not be drawn.
+    Chart,
 }
 
 /// A simulator error.
@@ -43,6 +45,9 @@ pub enum SimError {
         /// The error.
         source: std::io::Error,
     },
+    /// The chart could not be drawn.
+    #[error("drawing the chart: {0}")]
+    Chart(String),
     /// A simulation run failed.
     #[error("simulating {strategy}: {message}")]
     Run {
@@ -69,6 +74,7 @@ impl SimError {
             SimError::TooLarge { .. } => ErrorKind::TooLarge,
             SimError::Io { .. } => ErrorKind::Io,
             SimError::Run { .. } => ErrorKind::Run,
+            SimError::Chart(_) => ErrorKind::Chart,
         }
     }
 

@@ -91,7 +91,7 @@ fn run(args: &Args) -> Result<(), SimError> {
         write(out, &fleet_sim::to_json(&result))?;
     }
     if let Some(svg) = &args.svg {
-        write(svg, &report::svg(&result))?;
+        write(svg, &report::svg(&result)?)?;
     }
     if !args.quiet {
         print!("{}", report::table(&result));

@@ -10,8 +10,11 @@ use std::fmt::Write as _;
 
 use fleet_core::ids::Millis;
 use fleet_core::money::Money;
+use plotters::coord::Shift;
+use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::error::SimError;
 use crate::input::Scenario;
 use crate::run::{RunOutcome, boots_by_source};
 
@@ -482,31 +485,48 @@ fn dollars(micros: i64, places: u32) -> String {
     )
 }
 
-const COLORS: [&str; 8] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+const COLORS: [RGBColor; 8] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
 ];
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// Two panels, drawn with plotters: total cost vs wait at the SLA
+/// percentile per strategy (the SLA bound dashed; waits span seconds to
+/// hours, so that axis is logarithmic with ticks at powers of ten), and
+/// cumulative cost over time. Axes get round ticks, strategies a legend in
+/// the frame rather than free labels that could run past its edge.
+pub fn svg(result: &SimResult) -> Result<String, SimError> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (1000, 440)).into_drawing_area();
+        root.fill(&WHITE).map_err(chart_error)?;
+        let (left, right) = root.split_horizontally(500);
+        cost_vs_wait(&left, result).map_err(chart_error)?;
+        cost_over_time(&right, result).map_err(chart_error)?;
+        root.present().map_err(chart_error)?;
+    }
+    Ok(out)
 }
 
-/// Two panels: total cost vs wait at the SLA percentile per strategy (the
-/// SLA bound dashed), and cumulative cost over time.
-pub fn svg(result: &SimResult) -> String {
-    let (w, h) = (1000.0, 440.0);
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let pct = result.scenario.sla.percentile;
-    // Panel geometry: x0, y0 (top-left of plot area), pw, ph.
-    let (px, py, pw, ph) = (70.0, 40.0, 360.0, 330.0);
-    let (qx, qy, qw, qh) = (560.0, 40.0, 360.0, 330.0);
-    let max_cost = result
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Drawn = Result<(), DrawingAreaErrorKind<std::io::Error>>;
+
+fn chart_error(e: DrawingAreaErrorKind<std::io::Error>) -> SimError {
+    SimError::Chart(e.to_string())
+}
+
+/// The waits on the log axis start here: a wait of 0 s is drawn at it.
+const MIN_WAIT_S: f64 = 0.1;
+
+/// The highest total cost, in dollars, with a tenth of headroom.
+fn max_cost(result: &SimResult) -> f64 {
+    let max = result
         .strategies
         .iter()
         .map(|s| s.cost.total_micros)
@@ -514,153 +534,114 @@ pub fn svg(result: &SimResult) -> String {
         .unwrap_or(0)
         .max(1) as f64
         / 1e6;
+    max * 1.1
+}
+
+fn cost_vs_wait(area: &Area<'_>, result: &SimResult) -> Drawn {
+    let pct = result.scenario.sla.percentile;
     let max_wait = result
         .strategies
         .iter()
         .map(|s| s.sla.wait_s)
         .fold(result.scenario.sla.max_wait_s, f64::max)
         .max(1.0)
-        * 1.1;
-    let max_cost = max_cost * 1.1;
-    // Panel 1; waits span seconds to hours, so the wait axis is logarithmic.
-    let lx = |w: f64| (1.0 + w).ln() / (1.0 + max_wait).ln();
-    axes(
-        &mut o,
-        px,
-        py,
-        pw,
-        ph,
-        &format!("p{pct} wait (s, log scale)"),
-        "total cost ($)",
-    );
-    ticks(&mut o, px, py, pw, ph, max_wait, max_cost, true);
-    let sla_x = px + pw * lx(result.scenario.sla.max_wait_s);
-    let _ = writeln!(
-        o,
-        r#"<line x1="{sla_x:.1}" y1="{py}" x2="{sla_x:.1}" y2="{:.1}" stroke="darkgray" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="gray">SLA</text>"#,
-        py + ph,
-        sla_x + 3.0,
-        py + 12.0
-    );
+        * 1.5;
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("Cost vs p{pct} wait"), ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        // Headroom above the costliest point keeps the legend clear of it.
+        .build_cartesian_2d(
+            (MIN_WAIT_S..max_wait).log_scale(),
+            0.0..max_cost(result) * 1.4,
+        )?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc(format!("p{pct} wait (s, log scale)"))
+        .y_desc("total cost ($)")
+        .x_label_formatter(&|v| round_label(*v))
+        .y_label_formatter(&|v| round_label(*v))
+        .draw()?;
+    let sla = result.scenario.sla.max_wait_s.max(MIN_WAIT_S);
+    chart
+        .draw_series(DashedLineSeries::new(
+            [(sla, 0.0), (sla, max_cost(result) * 1.4)],
+            4,
+            3,
+            ShapeStyle::from(&RGBColor(0xa9, 0xa9, 0xa9)),
+        ))?
+        .label(format!(
+            "SLA {} s",
+            round_label(result.scenario.sla.max_wait_s)
+        ))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], RGBColor(0xa9, 0xa9, 0xa9)));
     for (i, s) in result.strategies.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let x = px + pw * lx(s.sla.wait_s);
-        let y = py + ph - ph * (s.cost.total_micros as f64 / 1e6) / max_cost;
-        let _ = writeln!(
-            o,
-            r#"<circle cx="{x:.1}" cy="{y:.1}" r="5" fill="{c}"/><text x="{:.1}" y="{:.1}" fill="{c}">{}</text>"#,
-            x + 7.0,
-            y + 4.0,
-            esc(&s.id)
+        let color = COLORS[i % COLORS.len()];
+        let at = (
+            s.sla.wait_s.max(MIN_WAIT_S),
+            s.cost.total_micros as f64 / 1e6,
         );
+        chart
+            .draw_series([Circle::new(at, 5, color.filled())])?
+            .label(s.id.as_str())
+            .legend(move |(x, y)| Circle::new((x + 7, y), 4, color.filled()));
     }
-    let _ = writeln!(
-        o,
-        r#"<text x="{px}" y="22" font-size="14" font-weight="bold">Cost vs p{pct} wait</text>"#
-    );
-    // Panel 2.
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+}
+
+fn cost_over_time(area: &Area<'_>, result: &SimResult) -> Drawn {
     let max_t = result
         .strategies
         .iter()
         .flat_map(|s| s.cost_over_time.last().map(|p| p.0))
         .fold(1.0, f64::max);
-    axes(&mut o, qx, qy, qw, qh, "hours", "cost so far ($)");
-    ticks(&mut o, qx, qy, qw, qh, max_t, max_cost, false);
+    let mut chart = ChartBuilder::on(area)
+        .caption("Cost over time", ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_t, 0.0..max_cost(result))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .x_desc("hours")
+        .y_desc("cost so far ($)")
+        .x_label_formatter(&|v| round_label(*v))
+        .y_label_formatter(&|v| round_label(*v))
+        .draw()?;
     for (i, s) in result.strategies.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let pts: Vec<String> = s
-            .cost_over_time
-            .iter()
-            .map(|(t, m)| {
-                format!(
-                    "{:.1},{:.1}",
-                    qx + qw * t / max_t,
-                    qy + qh - qh * (*m as f64 / 1e6) / max_cost
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            o,
-            r#"<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{}"/>"#,
-            pts.join(" ")
-        );
-        let _ = writeln!(
-            o,
-            r#"<rect x="{:.1}" y="{:.1}" width="10" height="10" fill="{c}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            qx + 10.0,
-            qy + 8.0 + 16.0 * i as f64,
-            qx + 24.0,
-            qy + 17.0 + 16.0 * i as f64,
-            esc(&s.id)
-        );
+        let color = COLORS[i % COLORS.len()];
+        let points = s.cost_over_time.iter().map(|(t, m)| (*t, *m as f64 / 1e6));
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(s.id.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 14, y)], color.stroke_width(2)));
     }
-    let _ = writeln!(
-        o,
-        r#"<text x="{qx}" y="22" font-size="14" font-weight="bold">Cost over time</text>"#
-    );
-    o.push_str("</svg>\n");
-    o
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
 }
 
-fn axes(o: &mut String, x: f64, y: f64, w: f64, h: f64, xl: &str, yl: &str) {
-    let _ = writeln!(
-        o,
-        r#"<rect x="{x}" y="{y}" width="{w}" height="{h}" fill="none" stroke="black"/>"#
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
-        x + w / 2.0,
-        y + h + 36.0,
-        esc(xl)
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
-        x - 52.0,
-        y + h / 2.0,
-        x - 52.0,
-        y + h / 2.0,
-        esc(yl)
-    );
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "plot geometry; a struct would only rename the numbers"
-)]
-fn ticks(o: &mut String, x: f64, y: f64, w: f64, h: f64, max_x: f64, max_y: f64, log_x: bool) {
-    for i in 0..=4 {
-        let f = f64::from(i) / 4.0;
-        let tx = if log_x {
-            ((1.0 + max_x).ln() * f).exp() - 1.0
-        } else {
-            max_x * f
-        };
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="dimgray">{}</text>"#,
-            x + w * f,
-            y + h + 16.0,
-            short(tx)
-        );
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="dimgray">{}</text>"#,
-            x - 4.0,
-            y + h - h * f + 4.0,
-            short(max_y * f)
-        );
-    }
-}
-
-fn short(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 1.0 {
-        format!("{v:.1}")
+/// A tick or legend value as written: no trailing zeros, no float noise
+/// (`0.30000000000000004` is `0.3`).
+fn round_label(v: f64) -> String {
+    let rounded = (v * 1e6).round() / 1e6;
+    let text = format!("{rounded:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
     } else {
-        format!("{v:.3}")
+        text.to_owned()
     }
 }
 
@@ -676,6 +657,15 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), 100);
         assert_eq!(percentile(&[], 95.0), 0);
         assert_eq!(percentile(&[7], 1.0), 7);
+    }
+
+    #[test]
+    fn labels_are_written_without_float_noise() {
+        assert_eq!(round_label(0.1 + 0.2), "0.3");
+        assert_eq!(round_label(100.0), "100");
+        assert_eq!(round_label(2.5), "2.5");
+        assert_eq!(round_label(0.0), "0");
+        assert_eq!(round_label(-0.0000001), "0");
     }
 
     #[test]

@@ -232,3 +232,74 @@ fn no_progress_bar_is_drawn_into_a_pipe() {
     // The bar waits a second before drawing: a quicker run proves nothing.
     assert!(took.as_secs_f64() > 1.2, "the run took only {took:?}");
 }
+
+/// The chart's text, as (x, y, text) of each `<text>` element.
+fn svg_texts(svg: &str) -> Vec<(f64, f64, String)> {
+    let attr = |tag: &str, name: &str| -> f64 {
+        let at = tag.find(&format!(" {name}=\"")).map(|i| i + name.len() + 3);
+        at.and_then(|i| tag[i..].split('"').next()?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    svg.split("<text")
+        .skip(1)
+        .map(|t| {
+            let (tag, rest) = t.split_once('>').unwrap();
+            let text = rest.split("</text>").next().unwrap().trim().to_owned();
+            (attr(tag, "x"), attr(tag, "y"), text)
+        })
+        .collect()
+}
+
+/// The chart of the README example: every label inside the 1000×440
+/// frame, every number on an axis round (at most two significant digits:
+/// 0.5, 10, 35, 2000), the wait axis at powers of ten.
+#[test]
+fn the_chart_has_round_ticks_and_keeps_its_labels_in_the_frame() {
+    let dir = std::env::temp_dir().join(format!("fleet-sim-chart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim-input.json");
+    let out = sim(&[
+        "--config",
+        example,
+        "--quiet",
+        "--svg",
+        dir.join("c.svg").to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let svg = std::fs::read_to_string(dir.join("c.svg")).unwrap();
+    let texts = svg_texts(&svg);
+    assert!(texts.len() > 20, "{texts:?}");
+    let mut numbers = Vec::new();
+    for (x, y, text) in &texts {
+        assert!(
+            (0.0..=1000.0).contains(x) && (0.0..=440.0).contains(y),
+            "{text:?} at ({x}, {y}) is outside the frame"
+        );
+        if let Ok(v) = text.parse::<f64>() {
+            let digits: String = text
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+                .trim_start_matches('0')
+                .trim_end_matches('0')
+                .to_owned();
+            assert!(digits.len() <= 2, "tick {text} is not round");
+            numbers.push(v);
+        }
+    }
+    for power in ["1", "10", "100"] {
+        assert!(
+            texts.iter().any(|t| t.2 == power),
+            "no {power} s tick on the wait axis: {texts:?}"
+        );
+    }
+    for label in ["Cost vs p95 wait", "Cost over time", "cold_image", "hybrid"] {
+        assert!(texts.iter().any(|t| t.2 == label), "no {label:?}");
+    }
+    assert!(numbers.len() >= 10, "{numbers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
