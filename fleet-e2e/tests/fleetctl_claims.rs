@@ -5,22 +5,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use fleet_core::protocol::{ClaimRecord, ClaimState};
-
-/// `fleetctl --data-dir <the daemon's> ARGS`, killed after `secs`.
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The daemon's records of the claims, through `fleetctl --json claims`.
 fn claims(daemon: &Daemon) -> Vec<ClaimRecord> {

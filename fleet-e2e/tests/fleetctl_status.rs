@@ -10,22 +10,16 @@ mod common;
 use common::*;
 use fleet_core::protocol::{ClaimRecord, CostReport, JobRecord, NodeStatus, StatusSummary};
 
-fn ok(daemon: &Daemon, args: &[&str]) -> String {
-    let out = fleetctl(daemon, args, 60);
-    assert!(
-        out.status.success(),
-        "fleetctl {args:?}: exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `fleetctl ARGS`'s output; it must succeed.
+fn run_ok(daemon: &Daemon, args: &[&str]) -> String {
+    ok(&fleetctl(daemon, args, 60))
 }
 
 /// `fleetctl --json ARGS`, decoded.
 fn json<T: serde::de::DeserializeOwned>(daemon: &Daemon, args: &[&str]) -> T {
     let mut argv = vec!["--json"];
     argv.extend_from_slice(args);
-    let out = ok(daemon, &argv);
+    let out = run_ok(daemon, &argv);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json {args:?}: {e}: {out}"))
 }
 
@@ -66,7 +60,7 @@ fn counts(c: &std::collections::BTreeMap<String, u64>) -> String {
 
 /// `fleetctl status` says what `/v1/status` holds, line by line.
 fn check_status(daemon: &Daemon) -> StatusSummary {
-    let text = ok(daemon, &["status"]);
+    let text = run_ok(daemon, &["status"]);
     let s: StatusSummary = json(daemon, &["status"]);
     let fleet = s.fleet_id.as_ref().map(ToString::to_string);
     assert_eq!(
@@ -110,7 +104,7 @@ async fn status_commands_show_the_daemons_state() {
     let s = check_status(&daemon);
     assert!(s.leader);
     assert!(s.nodes.is_empty() && s.claims.is_empty() && s.jobs.is_empty());
-    let (header, rows) = table(&ok(&daemon, &["pools"]));
+    let (header, rows) = table(&run_ok(&daemon, &["pools"]));
     assert_eq!(
         header,
         ["POOL", "STRATEGY", "INSTANCE TYPES", "MIN", "MAX", "SLOTS"]
@@ -126,13 +120,13 @@ async fn status_commands_show_the_daemons_state() {
         } else {
             &[what]
         };
-        let (header, rows) = table(&ok(&daemon, args));
+        let (header, rows) = table(&run_ok(&daemon, args));
         assert_eq!(header.first().map(String::as_str), Some(first));
         assert!(rows.is_empty(), "{what}: {rows:?}");
     }
 
     // A job, run to its end on a node the pool boots for it.
-    let out = ok(
+    let out = run_ok(
         &daemon,
         &[
             "jobs",
@@ -156,7 +150,7 @@ async fn status_commands_show_the_daemons_state() {
         out.contains("finished job-1: pass after 1 attempt(s), exit code 0"),
         "{out}"
     );
-    let (header, rows) = table(&ok(&daemon, &["jobs", "list"]));
+    let (header, rows) = table(&run_ok(&daemon, &["jobs", "list"]));
     assert_eq!(
         header,
         [
@@ -188,7 +182,7 @@ async fn status_commands_show_the_daemons_state() {
     assert_eq!(jobs[0].receipt.as_ref().and_then(|r| r.exit_code), Some(0));
 
     // A claim, granted on a node; the node shows it, and the claim the node.
-    let out = ok(
+    let out = run_ok(
         &daemon,
         &[
             "claim",
@@ -213,7 +207,7 @@ async fn status_commands_show_the_daemons_state() {
         .endpoint
         .clone()
         .unwrap_or_else(|| panic!("granted with no endpoint"));
-    let (header, rows) = table(&ok(&daemon, &["claims"]));
+    let (header, rows) = table(&run_ok(&daemon, &["claims"]));
     assert_eq!(
         header,
         [
@@ -238,7 +232,7 @@ async fn status_commands_show_the_daemons_state() {
     assert!(row[6].contains(" (in "), "a live lease: {row:?}");
 
     let nodes: Vec<NodeStatus> = json(&daemon, &["nodes"]);
-    let (header, rows) = table(&ok(&daemon, &["nodes"]));
+    let (header, rows) = table(&run_ok(&daemon, &["nodes"]));
     assert_eq!(header, NODE_HEADER);
     assert_eq!(rows.len(), nodes.len(), "{rows:?}");
     let row = rows
@@ -272,7 +266,7 @@ async fn status_commands_show_the_daemons_state() {
 
     // The pool's cost: local nodes are free, but they booted and ran.
     let costs: CostReport = json(&daemon, &["cost"]);
-    let text = ok(&daemon, &["cost"]);
+    let text = run_ok(&daemon, &["cost"]);
     let (header, rows) = table(&text);
     assert_eq!(
         header[..5],
@@ -304,15 +298,15 @@ async fn status_commands_show_the_daemons_state() {
     );
 
     // Released: the claim says so and when, the node is free again.
-    assert_eq!(ok(&daemon, &["release", "st-1"]), "released st-1\n");
-    let (_, rows) = table(&ok(&daemon, &["claims"]));
+    assert_eq!(run_ok(&daemon, &["release", "st-1"]), "released st-1\n");
+    let (_, rows) = table(&run_ok(&daemon, &["claims"]));
     let row = rows
         .iter()
         .find(|r| r[0] == "st-1")
         .unwrap_or_else(|| panic!("{rows:?}"));
     assert_eq!(row[3], "released");
     assert!(row[6].starts_with("ended "), "{row:?}");
-    let (_, rows) = table(&ok(&daemon, &["nodes"]));
+    let (_, rows) = table(&run_ok(&daemon, &["nodes"]));
     let row = rows
         .iter()
         .find(|r| r[0] == node.as_str())

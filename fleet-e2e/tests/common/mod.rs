@@ -767,3 +767,15 @@ pub(crate) fn wait_for(mut child: Child, secs: u64, args: &[&str]) -> Output {
         .wait_with_output()
         .unwrap_or_else(|e| panic!("fleetctl {args:?}: {e}"))
 }
+
+/// The stdout of a fleetctl run that must have succeeded (else its exit
+/// and stderr fail the test).
+pub(crate) fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
