@@ -16,13 +16,12 @@ use fleet_core::memory::faulty::FaultyStore;
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::memory::store::MemoryStore;
 use fleet_core::protocol::{
-    AgentMsg, Arch, DaemonMsg, JobReply, JobState, NodeResources, Record, TaskSpec, WorkerEvent,
-    decode,
+    AgentMsg, DaemonMsg, JobReply, JobState, Record, TaskSpec, WorkerEvent, decode,
 };
 use fleet_core::provider::InstanceState;
 use fleet_core::store::Store;
 use fleet_core::transport::ClaimClient;
-use fleet_core::{CommandId, JobId, NodeId, PoolName, Workspace};
+use fleet_core::{CommandId, JobId, PoolName, Workspace};
 use fleet_runtime::Fleet;
 use futures_util::StreamExt;
 use support::*;
@@ -56,22 +55,6 @@ async fn a_timed_out_write_that_landed_does_not_stop_the_control_loop() {
         .unwrap();
     assert_eq!(grant.claim_id.as_str(), "c1");
     assert!(fleet.is_ready(), "the control loop runs on");
-}
-
-fn hello(node: &NodeId, seen: Vec<CommandId>) -> AgentMsg {
-    AgentMsg::Hello {
-        node: node.clone(),
-        agent_version: "test".to_owned(),
-        bootstrap_token: None,
-        resources: NodeResources {
-            cpus: 2,
-            memory_mb: 4096,
-            arch: Arch::X86_64,
-            labels: BTreeMap::new(),
-        },
-        gateway: Some("127.0.0.1:40001".to_owned()),
-        seen_commands: seen,
-    }
 }
 
 async fn next_run(agent: &mut fleet_core::memory::transport::InProcAgent) -> CommandId {
@@ -127,7 +110,10 @@ async fn a_final_event_lost_with_the_agents_connection_still_finishes_the_job() 
     .expect("a node for the job");
 
     let mut agent = fleet.connect_agent(node.clone());
-    agent.send(hello(&node, Vec::new())).await.unwrap();
+    agent
+        .send(support::hello(&node, "127.0.0.1:40001", Vec::new()))
+        .await
+        .unwrap();
     let cmd = tokio::time::timeout(WAIT, next_run(&mut agent))
         .await
         .unwrap();
@@ -161,7 +147,10 @@ async fn a_final_event_lost_with_the_agents_connection_still_finishes_the_job() 
     // for every attempt the node holds, and the agent answers a command it
     // has seen with its last event, as fleet-agent's ledger does.
     let mut agent = fleet.connect_agent(node.clone());
-    agent.send(hello(&node, vec![cmd.clone()])).await.unwrap();
+    agent
+        .send(support::hello(&node, "127.0.0.1:40001", vec![cmd.clone()]))
+        .await
+        .unwrap();
     let again = tokio::time::timeout(WAIT, next_run(&mut agent))
         .await
         .expect("the daemon re-sends the run of the attempt the node holds");

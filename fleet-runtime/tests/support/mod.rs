@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_core::ids::{CommandId, NodeId};
 use fleet_core::memory::provider::MemoryProvider;
 use fleet_core::protocol::{AgentMsg, Arch, NodeResources};
 use fleet_core::provider::{InstanceState, TAG_FLEET};
@@ -39,6 +40,24 @@ pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
     }
 }
 
+/// An in-process agent's hello: a 2-CPU, 4 GiB x86-64 node with its
+/// gateway at `gateway`, having seen `seen`.
+pub(crate) fn hello(node: &NodeId, gateway: &str, seen: Vec<CommandId>) -> AgentMsg {
+    AgentMsg::Hello {
+        node: node.clone(),
+        agent_version: "test".to_owned(),
+        bootstrap_token: None,
+        resources: NodeResources {
+            cpus: 2,
+            memory_mb: 4096,
+            arch: Arch::X86_64,
+            labels: BTreeMap::new(),
+        },
+        gateway: Some(gateway.to_owned()),
+        seen_commands: seen,
+    }
+}
+
 /// Boots an in-process agent for every running instance of this fleet
 /// (tagged with its fleet id) the provider has: hello, then a heartbeat
 /// every 50 ms. Stops with the fleet.
@@ -53,19 +72,8 @@ pub(crate) fn boot_agents(fleet: &Arc<Fleet>, provider: MemoryProvider) {
                 let ours = i.tags.get(TAG_FLEET).map(String::as_str) == Some(f.fleet_id().as_str());
                 if ours && i.state == InstanceState::Running && up.insert(i.node.clone()) {
                     let agent = f.connect_agent(i.node.clone());
-                    let hello = AgentMsg::Hello {
-                        node: i.node.clone(),
-                        agent_version: "test".to_owned(),
-                        bootstrap_token: None,
-                        resources: NodeResources {
-                            cpus: 2,
-                            memory_mb: 4096,
-                            arch: Arch::X86_64,
-                            labels: BTreeMap::new(),
-                        },
-                        gateway: Some(format!("127.0.0.1:{}", 40_000 + up.len())),
-                        seen_commands: Vec::new(),
-                    };
+                    let gateway = format!("127.0.0.1:{}", 40_000 + up.len());
+                    let hello = hello(&i.node, &gateway, Vec::new());
                     let _ = agent.send(hello).await;
                     sessions.push(agent);
                 }
