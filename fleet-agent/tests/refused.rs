@@ -103,6 +103,17 @@ fn agent_toml(dir: &Path, ca: &Ca, port: u16, token: &str) -> std::io::Result<st
     Ok(config)
 }
 
+/// The agent binary on `config`, its stderr piped, killed when dropped.
+fn spawn_agent(config: &Path) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new(BIN)
+        .env("FLEET_AGENT_CONFIG", config)
+        .env_remove("FLEET_AGENT_BOOTSTRAP_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -121,13 +132,7 @@ async fn a_refused_bootstrap_token_ends_the_agent_with_exit_3() -> TestResult {
     let _server = serve(&ca, port, auth.clone()).await?;
     let dir = temp_dir("refused");
     let config = agent_toml(&dir, &ca, port, "spent-token")?;
-    let child = tokio::process::Command::new(BIN)
-        .env("FLEET_AGENT_CONFIG", &config)
-        .env_remove("FLEET_AGENT_BOOTSTRAP_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let child = spawn_agent(&config)?;
     let out = timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .map_err(|_| "the refused agent is still retrying after 30 s")??;
@@ -157,13 +162,7 @@ async fn an_absent_or_undecided_daemon_is_retried_until_the_agent_joins() -> Tes
     let port = free_port()?;
     let dir = temp_dir("refused-later");
     let config = agent_toml(&dir, &ca, port, "good-token")?;
-    let child = tokio::process::Command::new(BIN)
-        .env("FLEET_AGENT_CONFIG", &config)
-        .env_remove("FLEET_AGENT_BOOTSTRAP_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let child = spawn_agent(&config)?;
     let pid = Pid::from_raw(i32::try_from(child.id().unwrap_or(0))?);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
