@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -142,31 +141,7 @@ async fn two_daemons_on_one_data_dir_exactly_one_leads() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut a = Daemon::start(dir.path(), "");
     // A second daemon on the same data dir, its own HTTP port.
-    let text = std::fs::read_to_string(&a.config).unwrap_or_default();
-    let http_b = free_port();
-    let text_b = text.replacen(
-        &a.discovery.http.trim_start_matches("http://").to_string(),
-        &format!("127.0.0.1:{http_b}"),
-        1,
-    );
-    let config_b = dir.path().join("daemon-b.toml");
-    std::fs::write(&config_b, text_b).unwrap_or_else(|e| panic!("{e}"));
-    let log =
-        std::fs::File::create(dir.path().join("daemon-b.log")).unwrap_or_else(|e| panic!("{e}"));
-    let mut b = Command::new(bin("fleet-daemon"))
-        .env("FLEET_DAEMON_CONFIG", &config_b)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let base_b = format!("http://127.0.0.1:{http_b}");
-    let up = eventually(30, || async {
-        let s = tokio::net::TcpStream::connect(base_b.trim_start_matches("http://")).await;
-        s.ok().map(|_| ())
-    })
-    .await;
-    assert!(up.is_some(), "follower HTTP never came up");
+    let (mut b, base_b) = a.follower(dir.path()).await;
     let (rz, body) = http(&base_b, "GET", "/readyz", None).await;
     assert_eq!(rz, 503, "the follower is not ready: {body}");
     assert!(body.contains("follower"));

@@ -133,29 +133,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A second daemon on `a`'s config and data dir, on its own HTTP port.
-fn follower(a: &Daemon, dir: &Path) -> (Child, String) {
-    let text = std::fs::read_to_string(&a.config).unwrap_or_default();
-    let http_b = free_port();
-    let text_b = text.replacen(
-        a.discovery.http.trim_start_matches("http://"),
-        &format!("127.0.0.1:{http_b}"),
-        1,
-    );
-    let config_b = dir.join("daemon-b.toml");
-    std::fs::write(&config_b, text_b).unwrap_or_else(|e| panic!("{e}"));
-    let log = std::fs::File::create(dir.join("daemon-b.log")).unwrap_or_else(|e| panic!("{e}"));
-    let b = Command::new(bin("fleet-daemon"))
-        .env("FLEET_DAEMON_CONFIG", &config_b)
-        .env("FLEET_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
-    (b, format!("http://127.0.0.1:{http_b}"))
-}
-
 /// The last lines of a log, for a failure message (the dir goes with it).
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -217,15 +194,7 @@ async fn two_daemons_on_a_three_node_jetstream_cluster_survive_losing_the_leader
         lease = LEASE.as_millis()
     );
     let mut a = Daemon::start(dir.path(), &extra);
-    let (mut b, base_b) = follower(&a, dir.path());
-    let follower_up = eventually(30, || async {
-        tokio::net::TcpStream::connect(base_b.trim_start_matches("http://"))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-    assert!(follower_up.is_some(), "the second daemon never listened");
+    let (mut b, base_b) = a.follower(dir.path()).await;
     assert!(!readyz(&base_b).await, "the second daemon must follow");
 
     let client = NatsClaimClient::new(conn, Subjects::default());

@@ -277,6 +277,37 @@ impl Daemon {
         std::mem::forget(restarted);
     }
 
+    /// A second daemon on this one's config and data dir, on its own HTTP
+    /// port (logging to `dir/daemon-b.log`), once it listens: its process
+    /// and its API's base URL.
+    pub(crate) async fn follower(&self, dir: &Path) -> (Child, String) {
+        let text = std::fs::read_to_string(&self.config).unwrap_or_default();
+        let http_b = free_port();
+        let text_b = text.replacen(
+            self.discovery.http.trim_start_matches("http://"),
+            &format!("127.0.0.1:{http_b}"),
+            1,
+        );
+        let config_b = dir.join("daemon-b.toml");
+        std::fs::write(&config_b, text_b).unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::File::create(dir.join("daemon-b.log")).unwrap_or_else(|e| panic!("{e}"));
+        let b = Command::new(bin("fleet-daemon"))
+            .env("FLEET_DAEMON_CONFIG", &config_b)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let base_b = format!("http://127.0.0.1:{http_b}");
+        let up = eventually(30, || async {
+            let s = tokio::net::TcpStream::connect(base_b.trim_start_matches("http://")).await;
+            s.ok().map(|_| ())
+        })
+        .await;
+        assert!(up.is_some(), "the second daemon's HTTP never came up");
+        (b, base_b)
+    }
+
     pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
