@@ -200,6 +200,18 @@ impl BillingModel {
         }
     }
 
+    /// The same rules with a public IPv4 address at `hourly` (zero: nodes
+    /// get none), as a provider's config decides.
+    pub fn with_public_ipv4(self, hourly: HourlyPrice) -> BillingModel {
+        BillingModel {
+            charges: NodeCharges {
+                public_ipv4: hourly,
+                ..self.charges
+            },
+            ..self
+        }
+    }
+
     /// The running time billed for one start-to-stop interval of `run_ms`.
     pub fn billed_millis(&self, run_ms: Millis) -> Millis {
         match self.granularity {
@@ -301,13 +313,7 @@ mod tests {
             178_500 + disk + 5_000
         );
         assert_eq!(b.stopped_hourly(p, 30).0.micros(), disk);
-        let private = BillingModel {
-            charges: NodeCharges {
-                public_ipv4: HourlyPrice(Money::ZERO),
-                ..b.charges
-            },
-            ..b
-        };
+        let private = b.with_public_ipv4(HourlyPrice(Money::ZERO));
         assert_eq!(private.running_hourly(p, 30).0.micros(), 178_500 + disk);
     }
 

@@ -18,7 +18,7 @@ use aws_sdk_ec2::types::{
 };
 use aws_smithy_runtime_api::client::waiters::error::WaiterError;
 use base64::Engine as _;
-use fleet_core::billing::{BillingModel, NodeCharges};
+use fleet_core::billing::BillingModel;
 use fleet_core::ids::{InstanceType, NodeId};
 use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::Arch;
@@ -205,13 +205,7 @@ fn client_token(spec: &NodeSpec) -> String {
 fn ec2_billing(cfg: &Ec2Config) -> BillingModel {
     let ec2 = BillingModel::ec2();
     if cfg.public_ipv4 == Some(false) {
-        BillingModel {
-            charges: NodeCharges {
-                public_ipv4: HourlyPrice(Money::ZERO),
-                ..ec2.charges
-            },
-            ..ec2
-        }
+        ec2.with_public_ipv4(HourlyPrice(Money::ZERO))
     } else {
         ec2
     }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use fleet_core::billing::{BillingModel, NodeCharges};
+use fleet_core::billing::BillingModel;
 use fleet_core::ids::{InstanceType, NodeId};
 use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::Arch;
@@ -152,7 +152,6 @@ fn ipv6_host(network: &str) -> Option<String> {
 /// Hetzner's billing rules for servers built as `cfg` says: a primary
 /// IPv4 address at its euro price and `cfg`'s rate, or none.
 fn hetzner_billing(cfg: &HetznerConfig) -> Result<BillingModel, ProviderError> {
-    let hetzner = BillingModel::hetzner();
     let public_ipv4 = if cfg.public_ipv4 {
         eur_hourly_to_usd(PRIMARY_IPV4_EUR_HOURLY, cfg.eur_to_usd_micros).ok_or_else(|| {
             ProviderError::Permanent(format!(
@@ -163,13 +162,7 @@ fn hetzner_billing(cfg: &HetznerConfig) -> Result<BillingModel, ProviderError> {
     } else {
         HourlyPrice(Money::ZERO)
     };
-    Ok(BillingModel {
-        charges: NodeCharges {
-            public_ipv4,
-            ..hetzner.charges
-        },
-        ..hetzner
-    })
+    Ok(BillingModel::hetzner().with_public_ipv4(public_ipv4))
 }
 
 impl HetznerProvider {
