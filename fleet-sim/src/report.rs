@@ -546,16 +546,14 @@ fn cost_vs_wait(area: &Area<'_>, result: &SimResult) -> Drawn {
         .fold(result.scenario.sla.max_wait_s, f64::max)
         .max(1.0)
         * 1.5;
+    // Headroom above the costliest point keeps the legend clear of it.
+    let top = max_cost(result) * 1.4;
     let mut chart = ChartBuilder::on(area)
         .caption(format!("Cost vs p{pct} wait"), ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        // Headroom above the costliest point keeps the legend clear of it.
-        .build_cartesian_2d(
-            (MIN_WAIT_S..max_wait).log_scale(),
-            0.0..max_cost(result) * 1.4,
-        )?;
+        .build_cartesian_2d((MIN_WAIT_S..max_wait).log_scale(), 0.0..top)?;
     chart
         .configure_mesh()
         .light_line_style(WHITE)
@@ -567,7 +565,7 @@ fn cost_vs_wait(area: &Area<'_>, result: &SimResult) -> Drawn {
     let sla = result.scenario.sla.max_wait_s.max(MIN_WAIT_S);
     chart
         .draw_series(DashedLineSeries::new(
-            [(sla, 0.0), (sla, max_cost(result) * 1.4)],
+            [(sla, 0.0), (sla, top)],
             4,
             3,
             ShapeStyle::from(&RGBColor(0xa9, 0xa9, 0xa9)),
