@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use fleet_core::ids::{ClaimId, JobId, Millis, Workspace};
 use fleet_core::protocol::{
-    ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, JobMsg, JobReply, Requirements, TaskSpec,
+    ClaimMsg, ClaimRejection, ClaimReply, ClaimRequest, JobMsg, JobReply, Requirements, Revocation,
+    TaskSpec,
 };
 use fleet_core::transport::{Inbound, Outbound, ReplyTo};
 use tokio::sync::mpsc;
@@ -110,11 +111,7 @@ pub(crate) async fn claim(sim: Arc<Sim>, script: ClaimScript) {
                     ClaimReply::Pending { .. } => acked = true,
                     ClaimReply::Granted(g) => break 'ask g,
                     ClaimReply::Revoked(r) => {
-                        return set_claim(
-                            &sim,
-                            &id,
-                            ClaimView::Ended(format!("revoked: {:?}", r.reason)),
-                        );
+                        return revoked(&sim, &id, &r);
                     }
                     ClaimReply::Rejected { error, .. } => {
                         return set_claim(
@@ -162,11 +159,7 @@ pub(crate) async fn claim(sim: Arc<Sim>, script: ClaimScript) {
                 let _ = r;
             }
             Some(Outbound::Claim(ClaimReply::Revoked(r))) => {
-                return set_claim(
-                    &sim,
-                    &id,
-                    ClaimView::Ended(format!("revoked: {:?}", r.reason)),
-                );
+                return revoked(&sim, &id, &r);
             }
             Some(Outbound::Claim(ClaimReply::Rejected { error, .. })) => {
                 return ended_under(&sim, &id, &error, "renew");
@@ -194,11 +187,7 @@ pub(crate) async fn claim(sim: Arc<Sim>, script: ClaimScript) {
                     return set_claim(&sim, &id, ClaimView::Ended("released".into()));
                 }
                 Some(Outbound::Claim(ClaimReply::Revoked(r))) => {
-                    return set_claim(
-                        &sim,
-                        &id,
-                        ClaimView::Ended(format!("revoked: {:?}", r.reason)),
-                    );
+                    return revoked(&sim, &id, &r);
                 }
                 Some(Outbound::Claim(ClaimReply::Rejected { error, .. })) => {
                     return ended_under(&sim, &id, &error, "release");
@@ -212,6 +201,15 @@ pub(crate) async fn claim(sim: Arc<Sim>, script: ClaimScript) {
 
 /// A renewal or release refused: the claim ended under its caller (fine,
 /// with a reason) or the daemon forgot it (a lost claim).
+/// The claim ended by a revocation.
+fn revoked(sim: &Sim, id: &ClaimId, r: &Revocation) {
+    set_claim(
+        sim,
+        id,
+        ClaimView::Ended(format!("revoked: {:?}", r.reason)),
+    );
+}
+
 fn ended_under(sim: &Sim, id: &ClaimId, error: &ClaimRejection, call: &str) {
     if matches!(error, ClaimRejection::UnknownClaim) {
         sim.with(|st, at| {
