@@ -7,6 +7,7 @@ use fleet_core::ids::IdError;
 use fleet_core::money::{HourlyPrice, MS_PER_HOUR};
 use fleet_core::protocol::{Arch, NodeState, Requirements};
 use fleet_core::provider::{Capabilities, Market, Offering};
+use fleet_core::schedule::Capacity;
 use fleet_core::strategy::{Action, Demand, NodeView, Plan, PoolSpec, PoolView};
 use fleet_core::{ClaimId, InstanceType, Millis, NodeId, PoolName};
 
@@ -80,6 +81,7 @@ impl Situation {
             claims: 0,
             slots: self.spec.slots_per_node,
             idle_since: Some(idle_since),
+            retiring: false,
         });
         Ok(self)
     }
@@ -95,6 +97,7 @@ impl Situation {
             claims: 1,
             slots: self.spec.slots_per_node,
             idle_since: None,
+            retiring: false,
         });
         Ok(self)
     }
@@ -125,6 +128,7 @@ impl Situation {
             capabilities: &self.capabilities,
             billing: &self.billing,
             snapshot: None,
+            capacity: Capacity::default(),
         }
     }
 
@@ -143,6 +147,7 @@ impl Situation {
                     claims: 0,
                     slots: self.spec.slots_per_node,
                     idle_since: None,
+                    retiring: false,
                 }),
                 Action::Delete { node } => {
                     for n in next.nodes.iter_mut().filter(|n| &n.node == node) {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use fleet_core::ids::{InstanceType, Millis, PoolName};
+use fleet_core::schedule::{PeriodSpec, ScaleFactor, SchedulePeriod};
 use fleet_core::strategy::{
     AlwaysOnResize, ColdImage, ColdSnapshot, Hybrid, PoolSpec, Spot, StoppedPool, StrategyConfig,
 };
@@ -143,6 +144,7 @@ impl Plan {
             min_nodes: r.range32(0, 1).min(max_nodes),
             max_nodes,
             slots_per_node: r.range32(1, 2),
+            ..PoolSpec::default()
         };
         // A claim only the large type serves waits for good (pending, its
         // caller told `PoolAtCapacity` or `WaitingForCapacity`) under the
@@ -211,7 +213,7 @@ impl Plan {
                 .map(|_| r.range(0, active_ms))
                 .collect(),
         };
-        Plan {
+        let mut plan = Plan {
             seed,
             pool,
             claims,
@@ -223,8 +225,40 @@ impl Plan {
             },
             active_ms,
             settle_ms: 2 * 3_600_000,
+        };
+        // Pool policies, drawn last so that every other draw of a seed
+        // stays what it was before they existed.
+        if r.chance(300) {
+            plan.pool.max_uses = Some(r.range32(1, 3));
+        }
+        if r.chance(300) {
+            plan.pool.schedule = schedule(&mut r);
+        }
+        plan
+    }
+}
+
+/// A schedule whose periods change every few minutes, so that spare nodes
+/// come and go while claims, jobs and faults do.
+fn schedule(r: &mut Rng) -> Vec<SchedulePeriod> {
+    let mut periods = Vec::new();
+    for cron in ["* * * * *", "*/7 * * * *", "10-25 * * * *"] {
+        if !r.chance(600) {
+            continue;
+        }
+        let spec = PeriodSpec {
+            periods: vec![cron.to_owned()],
+            timezone: "UTC".to_owned(),
+            min_idle: r.range32(0, 2),
+            scale_factor: ScaleFactor::new(f64::from(r.range32(0, 2)) / 2.0).unwrap_or_default(),
+            scale_factor_limit: r.chance(500).then(|| r.range32(0, 2)),
+            idle_time_ms: r.chance(500).then(|| r.range(0, 300_000)),
+        };
+        if let Ok(p) = SchedulePeriod::new(spec) {
+            periods.push(p);
         }
     }
+    periods
 }
 
 impl fmt::Display for Plan {
@@ -244,6 +278,12 @@ impl fmt::Display for Plan {
             self.active_ms / 1000,
             self.settle_ms / 1000,
         )?;
+        if let Some(m) = p.max_uses {
+            writeln!(f, "max_uses: {m}")?;
+        }
+        for s in &p.schedule {
+            writeln!(f, "schedule: {} {:?}", s, s.spec())?;
+        }
         writeln!(f, "faults: {:?}", self.faults)?;
         for c in &self.claims {
             writeln!(f, "claim: {c:?}")?;

@@ -38,6 +38,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 min_nodes: 0,
                 max_nodes: 4,
                 slots_per_node: 1,
+                max_uses: None,
+                schedule: Vec::new(),
             }],
             quotas: BTreeMap::new(),
             offerings: vec![offering.clone()],

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod money;
 pub mod protocol;
 pub mod provider;
+pub mod schedule;
 pub mod store;
 pub mod strategy;
 pub mod subjects;

@@ -1,6 +1,8 @@
 //! The six strategies' plans: snapshots of what each does in the classic
-//! situations, and properties over random pools (idempotent, within
-//! `max_nodes`/`min_nodes`, capabilities respected, only sensible actions).
+//! situations and under each pool policy (scheduled spare nodes,
+//! `max_uses` recycling), and properties over random pools and policies
+//! (idempotent, within `max_nodes`/`min_nodes`, capabilities respected,
+//! only sensible actions: nothing touches a node holding a claim or job).
 #![expect(clippy::unwrap_used, reason = "test fixtures build known-good ids")]
 
 use std::collections::BTreeMap;
@@ -9,6 +11,7 @@ use fleet_core::billing::BillingModel;
 use fleet_core::money::{HourlyPrice, MS_PER_HOUR, Money};
 use fleet_core::protocol::{Arch, NodeState, Requirements};
 use fleet_core::provider::{Capabilities, Market, Offering, SnapshotRef, SpotTerms};
+use fleet_core::schedule::{Capacity, ScaleFactor};
 use fleet_core::strategy::{
     Action, AlwaysOnResize, Demand, IdleCost, NodeView, Plan, PoolSpec, PoolView, SourceKind,
     StrategyConfig, StrategyInfo,
@@ -50,6 +53,7 @@ struct Fixture {
     caps: Capabilities,
     billing: BillingModel,
     snapshot: Option<SnapshotRef>,
+    capacity: Capacity,
 }
 
 impl Fixture {
@@ -66,6 +70,8 @@ impl Fixture {
                 min_nodes: 0,
                 max_nodes: 10,
                 slots_per_node: 1,
+                max_uses: None,
+                schedule: Vec::new(),
             },
             nodes: Vec::new(),
             pending: Vec::new(),
@@ -80,6 +86,7 @@ impl Fixture {
             },
             billing: BillingModel::ec2(),
             snapshot: None,
+            capacity: Capacity::default(),
         }
     }
 
@@ -112,6 +119,7 @@ impl Fixture {
             capabilities: &self.caps,
             billing: &self.billing,
             snapshot: self.snapshot.as_ref(),
+            capacity: self.capacity,
         }
     }
 
@@ -126,6 +134,7 @@ impl Fixture {
             claims,
             slots: self.spec.slots_per_node,
             idle_since: idle,
+            retiring: false,
         });
         self
     }
@@ -254,6 +263,86 @@ fn node_lost() {
         .node("n1", NodeState::Lost, SMALL, Market::OnDemand, 0)
         .claims(1, 0);
     insta::assert_yaml_snapshot!(plans(&f));
+}
+
+// ---- pool policies: the same six under a schedule period and max_uses ----
+
+/// A working-hours period: two idle slots kept ready, plus one per two in
+/// use, idle nodes kept 20 minutes.
+fn working_hours() -> Capacity {
+    Capacity {
+        period: Some(0),
+        min_idle: 2,
+        scale_factor: ScaleFactor::new(0.5).unwrap(),
+        scale_factor_limit: Some(4),
+        idle_time_ms: Some(20 * 60_000),
+    }
+}
+
+#[test]
+fn scheduled_spare_capacity_on_an_empty_pool() {
+    let mut f = Fixture::ec2();
+    f.capacity = working_hours();
+    insta::assert_yaml_snapshot!(plans(&f));
+}
+
+#[test]
+fn scheduled_spare_capacity_under_load() {
+    // Four busy nodes and two idle for 10 minutes (past every strategy's
+    // own timeout, within the period's 20): the period wants
+    // max(2, ceil(4 x 0.5)) = 2 spare slots, so both idle nodes stay.
+    let mut f = Fixture::ec2()
+        .node("n1", NodeState::Busy, SMALL, Market::OnDemand, 1)
+        .node("n2", NodeState::Busy, SMALL, Market::OnDemand, 1)
+        .node("n3", NodeState::Busy, SMALL, Market::OnDemand, 1)
+        .node("n4", NodeState::Busy, SMALL, Market::OnDemand, 1)
+        .node("n5", NodeState::Ready, SMALL, Market::OnDemand, 0)
+        .node("n6", NodeState::Ready, SMALL, Market::OnDemand, 0)
+        .idle_since(NOW - 600_000);
+    f.capacity = working_hours();
+    insta::assert_yaml_snapshot!(plans(&f));
+}
+
+#[test]
+fn spare_nodes_go_when_the_period_ends() {
+    // The same pool after the period: no spare is wanted, the strategies'
+    // own timeouts apply.
+    let f = Fixture::ec2()
+        .node("n1", NodeState::Busy, SMALL, Market::OnDemand, 1)
+        .node("n5", NodeState::Ready, SMALL, Market::OnDemand, 0)
+        .node("n6", NodeState::Ready, SMALL, Market::OnDemand, 0)
+        .idle_since(NOW - 600_000);
+    insta::assert_yaml_snapshot!(plans(&f));
+}
+
+#[test]
+fn retiring_nodes_are_replaced_once_idle() {
+    // n1 served its max_uses and is idle: it goes, and a waiting claim
+    // gets a fresh node. n2 served its share too but still holds a claim:
+    // nothing touches it.
+    let mut f = Fixture::ec2()
+        .node("n1", NodeState::Ready, SMALL, Market::OnDemand, 0)
+        .node("n2", NodeState::Busy, SMALL, Market::OnDemand, 1)
+        .claims(1, 0);
+    f.nodes[0].retiring = true;
+    f.nodes[1].retiring = true;
+    f.spec.max_uses = Some(3);
+    let all = plans(&f);
+    for (name, plan) in &all {
+        assert!(
+            plan.actions.contains(&Action::Delete {
+                node: NodeId::new("n1").unwrap()
+            }),
+            "{name}: {plan:?}"
+        );
+        assert!(
+            !plan.actions.iter().any(|a| matches!(a,
+                Action::Delete { node } | Action::Stop { node } | Action::Resize { node, .. }
+                    if node.as_str() == "n2")),
+            "{name}: {plan:?}"
+        );
+    }
+    insta::assert_yaml_snapshot!(all);
 }
 
 #[test]
@@ -494,6 +583,7 @@ fn apply(f: &Fixture, plan: &Plan) -> Fixture {
                 claims: 0,
                 slots: f.spec.slots_per_node,
                 idle_since: None,
+                retiring: false,
             }),
             Action::Start { node } => {
                 let i = find(&mut next, node);
@@ -554,6 +644,7 @@ prop_compose! {
         claims in 0u32..=2,
         since_ago in 0u64..2 * MS_PER_HOUR,
         idle_ago in proptest::option::of(0u64..2 * MS_PER_HOUR),
+        retiring in proptest::bool::weighted(0.2),
     ) -> NodeView {
         let claims = match state {
             NodeState::Ready => 0,
@@ -570,6 +661,29 @@ prop_compose! {
             claims,
             slots,
             idle_since: if state == NodeState::Ready { idle_ago.map(|a| NOW - a) } else { None },
+            retiring,
+        }
+    }
+}
+
+prop_compose! {
+    /// The policy of a schedule period (or none, half the time).
+    fn capacity()(
+        scheduled in any::<bool>(),
+        min_idle in 0u32..=3,
+        factor in proptest::sample::select(vec![0.0, 0.5, 1.0, 2.0]),
+        limit in proptest::option::of(0u32..=3),
+        idle_time in proptest::option::of(proptest::sample::select(vec![0u64, 30_000, 3 * MS_PER_HOUR])),
+    ) -> Capacity {
+        if !scheduled {
+            return Capacity::default();
+        }
+        Capacity {
+            period: Some(0),
+            min_idle,
+            scale_factor: ScaleFactor::new(factor).unwrap(),
+            scale_factor_limit: limit,
+            idle_time_ms: idle_time,
         }
     }
 }
@@ -581,6 +695,7 @@ prop_compose! {
         caps in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         snapshot_ago in proptest::option::of(0u64..48 * MS_PER_HOUR),
         min_nodes in 0u32..=3,
+        capacity in capacity(),
         max_nodes in 0u32..=6,
         nodes in proptest::collection::vec(node_view(slots), 0..8),
         claims in proptest::collection::vec(
@@ -602,6 +717,7 @@ prop_compose! {
         };
         f.snapshot = snapshot_ago.map(|a| SnapshotRef { id: "snap".to_owned(), size_gb: 30, created_at: NOW - a });
         f.spec.min_nodes = min_nodes;
+        f.capacity = capacity;
         f.spec.max_nodes = max_nodes;
         f.spec.slots_per_node = slots;
         f.nodes = nodes
@@ -648,8 +764,11 @@ proptest! {
             prop_assert!(live(&next) <= f.spec.max_nodes, "{:?}", plan);
         }
         prop_assert!(live(&next) <= live(&f).max(f.spec.max_nodes));
+        // Failed and retiring nodes are replaced, not idle: they go even
+        // where nothing can replace them.
         let idle_deletes = plan.actions.iter().any(|a| match a {
             Action::Delete { node } => f.nodes.iter().any(|n| &n.node == node
+                && !n.retiring
                 && !matches!(n.state, NodeState::Lost | NodeState::Interrupted)),
             _ => false,
         });

@@ -172,5 +172,7 @@ fn pool() -> fleet_core::strategy::PoolSpec {
         min_nodes: 0,
         max_nodes: 2,
         slots_per_node: 1,
+        max_uses: None,
+        schedule: Vec::new(),
     }
 }

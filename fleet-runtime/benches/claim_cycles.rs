@@ -97,6 +97,8 @@ async fn warm_fleet(extra: Option<Arc<dyn Transport>>) -> (Arc<Fleet>, MemoryPro
                 min_nodes: 1,
                 max_nodes: 1,
                 slots_per_node: 1_000,
+                max_uses: None,
+                schedule: Vec::new(),
             })
             .start()
             .await

@@ -21,6 +21,7 @@ use fleet_core::ids::Millis;
 use fleet_core::money::Money;
 use fleet_core::protocol::ClaimRequest;
 use fleet_core::provider::{InstanceState, Market};
+use fleet_core::schedule::Capacity;
 use fleet_core::strategy::{PoolView, StrategyConfig, StrategyInfo};
 use fleet_core::{ClaimId, Epoch, FleetId, NodeId, Workspace};
 
@@ -166,6 +167,8 @@ pub fn describe(s: &Scenario, strategy: &StrategyConfig) -> StrategyInfo {
         capabilities: &s.book.capabilities,
         billing: &s.book.billing,
         snapshot: None,
+        // The strategy as configured, before any schedule period.
+        capacity: Capacity::default(),
     };
     strategy.build().describe(&view)
 }

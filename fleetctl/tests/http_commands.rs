@@ -125,6 +125,7 @@ fn answers() -> Answers {
                 created_at: 0,
                 state_since: 0,
                 epoch: Epoch(1),
+                uses: 1,
             },
             state: NodeState::Busy,
             claims: vec![id(ClaimId::new("c1"))],

@@ -800,6 +800,7 @@ impl Controller {
                 n.claims.insert(a.claim.clone());
                 n.idle_since = None;
             }
+            self.count_use(&a.node, now, out);
             let endpoint = self
                 .nodes
                 .get(&a.node)
@@ -820,6 +821,23 @@ impl Controller {
         }
     }
 
+    /// Counts a claim or job given to `node`. Where the pool recycles
+    /// nodes after `max_uses`, the count is written at once, so a new
+    /// leader does not give a node more than its share.
+    pub(super) fn count_use(&mut self, node: &NodeId, now: Millis, out: &mut Vec<Command>) {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return;
+        };
+        n.rec.uses = n.rec.uses.saturating_add(1);
+        let limited = self
+            .pools
+            .get(&n.rec.pool)
+            .is_some_and(|p| p.spec.max_uses.is_some());
+        if limited {
+            self.save_node(node, Vec::new(), now, out);
+        }
+    }
+
     /// Free slots of ready, connected nodes, for an arbitration round.
     pub(super) fn capacity(&self) -> Vec<NodeCapacity> {
         let mut capacity = Vec::new();
@@ -837,6 +855,10 @@ impl Controller {
             else {
                 continue;
             };
+            if pool.spec.max_uses.is_some_and(|m| n.rec.uses >= m) {
+                // Served its share: it is recycled once idle.
+                continue;
+            }
             let slots = pool.spec.slots_per_node;
             capacity.push(NodeCapacity {
                 id: n.rec.node.clone(),

@@ -373,6 +373,7 @@ impl Controller {
             n.jobs.insert(id.clone());
             n.idle_since = None;
         }
+        self.count_use(node, now, out);
         self.save_job(id, vec![Effect::JobDispatch { job: id.clone() }], now, out);
     }
 

@@ -45,6 +45,7 @@ use crate::protocol::{
 use crate::provider::{
     Capabilities, Instance, InstanceRef, NodeSpec, Offering, ProviderError, SnapshotRef,
 };
+use crate::schedule::{Capacity, Schedule};
 use crate::store::{Key, Revision, StoreError};
 use crate::strategy::{PoolSpec, Strategy};
 use crate::transport::{Outbound, Peer, ReplyTo};
@@ -453,6 +454,22 @@ struct Pool {
     next_seq: u64,
     /// Types out of capacity in a market (see `capacity.rs`).
     shortages: capacity::Shortages,
+    /// The schedule's policy in force, and until when (none: no schedule).
+    capacity: (Capacity, Option<Millis>),
+}
+
+impl Pool {
+    /// The schedule's policy in force at `now`; the schedule is read again
+    /// only when its period may have changed.
+    fn capacity_at(&mut self, now: Millis) -> Capacity {
+        if self.spec.schedule.is_empty() {
+            return Capacity::default();
+        }
+        if self.capacity.1.is_none_or(|until| until <= now) {
+            self.capacity = Schedule(&self.spec.schedule).at(now);
+        }
+        self.capacity.0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -567,6 +584,7 @@ impl Controller {
                 create_backoff_until: 0,
                 next_seq: 1,
                 shortages: BTreeMap::new(),
+                capacity: (Capacity::default(), None),
             };
             c.pools.insert(pool.spec.name.clone(), pool);
         }

@@ -37,9 +37,12 @@ impl Controller {
     pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
         let names: Vec<PoolName> = self.pools.keys().cloned().collect();
         for name in names {
-            let Some(pool) = self.pools.get(&name) else {
+            let Some(pool) = self.pools.get_mut(&name) else {
                 continue;
             };
+            let capacity = pool.capacity_at(now);
+            let pool = &*pool;
+            let max_uses = pool.spec.max_uses;
             let views: Vec<NodeView> = self
                 .nodes
                 .values()
@@ -53,6 +56,7 @@ impl Controller {
                     claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
                     slots: pool.spec.slots_per_node,
                     idle_since: n.idle_since,
+                    retiring: max_uses.is_some_and(|m| n.rec.uses >= m),
                 })
                 .collect();
             let demand: Vec<Demand> = self
@@ -96,13 +100,16 @@ impl Controller {
                 capabilities: &self.capabilities,
                 billing: &self.billing,
                 snapshot: pool.snapshot.as_ref(),
+                capacity,
             };
             let plan = pool.strategy.plan(&view, now);
             if let Some(p) = self.pools.get_mut(&name) {
                 // Plan again when the strategy asks, the create back-off
-                // ends, or a capacity shortage ends (a deferred resize).
+                // ends, a capacity shortage ends (a deferred resize), or
+                // the schedule's period changes.
                 p.wake_at = [
                     plan.wake_at,
+                    p.capacity.1,
                     (p.create_backoff_until > now).then_some(p.create_backoff_until),
                     super::capacity::next_end(&p.shortages, now),
                 ]
@@ -200,6 +207,7 @@ impl Controller {
                     created_at: now,
                     state_since: now,
                     epoch: self.epoch,
+                    uses: 0,
                 };
                 let call = ProviderCall::Create(self.spec_of(&rec));
                 let mut node = Node::new(rec, now, false);

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::{Market, NodeRecord, NodeState, Secret};
 use crate::ids::{ClaimId, Epoch, FleetId, InstanceType, Millis, PoolName, Workspace};
 use crate::money::Money;
+use crate::schedule::PeriodSpec;
 
 /// Liveness: answers while the process runs.
 pub const API_HEALTHZ_PATH: &str = "/healthz";
@@ -107,6 +108,13 @@ pub struct PoolInfo {
     /// Claims one node serves at once.
     #[serde(default)]
     pub slots_per_node: u32,
+    /// Claims a node serves in its life before it is recycled (none: no
+    /// limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+    /// Scheduled capacity, as configured (see the daemon's `[[pool.schedule]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<PeriodSpec>,
     /// Instance types the provider had no capacity for lately: new nodes
     /// use another type of the pool until the shortage's `until`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

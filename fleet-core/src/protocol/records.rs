@@ -263,6 +263,14 @@ pub struct NodeRecord {
     pub state_since: Millis,
     /// The epoch that last wrote it.
     pub epoch: Epoch,
+    /// Claims and jobs it has been given so far (kept exact in the store
+    /// for pools with `max_uses`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uses: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A job's lifecycle in the ledger.

@@ -59,6 +59,25 @@ impl AlwaysOnResize {
     fn always_on(pool: &PoolView<'_>) -> u32 {
         pool.spec.min_nodes.max(1).min(pool.spec.max_nodes)
     }
+
+    /// Always-on nodes now: the configured count, or enough nodes for the
+    /// claims held plus the spare slots the schedule asks for, if more.
+    fn always_on_now(d: &Draft<'_>) -> u32 {
+        let pool = &d.view;
+        let held: u32 = pool
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| !d.is_removed(*i) && kit::is_live(n))
+            .filter(|(_, n)| !matches!(n.state, NodeState::Lost | NodeState::Interrupted))
+            .map(|(_, n)| n.claims)
+            .sum();
+        let slots = held.saturating_add(pool.capacity.spare(held));
+        let scheduled = slots.div_ceil(pool.spec.slots_per_node.max(1));
+        Self::always_on(pool)
+            .max(scheduled)
+            .min(pool.spec.max_nodes)
+    }
 }
 
 /// The configured peak if sold, else the largest type.
@@ -134,7 +153,7 @@ impl Strategy for AlwaysOnResize {
             return d.finish();
         };
         let peak = peak_offering(pool, self.peak.as_ref()).unwrap_or(base);
-        let k = Self::always_on(pool);
+        let k = Self::always_on_now(&d);
         let primary = kit::primaries(&d, k, &[&base.instance_type, &peak.instance_type]);
         let caps = pool.capabilities;
         // The provider resizes only stopped machines: stop, resize, start.
@@ -219,7 +238,8 @@ impl Strategy for AlwaysOnResize {
                 need_peak = need_peak.saturating_sub(usize::try_from(n.slots.max(1)).unwrap_or(1));
                 d.push(resize(&peak.instance_type));
             } else if n.instance_type != base.instance_type && !m.needed[i] && need_peak == 0 {
-                let due = kit::idle_start(n).saturating_add(self.scale_down_after_ms);
+                let after = pool.capacity.idle_timeout(self.scale_down_after_ms);
+                let due = kit::idle_start(n).saturating_add(after);
                 if due <= now {
                     d.push(resize(&base.instance_type));
                 } else {

@@ -127,9 +127,19 @@ impl Strategy for Hybrid {
             keep[i] = true;
         }
         // Deletes first: they free room under max_nodes for the creates.
-        let deleted = kit::delete_idle(&mut d, &m, &keep, now, self.overflow_idle_timeout_ms);
+        let timeout = pool.capacity.idle_timeout(self.overflow_idle_timeout_ms);
+        let deleted = kit::delete_idle(&mut d, &m, &keep, now, timeout);
         let claims = m.demands(pool);
         kit::create_for(&mut d, &claims, source, Market::OnDemand, true, u32::MAX);
+        // Spare nodes beyond the always-on ones are overflow nodes; they
+        // count towards `min_nodes`.
+        kit::keep_spare(
+            &mut d,
+            &deleted,
+            source,
+            Market::OnDemand,
+            &base.instance_type,
+        );
         let floor = d.floor();
         d.restore_floor(&deleted, floor);
         d.finish()

@@ -17,6 +17,7 @@ use crate::ids::{ClaimId, InstanceType, Millis, NodeId};
 use crate::money::{HourlyPrice, Money};
 use crate::protocol::{NodeState, Requirements};
 use crate::provider::{Capabilities, Market, Offering, SnapshotRef};
+use crate::schedule::Capacity;
 
 mod always_on_resize;
 mod cold_image;
@@ -56,11 +57,17 @@ pub struct NodeView {
     pub slots: u32,
     /// Since when it has had no claims, if it is up and idle.
     pub idle_since: Option<Millis>,
+    /// It takes no new claims and is to be replaced once idle: it has
+    /// served the pool's `max_uses`.
+    pub retiring: bool,
 }
 
 impl NodeView {
     /// Free slots if it is up and taking claims.
     pub fn free_slots(&self) -> u32 {
+        if self.retiring {
+            return 0;
+        }
         match self.state {
             NodeState::Ready | NodeState::Busy => self.slots.saturating_sub(self.claims),
             _ => 0,
@@ -96,6 +103,9 @@ pub struct PoolView<'a> {
     pub billing: &'a BillingModel,
     /// The snapshot new nodes can boot from, if one exists.
     pub snapshot: Option<&'a SnapshotRef>,
+    /// The idle-capacity policy in force now (the pool's schedule read at
+    /// the controller's clock; the default when it has none).
+    pub capacity: Capacity,
 }
 
 impl<'a> PoolView<'a> {

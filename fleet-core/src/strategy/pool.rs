@@ -10,6 +10,7 @@ use crate::config::ConfigError;
 use crate::ids::{InstanceType, PoolName};
 use crate::protocol::{PoolInfo, StrategyParams};
 use crate::provider::Offering;
+use crate::schedule::SchedulePeriod;
 use crate::strategy::StrategyConfig;
 
 /// A pool as configured. Every field has a default, so an empty table is
@@ -45,6 +46,17 @@ pub struct PoolSpec {
     /// Claims one node serves at once (default 1).
     #[serde(default = "PoolSpec::default_slots")]
     pub slots_per_node: u32,
+    /// Claims (and jobs) a node serves in its life before it is recycled:
+    /// it takes no more and is deleted once idle, and a fresh node takes
+    /// its place (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+    /// Scheduled capacity: idle nodes kept ready and the idle timeout by
+    /// time of day (see [`crate::schedule`]). The last matching period
+    /// wins; outside all of them no spare nodes are kept and the
+    /// strategy's own idle timeout holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedule: Vec<SchedulePeriod>,
 }
 
 impl Default for PoolSpec {
@@ -58,6 +70,8 @@ impl Default for PoolSpec {
             min_nodes: 0,
             max_nodes: PoolSpec::default_max_nodes(),
             slots_per_node: PoolSpec::default_slots(),
+            max_uses: None,
+            schedule: Vec::new(),
         }
     }
 }
@@ -75,6 +89,8 @@ impl From<&PoolSpec> for PoolInfo {
             min_nodes: p.min_nodes,
             max_nodes: p.max_nodes,
             slots_per_node: p.slots_per_node,
+            max_uses: p.max_uses,
+            schedule: p.schedule.iter().map(|s| s.spec().clone()).collect(),
             // Live state, not configuration: the status API fills it in.
             shortages: Vec::new(),
         }
@@ -102,6 +118,8 @@ impl PoolSpec {
     pub const MAX_NODES_LIMIT: u32 = 10_000;
     /// The most claims one node may serve at once.
     pub const MAX_SLOTS_LIMIT: u32 = 1_000;
+    /// The most periods a pool's schedule may have.
+    pub const MAX_SCHEDULE_PERIODS: usize = 16;
 
     fn default_name() -> PoolName {
         PoolName::new("default").unwrap_or_else(|_| unreachable!("a valid literal"))
@@ -145,6 +163,22 @@ impl PoolSpec {
                     "must be between 1 and {}, got {}",
                     Self::MAX_SLOTS_LIMIT,
                     self.slots_per_node
+                ),
+            ));
+        }
+        if self.max_uses == Some(0) {
+            return Err(ConfigError::invalid(
+                "max_uses",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        if self.schedule.len() > Self::MAX_SCHEDULE_PERIODS {
+            return Err(ConfigError::invalid(
+                "schedule",
+                format!(
+                    "{} periods; at most {}",
+                    self.schedule.len(),
+                    Self::MAX_SCHEDULE_PERIODS
                 ),
             ));
         }

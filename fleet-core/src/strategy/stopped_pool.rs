@@ -213,12 +213,50 @@ impl Strategy for StoppedPool {
             }
             d.delete(i);
         }
-        if Self::stops(pool) {
+        // Scheduled capacity: spare nodes are started nodes, kept from
+        // stopping, most recently idle first; the pool never grows past
+        // its size for them.
+        let after = kit::match_pending(&d);
+        let want = kit::spare_target(&d, &after);
+        if pool.capabilities.stop_start {
             for (i, n) in pool.nodes.iter().enumerate() {
-                if d.is_removed(i) || m.needed[i] || !kit::is_idle_ready(n) {
+                if kit::spare_count(&d, &after) >= want {
+                    break;
+                }
+                if n.state == NodeState::Stopped && !n.retiring && !d.is_removed(i) {
+                    d.start(i);
+                }
+            }
+        }
+        let mut idle: Vec<(Millis, usize)> = pool
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| !d.is_removed(*i) && !after.needed[*i] && kit::is_idle_ready(n))
+            .filter(|(_, n)| !n.retiring)
+            .map(|(i, n)| (kit::idle_start(n), i))
+            .collect();
+        idle.sort_unstable_by(|a, b| b.cmp(a));
+        // Idle nodes kept up so that, without them, the spare slots would
+        // fall below what the schedule asks for.
+        let idle_slots: u32 = idle.iter().map(|&(_, i)| pool.nodes[i].slots).sum();
+        let mut short =
+            want.saturating_sub(kit::spare_count(&d, &after).saturating_sub(idle_slots));
+        let mut kept = Vec::new();
+        for &(_, i) in &idle {
+            if short == 0 {
+                break;
+            }
+            short = short.saturating_sub(pool.nodes[i].slots);
+            kept.push(i);
+        }
+        if Self::stops(pool) {
+            let timeout = pool.capacity.idle_timeout(self.stop_after_idle_ms);
+            for (i, n) in pool.nodes.iter().enumerate() {
+                if d.is_removed(i) || m.needed[i] || !kit::is_idle_ready(n) || kept.contains(&i) {
                     continue;
                 }
-                let due = kit::idle_start(n).saturating_add(self.stop_after_idle_ms);
+                let due = kit::idle_start(n).saturating_add(timeout);
                 if due <= now {
                     d.push(Action::Stop {
                         node: n.node.clone(),

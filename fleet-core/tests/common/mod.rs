@@ -54,6 +54,8 @@ pub(crate) fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
         min_nodes: 0,
         max_nodes,
         slots_per_node: 1,
+        max_uses: None,
+        schedule: Vec::new(),
     }
 }
 

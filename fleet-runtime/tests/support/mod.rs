@@ -37,6 +37,8 @@ pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
         min_nodes: 0,
         max_nodes,
         slots_per_node: slots,
+        max_uses: None,
+        schedule: Vec::new(),
     }
 }
 

@@ -60,6 +60,8 @@ pub(crate) fn config() -> ControllerConfig {
             min_nodes: 1,
             max_nodes: 1,
             slots_per_node: 1_000,
+            max_uses: None,
+            schedule: Vec::new(),
         }],
         quotas: BTreeMap::new(),
         offerings: vec![offering],

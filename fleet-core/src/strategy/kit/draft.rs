@@ -114,12 +114,21 @@ impl<'a> Draft<'a> {
 
     /// Lost and interrupted nodes serve nothing and are being replaced:
     /// delete them so they stop billing and stop blocking `max_nodes`.
+    /// Retiring nodes (they served `max_uses`) go too, once idle: the
+    /// plan then replaces them like any missing node.
     pub(in crate::strategy) fn delete_failed(&mut self) {
         for (i, n) in self.view.nodes.iter().enumerate() {
-            if matches!(n.state, NodeState::Lost | NodeState::Interrupted) {
+            let retired = n.retiring
+                && (is_idle_ready(n) || (n.state == NodeState::Stopped && !self.started[i]));
+            if retired || matches!(n.state, NodeState::Lost | NodeState::Interrupted) {
                 self.delete(i);
             }
         }
+    }
+
+    /// Nodes this plan creates so far.
+    pub(in crate::strategy) fn planned_count(&self) -> usize {
+        self.planned.len()
     }
 
     /// Stopped nodes the provider cannot start (the pool moved to a
@@ -160,12 +169,17 @@ impl<'a> Draft<'a> {
             if self.live() >= floor {
                 break;
             }
-            if self.removed[i] {
-                self.removed[i] = false;
-                let node = &self.view.nodes[i].node;
-                self.actions
-                    .retain(|a| !matches!(a, Action::Delete { node: n } if n == node));
-            }
+            self.undelete(i);
+        }
+    }
+
+    /// Takes back this plan's deletion of node `i`, if it made one.
+    pub(in crate::strategy) fn undelete(&mut self, i: usize) {
+        if self.removed[i] {
+            self.removed[i] = false;
+            let node = &self.view.nodes[i].node;
+            self.actions
+                .retain(|a| !matches!(a, Action::Delete { node: n } if n == node));
         }
     }
 

@@ -1,6 +1,8 @@
 //! The one plan ColdImage, ColdSnapshot and Spot share.
 
-use super::{Draft, create_for, delete_idle, market_for, match_pending, maybe_snapshot};
+use super::{
+    Draft, create_for, delete_idle, keep_spare, market_for, match_pending, maybe_snapshot,
+};
 use crate::ids::Millis;
 use crate::provider::Market;
 use crate::strategy::{Plan, PoolView, SourceKind};
@@ -18,7 +20,8 @@ pub(in crate::strategy) struct Elastic {
 
 /// The plan of ColdImage, ColdSnapshot and Spot: replace failed nodes,
 /// keep `min_nodes` baseline nodes, snapshot when due, delete nodes idle
-/// past the timeout, create for uncovered demand.
+/// past the timeout (the schedule's, if a period sets one), create for
+/// uncovered demand, keep the spare nodes the schedule asks for.
 pub(in crate::strategy) fn plan_elastic(view: &PoolView<'_>, now: Millis, e: Elastic) -> Plan {
     let mut d = Draft::new(view);
     d.delete_failed();
@@ -30,7 +33,8 @@ pub(in crate::strategy) fn plan_elastic(view: &PoolView<'_>, now: Millis, e: Ela
         keep[i] = true;
     }
     // Deletes first: they free room under max_nodes for the creates.
-    let deleted = delete_idle(&mut d, &m, &keep, now, e.idle_timeout_ms);
+    let timeout = view.capacity.idle_timeout(e.idle_timeout_ms);
+    let deleted = delete_idle(&mut d, &m, &keep, now, timeout);
     let claims = m.demands(view);
     create_for(
         &mut d,
@@ -40,11 +44,16 @@ pub(in crate::strategy) fn plan_elastic(view: &PoolView<'_>, now: Millis, e: Ela
         e.on_demand_fallback,
         u32::MAX,
     );
+    // Spare nodes before the floor: they count towards `min_nodes`.
+    let baseline = view
+        .baseline()
+        .and_then(|b| Some((b, market_for(view, b, e.market, e.on_demand_fallback)?)));
+    if let Some((b, market)) = baseline {
+        keep_spare(&mut d, &deleted, e.source, market, &b.instance_type);
+    }
     let floor = d.floor();
     d.restore_floor(&deleted, floor);
-    if let Some(b) = view.baseline()
-        && let Some(market) = market_for(view, b, e.market, e.on_demand_fallback)
-    {
+    if let Some((b, market)) = baseline {
         d.fill_to(floor, e.source, market, &b.instance_type);
     }
     d.finish()

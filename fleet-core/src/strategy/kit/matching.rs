@@ -90,7 +90,8 @@ pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
     let mut up = Groups::new();
     let mut coming = Groups::new();
     for (i, n) in view.nodes.iter().enumerate() {
-        if d.is_removed(i) {
+        // A retiring node takes no new claim, up or not.
+        if d.is_removed(i) || n.retiring {
             continue;
         }
         if d.is_started(i) || n.state.is_coming_up() {

@@ -9,6 +9,7 @@ mod draft;
 mod elastic;
 mod matching;
 mod select;
+mod spare;
 
 pub(super) use describe::{
     billing_words, hour_of, idle_with_snapshot, idle_words, ms, priced, snapshot_hourly,
@@ -20,3 +21,4 @@ pub(super) use select::{
     create_for, delete_idle, market_for, maybe_snapshot, offering_or_baseline, preferred_source,
     primaries,
 };
+pub(super) use spare::{keep_spare, spare_count, spare_target};

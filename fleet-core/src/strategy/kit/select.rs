@@ -190,7 +190,7 @@ pub(in crate::strategy) fn primaries(d: &Draft<'_>, k: u32, prefer: &[&InstanceT
     let mut order: Vec<(usize, u8, usize)> = nodes
         .iter()
         .enumerate()
-        .filter(|(i, n)| !d.is_removed(*i) && is_live(n))
+        .filter(|(i, n)| !d.is_removed(*i) && is_live(n) && !n.retiring)
         // A stopped node the provider cannot start is no always-on node.
         .filter(|(_, n)| d.view.capabilities.stop_start || n.state != NodeState::Stopped)
         .map(|(i, n)| {

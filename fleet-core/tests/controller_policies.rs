@@ -1,0 +1,120 @@
+//! Pool policies through the controller: `max_uses` recycles a node once it
+//! has served its share, and a schedule period keeps spare nodes only while
+//! it is in force (the controller plans again when it starts and ends).
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod common;
+
+use common::*;
+use fleet_core::NodeId;
+use fleet_core::harness::World;
+use fleet_core::ids::Millis;
+use fleet_core::protocol::{ClaimReply, NodeState, Record};
+use fleet_core::schedule::{PeriodSpec, ScaleFactor, SchedulePeriod};
+use fleet_core::strategy::{ColdImage, StrategyConfig};
+
+/// An EC2 image boot (240 s in the billing model) and a little.
+const BOOT: Millis = 250_000;
+const MINUTE: Millis = 60_000;
+const HOUR: Millis = 60 * MINUTE;
+/// 2024-01-01T00:00Z, a Monday.
+const MONDAY: Millis = 1_704_067_200_000;
+
+fn granted_node(w: &World, id: &str) -> Option<NodeId> {
+    w.claim_messages(&cid(id)).iter().find_map(|m| match m {
+        ClaimReply::Granted(g) => Some(g.node.clone()),
+        _ => None,
+    })
+}
+
+/// Cold boots that stay up an hour idle: only recycling deletes a node.
+fn patient() -> StrategyConfig {
+    StrategyConfig::ColdImage(ColdImage {
+        idle_timeout_ms: HOUR,
+    })
+}
+
+fn stored_uses(w: &World, node: &NodeId) -> Option<u32> {
+    w.records().into_iter().find_map(|(_, _, r)| match r {
+        Record::Node(n) if &n.node == node => Some(n.uses),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_node_is_recycled_after_max_uses_claims() {
+    let mut spec = pool(patient(), 4);
+    spec.max_uses = Some(2);
+    let mut w = World::new(config(spec), T0, true);
+
+    w.claim_for(request("c1"), MINUTE);
+    w.run_for(BOOT).unwrap();
+    let first = granted_node(&w, "c1").expect("c1 granted");
+    w.run_for(2 * MINUTE).unwrap();
+    w.claim_for(request("c2"), MINUTE);
+    w.run_for(10_000).unwrap();
+    assert_eq!(
+        granted_node(&w, "c2"),
+        Some(first.clone()),
+        "the second use"
+    );
+    assert_eq!(stored_uses(&w, &first), Some(2), "written as it is counted");
+    // Held: the node is retiring but keeps its claim.
+    let n = w.controller().node(&first).unwrap();
+    assert_eq!(n.record.state, NodeState::Ready);
+    assert!(w.instances().contains_key(&first));
+
+    w.claim_for(request("c3"), MINUTE);
+    w.run_for(BOOT + 2 * MINUTE).unwrap();
+    let second = granted_node(&w, "c3").expect("c3 granted on a fresh node");
+    assert_ne!(second, first);
+    assert!(
+        !w.instances().contains_key(&first),
+        "the used-up node was deleted once idle, long before its idle timeout"
+    );
+    w.check_invariants().unwrap();
+}
+
+fn working_hours() -> SchedulePeriod {
+    SchedulePeriod::new(PeriodSpec {
+        periods: vec!["* 9-16 * * mon-fri".to_owned()],
+        timezone: "UTC".to_owned(),
+        min_idle: 2,
+        scale_factor: ScaleFactor::default(),
+        scale_factor_limit: None,
+        idle_time_ms: Some(5 * MINUTE),
+    })
+    .unwrap()
+}
+
+fn running(w: &World) -> usize {
+    w.instances().len()
+}
+
+#[test]
+fn a_schedule_period_keeps_spare_nodes_only_while_in_force() {
+    let mut spec = pool(StrategyConfig::default(), 4);
+    spec.schedule = vec![working_hours()];
+    let mut w = World::new(config(spec), MONDAY + 8 * HOUR, true);
+
+    w.run_until(MONDAY + 9 * HOUR - MINUTE).unwrap();
+    assert_eq!(running(&w), 0, "nothing before the period");
+    // The controller wakes at 09:00 by itself: no event is needed.
+    w.run_until(MONDAY + 9 * HOUR + BOOT).unwrap();
+    assert_eq!(running(&w), 2, "two spare nodes from 09:00");
+
+    // A claim in the period lands on a spare node at once, and a third
+    // node comes up to keep two spare.
+    w.claim_for(request("c1"), 30 * MINUTE);
+    w.run_for(1_000).unwrap();
+    assert!(granted_node(&w, "c1").is_some(), "no boot wait");
+    w.run_for(BOOT).unwrap();
+    assert_eq!(running(&w), 3);
+
+    // After 17:00 the spares go after the default 60 s idle timeout.
+    w.run_until(MONDAY + 17 * HOUR + 2 * MINUTE).unwrap();
+    assert_eq!(running(&w), 0, "no spare nodes after the period");
+    w.run_until(MONDAY + 24 * HOUR + 8 * HOUR).unwrap();
+    assert_eq!(running(&w), 0);
+    w.check_invariants().unwrap();
+}
