@@ -664,6 +664,19 @@ mod tests {
                 "[[pool]]\nname = \"a\"\ninstance_types = [\"t\"]\nmax_nodes = 0",
                 "pool[0].max_nodes",
             ),
+            ("[[pool]]\nmax_uses = 0", "pool[0].max_uses"),
+            (
+                "[[pool]]\n[[pool.schedule]]\nperiods = [\"* 25 * * *\"]",
+                "cron expression \"* 25 * * *\"",
+            ),
+            (
+                "[[pool]]\n[[pool.schedule]]\nperiods = [\"* * * * *\"]\ntimezone = \"Mars/Base\"",
+                "unknown time zone \"Mars/Base\"",
+            ),
+            (
+                "[[pool]]\n[[pool.schedule]]\nperiods = [\"* * * * *\"]\nidle_count = 2",
+                "idle_count",
+            ),
             ("[provider]\nkind = \"cloud9\"", "cloud9"),
             (
                 "[provider]\nkind = \"hetzner\"\nlocation = \"fsn1\"\nuser_data = \"u.sh\"",
@@ -707,6 +720,14 @@ mod tests {
             name = "linux"
             instance_types = ["local.node"]
             strategy = { kind = "stopped_pool", size = 2 }
+            max_uses = 20
+            [[pool.schedule]]
+            periods = ["* 7-19 * * mon-fri"]
+            timezone = "Europe/Berlin"
+            min_idle = 2
+            scale_factor = 0.5
+            scale_factor_limit = 6
+            idle_time_ms = 1200000
             [quota.team-a]
             max_claims = 3
             [agent_logs]
@@ -715,6 +736,15 @@ mod tests {
         "#;
         let cfg = DaemonConfig::parse(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.namespace, "fleet.acme");
+        let linux = &cfg.pools[0];
+        assert_eq!(linux.max_uses, Some(20));
+        let period = linux.schedule[0].spec();
+        assert_eq!(
+            (period.min_idle, period.scale_factor.get()),
+            (2, 0.5),
+            "{period:?}"
+        );
+        assert_eq!(period.timezone, "Europe/Berlin");
         let kept = cfg.agent_logs.kept_logs(&cfg.log_dir());
         assert_eq!(kept.dir, Path::new("/var/log/fleet/agents"));
         assert_eq!(kept.max_age, std::time::Duration::from_secs(86_400));
