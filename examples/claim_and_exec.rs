@@ -73,6 +73,7 @@ async fn use_a_node(data_dir: &Path) -> Result<(), Error> {
             // FleetClient puts a fresh age key here and opens the sealed
             // credentials in the grant (after checking the daemon's signature).
             recipient: None,
+            affinity: None,
         })
         .await?;
     println!(

@@ -75,6 +75,7 @@ async fn run() -> Result<(), Error> {
         lease_ttl_ms: 60_000,
         max_wait_ms: None,
         recipient: None, // no age key: this grant carries no credentials
+        affinity: None,
     };
     let grant = client.claim(request.clone()).await?;
     println!(

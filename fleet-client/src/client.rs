@@ -4,7 +4,7 @@
 //! # async fn demo() -> Result<(), fleet_client::ClientError> {
 //! use fleet_client::{ClientConfig, ExecRequest, FleetClient};
 //! use fleet_core::protocol::{ClaimRequest, Requirements};
-//! use fleet_core::{ClaimId, PoolName, Workspace};
+//! use fleet_core::{AffinityKey, ClaimId, PoolName, Workspace};
 //!
 //! // The daemon's address, the pool CA and the daemon's signing key come
 //! // from its `daemon.json` (or are configured out of band).
@@ -21,6 +21,10 @@
 //!         lease_ttl_ms: 300_000,
 //!         max_wait_ms: None,
 //!         recipient: None,
+//!         // Prefer a node whose caches are warm for this repository.
+//!         affinity: Some(
+//!             AffinityKey::new("github.com/acme/app").map_err(fleet_client::ClientError::invalid)?,
+//!         ),
 //!     })
 //!     .await?;
 //! claim.renew_in_background();

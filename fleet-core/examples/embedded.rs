@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 slots_per_node: 1,
                 max_uses: None,
                 schedule: Vec::new(),
+                affinity_wait_ms: 0,
             }],
             quotas: BTreeMap::new(),
             offerings: vec![offering.clone()],
@@ -65,6 +66,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     lease_ttl_ms: 1_800_000,
                     max_wait_ms: None,
                     recipient: None,
+                    affinity: None,
                 },
                 360_000,
             );

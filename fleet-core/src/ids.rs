@@ -257,6 +257,29 @@ string_id!(
     )
 );
 
+/// The longest affinity key accepted, in bytes.
+pub const MAX_AFFINITY_KEY_LEN: usize = 200;
+
+/// The JSON Schema `pattern` of an [`AffinityKey`].
+#[cfg(feature = "schema")]
+fn affinity_key_pattern() -> String {
+    format!("^[A-Za-z0-9._/:@-]{{1,{MAX_AFFINITY_KEY_LEN}}}$")
+}
+
+string_id!(
+    /// What a claim's work reuses from one build to the next — a
+    /// repository (`github.com/acme/app`), a workspace, a cache name — so
+    /// that arbitration can send it to a node that served the same key
+    /// and still has its caches warm.
+    AffinityKey, "affinity key", affinity_key_pattern, |s| validate_with(
+        "affinity key",
+        s,
+        MAX_AFFINITY_KEY_LEN,
+        |c| is_token_char(c) || matches!(c, '.' | '/' | ':' | '@'),
+        "ASCII letters, digits, '.', '/', ':', '@', '-' and '_'"
+    ), MAX_AFFINITY_KEY_LEN
+);
+
 /// The longest fleet id accepted, in bytes: it is part of every node id,
 /// which must stay within [`MAX_ID_LEN`].
 pub const MAX_FLEET_ID_LEN: usize = 16;

@@ -33,8 +33,8 @@ pub mod time;
 pub mod transport;
 
 pub use ids::{
-    ClaimId, CommandId, Epoch, FleetId, InstanceType, JobId, Millis, NodeId, OpId, PoolName,
-    Workspace,
+    AffinityKey, ClaimId, CommandId, Epoch, FleetId, InstanceType, JobId, Millis, NodeId, OpId,
+    PoolName, Workspace,
 };
 pub use money::Money;
 pub use provider::Provider;

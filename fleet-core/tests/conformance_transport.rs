@@ -51,6 +51,7 @@ fn request(id: &str) -> ClaimRequest {
         lease_ttl_ms: 300_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 

@@ -118,3 +118,95 @@ fn a_schedule_period_keeps_spare_nodes_only_while_in_force() {
     assert_eq!(running(&w), 0);
     w.check_invariants().unwrap();
 }
+
+// ---- cache affinity ----
+
+fn repo(claim: &str, key: &str) -> fleet_core::protocol::ClaimRequest {
+    let mut r = request(claim);
+    r.affinity = Some(fleet_core::AffinityKey::new(key).unwrap());
+    r
+}
+
+/// Two warm nodes that stay up: `min_nodes = 2`, an hour of idle time.
+fn two_warm_nodes(affinity_wait_ms: Millis) -> World {
+    let mut spec = pool(patient(), 4);
+    spec.min_nodes = 2;
+    spec.affinity_wait_ms = affinity_wait_ms;
+    let mut w = World::new(config(spec), T0, true);
+    w.run_for(BOOT).unwrap();
+    assert_eq!(running(&w), 2);
+    w
+}
+
+#[test]
+fn a_claim_goes_to_the_node_that_last_served_its_key() {
+    let mut w = two_warm_nodes(0);
+    // Both nodes are equal: without affinity, best fit takes the lowest id.
+    w.claim_for(repo("a1", "github.com/acme/a"), MINUTE);
+    w.run_for(1_000).unwrap();
+    w.claim_for(repo("b1", "github.com/acme/b"), MINUTE);
+    w.run_for(2 * MINUTE).unwrap();
+    let (na, nb) = (
+        granted_node(&w, "a1").unwrap(),
+        granted_node(&w, "b1").unwrap(),
+    );
+    assert_ne!(na, nb);
+    // Both idle again; b's next build goes to b's node, a's to a's.
+    w.claim_for(repo("b2", "github.com/acme/b"), MINUTE);
+    w.run_for(1_000).unwrap();
+    w.claim_for(repo("a2", "github.com/acme/a"), MINUTE);
+    w.run_for(1_000).unwrap();
+    assert_eq!(granted_node(&w, "b2"), Some(nb));
+    assert_eq!(granted_node(&w, "a2"), Some(na));
+    let stats = w.controller().affinity_stats();
+    assert_eq!((stats.hits, stats.misses), (2, 2), "{stats:?}");
+    w.check_invariants().unwrap();
+}
+
+#[test]
+fn a_claim_waits_a_bounded_time_for_its_busy_node() {
+    let wait = 2 * MINUTE;
+    let mut w = two_warm_nodes(wait);
+    w.claim_for(repo("a1", "github.com/acme/a"), MINUTE);
+    w.run_for(2 * MINUTE).unwrap();
+    let na = granted_node(&w, "a1").unwrap();
+
+    // a's node is busy for a minute: a2 waits for it although the other
+    // node is free, and gets it when a3 is done.
+    w.claim_for(repo("a3", "github.com/acme/a"), MINUTE);
+    w.run_for(1_000).unwrap();
+    assert_eq!(granted_node(&w, "a3"), Some(na.clone()));
+    w.claim_for(repo("a2", "github.com/acme/a"), 10 * MINUTE);
+    w.run_for(1_000).unwrap();
+    assert!(granted_node(&w, "a2").is_none(), "waits for its node");
+    let reason = w
+        .controller()
+        .claim(&cid("a2"))
+        .unwrap()
+        .pending_reason
+        .clone();
+    assert!(
+        matches!(
+            reason,
+            Some(fleet_core::protocol::PendingReason::WaitingForAffinity { .. })
+        ),
+        "{reason:?}"
+    );
+    w.run_for(MINUTE).unwrap();
+    assert_eq!(
+        granted_node(&w, "a2"),
+        Some(na.clone()),
+        "its node, once free"
+    );
+
+    // Now a's node is busy for 10 minutes: a4 waits the pool's two minutes
+    // for it, no longer, and takes the other node.
+    w.claim_for(repo("a4", "github.com/acme/a"), MINUTE);
+    w.run_for(wait - 5_000).unwrap();
+    assert!(granted_node(&w, "a4").is_none());
+    w.run_for(10_000).unwrap();
+    let n4 = granted_node(&w, "a4").expect("granted after the wait");
+    assert_ne!(n4, na);
+    assert_eq!(running(&w), 2, "no node was bought while it waited");
+    w.check_invariants().unwrap();
+}

@@ -72,6 +72,7 @@ impl Fixture {
                 slots_per_node: 1,
                 max_uses: None,
                 schedule: Vec::new(),
+                affinity_wait_ms: 0,
             },
             nodes: Vec::new(),
             pending: Vec::new(),

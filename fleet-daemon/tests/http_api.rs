@@ -174,5 +174,6 @@ fn pool() -> fleet_core::strategy::PoolSpec {
         slots_per_node: 1,
         max_uses: None,
         schedule: Vec::new(),
+        affinity_wait_ms: 0,
     }
 }

@@ -33,6 +33,7 @@ fn request(id: usize) -> ClaimRequest {
         lease_ttl_ms: 600_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 
@@ -99,6 +100,7 @@ async fn warm_fleet(extra: Option<Arc<dyn Transport>>) -> (Arc<Fleet>, MemoryPro
                 slots_per_node: 1_000,
                 max_uses: None,
                 schedule: Vec::new(),
+                affinity_wait_ms: 0,
             })
             .start()
             .await

@@ -271,6 +271,7 @@ pub fn run_one(
             lease_ttl_ms: job.duration_ms + HOUR,
             max_wait_ms: None,
             recipient: None,
+            affinity: None,
         };
         world.claim_for(req, job.duration_ms);
         Ok(())

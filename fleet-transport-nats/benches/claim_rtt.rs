@@ -63,6 +63,7 @@ fn request(i: usize) -> ClaimRequest {
         lease_ttl_ms: 600_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn request(ws: &str, id: &str) -> ClaimRequest {
         lease_ttl_ms: 60_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 

@@ -30,6 +30,7 @@ fn request(id: &str) -> ClaimRequest {
         lease_ttl_ms: 600_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 

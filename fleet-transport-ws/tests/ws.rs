@@ -360,6 +360,7 @@ fn request(id: &str) -> ClaimRequest {
         lease_ttl_ms: 60_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 

@@ -318,6 +318,7 @@ async fn claim(ctx: &Context, a: ClaimArgs) -> Result<i32, CtlError> {
         lease_ttl_ms: a.lease_ms.unwrap_or(DEFAULT_LEASE_TTL_MS),
         max_wait_ms: a.wait_ms,
         recipient: Some(recipient.clone()),
+        affinity: None,
     };
     let client = ctx.claim_client().await?;
     if !ctx.global.json {

@@ -61,6 +61,7 @@ fn answers() -> Answers {
         lease_ttl_ms: 300_000,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     };
     let claim = |claim: &str, state: ClaimState, ended_at: Option<u64>| ClaimRecord {
         request: request(claim),

@@ -1,7 +1,7 @@
 //! The claim state machine: request, grant, renew, release, expiry,
 //! revocation, and arbitration rounds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::persist::{Effect, TimerKey};
 use super::{Alert, Claim, Command, Controller};
@@ -38,6 +38,7 @@ impl Controller {
                 rec,
                 durable: true,
                 reserved: None,
+                affinity_until: None,
                 renewing: Vec::new(),
             },
         );
@@ -189,6 +190,7 @@ impl Controller {
                 rec,
                 durable: false,
                 reserved: None,
+                affinity_until: None,
                 renewing: Vec::new(),
             },
         );
@@ -735,11 +737,15 @@ impl Controller {
     }
 
     /// One arbitration round over durable pending claims and free slots.
+    /// Claims with an affinity key are first offered the free nodes that
+    /// last served their key (`affinity.rs`); the rest go through one
+    /// [`arbitrate`] round.
     pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) {
         if self.pending.is_empty() {
             return;
         }
-        let capacity = self.capacity();
+        let mut capacity = self.capacity();
+        self.hold_for_affinity(&capacity, now);
         if capacity.iter().all(|n| n.free_slots == 0) {
             // Nothing can be granted (most events while nodes boot): only
             // refresh why each claim waits, without an arbitration round.
@@ -760,6 +766,7 @@ impl Controller {
             .iter()
             .filter_map(|id| self.claims.get(id))
             .filter(|c| c.durable && c.reserved.is_none() && c.rec.state == ClaimState::Pending)
+            .filter(|c| c.affinity_until.is_none())
             .map(|c| PendingClaim {
                 id: c.rec.request.claim_id.clone(),
                 workspace: c.rec.request.workspace.clone(),
@@ -772,9 +779,19 @@ impl Controller {
         if pending.is_empty() {
             return;
         }
-        let usage = self.usage(&capacity);
+        let mut usage = self.usage(&capacity);
+        let affine = self.affine_grants(&pending, &mut capacity, &mut usage);
+        let rest: Vec<PendingClaim> = if affine.is_empty() {
+            pending
+        } else {
+            let granted: BTreeSet<&ClaimId> = affine.iter().map(|a| &a.claim).collect();
+            pending
+                .into_iter()
+                .filter(|c| !granted.contains(&c.id))
+                .collect()
+        };
         let outcome = arbitrate(ArbitrationInput {
-            claims: &pending,
+            claims: &rest,
             nodes: &capacity,
             quotas: &self.quotas,
             usage: &usage,
@@ -785,40 +802,55 @@ impl Controller {
                 c.rec.pending_reason = Some(reason);
             }
         }
-        for a in outcome.grants {
-            let Some(c) = self.claims.get_mut(&a.claim) else {
-                continue;
-            };
-            c.reserved = Some(a.node.clone());
-            // The lease starts now: the credentials minted for it and the
-            // grant must name the same expiry (the seal signs it).
-            let expires_at = now.saturating_add(c.rec.request.lease_ttl_ms);
-            c.rec.expires_at = Some(expires_at);
-            let recipient = c.rec.request.recipient.clone();
-            let workspace = c.rec.request.workspace.clone();
-            if let Some(n) = self.nodes.get_mut(&a.node) {
-                n.claims.insert(a.claim.clone());
-                n.idle_since = None;
-            }
-            self.count_use(&a.node, now, out);
-            let endpoint = self
-                .nodes
-                .get(&a.node)
-                .and_then(|n| n.rec.endpoint.clone())
-                .unwrap_or_default();
-            match recipient {
-                Some(recipient) => out.push(Command::IssueCredentials {
-                    claim: a.claim.clone(),
-                    workspace,
-                    node: a.node.clone(),
-                    endpoint,
-                    recipient,
-                    expires_at,
-                }),
-                None => self.commit_grant(&a.claim, &a.node, None, now, out),
-            }
-            self.touch_claim(&a.claim);
+        for a in affine.into_iter().chain(outcome.grants) {
+            self.grant(&a.claim, &a.node, now, out);
         }
+    }
+
+    /// Gives `node` to the pending claim `claim`: reserves it, and either
+    /// asks for credentials or commits the grant.
+    fn grant(&mut self, claim: &ClaimId, node: &NodeId, now: Millis, out: &mut Vec<Command>) {
+        let Some(c) = self.claims.get_mut(claim) else {
+            return;
+        };
+        c.reserved = Some(node.clone());
+        // The lease starts now: the credentials minted for it and the
+        // grant must name the same expiry (the seal signs it).
+        let expires_at = now.saturating_add(c.rec.request.lease_ttl_ms);
+        c.rec.expires_at = Some(expires_at);
+        let recipient = c.rec.request.recipient.clone();
+        let workspace = c.rec.request.workspace.clone();
+        let affinity = c.rec.request.affinity.clone();
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.claims.insert(claim.clone());
+            n.idle_since = None;
+            if let Some(key) = affinity {
+                if n.last_affinity.as_ref() == Some(&key) {
+                    self.affinity.hits += 1;
+                } else {
+                    self.affinity.misses += 1;
+                }
+                n.last_affinity = Some(key);
+            }
+        }
+        self.count_use(node, now, out);
+        let endpoint = self
+            .nodes
+            .get(node)
+            .and_then(|n| n.rec.endpoint.clone())
+            .unwrap_or_default();
+        match recipient {
+            Some(recipient) => out.push(Command::IssueCredentials {
+                claim: claim.clone(),
+                workspace,
+                node: node.clone(),
+                endpoint,
+                recipient,
+                expires_at,
+            }),
+            None => self.commit_grant(claim, node, None, now, out),
+        }
+        self.touch_claim(claim);
     }
 
     /// Counts a claim or job given to `node`. Where the pool recycles

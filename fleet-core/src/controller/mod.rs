@@ -16,6 +16,7 @@
 //! leader wrote: the controller stops issuing commands and raises
 //! [`Alert::Fenced`]; its driver must step down.
 
+mod affinity;
 mod capacity;
 mod claims;
 mod cost;
@@ -35,8 +36,8 @@ pub use crate::protocol::{CostReport, NodeStatus, PoolCost};
 use crate::arbitrate::Quota;
 use crate::billing::BillingModel;
 use crate::ids::{
-    ClaimId, CommandId, Epoch, FleetId, InstanceType, JobId, Millis, NodeId, OpId, PoolName,
-    Workspace,
+    AffinityKey, ClaimId, CommandId, Epoch, FleetId, InstanceType, JobId, Millis, NodeId, OpId,
+    PoolName, Workspace,
 };
 use crate::protocol::{
     AgentMsg, CapacityShortage, ClaimMsg, DEFAULT_HEARTBEAT_INTERVAL_MS,
@@ -404,6 +405,9 @@ struct Claim {
     durable: bool,
     /// A node reserved while credentials are minted (not yet persisted).
     reserved: Option<NodeId>,
+    /// Waiting for a busy node that served its affinity key until then:
+    /// not offered other nodes, and no node is bought for it meanwhile.
+    affinity_until: Option<Millis>,
     /// Renewals waiting for credentials that cover their lease: the reply
     /// and the expiry it asked for.
     renewing: Vec<(ReplyTo, Millis)>,
@@ -439,6 +443,9 @@ struct Node {
     /// The type the strategy asked for, when a capacity shortage made the
     /// node another (not persisted: it only steers the next fallback).
     wanted: Option<InstanceType>,
+    /// The affinity key of the last claim it was given (not persisted: a
+    /// new leader starts with cold hints, which costs hits, not safety).
+    last_affinity: Option<AffinityKey>,
     /// The record is in the store.
     durable: bool,
 }
@@ -456,6 +463,8 @@ struct Pool {
     shortages: capacity::Shortages,
     /// The schedule's policy in force, and until when (none: no schedule).
     capacity: (Capacity, Option<Millis>),
+    /// The first end of a claim's wait for an affine node.
+    affinity_wake: Option<Millis>,
 }
 
 impl Pool {
@@ -521,6 +530,16 @@ pub struct Controller {
     /// Something changed that arbitration or a strategy should look at.
     dirty: bool,
     ledger: cost::Ledger,
+    affinity: AffinityStats,
+}
+
+/// Grants of claims that carried an affinity key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AffinityStats {
+    /// Granted on a node whose last claim had the same key.
+    pub hits: u64,
+    /// Granted on another node.
+    pub misses: u64,
 }
 
 impl Controller {
@@ -567,6 +586,7 @@ impl Controller {
             startup: Vec::new(),
             dirty: true,
             ledger: cost::Ledger::default(),
+            affinity: AffinityStats::default(),
         };
         for spec in config.pools {
             let offerings = spec
@@ -585,6 +605,7 @@ impl Controller {
                 next_seq: 1,
                 shortages: BTreeMap::new(),
                 capacity: (Capacity::default(), None),
+                affinity_wake: None,
             };
             c.pools.insert(pool.spec.name.clone(), pool);
         }
@@ -605,6 +626,11 @@ impl Controller {
         c.relink_claims(now);
         c.relink_jobs();
         c
+    }
+
+    /// Grants of claims with an affinity key so far, by this controller.
+    pub fn affinity_stats(&self) -> AffinityStats {
+        self.affinity
     }
 
     /// The leader epoch.
@@ -836,6 +862,7 @@ impl Node {
             retry: None,
             prev_type: None,
             wanted: None,
+            last_affinity: None,
             durable,
         }
     }

@@ -68,6 +68,8 @@ impl Controller {
                         && c.durable
                         && c.reserved.is_none()
                         && c.rec.state == ClaimState::Pending
+                        // Waiting for an affine node: no node is bought for it yet.
+                        && c.affinity_until.is_none_or(|t| t <= now)
                 })
                 .map(|c| Demand {
                     claim: c.rec.request.claim_id.clone(),
@@ -110,6 +112,7 @@ impl Controller {
                 p.wake_at = [
                     plan.wake_at,
                     p.capacity.1,
+                    p.affinity_wake.filter(|t| *t > now),
                     (p.create_backoff_until > now).then_some(p.create_backoff_until),
                     super::capacity::next_end(&p.shortages, now),
                 ]

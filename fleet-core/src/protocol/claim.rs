@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClaimId, Epoch, Millis, NodeId, PoolName, Workspace};
+use crate::ids::{AffinityKey, ClaimId, Epoch, Millis, NodeId, PoolName, Workspace};
 
 /// Default lease length (seed 003: 300 s).
 pub const DEFAULT_LEASE_TTL_MS: Millis = 300_000;
@@ -97,10 +97,42 @@ pub struct ClaimRequest {
     /// `invalid` with the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,
+    /// What the work reuses between builds (a repository, a cache): a node
+    /// that last served the same key is preferred, and the claim may wait
+    /// the pool's `affinity_wait_ms` for one that is busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityKey>,
 }
 
 fn default_lease() -> Millis {
     DEFAULT_LEASE_TTL_MS
+}
+
+impl ClaimRequest {
+    /// A request for any node of `pool`, with every optional field at its
+    /// default (no requirements, priority 0, the default lease, no wait
+    /// limit, no recipient, no affinity). Fields added later get defaults
+    /// too, so code built on this keeps compiling.
+    pub fn new(claim_id: ClaimId, workspace: Workspace, pool: PoolName) -> ClaimRequest {
+        ClaimRequest {
+            claim_id,
+            workspace,
+            pool,
+            requirements: Requirements::default(),
+            priority: 0,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            max_wait_ms: None,
+            recipient: None,
+            affinity: None,
+        }
+    }
+
+    /// The same request, sent to a node that last served `key` when one is
+    /// free (see [`ClaimRequest::affinity`]).
+    pub fn with_affinity(mut self, key: AffinityKey) -> ClaimRequest {
+        self.affinity = Some(key);
+        self
+    }
 }
 
 /// The lease a grant or renewal gives.
@@ -260,6 +292,13 @@ pub enum PendingReason {
     PoolAtCapacity {
         /// The pool's node limit.
         max_nodes: u32,
+    },
+    /// A node that last served the claim's affinity key is busy; the claim
+    /// waits for it until `until` (the pool's `affinity_wait_ms` after it
+    /// arrived), then takes any node.
+    WaitingForAffinity {
+        /// When it stops waiting for that node (ms since the Unix epoch).
+        until: Millis,
     },
 }
 

@@ -112,6 +112,10 @@ pub struct PoolInfo {
     /// limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u32>,
+    /// How long a claim may wait for a busy node that served its affinity
+    /// key.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub affinity_wait_ms: Millis,
     /// Scheduled capacity, as configured (see the daemon's `[[pool.schedule]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedule: Vec<PeriodSpec>,
@@ -289,6 +293,10 @@ impl ApiErrorBody {
     pub fn new(why: impl Into<String>) -> ApiErrorBody {
         ApiErrorBody { error: why.into() }
     }
+}
+
+fn is_zero(ms: &Millis) -> bool {
+    *ms == 0
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
-use crate::ids::{InstanceType, PoolName};
+use crate::ids::{InstanceType, Millis, PoolName};
 use crate::protocol::{PoolInfo, StrategyParams};
 use crate::provider::Offering;
 use crate::schedule::SchedulePeriod;
@@ -51,6 +51,11 @@ pub struct PoolSpec {
     /// its place (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u32>,
+    /// How long a claim with an affinity key may wait for a busy node that
+    /// last served its key before it takes any node (default 0: it only
+    /// prefers such a node among the free ones).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub affinity_wait_ms: Millis,
     /// Scheduled capacity: idle nodes kept ready and the idle timeout by
     /// time of day (see [`crate::schedule`]). The last matching period
     /// wins; outside all of them no spare nodes are kept and the
@@ -71,6 +76,7 @@ impl Default for PoolSpec {
             max_nodes: PoolSpec::default_max_nodes(),
             slots_per_node: PoolSpec::default_slots(),
             max_uses: None,
+            affinity_wait_ms: 0,
             schedule: Vec::new(),
         }
     }
@@ -90,6 +96,7 @@ impl From<&PoolSpec> for PoolInfo {
             max_nodes: p.max_nodes,
             slots_per_node: p.slots_per_node,
             max_uses: p.max_uses,
+            affinity_wait_ms: p.affinity_wait_ms,
             schedule: p.schedule.iter().map(|s| s.spec().clone()).collect(),
             // Live state, not configuration: the status API fills it in.
             shortages: Vec::new(),
@@ -111,6 +118,10 @@ impl From<&StrategyConfig> for StrategyParams {
             params,
         }
     }
+}
+
+fn is_zero(ms: &Millis) -> bool {
+    *ms == 0
 }
 
 impl PoolSpec {

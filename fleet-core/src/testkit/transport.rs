@@ -150,6 +150,7 @@ fn request(run: &Run, ws: &Workspace, id: &ClaimId) -> ClaimRequest {
         lease_ttl_ms: 123_456,
         max_wait_ms: Some(9_999),
         recipient: Some("age1conformancerecipient0000000000000000000000000000000000".to_owned()),
+        affinity: None,
     }
 }
 

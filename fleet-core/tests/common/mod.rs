@@ -56,6 +56,7 @@ pub(crate) fn pool(strategy: StrategyConfig, max_nodes: u32) -> PoolSpec {
         slots_per_node: 1,
         max_uses: None,
         schedule: Vec::new(),
+        affinity_wait_ms: 0,
     }
 }
 
@@ -95,6 +96,7 @@ pub(crate) fn request(id: &str) -> ClaimRequest {
         lease_ttl_ms: 600_000,
         max_wait_ms: None,
         recipient: Some(RECIPIENT.to_owned()),
+        affinity: None,
     }
 }
 

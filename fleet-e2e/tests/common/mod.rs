@@ -445,6 +445,7 @@ pub(crate) fn request(id: &str, recipient: Option<String>) -> ClaimRequest {
         lease_ttl_ms: 120_000,
         max_wait_ms: None,
         recipient,
+        affinity: None,
     }
 }
 

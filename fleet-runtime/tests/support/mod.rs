@@ -24,6 +24,7 @@ pub(crate) fn request_for(id: &str, lease_ttl_ms: u64) -> fleet_core::protocol::
         lease_ttl_ms,
         max_wait_ms: None,
         recipient: None,
+        affinity: None,
     }
 }
 
@@ -39,6 +40,7 @@ pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
         slots_per_node: slots,
         max_uses: None,
         schedule: Vec::new(),
+        affinity_wait_ms: 0,
     }
 }
 

@@ -62,6 +62,7 @@ pub(crate) fn config() -> ControllerConfig {
             slots_per_node: 1_000,
             max_uses: None,
             schedule: Vec::new(),
+            affinity_wait_ms: 0,
         }],
         quotas: BTreeMap::new(),
         offerings: vec![offering],
