@@ -41,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_uses: None,
                 schedule: Vec::new(),
                 affinity_wait_ms: 0,
+                revision: String::new(),
+                drift_replacements: 1,
             }],
             quotas: BTreeMap::new(),
             offerings: vec![offering.clone()],

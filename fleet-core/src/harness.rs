@@ -416,6 +416,13 @@ impl World {
         self.push(self.now, Pending::Deliver(Event::Inventory { instances }));
     }
 
+    /// The operator changes the configuration (`change`) and restarts the
+    /// daemon: [`World::crash_and_restart`] under the new configuration.
+    pub fn restart_with(&mut self, change: impl FnOnce(&mut ControllerConfig)) {
+        change(&mut self.config);
+        self.crash_and_restart();
+    }
+
     /// The daemon crashes and restarts: every event in flight to it is
     /// lost (store writes already applied stay applied), a new controller
     /// is restored from the store with the next epoch, and it is told the

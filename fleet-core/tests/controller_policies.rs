@@ -210,3 +210,57 @@ fn a_claim_waits_a_bounded_time_for_its_busy_node() {
     assert_eq!(running(&w), 2, "no node was bought while it waited");
     w.check_invariants().unwrap();
 }
+
+// ---- drift ----
+
+fn images(w: &World) -> Vec<String> {
+    let mut v: Vec<String> = w
+        .records()
+        .into_iter()
+        .filter_map(|(_, _, r)| match r {
+            Record::Node(n) => match n.source {
+                fleet_core::provider::BootSource::Image { image } => Some(image),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_new_image_replaces_idle_nodes_one_at_a_time_and_busy_ones_after_their_claims() {
+    let mut w = two_warm_nodes(0);
+    let mut held = request("c1");
+    held.lease_ttl_ms = HOUR;
+    w.claim_for(held, 30 * MINUTE);
+    w.run_for(1_000).unwrap();
+    let busy = granted_node(&w, "c1").unwrap();
+    assert_eq!(images(&w), ["ami-base", "ami-base"]);
+
+    w.restart_with(|c| c.pools[0].image = "ami-v2".to_owned());
+    // At most one drifted node is replaced at a time (the default), and
+    // never the busy one while it holds its claim.
+    let mut most_deleting = 0;
+    for _ in 0..(2 * BOOT / 10_000) {
+        w.run_for(10_000).unwrap();
+        let deleting = w
+            .records()
+            .into_iter()
+            .filter(|(_, _, r)| matches!(r, Record::Node(n) if n.state == NodeState::Deleting))
+            .count();
+        most_deleting = most_deleting.max(deleting);
+        assert!(w.instances().contains_key(&busy), "the busy node stays");
+    }
+    assert!(most_deleting <= 1, "{most_deleting} replaced at once");
+    assert_eq!(images(&w), ["ami-base", "ami-v2"], "the idle node was replaced");
+
+    // The claim ends: its node goes too, and the pool is all new.
+    w.run_until(T0 + 40 * MINUTE + 2 * BOOT).unwrap();
+    assert!(!w.instances().contains_key(&busy));
+    assert_eq!(images(&w), ["ami-v2", "ami-v2"]);
+    let ended = w.controller().claim(&cid("c1")).unwrap().state.clone();
+    assert_eq!(ended.name(), "released", "the claim ran to its end: {ended:?}");
+    w.check_invariants().unwrap();
+}

@@ -73,6 +73,8 @@ impl Fixture {
                 max_uses: None,
                 schedule: Vec::new(),
                 affinity_wait_ms: 0,
+                revision: String::new(),
+                drift_replacements: 1,
             },
             nodes: Vec::new(),
             pending: Vec::new(),

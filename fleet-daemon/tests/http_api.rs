@@ -175,5 +175,7 @@ fn pool() -> fleet_core::strategy::PoolSpec {
         max_uses: None,
         schedule: Vec::new(),
         affinity_wait_ms: 0,
+        revision: String::new(),
+        drift_replacements: 1,
     }
 }

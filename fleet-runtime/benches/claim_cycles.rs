@@ -101,6 +101,8 @@ async fn warm_fleet(extra: Option<Arc<dyn Transport>>) -> (Arc<Fleet>, MemoryPro
                 max_uses: None,
                 schedule: Vec::new(),
                 affinity_wait_ms: 0,
+                revision: String::new(),
+                drift_replacements: 1,
             })
             .start()
             .await

@@ -127,6 +127,7 @@ fn answers() -> Answers {
                 state_since: 0,
                 epoch: Epoch(1),
                 uses: 1,
+                revision: String::new(),
             },
             state: NodeState::Busy,
             claims: vec![id(ClaimId::new("c1"))],

@@ -873,6 +873,8 @@ impl Controller {
     /// Free slots of ready, connected nodes, for an arbitration round.
     pub(super) fn capacity(&self) -> Vec<NodeCapacity> {
         let mut capacity = Vec::new();
+        let retiring: BTreeSet<NodeId> =
+            self.pools.values().flat_map(|p| self.retiring(p)).collect();
         for n in self.nodes.values() {
             if n.rec.state != NodeState::Ready || !n.connected {
                 continue;
@@ -887,8 +889,8 @@ impl Controller {
             else {
                 continue;
             };
-            if pool.spec.max_uses.is_some_and(|m| n.rec.uses >= m) {
-                // Served its share: it is recycled once idle.
+            if retiring.contains(&n.rec.node) {
+                // Served its share, or drifted: it is replaced once idle.
                 continue;
             }
             let slots = pool.spec.slots_per_node;

@@ -20,6 +20,7 @@ mod affinity;
 mod capacity;
 mod claims;
 mod cost;
+mod drift;
 mod inventory;
 mod jobs;
 mod nodes;

@@ -37,12 +37,13 @@ impl Controller {
     pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
         let names: Vec<PoolName> = self.pools.keys().cloned().collect();
         for name in names {
-            let Some(pool) = self.pools.get_mut(&name) else {
+            let Some(capacity) = self.pools.get_mut(&name).map(|p| p.capacity_at(now)) else {
                 continue;
             };
-            let capacity = pool.capacity_at(now);
-            let pool = &*pool;
-            let max_uses = pool.spec.max_uses;
+            let Some(pool) = self.pools.get(&name) else {
+                continue;
+            };
+            let retiring = self.retiring(pool);
             let views: Vec<NodeView> = self
                 .nodes
                 .values()
@@ -56,7 +57,7 @@ impl Controller {
                     claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
                     slots: pool.spec.slots_per_node,
                     idle_since: n.idle_since,
-                    retiring: max_uses.is_some_and(|m| n.rec.uses >= m),
+                    retiring: retiring.contains(&n.rec.node),
                 })
                 .collect();
             let demand: Vec<Demand> = self
@@ -211,6 +212,7 @@ impl Controller {
                     state_since: now,
                     epoch: self.epoch,
                     uses: 0,
+                    revision: pool.spec.revision.clone(),
                 };
                 let call = ProviderCall::Create(self.spec_of(&rec));
                 let mut node = Node::new(rec, now, false);

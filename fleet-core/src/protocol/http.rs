@@ -112,6 +112,12 @@ pub struct PoolInfo {
     /// limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u32>,
+    /// The revision of the nodes' launch configuration.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Drifted nodes replaced at once, at most.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub drift_replacements: u32,
     /// How long a claim may wait for a busy node that served its affinity
     /// key.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -297,6 +303,14 @@ impl ApiErrorBody {
 
 fn is_zero(ms: &Millis) -> bool {
     *ms == 0
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 #[cfg(test)]

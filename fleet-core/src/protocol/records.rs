@@ -267,6 +267,9 @@ pub struct NodeRecord {
     /// for pools with `max_uses`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub uses: u32,
+    /// Its pool's `revision` when it was created.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -51,6 +51,22 @@ pub struct PoolSpec {
     /// its place (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_uses: Option<u32>,
+    /// The revision of what nodes are launched with beyond `image` and
+    /// `instance_types` — the agent's configuration, the provider's user
+    /// data — as the operator names it (any text; default empty). Nodes
+    /// created under another revision have drifted and are replaced.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// Drifted nodes (another image, a type the pool no longer runs, an
+    /// older snapshot, another `revision`) replaced at once, at most
+    /// (default 1; 0: drifted nodes are kept). An idle one takes no new
+    /// claim once chosen and is deleted, a busy one once its claim ends;
+    /// the strategy replaces it like any missing node.
+    #[serde(
+        default = "PoolSpec::default_drift",
+        skip_serializing_if = "PoolSpec::is_default_drift"
+    )]
+    pub drift_replacements: u32,
     /// How long a claim with an affinity key may wait for a busy node that
     /// last served its key before it takes any node (default 0: it only
     /// prefers such a node among the free ones).
@@ -76,6 +92,8 @@ impl Default for PoolSpec {
             max_nodes: PoolSpec::default_max_nodes(),
             slots_per_node: PoolSpec::default_slots(),
             max_uses: None,
+            revision: String::new(),
+            drift_replacements: PoolSpec::default_drift(),
             affinity_wait_ms: 0,
             schedule: Vec::new(),
         }
@@ -96,6 +114,8 @@ impl From<&PoolSpec> for PoolInfo {
             max_nodes: p.max_nodes,
             slots_per_node: p.slots_per_node,
             max_uses: p.max_uses,
+            revision: p.revision.clone(),
+            drift_replacements: p.drift_replacements,
             affinity_wait_ms: p.affinity_wait_ms,
             schedule: p.schedule.iter().map(|s| s.spec().clone()).collect(),
             // Live state, not configuration: the status API fills it in.
@@ -146,6 +166,14 @@ impl PoolSpec {
 
     fn default_slots() -> u32 {
         1
+    }
+
+    fn default_drift() -> u32 {
+        1
+    }
+
+    fn is_default_drift(n: &u32) -> bool {
+        *n == Self::default_drift()
     }
 
     /// Checks the numbers; the error's key is the field's name (callers

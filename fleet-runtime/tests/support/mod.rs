@@ -41,6 +41,8 @@ pub(crate) fn pool(slots: u32, max_nodes: u32) -> PoolSpec {
         max_uses: None,
         schedule: Vec::new(),
         affinity_wait_ms: 0,
+        revision: String::new(),
+        drift_replacements: 1,
     }
 }
 

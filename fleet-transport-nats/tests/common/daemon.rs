@@ -63,6 +63,8 @@ pub(crate) fn config() -> ControllerConfig {
             max_uses: None,
             schedule: Vec::new(),
             affinity_wait_ms: 0,
+            revision: String::new(),
+            drift_replacements: 1,
         }],
         quotas: BTreeMap::new(),
         offerings: vec![offering],
