@@ -8,8 +8,9 @@
 //! its `sla.percentile` wait is at most `max_wait_ms`. Among candidates
 //! that meet it the cheapest total cost wins; if none does, the lowest SLA
 //! percentile wait (flagged as missing the SLA). Ties go to the lower cost
-//! or wait, then to the pool's JSON text, so the choice never depends on
-//! the order runs finish in.
+//! or wait, then to the setting that changes fewest fields of the input's,
+//! then to the pool's JSON text, so the choice never depends on the order
+//! runs finish in.
 //!
 //! **Search, per strategy.** One *capacity* axis, along which waits are
 //! assumed only to shrink as it grows: the warm floor `min_nodes`
@@ -146,14 +147,8 @@ pub fn tune(
     let gate = Gate::new(threads.max(1));
     let entries: Vec<usize> = (0..s.input.strategies.len()).collect();
     let found = each(&entries, |&i| {
-        let search = Search {
-            scenario: s,
-            arrivals: &arrivals,
-            gate: &gate,
-            progress: progress.and_then(|p| p.get(i)),
-            cache: Mutex::new(BTreeMap::new()),
-        };
-        search.run(&s.input.strategies[i])
+        let progress = progress.and_then(|p| p.get(i));
+        Search::new(s, &arrivals, &gate, progress, &s.input.strategies[i]).run()
     })?;
     let runs: Vec<RunOutcome> = found.iter().map(|f| f.best.outcome.clone()).collect();
     let mut result = report::build(s, &runs);
@@ -284,6 +279,10 @@ struct Eval {
     spec: PoolSpec,
     /// The pool's JSON: the memo key and the last tie-breaker.
     key: String,
+    /// Fields that differ from the input's setting: among equals, the
+    /// setting closest to what the operator wrote wins (a timeout that
+    /// changes nothing is not reported as tuned).
+    changes: usize,
     outcome: RunOutcome,
     outcome_summary: Outcome,
 }
@@ -292,8 +291,26 @@ impl Eval {
     fn order(&self, other: &Eval) -> Ordering {
         self.outcome_summary
             .order(&other.outcome_summary)
+            .then(self.changes.cmp(&other.changes))
             .then_with(|| self.key.cmp(&other.key))
     }
+}
+
+/// How many fields of two pools' JSON differ, the strategy's parameters
+/// counted one by one.
+fn changes(a: &serde_json::Value, b: &serde_json::Value) -> usize {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return usize::from(a != b);
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .map(|k| match (a.get(k), b.get(k)) {
+            (Some(x), Some(y)) if k == "strategy" => changes(x, y),
+            (x, y) => usize::from(x != y),
+        })
+        .sum()
 }
 
 type Memo = BTreeMap<String, Arc<OnceLock<Result<Arc<Eval>, String>>>>;
@@ -301,6 +318,9 @@ type Memo = BTreeMap<String, Arc<OnceLock<Result<Arc<Eval>, String>>>>;
 /// One strategy's search.
 struct Search<'a> {
     scenario: &'a Scenario,
+    /// The input's setting for this strategy.
+    given: PoolSpec,
+    given_json: serde_json::Value,
     arrivals: &'a Arrivals,
     gate: &'a Gate,
     progress: Option<&'a AtomicU64>,
@@ -315,14 +335,32 @@ struct Found {
     evaluated: Vec<Arc<Eval>>,
 }
 
-impl Search<'_> {
-    fn run(&self, strategy: &StrategyConfig) -> Result<Found, SimError> {
-        let s = self.scenario;
-        let mut given = s.pool.clone();
+impl<'a> Search<'a> {
+    fn new(
+        scenario: &'a Scenario,
+        arrivals: &'a Arrivals,
+        gate: &'a Gate,
+        progress: Option<&'a AtomicU64>,
+        strategy: &StrategyConfig,
+    ) -> Search<'a> {
+        let mut given = scenario.pool.clone();
         given.strategy = strategy.clone();
-        let untuned = self.eval(given.clone())?.outcome_summary;
-        let axis = Capacity::of(strategy);
-        let start = normalize(s, given, axis);
+        Search {
+            scenario,
+            given_json: serde_json::to_value(&given).unwrap_or_default(),
+            given,
+            arrivals,
+            gate,
+            progress,
+            cache: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn run(&self) -> Result<Found, SimError> {
+        let s = self.scenario;
+        let untuned = self.eval(self.given.clone())?.outcome_summary;
+        let axis = Capacity::of(&self.given.strategy);
+        let start = normalize(s, self.given.clone(), axis);
         let dims = dimensions(s, &start);
         let mut best = self.fit(&start, axis)?;
         let steps = (MAX_PASSES * dims.len()).max(1) as u64;
@@ -387,7 +425,8 @@ impl Search<'_> {
             message,
         };
         spec.validate().map_err(|e| fail(e.to_string()))?;
-        let key = serde_json::to_string(&spec).map_err(|e| fail(e.to_string()))?;
+        let json = serde_json::to_value(&spec).map_err(|e| fail(e.to_string()))?;
+        let key = json.to_string();
         let cell = Arc::clone(lock(&self.cache).entry(key.clone()).or_default());
         let evaluated = cell.get_or_init(|| {
             let s = self.scenario;
@@ -406,6 +445,7 @@ impl Search<'_> {
                 total_micros: outcome.cost.total().micros(),
             };
             Ok(Arc::new(Eval {
+                changes: changes(&json, &self.given_json),
                 spec,
                 key,
                 outcome,
@@ -903,14 +943,8 @@ mod tests {
         let arrivals = forecast::arrivals(&s);
         let gate = Gate::new(2);
         for strategy in &s.input.strategies {
-            let search = Search {
-                scenario: &s,
-                arrivals: &arrivals,
-                gate: &gate,
-                progress: None,
-                cache: Mutex::new(BTreeMap::new()),
-            };
-            let found = search.run(strategy).unwrap_or_else(|e| panic!("{e}"));
+            let search = Search::new(&s, &arrivals, &gate, None, strategy);
+            let found = search.run().unwrap_or_else(|e| panic!("{e}"));
             let best = found.best.outcome_summary;
             assert!(found.evaluated.len() > 1, "{}", strategy.name());
             for e in &found.evaluated {
