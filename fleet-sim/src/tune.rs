@@ -235,10 +235,20 @@ impl Gate {
             }
             *free -= 1;
         }
-        let r = f();
-        *lock(&self.free) += 1;
-        self.freed.notify_one();
-        r
+        // Given back by drop, so a run that panics does not leave every
+        // other search waiting for its permit.
+        let _permit = Permit(self);
+        f()
+    }
+}
+
+/// A [`Gate`]'s permit, held while a simulation runs.
+struct Permit<'a>(&'a Gate);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.free) += 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -989,6 +999,14 @@ mod tests {
                 run.id
             );
         }
+    }
+
+    #[test]
+    fn a_run_that_panics_gives_its_permit_back() {
+        let gate = Gate::new(1);
+        let run = std::panic::AssertUnwindSafe(|| gate.run(|| panic!("a run's bug")));
+        assert!(std::panic::catch_unwind(run).is_err());
+        assert_eq!(gate.run(|| 7), 7);
     }
 
     #[test]
