@@ -61,7 +61,7 @@ fn the_printed_pool_block_is_read_by_the_daemon_as_the_tuned_pool() {
     // The --pool-out file: the same winner, the others commented out.
     let file = tune::daemon_toml(&t).unwrap_or_else(|e| panic!("{e}"));
     let cfg = DaemonConfig::parse(&file).unwrap_or_else(|e| panic!("{e}\n{file}"));
-    assert_eq!(cfg.pools, [winner.pool.clone()], "{file}");
+    assert_eq!(cfg.pools, std::slice::from_ref(&winner.pool), "{file}");
 }
 
 #[test]
