@@ -483,54 +483,70 @@ impl<'a> Search<'a> {
             }
             Ok(m)
         };
-        let start = axis.get(shape).clamp(lo, hi);
-        // `fail` < `ok`: the largest capacity known to miss, the smallest
-        // known to meet.
-        let (mut fail, mut ok) = (None, None);
-        let mut step = 1;
-        if meets(start)? {
-            ok = Some(start);
-            let mut at = start;
-            while at > lo {
-                let probe = at.saturating_sub(step).max(lo);
-                if meets(probe)? {
-                    at = probe;
-                    ok = Some(probe);
-                    step *= 2;
-                } else {
-                    fail = Some(probe);
-                    break;
-                }
-            }
-        } else {
-            fail = Some(start);
-            let mut at = start;
-            while at < hi {
-                let probe = at.saturating_add(step).min(hi);
-                if meets(probe)? {
-                    ok = Some(probe);
-                    break;
-                }
-                at = probe;
-                fail = Some(probe);
-                step *= 2;
-            }
-        }
-        while let (Some(f), Some(o)) = (fail, ok)
-            && o - f > 1
-        {
-            let mid = f + (o - f) / 2;
-            if meets(mid)? {
-                ok = Some(mid);
-            } else {
-                fail = Some(mid);
-            }
-        }
+        smallest(lo, hi, axis.get(shape), &mut meets)?;
         best.ok_or_else(|| SimError::Run {
             strategy: shape.strategy.name().to_owned(),
             message: "no candidate was run".to_owned(),
         })
     }
+}
+
+/// The smallest `c` in `lo..=hi` for which `meets(c)`, if any, assuming
+/// `meets` never turns false as `c` grows: gallops from `start` (doubling
+/// its steps) to bracket the answer, then bisects. Near `start` that is a
+/// couple of probes; anywhere, about twice log2 of the range.
+fn smallest<E>(
+    lo: u32,
+    hi: u32,
+    start: u32,
+    meets: &mut impl FnMut(u32) -> Result<bool, E>,
+) -> Result<Option<u32>, E> {
+    if lo > hi {
+        return Ok(None);
+    }
+    let start = start.clamp(lo, hi);
+    // `fail` < `ok`: the largest value known to miss, the smallest known
+    // to meet.
+    let (mut fail, mut ok) = (None, None);
+    let mut step = 1u32;
+    if meets(start)? {
+        ok = Some(start);
+        let mut at = start;
+        while at > lo {
+            let probe = at.saturating_sub(step).max(lo);
+            if !meets(probe)? {
+                fail = Some(probe);
+                break;
+            }
+            at = probe;
+            ok = Some(probe);
+            step = step.saturating_mul(2);
+        }
+    } else {
+        fail = Some(start);
+        let mut at = start;
+        while at < hi {
+            let probe = at.saturating_add(step).min(hi);
+            if meets(probe)? {
+                ok = Some(probe);
+                break;
+            }
+            at = probe;
+            fail = Some(probe);
+            step = step.saturating_mul(2);
+        }
+    }
+    while let (Some(f), Some(o)) = (fail, ok)
+        && o - f > 1
+    {
+        let mid = f + (o - f) / 2;
+        if meets(mid)? {
+            ok = Some(mid);
+        } else {
+            fail = Some(mid);
+        }
+    }
+    Ok(ok)
 }
 
 /// The pool setting whose growth shortens waits, per strategy.
@@ -998,6 +1014,32 @@ mod tests {
                 "{}",
                 run.id
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// On a monotone predicate (false below `threshold`, true from
+        /// it), the search finds the threshold from any start, within
+        /// about twice log2 of the range in probes.
+        #[test]
+        fn smallest_finds_the_threshold_of_a_monotone_predicate(
+            lo in 0u32..20,
+            span in 0u32..200,
+            start in 0u32..250,
+            above in 0u32..210,
+        ) {
+            let hi = lo + span;
+            let threshold = lo + above;
+            let mut probes = 0u32;
+            let mut meets = |c: u32| -> Result<bool, ()> {
+                probes += 1;
+                Ok(c >= threshold)
+            };
+            let found = smallest(lo, hi, start, &mut meets);
+            let want = (threshold <= hi).then_some(threshold);
+            proptest::prop_assert_eq!(found, Ok(want));
+            let bound = 2 * (32 - (span + 1).leading_zeros()) + 2;
+            proptest::prop_assert!(probes <= bound, "{} probes, bound {}", probes, bound);
         }
     }
 
