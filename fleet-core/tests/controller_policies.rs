@@ -254,13 +254,21 @@ fn a_new_image_replaces_idle_nodes_one_at_a_time_and_busy_ones_after_their_claim
         assert!(w.instances().contains_key(&busy), "the busy node stays");
     }
     assert!(most_deleting <= 1, "{most_deleting} replaced at once");
-    assert_eq!(images(&w), ["ami-base", "ami-v2"], "the idle node was replaced");
+    assert_eq!(
+        images(&w),
+        ["ami-base", "ami-v2"],
+        "the idle node was replaced"
+    );
 
     // The claim ends: its node goes too, and the pool is all new.
     w.run_until(T0 + 40 * MINUTE + 2 * BOOT).unwrap();
     assert!(!w.instances().contains_key(&busy));
     assert_eq!(images(&w), ["ami-v2", "ami-v2"]);
     let ended = w.controller().claim(&cid("c1")).unwrap().state.clone();
-    assert_eq!(ended.name(), "released", "the claim ran to its end: {ended:?}");
+    assert_eq!(
+        ended.name(),
+        "released",
+        "the claim ran to its end: {ended:?}"
+    );
     w.check_invariants().unwrap();
 }

@@ -15,6 +15,8 @@ pub enum ErrorKind {
     Run,
     /// The chart could not be drawn.
     Chart,
+    /// A tuned pool could not be written as TOML.
+    Encode,
 }
 
 /// A simulator error.
@@ -48,6 +50,9 @@ pub enum SimError {
     /// The chart could not be drawn.
     #[error("drawing the chart: {0}")]
     Chart(String),
+    /// A tuned pool could not be written as TOML.
+    #[error("writing the pool as TOML: {0}")]
+    Encode(String),
     /// A simulation run failed.
     #[error("simulating {strategy}: {message}")]
     Run {
@@ -75,6 +80,7 @@ impl SimError {
             SimError::Io { .. } => ErrorKind::Io,
             SimError::Run { .. } => ErrorKind::Run,
             SimError::Chart(_) => ErrorKind::Chart,
+            SimError::Encode(_) => ErrorKind::Encode,
         }
     }
 

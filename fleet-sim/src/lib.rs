@@ -24,6 +24,7 @@ pub mod price_books;
 pub mod report;
 pub mod rng;
 pub mod run;
+pub mod tune;
 
 use std::sync::atomic::AtomicU64;
 

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! fleet-sim --config sim-input.json [--out result.json] [--svg chart.svg] [--seed N] [--threads N]
+//! fleet-sim --config sim-input.json --tune [--pool-out pool.toml] [--out tuned.json] [--svg chart.svg]
 //! fleet-sim --bench [--config sim-input.json]
 //! ```
 
@@ -24,6 +25,7 @@ const EXAMPLE: &str = include_str!("../examples/sim-input.json");
     name = "fleet-sim",
     version,
     override_usage = "fleet-sim --config FILE [--out FILE] [--svg FILE] [--seed N] [--threads N] [--quiet]
+       fleet-sim --config FILE --tune [--pool-out FILE] [--out FILE] [--svg FILE] [--seed N] [--threads N] [--quiet]
        fleet-sim --bench [--config FILE] [--threads N]",
     after_help = "Exit codes: 0 success, 1 failure, 2 usage error or invalid input."
 )]
@@ -31,7 +33,7 @@ struct Args {
     /// The input (JSON; schema: fleet-sim/sim-input.schema.json)
     #[arg(long, value_name = "FILE", required_unless_present = "bench")]
     config: Option<PathBuf>,
-    /// Write result.json there
+    /// Write result.json there (with --tune: the tuned pools and their runs)
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Draw cost vs wait and cost over time
@@ -48,8 +50,17 @@ struct Args {
     quiet: bool,
     /// One year at per-minute resolution x the six strategies; prints the
     /// wall time (the example input without --config)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tune")]
     bench: bool,
+    /// Search each strategy's parameters and the pool's node bounds for the
+    /// cheapest setting that meets the SLA; rank the tuned strategies and
+    /// print the winner as a daemon.toml [[pool]] block
+    #[arg(long)]
+    tune: bool,
+    /// With --tune: write the winner's [[pool]] block there, then the other
+    /// strategies' blocks commented out
+    #[arg(long, value_name = "FILE", requires = "tune")]
+    pool_out: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +95,9 @@ fn run(args: &Args) -> Result<(), SimError> {
     if args.bench {
         return bench(scenario, threads(args));
     }
+    if args.tune {
+        return tune(args, &scenario);
+    }
     let result = with_progress(&scenario, threads(args), args.quiet, |s, t, p| {
         fleet_sim::simulate(s, t, p)
     })?;
@@ -95,6 +109,28 @@ fn run(args: &Args) -> Result<(), SimError> {
     }
     if !args.quiet {
         print!("{}", report::table(&result));
+    }
+    Ok(())
+}
+
+fn tune(args: &Args, scenario: &Scenario) -> Result<(), SimError> {
+    let tuning = with_progress(scenario, threads(args), args.quiet, |s, t, p| {
+        fleet_sim::tune::tune(s, t, p)
+    })?;
+    if let Some(out) = &args.out {
+        write(out, &fleet_sim::tune::to_json(&tuning))?;
+    }
+    if let Some(svg) = &args.svg {
+        write(svg, &report::svg(&tuning.result)?)?;
+    }
+    if let Some(path) = &args.pool_out {
+        write(path, &fleet_sim::tune::daemon_toml(&tuning)?)?;
+    }
+    if !args.quiet {
+        print!("{}", fleet_sim::tune::table(&tuning));
+        if let Some(block) = fleet_sim::tune::winner_toml(&tuning)? {
+            print!("\n{block}");
+        }
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use fleet_core::money::Money;
 use fleet_core::protocol::ClaimRequest;
 use fleet_core::provider::{InstanceState, Market};
 use fleet_core::schedule::Capacity;
-use fleet_core::strategy::{PoolView, StrategyConfig, StrategyInfo};
+use fleet_core::strategy::{PoolSpec, PoolView, StrategyConfig, StrategyInfo};
 use fleet_core::{ClaimId, Epoch, FleetId, NodeId, Workspace};
 
 use crate::error::SimError;
@@ -151,8 +151,20 @@ pub fn run_all(
 
 /// The strategy's self-description in the scenario's pool.
 pub fn describe(s: &Scenario, strategy: &StrategyConfig) -> StrategyInfo {
-    let mut spec = s.pool.clone();
-    spec.strategy = strategy.clone();
+    describe_pool(s, &with_strategy(s, strategy))
+}
+
+/// The scenario's pool running `strategy`.
+fn with_strategy(s: &Scenario, strategy: &StrategyConfig) -> PoolSpec {
+    let mut pool = s.pool.clone();
+    pool.strategy = strategy.clone();
+    pool
+}
+
+/// How `spec`'s strategy describes itself in `spec` (a pool of the
+/// scenario's price book).
+pub fn describe_pool(s: &Scenario, spec: &PoolSpec) -> StrategyInfo {
+    let strategy = &spec.strategy;
     let offerings: Vec<_> = spec
         .instance_types
         .iter()
@@ -160,7 +172,7 @@ pub fn describe(s: &Scenario, strategy: &StrategyConfig) -> StrategyInfo {
         .cloned()
         .collect();
     let view = PoolView {
-        spec: &spec,
+        spec,
         nodes: &[],
         pending: &[],
         offerings: &offerings,
@@ -180,17 +192,30 @@ fn fail(strategy: &StrategyConfig, message: impl Into<String>) -> SimError {
     }
 }
 
-/// Runs one strategy.
+/// Runs one strategy in the scenario's pool.
 pub fn run_one(
     s: &Scenario,
     arrivals: &Arrivals,
     strategy: &StrategyConfig,
     progress: Option<&AtomicU64>,
 ) -> Result<RunOutcome, SimError> {
-    let mut pool = s.pool.clone();
-    pool.strategy = strategy.clone();
+    run_pool(s, arrivals, &with_strategy(s, strategy), progress)
+}
+
+/// Runs `spec` (its strategy, and its own `min_nodes`, `max_nodes`… in
+/// place of the scenario's) over `arrivals`: what [`crate::tune`] varies.
+/// `spec` must be valid ([`PoolSpec::validate`]) and name types of the
+/// scenario's price book.
+pub fn run_pool(
+    s: &Scenario,
+    arrivals: &Arrivals,
+    spec: &PoolSpec,
+    progress: Option<&AtomicU64>,
+) -> Result<RunOutcome, SimError> {
+    let strategy = &spec.strategy;
+    let pool = spec.clone();
     let pool_name = pool.name.clone();
-    let info = describe(s, strategy);
+    let info = describe_pool(s, spec);
     let seed = s.input.seed;
     let config = ControllerConfig {
         pools: vec![pool],
