@@ -6,6 +6,7 @@
 //! offset inside the step and a duration from the job distribution. The
 //! simulated time starts on a Monday at 00:00.
 
+use fleet_core::AffinityKey;
 use fleet_core::ids::Millis;
 use fleet_core::protocol::Requirements;
 
@@ -21,6 +22,8 @@ pub struct Arrival {
     pub duration_ms: Millis,
     /// Index into [`Arrivals::requirements`].
     pub requirements: usize,
+    /// Index into [`Arrivals::affinity`], if its claim names a key.
+    pub affinity: Option<usize>,
 }
 
 /// Every arrival of a run, in time order.
@@ -30,6 +33,8 @@ pub struct Arrivals {
     pub jobs: Vec<Arrival>,
     /// The distinct requirements they use.
     pub requirements: Vec<Requirements>,
+    /// The distinct affinity keys they name.
+    pub affinity: Vec<AffinityKey>,
 }
 
 const HOUR: Millis = 3_600_000;
@@ -41,6 +46,7 @@ pub fn arrivals(s: &Scenario) -> Arrivals {
     match &input.forecast {
         Forecast::Trace(t) => {
             let mut reqs: Vec<Requirements> = Vec::new();
+            let mut keys: Vec<AffinityKey> = Vec::new();
             let mut jobs: Vec<Arrival> = t
                 .iter()
                 .map(|a| {
@@ -52,10 +58,17 @@ pub fn arrivals(s: &Scenario) -> Arrivals {
                             reqs.len() - 1
                         }
                     };
+                    let affinity = a.affinity.as_ref().map(|k| {
+                        keys.iter().position(|x| x == k).unwrap_or_else(|| {
+                            keys.push(k.clone());
+                            keys.len() - 1
+                        })
+                    });
                     Arrival {
                         at_ms: a.at_ms,
                         duration_ms: a.duration_ms,
                         requirements: idx,
+                        affinity,
                     }
                 })
                 .collect();
@@ -64,6 +77,7 @@ pub fn arrivals(s: &Scenario) -> Arrivals {
             Arrivals {
                 jobs,
                 requirements: reqs,
+                affinity: keys,
             }
         }
         Forecast::Profile(p) => {
@@ -71,6 +85,9 @@ pub fn arrivals(s: &Scenario) -> Arrivals {
             let mut offsets = Rng::new(input.seed, 2);
             let mut durations = Rng::new(input.seed, 3);
             let mut spikes = Rng::new(input.seed, 4);
+            // Its own stream: naming keys changes no other draw.
+            let mut repos = Rng::new(input.seed, 9);
+            let keys = input.jobs.affinity_keys.unwrap_or(0);
             let step = input.step_ms;
             let mut jobs = Vec::new();
             let mut spike_until: Millis = 0;
@@ -105,6 +122,7 @@ pub fn arrivals(s: &Scenario) -> Arrivals {
                         at_ms,
                         duration_ms: duration(&input.jobs.duration, &mut durations),
                         requirements: 0,
+                        affinity: (keys > 0).then(|| repos.below(u64::from(keys)) as usize),
                     });
                 }
                 t += step;
@@ -112,9 +130,15 @@ pub fn arrivals(s: &Scenario) -> Arrivals {
             Arrivals {
                 jobs,
                 requirements: vec![s.requirements.clone()],
+                affinity: (0..keys).filter_map(|i| repo_key(i).ok()).collect(),
             }
         }
     }
+}
+
+/// The name of the `i`th simulated repository.
+fn repo_key(i: u32) -> Result<AffinityKey, fleet_core::ids::IdError> {
+    AffinityKey::new(format!("repo-{i}"))
 }
 
 /// One duration from `d`, whole seconds, clamped to 1 s ..= [`MAX_JOB_MS`].

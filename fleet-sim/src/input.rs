@@ -6,13 +6,13 @@
 
 use std::collections::BTreeMap;
 
-use fleet_core::InstanceType;
 use fleet_core::billing::{BillingModel, BootLatency};
 use fleet_core::ids::Millis;
 use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::protocol::{Arch, MAX_LEASE_TTL_MS, Requirements};
 use fleet_core::provider::{Offering, SpotTerms};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
+use fleet_core::{AffinityKey, InstanceType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SimError;
@@ -114,6 +114,9 @@ pub struct TraceArrival {
     /// What it needs (default: `jobs.requirements`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requirements: Option<RequirementsInput>,
+    /// Its claim's affinity key (a repository), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityKey>,
 }
 
 /// What a job needs from a node.
@@ -151,6 +154,10 @@ pub struct Jobs {
     /// What every job needs.
     #[serde(default)]
     pub requirements: RequirementsInput,
+    /// Cache affinity: each job's claim names one of this many keys
+    /// (repositories), drawn uniformly; none: claims name no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_keys: Option<u32>,
 }
 
 impl Default for Jobs {
@@ -161,9 +168,13 @@ impl Default for Jobs {
                 sigma: 0.5,
             },
             requirements: RequirementsInput::default(),
+            affinity_keys: None,
         }
     }
 }
+
+/// The most affinity keys a forecast may draw from.
+pub const MAX_AFFINITY_KEYS: u32 = 100_000;
 
 /// A job duration distribution (clamped to 1 s ..= [`MAX_JOB_MS`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -466,6 +477,13 @@ fn job_ms(ms: Millis, path: &str) -> Result<(), SimError> {
 }
 
 fn validate_jobs(jobs: &Jobs) -> Result<(), SimError> {
+    if let Some(k) = jobs.affinity_keys {
+        check(
+            (1..=MAX_AFFINITY_KEYS).contains(&k),
+            "$.jobs.affinity_keys",
+            || format!("must be between 1 and {MAX_AFFINITY_KEYS}, got {k}"),
+        )?;
+    }
     let base = "$.jobs.duration";
     match &jobs.duration {
         DurationDist::Fixed { ms } => job_ms(*ms, &format!("{base}.ms")),

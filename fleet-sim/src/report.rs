@@ -100,8 +100,23 @@ pub struct StrategyResult {
     pub accounted_hours: f64,
     /// Controller events handled.
     pub controller_steps: u64,
+    /// Cache affinity, when the jobs name keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityOut>,
     /// `[hours from start, total micro-dollars]` at regular times.
     pub cost_over_time: Vec<(f64, i64)>,
+}
+
+/// How often a claim naming an affinity key landed on a node that last
+/// served the same key.
+#[derive(Debug, Clone, Serialize)]
+pub struct AffinityOut {
+    /// Grants of claims that named a key.
+    pub grants: u64,
+    /// Of them, on a node whose last claim named the same key.
+    pub hits: u64,
+    /// `hits / grants` (0 with no grant).
+    pub hit_rate: f64,
 }
 
 /// Idle cost, as declared by `describe()`: `setup` over the first
@@ -351,6 +366,15 @@ fn strategy_result(s: &Scenario, r: &RunOutcome, id: String) -> StrategyResult {
         },
         accounted_hours: hours(r.end_ms),
         controller_steps: r.steps,
+        affinity: {
+            let a = r.affinity;
+            let grants = a.hits + a.misses;
+            (grants > 0).then(|| AffinityOut {
+                grants,
+                hits: a.hits,
+                hit_rate: a.hits as f64 / grants as f64,
+            })
+        },
         cost_over_time: r
             .series
             .iter()
@@ -461,6 +485,18 @@ pub fn table(result: &SimResult) -> String {
     }
     for e in &result.ranking {
         let _ = writeln!(out, "  {}. {}: {}", e.rank, e.strategy, e.reason);
+    }
+    for s in &result.strategies {
+        if let Some(a) = &s.affinity {
+            let _ = writeln!(
+                out,
+                "  {}: cache affinity: {} of {} grants on a node that last served the same key ({:.1} %)",
+                s.id,
+                a.hits,
+                a.grants,
+                a.hit_rate * 100.0
+            );
+        }
     }
     for s in result.strategies.iter().filter(|s| s.capacity_errors > 0) {
         let _ = writeln!(

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use fleet_core::billing::BootPath;
-use fleet_core::controller::{ControllerConfig, PoolCost, Timing};
+use fleet_core::controller::{AffinityStats, ControllerConfig, PoolCost, Timing};
 use fleet_core::harness::World;
 use fleet_core::ids::Millis;
 use fleet_core::money::Money;
@@ -76,6 +76,9 @@ pub struct RunOutcome {
     pub series: Vec<(Millis, Money)>,
     /// Controller events handled.
     pub steps: u64,
+    /// Grants of claims that named an affinity key: on a node that last
+    /// served the key, or not.
+    pub affinity: AffinityStats,
 }
 
 struct Active {
@@ -270,6 +273,7 @@ pub fn run_pool(
         busy_ms: 0,
         series: vec![(0, Money::ZERO)],
         steps: 0,
+        affinity: AffinityStats::default(),
     };
     let mut next_job = 0usize;
     let mut next_sample = start + sample_every;
@@ -296,7 +300,7 @@ pub fn run_pool(
             lease_ttl_ms: job.duration_ms + HOUR,
             max_wait_ms: None,
             recipient: None,
-            affinity: None,
+            affinity: job.affinity.and_then(|i| arrivals.affinity.get(i)).cloned(),
         };
         world.claim_for(req, job.duration_ms);
         Ok(())
@@ -458,6 +462,7 @@ pub fn run_pool(
         out.series.push((out.end_ms, out.cost.total()));
     }
     out.steps = world.steps();
+    out.affinity = world.controller().affinity_stats();
     out.capacity_errors = world.capacity_refusals();
     Ok(out)
 }

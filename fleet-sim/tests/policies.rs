@@ -69,3 +69,28 @@ fn max_uses_recycles_nodes_and_costs_boots() {
     assert!(boots(p) < boots(r));
     assert_eq!(r.jobs.unserved, 0);
 }
+
+#[test]
+fn affinity_hit_rate_is_reported_and_a_bounded_wait_raises_it() {
+    let run_keys = |wait_ms: u64| {
+        let mut v = common::input("aws", common::daytime(), 168);
+        v["jobs"]["affinity_keys"] = json!(4);
+        v["pool"]["min_nodes"] = json!(4);
+        v["pool"]["affinity_wait_ms"] = json!(wait_ms);
+        v["strategies"] = json!([{ "kind": "cold_image" }]);
+        common::simulate(&v)
+    };
+    let prefer = run_keys(0);
+    let wait = run_keys(120_000);
+    let (p, w) = (&prefer.strategies[0], &wait.strategies[0]);
+    let (pa, wa) = (p.affinity.as_ref().unwrap(), w.affinity.as_ref().unwrap());
+    assert_eq!(pa.grants, p.jobs.served, "every job named a key");
+    // Four repositories over four warm nodes: a node picked at random would
+    // have served the same repository about a quarter of the time.
+    assert!(pa.hit_rate > 0.4, "preferring alone: {pa:?}");
+    assert!(wa.hit_rate > pa.hit_rate, "waiting 2 min: {wa:?} vs {pa:?}");
+    let table = fleet_sim::report::table(&prefer);
+    assert!(table.contains("cache affinity:"), "{table}");
+    // Without keys nothing is reported.
+    assert!(run(json!({})).strategies[0].affinity.is_none());
+}
