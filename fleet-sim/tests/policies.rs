@@ -83,7 +83,9 @@ fn affinity_hit_rate_is_reported_and_a_bounded_wait_raises_it() {
     let prefer = run_keys(0);
     let wait = run_keys(120_000);
     let (p, w) = (&prefer.strategies[0], &wait.strategies[0]);
-    let (pa, wa) = (p.affinity.as_ref().unwrap(), w.affinity.as_ref().unwrap());
+    let (Some(pa), Some(wa)) = (&p.affinity, &w.affinity) else {
+        panic!("no affinity figures: {p:?}");
+    };
     assert_eq!(pa.grants, p.jobs.served, "every job named a key");
     // Four repositories over four warm nodes: a node picked at random would
     // have served the same repository about a quarter of the time.
