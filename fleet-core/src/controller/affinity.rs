@@ -97,26 +97,24 @@ impl Controller {
     }
 
     /// The grants of the affinity pre-round: per key, its claims over the
-    /// free nodes that last served it. Takes their slots out of `capacity`
-    /// and adds them to `usage`.
+    /// free nodes that last served it. `keyed` names the claims of
+    /// `pending` (by index) that carry a key. Takes their slots out of
+    /// `capacity` and adds them to `usage`.
     pub(super) fn affine_grants(
         &self,
         pending: &[PendingClaim],
+        keyed: &[(usize, AffinityKey)],
         capacity: &mut [NodeCapacity],
         usage: &mut BTreeMap<Workspace, Usage>,
     ) -> Vec<Assignment> {
+        if keyed.is_empty() {
+            return Vec::new();
+        }
         let mut by_key: BTreeMap<&AffinityKey, Vec<PendingClaim>> = BTreeMap::new();
-        for p in pending {
-            if let Some(key) = self
-                .claims
-                .get(&p.id)
-                .and_then(|c| c.rec.request.affinity.as_ref())
-            {
+        for (i, key) in keyed {
+            if let Some(p) = pending.get(*i) {
                 by_key.entry(key).or_default().push(p.clone());
             }
-        }
-        if by_key.is_empty() {
-            return Vec::new();
         }
         let mut nodes_of: BTreeMap<&AffinityKey, Vec<usize>> = BTreeMap::new();
         for (i, n) in capacity.iter().enumerate() {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::persist::{Effect, TimerKey};
 use super::{Alert, Claim, Command, Controller};
 use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
-use crate::ids::{ClaimId, Millis, NodeId, Workspace};
+use crate::ids::{AffinityKey, ClaimId, Millis, NodeId, Workspace};
 use crate::money::{Money, Rounding};
 use crate::protocol::{
     ClaimGrant, ClaimMsg, ClaimRecord, ClaimRejection, ClaimReply, ClaimRequest, ClaimState,
@@ -761,26 +761,33 @@ impl Controller {
             }
             return;
         }
+        let mut keyed: Vec<(usize, AffinityKey)> = Vec::new();
         let pending: Vec<PendingClaim> = self
             .pending
             .iter()
             .filter_map(|id| self.claims.get(id))
             .filter(|c| c.durable && c.reserved.is_none() && c.rec.state == ClaimState::Pending)
             .filter(|c| c.affinity_until.is_none())
-            .map(|c| PendingClaim {
-                id: c.rec.request.claim_id.clone(),
-                workspace: c.rec.request.workspace.clone(),
-                pool: c.rec.request.pool.clone(),
-                requirements: c.rec.request.requirements.clone(),
-                priority: c.rec.request.priority,
-                enqueued_at: c.rec.enqueued_at,
+            .enumerate()
+            .map(|(i, c)| {
+                if let Some(key) = &c.rec.request.affinity {
+                    keyed.push((i, key.clone()));
+                }
+                PendingClaim {
+                    id: c.rec.request.claim_id.clone(),
+                    workspace: c.rec.request.workspace.clone(),
+                    pool: c.rec.request.pool.clone(),
+                    requirements: c.rec.request.requirements.clone(),
+                    priority: c.rec.request.priority,
+                    enqueued_at: c.rec.enqueued_at,
+                }
             })
             .collect();
         if pending.is_empty() {
             return;
         }
         let mut usage = self.usage(&capacity);
-        let affine = self.affine_grants(&pending, &mut capacity, &mut usage);
+        let affine = self.affine_grants(&pending, &keyed, &mut capacity, &mut usage);
         let rest: Vec<PendingClaim> = if affine.is_empty() {
             pending
         } else {

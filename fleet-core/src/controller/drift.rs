@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 
 use super::{Controller, Node, Pool};
-use crate::ids::NodeId;
+use crate::ids::{NodeId, PoolName};
 use crate::protocol::NodeState;
 use crate::provider::BootSource;
 
@@ -33,7 +33,7 @@ impl Controller {
                 out.insert(n.rec.node.clone());
                 continue;
             }
-            if !has_drifted(pool, n) {
+            if !n.drifted {
                 continue;
             }
             if n.rec.state == NodeState::Deleting {
@@ -48,6 +48,38 @@ impl Controller {
             out.insert(node.clone());
         }
         out
+    }
+}
+
+impl Controller {
+    /// Judges again whether `id` has drifted (its record changed). Kept on
+    /// the node: arbitration and planning ask on every round, the answer
+    /// changes only when the record or the pool's snapshot does.
+    pub(super) fn refresh_drift(&mut self, id: &NodeId) {
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
+        let drifted = self
+            .pools
+            .get(&n.rec.pool)
+            .is_some_and(|p| has_drifted(p, n));
+        if let Some(n) = self.nodes.get_mut(id) {
+            n.drifted = drifted;
+        }
+    }
+
+    /// Judges again every node of `pool` (its snapshot changed), or of
+    /// every pool.
+    pub(super) fn refresh_pool_drift(&mut self, pool: Option<&PoolName>) {
+        let ids: Vec<NodeId> = self
+            .nodes
+            .values()
+            .filter(|n| pool.is_none_or(|p| &n.rec.pool == p))
+            .map(|n| n.rec.node.clone())
+            .collect();
+        for id in ids {
+            self.refresh_drift(&id);
+        }
     }
 }
 

@@ -447,6 +447,8 @@ struct Node {
     /// The affinity key of the last claim it was given (not persisted: a
     /// new leader starts with cold hints, which costs hits, not safety).
     last_affinity: Option<AffinityKey>,
+    /// The pool would launch it differently now (`drift.rs`).
+    drifted: bool,
     /// The record is in the store.
     durable: bool,
 }
@@ -626,6 +628,7 @@ impl Controller {
         }
         c.relink_claims(now);
         c.relink_jobs();
+        c.refresh_pool_drift(None);
         c
     }
 
@@ -651,7 +654,10 @@ impl Controller {
 
     /// Handles one event at time `now` and returns the I/O to perform.
     pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Command> {
-        let mut out = Vec::new();
+        // Most events answer with a few commands: growing the vector one
+        // at a time moved these large values three times (measured: 5 % of
+        // a simulation's time).
+        let mut out = Vec::with_capacity(4);
         if self.fenced {
             return out;
         }
@@ -864,6 +870,7 @@ impl Node {
             prev_type: None,
             wanted: None,
             last_affinity: None,
+            drifted: false,
             durable,
         }
     }

@@ -135,6 +135,10 @@ impl Controller {
         // writes from another leader's by it).
         n.rec.epoch = epoch;
         let key = Subjects::node_key(&n.rec.pool, id);
+        self.refresh_drift(id);
+        let Some(n) = self.nodes.get(id) else {
+            return;
+        };
         let value = if n.rec.state == NodeState::Gone {
             None
         } else {
@@ -514,6 +518,8 @@ impl Controller {
             epoch: self.epoch,
         };
         let key = Subjects::pool_key(pool_name);
+        // Nodes booted from the previous snapshot have drifted.
+        self.refresh_pool_drift(Some(pool_name));
         if let Some(done) = self
             .writes
             .write(key, Some(Record::Pool(rec)), Vec::new(), out)
