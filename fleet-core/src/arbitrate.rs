@@ -69,7 +69,8 @@ pub struct NodeCapacity {
     pub price: HourlyPrice,
 }
 
-/// Limits of one workspace.
+/// Limits of one workspace, on the node slots it holds: claims and jobs
+/// count alike.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
     /// Most claims held at once.

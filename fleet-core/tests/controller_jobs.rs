@@ -185,3 +185,34 @@ fn submits_are_idempotent_and_validated() {
         );
     }
 }
+
+#[test]
+fn jobs_are_held_to_their_workspace_quota_like_claims() {
+    // One slot at a time for the workspace, claims and jobs together.
+    let mut config = config(pool(fleet_core::strategy::StrategyConfig::default(), 4));
+    config.quotas.insert(
+        ws(),
+        fleet_core::arbitrate::Quota {
+            max_claims: Some(1),
+            max_hourly_spend: None,
+        },
+    );
+    let mut w = World::new(config, T0, true);
+    let first = w.submit_job(task("j1", &["sleep", "120"]));
+    let second = w.submit_job(task("j2", &["sleep", "120"]));
+    let holding = |w: &World, id: &str| {
+        let state = &w.controller().job(&JobId::new(id).unwrap()).unwrap().state;
+        !matches!(
+            state,
+            JobState::Queued { .. } | JobState::Done | JobState::Cancelled
+        )
+    };
+    let mut most = 0;
+    for _ in 0..200 {
+        w.run_for(5_000).unwrap();
+        most = most.max(usize::from(holding(&w, "j1")) + usize::from(holding(&w, "j2")));
+    }
+    assert_eq!(most, 1, "the quota of one slot held for jobs");
+    let (a, b) = (receipt(&w, &first).unwrap(), receipt(&w, &second).unwrap());
+    assert_eq!((a.result, b.result), (TaskResult::Pass, TaskResult::Pass));
+}

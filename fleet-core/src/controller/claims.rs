@@ -914,19 +914,27 @@ impl Controller {
     }
 
     /// Per-workspace holdings: claims held and their share of node prices.
-    fn usage(&self, capacity: &[NodeCapacity]) -> BTreeMap<Workspace, Usage> {
+    pub(super) fn usage(&self, capacity: &[NodeCapacity]) -> BTreeMap<Workspace, Usage> {
         let price: BTreeMap<&NodeId, (Money, u32)> = capacity
             .iter()
             .map(|n| (&n.id, (n.price.0, n.slots)))
             .collect();
         let mut usage: BTreeMap<Workspace, Usage> = BTreeMap::new();
-        // Held and reserved claims are exactly the claims nodes hold.
+        // Held and reserved claims are exactly the claims nodes hold; a
+        // running job holds a slot the same way.
         for n in self.nodes.values() {
-            for claim in &n.claims {
-                let Some(c) = self.claims.get(claim) else {
-                    continue;
-                };
-                let u = usage.entry(c.rec.request.workspace.clone()).or_default();
+            let claims = n
+                .claims
+                .iter()
+                .filter_map(|id| self.claims.get(id))
+                .map(|c| &c.rec.request.workspace);
+            let jobs = n
+                .jobs
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .map(|j| &j.rec.spec.workspace);
+            for workspace in claims.chain(jobs) {
+                let u = usage.entry(workspace.clone()).or_default();
                 u.claims += 1;
                 if let Some((p, slots)) = price.get(&n.rec.node) {
                     let share = p

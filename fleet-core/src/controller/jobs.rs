@@ -5,11 +5,9 @@
 //! claim plane is interactive, jobs are batch. Strategies see queued jobs as
 //! demand, so pools grow for them too.
 
-use std::collections::BTreeMap;
-
 use super::persist::{Effect, TimerKey};
 use super::{Alert, Command, Controller, Job};
-use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
+use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, arbitrate};
 use crate::ids::{ClaimId, CommandId, JobId, Millis, NodeId, Workspace};
 use crate::protocol::{
     CommandSpec, DaemonMsg, JobMsg, JobRecord, JobReply, JobState, Receipt, Record, TaskResult,
@@ -342,12 +340,14 @@ impl Controller {
             return;
         }
         let capacity: Vec<NodeCapacity> = self.capacity();
-        let none = BTreeMap::<Workspace, Usage>::new();
+        // Jobs are held to their workspace's quota and dollar cap like
+        // claims: the holdings count both.
+        let usage = self.usage(&capacity);
         let outcome = arbitrate(ArbitrationInput {
             claims: &queued,
             nodes: &capacity,
-            quotas: &BTreeMap::new(),
-            usage: &none,
+            quotas: &self.quotas,
+            usage: &usage,
         });
         for a in outcome.grants {
             let Ok(job) = JobId::new(a.claim.as_str()) else {
