@@ -79,3 +79,35 @@ fn every_tuned_strategys_block_is_a_valid_daemon_pool() {
         );
     }
 }
+
+/// Two days of weekday-daytime builds: the tuner keeps nodes warm in the
+/// busy hours only, and the daemon reads that schedule back.
+const DAYTIME_INPUT: &str = r#"{
+    "horizon_hours": 48,
+    "seed": 7,
+    "forecast": { "profile": {
+        "rate_per_hour": 10,
+        "hour_of_day": [0,0,0,0,0,0,0,0.3,0.8,1,1,1,0.7,1,1,1,0.8,0.4,0.1,0,0,0,0,0]
+    } },
+    "jobs": { "duration": { "kind": "lognormal", "median_ms": 300000, "sigma": 0.5 } },
+    "pool": { "name": "builds", "instance_types": ["c7i.xlarge"], "max_nodes": 6 },
+    "provider": { "price_book": "aws" },
+    "sla": { "percentile": 95, "max_wait_ms": 60000 },
+    "strategies": [{ "kind": "cold_image" }]
+}"#;
+
+#[test]
+fn a_tuned_busy_hours_schedule_is_read_by_the_daemon() {
+    let scenario =
+        fleet_sim::input::parse(DAYTIME_INPUT.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let t = tune::tune(&scenario, 2, None).unwrap_or_else(|e| panic!("{e}"));
+    let pool = &t.tuned[0].pool;
+    assert_eq!(pool.schedule.len(), 1, "warm in busy hours only: {pool:?}");
+    let printed = tune::winner_toml(&t)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("nothing printed"));
+    assert!(printed.contains("[[pool.schedule]]"), "{printed}");
+    let cfg =
+        DaemonConfig::parse(&daemon_toml(&printed)).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(&cfg.pools[0], pool, "{printed}");
+}

@@ -22,7 +22,10 @@
 //! dimensions with a handful of values each ([`IDLE_TIMEOUTS_MS`],
 //! [`STOP_AFTER_IDLE_MS`], [`SCALE_DOWN_AFTER_MS`],
 //! [`SNAPSHOT_REFRESH_MS`], `max_nodes`, baseline/peak types among the
-//! pool's, spot's on-demand fallback), searched by coordinate descent: each
+//! pool's, spot's on-demand fallback, and for the elastic strategies
+//! whether the warm nodes are kept all week or only in the forecast's busy
+//! hours as a `[[pool.schedule]]` period — see [`busy_hours`]), searched by
+//! coordinate descent: each
 //! value of a dimension is tried from the best point so far, each with its
 //! own capacity fit, and the best kept; passes repeat until one changes
 //! nothing (at most [`MAX_PASSES`]). The input's `max_nodes` bounds every
@@ -47,12 +50,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use fleet_core::InstanceType;
 use fleet_core::ids::Millis;
 use fleet_core::money::Money;
+use fleet_core::schedule::{PeriodSpec, ScaleFactor, SchedulePeriod};
 use fleet_core::strategy::{PoolSpec, StrategyConfig};
 use serde::Serialize;
 
 use crate::error::SimError;
 use crate::forecast::{self, Arrivals};
-use crate::input::Scenario;
+use crate::input::{Forecast, Scenario};
 use crate::report::{self, RankEntry, SimResult};
 use crate::run::{self, RunOutcome};
 
@@ -71,6 +75,9 @@ pub const STOP_AFTER_IDLE_MS: [Millis; 5] = [15_000, MINUTE, 5 * MINUTE, 15 * MI
 pub const SCALE_DOWN_AFTER_MS: [Millis; 3] = [MINUTE, 5 * MINUTE, 30 * MINUTE];
 /// `cold_snapshot.snapshot_refresh_ms` values tried.
 pub const SNAPSHOT_REFRESH_MS: [Millis; 3] = [6 * HOUR, 24 * HOUR, 72 * HOUR];
+/// How busy an hour must be, as a share of the busiest, to be in a
+/// busy-hours period tried (a wider period serves more off-peak jobs warm).
+pub const BUSY_SHARES: [f64; 3] = [0.5, 0.2, 0.05];
 /// Coordinate-descent passes at most (each tries every shape dimension).
 pub const MAX_PASSES: usize = 3;
 
@@ -586,12 +593,23 @@ impl Capacity {
     fn get(self, spec: &PoolSpec) -> u32 {
         match (self, &spec.strategy) {
             (Capacity::Size, StrategyConfig::StoppedPool(p)) => p.size,
+            // Warm only in busy hours (one period): the floor is the
+            // period's spare slots.
+            (Capacity::Floor, _) if spec.schedule.len() == 1 => spec.schedule[0].spec().min_idle,
             _ => spec.min_nodes,
         }
     }
 
     fn set(self, spec: &mut PoolSpec, c: u32) {
         match self {
+            Capacity::Floor if spec.schedule.len() == 1 => {
+                let c = c.min(spec.max_nodes);
+                let mut period = spec.schedule[0].spec().clone();
+                period.min_idle = c;
+                if let Ok(p) = SchedulePeriod::new(period) {
+                    spec.schedule = vec![p];
+                }
+            }
             Capacity::Floor | Capacity::AlwaysOn => spec.min_nodes = c.min(spec.max_nodes),
             Capacity::Fixed => {
                 spec.min_nodes = c;
@@ -662,6 +680,9 @@ enum Knob {
     MaxNodes(u32),
     Baseline(InstanceType),
     BaselinePeak(InstanceType, InstanceType),
+    /// Warm nodes all week (`min_nodes`), or only while this period is in
+    /// force (its `min_idle`); the warm count carries over.
+    Warm(Option<SchedulePeriod>),
 }
 
 impl Knob {
@@ -692,6 +713,15 @@ impl Knob {
                 c.baseline = Some(b.clone());
                 c.peak = Some(p.clone());
             }
+            (Knob::Warm(period), _) => {
+                let warm = Capacity::Floor.get(spec);
+                spec.schedule.clear();
+                spec.min_nodes = 0;
+                if let Some(p) = period {
+                    spec.schedule.push(p.clone());
+                }
+                Capacity::Floor.set(spec, warm);
+            }
             // A knob of another strategy: nothing to turn.
             _ => {}
         }
@@ -714,14 +744,29 @@ fn dimensions(s: &Scenario, spec: &PoolSpec) -> Vec<Vec<Knob>> {
             .map_or((0, 0), |o| (o.cpus, o.memory_mb))
     };
     let types = &s.pool.instance_types;
+    // Warm nodes all week or in busy hours only, where the forecast has
+    // quiet hours and the input sets no schedule of its own.
+    let mut warm = vec![Knob::Warm(None)];
+    if s.pool.schedule.is_empty() {
+        for share in BUSY_SHARES {
+            let knob = Knob::Warm(busy_hours(s, share));
+            if !warm.contains(&knob) {
+                warm.push(knob);
+            }
+        }
+    }
+    // Warm hours first: spare nodes need room under max_nodes, which a
+    // pool tuned all-week warm may have lost in the same pass.
     let dims = match &spec.strategy {
-        StrategyConfig::ColdImage(_) => vec![idle(), max_nodes],
+        StrategyConfig::ColdImage(_) => vec![warm, idle(), max_nodes],
         StrategyConfig::ColdSnapshot(_) => vec![
+            warm,
             idle(),
             max_nodes,
             SNAPSHOT_REFRESH_MS.map(Knob::SnapshotRefresh).to_vec(),
         ],
         StrategyConfig::Spot(_) => vec![
+            warm,
             idle(),
             max_nodes,
             vec![Knob::OnDemandFallback(true), Knob::OnDemandFallback(false)],
@@ -749,6 +794,69 @@ fn dimensions(s: &Scenario, spec: &PoolSpec) -> Vec<Vec<Knob>> {
         _ => Vec::new(),
     };
     dims.into_iter().filter(|d| d.len() > 1).collect()
+}
+
+/// The forecast's busy hours as a schedule period, if it has quiet ones:
+/// the hours of the day whose rate is at least `share` of the busiest
+/// hour's, on the days whose rate is at least `share` of the busiest
+/// day's (simulated time is UTC and starts on a Monday, so the period
+/// reads in UTC). Only a profile forecast with an hour-of-day shape has
+/// them.
+pub fn busy_hours(s: &Scenario, share: f64) -> Option<SchedulePeriod> {
+    let Forecast::Profile(p) = &s.input.forecast else {
+        return None;
+    };
+    let busy = |shape: &[f64]| -> Vec<usize> {
+        let peak = shape.iter().copied().fold(0.0, f64::max);
+        (0..shape.len())
+            .filter(|&i| peak > 0.0 && shape[i] >= peak * share)
+            .collect()
+    };
+    let hours = busy(p.hour_of_day.as_deref()?);
+    if hours.is_empty() || hours.len() == 24 {
+        return None;
+    }
+    let days = p.day_of_week.as_deref().map_or((0..7).collect(), busy);
+    const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let day_field = if days.len() == 7 {
+        "*".to_owned()
+    } else {
+        days.iter()
+            .filter_map(|&d| NAMES.get(d))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    SchedulePeriod::new(PeriodSpec {
+        periods: vec![format!("* {} * * {day_field}", ranges(&hours))],
+        timezone: "UTC".to_owned(),
+        min_idle: 0,
+        scale_factor: ScaleFactor::default(),
+        scale_factor_limit: None,
+        idle_time_ms: None,
+    })
+    .ok()
+}
+
+/// Sorted hours as a cron field: runs of consecutive hours as `a-b`.
+fn ranges(hours: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < hours.len() {
+        let start = hours[i];
+        let mut end = start;
+        while i + 1 < hours.len() && hours[i + 1] == end + 1 {
+            i += 1;
+            end = hours[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
 }
 
 /// `spec` as a `[[pool]]` table of `daemon.toml`, fields in the order
@@ -851,6 +959,15 @@ fn setting(p: &PoolSpec) -> String {
             }
         }
     }
+    for period in &p.schedule {
+        let s = period.spec();
+        words.push(format!(
+            "min_idle={} in \"{}\" {}",
+            s.min_idle,
+            s.periods.join("\", \""),
+            s.timezone
+        ));
+    }
     words.join(" ")
 }
 
@@ -939,6 +1056,41 @@ mod tests {
         );
         assert_eq!(one.tuned.len(), 6);
         assert_eq!(one.result.ranking.len(), 6);
+    }
+
+    #[test]
+    fn busy_hours_are_the_forecasts_busy_hours_and_days() {
+        let s = crate::input::parse(
+            serde_json::json!({
+                "horizon_hours": 24,
+                "forecast": { "profile": {
+                    "rate_per_hour": 10,
+                    "hour_of_day": [0,0,0,0,0,0,0,0.3,0.8,1,1,1,0.7,1,1,1,0.8,0.4,0.1,0,0,0,0,0],
+                    "day_of_week": [1,1,1,1,1,0.1,0]
+                } },
+                "provider": { "price_book": "aws" },
+                "sla": { "max_wait_ms": 60000 }
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cron = |share| busy_hours(&s, share).map(|p| p.spec().periods.clone());
+        assert_eq!(
+            cron(0.5),
+            Some(vec!["* 8-16 * * mon,tue,wed,thu,fri".to_owned()])
+        );
+        assert_eq!(
+            cron(0.2),
+            Some(vec!["* 7-17 * * mon,tue,wed,thu,fri".to_owned()])
+        );
+        assert_eq!(
+            cron(0.05),
+            Some(vec!["* 7-18 * * mon,tue,wed,thu,fri,sat".to_owned()])
+        );
+        assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), "1-3,7,9-10");
+        // A flat day has no quiet hours to leave cold.
+        assert!(busy_hours(&all_six(), 0.5).is_none());
     }
 
     #[test]
