@@ -383,6 +383,28 @@ fn strategy_result(s: &Scenario, r: &RunOutcome, id: String) -> StrategyResult {
     }
 }
 
+/// Why a strategy ranks where it does: `best` is the cheapest that meets
+/// the SLA (id, total), `miss` why this one misses it, if it does; `words`
+/// name what is ranked and how a miss is put.
+pub(crate) fn rank_reason(
+    best: Option<&(String, i64)>,
+    id: &str,
+    total_micros: i64,
+    miss: Option<&str>,
+    words: (&str, &str),
+) -> String {
+    let (what, missed) = words;
+    match (best, miss) {
+        (Some((b, _)), None) if b == id => format!("cheapest {what} that meets the SLA"),
+        (Some((b, cost)), None) => format!(
+            "meets the SLA but costs {} more than {b}",
+            Money::from_micros(total_micros - cost)
+        ),
+        (None, None) => "meets the SLA".to_owned(),
+        (_, Some(why)) => format!("{missed}: {why}"),
+    }
+}
+
 /// Cheapest meeting the SLA first; then the others meeting it by cost;
 /// then those missing it by cost. Ties break on the id.
 pub fn rank(strategies: &[StrategyResult]) -> Vec<RankEntry> {
@@ -402,17 +424,13 @@ pub fn rank(strategies: &[StrategyResult]) -> Vec<RankEntry> {
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let reason = match (&best, &r.sla.reason) {
-                (Some((id, _)), None) if *id == r.id => {
-                    "cheapest strategy that meets the SLA".to_owned()
-                }
-                (Some((id, cost)), None) => format!(
-                    "meets the SLA but costs {} more than {id}",
-                    Money::from_micros(r.cost.total_micros - cost)
-                ),
-                (None, None) => "meets the SLA".to_owned(),
-                (_, Some(why)) => format!("misses the SLA: {why}"),
-            };
+            let reason = rank_reason(
+                best.as_ref(),
+                &r.id,
+                r.cost.total_micros,
+                r.sla.reason.as_deref(),
+                ("strategy", "misses the SLA"),
+            );
             RankEntry {
                 rank: i + 1,
                 strategy: r.id.clone(),

@@ -194,17 +194,16 @@ fn ranking(tuned: &[Tuned], result: &SimResult) -> Vec<RankEntry> {
         .iter()
         .enumerate()
         .map(|(i, (t, why))| {
-            let reason = match (&best, why) {
-                (Some((id, _)), None) if *id == t.id => {
-                    "cheapest tuned strategy that meets the SLA".to_owned()
-                }
-                (Some((id, cost)), None) => format!(
-                    "meets the SLA but costs {} more than {id}",
-                    Money::from_micros(t.outcome.total_micros - cost)
+            let reason = report::rank_reason(
+                best.as_ref(),
+                &t.id,
+                t.outcome.total_micros,
+                *why,
+                (
+                    "tuned strategy",
+                    "misses the SLA at every setting tried; closest",
                 ),
-                (None, None) => "meets the SLA".to_owned(),
-                (_, Some(why)) => format!("misses the SLA at every setting tried; closest: {why}"),
-            };
+            );
             RankEntry {
                 rank: i + 1,
                 strategy: t.id.clone(),
