@@ -603,7 +603,7 @@ impl Controller {
             }
         }
         c.relink_claims(now);
-        c.relink_jobs();
+        c.relink_jobs(now);
         c
     }
 
