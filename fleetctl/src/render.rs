@@ -347,7 +347,9 @@ fn job_row(j: &JobRecord) -> Vec<String> {
     ]
 }
 
-/// `GET /v1/costs`.
+/// `GET /v1/costs?by=pool`: per pool, its running cost split into what
+/// claims and jobs were attributed and what was idle, then stopped time
+/// and snapshots.
 pub fn cost(report: &CostReport) -> String {
     let hours = |ms: u64| format!("{:.2}", ms as f64 / 3_600_000.0);
     let rows: Vec<Vec<String>> = report
@@ -357,6 +359,8 @@ pub fn cost(report: &CostReport) -> String {
             vec![
                 name.to_string(),
                 money(p.running.micros()),
+                money(p.attributed.micros()),
+                money(p.idle.micros()),
                 money(p.stopped.micros()),
                 money(p.snapshots.micros()),
                 money(p.total().micros()),
@@ -372,6 +376,8 @@ pub fn cost(report: &CostReport) -> String {
         &[
             "POOL",
             "RUNNING",
+            "ATTRIBUTED",
+            "IDLE",
             "STOPPED",
             "SNAPSHOTS",
             "TOTAL",
@@ -386,6 +392,90 @@ pub fn cost(report: &CostReport) -> String {
     out.push_str(&format!(
         "total {} at {}\n",
         money(report.total().micros()),
+        utc(report.at)
+    ));
+    out
+}
+
+/// `GET /v1/costs?by=workspace`: one row per workspace and pool, then each
+/// pool's cost no workspace carries (idle running, stopped, snapshots), so
+/// the rows add up to the total.
+pub fn cost_by_workspace(report: &CostReport) -> String {
+    let hours = |ms: u64| format!("{:.2}", ms as f64 / 3_600_000.0);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (ws, w) in &report.workspaces {
+        for (pool, cost) in &w.pools {
+            rows.push(vec![
+                ws.to_string(),
+                pool.to_string(),
+                money(cost.micros()),
+                hours(w.held_ms),
+                w.claims.to_string(),
+                w.jobs.to_string(),
+            ]);
+        }
+    }
+    for (pool, p) in &report.pools {
+        let rest = p.idle + p.stopped + p.snapshots;
+        rows.push(vec![
+            "(unattributed)".to_owned(),
+            pool.to_string(),
+            money(rest.micros()),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ]);
+    }
+    let mut out = table(
+        &["WORKSPACE", "POOL", "COST", "HELD H", "CLAIMS", "JOBS"],
+        &rows,
+    );
+    out.push_str(&format!(
+        "total {} at {}\n",
+        money(report.total().micros()),
+        utc(report.at)
+    ));
+    out
+}
+
+/// `GET /v1/costs?by=claim`: one row per claim and job the daemon keeps.
+pub fn cost_by_claim(report: &CostReport) -> String {
+    let row = |kind: &str, id: String, h: &fleet_core::protocol::HeldCost| {
+        vec![
+            kind.to_owned(),
+            id,
+            h.workspace.to_string(),
+            h.pool.to_string(),
+            money(h.cost.micros()),
+            duration(h.held_ms),
+            if h.holding { "holding" } else { "ended" }.to_owned(),
+        ]
+    };
+    let rows: Vec<Vec<String>> = report
+        .claims
+        .iter()
+        .map(|(id, h)| row("claim", id.to_string(), h))
+        .chain(
+            report
+                .jobs
+                .iter()
+                .map(|(id, h)| row("job", id.to_string(), h)),
+        )
+        .collect();
+    let mut out = table(
+        &["KIND", "ID", "WORKSPACE", "POOL", "COST", "HELD", "STATE"],
+        &rows,
+    );
+    let listed: fleet_core::money::Money = report
+        .claims
+        .values()
+        .chain(report.jobs.values())
+        .map(|h| h.cost)
+        .sum();
+    out.push_str(&format!(
+        "listed {} of {} attributed at {} (ended claims the daemon no longer keeps count only in their workspace)\n",
+        money(listed.micros()),
+        money(report.pools.values().map(|p| p.attributed).sum::<fleet_core::money::Money>().micros()),
         utc(report.at)
     ));
     out
