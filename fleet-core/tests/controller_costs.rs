@@ -1,6 +1,6 @@
 //! Cost attribution through the real controller in the virtual world: two
 //! workspaces share one node, and what each pays is worked out by hand.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 mod common;
 
