@@ -107,3 +107,44 @@ fn ended_claims_fold_into_their_workspace_when_the_controller_forgets_them() {
     assert_eq!(after.workspaces[&ws()].cost, cost);
     assert_eq!(after.workspaces[&ws()].claims, 1);
 }
+
+#[test]
+fn a_job_attempt_shares_its_node_with_a_claim_of_another_workspace() {
+    let mut w = shared_node_world();
+    let team_b = Workspace::new("team-b").unwrap();
+    let mut a = request("a");
+    a.recipient = None;
+    a.lease_ttl_ms = 3_600_000;
+    w.claim_for(a, 600_000);
+    let spec: fleet_core::protocol::TaskSpec = serde_json::from_value(serde_json::json!({
+        "id": "j1", "workspace": "team-b", "pool": "linux", "argv": ["sleep", "30"],
+    }))
+    .unwrap();
+    w.submit_job(spec);
+    w.run_for(3_600_000).unwrap();
+
+    let report = w.controller().costs(w.now());
+    let job = &report.jobs[&fleet_core::JobId::new("j1").unwrap()];
+    let claim = &report.claims[&cid("a")];
+    assert_eq!(job.workspace, team_b);
+    assert!(!job.holding);
+    // The job ran inside the claim's hold: it paid half of its time, the
+    // claim half of that and all of the rest.
+    assert!(
+        job.held_ms >= 30_000 && job.held_ms < claim.held_ms,
+        "{} {}",
+        job.held_ms,
+        claim.held_ms
+    );
+    let half = job.held_ms / 2;
+    assert_eq!(job.cost, Money::from_micros(half as i64));
+    assert_eq!(
+        claim.cost,
+        Money::from_micros((claim.held_ms - job.held_ms + half) as i64)
+    );
+    assert_eq!(report.workspaces[&team_b].jobs, 1);
+    assert_eq!(report.workspaces[&team_b].cost, job.cost);
+    let p = &report.pools[&PoolName::new("linux").unwrap()];
+    assert_eq!(p.attributed, job.cost + claim.cost);
+    assert_eq!(p.running, p.attributed + p.idle);
+}
