@@ -347,9 +347,8 @@ fn job_row(j: &JobRecord) -> Vec<String> {
     ]
 }
 
-/// `GET /v1/costs?by=pool`: per pool, its running cost split into what
-/// claims and jobs were attributed and what was idle, then stopped time
-/// and snapshots.
+/// `GET /v1/costs?by=pool`: per pool, what it cost, and (last) the part of
+/// running attributed to claims and jobs and the idle rest.
 pub fn cost(report: &CostReport) -> String {
     let hours = |ms: u64| format!("{:.2}", ms as f64 / 3_600_000.0);
     let rows: Vec<Vec<String>> = report
@@ -359,8 +358,6 @@ pub fn cost(report: &CostReport) -> String {
             vec![
                 name.to_string(),
                 money(p.running.micros()),
-                money(p.attributed.micros()),
-                money(p.idle.micros()),
                 money(p.stopped.micros()),
                 money(p.snapshots.micros()),
                 money(p.total().micros()),
@@ -369,6 +366,8 @@ pub fn cost(report: &CostReport) -> String {
                 p.boots.values().sum::<u64>().to_string(),
                 p.interruptions.to_string(),
                 p.lost.to_string(),
+                money(p.attributed.micros()),
+                money(p.idle.micros()),
             ]
         })
         .collect();
@@ -376,8 +375,6 @@ pub fn cost(report: &CostReport) -> String {
         &[
             "POOL",
             "RUNNING",
-            "ATTRIBUTED",
-            "IDLE",
             "STOPPED",
             "SNAPSHOTS",
             "TOTAL",
@@ -386,6 +383,9 @@ pub fn cost(report: &CostReport) -> String {
             "BOOTS",
             "INTERRUPTIONS",
             "LOST",
+            // Last, so the columns scripts already read keep their places.
+            "ATTRIBUTED",
+            "IDLE",
         ],
         &rows,
     );
