@@ -10,6 +10,7 @@
 //! them per path), errors included ([`ApiErrorBody`]), so what this module
 //! writes is what `fleetctl` reads.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +25,8 @@ use fleet_core::ids::Workspace;
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_METRICS_PATH,
     API_NODES_PATH, API_POOLS_PATH, API_READYZ_PATH, API_STATUS_PATH, API_TOKENS_PATH,
-    ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken, NewTokenRequest, NodeState,
-    NodeStatus, PoolInfo, StatusSummary,
+    ApiErrorBody, ClaimRecord, CostGrouping, CostReport, JobRecord, NewToken, NewTokenRequest,
+    NodeState, NodeStatus, PoolInfo, StatusSummary,
 };
 
 use crate::auth::ApiTokens;
@@ -187,8 +188,22 @@ async fn jobs(State(state): State<ApiState>) -> Result<axum::Json<Vec<JobRecord>
     Ok(axum::Json(snapshot(&state).await?.jobs))
 }
 
-async fn costs(State(state): State<ApiState>) -> Result<axum::Json<CostReport>, ApiError> {
-    Ok(axum::Json(snapshot(&state).await?.costs))
+/// `GET /v1/costs?by=pool|workspace|claim` (default `workspace`).
+async fn costs(
+    State(state): State<ApiState>,
+    query: Result<
+        axum::extract::Query<BTreeMap<String, String>>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Result<axum::Json<CostReport>, ApiError> {
+    let axum::extract::Query(query) = query.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let by = match query.get("by") {
+        Some(by) => by
+            .parse::<CostGrouping>()
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?,
+        None => CostGrouping::default(),
+    };
+    Ok(axum::Json(snapshot(&state).await?.costs.grouped(by)))
 }
 
 async fn create_token(
@@ -241,16 +256,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         let n = s.nodes.iter().filter(|n| n.state == st).count();
         let _ = writeln!(out, "fleet_nodes{{state=\"{}\"}} {n}", st.name());
     }
-    out.push_str(
-        "# HELP fleet_cost_dollars Cost accrued per pool.\n# TYPE fleet_cost_dollars counter\n",
-    );
-    for (pool, c) in &s.costs.pools {
-        let _ = writeln!(
-            out,
-            "fleet_cost_dollars{{pool=\"{pool}\"}} {}",
-            c.total().as_dollars_f64()
-        );
-    }
+    render_costs(&mut out, &s.costs);
     let _ = writeln!(
         out,
         "# HELP fleet_leader Whether this daemon leads.\n# TYPE fleet_leader gauge\nfleet_leader {}",
@@ -258,4 +264,93 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     );
     s.metrics.render_grants(&mut out);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// The cost counters: per pool, the part of it attributed to no workspace,
+/// and per workspace and pool (labels are validated names, which need no
+/// escaping). Like the ledger they count from the leader's start.
+fn render_costs(out: &mut String, costs: &CostReport) {
+    out.push_str(
+        "# HELP fleet_cost_dollars Cost accrued per pool.\n# TYPE fleet_cost_dollars counter\n",
+    );
+    for (pool, c) in &costs.pools {
+        let _ = writeln!(
+            out,
+            "fleet_cost_dollars{{pool=\"{pool}\"}} {}",
+            c.total().as_dollars_f64()
+        );
+    }
+    out.push_str(
+        "# HELP fleet_pool_idle_cost_dollars Running cost per pool attributed to no claim or job (boot, idle, billing minimums).\n# TYPE fleet_pool_idle_cost_dollars counter\n",
+    );
+    for (pool, c) in &costs.pools {
+        let _ = writeln!(
+            out,
+            "fleet_pool_idle_cost_dollars{{pool=\"{pool}\"}} {}",
+            c.idle.as_dollars_f64()
+        );
+    }
+    out.push_str(
+        "# HELP fleet_workspace_cost_dollars Cost attributed to a workspace's claims and jobs, per pool.\n# TYPE fleet_workspace_cost_dollars counter\n",
+    );
+    for (ws, w) in &costs.workspaces {
+        for (pool, cost) in &w.pools {
+            let _ = writeln!(
+                out,
+                "fleet_workspace_cost_dollars{{workspace=\"{ws}\",pool=\"{pool}\"}} {}",
+                cost.as_dollars_f64()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_core::money::Money;
+    use fleet_core::protocol::{PoolCost, WorkspaceCost};
+
+    use super::*;
+
+    #[test]
+    fn cost_counters_per_pool_idle_and_workspace() -> Result<(), Box<dyn std::error::Error>> {
+        let pool = fleet_core::ids::PoolName::new("linux")?;
+        let mut costs = CostReport::default();
+        costs.pools.insert(
+            pool.clone(),
+            PoolCost {
+                running: Money::from_micros(1_500_000),
+                attributed: Money::from_micros(1_250_000),
+                idle: Money::from_micros(250_000),
+                snapshots: Money::from_micros(500_000),
+                ..PoolCost::default()
+            },
+        );
+        for (ws, micros) in [("team-a", 1_000_000), ("team-b", 250_000)] {
+            let mut w = WorkspaceCost {
+                cost: Money::from_micros(micros),
+                ..WorkspaceCost::default()
+            };
+            w.pools.insert(pool.clone(), Money::from_micros(micros));
+            costs.workspaces.insert(Workspace::new(ws)?, w);
+        }
+        let mut out = String::new();
+        render_costs(&mut out, &costs);
+        for line in [
+            "# TYPE fleet_cost_dollars counter",
+            "fleet_cost_dollars{pool=\"linux\"} 2",
+            "# TYPE fleet_pool_idle_cost_dollars counter",
+            "fleet_pool_idle_cost_dollars{pool=\"linux\"} 0.25",
+            "# TYPE fleet_workspace_cost_dollars counter",
+            "fleet_workspace_cost_dollars{workspace=\"team-a\",pool=\"linux\"} 1",
+            "fleet_workspace_cost_dollars{workspace=\"team-b\",pool=\"linux\"} 0.25",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line:?} missing from\n{out}"
+            );
+        }
+        assert!(out.contains("# HELP fleet_workspace_cost_dollars "));
+        assert!(out.contains("# HELP fleet_pool_idle_cost_dollars "));
+        Ok(())
+    }
 }

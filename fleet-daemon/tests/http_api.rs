@@ -116,6 +116,26 @@ async fn auth_limits_and_an_o1_readyz() {
     let _: Vec<ClaimRecord> = decode(&request(addr, get(API_CLAIMS_PATH, auth)).await.1);
     let _: Vec<JobRecord> = decode(&request(addr, get(API_JOBS_PATH, auth)).await.1);
     let _: CostReport = decode(&request(addr, get(API_COSTS_PATH, auth)).await.1);
+    for by in ["pool", "workspace", "claim"] {
+        let (code, raw) = request(addr, get(&format!("{API_COSTS_PATH}?by={by}"), auth)).await;
+        assert_eq!(code, 200, "{raw}");
+        let _: CostReport = decode(&raw);
+    }
+    let (code, raw) = request(addr, get(&format!("{API_COSTS_PATH}?by=node"), auth)).await;
+    assert_eq!(code, 400, "{raw}");
+    let refused: ApiErrorBody = decode(&raw);
+    assert!(refused.error.contains("\"node\""), "{}", refused.error);
+    let (_, metrics) = request(addr, get("/metrics", auth)).await;
+    for family in [
+        "fleet_cost_dollars",
+        "fleet_pool_idle_cost_dollars",
+        "fleet_workspace_cost_dollars",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} counter\n")),
+            "{family}: {metrics}"
+        );
+    }
 
     // Bodies over 64 KiB are refused; a malformed one gets a clear 400.
     let big = "x".repeat(70 * 1024);

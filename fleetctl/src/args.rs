@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use fleet_core::protocol::Secret;
 
 /// fleetctl — the fleet command line
@@ -103,9 +103,14 @@ pub enum Command {
     Nodes,
     /// Claims and their state
     Claims,
-    /// Cost report per pool
+    /// Cost report per pool, workspace or claim
     #[command(alias = "costs")]
-    Cost,
+    Cost {
+        /// Break the cost down per pool (default), per workspace, or per
+        /// claim and job
+        #[arg(long, value_enum, value_name = "GROUP")]
+        by: Option<CostBy>,
+    },
     /// Claim a node; writes its credentials to --out
     Claim(ClaimArgs),
     /// Run a command on a claimed node (its exit code propagates)
@@ -254,4 +259,25 @@ where
 /// Writes the completion script for `shell` to `out`.
 pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
     clap_complete::generate(shell, &mut command(), "fleetctl", out);
+}
+
+/// `fleetctl cost --by`: the breakdown, as the API's `by` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CostBy {
+    /// Per pool: what is attributed to workspaces and what is not
+    Pool,
+    /// Per workspace and pool, and each pool's unattributed rest
+    Workspace,
+    /// Per claim and job the daemon still keeps
+    Claim,
+}
+
+impl From<CostBy> for fleet_core::protocol::CostGrouping {
+    fn from(by: CostBy) -> Self {
+        match by {
+            CostBy::Pool => Self::Pool,
+            CostBy::Workspace => Self::Workspace,
+            CostBy::Claim => Self::Claim,
+        }
+    }
 }

@@ -13,7 +13,7 @@ use fleet_core::transport::{ClaimClient, ClaimError};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::args::{ClaimArgs, Command, Jobs, Token};
+use crate::args::{ClaimArgs, Command, CostBy, Jobs, Token};
 #[cfg(feature = "doctor")]
 use crate::doctor;
 use crate::render::{self, now_ms};
@@ -37,7 +37,15 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
         Command::Claims => show(&ctx, ctx.api()?.claims().await?, |c| {
             render::claims(c, now_ms())
         }),
-        Command::Cost => show(&ctx, ctx.api()?.costs().await?, render::cost),
+        Command::Cost { by } => {
+            let by = by.unwrap_or(CostBy::Pool);
+            let report = ctx.api()?.costs(by.into()).await?;
+            match by {
+                CostBy::Pool => show(&ctx, report, render::cost),
+                CostBy::Workspace => show(&ctx, report, render::cost_by_workspace),
+                CostBy::Claim => show(&ctx, report, render::cost_by_claim),
+            }
+        }
         Command::Jobs(Jobs::List) => show(&ctx, ctx.api()?.jobs().await?, |j| render::jobs(j)),
         Command::Token(Token::Create { name, workspaces }) => {
             let workspaces = workspaces

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_JOBS_PATH, API_NODES_PATH, API_POOLS_PATH,
-    API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken,
-    NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
+    API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostGrouping, CostReport,
+    JobRecord, NewToken, NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -143,9 +143,9 @@ impl Api {
         self.get(API_JOBS_PATH).await
     }
 
-    /// `GET /v1/costs`.
-    pub async fn costs(&self) -> Result<CostReport, CtlError> {
-        self.get(API_COSTS_PATH).await
+    /// `GET /v1/costs?by=…`.
+    pub async fn costs(&self, by: CostGrouping) -> Result<CostReport, CtlError> {
+        self.get(&format!("{API_COSTS_PATH}?by={by}")).await
     }
 
     /// `POST /v1/tokens`.

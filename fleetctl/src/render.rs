@@ -347,7 +347,8 @@ fn job_row(j: &JobRecord) -> Vec<String> {
     ]
 }
 
-/// `GET /v1/costs`.
+/// `GET /v1/costs?by=pool`: per pool, what it cost, and (last) the part of
+/// running attributed to claims and jobs and the idle rest.
 pub fn cost(report: &CostReport) -> String {
     let hours = |ms: u64| format!("{:.2}", ms as f64 / 3_600_000.0);
     let rows: Vec<Vec<String>> = report
@@ -365,6 +366,8 @@ pub fn cost(report: &CostReport) -> String {
                 p.boots.values().sum::<u64>().to_string(),
                 p.interruptions.to_string(),
                 p.lost.to_string(),
+                money(p.attributed.micros()),
+                money(p.idle.micros()),
             ]
         })
         .collect();
@@ -380,12 +383,99 @@ pub fn cost(report: &CostReport) -> String {
             "BOOTS",
             "INTERRUPTIONS",
             "LOST",
+            // Last, so the columns scripts already read keep their places.
+            "ATTRIBUTED",
+            "IDLE",
         ],
         &rows,
     );
     out.push_str(&format!(
         "total {} at {}\n",
         money(report.total().micros()),
+        utc(report.at)
+    ));
+    out
+}
+
+/// `GET /v1/costs?by=workspace`: one row per workspace and pool, then each
+/// pool's cost no workspace carries (idle running, stopped, snapshots), so
+/// the rows add up to the total.
+pub fn cost_by_workspace(report: &CostReport) -> String {
+    let hours = |ms: u64| format!("{:.2}", ms as f64 / 3_600_000.0);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (ws, w) in &report.workspaces {
+        for (pool, cost) in &w.pools {
+            rows.push(vec![
+                ws.to_string(),
+                pool.to_string(),
+                money(cost.micros()),
+                hours(w.held_ms),
+                w.claims.to_string(),
+                w.jobs.to_string(),
+            ]);
+        }
+    }
+    for (pool, p) in &report.pools {
+        let rest = p.idle + p.stopped + p.snapshots;
+        rows.push(vec![
+            "(unattributed)".to_owned(),
+            pool.to_string(),
+            money(rest.micros()),
+            "-".to_owned(),
+            "-".to_owned(),
+            "-".to_owned(),
+        ]);
+    }
+    let mut out = table(
+        &["WORKSPACE", "POOL", "COST", "HELD H", "CLAIMS", "JOBS"],
+        &rows,
+    );
+    out.push_str(&format!(
+        "total {} at {}\n",
+        money(report.total().micros()),
+        utc(report.at)
+    ));
+    out
+}
+
+/// `GET /v1/costs?by=claim`: one row per claim and job the daemon keeps.
+pub fn cost_by_claim(report: &CostReport) -> String {
+    let row = |kind: &str, id: String, h: &fleet_core::protocol::HeldCost| {
+        vec![
+            kind.to_owned(),
+            id,
+            h.workspace.to_string(),
+            h.pool.to_string(),
+            money(h.cost.micros()),
+            duration(h.held_ms),
+            if h.holding { "holding" } else { "ended" }.to_owned(),
+        ]
+    };
+    let rows: Vec<Vec<String>> = report
+        .claims
+        .iter()
+        .map(|(id, h)| row("claim", id.to_string(), h))
+        .chain(
+            report
+                .jobs
+                .iter()
+                .map(|(id, h)| row("job", id.to_string(), h)),
+        )
+        .collect();
+    let mut out = table(
+        &["KIND", "ID", "WORKSPACE", "POOL", "COST", "HELD", "STATE"],
+        &rows,
+    );
+    let listed: fleet_core::money::Money = report
+        .claims
+        .values()
+        .chain(report.jobs.values())
+        .map(|h| h.cost)
+        .sum();
+    out.push_str(&format!(
+        "listed {} of {} attributed at {} (ended claims the daemon no longer keeps count only in their workspace)\n",
+        money(listed.micros()),
+        money(report.pools.values().map(|p| p.attributed).sum::<fleet_core::money::Money>().micros()),
         utc(report.at)
     ));
     out

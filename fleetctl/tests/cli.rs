@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::error::ErrorKind;
 use fleet_core::protocol::{ClaimRecord, CostReport, PoolInfo, StatusSummary};
-use fleetctl::args::{ClaimArgs, Command, Jobs, Token, parse};
+use fleetctl::args::{ClaimArgs, Command, CostBy, Jobs, Token, parse};
 use fleetctl::exec;
 use fleetctl::render;
 use serde_json::json;
@@ -138,7 +138,14 @@ fn commands_after_double_dash() -> Result<(), clap::Error> {
             workspaces: Some(vec!["team-a".into(), "team-b".into()])
         })
     );
-    assert_eq!(cmd("costs")?, Command::Cost);
+    assert_eq!(cmd("costs")?, Command::Cost { by: None });
+    assert_eq!(
+        cmd("cost --by workspace")?,
+        Command::Cost {
+            by: Some(CostBy::Workspace)
+        }
+    );
+    assert!(cmd("cost --by node").is_err());
     #[cfg(feature = "doctor")]
     assert_eq!(cmd("doctor")?, Command::Doctor);
     Ok(())

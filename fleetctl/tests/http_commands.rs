@@ -19,9 +19,9 @@ use fleet_core::money::Money;
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_NODES_PATH,
     API_POOLS_PATH, API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, BootSource, ClaimRecord,
-    ClaimRequest, ClaimState, CostReport, JobRecord, JobState, Market, NewToken, NewTokenRequest,
-    NodeRecord, NodeState, NodeStatus, PoolCost, PoolInfo, Receipt, Requirements, Secret,
-    StatusSummary, TaskResult, TaskSpec,
+    ClaimRequest, ClaimState, CostGrouping, CostReport, HeldCost, JobRecord, JobState, Market,
+    NewToken, NewTokenRequest, NodeRecord, NodeState, NodeStatus, PoolCost, PoolInfo, Receipt,
+    Requirements, Secret, StatusSummary, TaskResult, TaskSpec, WorkspaceCost,
 };
 use fleet_core::strategy::PoolSpec;
 use tokio::net::TcpListener;
@@ -82,16 +82,40 @@ fn answers() -> Answers {
     }))
     .unwrap_or_else(|e| panic!("{e}"));
     let job = id(JobId::new("j1"));
-    let mut costs = CostReport {
-        at: 0,
-        pools: BTreeMap::new(),
-    };
+    // $2.50 of running: $1.75 attributed ($1.50 to w's claim c1, $0.25 to
+    // job j1), $0.75 idle.
+    let mut costs = CostReport::default();
     costs.pools.insert(
         pool.clone(),
         PoolCost {
             running: Money::from_micros(2_500_000),
+            attributed: Money::from_micros(1_750_000),
+            idle: Money::from_micros(750_000),
             running_ms: 3_600_000,
             ..PoolCost::default()
+        },
+    );
+    let held = |cost: i64, holding: bool| HeldCost {
+        workspace: ws.clone(),
+        pool: pool.clone(),
+        cost: Money::from_micros(cost),
+        held_ms: 1_800_000,
+        holding,
+    };
+    costs
+        .claims
+        .insert(id(ClaimId::new("c1")), held(1_500_000, true));
+    costs
+        .jobs
+        .insert(id(JobId::new("j1")), held(250_000, false));
+    costs.workspaces.insert(
+        ws.clone(),
+        WorkspaceCost {
+            cost: Money::from_micros(1_750_000),
+            pools: BTreeMap::from([(pool.clone(), Money::from_micros(1_750_000))]),
+            held_ms: 3_600_000,
+            claims: 1,
+            jobs: 1,
         },
     );
     let mut spec_pool = PoolSpec {
@@ -218,55 +242,67 @@ async fn server(mode: Mode) -> std::io::Result<SocketAddr> {
             json(serde_json::to_vec(&a.claims))
         }
     };
-    let v1 = Router::new()
-        .route(
-            API_STATUS_PATH,
-            get({
-                let a = Arc::clone(&a);
-                move || async move { json(serde_json::to_vec(&a.status)) }
-            }),
-        )
-        .route(
-            API_POOLS_PATH,
-            get({
-                let a = Arc::clone(&a);
-                move || async move { json(serde_json::to_vec(&a.pools)) }
-            }),
-        )
-        .route(
-            API_NODES_PATH,
-            get({
-                let a = Arc::clone(&a);
-                move || async move { json(serde_json::to_vec(&a.nodes)) }
-            }),
-        )
-        .route(API_CLAIMS_PATH, get(claims))
-        .route(
-            API_JOBS_PATH,
-            get({
-                let a = Arc::clone(&a);
-                move || async move { json(serde_json::to_vec(&a.jobs)) }
-            }),
-        )
-        .route(
-            API_COSTS_PATH,
-            get({
-                let a = Arc::clone(&a);
-                move || async move { json(serde_json::to_vec(&a.costs)) }
-            }),
-        )
-        .route(
-            API_TOKENS_PATH,
-            post(|axum::Json(req): axum::Json<NewTokenRequest>| async move {
-                axum::Json(NewToken {
-                    name: req.name,
-                    token: Secret::new("fresh-secret-token"),
-                    workspaces: req.workspaces.map(|w| w.into_iter().collect()),
-                })
-            }),
-        )
-        .route_layer(middleware::from_fn_with_state(mode, require_token))
-        .with_state(mode);
+    let v1 =
+        Router::new()
+            .route(
+                API_STATUS_PATH,
+                get({
+                    let a = Arc::clone(&a);
+                    move || async move { json(serde_json::to_vec(&a.status)) }
+                }),
+            )
+            .route(
+                API_POOLS_PATH,
+                get({
+                    let a = Arc::clone(&a);
+                    move || async move { json(serde_json::to_vec(&a.pools)) }
+                }),
+            )
+            .route(
+                API_NODES_PATH,
+                get({
+                    let a = Arc::clone(&a);
+                    move || async move { json(serde_json::to_vec(&a.nodes)) }
+                }),
+            )
+            .route(API_CLAIMS_PATH, get(claims))
+            .route(
+                API_JOBS_PATH,
+                get({
+                    let a = Arc::clone(&a);
+                    move || async move { json(serde_json::to_vec(&a.jobs)) }
+                }),
+            )
+            .route(
+                API_COSTS_PATH,
+                get({
+                    let a = Arc::clone(&a);
+                    // Grouped as the daemon groups it, so a missing or wrong
+                    // `by` shows in what fleetctl prints.
+                    move |axum::extract::Query(q): axum::extract::Query<
+                        BTreeMap<String, String>,
+                    >| async move {
+                        match q.get("by").map(|b| b.parse::<CostGrouping>()) {
+                            Some(Ok(by)) => json(serde_json::to_vec(&a.costs.clone().grouped(by)))
+                                .into_response(),
+                            _ => (StatusCode::BAD_REQUEST, axum::Json(ApiErrorBody::new("by")))
+                                .into_response(),
+                        }
+                    }
+                }),
+            )
+            .route(
+                API_TOKENS_PATH,
+                post(|axum::Json(req): axum::Json<NewTokenRequest>| async move {
+                    axum::Json(NewToken {
+                        name: req.name,
+                        token: Secret::new("fresh-secret-token"),
+                        workspaces: req.workspaces.map(|w| w.into_iter().collect()),
+                    })
+                }),
+            )
+            .route_layer(middleware::from_fn_with_state(mode, require_token))
+            .with_state(mode);
     let app = Router::new()
         .route(API_HEALTHZ_PATH, get(|| async { "ok\n" }))
         .merge(v1);
@@ -373,10 +409,60 @@ async fn tables_and_json_from_the_api() -> TestResult {
     let s = text(&out.stdout);
     assert!(s.contains("local  cold_image  local.node"), "{s}");
     let out = fleetctl(run_args(addr, "cost")).await?;
+    let s = text(&out.stdout);
+    assert!(s.contains("total $2.500000"), "{s}");
+    assert!(s.contains("LOST  ATTRIBUTED  IDLE\n"), "{s}");
+    assert!(s.contains("  0     $1.750000   $0.750000\n"), "{s}");
+    assert_eq!(
+        fleetctl(run_args(addr, "cost --by pool")).await?.stdout,
+        out.stdout
+    );
+    let out = fleetctl(run_args(addr, "cost --by workspace")).await?;
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("total $2.500000"),
+        s.starts_with("WORKSPACE       POOL   COST       HELD H  CLAIMS  JOBS\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("\nw               local  $1.750000  1.00    1       1\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("\n(unattributed)  local  $0.750000  -       -       -\n"),
+        "{s}"
+    );
+    assert!(
+        s.ends_with("total $2.500000 at 1970-01-01T00:00:00Z\n"),
+        "{s}"
+    );
+    let out = fleetctl(run_args(addr, "cost --by claim")).await?;
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("\nclaim  c1  w          local  $1.500000  30m00s  holding\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("\njob    j1  w          local  $0.250000  30m00s  ended\n"),
+        "{s}"
+    );
+    assert!(
+        s.contains("listed $1.750000 of $1.750000 attributed"),
+        "{s}"
+    );
+    // --json is the API's answer for that grouping.
+    let out = fleetctl(run_args(addr, "--json cost --by claim")).await?;
+    let report: CostReport = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report, answers().costs);
+    let out = fleetctl(run_args(addr, "--json cost")).await?;
+    let report: CostReport = serde_json::from_slice(&out.stdout)?;
+    assert!(report.workspaces.is_empty() && report.claims.is_empty() && report.pools.len() == 1);
+    let out = fleetctl(run_args(addr, "cost --by node")).await?;
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(
+        text(&out.stderr).contains("pool, workspace, claim"),
         "{}",
-        text(&out.stdout)
+        text(&out.stderr)
     );
     let out = fleetctl(run_args(addr, "jobs list")).await?;
     let s = text(&out.stdout);

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::cost::Holder;
 use super::persist::{Effect, TimerKey};
 use super::{Alert, Claim, Command, Controller};
 use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
@@ -56,6 +57,8 @@ impl Controller {
             if let Some(n) = node.as_ref().and_then(|n| self.nodes.get_mut(n)) {
                 n.claims.insert(claim.clone());
                 n.idle_since = None;
+                let node = n.rec.node.clone();
+                self.bill_hold(&node, Holder::Claim(claim.clone()), now);
             } else if let Some(c) = self.claims.get_mut(&claim) {
                 // Its node is gone from the store: revoke on the first tick.
                 c.rec.expires_at = Some(now);
@@ -385,8 +388,12 @@ impl Controller {
                     n.idle_since = Some(now);
                 }
             }
+            self.bill_release(&node, &Holder::Claim(id.clone()), now);
             self.dirty = true;
         }
+        let Some(c) = self.claims.get_mut(id) else {
+            return;
+        };
         c.rec.state = state;
         c.rec.ended_at = Some(now);
         c.rec.pending_reason = None;
@@ -527,6 +534,7 @@ impl Controller {
                 };
                 let rec = c.rec.clone();
                 if let Some(node) = &rec.node {
+                    self.bill_release(node, &Holder::Claim(claim.clone()), now);
                     if let Some(n) = self.nodes.get_mut(node) {
                         if n.claims.remove(&claim) && n.occupied() == 0 {
                             n.idle_since = Some(now);
@@ -569,6 +577,7 @@ impl Controller {
                     .is_some_and(|c| c.rec.state.is_terminal()) =>
             {
                 self.claims.remove(&claim);
+                self.ledger.forget(&Holder::Claim(claim.clone()));
                 self.timers.set(TimerKey::Claim(claim), None);
             }
             _ => {}
@@ -840,6 +849,7 @@ impl Controller {
                 n.last_affinity = Some(key);
             }
         }
+        self.bill_hold(node, Holder::Claim(claim.clone()), now);
         self.count_use(node, now, out);
         let endpoint = self
             .nodes

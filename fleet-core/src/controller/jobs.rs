@@ -5,6 +5,7 @@
 //! claim plane is interactive, jobs are batch. Strategies see queued jobs as
 //! demand, so pools grow for them too.
 
+use super::cost::Holder;
 use super::persist::{Effect, TimerKey};
 use super::{Alert, Command, Controller, Job};
 use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, arbitrate};
@@ -38,7 +39,7 @@ impl Controller {
 
     /// After restore: jobs on nodes hold their slots; a job on a vanished
     /// node is requeued on the first tick.
-    pub(super) fn relink_jobs(&mut self) {
+    pub(super) fn relink_jobs(&mut self, now: Millis) {
         let ids: Vec<JobId> = self.jobs.keys().cloned().collect();
         for id in ids {
             let node = match self.jobs.get(&id).map(|j| &j.rec.state) {
@@ -54,6 +55,7 @@ impl Controller {
                 Some(n) => {
                     n.jobs.insert(id.clone());
                     n.idle_since = None;
+                    self.bill_hold(&node, Holder::Job(id.clone()), now);
                 }
                 None => self.orphaned_jobs.push(id.clone()),
             }
@@ -293,6 +295,7 @@ impl Controller {
                     .is_some_and(|j| matches!(j.rec.state, JobState::Done | JobState::Cancelled));
                 if ended {
                     self.jobs.remove(&job);
+                    self.ledger.forget(&Holder::Job(job.clone()));
                     self.timers.set(TimerKey::Job(job), None);
                 }
             }
@@ -373,6 +376,7 @@ impl Controller {
             n.jobs.insert(id.clone());
             n.idle_since = None;
         }
+        self.bill_hold(node, Holder::Job(id.clone()), now);
         self.count_use(node, now, out);
         self.save_job(id, vec![Effect::JobDispatch { job: id.clone() }], now, out);
     }
@@ -571,6 +575,9 @@ impl Controller {
                 &j.rec.state
         {
             self.commands.remove(command);
+        }
+        if let Some(node) = node {
+            self.bill_release(node, &Holder::Job(id.clone()), now);
         }
         if let Some(n) = node.and_then(|n| self.nodes.get_mut(n)) {
             n.jobs.remove(id);

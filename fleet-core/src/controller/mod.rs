@@ -627,7 +627,7 @@ impl Controller {
             }
         }
         c.relink_claims(now);
-        c.relink_jobs();
+        c.relink_jobs(now);
         c.refresh_pool_drift(None);
         c
     }

@@ -169,6 +169,7 @@ impl Controller {
                     .is_some_and(|n| n.rec.state == NodeState::Gone) =>
             {
                 self.nodes.remove(&node);
+                self.ledger.forget_node(&node, now);
                 self.timers.set(TimerKey::Node(node), None);
             }
             _ => {}

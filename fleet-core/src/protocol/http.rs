@@ -10,7 +10,7 @@
 //! | [`API_NODES_PATH`] | GET | `[`[`NodeStatus`]`]` |
 //! | [`API_CLAIMS_PATH`] | GET | `[`[`ClaimRecord`](super::ClaimRecord)`]`, without credentials |
 //! | [`API_JOBS_PATH`] | GET | `[`[`JobRecord`](super::JobRecord)`]` |
-//! | [`API_COSTS_PATH`] | GET | [`CostReport`] |
+//! | [`API_COSTS_PATH`] | GET `?by=`[`CostGrouping`] | [`CostReport`] |
 //! | [`API_TOKENS_PATH`] | POST | [`NewTokenRequest`] → [`NewToken`] |
 //!
 //! Every `/v1` and `/metrics` path needs `Authorization: Bearer <operator
@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use super::{Market, NodeRecord, NodeState, Secret};
-use crate::ids::{ClaimId, Epoch, FleetId, InstanceType, Millis, PoolName, Workspace};
+use crate::ids::{ClaimId, Epoch, FleetId, InstanceType, JobId, Millis, PoolName, Workspace};
 use crate::money::Money;
 use crate::schedule::PeriodSpec;
 
@@ -46,7 +46,7 @@ pub const API_NODES_PATH: &str = "/v1/nodes";
 pub const API_CLAIMS_PATH: &str = "/v1/claims";
 /// The jobs, as [`JobRecord`](super::JobRecord)s.
 pub const API_JOBS_PATH: &str = "/v1/jobs";
-/// [`CostReport`].
+/// [`CostReport`], grouped as its query's `by` ([`CostGrouping`]) says.
 pub const API_COSTS_PATH: &str = "/v1/costs";
 /// POST a [`NewTokenRequest`], get a [`NewToken`].
 pub const API_TOKENS_PATH: &str = "/v1/tokens";
@@ -218,6 +218,14 @@ pub struct PoolCost {
     pub stopped: Money,
     /// Snapshot storage billed.
     pub snapshots: Money,
+    /// The part of `running` attributed to the claims and jobs the nodes
+    /// held: the sum of this pool's share of every [`WorkspaceCost`].
+    pub attributed: Money,
+    /// The part of `running` attributed to no one: nodes holding nothing
+    /// (booting, idle, draining) and what billing rounds up (per-start
+    /// minimums, started hours, sub-micro-dollar remainders). `running ==
+    /// attributed + idle`.
+    pub idle: Money,
     /// Node-milliseconds spent running (billed states).
     pub running_ms: u64,
     /// Node-milliseconds spent stopped.
@@ -237,7 +245,49 @@ impl PoolCost {
     }
 }
 
-/// `GET /v1/costs`: what every pool has cost, at one instant.
+/// What one workspace's claims and jobs have cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default)]
+pub struct WorkspaceCost {
+    /// Everything attributed to the workspace (the sum of `pools`).
+    pub cost: Money,
+    /// Per pool.
+    pub pools: BTreeMap<PoolName, Money>,
+    /// Milliseconds its claims and jobs held running nodes, each counted
+    /// whole (two claims sharing a node for a minute count two minutes).
+    pub held_ms: u64,
+    /// Claims that held a node.
+    pub claims: u64,
+    /// Job attempts that held a node.
+    pub jobs: u64,
+}
+
+/// What one claim or job has cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct HeldCost {
+    /// Whose it is.
+    pub workspace: Workspace,
+    /// The pool of the nodes it held.
+    pub pool: PoolName,
+    /// Its share of the running time of the nodes it held.
+    #[serde(default)]
+    pub cost: Money,
+    /// Milliseconds it held a running node.
+    #[serde(default)]
+    pub held_ms: u64,
+    /// Whether it holds a node now (its cost still grows).
+    #[serde(default)]
+    pub holding: bool,
+}
+
+/// `GET /v1/costs`: what every pool, workspace, claim and job has cost,
+/// at one instant.
+///
+/// For every pool, `attributed` is the sum of that pool's entry over
+/// `workspaces`, and `attributed + idle + stopped + snapshots` is its
+/// total, to the micro-dollar.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(default)]
@@ -246,12 +296,94 @@ pub struct CostReport {
     pub at: Millis,
     /// Per pool.
     pub pools: BTreeMap<PoolName, PoolCost>,
+    /// Per workspace, every claim and job it ever had since the leader
+    /// started, ended ones included (absent with `by=pool`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub workspaces: BTreeMap<Workspace, WorkspaceCost>,
+    /// Per claim the control plane still keeps (ended claims are kept for
+    /// `claim_retention_ms`); only with `by=claim`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<ClaimId, HeldCost>,
+    /// Per job the control plane still keeps; only with `by=claim`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub jobs: BTreeMap<JobId, HeldCost>,
 }
 
 impl CostReport {
     /// All pools together.
     pub fn total(&self) -> Money {
         self.pools.values().map(PoolCost::total).sum()
+    }
+
+    /// The report with only what `by` asks for: the pools always, the
+    /// workspaces from [`CostGrouping::Workspace`] on, claims and jobs only
+    /// for [`CostGrouping::Claim`] (they are the long lists).
+    pub fn grouped(mut self, by: CostGrouping) -> CostReport {
+        if by < CostGrouping::Workspace {
+            self.workspaces.clear();
+        }
+        if by < CostGrouping::Claim {
+            self.claims.clear();
+            self.jobs.clear();
+        }
+        self
+    }
+}
+
+/// The `by` parameter of `GET /v1/costs`: how finely the report is broken
+/// down. Each level includes the coarser ones.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CostGrouping {
+    /// Per pool only.
+    Pool,
+    /// Per pool and per workspace (the default).
+    #[default]
+    Workspace,
+    /// Per pool, workspace, claim and job.
+    Claim,
+}
+
+impl CostGrouping {
+    /// Every grouping, coarsest first.
+    pub const ALL: [CostGrouping; 3] = [
+        CostGrouping::Pool,
+        CostGrouping::Workspace,
+        CostGrouping::Claim,
+    ];
+
+    /// The value of the query parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CostGrouping::Pool => "pool",
+            CostGrouping::Workspace => "workspace",
+            CostGrouping::Claim => "claim",
+        }
+    }
+}
+
+impl std::fmt::Display for CostGrouping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `by` value that is none of [`CostGrouping`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cost grouping {0:?}: expected pool, workspace or claim")]
+pub struct UnknownCostGrouping(pub String);
+
+impl std::str::FromStr for CostGrouping {
+    type Err = UnknownCostGrouping;
+
+    fn from_str(s: &str) -> Result<CostGrouping, UnknownCostGrouping> {
+        CostGrouping::ALL
+            .into_iter()
+            .find(|g| g.as_str() == s)
+            .ok_or_else(|| UnknownCostGrouping(s.to_owned()))
     }
 }
 
@@ -332,6 +464,31 @@ mod tests {
             r#"{"at":5,"pools":{"p":{"running":7,"boots":{"image":1},"new":0}}}"#,
         )?;
         assert_eq!(c.total(), Money::from_micros(7));
+        Ok(())
+    }
+
+    #[test]
+    fn a_cost_grouping_keeps_the_coarser_levels_and_drops_the_finer() -> TestResult {
+        let c: CostReport = serde_json::from_str(
+            r#"{"at":5,"pools":{"p":{"running":7,"attributed":4,"idle":3}},
+                "workspaces":{"w":{"cost":4,"pools":{"p":4},"held_ms":9,"claims":1}},
+                "claims":{"c1":{"workspace":"w","pool":"p","cost":4,"held_ms":9}}}"#,
+        )?;
+        assert_eq!(c.clone().grouped(CostGrouping::Claim), c);
+        let w = c.clone().grouped(CostGrouping::Workspace);
+        assert!(w.claims.is_empty() && w.workspaces.len() == 1 && w.pools.len() == 1);
+        let p = c.grouped(CostGrouping::Pool);
+        assert!(p.workspaces.is_empty() && p.claims.is_empty() && p.pools.len() == 1);
+        assert_eq!(
+            serde_json::to_string(&p)?,
+            r#"{"at":5,"pools":{"p":{"running":7,"stopped":0,"snapshots":0,"attributed":4,"idle":3,"running_ms":0,"stopped_ms":0,"boots":{},"interruptions":0,"lost":0}}}"#
+        );
+        for g in CostGrouping::ALL {
+            assert_eq!(g.as_str().parse::<CostGrouping>(), Ok(g));
+            assert_eq!(serde_json::to_value(g)?, serde_json::json!(g.as_str()));
+        }
+        assert!("node".parse::<CostGrouping>().is_err());
+        assert!("".parse::<CostGrouping>().is_err());
         Ok(())
     }
 
