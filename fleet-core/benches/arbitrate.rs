@@ -161,6 +161,7 @@ fn realistic() -> Option<Inputs> {
             let quota = Quota {
                 max_claims: Some(1_500),
                 max_hourly_spend: Some(Money::from_micros(250_000_000)),
+                ..Default::default()
             };
             quotas.insert(w.clone(), quota);
         }

@@ -79,6 +79,29 @@ pub struct Quota {
     /// Most spend per hour across held claims.
     #[serde(default)]
     pub max_hourly_spend: Option<Money>,
+    /// Most spend attributed to the workspace in one UTC hour
+    /// (micro-dollars); past it new claims and jobs wait for the next hour
+    /// (or are rejected, see `over_budget`). Enforced by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hourly_budget: Option<Money>,
+    /// Most spend attributed to the workspace in one UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_budget: Option<Money>,
+    /// What a claim beyond a budget gets: `wait` (default) for the next
+    /// window, or `reject` at once.
+    #[serde(default)]
+    pub over_budget: OverBudget,
+}
+
+/// What a claim past its workspace's budget gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverBudget {
+    /// It waits until the window resets.
+    #[default]
+    Wait,
+    /// It is rejected, naming the budget.
+    Reject,
 }
 
 /// What a workspace holds now.

@@ -198,6 +198,7 @@ fn arb_case_sized(dup_ids: bool, claims: usize, nodes: usize) -> impl Strategy<V
                             let quota = Quota {
                                 max_claims,
                                 max_hourly_spend: cap.map(Money::from_micros),
+                                ..Default::default()
                             };
                             (ws(i), quota)
                         })
@@ -632,6 +633,7 @@ fn cap(micros: i64) -> Quota {
     Quota {
         max_claims: None,
         max_hourly_spend: Some(Money::from_micros(micros)),
+        ..Default::default()
     }
 }
 
@@ -766,6 +768,7 @@ fn claim_quota_blocks_only_its_workspace() {
     let quota = Quota {
         max_claims: Some(2),
         max_hourly_spend: None,
+        ..Default::default()
     };
     let usage = Usage {
         claims: 1,

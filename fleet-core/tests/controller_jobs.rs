@@ -195,6 +195,7 @@ fn jobs_are_held_to_their_workspace_quota_like_claims() {
         fleet_core::arbitrate::Quota {
             max_claims: Some(1),
             max_hourly_spend: None,
+            ..Default::default()
         },
     );
     let mut w = World::new(config, T0, true);

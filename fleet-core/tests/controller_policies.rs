@@ -272,3 +272,81 @@ fn a_new_image_replaces_idle_nodes_one_at_a_time_and_busy_ones_after_their_claim
     );
     w.check_invariants().unwrap();
 }
+
+// ---- budgets ----
+
+fn budgeted(over_budget: fleet_core::arbitrate::OverBudget) -> World {
+    let mut config = config(pool(patient(), 4));
+    config.quotas.insert(
+        ws(),
+        fleet_core::arbitrate::Quota {
+            // Five cents a day; a c7.large costs about nine an hour.
+            daily_budget: Some(fleet_core::Money::from_micros(50_000)),
+            over_budget,
+            ..Default::default()
+        },
+    );
+    World::new(config, MONDAY + 20 * HOUR, true)
+}
+
+/// A claim whose lease outlasts its two-hour hold at most.
+fn held(id: &str) -> fleet_core::protocol::ClaimRequest {
+    let mut r = request(id);
+    r.lease_ttl_ms = 2 * HOUR;
+    r
+}
+
+#[test]
+fn a_workspace_past_its_daily_budget_waits_for_the_next_day() {
+    let mut w = budgeted(fleet_core::arbitrate::OverBudget::Wait);
+    w.claim_for(held("c1"), HOUR);
+    w.run_for(HOUR + BOOT + MINUTE).unwrap();
+    assert!(granted_node(&w, "c1").is_some());
+    let spent = w.controller().costs(w.now()).workspaces[&ws()].cost;
+    assert!(spent.micros() > 50_000, "{spent}");
+
+    w.claim_for(held("c2"), 10 * MINUTE);
+    w.run_for(MINUTE).unwrap();
+    assert!(granted_node(&w, "c2").is_none(), "over budget: it waits");
+    let reason = w
+        .controller()
+        .claim(&cid("c2"))
+        .unwrap()
+        .pending_reason
+        .clone();
+    let Some(fleet_core::protocol::PendingReason::BudgetExhausted { budget }) = reason else {
+        panic!("{reason:?}");
+    };
+    assert_eq!(budget.window, "daily");
+    assert_eq!(budget.cap_micros, 50_000);
+    assert_eq!(budget.resets_at, MONDAY + 24 * HOUR);
+    let nodes_before = running(&w);
+    w.run_until(MONDAY + 24 * HOUR - MINUTE).unwrap();
+    assert!(granted_node(&w, "c2").is_none());
+    assert!(running(&w) <= nodes_before, "no node is bought for it");
+    // A new day: the claim goes through.
+    w.run_until(MONDAY + 24 * HOUR + BOOT + MINUTE).unwrap();
+    assert!(
+        granted_node(&w, "c2").is_some(),
+        "granted after midnight UTC"
+    );
+    w.check_invariants().unwrap();
+}
+
+#[test]
+fn a_workspace_past_its_budget_may_be_rejected_at_once() {
+    let mut w = budgeted(fleet_core::arbitrate::OverBudget::Reject);
+    w.claim_for(held("c1"), HOUR);
+    w.run_for(HOUR + BOOT + MINUTE).unwrap();
+    let reply = w.claim_for(held("c2"), MINUTE);
+    w.run_for(1_000).unwrap();
+    let rejected = w.replies(&reply).iter().find_map(|m| match m {
+        ClaimReply::Rejected { error, .. } => Some(error.clone()),
+        _ => None,
+    });
+    let text = format!("{rejected:?}");
+    assert!(
+        text.contains("BudgetExhausted") && text.contains("daily"),
+        "{text}"
+    );
+}

@@ -730,6 +730,8 @@ mod tests {
             idle_time_ms = 1200000
             [quota.team-a]
             max_claims = 3
+            daily_budget = 25000000
+            over_budget = "reject"
             [agent_logs]
             max_age_hours = 24
             max_files = 50
@@ -771,6 +773,13 @@ mod tests {
         }
         assert_eq!(cfg.pools[0].strategy.name(), "stopped_pool");
         assert_eq!(cfg.quota.len(), 1);
+        let quota = cfg
+            .quota
+            .values()
+            .next()
+            .unwrap_or_else(|| panic!("no quota"));
+        assert_eq!(quota.daily_budget.map(|m| m.micros()), Some(25_000_000));
+        assert_eq!(quota.over_budget, fleet_core::arbitrate::OverBudget::Reject);
     }
 
     #[test]

@@ -40,6 +40,7 @@ impl Controller {
                 durable: true,
                 reserved: None,
                 affinity_until: None,
+                budget_held: false,
                 renewing: Vec::new(),
             },
         );
@@ -171,6 +172,9 @@ impl Controller {
         if let Err(e) = self.validate(&req) {
             return Self::reject(out, reply, Some(id), e);
         }
+        if let Some(e) = self.budget_rejection(&req.workspace, now) {
+            return Self::reject(out, reply, Some(id), e);
+        }
         let reason = self
             .unsatisfiable(&req)
             .unwrap_or(PendingReason::WaitingForCapacity);
@@ -194,6 +198,7 @@ impl Controller {
                 durable: false,
                 reserved: None,
                 affinity_until: None,
+                budget_held: false,
                 renewing: Vec::new(),
             },
         );
@@ -755,6 +760,7 @@ impl Controller {
         }
         let mut capacity = self.capacity();
         self.hold_for_affinity(&capacity, now);
+        self.hold_for_budgets(now);
         if capacity.iter().all(|n| n.free_slots == 0) {
             // Nothing can be granted (most events while nodes boot): only
             // refresh why each claim waits, without an arbitration round.
@@ -763,6 +769,7 @@ impl Controller {
                 let reason = self.explain_wait(&claim, PendingReason::WaitingForCapacity);
                 if let Some(c) = self.claims.get_mut(&claim)
                     && c.reserved.is_none()
+                    && !c.budget_held
                     && c.rec.pending_reason.as_ref() != Some(&reason)
                 {
                     c.rec.pending_reason = Some(reason);
@@ -776,7 +783,7 @@ impl Controller {
             .iter()
             .filter_map(|id| self.claims.get(id))
             .filter(|c| c.durable && c.reserved.is_none() && c.rec.state == ClaimState::Pending)
-            .filter(|c| c.affinity_until.is_none())
+            .filter(|c| c.affinity_until.is_none() && !c.budget_held)
             .enumerate()
             .map(|(i, c)| {
                 if let Some(key) = &c.rec.request.affinity {

@@ -193,6 +193,34 @@ impl Ledger {
         }
     }
 
+    /// What has been attributed to `ws` until `now`, open segments
+    /// included (their shares are what the next settle will add).
+    pub(super) fn workspace_spend(&self, ws: &Workspace, now: Millis) -> Money {
+        let settled = self
+            .attribution
+            .workspaces
+            .get(ws)
+            .map_or(Money::ZERO, |w| w.cost);
+        let mut open_shares = Money::ZERO;
+        for (node, holders) in &self.holders {
+            let mine = holders.values().filter(|w| *w == ws).count() as u64;
+            let Some(open) = self.open.get(node) else {
+                continue;
+            };
+            if mine == 0 || open.meter != Meter::Running || now <= open.settled_to {
+                continue;
+            }
+            let segment = open
+                .linear(now)
+                .saturating_sub(open.linear(open.settled_to));
+            let share = segment
+                .mul_div(1, holders.len() as u64, Rounding::Down)
+                .unwrap_or(Money::ZERO);
+            open_shares += share.times(mine);
+        }
+        settled + open_shares
+    }
+
     /// `holder` of `workspace` takes a slot of `node` (of `pool`) at `now`.
     pub(super) fn hold(
         &mut self,

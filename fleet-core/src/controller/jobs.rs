@@ -328,6 +328,8 @@ impl Controller {
                 j.durable
                     && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
             })
+            // A workspace over budget starts no job until its window resets.
+            .filter(|j| self.budget_exceeded(&j.rec.spec.workspace, now).is_none())
             .filter_map(|j| {
                 Some(PendingClaim {
                     id: ClaimId::new(j.rec.spec.id.as_str()).ok()?,

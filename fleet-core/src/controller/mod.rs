@@ -17,6 +17,7 @@
 //! [`Alert::Fenced`]; its driver must step down.
 
 mod affinity;
+mod budget;
 mod capacity;
 mod claims;
 mod cost;
@@ -409,6 +410,8 @@ struct Claim {
     /// Waiting for a busy node that served its affinity key until then:
     /// not offered other nodes, and no node is bought for it meanwhile.
     affinity_until: Option<Millis>,
+    /// Its workspace is over budget: not offered nodes, none bought for it.
+    budget_held: bool,
     /// Renewals waiting for credentials that cover their lease: the reply
     /// and the expiry it asked for.
     renewing: Vec<(ReplyTo, Millis)>,
@@ -534,6 +537,10 @@ pub struct Controller {
     dirty: bool,
     ledger: cost::Ledger,
     affinity: AffinityStats,
+    /// Per workspace with a budget: where its windows began (`budget.rs`).
+    budgets: BTreeMap<Workspace, budget::Windows>,
+    /// When budget windows next begin.
+    budget_wake: Option<Millis>,
 }
 
 /// Grants of claims that carried an affinity key.
@@ -590,6 +597,8 @@ impl Controller {
             dirty: true,
             ledger: cost::Ledger::default(),
             affinity: AffinityStats::default(),
+            budgets: BTreeMap::new(),
+            budget_wake: None,
         };
         for spec in config.pools {
             let offerings = spec
@@ -629,6 +638,8 @@ impl Controller {
         c.relink_claims(now);
         c.relink_jobs(now);
         c.refresh_pool_drift(None);
+        c.roll_budget_windows(now);
+        c.budget_wake = c.next_budget_window(now);
         c
     }
 
@@ -713,6 +724,9 @@ impl Controller {
         if let Some(t) = self.writes.next_retry() {
             at(t);
         }
+        if let Some(t) = self.budget_wake {
+            at(t);
+        }
         next
     }
 
@@ -729,6 +743,12 @@ impl Controller {
                 TimerKey::Node(id) => self.node_timer(&id, now, out),
                 TimerKey::Job(id) => self.job_timer(&id, now, out),
             }
+        }
+        if self.budget_wake.is_some_and(|t| t <= now) {
+            // A window began: take its base, and look at what waited for it.
+            self.roll_budget_windows(now);
+            self.budget_wake = self.next_budget_window(now);
+            self.dirty = true;
         }
         self.requeue_orphaned_jobs(now, out);
         self.orphan_timers(now, out);

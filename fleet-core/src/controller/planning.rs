@@ -71,6 +71,7 @@ impl Controller {
                         && c.rec.state == ClaimState::Pending
                         // Waiting for an affine node: no node is bought for it yet.
                         && c.affinity_until.is_none_or(|t| t <= now)
+                        && !c.budget_held
                 })
                 .map(|c| Demand {
                     claim: c.rec.request.claim_id.clone(),
@@ -85,6 +86,7 @@ impl Controller {
                             j.durable
                                 && j.rec.spec.pool == name
                                 && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
+                                && self.budget_exceeded(&j.rec.spec.workspace, now).is_none()
                         })
                         .filter_map(|j| {
                             Some(Demand {

@@ -300,6 +300,26 @@ pub enum PendingReason {
         /// When it stops waiting for that node (ms since the Unix epoch).
         until: Millis,
     },
+    /// The workspace spent its budget for the window; the claim waits for
+    /// the next one.
+    BudgetExhausted {
+        /// The budget that is spent.
+        budget: BudgetExceeded,
+    },
+}
+
+/// A workspace budget that is spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct BudgetExceeded {
+    /// `hourly` or `daily` (UTC hours and days).
+    pub window: String,
+    /// The budget, in micro-dollars.
+    pub cap_micros: i64,
+    /// Attributed in this window so far, in micro-dollars.
+    pub spent_micros: i64,
+    /// When the window resets (ms since the Unix epoch).
+    pub resets_at: Millis,
 }
 
 /// Why a granted claim was taken away.
@@ -381,6 +401,15 @@ pub enum ClaimRejection {
     Forbidden {
         /// The workspace asked for.
         workspace: String,
+    },
+    /// The workspace spent its budget and its quota says reject.
+    #[error(
+        "the workspace's {} budget of {} micro-dollars is spent until {}",
+        budget.window, budget.cap_micros, budget.resets_at
+    )]
+    BudgetExhausted {
+        /// The budget that is spent.
+        budget: BudgetExceeded,
     },
 }
 
