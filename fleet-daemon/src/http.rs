@@ -259,6 +259,11 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     render_costs(&mut out, &s.costs);
     let _ = writeln!(
         out,
+        "# HELP fleet_affinity_grants_total Grants of claims with an affinity key, by whether the node last served the same key.\n# TYPE fleet_affinity_grants_total counter\nfleet_affinity_grants_total{{result=\"hit\"}} {}\nfleet_affinity_grants_total{{result=\"miss\"}} {}",
+        s.affinity.hits, s.affinity.misses
+    );
+    let _ = writeln!(
+        out,
         "# HELP fleet_leader Whether this daemon leads.\n# TYPE fleet_leader gauge\nfleet_leader {}",
         u8::from(state.leader.load(Ordering::Relaxed))
     );

@@ -130,12 +130,18 @@ async fn auth_limits_and_an_o1_readyz() {
         "fleet_cost_dollars",
         "fleet_pool_idle_cost_dollars",
         "fleet_workspace_cost_dollars",
+        "fleet_affinity_grants_total",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE {family} counter\n")),
             "{family}: {metrics}"
         );
     }
+
+    assert!(
+        metrics.contains("fleet_affinity_grants_total{result=\"hit\"} 0\n"),
+        "{metrics}"
+    );
 
     // Bodies over 64 KiB are refused; a malformed one gets a clear 400.
     let big = "x".repeat(70 * 1024);

@@ -164,6 +164,9 @@ pub struct Status {
     pub jobs: Vec<JobRecord>,
     /// Costs so far.
     pub costs: CostReport,
+    /// Grants of claims with an affinity key, on a node that last served
+    /// the key or not (this leader's).
+    pub affinity: fleet_core::controller::AffinityStats,
     /// Counters and histograms.
     pub metrics: Metrics,
 }
@@ -764,6 +767,7 @@ impl Driver {
             claims: self.controller.accepted_claims().cloned().collect(),
             jobs: self.controller.jobs().cloned().collect(),
             costs: self.controller.costs(now),
+            affinity: self.controller.affinity_stats(),
             metrics: self.metrics.clone(),
         }
     }
