@@ -85,7 +85,9 @@ pub(crate) async fn claim(sim: Arc<Sim>, script: ClaimScript) {
         lease_ttl_ms: script.lease_ttl_ms,
         max_wait_ms: script.max_wait_ms,
         recipient: script.sealed.then(|| RECIPIENT.to_owned()),
-        affinity: None,
+        affinity: script
+            .affinity
+            .and_then(|k| fleet_core::AffinityKey::new(format!("repo-{k}")).ok()),
     };
     let mut mb = Mailbox {
         name: format!("caller-{id}"),

@@ -15,7 +15,11 @@
 //! operation took effect; credential issues failing; spot interruptions;
 //! daemon crashes before and after every store write and provider call and
 //! at random instants, each followed by a restart on the same store and
-//! cloud with the next epoch. The invariants (no double grant, nothing
+//! cloud with the next epoch. The pool may run the pool policies: a
+//! schedule whose periods change every few minutes, `max_uses`, cache
+//! affinity keys on claims with a bounded wait, and drift — each restart
+//! then runs a new image and revision, so the nodes left up are replaced
+//! while claims and jobs hold some of them. The invariants (no double grant, nothing
 //! accepted lost, write-ahead, no node stopped, resized or deleted under a
 //! claim or a job, no orphaned or duplicated instance once settled) are
 //! checked after every step, and once the world has settled.

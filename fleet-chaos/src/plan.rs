@@ -31,6 +31,8 @@ pub struct ClaimScript {
     /// Whether it needs more CPUs than the pool's small type has (only the
     /// large type serves it: a resize or a larger node).
     pub large: bool,
+    /// Its affinity key (`repo-<n>`), if it names one.
+    pub affinity: Option<u32>,
 }
 
 /// One submitter's job: `sleep <secs>` on a node of the pool.
@@ -111,6 +113,9 @@ pub struct Plan {
     /// How long the world runs without faults afterwards, before the
     /// settled checks.
     pub settle_ms: Millis,
+    /// Every restart of the daemon runs a new revision of the pool (its
+    /// image and `revision` change), so the nodes left up have drifted.
+    pub drift: bool,
 }
 
 /// Instance types of the simulated pool (EC2-like offerings of the memory
@@ -168,6 +173,7 @@ impl Plan {
                 max_wait_ms: r.chance(200).then(|| r.range(60_000, 900_000)),
                 sealed: r.chance(300),
                 large: r.chance(250) && sizes_to_demand,
+                affinity: None,
             })
             .collect();
         let jobs = (0..r.range32(0, 5))
@@ -225,6 +231,7 @@ impl Plan {
             },
             active_ms,
             settle_ms: 2 * 3_600_000,
+            drift: false,
         };
         // Pool policies, drawn last so that every other draw of a seed
         // stays what it was before they existed.
@@ -234,7 +241,28 @@ impl Plan {
         if r.chance(300) {
             plan.pool.schedule = schedule(&mut r);
         }
+        if r.chance(300) {
+            plan.pool.affinity_wait_ms = r.range(0, 120_000);
+            for c in &mut plan.claims {
+                c.affinity = r.chance(700).then(|| r.range32(0, 2));
+            }
+        }
+        if r.chance(300) {
+            plan.drift = true;
+            plan.pool.drift_replacements = r.range32(0, 2);
+        }
         plan
+    }
+
+    /// The pool the daemon's `incarnation` (1 for the first start) runs:
+    /// with `drift`, each restart a new image and revision.
+    pub fn pool_at(&self, incarnation: u64) -> PoolSpec {
+        let mut pool = self.pool.clone();
+        if self.drift && incarnation > 1 {
+            pool.image = format!("ami-chaos-v{incarnation}");
+            pool.revision = incarnation.to_string();
+        }
+        pool
     }
 }
 
@@ -280,6 +308,16 @@ impl fmt::Display for Plan {
         )?;
         if let Some(m) = p.max_uses {
             writeln!(f, "max_uses: {m}")?;
+        }
+        if p.affinity_wait_ms > 0 {
+            writeln!(f, "affinity_wait_ms: {}", p.affinity_wait_ms)?;
+        }
+        if self.drift {
+            writeln!(
+                f,
+                "drift at every restart, {} at once",
+                p.drift_replacements
+            )?;
         }
         for s in &p.schedule {
             writeln!(f, "schedule: {} {:?}", s, s.spec())?;

@@ -137,7 +137,7 @@ async fn world(plan: Plan, opts: &Options) -> Outcome {
                 sim: Arc::clone(&sim),
                 incarnation,
             }))
-            .pool(plan.pool.clone())
+            .pool(plan.pool_at(incarnation))
             .timing(timing())
             .namespace("chaos")
             .fleet_id(FleetId::new("chaos").unwrap_or_else(|_| unreachable!("a valid fleet id")))

@@ -252,7 +252,7 @@ impl Controller {
         self.touch_job(id);
     }
 
-    pub(super) fn job_effect(&mut self, effect: Effect, out: &mut Vec<Command>) {
+    pub(super) fn job_effect(&mut self, effect: Effect, now: Millis, out: &mut Vec<Command>) {
         match effect {
             Effect::JobAccepted { job, reply } => {
                 if let Some(j) = self.jobs.get_mut(&job) {
@@ -280,7 +280,8 @@ impl Controller {
                 };
                 self.job_event_out(&job, event, out);
             }
-            Effect::JobFinished { job } => {
+            Effect::JobFinished { job, node } => {
+                self.release_job_slot(&job, node.as_ref(), now);
                 let Some(j) = self.jobs.get(&job) else {
                     return;
                 };
@@ -571,13 +572,19 @@ impl Controller {
         }
     }
 
-    fn release_job_slot(&mut self, id: &JobId, node: Option<&NodeId>, now: Millis) {
+    /// Forgets the command of `id`'s current attempt: its events are no
+    /// longer the job's.
+    fn forget_command(&mut self, id: &JobId) {
         if let Some(j) = self.jobs.get(id)
             && let JobState::Leased { command, .. } | JobState::Running { command, .. } =
                 &j.rec.state
         {
             self.commands.remove(command);
         }
+    }
+
+    fn release_job_slot(&mut self, id: &JobId, node: Option<&NodeId>, now: Millis) {
+        self.forget_command(id);
         if let Some(node) = node {
             self.bill_release(node, &Holder::Job(id.clone()), now);
         }
@@ -605,14 +612,17 @@ impl Controller {
             JobState::Leased { node, .. } | JobState::Running { node, .. } => Some(node.clone()),
             _ => None,
         });
-        self.release_job_slot(id, running_on.as_ref(), now);
+        // The command is over; its node slot is freed once the receipt is
+        // stored (`Effect::JobFinished`): until then a crash would restore
+        // the job as running there, and nothing may stop or delete it.
+        self.forget_command(id);
         let Some(j) = self.jobs.get_mut(id) else {
             return;
         };
         let artifacts = std::mem::take(&mut j.artifacts);
         j.rec.receipt = Some(Receipt {
             job: id.clone(),
-            node: node.or(running_on),
+            node: node.or_else(|| running_on.clone()),
             attempts: j.rec.attempts,
             completed_at: now,
             result,
@@ -622,7 +632,15 @@ impl Controller {
             score: None,
         });
         j.rec.state = JobState::Done;
-        self.save_job(id, vec![Effect::JobFinished { job: id.clone() }], now, out);
+        self.save_job(
+            id,
+            vec![Effect::JobFinished {
+                job: id.clone(),
+                node: running_on,
+            }],
+            now,
+            out,
+        );
     }
 
     /// The attempts running on a node that went away are requeued.

@@ -32,8 +32,10 @@ pub(super) enum Effect {
     JobAccepted { job: JobId, reply: ReplyTo },
     /// A job's lease to a node is stored: send the command.
     JobDispatch { job: JobId },
-    /// A job's receipt is stored: tell the submitter.
-    JobFinished { job: JobId },
+    /// A job's receipt is stored: free its slot on `node` (write-ahead,
+    /// as a claim's end frees its slot only once stored) and tell the
+    /// submitter.
+    JobFinished { job: JobId, node: Option<NodeId> },
     /// A job record is deleted: forget it.
     JobForgotten { job: JobId },
 }
