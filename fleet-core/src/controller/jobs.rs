@@ -280,6 +280,17 @@ impl Controller {
                 };
                 self.job_event_out(&job, event, out);
             }
+            Effect::JobSlotFreed { job, node } => {
+                // Unless the job was dispatched to that node again meanwhile.
+                let there_again = self.jobs.get(&job).is_some_and(|j| {
+                    matches!(&j.rec.state,
+                        JobState::Leased { node: n, .. } | JobState::Running { node: n, .. }
+                            if Some(n) == node.as_ref())
+                });
+                if !there_again {
+                    self.release_job_slot(&job, node.as_ref(), now);
+                }
+            }
             Effect::JobFinished { job, node } => {
                 self.release_job_slot(&job, node.as_ref(), now);
                 let Some(j) = self.jobs.get(&job) else {
@@ -542,7 +553,9 @@ impl Controller {
             .is_some_and(|n| j.rec.attempts >= n && !j.rec.escalated);
         match j.rec.spec.retry.backoff_before(next) {
             Some(backoff) => {
-                self.release_job_slot(id, node.as_ref(), now);
+                // The slot is freed once the requeue is stored (write-ahead,
+                // as for a receipt).
+                self.forget_command(id);
                 if let Some(j) = self.jobs.get_mut(id) {
                     j.rec.state = JobState::Queued {
                         not_before: now.saturating_add(backoff),
@@ -566,7 +579,15 @@ impl Controller {
                         reason: reason.clone(),
                     }));
                 }
-                self.save_job(id, Vec::new(), now, out);
+                self.save_job(
+                    id,
+                    vec![Effect::JobSlotFreed {
+                        job: id.clone(),
+                        node,
+                    }],
+                    now,
+                    out,
+                );
             }
             None => self.finish_job(id, node, TaskResult::Fail, None, Some(reason), now, out),
         }
@@ -583,8 +604,8 @@ impl Controller {
         }
     }
 
+    /// Frees `id`'s slot on `node` (its command is already forgotten).
     fn release_job_slot(&mut self, id: &JobId, node: Option<&NodeId>, now: Millis) {
-        self.forget_command(id);
         if let Some(node) = node {
             self.bill_release(node, &Holder::Job(id.clone()), now);
         }

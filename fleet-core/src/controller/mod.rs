@@ -773,6 +773,7 @@ impl Controller {
                 Effect::JobAccepted { .. }
                 | Effect::JobDispatch { .. }
                 | Effect::JobFinished { .. }
+                | Effect::JobSlotFreed { .. }
                 | Effect::JobForgotten { .. } => self.job_effect(effect, now, out),
                 _ => self.claim_effect(effect, now, out),
             }

@@ -36,6 +36,8 @@ pub(super) enum Effect {
     /// as a claim's end frees its slot only once stored) and tell the
     /// submitter.
     JobFinished { job: JobId, node: Option<NodeId> },
+    /// A job's requeue (its attempt left `node`) is stored: free the slot.
+    JobSlotFreed { job: JobId, node: Option<NodeId> },
     /// A job record is deleted: forget it.
     JobForgotten { job: JobId },
 }
