@@ -389,12 +389,17 @@ pub fn cost(report: &CostReport) -> String {
         ],
         &rows,
     );
-    out.push_str(&format!(
+    out.push_str(&total_line(report));
+    out
+}
+
+/// The line under a cost table: the fleet's total and when it was taken.
+fn total_line(report: &CostReport) -> String {
+    format!(
         "total {} at {}\n",
         money(report.total().micros()),
         utc(report.at)
-    ));
-    out
+    )
 }
 
 /// `GET /v1/costs?by=workspace`: one row per workspace and pool, then each
@@ -430,11 +435,7 @@ pub fn cost_by_workspace(report: &CostReport) -> String {
         &["WORKSPACE", "POOL", "COST", "HELD H", "CLAIMS", "JOBS"],
         &rows,
     );
-    out.push_str(&format!(
-        "total {} at {}\n",
-        money(report.total().micros()),
-        utc(report.at)
-    ));
+    out.push_str(&total_line(report));
     out
 }
 
