@@ -14,6 +14,8 @@
 //! in the leader's memory like the ledger itself: a new leader starts its
 //! windows from its own start.
 
+use std::collections::BTreeMap;
+
 use super::Controller;
 use crate::arbitrate::OverBudget;
 use crate::ids::{Millis, Workspace};
@@ -81,6 +83,15 @@ impl Controller {
             .or_else(|| check("hourly", q.hourly_budget, w.hour, HOUR))
     }
 
+    /// The workspaces over a budget now, with the budget spent: worked out
+    /// once per round (a workspace's spend walks the ledger's held nodes),
+    /// not once per waiting claim or job.
+    pub(super) fn over_budget(&self, now: Millis) -> BTreeMap<Workspace, BudgetExceeded> {
+        self.budgeted()
+            .filter_map(|ws| Some((ws.clone(), self.budget_exceeded(ws, now)?)))
+            .collect()
+    }
+
     /// Whether a new request of `ws` is refused for its budget.
     pub(super) fn budget_rejection(&self, ws: &Workspace, now: Millis) -> Option<ClaimRejection> {
         let q = self.quotas.get(ws)?;
@@ -97,18 +108,17 @@ impl Controller {
         if self.budgeted().next().is_none() {
             return;
         }
-        let ids: Vec<_> = self.pending.iter().cloned().collect();
-        for id in ids {
-            let Some(c) = self.claims.get(&id) else {
+        let over = self.over_budget(now);
+        for id in &self.pending {
+            let Some(c) = self.claims.get_mut(id) else {
                 continue;
             };
-            let over = self.budget_exceeded(&c.rec.request.workspace, now);
-            let Some(c) = self.claims.get_mut(&id) else {
-                continue;
-            };
-            c.budget_held = over.is_some();
-            if let Some(budget) = over {
-                c.rec.pending_reason = Some(PendingReason::BudgetExhausted { budget });
+            let budget = over.get(&c.rec.request.workspace);
+            c.budget_held = budget.is_some();
+            if let Some(budget) = budget {
+                c.rec.pending_reason = Some(PendingReason::BudgetExhausted {
+                    budget: budget.clone(),
+                });
             }
         }
     }

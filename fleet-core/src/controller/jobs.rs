@@ -332,6 +332,7 @@ impl Controller {
 
     /// Schedules queued jobs on the slots claims left free.
     pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let over_budget = self.over_budget(now);
         let queued: Vec<PendingClaim> = self
             .queued
             .iter()
@@ -341,7 +342,7 @@ impl Controller {
                     && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
             })
             // A workspace over budget starts no job until its window resets.
-            .filter(|j| self.budget_exceeded(&j.rec.spec.workspace, now).is_none())
+            .filter(|j| !over_budget.contains_key(&j.rec.spec.workspace))
             .filter_map(|j| {
                 Some(PendingClaim {
                     id: ClaimId::new(j.rec.spec.id.as_str()).ok()?,

@@ -36,6 +36,7 @@ impl Controller {
     /// Runs every pool's strategy and applies what it asks for.
     pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
         let names: Vec<PoolName> = self.pools.keys().cloned().collect();
+        let over_budget = self.over_budget(now);
         for name in names {
             let Some(capacity) = self.pools.get_mut(&name).map(|p| p.capacity_at(now)) else {
                 continue;
@@ -86,7 +87,7 @@ impl Controller {
                             j.durable
                                 && j.rec.spec.pool == name
                                 && matches!(j.rec.state, JobState::Queued { not_before } if not_before <= now)
-                                && self.budget_exceeded(&j.rec.spec.workspace, now).is_none()
+                                && !over_budget.contains_key(&j.rec.spec.workspace)
                         })
                         .filter_map(|j| {
                             Some(Demand {
