@@ -219,14 +219,7 @@ impl Strategy for StoppedPool {
         let after = kit::match_pending(&d);
         let want = kit::spare_target(&d, &after);
         if pool.capabilities.stop_start {
-            for (i, n) in pool.nodes.iter().enumerate() {
-                if kit::spare_count(&d, &after) >= want {
-                    break;
-                }
-                if n.state == NodeState::Stopped && !n.retiring && !d.is_removed(i) {
-                    d.start(i);
-                }
-            }
+            kit::start_spare(&mut d, &after, want);
         }
         let mut idle: Vec<(Millis, usize)> = pool
             .nodes

@@ -21,4 +21,4 @@ pub(super) use select::{
     create_for, delete_idle, market_for, maybe_snapshot, offering_or_baseline, preferred_source,
     primaries,
 };
-pub(super) use spare::{keep_spare, spare_count, spare_target};
+pub(super) use spare::{keep_spare, spare_count, spare_target, start_spare};

@@ -41,10 +41,10 @@ fn in_use(d: &Draft<'_>, m: &Matching) -> u32 {
     held.saturating_add(matched(d, m))
 }
 
-/// Free slots once the plan is applied and the waiting claims it covers
-/// have landed: of nodes up (or being snapshotted), coming up or started
-/// by the plan (none of a retiring node), and of the nodes it creates.
-pub(in crate::strategy) fn spare_count(d: &Draft<'_>, m: &Matching) -> u32 {
+/// Free slots once the plan is applied, before the waiting claims land: of
+/// nodes up (or being snapshotted), coming up or started by the plan (none
+/// of a retiring node), and of the nodes it creates.
+fn supply(d: &Draft<'_>) -> u32 {
     let view = d.view;
     let existing: u32 = view
         .nodes
@@ -61,10 +61,13 @@ pub(in crate::strategy) fn spare_count(d: &Draft<'_>, m: &Matching) -> u32 {
         .map(|(_, n)| n.slots.saturating_sub(n.claims))
         .sum();
     let planned = u32::try_from(d.planned_count()).unwrap_or(u32::MAX);
-    let created = planned.saturating_mul(view.spec.slots_per_node.max(1));
-    existing
-        .saturating_add(created)
-        .saturating_sub(matched(d, m))
+    existing.saturating_add(planned.saturating_mul(view.spec.slots_per_node.max(1)))
+}
+
+/// Free slots once the plan is applied and the waiting claims it covers
+/// have landed.
+pub(in crate::strategy) fn spare_count(d: &Draft<'_>, m: &Matching) -> u32 {
+    supply(d).saturating_sub(matched(d, m))
 }
 
 /// The spare slots the policy in force asks for, with the matching `m`
@@ -89,18 +92,44 @@ pub(in crate::strategy) fn keep_spare(
     }
     let m = match_pending(d);
     let target = spare_target(d, &m);
+    // Counted once, then kept up to date as nodes are taken back and made.
+    let matched = matched(d, &m);
+    let mut supply = supply(d);
     let nodes = d.view.nodes;
     for &i in deleted.iter().rev() {
-        if spare_count(d, &m) >= target || d.room() == 0 {
+        if supply.saturating_sub(matched) >= target || d.room() == 0 {
             return;
         }
-        if is_idle_ready(&nodes[i]) && !nodes[i].retiring {
+        let n = &nodes[i];
+        if d.is_removed(i) && is_idle_ready(n) && !n.retiring {
             d.undelete(i);
+            supply += n.slots.saturating_sub(n.claims);
         }
     }
-    while spare_count(d, &m) < target {
+    let per_node = d.view.spec.slots_per_node.max(1);
+    while supply.saturating_sub(matched) < target {
         if !d.create(source, market, size) {
             break;
+        }
+        supply += per_node;
+    }
+}
+
+/// Starts stopped nodes (in node order) until the spare slots reach
+/// `want`, with the matching `m` taken after the plan's starts and creates
+/// for waiting claims: how a pool that never grows past its size keeps
+/// spare capacity.
+pub(in crate::strategy) fn start_spare(d: &mut Draft<'_>, m: &Matching, want: u32) {
+    let matched = matched(d, m);
+    let mut supply = supply(d);
+    for (i, n) in d.view.nodes.iter().enumerate() {
+        if supply.saturating_sub(matched) >= want {
+            return;
+        }
+        let startable = n.state == NodeState::Stopped && !n.retiring;
+        if startable && !d.is_removed(i) && !d.is_started(i) {
+            d.start(i);
+            supply += n.slots.saturating_sub(n.claims);
         }
     }
 }
