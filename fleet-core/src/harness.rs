@@ -120,6 +120,9 @@ pub struct World {
     faults: Faults,
     heartbeats: bool,
     steps: u64,
+    /// Events delivered at this instant, not yet handled.
+    inbox: Vec<Event>,
+    batches: u64,
     lean: bool,
     jitter: Option<Jitter>,
     /// Create calls refused for capacity, per million, with their draws.
@@ -182,6 +185,8 @@ impl World {
             faults: Faults::default(),
             heartbeats,
             steps: 0,
+            inbox: Vec::new(),
+            batches: 0,
             lean: false,
             jitter: None,
             capacity: None,
@@ -270,6 +275,11 @@ impl World {
     /// Controller events handled so far.
     pub fn steps(&self) -> u64 {
         self.steps
+    }
+
+    /// Rounds the controller ran: batches of events handled at once.
+    pub fn rounds(&self) -> u64 {
+        self.batches
     }
 
     /// Every claim's trace as its caller saw it.
@@ -481,16 +491,20 @@ impl World {
             return false;
         };
         self.now = self.now.max(next);
-        let queued = self.queue.peek().is_some_and(|Reverse((t, _))| *t <= next);
-        if queued {
-            if let Some(Reverse((_, seq))) = self.queue.pop()
-                && let Some(p) = self.pending.remove(&seq)
-            {
+        // Everything due at this instant reaches the controller as one
+        // batch, as a driver hands it what arrived while it was busy.
+        while let Some(Reverse((t, seq))) = self.queue.peek().copied()
+            && t <= next
+        {
+            self.queue.pop();
+            if let Some(p) = self.pending.remove(&seq) {
                 self.perform(p);
             }
-        } else {
-            self.deliver(Event::Tick);
         }
+        if self.inbox.is_empty() {
+            self.inbox.push(Event::Tick);
+        }
+        self.flush();
         true
     }
 
@@ -676,8 +690,16 @@ impl World {
     }
 
     fn deliver(&mut self, event: Event) {
-        self.steps += 1;
-        let commands = self.controller.handle(event, self.now);
+        self.inbox.push(event);
+    }
+
+    /// Hands the controller the events delivered so far, and performs
+    /// what it commands.
+    fn flush(&mut self) {
+        let events = std::mem::take(&mut self.inbox);
+        self.steps += events.len() as u64;
+        self.batches += 1;
+        let commands = self.controller.handle_all(events, self.now);
         for c in commands {
             self.command(c);
         }

@@ -211,9 +211,10 @@ fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
     );
     for r in &runs {
         println!(
-            "  {:<18} {:>9} controller steps  bill {}",
+            "  {:<18} {:>9} controller steps {:>9} rounds  bill {}",
             r.strategy.name(),
             r.steps,
+            r.rounds,
             r.cost.total()
         );
     }

@@ -76,6 +76,9 @@ pub struct RunOutcome {
     pub series: Vec<(Millis, Money)>,
     /// Controller events handled.
     pub steps: u64,
+    /// Decision rounds the controller ran (events arriving together share
+    /// one).
+    pub rounds: u64,
     /// Grants of claims that named an affinity key: on a node that last
     /// served the key, or not.
     pub affinity: AffinityStats,
@@ -273,6 +276,7 @@ pub fn run_pool(
         busy_ms: 0,
         series: vec![(0, Money::ZERO)],
         steps: 0,
+        rounds: 0,
         affinity: AffinityStats::default(),
     };
     let mut next_job = 0usize;
@@ -462,6 +466,7 @@ pub fn run_pool(
         out.series.push((out.end_ms, out.cost.total()));
     }
     out.steps = world.steps();
+    out.rounds = world.rounds();
     out.affinity = world.controller().affinity_stats();
     out.capacity_errors = world.capacity_refusals();
     Ok(out)
