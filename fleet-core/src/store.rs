@@ -214,6 +214,61 @@ impl StoreError {
     }
 }
 
+/// One write of a [`Store::write_all`] batch. Exhaustive: these are the
+/// store's three writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// [`Store::create`].
+    Create {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: Bytes,
+    },
+    /// [`Store::update`].
+    Update {
+        /// The key.
+        key: Key,
+        /// The value.
+        value: Bytes,
+        /// The revision the key must be at.
+        expected: Revision,
+    },
+    /// [`Store::delete`].
+    Delete {
+        /// The key.
+        key: Key,
+        /// The revision the key must be at.
+        expected: Revision,
+    },
+}
+
+impl Write {
+    /// The key written.
+    pub fn key(&self) -> &Key {
+        match self {
+            Write::Create { key, .. } | Write::Update { key, .. } | Write::Delete { key, .. } => {
+                key
+            }
+        }
+    }
+
+    /// Performs this write alone.
+    pub async fn apply(self, store: &(impl Store + ?Sized)) -> Result<Revision, StoreError> {
+        match self {
+            Write::Create { key, value } => store.create(&key, value).await,
+            Write::Update {
+                key,
+                value,
+                expected,
+            } => store.update(&key, value, expected).await,
+            Write::Delete { key, expected } => {
+                store.delete(&key, expected).await.map(|()| expected)
+            }
+        }
+    }
+}
+
 /// A revisioned key-value store.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -234,4 +289,19 @@ pub trait Store: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError>;
     /// Changes to keys starting with `prefix` from now on.
     async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError>;
+
+    /// Performs `writes` in order, each on its own terms: one refused
+    /// (a conflict, a missing key) does not refuse the others. One result
+    /// per write, in order; a delete answers the revision it deleted.
+    ///
+    /// The default performs them one by one. A store with transactions
+    /// commits them together (group commit: one `fdatasync` for the
+    /// batch); every result is then known only once the batch is durable.
+    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(write.apply(self).await);
+        }
+        results
+    }
 }

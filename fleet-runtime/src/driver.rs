@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 
 pub use fleet_core::clock::Clock;
 
+use crate::commit::Persist;
 use crate::metrics::Metrics;
 use crate::tokens::BootstrapError;
 
@@ -171,7 +172,7 @@ pub struct Status {
     pub metrics: Metrics,
 }
 
-enum Input {
+pub(crate) enum Input {
     Inbound(usize, Inbound),
     TransportDown(usize, TransportError),
     Persisted {
@@ -471,9 +472,16 @@ impl FleetBuilder {
                 }
             });
         }
+        let writes = crate::commit::spawn_writer(
+            store.clone(),
+            self.tokens.clone(),
+            controller.epoch(),
+            tx.clone(),
+        );
         let driver = Driver {
+            writes,
+            queued_writes: Vec::new(),
             controller,
-            store,
             provider,
             transports,
             node_routes: BTreeMap::new(),
@@ -625,8 +633,11 @@ pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Recor
 }
 
 struct Driver {
+    /// The group-commit writer ([`crate::commit`]).
+    writes: mpsc::UnboundedSender<Vec<Persist>>,
+    /// Writes of this round, sent to the writer when the round ends.
+    queued_writes: Vec<Persist>,
     controller: Controller,
-    store: Arc<dyn Store>,
     provider: Arc<dyn Provider>,
     transports: Vec<Arc<dyn Transport>>,
     node_routes: BTreeMap<NodeId, usize>,
@@ -673,14 +684,9 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            if inputs.is_empty() {
-                self.step(Event::Tick).await;
-            }
-            for input in inputs {
-                if !self.input(input).await {
-                    self.ready.store(false, Ordering::Relaxed);
-                    return;
-                }
+            if !self.round(inputs).await {
+                self.ready.store(false, Ordering::Relaxed);
+                return;
             }
             if self.controller.is_fenced() {
                 tracing::error!("fenced by a newer leader; the control loop stops");
@@ -690,59 +696,85 @@ impl Driver {
         }
     }
 
-    /// Handles one input; false means stop.
-    async fn input(&mut self, input: Input) -> bool {
-        match input {
-            Input::Inbound(idx, inbound) => {
-                let event = match inbound {
-                    Inbound::Claim { msg, reply } => Event::Claim {
-                        msg,
-                        reply: tag_reply(idx, &reply),
-                    },
-                    Inbound::Job { msg, reply } => Event::Job {
-                        msg,
-                        reply: tag_reply(idx, &reply),
-                    },
-                    Inbound::Agent { node, msg } => {
-                        self.node_routes.insert(node.clone(), idx);
-                        Event::Agent { node, msg }
+    /// Hands the controller every event of `inputs` at once (one decision
+    /// round for all; none is a tick) and performs what it commands; a
+    /// status request is answered after the events before it. False means
+    /// stop.
+    async fn round(&mut self, inputs: Vec<Input>) -> bool {
+        let mut events = Vec::with_capacity(inputs.len().max(1));
+        let mut stop = false;
+        for input in inputs {
+            match input {
+                Input::Status(reply) => {
+                    self.step(std::mem::take(&mut events)).await;
+                    let _ = reply.send(self.status());
+                }
+                Input::Shutdown => {
+                    stop = true;
+                    break;
+                }
+                other => {
+                    if let Some(event) = self.event(other) {
+                        events.push(event);
                     }
-                    Inbound::AgentGone { node } => {
-                        if self.node_routes.get(&node) != Some(&idx) {
-                            return true; // a newer session on another transport
-                        }
-                        self.node_routes.remove(&node);
-                        Event::AgentGone { node }
-                    }
-                    other => {
-                        tracing::warn!(transport = idx, inbound = ?other, "unknown inbound message dropped");
-                        self.metrics.unknown("inbound");
-                        return true;
-                    }
-                };
-                self.step(event).await;
+                }
             }
+        }
+        if !stop {
+            if events.is_empty() {
+                events.push(Event::Tick);
+            }
+            self.step(events).await;
+        }
+        !stop
+    }
+
+    /// The controller event of one input, if it makes one.
+    fn event(&mut self, input: Input) -> Option<Event> {
+        let event = match input {
+            Input::Inbound(idx, inbound) => match inbound {
+                Inbound::Claim { msg, reply } => Event::Claim {
+                    msg,
+                    reply: tag_reply(idx, &reply),
+                },
+                Inbound::Job { msg, reply } => Event::Job {
+                    msg,
+                    reply: tag_reply(idx, &reply),
+                },
+                Inbound::Agent { node, msg } => {
+                    self.node_routes.insert(node.clone(), idx);
+                    Event::Agent { node, msg }
+                }
+                Inbound::AgentGone { node } => {
+                    if self.node_routes.get(&node) != Some(&idx) {
+                        return None; // a newer session on another transport
+                    }
+                    self.node_routes.remove(&node);
+                    Event::AgentGone { node }
+                }
+                other => {
+                    tracing::warn!(transport = idx, inbound = ?other, "unknown inbound message dropped");
+                    self.metrics.unknown("inbound");
+                    return None;
+                }
+            },
             Input::TransportDown(idx, e) => {
                 tracing::error!(transport = idx, error = %e, "transport stopped receiving");
+                return None;
             }
-            Input::Persisted { key, result } => self.step(Event::Persisted { key, result }).await,
+            Input::Persisted { key, result } => Event::Persisted { key, result },
             Input::ProviderDone { op, call, result } => {
                 if let Err(e) = &result {
                     self.metrics.provider_error(call, e.kind());
                 }
-                self.step(Event::ProviderDone { op, result }).await;
+                Event::ProviderDone { op, result }
             }
-            Input::Credentials { claim, result } => {
-                self.step(Event::CredentialsIssued { claim, result }).await
-            }
-            Input::Inventory(instances) => self.step(Event::Inventory { instances }).await,
-            Input::Offerings(offerings) => self.step(Event::Offerings { offerings }).await,
-            Input::Status(reply) => {
-                let _ = reply.send(self.status());
-            }
-            Input::Shutdown => return false,
-        }
-        true
+            Input::Credentials { claim, result } => Event::CredentialsIssued { claim, result },
+            Input::Inventory(instances) => Event::Inventory { instances },
+            Input::Offerings(offerings) => Event::Offerings { offerings },
+            Input::Status(_) | Input::Shutdown => return None,
+        };
+        Some(event)
     }
 
     fn status(&self) -> Status {
@@ -772,11 +804,22 @@ impl Driver {
         }
     }
 
-    async fn step(&mut self, event: Event) {
+    async fn step(&mut self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
         let now = self.clock.now();
-        let commands = self.controller.handle(event, now);
+        let commands = self.controller.handle_all(events, now);
         for c in commands {
             self.perform(c, now).await;
+        }
+        if !self.queued_writes.is_empty() {
+            let batch = std::mem::take(&mut self.queued_writes);
+            if self.writes.send(batch).is_err() {
+                tracing::error!(
+                    "the store writer stopped; writes of this round are lost to the control loop"
+                );
+            }
         }
     }
 
@@ -788,28 +831,11 @@ impl Driver {
                 key,
                 value,
                 expected,
-            } => {
-                let store = self.store.clone();
-                let tx = self.tx.clone();
-                // A node record deleted: the node is gone, so are its
-                // unused bootstrap tokens.
-                let gone = (value.is_none())
-                    .then(|| key.as_str().strip_prefix(Subjects::NODES_PREFIX))
-                    .flatten()
-                    .and_then(|rest| rest.rsplit('.').next())
-                    .and_then(|n| NodeId::new(n).ok())
-                    .zip(self.tokens.clone());
-                let epoch = self.controller.epoch();
-                tokio::spawn(async move {
-                    let result = persist(&*store, &key, value, expected, epoch).await;
-                    if let (Ok(_), Some((node, tokens))) = (&result, gone)
-                        && let Err(e) = tokens.forget(&node).await
-                    {
-                        tracing::warn!(%node, error = %e, "bootstrap tokens of a deleted node kept; dropped at the next start");
-                    }
-                    let _ = tx.send(Input::Persisted { key, result });
-                });
-            }
+            } => self.queued_writes.push(Persist {
+                key,
+                value,
+                expected,
+            }),
             Command::Provider { op, call } => {
                 let mut call = call;
                 let tokens = self.tokens.clone();
@@ -937,67 +963,6 @@ fn tag_reply(idx: usize, r: &ReplyTo) -> ReplyTo {
 fn untag_reply(r: &ReplyTo) -> Option<(usize, ReplyTo)> {
     let (idx, rest) = r.0.split_once('/')?;
     Some((idx.parse().ok()?, ReplyTo(rest.to_owned())))
-}
-
-/// Performs one store write for the controller.
-///
-/// A write that failed as unavailable (a timeout) may have landed anyway;
-/// the controller retries it on the revision it knew, and the retry meets
-/// the landed write: `Conflict` or `AlreadyExists`, or `NotFound` for a
-/// delete. Taken at face value that reads as another leader's write and
-/// stops the control loop for good. So a conflicting record is read back:
-/// one carrying this leader's epoch was written by this leader (another
-/// leader has another epoch, and the store fences stale ones), and the
-/// write is applied on top of it; when the read fails as unavailable the
-/// write fails so too (and is retried); a delete that finds nothing is done.
-async fn persist(
-    store: &dyn Store,
-    key: &Key,
-    value: Option<Record>,
-    expected: Option<Revision>,
-    epoch: Epoch,
-) -> Result<Revision, StoreError> {
-    let bytes = match &value {
-        Some(record) => Some(Bytes::from(
-            encode(record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        )),
-        None => None,
-    };
-    let result = write(store, key, bytes.clone(), expected).await;
-    match result {
-        Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
-            match store.get(key).await {
-                Ok(Some(current)) if written_in(&current.value, epoch) => {
-                    tracing::info!(%key, "a timed-out write of this leader had landed; writing on top of it");
-                    write(store, key, bytes, Some(current.revision)).await
-                }
-                // Whose record it is cannot be told yet: try again later.
-                Err(e @ StoreError::Unavailable(_)) => Err(e),
-                _ => result,
-            }
-        }
-        Err(StoreError::NotFound { .. }) if bytes.is_none() => Ok(expected.unwrap_or(Revision(0))),
-        other => other,
-    }
-}
-
-/// Whether a stored value is a record written in `epoch`.
-fn written_in(bytes: &[u8], epoch: Epoch) -> bool {
-    decode::<Record>(bytes).is_ok_and(|r| r.epoch() == epoch)
-}
-
-async fn write(
-    store: &dyn Store,
-    key: &Key,
-    bytes: Option<Bytes>,
-    expected: Option<Revision>,
-) -> Result<Revision, StoreError> {
-    match (bytes, expected) {
-        (Some(bytes), None) => store.create(key, bytes).await,
-        (Some(bytes), Some(rev)) => store.update(key, bytes, rev).await,
-        (None, Some(rev)) => store.delete(key, rev).await.map(|()| rev),
-        (None, None) => Ok(Revision(0)),
-    }
 }
 
 /// Performs one provider call for the controller.

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::{Epoch, Millis};
 use fleet_core::protocol::{LeaderRecord, decode, encode};
-use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent, Write};
 use fleet_core::subjects::Subjects;
 use futures_core::stream::BoxStream;
 
@@ -176,6 +176,13 @@ impl Store for LeaseFencedStore {
     async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
         self.check()?;
         self.inner.delete(key, expected).await
+    }
+
+    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
+        if let Err(e) = self.check() {
+            return vec![Err(e); writes.len()];
+        }
+        self.inner.write_all(writes).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {

@@ -22,6 +22,7 @@
 //! that combines them, and single-use bootstrap [`tokens`] for new nodes.
 
 pub mod ca;
+mod commit;
 pub mod credentials;
 pub mod driver;
 pub mod lease;

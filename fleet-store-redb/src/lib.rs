@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::Epoch;
 use fleet_core::protocol::{LeaderRecord, decode};
-use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent, Write};
 use fleet_core::subjects::Subjects;
 use futures_channel::mpsc::{UnboundedSender, unbounded};
 use futures_core::stream::BoxStream;
@@ -255,17 +255,39 @@ impl RedbStore {
         op: WriteOp,
         fence: Option<Epoch>,
     ) -> Result<Revision, StoreError> {
-        if let WriteOp::Create(v) | WriteOp::Update(v, _) = &op
-            && v.len() > self.shared.max_value_bytes
-        {
-            return Err(StoreError::TooLarge {
-                len: v.len(),
-                max: self.shared.max_value_bytes,
-            });
-        }
+        let write = match op {
+            WriteOp::Create(value) => Write::Create {
+                key: key.clone(),
+                value,
+            },
+            WriteOp::Update(value, expected) => Write::Update {
+                key: key.clone(),
+                value,
+                expected,
+            },
+            WriteOp::Delete(expected) => Write::Delete {
+                key: key.clone(),
+                expected,
+            },
+        };
+        self.write_batch(vec![write], fence)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("no result for a write".to_owned())))
+    }
+
+    /// Every write of `writes` in one redb write transaction, one
+    /// `fdatasync` (group commit); see [`Store::write_all`].
+    async fn write_batch(
+        &self,
+        writes: Vec<Write>,
+        fence: Option<Epoch>,
+    ) -> Vec<Result<Revision, StoreError>> {
+        let n = writes.len();
         let shared = Arc::clone(&self.shared);
-        let key = key.clone();
-        blocking(move || shared.write_blocking(&key, op, fence)).await
+        blocking(move || Ok(shared.write_blocking(writes, fence)))
+            .await
+            .unwrap_or_else(|e| vec![Err(e); n])
     }
 }
 
@@ -276,92 +298,139 @@ impl Shared {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Applies `writes` in one transaction: each is checked on its own
+    /// (a refused one is left out, the others go on) and the transaction
+    /// is committed once. If the commit fails, none was written.
     fn write_blocking(
         &self,
-        key: &Key,
-        op: WriteOp,
+        writes: Vec<Write>,
         fence: Option<Epoch>,
-    ) -> Result<Revision, StoreError> {
+    ) -> Vec<Result<Revision, StoreError>> {
+        let n = writes.len();
         let mut watchers = self.lock_watchers();
-        let mut txn = self.db.begin_write().map_err(backend)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut results = Vec::with_capacity(n);
+        let mut events = Vec::with_capacity(n);
+        let txn = (|| {
+            let mut txn = self.db.begin_write().map_err(backend)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            Ok(txn)
+        })();
+        let txn = match txn {
+            Ok(txn) => txn,
+            Err(e) => return vec![Err(e); n],
+        };
         let applied = (|| {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
             if let Some(writer) = fence {
                 check_fence(&kv, writer)?;
             }
-            let current = kv
-                .get(key.as_str())
+            let mut last = meta
+                .get(REVISION_KEY)
                 .map_err(backend)?
-                .map(|g| Revision(g.value().0));
-            match (&op, current) {
-                (WriteOp::Create(_), Some(current)) => {
-                    return Err(StoreError::AlreadyExists {
-                        key: key.clone(),
-                        current,
-                    });
+                .map_or(0, |g| g.value());
+            for write in writes {
+                match self.apply(&mut kv, write, last) {
+                    Ok((answer, event)) => {
+                        last += 1;
+                        results.push(Ok(answer));
+                        events.push(event);
+                    }
+                    Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) => {
+                        return Err(e);
+                    }
+                    Err(refused) => results.push(Err(refused)),
                 }
-                (WriteOp::Update(..) | WriteOp::Delete(_), None) => {
-                    return Err(StoreError::NotFound { key: key.clone() });
-                }
-                (WriteOp::Update(_, expected) | WriteOp::Delete(expected), Some(current))
-                    if *expected != current =>
-                {
-                    return Err(StoreError::Conflict {
-                        key: key.clone(),
-                        expected: *expected,
-                        current,
-                    });
-                }
-                _ => {}
             }
-            let last = meta.get(REVISION_KEY).map_err(backend)?.map(|g| g.value());
-            let revision = last
-                .unwrap_or(0)
-                .checked_add(1)
-                .map(Revision)
-                .ok_or_else(|| StoreError::Corrupt("revision counter overflow".to_owned()))?;
-            meta.insert(REVISION_KEY, revision.0).map_err(backend)?;
-            let event = match op {
-                WriteOp::Create(value) | WriteOp::Update(value, _) => {
-                    kv.insert(key.as_str(), (revision.0, value.as_ref()))
-                        .map_err(backend)?;
-                    WatchEvent::Put {
-                        key: key.clone(),
-                        value,
-                        revision,
-                    }
-                }
-                WriteOp::Delete(_) => {
-                    kv.remove(key.as_str()).map_err(backend)?;
-                    WatchEvent::Delete {
-                        key: key.clone(),
-                        revision,
-                    }
-                }
-            };
-            Ok((revision, event))
+            if !events.is_empty() {
+                meta.insert(REVISION_KEY, last).map_err(backend)?;
+            }
+            Ok(())
         })();
-        match applied {
-            Ok((revision, event)) => {
-                txn.commit().map_err(backend)?;
-                // A failed send means the receiver was dropped: forget it.
-                watchers.retain(|w| {
-                    !event.key().has_prefix(&w.prefix) || w.tx.unbounded_send(event.clone()).is_ok()
-                });
-                Ok(revision)
+        let committed = applied.and_then(|()| {
+            if events.is_empty() {
+                txn.abort().map_err(backend)
+            } else {
+                txn.commit().map_err(backend)
             }
-            Err(e) => {
-                // Nothing was written; an abort failure changes nothing
-                // the caller can act on, the refusal is the answer.
-                if let Err(abort) = txn.abort() {
-                    tracing::warn!(error = %abort, "store: aborting a refused write failed");
-                }
-                Err(e)
-            }
+        });
+        if let Err(e) = committed {
+            // Nothing was written: every write of the batch fails alike.
+            return vec![Err(e); n];
         }
+        // A failed send means the receiver was dropped: forget it.
+        for event in events {
+            watchers.retain(|w| {
+                !event.key().has_prefix(&w.prefix) || w.tx.unbounded_send(event.clone()).is_ok()
+            });
+        }
+        results
+    }
+
+    /// One write inside the batch's transaction, at the revision after
+    /// `last`; answers the new revision (for a delete: the deleted one,
+    /// as [`Store::write_all`] says) and the watch event.
+    fn apply(
+        &self,
+        kv: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
+        write: Write,
+        last: u64,
+    ) -> Result<(Revision, WatchEvent), StoreError> {
+        if let Write::Create { value, .. } | Write::Update { value, .. } = &write
+            && value.len() > self.max_value_bytes
+        {
+            return Err(StoreError::TooLarge {
+                len: value.len(),
+                max: self.max_value_bytes,
+            });
+        }
+        let key = write.key().clone();
+        let current = kv
+            .get(key.as_str())
+            .map_err(backend)?
+            .map(|g| Revision(g.value().0));
+        let expected = match (&write, current) {
+            (Write::Create { .. }, Some(current)) => {
+                return Err(StoreError::AlreadyExists { key, current });
+            }
+            (Write::Update { .. } | Write::Delete { .. }, None) => {
+                return Err(StoreError::NotFound { key });
+            }
+            (Write::Update { expected, .. } | Write::Delete { expected, .. }, Some(current)) => {
+                Some((*expected, current))
+            }
+            (Write::Create { .. }, None) => None,
+        };
+        if let Some((expected, current)) = expected
+            && expected != current
+        {
+            return Err(StoreError::Conflict {
+                key,
+                expected,
+                current,
+            });
+        }
+        let revision = last
+            .checked_add(1)
+            .map(Revision)
+            .ok_or_else(|| StoreError::Corrupt("revision counter overflow".to_owned()))?;
+        let event = match write {
+            Write::Create { value, .. } | Write::Update { value, .. } => {
+                kv.insert(key.as_str(), (revision.0, value.as_ref()))
+                    .map_err(backend)?;
+                WatchEvent::Put {
+                    key,
+                    value,
+                    revision,
+                }
+            }
+            Write::Delete { expected, .. } => {
+                kv.remove(key.as_str()).map_err(backend)?;
+                return Ok((expected, WatchEvent::Delete { key, revision }));
+            }
+        };
+        Ok((revision, event))
     }
 }
 
@@ -488,6 +557,10 @@ impl Store for RedbStore {
             .map(|_| ())
     }
 
+    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
+        self.write_batch(writes, None).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
         let shared = Arc::clone(&self.shared);
         let prefix = prefix.to_owned();
@@ -577,6 +650,10 @@ impl Store for FencedStore {
             .write(key, WriteOp::Delete(expected), Some(self.epoch))
             .await
             .map(|_| ())
+    }
+
+    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
+        self.store.write_batch(writes, Some(self.epoch)).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {

@@ -24,7 +24,7 @@ use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 
-use crate::store::{Key, Revision, Store, StoreError, WatchEvent};
+use crate::store::{Key, Revision, Store, StoreError, WatchEvent, Write};
 
 /// Runs every store check under `prefix` (one or more key tokens joined by
 /// `.`, e.g. `conformance.run42`; no trailing dot).
@@ -35,6 +35,7 @@ pub async fn store_suite(store: &dyn Store, prefix: &str) {
     watch_prefix(store, &format!("{prefix}.watch")).await;
     concurrent_cas(store, &format!("{prefix}.cas")).await;
     large_value(store, &format!("{prefix}.large")).await;
+    write_all(store, &format!("{prefix}.batch")).await;
 }
 
 fn key(s: String) -> Key {
@@ -448,4 +449,120 @@ pub async fn large_value(store: &dyn Store, prefix: &str) {
         other => panic!("get({k}) of a {LEN}-byte value failed: {other:?}"),
     }
     must_delete(store, &k, rev).await;
+}
+
+/// A batch ([`Store::write_all`]): one result per write, in order; a
+/// refused write (a create of a key that exists, a stale update, a delete
+/// of a missing key) leaves the others applied; later writes of the batch
+/// see the earlier ones (an update at the revision a create of the same
+/// batch returned cannot be named in advance, so the batch creates, and a
+/// second batch updates and deletes); revisions increase in batch order;
+/// watchers see each applied write.
+pub async fn write_all(store: &dyn Store, prefix: &str) {
+    let a = key(format!("{prefix}.a"));
+    let b = key(format!("{prefix}.b"));
+    let c = key(format!("{prefix}.c"));
+    let mut watch = store
+        .watch(&format!("{prefix}."))
+        .await
+        .unwrap_or_else(|e| panic!("watch({prefix}.) failed: {e}"));
+    let existing = must_create(store, &a, b"a0").await;
+    assert_eq!(next_event(&mut watch, "the first create").await.key(), &a);
+
+    let results = store
+        .write_all(vec![
+            Write::Create {
+                key: a.clone(),
+                value: Bytes::from_static(b"again"),
+            },
+            Write::Create {
+                key: b.clone(),
+                value: Bytes::from_static(b"b1"),
+            },
+            Write::Update {
+                key: a.clone(),
+                value: Bytes::from_static(b"a1"),
+                expected: existing,
+            },
+            Write::Delete {
+                key: c.clone(),
+                expected: Revision(1),
+            },
+        ])
+        .await;
+    assert_eq!(
+        results.len(),
+        4,
+        "write_all: one result per write: {results:?}"
+    );
+    assert!(
+        matches!(&results[0], Err(StoreError::AlreadyExists { key, .. }) if key == &a),
+        "write_all: a create of an existing key is refused alone: {:?}",
+        results[0]
+    );
+    let rev_b = match &results[1] {
+        Ok(r) => *r,
+        Err(e) => panic!("write_all: a create of a new key beside a refused one failed: {e}"),
+    };
+    let rev_a = match &results[2] {
+        Ok(r) => *r,
+        Err(e) => panic!("write_all: an update at the current revision failed: {e}"),
+    };
+    assert!(
+        matches!(&results[3], Err(StoreError::NotFound { key }) if key == &c),
+        "write_all: a delete of a missing key is refused alone: {:?}",
+        results[3]
+    );
+    assert!(
+        existing < rev_b && rev_b < rev_a,
+        "write_all: revisions follow batch order ({existing}, {rev_b}, {rev_a})"
+    );
+    assert_eq!(
+        get_rev(store, &b).await,
+        Some(rev_b),
+        "write_all: b is stored"
+    );
+    assert_eq!(
+        get_rev(store, &a).await,
+        Some(rev_a),
+        "write_all: a is updated"
+    );
+    for (k, what) in [(&b, "the batch's create"), (&a, "the batch's update")] {
+        assert_eq!(next_event(&mut watch, what).await.key(), k, "{what}");
+    }
+
+    let results = store
+        .write_all(vec![
+            Write::Update {
+                key: b.clone(),
+                value: Bytes::from_static(b"stale"),
+                expected: existing,
+            },
+            Write::Delete {
+                key: a.clone(),
+                expected: rev_a,
+            },
+            Write::Delete {
+                key: b.clone(),
+                expected: rev_b,
+            },
+        ])
+        .await;
+    assert!(
+        matches!(&results[0], Err(StoreError::Conflict { .. })),
+        "write_all: a stale update is a conflict: {:?}",
+        results[0]
+    );
+    assert_eq!(
+        results[1],
+        Ok(rev_a),
+        "write_all: a delete answers the deleted revision"
+    );
+    assert_eq!(
+        results[2],
+        Ok(rev_b),
+        "write_all: a delete answers the deleted revision"
+    );
+    assert_eq!(get_rev(store, &a).await, None, "write_all: a is deleted");
+    assert_eq!(get_rev(store, &b).await, None, "write_all: b is deleted");
 }
