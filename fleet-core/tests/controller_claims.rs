@@ -295,6 +295,46 @@ fn a_recipient_that_is_not_an_x25519_age_key_is_rejected_at_request_time() {
     assert!(matches!(w.replies(&reply), [ClaimReply::Pending { .. }]));
 }
 
+/// A claim granted in the round that accepted it is not acknowledged
+/// `pending` first: the grant is the request's answer (and is published
+/// where grants go). One that waits is told `pending`.
+#[test]
+fn a_claim_granted_at_once_gets_no_pending_first() {
+    let mut w = world();
+    let first = w.send_claim(ClaimMsg::Request(request("c1")));
+    w.run_for(250_000).unwrap();
+    assert!(matches!(w.replies(&first), [ClaimReply::Pending { .. }]));
+    assert!(granted(&w, "c1").is_some());
+    w.send_claim(ClaimMsg::Release {
+        workspace: ws(),
+        claim_id: cid("c1"),
+    });
+    w.run_for(1).unwrap();
+
+    // The node is free now: the next claim is granted at once.
+    let second = w.send_claim(ClaimMsg::Request(request("c2")));
+    w.run_for(1).unwrap();
+    assert!(granted(&w, "c2").is_some(), "granted on the free node");
+    assert!(
+        matches!(w.replies(&second), [ClaimReply::Granted(g)] if g.claim_id == cid("c2")),
+        "the grant answers the request, with no pending before it: {:?}",
+        w.replies(&second)
+    );
+    assert!(matches!(
+        w.claim_messages(&cid("c2")),
+        [ClaimReply::Granted(_)]
+    ));
+
+    // A third one waits (the node is held): it is told so.
+    let third = w.send_claim(ClaimMsg::Request(request("c3")));
+    w.run_for(1).unwrap();
+    assert!(
+        matches!(w.replies(&third), [ClaimReply::Pending { .. }]),
+        "{:?}",
+        w.replies(&third)
+    );
+}
+
 #[test]
 fn bad_requests_get_typed_answers_not_silence() {
     let mut w = world();

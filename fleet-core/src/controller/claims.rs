@@ -42,6 +42,7 @@ impl Controller {
                 affinity_until: None,
                 budget_held: false,
                 renewing: Vec::new(),
+                unanswered: None,
             },
         );
     }
@@ -200,6 +201,7 @@ impl Controller {
                 affinity_until: None,
                 budget_held: false,
                 renewing: Vec::new(),
+                unanswered: None,
             },
         );
         self.save_claim(
@@ -438,6 +440,35 @@ impl Controller {
         self.touch_claim(id);
     }
 
+    /// Acknowledges the claims accepted in this round that it did not
+    /// grant: `pending`, with the reason the round left.
+    pub(super) fn send_acks(&mut self, now: Millis, out: &mut Vec<Command>) {
+        for (claim, reply) in std::mem::take(&mut self.acks) {
+            let Some(c) = self.claims.get(&claim) else {
+                continue;
+            };
+            if c.reserved.is_some() {
+                // Granted: the grant is the answer, once stored.
+                if let Some(c) = self.claims.get_mut(&claim) {
+                    c.unanswered = Some(reply);
+                }
+                continue;
+            }
+            if c.rec.state != ClaimState::Pending {
+                // It ended in this round: answer with how.
+                self.answer_existing(&claim, reply, now, out);
+                continue;
+            }
+            out.push(Command::Send {
+                to: Peer::Reply(reply),
+                msg: Outbound::Claim(ClaimReply::Pending {
+                    claim_id: claim,
+                    reason: pending_reason(&c.rec),
+                }),
+            });
+        }
+    }
+
     pub(super) fn claim_effect(&mut self, effect: Effect, now: Millis, out: &mut Vec<Command>) {
         match effect {
             Effect::ClaimAccepted { claim, reply } => {
@@ -446,26 +477,23 @@ impl Controller {
                 };
                 c.durable = true;
                 self.dirty = true;
-                let msg = match c.rec.state {
-                    ClaimState::Pending => ClaimReply::Pending {
-                        claim_id: claim.clone(),
-                        reason: pending_reason(&c.rec),
-                    },
-                    _ => {
-                        // It moved on before the ack went out; answer with
-                        // where it is now.
-                        self.answer_existing(&claim, reply, now, out);
-                        self.touch_claim(&claim);
-                        return;
-                    }
-                };
-                out.push(Command::Send {
-                    to: Peer::Reply(reply),
-                    msg: Outbound::Claim(msg),
-                });
+                if c.rec.state == ClaimState::Pending {
+                    // Answered after this round: a claim the round grants
+                    // gets its grant as the first answer, not a `pending`
+                    // just before it.
+                    self.acks.push((claim.clone(), reply));
+                } else {
+                    // It moved on before the ack went out; answer with
+                    // where it is now.
+                    self.answer_existing(&claim, reply, now, out);
+                }
                 self.touch_claim(&claim);
             }
             Effect::Grant { claim } => {
+                let unanswered = self
+                    .claims
+                    .get_mut(&claim)
+                    .and_then(|c| c.unanswered.take());
                 let Some(c) = self.claims.get(&claim) else {
                     return;
                 };
@@ -482,6 +510,12 @@ impl Controller {
                         expires_at: grant.lease.expires_at,
                     }),
                 });
+                if let Some(reply) = unanswered {
+                    out.push(Command::Send {
+                        to: Peer::Reply(reply),
+                        msg: Outbound::Claim(ClaimReply::Granted(grant.clone())),
+                    });
+                }
                 out.push(Command::Send {
                     to: Peer::Claim(grant.workspace.clone(), claim.clone()),
                     msg: Outbound::Claim(ClaimReply::Granted(grant)),
@@ -570,6 +604,18 @@ impl Controller {
                 } else {
                     ClaimReply::Revoked(revocation_of(&rec))
                 };
+                // A request granted at once and not told `pending` learns
+                // of the end (its grant failed) on its own reply too.
+                if let Some(reply) = self
+                    .claims
+                    .get_mut(&claim)
+                    .and_then(|c| c.unanswered.take())
+                {
+                    out.push(Command::Send {
+                        to: Peer::Reply(reply),
+                        msg: Outbound::Claim(end.clone()),
+                    });
+                }
                 out.push(Command::Send {
                     to: Peer::Claim(rec.request.workspace.clone(), claim),
                     msg: Outbound::Claim(end),

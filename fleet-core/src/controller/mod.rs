@@ -415,6 +415,9 @@ struct Claim {
     /// Renewals waiting for credentials that cover their lease: the reply
     /// and the expiry it asked for.
     renewing: Vec<(ReplyTo, Millis)>,
+    /// The request this claim was granted in the round that accepted it:
+    /// it was not told `pending`, so the grant answers it too.
+    unanswered: Option<ReplyTo>,
 }
 
 /// A job as the controller tracks it.
@@ -535,6 +538,9 @@ pub struct Controller {
     startup: Vec<Effect>,
     /// Something changed that arbitration or a strategy should look at.
     dirty: bool,
+    /// Claims accepted in this round, acknowledged after it
+    /// ([`Controller::send_acks`]).
+    acks: Vec<(ClaimId, ReplyTo)>,
     ledger: cost::Ledger,
     affinity: AffinityStats,
     /// Per workspace with a budget: where its windows began (`budget.rs`).
@@ -595,6 +601,7 @@ impl Controller {
             fenced: false,
             startup: Vec::new(),
             dirty: true,
+            acks: Vec::new(),
             ledger: cost::Ledger::default(),
             affinity: AffinityStats::default(),
             budgets: BTreeMap::new(),
@@ -703,6 +710,7 @@ impl Controller {
                 self.schedule_jobs(now, &mut out);
                 self.plan_pools(now, &mut out);
             }
+            self.send_acks(now, &mut out);
         }
         if self.fenced {
             // Whatever was decided after the fence must not leave the process.
