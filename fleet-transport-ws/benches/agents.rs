@@ -1,13 +1,18 @@
 //! N concurrent agent sessions at 1 heartbeat/s each against the WS server;
 //! reports the server's CPU % and RSS.
 //!
-//! `cargo bench -p fleet-transport-ws --bench agents` runs N = 1 000 and
-//! 10 000 for 20 s each (override with `FLEET_BENCH_N=1000,5000` and
-//! `FLEET_BENCH_SECS=10`). The server runs in a child process (this binary,
-//! re-executed with `FLEET_BENCH_ROLE=server`) so its CPU time and RSS are
-//! read alone from `/proc/<pid>`; the clients share the same 2-core machine,
-//! so their CPU is reported too. The soft fd limit is raised to the hard
-//! limit; each process needs N + a few descriptors.
+//! `cargo bench -p fleet-transport-ws --bench agents` runs N = 1 000,
+//! 10 000 and 50 000 for 20 s each (override with `FLEET_BENCH_N=1000,5000`
+//! and `FLEET_BENCH_SECS=10`). The server runs in a child process (this
+//! binary, re-executed with `FLEET_BENCH_ROLE=server`) so its CPU time and
+//! RSS are read alone from `/proc/<pid>`; the clients share the same 2-core
+//! machine, so their CPU is reported too. Each process needs N + a few
+//! descriptors: the fd limit is raised to that (past the hard limit when
+//! the process may, as root), else to the hard limit, and sessions over it
+//! fail and are counted. Sessions dial from 127.0.0.1, 127.0.0.2, … in
+//! turn, 10 000 per address (each source address has its own ephemeral
+//! ports, about 28 000, and a run's closed sessions hold theirs in
+//! TIME_WAIT for a minute).
 //!
 //! `FLEET_BENCH_SERVER_WRAPPER=heaptrack` runs the server under a profiler
 //! (any command that takes the program as its argument); the CPU and RSS
@@ -77,22 +82,41 @@ impl AgentAuth for AcceptAll {
     }
 }
 
-fn raise_fd_limit() {
-    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+/// Raises the fd limit to `want` (a privileged process may go past the
+/// hard limit, up to `fs.nr_open`), else to the hard limit.
+fn raise_fd_limit(want: u64) {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get()
+        && rlimit::Resource::NOFILE
+            .set(want.max(hard), want.max(hard))
+            .is_err()
+    {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
 }
 
+/// Sessions dialed from one source address: each 127.x address has its
+/// own ~28 000 ephemeral ports (`net.ipv4.ip_local_port_range`), so 50 000
+/// agents come from several.
+const SESSIONS_PER_SOURCE: usize = 10_000;
+
+/// The loopback source address of the `k`-th session.
+fn source(k: usize) -> std::net::IpAddr {
+    let i = u8::try_from(1 + k / SESSIONS_PER_SOURCE).unwrap_or(u8::MAX);
+    std::net::IpAddr::from([127, 0, 0, i])
+}
+
 fn main() {
-    raise_fd_limit();
-    if std::env::var("FLEET_BENCH_ROLE").as_deref() == Ok("server") {
-        return server();
-    }
     let ns: Vec<usize> = std::env::var("FLEET_BENCH_N")
-        .unwrap_or_else(|_| "1000,10000".to_owned())
+        .unwrap_or_else(|_| "1000,10000,50000".to_owned())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
+    // Each process holds one descriptor per session, and a few.
+    let most = ns.iter().copied().max().unwrap_or(0) as u64;
+    raise_fd_limit(most + 1_000);
+    if std::env::var("FLEET_BENCH_ROLE").as_deref() == Ok("server") {
+        return server();
+    }
     let secs: u64 = std::env::var("FLEET_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -200,6 +224,16 @@ fn hello(i: usize) -> AgentMsg {
 }
 
 fn run(n: usize, duration: Duration) {
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
+    if n as u64 + 500 > soft {
+        println!(
+            "N={n:>6}: skipped: each process needs about {} descriptors, the limit is {soft} \
+             (hard {hard}); raise it (`ulimit -Hn`, systemd LimitNOFILE, or run with \
+             CAP_SYS_RESOURCE) to measure it",
+            n + 500
+        );
+        return;
+    }
     let (ca, cert, key) = pki();
     // `FLEET_BENCH_SERVER_WRAPPER=heaptrack` (or any command that runs its
     // argument) profiles the server process; its CPU and RSS are then the
@@ -251,6 +285,7 @@ fn run(n: usize, duration: Duration) {
         // Dial in waves so the TLS handshakes do not all time out at once.
         let mut sessions = Vec::with_capacity(n);
         let mut failed = 0usize;
+        let mut first_error = None;
         let mut i = 0;
         while i < n {
             let wave: Vec<_> = (i..(i + 100).min(n))
@@ -259,6 +294,7 @@ fn run(n: usize, duration: Duration) {
                     tokio::spawn(async move {
                         let mut cfg = WsConfig::default();
                         cfg.hello_timeout = Duration::from_secs(30);
+                        cfg.local_address = Some(source(k));
                         WsAgentClient::connect(&url, &tls, hello(k), cfg).await
                     })
                 })
@@ -266,10 +302,20 @@ fn run(n: usize, duration: Duration) {
             for h in wave {
                 match h.await {
                     Ok(Ok(s)) => sessions.push(s),
-                    _ => failed += 1,
+                    Ok(Err(e)) => {
+                        failed += 1;
+                        first_error.get_or_insert(e.to_string());
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        first_error.get_or_insert(e.to_string());
+                    }
                 }
             }
             i += 100;
+        }
+        if let Some(e) = first_error {
+            println!("N={n:>6}: {failed} sessions failed to connect; the first: {e}");
         }
         (sessions, failed)
     });

@@ -79,9 +79,40 @@ impl Dialer {
         })
     }
 
+    /// A TCP connection to the server, from [`WsConfig::local_address`]
+    /// if one is set.
+    async fn connect_tcp(&self) -> std::io::Result<TcpStream> {
+        let Some(local) = self.cfg.local_address else {
+            return TcpStream::connect((self.host.as_str(), self.port)).await;
+        };
+        let mut last = None;
+        for remote in tokio::net::lookup_host((self.host.as_str(), self.port)).await? {
+            if remote.is_ipv4() != local.is_ipv4() {
+                continue;
+            }
+            let socket = if local.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(local, 0))?;
+            match socket.connect(remote).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("no address of {} in the family of {local}", self.host),
+            )
+        }))
+    }
+
     async fn dial_once(&self) -> Result<Ws, WsError> {
         let fut = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            let tcp = self
+                .connect_tcp()
                 .await
                 .map_err(|e| WsError::Io(format!("connect {}: {e}", self.url)))?;
             let _ = tcp.set_nodelay(true);

@@ -48,6 +48,10 @@ pub struct WsConfig {
     /// Client: the bearer token sent on the claim-plane WebSocket upgrade
     /// (`Authorization: Bearer …`), for servers that check one. Default none.
     pub bearer_token: Option<fleet_core::protocol::Secret>,
+    /// Client: the local address to dial from (a host with several
+    /// addresses, or many sessions to one server: each source address has
+    /// its own ~28 000 ephemeral ports). Default: the system's choice.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for WsConfig {
@@ -65,6 +69,7 @@ impl Default for WsConfig {
             max_open_requests: 1024,
             close_slow_agents: true,
             bearer_token: None,
+            local_address: None,
         }
     }
 }

@@ -267,6 +267,57 @@ impl AgentAuth for Undecided {
     }
 }
 
+/// Accepts every agent and notes where each dialed from.
+#[derive(Default)]
+struct PeersSeen(std::sync::Mutex<Vec<SocketAddr>>);
+
+#[async_trait::async_trait]
+impl AgentAuth for PeersSeen {
+    async fn authenticate(
+        &self,
+        hello: &AgentHelloInfo,
+    ) -> Result<Option<fleet_core::protocol::NodeIdentity>, AuthError> {
+        self.0.lock().unwrap().push(hello.peer);
+        Ok(None)
+    }
+}
+
+/// `local_address` picks the source address (each has its own ephemeral
+/// ports: what lets one host open more sessions than one address has
+/// ports); one of the other family is a clear dial error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dials_from_its_local_address() {
+    let pki = Pki::new();
+    let seen = Arc::new(PeersSeen::default());
+    let (server, addr) = WsServer::bind(
+        LOOPBACK.parse().unwrap(),
+        &pki.server_tls(true),
+        seen.clone(),
+        WsConfig::default(),
+    )
+    .await
+    .unwrap();
+    let url = format!("wss://127.0.0.1:{}/v1/agent", addr.port());
+    let tls = pki.client_tls(None);
+    let mut cfg = WsConfig::default();
+    cfg.local_address = Some("127.0.0.3".parse().unwrap());
+    let session = WsAgentClient::connect(&url, &tls, hello("n-src", None), cfg.clone())
+        .await
+        .expect("dialed from 127.0.0.3");
+    let peers = seen.0.lock().unwrap().clone();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].ip().to_string(), "127.0.0.3");
+    drop(session);
+
+    cfg.local_address = Some("::1".parse().unwrap());
+    cfg.connect_attempts = 1;
+    match WsAgentClient::connect(&url, &tls, hello("n-v6", None), cfg).await {
+        Err(WsError::Io(why)) => assert!(why.contains("family"), "{why}"),
+        other => panic!("an IPv6 source for an IPv4 server must fail to dial, got {other:?}"),
+    }
+    drop(server);
+}
+
 /// A refusal that is not about the credentials says so: "try again later"
 /// (1013, reason `unavailable`), which a client may retry, unlike 4003.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
