@@ -1,0 +1,135 @@
+//! Group commit through the real driver on the durable redb store: a burst
+//! of claims is written in few transactions, and each grant reaches its
+//! caller only once its record is on disk.
+
+#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_core::memory::provider::MemoryProvider;
+use fleet_core::protocol::{ClaimState, Record, decode};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent, Write};
+use fleet_core::subjects::Subjects;
+use fleet_core::transport::ClaimClient;
+use fleet_runtime::Fleet;
+use fleet_store_redb::RedbStore;
+use futures_core::stream::BoxStream;
+use futures_util::future::join_all;
+use support::*;
+
+/// The redb store, noting the size of every batch; each commit takes a
+/// few more milliseconds, as a slow disk's `fdatasync` would.
+struct Batches {
+    inner: RedbStore,
+    sizes: Mutex<Vec<usize>>,
+}
+
+#[async_trait::async_trait]
+impl Store for Batches {
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn create(&self, key: &Key, value: bytes::Bytes) -> Result<Revision, StoreError> {
+        self.inner.create(key, value).await
+    }
+    async fn update(
+        &self,
+        key: &Key,
+        value: bytes::Bytes,
+        expected: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.inner.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError> {
+        self.inner.watch(prefix).await
+    }
+    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
+        self.sizes.lock().unwrap().push(writes.len());
+        let results = self.inner.write_all(writes).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        results
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
+    const CLAIMS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Batches {
+        inner: RedbStore::open(dir.path()).unwrap(),
+        sizes: Mutex::new(Vec::new()),
+    });
+    let provider = MemoryProvider::ec2_like();
+    let fleet = Arc::new(
+        Fleet::builder()
+            .store(store.clone())
+            .provider(Arc::new(provider.clone()))
+            .pool(pool(CLAIMS as u32, 1))
+            .start()
+            .await
+            .unwrap(),
+    );
+    boot_agents(&fleet, provider.clone());
+    let client = fleet.client();
+    // The first claim brings the node up.
+    let first = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.claim(request_for("warm", 600_000)),
+    )
+    .await
+    .expect("the node came up")
+    .unwrap();
+    client
+        .release(&first.workspace, &first.claim_id)
+        .await
+        .unwrap();
+    let before = store.sizes.lock().unwrap().len();
+
+    let grants = join_all((0..CLAIMS).map(|i| {
+        let client = client.clone();
+        let store = store.clone();
+        async move {
+            let grant = client
+                .claim(request_for(&format!("b{i}"), 600_000))
+                .await
+                .unwrap();
+            // Read straight from the file: what a restart would find.
+            let key = Subjects::claim_key(&grant.workspace, &grant.claim_id);
+            let stored = store.inner.get(&key).await.unwrap().expect("stored");
+            let Record::Claim(rec) = decode::<Record>(&stored.value).unwrap() else {
+                panic!("{key} is not a claim record");
+            };
+            (grant, rec)
+        }
+    }))
+    .await;
+    for (grant, rec) in &grants {
+        assert_eq!(
+            rec.state,
+            ClaimState::Granted,
+            "{}: its grant reached the caller before it was stored",
+            grant.claim_id
+        );
+        assert_eq!(rec.node.as_ref(), Some(&grant.node));
+    }
+    let sizes = store.sizes.lock().unwrap()[before..].to_vec();
+    let writes: usize = sizes.iter().sum();
+    assert!(
+        writes >= 2 * CLAIMS,
+        "each claim is written at least twice (accepted, granted): {writes}"
+    );
+    assert!(
+        sizes.len() * 3 <= writes,
+        "a burst of {CLAIMS} claims ({writes} writes) took {} commits: {sizes:?}",
+        sizes.len()
+    );
+}
