@@ -124,11 +124,11 @@ async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
     let sizes = store.sizes.lock().unwrap()[before..].to_vec();
     let writes: usize = sizes.iter().sum();
     assert!(
-        writes >= 2 * CLAIMS,
-        "each claim is written at least twice (accepted, granted): {writes}"
+        writes >= CLAIMS,
+        "each claim is written (granted at once: one write): {writes}"
     );
     assert!(
-        sizes.len() * 3 <= writes,
+        sizes.len() * 4 <= writes,
         "a burst of {CLAIMS} claims ({writes} writes) took {} commits: {sizes:?}",
         sizes.len()
     );

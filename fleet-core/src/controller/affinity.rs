@@ -69,7 +69,12 @@ impl Controller {
                 .map_or(0, |p| p.spec.affinity_wait_ms);
             let until = c.rec.enqueued_at.saturating_add(wait);
             let held = match &req.affinity {
-                Some(key) if wait > 0 && now < until && c.durable && c.reserved.is_none() => {
+                Some(key)
+                    if wait > 0
+                        && now < until
+                        && (c.durable || c.fresh)
+                        && c.reserved.is_none() =>
+                {
                     let a = affine
                         .get(&(req.pool.clone(), key.clone()))
                         .copied()

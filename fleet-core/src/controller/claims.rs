@@ -43,6 +43,7 @@ impl Controller {
                 budget_held: false,
                 renewing: Vec::new(),
                 unanswered: None,
+                fresh: false,
             },
         );
     }
@@ -201,18 +202,15 @@ impl Controller {
                 affinity_until: None,
                 budget_held: false,
                 renewing: Vec::new(),
-                unanswered: None,
+                unanswered: Some(reply),
+                fresh: true,
             },
         );
-        self.save_claim(
-            &id,
-            vec![Effect::ClaimAccepted {
-                claim: id.clone(),
-                reply,
-            }],
-            now,
-            out,
-        );
+        // Arbitrated in this round before it is written: a claim a free
+        // node serves is written once, granted (`store_fresh`).
+        self.pending.insert(id.clone());
+        self.fresh.push(id);
+        self.dirty = true;
     }
 
     fn answer_existing(
@@ -225,6 +223,13 @@ impl Controller {
         let Some(c) = self.claims.get(id) else {
             return;
         };
+        if c.fresh {
+            // Not written yet: the newest request gets the answer.
+            if let Some(c) = self.claims.get_mut(id) {
+                c.unanswered = Some(reply);
+            }
+            return;
+        }
         let key = claim_key(&c.rec);
         if !c.durable || self.writes.pending(&key) {
             // Not yet stored, or moving on (a grant, an end) and not yet
@@ -440,6 +445,29 @@ impl Controller {
         self.touch_claim(id);
     }
 
+    /// Writes the claims requested in this round that it did not grant,
+    /// `pending`; they are acknowledged once stored. One the round
+    /// granted is written once, as granted, when its grant is committed.
+    pub(super) fn store_fresh(&mut self, now: Millis, out: &mut Vec<Command>) {
+        for id in std::mem::take(&mut self.fresh) {
+            let Some(c) = self.claims.get_mut(&id) else {
+                continue;
+            };
+            if !c.fresh || c.reserved.is_some() || c.rec.state != ClaimState::Pending {
+                continue;
+            }
+            c.fresh = false;
+            let Some(reply) = c.unanswered.take() else {
+                continue;
+            };
+            let effect = Effect::ClaimAccepted {
+                claim: id.clone(),
+                reply,
+            };
+            self.save_claim(&id, vec![effect], now, out);
+        }
+    }
+
     /// Acknowledges the claims accepted in this round that it did not
     /// grant: `pending`, with the reason the round left.
     pub(super) fn send_acks(&mut self, now: Millis, out: &mut Vec<Command>) {
@@ -490,10 +518,7 @@ impl Controller {
                 self.touch_claim(&claim);
             }
             Effect::Grant { claim } => {
-                let unanswered = self
-                    .claims
-                    .get_mut(&claim)
-                    .and_then(|c| c.unanswered.take());
+                let unanswered = self.claims.get_mut(&claim).and_then(Claim::stored);
                 let Some(c) = self.claims.get(&claim) else {
                     return;
                 };
@@ -606,11 +631,7 @@ impl Controller {
                 };
                 // A request granted at once and not told `pending` learns
                 // of the end (its grant failed) on its own reply too.
-                if let Some(reply) = self
-                    .claims
-                    .get_mut(&claim)
-                    .and_then(|c| c.unanswered.take())
-                {
+                if let Some(reply) = self.claims.get_mut(&claim).and_then(Claim::stored) {
                     out.push(Command::Send {
                         to: Peer::Reply(reply),
                         msg: Outbound::Claim(end.clone()),
@@ -828,7 +849,9 @@ impl Controller {
             .pending
             .iter()
             .filter_map(|id| self.claims.get(id))
-            .filter(|c| c.durable && c.reserved.is_none() && c.rec.state == ClaimState::Pending)
+            .filter(|c| {
+                (c.durable || c.fresh) && c.reserved.is_none() && c.rec.state == ClaimState::Pending
+            })
             .filter(|c| c.affinity_until.is_none() && !c.budget_held)
             .enumerate()
             .map(|(i, c)| {

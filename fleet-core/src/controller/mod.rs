@@ -418,6 +418,20 @@ struct Claim {
     /// The request this claim was granted in the round that accepted it:
     /// it was not told `pending`, so the grant answers it too.
     unanswered: Option<ReplyTo>,
+    /// Accepted in this round and not written yet: arbitrated at once, and
+    /// stored after the round — `pending` if it waits, or straight as
+    /// `granted` (one write) if the round reserved a node for it.
+    fresh: bool,
+}
+
+impl Claim {
+    /// Its record is stored (the write just committed may be its first,
+    /// a grant made at once): the request still waiting for an answer.
+    fn stored(&mut self) -> Option<ReplyTo> {
+        self.durable = true;
+        self.fresh = false;
+        self.unanswered.take()
+    }
 }
 
 /// A job as the controller tracks it.
@@ -541,6 +555,9 @@ pub struct Controller {
     /// Claims accepted in this round, acknowledged after it
     /// ([`Controller::send_acks`]).
     acks: Vec<(ClaimId, ReplyTo)>,
+    /// Claims requested in this round, not yet written
+    /// ([`Controller::store_fresh`]).
+    fresh: Vec<ClaimId>,
     ledger: cost::Ledger,
     affinity: AffinityStats,
     /// Per workspace with a budget: where its windows began (`budget.rs`).
@@ -602,6 +619,7 @@ impl Controller {
             startup: Vec::new(),
             dirty: true,
             acks: Vec::new(),
+            fresh: Vec::new(),
             ledger: cost::Ledger::default(),
             affinity: AffinityStats::default(),
             budgets: BTreeMap::new(),
@@ -710,6 +728,7 @@ impl Controller {
                 self.schedule_jobs(now, &mut out);
                 self.plan_pools(now, &mut out);
             }
+            self.store_fresh(now, &mut out);
             self.send_acks(now, &mut out);
         }
         if self.fenced {
