@@ -34,35 +34,65 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// dependencies and compiled a second copy of 40-odd crates (aws-sdk-ec2
 /// among them): four minutes and a gigabyte per CI run.
 pub(crate) fn bin(name: &str) -> PathBuf {
-    // Held through the build: the first caller builds, the others wait.
-    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    build_once(&[
+        "build",
+        "--workspace",
+        "--all-features",
+        "--tests",
+        "--bins",
+    ]);
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .unwrap_or_else(|| panic!("no target dir above {}", exe.display()))
         .to_owned();
+    let path = dir.join(name);
+    assert!(path.exists(), "{} missing after build", path.display());
+    path
+}
+
+/// Runs `cargo <args>` once per process: the first call builds (the others
+/// wait for it), later calls, whatever their arguments, do nothing. A bench
+/// calls it first with its own release build (`benches/daemon.rs`), so
+/// [`bin`] then finds that build's binaries in the bench's target dir.
+pub(crate) fn build_once(args: &[&str]) {
+    // Held through the build: the first caller builds, the others wait.
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     let mut built = BUILT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !*built {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--workspace",
-                "--all-features",
-                "--tests",
-                "--bins",
-            ])
+        let mut build = Command::new(cargo);
+        // Not the variables cargo set for this test or bench (its manifest
+        // dir, package name and version, …): build scripts that track them
+        // (ring's) would see them differ from the outer `cargo test` or
+        // `cargo bench`, and each build would redo ring and every crate
+        // above it in turn.
+        for (key, _) in std::env::vars_os() {
+            if key.to_str().is_some_and(|k| {
+                k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || matches!(
+                        k,
+                        "CARGO_CRATE_NAME"
+                            | "CARGO_BIN_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "OUT_DIR"
+                    )
+            }) {
+                build.env_remove(key);
+            }
+        }
+        let status = build
+            .args(args)
             .status()
-            .unwrap_or_else(|e| panic!("building the workspace's binaries: {e}"));
-        assert!(status.success(), "building the workspace's binaries failed");
+            .unwrap_or_else(|e| panic!("cargo {args:?}: {e}"));
+        assert!(status.success(), "cargo {args:?} failed");
         *built = true;
     }
-    let path = dir.join(name);
-    assert!(path.exists(), "{} missing after build", path.display());
-    path
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -168,7 +198,9 @@ impl Daemon {
         Daemon::launch(dir, config, env)
     }
 
-    fn launch(dir: &Path, config: PathBuf, env: Vec<(String, String)>) -> Daemon {
+    /// Starts the daemon on `config` (a file the caller wrote, whose
+    /// `data_dir` is `dir/data`) and waits for its discovery file.
+    pub(crate) fn launch(dir: &Path, config: PathBuf, env: Vec<(String, String)>) -> Daemon {
         let mut d = Daemon::launch_unwaited(dir, config, env);
         d.await_discovery();
         d
