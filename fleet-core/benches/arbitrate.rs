@@ -232,7 +232,7 @@ fn row(name: &str, times: &[Duration]) {
 /// Times one scenario: the baseline before and after arbitration, so a
 /// change in machine load between them shows up as a difference between its
 /// two rows.
-fn scenario(name: &str, inputs: &Inputs) {
+fn scenario(key: &str, name: &str, inputs: &Inputs) {
     let input = ArbitrationInput {
         claims: &inputs.claims,
         nodes: &inputs.nodes,
@@ -251,9 +251,23 @@ fn scenario(name: &str, inputs: &Inputs) {
     );
     println!("{:<28} {:>9} {:>9} {:>9}", "ms", "min", "median", "max");
     let baseline = || sort_inputs(&inputs.claims, &inputs.nodes);
+    let before = time(baseline);
+    row("baseline: sort inputs", &before);
+    let arbitrated = time(|| arbitrate(input));
+    row("arbitrate", &arbitrated);
     row("baseline: sort inputs", &time(baseline));
-    row("arbitrate", &time(|| arbitrate(input)));
-    row("baseline: sort inputs", &time(baseline));
+    // For scripts/bench: name, median, the baseline's median, ratio, target.
+    let (sort, took) = (
+        ms(before[before.len() / 2]),
+        ms(arbitrated[arbitrated.len() / 2]),
+    );
+    println!(
+        "BENCH arbitrate.{key} {took:.3} ms {sort:.3} {:.2} <=10ms",
+        took / sort
+    );
+    if key == "realistic" {
+        println!("BENCH calibration.sort_inputs {sort:.3} ms - - -");
+    }
 }
 
 fn main() {
@@ -262,6 +276,10 @@ fn main() {
         std::process::exit(1);
     };
     println!("{WARM_UP} warm-up + {ITERATIONS} timed runs per row; target: arbitrate <= 10 ms");
-    scenario("realistic (the DESIGN.md target)", &realistic);
-    scenario("stress: ~9000 shapes, memory-heavy claims", &many_shapes);
+    scenario("realistic", "realistic (the DESIGN.md target)", &realistic);
+    scenario(
+        "stress",
+        "stress: ~9000 shapes, memory-heavy claims",
+        &many_shapes,
+    );
 }

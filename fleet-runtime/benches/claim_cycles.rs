@@ -288,12 +288,22 @@ fn main() {
             ws_n as f64 / ws.as_secs_f64(),
             per_rt / per_raw
         );
+        // For scripts/bench: name, figure, the raw baseline, ratio, target.
+        let raw_per_s = CYCLES as f64 / raw.as_secs_f64();
+        println!(
+            "BENCH claim_cycles.ws.round_trip {per_rt:.1} µs {per_raw:.1} {:.2} -",
+            per_rt / per_raw
+        );
         for clients in [1, CLIENTS] {
             let t = fleet_cycles(CYCLES, clients).await;
+            let per_s = CYCLES as f64 / t.as_secs_f64();
             println!(
-                "claim→grant→release via the daemon driver, {clients} client(s): {CYCLES} cycles in {:.3} s = {:.0} cycles/s",
+                "claim→grant→release via the daemon driver, {clients} client(s): {CYCLES} cycles in {:.3} s = {per_s:.0} cycles/s",
                 t.as_secs_f64(),
-                CYCLES as f64 / t.as_secs_f64()
+            );
+            println!(
+                "BENCH claim_cycles.in_process.{clients}_clients {per_s:.0} cycles/s {raw_per_s:.0} {:.2} >=10000/s",
+                per_s / raw_per_s
             );
         }
     });

@@ -225,6 +225,11 @@ fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
         steps,
         steps as f64 / wall.as_secs_f64().max(1e-9)
     );
+    // For scripts/bench: the README's "1 year per minute × 6 strategies".
+    println!(
+        "BENCH sim.year_all_strategies {:.3} s - - <=60s",
+        wall.as_secs_f64()
+    );
     Ok(())
 }
 

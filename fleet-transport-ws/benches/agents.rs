@@ -391,4 +391,10 @@ fn run(n: usize, duration: Duration) {
         hwm as f64 / 1024.0,
         cli_pct,
     );
+    // For scripts/bench: name, figure, (no baseline), target.
+    println!("BENCH agents.{n}.server_cpu {srv_pct:.1} %core - - <100%core");
+    println!(
+        "BENCH agents.{n}.server_rss {:.1} MB - - <100MB",
+        rss as f64 / 1024.0
+    );
 }

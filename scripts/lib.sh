@@ -1,0 +1,61 @@
+# Shared by scripts/test and scripts/bench (sourced, not run).
+
+# Sets venv_bin to the venv's bin dir, creating or refreshing the venv first
+# from .ci/requirements.txt (nats-server, moto_server, the Python client's
+# packages). A global, not a $(...) subshell, where a failing pip would not
+# stop us. Callers run from the repository root and close fd 9 (the install
+# lock) before starting cargo.
+#
+# A venv rather than `pip install --user` / `--target`: Debian 12 and Ubuntu
+# 23.04+ refuse pip installs outside a venv (PEP 668, "externally-managed-
+# environment"), and pip itself is a separate package there (python3-pip),
+# while python3-venv brings its own pip through ensurepip. It also keeps
+# these pins out of the user's Python.
+provision_venv() {
+  local requirements=.ci/requirements.txt
+  local target venv stamp want
+  target=${CARGO_TARGET_DIR:-target}
+  mkdir -p "$target"
+  # Absolute: the tests run with each crate's directory as their cwd.
+  target=$(cd "$target" && pwd)
+  venv=$target/test-venv
+  stamp=$venv/requirements.sha256
+
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "$0: python3 not found; it is needed to install nats-server and moto_server" \
+      "for the tests. On Debian/Ubuntu: apt-get install python3-venv" \
+      "(or set NATS_SERVER_BIN and MOTO_SERVER_BIN)." >&2
+    return 1
+  fi
+
+  # Target dirs are often shared between clones: one installer at a time.
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$target/test-venv.lock"
+    flock 9
+  fi
+
+  # The requirements and the interpreter they were installed for: a new pin
+  # or a new python3 rebuilds the venv from scratch.
+  want=$(python3 -c 'import hashlib, sys
+print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest(), sys.version.split()[0])' "$requirements")
+  venv_bin=$venv/bin
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$venv_bin/python" -c '' 2>/dev/null; then
+    return 0
+  fi
+
+  echo "$0: installing $requirements into $venv (once)"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv"; then
+    rm -rf "$venv"
+    echo "$0: \`python3 -m venv\` failed; it is needed to install nats-server and" \
+      "moto_server for the tests. On Debian/Ubuntu: apt-get install python3-venv" \
+      "(or set NATS_SERVER_BIN and MOTO_SERVER_BIN)." >&2
+    return 1
+  fi
+  if ! "$venv_bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"; then
+    echo "$0: pip could not install $requirements into $venv (see above)." >&2
+    return 1
+  fi
+  # Written last: an interrupted install is redone on the next run.
+  echo "$want" >"$stamp"
+}
