@@ -227,7 +227,7 @@ fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
     );
     // For scripts/bench: the README's "1 year per minute × 6 strategies".
     println!(
-        "BENCH sim.year_all_strategies {:.3} s - - <=60s",
+        "BENCH sim.year_all_strategies {:.3} s - - <1s",
         wall.as_secs_f64()
     );
     Ok(())
