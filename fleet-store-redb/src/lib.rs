@@ -163,13 +163,6 @@ impl fmt::Debug for RedbStore {
     }
 }
 
-/// One write, as the transaction applies it.
-enum WriteOp {
-    Create(Bytes),
-    Update(Bytes, Revision),
-    Delete(Revision),
-}
-
 impl RedbStore {
     /// Opens (or creates) `<data_dir>/fleet.redb` with default options.
     ///
@@ -249,27 +242,8 @@ impl RedbStore {
         }
     }
 
-    async fn write(
-        &self,
-        key: &Key,
-        op: WriteOp,
-        fence: Option<Epoch>,
-    ) -> Result<Revision, StoreError> {
-        let write = match op {
-            WriteOp::Create(value) => Write::Create {
-                key: key.clone(),
-                value,
-            },
-            WriteOp::Update(value, expected) => Write::Update {
-                key: key.clone(),
-                value,
-                expected,
-            },
-            WriteOp::Delete(expected) => Write::Delete {
-                key: key.clone(),
-                expected,
-            },
-        };
+    /// One write, in a batch of its own.
+    async fn write(&self, write: Write, fence: Option<Epoch>) -> Result<Revision, StoreError> {
         self.write_batch(vec![write], fence)
             .await
             .pop()
@@ -538,7 +512,14 @@ impl Store for RedbStore {
     }
 
     async fn create(&self, key: &Key, value: Bytes) -> Result<Revision, StoreError> {
-        self.write(key, WriteOp::Create(value), None).await
+        self.write(
+            Write::Create {
+                key: key.clone(),
+                value,
+            },
+            None,
+        )
+        .await
     }
 
     async fn update(
@@ -547,14 +528,27 @@ impl Store for RedbStore {
         value: Bytes,
         expected: Revision,
     ) -> Result<Revision, StoreError> {
-        self.write(key, WriteOp::Update(value, expected), None)
-            .await
+        self.write(
+            Write::Update {
+                key: key.clone(),
+                value,
+                expected,
+            },
+            None,
+        )
+        .await
     }
 
     async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
-        self.write(key, WriteOp::Delete(expected), None)
-            .await
-            .map(|_| ())
+        self.write(
+            Write::Delete {
+                key: key.clone(),
+                expected,
+            },
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
@@ -630,7 +624,13 @@ impl Store for FencedStore {
 
     async fn create(&self, key: &Key, value: Bytes) -> Result<Revision, StoreError> {
         self.store
-            .write(key, WriteOp::Create(value), Some(self.epoch))
+            .write(
+                Write::Create {
+                    key: key.clone(),
+                    value,
+                },
+                Some(self.epoch),
+            )
             .await
     }
 
@@ -641,13 +641,26 @@ impl Store for FencedStore {
         expected: Revision,
     ) -> Result<Revision, StoreError> {
         self.store
-            .write(key, WriteOp::Update(value, expected), Some(self.epoch))
+            .write(
+                Write::Update {
+                    key: key.clone(),
+                    value,
+                    expected,
+                },
+                Some(self.epoch),
+            )
             .await
     }
 
     async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
         self.store
-            .write(key, WriteOp::Delete(expected), Some(self.epoch))
+            .write(
+                Write::Delete {
+                    key: key.clone(),
+                    expected,
+                },
+                Some(self.epoch),
+            )
             .await
             .map(|_| ())
     }
