@@ -710,6 +710,8 @@ impl Driver {
                     let _ = reply.send(self.status());
                 }
                 Input::Shutdown => {
+                    // What arrived before it is handled, as it would have
+                    // been one input at a time.
                     stop = true;
                     break;
                 }
@@ -720,12 +722,10 @@ impl Driver {
                 }
             }
         }
-        if !stop {
-            if events.is_empty() {
-                events.push(Event::Tick);
-            }
-            self.step(events).await;
+        if events.is_empty() && !stop {
+            events.push(Event::Tick);
         }
+        self.step(events).await;
         !stop
     }
 
