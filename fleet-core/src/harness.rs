@@ -122,7 +122,7 @@ pub struct World {
     steps: u64,
     /// Events delivered at this instant, not yet handled.
     inbox: Vec<Event>,
-    batches: u64,
+    rounds: u64,
     lean: bool,
     jitter: Option<Jitter>,
     /// Create calls refused for capacity, per million, with their draws.
@@ -186,7 +186,7 @@ impl World {
             heartbeats,
             steps: 0,
             inbox: Vec::new(),
-            batches: 0,
+            rounds: 0,
             lean: false,
             jitter: None,
             capacity: None,
@@ -279,7 +279,7 @@ impl World {
 
     /// Rounds the controller ran: batches of events handled at once.
     pub fn rounds(&self) -> u64 {
-        self.batches
+        self.rounds
     }
 
     /// Every claim's trace as its caller saw it.
@@ -698,7 +698,7 @@ impl World {
     fn flush(&mut self) {
         let events = std::mem::take(&mut self.inbox);
         self.steps += events.len() as u64;
-        self.batches += 1;
+        self.rounds += 1;
         let commands = self.controller.handle_all(events, self.now);
         for c in commands {
             self.command(c);

@@ -301,15 +301,15 @@ fn run(n: usize, duration: Duration) {
                 })
                 .collect();
             for h in wave {
-                match h.await {
-                    Ok(Ok(s)) => sessions.push(s),
-                    Ok(Err(e)) => {
-                        failed += 1;
-                        first_error.get_or_insert(e.to_string());
-                    }
+                let dialed = h
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match dialed {
+                    Ok(s) => sessions.push(s),
                     Err(e) => {
                         failed += 1;
-                        first_error.get_or_insert(e.to_string());
+                        first_error.get_or_insert(e);
                     }
                 }
             }
