@@ -27,6 +27,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::redact::{Redactor, Utf8Chunker};
+use crate::score::{DEFAULT_SCORER_TIMEOUT, Scoring, judge};
 
 /// How many command ids the agent remembers.
 pub const SEEN_CAPACITY: usize = 1024;
@@ -566,6 +567,7 @@ impl Executor {
             cwd,
             timeout: spec.timeout_ms.map(Duration::from_millis),
         };
+        let stop_scorer = stop.clone();
         let (tx, mut rx) = mpsc::channel(64);
         let proc = match spawn_process(&pspec, tx) {
             Ok(p) => p,
@@ -619,10 +621,33 @@ impl Executor {
         self.report_artifacts(&id, &artifacts).await;
         tracing::info!(command = %id, ?outcome, "command finished");
         match outcome {
-            Outcome::Exited(code) => WorkerEvent::Completed {
-                exit_code: Some(code),
-                summary: None,
-            },
+            Outcome::Exited(code) => {
+                let verdict = match &spec.scorer {
+                    Some(scorer) => {
+                        let ctx = Scoring {
+                            cwd: &pspec.cwd,
+                            env: &pspec.env,
+                            exit_code: code,
+                            timeout: pspec.timeout.unwrap_or(DEFAULT_SCORER_TIMEOUT),
+                            stop: stop_scorer.clone(),
+                        };
+                        judge(scorer, ctx).await
+                    }
+                    None => None,
+                };
+                if *stop_scorer.borrow() == Stop::Cancel {
+                    // Cancelled while the scorer ran: the task ends cancelled.
+                    return WorkerEvent::Cancelled {
+                        cancelled_by: Some("daemon".to_owned()),
+                    };
+                }
+                tracing::info!(command = %id, ?verdict, "command scored");
+                WorkerEvent::Completed {
+                    exit_code: Some(code),
+                    summary: None,
+                    verdict,
+                }
+            }
             Outcome::Signaled(sig) => WorkerEvent::Interrupted { signal: Some(sig) },
             Outcome::TimedOut(t) => WorkerEvent::Failed {
                 reason: format!("timed out after {} ms; process group killed", t.as_millis()),

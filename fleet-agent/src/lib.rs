@@ -21,6 +21,7 @@ pub mod link;
 pub mod load;
 pub mod queue;
 pub mod redact;
+pub mod score;
 pub mod session;
 
 use std::future::Future;

@@ -160,6 +160,7 @@ async fn sigterm_drains_in_flight_work_and_exits_zero() -> TestResult {
             cwd: None,
             timeout_ms: None,
             redact: Vec::new(),
+            scorer: None,
         }),
     )
     .await?;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::{Daemon, TestResult, agent_toml, events, is_terminal, output, temp_dir};
 use fleet_agent::Config;
 use fleet_core::ids::CommandId;
-use fleet_core::protocol::{AgentMsg, CommandSpec, DaemonMsg, OutputStream, Secret, WorkerEvent};
+use fleet_core::protocol::{
+    AgentMsg, CommandSpec, DaemonMsg, OutputStream, Scorer, Secret, TaskResult, WorkerEvent,
+};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -23,6 +25,7 @@ fn spec(id: &str, script: &str) -> Result<CommandSpec, fleet_core::ids::IdError>
         cwd: None,
         timeout_ms: None,
         redact: Vec::new(),
+        scorer: None,
     })
 }
 
@@ -88,6 +91,38 @@ async fn reused_bootstrap_token_is_refused_and_retried_with_backoff() -> TestRes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scorer_runs_in_the_tasks_directory_and_its_verdict_completes_it() -> TestResult {
+    let work = temp_dir("scored");
+    let mut daemon = Daemon::start(&[], None);
+    let _stop = start(&daemon, &work, "")?;
+    // The task writes a JSON report where it runs (then fails, which the
+    // scorer does not look at); the scorer grades the report.
+    let mut task = spec(
+        "c1",
+        r#"mkdir -p t && printf '{"passed":[true,false,true,true]}' > t/report.json; exit 1"#,
+    )?;
+    task.scorer = Some(Scorer::JsonPath {
+        path: "t/report.json".into(),
+        expression: "$.passed[*]".into(),
+    });
+    daemon.send(DaemonMsg::Run(task)).await;
+    let msgs = daemon.until(WAIT, is_terminal).await?;
+    let Some(WorkerEvent::Completed {
+        exit_code,
+        verdict: Some(verdict),
+        ..
+    }) = events(&msgs).last().cloned()
+    else {
+        panic!("no scored completion: {:?}", events(&msgs));
+    };
+    assert_eq!(exit_code, Some(1));
+    assert_eq!(verdict.result, TaskResult::Partial);
+    assert_eq!(verdict.score.value, 0.75);
+    assert_eq!(verdict.score.notes.as_deref(), Some("3 of 4 values truthy"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_events_arrive_in_order_with_exit_code() -> TestResult {
     let work = temp_dir("order");
     let mut daemon = Daemon::start(&[], None);
@@ -106,7 +141,8 @@ async fn command_events_arrive_in_order_with_exit_code() -> TestResult {
         evs.last(),
         Some(&WorkerEvent::Completed {
             exit_code: Some(3),
-            summary: None
+            summary: None,
+            verdict: None
         })
     );
     assert_eq!(output(&msgs, OutputStream::Stdout), "hello\n");

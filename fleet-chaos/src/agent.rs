@@ -297,6 +297,7 @@ impl Agent {
                 WorkerEvent::Completed {
                     exit_code: Some(0),
                     summary: None,
+                    verdict: None,
                 }
             };
             let _ = notes.send(Note::Event(spec.id.clone(), event));

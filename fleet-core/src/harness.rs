@@ -346,13 +346,19 @@ impl World {
     /// simulated agent understands `["sleep", "<secs>"]` (exit 0 after that
     /// long), `["exit", "<code>"]` and `["flaky"]` (a recoverable failure).
     pub fn submit_job(&mut self, spec: crate::protocol::TaskSpec) -> ReplyTo {
+        self.send_job(JobMsg::Submit(Box::new(spec)))
+    }
+
+    /// Sends a job message now (a cancel, a verdict); its answers are
+    /// under the returned reply.
+    pub fn send_job(&mut self, msg: JobMsg) -> ReplyTo {
         let reply = ReplyTo(format!("j{}", self.next_reply));
         self.next_reply += 1;
         self.job_replies.entry(reply.clone()).or_default();
         self.push(
             self.now,
             Pending::Deliver(Event::Job {
-                msg: JobMsg::Submit(Box::new(spec)),
+                msg,
                 reply: reply.clone(),
             }),
         );
@@ -611,6 +617,7 @@ impl World {
                 WorkerEvent::Completed {
                     exit_code: Some(0),
                     summary: None,
+                    verdict: None,
                 },
             ),
             (Some("exit"), Some(code)) => (
@@ -618,6 +625,7 @@ impl World {
                 WorkerEvent::Completed {
                     exit_code: code.parse().ok(),
                     summary: None,
+                    verdict: None,
                 },
             ),
             (Some("flaky"), _) => (
@@ -635,6 +643,21 @@ impl World {
                 },
             ),
         };
+        // Of the scorers only `exit_code` needs no files: the simulated
+        // agent runs it and sends no verdict for the others.
+        let mut end = end;
+        if let WorkerEvent::Completed {
+            exit_code: Some(code),
+            verdict,
+            ..
+        } = &mut end
+            && spec.scorer == Some(crate::protocol::Scorer::ExitCode)
+        {
+            *verdict = Some(crate::protocol::Verdict::binary(
+                *code == 0,
+                format!("exit code {code}"),
+            ));
+        }
         // The command echoes its command line, like a shell trace.
         self.push(
             self.now,

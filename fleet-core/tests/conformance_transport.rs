@@ -216,6 +216,7 @@ async fn oversized_messages_are_refused_with_a_typed_error_and_the_transport_kee
         cwd: None,
         timeout_ms: None,
         redact: Vec::new(),
+        scorer: None,
     });
     let to = Peer::Node(node("n1"));
     let sent = server.send(&to, Outbound::Agent(big_run)).await;

@@ -8,7 +8,8 @@ use common::*;
 use fleet_core::controller::Alert;
 use fleet_core::harness::World;
 use fleet_core::protocol::{
-    AlertPolicy, JobReply, JobState, Requirements, RetryPolicy, TaskResult, TaskSpec, WorkerEvent,
+    AlertPolicy, JobMsg, JobReply, JobState, Requirements, RetryPolicy, Score, Scorer, TaskResult,
+    TaskSpec, Verdict, WorkerEvent,
 };
 use fleet_core::transport::ReplyTo;
 use fleet_core::{JobId, PoolName};
@@ -216,4 +217,181 @@ fn jobs_are_held_to_their_workspace_quota_like_claims() {
     assert_eq!(most, 1, "the quota of one slot held for jobs");
     let (a, b) = (receipt(&w, &first).unwrap(), receipt(&w, &second).unwrap());
     assert_eq!((a.result, b.result), (TaskResult::Pass, TaskResult::Pass));
+}
+
+fn scored(id: &str, argv: &[&str], scorer: Scorer) -> TaskSpec {
+    let mut spec = task(id, argv);
+    spec.scorer = Some(scorer);
+    spec
+}
+
+fn job_state(w: &World, id: &str) -> JobState {
+    w.controller()
+        .job(&JobId::new(id).unwrap())
+        .unwrap()
+        .state
+        .clone()
+}
+
+#[test]
+fn the_agents_verdict_is_the_receipts_result_and_score() {
+    let mut w = world();
+    // The simulated agent runs `exit_code` scorers; a failing exit scores 0.
+    let pass = w.submit_job(scored("j1", &["sleep", "5"], Scorer::ExitCode));
+    let fail = w.submit_job(scored("j2", &["exit", "2"], Scorer::ExitCode));
+    w.run_for(600_000).unwrap();
+    let r = receipt(&w, &pass).unwrap();
+    assert_eq!(r.result, TaskResult::Pass);
+    let score = r.score.unwrap();
+    assert_eq!((score.value, score.max), (1.0, Some(1.0)));
+    assert_eq!(score.notes.as_deref(), Some("exit code 0"));
+    let r = receipt(&w, &fail).unwrap();
+    assert_eq!((r.result, r.score.unwrap().value), (TaskResult::Fail, 0.0));
+}
+
+#[test]
+fn a_scorer_the_agent_did_not_run_is_judged_by_exit_code_and_says_so() {
+    let mut w = world();
+    // The simulated agent has no files: it sends no verdict for this one.
+    let spec = scored(
+        "j1",
+        &["sleep", "5"],
+        Scorer::FileExists {
+            path: "out.txt".into(),
+        },
+    );
+    let reply = w.submit_job(spec);
+    w.run_for(600_000).unwrap();
+    let r = receipt(&w, &reply).unwrap();
+    assert_eq!((r.result, r.score), (TaskResult::Pass, None));
+    assert!(r.reason.unwrap().contains("no verdict"));
+}
+
+#[test]
+fn a_manual_scorer_waits_for_a_persons_verdict_without_holding_the_node() {
+    let mut w = world();
+    let reply = w.submit_job(scored("j1", &["sleep", "5"], Scorer::Manual));
+    w.run_for(600_000).unwrap();
+    let JobState::AwaitingVerdict { node, exit_code } = job_state(&w, "j1") else {
+        panic!("{:?}", job_state(&w, "j1"))
+    };
+    assert_eq!(exit_code, Some(0));
+    assert!(
+        receipt(&w, &reply).is_none(),
+        "no receipt before the verdict"
+    );
+    // The slot is free: the node is idle, or the pool already let it go.
+    let busy = w.controller().node(&node).map(|s| s.state);
+    assert_ne!(busy, Some(fleet_core::protocol::NodeState::Busy));
+
+    // A verdict that cannot end a job is refused, and the job still waits.
+    let verdict = |result, value: f64| Verdict {
+        result,
+        score: Score {
+            value,
+            max: Some(10.0),
+            notes: Some("reviewed".into()),
+        },
+    };
+    let msg = |v: Verdict| JobMsg::Verdict {
+        workspace: ws(),
+        job: JobId::new("j1").unwrap(),
+        verdict: v,
+    };
+    let timeout = w.send_job(msg(verdict(TaskResult::Timeout, 1.0)));
+    let too_high = w.send_job(msg(verdict(TaskResult::Pass, 11.0)));
+    w.run_for(1_000).unwrap();
+    for (r, needle) in [
+        (&timeout, "pass, partial, fail or skip"),
+        (&too_high, "maximum"),
+    ] {
+        assert!(
+            matches!(w.job_replies(r), [JobReply::Rejected { why, .. }] if why.contains(needle)),
+            "{:?}",
+            w.job_replies(r)
+        );
+    }
+    assert!(matches!(
+        job_state(&w, "j1"),
+        JobState::AwaitingVerdict { .. }
+    ));
+
+    let ok = w.send_job(msg(verdict(TaskResult::Partial, 7.0)));
+    w.run_for(1_000).unwrap();
+    assert!(matches!(w.job_replies(&ok), [JobReply::Accepted { .. }]));
+    assert_eq!(job_state(&w, "j1"), JobState::Done);
+    let r = receipt(&w, &reply).unwrap();
+    assert_eq!(r.result, TaskResult::Partial);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.node, Some(node));
+    assert_eq!(r.score.unwrap().value, 7.0);
+
+    // Once judged, another verdict is refused.
+    let late = w.send_job(msg(verdict(TaskResult::Pass, 10.0)));
+    w.run_for(1_000).unwrap();
+    assert!(
+        matches!(w.job_replies(&late), [JobReply::Rejected { why, .. }] if why.contains("is done")),
+        "{:?}",
+        w.job_replies(&late)
+    );
+}
+
+#[test]
+fn a_verdict_names_the_jobs_workspace() {
+    let mut w = world();
+    w.submit_job(scored("j1", &["sleep", "5"], Scorer::Manual));
+    w.run_for(600_000).unwrap();
+    let other = w.send_job(JobMsg::Verdict {
+        workspace: fleet_core::Workspace::new("other").unwrap(),
+        job: JobId::new("j1").unwrap(),
+        verdict: Verdict::binary(true, "looks fine"),
+    });
+    w.run_for(1_000).unwrap();
+    assert!(
+        matches!(w.job_replies(&other), [JobReply::Rejected { why, .. }] if why == "unknown job")
+    );
+    assert!(matches!(
+        job_state(&w, "j1"),
+        JobState::AwaitingVerdict { .. }
+    ));
+}
+
+#[test]
+fn cancelling_a_job_awaiting_its_verdict_skips_it() {
+    let mut w = world();
+    let reply = w.submit_job(scored("j1", &["sleep", "5"], Scorer::Manual));
+    w.run_for(600_000).unwrap();
+    let cancel = w.send_job(JobMsg::Cancel {
+        workspace: ws(),
+        job: JobId::new("j1").unwrap(),
+    });
+    w.run_for(1_000).unwrap();
+    assert!(matches!(
+        w.job_replies(&cancel),
+        [JobReply::Accepted { .. }]
+    ));
+    assert_eq!(job_state(&w, "j1"), JobState::Cancelled);
+    assert_eq!(receipt(&w, &reply).unwrap().result, TaskResult::Skip);
+}
+
+#[test]
+fn a_scorer_that_cannot_run_is_refused_at_submit() {
+    let mut w = world();
+    let no_path = w.submit_job(scored(
+        "j1",
+        &["true"],
+        Scorer::RegexMatch {
+            path: String::new(),
+            pattern: "ok".into(),
+        },
+    ));
+    let no_argv = w.submit_job(scored("j2", &["true"], Scorer::Command { argv: vec![] }));
+    w.run_for(1_000).unwrap();
+    for (reply, needle) in [(&no_path, "scorer.path"), (&no_argv, "scorer.argv")] {
+        assert!(
+            matches!(w.job_replies(reply), [JobReply::Rejected { why, .. }] if why.contains(needle)),
+            "{:?}",
+            w.job_replies(reply)
+        );
+    }
 }

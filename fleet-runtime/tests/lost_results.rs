@@ -161,6 +161,7 @@ async fn a_final_event_lost_with_the_agents_connection_still_finishes_the_job() 
         event: WorkerEvent::Completed {
             exit_code: Some(0),
             summary: None,
+            verdict: None,
         },
     };
     agent.send(done).await.unwrap();

@@ -173,6 +173,7 @@ async fn bootstrap_token_is_accepted_once_and_identity_is_delivered() {
         cwd: None,
         timeout_ms: None,
         redact: Vec::new(),
+        scorer: None,
     });
     fx.server
         .send(&Peer::Node(node("n-boot")), Outbound::Agent(run.clone()))

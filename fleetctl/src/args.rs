@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use fleet_core::protocol::Secret;
 
 /// fleetctl — the fleet command line
-#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[derive(Debug, Clone, PartialEq, Parser)]
 #[command(
     name = "fleetctl",
     version,
@@ -92,7 +92,7 @@ pub struct ClaimArgs {
 }
 
 /// A subcommand.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Subcommand)]
 #[non_exhaustive]
 pub enum Command {
     /// Counts of nodes, claims and jobs; cost so far
@@ -172,7 +172,7 @@ pub enum Command {
 }
 
 /// `jobs` subcommands.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+#[derive(Debug, Clone, PartialEq, Subcommand)]
 #[non_exhaustive]
 pub enum Jobs {
     /// Submit a job (a command line run on a node of the pool)
@@ -186,6 +186,12 @@ pub enum Jobs {
         /// The job id (default: random)
         #[arg(long, value_name = "ID")]
         id: Option<String>,
+        /// How its result is judged, as JSON: {"kind":"exit_code"},
+        /// {"kind":"file_exists","path":P}, {"kind":"regex_match","path":P,"pattern":RE},
+        /// {"kind":"json_path","path":P,"expression":JSONPATH},
+        /// {"kind":"command","argv":[..]} or {"kind":"manual"}
+        #[arg(long, value_name = "JSON")]
+        scorer: Option<String>,
         /// Stream its events and output until it finishes; exit with its code
         #[arg(long)]
         watch: bool,
@@ -206,6 +212,47 @@ pub enum Jobs {
     },
     /// List jobs
     List,
+    /// Cancel a job: a queued one never runs, a running one's process group is killed
+    Cancel {
+        /// The job
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+    },
+    /// Judge a job whose scorer is manual (it is awaiting_verdict)
+    Verdict {
+        /// The job
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+        /// pass, partial, fail or skip
+        #[arg(long, value_name = "RESULT")]
+        result: VerdictResult,
+        /// The score (default: 1 for pass, 0 otherwise)
+        #[arg(long, value_name = "N")]
+        score: Option<f64>,
+        /// The score's maximum
+        #[arg(long, value_name = "N", default_value_t = 1.0)]
+        max: f64,
+        /// What the reviewer saw
+        #[arg(long, value_name = "TEXT")]
+        notes: Option<String>,
+    },
+}
+
+/// A person's verdict (`jobs verdict --result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VerdictResult {
+    /// It passed
+    Pass,
+    /// It partly passed
+    Partial,
+    /// It failed
+    Fail,
+    /// It was not judged
+    Skip,
 }
 
 /// `token` subcommands.

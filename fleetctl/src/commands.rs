@@ -4,16 +4,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet_client::credentials::{self as seal, Expected, SignerKey};
-use fleet_core::ids::{ClaimId, PoolName, Workspace};
+use fleet_core::ids::{ClaimId, JobId, PoolName, Workspace};
 use fleet_core::protocol::{
     ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, NewTokenRequest, Receipt, Requirements,
-    SealedCredentials, TaskResult, TaskSpec,
+    Score, Scorer, SealedCredentials, TaskResult, TaskSpec, Verdict,
 };
 use fleet_core::transport::{ClaimClient, ClaimError};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::args::{ClaimArgs, Command, CostBy, Jobs, Token};
+use crate::args::{ClaimArgs, Command, CostBy, Jobs, Token, VerdictResult};
 #[cfg(feature = "doctor")]
 use crate::doctor;
 use crate::render::{self, now_ms};
@@ -114,9 +114,59 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             pool,
             workspace,
             id,
+            scorer,
             watch,
             argv,
-        }) => jobs_submit(&ctx, pool, workspace, id, watch, argv).await,
+        }) => {
+            let job = NewJob {
+                pool,
+                workspace,
+                id,
+                scorer,
+                argv,
+            };
+            jobs_submit(&ctx, job, watch).await
+        }
+        Command::Jobs(Jobs::Cancel { id, workspace }) => {
+            let msg = JobMsg::Cancel {
+                workspace: job_workspace(&workspace)?,
+                job: job_id(&id)?,
+            };
+            job_request(&ctx, "cancel", &id, msg).await
+        }
+        Command::Jobs(Jobs::Verdict {
+            id,
+            workspace,
+            result,
+            score,
+            max,
+            notes,
+        }) => {
+            let result = match result {
+                VerdictResult::Pass => TaskResult::Pass,
+                VerdictResult::Partial => TaskResult::Partial,
+                VerdictResult::Fail => TaskResult::Fail,
+                VerdictResult::Skip => TaskResult::Skip,
+            };
+            let value = score.unwrap_or(if result == TaskResult::Pass { max } else { 0.0 });
+            let verdict = Verdict {
+                result,
+                score: Score {
+                    value,
+                    max: Some(max),
+                    notes,
+                },
+            };
+            if let Some(why) = verdict.invalid() {
+                return Err(CtlError::Usage(why));
+            }
+            let msg = JobMsg::Verdict {
+                workspace: job_workspace(&workspace)?,
+                job: job_id(&id)?,
+                verdict,
+            };
+            job_request(&ctx, "verdict", &id, msg).await
+        }
         Command::Jobs(Jobs::Watch {
             id,
             workspace,
@@ -417,29 +467,77 @@ fn receipt_line(r: &Receipt) -> String {
     if let Some(c) = r.exit_code {
         s.push_str(&format!(", exit code {c}"));
     }
+    if let Some(score) = &r.score {
+        s.push_str(&format!(", score {}", render::score(score)));
+        if let Some(notes) = &score.notes {
+            s.push_str(&format!(" ({notes})"));
+        }
+    }
     if let Some(why) = &r.reason {
         s.push_str(&format!(" ({why})"));
     }
     s
 }
 
-async fn jobs_submit(
-    ctx: &Context,
+/// `jobs submit`'s task.
+struct NewJob {
     pool: String,
     workspace: String,
     id: Option<String>,
-    watch: bool,
+    scorer: Option<String>,
     argv: Vec<String>,
-) -> Result<i32, CtlError> {
-    let id = match id {
+}
+
+fn job_workspace(w: &str) -> Result<Workspace, CtlError> {
+    Workspace::new(w).map_err(|e| CtlError::Usage(format!("--workspace: {e}")))
+}
+
+fn job_id(id: &str) -> Result<JobId, CtlError> {
+    JobId::new(id).map_err(|e| CtlError::Usage(format!("job id: {e}")))
+}
+
+/// Sends a job message that the daemon answers once (`accepted` or
+/// `rejected`).
+async fn job_request(ctx: &Context, call: &str, id: &str, msg: JobMsg) -> Result<i32, CtlError> {
+    let client = ctx.claim_client().await?;
+    let mut replies = client
+        .job(msg)
+        .await
+        .map_err(|e| fail(format!("{call} {id}: {e}")))?;
+    match replies.next().await {
+        Some(JobReply::Accepted { job }) => {
+            if ctx.global.json {
+                println!("{}", json!({ "job": job, call: "accepted" }));
+            } else {
+                println!("{call} accepted for {job}");
+            }
+            Ok(0)
+        }
+        Some(JobReply::Rejected { why, .. }) => Err(fail(format!("{call} {id} rejected: {why}"))),
+        Some(other) => Err(fail(format!("{call} {id}: unexpected answer {other:?}"))),
+        None => Err(fail(format!(
+            "{call} {id}: the connection closed before the daemon answered"
+        ))),
+    }
+}
+
+async fn jobs_submit(ctx: &Context, job: NewJob, watch: bool) -> Result<i32, CtlError> {
+    let id = match job.id {
         Some(id) => id,
         None => crate::random_id("j")?,
     };
+    let scorer: Option<Scorer> = job
+        .scorer
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| CtlError::Usage(format!("--scorer: {e}")))?;
     let spec: TaskSpec = serde_json::from_value(json!({
         "id": id,
-        "workspace": workspace,
-        "pool": pool,
-        "argv": argv,
+        "workspace": job.workspace,
+        "pool": job.pool,
+        "argv": job.argv,
+        "scorer": scorer,
     }))
     .map_err(|e| CtlError::Usage(format!("job: {e}")))?;
     let client = ctx.claim_client().await?;

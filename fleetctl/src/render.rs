@@ -304,6 +304,14 @@ pub fn claims(claims: &[ClaimRecord], now: u64) -> String {
     )
 }
 
+/// A score as `value/max` (or the value alone when unbounded).
+pub fn score(s: &fleet_core::protocol::Score) -> String {
+    match s.max {
+        Some(max) => format!("{}/{max}", s.value),
+        None => s.value.to_string(),
+    }
+}
+
 /// `GET /v1/jobs`.
 pub fn jobs(jobs: &[JobRecord]) -> String {
     let rows: Vec<Vec<String>> = jobs.iter().map(job_row).collect();
@@ -315,6 +323,7 @@ pub fn jobs(jobs: &[JobRecord]) -> String {
             "STATE",
             "ATTEMPTS",
             "RESULT",
+            "SCORE",
             "EXIT",
             "COMMAND",
         ],
@@ -342,6 +351,10 @@ fn job_row(j: &JobRecord) -> Vec<String> {
         j.receipt
             .as_ref()
             .map_or_else(|| "-".to_owned(), |r| tag(&r.result)),
+        j.receipt
+            .as_ref()
+            .and_then(|r| r.score.as_ref())
+            .map_or_else(|| "-".to_owned(), score),
         or_dash(j.receipt.as_ref().and_then(|r| r.exit_code)),
         argv,
     ]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::error::ErrorKind;
 use fleet_core::protocol::{ClaimRecord, CostReport, PoolInfo, StatusSummary};
-use fleetctl::args::{ClaimArgs, Command, CostBy, Jobs, Token, parse};
+use fleetctl::args::{ClaimArgs, Command, CostBy, Jobs, Token, VerdictResult, parse};
 use fleetctl::exec;
 use fleetctl::render;
 use serde_json::json;
@@ -85,8 +85,28 @@ fn commands_after_double_dash() -> Result<(), clap::Error> {
             pool: "p".into(),
             workspace: "w".into(),
             id: None,
+            scorer: None,
             watch: true,
             argv: args("make test"),
+        })
+    );
+    assert_eq!(
+        cmd("jobs verdict j1 --workspace w --result partial --score 7 --max 10")?,
+        Command::Jobs(Jobs::Verdict {
+            id: "j1".into(),
+            workspace: "w".into(),
+            result: VerdictResult::Partial,
+            score: Some(7.0),
+            max: 10.0,
+            notes: None,
+        })
+    );
+    assert!(cmd("jobs verdict j1 --workspace w --result timeout").is_err());
+    assert_eq!(
+        cmd("jobs cancel j1 --workspace w")?,
+        Command::Jobs(Jobs::Cancel {
+            id: "j1".into(),
+            workspace: "w".into(),
         })
     );
     assert_eq!(cmd("jobs list")?, Command::Jobs(Jobs::List));

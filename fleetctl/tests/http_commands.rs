@@ -467,7 +467,7 @@ async fn tables_and_json_from_the_api() -> TestResult {
     let out = fleetctl(run_args(addr, "jobs list")).await?;
     let s = text(&out.stdout);
     assert!(
-        s.contains("j1   w          local  done   1         pass    0     make test"),
+        s.contains("j1   w          local  done   1         pass    -      0     make test"),
         "{s}"
     );
 

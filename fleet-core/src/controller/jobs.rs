@@ -11,8 +11,8 @@ use super::{Alert, Command, Controller, Job};
 use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, arbitrate};
 use crate::ids::{ClaimId, CommandId, JobId, Millis, NodeId, Workspace};
 use crate::protocol::{
-    CommandSpec, DaemonMsg, JobMsg, JobRecord, JobReply, JobState, Receipt, Record, TaskResult,
-    TaskSpec, WorkerEvent,
+    CommandSpec, DaemonMsg, JobMsg, JobRecord, JobReply, JobState, Receipt, Record, Score, Scorer,
+    TaskResult, TaskSpec, Verdict, WorkerEvent,
 };
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer, ReplyTo};
@@ -114,6 +114,11 @@ impl Controller {
         match msg {
             JobMsg::Submit(spec) => self.on_submit(*spec, reply, now, out),
             JobMsg::Cancel { workspace, job } => self.on_cancel(&workspace, &job, reply, now, out),
+            JobMsg::Verdict {
+                workspace,
+                job,
+                verdict,
+            } => self.on_verdict(&workspace, &job, verdict, reply, now, out),
         }
     }
 
@@ -149,7 +154,7 @@ impl Controller {
         } else if spec.retry.max_attempts == 0 {
             Some("retry.max_attempts must be at least 1".to_owned())
         } else {
-            None
+            spec.scorer.as_ref().and_then(scorer_invalid)
         };
         if let Some(why) = invalid {
             return Self::reply_job(out, reply, JobReply::Rejected { job: Some(id), why });
@@ -204,16 +209,14 @@ impl Controller {
             );
         };
         match job.rec.state.clone() {
-            JobState::Queued { .. } => {
-                self.finish_job(
-                    id,
-                    None,
-                    TaskResult::Skip,
-                    None,
-                    Some("cancelled".into()),
-                    now,
-                    out,
-                );
+            JobState::Queued { .. } | JobState::AwaitingVerdict { .. } => {
+                // Nothing runs: it ends here, skipped.
+                let ended = Ended {
+                    result: TaskResult::Skip,
+                    reason: Some("cancelled".into()),
+                    ..Ended::default()
+                };
+                self.finish_job(id, ended, now, out);
                 if let Some(j) = self.jobs.get_mut(id) {
                     j.rec.state = JobState::Cancelled;
                 }
@@ -439,13 +442,9 @@ impl Controller {
                     j.artifacts.push(a);
                 }
             }
-            WorkerEvent::Completed { exit_code, .. } => {
-                let result = match exit_code {
-                    Some(0) | None => TaskResult::Pass,
-                    Some(_) => TaskResult::Fail,
-                };
-                self.finish_job(&id, Some(node.clone()), result, exit_code, None, now, out);
-            }
+            WorkerEvent::Completed {
+                exit_code, verdict, ..
+            } => self.on_completed(&id, node, exit_code, verdict, now, out),
             WorkerEvent::Failed {
                 reason,
                 recoverable,
@@ -459,15 +458,13 @@ impl Controller {
                     } else {
                         TaskResult::Fail
                     };
-                    self.finish_job(
-                        &id,
-                        Some(node.clone()),
+                    let ended = Ended {
+                        node: Some(node.clone()),
                         result,
-                        None,
-                        Some(reason),
-                        now,
-                        out,
-                    );
+                        reason: Some(reason),
+                        ..Ended::default()
+                    };
+                    self.finish_job(&id, ended, now, out);
                 }
             }
             WorkerEvent::Interrupted { signal } => {
@@ -482,15 +479,13 @@ impl Controller {
                     "cancelled by {}",
                     cancelled_by.unwrap_or_else(|| "request".into())
                 );
-                self.finish_job(
-                    &id,
-                    Some(node.clone()),
-                    TaskResult::Skip,
-                    None,
-                    Some(why),
-                    now,
-                    out,
-                );
+                let ended = Ended {
+                    node: Some(node.clone()),
+                    result: TaskResult::Skip,
+                    reason: Some(why),
+                    ..Ended::default()
+                };
+                self.finish_job(&id, ended, now, out);
                 if let Some(j) = self.jobs.get_mut(&id) {
                     j.rec.state = JobState::Cancelled;
                 }
@@ -498,6 +493,101 @@ impl Controller {
             }
             _ => {}
         }
+    }
+
+    /// The attempt's process exited: the scorer's verdict (or, without a
+    /// scorer, the exit code) ends the job; a `manual` scorer leaves it
+    /// awaiting a person's verdict, its node slot freed.
+    fn on_completed(
+        &mut self,
+        id: &JobId,
+        node: &NodeId,
+        exit_code: Option<i32>,
+        verdict: Option<Verdict>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get(id) else {
+            return;
+        };
+        if j.rec.spec.scorer == Some(Scorer::Manual) {
+            self.forget_command(id);
+            if let Some(j) = self.jobs.get_mut(id) {
+                j.rec.state = JobState::AwaitingVerdict {
+                    node: node.clone(),
+                    exit_code,
+                };
+            }
+            let freed = Effect::JobSlotFreed {
+                job: id.clone(),
+                node: Some(node.clone()),
+            };
+            return self.save_job(id, vec![freed], now, out);
+        }
+        let by_exit_code = || match exit_code {
+            Some(0) | None => TaskResult::Pass,
+            Some(_) => TaskResult::Fail,
+        };
+        let (result, score, reason) = match verdict {
+            Some(v) => (v.result, Some(v.score), None),
+            // An agent that did not run the scorer: the exit code judges,
+            // and the receipt says the scorer did not.
+            None if j.rec.spec.scorer.is_some() => (
+                by_exit_code(),
+                None,
+                Some("the agent sent no verdict; judged by the exit code".to_owned()),
+            ),
+            None => (by_exit_code(), None, None),
+        };
+        let ended = Ended {
+            node: Some(node.clone()),
+            result,
+            exit_code,
+            reason,
+            score,
+        };
+        self.finish_job(id, ended, now, out);
+    }
+
+    /// A person's verdict on a job awaiting one.
+    fn on_verdict(
+        &mut self,
+        ws: &Workspace,
+        id: &JobId,
+        verdict: Verdict,
+        reply: ReplyTo,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let state = self
+            .jobs
+            .get(id)
+            .filter(|j| &j.rec.spec.workspace == ws)
+            .map(|j| j.rec.state.clone());
+        let why = match &state {
+            None => Some("unknown job".to_owned()),
+            Some(JobState::AwaitingVerdict { .. }) => verdict.invalid(),
+            Some(other) => Some(format!(
+                "the job is {}, not awaiting a verdict",
+                other.name()
+            )),
+        };
+        if let Some(why) = why {
+            let job = Some(id.clone());
+            return Self::reply_job(out, reply, JobReply::Rejected { job, why });
+        }
+        let Some(JobState::AwaitingVerdict { node, exit_code }) = state else {
+            return;
+        };
+        let ended = Ended {
+            node: Some(node),
+            result: verdict.result,
+            exit_code,
+            reason: None,
+            score: Some(verdict.score),
+        };
+        self.finish_job(id, ended, now, out);
+        Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
     }
 
     /// Output of a job's command goes to its submitter (not stored: the
@@ -590,7 +680,15 @@ impl Controller {
                     out,
                 );
             }
-            None => self.finish_job(id, node, TaskResult::Fail, None, Some(reason), now, out),
+            None => {
+                let ended = Ended {
+                    node,
+                    result: TaskResult::Fail,
+                    reason: Some(reason),
+                    ..Ended::default()
+                };
+                self.finish_job(id, ended, now, out);
+            }
         }
     }
 
@@ -619,17 +717,7 @@ impl Controller {
         self.dirty = true;
     }
 
-    #[expect(clippy::too_many_arguments, reason = "the receipt's fields")]
-    fn finish_job(
-        &mut self,
-        id: &JobId,
-        node: Option<NodeId>,
-        result: TaskResult,
-        exit_code: Option<i32>,
-        reason: Option<String>,
-        now: Millis,
-        out: &mut Vec<Command>,
-    ) {
+    fn finish_job(&mut self, id: &JobId, ended: Ended, now: Millis, out: &mut Vec<Command>) {
         let running_on = self.jobs.get(id).and_then(|j| match &j.rec.state {
             JobState::Leased { node, .. } | JobState::Running { node, .. } => Some(node.clone()),
             _ => None,
@@ -644,14 +732,14 @@ impl Controller {
         let artifacts = std::mem::take(&mut j.artifacts);
         j.rec.receipt = Some(Receipt {
             job: id.clone(),
-            node: node.or_else(|| running_on.clone()),
+            node: ended.node.or_else(|| running_on.clone()),
             attempts: j.rec.attempts,
             completed_at: now,
-            result,
-            exit_code,
-            reason,
+            result: ended.result,
+            exit_code: ended.exit_code,
+            reason: ended.reason,
             artifacts,
-            score: None,
+            score: ended.score,
         });
         j.rec.state = JobState::Done;
         self.save_job(
@@ -724,6 +812,48 @@ impl Controller {
     }
 }
 
+/// Why a scorer cannot run, if it cannot. Patterns and JSONPath
+/// expressions are checked where they run, on the node (a bad one is a
+/// failed verdict that says why).
+fn scorer_invalid(scorer: &Scorer) -> Option<String> {
+    match scorer {
+        Scorer::FileExists { path }
+        | Scorer::RegexMatch { path, .. }
+        | Scorer::JsonPath { path, .. }
+            if path.is_empty() =>
+        {
+            Some("scorer.path must name a file".to_owned())
+        }
+        Scorer::Command { argv } if argv.first().is_none_or(String::is_empty) => {
+            Some("scorer.argv must name a program".to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// How a job ended: what its receipt says.
+#[derive(Debug)]
+struct Ended {
+    /// The node it ran on last (default: where its state says).
+    node: Option<NodeId>,
+    result: TaskResult,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    score: Option<Score>,
+}
+
+impl Default for Ended {
+    fn default() -> Self {
+        Ended {
+            node: None,
+            result: TaskResult::Fail,
+            exit_code: None,
+            reason: None,
+            score: None,
+        }
+    }
+}
+
 /// The agent command for one attempt of a job.
 fn run_msg(job: &JobId, command: &CommandId, spec: &TaskSpec) -> DaemonMsg {
     DaemonMsg::Run(CommandSpec {
@@ -734,6 +864,7 @@ fn run_msg(job: &JobId, command: &CommandId, spec: &TaskSpec) -> DaemonMsg {
         cwd: spec.cwd.clone(),
         timeout_ms: spec.timeout_ms,
         redact: Vec::new(),
+        scorer: spec.scorer.clone(),
     })
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{NodeResources, Secret, WorkerEvent};
+use super::{NodeResources, Scorer, Secret, WorkerEvent};
 use crate::ids::{ClaimId, CommandId, JobId, Millis, NodeId};
 
 /// Default agent heartbeat interval.
@@ -58,6 +58,10 @@ pub struct CommandSpec {
     /// Strings to redact from its output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<Secret>,
+    /// Judges the result once the process has exited; the verdict goes
+    /// with the `completed` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scorer: Option<Scorer>,
 }
 
 /// Messages an agent sends.

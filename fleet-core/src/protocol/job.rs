@@ -112,40 +112,122 @@ pub struct AlertPolicy {
     pub after_minutes_stale: Option<u64>,
 }
 
-/// How a task's result is judged.
+/// How a task's result is judged. The agent runs the scorer on the node
+/// once the task's process has exited (whatever its exit code), in the
+/// task's working directory, and sends the [`Verdict`] with the
+/// `completed` event. Paths are relative to that directory unless absolute.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Scorer {
-    /// Exit code 0 passes.
+    /// Exit code 0 passes (the default judgement without a scorer).
     ExitCode,
     /// Passes if the file exists.
     FileExists {
         /// Path on the node.
         path: String,
     },
-    /// Passes if the file matches the regex.
+    /// Passes if the file's text matches the regular expression (Rust
+    /// `regex` syntax).
     RegexMatch {
         /// Path on the node.
         path: String,
         /// Regular expression.
         pattern: String,
     },
-    /// Passes if the JSON path in the file is truthy.
+    /// Evaluates a JSONPath (RFC 9535) over the file: passes if every value
+    /// it selects is truthy (not `null`, `false`, `0`, `""`, `[]` or `{}`),
+    /// is `partial` if only some are, fails if none is or nothing matched.
+    /// The score is the truthy fraction.
     JsonPath {
         /// Path on the node.
         path: String,
-        /// JSONPath expression.
+        /// JSONPath expression, e.g. `$.tests[*].passed`.
         expression: String,
     },
-    /// Passes if the command exits 0.
+    /// Runs a command: exit 0 passes, anything else fails. If its last line
+    /// of standard output is a score — `0.8` (out of 1) or `8/10` — that is
+    /// the score, and a passing score below its maximum is `partial`.
     Command {
         /// Command line.
         argv: Vec<String>,
     },
-    /// A person decides.
+    /// A person decides: the job waits in `awaiting_verdict` for
+    /// [`JobMsg::Verdict`].
     Manual,
+}
+
+/// A scorer's judgement of one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Verdict {
+    /// `pass`, `partial`, `fail` or `skip`.
+    pub result: TaskResult,
+    /// The score, with what the scorer saw in `notes`.
+    pub score: Score,
+}
+
+impl Verdict {
+    /// A pass/fail verdict scored 1 or 0 out of 1.
+    pub fn binary(passed: bool, notes: impl Into<String>) -> Verdict {
+        Verdict {
+            result: if passed {
+                TaskResult::Pass
+            } else {
+                TaskResult::Fail
+            },
+            score: Score {
+                value: if passed { 1.0 } else { 0.0 },
+                max: Some(1.0),
+                notes: Some(notes.into()),
+            },
+        }
+    }
+
+    /// A verdict from a score out of `max`: all of it passes, none of it
+    /// fails, anything between is `partial`.
+    pub fn graded(value: f64, max: f64, notes: impl Into<String>) -> Verdict {
+        let result = if value >= max {
+            TaskResult::Pass
+        } else if value > 0.0 {
+            TaskResult::Partial
+        } else {
+            TaskResult::Fail
+        };
+        Verdict {
+            result,
+            score: Score {
+                value,
+                max: Some(max),
+                notes: Some(notes.into()),
+            },
+        }
+    }
+
+    /// Why a verdict cannot end a job, if it cannot: only `pass`,
+    /// `partial`, `fail` and `skip` judge a result (`timeout` is the
+    /// control plane's), and the score must be a finite number no larger
+    /// than its maximum.
+    pub fn invalid(&self) -> Option<String> {
+        if !matches!(
+            self.result,
+            TaskResult::Pass | TaskResult::Partial | TaskResult::Fail | TaskResult::Skip
+        ) {
+            return Some(format!(
+                "a verdict is pass, partial, fail or skip, not {:?}",
+                self.result
+            ));
+        }
+        let Score { value, max, .. } = &self.score;
+        if !value.is_finite() || max.is_some_and(|m| !m.is_finite()) {
+            return Some("the score must be a finite number".to_owned());
+        }
+        if max.is_some_and(|m| *value > m) {
+            return Some("the score exceeds its maximum".to_owned());
+        }
+        None
+    }
 }
 
 /// A unit of work.
@@ -276,6 +358,10 @@ pub enum WorkerEvent {
         /// Summary.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         summary: Option<String>,
+        /// The task's scorer's judgement, when it has one the agent runs
+        /// (every scorer but `manual`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verdict: Option<Verdict>,
     },
     /// Failed.
     Failed {
@@ -394,7 +480,7 @@ pub struct Receipt {
 }
 
 /// Messages a submitter sends on the job plane.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -408,6 +494,28 @@ pub enum JobMsg {
         /// The job.
         job: JobId,
     },
+    /// A person's verdict on a task whose scorer is `manual` (the job is
+    /// `awaiting_verdict`): ends it with this result and score.
+    Verdict {
+        /// The workspace.
+        workspace: Workspace,
+        /// The job.
+        job: JobId,
+        /// The judgement.
+        verdict: Verdict,
+    },
+}
+
+impl JobMsg {
+    /// The workspace and job the message is about.
+    pub fn target(&self) -> (&Workspace, &JobId) {
+        match self {
+            JobMsg::Submit(spec) => (&spec.workspace, &spec.id),
+            JobMsg::Cancel { workspace, job } | JobMsg::Verdict { workspace, job, .. } => {
+                (workspace, job)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -302,6 +302,15 @@ pub enum JobState {
         /// The command id of this attempt.
         command: CommandId,
     },
+    /// The process ended and the scorer is `manual`: waits for a
+    /// person's [`JobMsg::Verdict`](super::JobMsg::Verdict). Holds no node.
+    AwaitingVerdict {
+        /// The node it ran on.
+        node: NodeId,
+        /// The exit code of the attempt.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+    },
     /// Finished; see the receipt.
     Done,
     /// Cancelled.
@@ -315,6 +324,7 @@ impl JobState {
             JobState::Queued { .. } => "queued",
             JobState::Leased { .. } => "leased",
             JobState::Running { .. } => "running",
+            JobState::AwaitingVerdict { .. } => "awaiting_verdict",
             JobState::Done => "done",
             JobState::Cancelled => "cancelled",
         }

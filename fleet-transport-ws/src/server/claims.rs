@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fleet_core::ids::{ClaimId, Workspace};
-use fleet_core::protocol::{ClaimMsg, ClaimRejection, ClaimReply, JobMsg, JobReply};
+use fleet_core::protocol::{ClaimMsg, ClaimRejection, ClaimReply, JobReply};
 use fleet_core::transport::{Inbound, Outbound, ReplyTo, TransportError};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Bytes;
@@ -306,22 +306,7 @@ impl ClaimsHandler {
                 },
             ),
             ClientFrame::Job { req, msg } => {
-                let (workspace, job) = match msg {
-                    JobMsg::Submit(spec) => (&spec.workspace, &spec.id),
-                    JobMsg::Cancel { workspace, job } => (workspace, job),
-                    // A job message this server cannot place in a workspace:
-                    // only an unlimited client may send it.
-                    _ if self.scope == ClaimScope::All => return false,
-                    _ => {
-                        self.refuse(
-                            Some("job"),
-                            Some(*req),
-                            "forbidden",
-                            "this job message names no workspace".to_owned(),
-                        );
-                        return true;
-                    }
-                };
+                let (workspace, job) = msg.target();
                 (
                     workspace,
                     ServerFrame::JobReply {
