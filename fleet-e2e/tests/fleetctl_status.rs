@@ -160,6 +160,7 @@ async fn status_commands_show_the_daemons_state() {
             "STATE",
             "ATTEMPTS",
             "RESULT",
+            "SCORE",
             "EXIT",
             "COMMAND"
         ]
@@ -173,6 +174,7 @@ async fn status_commands_show_the_daemons_state() {
             "done",
             "1",
             "pass",
+            "-",
             "0",
             "sh -c echo from-the-node"
         ]]
