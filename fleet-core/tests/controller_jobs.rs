@@ -8,8 +8,8 @@ use common::*;
 use fleet_core::controller::Alert;
 use fleet_core::harness::World;
 use fleet_core::protocol::{
-    AlertPolicy, JobMsg, JobReply, JobState, Requirements, RetryPolicy, Score, Scorer, TaskResult,
-    TaskSpec, Verdict, WorkerEvent,
+    AlertChannel, AlertPolicy, JobMsg, JobReply, JobState, Requirements, RetryPolicy, Score,
+    Scorer, TaskResult, TaskSpec, Verdict, WorkerEvent,
 };
 use fleet_core::transport::ReplyTo;
 use fleet_core::{JobId, PoolName};
@@ -64,6 +64,7 @@ fn a_job_runs_and_gets_a_passing_receipt() {
         events(&w, &reply),
         [
             "accepted",
+            "queued",
             "leased",
             "output + sleep 30",
             "starting",
@@ -394,4 +395,132 @@ fn a_scorer_that_cannot_run_is_refused_at_submit() {
             w.job_replies(reply)
         );
     }
+}
+
+fn webhook() -> AlertChannel {
+    AlertChannel::Webhook {
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: None,
+    }
+}
+
+#[test]
+fn a_silent_attempt_goes_stale_once_and_escalates_to_its_channels() {
+    let mut w = world();
+    let mut spec = task("j1", &["sleep", "600"]);
+    spec.alert = Some(AlertPolicy {
+        channels: vec![
+            webhook(),
+            AlertChannel::PagerDuty {
+                routing_key: fleet_core::protocol::Secret::new("rk"),
+                severity: "error".into(),
+            },
+        ],
+        after_minutes_stale: Some(2),
+        ..AlertPolicy::default()
+    });
+    let reply = w.submit_job(spec);
+    w.run_for(900_000).unwrap();
+    let seen = events(&w, &reply);
+    let stale = seen
+        .iter()
+        .position(|e| e == "stale")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(
+        seen[stale + 1..stale + 3],
+        ["escalated", "escalated"],
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|e| *e == "stale").count(),
+        1,
+        "once per attempt"
+    );
+    let escalated: Vec<_> = w
+        .job_replies(&reply)
+        .iter()
+        .filter_map(|r| match r {
+            JobReply::Event {
+                event: WorkerEvent::Escalated { channel, alert_id },
+                ..
+            } => Some((channel.clone(), alert_id.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        escalated,
+        [
+            ("webhook".to_owned(), Some("j1-1-stale".to_owned())),
+            ("pager_duty".to_owned(), Some("j1-1-stale".to_owned()))
+        ]
+    );
+    let alert = w
+        .alerts()
+        .iter()
+        .find_map(|a| match a {
+            Alert::JobEscalated {
+                alert_id,
+                reason,
+                channels,
+                ..
+            } => Some((alert_id.clone(), reason.clone(), channels.len())),
+            _ => None,
+        })
+        .unwrap();
+    // The simulated agent's last sign of progress is `running`, at start.
+    assert_eq!(
+        alert,
+        (
+            "j1-1-stale".to_owned(),
+            "no progress for 120 s".to_owned(),
+            2
+        )
+    );
+    // Stale is a warning, not an end: the attempt runs to completion.
+    assert_eq!(receipt(&w, &reply).unwrap().result, TaskResult::Pass);
+}
+
+#[test]
+fn the_stale_clock_starts_when_the_attempt_is_dispatched() {
+    let mut w = world();
+    // 90 s of work, but the node boots first: submit to end is longer than
+    // the 2 min policy, the attempt itself is not.
+    let mut spec = task("j1", &["sleep", "90"]);
+    spec.alert = Some(AlertPolicy {
+        channels: vec![webhook()],
+        after_minutes_stale: Some(2),
+        ..AlertPolicy::default()
+    });
+    let reply = w.submit_job(spec);
+    w.run_for(900_000).unwrap();
+    let job = w.controller().job(&JobId::new("j1").unwrap()).unwrap();
+    let r = receipt(&w, &reply).unwrap();
+    assert!(r.completed_at - job.submitted_at > 120_000, "{r:?}");
+    assert!(!events(&w, &reply).contains(&"stale".to_owned()));
+    assert!(!w.alerts().iter().any(|a| matches!(a, Alert::JobEscalated { .. })));
+}
+
+#[test]
+fn a_requeued_attempt_is_queued_again_and_escalation_names_its_channels() {
+    let mut w = world();
+    let mut spec = task("j1", &["flaky"]);
+    spec.alert = Some(AlertPolicy {
+        channels: vec![webhook()],
+        after_attempts: Some(1),
+        ..AlertPolicy::default()
+    });
+    let reply = w.submit_job(spec);
+    w.run_for(900_000).unwrap();
+    let seen = events(&w, &reply);
+    let restarted = seen
+        .iter()
+        .position(|e| e == "restarted")
+        .unwrap_or_else(|| panic!("{seen:?}"));
+    assert_eq!(
+        seen[restarted + 1..restarted + 3],
+        ["escalated", "queued"],
+        "{seen:?}"
+    );
+    assert!(w.alerts().iter().any(|a| matches!(a,
+        Alert::JobEscalated { alert_id, attempts: 1, .. } if alert_id == "j1-1-attempts")));
 }

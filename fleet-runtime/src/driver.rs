@@ -143,6 +143,14 @@ impl RuntimeError {
     }
 }
 
+/// Where the driver hands the alerts the controller raises, besides its
+/// log and metrics: the daemon delivers a job's escalation to the channels
+/// of its alert policy. Called on the driver's task: queue and return.
+pub trait AlertSink: Send + Sync {
+    /// One alert.
+    fn alert(&self, alert: &Alert);
+}
+
 /// A consistent view of the control plane, for status APIs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
@@ -206,6 +214,7 @@ pub struct FleetBuilder {
     fleet_id: Option<FleetId>,
     epoch: Epoch,
     issuer: Option<Arc<dyn CredentialIssuer>>,
+    alerts: Option<Arc<dyn AlertSink>>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
     clock: Arc<dyn Clock>,
     inventory_every: Duration,
@@ -237,6 +246,7 @@ impl Default for FleetBuilder {
             fleet_id: None,
             epoch: Epoch(1),
             issuer: None,
+            alerts: None,
             tokens: None,
             clock: Arc::new(SystemClock),
             inventory_every: Duration::from_secs(300),
@@ -301,6 +311,13 @@ impl FleetBuilder {
     /// The leader epoch this daemon writes with.
     pub fn epoch(mut self, epoch: Epoch) -> Self {
         self.epoch = epoch;
+        self
+    }
+
+    /// Where alerts go besides the log and the metrics (a job's
+    /// escalation to its policy's channels); without one they are logged.
+    pub fn alerts(mut self, sink: Arc<dyn AlertSink>) -> Self {
+        self.alerts = Some(sink);
         self
     }
 
@@ -486,6 +503,7 @@ impl FleetBuilder {
             transports,
             node_routes: BTreeMap::new(),
             issuer: self.issuer,
+            alerts: self.alerts,
             tokens: self.tokens,
             clock: self.clock,
             tx: tx.clone(),
@@ -642,6 +660,7 @@ struct Driver {
     transports: Vec<Arc<dyn Transport>>,
     node_routes: BTreeMap<NodeId, usize>,
     issuer: Option<Arc<dyn CredentialIssuer>>,
+    alerts: Option<Arc<dyn AlertSink>>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
     clock: Arc<dyn Clock>,
     tx: mpsc::UnboundedSender<Input>,
@@ -905,6 +924,9 @@ impl Driver {
             Command::Alert(alert) => {
                 self.metrics.alert(&alert);
                 log_alert(&alert);
+                if let Some(sink) = &self.alerts {
+                    sink.alert(&alert);
+                }
             }
             other => {
                 tracing::warn!(command = ?other, "unknown command dropped");
@@ -1020,9 +1042,16 @@ fn log_alert(alert: &Alert) {
         },
         Alert::JobEscalated {
             job,
+            workspace,
             attempts,
             reason,
-        } => tracing::warn!(%job, attempts, %reason, "job escalated"),
+            alert_id,
+            channels,
+            ..
+        } => tracing::warn!(
+            %job, %workspace, attempts, %reason, %alert_id, channels = channels.len(),
+            "job escalated"
+        ),
         Alert::CredentialsFailed { claim, error } => {
             tracing::warn!(%claim, %error, "credentials could not be issued")
         }

@@ -30,4 +30,4 @@ pub mod metrics;
 pub mod seal;
 pub mod tokens;
 
-pub use driver::{Fleet, FleetBuilder, RuntimeError, Status, SystemClock};
+pub use driver::{AlertSink, Fleet, FleetBuilder, RuntimeError, Status, SystemClock};

@@ -18,7 +18,7 @@ use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer, ReplyTo};
 
 impl Controller {
-    pub(super) fn restore_job(&mut self, rec: JobRecord) {
+    pub(super) fn restore_job(&mut self, rec: JobRecord, now: Millis) {
         let id = rec.spec.id.clone();
         if matches!(rec.state, JobState::Queued { .. }) {
             self.queued.insert(id.clone());
@@ -33,6 +33,8 @@ impl Controller {
                 durable: true,
                 reply: None,
                 artifacts: Vec::new(),
+                progress_at: now,
+                stale: false,
             },
         );
     }
@@ -66,6 +68,9 @@ impl Controller {
     fn job_deadline(&self, job: &Job) -> Option<Millis> {
         match &job.rec.state {
             JobState::Queued { not_before } if *not_before > 0 => Some(*not_before),
+            JobState::Leased { .. } | JobState::Running { .. } if !job.stale => {
+                stale_after(&job.rec.spec).map(|ms| job.progress_at.saturating_add(ms))
+            }
             JobState::Done | JobState::Cancelled => job.rec.receipt.as_ref().map(|r| {
                 r.completed_at
                     .saturating_add(self.timing.claim_retention_ms)
@@ -87,6 +92,14 @@ impl Controller {
             JobState::Queued { .. } => {
                 // Backoff over: it may be scheduled again.
                 self.dirty = true;
+            }
+            JobState::Leased { .. } | JobState::Running { .. } => {
+                let due = self.job_deadline(job).is_some_and(|t| t <= now);
+                if due {
+                    self.on_stale(id, now, out);
+                } else {
+                    self.touch_job(id);
+                }
             }
             JobState::Done | JobState::Cancelled => {
                 let due = self.job_deadline(job).is_some_and(|t| t <= now);
@@ -176,6 +189,8 @@ impl Controller {
                 durable: false,
                 reply: Some(reply.clone()),
                 artifacts: Vec::new(),
+                progress_at: now,
+                stale: false,
             },
         );
         self.save_job(
@@ -264,6 +279,8 @@ impl Controller {
                     Self::reply_job(out, reply.clone(), JobReply::Accepted { job: job.clone() });
                     if let Some(r) = &j.rec.receipt {
                         Self::reply_job(out, reply, JobReply::Finished(r.clone()));
+                    } else if matches!(j.rec.state, JobState::Queued { .. }) {
+                        self.job_event_out(&job, WorkerEvent::Queued, out);
                     }
                 }
             }
@@ -389,6 +406,8 @@ impl Controller {
             command: command.clone(),
         };
         j.rec.last_event_at = Some(now);
+        j.progress_at = now;
+        j.stale = false;
         self.commands.insert(command, id.clone());
         if let Some(n) = self.nodes.get_mut(node) {
             n.jobs.insert(id.clone());
@@ -425,8 +444,12 @@ impl Controller {
             return;
         };
         j.rec.last_event_at = Some(now);
+        if !matches!(event, WorkerEvent::Heartbeat { .. }) {
+            j.progress_at = now;
+        }
         let running = matches!(j.rec.state, JobState::Running { .. });
         self.job_event_out(&id, event.clone(), out);
+        self.touch_job(&id);
         match event {
             WorkerEvent::Starting | WorkerEvent::Running if !running => {
                 if let Some(j) = self.jobs.get_mut(&id) {
@@ -593,16 +616,21 @@ impl Controller {
     /// Output of a job's command goes to its submitter (not stored: the
     /// ledger keeps events and receipts, not logs).
     pub(super) fn on_job_output(
-        &self,
+        &mut self,
         command: &CommandId,
         stream: crate::protocol::OutputStream,
         data: String,
+        now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(job) = self.commands.get(command) else {
+        let Some(job) = self.commands.get(command).cloned() else {
             return;
         };
-        if let Some(j) = self.jobs.get(job)
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.progress_at = now;
+        }
+        self.touch_job(&job);
+        if let Some(j) = self.jobs.get(&job)
             && let Some(reply) = &j.reply
         {
             out.push(Command::Send {
@@ -664,12 +692,9 @@ impl Controller {
                     out,
                 );
                 if escalate {
-                    out.push(Command::Alert(Alert::JobEscalated {
-                        job: id.clone(),
-                        attempts: restarts,
-                        reason: reason.clone(),
-                    }));
+                    self.escalate(id, "attempts", reason.clone(), now, out);
                 }
+                self.job_event_out(id, WorkerEvent::Queued, out);
                 self.save_job(
                     id,
                     vec![Effect::JobSlotFreed {
@@ -690,6 +715,61 @@ impl Controller {
                 self.finish_job(id, ended, now, out);
             }
         }
+    }
+
+    /// A running attempt made no progress for its policy's
+    /// `after_minutes_stale`: the submitter is told, and the policy's
+    /// channels get an alert. The attempt goes on (its `timeout_ms` is
+    /// what ends a hung task).
+    fn on_stale(&mut self, id: &JobId, now: Millis, out: &mut Vec<Command>) {
+        let Some(j) = self.jobs.get_mut(id) else {
+            return;
+        };
+        j.stale = true;
+        let last_heartbeat_at = j.rec.last_event_at;
+        let quiet_ms = now.saturating_sub(j.progress_at);
+        self.job_event_out(id, WorkerEvent::Stale { last_heartbeat_at }, out);
+        let reason = format!("no progress for {} s", quiet_ms / 1_000);
+        self.escalate(id, "stale", reason, now, out);
+    }
+
+    /// Alerts the job's channels (if its policy names any) and tells its
+    /// submitter, one `escalated` event per channel.
+    fn escalate(
+        &self,
+        id: &JobId,
+        cause: &str,
+        reason: String,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let Some(j) = self.jobs.get(id) else {
+            return;
+        };
+        let channels = j
+            .rec
+            .spec
+            .alert
+            .as_ref()
+            .map(|a| a.channels.clone())
+            .unwrap_or_default();
+        let alert_id = format!("{id}-{}-{cause}", j.rec.attempts);
+        for channel in &channels {
+            let event = WorkerEvent::Escalated {
+                channel: channel.kind().to_owned(),
+                alert_id: Some(alert_id.clone()),
+            };
+            self.job_event_out(id, event, out);
+        }
+        out.push(Command::Alert(Alert::JobEscalated {
+            job: id.clone(),
+            workspace: j.rec.spec.workspace.clone(),
+            attempts: j.rec.attempts,
+            reason,
+            alert_id,
+            channels,
+            at: now,
+        }));
     }
 
     /// Forgets the command of `id`'s current attempt: its events are no
@@ -810,6 +890,12 @@ impl Controller {
     pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
         self.jobs.values().map(|j| &j.rec)
     }
+}
+
+/// How long an attempt may go without progress before it is stale.
+fn stale_after(spec: &TaskSpec) -> Option<Millis> {
+    let minutes = spec.alert.as_ref()?.after_minutes_stale?;
+    Some(minutes.saturating_mul(60_000))
 }
 
 /// Why a scorer cannot run, if it cannot. Patterns and JSONPath

@@ -257,14 +257,24 @@ pub enum Alert {
         /// The node id it claimed.
         node: NodeId,
     },
-    /// A job kept failing and its alert policy says a person should look.
+    /// A job kept failing, or made no progress for too long, and its alert
+    /// policy says a person should look: the driver delivers this to the
+    /// policy's `channels`.
     JobEscalated {
         /// The job.
         job: JobId,
+        /// Its workspace.
+        workspace: Workspace,
         /// Attempts so far.
         attempts: u32,
-        /// The last failure.
+        /// Why: the last failure, or how long it made no progress.
         reason: String,
+        /// Unique per job, attempt and cause: a receiver's dedup key.
+        alert_id: String,
+        /// Where it goes.
+        channels: Vec<crate::protocol::AlertChannel>,
+        /// When.
+        at: Millis,
     },
     /// Credentials could not be issued: for a grant (the claim is revoked)
     /// or for a renewal (the lease is renewed; the previous certificate stays
@@ -444,6 +454,11 @@ struct Job {
     reply: Option<ReplyTo>,
     /// Artifacts reported by the current attempt.
     artifacts: Vec<crate::protocol::ArtifactRef>,
+    /// The current attempt's last sign of progress: an event other than a
+    /// heartbeat, or output (this leader's; from its start after a restore).
+    progress_at: Millis,
+    /// The current attempt was found stale (escalated once per attempt).
+    stale: bool,
 }
 
 /// A node as the controller tracks it.
@@ -657,7 +672,7 @@ impl Controller {
                         pool.next_seq = pool.next_seq.max(rec.next_node_seq);
                     }
                 }
-                Record::Job(rec) => c.restore_job(rec),
+                Record::Job(rec) => c.restore_job(rec, now),
             }
         }
         c.relink_claims(now);

@@ -341,7 +341,7 @@ impl Controller {
                 stream,
                 data,
                 ..
-            } => self.on_job_output(&command, stream, data, out),
+            } => self.on_job_output(&command, stream, data, now, out),
         }
         self.touch_node(&id);
     }

@@ -97,6 +97,17 @@ pub enum AlertChannel {
     },
 }
 
+impl AlertChannel {
+    /// The channel's `kind`: `slack`, `webhook` or `pager_duty`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AlertChannel::Slack { .. } => "slack",
+            AlertChannel::Webhook { .. } => "webhook",
+            AlertChannel::PagerDuty { .. } => "pager_duty",
+        }
+    }
+}
+
 /// When a task escalates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -107,7 +118,8 @@ pub struct AlertPolicy {
     /// Escalate after this many failed attempts.
     #[serde(default)]
     pub after_attempts: Option<u32>,
-    /// Escalate after this many minutes without a heartbeat.
+    /// Escalate when a running attempt makes no progress (no output and
+    /// no event but heartbeats) for this many minutes.
     #[serde(default)]
     pub after_minutes_stale: Option<u64>,
 }
