@@ -497,7 +497,11 @@ fn the_stale_clock_starts_when_the_attempt_is_dispatched() {
     let r = receipt(&w, &reply).unwrap();
     assert!(r.completed_at - job.submitted_at > 120_000, "{r:?}");
     assert!(!events(&w, &reply).contains(&"stale".to_owned()));
-    assert!(!w.alerts().iter().any(|a| matches!(a, Alert::JobEscalated { .. })));
+    assert!(
+        !w.alerts()
+            .iter()
+            .any(|a| matches!(a, Alert::JobEscalated { .. }))
+    );
 }
 
 #[test]

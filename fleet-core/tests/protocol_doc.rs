@@ -26,7 +26,8 @@ use fleet_core::protocol::{
     encode,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
+    ApiErrorBody, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus, PagerDutyEvent,
+    PoolInfo, StatusSummary,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -61,6 +62,8 @@ const REGISTRY: &[(&str, Check)] = &[
     ("PoolInfo", plain::<PoolInfo>),
     ("NodeStatus", plain::<NodeStatus>),
     ("CostReport", plain::<CostReport>),
+    ("Escalation", plain::<Escalation>),
+    ("PagerDutyEvent", plain::<PagerDutyEvent>),
     ("NewTokenRequest", plain::<NewTokenRequest>),
     ("NewToken", plain::<NewToken>),
     ("ApiErrorBody", plain::<ApiErrorBody>),

@@ -23,7 +23,8 @@ use fleet_core::protocol::{
     WsServerFrame,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, CostReport, NewToken, NewTokenRequest, NodeStatus, PoolInfo, StatusSummary,
+    ApiErrorBody, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus, PagerDutyEvent,
+    PoolInfo, StatusSummary,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -75,6 +76,8 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-new-token.json",     Plain,    schema_of::<NewToken>),
     ("http-api-error.json",     Plain,    schema_of::<ApiErrorBody>),
     ("agent-refusal.json",      Plain,    schema_of::<AgentRefusal>),
+    ("alert-escalation.json",   Plain,    schema_of::<Escalation>),
+    ("alert-pagerduty-event.json", Plain, schema_of::<PagerDutyEvent>),
 ];
 
 const BLESS_VAR: &str = "FLEET_BLESS_SCHEMA";

@@ -65,6 +65,9 @@ pub struct DaemonConfig {
     /// Leader lease.
     #[serde(default)]
     pub leader: LeaderConfig,
+    /// `[alerts]`: how job escalations are delivered to their channels.
+    #[serde(default)]
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 fn default_namespace() -> String {
@@ -624,6 +627,7 @@ impl Default for DaemonConfig {
             store: StoreConfig::default(),
             timing: Timing::default(),
             leader: LeaderConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct ApiState {
     pub tokens: Arc<ApiTokens>,
     /// Whether this daemon leads (a follower serves status read-only).
     pub leader: Arc<AtomicBool>,
+    /// How alert deliveries went.
+    pub alerts: Arc<crate::alerts::AlertStats>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -257,6 +259,15 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
         let _ = writeln!(out, "fleet_nodes{{state=\"{}\"}} {n}", st.name());
     }
     render_costs(&mut out, &s.costs);
+    out.push_str("# HELP fleet_alerts_total Deliveries of job escalations to alert channels, by outcome.\n# TYPE fleet_alerts_total counter\n");
+    for (outcome, n) in [
+        ("delivered", &state.alerts.delivered),
+        ("failed", &state.alerts.failed),
+        ("dropped", &state.alerts.dropped),
+    ] {
+        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "fleet_alerts_total{{outcome=\"{outcome}\"}} {n}");
+    }
     let _ = writeln!(
         out,
         "# HELP fleet_affinity_grants_total Grants of claims with an affinity key, by whether the node last served the same key.\n# TYPE fleet_affinity_grants_total counter\nfleet_affinity_grants_total{{result=\"hit\"}} {}\nfleet_affinity_grants_total{{result=\"miss\"}} {}",

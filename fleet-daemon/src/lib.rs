@@ -7,6 +7,7 @@
 //! `hetzner`) and the HTTP API ([`http`], [`auth`]). An embedder that wants
 //! a fleet inside its own process links `fleet-runtime` instead.
 
+pub mod alerts;
 pub mod auth;
 pub mod config;
 pub mod http;

@@ -65,6 +65,7 @@ pub async fn serve(
     let leader = Arc::new(AtomicBool::new(false));
     let tokens = Arc::new(load_api_tokens(&data_dir, &*clock)?);
     let fleet_cell: Arc<OnceLock<Arc<Fleet>>> = Arc::new(OnceLock::new());
+    let alert_stats = Arc::new(crate::alerts::AlertStats::default());
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a
     // first start only the leader may create it, so the API waits for it.
@@ -78,9 +79,17 @@ pub async fn serve(
     };
     let mut http = match (&early_tls, api_needs_tls(cfg.http.listen)) {
         (None, true) => None,
-        (tls, _) => {
-            Some(HttpServer::start(&cfg, &fleet_cell, &tokens, &leader, tls.clone()).await?)
-        }
+        (tls, _) => Some(
+            HttpServer::start(
+                &cfg,
+                &fleet_cell,
+                &tokens,
+                &leader,
+                &alert_stats,
+                tls.clone(),
+            )
+            .await?,
+        ),
     };
 
     let subjects = Subjects::new(&cfg.namespace).map_err(|e| setup("namespace")(e.to_string()))?;
@@ -129,7 +138,7 @@ pub async fn serve(
         Some(h) => h,
         None => {
             let tls = api_tls(&cfg, &ca, clock.now())?;
-            HttpServer::start(&cfg, &fleet_cell, &tokens, &leader, Some(tls)).await?
+            HttpServer::start(&cfg, &fleet_cell, &tokens, &leader, &alert_stats, Some(tls)).await?
         }
     };
     // Bootstrap tokens live in the store, fenced like every leader write,
@@ -179,6 +188,10 @@ pub async fn serve(
             clock.clone(),
         )))
         .bootstrap_tokens(bootstrap)
+        .alerts(
+            crate::alerts::Alerts::start(&cfg.alerts, alert_stats.clone())
+                .map_err(setup("starting alert delivery"))?,
+        )
         .clock(clock.clone());
     for t in nats::transports(nats.as_ref(), &subjects).await? {
         builder = builder.transport(t);
@@ -292,6 +305,7 @@ impl HttpServer {
         fleet: &Arc<OnceLock<Arc<Fleet>>>,
         tokens: &Arc<ApiTokens>,
         leader: &Arc<AtomicBool>,
+        alerts: &Arc<crate::alerts::AlertStats>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<HttpServer, ServeError> {
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -304,6 +318,7 @@ impl HttpServer {
             fleet: fleet.clone(),
             tokens: tokens.clone(),
             leader: leader.clone(),
+            alerts: alerts.clone(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {

@@ -70,6 +70,7 @@ async fn auth_limits_and_an_o1_readyz() {
         fleet: cell,
         tokens,
         leader: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        alerts: Arc::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

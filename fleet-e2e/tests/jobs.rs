@@ -1,14 +1,16 @@
 //! Jobs through the real daemon and real agents (local provider), driven
 //! by `fleetctl`: scorers run on the node and their verdicts land in the
 //! receipts; a manual scorer waits for a person's verdict; a cancelled
-//! job's process is gone.
+//! job's process is gone; escalations reach a webhook on loopback.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
-use fleet_core::protocol::{JobRecord, JobState, TaskResult};
+use fleet_core::protocol::{
+    Escalation, JobMsg, JobRecord, JobReply, JobState, TaskResult, TaskSpec, WorkerEvent,
+};
 
 const WS: &str = "ci";
 
@@ -239,4 +241,199 @@ fn alive(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
         .unwrap_or(false)
+}
+
+/// What the webhook receiver got: signature header and body.
+type Hooks = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Vec<u8>)>>>;
+
+/// A webhook receiver on loopback that answers 200.
+async fn webhook_receiver() -> (String, Hooks) {
+    let hooks: Hooks = Default::default();
+    let app = axum::Router::new().fallback({
+        let hooks = hooks.clone();
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let hooks = hooks.clone();
+            async move {
+                let sig = headers
+                    .get("X-Fleet-Signature")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if let Ok(mut h) = hooks.lock() {
+                    h.push((sig, body.to_vec()));
+                }
+                "ok"
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hooks/fleet"), hooks)
+}
+
+/// Submits `spec` (JSON of a `TaskSpec`) on the claim plane and collects
+/// its replies until `done` says so.
+async fn run_job(
+    daemon: &Daemon,
+    spec: serde_json::Value,
+    secs: u64,
+    done: impl Fn(&[JobReply]) -> bool,
+) -> Vec<JobReply> {
+    use futures_util::StreamExt as _;
+    let ca = std::fs::read_to_string(&daemon.discovery.ca_file).unwrap_or_else(|e| panic!("{e}"));
+    let url = fleet_client::claims_url(&daemon.discovery.ws);
+    let token = Some(fleet_core::protocol::Secret::new(daemon.token.clone()));
+    let client = fleet_client::connect_claim_plane(&url, &ca, token, 5)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let spec: TaskSpec = serde_json::from_value(spec).unwrap_or_else(|e| panic!("{e}"));
+    let mut replies = client
+        .job(JobMsg::Submit(Box::new(spec)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !done(&seen) {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(r)) => seen.push(r),
+            Ok(None) => panic!("the reply stream ended: {seen:?}"),
+            Err(_) => panic!("timed out: {seen:?}"),
+        }
+    }
+    seen
+}
+
+fn escalations(hooks: &Hooks) -> Vec<(Option<String>, Vec<u8>, Escalation)> {
+    let hooks = hooks.lock().map(|h| h.clone()).unwrap_or_default();
+    hooks
+        .into_iter()
+        .map(|(sig, body)| {
+            let e: Escalation = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{e}"));
+            (sig, body, e)
+        })
+        .collect()
+}
+
+fn has_event(replies: &[JobReply], f: impl Fn(&WorkerEvent) -> bool) -> bool {
+    replies
+        .iter()
+        .any(|r| matches!(r, JobReply::Event { event, .. } if f(event)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_escalates_to_a_signed_webhook() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    let (url, hooks) = webhook_receiver().await;
+    // Killed by a signal: an interruption, retried; after the first the
+    // policy escalates.
+    let spec = serde_json::json!({
+        "id": "e1", "workspace": WS, "pool": "default",
+        "argv": ["sh", "-c", "kill -KILL $$"],
+        "retry": { "max_attempts": 2, "initial_backoff_secs": 0 },
+        "alert": {
+            "channels": [{ "kind": "webhook", "url": url, "secret": "s3cr3t" }],
+            "after_attempts": 1
+        }
+    });
+    let replies = run_job(&daemon, spec, 120, |r| {
+        r.iter().any(|r| matches!(r, JobReply::Finished(_)))
+    })
+    .await;
+    assert!(has_event(&replies, |e| matches!(e, WorkerEvent::Queued)));
+    assert!(has_event(&replies, |e| matches!(e,
+        WorkerEvent::Escalated { channel, alert_id: Some(id) } if channel == "webhook" && id == "e1-1-attempts")));
+    let Some(JobReply::Finished(receipt)) = replies.last() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!((receipt.result, receipt.attempts), (TaskResult::Fail, 2));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while escalations(&hooks).is_empty() {
+        assert!(Instant::now() < deadline, "the webhook got nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = escalations(&hooks);
+    assert_eq!(got.len(), 1, "one escalation, delivered once");
+    let (sig, body, e) = &got[0];
+    assert_eq!(
+        sig.as_deref(),
+        Some(fleet_daemon::alerts::sign("s3cr3t", body).as_str())
+    );
+    assert_eq!(e.alert_id, "e1-1-attempts");
+    assert_eq!(
+        (e.job.as_str(), e.workspace.as_str(), e.attempts),
+        ("e1", WS, 1)
+    );
+    assert_eq!(e.reason, "interrupted (SIGKILL)");
+    // The delivery is counted once it is answered (just after the POST).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = daemon.get("/metrics").await;
+        if metrics.contains("fleet_alerts_total{outcome=\"delivered\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop();
+}
+
+/// Takes a minute: the policy's unit is minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_job_goes_stale_and_escalates_to_the_webhook() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    let (url, hooks) = webhook_receiver().await;
+    // It prints once, then nothing: heartbeats keep coming, progress not.
+    let spec = serde_json::json!({
+        "id": "s1", "workspace": WS, "pool": "default",
+        "argv": ["sh", "-c", "echo working; sleep 300"],
+        "alert": {
+            "channels": [{ "kind": "slack", "webhook_url": url }],
+            "after_minutes_stale": 1
+        }
+    });
+    let started = Instant::now();
+    let replies = run_job(&daemon, spec, 150, |r| {
+        has_event(r, |e| matches!(e, WorkerEvent::Escalated { .. }))
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(60));
+    assert!(has_event(&replies, |e| matches!(
+        e,
+        WorkerEvent::Stale {
+            last_heartbeat_at: Some(_)
+        }
+    )));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while escalations(&hooks).is_empty() {
+        assert!(Instant::now() < deadline, "the webhook got nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (sig, _, e) = &escalations(&hooks)[0];
+    assert_eq!(*sig, None);
+    assert_eq!(e.alert_id, "s1-1-stale");
+    assert!(e.reason.starts_with("no progress for "), "{}", e.reason);
+    assert!(
+        e.text.starts_with("fleet: job s1 (ci) needs a look"),
+        "{}",
+        e.text
+    );
+    // Stale is a warning: the job still runs until it is cancelled.
+    assert!(matches!(
+        job(&daemon, "s1").map(|j| j.state),
+        Some(JobState::Running { .. })
+    ));
+    ok(&fleetctl(
+        &daemon,
+        &["jobs", "cancel", "s1", "--workspace", WS],
+        30,
+    ));
+    await_job(&daemon, "s1", 30, |j| j.state == JobState::Cancelled);
+    daemon.stop();
 }

@@ -108,6 +108,102 @@ impl AlertChannel {
     }
 }
 
+/// The JSON body fleet POSTs to a `slack` or `webhook` alert channel when
+/// a job escalates. Slack shows `text` and ignores the rest; a program
+/// reads the fields (`alert_id` is the same on every retry of a delivery,
+/// so a receiver can drop duplicates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Escalation {
+    /// One line for people.
+    pub text: String,
+    /// Unique per job, attempt and cause (`<job>-<attempt>-stale` or
+    /// `<job>-<attempt>-attempts`).
+    pub alert_id: String,
+    /// The job.
+    pub job: JobId,
+    /// Its workspace.
+    pub workspace: Workspace,
+    /// Attempts so far.
+    pub attempts: u32,
+    /// Why: the last failure, or how long the attempt made no progress.
+    pub reason: String,
+    /// When the control plane escalated (ms since the epoch).
+    pub at: Millis,
+}
+
+impl Escalation {
+    /// The body for one escalation; `text` is made of the rest.
+    pub fn new(
+        alert_id: String,
+        job: JobId,
+        workspace: Workspace,
+        attempts: u32,
+        reason: String,
+        at: Millis,
+    ) -> Escalation {
+        let text = format!(
+            "fleet: job {job} ({workspace}) needs a look after {attempts} attempt(s): {reason}"
+        );
+        Escalation {
+            text,
+            alert_id,
+            job,
+            workspace,
+            attempts,
+            reason,
+            at,
+        }
+    }
+}
+
+/// The PagerDuty Events API v2 `trigger` fleet POSTs for a `pager_duty`
+/// channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PagerDutyEvent {
+    /// The channel's routing key (the integration key).
+    pub routing_key: String,
+    /// Always `trigger`.
+    pub event_action: String,
+    /// The escalation's `alert_id`: PagerDuty folds retries into one
+    /// incident.
+    pub dedup_key: String,
+    /// What the incident says.
+    pub payload: PagerDutyPayload,
+}
+
+/// The `payload` of a [`PagerDutyEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct PagerDutyPayload {
+    /// The escalation's `text`.
+    pub summary: String,
+    /// `fleet/<workspace>`.
+    pub source: String,
+    /// The channel's `severity` (`critical`, `error`, `warning`, `info`).
+    pub severity: String,
+    /// The whole escalation.
+    pub custom_details: Escalation,
+}
+
+impl PagerDutyEvent {
+    /// The trigger for `escalation` on a channel with this key and severity.
+    pub fn trigger(routing_key: &str, severity: &str, escalation: Escalation) -> PagerDutyEvent {
+        PagerDutyEvent {
+            routing_key: routing_key.to_owned(),
+            event_action: "trigger".to_owned(),
+            dedup_key: escalation.alert_id.clone(),
+            payload: PagerDutyPayload {
+                summary: escalation.text.clone(),
+                source: format!("fleet/{}", escalation.workspace),
+                severity: severity.to_owned(),
+                custom_details: escalation,
+            },
+        }
+    }
+}
+
 /// When a task escalates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
