@@ -28,6 +28,10 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::redact::{Redactor, Utf8Chunker};
 use crate::score::{DEFAULT_SCORER_TIMEOUT, Scoring, judge};
+use crate::task_events::{EVENTS_FILE_ENV, TaskEvents};
+
+/// How often the agent looks for events a task appended to its file.
+const TASK_EVENTS_EVERY: Duration = Duration::from_millis(200);
 
 /// How many command ids the agent remembers.
 pub const SEEN_CAPACITY: usize = 1024;
@@ -557,6 +561,18 @@ impl Executor {
                 artifacts.to_string_lossy().into_owned(),
             );
         }
+        let events_dir = self.inner.work_dir.join("events");
+        let events_file = events_dir.join(format!("{id}.jsonl"));
+        if std::fs::create_dir_all(&events_dir).is_ok() {
+            // A command id seen before is never run again: a file left by an
+            // earlier agent under this id belongs to nothing.
+            let _ = std::fs::remove_file(&events_file);
+            env.insert(
+                EVENTS_FILE_ENV.to_owned(),
+                events_file.to_string_lossy().into_owned(),
+            );
+        }
+        let mut task_events = TaskEvents::new(events_file);
         let cwd = match &spec.cwd {
             Some(c) => self.inner.work_dir.join(c),
             None => self.inner.work_dir.clone(),
@@ -592,6 +608,7 @@ impl Executor {
                 .unwrap_or_else(|e| e.into_inner());
             let mut beat = tokio::time::interval(every);
             beat.tick().await;
+            let mut look = tokio::time::interval(TASK_EVENTS_EVERY);
             loop {
                 tokio::select! {
                     chunk = rx.recv() => {
@@ -607,7 +624,16 @@ impl Executor {
                             memory_mb: pid.and_then(crate::load::process_rss_mb),
                         }).await;
                     }
+                    _ = look.tick() => {
+                        for event in task_events.read_new() {
+                            self.event(&id, event).await;
+                        }
+                    }
                 }
+            }
+            // What the task wrote just before it ended.
+            for event in task_events.read_new() {
+                self.event(&id, event).await;
             }
             for stream in [OutputStream::Stdout, OutputStream::Stderr] {
                 let i = stream_index(stream);

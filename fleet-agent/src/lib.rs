@@ -23,6 +23,7 @@ pub mod queue;
 pub mod redact;
 pub mod score;
 pub mod session;
+pub mod task_events;
 
 use std::future::Future;
 use std::sync::Arc;

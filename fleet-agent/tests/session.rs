@@ -123,6 +123,47 @@ async fn the_scorer_runs_in_the_tasks_directory_and_its_verdict_completes_it() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reports_model_waits_and_tool_runs_through_its_events_file() -> TestResult {
+    let work = temp_dir("task-events");
+    let mut daemon = Daemon::start(&[], None);
+    let _stop = start(&daemon, &work, "")?;
+    // A forged end is refused: the attempt's lifecycle is the agent's.
+    let script = r#"
+        echo '{"state":"model_wait","model":"m1"}' >> "$FLEET_EVENTS_FILE"
+        sleep 0.4
+        echo '{"state":"running_tool","tool":"bash","call_id":"c7"}' >> "$FLEET_EVENTS_FILE"
+        echo '{"state":"completed","exit_code":0}' >> "$FLEET_EVENTS_FILE"
+        exit 4
+    "#;
+    daemon.send(DaemonMsg::Run(spec("c1", script)?)).await;
+    let msgs = daemon.until(WAIT, is_terminal).await?;
+    let evs: Vec<WorkerEvent> = events(&msgs)
+        .into_iter()
+        .filter(|e| !matches!(e, WorkerEvent::Heartbeat { .. }))
+        .collect();
+    assert_eq!(
+        evs,
+        [
+            WorkerEvent::Starting,
+            WorkerEvent::Running,
+            WorkerEvent::ModelWait {
+                model: Some("m1".into())
+            },
+            WorkerEvent::RunningTool {
+                tool: "bash".into(),
+                call_id: Some("c7".into())
+            },
+            WorkerEvent::Completed {
+                exit_code: Some(4),
+                summary: None,
+                verdict: None
+            }
+        ]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_events_arrive_in_order_with_exit_code() -> TestResult {
     let work = temp_dir("order");
     let mut daemon = Daemon::start(&[], None);
