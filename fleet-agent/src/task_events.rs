@@ -108,10 +108,15 @@ mod tests {
         let mut tail = TaskEvents::new(path.clone());
         assert!(tail.read_new().is_empty(), "no file yet");
         let mut f = std::fs::File::create(&path).unwrap();
-        write!(
-            f,
-            "{}\n\n not json\n{}\n{{\"state\":\"running_tool\",\"tool\":\"ba",
-            r#"{"state":"model_wait","model":"m1"}"#, r#"{"state":"completed","exit_code":0}"#,
+        f.write_all(
+            concat!(
+                r#"{"state":"model_wait","model":"m1"}"#,
+                "\n\n not json\n",
+                r#"{"state":"completed","exit_code":0}"#,
+                "\n",
+                r#"{"state":"running_tool","tool":"ba"#,
+            )
+            .as_bytes(),
         )
         .unwrap();
         let got = tail.read_new();
