@@ -58,6 +58,55 @@ impl ClaimVerb {
     }
 }
 
+/// The verb token of a job-plane subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobVerb {
+    /// Caller → control plane: `JobMsg` `submit`.
+    Submit,
+    /// Caller → control plane: `JobMsg` `cancel`.
+    Cancel,
+    /// Caller → control plane: `JobMsg` `verdict`.
+    Verdict,
+    /// Control plane → watchers: every `JobReply` about the job.
+    Events,
+}
+
+impl JobVerb {
+    /// The verbs a caller sends on.
+    pub const REQUESTS: [JobVerb; 3] = [JobVerb::Submit, JobVerb::Cancel, JobVerb::Verdict];
+
+    /// The subject token.
+    pub fn token(self) -> &'static str {
+        match self {
+            JobVerb::Submit => "submit",
+            JobVerb::Cancel => "cancel",
+            JobVerb::Verdict => "verdict",
+            JobVerb::Events => "events",
+        }
+    }
+
+    /// Parses a subject token.
+    pub fn from_token(s: &str) -> Option<JobVerb> {
+        Some(match s {
+            "submit" => JobVerb::Submit,
+            "cancel" => JobVerb::Cancel,
+            "verdict" => JobVerb::Verdict,
+            "events" => JobVerb::Events,
+            _ => return None,
+        })
+    }
+
+    /// The verb a job message travels under.
+    pub fn of(msg: &crate::protocol::JobMsg) -> JobVerb {
+        use crate::protocol::JobMsg;
+        match msg {
+            JobMsg::Submit(_) => JobVerb::Submit,
+            JobMsg::Cancel { .. } => JobVerb::Cancel,
+            JobMsg::Verdict { .. } => JobVerb::Verdict,
+        }
+    }
+}
+
 /// Builds names under one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -122,14 +171,40 @@ impl Subjects {
         Some((verb, ws, id))
     }
 
-    /// `<ns>.job.submit.<workspace>.<job_id>`.
-    pub fn job_submit(&self, ws: &Workspace, job: &JobId) -> String {
-        format!("{}.job.submit.{}.{}", self.ns, ws, job)
+    /// `<ns>.job.<verb>.<workspace>.<job_id>`.
+    pub fn job(&self, verb: JobVerb, ws: &Workspace, job: &JobId) -> String {
+        format!("{}.job.{}.{}.{}", self.ns, verb.token(), ws, job)
     }
 
-    /// `<ns>.job.events.<workspace>.<job_id>`.
-    pub fn job_events(&self, ws: &Workspace, job: &JobId) -> String {
-        format!("{}.job.events.{}.{}", self.ns, ws, job)
+    /// The subject a job message travels on (its verb, workspace and job).
+    pub fn job_msg(&self, msg: &crate::protocol::JobMsg) -> String {
+        let (ws, job) = msg.target();
+        self.job(JobVerb::of(msg), ws, job)
+    }
+
+    /// `<ns>.job.<verb>.*.*`: one verb, every workspace (the daemon's
+    /// subscription).
+    pub fn job_wildcard(&self, verb: JobVerb) -> String {
+        format!("{}.job.{}.*.*", self.ns, verb.token())
+    }
+
+    /// `<ns>.job.*.<workspace>.>`: the job plane's permission pattern for
+    /// one workspace.
+    pub fn job_workspace_permission(&self, ws: &Workspace) -> String {
+        format!("{}.job.*.{}.>", self.ns, ws)
+    }
+
+    /// Splits a job subject into its verb, workspace and job id.
+    pub fn parse_job(&self, subject: &str) -> Option<(JobVerb, Workspace, JobId)> {
+        let rest = subject.strip_prefix(&self.ns)?.strip_prefix(".job.")?;
+        let mut parts = rest.split('.');
+        let verb = JobVerb::from_token(parts.next()?)?;
+        let ws = Workspace::new(parts.next()?).ok()?;
+        let id = JobId::new(parts.next()?).ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some((verb, ws, id))
     }
 
     /// `<ns>.agent.<node_id>`: the control plane's messages to one agent.
@@ -255,5 +330,34 @@ mod tests {
         assert_eq!(s.parse_claim("fleet.libre-forge.claim.request.a.b.c"), None);
         assert!(Subjects::new("bad..ns").is_err());
         assert!(Subjects::new("ns>").is_err());
+    }
+
+    #[test]
+    fn job_subjects_round_trip_and_follow_the_message() {
+        let s = Subjects::new("fleet.libre-forge").unwrap_or_default();
+        let ws = Workspace::new("team-a").unwrap_or_else(|_| unreachable!());
+        let job = JobId::new("nightly-7").unwrap_or_else(|_| unreachable!());
+        for verb in JobVerb::REQUESTS.into_iter().chain([JobVerb::Events]) {
+            let subj = s.job(verb, &ws, &job);
+            assert_eq!(s.parse_job(&subj), Some((verb, ws.clone(), job.clone())));
+        }
+        let cancel = crate::protocol::JobMsg::Cancel {
+            workspace: ws.clone(),
+            job: job.clone(),
+        };
+        assert_eq!(
+            s.job_msg(&cancel),
+            "fleet.libre-forge.job.cancel.team-a.nightly-7"
+        );
+        assert_eq!(
+            s.job_wildcard(JobVerb::Submit),
+            "fleet.libre-forge.job.submit.*.*"
+        );
+        assert_eq!(
+            s.job_workspace_permission(&ws),
+            "fleet.libre-forge.job.*.team-a.>"
+        );
+        assert_eq!(s.parse_job("fleet.libre-forge.job.granted.team-a.j"), None);
+        assert_eq!(s.parse_job("fleet.libre-forge.job.submit.team-a.j.x"), None);
     }
 }

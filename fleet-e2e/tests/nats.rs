@@ -87,3 +87,89 @@ async fn fleet_client_claims_over_nats_and_uses_the_node() {
         Some(serde_json::json!("released"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_submitted_over_nats_runs_and_is_scored_like_one_over_websocket() {
+    use fleet_core::protocol::{JobMsg, JobReply, TaskResult, TaskSpec, WorkerEvent};
+    use futures_util::StreamExt as _;
+
+    let nats = nats_server::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let extra = format!("[transport.nats]\nurls = [{url:?}]\n", url = nats.url());
+    let mut d = Daemon::start(dir.path(), &extra);
+    let conn = NatsConfig::new(nats.url())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = NatsClaimClient::new(conn, Subjects::default());
+    let spec: TaskSpec = serde_json::from_value(serde_json::json!({
+        "id": "nj1", "workspace": "ci", "pool": "default",
+        "argv": ["sh", "-c", "echo 'test result: ok' > log-nj1"],
+        "scorer": { "kind": "regex_match", "path": "log-nj1", "pattern": "result: ok" }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ws = spec.workspace.clone();
+    let job = spec.id.clone();
+    let watch = client
+        .watch_job(&ws, &job)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let replies = client
+        .job(JobMsg::Submit(Box::new(spec)))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let until_finished = |mut s: futures_util::stream::BoxStream<'static, JobReply>| async move {
+        let mut seen = Vec::new();
+        while let Some(r) = s.next().await {
+            let end = matches!(r, JobReply::Finished(_));
+            seen.push(r);
+            if end {
+                break;
+            }
+        }
+        seen
+    };
+    let seen = tokio::time::timeout(Duration::from_secs(90), until_finished(replies))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the job did not finish; see {}/daemon.log",
+                dir.path().display()
+            )
+        });
+    assert!(
+        matches!(seen.first(), Some(JobReply::Accepted { .. })),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|r| matches!(
+        r,
+        JobReply::Event {
+            event: WorkerEvent::Running,
+            ..
+        }
+    )));
+    let Some(JobReply::Finished(receipt)) = seen.last() else {
+        panic!("{seen:?}")
+    };
+    assert_eq!(receipt.result, TaskResult::Pass);
+    assert_eq!(
+        receipt.score.as_ref().and_then(|s| s.notes.as_deref()),
+        Some("log-nj1:1 matches")
+    );
+    // A watcher on the job's events subject heard the same.
+    let watched = tokio::time::timeout(Duration::from_secs(10), until_finished(watch))
+        .await
+        .unwrap_or_else(|_| panic!("the watcher missed the end"));
+    assert_eq!(watched.last(), seen.last());
+    // A cancel of the finished job over NATS is answered too.
+    let mut answer = client
+        .job(JobMsg::Cancel { workspace: ws, job })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let first = tokio::time::timeout(Duration::from_secs(10), answer.next()).await;
+    assert!(
+        matches!(first, Ok(Some(JobReply::Accepted { .. }))),
+        "{first:?}"
+    );
+    d.stop();
+}

@@ -41,8 +41,10 @@ use async_nats::{Message, StatusCode, Subscriber};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::{ClaimId, Workspace};
-use fleet_core::protocol::{ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, Renewal, Revocation};
-use fleet_core::subjects::{ClaimVerb, Subjects};
+use fleet_core::protocol::{
+    ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, JobMsg, JobReply, Renewal, Revocation,
+};
+use fleet_core::subjects::{ClaimVerb, JobVerb, Subjects};
 use fleet_core::transport::{ClaimClient, ClaimError, TransportError};
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, select_all};
@@ -288,6 +290,40 @@ impl NatsClaimClient {
     pub fn with_pending_recheck(mut self, every: Duration) -> NatsClaimClient {
         self.pending_recheck = every;
         self
+    }
+
+    /// Sends a job-plane message on its subject
+    /// (`<ns>.job.<verb>.<workspace>.<job>`) with a reply inbox of its
+    /// own; the stream yields every answer to it (`accepted` or
+    /// `rejected`, then for a submit its events, output and `finished`)
+    /// until it is dropped. The message is sent once: a submit is
+    /// idempotent by job id, so a caller that lost its stream submits
+    /// again to hear the rest (or watches
+    /// `<ns>.job.events.<workspace>.<job>`).
+    pub async fn job(&self, msg: JobMsg) -> Result<BoxStream<'static, JobReply>, TransportError> {
+        let subject = self.subjects.job_msg(&msg);
+        let inbox = self.conn.client().new_inbox();
+        let sub = self.subscribe(inbox.clone()).await?;
+        let body = to_wire(&msg)?;
+        self.conn
+            .client()
+            .publish_with_reply(subject.clone(), inbox, body)
+            .await
+            .map_err(|e| publish_error(&subject, &e))?;
+        Ok(decode_job_replies(sub))
+    }
+
+    /// Every reply about one job, as its submitter gets them, for as long
+    /// as the stream is kept; subscribed before this returns.
+    pub async fn watch_job(
+        &self,
+        workspace: &Workspace,
+        job: &fleet_core::JobId,
+    ) -> Result<BoxStream<'static, JobReply>, TransportError> {
+        let subject = self.subjects.job(JobVerb::Events, workspace, job);
+        let sub = self.subscribe(subject).await?;
+        self.conn.sync().await?;
+        Ok(decode_job_replies(sub))
     }
 
     async fn subscribe(&self, subject: String) -> Result<Subscriber, TransportError> {
@@ -555,4 +591,18 @@ impl ClaimClient for NatsClaimClient {
             })
             .boxed())
     }
+}
+
+fn decode_job_replies(sub: Subscriber) -> BoxStream<'static, JobReply> {
+    sub.filter_map(|m| {
+        let out = match from_wire::<JobReply>(&m.payload) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(subject = %m.subject, error = %e, "ignored an undecodable job reply");
+                None
+            }
+        };
+        std::future::ready(out)
+    })
+    .boxed()
 }

@@ -1,7 +1,8 @@
-//! The control-plane side of the claim plane over core NATS.
+//! The control-plane side of the claim and job planes over core NATS.
 //!
 //! [`NatsTransport`] queue-subscribes (so several daemons share the load) to
-//! `<ns>.claim.{request,renew,release}.*.*`; [`Transport::recv`] takes the
+//! `<ns>.claim.{request,renew,release}.*.*` and
+//! `<ns>.job.{submit,cancel,verdict}.*.*`; [`Transport::recv`] takes the
 //! next message straight from those subscriptions (no task or channel in
 //! between), decodes it with the protocol codec and returns it with the
 //! message's reply inbox as its [`ReplyTo`]. A message that does not decode, or whose
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::{Client, Message, Subscriber};
 use async_trait::async_trait;
-use fleet_core::protocol::{ClaimMsg, ClaimRejection, ClaimReply};
-use fleet_core::subjects::{ClaimVerb, Subjects};
+use fleet_core::protocol::{ClaimMsg, ClaimRejection, ClaimReply, JobMsg, JobReply};
+use fleet_core::subjects::{ClaimVerb, JobVerb, Subjects};
 use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
 use futures_util::StreamExt;
 use futures_util::stream::{SelectAll, select_all};
@@ -55,13 +56,18 @@ impl Default for NatsTransportConfig {
 }
 
 /// Reply inboxes this transport has received, so `send` to an address it
-/// never issued fails with `NoPeer` instead of publishing anywhere.
+/// never issued fails with `NoPeer` instead of publishing anywhere; for a
+/// job message's inbox, also the job, whose events subject gets every
+/// reply too.
 struct ReplyBook {
     ttl: Duration,
     max: usize,
-    live: HashMap<String, Instant>,
+    live: HashMap<String, (Instant, Option<JobTarget>)>,
     order: VecDeque<(Instant, String)>,
 }
+
+/// The workspace and job a job message's reply inbox is for.
+type JobTarget = (fleet_core::Workspace, fleet_core::JobId);
 
 impl ReplyBook {
     fn new(ttl: Duration, max: usize) -> ReplyBook {
@@ -73,16 +79,16 @@ impl ReplyBook {
         }
     }
 
-    fn insert(&mut self, reply: &str, now: Instant) {
+    fn insert(&mut self, reply: &str, now: Instant, job: Option<JobTarget>) {
         let expires = now + self.ttl;
-        self.live.insert(reply.to_owned(), expires);
+        self.live.insert(reply.to_owned(), (expires, job));
         self.order.push_back((expires, reply.to_owned()));
         while let Some((at, _)) = self.order.front() {
             if *at > now && self.live.len() <= self.max {
                 break;
             }
             if let Some((at, name)) = self.order.pop_front()
-                && self.live.get(&name) == Some(&at)
+                && self.live.get(&name).map(|e| e.0) == Some(at)
             {
                 self.live.remove(&name);
             }
@@ -90,7 +96,20 @@ impl ReplyBook {
     }
 
     fn contains(&self, reply: &str, now: Instant) -> bool {
-        self.live.get(reply).is_some_and(|at| *at > now)
+        self.live.get(reply).is_some_and(|(at, _)| *at > now)
+    }
+
+    /// A live job inbox's job, its life extended: a job's submitter hears
+    /// from it for as long as the job runs, well past the TTL.
+    fn job_reply(&mut self, reply: &str, now: Instant) -> Option<Option<JobTarget>> {
+        let (at, job) = self.live.get(reply)?.clone();
+        if at <= now {
+            return None;
+        }
+        if job.is_some() && at < now + self.ttl / 2 {
+            self.insert(reply, now, job.clone());
+        }
+        Some(job)
     }
 }
 
@@ -122,8 +141,10 @@ impl NatsTransport {
     ) -> Result<NatsTransport, TransportError> {
         let client = conn.client().clone();
         let mut subs = Vec::new();
-        for verb in [ClaimVerb::Request, ClaimVerb::Renew, ClaimVerb::Release] {
-            let subject = subjects.claim_wildcard(verb);
+        let claim_subjects = [ClaimVerb::Request, ClaimVerb::Renew, ClaimVerb::Release]
+            .map(|verb| subjects.claim_wildcard(verb));
+        let job_subjects = JobVerb::REQUESTS.map(|verb| subjects.job_wildcard(verb));
+        for subject in claim_subjects.into_iter().chain(job_subjects) {
             subs.push(
                 client
                     .queue_subscribe(subject.clone(), config.queue_group.clone())
@@ -157,9 +178,13 @@ impl NatsTransport {
 }
 
 impl NatsTransport {
-    /// Checks one message: the claim message to hand to the controller, or
-    /// `None` when it was refused (and answered, if it can be).
+    /// Checks one message: the claim or job message to hand to the
+    /// controller, or `None` when it was refused (and answered, if it can
+    /// be).
     fn check(&self, msg: Message) -> Option<Inbound> {
+        if self.subjects.parse_job(msg.subject.as_str()).is_some() {
+            return self.check_job(msg);
+        }
         let subject = msg.subject.as_str();
         let reply = msg.reply.as_ref().map(|r| r.as_str().to_owned());
         let checked = self
@@ -206,11 +231,59 @@ impl NatsTransport {
             tracing::warn!(subject, claim = %claim_id, "claim message without a reply subject; dropped");
             return None;
         };
-        lock(&self.book).insert(&reply, Instant::now());
+        lock(&self.book).insert(&reply, Instant::now(), None);
         Some(Inbound::Claim {
             msg: body,
             reply: ReplyTo(reply),
         })
+    }
+
+    /// Checks a job-plane message: its subject's verb, workspace and job
+    /// must be the body's.
+    fn check_job(&self, msg: Message) -> Option<Inbound> {
+        let subject = msg.subject.as_str();
+        let reply = msg.reply.as_ref().map(|r| r.as_str().to_owned());
+        let parsed = self.subjects.parse_job(subject);
+        let checked = parsed
+            .clone()
+            .ok_or_else(|| "not a job subject".to_owned())
+            .and_then(|(verb, ws, job)| {
+                let body: JobMsg = from_wire(&msg.payload).map_err(|e| e.to_string())?;
+                if JobVerb::of(&body) != verb {
+                    return Err(format!(
+                        "a {} subject carries another message",
+                        verb.token()
+                    ));
+                }
+                let (body_ws, body_job) = body.target();
+                if *body_ws != ws || *body_job != job {
+                    return Err(format!(
+                        "subject names {ws}/{job}, body names {body_ws}/{body_job}"
+                    ));
+                }
+                Ok((ws, job, body))
+            });
+        let job = parsed.map(|(_, _, job)| job);
+        let Some(reply) = reply else {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subject, "job message without a reply subject; dropped");
+            return None;
+        };
+        match checked {
+            Ok((ws, job, body)) => {
+                lock(&self.book).insert(&reply, Instant::now(), Some((ws, job)));
+                Some(Inbound::Job {
+                    msg: body,
+                    reply: ReplyTo(reply),
+                })
+            }
+            Err(why) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(subject, len = msg.payload.len(), why = %why, "refused job message");
+                self.answer(reply, &JobReply::Rejected { job, why });
+                None
+            }
+        }
     }
 
     /// Answers a refused message `Rejected { Invalid }` from a task of its
@@ -221,7 +294,13 @@ impl NatsTransport {
             claim_id,
             error: ClaimRejection::Invalid { why },
         };
-        match to_wire(&answer) {
+        self.answer(reply, &answer);
+    }
+
+    /// Publishes `answer` to `reply` from a task of its own (`recv` stays
+    /// cancel-safe).
+    fn answer<M: serde::Serialize>(&self, reply: String, answer: &M) {
+        match to_wire(answer) {
             Ok(body) => {
                 let client = self.client.clone();
                 tokio::spawn(async move {
@@ -280,8 +359,23 @@ impl Transport for NatsTransport {
                 let body = to_wire(m)?;
                 self.publish(self.subjects.claim(verb, ws, id), body).await
             }
+            (Peer::Reply(reply), Outbound::Job(m)) => {
+                let Some(job) = lock(&self.book).job_reply(&reply.0, Instant::now()) else {
+                    return Err(TransportError::NoPeer(format!(
+                        "reply address {} was not issued by this transport (or expired)",
+                        reply.0
+                    )));
+                };
+                let body = to_wire(m)?;
+                // Watchers of the job hear what its submitter hears.
+                if let Some((ws, job)) = job {
+                    let events = self.subjects.job(JobVerb::Events, &ws, &job);
+                    self.publish(events, body.clone()).await?;
+                }
+                self.publish(reply.0.clone(), body).await
+            }
             (to, _) => Err(TransportError::NoPeer(format!(
-                "{to:?}: the NATS transport serves the claim plane only"
+                "{to:?}: the NATS transport serves the claim and job planes only"
             ))),
         }
     }
@@ -295,17 +389,38 @@ mod tests {
     fn reply_book_forgets_expired_and_oldest() {
         let now = Instant::now();
         let mut book = ReplyBook::new(Duration::from_secs(10), 2);
-        book.insert("a", now);
-        book.insert("b", now);
-        book.insert("c", now);
+        book.insert("a", now, None);
+        book.insert("b", now, None);
+        book.insert("c", now, None);
         assert!(!book.contains("a", now), "over capacity, the oldest goes");
         assert!(book.contains("b", now) && book.contains("c", now));
         assert!(!book.contains("c", now + Duration::from_secs(11)));
         assert!(!book.contains("never", now));
         // Re-inserting refreshes; the stale queue entry must not evict it.
-        book.insert("b", now + Duration::from_secs(5));
-        book.insert("d", now + Duration::from_secs(12));
+        book.insert("b", now + Duration::from_secs(5), None);
+        book.insert("d", now + Duration::from_secs(12), None);
         assert!(book.contains("b", now + Duration::from_secs(12)));
         assert!(book.contains("d", now + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn a_job_inbox_lives_while_replies_flow() {
+        let now = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut book = ReplyBook::new(ttl, 100);
+        let job = (
+            fleet_core::Workspace::new("ws").unwrap_or_else(|_| unreachable!()),
+            fleet_core::JobId::new("j1").unwrap_or_else(|_| unreachable!()),
+        );
+        book.insert("claim", now, None);
+        book.insert("job", now, Some(job.clone()));
+        // A reply every 6 s keeps the job's inbox for a minute.
+        for i in 1..=10 {
+            let at = now + Duration::from_secs(6 * i);
+            assert_eq!(book.job_reply("job", at), Some(Some(job.clone())), "at {i}");
+        }
+        assert_eq!(book.job_reply("claim", now + Duration::from_secs(60)), None);
+        // Silence for longer than the TTL ends it.
+        assert_eq!(book.job_reply("job", now + Duration::from_secs(75)), None);
     }
 }

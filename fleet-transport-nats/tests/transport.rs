@@ -214,3 +214,109 @@ async fn a_release_is_published_on_the_released_subject() {
     }
     daemon.abort();
 }
+
+fn job_spec(ws: &str, id: &str) -> fleet_core::protocol::TaskSpec {
+    ok(
+        serde_json::from_value(serde_json::json!({
+            "id": id, "workspace": ws, "pool": daemon::POOL, "argv": ["make"]
+        })),
+        "task spec",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_travel_on_their_subjects_and_watchers_hear_every_reply() {
+    use fleet_core::protocol::{JobMsg, JobReply, Receipt, TaskResult, WorkerEvent};
+    use fleet_core::transport::{Inbound, Outbound, Peer, Transport};
+    use futures_util::StreamExt as _;
+
+    let server = NatsServer::start();
+    let transport = ok(
+        NatsTransport::start(
+            &connect(&server).await,
+            Subjects::default(),
+            NatsTransportConfig::default(),
+        )
+        .await,
+        "start transport",
+    );
+    let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
+    let ws = ok(Workspace::new("ws-a"), "ws");
+    let job = ok(fleet_core::JobId::new("j1"), "job");
+    let mut watch = ok(client.watch_job(&ws, &job).await, "watch");
+    let spec = job_spec("ws-a", "j1");
+    let mut replies = ok(
+        client.job(JobMsg::Submit(Box::new(spec.clone()))).await,
+        "submit",
+    );
+
+    let inbound = ok(
+        tokio::time::timeout(Duration::from_secs(10), transport.recv()).await,
+        "recv timed out",
+    );
+    let Ok(Inbound::Job { msg, reply }) = inbound else {
+        panic!("expected a job message, got {inbound:?}");
+    };
+    assert_eq!(msg, JobMsg::Submit(Box::new(spec)));
+    let sent = [
+        JobReply::Accepted { job: job.clone() },
+        JobReply::Event {
+            job: job.clone(),
+            attempt: 1,
+            event: WorkerEvent::Running,
+        },
+        JobReply::Finished(Receipt {
+            job: job.clone(),
+            node: None,
+            attempts: 1,
+            completed_at: 5,
+            result: TaskResult::Pass,
+            exit_code: Some(0),
+            reason: None,
+            artifacts: Vec::new(),
+            score: None,
+        }),
+    ];
+    let to = Peer::Reply(reply);
+    for r in &sent {
+        ok(transport.send(&to, Outbound::Job(r.clone())).await, "send");
+    }
+    for stream in [&mut replies, &mut watch] {
+        let got: Vec<JobReply> = ok(
+            tokio::time::timeout(Duration::from_secs(10), stream.take(3).collect()).await,
+            "replies timed out",
+        );
+        assert_eq!(got, sent);
+    }
+    // A claim reply never goes to a job's inbox, nor a job reply anywhere
+    // the transport did not issue.
+    let stray = Peer::Reply(fleet_core::transport::ReplyTo("_INBOX.nobody".into()));
+    let accepted = Outbound::Job(JobReply::Accepted { job: job.clone() });
+    assert!(transport.send(&stray, accepted).await.is_err());
+
+    // A cancel for another workspace than its subject's is refused at the
+    // transport, with the reason.
+    let raw = connect(&server).await;
+    let subjects = Subjects::default();
+    let body = ok(
+        fleet_core::protocol::encode(&JobMsg::Cancel {
+            workspace: ok(Workspace::new("ws-b"), "ws"),
+            job: job.clone(),
+        }),
+        "encode",
+    );
+    let subject = subjects.job(fleet_core::subjects::JobVerb::Cancel, &ws, &job);
+    // The transport checks messages as `recv` takes them: keep it taking.
+    let answer = tokio::select! {
+        answer = raw.client().request(subject, body.into()) => ok(answer, "request"),
+        other = transport.recv() => panic!("a refused message reached the controller: {other:?}"),
+    };
+    match decode::<JobReply>(&answer.payload) {
+        Ok(JobReply::Rejected { job: Some(j), why }) => {
+            assert_eq!(j, job);
+            assert!(why.contains("body names ws-b/j1"), "{why}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(transport.rejected_count(), 1);
+}
