@@ -327,9 +327,12 @@ fn a_manual_scorer_waits_for_a_persons_verdict_without_holding_the_node() {
     assert_eq!(r.node, Some(node));
     assert_eq!(r.score.unwrap().value, 7.0);
 
-    // Once judged, another verdict is refused.
+    // The same verdict again (a retried request) is accepted; another is
+    // refused.
+    let again = w.send_job(msg(verdict(TaskResult::Partial, 7.0)));
     let late = w.send_job(msg(verdict(TaskResult::Pass, 10.0)));
     w.run_for(1_000).unwrap();
+    assert!(matches!(w.job_replies(&again), [JobReply::Accepted { .. }]));
     assert!(
         matches!(w.job_replies(&late), [JobReply::Rejected { why, .. }] if why.contains("is done")),
         "{:?}",
@@ -376,7 +379,7 @@ fn cancelling_a_job_awaiting_its_verdict_skips_it() {
 }
 
 #[test]
-fn a_scorer_that_cannot_run_is_refused_at_submit() {
+fn a_scorer_or_policy_that_cannot_work_is_refused_at_submit() {
     let mut w = world();
     let no_path = w.submit_job(scored(
         "j1",
@@ -387,8 +390,18 @@ fn a_scorer_that_cannot_run_is_refused_at_submit() {
         },
     ));
     let no_argv = w.submit_job(scored("j2", &["true"], Scorer::Command { argv: vec![] }));
+    let mut never_stale = task("j3", &["true"]);
+    never_stale.alert = Some(AlertPolicy {
+        after_minutes_stale: Some(0),
+        ..AlertPolicy::default()
+    });
+    let zero = w.submit_job(never_stale);
     w.run_for(1_000).unwrap();
-    for (reply, needle) in [(&no_path, "scorer.path"), (&no_argv, "scorer.argv")] {
+    for (reply, needle) in [
+        (&no_path, "scorer.path"),
+        (&no_argv, "scorer.argv"),
+        (&zero, "after_minutes_stale"),
+    ] {
         assert!(
             matches!(w.job_replies(reply), [JobReply::Rejected { why, .. }] if why.contains(needle)),
             "{:?}",

@@ -164,8 +164,22 @@ async fn scorers_judge_on_the_node_and_a_person_judges_a_manual_one() {
         (score.value, score.max, score.notes.as_deref()),
         (4.0, Some(5.0), Some("good, one nit"))
     );
-    // A second verdict is refused, with the reason.
-    let again = fleetctl(&daemon, &verdict, 30);
+    // The same verdict again (a retry) is accepted; another is refused,
+    // with the reason.
+    assert_eq!(
+        ok(&fleetctl(&daemon, &verdict, 30)),
+        "verdict accepted for j4\n"
+    );
+    let other = [
+        "jobs",
+        "verdict",
+        "j4",
+        "--workspace",
+        WS,
+        "--result",
+        "pass",
+    ];
+    let again = fleetctl(&daemon, &other, 30);
     assert_eq!(again.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("the job is done, not awaiting a verdict")

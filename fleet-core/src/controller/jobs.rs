@@ -166,6 +166,8 @@ impl Controller {
             Some("argv must name a program".to_owned())
         } else if spec.retry.max_attempts == 0 {
             Some("retry.max_attempts must be at least 1".to_owned())
+        } else if spec.alert.as_ref().and_then(|a| a.after_minutes_stale) == Some(0) {
+            Some("alert.after_minutes_stale must be at least 1".to_owned())
         } else {
             spec.scorer.as_ref().and_then(scorer_invalid)
         };
@@ -587,9 +589,18 @@ impl Controller {
             .get(id)
             .filter(|j| &j.rec.spec.workspace == ws)
             .map(|j| j.rec.state.clone());
+        let receipt = self
+            .jobs
+            .get(id)
+            .and_then(|j| j.rec.receipt.as_ref())
+            .filter(|r| r.result == verdict.result && r.score.as_ref() == Some(&verdict.score));
         let why = match &state {
             None => Some("unknown job".to_owned()),
             Some(JobState::AwaitingVerdict { .. }) => verdict.invalid(),
+            // The same verdict again (a retried request): already done.
+            Some(JobState::Done) if receipt.is_some() => {
+                return Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
+            }
             Some(other) => Some(format!(
                 "the job is {}, not awaiting a verdict",
                 other.name()
