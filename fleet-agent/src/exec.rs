@@ -41,6 +41,11 @@ const CHUNK: usize = 16 * 1024;
 const HIDDEN_ENV_PREFIX: &str = "FLEET_AGENT_";
 /// Where a command may drop files to be reported as artifacts.
 pub const ARTIFACT_DIR_ENV: &str = "FLEET_ARTIFACT_DIR";
+/// The largest artifact the agent sends to the daemon.
+pub const MAX_ARTIFACT_UPLOAD: u64 = 64 * 1024 * 1024;
+/// Bytes per `artifact_chunk` (base64 keeps a piece well under a
+/// message's 1 MiB).
+const ARTIFACT_CHUNK: usize = 256 * 1024;
 
 /// A process to run.
 #[derive(Debug, Clone)]
@@ -701,6 +706,7 @@ impl Executor {
             .collect();
         files.sort();
         for (path, size) in files {
+            self.upload(id, &path, size).await;
             self.event(
                 id,
                 WorkerEvent::Artifact(ArtifactRef {
@@ -711,6 +717,54 @@ impl Executor {
                 }),
             )
             .await;
+        }
+    }
+}
+
+impl Executor {
+    /// Sends the file at `path` to the daemon in pieces (`artifact_chunk`),
+    /// unless it is larger than [`MAX_ARTIFACT_UPLOAD`] (then only its
+    /// `artifact` event tells of it).
+    async fn upload(&self, id: &CommandId, path: &Path, size: u64) {
+        use base64::Engine as _;
+        use std::io::Read as _;
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        if size > MAX_ARTIFACT_UPLOAD {
+            tracing::warn!(command = %id, name, size, "artifact over the upload limit; not sent");
+            return;
+        }
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(command = %id, name, error = %e, "cannot read an artifact");
+                return;
+            }
+        };
+        let mut offset = 0u64;
+        let mut buf = vec![0u8; ARTIFACT_CHUNK];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(command = %id, name, error = %e, "artifact read failed");
+                    return;
+                }
+            };
+            let last = n == 0 || offset + n as u64 >= size;
+            self.send(AgentMsg::ArtifactChunk {
+                command: id.clone(),
+                name: name.to_owned(),
+                offset,
+                data: base64::engine::general_purpose::STANDARD.encode(&buf[..n]),
+                last,
+            })
+            .await;
+            offset += n as u64;
+            if last {
+                return;
+            }
         }
     }
 }

@@ -26,8 +26,8 @@ use fleet_core::protocol::{
     encode,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus, PagerDutyEvent,
-    PoolInfo, StatusSummary,
+    ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
+    PagerDutyEvent, PoolInfo, StatusSummary,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -63,6 +63,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("NodeStatus", plain::<NodeStatus>),
     ("CostReport", plain::<CostReport>),
     ("Escalation", plain::<Escalation>),
+    ("ArtifactInfo", plain::<ArtifactInfo>),
     ("PagerDutyEvent", plain::<PagerDutyEvent>),
     ("NewTokenRequest", plain::<NewTokenRequest>),
     ("NewToken", plain::<NewToken>),

@@ -23,8 +23,8 @@ use fleet_core::protocol::{
     WsServerFrame,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus, PagerDutyEvent,
-    PoolInfo, StatusSummary,
+    ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
+    PagerDutyEvent, PoolInfo, StatusSummary,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -77,6 +77,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-api-error.json",     Plain,    schema_of::<ApiErrorBody>),
     ("agent-refusal.json",      Plain,    schema_of::<AgentRefusal>),
     ("alert-escalation.json",   Plain,    schema_of::<Escalation>),
+    ("http-artifact-info.json", Plain,    schema_of::<ArtifactInfo>),
     ("alert-pagerduty-event.json", Plain, schema_of::<PagerDutyEvent>),
 ];
 

@@ -68,6 +68,9 @@ pub struct DaemonConfig {
     /// `[alerts]`: how job escalations are delivered to their channels.
     #[serde(default)]
     pub alerts: crate::alerts::AlertsConfig,
+    /// `[artifacts]`: how much of job artifacts is kept.
+    #[serde(default)]
+    pub artifacts: crate::artifacts::ArtifactsConfig,
 }
 
 fn default_namespace() -> String {
@@ -628,6 +631,7 @@ impl Default for DaemonConfig {
             timing: Timing::default(),
             leader: LeaderConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
+            artifacts: crate::artifacts::ArtifactsConfig::default(),
         }
     }
 }

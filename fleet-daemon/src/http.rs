@@ -47,6 +47,8 @@ pub struct ApiState {
     pub leader: Arc<AtomicBool>,
     /// How alert deliveries went.
     pub alerts: Arc<crate::alerts::AlertStats>,
+    /// Uploaded job artifacts.
+    pub artifacts: Arc<crate::artifacts::Artifacts>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -64,6 +66,8 @@ pub fn router(state: ApiState) -> Router {
         .route(API_NODES_PATH, get(nodes))
         .route(API_CLAIMS_PATH, get(claims))
         .route(API_JOBS_PATH, get(jobs))
+        .route("/v1/jobs/{ws}/{job}/artifacts", get(job_artifacts))
+        .route("/v1/jobs/{ws}/{job}/artifacts/{name}", get(job_artifact))
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -188,6 +192,43 @@ async fn claims(State(state): State<ApiState>) -> Result<axum::Json<Vec<ClaimRec
 
 async fn jobs(State(state): State<ApiState>) -> Result<axum::Json<Vec<JobRecord>>, ApiError> {
     Ok(axum::Json(snapshot(&state).await?.jobs))
+}
+
+fn job_path(ws: &str, job: &str) -> Result<(Workspace, fleet_core::JobId), ApiError> {
+    let bad = |e: fleet_core::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    Ok((
+        Workspace::new(ws).map_err(bad)?,
+        fleet_core::JobId::new(job).map_err(bad)?,
+    ))
+}
+
+/// `GET /v1/jobs/<workspace>/<job>/artifacts`.
+async fn job_artifacts(
+    State(state): State<ApiState>,
+    axum::extract::Path((ws, job)): axum::extract::Path<(String, String)>,
+) -> Result<axum::Json<Vec<fleet_core::protocol::ArtifactInfo>>, ApiError> {
+    let (ws, job) = job_path(&ws, &job)?;
+    Ok(axum::Json(state.artifacts.list(&ws, &job)))
+}
+
+/// `GET /v1/jobs/<workspace>/<job>/artifacts/<name>`: the file's bytes.
+async fn job_artifact(
+    State(state): State<ApiState>,
+    axum::extract::Path((ws, job, name)): axum::extract::Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let (ws, job) = job_path(&ws, &job)?;
+    let not_found = || {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("job {job} has no artifact {name:?}"),
+        )
+    };
+    let path = state
+        .artifacts
+        .file(&ws, &job, &name)
+        .ok_or_else(not_found)?;
+    let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 /// `GET /v1/costs?by=pool|workspace|claim` (default `workspace`).

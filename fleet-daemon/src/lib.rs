@@ -8,6 +8,7 @@
 //! a fleet inside its own process links `fleet-runtime` instead.
 
 pub mod alerts;
+pub mod artifacts;
 pub mod auth;
 pub mod config;
 pub mod http;

@@ -66,6 +66,10 @@ pub async fn serve(
     let tokens = Arc::new(load_api_tokens(&data_dir, &*clock)?);
     let fleet_cell: Arc<OnceLock<Arc<Fleet>>> = Arc::new(OnceLock::new());
     let alert_stats = Arc::new(crate::alerts::AlertStats::default());
+    let artifacts = Arc::new(crate::artifacts::Artifacts::new(
+        data_dir.join("artifacts"),
+        &cfg.artifacts,
+    ));
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a
     // first start only the leader may create it, so the API waits for it.
@@ -86,6 +90,7 @@ pub async fn serve(
                 &tokens,
                 &leader,
                 &alert_stats,
+                &artifacts,
                 tls.clone(),
             )
             .await?,
@@ -138,7 +143,16 @@ pub async fn serve(
         Some(h) => h,
         None => {
             let tls = api_tls(&cfg, &ca, clock.now())?;
-            HttpServer::start(&cfg, &fleet_cell, &tokens, &leader, &alert_stats, Some(tls)).await?
+            HttpServer::start(
+                &cfg,
+                &fleet_cell,
+                &tokens,
+                &leader,
+                &alert_stats,
+                &artifacts,
+                Some(tls),
+            )
+            .await?
         }
     };
     // Bootstrap tokens live in the store, fenced like every leader write,
@@ -192,6 +206,7 @@ pub async fn serve(
             crate::alerts::Alerts::start(&cfg.alerts, alert_stats.clone())
                 .map_err(setup("starting alert delivery"))?,
         )
+        .artifacts(artifacts.clone())
         .clock(clock.clone());
     for t in nats::transports(nats.as_ref(), &subjects).await? {
         builder = builder.transport(t);
@@ -306,6 +321,7 @@ impl HttpServer {
         tokens: &Arc<ApiTokens>,
         leader: &Arc<AtomicBool>,
         alerts: &Arc<crate::alerts::AlertStats>,
+        artifacts: &Arc<crate::artifacts::Artifacts>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<HttpServer, ServeError> {
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -319,6 +335,7 @@ impl HttpServer {
             tokens: tokens.clone(),
             leader: leader.clone(),
             alerts: alerts.clone(),
+            artifacts: artifacts.clone(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {

@@ -71,6 +71,10 @@ async fn auth_limits_and_an_o1_readyz() {
         tokens,
         leader: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         alerts: Arc::default(),
+        artifacts: Arc::new(fleet_daemon::artifacts::Artifacts::new(
+            dir.path().join("artifacts"),
+            &Default::default(),
+        )),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

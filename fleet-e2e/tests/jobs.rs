@@ -451,3 +451,97 @@ async fn a_silent_job_goes_stale_and_escalates_to_the_webhook() {
     await_job(&daemon, "s1", 30, |j| j.state == JobState::Cancelled);
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_uploaded_and_downloaded_whole() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    // A small text and a 600 KiB file (three pieces on the wire).
+    let script = r#"echo 'ok: 12 passed' > "$FLEET_ARTIFACT_DIR/summary.txt"; head -c 614400 /dev/urandom > "$FLEET_ARTIFACT_DIR/blob.bin"; cp "$FLEET_ARTIFACT_DIR/blob.bin" blob-a1.bin"#;
+    let out = submit(&daemon, "a1", "", script, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let receipt = job(&daemon, "a1")
+        .and_then(|j| j.receipt)
+        .unwrap_or_else(|| panic!("no receipt"));
+    assert_eq!(receipt.artifacts.len(), 2, "{:?}", receipt.artifacts);
+
+    let listed = ok(&fleetctl(
+        &daemon,
+        &["jobs", "artifacts", "a1", "--workspace", WS],
+        30,
+    ));
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["NAME", "BYTES", "ATTEMPT"],
+            vec!["blob.bin", "614400", "1"],
+            vec!["summary.txt", "14", "1"]
+        ]
+    );
+    let text = ok(&fleetctl(
+        &daemon,
+        &["jobs", "artifact", "a1", "summary.txt", "--workspace", WS],
+        30,
+    ));
+    assert_eq!(text, "ok: 12 passed\n");
+    let got = dir.path().join("blob.bin");
+    let got_arg = got.display().to_string();
+    ok(&fleetctl(
+        &daemon,
+        &[
+            "jobs",
+            "artifact",
+            "a1",
+            "blob.bin",
+            "--workspace",
+            WS,
+            "-o",
+            &got_arg,
+        ],
+        30,
+    ));
+    let downloaded = std::fs::read(&got).unwrap_or_else(|e| panic!("{e}"));
+    // The task copied what it wrote into its working directory on the
+    // node: the download is the same bytes.
+    let copy = find(dir.path(), "blob-a1.bin").unwrap_or_else(|| panic!("no copy on the node"));
+    assert_eq!(
+        downloaded,
+        std::fs::read(copy).unwrap_or_else(|e| panic!("{e}"))
+    );
+    assert_eq!(downloaded.len(), 614_400);
+    let missing = fleetctl(
+        &daemon,
+        &["jobs", "artifact", "a1", "nope", "--workspace", WS],
+        30,
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("has no artifact"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    daemon.stop();
+}
+
+/// The first file called `name` under `dir`.
+fn find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find(&path, name) {
+                return Some(found);
+            }
+        } else if entry.file_name() == name {
+            return Some(path);
+        }
+    }
+    None
+}

@@ -19,13 +19,13 @@ use fleet_core::controller::{
     Alert, Command, Controller, ControllerConfig, CostReport, Event, NodeStatus, ProviderCall,
     ProviderOutcome,
 };
-use fleet_core::ids::{ClaimId, Epoch, FleetId, Millis, NodeId, PoolName, Workspace};
+use fleet_core::ids::{ClaimId, CommandId, Epoch, FleetId, Millis, NodeId, PoolName, Workspace};
 use fleet_core::memory::transport::{
     InProcAgent, InProcClaimClient, InProcJobClient, InProcTransport,
 };
 use fleet_core::protocol::{
-    CapacityShortage, ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record, SealedCredentials,
-    decode, encode,
+    AgentMsg, CapacityShortage, ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record,
+    SealedCredentials, decode, encode,
 };
 use fleet_core::provider::{
     Offering, Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TagFilter,
@@ -151,6 +151,33 @@ pub trait AlertSink: Send + Sync {
     fn alert(&self, alert: &Alert);
 }
 
+/// A piece of a file a job's command left in its artifact directory.
+#[derive(Debug)]
+pub struct ArtifactPiece<'a> {
+    /// The job's workspace.
+    pub workspace: &'a fleet_core::Workspace,
+    /// The job.
+    pub job: &'a fleet_core::JobId,
+    /// Its attempt that made the file.
+    pub attempt: u32,
+    /// The file's name (as the agent sent it: check it).
+    pub name: &'a str,
+    /// Where the bytes go.
+    pub offset: u64,
+    /// The bytes.
+    pub bytes: &'a [u8],
+    /// The file ends here.
+    pub last: bool,
+}
+
+/// Where the driver puts the artifacts agents upload (the daemon: files
+/// under its data dir). Called on the driver's task with pieces of at most
+/// 256 KiB: write and return.
+pub trait ArtifactSink: Send + Sync {
+    /// Stores one piece; an error is logged and the piece dropped.
+    fn piece(&self, piece: &ArtifactPiece<'_>) -> Result<(), String>;
+}
+
 /// A consistent view of the control plane, for status APIs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
@@ -215,6 +242,7 @@ pub struct FleetBuilder {
     epoch: Epoch,
     issuer: Option<Arc<dyn CredentialIssuer>>,
     alerts: Option<Arc<dyn AlertSink>>,
+    artifacts: Option<Arc<dyn ArtifactSink>>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
     clock: Arc<dyn Clock>,
     inventory_every: Duration,
@@ -247,6 +275,7 @@ impl Default for FleetBuilder {
             epoch: Epoch(1),
             issuer: None,
             alerts: None,
+            artifacts: None,
             tokens: None,
             clock: Arc::new(SystemClock),
             inventory_every: Duration::from_secs(300),
@@ -318,6 +347,13 @@ impl FleetBuilder {
     /// escalation to its policy's channels); without one they are logged.
     pub fn alerts(mut self, sink: Arc<dyn AlertSink>) -> Self {
         self.alerts = Some(sink);
+        self
+    }
+
+    /// Where uploaded job artifacts go; without one they are dropped (the
+    /// receipt still lists them, with their paths on the node).
+    pub fn artifacts(mut self, sink: Arc<dyn ArtifactSink>) -> Self {
+        self.artifacts = Some(sink);
         self
     }
 
@@ -504,6 +540,7 @@ impl FleetBuilder {
             node_routes: BTreeMap::new(),
             issuer: self.issuer,
             alerts: self.alerts,
+            artifacts: self.artifacts,
             tokens: self.tokens,
             clock: self.clock,
             tx: tx.clone(),
@@ -661,6 +698,7 @@ struct Driver {
     node_routes: BTreeMap<NodeId, usize>,
     issuer: Option<Arc<dyn CredentialIssuer>>,
     alerts: Option<Arc<dyn AlertSink>>,
+    artifacts: Option<Arc<dyn ArtifactSink>>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
     clock: Arc<dyn Clock>,
     tx: mpsc::UnboundedSender<Input>,
@@ -749,6 +787,46 @@ impl Driver {
     }
 
     /// The controller event of one input, if it makes one.
+    /// Hands a piece of an artifact to the sink, for the job and attempt
+    /// its command runs (a command that runs no job keeps no artifact).
+    fn store_artifact(
+        &self,
+        node: &NodeId,
+        command: &CommandId,
+        name: &str,
+        offset: u64,
+        data: &str,
+        last: bool,
+    ) {
+        use base64::Engine as _;
+        let Some(sink) = &self.artifacts else {
+            return;
+        };
+        let Some((job, attempt)) = self.controller.command_job(command) else {
+            tracing::debug!(%node, %command, "artifact of a command that runs no job; dropped");
+            return;
+        };
+        let bytes = match base64::engine::general_purpose::STANDARD.decode(data) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(%node, %command, name, error = %e, "artifact piece is not base64; dropped");
+                return;
+            }
+        };
+        let piece = ArtifactPiece {
+            workspace: &job.spec.workspace,
+            job: &job.spec.id,
+            attempt,
+            name,
+            offset,
+            bytes: &bytes,
+            last,
+        };
+        if let Err(why) = sink.piece(&piece) {
+            tracing::warn!(%node, job = %job.spec.id, name, %why, "artifact not stored");
+        }
+    }
+
     fn event(&mut self, input: Input) -> Option<Event> {
         let event = match input {
             Input::Inbound(idx, inbound) => match inbound {
@@ -762,6 +840,16 @@ impl Driver {
                 },
                 Inbound::Agent { node, msg } => {
                     self.node_routes.insert(node.clone(), idx);
+                    if let AgentMsg::ArtifactChunk {
+                        command,
+                        name,
+                        offset,
+                        data,
+                        last,
+                    } = &msg
+                    {
+                        self.store_artifact(&node, command, name, *offset, data, *last);
+                    }
                     Event::Agent { node, msg }
                 }
                 Inbound::AgentGone { node } => {

@@ -30,4 +30,6 @@ pub mod metrics;
 pub mod seal;
 pub mod tokens;
 
-pub use driver::{AlertSink, Fleet, FleetBuilder, RuntimeError, Status, SystemClock};
+pub use driver::{
+    AlertSink, ArtifactPiece, ArtifactSink, Fleet, FleetBuilder, RuntimeError, Status, SystemClock,
+};

@@ -220,6 +220,27 @@ pub enum Jobs {
         #[arg(long, value_name = "W")]
         workspace: String,
     },
+    /// List the files a job's latest attempt uploaded as artifacts
+    Artifacts {
+        /// The job
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+    },
+    /// Download one artifact of a job (to stdout, or --output)
+    Artifact {
+        /// The job
+        id: String,
+        /// The file's name (as `jobs artifacts` lists it)
+        name: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+        /// Write it here instead of stdout
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Judge a job whose scorer is manual (it is awaiting_verdict)
     Verdict {
         /// The job

@@ -127,6 +127,35 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             };
             jobs_submit(&ctx, job, watch).await
         }
+        Command::Jobs(Jobs::Artifacts { id, workspace }) => {
+            let list = ctx
+                .api()?
+                .job_artifacts(&job_workspace(&workspace)?, &job_id(&id)?)
+                .await?;
+            show(&ctx, list, |l| render::artifacts(l))
+        }
+        Command::Jobs(Jobs::Artifact {
+            id,
+            name,
+            workspace,
+            output,
+        }) => {
+            let bytes = ctx
+                .api()?
+                .job_artifact(&job_workspace(&workspace)?, &job_id(&id)?, &name)
+                .await?;
+            match output {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .map_err(|e| fail(format!("{}: {e}", path.display())))?,
+                None => {
+                    use std::io::Write as _;
+                    std::io::stdout()
+                        .write_all(&bytes)
+                        .map_err(|e| fail(format!("stdout: {e}")))?;
+                }
+            }
+            Ok(0)
+        }
         Command::Jobs(Jobs::Cancel { id, workspace }) => {
             let msg = JobMsg::Cancel {
                 workspace: job_workspace(&workspace)?,

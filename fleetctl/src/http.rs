@@ -13,10 +13,12 @@
 use std::fmt;
 use std::time::Duration;
 
+use fleet_core::ids::{JobId, Workspace};
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_JOBS_PATH, API_NODES_PATH, API_POOLS_PATH,
-    API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostGrouping, CostReport,
-    JobRecord, NewToken, NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
+    API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ArtifactInfo, ClaimRecord, CostGrouping,
+    CostReport, JobRecord, NewToken, NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
+    api_job_artifacts_path,
 };
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -26,6 +28,8 @@ use crate::{CtlError, fail};
 
 /// The largest response accepted.
 pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// The largest artifact `jobs artifact` downloads.
+pub const MAX_ARTIFACT_BYTES: usize = 1 << 30;
 /// How long one request may take, the answer's body included.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
@@ -162,12 +166,48 @@ impl Api {
         self.decode(&Method::GET, path, r)
     }
 
+    /// `GET /v1/jobs/<ws>/<job>/artifacts`.
+    pub async fn job_artifacts(
+        &self,
+        ws: &Workspace,
+        job: &JobId,
+    ) -> Result<Vec<ArtifactInfo>, CtlError> {
+        self.get(&api_job_artifacts_path(ws, job)).await
+    }
+
+    /// `GET /v1/jobs/<ws>/<job>/artifacts/<name>`: the file's bytes.
+    pub async fn job_artifact(
+        &self,
+        ws: &Workspace,
+        job: &JobId,
+        name: &str,
+    ) -> Result<Vec<u8>, CtlError> {
+        let path = format!("{}/{name}", api_job_artifacts_path(ws, job));
+        let r = self
+            .request_within::<()>(Method::GET, &path, None, MAX_ARTIFACT_BYTES)
+            .await?;
+        check_status("GET", &format!("{}{path}", self.base), &r)?;
+        Ok(r.body)
+    }
+
     /// Sends a request; any status is returned.
     pub async fn request<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
         body: Option<&B>,
+    ) -> Result<Response, CtlError> {
+        self.request_within(method, path, body, MAX_RESPONSE_BYTES)
+            .await
+    }
+
+    /// [`Api::request`], taking at most `max` bytes of answer.
+    async fn request_within<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        max: usize,
     ) -> Result<Response, CtlError> {
         let url = format!("{}{path}", self.base);
         let mut req = self
@@ -194,21 +234,14 @@ impl Api {
             }
         };
         let mut resp = req.send().await.map_err(failed)?;
-        let too_large = || {
-            fail(format!(
-                "{method} {url}: response larger than {MAX_RESPONSE_BYTES} bytes"
-            ))
-        };
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
-        {
+        let too_large = || fail(format!("{method} {url}: response larger than {max} bytes"));
+        if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(too_large());
         }
         let status = resp.status().as_u16();
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            if body.len() + chunk.len() > max {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);

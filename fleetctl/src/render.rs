@@ -304,6 +304,21 @@ pub fn claims(claims: &[ClaimRecord], now: u64) -> String {
     )
 }
 
+/// `GET /v1/jobs/<ws>/<job>/artifacts`.
+pub fn artifacts(list: &[fleet_core::protocol::ArtifactInfo]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|a| {
+            vec![
+                a.name.clone(),
+                a.size_bytes.to_string(),
+                a.attempt.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "BYTES", "ATTEMPT"], &rows)
+}
+
 /// A score as `value/max` (or the value alone when unbounded).
 pub fn score(s: &fleet_core::protocol::Score) -> String {
     match s.max {

@@ -634,13 +634,9 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(job) = self.commands.get(command).cloned() else {
+        let Some(job) = self.job_progress(command, now) else {
             return;
         };
-        if let Some(j) = self.jobs.get_mut(&job) {
-            j.progress_at = now;
-        }
-        self.touch_job(&job);
         if let Some(j) = self.jobs.get(&job)
             && let Some(reply) = &j.reply
         {
@@ -654,6 +650,23 @@ impl Controller {
                 }),
             });
         }
+    }
+
+    /// The attempt of `command` showed progress (output, an upload): its
+    /// stale clock starts again. Its job, if it is one's.
+    pub(super) fn job_progress(&mut self, command: &CommandId, now: Millis) -> Option<JobId> {
+        let job = self.commands.get(command).cloned()?;
+        if let Some(j) = self.jobs.get_mut(&job) {
+            j.progress_at = now;
+        }
+        self.touch_job(&job);
+        Some(job)
+    }
+
+    /// The job and attempt `command` runs, if it runs one.
+    pub fn command_job(&self, command: &CommandId) -> Option<(&JobRecord, u32)> {
+        let j = self.jobs.get(self.commands.get(command)?)?;
+        Some((&j.rec, j.rec.attempts))
     }
 
     /// Requeues a job whose attempt ended recoverably (node lost, spot

@@ -342,6 +342,11 @@ impl Controller {
                 data,
                 ..
             } => self.on_job_output(&command, stream, data, now, out),
+            // The bytes are the driver's to store (an artifact store is
+            // I/O); an upload is progress.
+            AgentMsg::ArtifactChunk { command, .. } => {
+                self.job_progress(&command, now);
+            }
         }
         self.touch_node(&id);
     }

@@ -120,6 +120,22 @@ pub enum AgentMsg {
         /// UTF-8 text (lossy).
         data: String,
     },
+    /// A piece of a file the command left in `$FLEET_ARTIFACT_DIR`, sent
+    /// after the command ended and before its `artifact` event: the daemon
+    /// stores it for download. Pieces of one file come in order from
+    /// offset 0; `last` ends the file.
+    ArtifactChunk {
+        /// The command.
+        command: CommandId,
+        /// The file's name in the artifact directory.
+        name: String,
+        /// Where `data` goes in the file.
+        offset: u64,
+        /// The bytes, base64 (standard alphabet, padded).
+        data: String,
+        /// The file ends with this piece.
+        last: bool,
+    },
     /// The provider is reclaiming this node (spot).
     Interrupted {
         /// When (ms since epoch).

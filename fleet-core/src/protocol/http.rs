@@ -10,6 +10,8 @@
 //! | [`API_NODES_PATH`] | GET | `[`[`NodeStatus`]`]` |
 //! | [`API_CLAIMS_PATH`] | GET | `[`[`ClaimRecord`](super::ClaimRecord)`]`, without credentials |
 //! | [`API_JOBS_PATH`] | GET | `[`[`JobRecord`](super::JobRecord)`]` |
+//! | [`api_job_artifacts_path`] | GET | `[`[`ArtifactInfo`]`]` |
+//! | [`api_job_artifacts_path`]`/<name>` | GET | the file's bytes |
 //! | [`API_COSTS_PATH`] | GET `?by=`[`CostGrouping`] | [`CostReport`] |
 //! | [`API_TOKENS_PATH`] | POST | [`NewTokenRequest`] → [`NewToken`] |
 //!
@@ -46,6 +48,25 @@ pub const API_NODES_PATH: &str = "/v1/nodes";
 pub const API_CLAIMS_PATH: &str = "/v1/claims";
 /// The jobs, as [`JobRecord`](super::JobRecord)s.
 pub const API_JOBS_PATH: &str = "/v1/jobs";
+/// `/v1/jobs/<workspace>/<job>/artifacts`: the files a job's latest
+/// attempt uploaded, as [`ArtifactInfo`]s; one file's bytes at
+/// `…/artifacts/<name>`.
+pub fn api_job_artifacts_path(ws: &Workspace, job: &JobId) -> String {
+    format!("{API_JOBS_PATH}/{ws}/{job}/artifacts")
+}
+
+/// One file of `GET /v1/jobs/<workspace>/<job>/artifacts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ArtifactInfo {
+    /// The file's name (download it at `…/artifacts/<name>`).
+    pub name: String,
+    /// Its size.
+    pub size_bytes: u64,
+    /// The attempt that made it.
+    pub attempt: u32,
+}
+
 /// [`CostReport`], grouped as its query's `by` ([`CostGrouping`]) says.
 pub const API_COSTS_PATH: &str = "/v1/costs";
 /// POST a [`NewTokenRequest`], get a [`NewToken`].
