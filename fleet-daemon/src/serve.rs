@@ -70,6 +70,14 @@ pub async fn serve(
         data_dir.join("artifacts"),
         &cfg.artifacts,
     ));
+    // What the HTTP API serves from; the same whichever listener starts it.
+    let api = crate::http::ApiState {
+        fleet: fleet_cell.clone(),
+        tokens: tokens.clone(),
+        leader: leader.clone(),
+        alerts: alert_stats.clone(),
+        artifacts: artifacts.clone(),
+    };
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a
     // first start only the leader may create it, so the API waits for it.
@@ -83,18 +91,7 @@ pub async fn serve(
     };
     let mut http = match (&early_tls, api_needs_tls(cfg.http.listen)) {
         (None, true) => None,
-        (tls, _) => Some(
-            HttpServer::start(
-                &cfg,
-                &fleet_cell,
-                &tokens,
-                &leader,
-                &alert_stats,
-                &artifacts,
-                tls.clone(),
-            )
-            .await?,
-        ),
+        (tls, _) => Some(HttpServer::start(&cfg, api.clone(), tls.clone()).await?),
     };
 
     let subjects = Subjects::new(&cfg.namespace).map_err(|e| setup("namespace")(e.to_string()))?;
@@ -143,16 +140,7 @@ pub async fn serve(
         Some(h) => h,
         None => {
             let tls = api_tls(&cfg, &ca, clock.now())?;
-            HttpServer::start(
-                &cfg,
-                &fleet_cell,
-                &tokens,
-                &leader,
-                &alert_stats,
-                &artifacts,
-                Some(tls),
-            )
-            .await?
+            HttpServer::start(&cfg, api.clone(), Some(tls)).await?
         }
     };
     // Bootstrap tokens live in the store, fenced like every leader write,
@@ -317,11 +305,7 @@ struct HttpServer {
 impl HttpServer {
     async fn start(
         cfg: &DaemonConfig,
-        fleet: &Arc<OnceLock<Arc<Fleet>>>,
-        tokens: &Arc<ApiTokens>,
-        leader: &Arc<AtomicBool>,
-        alerts: &Arc<crate::alerts::AlertStats>,
-        artifacts: &Arc<crate::artifacts::Artifacts>,
+        api: crate::http::ApiState,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Result<HttpServer, ServeError> {
         let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -330,13 +314,7 @@ impl HttpServer {
         let addr = listener
             .local_addr()
             .map_err(|e| setup("listening for HTTP")(e.to_string()))?;
-        let app = crate::http::router(crate::http::ApiState {
-            fleet: fleet.clone(),
-            tokens: tokens.clone(),
-            leader: leader.clone(),
-            alerts: alerts.clone(),
-            artifacts: artifacts.clone(),
-        });
+        let app = crate::http::router(api);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let stopped = async {
             let _ = stopped.await;

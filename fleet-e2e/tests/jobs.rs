@@ -332,6 +332,19 @@ fn escalations(hooks: &Hooks) -> Vec<(Option<String>, Vec<u8>, Escalation)> {
         .collect()
 }
 
+/// What the webhook got, once it got something (within 30 s).
+async fn await_escalations(hooks: &Hooks) -> Vec<(Option<String>, Vec<u8>, Escalation)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = escalations(hooks);
+        if !got.is_empty() {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "the webhook got nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn has_event(replies: &[JobReply], f: impl Fn(&WorkerEvent) -> bool) -> bool {
     replies
         .iter()
@@ -366,12 +379,7 @@ async fn a_job_that_keeps_failing_escalates_to_a_signed_webhook() {
     };
     assert_eq!((receipt.result, receipt.attempts), (TaskResult::Fail, 2));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while escalations(&hooks).is_empty() {
-        assert!(Instant::now() < deadline, "the webhook got nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let got = escalations(&hooks);
+    let got = await_escalations(&hooks).await;
     assert_eq!(got.len(), 1, "one escalation, delivered once");
     let (sig, body, e) = &got[0];
     assert_eq!(
@@ -424,12 +432,7 @@ async fn a_silent_job_goes_stale_and_escalates_to_the_webhook() {
             last_heartbeat_at: Some(_)
         }
     )));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while escalations(&hooks).is_empty() {
-        assert!(Instant::now() < deadline, "the webhook got nothing");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (sig, _, e) = &escalations(&hooks)[0];
+    let (sig, _, e) = &await_escalations(&hooks).await[0];
     assert_eq!(*sig, None);
     assert_eq!(e.alert_id, "s1-1-stale");
     assert!(e.reason.starts_with("no progress for "), "{}", e.reason);
