@@ -160,11 +160,18 @@ impl Subjects {
 
     /// Splits a claim subject into its verb, workspace and claim id.
     pub fn parse_claim(&self, subject: &str) -> Option<(ClaimVerb, Workspace, ClaimId)> {
-        let rest = subject.strip_prefix(&self.ns)?.strip_prefix(".claim.")?;
+        let (verb, ws, id) = self.split(subject, ".claim.")?;
+        Some((ClaimVerb::from_token(verb)?, ws, ClaimId::new(id).ok()?))
+    }
+
+    /// `<ns><plane><verb>.<workspace>.<id>` into its verb token, workspace
+    /// and id token.
+    fn split<'a>(&self, subject: &'a str, plane: &str) -> Option<(&'a str, Workspace, &'a str)> {
+        let rest = subject.strip_prefix(&self.ns)?.strip_prefix(plane)?;
         let mut parts = rest.split('.');
-        let verb = ClaimVerb::from_token(parts.next()?)?;
+        let verb = parts.next()?;
         let ws = Workspace::new(parts.next()?).ok()?;
-        let id = ClaimId::new(parts.next()?).ok()?;
+        let id = parts.next()?;
         if parts.next().is_some() {
             return None;
         }
@@ -196,15 +203,8 @@ impl Subjects {
 
     /// Splits a job subject into its verb, workspace and job id.
     pub fn parse_job(&self, subject: &str) -> Option<(JobVerb, Workspace, JobId)> {
-        let rest = subject.strip_prefix(&self.ns)?.strip_prefix(".job.")?;
-        let mut parts = rest.split('.');
-        let verb = JobVerb::from_token(parts.next()?)?;
-        let ws = Workspace::new(parts.next()?).ok()?;
-        let id = JobId::new(parts.next()?).ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        Some((verb, ws, id))
+        let (verb, ws, id) = self.split(subject, ".job.")?;
+        Some((JobVerb::from_token(verb)?, ws, JobId::new(id).ok()?))
     }
 
     /// `<ns>.agent.<node_id>`: the control plane's messages to one agent.

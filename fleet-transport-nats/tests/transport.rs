@@ -20,6 +20,19 @@ async fn connect(server: &NatsServer) -> fleet_transport_nats::Connection {
     ok(NatsConfig::new(server.url()).connect().await, "connect")
 }
 
+/// The control-plane side under the default namespace.
+async fn start_transport(server: &NatsServer) -> NatsTransport {
+    ok(
+        NatsTransport::start(
+            &connect(server).await,
+            Subjects::default(),
+            NatsTransportConfig::default(),
+        )
+        .await,
+        "start transport",
+    )
+}
+
 fn request(ws: &str, id: &str) -> ClaimRequest {
     ClaimRequest {
         claim_id: ok(ClaimId::new(id), "claim id"),
@@ -37,15 +50,7 @@ fn request(ws: &str, id: &str) -> ClaimRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transport_suite_passes_against_nats() {
     let server = NatsServer::start();
-    let transport = ok(
-        NatsTransport::start(
-            &connect(&server).await,
-            Subjects::default(),
-            NatsTransportConfig::default(),
-        )
-        .await,
-        "start transport",
-    );
+    let transport = start_transport(&server).await;
     let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
     ok(
         tokio::time::timeout(
@@ -60,15 +65,7 @@ async fn transport_suite_passes_against_nats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_claim_returns_the_same_grant_and_garbage_is_refused() {
     let server = NatsServer::start();
-    let transport = Arc::new(ok(
-        NatsTransport::start(
-            &connect(&server).await,
-            Subjects::default(),
-            NatsTransportConfig::default(),
-        )
-        .await,
-        "start transport",
-    ));
+    let transport = Arc::new(start_transport(&server).await);
     let store = Arc::new(MemoryStore::new());
     let daemon = daemon::spawn(transport.clone(), store);
     let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
@@ -166,15 +163,7 @@ async fn a_release_is_published_on_the_released_subject() {
     use futures_util::StreamExt;
 
     let server = NatsServer::start();
-    let transport = Arc::new(ok(
-        NatsTransport::start(
-            &connect(&server).await,
-            Subjects::default(),
-            NatsTransportConfig::default(),
-        )
-        .await,
-        "start transport",
-    ));
+    let transport = Arc::new(start_transport(&server).await);
     let daemon = daemon::spawn(transport.clone(), Arc::new(MemoryStore::new()));
     let subjects = Subjects::default();
     let ws = ok(Workspace::new("ws-a"), "ws");
@@ -231,15 +220,7 @@ async fn jobs_travel_on_their_subjects_and_watchers_hear_every_reply() {
     use futures_util::StreamExt as _;
 
     let server = NatsServer::start();
-    let transport = ok(
-        NatsTransport::start(
-            &connect(&server).await,
-            Subjects::default(),
-            NatsTransportConfig::default(),
-        )
-        .await,
-        "start transport",
-    );
+    let transport = start_transport(&server).await;
     let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
     let ws = ok(Workspace::new("ws-a"), "ws");
     let job = ok(fleet_core::JobId::new("j1"), "job");
