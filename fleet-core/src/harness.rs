@@ -17,7 +17,7 @@ use crate::billing::BootLatency;
 use crate::controller::{
     Alert, Command, Controller, ControllerConfig, Event, ProviderCall, ProviderOutcome,
 };
-use crate::ids::{ClaimId, CommandId, Epoch, InstanceType, Millis, NodeId, OpId, Workspace};
+use crate::ids::{ClaimId, CommandId, Epoch, InstanceType, JobId, Millis, NodeId, OpId, Workspace};
 use crate::protocol::{
     AgentMsg, Arch, ClaimMsg, ClaimReply, CommandSpec, DaemonMsg, JobMsg, JobReply, NodeResources,
     Record, SealedCredentials, WorkerEvent, decode, encode,
@@ -117,6 +117,7 @@ pub struct World {
     job_replies: BTreeMap<ReplyTo, Vec<JobReply>>,
     runs: BTreeMap<CommandId, u32>,
     alerts: Vec<Alert>,
+    forgotten_jobs: Vec<JobId>,
     faults: Faults,
     heartbeats: bool,
     steps: u64,
@@ -182,6 +183,7 @@ impl World {
             job_replies: BTreeMap::new(),
             runs: BTreeMap::new(),
             alerts: Vec::new(),
+            forgotten_jobs: Vec::new(),
             faults: Faults::default(),
             heartbeats,
             steps: 0,
@@ -769,7 +771,13 @@ impl World {
                 );
             }
             Command::Alert(a) => self.alerts.push(a),
+            Command::JobForgotten { job, .. } => self.forgotten_jobs.push(job),
         }
+    }
+
+    /// Jobs whose records the controller deleted, in order.
+    pub fn forgotten_jobs(&self) -> &[JobId] {
+        &self.forgotten_jobs
     }
 
     /// The store: CAS on revisions, fencing on epochs, values through the

@@ -541,3 +541,15 @@ fn a_requeued_attempt_is_queued_again_and_escalation_names_its_channels() {
     assert!(w.alerts().iter().any(|a| matches!(a,
         Alert::JobEscalated { alert_id, attempts: 1, .. } if alert_id == "j1-1-attempts")));
 }
+
+#[test]
+fn a_finished_job_is_forgotten_after_its_retention_and_the_driver_is_told() {
+    let mut w = world();
+    let retention = 86_400_000; // common::config's claim_retention_ms
+    w.submit_job(task("j1", &["sleep", "5"]));
+    w.run_for(600_000).unwrap();
+    assert!(w.forgotten_jobs().is_empty(), "kept while retained");
+    w.run_for(retention + 60_000).unwrap();
+    assert_eq!(w.forgotten_jobs(), [JobId::new("j1").unwrap()]);
+    assert!(w.controller().job(&JobId::new("j1").unwrap()).is_none());
+}

@@ -144,6 +144,18 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 impl ArtifactSink for Artifacts {
+    fn forget(&self, ws: &Workspace, job: &JobId) {
+        let dir = self.job_dir(ws, job);
+        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => tracing::info!(%ws, %job, "artifacts of a forgotten job removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(%ws, %job, error = %e, "cannot remove a forgotten job's artifacts")
+            }
+        }
+    }
+
     fn piece(&self, p: &ArtifactPiece<'_>) -> Result<(), String> {
         check_name(p.name)?;
         let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,5 +277,10 @@ mod tests {
             .map(|i| (i.name, i.attempt))
             .collect();
         assert_eq!(names, [("out".to_owned(), 2)]);
+        // A forgotten job's files go, all attempts.
+        a.forget(&ws, &job);
+        assert!(a.list(&ws, &job).is_empty());
+        assert!(!dir.path().join("artifacts/ci/j1").exists());
+        a.forget(&ws, &job);
     }
 }

@@ -176,6 +176,8 @@ pub struct ArtifactPiece<'a> {
 pub trait ArtifactSink: Send + Sync {
     /// Stores one piece; an error is logged and the piece dropped.
     fn piece(&self, piece: &ArtifactPiece<'_>) -> Result<(), String>;
+    /// The job's record is gone (its retention ended): drop its files.
+    fn forget(&self, workspace: &fleet_core::Workspace, job: &fleet_core::JobId);
 }
 
 /// A consistent view of the control plane, for status APIs.
@@ -1008,6 +1010,11 @@ impl Driver {
                     };
                     let _ = tx.send(Input::Credentials { claim, result });
                 });
+            }
+            Command::JobForgotten { workspace, job } => {
+                if let Some(sink) = &self.artifacts {
+                    sink.forget(&workspace, &job);
+                }
             }
             Command::Alert(alert) => {
                 self.metrics.alert(&alert);

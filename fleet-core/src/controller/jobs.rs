@@ -327,10 +327,13 @@ impl Controller {
                     .jobs
                     .get(&job)
                     .is_some_and(|j| matches!(j.rec.state, JobState::Done | JobState::Cancelled));
-                if ended {
-                    self.jobs.remove(&job);
+                if ended && let Some(j) = self.jobs.remove(&job) {
                     self.ledger.forget(&Holder::Job(job.clone()));
-                    self.timers.set(TimerKey::Job(job), None);
+                    self.timers.set(TimerKey::Job(job.clone()), None);
+                    out.push(Command::JobForgotten {
+                        workspace: j.rec.spec.workspace,
+                        job,
+                    });
                 }
             }
             _ => {}

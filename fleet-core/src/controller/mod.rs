@@ -407,6 +407,15 @@ pub enum Command {
     },
     /// Tell an operator.
     Alert(Alert),
+    /// A finished job's record was deleted (its retention ended): what
+    /// the driver keeps for it outside the store (its artifacts) can go.
+    /// Needs no answer.
+    JobForgotten {
+        /// Its workspace.
+        workspace: Workspace,
+        /// The job.
+        job: JobId,
+    },
 }
 
 /// A claim as the controller tracks it.
