@@ -460,16 +460,41 @@ async fn artifacts_are_uploaded_and_downloaded_whole() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut daemon = Daemon::start(dir.path(), "");
     // A small text and a 600 KiB file (three pieces on the wire).
-    let script = r#"echo 'ok: 12 passed' > "$FLEET_ARTIFACT_DIR/summary.txt"; head -c 614400 /dev/urandom > "$FLEET_ARTIFACT_DIR/blob.bin"; cp "$FLEET_ARTIFACT_DIR/blob.bin" blob-a1.bin"#;
-    let out = submit(&daemon, "a1", "", script, true);
+    // The rest of the task (its environment here) comes from --spec.
+    let spec = dir.path().join("task.json");
+    std::fs::write(
+        &spec,
+        r#"{"env":{"SUMMARY":"ok: 12 passed"},"timeout_ms":60000}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let script = r#"echo "$SUMMARY" > "$FLEET_ARTIFACT_DIR/summary.txt"; head -c 614400 /dev/urandom > "$FLEET_ARTIFACT_DIR/blob.bin"; cp "$FLEET_ARTIFACT_DIR/blob.bin" blob-a1.bin"#;
+    let spec_arg = spec.display().to_string();
+    let args = [
+        "jobs",
+        "submit",
+        "--pool",
+        "default",
+        "--workspace",
+        WS,
+        "--id",
+        "a1",
+        "--spec",
+        &spec_arg,
+        "--watch",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
+    let out = fleetctl(&daemon, &args, 120);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let receipt = job(&daemon, "a1")
-        .and_then(|j| j.receipt)
-        .unwrap_or_else(|| panic!("no receipt"));
+    let a1 = job(&daemon, "a1").unwrap_or_else(|| panic!("no job"));
+    assert_eq!(a1.spec.timeout_ms, Some(60_000), "from --spec");
+    let receipt = a1.receipt.unwrap_or_else(|| panic!("no receipt"));
     assert_eq!(receipt.artifacts.len(), 2, "{:?}", receipt.artifacts);
 
     let listed = ok(&fleetctl(

@@ -192,6 +192,11 @@ pub enum Jobs {
         /// {"kind":"command","argv":[..]} or {"kind":"manual"}
         #[arg(long, value_name = "JSON")]
         scorer: Option<String>,
+        /// The rest of the task as a JSON file (env, cwd, timeout_ms, retry,
+        /// alert, priority, requirements: PROTOCOL.md "submit"); the flags
+        /// and the command line win over it
+        #[arg(long, value_name = "FILE")]
+        spec: Option<std::path::PathBuf>,
         /// Stream its events and output until it finishes; exit with its code
         #[arg(long)]
         watch: bool,

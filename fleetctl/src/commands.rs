@@ -115,6 +115,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             workspace,
             id,
             scorer,
+            spec,
             watch,
             argv,
         }) => {
@@ -123,6 +124,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
                 workspace,
                 id,
                 scorer,
+                spec,
                 argv,
             };
             jobs_submit(&ctx, job, watch).await
@@ -514,6 +516,7 @@ struct NewJob {
     workspace: String,
     id: Option<String>,
     scorer: Option<String>,
+    spec: Option<std::path::PathBuf>,
     argv: Vec<String>,
 }
 
@@ -561,14 +564,31 @@ async fn jobs_submit(ctx: &Context, job: NewJob, watch: bool) -> Result<i32, Ctl
         .map(serde_json::from_str)
         .transpose()
         .map_err(|e| CtlError::Usage(format!("--scorer: {e}")))?;
-    let spec: TaskSpec = serde_json::from_value(json!({
-        "id": id,
-        "workspace": job.workspace,
-        "pool": job.pool,
-        "argv": job.argv,
-        "scorer": scorer,
-    }))
-    .map_err(|e| CtlError::Usage(format!("job: {e}")))?;
+    let mut fields = match &job.spec {
+        Some(path) => {
+            let text = read_text(path, "task spec")?;
+            match serde_json::from_str::<Value>(&text) {
+                Ok(Value::Object(o)) => o,
+                Ok(_) => {
+                    return Err(CtlError::Usage(format!(
+                        "--spec {}: not a JSON object",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(CtlError::Usage(format!("--spec {}: {e}", path.display()))),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    fields.insert("id".into(), json!(id));
+    fields.insert("workspace".into(), json!(job.workspace));
+    fields.insert("pool".into(), json!(job.pool));
+    fields.insert("argv".into(), json!(job.argv));
+    if let Some(scorer) = scorer {
+        fields.insert("scorer".into(), json!(scorer));
+    }
+    let spec: TaskSpec = serde_json::from_value(Value::Object(fields))
+        .map_err(|e| CtlError::Usage(format!("job: {e}")))?;
     let client = ctx.claim_client().await?;
     let mut replies = client
         .job(JobMsg::Submit(Box::new(spec)))

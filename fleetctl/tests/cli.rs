@@ -86,6 +86,7 @@ fn commands_after_double_dash() -> Result<(), clap::Error> {
             workspace: "w".into(),
             id: None,
             scorer: None,
+            spec: None,
             watch: true,
             argv: args("make test"),
         })
