@@ -4,10 +4,15 @@
 //! files are listed and served; a job's files together may not pass
 //! `[artifacts] max_job_bytes`. The files of a job's latest attempt that
 //! uploaded any are its artifacts.
+//!
+//! The driver hands pieces over on the task that runs every decision, so
+//! [`ArtifactWriter`] only queues them (at most [`QUEUE`] pieces, 256 KiB
+//! each); one thread of its own does the file work in arrival order.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
 use fleet_core::protocol::ArtifactInfo;
 use fleet_core::{JobId, Workspace};
@@ -15,6 +20,9 @@ use fleet_runtime::{ArtifactPiece, ArtifactSink};
 use serde::Deserialize;
 
 const PART: &str = ".part";
+/// Pieces waiting for the writer thread at most (64 × 256 KiB = 16 MiB);
+/// a piece that does not fit is dropped, and with it that file.
+pub const QUEUE: usize = 64;
 
 /// `[artifacts]` of daemon.toml.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,9 +51,6 @@ impl Default for ArtifactsConfig {
 pub struct Artifacts {
     root: PathBuf,
     max_job_bytes: u64,
-    /// Pieces are written one at a time (the driver's task calls in order;
-    /// the lock keeps the size check and the write together).
-    write: Mutex<()>,
 }
 
 impl Artifacts {
@@ -54,7 +59,6 @@ impl Artifacts {
         Artifacts {
             root,
             max_job_bytes: cfg.max_job_bytes,
-            write: Mutex::new(()),
         }
     }
 
@@ -143,11 +147,10 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-impl ArtifactSink for Artifacts {
-    fn forget(&self, ws: &Workspace, job: &JobId) {
-        let dir = self.job_dir(ws, job);
-        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        match std::fs::remove_dir_all(&dir) {
+impl Artifacts {
+    /// Drops every file of `job`.
+    pub fn remove(&self, ws: &Workspace, job: &JobId) {
+        match std::fs::remove_dir_all(self.job_dir(ws, job)) {
             Ok(()) => tracing::info!(%ws, %job, "artifacts of a forgotten job removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
@@ -156,10 +159,10 @@ impl ArtifactSink for Artifacts {
         }
     }
 
-    fn piece(&self, p: &ArtifactPiece<'_>) -> Result<(), String> {
-        check_name(p.name)?;
-        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
-        let job_dir = self.job_dir(p.workspace, p.job);
+    /// Writes one piece (pieces of a file come in order from offset 0).
+    pub fn store(&self, p: &ArtifactPiece) -> Result<(), String> {
+        check_name(&p.name)?;
+        let job_dir = self.job_dir(&p.workspace, &p.job);
         let dir = job_dir.join(p.attempt.to_string());
         let part = dir.join(format!("{}{PART}", p.name));
         let used = self.job_bytes(&job_dir);
@@ -179,8 +182,8 @@ impl ArtifactSink for Artifacts {
         .map_err(|e| format!("{}: {e}", part.display()))?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len != p.offset {
-            // A piece lost (the agent reconnected mid-file): the file is
-            // incomplete and is dropped.
+            // A piece lost (the agent reconnected mid-file, or the queue
+            // was full): the file is incomplete and is dropped.
             drop(file);
             let _ = std::fs::remove_file(&part);
             return Err(format!(
@@ -188,15 +191,73 @@ impl ArtifactSink for Artifacts {
                 p.offset, p.name
             ));
         }
-        file.write_all(p.bytes)
+        file.write_all(&p.bytes)
             .map_err(|e| format!("{}: {e}", part.display()))?;
         if p.last {
             file.sync_all()
                 .map_err(|e| format!("{}: {e}", part.display()))?;
-            std::fs::rename(&part, dir.join(p.name))
+            std::fs::rename(&part, dir.join(&p.name))
                 .map_err(|e| format!("{}: {e}", part.display()))?;
         }
         Ok(())
+    }
+}
+
+/// What the writer thread does next.
+#[derive(Debug)]
+enum Work {
+    Piece(ArtifactPiece),
+    Forget(Workspace, JobId),
+}
+
+/// The daemon's [`ArtifactSink`]: queues the work for one thread that
+/// writes into [`Artifacts`].
+#[derive(Debug)]
+pub struct ArtifactWriter {
+    queue: SyncSender<Work>,
+}
+
+impl ArtifactWriter {
+    /// Starts the writer thread; it ends when the writer is dropped and
+    /// the queue is empty.
+    pub fn start(store: Arc<Artifacts>) -> std::io::Result<ArtifactWriter> {
+        let (queue, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("fleet-artifacts".to_owned())
+            .spawn(move || write_all(&store, &rx))?;
+        Ok(ArtifactWriter { queue })
+    }
+
+    fn send(&self, work: Work) -> Result<(), String> {
+        self.queue.try_send(work).map_err(|e| match e {
+            TrySendError::Full(_) => format!("the artifact queue is full ({QUEUE} pieces)"),
+            TrySendError::Disconnected(_) => "the artifact writer stopped".to_owned(),
+        })
+    }
+}
+
+fn write_all(store: &Artifacts, rx: &Receiver<Work>) {
+    while let Ok(work) = rx.recv() {
+        match work {
+            Work::Piece(p) => {
+                if let Err(why) = store.store(&p) {
+                    tracing::warn!(job = %p.job, name = %p.name, %why, "artifact not stored");
+                }
+            }
+            Work::Forget(ws, job) => store.remove(&ws, &job),
+        }
+    }
+}
+
+impl ArtifactSink for ArtifactWriter {
+    fn piece(&self, piece: ArtifactPiece) -> Result<(), String> {
+        self.send(Work::Piece(piece))
+    }
+
+    fn forget(&self, ws: &Workspace, job: &JobId) {
+        if let Err(why) = self.send(Work::Forget(ws.clone(), job.clone())) {
+            tracing::warn!(%ws, %job, %why, "a forgotten job's artifacts are kept");
+        }
     }
 }
 
@@ -205,22 +266,14 @@ impl ArtifactSink for Artifacts {
 mod tests {
     use super::*;
 
-    fn piece<'a>(
-        ws: &'a Workspace,
-        job: &'a JobId,
-        attempt: u32,
-        name: &'a str,
-        offset: u64,
-        bytes: &'a [u8],
-        last: bool,
-    ) -> ArtifactPiece<'a> {
+    fn piece(attempt: u32, name: &str, offset: u64, bytes: &[u8], last: bool) -> ArtifactPiece {
         ArtifactPiece {
-            workspace: ws,
-            job,
+            workspace: Workspace::new("ci").unwrap(),
+            job: JobId::new("j1").unwrap(),
             attempt,
-            name,
+            name: name.to_owned(),
             offset,
-            bytes,
+            bytes: bytes.to_vec(),
             last,
         }
     }
@@ -234,12 +287,10 @@ mod tests {
         );
         let ws = Workspace::new("ci").unwrap();
         let job = JobId::new("j1").unwrap();
-        a.piece(&piece(&ws, &job, 1, "log.txt", 0, b"hello ", false))
-            .unwrap();
+        a.store(&piece(1, "log.txt", 0, b"hello ", false)).unwrap();
         assert!(a.list(&ws, &job).is_empty(), "a part is not listed");
         assert!(a.file(&ws, &job, "log.txt").is_none());
-        a.piece(&piece(&ws, &job, 1, "log.txt", 6, b"world", true))
-            .unwrap();
+        a.store(&piece(1, "log.txt", 6, b"world", true)).unwrap();
         let listed = a.list(&ws, &job);
         assert_eq!(listed.len(), 1);
         assert_eq!(
@@ -254,23 +305,18 @@ mod tests {
         assert_eq!(std::fs::read(path).unwrap(), b"hello world");
 
         // Out of order: refused, the part dropped.
-        a.piece(&piece(&ws, &job, 1, "b", 0, b"x", false)).unwrap();
-        assert!(a.piece(&piece(&ws, &job, 1, "b", 5, b"y", true)).is_err());
+        a.store(&piece(1, "b", 0, b"x", false)).unwrap();
+        assert!(a.store(&piece(1, "b", 5, b"y", true)).is_err());
         // Over the job's limit: refused.
-        let err = a
-            .piece(&piece(&ws, &job, 1, "big", 0, &[0u8; 10], true))
-            .unwrap_err();
+        let err = a.store(&piece(1, "big", 0, &[0u8; 10], true)).unwrap_err();
         assert!(err.contains("max_job_bytes"), "{err}");
         // Names that leave the directory, or hide as parts, are refused.
         for name in ["../x", "a/b", "..", "", "x.part"] {
-            assert!(
-                a.piece(&piece(&ws, &job, 1, name, 0, b"", true)).is_err(),
-                "{name:?}"
-            );
+            assert!(a.store(&piece(1, name, 0, b"", true)).is_err(), "{name:?}");
             assert!(a.file(&ws, &job, name).is_none());
         }
         // A later attempt's files are the job's artifacts.
-        a.piece(&piece(&ws, &job, 2, "out", 0, b"2", true)).unwrap();
+        a.store(&piece(2, "out", 0, b"2", true)).unwrap();
         let names: Vec<_> = a
             .list(&ws, &job)
             .into_iter()
@@ -278,9 +324,37 @@ mod tests {
             .collect();
         assert_eq!(names, [("out".to_owned(), 2)]);
         // A forgotten job's files go, all attempts.
-        a.forget(&ws, &job);
+        a.remove(&ws, &job);
         assert!(a.list(&ws, &job).is_empty());
         assert!(!dir.path().join("artifacts/ci/j1").exists());
-        a.forget(&ws, &job);
+        a.remove(&ws, &job);
+    }
+
+    #[test]
+    fn the_writer_thread_stores_and_forgets_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Artifacts::new(
+            dir.path().join("artifacts"),
+            &ArtifactsConfig::default(),
+        ));
+        let writer = ArtifactWriter::start(store.clone()).unwrap();
+        let ws = Workspace::new("ci").unwrap();
+        let job = JobId::new("j1").unwrap();
+        writer.piece(piece(1, "log", 0, b"a", false)).unwrap();
+        writer.piece(piece(1, "log", 1, b"b", true)).unwrap();
+        writer.forget(&ws, &job);
+        writer.piece(piece(2, "next", 0, b"c", true)).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.file(&ws, &job, "next").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer did nothing"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The forget came between: the first attempt's file is gone.
+        let names: Vec<_> = store.list(&ws, &job).into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["next"]);
+        assert!(!dir.path().join("artifacts/ci/j1/1").exists());
     }
 }

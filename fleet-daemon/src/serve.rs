@@ -194,7 +194,10 @@ pub async fn serve(
             crate::alerts::Alerts::start(&cfg.alerts, alert_stats.clone())
                 .map_err(setup("starting alert delivery"))?,
         )
-        .artifacts(artifacts.clone())
+        .artifacts(Arc::new(
+            crate::artifacts::ArtifactWriter::start(artifacts.clone())
+                .map_err(|e| setup("starting the artifact writer")(e.to_string()))?,
+        ))
         .clock(clock.clone());
     for t in nats::transports(nats.as_ref(), &subjects).await? {
         builder = builder.transport(t);

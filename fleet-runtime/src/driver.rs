@@ -152,30 +152,31 @@ pub trait AlertSink: Send + Sync {
 }
 
 /// A piece of a file a job's command left in its artifact directory.
-#[derive(Debug)]
-pub struct ArtifactPiece<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactPiece {
     /// The job's workspace.
-    pub workspace: &'a fleet_core::Workspace,
+    pub workspace: fleet_core::Workspace,
     /// The job.
-    pub job: &'a fleet_core::JobId,
+    pub job: fleet_core::JobId,
     /// Its attempt that made the file.
     pub attempt: u32,
     /// The file's name (as the agent sent it: check it).
-    pub name: &'a str,
+    pub name: String,
     /// Where the bytes go.
     pub offset: u64,
-    /// The bytes.
-    pub bytes: &'a [u8],
+    /// The bytes (at most 256 KiB).
+    pub bytes: Vec<u8>,
     /// The file ends here.
     pub last: bool,
 }
 
 /// Where the driver puts the artifacts agents upload (the daemon: files
-/// under its data dir). Called on the driver's task with pieces of at most
-/// 256 KiB: write and return.
+/// under its data dir). Called on the driver's task, which runs every
+/// decision: queue the work and return, never write here.
 pub trait ArtifactSink: Send + Sync {
-    /// Stores one piece; an error is logged and the piece dropped.
-    fn piece(&self, piece: &ArtifactPiece<'_>) -> Result<(), String>;
+    /// Takes one piece; an error (a full queue) is logged and the piece
+    /// dropped.
+    fn piece(&self, piece: ArtifactPiece) -> Result<(), String>;
     /// The job's record is gone (its retention ended): drop its files.
     fn forget(&self, workspace: &fleet_core::Workspace, job: &fleet_core::JobId);
 }
@@ -788,7 +789,6 @@ impl Driver {
         !stop
     }
 
-    /// The controller event of one input, if it makes one.
     /// Hands a piece of an artifact to the sink, for the job and attempt
     /// its command runs (a command that runs no job keeps no artifact).
     fn store_artifact(
@@ -816,19 +816,20 @@ impl Driver {
             }
         };
         let piece = ArtifactPiece {
-            workspace: &job.spec.workspace,
-            job: &job.spec.id,
+            workspace: job.spec.workspace.clone(),
+            job: job.spec.id.clone(),
             attempt,
-            name,
+            name: name.to_owned(),
             offset,
-            bytes: &bytes,
+            bytes,
             last,
         };
-        if let Err(why) = sink.piece(&piece) {
+        if let Err(why) = sink.piece(piece) {
             tracing::warn!(%node, job = %job.spec.id, name, %why, "artifact not stored");
         }
     }
 
+    /// The controller event of one input, if it makes one.
     fn event(&mut self, input: Input) -> Option<Event> {
         let event = match input {
             Input::Inbound(idx, inbound) => match inbound {
