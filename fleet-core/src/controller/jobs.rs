@@ -229,9 +229,8 @@ impl Controller {
             JobState::Queued { .. } | JobState::AwaitingVerdict { .. } => {
                 // Nothing runs: it ends here, skipped.
                 let ended = Ended {
-                    result: TaskResult::Skip,
                     reason: Some("cancelled".into()),
-                    ..Ended::default()
+                    ..Ended::new(TaskResult::Skip)
                 };
                 self.finish_job(id, ended, now, out);
                 if let Some(j) = self.jobs.get_mut(id) {
@@ -488,9 +487,8 @@ impl Controller {
                     };
                     let ended = Ended {
                         node: Some(node.clone()),
-                        result,
                         reason: Some(reason),
-                        ..Ended::default()
+                        ..Ended::new(result)
                     };
                     self.finish_job(&id, ended, now, out);
                 }
@@ -509,9 +507,8 @@ impl Controller {
                 );
                 let ended = Ended {
                     node: Some(node.clone()),
-                    result: TaskResult::Skip,
                     reason: Some(why),
-                    ..Ended::default()
+                    ..Ended::new(TaskResult::Skip)
                 };
                 self.finish_job(&id, ended, now, out);
                 if let Some(j) = self.jobs.get_mut(&id) {
@@ -587,35 +584,30 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let state = self
-            .jobs
-            .get(id)
-            .filter(|j| &j.rec.spec.workspace == ws)
-            .map(|j| j.rec.state.clone());
-        let receipt = self
-            .jobs
-            .get(id)
-            .and_then(|j| j.rec.receipt.as_ref())
-            .filter(|r| r.result == verdict.result && r.score.as_ref() == Some(&verdict.score));
-        let why = match &state {
-            None => Some("unknown job".to_owned()),
-            Some(JobState::AwaitingVerdict { .. }) => verdict.invalid(),
+        let Some(j) = self.jobs.get(id).filter(|j| &j.rec.spec.workspace == ws) else {
+            let (job, why) = (Some(id.clone()), "unknown job".to_owned());
+            return Self::reply_job(out, reply, JobReply::Rejected { job, why });
+        };
+        let (node, exit_code) = match &j.rec.state {
+            JobState::AwaitingVerdict { node, exit_code } => (node.clone(), *exit_code),
             // The same verdict again (a retried request): already done.
-            Some(JobState::Done) if receipt.is_some() => {
+            JobState::Done
+                if j.rec.receipt.as_ref().is_some_and(|r| {
+                    r.result == verdict.result && r.score.as_ref() == Some(&verdict.score)
+                }) =>
+            {
                 return Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
             }
-            Some(other) => Some(format!(
-                "the job is {}, not awaiting a verdict",
-                other.name()
-            )),
+            other => {
+                let why = format!("the job is {}, not awaiting a verdict", other.name());
+                let job = Some(id.clone());
+                return Self::reply_job(out, reply, JobReply::Rejected { job, why });
+            }
         };
-        if let Some(why) = why {
+        if let Some(why) = verdict.invalid() {
             let job = Some(id.clone());
             return Self::reply_job(out, reply, JobReply::Rejected { job, why });
         }
-        let Some(JobState::AwaitingVerdict { node, exit_code }) = state else {
-            return;
-        };
         let ended = Ended {
             node: Some(node),
             result: verdict.result,
@@ -735,9 +727,8 @@ impl Controller {
             None => {
                 let ended = Ended {
                     node,
-                    result: TaskResult::Fail,
                     reason: Some(reason),
-                    ..Ended::default()
+                    ..Ended::new(TaskResult::Fail)
                 };
                 self.finish_job(id, ended, now, out);
             }
@@ -955,11 +946,12 @@ struct Ended {
     score: Option<Score>,
 }
 
-impl Default for Ended {
-    fn default() -> Self {
+impl Ended {
+    /// An end with this result and nothing else known yet.
+    fn new(result: TaskResult) -> Ended {
         Ended {
             node: None,
-            result: TaskResult::Fail,
+            result,
             exit_code: None,
             reason: None,
             score: None,
