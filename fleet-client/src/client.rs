@@ -44,7 +44,7 @@ use fleet_core::protocol::{
     ClaimGrant, ClaimRequest, CredentialsBundle, Discovery, OutputStream, Revocation,
     SealedCredentials, Secret,
 };
-use fleet_core::transport::{ClaimClient, ClaimError};
+use fleet_core::transport::{ClaimClient, ClaimError, JobClient};
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt as _;
 use tokio::task::JoinHandle;
@@ -80,6 +80,12 @@ pub enum ClientError {
     /// A configuration or argument cannot be used.
     #[error("{0}")]
     Invalid(String),
+    /// The job plane refused a call (the reason is the control plane's).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The job plane's transport failed.
+    #[error(transparent)]
+    Transport(#[from] fleet_core::transport::TransportError),
 }
 
 impl ClientError {
@@ -97,6 +103,8 @@ impl ClientError {
             ClientError::Exec(e) => e.kind(),
             ClientError::Dial(_) => "dial",
             ClientError::Invalid(_) => "invalid",
+            ClientError::Rejected(_) => "rejected",
+            ClientError::Transport(t) => t.kind(),
         }
     }
 }
@@ -190,6 +198,7 @@ pub async fn connect_claim_plane(
 #[derive(Clone)]
 pub struct FleetClient {
     claims: Arc<dyn ClaimClient>,
+    jobs: Option<Arc<dyn JobClient>>,
     signer: SignerKey,
 }
 
@@ -212,7 +221,8 @@ impl FleetClient {
             connect_claim_plane(&url, &cfg.ca_pem, cfg.token.clone(), cfg.connect_attempts)
                 .await
                 .map_err(|e| ClientError::Dial(format!("{url}: {e}")))?;
-        Ok(FleetClient::with_claim_client(Arc::new(client), cfg.signer))
+        let client = Arc::new(client);
+        Ok(FleetClient::with_claim_client(client.clone(), cfg.signer).with_job_client(client))
     }
 
     /// Connects to the claim plane on NATS subjects (`<namespace>.claim.…`,
@@ -230,14 +240,35 @@ impl FleetClient {
             .connect()
             .await
             .map_err(|e| ClientError::Dial(format!("NATS: {e}")))?;
-        let client = fleet_transport_nats::NatsClaimClient::new(conn, subjects);
-        Ok(FleetClient::with_claim_client(Arc::new(client), signer))
+        let client = Arc::new(fleet_transport_nats::NatsClaimClient::new(conn, subjects));
+        Ok(FleetClient::with_claim_client(client.clone(), signer).with_job_client(client))
     }
 
     /// A client over any claim transport: NATS (`fleet-transport-nats`), or
     /// an embedded fleet's in-process one.
     pub fn with_claim_client(claims: Arc<dyn ClaimClient>, signer: SignerKey) -> FleetClient {
-        FleetClient { claims, signer }
+        FleetClient {
+            claims,
+            jobs: None,
+            signer,
+        }
+    }
+
+    /// The job plane to use ([`connect`](FleetClient::connect) and
+    /// `connect_nats` set it from the same connection as claims).
+    pub fn with_job_client(mut self, jobs: Arc<dyn JobClient>) -> FleetClient {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    /// The job plane: submit and watch jobs and runs, pause, resume, cancel.
+    pub fn jobs(&self) -> Result<crate::jobs::Jobs, ClientError> {
+        match &self.jobs {
+            Some(j) => Ok(crate::jobs::Jobs::new(j.clone())),
+            None => Err(ClientError::Invalid(
+                "this client has no job plane (give one with `with_job_client`)".into(),
+            )),
+        }
     }
 
     /// The claim transport underneath (for what [`Claim`] does not cover).

@@ -12,6 +12,7 @@
 //! client in another language needs nothing else.
 //!
 //! - [`client`]: [`FleetClient`] and [`Claim`];
+//! - [`jobs`]: the job plane — jobs and runs ([`Jobs`]);
 //! - [`credentials`]: opening a sealed bundle ([`open`](credentials::open));
 //! - [`discovery`]: finding the daemon on this host (`daemon.json`);
 //! - [`gateway`]: the mTLS connection to a node;
@@ -22,6 +23,7 @@ pub mod credentials;
 pub mod discovery;
 pub mod exec;
 pub mod gateway;
+pub mod jobs;
 
 pub use client::{
     Claim, ClientConfig, ClientError, DEFAULT_CONNECT_ATTEMPTS, FleetClient, claims_url,
@@ -33,3 +35,4 @@ pub use exec::{ExecClient, ExecError, ExecRequest, ExecResult};
 /// NATS connection settings, for [`FleetClient::connect_nats`].
 #[cfg(feature = "nats")]
 pub use fleet_transport_nats::NatsConfig;
+pub use jobs::{JobReplies, Jobs};

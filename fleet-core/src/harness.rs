@@ -116,6 +116,9 @@ pub struct World {
     agent_inbox: BTreeMap<NodeId, Vec<DaemonMsg>>,
     job_replies: BTreeMap<ReplyTo, Vec<JobReply>>,
     runs: BTreeMap<CommandId, u32>,
+    /// Commands whose final event is sent (or that were cancelled): a
+    /// cancel finds nothing to kill, a later final event is not sent.
+    ended: BTreeSet<CommandId>,
     alerts: Vec<Alert>,
     forgotten_jobs: Vec<JobId>,
     faults: Faults,
@@ -182,6 +185,7 @@ impl World {
             agent_inbox: BTreeMap::new(),
             job_replies: BTreeMap::new(),
             runs: BTreeMap::new(),
+            ended: BTreeSet::new(),
             alerts: Vec::new(),
             forgotten_jobs: Vec::new(),
             faults: Faults::default(),
@@ -585,6 +589,12 @@ impl World {
                 generation,
                 msg,
             } => {
+                if let AgentMsg::Event { command, event, .. } = &msg
+                    && event.is_terminal()
+                    && !self.ended.insert(command.clone())
+                {
+                    return; // killed by a cancel before it ended
+                }
                 if self.agent_up(&node, generation) {
                     self.deliver(Event::Agent { node, msg });
                 }
@@ -599,6 +609,32 @@ impl World {
             .get(node)
             .is_some_and(|a| a.alive && a.generation == generation)
             && self.is_running(node)
+    }
+
+    /// The simulated agent kills a command it runs: `cancelled` now, and
+    /// its own end is never sent.
+    fn cancel_command(&mut self, node: &NodeId, command: &CommandId) {
+        let Some(agent) = self.agents.get(node) else {
+            return;
+        };
+        if !agent.seen.contains(command) || self.ended.contains(command) {
+            return;
+        }
+        let generation = agent.generation;
+        self.push(
+            self.now,
+            Pending::FromAgent {
+                node: node.clone(),
+                generation,
+                msg: AgentMsg::Event {
+                    command: command.clone(),
+                    seq: 3,
+                    event: WorkerEvent::Cancelled {
+                        cancelled_by: Some("request".to_owned()),
+                    },
+                },
+            },
+        );
     }
 
     /// The simulated agent runs a command: events at start and at the end.
@@ -875,8 +911,10 @@ impl World {
             }
             (Peer::Node(_), _) if self.lean => {}
             (Peer::Node(n), Outbound::Agent(m)) => {
-                if let DaemonMsg::Run(spec) = &m {
-                    self.run_command(&n, spec.clone());
+                match &m {
+                    DaemonMsg::Run(spec) => self.run_command(&n, spec.clone()),
+                    DaemonMsg::Cancel { command } => self.cancel_command(&n, command),
+                    _ => {}
                 }
                 self.agent_inbox.entry(n).or_default().push(m);
             }

@@ -241,6 +241,11 @@ string_id!(
     JobId, "job id", token_pattern, |s| validate_token("job id", s)
 );
 string_id!(
+    /// A run (a group of jobs with one lifecycle) id, chosen by the
+    /// submitter; idempotency key of a run's submit.
+    RunId, "run id", token_pattern, |s| validate_token("run id", s)
+);
+string_id!(
     /// The id of one command the daemon asked an agent to run. An agent
     /// remembers the ids it ran, so a command resent after a reconnect is not
     /// run twice.

@@ -34,7 +34,7 @@ pub mod transport;
 
 pub use ids::{
     AffinityKey, ClaimId, CommandId, Epoch, FleetId, InstanceType, JobId, Millis, NodeId, OpId,
-    PoolName, Workspace,
+    PoolName, RunId, Workspace,
 };
 pub use money::Money;
 pub use provider::Provider;

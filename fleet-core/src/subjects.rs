@@ -67,13 +67,21 @@ pub enum JobVerb {
     Cancel,
     /// Caller → control plane: `JobMsg` `verdict`.
     Verdict,
+    /// Caller → control plane: `JobMsg` `submit_run` and `run` (the
+    /// subject's last token is the run id).
+    Run,
     /// Control plane → watchers: every `JobReply` about the job.
     Events,
 }
 
 impl JobVerb {
     /// The verbs a caller sends on.
-    pub const REQUESTS: [JobVerb; 3] = [JobVerb::Submit, JobVerb::Cancel, JobVerb::Verdict];
+    pub const REQUESTS: [JobVerb; 4] = [
+        JobVerb::Submit,
+        JobVerb::Cancel,
+        JobVerb::Verdict,
+        JobVerb::Run,
+    ];
 
     /// The subject token.
     pub fn token(self) -> &'static str {
@@ -81,6 +89,7 @@ impl JobVerb {
             JobVerb::Submit => "submit",
             JobVerb::Cancel => "cancel",
             JobVerb::Verdict => "verdict",
+            JobVerb::Run => "run",
             JobVerb::Events => "events",
         }
     }
@@ -91,6 +100,7 @@ impl JobVerb {
             "submit" => JobVerb::Submit,
             "cancel" => JobVerb::Cancel,
             "verdict" => JobVerb::Verdict,
+            "run" => JobVerb::Run,
             "events" => JobVerb::Events,
             _ => return None,
         })
@@ -103,6 +113,7 @@ impl JobVerb {
             JobMsg::Submit(_) => JobVerb::Submit,
             JobMsg::Cancel { .. } => JobVerb::Cancel,
             JobMsg::Verdict { .. } => JobVerb::Verdict,
+            JobMsg::SubmitRun(_) | JobMsg::Run { .. } => JobVerb::Run,
         }
     }
 }
@@ -179,7 +190,7 @@ impl Subjects {
     }
 
     /// `<ns>.job.<verb>.<workspace>.<job_id>`.
-    pub fn job(&self, verb: JobVerb, ws: &Workspace, job: &JobId) -> String {
+    pub fn job(&self, verb: JobVerb, ws: &Workspace, job: &str) -> String {
         format!("{}.job.{}.{}.{}", self.ns, verb.token(), ws, job)
     }
 
@@ -201,10 +212,17 @@ impl Subjects {
         format!("{}.job.*.{}.>", self.ns, ws)
     }
 
-    /// Splits a job subject into its verb, workspace and job id.
-    pub fn parse_job(&self, subject: &str) -> Option<(JobVerb, Workspace, JobId)> {
+    /// Splits a job subject into its verb, workspace and target: the job
+    /// id, or for verb `run` the run id (the token must be a valid id of
+    /// its kind).
+    pub fn parse_job(&self, subject: &str) -> Option<(JobVerb, Workspace, String)> {
         let (verb, ws, id) = self.split(subject, ".job.")?;
-        Some((JobVerb::from_token(verb)?, ws, JobId::new(id).ok()?))
+        let verb = JobVerb::from_token(verb)?;
+        let valid = match verb {
+            JobVerb::Run => crate::ids::RunId::new(id).is_ok(),
+            _ => JobId::new(id).is_ok(),
+        };
+        valid.then(|| (verb, ws, id.to_owned()))
     }
 
     /// `<ns>.agent.<node_id>`: the control plane's messages to one agent.
@@ -268,6 +286,11 @@ impl Subjects {
     /// Store key of a job: `jobs.<workspace>.<job_id>`.
     pub fn job_key(ws: &Workspace, job: &JobId) -> Key {
         Key::from_tokens(&["jobs", ws.as_str(), job.as_str()])
+    }
+
+    /// Store key of a run: `runs.<workspace>.<run>`.
+    pub fn run_key(ws: &Workspace, run: &crate::ids::RunId) -> Key {
+        Key::from_tokens(&["runs", ws.as_str(), run.as_str()])
     }
 
     /// Store key of a pool: `pools.<pool>`.
@@ -338,9 +361,21 @@ mod tests {
         let ws = Workspace::new("team-a").unwrap_or_else(|_| unreachable!());
         let job = JobId::new("nightly-7").unwrap_or_else(|_| unreachable!());
         for verb in JobVerb::REQUESTS.into_iter().chain([JobVerb::Events]) {
-            let subj = s.job(verb, &ws, &job);
-            assert_eq!(s.parse_job(&subj), Some((verb, ws.clone(), job.clone())));
+            let subj = s.job(verb, &ws, job.as_str());
+            assert_eq!(
+                s.parse_job(&subj),
+                Some((verb, ws.clone(), job.as_str().to_owned()))
+            );
         }
+        let pause = crate::protocol::JobMsg::Run {
+            workspace: ws.clone(),
+            run: crate::ids::RunId::new("nightly").unwrap_or_else(|_| unreachable!()),
+            action: crate::protocol::RunAction::Pause,
+        };
+        assert_eq!(
+            s.job_msg(&pause),
+            "fleet.libre-forge.job.run.team-a.nightly"
+        );
         let cancel = crate::protocol::JobMsg::Cancel {
             workspace: ws.clone(),
             job: job.clone(),

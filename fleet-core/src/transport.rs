@@ -194,6 +194,16 @@ impl ClaimError {
     }
 }
 
+/// The caller side of the job plane: jobs and runs.
+#[async_trait]
+pub trait JobClient: Send + Sync {
+    /// Sends one job-plane message. The stream yields every answer to it —
+    /// `accepted`/`run` or `rejected`, then for a submit the job's events,
+    /// output and `finished`, for a run its status changes and every
+    /// task's replies — until it is dropped or the transport closes.
+    async fn send(&self, msg: JobMsg) -> Result<BoxStream<'static, JobReply>, TransportError>;
+}
+
 /// The caller side of the claim plane.
 #[async_trait]
 pub trait ClaimClient: Send + Sync {

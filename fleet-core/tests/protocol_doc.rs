@@ -27,7 +27,7 @@ use fleet_core::protocol::{
 };
 use fleet_core::protocol::{
     ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
-    PagerDutyEvent, PoolInfo, StatusSummary,
+    PagerDutyEvent, PoolInfo, RunInfo, RunSpec, StatusSummary,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -64,6 +64,8 @@ const REGISTRY: &[(&str, Check)] = &[
     ("CostReport", plain::<CostReport>),
     ("Escalation", plain::<Escalation>),
     ("ArtifactInfo", plain::<ArtifactInfo>),
+    ("RunInfo", plain::<RunInfo>),
+    ("RunSpec", plain::<RunSpec>),
     ("PagerDutyEvent", plain::<PagerDutyEvent>),
     ("NewTokenRequest", plain::<NewTokenRequest>),
     ("NewToken", plain::<NewToken>),

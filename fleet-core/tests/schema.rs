@@ -24,7 +24,7 @@ use fleet_core::protocol::{
 };
 use fleet_core::protocol::{
     ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
-    PagerDutyEvent, PoolInfo, StatusSummary,
+    PagerDutyEvent, PoolInfo, RunInfo, RunSpec, StatusSummary,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -78,6 +78,8 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("agent-refusal.json",      Plain,    schema_of::<AgentRefusal>),
     ("alert-escalation.json",   Plain,    schema_of::<Escalation>),
     ("http-artifact-info.json", Plain,    schema_of::<ArtifactInfo>),
+    ("http-run-info.json",      Plain,    schema_of::<RunInfo>),
+    ("http-run-spec.json",      Plain,    schema_of::<RunSpec>),
     ("alert-pagerduty-event.json", Plain, schema_of::<PagerDutyEvent>),
 ];
 

@@ -21,13 +21,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use fleet_core::RunId;
 use fleet_core::ids::Workspace;
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_METRICS_PATH,
-    API_NODES_PATH, API_POOLS_PATH, API_READYZ_PATH, API_STATUS_PATH, API_TOKENS_PATH,
-    ApiErrorBody, ClaimRecord, CostGrouping, CostReport, JobRecord, NewToken, NewTokenRequest,
-    NodeState, NodeStatus, PoolInfo, StatusSummary,
+    API_NODES_PATH, API_POOLS_PATH, API_READYZ_PATH, API_RUNS_PATH, API_STATUS_PATH,
+    API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostGrouping, CostReport, JobRecord, NewToken,
+    NewTokenRequest, NodeState, NodeStatus, PoolInfo, StatusSummary,
 };
+use fleet_core::protocol::{JobMsg, JobReply, RunAction, RunInfo, RunRecord, RunSpec};
 
 use crate::auth::ApiTokens;
 use fleet_runtime::{Fleet, Status};
@@ -68,6 +70,9 @@ pub fn router(state: ApiState) -> Router {
         .route(API_JOBS_PATH, get(jobs))
         .route("/v1/jobs/{ws}/{job}/artifacts", get(job_artifacts))
         .route("/v1/jobs/{ws}/{job}/artifacts/{name}", get(job_artifact))
+        .route(API_RUNS_PATH, get(runs).post(submit_run))
+        .route("/v1/runs/{ws}/{run}", get(run_info))
+        .route("/v1/runs/{ws}/{run}/{action}", post(run_action))
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -192,6 +197,117 @@ async fn claims(State(state): State<ApiState>) -> Result<axum::Json<Vec<ClaimRec
 
 async fn jobs(State(state): State<ApiState>) -> Result<axum::Json<Vec<JobRecord>>, ApiError> {
     Ok(axum::Json(snapshot(&state).await?.jobs))
+}
+
+/// Every run and where each of its tasks is.
+async fn runs(State(state): State<ApiState>) -> Result<axum::Json<Vec<RunInfo>>, ApiError> {
+    let s = snapshot(&state).await?;
+    Ok(axum::Json(run_infos(&s, |_| true)))
+}
+
+fn run_infos(s: &Status, keep: impl Fn(&RunRecord) -> bool) -> Vec<RunInfo> {
+    let jobs: BTreeMap<&fleet_core::JobId, &JobRecord> =
+        s.jobs.iter().map(|j| (&j.spec.id, j)).collect();
+    s.runs
+        .iter()
+        .filter(|r| keep(r))
+        .map(|r| RunInfo::new(r, |id| jobs.get(id).copied()))
+        .collect()
+}
+
+fn run_path(ws: &str, run: &str) -> Result<(Workspace, RunId), ApiError> {
+    let bad = |e: fleet_core::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
+    Ok((
+        Workspace::new(ws).map_err(bad)?,
+        RunId::new(run).map_err(bad)?,
+    ))
+}
+
+/// The run as it is now, or 404.
+async fn one_run(state: &ApiState, ws: &Workspace, run: &RunId) -> Result<RunInfo, ApiError> {
+    let s = snapshot(state).await?;
+    run_infos(&s, |r| &r.spec.id == run && &r.spec.workspace == ws)
+        .pop()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {run} in {ws}")))
+}
+
+/// `GET /v1/runs/<workspace>/<run>`.
+async fn run_info(
+    State(state): State<ApiState>,
+    axum::extract::Path((ws, run)): axum::extract::Path<(String, String)>,
+) -> Result<axum::Json<RunInfo>, ApiError> {
+    let (ws, run) = run_path(&ws, &run)?;
+    Ok(axum::Json(one_run(&state, &ws, &run).await?))
+}
+
+/// Sends one job-plane message through the fleet and waits for its first
+/// answer: a run's status, or the refusal as 409 (404 for an unknown run).
+async fn run_call(state: &ApiState, msg: JobMsg) -> Result<(), ApiError> {
+    use fleet_core::transport::JobClient as _;
+    use futures_util::StreamExt as _;
+    let Some(fleet) = state.fleet.get() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this daemon is a follower; ask the leader".into(),
+        ));
+    };
+    let unavailable = |e: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, e);
+    let mut replies = fleet
+        .job_client()
+        .send(msg)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), replies.next())
+        .await
+        .map_err(|_| unavailable("the control plane did not answer in 30 s".into()))?;
+    match first {
+        Some(JobReply::Run { .. }) => Ok(()),
+        Some(JobReply::Rejected { why, .. }) if why.starts_with("unknown run") => {
+            Err(ApiError(StatusCode::NOT_FOUND, why))
+        }
+        Some(JobReply::Rejected { why, .. }) => Err(ApiError(StatusCode::CONFLICT, why)),
+        other => Err(unavailable(format!("unexpected answer: {other:?}"))),
+    }
+}
+
+/// `POST /v1/runs` with a `RunSpec`: the run as accepted.
+async fn submit_run(
+    State(state): State<ApiState>,
+    body: Result<axum::Json<RunSpec>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, axum::Json<RunInfo>), ApiError> {
+    let axum::Json(spec) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+    let (ws, run) = (spec.workspace.clone(), spec.id.clone());
+    run_call(&state, JobMsg::SubmitRun(Box::new(spec))).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(one_run(&state, &ws, &run).await?),
+    ))
+}
+
+/// `POST /v1/runs/<workspace>/<run>/pause|resume|cancel`.
+async fn run_action(
+    State(state): State<ApiState>,
+    axum::extract::Path((ws, run, action)): axum::extract::Path<(String, String, String)>,
+) -> Result<axum::Json<RunInfo>, ApiError> {
+    let (ws, run) = run_path(&ws, &run)?;
+    let action = match action.as_str() {
+        "pause" => RunAction::Pause,
+        "resume" => RunAction::Resume,
+        "cancel" => RunAction::Cancel,
+        other => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no run action {other:?}: pause, resume or cancel"),
+            ));
+        }
+    };
+    let msg = JobMsg::Run {
+        workspace: ws.clone(),
+        run: run.clone(),
+        action,
+    };
+    run_call(&state, msg).await?;
+    Ok(axum::Json(one_run(&state, &ws, &run).await?))
 }
 
 fn job_path(ws: &str, job: &str) -> Result<(Workspace, fleet_core::JobId), ApiError> {

@@ -11,6 +11,7 @@ use fleet_core::protocol::{
     API_STATUS_PATH, ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken, NodeStatus,
     PoolInfo, StatusSummary,
 };
+use fleet_core::protocol::{API_RUNS_PATH, RunInfo, RunStatus};
 use fleet_daemon::auth::ApiTokens;
 use fleet_daemon::http::{ApiState, router};
 use fleet_runtime::Fleet;
@@ -47,8 +48,16 @@ fn get(path: &str, token: Option<&str>) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auth_limits_and_an_o1_readyz() {
+/// A daemon's HTTP API on loopback over a fleet on memory backends.
+struct Api {
+    addr: std::net::SocketAddr,
+    token: fleet_core::protocol::Secret,
+    fleet: Arc<Fleet>,
+    store: FaultyStore<MemoryStore>,
+    _dir: tempfile::TempDir,
+}
+
+async fn serve() -> Api {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let store = FaultyStore::new(MemoryStore::new());
     let fleet = Arc::new(
@@ -83,6 +92,31 @@ async fn auth_limits_and_an_o1_readyz() {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    Api {
+        addr,
+        token,
+        fleet,
+        store,
+        _dir: dir,
+    }
+}
+
+fn post(path: &str, token: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_limits_and_an_o1_readyz() {
+    let Api {
+        addr,
+        token,
+        fleet,
+        store,
+        _dir,
+    } = serve().await;
 
     // Auth: no token, a wrong token, an expired-looking garbage header — a
     // bare 401 that says nothing about why.
@@ -150,13 +184,7 @@ async fn auth_limits_and_an_o1_readyz() {
 
     // Bodies over 64 KiB are refused; a malformed one gets a clear 400.
     let big = "x".repeat(70 * 1024);
-    let post = |body: &str| {
-        format!(
-            "POST /v1/tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            token.expose(),
-            body.len()
-        )
-    };
+    let post = |body: &str| post("/v1/tokens", token.expose(), body);
     let (code, _) = request(addr, post(&format!("{{\"name\":\"{big}\"}}"))).await;
     assert_eq!(code, 413, "oversized body");
     let (code, body) = request(addr, post("{\"nmae\":\"x\"}")).await;
@@ -189,6 +217,56 @@ async fn auth_limits_and_an_o1_readyz() {
         assert_eq!(request(addr, get("/readyz", None)).await.0, 200);
     }
     assert_eq!(store.calls(), before, "/readyz must not read the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_submitted_paused_resumed_and_cancelled_with_clear_refusals() {
+    let api = serve().await;
+    let t = api.token.expose();
+    let run = |id: &str, pool: &str| {
+        format!(
+            r#"{{"id":"{id}","workspace":"team-a","paused":true,"tasks":[{{"id":"{id}-t","workspace":"team-a","pool":"{pool}","argv":["make"]}}]}}"#
+        )
+    };
+    let (code, raw) = request(api.addr, post(API_RUNS_PATH, t, &run("r1", "linux"))).await;
+    assert_eq!(code, 202, "{raw}");
+    let info: RunInfo = decode(&raw);
+    assert_eq!((info.id.as_str(), info.tasks.len()), ("r1", 1));
+    assert!(
+        matches!(info.status, RunStatus::Pending | RunStatus::Paused),
+        "{info:?}"
+    );
+
+    // Refusals say why, with the status that fits.
+    let (code, raw) = request(api.addr, post(API_RUNS_PATH, t, &run("r2", "gpu"))).await;
+    assert_eq!(code, 409, "{raw}");
+    assert!(
+        decode::<ApiErrorBody>(&raw)
+            .error
+            .contains("unknown pool gpu")
+    );
+    let (code, raw) = request(api.addr, post(API_RUNS_PATH, t, r#"{"id":"r3"}"#)).await;
+    assert_eq!(code, 422, "{raw}");
+    let (code, _) = request(api.addr, get("/v1/runs/team-a/nope", Some(t))).await;
+    assert_eq!(code, 404);
+    let (code, _) = request(api.addr, post("/v1/runs/team-a/nope/pause", t, "")).await;
+    assert_eq!(code, 404);
+    let (code, raw) = request(api.addr, post("/v1/runs/team-a/r1/explode", t, "")).await;
+    assert_eq!(code, 404, "{raw}");
+
+    let (code, raw) = request(api.addr, post("/v1/runs/team-a/r1/resume", t, "")).await;
+    assert_eq!(code, 200, "{raw}");
+    let (code, raw) = request(api.addr, post("/v1/runs/team-a/r1/cancel", t, "")).await;
+    assert_eq!(code, 200, "{raw}");
+    assert_eq!(decode::<RunInfo>(&raw).status, RunStatus::Cancelled);
+    let (code, raw) = request(api.addr, post("/v1/runs/team-a/r1/resume", t, "")).await;
+    assert_eq!(code, 409, "{raw}");
+    assert!(decode::<ApiErrorBody>(&raw).error.contains("cancelled"));
+    let (code, raw) = request(api.addr, get(API_RUNS_PATH, Some(t))).await;
+    assert_eq!(code, 200);
+    let all: Vec<RunInfo> = decode(&raw);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].tasks[0].state, "cancelled");
 }
 
 fn pool() -> fleet_core::strategy::PoolSpec {

@@ -111,7 +111,7 @@ async fn a_job_submitted_over_nats_runs_and_is_scored_like_one_over_websocket() 
     let ws = spec.workspace.clone();
     let job = spec.id.clone();
     let watch = client
-        .watch_job(&ws, &job)
+        .watch_job(&ws, job.as_str())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let replies = client
@@ -171,5 +171,40 @@ async fn a_job_submitted_over_nats_runs_and_is_scored_like_one_over_websocket() 
         matches!(first, Ok(Some(JobReply::Accepted { .. }))),
         "{first:?}"
     );
+
+    // A run over NATS, through fleet-client's job plane: its status and its
+    // task's receipt come back on the submit's inbox.
+    let jobs = fleet_client::Jobs::new(std::sync::Arc::new(client));
+    let run: fleet_core::protocol::RunSpec = serde_json::from_value(serde_json::json!({
+        "id": "nr1", "workspace": "ci",
+        "tasks": [{ "id": "nr1-a", "workspace": "ci", "pool": "default", "argv": ["true"],
+                    "scorer": { "kind": "exit_code" } }],
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut replies = jobs.submit_run(run).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut statuses = Vec::new();
+    let mut receipt = None;
+    let mut all = Vec::new();
+    let heard = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(r) = replies.next().await {
+            all.push(r.clone());
+            match r {
+                JobReply::Run { status, .. } => statuses.push(status),
+                JobReply::Finished(r) => receipt = Some(r),
+                _ => {}
+            }
+            // The run ends after its task's receipt, never ahead of it.
+            if statuses.last().is_some_and(|s| s.is_terminal()) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "the run did not end: {all:?}");
+    assert_eq!(
+        statuses.last(),
+        Some(&fleet_core::protocol::RunStatus::Completed)
+    );
+    assert_eq!(receipt.map(|r| r.result), Some(TaskResult::Pass), "{all:?}");
     d.stop();
 }

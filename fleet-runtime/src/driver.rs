@@ -201,6 +201,8 @@ pub struct Status {
     pub claims: Vec<ClaimRecord>,
     /// Jobs.
     pub jobs: Vec<JobRecord>,
+    /// Runs.
+    pub runs: Vec<fleet_core::protocol::RunRecord>,
     /// Costs so far.
     pub costs: CostReport,
     /// Grants of claims with an affinity key, on a node that last served
@@ -908,6 +910,7 @@ impl Driver {
             nodes: self.controller.nodes().collect(),
             claims: self.controller.accepted_claims().cloned().collect(),
             jobs: self.controller.jobs().cloned().collect(),
+            runs: self.controller.runs().cloned().collect(),
             costs: self.controller.costs(now),
             affinity: self.controller.affinity_stats(),
             metrics: self.metrics.clone(),

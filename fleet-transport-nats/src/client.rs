@@ -45,7 +45,7 @@ use fleet_core::protocol::{
     ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, JobMsg, JobReply, Renewal, Revocation,
 };
 use fleet_core::subjects::{ClaimVerb, JobVerb, Subjects};
-use fleet_core::transport::{ClaimClient, ClaimError, TransportError};
+use fleet_core::transport::{ClaimClient, ClaimError, JobClient, TransportError};
 use futures_util::StreamExt;
 use futures_util::stream::{BoxStream, select_all};
 use tokio::sync::broadcast::error::RecvError;
@@ -313,12 +313,13 @@ impl NatsClaimClient {
         Ok(decode_job_replies(sub))
     }
 
-    /// Every reply about one job, as its submitter gets them, for as long
-    /// as the stream is kept; subscribed before this returns.
+    /// Every reply about one job — or, given a run's id, about the run and
+    /// all its tasks — as its submitter gets them, for as long as the
+    /// stream is kept; subscribed before this returns.
     pub async fn watch_job(
         &self,
         workspace: &Workspace,
-        job: &fleet_core::JobId,
+        job: &str,
     ) -> Result<BoxStream<'static, JobReply>, TransportError> {
         let subject = self.subjects.job(JobVerb::Events, workspace, job);
         let sub = self.subscribe(subject).await?;
@@ -506,6 +507,13 @@ fn reply_claim(reply: &ClaimReply) -> Option<&ClaimId> {
         ClaimReply::Renewed(l) => Some(&l.claim_id),
         ClaimReply::Rejected { claim_id, .. } => claim_id.as_ref(),
         _ => None,
+    }
+}
+
+#[async_trait]
+impl JobClient for NatsClaimClient {
+    async fn send(&self, msg: JobMsg) -> Result<BoxStream<'static, JobReply>, TransportError> {
+        self.job(msg).await
     }
 }
 

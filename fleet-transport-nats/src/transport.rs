@@ -66,8 +66,8 @@ struct ReplyBook {
     order: VecDeque<(Instant, String)>,
 }
 
-/// The workspace and job a job message's reply inbox is for.
-type JobTarget = (fleet_core::Workspace, fleet_core::JobId);
+/// The workspace and job (or run) a job message's reply inbox is for.
+type JobTarget = (fleet_core::Workspace, String);
 
 impl ReplyBook {
     fn new(ttl: Duration, max: usize) -> ReplyBook {
@@ -263,7 +263,10 @@ impl NatsTransport {
                 }
                 Ok((ws, job, body))
             });
-        let job = parsed.map(|(_, _, job)| job);
+        // A run's id is not a job's: the refusal names no job then.
+        let job = parsed
+            .filter(|(verb, _, _)| *verb != JobVerb::Run)
+            .and_then(|(_, _, job)| fleet_core::JobId::new(job).ok());
         let Some(reply) = reply else {
             self.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject, "job message without a reply subject; dropped");
@@ -410,7 +413,7 @@ mod tests {
         let mut book = ReplyBook::new(ttl, 100);
         let job = (
             fleet_core::Workspace::new("ws").unwrap_or_else(|_| unreachable!()),
-            fleet_core::JobId::new("j1").unwrap_or_else(|_| unreachable!()),
+            "j1".to_owned(),
         );
         book.insert("claim", now, None);
         book.insert("job", now, Some(job.clone()));

@@ -224,7 +224,7 @@ async fn jobs_travel_on_their_subjects_and_watchers_hear_every_reply() {
     let client = NatsClaimClient::new(connect(&server).await, Subjects::default());
     let ws = ok(Workspace::new("ws-a"), "ws");
     let job = ok(fleet_core::JobId::new("j1"), "job");
-    let mut watch = ok(client.watch_job(&ws, &job).await, "watch");
+    let mut watch = ok(client.watch_job(&ws, job.as_str()).await, "watch");
     let spec = job_spec("ws-a", "j1");
     let mut replies = ok(
         client.job(JobMsg::Submit(Box::new(spec.clone()))).await,
@@ -286,7 +286,7 @@ async fn jobs_travel_on_their_subjects_and_watchers_hear_every_reply() {
         }),
         "encode",
     );
-    let subject = subjects.job(fleet_core::subjects::JobVerb::Cancel, &ws, &job);
+    let subject = subjects.job(fleet_core::subjects::JobVerb::Cancel, &ws, job.as_str());
     // The transport checks messages as `recv` takes them: keep it taking.
     let answer = tokio::select! {
         answer = raw.client().request(subject, body.into()) => ok(answer, "request"),

@@ -14,7 +14,7 @@ use fleet_core::protocol::{
     AgentMsg, ClaimGrant, ClaimMsg, ClaimReply, ClaimRequest, DaemonMsg, DecodeError, JobMsg,
     JobReply, NodeIdentity, Renewal, Revocation, decode_limited,
 };
-use fleet_core::transport::{ClaimClient, ClaimError, TransportError};
+use fleet_core::transport::{ClaimClient, ClaimError, JobClient, TransportError};
 use futures_core::Stream;
 use futures_core::stream::BoxStream;
 use futures_util::{SinkExt, StreamExt};
@@ -550,6 +550,13 @@ impl WsClaimClient {
             }
         }
         Err(last.into())
+    }
+}
+
+#[async_trait]
+impl JobClient for WsClaimClient {
+    async fn send(&self, msg: JobMsg) -> Result<BoxStream<'static, JobReply>, TransportError> {
+        self.job(msg).await
     }
 }
 

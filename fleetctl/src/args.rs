@@ -149,6 +149,9 @@ pub enum Command {
     /// Submit, watch and list jobs
     #[command(subcommand, alias = "job")]
     Jobs(Jobs),
+    /// Runs: groups of jobs with one lifecycle (submit, watch, pause, resume, cancel)
+    #[command(subcommand)]
+    Runs(Runs),
     /// API tokens
     #[command(subcommand, alias = "tokens")]
     Token(Token),
@@ -265,6 +268,67 @@ pub enum Jobs {
         /// What the reviewer saw
         #[arg(long, value_name = "TEXT")]
         notes: Option<String>,
+    },
+}
+
+/// `runs` subcommands (through the HTTP API).
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+#[non_exhaustive]
+pub enum Runs {
+    /// Submit a run from a JSON file (PROTOCOL.md "Runs": id, workspace,
+    /// tasks, workers, labels, paused)
+    Submit {
+        /// The run, as JSON (`-` reads stdin)
+        file: std::path::PathBuf,
+        /// Follow it until it ends; exit 0 if it completed, 1 otherwise
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List runs with their status and task counts
+    List,
+    /// Show one run and each of its tasks
+    Show {
+        /// The run
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+    },
+    /// Follow a run until it ends: each status and task change; exit 0 if
+    /// it completed, 1 if it failed or was cancelled
+    Watch {
+        /// The run
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+        /// Poll interval in ms (at least 50)
+        #[arg(long, value_name = "MS", default_value_t = 1_000)]
+        interval_ms: u64,
+    },
+    /// Start no new attempt of the run's tasks (those on nodes go on)
+    Pause {
+        /// The run
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+    },
+    /// Let a paused run's tasks start again
+    Resume {
+        /// The run
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
+    },
+    /// Cancel every unfinished task of the run
+    Cancel {
+        /// The run
+        id: String,
+        /// Its workspace
+        #[arg(long, value_name = "W")]
+        workspace: String,
     },
 }
 

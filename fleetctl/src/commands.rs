@@ -4,16 +4,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet_client::credentials::{self as seal, Expected, SignerKey};
-use fleet_core::ids::{ClaimId, JobId, PoolName, Workspace};
+use fleet_core::ids::{ClaimId, JobId, PoolName, RunId, Workspace};
 use fleet_core::protocol::{
     ClaimRequest, DEFAULT_LEASE_TTL_MS, JobMsg, JobReply, NewTokenRequest, Receipt, Requirements,
-    Score, Scorer, SealedCredentials, TaskResult, TaskSpec, Verdict,
+    RunAction, RunInfo, RunSpec, RunStatus, Score, Scorer, SealedCredentials, TaskResult, TaskSpec,
+    Verdict,
 };
 use fleet_core::transport::{ClaimClient, ClaimError};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::args::{ClaimArgs, Command, CostBy, Jobs, Token, VerdictResult};
+use crate::args::{ClaimArgs, Command, CostBy, Jobs, Runs, Token, VerdictResult};
 #[cfg(feature = "doctor")]
 use crate::doctor;
 use crate::render::{self, now_ms};
@@ -47,6 +48,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             }
         }
         Command::Jobs(Jobs::List) => show(&ctx, ctx.api()?.jobs().await?, |j| render::jobs(j)),
+        Command::Runs(cmd) => runs(&ctx, cmd).await,
         Command::Token(Token::Create { name, workspaces }) => {
             let workspaces = workspaces
                 .map(|w| {
@@ -701,6 +703,103 @@ async fn jobs_watch(
                 }
             }
         }
+        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+    }
+}
+
+/// `fleetctl runs …`, through the HTTP API.
+async fn runs(ctx: &Context, cmd: Runs) -> Result<i32, CtlError> {
+    let api = ctx.api()?;
+    let target = |id: &str, ws: &str| -> Result<(Workspace, RunId), CtlError> {
+        let run = RunId::new(id).map_err(|e| CtlError::Usage(format!("run id: {e}")))?;
+        Ok((job_workspace(ws)?, run))
+    };
+    let (id, workspace, action) = match cmd {
+        Runs::List => return show(ctx, api.runs().await?, |r| render::runs(r)),
+        Runs::Show { id, workspace } => {
+            let (ws, run) = target(&id, &workspace)?;
+            return show(ctx, api.run(&ws, &run).await?, render::run);
+        }
+        Runs::Submit { file, watch } => {
+            let text = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                let mut stdin = std::io::Read::take(std::io::stdin(), 4 << 20);
+                std::io::Read::read_to_string(&mut stdin, &mut text)
+                    .map_err(|e| fail(format!("run from stdin: {e}")))?;
+                text
+            } else {
+                read_text(&file, "run")?
+            };
+            let spec: RunSpec = serde_json::from_str(&text)
+                .map_err(|e| CtlError::Usage(format!("run {}: {e}", file.display())))?;
+            let info = api.submit_run(&spec).await?;
+            if !watch {
+                return show(ctx, info, render::run);
+            }
+            return runs_watch(ctx, &info.workspace, &info.id, 1_000).await;
+        }
+        Runs::Watch {
+            id,
+            workspace,
+            interval_ms,
+        } => {
+            let (ws, run) = target(&id, &workspace)?;
+            return runs_watch(ctx, &ws, &run, interval_ms).await;
+        }
+        Runs::Pause { id, workspace } => (id, workspace, RunAction::Pause),
+        Runs::Resume { id, workspace } => (id, workspace, RunAction::Resume),
+        Runs::Cancel { id, workspace } => (id, workspace, RunAction::Cancel),
+    };
+    let (ws, run) = target(&id, &workspace)?;
+    let info = api.run_action(&ws, &run, action).await?;
+    show(ctx, info, render::run)
+}
+
+/// Polls a run until it ends, printing each change of its status or of a
+/// task's state; 0 if it completed, 1 otherwise.
+async fn runs_watch(
+    ctx: &Context,
+    ws: &Workspace,
+    run: &RunId,
+    interval_ms: u64,
+) -> Result<i32, CtlError> {
+    let interval_ms = interval_ms.max(50);
+    let api = ctx.api()?;
+    let mut last: Option<RunInfo> = None;
+    loop {
+        let info = api.run(ws, run).await?;
+        if ctx.global.json {
+            if last.as_ref() != Some(&info) {
+                println!(
+                    "{}",
+                    serde_json::to_string(&info).map_err(|e| fail(e.to_string()))?
+                );
+            }
+        } else {
+            let at = render::utc(now_ms());
+            if last.as_ref().is_none_or(|l| l.status != info.status) {
+                println!("{at} run {run}: {}", info.status);
+            }
+            for t in &info.tasks {
+                let before = last
+                    .as_ref()
+                    .and_then(|l| l.tasks.iter().find(|o| o.job == t.job));
+                if before.is_none_or(|b| (&b.state, b.attempts) != (&t.state, t.attempts)) {
+                    let result = t.result.as_ref().map(|r| format!(" {}", render::tag(r)));
+                    println!(
+                        "{at}   {}: {} (attempt {}){}",
+                        t.job,
+                        t.state,
+                        t.attempts,
+                        result.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        if info.status.is_terminal() {
+            return Ok(i32::from(info.status != RunStatus::Completed));
+        }
+        last = Some(info);
         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
     }
 }

@@ -13,13 +13,14 @@
 use std::fmt;
 use std::time::Duration;
 
-use fleet_core::ids::{JobId, Workspace};
+use fleet_core::ids::{JobId, RunId, Workspace};
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_JOBS_PATH, API_NODES_PATH, API_POOLS_PATH,
     API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ArtifactInfo, ClaimRecord, CostGrouping,
     CostReport, JobRecord, NewToken, NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
     api_job_artifacts_path,
 };
+use fleet_core::protocol::{API_RUNS_PATH, RunAction, RunInfo, RunSpec, api_run_path};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -145,6 +146,36 @@ impl Api {
     /// `GET /v1/jobs`.
     pub async fn jobs(&self) -> Result<Vec<JobRecord>, CtlError> {
         self.get(API_JOBS_PATH).await
+    }
+
+    /// `GET /v1/runs`.
+    pub async fn runs(&self) -> Result<Vec<RunInfo>, CtlError> {
+        self.get(API_RUNS_PATH).await
+    }
+
+    /// `GET /v1/runs/<ws>/<run>`.
+    pub async fn run(&self, ws: &Workspace, run: &RunId) -> Result<RunInfo, CtlError> {
+        self.get(&api_run_path(ws, run)).await
+    }
+
+    /// `POST /v1/runs`: the run as accepted.
+    pub async fn submit_run(&self, spec: &RunSpec) -> Result<RunInfo, CtlError> {
+        let r = self
+            .request(Method::POST, API_RUNS_PATH, Some(spec))
+            .await?;
+        self.decode(&Method::POST, API_RUNS_PATH, r)
+    }
+
+    /// `POST /v1/runs/<ws>/<run>/<action>`: the run after it.
+    pub async fn run_action(
+        &self,
+        ws: &Workspace,
+        run: &RunId,
+        action: RunAction,
+    ) -> Result<RunInfo, CtlError> {
+        let path = format!("{}/{}", api_run_path(ws, run), action.name());
+        let r = self.request::<()>(Method::POST, &path, None).await?;
+        self.decode(&Method::POST, &path, r)
     }
 
     /// `GET /v1/costs?by=…`.

@@ -375,6 +375,66 @@ fn job_row(j: &JobRecord) -> Vec<String> {
     ]
 }
 
+/// `GET /v1/runs`: one line per run, its tasks counted by state.
+pub fn runs(runs: &[fleet_core::protocol::RunInfo]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+            for t in &r.tasks {
+                *by_state.entry(t.state.as_str()).or_default() += 1;
+            }
+            let tasks = by_state
+                .iter()
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                r.id.to_string(),
+                r.workspace.to_string(),
+                r.status.to_string(),
+                tasks,
+                if r.name.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.name.clone()
+                },
+            ]
+        })
+        .collect();
+    table(&["RUN", "WORKSPACE", "STATUS", "TASKS", "NAME"], &rows)
+}
+
+/// `GET /v1/runs/<ws>/<run>`: the run, then one line per task.
+pub fn run(r: &fleet_core::protocol::RunInfo) -> String {
+    let mut out = format!(
+        "run {} ({}) in {}: {}\n",
+        r.id,
+        if r.name.is_empty() { "-" } else { &r.name },
+        r.workspace,
+        r.status
+    );
+    let rows: Vec<Vec<String>> = r
+        .tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.job.to_string(),
+                t.pool.to_string(),
+                t.state.clone(),
+                t.attempts.to_string(),
+                t.result.as_ref().map_or_else(|| "-".to_owned(), tag),
+                t.score.as_ref().map_or_else(|| "-".to_owned(), score),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["TASK", "POOL", "STATE", "ATTEMPTS", "RESULT", "SCORE"],
+        &rows,
+    ));
+    out
+}
+
 /// `GET /v1/costs?by=pool`: per pool, what it cost, and (last) the part of
 /// running attributed to claims and jobs and the idle rest.
 pub fn cost(report: &CostReport) -> String {

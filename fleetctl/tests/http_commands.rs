@@ -180,6 +180,7 @@ fn answers() -> Answers {
                 artifacts: Vec::new(),
                 score: None,
             }),
+            run: None,
             epoch: Epoch(1),
         }],
         costs,

@@ -71,6 +71,16 @@ impl Controller {
             JobState::Leased { .. } | JobState::Running { .. } if !job.stale => {
                 stale_after(&job.rec.spec).map(|ms| job.progress_at.saturating_add(ms))
             }
+            // A run's task is forgotten with its run.
+            JobState::Done | JobState::Cancelled
+                if job
+                    .rec
+                    .run
+                    .as_ref()
+                    .is_some_and(|r| self.runs.contains_key(r)) =>
+            {
+                None
+            }
             JobState::Done | JobState::Cancelled => job.rec.receipt.as_ref().map(|r| {
                 r.completed_at
                     .saturating_add(self.timing.claim_retention_ms)
@@ -132,10 +142,16 @@ impl Controller {
                 job,
                 verdict,
             } => self.on_verdict(&workspace, &job, verdict, reply, now, out),
+            JobMsg::SubmitRun(spec) => self.on_submit_run(*spec, reply, now, out),
+            JobMsg::Run {
+                workspace,
+                run,
+                action,
+            } => self.on_run_action(&workspace, &run, action, reply, now, out),
         }
     }
 
-    fn reply_job(out: &mut Vec<Command>, reply: ReplyTo, msg: JobReply) {
+    pub(super) fn reply_job(out: &mut Vec<Command>, reply: ReplyTo, msg: JobReply) {
         out.push(Command::Send {
             to: Peer::Reply(reply),
             msg: Outbound::Job(msg),
@@ -160,18 +176,7 @@ impl Controller {
             }
             return;
         }
-        let invalid = if !self.pools.contains_key(&spec.pool) {
-            Some(format!("unknown pool {}", spec.pool))
-        } else if spec.argv.is_empty() || spec.argv[0].is_empty() {
-            Some("argv must name a program".to_owned())
-        } else if spec.retry.max_attempts == 0 {
-            Some("retry.max_attempts must be at least 1".to_owned())
-        } else if spec.alert.as_ref().and_then(|a| a.after_minutes_stale) == Some(0) {
-            Some("alert.after_minutes_stale must be at least 1".to_owned())
-        } else {
-            spec.scorer.as_ref().and_then(scorer_invalid)
-        };
-        if let Some(why) = invalid {
+        if let Some(why) = self.task_invalid(&spec) {
             return Self::reply_job(out, reply, JobReply::Rejected { job: Some(id), why });
         }
         let rec = JobRecord {
@@ -182,6 +187,7 @@ impl Controller {
             last_event_at: None,
             escalated: false,
             receipt: None,
+            run: None,
             epoch: self.epoch,
         };
         self.jobs.insert(
@@ -214,7 +220,11 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        let Some(job) = self.jobs.get(id).filter(|j| &j.rec.spec.workspace == ws) else {
+        if self
+            .jobs
+            .get(id)
+            .is_none_or(|j| &j.rec.spec.workspace != ws)
+        {
             let why = "unknown job".to_owned();
             return Self::reply_job(
                 out,
@@ -224,6 +234,32 @@ impl Controller {
                     why,
                 },
             );
+        }
+        self.cancel_job(id, now, out);
+        Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
+    }
+
+    /// Cancels a job: one that waits ends here, skipped; one on a node is
+    /// killed there (the agent reports `cancelled`, which ends it); one
+    /// already over stays as it is.
+    /// Why a task cannot be accepted, if it cannot.
+    pub(super) fn task_invalid(&self, spec: &TaskSpec) -> Option<String> {
+        if !self.pools.contains_key(&spec.pool) {
+            Some(format!("unknown pool {}", spec.pool))
+        } else if spec.argv.is_empty() || spec.argv[0].is_empty() {
+            Some("argv must name a program".to_owned())
+        } else if spec.retry.max_attempts == 0 {
+            Some("retry.max_attempts must be at least 1".to_owned())
+        } else if spec.alert.as_ref().and_then(|a| a.after_minutes_stale) == Some(0) {
+            Some("alert.after_minutes_stale must be at least 1".to_owned())
+        } else {
+            spec.scorer.as_ref().and_then(scorer_invalid)
+        }
+    }
+
+    pub(super) fn cancel_job(&mut self, id: &JobId, now: Millis, out: &mut Vec<Command>) {
+        let Some(job) = self.jobs.get(id) else {
+            return;
         };
         match job.rec.state.clone() {
             JobState::Queued { .. } | JobState::AwaitingVerdict { .. } => {
@@ -237,23 +273,24 @@ impl Controller {
                     j.rec.state = JobState::Cancelled;
                 }
                 self.save_job(id, Vec::new(), now, out);
-                Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
             }
             JobState::Leased { node, command } | JobState::Running { node, command } => {
-                // The agent kills it and reports `cancelled`; that ends it.
                 out.push(Command::Send {
                     to: Peer::Node(node),
                     msg: Outbound::Agent(DaemonMsg::Cancel { command }),
                 });
-                Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
             }
-            JobState::Done | JobState::Cancelled => {
-                Self::reply_job(out, reply, JobReply::Accepted { job: id.clone() });
-            }
+            JobState::Done | JobState::Cancelled => {}
         }
     }
 
-    fn save_job(&mut self, id: &JobId, effects: Vec<Effect>, now: Millis, out: &mut Vec<Command>) {
+    pub(super) fn save_job(
+        &mut self,
+        id: &JobId,
+        effects: Vec<Effect>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
         let Some(j) = self.jobs.get_mut(id) else {
             return;
         };
@@ -265,6 +302,12 @@ impl Controller {
         }
         let key = job_key(&j.rec.spec);
         let value = Some(Record::Job(j.rec.clone()));
+        let mut effects = effects;
+        if let Some(run) = &j.rec.run {
+            // Once stored (and after what the write tells the submitter):
+            // a run's status never runs ahead of its tasks' records.
+            effects.push(Effect::RunRefresh { run: run.clone() });
+        }
         if let Some(done) = self.writes.write(key, value, effects, out) {
             self.run_effects(done, now, out);
         }
@@ -274,15 +317,16 @@ impl Controller {
     pub(super) fn job_effect(&mut self, effect: Effect, now: Millis, out: &mut Vec<Command>) {
         match effect {
             Effect::JobAccepted { job, reply } => {
-                if let Some(j) = self.jobs.get_mut(&job) {
-                    j.durable = true;
-                    self.dirty = true;
-                    Self::reply_job(out, reply.clone(), JobReply::Accepted { job: job.clone() });
-                    if let Some(r) = &j.rec.receipt {
-                        Self::reply_job(out, reply, JobReply::Finished(r.clone()));
-                    } else if matches!(j.rec.state, JobState::Queued { .. }) {
-                        self.job_event_out(&job, WorkerEvent::Queued, out);
-                    }
+                let Some(j) = self.jobs.get_mut(&job) else {
+                    return;
+                };
+                j.durable = true;
+                self.dirty = true;
+                Self::reply_job(out, reply.clone(), JobReply::Accepted { job: job.clone() });
+                if let Some(r) = &j.rec.receipt {
+                    Self::reply_job(out, reply, JobReply::Finished(r.clone()));
+                } else if matches!(j.rec.state, JobState::Queued { .. }) {
+                    self.job_event_out(&job, WorkerEvent::Queued, out);
                 }
             }
             Effect::JobDispatch { job } => {
@@ -357,7 +401,7 @@ impl Controller {
     /// Schedules queued jobs on the slots claims left free.
     pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) {
         let over_budget = self.over_budget(now);
-        let queued: Vec<PendingClaim> = self
+        let mut due: Vec<&Job> = self
             .queued
             .iter()
             .filter_map(|id| self.jobs.get(id))
@@ -367,6 +411,19 @@ impl Controller {
             })
             // A workspace over budget starts no job until its window resets.
             .filter(|j| !over_budget.contains_key(&j.rec.spec.workspace))
+            .collect();
+        if !self.runs.is_empty() {
+            // A run's pool limit admits its most urgent tasks first.
+            due.sort_by(|a, b| {
+                (b.rec.spec.priority, a.rec.submitted_at)
+                    .cmp(&(a.rec.spec.priority, b.rec.submitted_at))
+            });
+        }
+        let mut run_room = std::collections::BTreeMap::new();
+        let queued: Vec<PendingClaim> = due
+            .into_iter()
+            // A paused run starts none; a run's pool limit caps how many.
+            .filter(|j| self.run_admits(j, &mut run_room))
             .filter_map(|j| {
                 Some(PendingClaim {
                     id: ClaimId::new(j.rec.spec.id.as_str()).ok()?,
@@ -973,6 +1030,6 @@ fn run_msg(job: &JobId, command: &CommandId, spec: &TaskSpec) -> DaemonMsg {
     })
 }
 
-fn job_key(spec: &TaskSpec) -> crate::store::Key {
+pub(super) fn job_key(spec: &TaskSpec) -> crate::store::Key {
     Subjects::job_key(&spec.workspace, &spec.id)
 }

@@ -27,6 +27,7 @@ mod jobs;
 mod nodes;
 mod persist;
 mod planning;
+mod runs;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -470,6 +471,16 @@ struct Job {
     stale: bool,
 }
 
+/// A run as the controller tracks it.
+#[derive(Debug, Clone)]
+struct Run {
+    rec: crate::protocol::RunRecord,
+    /// The record is in the store.
+    durable: bool,
+    /// Where its status changes go (the latest submitter).
+    reply: Option<ReplyTo>,
+}
+
 /// A node as the controller tracks it.
 #[derive(Debug, Clone)]
 struct Node {
@@ -555,6 +566,7 @@ pub struct Controller {
     claims: BTreeMap<ClaimId, Claim>,
     nodes: BTreeMap<NodeId, Node>,
     jobs: BTreeMap<JobId, Job>,
+    runs: BTreeMap<crate::ids::RunId, Run>,
     /// Claims in state pending (an index: ended claims are retained for a
     /// while and must not slow every round down).
     pending: BTreeSet<ClaimId>,
@@ -565,6 +577,8 @@ pub struct Controller {
     next_command_seq: u64,
     /// Jobs restored on a node that no longer exists.
     orphaned_jobs: Vec<JobId>,
+    /// Runs restored unfinished, mended on the first tick.
+    runs_to_mend: Vec<crate::ids::RunId>,
     ops: BTreeMap<OpId, Op>,
     next_op: u64,
     orphans: BTreeMap<NodeId, Orphan>,
@@ -628,11 +642,13 @@ impl Controller {
             claims: BTreeMap::new(),
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            runs: BTreeMap::new(),
             pending: BTreeSet::new(),
             queued: BTreeSet::new(),
             commands: BTreeMap::new(),
             next_command_seq: 1,
             orphaned_jobs: Vec::new(),
+            runs_to_mend: Vec::new(),
             ops: BTreeMap::new(),
             next_op: 1,
             orphans: BTreeMap::new(),
@@ -682,10 +698,12 @@ impl Controller {
                     }
                 }
                 Record::Job(rec) => c.restore_job(rec, now),
+                Record::Run(rec) => c.restore_run(rec),
             }
         }
         c.relink_claims(now);
         c.relink_jobs(now);
+        c.relink_runs();
         c.refresh_pool_drift(None);
         c.roll_budget_windows(now);
         c.budget_wake = c.next_budget_window(now);
@@ -818,6 +836,7 @@ impl Controller {
                 TimerKey::Claim(id) => self.claim_timer(&id, now, out),
                 TimerKey::Node(id) => self.node_timer(&id, now, out),
                 TimerKey::Job(id) => self.job_timer(&id, now, out),
+                TimerKey::Run(id) => self.run_timer(&id, now, out),
             }
         }
         if self.budget_wake.is_some_and(|t| t <= now) {
@@ -827,6 +846,7 @@ impl Controller {
             self.dirty = true;
         }
         self.requeue_orphaned_jobs(now, out);
+        self.mend_restored_runs(now, out);
         self.orphan_timers(now, out);
         for pool in self.pools.values_mut() {
             capacity::forget_past(&mut pool.shortages, now);
@@ -851,6 +871,9 @@ impl Controller {
                 | Effect::JobFinished { .. }
                 | Effect::JobSlotFreed { .. }
                 | Effect::JobForgotten { .. } => self.job_effect(effect, now, out),
+                Effect::RunAccepted { .. }
+                | Effect::RunForgotten { .. }
+                | Effect::RunRefresh { .. } => self.run_effect(effect, now, out),
                 _ => self.claim_effect(effect, now, out),
             }
         }

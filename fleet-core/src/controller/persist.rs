@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Command, ProviderCall};
-use crate::ids::{ClaimId, JobId, Millis, NodeId};
+use crate::ids::{ClaimId, JobId, Millis, NodeId, RunId};
 use crate::protocol::Record;
 use crate::store::{Key, Revision, StoreError};
 use crate::transport::ReplyTo;
@@ -40,6 +40,12 @@ pub(super) enum Effect {
     JobSlotFreed { job: JobId, node: Option<NodeId> },
     /// A job record is deleted: forget it.
     JobForgotten { job: JobId },
+    /// A new run is stored: acknowledge it and store its tasks' jobs.
+    RunAccepted { run: RunId, reply: ReplyTo },
+    /// A run record is deleted: forget it (its jobs are deleted with it).
+    RunForgotten { run: RunId },
+    /// A task of the run is stored: its status may have changed.
+    RunRefresh { run: RunId },
 }
 
 #[derive(Debug)]
@@ -228,6 +234,7 @@ pub(super) enum TimerKey {
     Claim(ClaimId),
     Node(NodeId),
     Job(JobId),
+    Run(RunId),
 }
 
 /// A set of deadlines, one per key, ordered by time. Setting a key to the
@@ -239,6 +246,7 @@ pub(super) struct Timers {
     claims: BTreeMap<ClaimId, Millis>,
     nodes: BTreeMap<NodeId, Millis>,
     jobs: BTreeMap<JobId, Millis>,
+    runs: BTreeMap<RunId, Millis>,
 }
 
 impl Timers {
@@ -247,6 +255,7 @@ impl Timers {
             TimerKey::Claim(id) => self.claims.get(id).copied(),
             TimerKey::Node(id) => self.nodes.get(id).copied(),
             TimerKey::Job(id) => self.jobs.get(id).copied(),
+            TimerKey::Run(id) => self.runs.get(id).copied(),
         }
     }
 
@@ -266,6 +275,8 @@ impl Timers {
             (TimerKey::Node(id), None) => self.nodes.remove(id),
             (TimerKey::Job(id), Some(t)) => self.jobs.insert(id.clone(), t),
             (TimerKey::Job(id), None) => self.jobs.remove(id),
+            (TimerKey::Run(id), Some(t)) => self.runs.insert(id.clone(), t),
+            (TimerKey::Run(id), None) => self.runs.remove(id),
         };
         if let Some(at) = at {
             self.by_time.insert((at, key));
@@ -305,6 +316,7 @@ impl Timers {
                     TimerKey::Claim(id) => self.claims.remove(id),
                     TimerKey::Node(id) => self.nodes.remove(id),
                     TimerKey::Job(id) => self.jobs.remove(id),
+                    TimerKey::Run(id) => self.runs.remove(id),
                 };
                 due.push(key);
             }

@@ -812,6 +812,32 @@ impl InProcJobClient {
     }
 }
 
+#[async_trait]
+impl crate::transport::JobClient for InProcJobClient {
+    async fn send(&self, msg: JobMsg) -> Result<BoxStream<'static, JobReply>, TransportError> {
+        let call = self
+            .shared
+            .open_call(Plane::Job, None, self.shared.capacity.max(1))?;
+        let body = to_wire(&msg)?;
+        self.up
+            .send(UpFrame::Job {
+                reply: call.reply.clone(),
+                body,
+            })
+            .await?;
+        // The call (its reply address) lives as long as the stream; a body
+        // this build cannot read ends it, as a network client would.
+        Ok(Box::pin(futures_util::stream::unfold(
+            call,
+            |mut call| async move {
+                let body = call.rx.next().await?;
+                let reply = from_wire::<JobReply>(&body).ok()?;
+                Some((reply, call))
+            },
+        )))
+    }
+}
+
 /// An accepted job's replies: `Event`s, then `Finished` (after which the
 /// stream ends). Ends early if the transport closes.
 pub struct JobEvents {

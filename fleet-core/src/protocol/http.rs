@@ -67,6 +67,15 @@ pub struct ArtifactInfo {
     pub attempt: u32,
 }
 
+/// The runs, as [`RunInfo`](super::RunInfo)s; POST a
+/// [`RunSpec`](super::RunSpec) to submit one.
+pub const API_RUNS_PATH: &str = "/v1/runs";
+/// `/v1/runs/<workspace>/<run>`: one run ([`RunInfo`](super::RunInfo));
+/// POST to `…/pause`, `…/resume` or `…/cancel` to act on it.
+pub fn api_run_path(ws: &Workspace, run: &crate::ids::RunId) -> String {
+    format!("{API_RUNS_PATH}/{ws}/{run}")
+}
+
 /// [`CostReport`], grouped as its query's `by` ([`CostGrouping`]) says.
 pub const API_COSTS_PATH: &str = "/v1/costs";
 /// POST a [`NewTokenRequest`], get a [`NewToken`].

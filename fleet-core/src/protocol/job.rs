@@ -612,16 +612,41 @@ pub enum JobMsg {
         /// The judgement.
         verdict: Verdict,
     },
+    /// Submit a run: its tasks become jobs that share its lifecycle. The
+    /// answer is `run` (its status, again at each change) then, per task,
+    /// what a job's submitter hears.
+    SubmitRun(Box<super::RunSpec>),
+    /// Pause, resume or cancel a run.
+    Run {
+        /// The workspace.
+        workspace: Workspace,
+        /// The run.
+        run: crate::ids::RunId,
+        /// What to do.
+        action: super::RunAction,
+    },
 }
 
 impl JobMsg {
-    /// The workspace and job the message is about.
-    pub fn target(&self) -> (&Workspace, &JobId) {
+    /// The workspace the message is in and the job or run it is about (the
+    /// last token of its NATS subject).
+    pub fn target(&self) -> (&Workspace, &str) {
         match self {
-            JobMsg::Submit(spec) => (&spec.workspace, &spec.id),
+            JobMsg::Submit(spec) => (&spec.workspace, spec.id.as_str()),
             JobMsg::Cancel { workspace, job } | JobMsg::Verdict { workspace, job, .. } => {
-                (workspace, job)
+                (workspace, job.as_str())
             }
+            JobMsg::SubmitRun(spec) => (&spec.workspace, spec.id.as_str()),
+            JobMsg::Run { workspace, run, .. } => (workspace, run.as_str()),
+        }
+    }
+
+    /// The job the message is about; `None` for a run's messages.
+    pub fn job(&self) -> Option<&JobId> {
+        match self {
+            JobMsg::Submit(spec) => Some(&spec.id),
+            JobMsg::Cancel { job, .. } | JobMsg::Verdict { job, .. } => Some(job),
+            JobMsg::SubmitRun(_) | JobMsg::Run { .. } => None,
         }
     }
 }
@@ -679,9 +704,18 @@ pub enum JobReply {
     },
     /// The job finished.
     Finished(Receipt),
+    /// A run's status: when its submit (or an action on it) is accepted,
+    /// and each time the status changes.
+    Run {
+        /// The run.
+        run: crate::ids::RunId,
+        /// Where it is.
+        status: super::RunStatus,
+    },
     /// Refused.
     Rejected {
-        /// The job, when the message named one that parsed.
+        /// The job, when the message named one that parsed (absent for a
+        /// run's messages: `why` names the run).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<JobId>,
         /// Why.

@@ -15,6 +15,7 @@ mod job;
 mod queue;
 mod recipient;
 mod records;
+mod run;
 mod ws;
 
 pub use agent::*;
@@ -26,6 +27,7 @@ pub use job::*;
 pub use queue::*;
 pub use recipient::*;
 pub use records::*;
+pub use run::*;
 pub use ws::*;
 
 use std::fmt;

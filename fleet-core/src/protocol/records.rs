@@ -352,6 +352,9 @@ pub struct JobRecord {
     /// The outcome, once done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt: Option<Receipt>,
+    /// The run it is a task of, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::ids::RunId>,
     /// The epoch that last wrote it.
     pub epoch: Epoch,
 }
@@ -434,6 +437,8 @@ pub enum Record {
     Job(JobRecord),
     /// A pool.
     Pool(PoolRecord),
+    /// A run.
+    Run(super::RunRecord),
 }
 
 impl Record {
@@ -444,6 +449,7 @@ impl Record {
             Record::Node(r) => r.epoch,
             Record::Job(r) => r.epoch,
             Record::Pool(r) => r.epoch,
+            Record::Run(r) => r.epoch,
         }
     }
 }

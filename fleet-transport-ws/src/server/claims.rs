@@ -306,13 +306,13 @@ impl ClaimsHandler {
                 },
             ),
             ClientFrame::Job { req, msg } => {
-                let (workspace, job) = msg.target();
+                let (workspace, _) = msg.target();
                 (
                     workspace,
                     ServerFrame::JobReply {
                         req: *req,
                         msg: JobReply::Rejected {
-                            job: Some(job.clone()),
+                            job: msg.job().cloned(),
                             why: format!("not allowed in workspace {workspace}"),
                         },
                     },
