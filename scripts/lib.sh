@@ -59,3 +59,32 @@ print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest(), sys.version.sp
   # Written last: an interrupted install is redone on the next run.
   echo "$want" >"$stamp"
 }
+
+# Sets SSHD_BIN to an OpenSSH server for the ssh provider's tests (a real
+# sshd on loopback, started by each test): $SSHD_BIN, else `sshd` on PATH,
+# else Debian's /usr/sbin/sshd; missing, Debian's openssh-server is
+# installed when we are root with apt-get (a fresh CI machine), else the
+# error says what to install. The tests also need `ssh` and `ssh-keygen`
+# (openssh-client, which openssh-server depends on).
+locate_sshd() {
+  if [ -n "${SSHD_BIN:-}" ]; then
+    return 0
+  fi
+  SSHD_BIN=$(command -v sshd 2>/dev/null || true)
+  if [ -z "$SSHD_BIN" ] && [ -x /usr/sbin/sshd ]; then
+    SSHD_BIN=/usr/sbin/sshd
+  fi
+  if [ -z "$SSHD_BIN" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "$0: installing openssh-server for the ssh provider's tests (once)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server >/dev/null
+    fi
+    [ -x /usr/sbin/sshd ] && SSHD_BIN=/usr/sbin/sshd
+  fi
+  if [ -z "$SSHD_BIN" ] || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
+    echo "$0: the ssh provider's tests need OpenSSH: on Debian/Ubuntu," \
+      "apt-get install openssh-server (or set SSHD_BIN)." >&2
+    return 1
+  fi
+}

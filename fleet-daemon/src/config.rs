@@ -274,6 +274,9 @@ pub enum ProviderConfig {
         #[serde(default = "default_local_max")]
         max_nodes: u32,
     },
+    /// Machines of your own, reached over SSH (`[[provider.hosts]]`):
+    /// each runs one node's `fleet-agent`.
+    Ssh(fleet_provider_ssh::SshConfig),
     /// Servers in a Hetzner Cloud project.
     Hetzner(HetznerProviderConfig),
     /// Instances in an AWS account (EC2).
@@ -395,6 +398,7 @@ impl ProviderConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Local { .. } => "local",
+            ProviderConfig::Ssh(_) => "ssh",
             ProviderConfig::Hetzner(_) => "hetzner",
             ProviderConfig::Aws(_) => "aws",
         }
@@ -403,7 +407,7 @@ impl ProviderConfig {
     /// Whether this build of the daemon has the provider.
     pub fn compiled_in(&self) -> bool {
         match self {
-            ProviderConfig::Local { .. } => true,
+            ProviderConfig::Local { .. } | ProviderConfig::Ssh(_) => true,
             ProviderConfig::Hetzner(_) => cfg!(feature = "hetzner"),
             ProviderConfig::Aws(_) => cfg!(feature = "aws"),
         }
@@ -693,6 +697,18 @@ mod tests {
             (
                 "[provider]\nkind = \"hetzner\"\nlocation = \"fsn1\"\ndaemon_url = \"wss://x\"\nuser_data = \"u.sh\"\nregion = \"eu\"",
                 "region",
+            ),
+            (
+                "[provider]\nkind = \"ssh\"\ndaemon_url = \"wss://x\"\n[[provider.hosts]]\nhost = \"a\"\nlabels = { r = \"1\" }",
+                "labels",
+            ),
+            (
+                "[provider]\nkind = \"ssh\"\n[[provider.hosts]]\nhost = \"a\"",
+                "daemon_url",
+            ),
+            (
+                "[provider]\nkind = \"ssh\"\ndaemon_url = \"wss://x\"\nhost_keys = \"whatever\"\nhosts = []",
+                "whatever",
             ),
             ("[timing]\nheartbeat_timeout = 3", "heartbeat_timeout"),
             ("[agent_logs]\nmax_days = 3", "max_days"),

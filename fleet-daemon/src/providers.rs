@@ -1,8 +1,10 @@
 //! The provider a `daemon.toml` names, built with what it needs from the
 //! daemon: local agents dial the daemon's WebSocket and trust its CA; a
 //! cloud server gets the same through its user data, which is checked here
-//! before any server is made. The cloud providers are compiled only with
-//! the daemon's `aws` and `hetzner` features.
+//! before any server is made; a bring-your-own host (`ssh`) gets them over
+//! SSH. The cloud providers are compiled only with the daemon's `aws` and
+//! `hetzner` features; `ssh` is always in (the system's OpenSSH client,
+//! nothing heavy).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,17 +21,9 @@ pub(crate) struct ProviderContext<'a> {
     /// The daemon's WebSocket base URL (`wss://host:port`).
     pub(crate) ws_url: &'a str,
     /// The pool CA certificate, PEM, and its file.
-    #[cfg_attr(
-        not(any(feature = "aws", feature = "hetzner")),
-        expect(dead_code, reason = "cloud user data carries it")
-    )]
     pub(crate) ca_pem: &'a str,
     pub(crate) ca_file: &'a Path,
     /// Host names the daemon's certificate is issued for.
-    #[cfg_attr(
-        not(any(feature = "aws", feature = "hetzner")),
-        expect(dead_code, reason = "cloud servers dial one of them")
-    )]
     pub(crate) cert_hosts: &'a [String],
     pub(crate) data_dir: &'a Path,
     /// Where the daemon keeps logs (kept agent logs in `agents/`).
@@ -59,6 +53,9 @@ pub(crate) async fn build(
             },
             ctx.clock,
         ))),
+        ProviderConfig::Ssh(ssh) => {
+            ssh_provider(cfg, ssh, &ctx).map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
         #[cfg(feature = "hetzner")]
         ProviderConfig::Hetzner(h) => hetzner_provider(h, ctx.ca_pem, ctx.cert_hosts)
             .map(|p| Arc::new(p) as Arc<dyn Provider>),
@@ -105,20 +102,7 @@ impl AgentBootstrap {
         ca_pem: &str,
         cert_hosts: &[String],
     ) -> Result<AgentBootstrap, String> {
-        let host = daemon_url
-            .strip_prefix("wss://")
-            .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
-            .map(|authority| match authority.rsplit_once(':') {
-                Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) => host,
-                _ => authority,
-            })
-            .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
-            .ok_or_else(|| format!("daemon_url {daemon_url:?} must be a wss:// URL"))?;
-        if !cert_hosts.iter().any(|c| c == host) {
-            return Err(format!(
-                "daemon_url host {host:?} is not in [transport.ws] hosts {cert_hosts:?}: agents would refuse the daemon's certificate"
-            ));
-        }
+        let agent_url = agent_url(daemon_url, cert_hosts)?;
         let meta = std::fs::metadata(user_data)
             .map_err(|e| format!("user_data {}: {e}", user_data.display()))?;
         if meta.len() > max_bytes {
@@ -136,11 +120,6 @@ impl AgentBootstrap {
                 user_data.display()
             ));
         }
-        let agent_url = format!(
-            "{}{}",
-            daemon_url.trim_end_matches('/'),
-            fleet_transport_ws::AGENT_PATH
-        );
         let vars = [
             ("daemon_url".to_owned(), agent_url),
             ("ca_pem".to_owned(), ca_pem.trim_end().to_owned()),
@@ -151,6 +130,56 @@ impl AgentBootstrap {
             vars,
         })
     }
+}
+
+/// The agent URL for agents dialing the daemon at `daemon_url`
+/// (`wss://host:port`), checked to be one they will trust: its host must
+/// be one the daemon's certificate names (`cert_hosts`).
+fn agent_url(daemon_url: &str, cert_hosts: &[String]) -> Result<String, String> {
+    let host = daemon_url
+        .strip_prefix("wss://")
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(rest))
+        .map(|authority| match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|c| c.is_ascii_digit()) => host,
+            _ => authority,
+        })
+        .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| format!("daemon_url {daemon_url:?} must be a wss:// URL"))?;
+    if !cert_hosts.iter().any(|c| c == host) {
+        return Err(format!(
+            "daemon_url host {host:?} is not in [transport.ws] hosts {cert_hosts:?}: agents would refuse the daemon's certificate"
+        ));
+    }
+    Ok(format!(
+        "{}{}",
+        daemon_url.trim_end_matches('/'),
+        fleet_transport_ws::AGENT_PATH
+    ))
+}
+
+/// An ssh provider from `[provider] kind = "ssh"`: its hosts dial
+/// `daemon_url` (checked against the daemon's certificate) and get the
+/// pool CA and this daemon's agent binary (unless `remote_agent_bin`).
+fn ssh_provider(
+    cfg: &DaemonConfig,
+    ssh: &fleet_provider_ssh::SshConfig,
+    ctx: &ProviderContext<'_>,
+) -> Result<fleet_provider_ssh::SshProvider, String> {
+    let mut ssh = ssh.clone();
+    ssh.daemon_url = agent_url(&ssh.daemon_url, ctx.cert_hosts)?;
+    let agent_bin = agent_binary(ssh.agent_bin.as_deref());
+    if ssh.remote_agent_bin.is_none() && !agent_bin.is_file() {
+        return Err(format!(
+            "the fleet-agent to install on the hosts, {}, is not a file (set agent_bin, or remote_agent_bin for an agent the hosts have)",
+            agent_bin.display()
+        ));
+    }
+    let context = fleet_provider_ssh::SshContext {
+        agent_bin,
+        ca_pem: ctx.ca_pem.to_owned(),
+        heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
+    };
+    fleet_provider_ssh::SshProvider::new(ssh, context, ctx.clock.clone())
 }
 
 #[cfg(any(feature = "aws", feature = "hetzner"))]
@@ -399,5 +428,25 @@ mod tests {
         c.access_key_id_file = None;
         c.secret_access_key_file = None;
         assert!(aws_provider(&c, "CA", &hosts).await.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod ssh_settings {
+    #[test]
+    fn agents_must_trust_the_daemon_url_they_are_given() {
+        let hosts = ["fleet.internal".to_owned(), "127.0.0.1".to_owned()];
+        assert_eq!(
+            super::agent_url("wss://fleet.internal:7443", &hosts).ok(),
+            Some("wss://fleet.internal:7443/v1/agent".to_owned())
+        );
+        let err = super::agent_url("wss://elsewhere:7443", &hosts)
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("not in [transport.ws] hosts"), "{err}");
+        let err = super::agent_url("http://fleet.internal", &hosts)
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("wss://"), "{err}");
     }
 }

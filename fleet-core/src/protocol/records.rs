@@ -453,3 +453,36 @@ impl Record {
         }
     }
 }
+
+/// What the ssh provider's agent on a host is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HostAgentState {
+    /// The agent was started (the node runs).
+    Running,
+    /// The agent was stopped; the node's files stay.
+    Stopped,
+}
+
+/// `<dir>/instance.json` on a host of the ssh provider: the one node the
+/// host serves, written by the daemon over SSH before it starts the
+/// agent, read back by `list` (so a restarted daemon adopts it) and
+/// removed with the node. A host without it is free.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct SshHostRecord {
+    /// The node.
+    pub node: NodeId,
+    /// `<host name>/<node>`.
+    pub provider_id: String,
+    /// `ssh.host`.
+    pub instance_type: InstanceType,
+    /// Whether its agent runs.
+    pub state: HostAgentState,
+    /// The node's tags (fleet id, namespace, pool, …): whose it is.
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// When it was made.
+    pub created_at: Millis,
+}
