@@ -88,3 +88,30 @@ locate_sshd() {
     return 1
   fi
 }
+
+# A container engine for the container provider's tests: podman or docker
+# on PATH; missing, Debian's podman (with runc, which sandboxed machines
+# need instead of crun) is installed when we are root with apt-get, else
+# the error says what to install. The tests find the settings that let
+# the engine run a container here (fleet-provider-container's `testing`).
+locate_engine() {
+  if [ -n "${FLEET_TEST_ENGINE:-}" ] || command -v podman >/dev/null 2>&1 || command -v docker >/dev/null 2>&1; then
+    if command -v podman >/dev/null 2>&1 && ! command -v runc >/dev/null 2>&1 \
+      && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc >/dev/null || true
+    fi
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "$0: installing podman for the container provider's tests (once)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends podman runc >/dev/null
+    fi
+  fi
+  if ! command -v podman >/dev/null 2>&1; then
+    echo "$0: the container provider's tests need a container engine: on" \
+      "Debian/Ubuntu, apt-get install podman runc (or set FLEET_TEST_ENGINE)." >&2
+    return 1
+  fi
+}

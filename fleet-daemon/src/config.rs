@@ -277,6 +277,9 @@ pub enum ProviderConfig {
     /// Machines of your own, reached over SSH (`[[provider.hosts]]`):
     /// each runs one node's `fleet-agent`.
     Ssh(fleet_provider_ssh::SshConfig),
+    /// Containers on this host (Podman or Docker), each running one node's
+    /// `fleet-agent`.
+    Container(fleet_provider_container::ContainerConfig),
     /// Servers in a Hetzner Cloud project.
     Hetzner(HetznerProviderConfig),
     /// Instances in an AWS account (EC2).
@@ -399,6 +402,7 @@ impl ProviderConfig {
         match self {
             ProviderConfig::Local { .. } => "local",
             ProviderConfig::Ssh(_) => "ssh",
+            ProviderConfig::Container(_) => "container",
             ProviderConfig::Hetzner(_) => "hetzner",
             ProviderConfig::Aws(_) => "aws",
         }
@@ -407,7 +411,9 @@ impl ProviderConfig {
     /// Whether this build of the daemon has the provider.
     pub fn compiled_in(&self) -> bool {
         match self {
-            ProviderConfig::Local { .. } | ProviderConfig::Ssh(_) => true,
+            ProviderConfig::Local { .. }
+            | ProviderConfig::Ssh(_)
+            | ProviderConfig::Container(_) => true,
             ProviderConfig::Hetzner(_) => cfg!(feature = "hetzner"),
             ProviderConfig::Aws(_) => cfg!(feature = "aws"),
         }

@@ -2,9 +2,9 @@
 //! daemon: local agents dial the daemon's WebSocket and trust its CA; a
 //! cloud server gets the same through its user data, which is checked here
 //! before any server is made; a bring-your-own host (`ssh`) gets them over
-//! SSH. The cloud providers are compiled only with the daemon's `aws` and
-//! `hetzner` features; `ssh` is always in (the system's OpenSSH client,
-//! nothing heavy).
+//! SSH, a container (`container`) its mounted files. The cloud providers are compiled only with the daemon's `aws` and
+//! `hetzner` features; `ssh` and `container` are always in (the system's
+//! OpenSSH client and container engine's command line: nothing heavy).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -55,6 +55,19 @@ pub(crate) async fn build(
         ))),
         ProviderConfig::Ssh(ssh) => {
             ssh_provider(cfg, ssh, &ctx).map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
+        ProviderConfig::Container(c) => {
+            let context = fleet_provider_container::ContainerContext {
+                base_dir: ctx.data_dir.join("container"),
+                agent_bin: agent_binary(c.agent_bin.as_deref()),
+                // Containers share the host's network: the daemon's own
+                // address is theirs too.
+                daemon_url: format!("{}{}", ctx.ws_url, fleet_transport_ws::AGENT_PATH),
+                ca_pem: ctx.ca_pem.to_owned(),
+                heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
+            };
+            fleet_provider_container::ContainerProvider::new(c.clone(), context, ctx.clock.clone())
+                .map(|p| Arc::new(p) as Arc<dyn Provider>)
         }
         #[cfg(feature = "hetzner")]
         ProviderConfig::Hetzner(h) => hetzner_provider(h, ctx.ca_pem, ctx.cert_hosts)
