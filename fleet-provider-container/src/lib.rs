@@ -41,7 +41,8 @@ use fleet_core::money::{GbMonthPrice, HourlyPrice, Money};
 use fleet_core::protocol::Arch;
 use fleet_core::provider::{
     BootSource, Capabilities, Instance, InstanceRef, InstanceState, Market, NodeSpec, Offering,
-    Provider, ProviderError, SnapshotRef, TAG_NAMESPACE, TAG_NODE, TagFilter, check_same_fleet,
+    Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TagFilter,
+    check_same_fleet,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -76,7 +77,7 @@ pub struct ContainerConfig {
     /// seed's `args`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub run_args: Vec<String>,
-    /// Most containers at once.
+    /// Most containers of this fleet at once.
     #[serde(default = "default_max_nodes")]
     pub max_nodes: u32,
     /// The address the agent's gateway binds (a free port) and claimants
@@ -473,7 +474,14 @@ impl Provider for ContainerProvider {
                 ProviderError::Permanent(format!("container of {} has no node label", spec.node))
             });
         }
-        let running = self.list(&TagFilter::default()).await?;
+        // This fleet's containers count: the engine may run other fleets'.
+        let mine = TagFilter(
+            [TAG_NAMESPACE, TAG_FLEET]
+                .iter()
+                .filter_map(|t| Some(((*t).to_owned(), spec.tags.get(*t)?.clone())))
+                .collect(),
+        );
+        let running = self.list(&mine).await?;
         let live = running
             .iter()
             .filter(|i| i.state != InstanceState::Terminated)
@@ -591,8 +599,19 @@ impl Provider for ContainerProvider {
             .map(str::to_owned)
             .collect();
         let found = match self.inspect(&ids).await {
-            // Removed between the two calls: ask again next time.
-            Err(ProviderError::NotFound(e)) => return Err(ProviderError::Transient(e)),
+            // One was removed between the two calls (the engine refuses
+            // the whole batch): one at a time, the removed ones left out.
+            Err(ProviderError::NotFound(_)) => {
+                let mut found = Vec::new();
+                for id in &ids {
+                    match self.inspect(std::slice::from_ref(id)).await {
+                        Ok(mut one) => found.append(&mut one),
+                        Err(ProviderError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                found
+            }
             other => other?,
         };
         let mut out: Vec<Instance> = found
