@@ -8,28 +8,11 @@ use common::*;
 use fleet_core::controller::Alert;
 use fleet_core::harness::World;
 use fleet_core::protocol::{
-    AlertChannel, AlertPolicy, JobMsg, JobReply, JobState, Requirements, RetryPolicy, Score,
-    Scorer, TaskResult, TaskSpec, Verdict, WorkerEvent,
+    AlertChannel, AlertPolicy, JobMsg, JobReply, JobState, Score, Scorer, TaskResult, TaskSpec,
+    Verdict, WorkerEvent,
 };
 use fleet_core::transport::ReplyTo;
 use fleet_core::{JobId, PoolName};
-
-fn task(id: &str, argv: &[&str]) -> TaskSpec {
-    TaskSpec {
-        id: JobId::new(id).unwrap(),
-        workspace: ws(),
-        pool: PoolName::new("linux").unwrap(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: Default::default(),
-        cwd: None,
-        timeout_ms: None,
-        retry: RetryPolicy::default(),
-        alert: None,
-        scorer: None,
-        priority: 0,
-        requirements: Requirements::default(),
-    }
-}
 
 fn receipt(w: &World, reply: &ReplyTo) -> Option<fleet_core::protocol::Receipt> {
     w.job_replies(reply).iter().find_map(|r| match r {

@@ -8,28 +8,11 @@ mod common;
 use common::*;
 use fleet_core::harness::World;
 use fleet_core::protocol::{
-    JobMsg, JobReply, JobState, Requirements, RetryPolicy, RunAction, RunInfo, RunSpec, RunStatus,
-    Scorer, TaskResult, TaskSpec, WorkerSpec,
+    JobMsg, JobReply, JobState, RunAction, RunInfo, RunSpec, RunStatus, Scorer, TaskResult,
+    TaskSpec, WorkerSpec,
 };
 use fleet_core::transport::ReplyTo;
 use fleet_core::{JobId, PoolName, RunId};
-
-fn task(id: &str, argv: &[&str]) -> TaskSpec {
-    TaskSpec {
-        id: JobId::new(id).unwrap(),
-        workspace: ws(),
-        pool: PoolName::new("linux").unwrap(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: Default::default(),
-        cwd: None,
-        timeout_ms: None,
-        retry: RetryPolicy::default(),
-        alert: None,
-        scorer: None,
-        priority: 0,
-        requirements: Requirements::default(),
-    }
-}
 
 fn run(id: &str, tasks: Vec<TaskSpec>) -> RunSpec {
     RunSpec {

@@ -44,6 +44,7 @@ use fleet_core::provider::{
     Provider, ProviderError, SnapshotRef, TAG_FLEET, TAG_NAMESPACE, TAG_NODE, TagFilter,
     check_same_fleet,
 };
+use fleet_provider_local::{host_memory_mb, write_private};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -412,26 +413,6 @@ fn truncate_nanos(ts: &str) -> String {
         }
         None => ts.to_owned(),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io("writing", path, e))?;
-    f.write_all(bytes).map_err(|e| io("writing", path, e))
-}
-
-fn host_memory_mb() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024)
 }
 
 #[async_trait]

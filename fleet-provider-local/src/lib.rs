@@ -408,7 +408,9 @@ pub fn agent_binary(configured: Option<&Path>) -> PathBuf {
     PathBuf::from("fleet-agent")
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
+/// Writes `bytes` to `path`, readable by this user only (a bootstrap
+/// token, a node's config); errors are transient provider errors.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ProviderError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut f = std::fs::OpenOptions::new()
@@ -436,7 +438,8 @@ fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
-fn host_memory_mb() -> Option<u64> {
+/// This host's memory in MiB (`/proc/meminfo`).
+pub fn host_memory_mb() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -577,6 +577,33 @@ impl SshProvider {
         Ok(hash)
     }
 
+    /// Runs `step` (what, script, its argument after the fleet dir) on
+    /// `r`'s host and records the agent's new `state` there.
+    async fn agent_to(
+        &self,
+        r: &InstanceRef,
+        step: (&str, &str, &str),
+        state: HostAgentState,
+    ) -> Result<Instance, ProviderError> {
+        let (what, script, arg) = step;
+        let i = self
+            .host_of(r)
+            .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
+        let inst = self
+            .with_host(i, async |h, s| {
+                let mut inst = Self::read_instance(h, s)
+                    .await?
+                    .filter(|x| x.provider_id == r.provider_id)
+                    .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
+                Self::run(h, s, what, script, &[h.dir(), arg], None).await?;
+                inst.state = state;
+                Self::write_instance(h, s, &inst).await?;
+                Ok(inst)
+            })
+            .await?;
+        Ok(self.instance(&self.cfg.hosts[i], &inst))
+    }
+
     fn stop_tenths(&self) -> String {
         (self.cfg.stop_timeout_secs.max(1) * 10).to_string()
     }
@@ -786,62 +813,18 @@ impl Provider for SshProvider {
     }
 
     async fn start(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
-        let i = self
-            .host_of(r)
-            .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
-        let inst = self
-            .with_host(i, async |h, s| {
-                let mut inst = Self::read_instance(h, s)
-                    .await?
-                    .filter(|x| x.provider_id == r.provider_id)
-                    .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
-                let bin = match &self.cfg.remote_agent_bin {
-                    Some(b) => b.clone(),
-                    None => "bin/fleet-agent".to_owned(),
-                };
-                Self::run(
-                    h,
-                    s,
-                    "start the agent",
-                    script::START,
-                    &[h.dir(), &bin],
-                    None,
-                )
-                .await?;
-                inst.state = HostAgentState::Running;
-                Self::write_instance(h, s, &inst).await?;
-                Ok(inst)
-            })
-            .await?;
-        Ok(self.instance(&self.cfg.hosts[i], &inst))
+        let bin = match &self.cfg.remote_agent_bin {
+            Some(b) => b.clone(),
+            None => "bin/fleet-agent".to_owned(),
+        };
+        let start = ("start the agent", script::START, bin.as_str());
+        self.agent_to(r, start, HostAgentState::Running).await
     }
 
     async fn stop(&self, r: &InstanceRef) -> Result<Instance, ProviderError> {
-        let i = self
-            .host_of(r)
-            .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
         let tenths = self.stop_tenths();
-        let inst = self
-            .with_host(i, async |h, s| {
-                let mut inst = Self::read_instance(h, s)
-                    .await?
-                    .filter(|x| x.provider_id == r.provider_id)
-                    .ok_or_else(|| ProviderError::NotFound(r.provider_id.clone()))?;
-                Self::run(
-                    h,
-                    s,
-                    "stop the agent",
-                    script::STOP,
-                    &[h.dir(), &tenths],
-                    None,
-                )
-                .await?;
-                inst.state = HostAgentState::Stopped;
-                Self::write_instance(h, s, &inst).await?;
-                Ok(inst)
-            })
-            .await?;
-        Ok(self.instance(&self.cfg.hosts[i], &inst))
+        let stop = ("stop the agent", script::STOP, tenths.as_str());
+        self.agent_to(r, stop, HostAgentState::Stopped).await
     }
 
     async fn resize(&self, _: &InstanceRef, _: &InstanceType) -> Result<Instance, ProviderError> {

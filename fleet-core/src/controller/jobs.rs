@@ -179,6 +179,20 @@ impl Controller {
         if let Some(why) = self.task_invalid(&spec) {
             return Self::reply_job(out, reply, JobReply::Rejected { job: Some(id), why });
         }
+        self.add_job(spec, None, Some(reply), now, out);
+    }
+
+    /// Stores a new job, queued; once it is stored `reply` (if any) hears
+    /// `accepted` and its events.
+    pub(super) fn add_job(
+        &mut self,
+        spec: TaskSpec,
+        run: Option<crate::ids::RunId>,
+        reply: Option<ReplyTo>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let id = spec.id.clone();
         let rec = JobRecord {
             spec,
             state: JobState::Queued { not_before: 0 },
@@ -187,7 +201,7 @@ impl Controller {
             last_event_at: None,
             escalated: false,
             receipt: None,
-            run: None,
+            run,
             epoch: self.epoch,
         };
         self.jobs.insert(
@@ -195,21 +209,20 @@ impl Controller {
             Job {
                 rec,
                 durable: false,
-                reply: Some(reply.clone()),
+                reply: reply.clone(),
                 artifacts: Vec::new(),
                 progress_at: now,
                 stale: false,
             },
         );
-        self.save_job(
-            &id,
-            vec![Effect::JobAccepted {
+        let effects = reply
+            .map(|reply| Effect::JobAccepted {
                 job: id.clone(),
                 reply,
-            }],
-            now,
-            out,
-        );
+            })
+            .into_iter()
+            .collect();
+        self.save_job(&id, effects, now, out);
     }
 
     fn on_cancel(

@@ -14,7 +14,7 @@ use super::persist::{Effect, TimerKey};
 use super::{Command, Controller, Job, Run};
 use crate::ids::{JobId, Millis, PoolName, RunId, Workspace};
 use crate::protocol::{
-    JobRecord, JobReply, JobState, Record, RunAction, RunRecord, RunSpec, RunStatus, run_status,
+    JobReply, JobState, Record, RunAction, RunRecord, RunSpec, RunStatus, run_status,
 };
 use crate::subjects::Subjects;
 use crate::transport::{Outbound, Peer, ReplyTo};
@@ -298,37 +298,7 @@ impl Controller {
             .map(|t| run.rec.spec.task_as_run(t))
             .collect();
         for spec in tasks {
-            let job = spec.id.clone();
-            let rec = JobRecord {
-                spec,
-                state: JobState::Queued { not_before: 0 },
-                attempts: 0,
-                submitted_at: now,
-                last_event_at: None,
-                escalated: false,
-                receipt: None,
-                run: Some(id.clone()),
-                epoch: self.epoch,
-            };
-            self.jobs.insert(
-                job.clone(),
-                Job {
-                    rec,
-                    durable: false,
-                    reply: reply.clone(),
-                    artifacts: Vec::new(),
-                    progress_at: now,
-                    stale: false,
-                },
-            );
-            let effects = match &reply {
-                Some(reply) => vec![Effect::JobAccepted {
-                    job: job.clone(),
-                    reply: reply.clone(),
-                }],
-                None => Vec::new(),
-            };
-            self.save_job(&job, effects, now, out);
+            self.add_job(spec, Some(id.clone()), reply.clone(), now, out);
         }
     }
 

@@ -109,3 +109,22 @@ pub(crate) fn cid(s: &str) -> ClaimId {
 pub(crate) fn ws() -> Workspace {
     Workspace::new("team-a").unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A task in the `linux` pool of [`ws`], run by the harness's simulated
+/// agent (`sleep N`, `exit N`, `flaky`).
+pub(crate) fn task(id: &str, argv: &[&str]) -> fleet_core::protocol::TaskSpec {
+    fleet_core::protocol::TaskSpec {
+        id: fleet_core::JobId::new(id).unwrap_or_else(|e| panic!("{e}")),
+        workspace: ws(),
+        pool: PoolName::new("linux").unwrap_or_else(|e| panic!("{e}")),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: Default::default(),
+        cwd: None,
+        timeout_ms: None,
+        retry: fleet_core::protocol::RetryPolicy::default(),
+        alert: None,
+        scorer: None,
+        priority: 0,
+        requirements: Requirements::default(),
+    }
+}
