@@ -27,7 +27,7 @@ use fleet_core::protocol::{
 };
 use fleet_core::protocol::{
     ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
-    PagerDutyEvent, PoolInfo, RunInfo, RunSpec, SshHostRecord, StatusSummary,
+    PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord, StatusSummary,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -66,6 +66,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("ArtifactInfo", plain::<ArtifactInfo>),
     ("RunInfo", plain::<RunInfo>),
     ("RunSpec", plain::<RunSpec>),
+    ("ReplayStatus", plain::<ReplayStatus>),
     ("SshHostRecord", plain::<SshHostRecord>),
     ("PagerDutyEvent", plain::<PagerDutyEvent>),
     ("NewTokenRequest", plain::<NewTokenRequest>),

@@ -24,7 +24,7 @@ use fleet_core::protocol::{
 };
 use fleet_core::protocol::{
     ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
-    PagerDutyEvent, PoolInfo, RunInfo, RunSpec, SshHostRecord, StatusSummary,
+    PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord, StatusSummary,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -80,6 +80,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-artifact-info.json", Plain,    schema_of::<ArtifactInfo>),
     ("http-run-info.json",      Plain,    schema_of::<RunInfo>),
     ("http-run-spec.json",      Plain,    schema_of::<RunSpec>),
+    ("http-replay-status.json", Plain,    schema_of::<ReplayStatus>),
     ("ssh-host-record.json",    Plain,    schema_of::<SshHostRecord>),
     ("alert-pagerduty-event.json", Plain, schema_of::<PagerDutyEvent>),
 ];

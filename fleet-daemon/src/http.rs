@@ -29,7 +29,9 @@ use fleet_core::protocol::{
     API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostGrouping, CostReport, JobRecord, NewToken,
     NewTokenRequest, NodeState, NodeStatus, PoolInfo, StatusSummary,
 };
-use fleet_core::protocol::{JobMsg, JobReply, RunAction, RunInfo, RunRecord, RunSpec};
+use fleet_core::protocol::{
+    API_REPLAY_STATUS_PATH, JobMsg, JobReply, ReplayStatus, RunAction, RunInfo, RunRecord, RunSpec,
+};
 
 use crate::auth::ApiTokens;
 use fleet_runtime::{Fleet, Status};
@@ -73,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .route(API_RUNS_PATH, get(runs).post(submit_run))
         .route("/v1/runs/{ws}/{run}", get(run_info))
         .route("/v1/runs/{ws}/{run}/{action}", post(run_action))
+        .route(API_REPLAY_STATUS_PATH, get(replay_status))
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -166,6 +169,13 @@ async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusSummar
         jobs: count(s.jobs.iter().map(|j| j.state.name())),
         cost_micros: s.costs.total(),
     }))
+}
+
+/// `GET /v1/replay-status`: what this leader's start recovered.
+async fn replay_status(
+    State(state): State<ApiState>,
+) -> Result<axum::Json<ReplayStatus>, ApiError> {
+    Ok(axum::Json(snapshot(&state).await?.replay))
 }
 
 async fn pools(State(state): State<ApiState>) -> Result<axum::Json<Vec<PoolInfo>>, ApiError> {

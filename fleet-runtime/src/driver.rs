@@ -210,6 +210,8 @@ pub struct Status {
     pub affinity: fleet_core::controller::AffinityStats,
     /// Counters and histograms.
     pub metrics: Metrics,
+    /// What this leader's start recovered, and how long each step took.
+    pub replay: fleet_core::protocol::ReplayStatus,
 }
 
 pub(crate) enum Input {
@@ -407,7 +409,18 @@ impl FleetBuilder {
         let Some(provider) = self.provider else {
             return Err(RuntimeError::Config("a provider is required".into()));
         };
+        let started_at = self.clock.now();
+        let mut steps = Vec::new();
+        let mut step_began = std::time::Instant::now();
+        let mut step_done = |name: &str, began: &mut std::time::Instant| {
+            steps.push(fleet_core::protocol::ReplayStep {
+                step: name.to_owned(),
+                ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+            });
+            *began = std::time::Instant::now();
+        };
         let offerings = startup_offerings(&*provider, &self.timing).await?;
+        step_done("read the provider's offerings", &mut step_began);
         let mut pools = self.pools;
         for p in &mut pools {
             let name = p.name.clone();
@@ -428,10 +441,12 @@ impl FleetBuilder {
             }
         };
         tracing::info!(fleet_id = %fleet_id, namespace = %self.namespace, "fleet identity");
+        step_done("read the fleet identity", &mut step_began);
         let records = startup_read(&self.timing, "loading the records", || {
             load_records(&*store)
         })
         .await?;
+        step_done("load the records", &mut step_began);
         if let Some(tokens) = &self.tokens {
             // Tokens of nodes deleted while their removal was lost to a crash.
             let live: BTreeSet<NodeId> = records
@@ -460,6 +475,12 @@ impl FleetBuilder {
         };
         let now = self.clock.now();
         let controller = Controller::restore(config, records, now);
+        step_done("restore the control plane's state", &mut step_began);
+        let replay = Replay {
+            started_at,
+            steps,
+            ready_at: None,
+        };
         let inproc = Arc::new(InProcTransport::new(4_096));
         let mut transports: Vec<Arc<dyn Transport>> = vec![inproc.clone()];
         transports.extend(self.transports);
@@ -551,6 +572,7 @@ impl FleetBuilder {
             tx: tx.clone(),
             metrics: Metrics::default(),
             ready: ready.clone(),
+            replay,
         };
         let task = tokio::spawn(driver.run(rx));
         Ok(Fleet {
@@ -709,6 +731,16 @@ struct Driver {
     tx: mpsc::UnboundedSender<Input>,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
+    replay: Replay,
+}
+
+/// The driver's part of what a start recovered: when it began, its steps'
+/// timings, when the control loop ran.
+#[derive(Debug)]
+struct Replay {
+    started_at: Millis,
+    steps: Vec<fleet_core::protocol::ReplayStep>,
+    ready_at: Option<Millis>,
 }
 
 /// Events handled per wake-up before the loop yields to timers.
@@ -717,6 +749,7 @@ const BATCH: usize = 256;
 impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
         self.ready.store(true, Ordering::Relaxed);
+        self.replay.ready_at = Some(self.clock.now());
         loop {
             let sleep = match self.controller.next_deadline() {
                 Some(at) => {
@@ -914,7 +947,23 @@ impl Driver {
             costs: self.controller.costs(now),
             affinity: self.controller.affinity_stats(),
             metrics: self.metrics.clone(),
+            replay: self.replay_status(),
         }
+    }
+
+    /// The controller's account of the start with this driver's timings.
+    fn replay_status(&self) -> fleet_core::protocol::ReplayStatus {
+        let mut r = self.controller.replay().clone();
+        r.started_at = self.replay.started_at;
+        r.steps = self.replay.steps.clone();
+        if let Some(at) = r.first_inventory_at {
+            r.steps.push(fleet_core::protocol::ReplayStep {
+                step: "first inventory of the provider".to_owned(),
+                ms: at.saturating_sub(self.replay.started_at),
+            });
+        }
+        r.ready_at = self.replay.ready_at;
+        r
     }
 
     async fn step(&mut self, events: Vec<Event>) {

@@ -97,6 +97,10 @@ pub struct ClaimArgs {
 pub enum Command {
     /// Counts of nodes, claims and jobs; cost so far
     Status,
+    /// What the leading daemon recovered when it last started: records
+    /// loaded, nodes adopted or gone, orphans, grants published again,
+    /// jobs requeued, and how long each step took
+    ReplayStatus,
     /// Configured pools
     Pools,
     /// Nodes and their live state

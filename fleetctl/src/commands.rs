@@ -31,6 +31,9 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             Ok(0)
         }
         Command::Status => show(&ctx, ctx.api()?.status().await?, render::status),
+        Command::ReplayStatus => show(&ctx, ctx.api()?.replay_status().await?, |r| {
+            render::replay_status(r)
+        }),
         Command::Pools => show(&ctx, ctx.api()?.pools().await?, |p| render::pools(p)),
         Command::Nodes => show(&ctx, ctx.api()?.nodes().await?, |n| {
             render::nodes(n, now_ms())

@@ -156,6 +156,48 @@ pub fn status(s: &StatusSummary) -> String {
     out
 }
 
+/// `GET /v1/replay-status`: what was recovered, then the steps.
+pub fn replay_status(r: &fleet_core::protocol::ReplayStatus) -> String {
+    let at = |t: Option<u64>| t.map_or_else(|| "-".to_owned(), utc);
+    let rows = [
+        ("epoch", r.epoch.0.to_string()),
+        ("started", utc(r.started_at)),
+        ("ready", at(r.ready_at)),
+        ("records", counts(&r.records)),
+        (
+            "nodes",
+            format!(
+                "{} restored, {} adopted, {} gone",
+                r.nodes_restored, r.nodes_adopted, r.nodes_vanished
+            ),
+        ),
+        (
+            "orphans",
+            format!(
+                "{} found, {} collected",
+                r.orphans_found, r.orphans_collected
+            ),
+        ),
+        (
+            "grants",
+            format!("{} published again", r.grants_republished),
+        ),
+        ("jobs", format!("{} requeued", r.jobs_requeued)),
+        ("inventory", at(r.first_inventory_at)),
+    ];
+    let mut out = String::new();
+    for (name, value) in rows {
+        out.push_str(&format!("{name:<10}{value}\n"));
+    }
+    let steps: Vec<Vec<String>> = r
+        .steps
+        .iter()
+        .map(|s| vec![s.step.clone(), format!("{} ms", s.ms)])
+        .collect();
+    out.push_str(&table(&["STEP", "TOOK"], &steps));
+    out
+}
+
 /// `GET /v1/pools`.
 pub fn pools(pools: &[PoolInfo]) -> String {
     let rows: Vec<Vec<String>> = pools

@@ -62,6 +62,14 @@ impl Controller {
         }
         // Orphans that vanished by themselves need no collecting.
         self.orphans.retain(|id, o| o.deleting || seen.contains(id));
+        if let Some(restored) = self.restored_nodes.take() {
+            // The first inventory since the start: what it recovered.
+            let adopted = restored.iter().filter(|n| seen.contains(*n)).count() as u64;
+            self.replay.nodes_adopted = adopted;
+            self.replay.nodes_vanished = restored.len() as u64 - adopted;
+            self.replay.orphans_found = self.orphans.len() as u64;
+            self.replay.first_inventory_at = Some(now);
+        }
         let vanished: Vec<NodeId> = self
             .nodes
             .values()
@@ -142,7 +150,9 @@ impl Controller {
     /// collected again once it is old enough counting from now.
     pub(super) fn orphan_deleted(&mut self, id: &NodeId, gone: bool, now: Millis) {
         if gone {
-            self.orphans.remove(id);
+            if self.orphans.remove(id).is_some() {
+                self.replay.orphans_collected += 1;
+            }
         } else if let Some(orphan) = self.orphans.get_mut(id) {
             orphan.deleting = false;
             orphan.first_seen = now;

@@ -579,6 +579,12 @@ pub struct Controller {
     orphaned_jobs: Vec<JobId>,
     /// Runs restored unfinished, mended on the first tick.
     runs_to_mend: Vec<crate::ids::RunId>,
+    /// What this controller recovered at its start (the driver adds the
+    /// steps' timings).
+    replay: crate::protocol::ReplayStatus,
+    /// The nodes restored from records, until the first inventory says
+    /// which still run.
+    restored_nodes: Option<BTreeSet<NodeId>>,
     ops: BTreeMap<OpId, Op>,
     next_op: u64,
     orphans: BTreeMap<NodeId, Orphan>,
@@ -649,6 +655,8 @@ impl Controller {
             next_command_seq: 1,
             orphaned_jobs: Vec::new(),
             runs_to_mend: Vec::new(),
+            replay: crate::protocol::ReplayStatus::default(),
+            restored_nodes: None,
             ops: BTreeMap::new(),
             next_op: 1,
             orphans: BTreeMap::new(),
@@ -688,6 +696,14 @@ impl Controller {
         }
         for (key, rev, record) in records {
             c.writes.known(key, rev);
+            let kind = match &record {
+                Record::Claim(_) => "claim",
+                Record::Node(_) => "node",
+                Record::Job(_) => "job",
+                Record::Run(_) => "run",
+                Record::Pool(_) => "pool",
+            };
+            *c.replay.records.entry(kind.to_owned()).or_default() += 1;
             match record {
                 Record::Claim(rec) => c.restore_claim(rec, now),
                 Record::Node(rec) => c.restore_node(rec, now),
@@ -704,10 +720,27 @@ impl Controller {
         c.relink_claims(now);
         c.relink_jobs(now);
         c.relink_runs();
+        c.replay.epoch = c.epoch;
+        c.replay.started_at = now;
+        c.replay.nodes_restored = c.nodes.len() as u64;
+        c.replay.jobs_requeued = c.orphaned_jobs.len() as u64;
+        c.replay.grants_republished = c
+            .startup
+            .iter()
+            .filter(|e| matches!(e, Effect::Grant { .. }))
+            .count() as u64;
+        c.restored_nodes = Some(c.nodes.keys().cloned().collect());
         c.refresh_pool_drift(None);
         c.roll_budget_windows(now);
         c.budget_wake = c.next_budget_window(now);
         c
+    }
+
+    /// What this controller recovered at its start: records, nodes adopted
+    /// or gone by the first inventory, orphans, grants published again,
+    /// jobs requeued (the steps' timings are the driver's to add).
+    pub fn replay(&self) -> &crate::protocol::ReplayStatus {
+        &self.replay
     }
 
     /// Grants of claims with an affinity key so far, by this controller.

@@ -76,6 +76,59 @@ pub fn api_run_path(ws: &Workspace, run: &crate::ids::RunId) -> String {
     format!("{API_RUNS_PATH}/{ws}/{run}")
 }
 
+/// What the leader recovered when it started, as a [`ReplayStatus`].
+pub const API_REPLAY_STATUS_PATH: &str = "/v1/replay-status";
+
+/// One step of a daemon's start and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ReplayStep {
+    /// What it did.
+    pub step: String,
+    /// How long it took.
+    pub ms: Millis,
+}
+
+/// `GET /v1/replay-status`: what the leading daemon recovered at its
+/// start — records loaded, nodes adopted or found gone, orphans found
+/// and collected, grants published again, jobs requeued — and how long
+/// each step took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(default)]
+pub struct ReplayStatus {
+    /// The leader's epoch (this start's).
+    pub epoch: Epoch,
+    /// When the start began.
+    pub started_at: Millis,
+    /// When it served its first request (the control loop ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<Millis>,
+    /// The steps, in order.
+    pub steps: Vec<ReplayStep>,
+    /// Records loaded, per kind (`claim`, `node`, `job`, `run`, `pool`).
+    pub records: BTreeMap<String, u64>,
+    /// Nodes restored from their records.
+    pub nodes_restored: u64,
+    /// Restored nodes the provider's first inventory still showed.
+    pub nodes_adopted: u64,
+    /// Restored nodes the first inventory no longer showed.
+    pub nodes_vanished: u64,
+    /// Instances of this fleet with no record, in the first inventory.
+    pub orphans_found: u64,
+    /// Orphans deleted since the start.
+    pub orphans_collected: u64,
+    /// Granted claims whose grant was published again (it may never have
+    /// reached its caller before the restart).
+    pub grants_republished: u64,
+    /// Jobs that were on nodes gone by the restart, queued again.
+    pub jobs_requeued: u64,
+    /// When the first inventory was taken (none yet: the provider has not
+    /// answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_inventory_at: Option<Millis>,
+}
+
 /// [`CostReport`], grouped as its query's `by` ([`CostGrouping`]) says.
 pub const API_COSTS_PATH: &str = "/v1/costs";
 /// POST a [`NewTokenRequest`], get a [`NewToken`].
