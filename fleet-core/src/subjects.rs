@@ -303,6 +303,25 @@ impl Subjects {
         Key::from_tokens(&["leader"])
     }
 
+    /// Prefix of the followers' records.
+    pub const FOLLOWERS_PREFIX: &'static str = "followers.";
+
+    /// Store key of a follower's record: `followers.<holder>`, the holder's
+    /// characters outside `[A-Za-z0-9_-]` made `-`.
+    pub fn follower_key(holder: &str) -> Key {
+        let token: String = holder
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Key::from_tokens(&["followers", &token])
+    }
+
     /// Store key of the fleet's identity
     /// ([`FleetRecord`](crate::protocol::FleetRecord)): `fleet.id`. Outside
     /// the controller's prefixes, like the lease: it is read before the

@@ -21,13 +21,14 @@ use std::path::{Path, PathBuf};
 use fleet_core::ids::{ClaimId, JobId, NodeId, PoolName, Workspace};
 use fleet_core::protocol::{
     AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg,
-    Discovery, ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, QueueClaim, QueueRecord,
-    Record, SealedCredentials, WsClientFrame, WsServerFrame, credentials_signing_payload, decode,
-    encode,
+    Discovery, ExecFrame, FleetRecord, FollowerRecord, JobMsg, JobReply, LeaderRecord, QueueClaim,
+    QueueRecord, Record, SealedCredentials, WsClientFrame, WsServerFrame,
+    credentials_signing_payload, decode, encode,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
-    PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord, StatusSummary,
+    ApiErrorBody, ArtifactInfo, CostReport, Escalation, LeaderInfo, NewToken, NewTokenRequest,
+    NodeStatus, PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord,
+    StatusSummary,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -48,6 +49,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("JobReply", enveloped::<JobReply>),
     ("Record", enveloped::<Record>),
     ("LeaderRecord", enveloped::<LeaderRecord>),
+    ("FollowerRecord", enveloped::<FollowerRecord>),
     ("FleetRecord", enveloped::<FleetRecord>),
     ("BootstrapRecord", enveloped::<BootstrapRecord>),
     ("QueueClaim", enveloped::<QueueClaim>),
@@ -66,6 +68,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("ArtifactInfo", plain::<ArtifactInfo>),
     ("RunInfo", plain::<RunInfo>),
     ("RunSpec", plain::<RunSpec>),
+    ("LeaderInfo", plain::<LeaderInfo>),
     ("ReplayStatus", plain::<ReplayStatus>),
     ("SshHostRecord", plain::<SshHostRecord>),
     ("PagerDutyEvent", plain::<PagerDutyEvent>),

@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 
 use fleet_core::protocol::{
     AgentMsg, AgentRefusal, BootstrapRecord, ClaimMsg, ClaimReply, CredentialsBundle, DaemonMsg,
-    Discovery, ExecFrame, FleetRecord, JobMsg, JobReply, LeaderRecord, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION, QueueClaim, QueueRecord, Record, SealedCredentials, WsClientFrame,
-    WsServerFrame,
+    Discovery, ExecFrame, FleetRecord, FollowerRecord, JobMsg, JobReply, LeaderRecord,
+    MAX_MESSAGE_BYTES, PROTOCOL_VERSION, QueueClaim, QueueRecord, Record, SealedCredentials,
+    WsClientFrame, WsServerFrame,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, ArtifactInfo, CostReport, Escalation, NewToken, NewTokenRequest, NodeStatus,
-    PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord, StatusSummary,
+    ApiErrorBody, ArtifactInfo, CostReport, Escalation, LeaderInfo, NewToken, NewTokenRequest,
+    NodeStatus, PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord,
+    StatusSummary,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -61,6 +62,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("discovery.json",          Plain,    schema_of::<Discovery>),
     ("record.json",             Envelope, schema_of::<Record>),
     ("leader-record.json",      Envelope, schema_of::<LeaderRecord>),
+    ("follower-record.json",    Envelope, schema_of::<FollowerRecord>),
     ("fleet-record.json",       Envelope, schema_of::<FleetRecord>),
     ("bootstrap-record.json",   Envelope, schema_of::<BootstrapRecord>),
     ("queue-claim.json",        Envelope, schema_of::<QueueClaim>),
@@ -80,6 +82,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-artifact-info.json", Plain,    schema_of::<ArtifactInfo>),
     ("http-run-info.json",      Plain,    schema_of::<RunInfo>),
     ("http-run-spec.json",      Plain,    schema_of::<RunSpec>),
+    ("http-leader-info.json",   Plain,    schema_of::<LeaderInfo>),
     ("http-replay-status.json", Plain,    schema_of::<ReplayStatus>),
     ("ssh-host-record.json",    Plain,    schema_of::<SshHostRecord>),
     ("alert-pagerduty-event.json", Plain, schema_of::<PagerDutyEvent>),

@@ -30,7 +30,8 @@ use fleet_core::protocol::{
     NewTokenRequest, NodeState, NodeStatus, PoolInfo, StatusSummary,
 };
 use fleet_core::protocol::{
-    API_REPLAY_STATUS_PATH, JobMsg, JobReply, ReplayStatus, RunAction, RunInfo, RunRecord, RunSpec,
+    API_LEADER_PATH, API_REPLAY_STATUS_PATH, JobMsg, JobReply, LeaderInfo, ReplayStatus, RunAction,
+    RunInfo, RunRecord, RunSpec,
 };
 
 use crate::auth::ApiTokens;
@@ -53,6 +54,21 @@ pub struct ApiState {
     pub alerts: Arc<crate::alerts::AlertStats>,
     /// Uploaded job artifacts.
     pub artifacts: Arc<crate::artifacts::Artifacts>,
+    /// The leader lease as this daemon sees it.
+    pub lease: LeaseView,
+}
+
+/// What `GET /v1/leader` reads: the store the lease lives in (once open;
+/// a follower waiting on a local store's file lock never has it), this
+/// daemon's name and the lease's length.
+#[derive(Clone)]
+pub struct LeaseView {
+    /// The lease's store, once open.
+    pub store: Arc<std::sync::OnceLock<Arc<dyn fleet_core::Store>>>,
+    /// This daemon's name in the lease.
+    pub holder: String,
+    /// The lease's length.
+    pub lease_ms: u64,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -76,6 +92,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{ws}/{run}", get(run_info))
         .route("/v1/runs/{ws}/{run}/{action}", post(run_action))
         .route(API_REPLAY_STATUS_PATH, get(replay_status))
+        .route(API_LEADER_PATH, get(leader))
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -169,6 +186,46 @@ async fn status(State(state): State<ApiState>) -> Result<axum::Json<StatusSummar
         jobs: count(s.jobs.iter().map(|j| j.state.name())),
         cost_micros: s.costs.total(),
     }))
+}
+
+impl std::fmt::Debug for LeaseView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseView")
+            .field("holder", &self.holder)
+            .field("lease_ms", &self.lease_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `GET /v1/leader`: the lease as the store holds it and the followers
+/// that looked at it within three leases. Any daemon answers.
+async fn leader(State(state): State<ApiState>) -> Result<axum::Json<LeaderInfo>, ApiError> {
+    let view = &state.lease;
+    let mut info = LeaderInfo {
+        this_daemon: view.holder.clone(),
+        leader: state.leader.load(Ordering::Relaxed),
+        lease: None,
+        followers: Vec::new(),
+    };
+    if let Some(store) = view.store.get() {
+        let unavailable = |e: fleet_core::store::StoreError| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("reading the lease: {e}"),
+            )
+        };
+        info.lease = fleet_runtime::lease::read_leader(&**store)
+            .await
+            .map_err(unavailable)?
+            .map(|(record, _)| record);
+        let since = fleet_runtime::SystemClock
+            .now_ms()
+            .saturating_sub(view.lease_ms.saturating_mul(3));
+        info.followers = fleet_runtime::lease::followers(&**store, since)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(axum::Json(info))
 }
 
 /// `GET /v1/replay-status`: what this leader's start recovered.

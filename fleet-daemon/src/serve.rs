@@ -70,6 +70,8 @@ pub async fn serve(
         data_dir.join("artifacts"),
         &cfg.artifacts,
     ));
+    let holder = format!("{}-{}", hostname(), std::process::id());
+    let lease_store: Arc<OnceLock<Arc<dyn fleet_core::Store>>> = Arc::new(OnceLock::new());
     // What the HTTP API serves from; the same whichever listener starts it.
     let api = crate::http::ApiState {
         fleet: fleet_cell.clone(),
@@ -77,6 +79,11 @@ pub async fn serve(
         leader: leader.clone(),
         alerts: alert_stats.clone(),
         artifacts: artifacts.clone(),
+        lease: crate::http::LeaseView {
+            store: lease_store.clone(),
+            holder: holder.clone(),
+            lease_ms: cfg.leader.lease_ms,
+        },
     };
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a
@@ -97,8 +104,8 @@ pub async fn serve(
     let subjects = Subjects::new(&cfg.namespace).map_err(|e| setup("namespace")(e.to_string()))?;
     let nats = nats::connect(&cfg).await?;
     let stores = open_stores(&cfg, &data_dir, &leader, &subjects, nats.as_ref()).await?;
-    let holder = format!("{}-{}", hostname(), std::process::id());
-    let mut lease = LeaderLease::new(holder, cfg.leader.lease_ms);
+    let _ = lease_store.set(stores.lease.clone());
+    let mut lease = LeaderLease::new(holder.clone(), cfg.leader.lease_ms);
     let epoch = loop {
         // Holding redb's file lock proves every earlier holder of the data
         // dir dead (the kernel drops it with its process): lead at once
@@ -111,7 +118,15 @@ pub async fn serve(
         };
         match acquired {
             Ok(Some(epoch)) => break epoch,
-            Ok(None) => {}
+            Ok(None) => {
+                // Another daemon leads: let it (and `fleetctl leader`) see
+                // this one waiting.
+                let noted =
+                    fleet_runtime::lease::note_follower(&*stores.lease, &holder, clock.now()).await;
+                if let Err(e) = noted {
+                    tracing::debug!(error = %e, "could not note this follower in the store");
+                }
+            }
             // A follower is what takes over when the leader's store server
             // dies too: an unreachable store is waited for, not fatal.
             Err(e) if e.is_retryable() => {
@@ -123,6 +138,9 @@ pub async fn serve(
     };
     leader.store(true, Ordering::Relaxed);
     tracing::info!(epoch = epoch.0, "leader");
+    if let Err(e) = fleet_runtime::lease::forget_follower(&*stores.lease, &holder).await {
+        tracing::debug!(error = %e, "could not drop this daemon's follower record");
+    }
     // With redb every write is fenced by the epoch in the same transaction;
     // a shared KV store relies on revisions, and on the lease: no write once
     // it lapsed by this process's clock (see ARCH.md).

@@ -11,7 +11,7 @@ use fleet_core::protocol::{
     API_STATUS_PATH, ApiErrorBody, ClaimRecord, CostReport, JobRecord, NewToken, NodeStatus,
     PoolInfo, StatusSummary,
 };
-use fleet_core::protocol::{API_RUNS_PATH, RunInfo, RunStatus};
+use fleet_core::protocol::{API_LEADER_PATH, API_RUNS_PATH, LeaderInfo, RunInfo, RunStatus};
 use fleet_daemon::auth::ApiTokens;
 use fleet_daemon::http::{ApiState, router};
 use fleet_runtime::Fleet;
@@ -75,6 +75,9 @@ async fn serve() -> Api {
         .unwrap_or_else(|e| panic!("{e}"));
     let cell = Arc::new(std::sync::OnceLock::new());
     let _ = cell.set(fleet.clone());
+    let lease_store: Arc<std::sync::OnceLock<Arc<dyn fleet_core::Store>>> =
+        Arc::new(std::sync::OnceLock::new());
+    let _ = lease_store.set(Arc::new(store.clone()));
     let app = router(ApiState {
         fleet: cell,
         tokens,
@@ -84,6 +87,11 @@ async fn serve() -> Api {
             dir.path().join("artifacts"),
             &Default::default(),
         )),
+        lease: fleet_daemon::http::LeaseView {
+            store: lease_store,
+            holder: "daemon-a".to_owned(),
+            lease_ms: 3_000,
+        },
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -267,6 +275,45 @@ async fn runs_are_submitted_paused_resumed_and_cancelled_with_clear_refusals() {
     let all: Vec<RunInfo> = decode(&raw);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].tasks[0].state, "cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_shows_the_lease_and_the_followers_seen_lately() {
+    use fleet_runtime::lease::{LeaderLease, forget_follower, note_follower};
+    let api = serve().await;
+    let now = fleet_runtime::SystemClock.now_ms();
+    let mut lease = LeaderLease::new("daemon-a", 3_000);
+    let epoch = lease
+        .try_acquire(&api.store, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("no lease"));
+    for (who, at) in [
+        ("daemon-b.example-41", now),
+        ("daemon-c-7", now.saturating_sub(60_000)),
+        ("daemon-d-8", now),
+    ] {
+        note_follower(&api.store, who, at)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    forget_follower(&api.store, "daemon-d-8")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (code, raw) = request(api.addr, get(API_LEADER_PATH, Some(api.token.expose()))).await;
+    assert_eq!(code, 200, "{raw}");
+    let info: LeaderInfo = decode(&raw);
+    assert_eq!(info.this_daemon, "daemon-a");
+    assert!(info.leader);
+    let held = info.lease.unwrap_or_else(|| panic!("no lease in {raw}"));
+    assert_eq!((held.holder.as_str(), held.epoch), ("daemon-a", epoch));
+    assert!(held.expires_at > now);
+    let seen: Vec<&str> = info.followers.iter().map(|f| f.holder.as_str()).collect();
+    assert_eq!(
+        seen,
+        ["daemon-b.example-41"],
+        "recent ones only, the gone one dropped"
+    );
 }
 
 fn pool() -> fleet_core::strategy::PoolSpec {

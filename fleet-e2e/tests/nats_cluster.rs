@@ -196,6 +196,18 @@ async fn two_daemons_on_a_three_node_jetstream_cluster_survive_losing_the_leader
     let mut a = Daemon::start(dir.path(), &extra);
     let (mut b, base_b) = a.follower(dir.path()).await;
     assert!(!readyz(&base_b).await, "the second daemon must follow");
+    // `fleetctl leader` on the leader names it and sees the follower
+    // waiting (it notes itself in the shared store every third of a lease).
+    let seen = eventually(10, || async {
+        let out = fleetctl(&a, &["--json", "leader"], 30);
+        let info: fleet_core::protocol::LeaderInfo = serde_json::from_slice(&out.stdout).ok()?;
+        (info.leader
+            && info.lease.as_ref().map(|l| &l.holder) == Some(&info.this_daemon)
+            && info.followers.len() == 1)
+            .then_some(info)
+    })
+    .await;
+    assert!(seen.is_some(), "the leader never saw its follower");
 
     let client = NatsClaimClient::new(conn, Subjects::default());
     let granted = Arc::new(Mutex::new(BTreeMap::<String, ClaimGrant>::new()));

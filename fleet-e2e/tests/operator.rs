@@ -70,6 +70,17 @@ async fn replay_status_reports_the_adopted_node_and_the_grant_published_again() 
     let text = ok(&fleetctl(&daemon, &["replay-status"], 30));
     assert!(text.contains("1 restored, 1 adopted, 0 gone"), "{text}");
     assert!(text.contains("1 published again"), "{text}");
+    // Who leads: this daemon, at the epoch of its restart.
+    let out = ok(&fleetctl(&daemon, &["--json", "leader"], 30));
+    let info: fleet_core::protocol::LeaderInfo =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(info.leader, "{info:?}");
+    let lease = info.lease.unwrap_or_else(|| panic!("no lease: {out}"));
+    assert_eq!(lease.holder, info.this_daemon);
+    assert_eq!(lease.epoch, after.epoch);
+    assert!(info.followers.is_empty(), "a redb store has none: {out}");
+    let text = ok(&fleetctl(&daemon, &["leader"], 30));
+    assert!(text.contains("(leads)"), "{text}");
     let _ = grant;
     daemon.stop();
 }

@@ -207,6 +207,49 @@ pub async fn read_leader(
     Ok(Some((record, v.revision)))
 }
 
+/// Notes that follower `holder` looked at the lease at `now` (its
+/// `followers.<holder>` record, created or replaced).
+pub async fn note_follower(store: &dyn Store, holder: &str, now: Millis) -> Result<(), StoreError> {
+    let key = Subjects::follower_key(holder);
+    let record = fleet_core::protocol::FollowerRecord {
+        holder: holder.to_owned(),
+        seen_at: now,
+    };
+    let value = encode(&record)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::Corrupt(format!("encoding a follower record: {e}")))?;
+    match store.get(&key).await? {
+        Some(v) => store.update(&key, value, v.revision).await.map(drop),
+        None => store.create(&key, value).await.map(drop),
+    }
+}
+
+/// Deletes follower `holder`'s record (it leads now, or leaves).
+pub async fn forget_follower(store: &dyn Store, holder: &str) -> Result<(), StoreError> {
+    let key = Subjects::follower_key(holder);
+    match store.get(&key).await? {
+        Some(v) => store.delete(&key, v.revision).await,
+        None => Ok(()),
+    }
+}
+
+/// The followers that looked at the lease since `since`, oldest name
+/// first; records that do not decode are skipped.
+pub async fn followers(
+    store: &dyn Store,
+    since: Millis,
+) -> Result<Vec<fleet_core::protocol::FollowerRecord>, StoreError> {
+    let mut out: Vec<fleet_core::protocol::FollowerRecord> = store
+        .list(Subjects::FOLLOWERS_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|(_, v)| decode(&v.value).ok())
+        .filter(|f: &fleet_core::protocol::FollowerRecord| f.seen_at >= since)
+        .collect();
+    out.sort_by(|a, b| a.holder.cmp(&b.holder));
+    Ok(out)
+}
+
 fn encode_record(record: &LeaderRecord) -> Result<Bytes, StoreError> {
     encode(record)
         .map(Bytes::from)

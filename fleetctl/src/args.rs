@@ -97,6 +97,9 @@ pub struct ClaimArgs {
 pub enum Command {
     /// Counts of nodes, claims and jobs; cost so far
     Status,
+    /// Who leads: the lease's holder, epoch and expiry, whether this daemon
+    /// leads, and the followers waiting
+    Leader,
     /// What the leading daemon recovered when it last started: records
     /// loaded, nodes adopted or gone, orphans, grants published again,
     /// jobs requeued, and how long each step took

@@ -31,6 +31,9 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             Ok(0)
         }
         Command::Status => show(&ctx, ctx.api()?.status().await?, render::status),
+        Command::Leader => show(&ctx, ctx.api()?.leader().await?, |l| {
+            render::leader(l, now_ms())
+        }),
         Command::ReplayStatus => show(&ctx, ctx.api()?.replay_status().await?, |r| {
             render::replay_status(r)
         }),

@@ -156,6 +156,41 @@ pub fn status(s: &StatusSummary) -> String {
     out
 }
 
+/// `GET /v1/leader`: who leads and until when, then the followers.
+pub fn leader(l: &fleet_core::protocol::LeaderInfo, now: u64) -> String {
+    let mut out = match &l.lease {
+        Some(lease) => {
+            let left = lease.expires_at.saturating_sub(now);
+            let until = if left == 0 {
+                format!("lapsed at {}", utc(lease.expires_at))
+            } else {
+                format!(
+                    "until {} ({:.1} s)",
+                    utc(lease.expires_at),
+                    left as f64 / 1000.0
+                )
+            };
+            format!(
+                "leader    {} (epoch {}) {until}\n",
+                lease.holder, lease.epoch.0
+            )
+        }
+        None => "leader    unknown: this daemon cannot read the lease's store\n".to_owned(),
+    };
+    out.push_str(&format!(
+        "this      {} ({})\n",
+        l.this_daemon,
+        if l.leader { "leads" } else { "follows" }
+    ));
+    let rows: Vec<Vec<String>> = l
+        .followers
+        .iter()
+        .map(|f| vec![f.holder.clone(), utc(f.seen_at)])
+        .collect();
+    out.push_str(&table(&["FOLLOWER", "SEEN"], &rows));
+    out
+}
+
 /// `GET /v1/replay-status`: what was recovered, then the steps.
 pub fn replay_status(r: &fleet_core::protocol::ReplayStatus) -> String {
     let at = |t: Option<u64>| t.map_or_else(|| "-".to_owned(), utc);

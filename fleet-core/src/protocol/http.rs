@@ -76,6 +76,30 @@ pub fn api_run_path(ws: &Workspace, run: &crate::ids::RunId) -> String {
     format!("{API_RUNS_PATH}/{ws}/{run}")
 }
 
+/// Who leads, as a [`LeaderInfo`] (any daemon answers, a follower too).
+pub const API_LEADER_PATH: &str = "/v1/leader";
+
+/// `GET /v1/leader`: the lease as the store holds it, whether the
+/// answering daemon holds it, and the followers that lately looked at it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct LeaderInfo {
+    /// The answering daemon's name (`<host>-<pid>`).
+    pub this_daemon: String,
+    /// Whether the answering daemon leads.
+    pub leader: bool,
+    /// The lease record (holder, epoch, expiry); absent when the answering
+    /// daemon cannot read the store (a follower waiting on a local
+    /// store's file lock) or no daemon ever led.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<super::LeaderRecord>,
+    /// Daemons waiting to lead that looked at the lease within the last
+    /// three leases (a shared store only: on a local redb store a second
+    /// daemon waits for the file lock and writes nothing).
+    #[serde(default)]
+    pub followers: Vec<super::FollowerRecord>,
+}
+
 /// What the leader recovered when it started, as a [`ReplayStatus`].
 pub const API_REPLAY_STATUS_PATH: &str = "/v1/replay-status";
 

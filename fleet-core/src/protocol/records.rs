@@ -386,6 +386,18 @@ pub struct LeaderRecord {
     pub expires_at: Millis,
 }
 
+/// A daemon waiting to lead (key `followers.<holder>`): written by it
+/// every third of a lease while it waits on a shared store, deleted when
+/// it leads; the leader lists the recent ones (`fleetctl leader`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct FollowerRecord {
+    /// The daemon (as it would name itself in the leader record).
+    pub holder: String,
+    /// When it last looked at the lease.
+    pub seen_at: Millis,
+}
+
 /// The fleet's identity, written once at its first start with a create
 /// (so two starters racing on a fresh store agree on one) and read at
 /// every later start.
