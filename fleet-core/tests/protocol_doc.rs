@@ -26,9 +26,9 @@ use fleet_core::protocol::{
     credentials_signing_payload, decode, encode,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, ArtifactInfo, CostReport, Escalation, LeaderInfo, NewToken, NewTokenRequest,
-    NodeStatus, PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord,
-    StatusSummary,
+    ApiErrorBody, ArtifactInfo, CostReport, Diagnosis, Escalation, LeaderInfo, NewToken,
+    NewTokenRequest, NodeStatus, PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec,
+    SshHostRecord, StatusSummary,
 };
 use fleet_core::subjects::{ClaimVerb, Subjects};
 use serde::Serialize;
@@ -68,6 +68,7 @@ const REGISTRY: &[(&str, Check)] = &[
     ("ArtifactInfo", plain::<ArtifactInfo>),
     ("RunInfo", plain::<RunInfo>),
     ("RunSpec", plain::<RunSpec>),
+    ("Diagnosis", plain::<Diagnosis>),
     ("LeaderInfo", plain::<LeaderInfo>),
     ("ReplayStatus", plain::<ReplayStatus>),
     ("SshHostRecord", plain::<SshHostRecord>),

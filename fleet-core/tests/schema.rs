@@ -23,9 +23,9 @@ use fleet_core::protocol::{
     WsClientFrame, WsServerFrame,
 };
 use fleet_core::protocol::{
-    ApiErrorBody, ArtifactInfo, CostReport, Escalation, LeaderInfo, NewToken, NewTokenRequest,
-    NodeStatus, PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec, SshHostRecord,
-    StatusSummary,
+    ApiErrorBody, ArtifactInfo, CostReport, Diagnosis, Escalation, LeaderInfo, NewToken,
+    NewTokenRequest, NodeStatus, PagerDutyEvent, PoolInfo, ReplayStatus, RunInfo, RunSpec,
+    SshHostRecord, StatusSummary,
 };
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, Schema};
@@ -82,6 +82,7 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-artifact-info.json", Plain,    schema_of::<ArtifactInfo>),
     ("http-run-info.json",      Plain,    schema_of::<RunInfo>),
     ("http-run-spec.json",      Plain,    schema_of::<RunSpec>),
+    ("http-diagnosis.json",     Plain,    schema_of::<Diagnosis>),
     ("http-leader-info.json",   Plain,    schema_of::<LeaderInfo>),
     ("http-replay-status.json", Plain,    schema_of::<ReplayStatus>),
     ("ssh-host-record.json",    Plain,    schema_of::<SshHostRecord>),

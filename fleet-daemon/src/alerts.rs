@@ -75,6 +75,20 @@ pub struct AlertStats {
     pub dropped: AtomicU64,
 }
 
+impl AlertStats {
+    /// The counts by outcome (`delivered`, `failed`, `dropped`).
+    pub fn by_outcome(&self) -> std::collections::BTreeMap<String, u64> {
+        [
+            ("delivered", &self.delivered),
+            ("failed", &self.failed),
+            ("dropped", &self.dropped),
+        ]
+        .into_iter()
+        .map(|(k, n)| (k.to_owned(), n.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect()
+    }
+}
+
 /// One POST to make.
 #[derive(Debug)]
 struct Delivery {

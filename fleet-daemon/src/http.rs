@@ -56,6 +56,9 @@ pub struct ApiState {
     pub artifacts: Arc<crate::artifacts::Artifacts>,
     /// The leader lease as this daemon sees it.
     pub lease: LeaseView,
+    /// How long a node may go silent before it is lost (`diagnose` warns
+    /// at half of it).
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// What `GET /v1/leader` reads: the store the lease lives in (once open;
@@ -93,6 +96,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/runs/{ws}/{run}/{action}", post(run_action))
         .route(API_REPLAY_STATUS_PATH, get(replay_status))
         .route(API_LEADER_PATH, get(leader))
+        .route(fleet_core::protocol::API_DIAGNOSE_PATH, get(diagnose))
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -226,6 +230,27 @@ async fn leader(State(state): State<ApiState>) -> Result<axum::Json<LeaderInfo>,
             .map_err(unavailable)?;
     }
     Ok(axum::Json(info))
+}
+
+/// `GET /v1/diagnose`: what needs a look, from the status the leader
+/// has; nothing secret in it.
+async fn diagnose(
+    State(state): State<ApiState>,
+) -> Result<axum::Json<fleet_core::protocol::Diagnosis>, ApiError> {
+    let s = snapshot(&state).await?;
+    let deliveries = state.alerts.by_outcome();
+    Ok(axum::Json(fleet_core::protocol::Diagnosis::build(
+        fleet_core::protocol::DiagnosisInputs {
+            now: s.at,
+            epoch: s.epoch,
+            nodes: &s.nodes,
+            claims: &s.claims,
+            provider_errors: &s.metrics.provider_errors,
+            alerts: &s.metrics.alerts,
+            alert_deliveries: &deliveries,
+            heartbeat_timeout_ms: state.heartbeat_timeout_ms,
+        },
+    )))
 }
 
 /// `GET /v1/replay-status`: what this leader's start recovered.
@@ -484,12 +509,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     }
     render_costs(&mut out, &s.costs);
     out.push_str("# HELP fleet_alerts_total Deliveries of job escalations to alert channels, by outcome.\n# TYPE fleet_alerts_total counter\n");
-    for (outcome, n) in [
-        ("delivered", &state.alerts.delivered),
-        ("failed", &state.alerts.failed),
-        ("dropped", &state.alerts.dropped),
-    ] {
-        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+    for (outcome, n) in state.alerts.by_outcome() {
         let _ = writeln!(out, "fleet_alerts_total{{outcome=\"{outcome}\"}} {n}");
     }
     let _ = writeln!(

@@ -84,6 +84,7 @@ pub async fn serve(
             holder: holder.clone(),
             lease_ms: cfg.leader.lease_ms,
         },
+        heartbeat_timeout_ms: cfg.timing.heartbeat_timeout_ms,
     };
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a

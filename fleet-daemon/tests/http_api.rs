@@ -92,6 +92,7 @@ async fn serve() -> Api {
             holder: "daemon-a".to_owned(),
             lease_ms: 3_000,
         },
+        heartbeat_timeout_ms: 30_000,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -81,6 +81,45 @@ async fn replay_status_reports_the_adopted_node_and_the_grant_published_again() 
     assert!(info.followers.is_empty(), "a redb store has none: {out}");
     let text = ok(&fleetctl(&daemon, &["leader"], 30));
     assert!(text.contains("(leads)"), "{text}");
+
+    // diagnose: a claim no node can serve is an error that says why (and
+    // the command exits 1); the node's agent version is there; nothing
+    // secret is.
+    let waiting = daemon.claim_client().await;
+    let mut huge = request("huge", None);
+    huge.requirements.cpus = 4_096;
+    let pending = tokio::spawn(async move { waiting.claim(huge).await });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = fleetctl(&daemon, &["diagnose"], 30);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        if text.contains("claim huge") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("error   claim huge (ci): can never be granted"),
+        "{text}"
+    );
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")),
+        "the agent's version: {text}"
+    );
+    let json = fleetctl(&daemon, &["--json", "diagnose"], 30);
+    assert_eq!(json.status.code(), Some(1));
+    let json = String::from_utf8_lossy(&json.stdout).to_string();
+    let d: fleet_core::protocol::Diagnosis =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(d.waiting.len(), 1, "{json}");
+    for secret in [daemon.token.as_str(), "BEGIN", "credentials", "bootstrap"] {
+        assert!(!json.contains(secret), "{secret:?} in {json}");
+        assert!(!text.contains(secret), "{secret:?} in {text}");
+    }
+    pending.abort();
     let _ = grant;
     daemon.stop();
 }

@@ -100,6 +100,11 @@ pub enum Command {
     /// Who leads: the lease's holder, epoch and expiry, whether this daemon
     /// leads, and the followers waiting
     Leader,
+    /// What needs a look: silent nodes and their agent versions, claims
+    /// waiting and why (an unsatisfiable requirement, a quota or cap),
+    /// failing provider calls, alert deliveries; no secrets; exits 1 when
+    /// something is an error
+    Diagnose,
     /// What the leading daemon recovered when it last started: records
     /// loaded, nodes adopted or gone, orphans, grants published again,
     /// jobs requeued, and how long each step took

@@ -31,6 +31,15 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
             Ok(0)
         }
         Command::Status => show(&ctx, ctx.api()?.status().await?, render::status),
+        Command::Diagnose => {
+            let d = ctx.api()?.diagnose().await?;
+            let errors = d
+                .findings
+                .iter()
+                .any(|f| f.severity == fleet_core::protocol::Severity::Error);
+            show(&ctx, d, render::diagnosis)?;
+            Ok(i32::from(errors))
+        }
         Command::Leader => show(&ctx, ctx.api()?.leader().await?, |l| {
             render::leader(l, now_ms())
         }),

@@ -128,6 +128,11 @@ impl Api {
         self.get(API_STATUS_PATH).await
     }
 
+    /// `GET /v1/diagnose`.
+    pub async fn diagnose(&self) -> Result<fleet_core::protocol::Diagnosis, CtlError> {
+        self.get(fleet_core::protocol::API_DIAGNOSE_PATH).await
+    }
+
     /// `GET /v1/leader`.
     pub async fn leader(&self) -> Result<fleet_core::protocol::LeaderInfo, CtlError> {
         self.get(fleet_core::protocol::API_LEADER_PATH).await

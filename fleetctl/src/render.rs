@@ -156,6 +156,65 @@ pub fn status(s: &StatusSummary) -> String {
     out
 }
 
+/// `GET /v1/diagnose`: the findings, then nodes and waiting claims.
+pub fn diagnosis(d: &fleet_core::protocol::Diagnosis) -> String {
+    let mut out = String::new();
+    if d.findings.is_empty() {
+        out.push_str("nothing needs a look\n");
+    }
+    for f in &d.findings {
+        out.push_str(&format!(
+            "{:<8}{}: {}\n",
+            tag(&f.severity),
+            f.subject,
+            f.what
+        ));
+    }
+    out.push('\n');
+    let nodes: Vec<Vec<String>> = d
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.to_string(),
+                n.pool.to_string(),
+                n.state.name().to_owned(),
+                if n.connected { "yes" } else { "no" }.to_owned(),
+                format!("{} s", n.silent_ms / 1_000),
+                n.agent_version.clone().unwrap_or_else(|| "-".to_owned()),
+                n.claims.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "NODE", "POOL", "STATE", "SESSION", "SILENT", "AGENT", "CLAIMS",
+        ],
+        &nodes,
+    ));
+    if !d.waiting.is_empty() {
+        out.push('\n');
+        let waiting: Vec<Vec<String>> = d
+            .waiting
+            .iter()
+            .map(|w| {
+                vec![
+                    w.claim.to_string(),
+                    w.workspace.to_string(),
+                    w.pool.to_string(),
+                    format!("{} s", w.waiting_ms / 1_000),
+                    tag(&w.reason),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["CLAIM", "WORKSPACE", "POOL", "WAITING", "WHY"],
+            &waiting,
+        ));
+    }
+    out
+}
+
 /// `GET /v1/leader`: who leads and until when, then the followers.
 pub fn leader(l: &fleet_core::protocol::LeaderInfo, now: u64) -> String {
     let mut out = match &l.lease {

@@ -157,6 +157,7 @@ fn answers() -> Answers {
             claims: vec![id(ClaimId::new("c1"))],
             connected: true,
             last_seen: 0,
+            agent_version: None,
         }],
         claims: vec![
             claim("c1", ClaimState::Active, None),

@@ -489,6 +489,8 @@ struct Node {
     jobs: BTreeSet<JobId>,
     last_seen: Millis,
     connected: bool,
+    /// What its agent said it is at its last hello.
+    agent_version: Option<String>,
     idle_since: Option<Millis>,
     /// The provider call in flight, if any.
     op: Option<OpId>,
@@ -1004,6 +1006,7 @@ impl Controller {
             claims: n.claims.iter().cloned().collect(),
             connected: n.connected,
             last_seen: n.last_seen,
+            agent_version: n.agent_version.clone(),
         }
     }
 }
@@ -1025,6 +1028,7 @@ impl Node {
             last_affinity: None,
             drifted: false,
             durable,
+            agent_version: None,
         }
     }
 

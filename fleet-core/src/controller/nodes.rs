@@ -278,8 +278,13 @@ impl Controller {
         };
         n.last_seen = now;
         match msg {
-            AgentMsg::Hello { gateway, .. } => {
+            AgentMsg::Hello {
+                gateway,
+                agent_version,
+                ..
+            } => {
                 n.connected = true;
+                n.agent_version = Some(agent_version);
                 let endpoint_changed = gateway.is_some() && n.rec.endpoint != gateway;
                 if endpoint_changed {
                     n.rec.endpoint = gateway;

@@ -293,6 +293,9 @@ pub struct NodeStatus {
     /// Last message from its agent.
     #[serde(default)]
     pub last_seen: Millis,
+    /// The version its agent gave at its last hello (this leader's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
 }
 
 /// The source a node boots from; each has its own latency and cost.

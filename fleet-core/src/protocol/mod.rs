@@ -8,6 +8,7 @@
 
 mod agent;
 mod claim;
+mod diagnose;
 mod discovery;
 mod exec;
 mod http;
@@ -20,6 +21,7 @@ mod ws;
 
 pub use agent::*;
 pub use claim::*;
+pub use diagnose::*;
 pub use discovery::*;
 pub use exec::*;
 pub use http::*;
