@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_core::ids::{ClaimId, JobId, NodeId};
-use fleet_core::protocol::{ClaimReply, DaemonMsg, JobReply, JobState, Record};
+use fleet_core::protocol::{ClaimReply, DaemonMsg, JobReply, JobState, Record, RunStatus};
 use fleet_core::provider::{Instance, InstanceState};
 use fleet_core::store::Key;
 use fleet_core::transport::{Outbound, Peer};
@@ -88,6 +88,27 @@ impl Checker {
                         None => {
                             self.claim_node.insert(id.clone(), n.clone());
                         }
+                    }
+                }
+            }
+            Some(Record::Run(run))
+                if matches!(run.status, RunStatus::Completed | RunStatus::Failed) =>
+            {
+                // A run ends only after every task's receipt is stored.
+                for t in &run.spec.tasks {
+                    let key = fleet_core::subjects::Subjects::job_key(&t.workspace, &t.id);
+                    match self.records.get(&key) {
+                        Some(Record::Job(j)) if j.state == JobState::Done => {}
+                        other => bad.push(format!(
+                            "run {} stored {} while task {} is {}",
+                            run.spec.id,
+                            run.status,
+                            t.id,
+                            other.map_or("not stored".to_owned(), |r| match r {
+                                Record::Job(j) => j.state.name().to_owned(),
+                                _ => "another record".to_owned(),
+                            })
+                        )),
                     }
                 }
             }
@@ -298,6 +319,7 @@ impl Checker {
         instances: &[Instance],
         claims: &BTreeMap<ClaimId, ClaimView>,
         jobs: &BTreeMap<JobId, JobView>,
+        runs: &BTreeMap<fleet_core::RunId, JobView>,
     ) -> Vec<String> {
         let mut bad = Vec::new();
         for (id, view) in claims {
@@ -318,6 +340,11 @@ impl Checker {
                 bad.push(format!("job {id}: its submitter never got a receipt"));
             }
         }
+        for (id, view) in runs {
+            if *view == JobView::Waiting {
+                bad.push(format!("run {id}: its submitter never heard it end"));
+            }
+        }
         for r in self.records.values() {
             match r {
                 Record::Claim(c) if !c.state.is_terminal() => bad.push(format!(
@@ -331,6 +358,10 @@ impl Checker {
                         j.spec.id,
                         j.state.name()
                     )),
+                Record::Run(run) if !run.status.is_terminal() => bad.push(format!(
+                    "run {} is still {} in the settled store",
+                    run.spec.id, run.status
+                )),
                 _ => {}
             }
         }

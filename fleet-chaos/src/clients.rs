@@ -290,3 +290,83 @@ pub(crate) async fn job(sim: Arc<Sim>, script: JobScript) {
         }
     }
 }
+
+/// One run's submitter: submits until it hears the run's status, then
+/// waits for it to end (submitting again when quiet: a submit of the same
+/// run is answered with its status).
+pub(crate) async fn run(sim: Arc<Sim>, script: crate::plan::RunScript) {
+    sim.until(script.at).await;
+    let id = fleet_core::RunId::new(format!("r{}", script.n))
+        .unwrap_or_else(|_| unreachable!("a valid id"));
+    let tasks = script
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, secs)| TaskSpec {
+            id: JobId::new(format!("r{}-t{i}", script.n))
+                .unwrap_or_else(|_| unreachable!("a valid id")),
+            workspace: workspace(),
+            pool: sim.plan.pool.name.clone(),
+            argv: vec!["sleep".to_owned(), secs.to_string()],
+            env: Default::default(),
+            cwd: None,
+            timeout_ms: None,
+            retry: Default::default(),
+            alert: None,
+            scorer: None,
+            priority: 0,
+            requirements: Requirements::default(),
+        })
+        .collect();
+    let spec = fleet_core::protocol::RunSpec {
+        id: id.clone(),
+        workspace: workspace(),
+        name: String::new(),
+        labels: Default::default(),
+        tasks,
+        workers: Vec::new(),
+        paused: false,
+    };
+    let name = format!("run-submitter-{id}");
+    let mut mb = Mailbox {
+        name: name.clone(),
+        rx: sim.mailbox(&name, None),
+        next: 0,
+    };
+    let set = |view: JobView| {
+        sim.with(|st, at| {
+            st.step(at, format_args!("run submitter {id}: {view:?}"));
+            st.runs.insert(id.clone(), view);
+        });
+    };
+    set(JobView::Waiting);
+    let mut heard = false;
+    loop {
+        let reply = mb.reply();
+        sim.caller_send(
+            &format!("{} submit run {id}", reply.0),
+            Inbound::Job {
+                msg: JobMsg::SubmitRun(Box::new(spec.clone())),
+                reply,
+            },
+        );
+        let quiet = if heard { JOB_QUIET_MS } else { RETRY_MS };
+        while let Some(msg) = mb.recv(quiet).await {
+            match msg {
+                Outbound::Job(JobReply::Run { status, .. }) => {
+                    heard = true;
+                    if status.is_terminal() {
+                        return set(JobView::Finished(status.to_string()));
+                    }
+                }
+                Outbound::Job(JobReply::Rejected { why, .. }) => {
+                    sim.with(|st, at| {
+                        st.violations(at, vec![format!("run {id} rejected: {why}")]);
+                    });
+                    return set(JobView::Finished(format!("rejected: {why}")));
+                }
+                _ => {}
+            }
+        }
+    }
+}

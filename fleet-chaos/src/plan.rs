@@ -46,6 +46,17 @@ pub struct JobScript {
     pub run_secs: u64,
 }
 
+/// One submitter's run: tasks `r<n>-t<i>`, each `sleep <secs>`.
+#[derive(Debug, Clone)]
+pub struct RunScript {
+    /// Run id suffix (`r<n>`).
+    pub n: u32,
+    /// When it is submitted.
+    pub at: Millis,
+    /// How long each task's command runs.
+    pub tasks: Vec<u64>,
+}
+
 /// Fault rates of one schedule (per mille) and their shapes.
 #[derive(Debug, Clone)]
 pub struct Faults {
@@ -104,6 +115,8 @@ pub struct Plan {
     pub claims: Vec<ClaimScript>,
     /// Jobs.
     pub jobs: Vec<JobScript>,
+    /// Runs submitted.
+    pub runs: Vec<RunScript>,
     /// Faults, on until `active_ms`.
     pub faults: Faults,
     /// Agent boot time range.
@@ -224,6 +237,18 @@ impl Plan {
             pool,
             claims,
             jobs,
+            // From a stream of their own, so the draws above (and every
+            // regression seed's schedule) stay as they were.
+            runs: {
+                let mut r = Rng::new(seed ^ 0x72_75_6e_73);
+                (0..r.range32(0, 3))
+                    .map(|n| RunScript {
+                        n,
+                        at: r.range(0, active_ms * 3 / 4),
+                        tasks: (0..r.range32(1, 4)).map(|_| r.range(5, 120)).collect(),
+                    })
+                    .collect()
+            },
             faults,
             boot_ms: {
                 let lo = r.range(2_000, 60_000);
@@ -328,6 +353,9 @@ impl fmt::Display for Plan {
         }
         for j in &self.jobs {
             writeln!(f, "job: {j:?}")?;
+        }
+        for run in &self.runs {
+            writeln!(f, "run: {run:?}")?;
         }
         Ok(())
     }

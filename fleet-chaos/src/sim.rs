@@ -99,6 +99,7 @@ pub(crate) struct State {
     pub(crate) agents: BTreeMap<NodeId, (u64, mpsc::UnboundedSender<crate::agent::Note>)>,
     pub(crate) claims: BTreeMap<ClaimId, ClaimView>,
     pub(crate) jobs: BTreeMap<JobId, JobView>,
+    pub(crate) runs: BTreeMap<fleet_core::RunId, JobView>,
     faults_until: Millis,
     max_crashes: u32,
     /// How often each kind of event happened (what a schedule exercised).
@@ -262,6 +263,7 @@ impl Sim {
             agents: BTreeMap::new(),
             claims: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            runs: BTreeMap::new(),
             faults_until,
             max_crashes: plan.faults.max_crashes,
             counts: BTreeMap::new(),

@@ -102,6 +102,9 @@ async fn world(plan: Plan, opts: &Options) -> Outcome {
     for j in &plan.jobs {
         tokio::spawn(crate::clients::job(Arc::clone(&sim), j.clone()));
     }
+    for run in &plan.runs {
+        tokio::spawn(crate::clients::run(Arc::clone(&sim), run.clone()));
+    }
     for at in plan.faults.crash_at.clone() {
         let sim = Arc::clone(&sim);
         tokio::spawn(async move {
@@ -217,7 +220,7 @@ async fn world(plan: Plan, opts: &Options) -> Outcome {
         if fleet.is_none() || !st.alive(incarnation) {
             bad.push("the daemon is not running at the end".to_owned());
         }
-        bad.extend(st.check.settled(&instances, &st.claims, &st.jobs));
+        bad.extend(st.check.settled(&instances, &st.claims, &st.jobs, &st.runs));
         st.violations(at, bad);
     });
     drop(fleet);

@@ -348,11 +348,46 @@ impl Subjects {
     pub const JOBS_PREFIX: &'static str = "jobs.";
     /// Prefix of every pool key.
     pub const POOLS_PREFIX: &'static str = "pools.";
+    /// Prefix of every run key.
+    pub const RUNS_PREFIX: &'static str = "runs.";
+    /// The prefixes of every key holding a controller [`Record`](crate::protocol::Record):
+    /// what a restart loads (one list, so a new kind cannot be missed).
+    pub const RECORD_PREFIXES: [&'static str; 5] = [
+        Self::CLAIMS_PREFIX,
+        Self::NODES_PREFIX,
+        Self::JOBS_PREFIX,
+        Self::RUNS_PREFIX,
+        Self::POOLS_PREFIX,
+    ];
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_record_key_is_under_a_prefix_a_restart_loads() {
+        let ws = Workspace::new("team-a").unwrap_or_else(|_| unreachable!());
+        let pool = PoolName::new("linux").unwrap_or_else(|_| unreachable!());
+        let keys = [
+            Subjects::claim_key(&ws, &ClaimId::new("c1").unwrap_or_else(|_| unreachable!())),
+            Subjects::node_key(&pool, &NodeId::new("n1").unwrap_or_else(|_| unreachable!())),
+            Subjects::job_key(&ws, &JobId::new("j1").unwrap_or_else(|_| unreachable!())),
+            Subjects::run_key(
+                &ws,
+                &crate::ids::RunId::new("r1").unwrap_or_else(|_| unreachable!()),
+            ),
+            Subjects::pool_key(&pool),
+        ];
+        for key in keys {
+            assert!(
+                Subjects::RECORD_PREFIXES
+                    .iter()
+                    .any(|p| key.as_str().starts_with(p)),
+                "{key} would not be loaded at a restart"
+            );
+        }
+    }
 
     #[test]
     fn claim_subjects_round_trip_under_a_custom_namespace() {

@@ -419,3 +419,38 @@ fn a_run_survives_a_daemon_crash_and_is_forgotten_with_its_jobs() {
     );
     w.check_invariants().unwrap();
 }
+
+#[test]
+fn a_crash_between_a_runs_record_and_its_tasks_is_mended_at_restart() {
+    let mut w = world();
+    submit(
+        &mut w,
+        run(
+            "r1",
+            vec![task("a", &["sleep", "5"]), task("b", &["sleep", "5"])],
+        ),
+    );
+    // Step until the run is stored and its tasks are not yet.
+    let stored = |w: &World, prefix: &str| {
+        w.records()
+            .iter()
+            .any(|(k, _, _)| k.as_str().starts_with(prefix))
+    };
+    let mut caught = false;
+    for _ in 0..10_000 {
+        if stored(&w, "runs.") && !stored(&w, "jobs.") {
+            caught = true;
+            break;
+        }
+        if !w.step() {
+            break;
+        }
+    }
+    assert!(caught, "never between the run's write and its tasks'");
+    w.crash_and_restart();
+    w.run_for(900_000).unwrap();
+    let i = info(&w, "r1");
+    assert_eq!(i.status, RunStatus::Completed, "{i:?}");
+    assert!(i.tasks.iter().all(|t| t.result == Some(TaskResult::Pass)));
+    w.check_invariants().unwrap();
+}

@@ -697,12 +697,7 @@ fn stored_identity(key: &Key, bytes: &[u8]) -> Result<FleetId, RuntimeError> {
 /// Reads and decodes every record the controller owns.
 pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Record)>, RuntimeError> {
     let mut records = Vec::new();
-    for prefix in [
-        Subjects::CLAIMS_PREFIX,
-        Subjects::NODES_PREFIX,
-        Subjects::JOBS_PREFIX,
-        Subjects::POOLS_PREFIX,
-    ] {
+    for prefix in Subjects::RECORD_PREFIXES {
         for (key, v) in store.list(prefix).await? {
             let record: Record = decode(&v.value).map_err(|e| RuntimeError::CorruptRecord {
                 key: key.to_string(),

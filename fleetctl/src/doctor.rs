@@ -287,12 +287,7 @@ async fn check_records(store: &fleet_store_redb::RedbStore) -> Result<usize, Str
     let corrupt =
         |key: &str, e: &dyn std::fmt::Display| format!("record {key} does not decode: {e}");
     let mut n = 0;
-    for prefix in [
-        Subjects::CLAIMS_PREFIX,
-        Subjects::NODES_PREFIX,
-        Subjects::JOBS_PREFIX,
-        Subjects::POOLS_PREFIX,
-    ] {
+    for prefix in Subjects::RECORD_PREFIXES {
         for (key, v) in store.list(prefix).await.map_err(|e| e.to_string())? {
             decode::<Record>(&v.value).map_err(|e| corrupt(key.as_str(), &e))?;
             n += 1;

@@ -215,14 +215,12 @@ impl Controller {
                 stale: false,
             },
         );
-        let effects = reply
-            .map(|reply| Effect::JobAccepted {
-                job: id.clone(),
-                reply,
-            })
-            .into_iter()
-            .collect();
-        self.save_job(&id, effects, now, out);
+        // Stored, it may be scheduled (and a submitter hears `accepted`).
+        let accepted = Effect::JobAccepted {
+            job: id.clone(),
+            reply,
+        };
+        self.save_job(&id, vec![accepted], now, out);
     }
 
     fn on_cancel(
@@ -335,6 +333,9 @@ impl Controller {
                 };
                 j.durable = true;
                 self.dirty = true;
+                let Some(reply) = reply else {
+                    return; // a job stored for a restored run: nobody to tell
+                };
                 Self::reply_job(out, reply.clone(), JobReply::Accepted { job: job.clone() });
                 if let Some(r) = &j.rec.receipt {
                     Self::reply_job(out, reply, JobReply::Finished(r.clone()));

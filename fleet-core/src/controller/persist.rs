@@ -29,7 +29,8 @@ pub(super) enum Effect {
     /// A node record is deleted: forget it.
     NodeForgotten { node: NodeId },
     /// A new job is stored: acknowledge it and let scheduling see it.
-    JobAccepted { job: JobId, reply: ReplyTo },
+    /// (Its submitter, when there is one to answer, hears `accepted`.)
+    JobAccepted { job: JobId, reply: Option<ReplyTo> },
     /// A job's lease to a node is stored: send the command.
     JobDispatch { job: JobId },
     /// A job's receipt is stored: free its slot on `node` (write-ahead,
