@@ -220,3 +220,47 @@ async fn a_program_pauses_resumes_and_watches_a_run_that_fleetctl_cancels() {
     );
     daemon.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_outlives_a_kill_9_of_the_daemon_and_completes() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut daemon = Daemon::start(dir.path(), "");
+    let run = serde_json::json!({
+        "id": "r3", "workspace": WS,
+        "tasks": [
+            { "id": "r3-a", "workspace": WS, "pool": "default", "argv": ["sleep", "4"] },
+            { "id": "r3-b", "workspace": WS, "pool": "default", "argv": ["sleep", "4"] },
+        ],
+    });
+    let file = dir.path().join("run.json");
+    std::fs::write(&file, run.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    ok(&fleetctl(
+        &daemon,
+        &["runs", "submit", &file.display().to_string()],
+        60,
+    ));
+    await_run(&daemon, "r3", 60, |r| r.status == RunStatus::Running);
+
+    daemon.crash_and_restart();
+    // The restarted daemon knows the run (a resubmit is the same run) and
+    // finishes it.
+    let again = ok(&fleetctl(
+        &daemon,
+        &["--json", "runs", "submit", &file.display().to_string()],
+        60,
+    ));
+    let again: RunInfo = serde_json::from_str(&again).unwrap_or_else(|e| panic!("{e}: {again}"));
+    assert_eq!(again.id.as_str(), "r3");
+    let out = fleetctl(&daemon, &["runs", "watch", "r3", "--workspace", WS], 180);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let done = show(&daemon, "r3");
+    assert_eq!(done.status, RunStatus::Completed);
+    assert!(
+        done.tasks
+            .iter()
+            .all(|t| t.result == Some(TaskResult::Pass)),
+        "{done:?}"
+    );
+    daemon.stop();
+}
