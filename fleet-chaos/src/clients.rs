@@ -238,15 +238,13 @@ fn set_job(sim: &Sim, id: &JobId, view: JobView) {
     });
 }
 
-/// One submitter: submits until accepted, then waits for the receipt.
-pub(crate) async fn job(sim: Arc<Sim>, script: JobScript) {
-    sim.until(script.at).await;
-    let id = JobId::new(format!("j{}", script.n)).unwrap_or_else(|_| unreachable!("a valid id"));
-    let spec = TaskSpec {
-        id: id.clone(),
+/// A task `id` in the schedule's pool: `sleep <secs>`.
+fn sleep_task(sim: &Sim, id: String, secs: u64) -> TaskSpec {
+    TaskSpec {
+        id: JobId::new(id).unwrap_or_else(|_| unreachable!("a valid id")),
         workspace: workspace(),
         pool: sim.plan.pool.name.clone(),
-        argv: vec!["sleep".to_owned(), script.run_secs.to_string()],
+        argv: vec!["sleep".to_owned(), secs.to_string()],
         env: Default::default(),
         cwd: None,
         timeout_ms: None,
@@ -255,7 +253,14 @@ pub(crate) async fn job(sim: Arc<Sim>, script: JobScript) {
         scorer: None,
         priority: 0,
         requirements: Requirements::default(),
-    };
+    }
+}
+
+/// One submitter: submits until accepted, then waits for the receipt.
+pub(crate) async fn job(sim: Arc<Sim>, script: JobScript) {
+    sim.until(script.at).await;
+    let spec = sleep_task(&sim, format!("j{}", script.n), script.run_secs);
+    let id = spec.id.clone();
     let mut mb = Mailbox {
         name: format!("submitter-{id}"),
         rx: sim.mailbox(&format!("submitter-{id}"), None),
@@ -302,21 +307,7 @@ pub(crate) async fn run(sim: Arc<Sim>, script: crate::plan::RunScript) {
         .tasks
         .iter()
         .enumerate()
-        .map(|(i, secs)| TaskSpec {
-            id: JobId::new(format!("r{}-t{i}", script.n))
-                .unwrap_or_else(|_| unreachable!("a valid id")),
-            workspace: workspace(),
-            pool: sim.plan.pool.name.clone(),
-            argv: vec!["sleep".to_owned(), secs.to_string()],
-            env: Default::default(),
-            cwd: None,
-            timeout_ms: None,
-            retry: Default::default(),
-            alert: None,
-            scorer: None,
-            priority: 0,
-            requirements: Requirements::default(),
-        })
+        .map(|(i, secs)| sleep_task(&sim, format!("r{}-t{i}", script.n), *secs))
         .collect();
     let spec = fleet_core::protocol::RunSpec {
         id: id.clone(),
