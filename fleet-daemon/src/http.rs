@@ -156,14 +156,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn snapshot(state: &ApiState) -> Result<Status, ApiError> {
-    let Some(fleet) = state.fleet.get() else {
-        return Err(ApiError(
+/// The control plane, or 503 on a follower.
+fn leading_fleet(state: &ApiState) -> Result<&Arc<Fleet>, ApiError> {
+    state.fleet.get().ok_or_else(|| {
+        ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "this daemon is a follower; ask the leader".into(),
-        ));
-    };
-    fleet
+        )
+    })
+}
+
+async fn snapshot(state: &ApiState) -> Result<Status, ApiError> {
+    leading_fleet(state)?
         .status()
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
@@ -307,11 +311,15 @@ fn run_infos(s: &Status, keep: impl Fn(&RunRecord) -> bool) -> Vec<RunInfo> {
         .collect()
 }
 
-fn run_path(ws: &str, run: &str) -> Result<(Workspace, RunId), ApiError> {
+/// A path's workspace and the id after it (a job's, a run's), or 400.
+fn path_ids<I>(ws: &str, id: &str) -> Result<(Workspace, I), ApiError>
+where
+    I: TryFrom<String, Error = fleet_core::ids::IdError>,
+{
     let bad = |e: fleet_core::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
     Ok((
         Workspace::new(ws).map_err(bad)?,
-        RunId::new(run).map_err(bad)?,
+        I::try_from(id.to_owned()).map_err(bad)?,
     ))
 }
 
@@ -328,7 +336,7 @@ async fn run_info(
     State(state): State<ApiState>,
     axum::extract::Path((ws, run)): axum::extract::Path<(String, String)>,
 ) -> Result<axum::Json<RunInfo>, ApiError> {
-    let (ws, run) = run_path(&ws, &run)?;
+    let (ws, run): (_, RunId) = path_ids(&ws, &run)?;
     Ok(axum::Json(one_run(&state, &ws, &run).await?))
 }
 
@@ -337,12 +345,7 @@ async fn run_info(
 async fn run_call(state: &ApiState, msg: JobMsg) -> Result<(), ApiError> {
     use fleet_core::transport::JobClient as _;
     use futures_util::StreamExt as _;
-    let Some(fleet) = state.fleet.get() else {
-        return Err(ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this daemon is a follower; ask the leader".into(),
-        ));
-    };
+    let fleet = leading_fleet(state)?;
     let unavailable = |e: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, e);
     let mut replies = fleet
         .job_client()
@@ -381,7 +384,7 @@ async fn run_action(
     State(state): State<ApiState>,
     axum::extract::Path((ws, run, action)): axum::extract::Path<(String, String, String)>,
 ) -> Result<axum::Json<RunInfo>, ApiError> {
-    let (ws, run) = run_path(&ws, &run)?;
+    let (ws, run): (_, RunId) = path_ids(&ws, &run)?;
     let action = match action.as_str() {
         "pause" => RunAction::Pause,
         "resume" => RunAction::Resume,
@@ -402,20 +405,12 @@ async fn run_action(
     Ok(axum::Json(one_run(&state, &ws, &run).await?))
 }
 
-fn job_path(ws: &str, job: &str) -> Result<(Workspace, fleet_core::JobId), ApiError> {
-    let bad = |e: fleet_core::ids::IdError| ApiError(StatusCode::BAD_REQUEST, e.to_string());
-    Ok((
-        Workspace::new(ws).map_err(bad)?,
-        fleet_core::JobId::new(job).map_err(bad)?,
-    ))
-}
-
 /// `GET /v1/jobs/<workspace>/<job>/artifacts`.
 async fn job_artifacts(
     State(state): State<ApiState>,
     axum::extract::Path((ws, job)): axum::extract::Path<(String, String)>,
 ) -> Result<axum::Json<Vec<fleet_core::protocol::ArtifactInfo>>, ApiError> {
-    let (ws, job) = job_path(&ws, &job)?;
+    let (ws, job): (_, fleet_core::JobId) = path_ids(&ws, &job)?;
     Ok(axum::Json(state.artifacts.list(&ws, &job)))
 }
 
@@ -424,7 +419,7 @@ async fn job_artifact(
     State(state): State<ApiState>,
     axum::extract::Path((ws, job, name)): axum::extract::Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let (ws, job) = job_path(&ws, &job)?;
+    let (ws, job): (_, fleet_core::JobId) = path_ids(&ws, &job)?;
     let not_found = || {
         ApiError(
             StatusCode::NOT_FOUND,

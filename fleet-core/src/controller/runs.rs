@@ -197,10 +197,11 @@ impl Controller {
                     run.rec.paused = paused;
                     // Resumed tasks may be scheduled now.
                     self.dirty = true;
-                    self.refresh_run(id, now, out);
                     // The flag is stored even when the status stays (a run
                     // whose tasks are all finishing).
-                    self.save_run(id, Vec::new(), now, out);
+                    if !self.refresh_run(id, now, out) {
+                        self.save_run(id, Vec::new(), now, out);
+                    }
                 }
             }
             RunAction::Cancel => {
@@ -257,7 +258,9 @@ impl Controller {
                 );
                 self.materialize_run(&run, Some(reply), now, out);
             }
-            Effect::RunRefresh { run } => self.refresh_run(&run, now, out),
+            Effect::RunRefresh { run } => {
+                self.refresh_run(&run, now, out);
+            }
             Effect::RunForgotten { run } => {
                 let Some(r) = self.runs.remove(&run) else {
                     return;
@@ -303,13 +306,13 @@ impl Controller {
     }
 
     /// Recomputes a run's status from its tasks; a change is stored and
-    /// sent to its submitter.
-    pub(super) fn refresh_run(&mut self, id: &RunId, now: Millis, out: &mut Vec<Command>) {
+    /// sent to its submitter. Whether it stored the run.
+    pub(super) fn refresh_run(&mut self, id: &RunId, now: Millis, out: &mut Vec<Command>) -> bool {
         let Some(run) = self.runs.get(id).filter(|r| r.durable) else {
-            return;
+            return false;
         };
         if run.rec.status == RunStatus::Cancelled {
-            return;
+            return false;
         }
         // A task whose write is still in flight may be ahead of its stored
         // record: that write's own refresh decides (a run's status never
@@ -321,7 +324,7 @@ impl Controller {
             .iter()
             .any(|t| self.writes.pending(&Subjects::job_key(&t.workspace, &t.id)));
         if unsettled {
-            return;
+            return false;
         }
         let jobs = run.rec.spec.tasks.iter().map(|t| {
             self.jobs
@@ -329,9 +332,9 @@ impl Controller {
                 .filter(|j| j.durable && j.rec.run.as_ref() == Some(id))
                 .map(|j| &j.rec)
         });
-        let status = run_status(false, run.rec.paused, jobs);
+        let status = run_status(run.rec.paused, jobs);
         if status == run.rec.status {
-            return;
+            return false;
         }
         if let Some(r) = self.runs.get_mut(id) {
             r.rec.status = status;
@@ -340,19 +343,7 @@ impl Controller {
         }
         self.save_run(id, Vec::new(), now, out);
         self.run_status_out(id, out);
-        if status.is_terminal() {
-            // Its tasks' retention is its own from now on.
-            let tasks: Vec<JobId> = self.runs[id]
-                .rec
-                .spec
-                .tasks
-                .iter()
-                .map(|t| t.id.clone())
-                .collect();
-            for t in tasks {
-                self.touch_job(&t);
-            }
-        }
+        true
     }
 
     fn run_status_out(&self, id: &RunId, out: &mut Vec<Command>) {

@@ -319,16 +319,13 @@ impl RunInfo {
     }
 }
 
-/// A run's status from its flags and its tasks' jobs (`None`: the task's
-/// job is not stored yet).
+/// The status of a run not cancelled, from whether it is paused and its
+/// tasks' jobs (`None`: the task's job is not stored yet). A cancelled run
+/// stays `cancelled` whatever its tasks do.
 pub fn run_status<'a>(
-    cancelled: bool,
     paused: bool,
     jobs: impl IntoIterator<Item = Option<&'a JobRecord>>,
 ) -> RunStatus {
-    if cancelled {
-        return RunStatus::Cancelled;
-    }
     let (mut pending, mut started, mut open, mut failed) = (false, false, false, false);
     for j in jobs {
         let Some(j) = j else {
