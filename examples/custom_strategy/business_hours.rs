@@ -12,7 +12,7 @@ use fleet_core::money::{MS_PER_HOUR, Rounding};
 use fleet_core::protocol::{NodeResources, NodeState};
 use fleet_core::provider::{Market, Offering};
 use fleet_core::strategy::{
-    Action, IdleCost, Param, Plan, PoolView, SourceKind, Strategy, StrategyInfo,
+    Action, IdleCost, Param, Plan, PoolView, Reason, SourceKind, Strategy, StrategyInfo,
 };
 
 const MS_PER_DAY: Millis = 24 * MS_PER_HOUR;
@@ -179,7 +179,10 @@ impl Strategy for BusinessHours {
         // gets a new node of the cheapest type that fits (whose other slots
         // the next claims may take). A claim nothing fits is left to the
         // controller, which tells its caller why.
+        // Why each action: `fleetctl explain pool` shows these words.
         let mut actions = Vec::new();
+        let mut reasons = Vec::new();
+        let waiting = pool.pending.len() as u32;
         for demand in pool.pending {
             let req = &demand.requirements;
             if let Some(slot) = slots
@@ -201,6 +204,10 @@ impl Strategy for BusinessHours {
                 pool.spec.slots_per_node.saturating_sub(1),
             ));
             actions.push(create(offering));
+            reasons.push(Reason::Demand {
+                claim: demand.claim.clone(),
+                waiting,
+            });
         }
 
         // The floor: warm nodes while open, min_nodes always.
@@ -209,6 +216,9 @@ impl Strategy for BusinessHours {
         if let Some(baseline) = pool.baseline() {
             while kept < floor && room > 0 {
                 actions.push(create(baseline));
+                reasons.push(Reason::Custom {
+                    detail: format!("{floor} warm node(s) now (business hours, or min_nodes)"),
+                });
                 kept += 1;
                 room -= 1;
             }
@@ -233,13 +243,21 @@ impl Strategy for BusinessHours {
                     actions.push(Action::Delete {
                         node: n.node.clone(),
                     });
+                    reasons.push(Reason::Idle {
+                        idle_ms: now.saturating_sub(since),
+                        timeout_ms: self.idle_timeout_ms,
+                    });
                     kept -= 1;
                 } else {
                     wake_at = wake_at.map_or(Some(due), |w| Some(w.min(due)));
                 }
             }
         }
-        Plan { actions, wake_at }
+        Plan {
+            actions,
+            wake_at,
+            reasons,
+        }
     }
 }
 

@@ -268,6 +268,12 @@ impl World {
         &self.controller
     }
 
+    /// Keeps the controller's decision history, or not
+    /// ([`Controller::keep_history`]; a simulation has no operator).
+    pub fn keep_history(&mut self, on: bool) {
+        self.controller.keep_history(on);
+    }
+
     /// Faults to inject.
     pub fn faults(&mut self) -> &mut Faults {
         &mut self.faults

@@ -493,3 +493,17 @@ mod tests {
         }
     }
 }
+
+/// A duration in ms as people read it: `1h02m`, `4m05s`, `12s`, `250ms`.
+pub fn duration(ms: Millis) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    }
+}

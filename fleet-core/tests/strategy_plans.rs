@@ -857,7 +857,8 @@ fn always_on_resize_scales_down_after_idle_at_peak() {
         aor.plan(&f.view(), NOW),
         Plan {
             actions: vec![],
-            wake_at: Some(NOW + 200_000)
+            wake_at: Some(NOW + 200_000),
+            reasons: vec![],
         }
     );
     let mut f = f.idle_since(NOW - 300_000);

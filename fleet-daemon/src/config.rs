@@ -273,6 +273,11 @@ pub enum ProviderConfig {
         /// Most local nodes at once.
         #[serde(default = "default_local_max")]
         max_nodes: u32,
+        /// Where the nodes live (default `<data_dir>/local`): this host's
+        /// "cloud account". A daemon restored into another data dir names
+        /// the old one's here to serve the nodes it had.
+        #[serde(default)]
+        dir: Option<PathBuf>,
     },
     /// Machines of your own, reached over SSH (`[[provider.hosts]]`):
     /// each runs one node's `fleet-agent`.
@@ -425,6 +430,7 @@ impl Default for ProviderConfig {
         ProviderConfig::Local {
             agent_bin: None,
             max_nodes: default_local_max(),
+            dir: None,
         }
     }
 }

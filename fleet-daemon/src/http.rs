@@ -24,14 +24,14 @@ use axum::routing::{get, post};
 use fleet_core::RunId;
 use fleet_core::ids::Workspace;
 use fleet_core::protocol::{
+    API_BACKUP_PATH, API_LEADER_PATH, API_REPLAY_STATUS_PATH, BackupRequest, JobMsg, JobReply,
+    LeaderInfo, ReplayStatus, RunAction, RunInfo, RunRecord, RunSpec,
+};
+use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_METRICS_PATH,
     API_NODES_PATH, API_POOLS_PATH, API_READYZ_PATH, API_RUNS_PATH, API_STATUS_PATH,
     API_TOKENS_PATH, ApiErrorBody, ClaimRecord, CostGrouping, CostReport, JobRecord, NewToken,
     NewTokenRequest, NodeState, NodeStatus, PoolInfo, StatusSummary,
-};
-use fleet_core::protocol::{
-    API_LEADER_PATH, API_REPLAY_STATUS_PATH, JobMsg, JobReply, LeaderInfo, ReplayStatus, RunAction,
-    RunInfo, RunRecord, RunSpec,
 };
 
 use crate::auth::ApiTokens;
@@ -59,6 +59,10 @@ pub struct ApiState {
     /// How long a node may go silent before it is lost (`diagnose` warns
     /// at half of it).
     pub heartbeat_timeout_ms: u64,
+    /// The data dir (a backup carries its trust files).
+    pub data_dir: std::path::PathBuf,
+    /// The fleet's namespace.
+    pub namespace: String,
 }
 
 /// What `GET /v1/leader` reads: the store the lease lives in (once open;
@@ -86,6 +90,8 @@ pub fn router(state: ApiState) -> Router {
         .route(API_METRICS_PATH, get(metrics))
         .route(API_STATUS_PATH, get(status))
         .route(API_POOLS_PATH, get(pools))
+        .route("/v1/pools/{pool}/explain", get(explain_pool))
+        .route("/v1/claims/{claim}/history", get(claim_history))
         .route(API_NODES_PATH, get(nodes))
         .route(API_CLAIMS_PATH, get(claims))
         .route(API_JOBS_PATH, get(jobs))
@@ -99,6 +105,7 @@ pub fn router(state: ApiState) -> Router {
         .route(fleet_core::protocol::API_DIAGNOSE_PATH, get(diagnose))
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
+        .route(API_BACKUP_PATH, post(backup))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(API_HEALTHZ_PATH, get(|| async { "ok\n" }))
@@ -133,6 +140,38 @@ async fn require_token(
             ApiError(StatusCode::UNAUTHORIZED, "unauthorized".into()).into_response()
         }
     }
+}
+
+/// `POST /v1/backup`: every stored entry and the trust files, encrypted
+/// with age to the request's recipients (`application/octet-stream`).
+async fn backup(
+    State(state): State<ApiState>,
+    axum::Json(req): axum::Json<BackupRequest>,
+) -> Result<Response, ApiError> {
+    use crate::backup::BackupFailure;
+    let to = crate::backup::recipients(&req.recipients)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let fleet = leading_fleet(&state)?;
+    let now = fleet_core::clock::Clock::now(&fleet_runtime::SystemClock);
+    let (bytes, origin) = crate::backup::take(fleet, &state.data_dir, &state.namespace, now, &to)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "backup failed");
+            let code = match e {
+                BackupFailure::Recipients(_) => StatusCode::BAD_REQUEST,
+                BackupFailure::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError(code, e.to_string())
+        })?;
+    tracing::info!(
+        fleet_id = %origin.fleet_id,
+        records = ?origin.records,
+        bytes = bytes.len(),
+        recipients = to.len(),
+        "backup taken"
+    );
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
@@ -309,6 +348,44 @@ fn run_infos(s: &Status, keep: impl Fn(&RunRecord) -> bool) -> Vec<RunInfo> {
         .filter(|r| keep(r))
         .map(|r| RunInfo::new(r, |id| jobs.get(id).copied()))
         .collect()
+}
+
+/// `GET /v1/pools/<pool>/explain`: the strategy, its last plan and the
+/// pool's recent decisions with their reasons.
+async fn explain_pool(
+    State(state): State<ApiState>,
+    axum::extract::Path(pool): axum::extract::Path<String>,
+) -> Result<axum::Json<fleet_core::protocol::PoolExplain>, ApiError> {
+    let pool = fleet_core::PoolName::new(pool)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let name = pool.clone();
+    leading_fleet(&state)?
+        .inspect(move |c, _| c.explain(&name))
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no pool {pool}")))
+}
+
+/// `GET /v1/claims/<claim>/history`: the claim's transitions still kept.
+async fn claim_history(
+    State(state): State<ApiState>,
+    axum::extract::Path(claim): axum::extract::Path<String>,
+) -> Result<axum::Json<fleet_core::protocol::ClaimHistory>, ApiError> {
+    let claim = fleet_core::ClaimId::new(claim)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = claim.clone();
+    let history = leading_fleet(&state)?
+        .inspect(move |c, _| c.claim_history(&id))
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    if history.transitions.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no history of claim {claim} (unknown, or older than what is kept)"),
+        ));
+    }
+    Ok(axum::Json(history))
 }
 
 /// A path's workspace and the id after it (a job's, a run's), or 400.

@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod artifacts;
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod http;
 mod providers;

@@ -40,9 +40,10 @@ pub(crate) async fn build(
         ProviderConfig::Local {
             agent_bin,
             max_nodes,
+            dir,
         } => Ok(Arc::new(LocalProvider::new(
             LocalOptions {
-                base_dir: ctx.data_dir.join("local"),
+                base_dir: dir.clone().unwrap_or_else(|| ctx.data_dir.join("local")),
                 agent_bin: agent_binary(agent_bin.as_deref()),
                 daemon_url: format!("{}{}", ctx.ws_url, fleet_transport_ws::AGENT_PATH),
                 ca_file: ctx.ca_file.to_owned(),

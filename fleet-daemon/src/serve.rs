@@ -85,6 +85,8 @@ pub async fn serve(
             lease_ms: cfg.leader.lease_ms,
         },
         heartbeat_timeout_ms: cfg.timing.heartbeat_timeout_ms,
+        data_dir: data_dir.clone(),
+        namespace: cfg.namespace.clone(),
     };
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a
@@ -105,6 +107,10 @@ pub async fn serve(
     let subjects = Subjects::new(&cfg.namespace).map_err(|e| setup("namespace")(e.to_string()))?;
     let nats = nats::connect(&cfg).await?;
     let stores = open_stores(&cfg, &data_dir, &leader, &subjects, nats.as_ref()).await?;
+    // A restored backup goes into the store before anyone leads on it.
+    crate::backup::import_pending(&data_dir, &*stores.lease, clock.now())
+        .await
+        .map_err(setup("restoring the backup"))?;
     let _ = lease_store.set(stores.lease.clone());
     let mut lease = LeaderLease::new(holder.clone(), cfg.leader.lease_ms);
     let epoch = loop {

@@ -93,6 +93,8 @@ async fn serve() -> Api {
             lease_ms: 3_000,
         },
         heartbeat_timeout_ms: 30_000,
+        data_dir: std::env::temp_dir(),
+        namespace: "fleet".to_owned(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

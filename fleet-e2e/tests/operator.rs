@@ -1,5 +1,6 @@
 //! Operator surfaces of the real daemon: what a restart recovered
-//! (`fleetctl replay-status`).
+//! (`fleetctl replay-status`), why nodes were made (`explain`), a claim's
+//! life (`history`), and backup and restore into a new data dir.
 
 mod common;
 
@@ -122,4 +123,151 @@ async fn replay_status_reports_the_adopted_node_and_the_grant_published_again() 
     pending.abort();
     let _ = grant;
     daemon.stop();
+}
+
+/// `fleetctl ARGS` with no daemon behind it (restore works on files).
+fn fleetctl_offline(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("fleetctl"))
+        .args(args)
+        .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_DAEMON_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("fleetctl: {e}"))
+}
+
+fn failed_with(out: &std::process::Output, words: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(words), "{words:?} not in {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_into_a_new_data_dir_keeps_the_claim_and_its_node() {
+    let dir_a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let mut a = Daemon::start(dir_a.path(), "");
+    let client = a.claim_client().await;
+    let grant = tokio::time::timeout(Duration::from_secs(60), client.claim(request("c1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no grant"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // Why the node exists, and the claim's life so far.
+    let text = ok(&fleetctl(&a, &["explain", "pool", "default"], 30));
+    assert!(
+        text.contains("claim c1 waits and no node can take it"),
+        "{text}"
+    );
+    assert!(text.contains(grant.node.as_str()), "{text}");
+    let text = ok(&fleetctl(&a, &["history", "c1"], 30));
+    assert!(
+        text.contains("pending") && text.contains("granted after"),
+        "{text}"
+    );
+    let missing = fleetctl(&a, &["history", "nope"], 30);
+    assert_eq!(missing.status.code(), Some(1));
+
+    let keys = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key = keys.path().join("backup.key");
+    let other = keys.path().join("other.key");
+    let file = keys.path().join("fleet.age");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let recipient = ok(&fleetctl(&a, &["backup-key", &path(&key)], 30))
+        .trim()
+        .to_owned();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    ok(&fleetctl(&a, &["backup-key", &path(&other)], 30));
+    let out = ok(&fleetctl(
+        &a,
+        &["backup", "--recipient", &recipient, "--out", &path(&file)],
+        60,
+    ));
+    assert!(out.contains("backup written to"), "{out}");
+    let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{e}"));
+    for secret in ["BEGIN", "tokens", "fleet.id"] {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{secret} in clear text"
+        );
+    }
+
+    // Refused: over the live data dir, with another key, tampered.
+    let data_a = path(&dir_a.path().join("data"));
+    let args = |dir: &str, id: &std::path::Path, f: &std::path::Path| {
+        vec![
+            "--data-dir".to_owned(),
+            dir.to_owned(),
+            "restore".to_owned(),
+            "--identity".to_owned(),
+            path(id),
+            path(f),
+        ]
+    };
+    let run = |a: Vec<String>| fleetctl_offline(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let fresh = path(&keys.path().join("never-used"));
+    failed_with(&run(args(&data_a, &key, &file)), "it is not empty");
+    failed_with(
+        &run(args(&fresh, &other, &file)),
+        "not encrypted to the identity",
+    );
+    let tampered = keys.path().join("tampered.age");
+    let mut t = bytes.clone();
+    let mid = t.len() / 2;
+    t[mid] ^= 0x40;
+    std::fs::write(&tampered, t).unwrap_or_else(|e| panic!("{e}"));
+    failed_with(
+        &run(args(&fresh, &key, &tampered)),
+        "damaged or was modified",
+    );
+    assert!(!keys.path().join("never-used").exists(), "nothing written");
+
+    // The old host dies; the backup goes into a new data dir.
+    a.kill9();
+    let dir_b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_b = path(&dir_b.path().join("data"));
+    let out = ok(&run(args(&data_b, &key, &file)));
+    assert!(
+        out.contains("restored fleet") && out.contains("1 claim"),
+        "{out}"
+    );
+    // Same ports (the agents know the address) and the same local
+    // "cloud account": the nodes live in the old dir.
+    let text = std::fs::read_to_string(&a.config).unwrap_or_else(|e| panic!("{e}"));
+    let text = text.replace(&data_a, &data_b).replacen(
+        "[provider]\n",
+        &format!("[provider]\ndir = {:?}\n", format!("{data_a}/local")),
+        1,
+    );
+    let config_b = dir_b.path().join("daemon.toml");
+    std::fs::write(&config_b, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Daemon::launch(dir_b.path(), config_b, Vec::new());
+    // The restored hashed tokens: the old admin token works.
+    b.token = a.token.clone();
+    let state = eventually(30, || async { b.claim_state("c1").await }).await;
+    assert_eq!(state, Some(serde_json::json!("granted")));
+    let connected = eventually(60, || async {
+        let (_, body) = b.get("/v1/nodes").await;
+        let nodes: Vec<fleet_core::protocol::NodeStatus> = serde_json::from_str(&body).ok()?;
+        nodes
+            .iter()
+            .find(|n| n.record.node == grant.node && n.connected)
+            .map(|_| ())
+    })
+    .await;
+    assert!(connected.is_some(), "the node's agent never reconnected");
+    let r = b.get("/v1/replay-status").await.1;
+    assert!(r.contains("\"claim\":1"), "{r}");
+    let client_b = b.claim_client().await;
+    client_b
+        .release(&grant.workspace, &grant.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let released = eventually(30, || async {
+        (b.claim_state("c1").await? == "released").then_some(())
+    })
+    .await;
+    assert!(released.is_some());
+    let data_b = dir_b.path().join("data");
+    assert!(data_b.join("restored.json").exists());
+    assert!(!data_b.join("restore.pending.json").exists());
+    b.stop();
 }

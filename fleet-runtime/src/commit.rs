@@ -18,9 +18,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fleet_core::ids::{Epoch, NodeId};
 use fleet_core::protocol::{Record, decode, encode};
-use fleet_core::store::{Key, Revision, Store, StoreError, Write};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, Write};
 use fleet_core::subjects::Subjects;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::driver::{BootstrapTokens, Input};
 
@@ -31,6 +31,19 @@ pub(crate) struct Persist {
     pub(crate) expected: Option<Revision>,
 }
 
+/// Every stored entry at one point of the writer's order.
+pub(crate) type Snapshot = Result<Vec<(Key, Versioned)>, StoreError>;
+
+/// What the driver hands the writer.
+pub(crate) enum ToWriter {
+    /// Writes to commit, in order.
+    Writes(Vec<Persist>),
+    /// Read every stored entry once all writes before this are committed,
+    /// and before any after it: the writer is the only writer of records,
+    /// so the read is a state the control loop was in.
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
 /// Starts the writer; batches sent to the returned queue are committed in
 /// order and answered on `tx`. It stops when the queue or `tx` closes.
 pub(crate) fn spawn_writer(
@@ -38,21 +51,45 @@ pub(crate) fn spawn_writer(
     tokens: Option<Arc<dyn BootstrapTokens>>,
     epoch: Epoch,
     tx: mpsc::UnboundedSender<Input>,
-) -> mpsc::UnboundedSender<Vec<Persist>> {
-    let (queue, mut rx) = mpsc::unbounded_channel::<Vec<Persist>>();
+) -> mpsc::UnboundedSender<ToWriter> {
+    let (queue, mut rx) = mpsc::unbounded_channel::<ToWriter>();
     tokio::spawn(async move {
-        while let Some(mut batch) = rx.recv().await {
-            while let Ok(more) = rx.try_recv() {
-                batch.extend(more);
-            }
-            for (key, result) in commit(&*store, batch, epoch, tokens.as_deref()).await {
-                if tx.send(Input::Persisted { key, result }).is_err() {
-                    return;
+        while let Some(first) = rx.recv().await {
+            let mut batch = Vec::new();
+            let mut snapshot = None;
+            let mut next = Some(first);
+            // Everything queued joins one commit, up to a snapshot request.
+            while let Some(msg) = next.take() {
+                match msg {
+                    ToWriter::Writes(more) => batch.extend(more),
+                    ToWriter::Snapshot(reply) => {
+                        snapshot = Some(reply);
+                        break;
+                    }
                 }
+                next = rx.try_recv().ok();
+            }
+            if !batch.is_empty() {
+                for (key, result) in commit(&*store, batch, epoch, tokens.as_deref()).await {
+                    if tx.send(Input::Persisted { key, result }).is_err() {
+                        return;
+                    }
+                }
+            }
+            if let Some(reply) = snapshot {
+                let _ = reply.send(snapshot_of(&*store).await);
             }
         }
     });
     queue
+}
+
+/// Every entry of `store` but the followers' notes (they are about the
+/// processes running now, not the fleet).
+async fn snapshot_of(store: &dyn Store) -> Snapshot {
+    let mut entries = store.list("").await?;
+    entries.retain(|(k, _)| !k.has_prefix(Subjects::FOLLOWERS_PREFIX));
+    Ok(entries)
 }
 
 /// One write prepared for the store: the encoded value and what to do.

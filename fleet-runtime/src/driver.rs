@@ -30,7 +30,7 @@ use fleet_core::protocol::{
 use fleet_core::provider::{
     Offering, Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TagFilter,
 };
-use fleet_core::store::{Key, Revision, Store, StoreError};
+use fleet_core::store::{Key, Revision, Store, StoreError, Versioned};
 use fleet_core::strategy::PoolSpec;
 use fleet_core::subjects::Subjects;
 use fleet_core::transport::{Inbound, Outbound, Peer, ReplyTo, Transport, TransportError};
@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 pub use fleet_core::clock::Clock;
 
-use crate::commit::Persist;
+use crate::commit::{Persist, ToWriter};
 use crate::metrics::Metrics;
 use crate::tokens::BootstrapError;
 
@@ -233,6 +233,10 @@ pub(crate) enum Input {
     Inventory(Vec<fleet_core::provider::Instance>),
     Offerings(Vec<Offering>),
     Status(oneshot::Sender<Status>),
+    Snapshot(oneshot::Sender<crate::commit::Snapshot>),
+    /// Runs on the control loop with its controller, after the events
+    /// before it ([`Fleet::inspect`]).
+    Inspect(Box<dyn FnOnce(&Controller, Millis) + Send>),
     Shutdown,
 }
 
@@ -635,6 +639,37 @@ impl Fleet {
         rx.await.map_err(|_| RuntimeError::Stopped)
     }
 
+    /// Runs `f` on the control loop with its controller and the clock's
+    /// now, after the events that arrived before, and returns its answer:
+    /// how an embedder or the HTTP API reads what [`Fleet::status`] does
+    /// not carry ([`Controller::explain`], [`Controller::claim_history`]).
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Controller, Millis) -> T + Send + 'static,
+    ) -> Result<T, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        let run = move |c: &Controller, now: Millis| {
+            let _ = tx.send(f(c, now));
+        };
+        self.tx
+            .send(Input::Inspect(Box::new(run)))
+            .map_err(|_| RuntimeError::Stopped)?;
+        rx.await.map_err(|_| RuntimeError::Stopped)
+    }
+
+    /// Every stored entry (records, the fleet identity, the lease,
+    /// bootstrap token digests; not the followers' notes), read once every
+    /// write the control loop issued so far is committed and before any
+    /// later one: a state it was in, whatever the store. What a backup is
+    /// made of.
+    pub async fn snapshot(&self) -> Result<Vec<(Key, Versioned)>, RuntimeError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Snapshot(tx))
+            .map_err(|_| RuntimeError::Stopped)?;
+        Ok(rx.await.map_err(|_| RuntimeError::Stopped)??)
+    }
+
     /// Stops the control loop and waits for it.
     pub async fn shutdown(mut self) {
         let _ = self.tx.send(Input::Shutdown);
@@ -711,7 +746,7 @@ pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Recor
 
 struct Driver {
     /// The group-commit writer ([`crate::commit`]).
-    writes: mpsc::UnboundedSender<Vec<Persist>>,
+    writes: mpsc::UnboundedSender<ToWriter>,
     /// Writes of this round, sent to the writer when the round ends.
     queued_writes: Vec<Persist>,
     controller: Controller,
@@ -798,6 +833,21 @@ impl Driver {
                 Input::Status(reply) => {
                     self.step(std::mem::take(&mut events)).await;
                     let _ = reply.send(self.status());
+                }
+                Input::Inspect(f) => {
+                    self.step(std::mem::take(&mut events)).await;
+                    f(&self.controller, self.clock.now());
+                }
+                Input::Snapshot(reply) => {
+                    // After the writes of the events before it.
+                    self.step(std::mem::take(&mut events)).await;
+                    if let Err(mpsc::error::SendError(ToWriter::Snapshot(reply))) =
+                        self.writes.send(ToWriter::Snapshot(reply))
+                    {
+                        let _ = reply.send(Err(StoreError::Unavailable(
+                            "the store writer stopped".to_owned(),
+                        )));
+                    }
                 }
                 Input::Shutdown => {
                     // What arrived before it is handled, as it would have
@@ -912,7 +962,9 @@ impl Driver {
             Input::Credentials { claim, result } => Event::CredentialsIssued { claim, result },
             Input::Inventory(instances) => Event::Inventory { instances },
             Input::Offerings(offerings) => Event::Offerings { offerings },
-            Input::Status(_) | Input::Shutdown => return None,
+            Input::Status(_) | Input::Snapshot(_) | Input::Inspect(_) | Input::Shutdown => {
+                return None;
+            }
         };
         Some(event)
     }
@@ -972,7 +1024,7 @@ impl Driver {
         }
         if !self.queued_writes.is_empty() {
             let batch = std::mem::take(&mut self.queued_writes);
-            if self.writes.send(batch).is_err() {
+            if self.writes.send(ToWriter::Writes(batch)).is_err() {
                 tracing::error!(
                     "the store writer stopped; writes of this round are lost to the control loop"
                 );

@@ -109,6 +109,44 @@ pub enum Command {
     /// loaded, nodes adopted or gone, orphans, grants published again,
     /// jobs requeued, and how long each step took
     ReplayStatus,
+    /// Write a new age identity (owner-only) for backups; prints its
+    /// recipient, what `backup --recipient` takes
+    BackupKey {
+        /// The identity file to write (must not exist)
+        file: PathBuf,
+    },
+    /// Back up the running daemon: every record, the fleet identity, the
+    /// pool CA, the sealing key and the hashed API tokens, read at one
+    /// point of its commit order and encrypted (by the daemon) with age
+    Backup {
+        /// An age recipient (age1…) to encrypt to; repeat for more
+        #[arg(long = "recipient", value_name = "AGE1…")]
+        recipients: Vec<String>,
+        /// A file of recipients, one per line
+        #[arg(long, value_name = "FILE")]
+        recipients_file: Option<PathBuf>,
+        /// Where to write the backup (must not exist; written owner-only)
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Restore a backup into an empty data dir (--data-dir) on this host;
+    /// the daemon started on it writes the records into its store (which
+    /// must be empty) and its nodes' agents reconnect: same CA
+    Restore {
+        /// The age identity file the backup is encrypted to
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// The backup file
+        backup: PathBuf,
+    },
+    /// Why the control plane did what it did
+    #[command(subcommand)]
+    Explain(Explain),
+    /// A claim's life: each transition with its time and reason
+    History {
+        /// The claim
+        claim: String,
+    },
     /// Configured pools
     Pools,
     /// Nodes and their live state
@@ -183,6 +221,19 @@ pub enum Command {
     Completions {
         /// The shell
         shell: clap_complete::Shell,
+    },
+}
+
+/// `explain` subcommands.
+#[derive(Debug, Clone, PartialEq, Subcommand)]
+#[non_exhaustive]
+pub enum Explain {
+    /// A pool: its strategy, what it saw when it last planned, and its
+    /// recent actions (create, start, stop, resize, snapshot, delete) each
+    /// with its reason and the inputs that mattered
+    Pool {
+        /// The pool
+        name: String,
     },
 }
 

@@ -100,15 +100,40 @@ pub fn write_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<(), 
 /// The age identity in `dir/age.key` (the key the claim's credentials are
 /// sealed to).
 pub fn load_age_key(dir: &Path) -> Result<age::x25519::Identity, CtlError> {
-    let path = dir.join(AGE_KEY_FILE);
-    let text = read_text(&path, "age key")?;
-    let line = text
+    let mut keys = age_identities(&dir.join(AGE_KEY_FILE))?;
+    Ok(keys.swap_remove(0))
+}
+
+/// The age identities (`AGE-SECRET-KEY-1…` lines; `#` comments and blank
+/// lines skipped) of an identity file, at least one.
+pub fn age_identities(path: &Path) -> Result<Vec<age::x25519::Identity>, CtlError> {
+    let text = read_text(path, "age key")?;
+    let keys = text
         .lines()
         .map(str::trim)
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .ok_or_else(|| fail(format!("{}: no AGE-SECRET-KEY line", path.display())))?;
-    age::x25519::Identity::from_str(line)
-        .map_err(|_| fail(format!("{}: not a valid age identity", path.display())))
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .map(|l| {
+            age::x25519::Identity::from_str(l)
+                .map_err(|_| fail(format!("{}: not a valid age identity", path.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if keys.is_empty() {
+        return Err(fail(format!("{}: no AGE-SECRET-KEY line", path.display())));
+    }
+    Ok(keys)
+}
+
+/// A fresh age identity file's text (the recipient in a comment).
+pub fn new_age_key_text() -> (age::x25519::Identity, String) {
+    use age::secrecy::ExposeSecret as _;
+    let identity = age::x25519::Identity::generate();
+    let secret = identity.to_string();
+    let text = format!(
+        "# recipient: {}\n{}\n",
+        identity.to_public(),
+        secret.expose_secret()
+    );
+    (identity, text)
 }
 
 /// The age identity in `dir/age.key`, or a fresh one written there.
@@ -116,14 +141,7 @@ pub fn load_or_create_age_key(dir: &Path) -> Result<age::x25519::Identity, CtlEr
     if dir.join(AGE_KEY_FILE).exists() {
         return load_age_key(dir);
     }
-    let identity = age::x25519::Identity::generate();
-    use age::secrecy::ExposeSecret as _;
-    let secret = identity.to_string();
-    let text = format!(
-        "# recipient: {}\n{}\n",
-        identity.to_public(),
-        secret.expose_secret()
-    );
+    let (identity, text) = new_age_key_text();
     write_file(dir, AGE_KEY_FILE, text.as_bytes(), 0o600)?;
     Ok(identity)
 }

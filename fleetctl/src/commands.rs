@@ -14,7 +14,7 @@ use fleet_core::transport::{ClaimClient, ClaimError};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::args::{ClaimArgs, Command, CostBy, Jobs, Runs, Token, VerdictResult};
+use crate::args::{ClaimArgs, Command, CostBy, Explain, Jobs, Runs, Token, VerdictResult};
 #[cfg(feature = "doctor")]
 use crate::doctor;
 use crate::render::{self, now_ms};
@@ -46,6 +46,25 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
         Command::ReplayStatus => show(&ctx, ctx.api()?.replay_status().await?, |r| {
             render::replay_status(r)
         }),
+        Command::Explain(Explain::Pool { name }) => {
+            let pool = PoolName::new(name.clone()).map_err(|e| invalid("pool", &name, e))?;
+            show(&ctx, ctx.api()?.explain_pool(&pool).await?, |e| {
+                render::explain_pool(e)
+            })
+        }
+        Command::History { claim } => {
+            let id = ClaimId::new(claim.clone()).map_err(|e| invalid("claim", &claim, e))?;
+            show(&ctx, ctx.api()?.claim_history(&id).await?, |h| {
+                render::claim_history(h)
+            })
+        }
+        Command::BackupKey { file } => crate::backup::keygen(&ctx, &file),
+        Command::Backup {
+            recipients,
+            recipients_file,
+            out,
+        } => crate::backup::backup(&ctx, recipients, recipients_file.as_deref(), &out).await,
+        Command::Restore { identity, backup } => crate::backup::restore(&ctx, &identity, &backup),
         Command::Pools => show(&ctx, ctx.api()?.pools().await?, |p| render::pools(p)),
         Command::Nodes => show(&ctx, ctx.api()?.nodes().await?, |n| {
             render::nodes(n, now_ms())

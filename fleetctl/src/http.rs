@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use fleet_core::ids::{JobId, RunId, Workspace};
 use fleet_core::protocol::{
+    API_BACKUP_PATH, API_RUNS_PATH, BackupRequest, RunAction, RunInfo, RunSpec, api_run_path,
+};
+use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_JOBS_PATH, API_NODES_PATH, API_POOLS_PATH,
     API_STATUS_PATH, API_TOKENS_PATH, ApiErrorBody, ArtifactInfo, ClaimRecord, CostGrouping,
     CostReport, JobRecord, NewToken, NewTokenRequest, NodeStatus, PoolInfo, Secret, StatusSummary,
     api_job_artifacts_path,
 };
-use fleet_core::protocol::{API_RUNS_PATH, RunAction, RunInfo, RunSpec, api_run_path};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -204,6 +206,33 @@ impl Api {
             .request(Method::POST, API_TOKENS_PATH, Some(req))
             .await?;
         self.decode(&Method::POST, API_TOKENS_PATH, r)
+    }
+
+    /// `GET /v1/pools/<pool>/explain`.
+    pub async fn explain_pool(
+        &self,
+        pool: &fleet_core::PoolName,
+    ) -> Result<fleet_core::protocol::PoolExplain, CtlError> {
+        self.get(&fleet_core::protocol::api_pool_explain_path(pool))
+            .await
+    }
+
+    /// `GET /v1/claims/<claim>/history`.
+    pub async fn claim_history(
+        &self,
+        claim: &fleet_core::ClaimId,
+    ) -> Result<fleet_core::protocol::ClaimHistory, CtlError> {
+        self.get(&fleet_core::protocol::api_claim_history_path(claim))
+            .await
+    }
+
+    /// `POST /v1/backup`: the age-encrypted backup's bytes.
+    pub async fn backup(&self, req: &BackupRequest) -> Result<Vec<u8>, CtlError> {
+        let r = self
+            .request_within(Method::POST, API_BACKUP_PATH, Some(req), MAX_ARTIFACT_BYTES)
+            .await?;
+        check_status("POST", &format!("{}{API_BACKUP_PATH}", self.base), &r)?;
+        Ok(r.body)
     }
 
     /// `GET path`, expecting 2xx and a `T`.

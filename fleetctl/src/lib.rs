@@ -12,6 +12,7 @@
 //!   `<data dir>/admin.token`.
 
 pub mod args;
+pub mod backup;
 pub mod claimdir;
 pub mod commands;
 #[cfg(feature = "doctor")]

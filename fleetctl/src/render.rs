@@ -55,16 +55,7 @@ pub fn utc(ms: u64) -> String {
 
 /// A duration in ms as `1h02m`, `4m05s`, `12s`, `250ms`.
 pub fn duration(ms: u64) -> String {
-    let s = ms / 1000;
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
-    }
+    fleet_core::time::duration(ms)
 }
 
 /// Now, in ms since the Unix epoch.
@@ -290,6 +281,113 @@ pub fn replay_status(r: &fleet_core::protocol::ReplayStatus) -> String {
         .collect();
     out.push_str(&table(&["STEP", "TOOK"], &steps));
     out
+}
+
+/// What a strategy saw, in a line.
+fn plan_inputs(i: &fleet_core::protocol::PlanInputs) -> String {
+    let mut out = format!("{} waiting", i.waiting);
+    if let Some(w) = i.oldest_wait_ms {
+        out.push_str(&format!(" (oldest {})", duration(w)));
+    }
+    out.push_str(&format!(", {} free slot(s), nodes ", i.free_slots));
+    out.push_str(&if i.nodes.is_empty() {
+        "none".to_owned()
+    } else {
+        counts(&i.nodes)
+    });
+    if !i.short_of.is_empty() {
+        let short: Vec<&str> = i.short_of.iter().map(|t| t.as_str()).collect();
+        out.push_str(&format!(", short of {}", short.join(",")));
+    }
+    if let Some(t) = i.create_backoff_until {
+        out.push_str(&format!(", creates back off until {}", utc(t)));
+    }
+    out
+}
+
+/// `GET /v1/pools/<pool>/explain`.
+pub fn explain_pool(e: &fleet_core::protocol::PoolExplain) -> String {
+    let params = if e.parameters.is_empty() {
+        "-".to_owned()
+    } else {
+        e.parameters
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!(
+        "pool      {}\nstrategy  {}: {}\nparams    {params}\n",
+        e.pool, e.strategy, e.summary
+    );
+    match (e.planned_at, &e.inputs) {
+        (Some(at), Some(i)) => {
+            out.push_str(&format!(
+                "planned   {} seeing {}\n",
+                utc(at),
+                plan_inputs(i)
+            ));
+        }
+        _ => out.push_str("planned   not yet\n"),
+    }
+    if let Some(w) = e.wake_at {
+        out.push_str(&format!("next plan {} at the latest\n", utc(w)));
+    }
+    if e.decisions.is_empty() {
+        out.push_str("no decisions kept\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = e
+        .decisions
+        .iter()
+        .map(|d| {
+            let why = match &d.refused {
+                Some(r) => format!("{} — refused: {r}", d.why),
+                None => d.why.clone(),
+            };
+            vec![
+                utc(d.at),
+                d.action.clone(),
+                or_dash(d.node.as_ref()),
+                or_dash(d.instance_type.as_ref()),
+                d.hourly_micros.map_or("-".to_owned(), money),
+                why,
+                plan_inputs(&d.inputs),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["TIME", "ACTION", "NODE", "TYPE", "$/H", "WHY", "SAW"],
+        &rows,
+    ));
+    out
+}
+
+/// `GET /v1/claims/<claim>/history`.
+pub fn claim_history(h: &fleet_core::protocol::ClaimHistory) -> String {
+    let first = h.transitions.first().map_or(0, |t| t.at);
+    let rows: Vec<Vec<String>> = h
+        .transitions
+        .iter()
+        .map(|t| {
+            vec![
+                utc(t.at),
+                format!("+{}", duration(t.at.saturating_sub(first))),
+                t.workspace.to_string(),
+                t.state.clone(),
+                or_dash(t.node.as_ref()),
+                t.reason.clone(),
+            ]
+        })
+        .collect();
+    format!(
+        "claim {}\n{}",
+        h.claim,
+        table(
+            &["TIME", "AFTER", "WORKSPACE", "STATE", "NODE", "WHY"],
+            &rows
+        )
+    )
 }
 
 /// `GET /v1/pools`.

@@ -44,6 +44,7 @@ impl Controller {
                 renewing: Vec::new(),
                 unanswered: None,
                 fresh: false,
+                noted: None,
             },
         );
     }
@@ -204,6 +205,7 @@ impl Controller {
                 renewing: Vec::new(),
                 unanswered: Some(reply),
                 fresh: true,
+                noted: None,
             },
         );
         // Arbitrated in this round before it is written: a claim a free
@@ -443,6 +445,7 @@ impl Controller {
             self.run_effects(done, now, out);
         }
         self.touch_claim(id);
+        self.note_claim(id, now);
     }
 
     /// Writes the claims requested in this round that it did not grant,
@@ -840,6 +843,7 @@ impl Controller {
                     && c.rec.pending_reason.as_ref() != Some(&reason)
                 {
                     c.rec.pending_reason = Some(reason);
+                    self.note_claim(&claim, now);
                 }
             }
             return;
@@ -892,6 +896,7 @@ impl Controller {
             let reason = self.explain_wait(&claim, reason);
             if let Some(c) = self.claims.get_mut(&claim) {
                 c.rec.pending_reason = Some(reason);
+                self.note_claim(&claim, now);
             }
         }
         for a in affine.into_iter().chain(outcome.grants) {

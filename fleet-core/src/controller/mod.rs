@@ -22,6 +22,7 @@ mod capacity;
 mod claims;
 mod cost;
 mod drift;
+mod history;
 mod inventory;
 mod jobs;
 mod nodes;
@@ -442,6 +443,8 @@ struct Claim {
     /// stored after the round — `pending` if it waits, or straight as
     /// `granted` (one write) if the round reserved a node for it.
     fresh: bool,
+    /// Its last transition in the history (`history.rs`).
+    noted: Option<history::Noted>,
 }
 
 impl Claim {
@@ -610,6 +613,8 @@ pub struct Controller {
     budgets: BTreeMap<Workspace, budget::Windows>,
     /// When budget windows next begin.
     budget_wake: Option<Millis>,
+    /// Decisions and claim transitions an operator reads (`history.rs`).
+    history: history::History,
 }
 
 /// Grants of claims that carried an affinity key.
@@ -674,6 +679,7 @@ impl Controller {
             affinity: AffinityStats::default(),
             budgets: BTreeMap::new(),
             budget_wake: None,
+            history: history::History::default(),
         };
         for spec in config.pools {
             let offerings = spec
@@ -698,14 +704,10 @@ impl Controller {
         }
         for (key, rev, record) in records {
             c.writes.known(key, rev);
-            let kind = match &record {
-                Record::Claim(_) => "claim",
-                Record::Node(_) => "node",
-                Record::Job(_) => "job",
-                Record::Run(_) => "run",
-                Record::Pool(_) => "pool",
-            };
-            *c.replay.records.entry(kind.to_owned()).or_default() += 1;
+            *c.replay
+                .records
+                .entry(record.kind().to_owned())
+                .or_default() += 1;
             match record {
                 Record::Claim(rec) => c.restore_claim(rec, now),
                 Record::Node(rec) => c.restore_node(rec, now),

@@ -109,6 +109,17 @@ impl Controller {
                 capacity,
             };
             let plan = pool.strategy.plan(&view, now);
+            let inputs = self.history_on().then(|| {
+                let short_of = pool
+                    .shortages
+                    .iter()
+                    .filter(|(_, s)| s.until > now)
+                    .map(|((t, _), _)| t.clone())
+                    .collect();
+                let backoff =
+                    (pool.create_backoff_until > now).then_some(pool.create_backoff_until);
+                super::history::plan_inputs(&views, &demand, short_of, backoff, now)
+            });
             if let Some(p) = self.pools.get_mut(&name) {
                 // Plan again when the strategy asks, the create back-off
                 // ends, a capacity shortage ends (a deferred resize), or
@@ -124,8 +135,15 @@ impl Controller {
                 .flatten()
                 .min();
             }
-            for action in plan.actions {
-                if let Err(why) = self.apply(&name, &action, now, out) {
+            if let Some(inputs) = inputs {
+                self.note_plan(&name, inputs, plan.wake_at, now);
+            }
+            for (i, action) in plan.actions.iter().enumerate() {
+                let outcome = self.apply(&name, action, now, out);
+                if self.history_on() {
+                    self.note_decision(&name, action, plan.reason(i), &outcome, now);
+                }
+                if let Err(why) = outcome {
                     out.push(Command::Alert(Alert::InvalidAction {
                         pool: name.clone(),
                         detail: format!("{action:?}: {why}"),
@@ -155,7 +173,7 @@ impl Controller {
         action: &Action,
         now: Millis,
         out: &mut Vec<Command>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<NodeId>, String> {
         let pool = self.pools.get(pool_name).ok_or("unknown pool")?;
         match action {
             Action::Create {
@@ -230,6 +248,7 @@ impl Controller {
                     now,
                     out,
                 );
+                return Ok(Some(id));
             }
             Action::Start { node } => {
                 if !self.capabilities.stop_start {
@@ -263,7 +282,7 @@ impl Controller {
                 if super::capacity::is_short(&pool.shortages, to, n.rec.market, now) {
                     // Deferred, not refused: the pool wakes when the
                     // shortage ends and the strategy asks again.
-                    return Ok(());
+                    return Ok(None);
                 }
                 let call =
                     ProviderCall::Resize(instance_ref(&n.rec).ok_or("no provider id")?, to.clone());
@@ -310,7 +329,7 @@ impl Controller {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -278,7 +278,7 @@ impl Diagnosis {
 }
 
 /// A waiting reason in words.
-fn pending_words(r: &PendingReason) -> String {
+pub(crate) fn pending_words(r: &PendingReason) -> String {
     match r {
         PendingReason::WaitingForCapacity => "for capacity being added".to_owned(),
         PendingReason::WaitingForAffinity { .. } => {

@@ -7,10 +7,12 @@
 //! every failure into a typed [`DecodeError`]; it never panics.
 
 mod agent;
+mod backup;
 mod claim;
 mod diagnose;
 mod discovery;
 mod exec;
+mod history;
 mod http;
 mod job;
 mod queue;
@@ -20,10 +22,12 @@ mod run;
 mod ws;
 
 pub use agent::*;
+pub use backup::*;
 pub use claim::*;
 pub use diagnose::*;
 pub use discovery::*;
 pub use exec::*;
+pub use history::*;
 pub use http::*;
 pub use job::*;
 pub use queue::*;

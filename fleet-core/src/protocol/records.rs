@@ -454,6 +454,18 @@ pub enum Record {
 }
 
 impl Record {
+    /// What kind of record it is, in words (`claim`, `node`, `job`, `run`,
+    /// `pool`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Claim(_) => "claim",
+            Record::Node(_) => "node",
+            Record::Job(_) => "job",
+            Record::Run(_) => "run",
+            Record::Pool(_) => "pool",
+        }
+    }
+
     /// The epoch of the leader that wrote it.
     pub fn epoch(&self) -> Epoch {
         match self {

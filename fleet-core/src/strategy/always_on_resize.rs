@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, Draft};
-use super::{Action, IdleCost, Param, Plan, PoolView, Strategy, StrategyInfo};
+use super::{Action, IdleCost, Param, Plan, PoolView, Reason, Strategy, StrategyInfo};
 use crate::billing::BootPath;
 use crate::ids::{InstanceType, Millis};
 use crate::money::Money;
@@ -181,12 +181,25 @@ impl Strategy for AlwaysOnResize {
             } else {
                 None
             };
+            let size = Reason::PoolSize { size: k };
             match to {
-                Some(to) => d.push(Action::Resize {
-                    node: n.node.clone(),
-                    to: to.clone(),
-                }),
-                None => d.start(i),
+                Some(to) => {
+                    let why = if to == &peak.instance_type {
+                        Reason::PeakDemand {
+                            waiting: u32::try_from(waiting_now.len()).unwrap_or(u32::MAX),
+                        }
+                    } else {
+                        Reason::ScaleDown
+                    };
+                    d.push(
+                        Action::Resize {
+                            node: n.node.clone(),
+                            to: to.clone(),
+                        },
+                        why,
+                    );
+                }
+                None => d.start(i, size),
             }
         }
         let m = kit::match_pending(&d);
@@ -195,13 +208,14 @@ impl Strategy for AlwaysOnResize {
         for (i, n) in pool.nodes.iter().enumerate() {
             let spare = !primary[i] && !d.is_removed(i) && !m.needed[i];
             if spare && (kit::is_idle_ready(n) || n.state == NodeState::Stopped) {
-                d.delete(i);
+                d.delete(i, Reason::BeyondSize { size: k });
             }
         }
         let have = primary.iter().filter(|p| **p).count();
         let source = kit::preferred_source(pool);
         for _ in have..usize::try_from(k).unwrap_or(usize::MAX) {
-            d.create(source, Market::OnDemand, &base.instance_type);
+            let why = Reason::PoolSize { size: k };
+            d.create(source, Market::OnDemand, &base.instance_type, why);
         }
         if !can_resize {
             return d.finish();
@@ -235,13 +249,20 @@ impl Strategy for AlwaysOnResize {
                 }
             };
             if need_peak > 0 && too_small && n.instance_type != peak.instance_type {
+                let why = Reason::PeakDemand {
+                    waiting: u32::try_from(need_peak).unwrap_or(u32::MAX),
+                };
                 need_peak = need_peak.saturating_sub(usize::try_from(n.slots.max(1)).unwrap_or(1));
-                d.push(resize(&peak.instance_type));
+                d.push(resize(&peak.instance_type), why);
             } else if n.instance_type != base.instance_type && !m.needed[i] && need_peak == 0 {
                 let after = pool.capacity.idle_timeout(self.scale_down_after_ms);
                 let due = kit::idle_start(n).saturating_add(after);
                 if due <= now {
-                    d.push(resize(&base.instance_type));
+                    let why = Reason::Idle {
+                        idle_ms: now.saturating_sub(kit::idle_start(n)),
+                        timeout_ms: after,
+                    };
+                    d.push(resize(&base.instance_type), why);
                 } else {
                     d.wake(due, now);
                 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, Draft};
-use super::{Param, Plan, PoolView, SourceKind, Strategy, StrategyInfo};
+use super::{Param, Plan, PoolView, Reason, SourceKind, Strategy, StrategyInfo};
 use crate::billing::BootPath;
 use crate::ids::{InstanceType, Millis};
 use crate::money::Money;
@@ -113,13 +113,14 @@ impl Strategy for Hybrid {
         let primary = kit::primaries(&d, k, &[&base.instance_type]);
         for (i, n) in pool.nodes.iter().enumerate() {
             if primary[i] && n.state == NodeState::Stopped && pool.capabilities.stop_start {
-                d.start(i);
+                d.start(i, Reason::PoolSize { size: k });
             }
         }
         let source = kit::preferred_source(pool);
         let have = primary.iter().filter(|p| **p).count();
         for _ in have..usize::try_from(k).unwrap_or(usize::MAX) {
-            d.create(source, Market::OnDemand, &base.instance_type);
+            let why = Reason::PoolSize { size: k };
+            d.create(source, Market::OnDemand, &base.instance_type, why);
         }
         let m = kit::match_pending(&d);
         let mut keep = primary.clone();

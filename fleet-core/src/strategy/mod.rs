@@ -203,6 +203,139 @@ pub struct Plan {
     /// Ask again at this time even if no event arrives (an idle timer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_at: Option<Millis>,
+    /// Why: `reasons[i]` is why `actions[i]` (what `fleetctl explain pool`
+    /// shows). A strategy that gives none (or fewer) leaves the rest
+    /// [`Reason::Unstated`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<Reason>,
+}
+
+impl Plan {
+    /// Why the plan asks for `actions[i]`.
+    pub fn reason(&self, i: usize) -> &Reason {
+        static UNSTATED: Reason = Reason::Unstated;
+        self.reasons.get(i).unwrap_or(&UNSTATED)
+    }
+}
+
+/// Why a strategy asks for an action: the input that decided it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// A claim (or job) waits that no node can take; `waiting` wait in all.
+    Demand {
+        /// The oldest claim the action is for.
+        claim: ClaimId,
+        /// Claims waiting that no node covers.
+        waiting: u32,
+    },
+    /// Claims wait that only the pool's peak type fits.
+    PeakDemand {
+        /// How many.
+        waiting: u32,
+    },
+    /// The pool keeps at least `min_nodes`.
+    MinNodes {
+        /// The pool's `min_nodes`.
+        min_nodes: u32,
+    },
+    /// The strategy keeps this many nodes (always-on count, stopped-pool
+    /// size).
+    PoolSize {
+        /// The size.
+        size: u32,
+    },
+    /// More nodes than the strategy keeps, and this one is not needed.
+    BeyondSize {
+        /// The size.
+        size: u32,
+    },
+    /// The capacity policy in force asks for free slots.
+    Spare {
+        /// Free slots it asks for.
+        slots: u32,
+    },
+    /// Idle past the timeout.
+    Idle {
+        /// How long it has been idle.
+        idle_ms: Millis,
+        /// The timeout in force.
+        timeout_ms: Millis,
+    },
+    /// Stopped, and the strategy keeps no stopped nodes.
+    StoppedUnused,
+    /// Lost or interrupted: it serves nothing and is replaced.
+    Failed {
+        /// Its state.
+        state: NodeState,
+    },
+    /// It served the pool's `max_uses`.
+    Retired,
+    /// Stopped on a provider that cannot start it.
+    Unstartable,
+    /// The pool's snapshot is missing or older than the refresh period.
+    SnapshotDue {
+        /// How old the current one is (none: there is none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        age_ms: Option<Millis>,
+        /// The refresh period.
+        refresh_ms: Millis,
+    },
+    /// Back to the base type, stopped for it earlier.
+    ScaleDown,
+    /// A strategy's own words.
+    Custom {
+        /// What decided it.
+        detail: String,
+    },
+    /// The strategy gave no reason.
+    Unstated,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = crate::time::duration;
+        match self {
+            Reason::Demand { claim, waiting } => write!(
+                f,
+                "claim {claim} waits and no node can take it ({waiting} waiting)"
+            ),
+            Reason::PeakDemand { waiting } => {
+                write!(f, "{waiting} claim(s) wait that only the peak type fits")
+            }
+            Reason::MinNodes { min_nodes } => write!(f, "the pool keeps min_nodes = {min_nodes}"),
+            Reason::PoolSize { size } => write!(f, "the strategy keeps {size} node(s)"),
+            Reason::BeyondSize { size } => {
+                write!(f, "more nodes than the {size} the strategy keeps, and idle")
+            }
+            Reason::Spare { slots } => {
+                write!(f, "the capacity policy asks for {slots} free slot(s)")
+            }
+            Reason::Idle {
+                idle_ms,
+                timeout_ms,
+            } => write!(f, "idle {} (timeout {})", s(*idle_ms), s(*timeout_ms)),
+            Reason::StoppedUnused => write!(f, "stopped, and this strategy keeps none stopped"),
+            Reason::Failed { state } => write!(f, "{}: serves nothing, replaced", state.name()),
+            Reason::Retired => write!(f, "served the pool's max_uses"),
+            Reason::Unstartable => write!(f, "stopped, and the provider cannot start it"),
+            Reason::SnapshotDue {
+                age_ms: Some(age),
+                refresh_ms,
+            } => write!(
+                f,
+                "the snapshot is {} old (refreshed every {})",
+                s(*age),
+                s(*refresh_ms)
+            ),
+            Reason::SnapshotDue { age_ms: None, .. } => write!(f, "the pool has no snapshot yet"),
+            Reason::ScaleDown => write!(f, "back to the base type"),
+            Reason::Custom { detail } => f.write_str(detail),
+            Reason::Unstated => write!(f, "no reason given by the strategy"),
+        }
+    }
 }
 
 /// What an idle pool (no claims at all) costs under a strategy, from a

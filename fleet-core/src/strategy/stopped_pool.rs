@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::kit::{self, Draft};
-use super::{Action, Demand, IdleCost, Param, Plan, PoolView, Strategy, StrategyInfo};
+use super::{Action, Demand, IdleCost, Param, Plan, PoolView, Reason, Strategy, StrategyInfo};
 use crate::billing::{BootPath, StoppedBilling};
 use crate::ids::Millis;
 use crate::money::Money;
@@ -58,6 +58,7 @@ impl StoppedPool {
         }
         let mut open: Vec<(usize, u32)> = Vec::new();
         let mut rest = Vec::new();
+        let waiting = u32::try_from(claims.len()).unwrap_or(u32::MAX);
         for c in claims {
             let req = &c.requirements;
             let nodes = pool.nodes;
@@ -81,7 +82,11 @@ impl StoppedPool {
                 .min_by_key(|(i, n)| (kit::size_key(&pool, &n.instance_type), *i));
             match stopped {
                 Some((i, n)) => {
-                    d.start(i);
+                    let why = Reason::Demand {
+                        claim: c.claim.clone(),
+                        waiting,
+                    };
+                    d.start(i, why);
                     open.push((i, n.slots.max(1) - 1));
                 }
                 None => rest.push(c),
@@ -191,7 +196,8 @@ impl Strategy for StoppedPool {
         let below = target.saturating_sub(d.live());
         kit::create_for(&mut d, &rest, source, Market::OnDemand, true, below);
         if let Some(b) = pool.baseline() {
-            d.fill_to(target, source, Market::OnDemand, &b.instance_type);
+            let why = Reason::PoolSize { size: target };
+            d.fill_to(target, source, Market::OnDemand, &b.instance_type, &why);
         }
         // Too many (size lowered, or left by another strategy): stopped ones
         // go first, then the longest idle.
@@ -211,7 +217,7 @@ impl Strategy for StoppedPool {
             if d.live() <= target {
                 break;
             }
-            d.delete(i);
+            d.delete(i, Reason::BeyondSize { size: target });
         }
         // Scheduled capacity: spare nodes are started nodes, kept from
         // stopping, most recently idle first; the pool never grows past
@@ -251,9 +257,16 @@ impl Strategy for StoppedPool {
                 }
                 let due = kit::idle_start(n).saturating_add(timeout);
                 if due <= now {
-                    d.push(Action::Stop {
-                        node: n.node.clone(),
-                    });
+                    let why = Reason::Idle {
+                        idle_ms: now.saturating_sub(kit::idle_start(n)),
+                        timeout_ms: timeout,
+                    };
+                    d.push(
+                        Action::Stop {
+                            node: n.node.clone(),
+                        },
+                        why,
+                    );
                 } else {
                     d.wake(due, now);
                 }

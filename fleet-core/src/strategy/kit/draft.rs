@@ -4,7 +4,7 @@
 use crate::ids::{InstanceType, Millis};
 use crate::protocol::NodeState;
 use crate::provider::Market;
-use crate::strategy::{Action, NodeView, Plan, PoolView, SourceKind};
+use crate::strategy::{Action, NodeView, Plan, PoolView, Reason, SourceKind};
 
 /// A plan being built. Tracks what the plan itself deletes, starts and
 /// creates, so limits are checked against the pool *after* the plan.
@@ -12,6 +12,8 @@ use crate::strategy::{Action, NodeView, Plan, PoolView, SourceKind};
 pub(in crate::strategy) struct Draft<'a> {
     pub(in crate::strategy) view: PoolView<'a>,
     actions: Vec<Action>,
+    /// `reasons[i]` is why `actions[i]`.
+    reasons: Vec<Reason>,
     removed: Vec<bool>,
     started: Vec<bool>,
     // Read by matching, which counts the slots of nodes this plan creates.
@@ -24,6 +26,7 @@ impl<'a> Draft<'a> {
         Draft {
             view: *view,
             actions: Vec::new(),
+            reasons: Vec::new(),
             removed: vec![false; view.nodes.len()],
             started: vec![false; view.nodes.len()],
             planned: Vec::new(),
@@ -64,21 +67,19 @@ impl<'a> Draft<'a> {
         self.started[i]
     }
 
-    pub(in crate::strategy) fn delete(&mut self, i: usize) {
+    pub(in crate::strategy) fn delete(&mut self, i: usize, why: Reason) {
         if !self.removed[i] {
             self.removed[i] = true;
-            self.actions.push(Action::Delete {
-                node: self.view.nodes[i].node.clone(),
-            });
+            let node = self.view.nodes[i].node.clone();
+            self.push(Action::Delete { node }, why);
         }
     }
 
-    pub(in crate::strategy) fn start(&mut self, i: usize) {
+    pub(in crate::strategy) fn start(&mut self, i: usize, why: Reason) {
         if !self.started[i] {
             self.started[i] = true;
-            self.actions.push(Action::Start {
-                node: self.view.nodes[i].node.clone(),
-            });
+            let node = self.view.nodes[i].node.clone();
+            self.push(Action::Start { node }, why);
         }
     }
 
@@ -88,21 +89,27 @@ impl<'a> Draft<'a> {
         source: SourceKind,
         market: Market,
         size: &InstanceType,
+        why: Reason,
     ) -> bool {
         if self.room() == 0 {
             return false;
         }
         self.planned.push(size.clone());
-        self.actions.push(Action::Create {
-            source,
-            market,
-            size: size.clone(),
-        });
+        let size = size.clone();
+        self.push(
+            Action::Create {
+                source,
+                market,
+                size,
+            },
+            why,
+        );
         true
     }
 
-    pub(in crate::strategy) fn push(&mut self, action: Action) {
+    pub(in crate::strategy) fn push(&mut self, action: Action, why: Reason) {
         self.actions.push(action);
+        self.reasons.push(why);
     }
 
     /// Asks to be woken at `t` if that is still ahead.
@@ -120,8 +127,10 @@ impl<'a> Draft<'a> {
         for (i, n) in self.view.nodes.iter().enumerate() {
             let retired = n.retiring
                 && (is_idle_ready(n) || (n.state == NodeState::Stopped && !self.started[i]));
-            if retired || matches!(n.state, NodeState::Lost | NodeState::Interrupted) {
-                self.delete(i);
+            if retired {
+                self.delete(i, Reason::Retired);
+            } else if matches!(n.state, NodeState::Lost | NodeState::Interrupted) {
+                self.delete(i, Reason::Failed { state: n.state });
             }
         }
     }
@@ -140,7 +149,7 @@ impl<'a> Draft<'a> {
         }
         for (i, n) in self.view.nodes.iter().enumerate() {
             if n.state == NodeState::Stopped {
-                self.delete(i);
+                self.delete(i, Reason::Unstartable);
             }
         }
     }
@@ -153,9 +162,10 @@ impl<'a> Draft<'a> {
         source: SourceKind,
         market: Market,
         size: &InstanceType,
+        why: &Reason,
     ) {
         while self.live() < target {
-            if !self.create(source, market, size) {
+            if !self.create(source, market, size, why.clone()) {
                 break;
             }
         }
@@ -178,8 +188,14 @@ impl<'a> Draft<'a> {
         if self.removed[i] {
             self.removed[i] = false;
             let node = &self.view.nodes[i].node;
-            self.actions
-                .retain(|a| !matches!(a, Action::Delete { node: n } if n == node));
+            if let Some(at) = self
+                .actions
+                .iter()
+                .position(|a| matches!(a, Action::Delete { node: n } if n == node))
+            {
+                self.actions.remove(at);
+                self.reasons.remove(at);
+            }
         }
     }
 
@@ -187,6 +203,7 @@ impl<'a> Draft<'a> {
         Plan {
             actions: self.actions,
             wake_at: self.wake_at,
+            reasons: self.reasons,
         }
     }
 }

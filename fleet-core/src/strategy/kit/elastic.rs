@@ -5,7 +5,7 @@ use super::{
 };
 use crate::ids::Millis;
 use crate::provider::Market;
-use crate::strategy::{Plan, PoolView, SourceKind};
+use crate::strategy::{Plan, PoolView, Reason, SourceKind};
 
 /// How an elastic (create on demand, delete when idle) pool buys nodes.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +54,8 @@ pub(in crate::strategy) fn plan_elastic(view: &PoolView<'_>, now: Millis, e: Ela
     let floor = d.floor();
     d.restore_floor(&deleted, floor);
     if let Some((b, market)) = baseline {
-        d.fill_to(floor, e.source, market, &b.instance_type);
+        let why = Reason::MinNodes { min_nodes: floor };
+        d.fill_to(floor, e.source, market, &b.instance_type, &why);
     }
     d.finish()
 }

@@ -6,7 +6,7 @@ use super::{Draft, Matching, fits, idle_start, is_idle_ready, is_live, size_key}
 use crate::ids::{InstanceType, Millis};
 use crate::protocol::{NodeState, Requirements};
 use crate::provider::{Market, Offering};
-use crate::strategy::{Action, Demand, PoolView, SourceKind};
+use crate::strategy::{Action, Demand, PoolView, Reason, SourceKind};
 
 /// Which offering and market a new node for `req` gets: spot when asked
 /// for and sold for a fitting type, else on-demand if allowed.
@@ -61,6 +61,7 @@ pub(in crate::strategy) fn create_for(
     // New nodes of this call with free slots left: (type, slots left).
     let mut open: Vec<(InstanceType, u32)> = Vec::new();
     let mut made = 0u32;
+    let waiting = u32::try_from(claims.len()).unwrap_or(u32::MAX);
     for c in claims {
         let req = &c.requirements;
         let best = open
@@ -77,7 +78,11 @@ pub(in crate::strategy) fn create_for(
         let Some((o, m)) = pick(&view, req, market, on_demand_fallback) else {
             continue;
         };
-        if !d.create(source, m, &o.instance_type) {
+        let why = Reason::Demand {
+            claim: c.claim.clone(),
+            waiting,
+        };
+        if !d.create(source, m, &o.instance_type, why) {
             break;
         }
         made += 1;
@@ -119,7 +124,16 @@ pub(in crate::strategy) fn delete_idle(
     let mut deleted = Vec::new();
     for (due, i) in candidates {
         if due <= now {
-            d.delete(i);
+            let n = &nodes[i];
+            let why = if n.state == NodeState::Stopped {
+                Reason::StoppedUnused
+            } else {
+                Reason::Idle {
+                    idle_ms: now.saturating_sub(idle_start(n)),
+                    timeout_ms: timeout,
+                }
+            };
+            d.delete(i, why);
             deleted.push(i);
         } else {
             d.wake(due, now);
@@ -176,9 +190,15 @@ pub(in crate::strategy) fn maybe_snapshot(
         .filter(|(i, n)| !d.is_removed(*i) && !m.needed[*i] && is_idle_ready(n))
         .min_by_key(|(i, n)| (avoid.get(*i).copied().unwrap_or(false), idle_start(n), *i))
         .map(|(i, _)| i)?;
-    d.push(Action::Snapshot {
-        node: view.nodes[pick].node.clone(),
-    });
+    d.push(
+        Action::Snapshot {
+            node: view.nodes[pick].node.clone(),
+        },
+        Reason::SnapshotDue {
+            age_ms: view.snapshot.map(|s| now.saturating_sub(s.created_at)),
+            refresh_ms,
+        },
+    );
     Some(pick)
 }
 

@@ -12,7 +12,7 @@ use super::{Draft, Matching, is_idle_ready, is_live, match_pending};
 use crate::ids::InstanceType;
 use crate::protocol::NodeState;
 use crate::provider::Market;
-use crate::strategy::{NodeView, SourceKind};
+use crate::strategy::{NodeView, Reason, SourceKind};
 
 /// Holds its claims for good: not on its way out (a lost or interrupted
 /// node's claims are being revoked).
@@ -108,7 +108,7 @@ pub(in crate::strategy) fn keep_spare(
     }
     let per_node = d.view.spec.slots_per_node.max(1);
     while supply.saturating_sub(matched) < target {
-        if !d.create(source, market, size) {
+        if !d.create(source, market, size, Reason::Spare { slots: target }) {
             break;
         }
         supply += per_node;
@@ -128,7 +128,7 @@ pub(in crate::strategy) fn start_spare(d: &mut Draft<'_>, m: &Matching, want: u3
         }
         let startable = n.state == NodeState::Stopped && !n.retiring;
         if startable && !d.is_removed(i) && !d.is_started(i) {
-            d.start(i);
+            d.start(i, Reason::Spare { slots: want });
             supply += n.slots.saturating_sub(n.claims);
         }
     }
