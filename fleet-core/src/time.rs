@@ -289,6 +289,20 @@ pub fn parse_rfc3339(ts: &str) -> Option<Millis> {
     rfc3339_to_millis(ts).ok()
 }
 
+/// A duration in ms as people read it: `1h02m`, `4m05s`, `12s`, `250ms`.
+pub fn duration(ms: Millis) -> String {
+    let s = ms / 1000;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -491,19 +505,5 @@ mod tests {
         fn any_text_is_refused_or_parsed_never_a_panic(ts in "[0-9T:+.Zz-]{0,32}") {
             let _ = rfc3339_to_millis(&ts);
         }
-    }
-}
-
-/// A duration in ms as people read it: `1h02m`, `4m05s`, `12s`, `250ms`.
-pub fn duration(ms: Millis) -> String {
-    let s = ms / 1000;
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m{:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
     }
 }

@@ -85,6 +85,11 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-diagnosis.json",     Plain,    schema_of::<Diagnosis>),
     ("http-leader-info.json",   Plain,    schema_of::<LeaderInfo>),
     ("http-replay-status.json", Plain,    schema_of::<ReplayStatus>),
+    ("http-pool-explain.json",  Plain,    schema_of::<fleet_core::protocol::PoolExplain>),
+    ("http-claim-history.json", Plain,    schema_of::<fleet_core::protocol::ClaimHistory>),
+    ("http-backup-request.json", Plain,   schema_of::<fleet_core::protocol::BackupRequest>),
+    ("backup.json",             Plain,    schema_of::<fleet_core::protocol::Backup>),
+    ("backup-origin.json",      Plain,    schema_of::<fleet_core::protocol::BackupOrigin>),
     ("ssh-host-record.json",    Plain,    schema_of::<SshHostRecord>),
     ("alert-pagerduty-event.json", Plain, schema_of::<PagerDutyEvent>),
 ];

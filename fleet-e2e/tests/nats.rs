@@ -208,3 +208,87 @@ async fn a_job_submitted_over_nats_runs_and_is_scored_like_one_over_websocket() 
     assert_eq!(receipt.map(|r| r.result), Some(TaskResult::Pass), "{all:?}");
     d.stop();
 }
+
+/// The JetStream KV equivalent of a restore: a backup of a daemon whose
+/// records live in one NATS server's bucket is restored into a new data
+/// dir, and the daemon started there on another server's empty bucket
+/// writes the records into it: the same grant answers a retry, the release
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_a_kv_fleet_restores_into_an_empty_bucket() {
+    let first = nats_server::NatsServer::start();
+    let dir_a = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let extra = format!(
+        "[transport.nats]\nurls = [{url:?}]\n[store.nats]\nreplicas = 1\n",
+        url = first.url()
+    );
+    let mut a = Daemon::start(dir_a.path(), &extra);
+    let ws_client = a.claim_client().await;
+    let grant = tokio::time::timeout(
+        Duration::from_secs(60),
+        ws_client.claim(request("k1", None)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no grant"))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let keys = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key = keys.path().join("ops.key");
+    let file = keys.path().join("fleet.age");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let recipient = ok(&fleetctl(&a, &["backup-key", &path(&key)], 30))
+        .trim()
+        .to_owned();
+    ok(&fleetctl(
+        &a,
+        &["backup", "--recipient", &recipient, "--out", &path(&file)],
+        60,
+    ));
+    a.kill9();
+
+    let second = nats_server::NatsServer::start();
+    let dir_b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_a = path(&dir_a.path().join("data"));
+    let data_b = path(&dir_b.path().join("data"));
+    let restored = std::process::Command::new(bin("fleetctl"))
+        .args(["--data-dir", &data_b, "restore", "--identity"])
+        .arg(&key)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ok(&restored).contains("1 claim"));
+    let text = std::fs::read_to_string(&a.config).unwrap_or_else(|e| panic!("{e}"));
+    let text = text
+        .replace(&data_a, &data_b)
+        .replace(&first.url(), &second.url())
+        .replacen(
+            "[provider]\n",
+            &format!("[provider]\ndir = {:?}\n", format!("{data_a}/local")),
+            1,
+        );
+    let config_b = dir_b.path().join("daemon.toml");
+    std::fs::write(&config_b, text).unwrap_or_else(|e| panic!("{e}"));
+    let mut b = Daemon::launch(dir_b.path(), config_b, Vec::new());
+    b.token = a.token.clone();
+    assert!(
+        !dir_b.path().join("data/fleet.redb").exists(),
+        "KV, not redb"
+    );
+    let conn = NatsConfig::new(second.url())
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = NatsClaimClient::new(conn, Subjects::default());
+    let again = tokio::time::timeout(Duration::from_secs(60), client.claim(request("k1", None)))
+        .await
+        .unwrap_or_else(|_| panic!("no answer from the restored daemon"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (again.node, again.claim_id),
+        (grant.node, grant.claim_id.clone())
+    );
+    client
+        .release(&grant.workspace, &grant.claim_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.stop();
+}

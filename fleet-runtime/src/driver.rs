@@ -214,6 +214,9 @@ pub struct Status {
     pub replay: fleet_core::protocol::ReplayStatus,
 }
 
+/// A read of the controller, run on the control loop.
+pub(crate) type Inspection = Box<dyn FnOnce(&Controller, Millis) + Send>;
+
 pub(crate) enum Input {
     Inbound(usize, Inbound),
     TransportDown(usize, TransportError),
@@ -236,7 +239,7 @@ pub(crate) enum Input {
     Snapshot(oneshot::Sender<crate::commit::Snapshot>),
     /// Runs on the control loop with its controller, after the events
     /// before it ([`Fleet::inspect`]).
-    Inspect(Box<dyn FnOnce(&Controller, Millis) + Send>),
+    Inspect(Inspection),
     Shutdown,
 }
 

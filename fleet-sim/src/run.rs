@@ -246,6 +246,8 @@ pub fn run_pool(
     let start = START_MS;
     let mut world = World::new(config, start, false);
     world.set_lean(true);
+    // Nobody reads a simulated year's decisions: keep none.
+    world.keep_history(false);
     // Same seed for every strategy: they see the same boot-time draws in order.
     world.set_boot_jitter(s.book.boot_spread, Rng::new(seed, 5).next_u64());
     world.set_capacity_errors(
