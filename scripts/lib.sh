@@ -95,7 +95,10 @@ locate_sshd() {
 # the error says what to install. The tests find the settings that let
 # the engine run a container here (fleet-provider-container's `testing`).
 locate_engine() {
-  if [ -n "${FLEET_TEST_ENGINE:-}" ] || command -v podman >/dev/null 2>&1 || command -v docker >/dev/null 2>&1; then
+  # A docker CLI counts only with a daemon behind it (some images ship the
+  # client alone); the tests try podman first.
+  if [ -n "${FLEET_TEST_ENGINE:-}" ] || command -v podman >/dev/null 2>&1 \
+    || { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }; then
     if command -v podman >/dev/null 2>&1 && ! command -v runc >/dev/null 2>&1 \
       && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends runc >/dev/null || true

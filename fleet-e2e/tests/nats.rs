@@ -247,7 +247,6 @@ async fn a_backup_of_a_kv_fleet_restores_into_an_empty_bucket() {
 
     let second = nats_server::NatsServer::start();
     let dir_b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let data_a = path(&dir_a.path().join("data"));
     let data_b = path(&dir_b.path().join("data"));
     let restored = std::process::Command::new(bin("fleetctl"))
         .args(["--data-dir", &data_b, "restore", "--identity"])
@@ -256,19 +255,7 @@ async fn a_backup_of_a_kv_fleet_restores_into_an_empty_bucket() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(ok(&restored).contains("1 claim"));
-    let text = std::fs::read_to_string(&a.config).unwrap_or_else(|e| panic!("{e}"));
-    let text = text
-        .replace(&data_a, &data_b)
-        .replace(&first.url(), &second.url())
-        .replacen(
-            "[provider]\n",
-            &format!("[provider]\ndir = {:?}\n", format!("{data_a}/local")),
-            1,
-        );
-    let config_b = dir_b.path().join("daemon.toml");
-    std::fs::write(&config_b, text).unwrap_or_else(|e| panic!("{e}"));
-    let mut b = Daemon::launch(dir_b.path(), config_b, Vec::new());
-    b.token = a.token.clone();
+    let mut b = a.restored(dir_b.path(), &[(&first.url(), &second.url())]);
     assert!(
         !dir_b.path().join("data/fleet.redb").exists(),
         "KV, not redb"

@@ -230,18 +230,8 @@ async fn a_backup_restored_into_a_new_data_dir_keeps_the_claim_and_its_node() {
         "{out}"
     );
     // Same ports (the agents know the address) and the same local
-    // "cloud account": the nodes live in the old dir.
-    let text = std::fs::read_to_string(&a.config).unwrap_or_else(|e| panic!("{e}"));
-    let text = text.replace(&data_a, &data_b).replacen(
-        "[provider]\n",
-        &format!("[provider]\ndir = {:?}\n", format!("{data_a}/local")),
-        1,
-    );
-    let config_b = dir_b.path().join("daemon.toml");
-    std::fs::write(&config_b, text).unwrap_or_else(|e| panic!("{e}"));
-    let mut b = Daemon::launch(dir_b.path(), config_b, Vec::new());
-    // The restored hashed tokens: the old admin token works.
-    b.token = a.token.clone();
+    // "cloud account": the nodes live in the old dir; the old token.
+    let mut b = a.restored(dir_b.path(), &[]);
     let state = eventually(30, || async { b.claim_state("c1").await }).await;
     assert_eq!(state, Some(serde_json::json!("granted")));
     let connected = eventually(60, || async {

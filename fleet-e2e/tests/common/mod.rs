@@ -340,6 +340,31 @@ impl Daemon {
         (b, base_b)
     }
 
+    /// A daemon on a data dir `dir/data` that `fleetctl restore` filled
+    /// from this (stopped) daemon's backup: this one's config with the new
+    /// data dir, `replace`'s substitutions, and the local provider's nodes
+    /// where they live (this daemon's `local/`); this one's admin token
+    /// (restored with the hashed tokens).
+    pub(crate) fn restored(&self, dir: &Path, replace: &[(&str, &str)]) -> Daemon {
+        let data_a = self.dir.join("data").display().to_string();
+        let data_b = dir.join("data").display().to_string();
+        let mut text = std::fs::read_to_string(&self.config).unwrap_or_else(|e| panic!("{e}"));
+        text = text.replace(&data_a, &data_b);
+        for (from, to) in replace {
+            text = text.replace(from, to);
+        }
+        let text = text.replacen(
+            "[provider]\n",
+            &format!("[provider]\ndir = {:?}\n", format!("{data_a}/local")),
+            1,
+        );
+        let config = dir.join("daemon.toml");
+        std::fs::write(&config, text).unwrap_or_else(|e| panic!("{e}"));
+        let mut b = Daemon::launch(dir, config, Vec::new());
+        b.token = self.token.clone();
+        b
+    }
+
     pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
