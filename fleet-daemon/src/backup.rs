@@ -23,6 +23,8 @@ use fleet_core::subjects::Subjects;
 use fleet_runtime::Fleet;
 use fleet_runtime::tokens::write_private;
 
+use crate::auth::TOKENS_FILE;
+
 /// Why a backup could not be taken.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -73,15 +75,15 @@ pub async fn take(
     now: u64,
     to: &[age::x25519::Recipient],
 ) -> Result<(Vec<u8>, BackupOrigin), BackupFailure> {
-    let store_err = |e: fleet_runtime::RuntimeError| BackupFailure::Store(e.to_string());
-    // The epoch first: the snapshot then holds a lease of at least it.
-    let epoch = fleet.status().await.map_err(store_err)?.replay.epoch;
-    let entries = fleet.snapshot().await.map_err(store_err)?;
+    let entries = fleet
+        .snapshot()
+        .await
+        .map_err(|e| BackupFailure::Store(e.to_string()))?;
     let mut backup = Backup {
         format: BACKUP_FORMAT,
         fleet_id: fleet.fleet_id().clone(),
         namespace: namespace.to_owned(),
-        epoch,
+        epoch: fleet.epoch(),
         taken_at: now,
         daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
         entries: Vec::with_capacity(entries.len()),
@@ -103,7 +105,7 @@ pub async fn take(
                 contents,
             }),
             // No API token made yet: nothing to carry.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == BACKUP_FILES[4] => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == TOKENS_FILE => {}
             Err(error) => return Err(BackupFailure::File { name, error }),
         }
     }
@@ -150,14 +152,14 @@ pub async fn import_pending(
     let ours = |v: &fleet_core::store::Versioned, e: &BackupEntry| {
         serde_json::from_slice::<serde_json::Value>(&v.value).is_ok_and(|have| have == e.value)
     };
+    let by_key: std::collections::BTreeMap<&str, &BackupEntry> =
+        backup.entries.iter().map(|e| (e.key.as_str(), e)).collect();
     for prefix in Subjects::RECORD_PREFIXES {
         let held = store.list(prefix).await.map_err(|e| e.to_string())?;
-        if let Some((key, _)) = held.iter().find(|(k, v)| {
-            !backup
-                .entries
-                .iter()
-                .any(|e| e.key == k.as_str() && ours(v, e))
-        }) {
+        if let Some((key, _)) = held
+            .iter()
+            .find(|(k, v)| !by_key.get(k.as_str()).is_some_and(|e| ours(v, e)))
+        {
             return Err(format!(
                 "the store already holds {key}, which the backup in {} does not: a backup is restored only into an empty store",
                 pending.display()
@@ -169,10 +171,7 @@ pub async fn import_pending(
         .await
         .map_err(|e| e.to_string())?
     {
-        let entry = backup
-            .entries
-            .iter()
-            .find(|e| e.key == Subjects::fleet_key().as_str());
+        let entry = by_key.get(Subjects::fleet_key().as_str());
         if !entry.is_some_and(|e| ours(&v, e)) {
             return Err(format!(
                 "the store already holds another fleet's identity; the backup in {} is of fleet {}",
@@ -214,4 +213,31 @@ pub async fn import_pending(
         "restored the backup's entries into the store"
     );
     Ok(Some(origin))
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_core::protocol::{BACKUP_FILES, BACKUP_REQUIRED_FILES};
+    use fleet_runtime::ca::{CA_CERT_FILE, CA_KEY_FILE};
+    use fleet_runtime::seal::{SEAL_KEY_FILE, SEAL_PUB_FILE};
+
+    use crate::auth::TOKENS_FILE;
+
+    #[test]
+    fn a_backup_carries_the_files_the_daemon_writes_under_their_names() {
+        assert_eq!(
+            BACKUP_FILES,
+            [
+                CA_CERT_FILE,
+                CA_KEY_FILE,
+                SEAL_KEY_FILE,
+                SEAL_PUB_FILE,
+                TOKENS_FILE
+            ]
+        );
+        assert_eq!(
+            BACKUP_REQUIRED_FILES,
+            [CA_CERT_FILE, CA_KEY_FILE, SEAL_KEY_FILE]
+        );
+    }
 }

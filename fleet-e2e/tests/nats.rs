@@ -248,12 +248,14 @@ async fn a_backup_of_a_kv_fleet_restores_into_an_empty_bucket() {
     let second = nats_server::NatsServer::start();
     let dir_b = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let data_b = path(&dir_b.path().join("data"));
-    let restored = std::process::Command::new(bin("fleetctl"))
-        .args(["--data-dir", &data_b, "restore", "--identity"])
-        .arg(&key)
-        .arg(&file)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let restored = fleetctl_offline(&[
+        "--data-dir",
+        &data_b,
+        "restore",
+        "--identity",
+        &path(&key),
+        &path(&file),
+    ]);
     assert!(ok(&restored).contains("1 claim"));
     let mut b = a.restored(dir_b.path(), &[(&first.url(), &second.url())]);
     assert!(

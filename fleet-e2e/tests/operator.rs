@@ -125,16 +125,6 @@ async fn replay_status_reports_the_adopted_node_and_the_grant_published_again() 
     daemon.stop();
 }
 
-/// `fleetctl ARGS` with no daemon behind it (restore works on files).
-fn fleetctl_offline(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(bin("fleetctl"))
-        .args(args)
-        .env_remove("FLEET_TOKEN")
-        .env_remove("FLEET_DAEMON_CONFIG")
-        .output()
-        .unwrap_or_else(|e| panic!("fleetctl: {e}"))
-}
-
 fn failed_with(out: &std::process::Output, words: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");

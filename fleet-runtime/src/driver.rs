@@ -417,6 +417,7 @@ impl FleetBuilder {
             return Err(RuntimeError::Config("a provider is required".into()));
         };
         let started_at = self.clock.now();
+        let epoch = self.epoch;
         let mut steps = Vec::new();
         let mut step_began = std::time::Instant::now();
         let mut step_done = |name: &str, began: &mut std::time::Instant| {
@@ -584,6 +585,7 @@ impl FleetBuilder {
         let task = tokio::spawn(driver.run(rx));
         Ok(Fleet {
             fleet_id,
+            epoch,
             tx,
             inproc,
             ready,
@@ -596,6 +598,7 @@ impl FleetBuilder {
 #[derive(Debug)]
 pub struct Fleet {
     fleet_id: FleetId,
+    epoch: Epoch,
     tx: mpsc::UnboundedSender<Input>,
     inproc: Arc<InProcTransport>,
     ready: Arc<AtomicBool>,
@@ -611,6 +614,11 @@ impl Fleet {
     /// The fleet's identity: in every instance's tags and node id.
     pub fn fleet_id(&self) -> &FleetId {
         &self.fleet_id
+    }
+
+    /// This leader's fencing epoch (the builder's).
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// An in-process claim client: no network hop.

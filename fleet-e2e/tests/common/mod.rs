@@ -826,6 +826,16 @@ pub(crate) fn fleetctl(daemon: &Daemon, args: &[&str], secs: u64) -> Output {
     wait_for(child, secs, args)
 }
 
+/// `fleetctl ARGS` with no daemon behind it (restore works on files).
+pub(crate) fn fleetctl_offline(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin("fleetctl"))
+        .args(args)
+        .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_DAEMON_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("fleetctl: {e}"))
+}
+
 /// `fleetctl --data-dir <the daemon's> ARGS`, started.
 pub(crate) fn spawn_fleetctl(daemon: &Daemon, args: &[&str], out: Stdio) -> Child {
     Command::new(bin("fleetctl"))
