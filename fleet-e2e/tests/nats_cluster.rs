@@ -198,7 +198,7 @@ async fn two_daemons_on_a_three_node_jetstream_cluster_survive_losing_the_leader
     assert!(!readyz(&base_b).await, "the second daemon must follow");
     // `fleetctl leader` on the leader names it and sees the follower
     // waiting (it notes itself in the shared store every third of a lease).
-    let seen = eventually(10, || async {
+    let seen = eventually(30, || async {
         let out = fleetctl(&a, &["--json", "leader"], 30);
         let info: fleet_core::protocol::LeaderInfo = serde_json::from_slice(&out.stdout).ok()?;
         (info.leader
