@@ -382,11 +382,13 @@ impl Controller {
     }
 
     pub(super) fn on_agent_gone(&mut self, id: &NodeId) {
-        // Not lost yet: the heartbeat timeout gives the agent time to reconnect.
+        // Not lost yet: the heartbeat timeout gives the agent time to
+        // reconnect. A disconnection only takes capacity away, so it asks
+        // for no decision round of its own (a node's agent leaves at every
+        // delete: a tenth of a simulation's rounds planned for nothing).
         if let Some(n) = self.nodes.get_mut(id) {
             n.connected = false;
         }
-        self.dirty = true;
     }
 
     pub(super) fn on_provider_done(
