@@ -118,3 +118,27 @@ locate_engine() {
     return 1
   fi
 }
+
+# Chromium and its WebDriver for the console's browser test
+# (fleet-e2e/tests/console.rs): CHROME_BIN / CHROMEDRIVER_BIN, else on
+# PATH, else Debian's chromium and chromium-driver, installed when we are
+# root with apt-get; else the error says what to install.
+locate_browser() {
+  CHROME_BIN=${CHROME_BIN:-$(command -v chromium 2>/dev/null || command -v chromium-browser 2>/dev/null || command -v google-chrome 2>/dev/null || true)}
+  CHROMEDRIVER_BIN=${CHROMEDRIVER_BIN:-$(command -v chromedriver 2>/dev/null || true)}
+  if { [ -z "$CHROME_BIN" ] || [ -z "$CHROMEDRIVER_BIN" ]; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "$0: installing chromium and chromium-driver for the console's browser test (once)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null; then
+      DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+    fi
+    CHROME_BIN=$(command -v chromium 2>/dev/null || true)
+    CHROMEDRIVER_BIN=$(command -v chromedriver 2>/dev/null || true)
+  fi
+  if [ -z "$CHROME_BIN" ] || [ -z "$CHROMEDRIVER_BIN" ]; then
+    echo "$0: the console's browser test needs Chromium and ChromeDriver: on" \
+      "Debian/Ubuntu, apt-get install chromium chromium-driver (or set CHROME_BIN and CHROMEDRIVER_BIN)." >&2
+    return 1
+  fi
+}

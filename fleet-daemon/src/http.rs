@@ -24,8 +24,9 @@ use axum::routing::{get, post};
 use fleet_core::RunId;
 use fleet_core::ids::Workspace;
 use fleet_core::protocol::{
-    API_BACKUP_PATH, API_LEADER_PATH, API_REPLAY_STATUS_PATH, BackupRequest, JobMsg, JobReply,
-    LeaderInfo, ReplayStatus, RunAction, RunInfo, RunRecord, RunSpec,
+    API_BACKUP_PATH, API_CONSOLE_EVENTS_PATH, API_CONSOLE_STATE_PATH, API_LEADER_PATH,
+    API_REPLAY_STATUS_PATH, BackupRequest, CONSOLE_PATH, ClaimReply, JobMsg, JobReply, LeaderInfo,
+    ReplayStatus, RunAction, RunInfo, RunRecord, RunSpec,
 };
 use fleet_core::protocol::{
     API_CLAIMS_PATH, API_COSTS_PATH, API_HEALTHZ_PATH, API_JOBS_PATH, API_METRICS_PATH,
@@ -63,6 +64,11 @@ pub struct ApiState {
     pub data_dir: std::path::PathBuf,
     /// The fleet's namespace.
     pub namespace: String,
+    /// The costs over time, for the console's charts.
+    pub costs: Arc<crate::console::CostSeries>,
+    /// Set when the daemon stops: long-lived answers (the console's event
+    /// stream) end, so the server's graceful stop does not wait on them.
+    pub closing: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// What `GET /v1/leader` reads: the store the lease lives in (once open;
@@ -106,10 +112,24 @@ pub fn router(state: ApiState) -> Router {
         .route(API_COSTS_PATH, get(costs))
         .route(API_TOKENS_PATH, post(create_token))
         .route(API_BACKUP_PATH, post(backup))
+        .route("/v1/claims/{ws}/{claim}/release", post(release_claim))
+        .route("/v1/jobs/{ws}/{job}/cancel", post(cancel_job))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(API_HEALTHZ_PATH, get(|| async { "ok\n" }))
         .route(API_READYZ_PATH, get(readyz))
+        // Any token; each answer is cut to what the token may see.
+        .route(API_CONSOLE_STATE_PATH, get(crate::console::state))
+        .route(API_CONSOLE_EVENTS_PATH, get(crate::console::events))
+        .route(
+            "/v1/console/jobs/{ws}/{job}/log",
+            get(crate::console::job_log),
+        )
+        .route(CONSOLE_PATH, get(|| crate::console::page(None)))
+        .route(
+            "/ui/{file}",
+            get(|file: axum::extract::Path<String>| crate::console::page(Some(file))),
+        )
         .merge(private)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -186,8 +206,10 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
-#[derive(Debug)]
-struct ApiError(StatusCode, String);
+/// An error answer: the status and the `ApiErrorBody`'s words.
+#[derive(Debug, thiserror::Error)]
+#[error("{1} ({0})")]
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -196,7 +218,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The control plane, or 503 on a follower.
-fn leading_fleet(state: &ApiState) -> Result<&Arc<Fleet>, ApiError> {
+pub(crate) fn leading_fleet(state: &ApiState) -> Result<&Arc<Fleet>, ApiError> {
     state.fleet.get().ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -337,14 +359,18 @@ async fn jobs(State(state): State<ApiState>) -> Result<axum::Json<Vec<JobRecord>
 /// Every run and where each of its tasks is.
 async fn runs(State(state): State<ApiState>) -> Result<axum::Json<Vec<RunInfo>>, ApiError> {
     let s = snapshot(&state).await?;
-    Ok(axum::Json(run_infos(&s, |_| true)))
+    Ok(axum::Json(run_infos(&s.runs, &s.jobs, |_| true)))
 }
 
-fn run_infos(s: &Status, keep: impl Fn(&RunRecord) -> bool) -> Vec<RunInfo> {
+/// The runs `keep` picks, each with where its tasks (among `jobs`) are.
+pub(crate) fn run_infos(
+    runs: &[RunRecord],
+    jobs: &[JobRecord],
+    keep: impl Fn(&RunRecord) -> bool,
+) -> Vec<RunInfo> {
     let jobs: BTreeMap<&fleet_core::JobId, &JobRecord> =
-        s.jobs.iter().map(|j| (&j.spec.id, j)).collect();
-    s.runs
-        .iter()
+        jobs.iter().map(|j| (&j.spec.id, j)).collect();
+    runs.iter()
         .filter(|r| keep(r))
         .map(|r| RunInfo::new(r, |id| jobs.get(id).copied()))
         .collect()
@@ -403,9 +429,11 @@ where
 /// The run as it is now, or 404.
 async fn one_run(state: &ApiState, ws: &Workspace, run: &RunId) -> Result<RunInfo, ApiError> {
     let s = snapshot(state).await?;
-    run_infos(&s, |r| &r.spec.id == run && &r.spec.workspace == ws)
-        .pop()
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {run} in {ws}")))
+    run_infos(&s.runs, &s.jobs, |r| {
+        &r.spec.id == run && &r.spec.workspace == ws
+    })
+    .pop()
+    .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no run {run} in {ws}")))
 }
 
 /// `GET /v1/runs/<workspace>/<run>`.
@@ -480,6 +508,64 @@ async fn run_action(
     };
     run_call(&state, msg).await?;
     Ok(axum::Json(one_run(&state, &ws, &run).await?))
+}
+
+/// `POST /v1/claims/<workspace>/<claim>/release`: an operator gives a
+/// claim's node back (the console's button); answers `released`.
+async fn release_claim(
+    State(state): State<ApiState>,
+    axum::extract::Path((ws, claim)): axum::extract::Path<(String, String)>,
+) -> Result<axum::Json<ClaimReply>, ApiError> {
+    use fleet_core::transport::{ClaimClient as _, ClaimError};
+    let (ws, claim): (_, fleet_core::ClaimId) = path_ids(&ws, &claim)?;
+    let fleet = leading_fleet(&state)?;
+    fleet
+        .client()
+        .release(&ws, &claim)
+        .await
+        .map_err(|e| match e {
+            ClaimError::Transport(e) => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            other => ApiError(StatusCode::CONFLICT, other.to_string()),
+        })?;
+    tracing::info!(workspace = %ws, claim = %claim, "claim released through the HTTP API");
+    Ok(axum::Json(ClaimReply::Released { claim_id: claim }))
+}
+
+/// `POST /v1/jobs/<workspace>/<job>/cancel`: an operator cancels a job
+/// (the console's button); answers the control plane's `accepted`, or its
+/// refusal as 409 (404 for an unknown job).
+async fn cancel_job(
+    State(state): State<ApiState>,
+    axum::extract::Path((ws, job)): axum::extract::Path<(String, String)>,
+) -> Result<axum::Json<JobReply>, ApiError> {
+    use fleet_core::transport::JobClient as _;
+    use futures_util::StreamExt as _;
+    let (workspace, job): (_, fleet_core::JobId) = path_ids(&ws, &job)?;
+    let fleet = leading_fleet(&state)?;
+    let unavailable = |e: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, e);
+    let msg = JobMsg::Cancel {
+        workspace: workspace.clone(),
+        job: job.clone(),
+    };
+    let mut replies = fleet
+        .job_client()
+        .send(msg)
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let first = tokio::time::timeout(std::time::Duration::from_secs(30), replies.next())
+        .await
+        .map_err(|_| unavailable("the control plane did not answer in 30 s".into()))?;
+    match first {
+        Some(reply @ JobReply::Accepted { .. }) => {
+            tracing::info!(workspace = %workspace, job = %job, "job cancelled through the HTTP API");
+            Ok(axum::Json(reply))
+        }
+        Some(JobReply::Rejected { why, .. }) if why.starts_with("unknown job") => {
+            Err(ApiError(StatusCode::NOT_FOUND, why))
+        }
+        Some(JobReply::Rejected { why, .. }) => Err(ApiError(StatusCode::CONFLICT, why)),
+        other => Err(unavailable(format!("unexpected answer: {other:?}"))),
+    }
 }
 
 /// `GET /v1/jobs/<workspace>/<job>/artifacts`.

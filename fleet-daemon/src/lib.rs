@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod auth;
 pub mod backup;
 pub mod config;
+pub mod console;
 pub mod http;
 mod providers;
 pub mod serve;

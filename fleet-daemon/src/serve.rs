@@ -87,7 +87,12 @@ pub async fn serve(
         heartbeat_timeout_ms: cfg.timing.heartbeat_timeout_ms,
         data_dir: data_dir.clone(),
         namespace: cfg.namespace.clone(),
+        costs: Arc::default(),
+        closing: Arc::new(tokio::sync::watch::Sender::new(false)),
     };
+    let closing = api.closing.clone();
+    // The console's cost charts: a point a minute while this daemon leads.
+    let sampler = tokio::spawn(crate::console::sample_costs(api.clone()));
     // Beyond loopback the API is HTTPS with a certificate from the pool CA.
     // A CA already on disk is only read, so a follower serves at once; on a
     // first start only the leader may create it, so the API waits for it.
@@ -281,6 +286,8 @@ pub async fn serve(
     };
     tracing::info!("fleet-daemon stopping");
     leader.store(false, Ordering::Relaxed);
+    closing.send_replace(true);
+    sampler.abort();
     http.stop().await;
     if let Ok(fleet) = Arc::try_unwrap(fleet) {
         fleet.shutdown().await;

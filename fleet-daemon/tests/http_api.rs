@@ -95,6 +95,8 @@ async fn serve() -> Api {
         heartbeat_timeout_ms: 30_000,
         data_dir: std::env::temp_dir(),
         namespace: "fleet".to_owned(),
+        costs: Arc::default(),
+        closing: Arc::new(tokio::sync::watch::Sender::new(false)),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

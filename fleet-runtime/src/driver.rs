@@ -24,8 +24,8 @@ use fleet_core::memory::transport::{
     InProcAgent, InProcClaimClient, InProcJobClient, InProcTransport,
 };
 use fleet_core::protocol::{
-    AgentMsg, CapacityShortage, ClaimRecord, ClaimReply, FleetRecord, JobRecord, Record,
-    SealedCredentials, decode, encode,
+    AgentMsg, CapacityShortage, ClaimRecord, ClaimReply, FleetRecord, JobLog, JobLogWhat,
+    JobRecord, Record, SealedCredentials, decode, encode,
 };
 use fleet_core::provider::{
     Offering, Provider, ProviderError, TAG_FLEET, TAG_NAMESPACE, TagFilter,
@@ -581,7 +581,11 @@ impl FleetBuilder {
             metrics: Metrics::default(),
             ready: ready.clone(),
             replay,
+            changes: tokio::sync::watch::Sender::new(0),
+            job_logs: Arc::default(),
         };
+        let changes = driver.changes.subscribe();
+        let job_logs = driver.job_logs.clone();
         let task = tokio::spawn(driver.run(rx));
         Ok(Fleet {
             fleet_id,
@@ -589,6 +593,8 @@ impl FleetBuilder {
             tx,
             inproc,
             ready,
+            changes,
+            job_logs,
             task: Some(task),
         })
     }
@@ -602,6 +608,8 @@ pub struct Fleet {
     tx: mpsc::UnboundedSender<Input>,
     inproc: Arc<InProcTransport>,
     ready: Arc<AtomicBool>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    job_logs: Arc<std::sync::Mutex<crate::joblog::JobLogs>>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -639,6 +647,25 @@ impl Fleet {
     /// Whether the control loop is up and reconciled (O(1)).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// A count of the control loop's rounds that decided something (wrote
+    /// a record, sent a message, called the provider): a watcher wakes
+    /// when what [`Fleet::status`] shows may have changed, and reads it
+    /// then (the console's event stream). Rounds that decide nothing, as
+    /// most heartbeats, do not count.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// What `job` of `workspace` reported and printed, as far as kept (in
+    /// memory, bounded: see [`fleet_core::protocol::JobLog`]); `None` when
+    /// nothing is kept of it.
+    pub fn job_log(&self, workspace: &Workspace, job: &fleet_core::JobId) -> Option<JobLog> {
+        self.job_logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(workspace, job)
     }
 
     /// A consistent status view.
@@ -773,6 +800,10 @@ struct Driver {
     metrics: Metrics,
     ready: Arc<AtomicBool>,
     replay: Replay,
+    /// Counts rounds that decided something ([`Fleet::changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
+    /// What jobs reported and printed ([`Fleet::job_log`]).
+    job_logs: Arc<std::sync::Mutex<crate::joblog::JobLogs>>,
 }
 
 /// The driver's part of what a start recovered: when it began, its steps'
@@ -920,6 +951,45 @@ impl Driver {
         }
     }
 
+    /// Notes a worker event or output chunk of a job's command in the
+    /// job's log (for [`Fleet::job_log`]).
+    fn note_job_log(&self, msg: &AgentMsg) {
+        let (command, what) = match msg {
+            AgentMsg::Event { command, event, .. } => (
+                command,
+                JobLogWhat::Event {
+                    event: event.clone(),
+                },
+            ),
+            AgentMsg::Output {
+                command,
+                stream,
+                data,
+                ..
+            } => (
+                command,
+                JobLogWhat::Output {
+                    stream: *stream,
+                    data: data.clone(),
+                },
+            ),
+            _ => return,
+        };
+        let Some((job, attempt)) = self.controller.command_job(command) else {
+            return; // a claim's exec, not a job's
+        };
+        self.job_logs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .note(
+                &job.spec.workspace,
+                &job.spec.id,
+                attempt,
+                self.clock.now(),
+                what,
+            );
+    }
+
     /// The controller event of one input, if it makes one.
     fn event(&mut self, input: Input) -> Option<Event> {
         let event = match input {
@@ -944,6 +1014,7 @@ impl Driver {
                     {
                         self.store_artifact(&node, command, name, *offset, data, *last);
                     }
+                    self.note_job_log(&msg);
                     Event::Agent { node, msg }
                 }
                 Inbound::AgentGone { node } => {
@@ -1030,6 +1101,9 @@ impl Driver {
         }
         let now = self.clock.now();
         let commands = self.controller.handle_all(events, now);
+        if !commands.is_empty() {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         for c in commands {
             self.perform(c, now).await;
         }
@@ -1123,6 +1197,10 @@ impl Driver {
                 });
             }
             Command::JobForgotten { workspace, job } => {
+                self.job_logs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .forget(&workspace, &job);
                 if let Some(sink) = &self.artifacts {
                     sink.forget(&workspace, &job);
                 }

@@ -25,6 +25,7 @@ pub mod ca;
 mod commit;
 pub mod credentials;
 pub mod driver;
+mod joblog;
 pub mod lease;
 pub mod metrics;
 pub mod seal;

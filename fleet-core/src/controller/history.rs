@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, VecDeque};
 use super::Controller;
 use crate::ids::{ClaimId, Millis, PoolName};
 use crate::protocol::{
-    ClaimHistory, ClaimRecord, ClaimState, ClaimTransition, Decision, HISTORY_DECISIONS,
-    HISTORY_TRANSITIONS, PendingReason, PlanInputs, PoolExplain, RevokeReason,
+    ClaimHistory, ClaimRecord, ClaimState, ClaimTransition, ConsoleIdleCost, ConsolePool, Decision,
+    HISTORY_DECISIONS, HISTORY_TRANSITIONS, PendingReason, PlanInputs, PoolExplain, RevokeReason,
 };
 use crate::provider::Market;
 use crate::schedule::Capacity;
@@ -258,18 +258,7 @@ impl Controller {
 
     /// `GET /v1/pools/<pool>/explain`; `None` for an unknown pool.
     pub fn explain(&self, pool: &PoolName) -> Option<PoolExplain> {
-        let p = self.pools.get(pool)?;
-        let view = PoolView {
-            spec: &p.spec,
-            nodes: &[],
-            pending: &[],
-            offerings: &p.offerings,
-            capabilities: &self.capabilities,
-            billing: &self.billing,
-            snapshot: p.snapshot.as_ref(),
-            capacity: Capacity::default(),
-        };
-        let info = p.strategy.describe(&view);
+        let info = self.describe(pool)?;
         let last = self.history.last_plan.get(pool);
         Some(PoolExplain {
             pool: pool.clone(),
@@ -291,6 +280,57 @@ impl Controller {
                 .cloned()
                 .collect(),
         })
+    }
+
+    /// How `pool`'s strategy describes itself in the pool's terms.
+    fn describe(&self, pool: &PoolName) -> Option<crate::strategy::StrategyInfo> {
+        let p = self.pools.get(pool)?;
+        let view = PoolView {
+            spec: &p.spec,
+            nodes: &[],
+            pending: &[],
+            offerings: &p.offerings,
+            capabilities: &self.capabilities,
+            billing: &self.billing,
+            snapshot: p.snapshot.as_ref(),
+            capacity: Capacity::default(),
+        };
+        Some(p.strategy.describe(&view))
+    }
+
+    /// Every pool as the console shows it: its strategy, the idle cost
+    /// the strategy declares, its nodes by state.
+    pub fn console_pools(&self) -> Vec<ConsolePool> {
+        let mut by_pool: BTreeMap<&PoolName, BTreeMap<String, u64>> = BTreeMap::new();
+        for n in self.nodes.values() {
+            *by_pool
+                .entry(&n.rec.pool)
+                .or_default()
+                .entry(super::live_state(n).name().to_owned())
+                .or_default() += 1;
+        }
+        self.pools
+            .iter()
+            .filter_map(|(name, p)| {
+                let info = self.describe(name)?;
+                Some(ConsolePool {
+                    name: name.clone(),
+                    strategy: info.name.to_owned(),
+                    summary: info.summary.to_owned(),
+                    idle_cost: ConsoleIdleCost {
+                        setup: info.idle_cost.setup,
+                        settle_ms: info.idle_cost.settle_ms,
+                        per_hour: info.idle_cost.per_hour,
+                    },
+                    cost_model: info.cost_model,
+                    instance_types: p.spec.instance_types.clone(),
+                    min_nodes: p.spec.min_nodes,
+                    max_nodes: p.spec.max_nodes,
+                    slots_per_node: p.spec.slots_per_node,
+                    nodes: by_pool.remove(name).unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 
     /// `GET /v1/claims/<claim>/history` (empty when none is kept).

@@ -9,6 +9,7 @@
 mod agent;
 mod backup;
 mod claim;
+mod console;
 mod diagnose;
 mod discovery;
 mod exec;
@@ -24,6 +25,7 @@ mod ws;
 pub use agent::*;
 pub use backup::*;
 pub use claim::*;
+pub use console::*;
 pub use diagnose::*;
 pub use discovery::*;
 pub use exec::*;

@@ -318,6 +318,14 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The node the job holds now (leased or running), if any.
+    pub fn node(&self) -> Option<&NodeId> {
+        match self {
+            JobState::Leased { node, .. } | JobState::Running { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+
     /// A short name for metrics and tables.
     pub fn name(&self) -> &'static str {
         match self {
