@@ -73,6 +73,8 @@ const REGISTRY: &[(&str, Check)] = &[
     ("ReplayStatus", plain::<ReplayStatus>),
     ("PoolExplain", plain::<fleet_core::protocol::PoolExplain>),
     ("ClaimHistory", plain::<fleet_core::protocol::ClaimHistory>),
+    ("ConsoleState", plain::<fleet_core::protocol::ConsoleState>),
+    ("JobLog", plain::<fleet_core::protocol::JobLog>),
     (
         "BackupRequest",
         plain::<fleet_core::protocol::BackupRequest>,

@@ -87,6 +87,8 @@ const WIRE: &[(&str, Framing, Generate)] = &[
     ("http-replay-status.json", Plain,    schema_of::<ReplayStatus>),
     ("http-pool-explain.json",  Plain,    schema_of::<fleet_core::protocol::PoolExplain>),
     ("http-claim-history.json", Plain,    schema_of::<fleet_core::protocol::ClaimHistory>),
+    ("http-console-state.json", Plain,    schema_of::<fleet_core::protocol::ConsoleState>),
+    ("http-job-log.json",       Plain,    schema_of::<fleet_core::protocol::JobLog>),
     ("http-backup-request.json", Plain,   schema_of::<fleet_core::protocol::BackupRequest>),
     ("backup.json",             Plain,    schema_of::<fleet_core::protocol::Backup>),
     ("backup-origin.json",      Plain,    schema_of::<fleet_core::protocol::BackupOrigin>),

@@ -4,7 +4,8 @@
 //!
 //! An API token is either an operator's (every workspace, the HTTP API, new
 //! tokens) or limited to a list of workspaces: then it opens the claim plane
-//! for those workspaces only and nothing of the HTTP API.
+//! for those workspaces only and, of the HTTP API, only the console's reads
+//! cut to those workspaces (`crate::console`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

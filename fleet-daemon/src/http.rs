@@ -1,10 +1,12 @@
 //! The HTTP API: health, readiness, Prometheus metrics and the status API.
 //!
 //! `/healthz` and `/readyz` are open and O(1) (`/readyz` reads a flag the
-//! control loop keeps). Everything else needs `Authorization: Bearer
-//! <token>` with an operator's token; a missing or wrong token gets a bare
-//! 401, with no detail, a token limited to workspaces a 403. Bodies are
-//! limited to 64 KiB.
+//! control loop keeps), and so is the console's page (`/ui`, no data).
+//! The console's reads (`/v1/console/*`, [`crate::console`]) take any
+//! token and cut their answers to it. Everything else needs
+//! `Authorization: Bearer <token>` with an operator's token; a missing or
+//! wrong token gets a bare 401, with no detail, a token limited to
+//! workspaces a 403. Bodies are limited to 64 KiB.
 //!
 //! Every body is a type of `fleet_core::protocol` (its `http` module lists
 //! them per path), errors included ([`ApiErrorBody`]), so what this module

@@ -106,7 +106,7 @@ pub async fn run(cli: crate::Cli) -> Result<i32, CtlError> {
                 let name = &minted.name;
                 match &minted.workspaces {
                     Some(w) => eprintln!(
-                        "API token {name:?} for workspaces {} (claim plane only; shown once; store it now):",
+                        "API token {name:?} for workspaces {} (the claim plane and the console, for those workspaces only; shown once; store it now):",
                         w.iter()
                             .map(Workspace::as_str)
                             .collect::<Vec<_>>()

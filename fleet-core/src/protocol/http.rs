@@ -508,7 +508,7 @@ impl std::str::FromStr for CostGrouping {
 pub struct NewTokenRequest {
     /// A name for the token (1..=64 characters), shown in logs.
     pub name: String,
-    /// Limit the token to these workspaces (the claim plane only); absent:
+    /// Limit the token to these workspaces (their claim plane and their part of the console); absent:
     /// an operator's token, which also opens this API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspaces: Option<Vec<Workspace>>,
