@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use fleet_core::ids::Workspace;
 use fleet_core::protocol::{
     CONSOLE_COST_SAMPLES, CONSOLE_MIN_INTERVAL_MS, CONSOLE_REFRESH_MS, CONSOLE_STATE_EVENT,
-    ConsoleState, ConsoleViewer, CostReport, CostSample, Diagnosis, DiagnosisInputs, JobLog,
+    ConsoleState, ConsoleViewer, CostReport, CostSample, JobLog,
 };
 use futures_util::Stream;
 use serde::Deserialize;
@@ -160,19 +160,10 @@ async fn read(api: &ApiState, scope: &Scope) -> Result<ConsoleState, ApiError> {
         .inspect(|c, _| c.console_pools())
         .await
         .map_err(unavailable)?;
-    let diagnosis = scope.viewer.operator.then(|| {
-        let deliveries = api.alerts.by_outcome();
-        Diagnosis::build(DiagnosisInputs {
-            now: s.at,
-            epoch: s.epoch,
-            nodes: &s.nodes,
-            claims: &s.claims,
-            provider_errors: &s.metrics.provider_errors,
-            alerts: &s.metrics.alerts,
-            alert_deliveries: &deliveries,
-            heartbeat_timeout_ms: api.heartbeat_timeout_ms,
-        })
-    });
+    let diagnosis = scope
+        .viewer
+        .operator
+        .then(|| crate::http::diagnosis(api, &s));
     let mut claims: Vec<_> = s
         .claims
         .into_iter()

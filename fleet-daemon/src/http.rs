@@ -304,20 +304,22 @@ async fn leader(State(state): State<ApiState>) -> Result<axum::Json<LeaderInfo>,
 async fn diagnose(
     State(state): State<ApiState>,
 ) -> Result<axum::Json<fleet_core::protocol::Diagnosis>, ApiError> {
-    let s = snapshot(&state).await?;
+    Ok(axum::Json(diagnosis(&state, &snapshot(&state).await?)))
+}
+
+/// What needs a look in status `s` (`GET /v1/diagnose`, the console).
+pub(crate) fn diagnosis(state: &ApiState, s: &Status) -> fleet_core::protocol::Diagnosis {
     let deliveries = state.alerts.by_outcome();
-    Ok(axum::Json(fleet_core::protocol::Diagnosis::build(
-        fleet_core::protocol::DiagnosisInputs {
-            now: s.at,
-            epoch: s.epoch,
-            nodes: &s.nodes,
-            claims: &s.claims,
-            provider_errors: &s.metrics.provider_errors,
-            alerts: &s.metrics.alerts,
-            alert_deliveries: &deliveries,
-            heartbeat_timeout_ms: state.heartbeat_timeout_ms,
-        },
-    )))
+    fleet_core::protocol::Diagnosis::build(fleet_core::protocol::DiagnosisInputs {
+        now: s.at,
+        epoch: s.epoch,
+        nodes: &s.nodes,
+        claims: &s.claims,
+        provider_errors: &s.metrics.provider_errors,
+        alerts: &s.metrics.alerts,
+        alert_deliveries: &deliveries,
+        heartbeat_timeout_ms: state.heartbeat_timeout_ms,
+    })
 }
 
 /// `GET /v1/replay-status`: what this leader's start recovered.
@@ -448,8 +450,8 @@ async fn run_info(
 }
 
 /// Sends one job-plane message through the fleet and waits for its first
-/// answer: a run's status, or the refusal as 409 (404 for an unknown run).
-async fn run_call(state: &ApiState, msg: JobMsg) -> Result<(), ApiError> {
+/// answer (503 if none comes in 30 s).
+async fn first_job_reply(state: &ApiState, msg: JobMsg) -> Result<JobReply, ApiError> {
     use fleet_core::transport::JobClient as _;
     use futures_util::StreamExt as _;
     let fleet = leading_fleet(state)?;
@@ -459,16 +461,32 @@ async fn run_call(state: &ApiState, msg: JobMsg) -> Result<(), ApiError> {
         .send(msg)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let first = tokio::time::timeout(std::time::Duration::from_secs(30), replies.next())
+    tokio::time::timeout(std::time::Duration::from_secs(30), replies.next())
         .await
-        .map_err(|_| unavailable("the control plane did not answer in 30 s".into()))?;
-    match first {
-        Some(JobReply::Run { .. }) => Ok(()),
-        Some(JobReply::Rejected { why, .. }) if why.starts_with("unknown run") => {
-            Err(ApiError(StatusCode::NOT_FOUND, why))
-        }
-        Some(JobReply::Rejected { why, .. }) => Err(ApiError(StatusCode::CONFLICT, why)),
-        other => Err(unavailable(format!("unexpected answer: {other:?}"))),
+        .map_err(|_| unavailable("the control plane did not answer in 30 s".into()))?
+        .ok_or_else(|| unavailable("the control plane closed the reply stream".into()))
+}
+
+/// A refusal of the job plane as an error answer: 404 when it names
+/// nothing known (`unknown <what>`), else 409.
+fn refused(why: String, what: &str) -> ApiError {
+    if why.starts_with(&format!("unknown {what}")) {
+        ApiError(StatusCode::NOT_FOUND, why)
+    } else {
+        ApiError(StatusCode::CONFLICT, why)
+    }
+}
+
+/// Sends one run message and waits for its first answer: the run's
+/// status, or the refusal as 409 (404 for an unknown run).
+async fn run_call(state: &ApiState, msg: JobMsg) -> Result<(), ApiError> {
+    match first_job_reply(state, msg).await? {
+        JobReply::Run { .. } => Ok(()),
+        JobReply::Rejected { why, .. } => Err(refused(why, "run")),
+        other => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unexpected answer: {other:?}"),
+        )),
     }
 }
 
@@ -540,33 +558,21 @@ async fn cancel_job(
     State(state): State<ApiState>,
     axum::extract::Path((ws, job)): axum::extract::Path<(String, String)>,
 ) -> Result<axum::Json<JobReply>, ApiError> {
-    use fleet_core::transport::JobClient as _;
-    use futures_util::StreamExt as _;
     let (workspace, job): (_, fleet_core::JobId) = path_ids(&ws, &job)?;
-    let fleet = leading_fleet(&state)?;
-    let unavailable = |e: String| ApiError(StatusCode::SERVICE_UNAVAILABLE, e);
     let msg = JobMsg::Cancel {
         workspace: workspace.clone(),
         job: job.clone(),
     };
-    let mut replies = fleet
-        .job_client()
-        .send(msg)
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let first = tokio::time::timeout(std::time::Duration::from_secs(30), replies.next())
-        .await
-        .map_err(|_| unavailable("the control plane did not answer in 30 s".into()))?;
-    match first {
-        Some(reply @ JobReply::Accepted { .. }) => {
+    match first_job_reply(&state, msg).await? {
+        reply @ JobReply::Accepted { .. } => {
             tracing::info!(workspace = %workspace, job = %job, "job cancelled through the HTTP API");
             Ok(axum::Json(reply))
         }
-        Some(JobReply::Rejected { why, .. }) if why.starts_with("unknown job") => {
-            Err(ApiError(StatusCode::NOT_FOUND, why))
-        }
-        Some(JobReply::Rejected { why, .. }) => Err(ApiError(StatusCode::CONFLICT, why)),
-        other => Err(unavailable(format!("unexpected answer: {other:?}"))),
+        JobReply::Rejected { why, .. } => Err(refused(why, "job")),
+        other => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unexpected answer: {other:?}"),
+        )),
     }
 }
 

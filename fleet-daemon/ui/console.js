@@ -499,7 +499,8 @@ function confirmThen(text, action) {
     { once: true },
   );
   dialog.showModal();
-  $("confirm-ok").focus();
+  // Enter on its own does not release or cancel: Cancel has the focus.
+  dialog.querySelector("button[value=cancel]").focus();
 }
 
 // ---- the simulator view -------------------------------------------------

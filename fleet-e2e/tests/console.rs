@@ -341,16 +341,7 @@ async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apar
     browser.screenshot("console-job.png").await;
 
     // A token limited to workspace `ci`: refused `other`, shown `ci`.
-    let out = ok(&fleetctl(
-        &daemon,
-        &["--json", "token", "create", "viewer", "--workspaces", "ci"],
-        30,
-    ));
-    let made: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
-    let limited = made["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{out}"))
-        .to_owned();
+    let limited = workspace_token(&daemon, "viewer", "ci");
     browser.sign_out().await;
     browser.sign_in(&limited, "other").await;
     let refused = browser
@@ -477,13 +468,7 @@ async fn console_reads_need_a_token_and_stay_in_its_workspaces() {
             "{path}"
         );
     }
-    let out = ok(&fleetctl(
-        &daemon,
-        &["--json", "token", "create", "viewer", "--workspaces", "ci"],
-        30,
-    ));
-    let made: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
-    let limited = made["token"].as_str().unwrap_or_else(|| panic!("{out}"));
+    let limited = &workspace_token(&daemon, "viewer", "ci");
     let (status, body) = http(
         &base,
         "GET",

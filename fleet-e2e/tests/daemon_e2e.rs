@@ -202,7 +202,7 @@ async fn a_renewed_claim_opens_the_gateway_past_its_first_certificate() {
 /// The claim plane takes the daemon's API tokens: none or a wrong one is
 /// refused at connect, a token made for some workspaces (with `fleetctl
 /// token create --workspaces`) reaches the control plane in those only and
-/// opens none of the HTTP API.
+/// opens none of the operator's HTTP API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claim_plane_tokens_are_scoped_to_workspaces() {
     use fleet_core::protocol::ClaimRejection;
@@ -220,23 +220,7 @@ async fn claim_plane_tokens_are_scoped_to_workspaces() {
         }
     }
 
-    let out = std::process::Command::new(bin("fleetctl"))
-        .args(["--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--json", "token", "create", "ci-bot", "--workspaces", "ci"])
-        .output()
-        .unwrap_or_else(|e| panic!("fleetctl: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
-    let token = v["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{v}"))
-        .to_owned();
+    let token = workspace_token(&daemon, "ci-bot", "ci");
 
     let client = daemon
         .claim_client_with(Some(&token))
@@ -258,6 +242,9 @@ async fn claim_plane_tokens_are_scoped_to_workspaces() {
         }))
     );
     let (status, _) = http(&daemon.discovery.http, "GET", "/v1/status", Some(&token)).await;
-    assert_eq!(status, 403, "a workspace token opens none of the HTTP API");
+    assert_eq!(
+        status, 403,
+        "a workspace token opens none of the operator HTTP API"
+    );
     assert_eq!(daemon.stop(), Some(0), "clean exit on SIGTERM");
 }

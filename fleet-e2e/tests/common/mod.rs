@@ -821,6 +821,26 @@ pub(crate) mod two_fleets {
 }
 
 /// `fleetctl --data-dir <the daemon's> ARGS`, killed after `secs`.
+/// A new API token limited to `workspaces` (comma-separated), made with
+/// `fleetctl token create NAME --workspaces …`.
+pub(crate) fn workspace_token(daemon: &Daemon, name: &str, workspaces: &str) -> String {
+    let args = [
+        "--json",
+        "token",
+        "create",
+        name,
+        "--workspaces",
+        workspaces,
+    ];
+    let out = ok(&fleetctl(daemon, &args, 30));
+    let made: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    made["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {out}"))
+        .to_owned()
+}
+
 pub(crate) fn fleetctl(daemon: &Daemon, args: &[&str], secs: u64) -> Output {
     let child = spawn_fleetctl(daemon, args, Stdio::piped());
     wait_for(child, secs, args)
