@@ -24,7 +24,8 @@ use axum::response::{IntoResponse, Response};
 use fleet_core::ids::Workspace;
 use fleet_core::protocol::{
     CONSOLE_COST_SAMPLES, CONSOLE_MIN_INTERVAL_MS, CONSOLE_REFRESH_MS, CONSOLE_STATE_EVENT,
-    ConsoleState, ConsoleViewer, CostReport, CostSample, JobLog,
+    ConsoleOmitted, ConsoleState, ConsoleViewer, CostReport, CostSample, JobLog, JobState,
+    keep_newest_ended,
 };
 use futures_util::Stream;
 use serde::Deserialize;
@@ -180,6 +181,23 @@ async fn read(api: &ApiState, scope: &Scope) -> Result<ConsoleState, ApiError> {
         .cloned()
         .collect();
     let runs = crate::http::run_infos(&s.runs, &s.jobs, |r| scope.sees(&r.spec.workspace));
+    let mut jobs = jobs;
+    let omitted = ConsoleOmitted {
+        claims: keep_newest_ended(
+            &mut claims,
+            |c| c.state.is_terminal(),
+            |c| c.ended_at.unwrap_or(c.enqueued_at),
+        ),
+        jobs: keep_newest_ended(
+            &mut jobs,
+            |j| matches!(j.state, JobState::Done | JobState::Cancelled),
+            |j| {
+                j.receipt
+                    .as_ref()
+                    .map_or(j.submitted_at, |r| r.completed_at)
+            },
+        ),
+    };
     let mut costs = s.costs;
     let mut cost_series = api.costs.all();
     cost_series.push(CostSample::of(&costs));
@@ -212,6 +230,7 @@ async fn read(api: &ApiState, scope: &Scope) -> Result<ConsoleState, ApiError> {
         nodes,
         claims,
         jobs,
+        omitted,
         runs,
         costs,
         cost_series,

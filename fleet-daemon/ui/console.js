@@ -229,7 +229,13 @@ function claimCost(st, id) {
   return c ? usd(c.cost) : "";
 }
 
+/** A table's caption, with what the daemon left out of it. */
+function caption(id, text, omitted) {
+  $(id).caption.textContent = text + (omitted ? " (" + omitted + " older ended ones not shown)" : "");
+}
+
 function renderClaims(st) {
+  caption("claims-table", "Claims, newest first", st.omitted && st.omitted.claims);
   const claims = [...st.claims].sort((a, b) => b.enqueued_at - a.enqueued_at);
   fillTable(
     "claims-table",
@@ -288,6 +294,7 @@ function renderNodes(st) {
 }
 
 function renderJobs(st) {
+  caption("jobs-table", "Jobs, newest first", st.omitted && st.omitted.jobs);
   const jobs = [...st.jobs].sort((a, b) => b.submitted_at - a.submitted_at);
   fillTable(
     "jobs-table",

@@ -43,6 +43,11 @@ pub const CONSOLE_MIN_INTERVAL_MS: u64 = 250;
 /// With no change, the stream still sends a state this often (costs grow).
 pub const CONSOLE_REFRESH_MS: u64 = 10_000;
 
+/// Ended claims, and ended jobs, a [`ConsoleState`] carries at most (the
+/// newest): live ones are all there; a busy fleet's history stays out of
+/// every event of the stream (`omitted` counts what was left out).
+pub const CONSOLE_ENDED_SHOWN: usize = 200;
+
 /// Cost samples the daemon keeps for the console's charts (a day at one a
 /// minute).
 pub const CONSOLE_COST_SAMPLES: usize = 1_440;
@@ -95,10 +100,16 @@ pub struct ConsoleState {
     pub pools: Vec<ConsolePool>,
     /// The nodes (for a limited token, those holding its claims or jobs).
     pub nodes: Vec<NodeStatus>,
-    /// The claims; never with credentials.
+    /// The claims: every live one and the newest [`CONSOLE_ENDED_SHOWN`]
+    /// ended ones; never with credentials.
     pub claims: Vec<ClaimRecord>,
-    /// The jobs.
+    /// The jobs: every queued or running one and the newest
+    /// [`CONSOLE_ENDED_SHOWN`] that ended.
     pub jobs: Vec<JobRecord>,
+    /// Ended claims and jobs left out to stay within
+    /// [`CONSOLE_ENDED_SHOWN`].
+    #[serde(default, skip_serializing_if = "ConsoleOmitted::is_empty")]
+    pub omitted: ConsoleOmitted,
     /// The runs, with where each task is.
     pub runs: Vec<RunInfo>,
     /// Costs so far, per pool, workspace, claim and job (for a limited
@@ -109,6 +120,63 @@ pub struct ConsoleState {
     /// What needs a look (operators only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<Diagnosis>,
+}
+
+/// What a [`ConsoleState`] left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ConsoleOmitted {
+    /// Ended claims left out.
+    #[serde(default)]
+    pub claims: u64,
+    /// Ended jobs left out.
+    #[serde(default)]
+    pub jobs: u64,
+}
+
+impl ConsoleOmitted {
+    /// Nothing was left out.
+    pub fn is_empty(&self) -> bool {
+        self.claims == 0 && self.jobs == 0
+    }
+}
+
+/// Keeps every item of `items` that `ended` says is live and the newest
+/// (by `at`) [`CONSOLE_ENDED_SHOWN`] ended ones, in their order; returns
+/// how many it left out.
+pub fn keep_newest_ended<T>(
+    items: &mut Vec<T>,
+    ended: impl Fn(&T) -> bool,
+    at: impl Fn(&T) -> Millis,
+) -> u64 {
+    let mut ended_at: Vec<Millis> = items.iter().filter(|i| ended(i)).map(&at).collect();
+    if ended_at.len() <= CONSOLE_ENDED_SHOWN {
+        return 0;
+    }
+    ended_at.sort_unstable_by(|a, b| b.cmp(a));
+    let cutoff = ended_at[CONSOLE_ENDED_SHOWN - 1];
+    // Ties at the cutoff: keep the first ones met, up to the bound.
+    let mut room = ended_at
+        .iter()
+        .take(CONSOLE_ENDED_SHOWN)
+        .filter(|t| **t == cutoff)
+        .count();
+    let before = items.len();
+    items.retain(|i| {
+        if !ended(i) {
+            return true;
+        }
+        let t = at(i);
+        if t > cutoff {
+            true
+        } else if t == cutoff && room > 0 {
+            room -= 1;
+            true
+        } else {
+            false
+        }
+    });
+    (before - items.len()) as u64
 }
 
 /// Whose token a [`ConsoleState`] was read with.
@@ -318,6 +386,22 @@ mod tests {
                 data: "x".repeat(n),
             },
         }
+    }
+
+    #[test]
+    fn the_newest_ended_items_are_kept_and_every_live_one() {
+        // (ended, at)
+        let mut items: Vec<(bool, Millis)> = (0..500).map(|i| (i % 2 == 0, i)).collect();
+        let left_out = keep_newest_ended(&mut items, |i| i.0, |i| i.1);
+        assert_eq!(left_out, 50);
+        assert_eq!(items.iter().filter(|i| !i.0).count(), 250, "every live one");
+        let ended: Vec<Millis> = items.iter().filter(|i| i.0).map(|i| i.1).collect();
+        assert_eq!(ended.len(), CONSOLE_ENDED_SHOWN);
+        assert_eq!(ended.first(), Some(&100), "the oldest kept");
+        // Ties at the cutoff stay within the bound.
+        let mut same: Vec<(bool, Millis)> = vec![(true, 7); CONSOLE_ENDED_SHOWN + 5];
+        assert_eq!(keep_newest_ended(&mut same, |i| i.0, |i| i.1), 5);
+        assert_eq!(same.len(), CONSOLE_ENDED_SHOWN);
     }
 
     #[test]
