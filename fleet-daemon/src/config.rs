@@ -278,6 +278,11 @@ pub enum ProviderConfig {
         /// the old one's here to serve the nodes it had.
         #[serde(default)]
         dir: Option<PathBuf>,
+        /// What a local node is charged per hour, in dollars (default 0: a
+        /// process on this host costs nothing); set one to see cost
+        /// reports, the console's charts and budgets at work locally.
+        #[serde(default)]
+        hourly_price: Option<String>,
     },
     /// Machines of your own, reached over SSH (`[[provider.hosts]]`):
     /// each runs one node's `fleet-agent`.
@@ -431,6 +436,7 @@ impl Default for ProviderConfig {
             agent_bin: None,
             max_nodes: default_local_max(),
             dir: None,
+            hourly_price: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::clock::Clock;
+use fleet_core::money::{HourlyPrice, Money};
 use fleet_core::provider::Provider;
 use fleet_provider_local::{LocalOptions, LocalProvider, agent_binary};
 
@@ -31,6 +32,22 @@ pub(crate) struct ProviderContext<'a> {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
+/// `[provider] hourly_price` of the local provider, in dollars (none: 0).
+fn local_price(price: Option<&str>) -> Result<HourlyPrice, String> {
+    let Some(p) = price else {
+        return Ok(HourlyPrice(Money::ZERO));
+    };
+    let money = p
+        .parse::<Money>()
+        .map_err(|e| format!("[provider] hourly_price {p:?}: {e}"))?;
+    if money < Money::ZERO {
+        return Err(format!(
+            "[provider] hourly_price {p:?}: a price is not negative"
+        ));
+    }
+    Ok(HourlyPrice(money))
+}
+
 /// The provider `cfg` names; the error says what is wrong with its settings.
 pub(crate) async fn build(
     cfg: &DaemonConfig,
@@ -41,6 +58,7 @@ pub(crate) async fn build(
             agent_bin,
             max_nodes,
             dir,
+            hourly_price,
         } => Ok(Arc::new(LocalProvider::new(
             LocalOptions {
                 base_dir: dir.clone().unwrap_or_else(|| ctx.data_dir.join("local")),
@@ -51,6 +69,7 @@ pub(crate) async fn build(
                 heartbeat_interval_ms: cfg.timing.heartbeat_interval_ms,
                 stop_timeout: Duration::from_secs(30),
                 kept_logs: Some(cfg.agent_logs.kept_logs(ctx.log_dir)),
+                hourly_price: local_price(hourly_price.as_deref())?,
             },
             ctx.clock,
         ))),
@@ -462,5 +481,26 @@ mod ssh_settings {
             .err()
             .unwrap_or_default();
         assert!(err.contains("wss://"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod local_price_tests {
+    use super::*;
+
+    #[test]
+    fn a_local_price_is_dollars_and_a_bad_one_is_named() {
+        assert_eq!(local_price(None), Ok(HourlyPrice(Money::ZERO)));
+        assert_eq!(
+            local_price(Some("0.25")),
+            Ok(HourlyPrice(Money::from_micros(250_000)))
+        );
+        for bad in ["cheap", "-1"] {
+            let err = local_price(Some(bad)).err().unwrap_or_default();
+            assert!(
+                err.contains("hourly_price") && err.contains(bad),
+                "{bad}: {err}"
+            );
+        }
     }
 }

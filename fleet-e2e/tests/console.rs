@@ -234,7 +234,18 @@ fn sim_result(dir: &Path) -> (PathBuf, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apart() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let daemon = Daemon::start(dir.path(), "");
+    // Priced local nodes ($3.60/h: a tenth of a cent a second), so the
+    // cost charts and the claim's cost have something to show.
+    let agent = bin("fleet-agent").display().to_string();
+    let daemon = Daemon::start_with(
+        dir.path(),
+        |_| {
+            format!(
+                "kind = \"local\"\nagent_bin = {agent:?}\nmax_nodes = 3\nhourly_price = \"3.60\"\n"
+            )
+        },
+        "",
+    );
     let base = daemon.discovery.http.clone();
     let browser = Browser::start().await;
 
@@ -273,6 +284,11 @@ async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apar
     assert!(seen.contains("ci") && seen.contains("default"), "{seen}");
     browser
         .wait_text("#nodes-table tbody", 10, |t| t.contains("busy"))
+        .await;
+    // Held a moment at $3.60/h, the claim has a cost (the next refresh
+    // of the stream, within 10 s, shows it).
+    browser
+        .wait_text(row, 15, |t| t.contains("$0.00") && !t.contains("$0.0000"))
         .await;
     browser.screenshot("console-operator.png").await;
 

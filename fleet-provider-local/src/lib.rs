@@ -61,6 +61,10 @@ pub struct LocalOptions {
     /// Where a deleted node's agent log is kept (`None`: removed with the
     /// node).
     pub kept_logs: Option<KeptLogs>,
+    /// What a node is charged per hour while its agent runs (default
+    /// zero: a process on this host costs nothing). A price lets the
+    /// embedded default show cost reports, charts and budgets at work.
+    pub hourly_price: HourlyPrice,
 }
 
 /// Where the agent logs of deleted nodes are kept, and within what bounds:
@@ -235,7 +239,8 @@ impl LocalProvider {
                     api_ms: 100,
                     snapshot_ms: 500,
                 },
-                // Nothing is charged for a process on this machine.
+                // No disk or address is charged for a process on this
+                // machine; its running time is, at `hourly_price`.
                 charges: NodeCharges::default(),
             },
             offering: Offering {
@@ -245,7 +250,7 @@ impl LocalProvider {
                 memory_mb,
                 arch,
                 disk_gb: 0,
-                on_demand: HourlyPrice(Money::ZERO),
+                on_demand: opts.hourly_price,
                 spot: None,
             },
             opts,

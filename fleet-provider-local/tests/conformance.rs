@@ -58,6 +58,7 @@ fn provider_with(
             heartbeat_interval_ms: 1_000,
             stop_timeout: Duration::from_secs(5),
             kept_logs,
+            hourly_price: fleet_core::money::HourlyPrice(fleet_core::money::Money::ZERO),
         },
         clock,
     )
