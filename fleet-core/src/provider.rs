@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::billing::BillingModel;
 use crate::ids::{InstanceType, Millis, NodeId, PoolName};
 use crate::money::HourlyPrice;
-use crate::protocol::{Arch, NodeResources, Secret};
+use crate::protocol::{Arch, NodeResources, Requirements, Secret};
 
 // Node and pool records store these, so they are defined with the records in
 // `protocol`; a provider author finds them here, where the trait uses them.
@@ -101,6 +101,13 @@ impl Offering {
             arch: self.arch,
             labels: labels.clone(),
         }
+    }
+
+    /// Whether a node of this offering carrying `labels` meets `req` (as
+    /// `req.satisfied_by(&self.resources(labels))`, without copying the
+    /// labels: asked per claim in every decision round).
+    pub fn serves(&self, req: &Requirements, labels: &BTreeMap<String, String>) -> bool {
+        req.satisfied_by_parts(self.cpus, self.memory_mb, self.arch, labels)
     }
 
     /// The price in `market`, if sold there.

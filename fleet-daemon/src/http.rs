@@ -128,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
             get(crate::console::job_log),
         )
         .route(CONSOLE_PATH, get(|| crate::console::page(None)))
+        .route("/ui/", get(|| crate::console::page(None)))
         .route(
             "/ui/{file}",
             get(|file: axum::extract::Path<String>| crate::console::page(Some(file))),

@@ -473,6 +473,7 @@ async fn console_reads_need_a_token_and_stay_in_its_workspaces() {
     let (status, page) = http(&base, "GET", "/ui", None).await;
     assert_eq!(status, 200);
     assert!(page.contains("<title>fleet console</title>"));
+    assert_eq!(http(&base, "GET", "/ui/", None).await.0, 200);
     let (status, _) = http(&base, "GET", "/ui/nothing.js", None).await;
     assert_eq!(status, 404);
     // Its data is not.

@@ -273,10 +273,10 @@ impl Controller {
     /// Why no node of the pool could ever serve `req`, if so.
     fn unsatisfiable(&self, req: &ClaimRequest) -> Option<PendingReason> {
         let pool = self.pools.get(&req.pool)?;
-        let fits = pool.offerings.iter().any(|o| {
-            req.requirements
-                .satisfied_by(&o.resources(&pool.spec.labels))
-        });
+        let fits = pool
+            .offerings
+            .iter()
+            .any(|o| o.serves(&req.requirements, &pool.spec.labels));
         if fits {
             return None;
         }

@@ -44,13 +44,25 @@ pub struct Requirements {
 impl Requirements {
     /// Whether a node with these resources meets the requirements.
     pub fn satisfied_by(&self, node: &NodeResources) -> bool {
-        node.cpus >= self.cpus
-            && node.memory_mb >= self.memory_mb
-            && self.arch.is_none_or(|a| a == node.arch)
+        self.satisfied_by_parts(node.cpus, node.memory_mb, node.arch, &node.labels)
+    }
+
+    /// [`Requirements::satisfied_by`] of a node's resources given apart
+    /// (an offering's size and a pool's labels: nothing is built to ask).
+    pub fn satisfied_by_parts(
+        &self,
+        cpus: u32,
+        memory_mb: u64,
+        arch: Arch,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        cpus >= self.cpus
+            && memory_mb >= self.memory_mb
+            && self.arch.is_none_or(|a| a == arch)
             && self
                 .labels
                 .iter()
-                .all(|(k, v)| node.labels.get(k) == Some(v))
+                .all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 

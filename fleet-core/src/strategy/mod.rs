@@ -123,7 +123,7 @@ impl<'a> PoolView<'a> {
     pub fn cheapest_fitting(&self, req: &Requirements, market: Market) -> Option<&'a Offering> {
         self.offerings
             .iter()
-            .filter(|o| req.satisfied_by(&o.resources(&self.spec.labels)))
+            .filter(|o| o.serves(req, &self.spec.labels))
             .filter_map(|o| o.price(market).map(|p| (p, o)))
             .min_by(|a, b| {
                 a.0.cmp(&b.0)

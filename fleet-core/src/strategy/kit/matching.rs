@@ -5,23 +5,16 @@ use std::collections::BTreeMap;
 
 use super::Draft;
 use crate::ids::InstanceType;
-use crate::protocol::{NodeResources, Requirements};
+use crate::protocol::Requirements;
 use crate::provider::Offering;
 use crate::strategy::{Demand, PoolView};
-
-/// What a node of type `t` offers, if the pool still sells `t`.
-pub(in crate::strategy) fn resources_of(
-    view: &PoolView<'_>,
-    t: &InstanceType,
-) -> Option<NodeResources> {
-    view.offering(t).map(|o| o.resources(&view.spec.labels))
-}
 
 /// Whether a node of type `t` can serve `req`. A type the pool no longer
 /// sells is assumed to fit: over-counting supply at worst delays a claim,
 /// under-counting it would buy machines on every plan.
 pub(in crate::strategy) fn fits(view: &PoolView<'_>, t: &InstanceType, req: &Requirements) -> bool {
-    resources_of(view, t).is_none_or(|r| req.satisfied_by(&r))
+    view.offering(t)
+        .is_none_or(|o| o.serves(req, &view.spec.labels))
 }
 
 /// Orders types small to large (unknown types last), for best fit.
@@ -120,7 +113,7 @@ pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
     let constraint = |req: &Requirements| {
         let smallest = sizes
             .iter()
-            .position(|o| req.satisfied_by(&o.resources(&view.spec.labels)));
+            .position(|o| o.serves(req, &view.spec.labels));
         (smallest.is_none(), smallest, req.cpus, req.memory_mb)
     };
     let mut order: Vec<usize> = (0..view.pending.len()).collect();
