@@ -229,6 +229,15 @@ function claimCost(st, id) {
   return c ? usd(c.cost) : "";
 }
 
+/** An operator's button that POSTs to `path` once `question` is confirmed. */
+function actionButton(label, name, question, path, attrs) {
+  return el(
+    "button",
+    { ...attrs, type: "button", class: "danger", "aria-label": name, onclick: () => confirmThen(question, () => api("POST", path)) },
+    label,
+  );
+}
+
 /** A table's caption, with what the daemon left out of it. */
 function caption(id, text, omitted) {
   $(id).caption.textContent = text + (omitted ? " (" + omitted + " older ended ones not shown)" : "");
@@ -247,16 +256,13 @@ function renderClaims(st) {
       const reason = c.pending_reason ? tag(c.pending_reason).replace(/_/g, " ") : "";
       const action =
         st.viewer.operator && live
-          ? el("button", {
-              type: "button",
-              class: "danger",
-              "data-claim": r.claim_id,
-              "aria-label": "Release claim " + r.claim_id,
-              onclick: () =>
-                confirmThen("Release claim " + r.claim_id + " of " + r.workspace + "? Its node goes back to the pool.", () =>
-                  api("POST", "/v1/claims/" + encodeURIComponent(r.workspace) + "/" + encodeURIComponent(r.claim_id) + "/release"),
-                ),
-            }, "Release")
+          ? actionButton(
+              "Release",
+              "Release claim " + r.claim_id,
+              "Release claim " + r.claim_id + " of " + r.workspace + "? Its node goes back to the pool.",
+              "/v1/claims/" + encodeURIComponent(r.workspace) + "/" + encodeURIComponent(r.claim_id) + "/release",
+              { "data-claim": r.claim_id },
+            )
           : "";
       return el(
         "tr",
@@ -307,15 +313,12 @@ function renderJobs(st) {
         : "";
       const cancel =
         st.viewer.operator && live
-          ? el("button", {
-              type: "button",
-              class: "danger",
-              "aria-label": "Cancel job " + s.id,
-              onclick: () =>
-                confirmThen("Cancel job " + s.id + " of " + s.workspace + "?", () =>
-                  api("POST", "/v1/jobs/" + encodeURIComponent(s.workspace) + "/" + encodeURIComponent(s.id) + "/cancel"),
-                ),
-            }, "Cancel")
+          ? actionButton(
+              "Cancel",
+              "Cancel job " + s.id,
+              "Cancel job " + s.id + " of " + s.workspace + "?",
+              "/v1/jobs/" + encodeURIComponent(s.workspace) + "/" + encodeURIComponent(s.id) + "/cancel",
+            )
           : "";
       const show = el("button", { type: "button", class: "link", onclick: () => showJob(j) }, s.id);
       return el(

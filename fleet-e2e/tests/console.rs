@@ -1,7 +1,8 @@
 //! The operator console in a real browser: headless Chromium, driven
 //! through ChromeDriver (WebDriver), against the real daemon and its local
 //! nodes. An operator signs in, sees a claim appear while the page is open
-//! (the event stream, no reload), releases it from the page; a token
+//! (the event stream, no reload), releases it from the page, reads a job's
+//! events and output, cancels a running job; a token
 //! limited to a workspace is refused another one and sees only its own;
 //! a fleet-sim result is opened in the simulator view. Neither the pages
 //! nor the event stream ever carry a token or sealed credentials.
@@ -355,6 +356,37 @@ async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apar
         .await;
     assert!(events.contains("attempt 1"), "{events}");
     browser.screenshot("console-job.png").await;
+
+    // A running job cancelled from the console, after confirming.
+    ok(&fleetctl(
+        &daemon,
+        &[
+            "jobs",
+            "submit",
+            "--pool",
+            "default",
+            "--workspace",
+            "ci",
+            "--id",
+            "j2",
+            "--",
+            "sleep",
+            "60",
+        ],
+        60,
+    ));
+    let j2 = "#jobs-table tbody tr:first-child";
+    browser
+        .wait_text(j2, 60, |t| t.contains("j2") && t.contains("running"))
+        .await;
+    browser
+        .click("#jobs-table button[aria-label='Cancel job j2']")
+        .await;
+    browser
+        .wait_text("#confirm-text", 5, |t| t.contains("Cancel job j2"))
+        .await;
+    browser.click("#confirm-ok").await;
+    browser.wait_text(j2, 30, |t| t.contains("cancelled")).await;
 
     // A token limited to workspace `ci`: refused `other`, shown `ci`.
     let limited = workspace_token(&daemon, "viewer", "ci");

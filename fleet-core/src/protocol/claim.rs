@@ -59,10 +59,7 @@ impl Requirements {
         cpus >= self.cpus
             && memory_mb >= self.memory_mb
             && self.arch.is_none_or(|a| a == arch)
-            && self
-                .labels
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
+            && self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 

@@ -111,9 +111,7 @@ pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
     let mut sizes: Vec<&Offering> = view.offerings.iter().collect();
     sizes.sort_by_key(|o| size_key(view, &o.instance_type));
     let constraint = |req: &Requirements| {
-        let smallest = sizes
-            .iter()
-            .position(|o| o.serves(req, &view.spec.labels));
+        let smallest = sizes.iter().position(|o| o.serves(req, &view.spec.labels));
         (smallest.is_none(), smallest, req.cpus, req.memory_mb)
     };
     let mut order: Vec<usize> = (0..view.pending.len()).collect();
