@@ -214,9 +214,18 @@ fn command_line_mistakes_exit_2() {
 /// to stdout and stderr stays free of `\r` redraws, however long the run.
 #[test]
 fn no_progress_bar_is_drawn_into_a_pipe() {
+    // The README's example over eight weeks instead of two: long enough
+    // (seconds, in a debug build) that a bar would have been drawn.
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim-input.json");
+    let mut input: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(example).unwrap()).unwrap();
+    input["horizon_hours"] = serde_json::json!(8 * 7 * 24);
+    let long = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sim-input-8-weeks-{}.json", std::process::id()));
+    std::fs::write(&long, input.to_string()).unwrap();
     let started = std::time::Instant::now();
-    let out = sim(&["--config", example, "--threads", "1"]);
+    let out = sim(&["--config", &long.display().to_string(), "--threads", "1"]);
+    let _ = std::fs::remove_file(&long);
     let took = started.elapsed();
     assert!(
         out.status.success(),
