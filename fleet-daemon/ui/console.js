@@ -74,7 +74,9 @@ function signOut(why) {
   session = null;
   current = null;
   shownJob = null;
+  shownPool = null;
   $("job-detail").hidden = true;
+  $("pool-detail").hidden = true;
   sessionStorage.removeItem(TOKEN_KEY);
   $("fleet").hidden = true;
   $("sign-in").hidden = false;
@@ -180,6 +182,8 @@ function render(st) {
     (st.workspace ? " · showing " + st.workspace : "");
   setLive("live · " + new Date(st.at).toLocaleTimeString());
   renderPools(st);
+  // At most a read a second of the open pool's decisions, however busy.
+  if (shownPool && v.operator && Date.now() - poolReadAt > 1000) showPool(shownPool, true);
   renderAlerts(st);
   renderClaims(st);
   renderNodes(st);
@@ -195,10 +199,14 @@ function renderPools(st) {
       const idle = p.idle_cost;
       const idleText =
         usd(idle.per_hour) + "/h" + (idle.setup ? " after " + usd(idle.setup) + " over " + span(idle.settle_ms) : "");
+      // Operators may read why the strategy did what it did.
+      const name = st.viewer.operator
+        ? el("button", { type: "button", class: "link", "aria-label": "Decisions of pool " + p.name, onclick: () => showPool(p.name) }, p.name)
+        : p.name;
       return el(
         "tr",
         {},
-        el("th", { scope: "row" }, p.name),
+        el("th", { scope: "row" }, name),
         el("td", {}, el("strong", {}, p.strategy), el("div", { class: "hint" }, p.summary)),
         el("td", { title: p.cost_model }, idleText),
         el("td", {}, nodes),
@@ -206,6 +214,47 @@ function renderPools(st) {
       );
     }),
   );
+}
+
+/** The pool whose decisions are shown, if any. */
+let shownPool = null;
+let poolReadAt = 0;
+
+/** A pool's strategy and its recent decisions with their reasons (GET /v1/pools/<pool>/explain). */
+async function showPool(pool, quiet) {
+  shownPool = pool;
+  poolReadAt = Date.now();
+  $("pool-detail").hidden = false;
+  $("pool-detail-h").textContent = "Why pool " + pool + " did what it did";
+  let x;
+  try {
+    x = await api("GET", "/v1/pools/" + encodeURIComponent(pool) + "/explain");
+  } catch (e) {
+    $("pool-detail-summary").textContent = e.message;
+    fillTable("decisions-table", []);
+    return;
+  }
+  if (shownPool !== pool) return;
+  const params = Object.entries(x.parameters || {}).map(([k, v]) => k + " " + v).join(", ");
+  $("pool-detail-summary").textContent =
+    x.strategy + ": " + x.summary + (params ? " (" + params + ")" : "") +
+    (x.planned_at ? " · last planned " + new Date(x.planned_at).toLocaleTimeString() : "") +
+    (x.wake_at ? " · plans again by " + new Date(x.wake_at).toLocaleTimeString() : "");
+  fillTable(
+    "decisions-table",
+    [...x.decisions].reverse().map((d) =>
+      el(
+        "tr",
+        {},
+        el("td", {}, new Date(d.at).toLocaleTimeString()),
+        el("th", { scope: "row" }, d.action + (d.instance_type ? " " + d.instance_type : "")),
+        el("td", {}, d.node || ""),
+        el("td", {}, d.why),
+        el("td", { class: d.refused ? "error" : "ok" }, d.refused ? "refused: " + d.refused : "done"),
+      ),
+    ),
+  );
+  if (!quiet) $("pool-detail").scrollIntoView({ block: "nearest" });
 }
 
 function renderAlerts(st) {

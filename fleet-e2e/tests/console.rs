@@ -293,6 +293,15 @@ async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apar
         .await;
     browser.screenshot("console-operator.png").await;
 
+    // Why the pool made the node: its strategy's decision, with the claim.
+    browser
+        .click("#pools-table button[aria-label='Decisions of pool default']")
+        .await;
+    let why = browser
+        .wait_text("#decisions-table tbody", 10, |t| t.contains("create"))
+        .await;
+    assert!(why.contains("claim c1"), "{why}");
+
     // Nothing secret in the page or the stream.
     let page = browser.source().await;
     let stream = event_stream(&base, &daemon.token, 2).await;
