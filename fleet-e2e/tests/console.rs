@@ -198,6 +198,23 @@ fn screenshots_dir() -> PathBuf {
     )
 }
 
+/// Submits job `id` of workspace `ci` running `argv`, without watching it.
+fn submit(daemon: &Daemon, id: &str, argv: &[&str]) {
+    let mut args = vec![
+        "jobs",
+        "submit",
+        "--pool",
+        "default",
+        "--workspace",
+        "ci",
+        "--id",
+        id,
+        "--",
+    ];
+    args.extend_from_slice(argv);
+    ok(&fleetctl(daemon, &args, 60));
+}
+
 /// The console's event stream as `token` reads it for `secs`: its raw text.
 async fn event_stream(http_base: &str, token: &str, secs: u64) -> String {
     let host = http_base.trim_start_matches("http://");
@@ -332,24 +349,11 @@ async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apar
     );
 
     // A job nobody watches: the console still shows its events and output.
-    ok(&fleetctl(
+    submit(
         &daemon,
-        &[
-            "jobs",
-            "submit",
-            "--pool",
-            "default",
-            "--workspace",
-            "ci",
-            "--id",
-            "j1",
-            "--",
-            "sh",
-            "-c",
-            "echo hello-from-j1; echo warning-from-j1 >&2",
-        ],
-        60,
-    ));
+        "j1",
+        &["sh", "-c", "echo hello-from-j1; echo warning-from-j1 >&2"],
+    );
     browser
         .wait_text("#jobs-table tbody", 60, |t| {
             t.contains("j1") && t.contains("done")
@@ -367,23 +371,7 @@ async fn the_console_shows_the_fleet_live_releases_a_claim_and_keeps_tokens_apar
     browser.screenshot("console-job.png").await;
 
     // A running job cancelled from the console, after confirming.
-    ok(&fleetctl(
-        &daemon,
-        &[
-            "jobs",
-            "submit",
-            "--pool",
-            "default",
-            "--workspace",
-            "ci",
-            "--id",
-            "j2",
-            "--",
-            "sleep",
-            "60",
-        ],
-        60,
-    ));
+    submit(&daemon, "j2", &["sleep", "60"]);
     let j2 = "#jobs-table tbody tr:first-child";
     browser
         .wait_text(j2, 60, |t| t.contains("j2") && t.contains("running"))
