@@ -100,16 +100,10 @@ impl Scope {
 
 /// The presented token's holder, any token (401 without a valid one).
 fn holder(api: &ApiState, headers: &HeaderMap) -> Result<TokenHolder, ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    presented
-        .and_then(|t| api.tokens.check(t.trim()))
-        .ok_or_else(|| {
-            tracing::info!("unauthorized console request");
-            ApiError(StatusCode::UNAUTHORIZED, "unauthorized".into())
-        })
+    crate::http::token_holder(api, headers).ok_or_else(|| {
+        tracing::info!("unauthorized console request");
+        ApiError(StatusCode::UNAUTHORIZED, "unauthorized".into())
+    })
 }
 
 /// What `holder` may see of `asked`: 400 for a malformed workspace, 403
@@ -174,14 +168,13 @@ async fn read(api: &ApiState, scope: &Scope) -> Result<ConsoleState, ApiError> {
     for c in &mut claims {
         c.credentials = None;
     }
-    let jobs: Vec<_> = s
+    let mut jobs: Vec<_> = s
         .jobs
         .iter()
         .filter(|j| scope.sees(&j.spec.workspace))
         .cloned()
         .collect();
     let runs = crate::http::run_infos(&s.runs, &s.jobs, |r| scope.sees(&r.spec.workspace));
-    let mut jobs = jobs;
     let omitted = ConsoleOmitted {
         claims: keep_newest_ended(
             &mut claims,

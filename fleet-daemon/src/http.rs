@@ -138,23 +138,32 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Whose `Authorization: Bearer` token `headers` present, if it is one of
+/// the daemon's (the operator API's check and the console's).
+pub(crate) fn token_holder(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Option<crate::auth::TokenHolder> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.tokens.check(t.trim()))
+}
+
 async fn require_token(
     State(state): State<ApiState>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented.and_then(|t| state.tokens.check(t.trim())) {
+    match token_holder(&state, &headers) {
         Some(holder) if holder.is_operator() => next.run(req).await,
         Some(holder) => {
             tracing::info!(path = %req.uri().path(), token = %holder.name, "workspace token used on the HTTP API");
             ApiError(
                 StatusCode::FORBIDDEN,
-                "this token is limited to workspaces (the claim plane); the HTTP API needs an operator token".into(),
+                "this token is limited to workspaces (the claim plane and the console); the HTTP API needs an operator token".into(),
             )
             .into_response()
         }

@@ -954,29 +954,23 @@ impl Driver {
     /// Notes a worker event or output chunk of a job's command in the
     /// job's log (for [`Fleet::job_log`]).
     fn note_job_log(&self, msg: &AgentMsg) {
-        let (command, what) = match msg {
-            AgentMsg::Event { command, event, .. } => (
-                command,
-                JobLogWhat::Event {
-                    event: event.clone(),
-                },
-            ),
-            AgentMsg::Output {
-                command,
-                stream,
-                data,
-                ..
-            } => (
-                command,
-                JobLogWhat::Output {
-                    stream: *stream,
-                    data: data.clone(),
-                },
-            ),
+        let command = match msg {
+            AgentMsg::Event { command, .. } | AgentMsg::Output { command, .. } => command,
             _ => return,
         };
+        // A claim's exec is no job's: its output is not copied.
         let Some((job, attempt)) = self.controller.command_job(command) else {
-            return; // a claim's exec, not a job's
+            return;
+        };
+        let what = match msg {
+            AgentMsg::Event { event, .. } => JobLogWhat::Event {
+                event: event.clone(),
+            },
+            AgentMsg::Output { stream, data, .. } => JobLogWhat::Output {
+                stream: *stream,
+                data: data.clone(),
+            },
+            _ => return,
         };
         self.job_logs
             .lock()

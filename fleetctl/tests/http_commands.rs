@@ -215,7 +215,7 @@ async fn require_token(State(mode): State<Mode>, req: Request, next: Next) -> Re
         Some(TOKEN) => next.run(req).await,
         Some(WORKSPACE_TOKEN) => refuse(
             StatusCode::FORBIDDEN,
-            "this token is limited to workspaces (the claim plane); the HTTP API needs an operator token",
+            "this token is limited to workspaces (the claim plane and the console); the HTTP API needs an operator token",
         )
         .into_response(),
         _ => refuse(StatusCode::UNAUTHORIZED, "unauthorized").into_response(),
