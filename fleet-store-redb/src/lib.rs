@@ -4,20 +4,27 @@
 //! Semantics follow the reference `fleet_core::memory::MemoryStore`: one
 //! global revision counter, starting at 1, from which every write (create,
 //! update and delete) takes the next number; list and watch prefixes match
-//! text. Each write is one redb write transaction committed with
-//! [`redb::Durability::Immediate`] before the call returns, so a write the
-//! store acknowledged is on disk (invariant 8).
+//! text. Each batch of writes is one redb write transaction, durable
+//! before the call returns, so a write the store acknowledged is on disk
+//! (invariant 8): committed with [`redb::Durability::None`] and its effects
+//! appended to a write-ahead journal synced with one `fdatasync`, or every
+//! so often committed with [`redb::Durability::Immediate`], which
+//! checkpoints the journal (see `journal.rs` for why and how).
 //!
-//! Layout of the file (`<data dir>/fleet.redb`):
-//! - table `kv`: key (`&str`) → (revision `u64`, value bytes);
-//! - table `meta`: `"revision"` → the last revision issued (`u64`).
+//! Layout of the data directory:
+//! - `fleet.redb`, table `kv`: key (`&str`) → (revision `u64`, value bytes);
+//! - `fleet.redb`, table `meta`: `"revision"` → the last revision issued
+//!   (`u64`); `"journal"` → the journal record the last checkpoint covers;
+//! - `fleet.journal`: the records since that checkpoint.
 //!
 //! redb calls block, so every call runs on tokio's blocking pool.
+
+mod journal;
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -30,8 +37,14 @@ use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::journal::{AppendError, Entry, Journal};
+
 /// The file name of the store inside the data directory.
 pub const STORE_FILE_NAME: &str = "fleet.redb";
+
+/// The file name of the store's write-ahead journal inside the data
+/// directory.
+pub const JOURNAL_FILE_NAME: &str = "fleet.journal";
 
 /// The default value size limit: 1 MiB, the same as a NATS message, so a
 /// record that fits one backend fits the other.
@@ -40,6 +53,7 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
+const JOURNAL_KEY: &str = "journal";
 
 /// Why the store could not be opened. Every variant names the path.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +161,27 @@ struct Shared {
     /// see events in commit order, and a watch registered under this lock
     /// sees exactly the writes committed after it.
     watchers: Mutex<Vec<Watcher>>,
+    /// Where the next journal record goes. Locked after `watchers`.
+    journal: Mutex<Journal>,
+    /// Held for writing from a batch's redb commit until it is durable
+    /// (its journal record synced), and for reading while a read begins: a
+    /// reader sees no write that a crash could still take back.
+    durable: RwLock<()>,
+}
+
+impl Drop for Shared {
+    /// A clean close checkpoints, so that the next open replays nothing.
+    fn drop(&mut self) {
+        let journal = self
+            .journal
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if journal.unchecked() > 0
+            && let Err(e) = checkpoint(&self.db, journal)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "no checkpoint at close; the journal is replayed at the next open");
+        }
+    }
 }
 
 struct Watcher {
@@ -202,6 +237,7 @@ impl RedbStore {
             Ok(())
         };
         init().map_err(|e| open_error(&path, e))?;
+        let journal = replay_journal(&db, &data_dir.join(JOURNAL_FILE_NAME), &path)?;
         tracing::debug!(path = %path.display(), "store opened");
         Ok(RedbStore {
             shared: Arc::new(Shared {
@@ -209,6 +245,8 @@ impl RedbStore {
                 path,
                 max_value_bytes: options.max_value_bytes,
                 watchers: Mutex::new(Vec::new()),
+                journal: Mutex::new(journal),
+                durable: RwLock::new(()),
             }),
         })
     }
@@ -222,7 +260,7 @@ impl RedbStore {
     pub async fn last_revision(&self) -> Result<Revision, StoreError> {
         let shared = Arc::clone(&self.shared);
         blocking(move || {
-            let txn = shared.db.begin_read().map_err(backend)?;
+            let txn = shared.begin_read()?;
             let meta = txn.open_table(META).map_err(backend)?;
             let rev = meta.get(REVISION_KEY).map_err(backend)?;
             Ok(Revision(rev.map(|g| g.value()).unwrap_or(0)))
@@ -259,6 +297,16 @@ impl RedbStore {
     ) -> Vec<Result<Revision, StoreError>> {
         let n = writes.len();
         let shared = Arc::clone(&self.shared);
+        // On a multi-thread runtime the commit runs on this thread, which
+        // hands its other tasks to another worker first: the caller (the
+        // daemon's one writer task) waits for the commit either way, and a
+        // trip through the blocking pool costs two thread wake-ups on the
+        // path of every acknowledged write.
+        if tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
+            return tokio::task::block_in_place(move || shared.write_blocking(writes, fence));
+        }
         blocking(move || Ok(shared.write_blocking(writes, fence)))
             .await
             .unwrap_or_else(|e| vec![Err(e); n])
@@ -272,9 +320,20 @@ impl Shared {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_journal(&self) -> MutexGuard<'_, Journal> {
+        // The journal's position is updated only after its write succeeds.
+        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A read transaction that sees only durable writes.
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        let _durable = self.durable.read().unwrap_or_else(PoisonError::into_inner);
+        self.db.begin_read().map_err(backend)
+    }
+
     /// Applies `writes` in one transaction: each is checked on its own
     /// (a refused one is left out, the others go on) and the transaction
-    /// is committed once. If the commit fails, none was written.
+    /// is committed once, durably. If the commit fails, none was written.
     fn write_blocking(
         &self,
         writes: Vec<Write>,
@@ -282,12 +341,21 @@ impl Shared {
     ) -> Vec<Result<Revision, StoreError>> {
         let n = writes.len();
         let mut watchers = self.lock_watchers();
+        let mut journal = self.lock_journal();
+        // Every so often a batch is committed Immediate: a checkpoint.
+        let checkpoint = journal.checkpoint_due();
         let mut results = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(n);
+        let mut entries = Vec::with_capacity(n);
+        let mut last = 0;
         let txn = (|| {
             let mut txn = self.db.begin_write().map_err(backend)?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            txn.set_durability(if checkpoint {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
             Ok(txn)
         })();
         let txn = match txn {
@@ -300,16 +368,17 @@ impl Shared {
             if let Some(writer) = fence {
                 check_fence(&kv, writer)?;
             }
-            let mut last = meta
+            last = meta
                 .get(REVISION_KEY)
                 .map_err(backend)?
                 .map_or(0, |g| g.value());
             for write in writes {
                 match self.apply(&mut kv, write, last) {
-                    Ok((answer, event)) => {
+                    Ok((answer, event, entry)) => {
                         last += 1;
                         results.push(Ok(answer));
                         events.push(event);
+                        entries.push(entry);
                     }
                     Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) => {
                         return Err(e);
@@ -319,9 +388,13 @@ impl Shared {
             }
             if !events.is_empty() {
                 meta.insert(REVISION_KEY, last).map_err(backend)?;
+                if checkpoint {
+                    meta.insert(JOURNAL_KEY, journal.seq()).map_err(backend)?;
+                }
             }
             Ok(())
         })();
+        let durable = self.durable.write().unwrap_or_else(PoisonError::into_inner);
         let committed = applied.and_then(|()| {
             if events.is_empty() {
                 txn.abort().map_err(backend)
@@ -329,8 +402,20 @@ impl Shared {
                 txn.commit().map_err(backend)
             }
         });
+        let committed = committed.and_then(|()| {
+            if events.is_empty() {
+                Ok(())
+            } else if checkpoint {
+                journal.restart();
+                Ok(())
+            } else {
+                self.journal_batch(&mut journal, last, &entries)
+            }
+        });
+        drop(durable);
         if let Err(e) = committed {
-            // Nothing was written: every write of the batch fails alike.
+            // Nothing was written durably: every write of the batch fails
+            // alike.
             return vec![Err(e); n];
         }
         // A failed send means the receiver was dropped: forget it.
@@ -342,15 +427,35 @@ impl Shared {
         results
     }
 
+    /// Makes the batch just committed with `Durability::None` durable: its
+    /// journal record, or when that cannot be written (the journal is
+    /// full, or failed) a checkpoint.
+    fn journal_batch(
+        &self,
+        journal: &mut Journal,
+        last: u64,
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        match journal.append(last, entries) {
+            Ok(()) => Ok(()),
+            Err(AppendError::Full) => checkpoint(&self.db, journal),
+            Err(AppendError::Io(e)) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "journal write failed; committing the batch to the store file instead");
+                checkpoint(&self.db, journal)
+            }
+        }
+    }
+
     /// One write inside the batch's transaction, at the revision after
     /// `last`; answers the new revision (for a delete: the deleted one,
-    /// as [`Store::write_all`] says) and the watch event.
+    /// as [`Store::write_all`] says), the watch event and the journal
+    /// entry.
     fn apply(
         &self,
         kv: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
         write: Write,
         last: u64,
-    ) -> Result<(Revision, WatchEvent), StoreError> {
+    ) -> Result<(Revision, WatchEvent, Entry), StoreError> {
         if let Write::Create { value, .. } | Write::Update { value, .. } = &write
             && value.len() > self.max_value_bytes
         {
@@ -389,23 +494,97 @@ impl Shared {
             .checked_add(1)
             .map(Revision)
             .ok_or_else(|| StoreError::Corrupt("revision counter overflow".to_owned()))?;
-        let event = match write {
+        match write {
             Write::Create { value, .. } | Write::Update { value, .. } => {
                 kv.insert(key.as_str(), (revision.0, value.as_ref()))
                     .map_err(backend)?;
-                WatchEvent::Put {
+                let entry = Entry::Put {
+                    key: key.as_str().to_owned(),
+                    revision: revision.0,
+                    value: value.clone(),
+                };
+                let event = WatchEvent::Put {
                     key,
                     value,
                     revision,
-                }
+                };
+                Ok((revision, event, entry))
             }
             Write::Delete { expected, .. } => {
                 kv.remove(key.as_str()).map_err(backend)?;
-                return Ok((expected, WatchEvent::Delete { key, revision }));
+                let entry = Entry::Delete {
+                    key: key.as_str().to_owned(),
+                };
+                Ok((expected, WatchEvent::Delete { key, revision }, entry))
             }
-        };
-        Ok((revision, event))
+        }
     }
+}
+
+/// Commits `Immediate` an empty transaction that records the journal's
+/// number: everything committed before is durable, and the journal starts
+/// again.
+fn checkpoint(db: &Database, journal: &mut Journal) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(backend)?;
+    {
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert(JOURNAL_KEY, journal.seq()).map_err(backend)?;
+    }
+    txn.commit().map_err(backend)?;
+    journal.restart();
+    Ok(())
+}
+
+/// Opens the journal and applies, in one `Immediate` commit, the records
+/// the last checkpoint does not cover (the batches acknowledged before a
+/// crash since it).
+fn replay_journal(db: &Database, journal_path: &Path, path: &Path) -> Result<Journal, OpenError> {
+    let journal_error = |e: redb::Error| open_error(path, e);
+    let covered = (|| -> Result<u64, redb::Error> {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(JOURNAL_KEY)?.map_or(0, |g| g.value()))
+    })()
+    .map_err(journal_error)?;
+    let (mut journal, batches) =
+        Journal::open(journal_path, covered).map_err(|source| OpenError::Io {
+            path: journal_path.to_owned(),
+            source,
+        })?;
+    let Some(newest) = batches.last().map(|b| b.seq) else {
+        return Ok(journal);
+    };
+    (|| -> Result<(), redb::Error> {
+        let txn = db.begin_write()?;
+        {
+            let mut kv = txn.open_table(KV)?;
+            let mut meta = txn.open_table(META)?;
+            for batch in &batches {
+                for entry in &batch.entries {
+                    match entry {
+                        Entry::Put {
+                            key,
+                            revision,
+                            value,
+                        } => {
+                            kv.insert(key.as_str(), (*revision, value.as_ref()))?;
+                        }
+                        Entry::Delete { key } => {
+                            kv.remove(key.as_str())?;
+                        }
+                    }
+                }
+                meta.insert(REVISION_KEY, batch.last_revision)?;
+            }
+            meta.insert(JOURNAL_KEY, newest)?;
+        }
+        txn.commit()?;
+        Ok(())
+    })()
+    .map_err(journal_error)?;
+    journal.restart();
+    tracing::info!(path = %path.display(), records = batches.len(), through = newest, "store journal replayed");
+    Ok(journal)
 }
 
 /// Refuses the write if the stored leader record's epoch is newer than the
@@ -497,7 +676,7 @@ impl Store for RedbStore {
         let shared = Arc::clone(&self.shared);
         let key = key.clone();
         blocking(move || {
-            let txn = shared.db.begin_read().map_err(backend)?;
+            let txn = shared.begin_read()?;
             let kv = txn.open_table(KV).map_err(backend)?;
             let found = kv.get(key.as_str()).map_err(backend)?;
             Ok(found.map(|g| {
@@ -559,7 +738,7 @@ impl Store for RedbStore {
         let shared = Arc::clone(&self.shared);
         let prefix = prefix.to_owned();
         blocking(move || {
-            let txn = shared.db.begin_read().map_err(backend)?;
+            let txn = shared.begin_read()?;
             let kv = txn.open_table(KV).map_err(backend)?;
             let mut out = Vec::new();
             // Keys sort bytewise, so every key with the prefix comes in one

@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use fleet_core::ids::Epoch;
 use fleet_core::protocol::{LeaderRecord, encode};
-use fleet_core::store::{Key, Revision, Store, StoreError};
+use fleet_core::store::{Key, Revision, Store, StoreError, Write};
 use fleet_core::subjects::Subjects;
-use fleet_store_redb::{OpenError, RedbStore, STORE_FILE_NAME, StoreOptions};
+use fleet_store_redb::{JOURNAL_FILE_NAME, OpenError, RedbStore, STORE_FILE_NAME, StoreOptions};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
 
@@ -352,4 +352,149 @@ async fn a_damaged_file_is_an_error_not_a_panic() {
         Ok(Ok(())) => panic!("a damaged store opened"),
         Err(_) => panic!("opening a damaged store panicked"),
     }
+}
+
+/// Where `the_journal_child` writes, when it runs as the child of
+/// `acknowledged_writes_survive_an_abort`.
+const CHILD_DIR: &str = "FLEET_REDB_JOURNAL_CHILD_DIR";
+
+/// The writes the child makes: `keys` created, every third updated, every
+/// fifth deleted, a batch of 300 (more than the journal takes between
+/// checkpoints, so the child crosses one), and the revision each left.
+async fn journal_writes(store: &RedbStore) -> Vec<(Key, Option<(Bytes, Revision)>)> {
+    let mut expect = Vec::new();
+    for i in 0..40 {
+        let k = key(&format!("claims.ws.c{i}"));
+        let value = Bytes::from(format!("claim {i}"));
+        let mut rev = store
+            .create(&k, value.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut state = Some((value, rev));
+        if i % 3 == 0 {
+            let value = Bytes::from(format!("claim {i}, granted"));
+            rev = store
+                .update(&k, value.clone(), rev)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            state = Some((value, rev));
+        }
+        if i % 5 == 0 {
+            store
+                .delete(&k, rev)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            state = None;
+        }
+        expect.push((k, state));
+    }
+    let batch: Vec<Write> = (0..300)
+        .map(|i| Write::Create {
+            key: key(&format!("nodes.pool.n{i}")),
+            value: Bytes::from(vec![b'n'; 600]),
+        })
+        .collect();
+    for (i, result) in store.write_all(batch).await.into_iter().enumerate() {
+        let rev = result.unwrap_or_else(|e| panic!("{e}"));
+        expect.push((
+            key(&format!("nodes.pool.n{i}")),
+            Some((Bytes::from(vec![b'n'; 600]), rev)),
+        ));
+    }
+    for i in 0..300 {
+        let k = key(&format!("runs.ws.r{i}"));
+        let value = Bytes::from(format!("run {i}"));
+        let rev = store
+            .create(&k, value.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        expect.push((k, Some((value, rev))));
+    }
+    expect
+}
+
+/// Not a test of its own: the child process of
+/// `acknowledged_writes_survive_an_abort`. It makes its writes, each
+/// acknowledged, then dies at once: no destructor runs, nothing is flushed
+/// or checkpointed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR) else {
+        return;
+    };
+    let store = open(std::path::Path::new(&dir));
+    journal_writes(&store).await;
+    std::process::abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_an_abort() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let status = std::process::Command::new(exe)
+        .args([
+            "the_journal_child",
+            "--exact",
+            "--test-threads=1",
+            "--nocapture",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("child: {e}"));
+    assert!(!status.success(), "the child must die by abort, not finish");
+    let journal =
+        std::fs::read(dir.path().join(JOURNAL_FILE_NAME)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        journal.iter().take(64).any(|&b| b != 0),
+        "the child's last writes are in the journal, not checkpointed"
+    );
+
+    // What the child was told is durable is there, at its revisions.
+    let expect = {
+        let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        journal_writes(&open(scratch.path())).await
+    };
+    let store = open(dir.path());
+    let mut listed = store.list("").await.unwrap_or_else(|e| panic!("{e}"));
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want: Vec<(Key, Bytes, Revision)> = expect
+        .into_iter()
+        .filter_map(|(k, state)| state.map(|(v, r)| (k, v, r)))
+        .collect();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    let got: Vec<(Key, Bytes, Revision)> = listed
+        .into_iter()
+        .map(|(k, v)| (k, v.value, v.revision))
+        .collect();
+    // Compared by hand: a failing assert_eq of 640 values is unreadable.
+    let show = |e: &(Key, Bytes, Revision)| format!("{} at {:?}", e.0, e.2);
+    if let Some((g, w)) = got.iter().zip(&want).find(|(g, w)| g != w) {
+        panic!("found {}, expected {}", show(g), show(w));
+    }
+    assert_eq!(got.len(), want.len(), "records after the abort");
+    let last = store
+        .last_revision()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let next = store
+        .create(&key("claims.after"), Bytes::from_static(b"x"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        next,
+        Revision(last.0 + 1),
+        "the counter continues after the replay"
+    );
+    drop(store);
+    // Replayed and checkpointed: a second open finds the same.
+    let store = open(dir.path());
+    assert_eq!(
+        store
+            .last_revision()
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
+        next
+    );
 }
