@@ -342,25 +342,13 @@ impl Shared {
         let n = writes.len();
         let mut watchers = self.lock_watchers();
         let mut journal = self.lock_journal();
-        // Every so often a batch is committed Immediate: a checkpoint.
-        let checkpoint = journal.checkpoint_due();
         let mut results = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(n);
         let mut entries = Vec::with_capacity(n);
         let mut last = 0;
-        let txn = (|| {
-            let mut txn = self.db.begin_write().map_err(backend)?;
-            txn.set_durability(if checkpoint {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            Ok(txn)
-        })();
-        let txn = match txn {
+        let mut txn = match self.db.begin_write() {
             Ok(txn) => txn,
-            Err(e) => return vec![Err(e); n],
+            Err(e) => return vec![Err(backend(e)); n],
         };
         let applied = (|| {
             let mut kv = txn.open_table(KV).map_err(backend)?;
@@ -388,12 +376,40 @@ impl Shared {
             }
             if !events.is_empty() {
                 meta.insert(REVISION_KEY, last).map_err(backend)?;
-                if checkpoint {
-                    meta.insert(JOURNAL_KEY, journal.seq()).map_err(backend)?;
-                }
             }
             Ok(())
         })();
+        // The batch's journal record is written before the commit, so the
+        // disk takes it while redb commits. Every so often, or when the
+        // record cannot be written, the batch is committed Immediate
+        // instead: a checkpoint.
+        let record = match &applied {
+            Ok(()) if !events.is_empty() && !journal.checkpoint_due() => {
+                match journal.write(last, &entries) {
+                    Ok(record) => Some(record),
+                    Err(AppendError::Full) => None,
+                    Err(AppendError::Io(e)) => {
+                        tracing::warn!(path = %self.path.display(), error = %e, "journal write failed; committing the batch to the store file instead");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let applied = applied.and_then(|()| {
+            let durability = if record.is_some() {
+                Durability::None
+            } else {
+                Durability::Immediate
+            };
+            txn.set_durability(durability)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if record.is_none() && !events.is_empty() {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                meta.insert(JOURNAL_KEY, journal.seq()).map_err(backend)?;
+            }
+            Ok(())
+        });
         let durable = self.durable.write().unwrap_or_else(PoisonError::into_inner);
         let committed = applied.and_then(|()| {
             if events.is_empty() {
@@ -402,16 +418,25 @@ impl Shared {
                 txn.commit().map_err(backend)
             }
         });
-        let committed = committed.and_then(|()| {
-            if events.is_empty() {
+        let committed = match (committed, record) {
+            (Ok(()), Some(record)) => journal.sync(record).or_else(|e| {
+                tracing::warn!(path = %self.path.display(), error = ?e, "journal sync failed; committing the batch to the store file instead");
+                checkpoint(&self.db, &mut journal)
+            }),
+            (Ok(()), None) => {
+                if !events.is_empty() {
+                    journal.restart();
+                }
                 Ok(())
-            } else if checkpoint {
-                journal.restart();
-                Ok(())
-            } else {
-                self.journal_batch(&mut journal, last, &entries)
             }
-        });
+            (Err(e), Some(record)) => {
+                if let Err(d) = journal.discard(record) {
+                    tracing::warn!(path = %self.path.display(), error = %d, "could not take back the journal record of a batch that failed");
+                }
+                Err(e)
+            }
+            (Err(e), None) => Err(e),
+        };
         drop(durable);
         if let Err(e) = committed {
             // Nothing was written durably: every write of the batch fails
@@ -425,25 +450,6 @@ impl Shared {
             });
         }
         results
-    }
-
-    /// Makes the batch just committed with `Durability::None` durable: its
-    /// journal record, or when that cannot be written (the journal is
-    /// full, or failed) a checkpoint.
-    fn journal_batch(
-        &self,
-        journal: &mut Journal,
-        last: u64,
-        entries: &[Entry],
-    ) -> Result<(), StoreError> {
-        match journal.append(last, entries) {
-            Ok(()) => Ok(()),
-            Err(AppendError::Full) => checkpoint(&self.db, journal),
-            Err(AppendError::Io(e)) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "journal write failed; committing the batch to the store file instead");
-                checkpoint(&self.db, journal)
-            }
-        }
     }
 
     /// One write inside the batch's transaction, at the revision after
