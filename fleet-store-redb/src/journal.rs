@@ -383,6 +383,15 @@ mod tests {
         }
     }
 
+    fn open(path: &Path, checkpoint: u64) -> (Journal, Vec<Batch>) {
+        Journal::open(path, checkpoint).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn append(j: &mut Journal, last_revision: u64, entries: &[Entry]) {
+        j.append(last_revision, entries)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+    }
+
     fn del(key: &str) -> Entry {
         Entry::Delete {
             key: key.to_owned(),
@@ -393,7 +402,7 @@ mod tests {
     fn records_read_back_in_order_and_stop_at_the_zeros() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("j");
-        let (mut j, found) = Journal::open(&path, 7).unwrap_or_else(|e| panic!("{e}"));
+        let (mut j, found) = open(&path, 7);
         assert!(found.is_empty());
         assert_eq!(
             std::fs::metadata(&path).map(|m| m.len()).ok(),
@@ -401,10 +410,10 @@ mod tests {
         );
         let first = vec![put("claims.a", 3, b"A"), del("claims.b")];
         let second = vec![put("nodes.n", 4, &[0u8; 700])];
-        j.append(3, &first).unwrap_or_else(|e| panic!("{e:?}"));
-        j.append(4, &second).unwrap_or_else(|e| panic!("{e:?}"));
+        append(&mut j, 3, &first);
+        append(&mut j, 4, &second);
         drop(j);
-        let (j, found) = Journal::open(&path, 7).unwrap_or_else(|e| panic!("{e}"));
+        let (j, found) = open(&path, 7);
         assert_eq!(j.seq(), 9);
         assert_eq!(
             found,
@@ -423,7 +432,7 @@ mod tests {
         );
         // A checkpoint covers every record written (it records the last
         // number): after it, nothing is replayed.
-        let (j, found) = Journal::open(&path, 9).unwrap_or_else(|e| panic!("{e}"));
+        let (j, found) = open(&path, 9);
         assert!(found.is_empty());
         assert_eq!(j.seq(), 9);
     }
@@ -432,14 +441,11 @@ mod tests {
     fn a_torn_record_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("j");
-        let (mut j, _) = Journal::open(&path, 0).unwrap_or_else(|e| panic!("{e}"));
-        j.append(1, &[put("a", 1, b"one")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let (mut j, _) = open(&path, 0);
+        append(&mut j, 1, &[put("a", 1, b"one")]);
         let second_at = j.pos;
-        j.append(2, &[put("b", 2, b"two")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
-        j.append(3, &[put("c", 3, b"three")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        append(&mut j, 2, &[put("b", 2, b"two")]);
+        append(&mut j, 3, &[put("c", 3, b"three")]);
         drop(j);
         // One flipped byte inside the second record's payload.
         let file = std::fs::OpenOptions::new()
@@ -448,7 +454,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         file.write_all_at(b"X", second_at + HEADER as u64 + 20)
             .unwrap_or_else(|e| panic!("{e}"));
-        let (j, found) = Journal::open(&path, 0).unwrap_or_else(|e| panic!("{e}"));
+        let (j, found) = open(&path, 0);
         assert_eq!(found.iter().map(|b| b.seq).collect::<Vec<_>>(), vec![1]);
         assert_eq!(j.seq(), 1);
     }
@@ -457,16 +463,19 @@ mod tests {
     fn records_of_an_earlier_pass_are_not_replayed() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("j");
-        let (mut j, _) = Journal::open(&path, 0).unwrap_or_else(|e| panic!("{e}"));
+        let (mut j, _) = open(&path, 0);
         for i in 1..=3 {
-            j.append(i, &[put("k", i, b"an older pass, longer than the next")])
-                .unwrap_or_else(|e| panic!("{e:?}"));
+            append(
+                &mut j,
+                i,
+                &[put("k", i, b"an older pass, longer than the next")],
+            );
         }
         // A checkpoint at 3; the next pass writes 4 over the start.
         j.restart();
-        j.append(4, &[del("k")]).unwrap_or_else(|e| panic!("{e:?}"));
+        append(&mut j, 4, &[del("k")]);
         drop(j);
-        let (j, found) = Journal::open(&path, 3).unwrap_or_else(|e| panic!("{e}"));
+        let (j, found) = open(&path, 3);
         assert_eq!(
             found,
             vec![Batch {
@@ -481,15 +490,14 @@ mod tests {
     #[test]
     fn a_record_larger_than_what_is_left_is_refused() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let (mut j, _) = Journal::open(&dir.path().join("j"), 0).unwrap_or_else(|e| panic!("{e}"));
+        let (mut j, _) = open(&dir.path().join("j"), 0);
         let huge = vec![0u8; usize::try_from(JOURNAL_BYTES).unwrap_or(usize::MAX)];
         assert!(matches!(
             j.append(1, &[put("k", 1, &huge)]),
             Err(AppendError::Full)
         ));
         assert_eq!(j.seq(), 0, "a refused record takes no number");
-        j.append(1, &[put("k", 1, b"small")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        append(&mut j, 1, &[put("k", 1, b"small")]);
         assert_eq!(j.seq(), 1);
     }
 
@@ -497,18 +505,16 @@ mod tests {
     fn a_discarded_record_is_not_replayed() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("j");
-        let (mut j, _) = Journal::open(&path, 0).unwrap_or_else(|e| panic!("{e}"));
-        j.append(1, &[put("a", 1, b"kept")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        let (mut j, _) = open(&path, 0);
+        append(&mut j, 1, &[put("a", 1, b"kept")]);
         let record = j
             .write(2, &[put("b", 2, b"never committed")])
             .unwrap_or_else(|e| panic!("{e:?}"));
         j.discard(record).unwrap_or_else(|e| panic!("{e}"));
         // The next record takes the discarded one's number and place.
-        j.append(2, &[put("c", 2, b"committed")])
-            .unwrap_or_else(|e| panic!("{e:?}"));
+        append(&mut j, 2, &[put("c", 2, b"committed")]);
         drop(j);
-        let (_, found) = Journal::open(&path, 0).unwrap_or_else(|e| panic!("{e}"));
+        let (_, found) = open(&path, 0);
         assert_eq!(
             found,
             vec![
@@ -524,17 +530,12 @@ mod tests {
                 },
             ]
         );
-        let mut j = Journal::open(&path, 2).unwrap_or_else(|e| panic!("{e}")).0;
+        let mut j = open(&path, 2).0;
         j.restart();
         let record = j.write(3, &[del("c")]).unwrap_or_else(|e| panic!("{e:?}"));
         j.discard(record).unwrap_or_else(|e| panic!("{e}"));
         drop(j);
-        assert!(
-            Journal::open(&path, 2)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .1
-                .is_empty()
-        );
+        assert!(open(&path, 2).1.is_empty());
     }
 
     #[test]

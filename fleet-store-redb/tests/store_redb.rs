@@ -16,6 +16,13 @@ fn key(s: &str) -> Key {
     Key::new(s).unwrap_or_else(|e| panic!("bad test key {s}: {e}"))
 }
 
+async fn last_revision(store: &RedbStore) -> Revision {
+    store
+        .last_revision()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn open(dir: &std::path::Path) -> RedbStore {
     RedbStore::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()))
 }
@@ -73,10 +80,7 @@ async fn writes_survive_reopen_and_the_counter_continues() {
 
     let store = open(dir.path());
     assert_eq!(
-        store
-            .last_revision()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
+        last_revision(&store).await,
         Revision(5),
         "the delete took revision 5 and the counter must persist"
     );
@@ -235,13 +239,7 @@ async fn values_over_the_limit_are_refused() {
         Err(StoreError::TooLarge { len: 101, max: 100 }) => {}
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    assert_eq!(
-        store
-            .last_revision()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        Revision(0)
-    );
+    assert_eq!(last_revision(&store).await, Revision(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,10 +472,7 @@ async fn acknowledged_writes_survive_an_abort() {
         panic!("found {}, expected {}", show(g), show(w));
     }
     assert_eq!(got.len(), want.len(), "records after the abort");
-    let last = store
-        .last_revision()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let last = last_revision(&store).await;
     let next = store
         .create(&key("claims.after"), Bytes::from_static(b"x"))
         .await
@@ -490,11 +485,5 @@ async fn acknowledged_writes_survive_an_abort() {
     drop(store);
     // Replayed and checkpointed: a second open finds the same.
     let store = open(dir.path());
-    assert_eq!(
-        store
-            .last_revision()
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-        next
-    );
+    assert_eq!(last_revision(&store).await, next);
 }
