@@ -229,17 +229,25 @@ impl Journal {
 }
 
 fn encode(seq: u64, last_revision: u64, entries: &[Entry]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(
-        12 + entries
-            .iter()
-            .map(|e| match e {
-                Entry::Put { key, value, .. } => 17 + key.len() + value.len(),
-                Entry::Delete { key } => 5 + key.len(),
-            })
-            .sum::<usize>(),
+    // One buffer: the header's length and checksum are filled in once the
+    // payload behind them is written (a batch of a burst runs to MBs).
+    let mut record = Vec::with_capacity(
+        HEADER
+            + 12
+            + entries
+                .iter()
+                .map(|e| match e {
+                    Entry::Put { key, value, .. } => 17 + key.len() + value.len(),
+                    Entry::Delete { key } => 5 + key.len(),
+                })
+                .sum::<usize>(),
     );
-    payload.extend_from_slice(&last_revision.to_le_bytes());
-    payload.extend_from_slice(&len32(entries.len()).to_le_bytes());
+    record.extend_from_slice(&MAGIC.to_le_bytes());
+    record.extend_from_slice(&[0; 4]);
+    record.extend_from_slice(&seq.to_le_bytes());
+    record.extend_from_slice(&[0; 4]);
+    record.extend_from_slice(&last_revision.to_le_bytes());
+    record.extend_from_slice(&len32(entries.len()).to_le_bytes());
     for entry in entries {
         match entry {
             Entry::Put {
@@ -247,29 +255,26 @@ fn encode(seq: u64, last_revision: u64, entries: &[Entry]) -> Vec<u8> {
                 revision,
                 value,
             } => {
-                payload.push(1);
-                payload.extend_from_slice(&len32(key.len()).to_le_bytes());
-                payload.extend_from_slice(key.as_bytes());
-                payload.extend_from_slice(&revision.to_le_bytes());
-                payload.extend_from_slice(&len32(value.len()).to_le_bytes());
-                payload.extend_from_slice(value);
+                record.push(1);
+                record.extend_from_slice(&len32(key.len()).to_le_bytes());
+                record.extend_from_slice(key.as_bytes());
+                record.extend_from_slice(&revision.to_le_bytes());
+                record.extend_from_slice(&len32(value.len()).to_le_bytes());
+                record.extend_from_slice(value);
             }
             Entry::Delete { key } => {
-                payload.push(0);
-                payload.extend_from_slice(&len32(key.len()).to_le_bytes());
-                payload.extend_from_slice(key.as_bytes());
+                record.push(0);
+                record.extend_from_slice(&len32(key.len()).to_le_bytes());
+                record.extend_from_slice(key.as_bytes());
             }
         }
     }
+    let payload_len = len32(record.len() - HEADER).to_le_bytes();
+    record[4..8].copy_from_slice(&payload_len);
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq.to_le_bytes());
-    crc.update(&payload);
-    let mut record = Vec::with_capacity(HEADER + payload.len());
-    record.extend_from_slice(&MAGIC.to_le_bytes());
-    record.extend_from_slice(&len32(payload.len()).to_le_bytes());
-    record.extend_from_slice(&seq.to_le_bytes());
-    record.extend_from_slice(&crc.finalize().to_le_bytes());
-    record.extend_from_slice(&payload);
+    crc.update(&record[HEADER..]);
+    record[16..20].copy_from_slice(&crc.finalize().to_le_bytes());
     record
 }
 
