@@ -1,18 +1,28 @@
 //! Group commit: the driver's store writes, committed together.
 //!
-//! One task writes for the driver. It takes every write queued since its
-//! last commit and hands them to [`Store::write_all`] as one batch — one
-//! transaction and one `fdatasync` on redb — then answers each with
-//! [`Input::Persisted`], in order. While a commit waits for the disk, the
-//! writes of the next rounds queue up and go out together in the next
-//! one, so a burst of claims costs a few syncs, not one per record. A
+//! The driver owns a [`Writer`] and polls it in its own loop, next to its
+//! inputs; there is no writer task. A commit takes every write queued since
+//! the last one and hands them to [`Store::write_all`] as one batch — one
+//! transaction and one `fdatasync` on redb. While a commit waits for the
+//! store, the writes of the next rounds queue up and go out together in the
+//! next one, so a burst of claims costs a few syncs, not one per record. A
 //! write is still answered only once it is durable (write-ahead holds: the
 //! controller acts on a record only after its answer).
+//!
+//! Polled by the driver itself, a finished commit's answers go into the
+//! next round at once: no hop to another task and back (measured on the
+//! real daemon over WebSocket: the two hops cost ~40 µs of a ~320 µs
+//! claim→grant). A store that blocks (redb commits in `block_in_place`)
+//! holds the loop for its commit; one that awaits (NATS KV) does not: the
+//! loop keeps deciding, answering status and queueing writes meanwhile.
 //!
 //! One writer keeps the driver's writes in the order it issued them;
 //! the controller has at most one write per key in flight, so no write
 //! waits for another of its own key inside a batch.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,9 +30,9 @@ use fleet_core::ids::{Epoch, NodeId};
 use fleet_core::protocol::{Record, decode, encode};
 use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, Write};
 use fleet_core::subjects::Subjects;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::driver::{BootstrapTokens, Input};
+use crate::driver::BootstrapTokens;
 
 /// A write the controller asked for ([`fleet_core::controller::Command::Persist`]).
 pub(crate) struct Persist {
@@ -34,9 +44,12 @@ pub(crate) struct Persist {
 /// Every stored entry at one point of the writer's order.
 pub(crate) type Snapshot = Result<Vec<(Key, Versioned)>, StoreError>;
 
-/// What the driver hands the writer.
-pub(crate) enum ToWriter {
-    /// Writes to commit, in order.
+/// Each write's answer, in the order the writes were queued.
+pub(crate) type Answers = Vec<(Key, Result<Revision, StoreError>)>;
+
+/// Work queued for the writer, done in order.
+enum Job {
+    /// Writes to commit together.
     Writes(Vec<Persist>),
     /// Read every stored entry once all writes before this are committed,
     /// and before any after it: the writer is the only writer of records,
@@ -44,44 +57,83 @@ pub(crate) enum ToWriter {
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
-/// Starts the writer; batches sent to the returned queue are committed in
-/// order and answered on `tx`. It stops when the queue or `tx` closes.
-pub(crate) fn spawn_writer(
+/// The driver's writes, committed one batch at a time in the order queued.
+pub(crate) struct Writer {
     store: Arc<dyn Store>,
     tokens: Option<Arc<dyn BootstrapTokens>>,
     epoch: Epoch,
-    tx: mpsc::UnboundedSender<Input>,
-) -> mpsc::UnboundedSender<ToWriter> {
-    let (queue, mut rx) = mpsc::unbounded_channel::<ToWriter>();
-    tokio::spawn(async move {
-        while let Some(first) = rx.recv().await {
-            let mut batch = Vec::new();
-            let mut snapshot = None;
-            let mut next = Some(first);
-            // Everything queued joins one commit, up to a snapshot request.
-            while let Some(msg) = next.take() {
-                match msg {
-                    ToWriter::Writes(more) => batch.extend(more),
-                    ToWriter::Snapshot(reply) => {
-                        snapshot = Some(reply);
-                        break;
+    queue: VecDeque<Job>,
+    /// The commit or snapshot under way; `None` (answers) for a snapshot.
+    running: Option<Pin<Box<dyn Future<Output = Option<Answers>> + Send>>>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        tokens: Option<Arc<dyn BootstrapTokens>>,
+        epoch: Epoch,
+    ) -> Writer {
+        Writer {
+            store,
+            tokens,
+            epoch,
+            queue: VecDeque::new(),
+            running: None,
+        }
+    }
+
+    /// Queues writes; they join the next commit.
+    pub(crate) fn write(&mut self, batch: Vec<Persist>) {
+        match self.queue.back_mut() {
+            Some(Job::Writes(queued)) => queued.extend(batch),
+            _ => self.queue.push_back(Job::Writes(batch)),
+        }
+    }
+
+    /// Queues a read of every entry, after the writes queued so far.
+    pub(crate) fn snapshot(&mut self, reply: oneshot::Sender<Snapshot>) {
+        self.queue.push_back(Job::Snapshot(reply));
+    }
+
+    /// Whether anything is queued or under way.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.running.is_some() || !self.queue.is_empty()
+    }
+
+    /// Runs the queue until a commit ends and returns its answers; pending
+    /// for good while there is nothing to do. Cancel-safe: the work under
+    /// way is kept here, not in the returned future.
+    pub(crate) async fn next(&mut self) -> Answers {
+        loop {
+            if self.running.is_none() {
+                let Some(job) = self.queue.pop_front() else {
+                    return std::future::pending().await;
+                };
+                let store = self.store.clone();
+                self.running = Some(match job {
+                    Job::Writes(batch) => {
+                        let tokens = self.tokens.clone();
+                        let epoch = self.epoch;
+                        Box::pin(async move {
+                            Some(commit(&*store, batch, epoch, tokens.as_deref()).await)
+                        })
                     }
-                }
-                next = rx.try_recv().ok();
+                    Job::Snapshot(reply) => Box::pin(async move {
+                        let _ = reply.send(snapshot_of(&*store).await);
+                        None
+                    }),
+                });
             }
-            if !batch.is_empty() {
-                for (key, result) in commit(&*store, batch, epoch, tokens.as_deref()).await {
-                    if tx.send(Input::Persisted { key, result }).is_err() {
-                        return;
-                    }
-                }
-            }
-            if let Some(reply) = snapshot {
-                let _ = reply.send(snapshot_of(&*store).await);
+            let Some(running) = self.running.as_mut() else {
+                continue;
+            };
+            let done = running.await;
+            self.running = None;
+            if let Some(answers) = done {
+                return answers;
             }
         }
-    });
-    queue
+    }
 }
 
 /// Every entry of `store` but the followers' notes (they are about the
@@ -107,7 +159,7 @@ async fn commit(
     batch: Vec<Persist>,
     epoch: Epoch,
     tokens: Option<&dyn BootstrapTokens>,
-) -> Vec<(Key, Result<Revision, StoreError>)> {
+) -> Answers {
     let mut prepared: Vec<Prepared> = batch.into_iter().map(prepare).collect();
     let writes: Vec<Write> = prepared
         .iter()

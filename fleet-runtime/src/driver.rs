@@ -39,7 +39,7 @@ use tokio::task::JoinHandle;
 
 pub use fleet_core::clock::Clock;
 
-use crate::commit::{Persist, ToWriter};
+use crate::commit::{Answers, Persist, Writer};
 use crate::metrics::Metrics;
 use crate::tokens::BootstrapError;
 
@@ -559,14 +559,9 @@ impl FleetBuilder {
                 }
             });
         }
-        let writes = crate::commit::spawn_writer(
-            store.clone(),
-            self.tokens.clone(),
-            controller.epoch(),
-            tx.clone(),
-        );
+        let writer = Writer::new(store.clone(), self.tokens.clone(), controller.epoch());
         let driver = Driver {
-            writes,
+            writer,
             queued_writes: Vec::new(),
             controller,
             provider,
@@ -783,9 +778,9 @@ pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Recor
 }
 
 struct Driver {
-    /// The group-commit writer ([`crate::commit`]).
-    writes: mpsc::UnboundedSender<ToWriter>,
-    /// Writes of this round, sent to the writer when the round ends.
+    /// The group-commit writer ([`crate::commit`]), polled by the loop.
+    writer: Writer,
+    /// Writes of this round, handed to the writer when the round ends.
     queued_writes: Vec<Persist>,
     controller: Controller,
     provider: Arc<dyn Provider>,
@@ -818,6 +813,14 @@ struct Replay {
 /// Events handled per wake-up before the loop yields to timers.
 const BATCH: usize = 256;
 
+/// What woke the control loop.
+enum First {
+    /// A commit ended: each write's answer.
+    Persisted(Answers),
+    /// An input arrived.
+    Input(Input),
+}
+
 impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
         self.ready.store(true, Ordering::Relaxed);
@@ -835,15 +838,24 @@ impl Driver {
             // Inputs first loses nothing: every event runs due timers.
             let first = tokio::select! {
                 biased;
+                // A commit's answers first: the claims it makes durable
+                // are answered in the round they start.
+                answers = self.writer.next() => Some(First::Persisted(answers)),
                 input = rx.recv() => match input {
-                    Some(i) => Some(i),
+                    Some(i) => Some(First::Input(i)),
                     None => return,
                 },
                 () = tokio::time::sleep(sleep) => None,
             };
             let mut inputs = Vec::with_capacity(8);
-            if let Some(i) = first {
-                inputs.push(i);
+            match first {
+                Some(First::Persisted(answers)) => inputs.extend(
+                    answers
+                        .into_iter()
+                        .map(|(key, result)| Input::Persisted { key, result }),
+                ),
+                Some(First::Input(i)) => inputs.push(i),
+                None => {}
             }
             while inputs.len() < BATCH {
                 match rx.try_recv() {
@@ -853,6 +865,11 @@ impl Driver {
             }
             if !self.round(inputs).await {
                 self.ready.store(false, Ordering::Relaxed);
+                // Writes already decided still reach the store; their
+                // answers have nobody left to hear them.
+                while self.writer.is_busy() {
+                    self.writer.next().await;
+                }
                 return;
             }
             if self.controller.is_fenced() {
@@ -883,13 +900,7 @@ impl Driver {
                 Input::Snapshot(reply) => {
                     // After the writes of the events before it.
                     self.step(std::mem::take(&mut events)).await;
-                    if let Err(mpsc::error::SendError(ToWriter::Snapshot(reply))) =
-                        self.writes.send(ToWriter::Snapshot(reply))
-                    {
-                        let _ = reply.send(Err(StoreError::Unavailable(
-                            "the store writer stopped".to_owned(),
-                        )));
-                    }
+                    self.writer.snapshot(reply);
                 }
                 Input::Shutdown => {
                     // What arrived before it is handled, as it would have
@@ -1102,12 +1113,7 @@ impl Driver {
             self.perform(c, now).await;
         }
         if !self.queued_writes.is_empty() {
-            let batch = std::mem::take(&mut self.queued_writes);
-            if self.writes.send(ToWriter::Writes(batch)).is_err() {
-                tracing::error!(
-                    "the store writer stopped; writes of this round are lost to the control loop"
-                );
-            }
+            self.writer.write(std::mem::take(&mut self.queued_writes));
         }
     }
 

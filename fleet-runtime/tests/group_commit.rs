@@ -133,3 +133,112 @@ async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
         sizes.len()
     );
 }
+
+/// The memory store, whose batch commits wait while `held` is set, as a
+/// store across the network (NATS KV) waits for its server.
+struct Gated {
+    inner: fleet_core::memory::store::MemoryStore,
+    held: tokio::sync::watch::Receiver<bool>,
+    waiting: tokio::sync::watch::Sender<usize>,
+}
+
+#[async_trait::async_trait]
+impl Store for Gated {
+    async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn create(&self, key: &Key, value: bytes::Bytes) -> Result<Revision, StoreError> {
+        self.inner.create(key, value).await
+    }
+    async fn update(
+        &self,
+        key: &Key,
+        value: bytes::Bytes,
+        expected: Revision,
+    ) -> Result<Revision, StoreError> {
+        self.inner.update(key, value, expected).await
+    }
+    async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError> {
+        self.inner.watch(prefix).await
+    }
+    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
+        let mut held = self.held.clone();
+        if *held.borrow() {
+            self.waiting.send_modify(|n| *n += 1);
+            let _ = held.wait_for(|h| !*h).await;
+        }
+        self.inner.write_all(writes).await
+    }
+}
+
+/// The driver polls its commit in its own loop: while a store that awaits
+/// holds a commit, the loop still answers, and the claim waiting on that
+/// commit is granted only once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_waits_holds_its_answers_but_not_the_loop() {
+    let (hold, held) = tokio::sync::watch::channel(false);
+    let (waiting, mut waits) = tokio::sync::watch::channel(0usize);
+    let store = Arc::new(Gated {
+        inner: fleet_core::memory::store::MemoryStore::new(),
+        held,
+        waiting,
+    });
+    let provider = MemoryProvider::ec2_like();
+    let fleet = Arc::new(
+        Fleet::builder()
+            .store(store.clone())
+            .provider(Arc::new(provider.clone()))
+            .pool(pool(4, 1))
+            .start()
+            .await
+            .unwrap(),
+    );
+    boot_agents(&fleet, provider.clone());
+    let client = fleet.client();
+    let warm = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.claim(request_for("warm", 600_000)),
+    )
+    .await
+    .expect("the node came up")
+    .unwrap();
+    client
+        .release(&warm.workspace, &warm.claim_id)
+        .await
+        .unwrap();
+
+    hold.send_replace(true);
+    let claim = tokio::spawn({
+        let client = client.clone();
+        async move { client.claim(request_for("held", 600_000)).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), waits.wait_for(|n| *n > 0))
+        .await
+        .expect("the claim's write reached the store")
+        .unwrap();
+    for _ in 0..3 {
+        let status = tokio::time::timeout(Duration::from_secs(5), fleet.status())
+            .await
+            .expect("the loop answers while a commit waits")
+            .unwrap();
+        assert!(
+            status.claims.iter().all(|c| c.state != ClaimState::Granted),
+            "nothing is granted before its record is stored: {:?}",
+            status.claims
+        );
+    }
+    assert!(!claim.is_finished(), "answered before its write was stored");
+    hold.send_replace(false);
+    let grant = tokio::time::timeout(Duration::from_secs(10), claim)
+        .await
+        .expect("granted once the commit ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.claim_id.as_str(), "held");
+}

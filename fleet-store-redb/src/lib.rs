@@ -299,9 +299,9 @@ impl RedbStore {
         let shared = Arc::clone(&self.shared);
         // On a multi-thread runtime the commit runs on this thread, which
         // hands its other tasks to another worker first: the caller (the
-        // daemon's one writer task) waits for the commit either way, and a
-        // trip through the blocking pool costs two thread wake-ups on the
-        // path of every acknowledged write.
+        // daemon's control loop, which polls its commit) waits for the
+        // commit either way, and a trip through the blocking pool costs
+        // two thread wake-ups on the path of every acknowledged write.
         if tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         {
