@@ -8,8 +8,10 @@
 //! RSS are read alone from `/proc/<pid>`; the clients share the same 2-core
 //! machine, so their CPU is reported too. Each process needs N + a few
 //! descriptors: the fd limit is raised to that (past the hard limit when
-//! the process may, as root), else to the hard limit, and sessions over it
-//! fail and are counted. Sessions dial from 127.0.0.1, 127.0.0.2, … in
+//! the process may, as root), else to the hard limit. An N the limit cannot
+//! hold is skipped and says so; the largest N it can hold (a multiple of
+//! 1 000) is measured in its place, and the skipped N's figures are
+//! extrapolated from it and the smallest N, labelled as estimates. Sessions dial from 127.0.0.1, 127.0.0.2, … in
 //! turn, 10 000 per address (each source address has its own ephemeral
 //! ports, about 28 000, and a run's closed sessions hold theirs in
 //! TIME_WAIT for a minute).
@@ -128,9 +130,57 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    let mut measured: Vec<(usize, Figures)> = Vec::new();
     for n in ns {
-        run(n, Duration::from_secs(secs));
+        match run(n, Duration::from_secs(secs)) {
+            Some(f) => measured.push((n, f)),
+            None => closest(n, secs, &mut measured),
+        }
     }
+}
+
+/// Headroom each process keeps beyond one descriptor per session.
+const FD_HEADROOM: u64 = 500;
+
+/// The server's figures of one run.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    /// CPU, % of one core.
+    cpu: f64,
+    /// Resident set, MB.
+    rss_mb: f64,
+}
+
+/// For an N the fd limit cannot hold: the largest N it can (a multiple of
+/// 1 000), measured, and N's figures extrapolated from it and the smallest
+/// N measured, a straight line per session — labelled as an estimate.
+fn closest(n: usize, secs: u64, measured: &mut Vec<(usize, Figures)>) {
+    let soft = rlimit::Resource::NOFILE.get().map(|(s, _)| s).unwrap_or(0);
+    let fits = usize::try_from(soft.saturating_sub(FD_HEADROOM)).unwrap_or(0) / 1_000 * 1_000;
+    if fits == 0 || measured.iter().any(|(m, _)| *m >= fits) {
+        return;
+    }
+    println!("N={n:>6}: measuring N={fits} instead, the most the fd limit holds");
+    let Some(top) = run(fits, Duration::from_secs(secs)) else {
+        return;
+    };
+    measured.push((fits, top));
+    let Some(&(low_n, low)) = measured.iter().min_by_key(|(m, _)| *m) else {
+        return;
+    };
+    if low_n >= fits {
+        return;
+    }
+    let per = |a: f64, b: f64| (b - a) / (fits - low_n) as f64;
+    let at = |a: f64, b: f64| b + per(a, b) * (n - fits) as f64;
+    let (cpu, rss) = (at(low.cpu, top.cpu), at(low.rss_mb, top.rss_mb));
+    println!(
+        "N={n:>6}: extrapolated (not measured) from N={low_n} and N={fits}, linear per session: \
+         server CPU ~{cpu:.1}% of one core, RSS ~{rss:.0} MB ({:.2} KB per session)",
+        per(low.rss_mb, top.rss_mb) * 1024.0
+    );
+    println!("BENCH agents.{n}.server_cpu_est {cpu:.1} %core - - extrapolated");
+    println!("BENCH agents.{n}.server_rss_est {rss:.1} MB - - extrapolated");
 }
 
 /// The server process: binds, prints its address, counts inbound messages
@@ -223,17 +273,18 @@ fn hello(i: usize) -> AgentMsg {
     }
 }
 
-fn run(n: usize, duration: Duration) {
+/// One run at N sessions; `None` when the fd limit cannot hold them.
+fn run(n: usize, duration: Duration) -> Option<Figures> {
     let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
-    if n as u64 + 500 > soft {
+    if n as u64 + FD_HEADROOM > soft {
         println!(
             "N={n:>6}: skipped: each process needs about {} descriptors, the limit is {soft} \
              (hard {hard}); raise it (`ulimit -Hn`, systemd LimitNOFILE, or run with \
              CAP_SYS_RESOURCE) to measure it",
-            n + 500
+            n as u64 + FD_HEADROOM
         );
         println!("BENCH agents.{n}.skipped {soft} fd_limit - - -");
-        return;
+        return None;
     }
     let (ca, cert, key) = pki();
     // `FLEET_BENCH_SERVER_WRAPPER=heaptrack` (or any command that runs its
@@ -408,4 +459,8 @@ fn run(n: usize, duration: Duration) {
         rss as f64 / 1024.0,
         target.1
     );
+    Some(Figures {
+        cpu: srv_pct,
+        rss_mb: rss as f64 / 1024.0,
+    })
 }
