@@ -63,8 +63,8 @@ pub(crate) struct Writer {
     tokens: Option<Arc<dyn BootstrapTokens>>,
     epoch: Epoch,
     queue: VecDeque<Job>,
-    /// The commit or snapshot under way; `None` (answers) for a snapshot.
-    running: Option<Pin<Box<dyn Future<Output = Option<Answers>> + Send>>>,
+    /// The commit or snapshot under way.
+    running: Option<Running>,
 }
 
 impl Writer {
@@ -103,26 +103,18 @@ impl Writer {
     /// Runs the queue until a commit ends and returns its answers; pending
     /// for good while there is nothing to do. Cancel-safe: the work under
     /// way is kept here, not in the returned future.
-    pub(crate) async fn next(&mut self) -> Answers {
+    ///
+    /// `busy`: more input waits for the loop. A commit then runs as a task
+    /// of its own, so the loop's next rounds run while it syncs (a burst's
+    /// rounds and commits overlap); otherwise it runs here, in the loop,
+    /// and its answers start the next round without a hop.
+    pub(crate) async fn next(&mut self, busy: bool) -> Answers {
         loop {
             if self.running.is_none() {
                 let Some(job) = self.queue.pop_front() else {
                     return std::future::pending().await;
                 };
-                let store = self.store.clone();
-                self.running = Some(match job {
-                    Job::Writes(batch) => {
-                        let tokens = self.tokens.clone();
-                        let epoch = self.epoch;
-                        Box::pin(async move {
-                            Some(commit(&*store, batch, epoch, tokens.as_deref()).await)
-                        })
-                    }
-                    Job::Snapshot(reply) => Box::pin(async move {
-                        let _ = reply.send(snapshot_of(&*store).await);
-                        None
-                    }),
-                });
+                self.running = Some(self.start(job, busy));
             }
             let Some(running) = self.running.as_mut() else {
                 continue;
@@ -134,7 +126,56 @@ impl Writer {
             }
         }
     }
+
+    fn start(&self, job: Job, busy: bool) -> Running {
+        let store = self.store.clone();
+        match job {
+            Job::Writes(batch) => {
+                let tokens = self.tokens.clone();
+                let epoch = self.epoch;
+                if !busy {
+                    return Box::pin(async move {
+                        Some(commit(&*store, batch, epoch, tokens.as_deref()).await)
+                    });
+                }
+                let keys: Vec<Key> = batch.iter().map(|p| p.key.clone()).collect();
+                let task =
+                    tokio::spawn(
+                        async move { commit(&*store, batch, epoch, tokens.as_deref()).await },
+                    );
+                Box::pin(async move {
+                    Some(task.await.unwrap_or_else(|e| {
+                        // Not known to be stored: the controller writes
+                        // them again (a landed one is told apart, `settle`).
+                        tracing::error!(error = %e, "a commit task failed");
+                        keys.into_iter()
+                            .map(|k| {
+                                (
+                                    k,
+                                    Err(StoreError::Unavailable(format!("the commit failed: {e}"))),
+                                )
+                            })
+                            .collect()
+                    }))
+                })
+            }
+            // Not on any answer's path: a task of its own, so a long read
+            // of a large store does not hold the loop.
+            Job::Snapshot(reply) => {
+                let task = tokio::spawn(async move {
+                    let _ = reply.send(snapshot_of(&*store).await);
+                });
+                Box::pin(async move {
+                    let _ = task.await;
+                    None
+                })
+            }
+        }
+    }
 }
+
+/// A commit or snapshot under way; `None` (answers) for a snapshot.
+type Running = Pin<Box<dyn Future<Output = Option<Answers>> + Send>>;
 
 /// Every entry of `store` but the followers' notes (they are about the
 /// processes running now, not the fleet).

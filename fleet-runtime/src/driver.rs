@@ -836,11 +836,14 @@ impl Driver {
             // Biased: tokio otherwise picks a ready branch at random, and a
             // seeded simulation (fleet-chaos) must replay the same order.
             // Inputs first loses nothing: every event runs due timers.
+            // Input already waiting: a commit started now overlaps the
+            // rounds that take it (see `Writer::next`).
+            let busy = !rx.is_empty();
             let first = tokio::select! {
                 biased;
                 // A commit's answers first: the claims it makes durable
                 // are answered in the round they start.
-                answers = self.writer.next() => Some(First::Persisted(answers)),
+                answers = self.writer.next(busy) => Some(First::Persisted(answers)),
                 input = rx.recv() => match input {
                     Some(i) => Some(First::Input(i)),
                     None => return,
@@ -868,7 +871,7 @@ impl Driver {
                 // Writes already decided still reach the store; their
                 // answers have nobody left to hear them.
                 while self.writer.is_busy() {
-                    self.writer.next().await;
+                    self.writer.next(false).await;
                 }
                 return;
             }
