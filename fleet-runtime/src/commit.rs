@@ -12,9 +12,11 @@
 //! Polled by the driver itself, a finished commit's answers go into the
 //! next round at once: no hop to another task and back (measured on the
 //! real daemon over WebSocket: the two hops cost ~40 µs of a ~320 µs
-//! claim→grant). A store that blocks (redb commits in `block_in_place`)
+//! claim→grant). A store that blocks (redb commits on the calling worker)
 //! holds the loop for its commit; one that awaits (NATS KV) does not: the
-//! loop keeps deciding, answering status and queueing writes meanwhile.
+//! loop keeps deciding, answering status and queueing writes meanwhile. A
+//! commit that starts while input already waits (a burst) runs as a task
+//! of its own, so the rounds taking that input overlap its sync.
 //!
 //! One writer keeps the driver's writes in the order it issued them;
 //! the controller has at most one write per key in flight, so no write

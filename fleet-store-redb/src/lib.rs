@@ -297,15 +297,19 @@ impl RedbStore {
     ) -> Vec<Result<Revision, StoreError>> {
         let n = writes.len();
         let shared = Arc::clone(&self.shared);
-        // On a multi-thread runtime the commit runs on this thread, which
-        // hands its other tasks to another worker first: the caller (the
-        // daemon's control loop, which polls its commit) waits for the
-        // commit either way, and a trip through the blocking pool costs
-        // two thread wake-ups on the path of every acknowledged write.
+        // On a multi-thread runtime the commit blocks this worker (one
+        // sync, ~0.1-0.2 ms; the other workers steal its queued tasks): the
+        // caller (the daemon's control loop, which polls its commit) waits
+        // for it either way. Measured on the daemon's claim→grant, both
+        // alternatives cost more: the blocking pool two thread wake-ups on
+        // every acknowledged write; `block_in_place` leaves the caller
+        // without its worker until it yields, so the answers it sends next
+        // wake their connections through the shared queue (~40-60 µs of a
+        // WebSocket release, ARCH.md).
         if tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
         {
-            return tokio::task::block_in_place(move || shared.write_blocking(writes, fence));
+            return shared.write_blocking(writes, fence);
         }
         blocking(move || Ok(shared.write_blocking(writes, fence)))
             .await
