@@ -20,15 +20,35 @@ use futures_core::stream::BoxStream;
 use futures_util::future::join_all;
 use support::*;
 
-/// The redb store, noting the size of every batch; each commit takes a
-/// few more milliseconds, as a slow disk's `fdatasync` would.
-struct Batches {
-    inner: RedbStore,
+/// A store that notes the size of every batch it commits; each commit
+/// waits while `held` is set (as a store across the network, NATS KV, waits
+/// for its server) and takes `delay` more (as a slow disk's `fdatasync`).
+struct Batches<S> {
+    inner: S,
     sizes: Mutex<Vec<usize>>,
+    delay: Duration,
+    held: tokio::sync::watch::Receiver<bool>,
+    /// Commits that found `held` set.
+    waiting: tokio::sync::watch::Sender<usize>,
+}
+
+impl<S> Batches<S> {
+    /// `inner`, and the sender that holds its commits.
+    fn new(inner: S, delay: Duration) -> (Batches<S>, tokio::sync::watch::Sender<bool>) {
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let store = Batches {
+            inner,
+            sizes: Mutex::new(Vec::new()),
+            delay,
+            held,
+            waiting: tokio::sync::watch::Sender::new(0),
+        };
+        (store, hold)
+    }
 }
 
 #[async_trait::async_trait]
-impl Store for Batches {
+impl<S: Store> Store for Batches<S> {
     async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
         self.inner.get(key).await
     }
@@ -54,33 +74,37 @@ impl Store for Batches {
     }
     async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
         self.sizes.lock().unwrap().push(writes.len());
+        let mut held = self.held.clone();
+        if *held.borrow() {
+            self.waiting.send_modify(|n| *n += 1);
+            let _ = held.wait_for(|h| !*h).await;
+        }
         let results = self.inner.write_all(writes).await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         results
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
-    const CLAIMS: usize = 60;
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Batches {
-        inner: RedbStore::open(dir.path()).unwrap(),
-        sizes: Mutex::new(Vec::new()),
-    });
+/// A fleet on `store` whose one node (of `slots` slots) is up: a first
+/// claim brought it up and was released.
+async fn warm_fleet(
+    store: Arc<dyn Store>,
+    slots: u32,
+) -> (Arc<Fleet>, fleet_core::memory::transport::InProcClaimClient) {
     let provider = MemoryProvider::ec2_like();
     let fleet = Arc::new(
         Fleet::builder()
-            .store(store.clone())
+            .store(store)
             .provider(Arc::new(provider.clone()))
-            .pool(pool(CLAIMS as u32, 1))
+            .pool(pool(slots, 1))
             .start()
             .await
             .unwrap(),
     );
-    boot_agents(&fleet, provider.clone());
+    boot_agents(&fleet, provider);
     let client = fleet.client();
-    // The first claim brings the node up.
     let first = tokio::time::timeout(
         Duration::from_secs(30),
         client.claim(request_for("warm", 600_000)),
@@ -92,6 +116,19 @@ async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
         .release(&first.workspace, &first.claim_id)
         .await
         .unwrap();
+    (fleet, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
+    const CLAIMS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _hold) = Batches::new(
+        RedbStore::open(dir.path()).unwrap(),
+        Duration::from_millis(5),
+    );
+    let store = Arc::new(store);
+    let (_fleet, client) = warm_fleet(store.clone(), CLAIMS as u32).await;
     let before = store.sizes.lock().unwrap().len();
 
     let grants = join_all((0..CLAIMS).map(|i| {
@@ -134,84 +171,18 @@ async fn a_burst_is_committed_in_few_batches_and_each_grant_is_durable_first() {
     );
 }
 
-/// The memory store, whose batch commits wait while `held` is set, as a
-/// store across the network (NATS KV) waits for its server.
-struct Gated {
-    inner: fleet_core::memory::store::MemoryStore,
-    held: tokio::sync::watch::Receiver<bool>,
-    waiting: tokio::sync::watch::Sender<usize>,
-}
-
-#[async_trait::async_trait]
-impl Store for Gated {
-    async fn get(&self, key: &Key) -> Result<Option<Versioned>, StoreError> {
-        self.inner.get(key).await
-    }
-    async fn create(&self, key: &Key, value: bytes::Bytes) -> Result<Revision, StoreError> {
-        self.inner.create(key, value).await
-    }
-    async fn update(
-        &self,
-        key: &Key,
-        value: bytes::Bytes,
-        expected: Revision,
-    ) -> Result<Revision, StoreError> {
-        self.inner.update(key, value, expected).await
-    }
-    async fn delete(&self, key: &Key, expected: Revision) -> Result<(), StoreError> {
-        self.inner.delete(key, expected).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<(Key, Versioned)>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn watch(&self, prefix: &str) -> Result<BoxStream<'static, WatchEvent>, StoreError> {
-        self.inner.watch(prefix).await
-    }
-    async fn write_all(&self, writes: Vec<Write>) -> Vec<Result<Revision, StoreError>> {
-        let mut held = self.held.clone();
-        if *held.borrow() {
-            self.waiting.send_modify(|n| *n += 1);
-            let _ = held.wait_for(|h| !*h).await;
-        }
-        self.inner.write_all(writes).await
-    }
-}
-
 /// The driver polls its commit in its own loop: while a store that awaits
 /// holds a commit, the loop still answers, and the claim waiting on that
 /// commit is granted only once it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_waits_holds_its_answers_but_not_the_loop() {
-    let (hold, held) = tokio::sync::watch::channel(false);
-    let (waiting, mut waits) = tokio::sync::watch::channel(0usize);
-    let store = Arc::new(Gated {
-        inner: fleet_core::memory::store::MemoryStore::new(),
-        held,
-        waiting,
-    });
-    let provider = MemoryProvider::ec2_like();
-    let fleet = Arc::new(
-        Fleet::builder()
-            .store(store.clone())
-            .provider(Arc::new(provider.clone()))
-            .pool(pool(4, 1))
-            .start()
-            .await
-            .unwrap(),
+    let (store, hold) = Batches::new(
+        fleet_core::memory::store::MemoryStore::new(),
+        Duration::ZERO,
     );
-    boot_agents(&fleet, provider.clone());
-    let client = fleet.client();
-    let warm = tokio::time::timeout(
-        Duration::from_secs(30),
-        client.claim(request_for("warm", 600_000)),
-    )
-    .await
-    .expect("the node came up")
-    .unwrap();
-    client
-        .release(&warm.workspace, &warm.claim_id)
-        .await
-        .unwrap();
+    let mut waits = store.waiting.subscribe();
+    let store = Arc::new(store);
+    let (fleet, client) = warm_fleet(store.clone(), 4).await;
 
     hold.send_replace(true);
     let claim = tokio::spawn({
