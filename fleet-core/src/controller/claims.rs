@@ -531,18 +531,6 @@ impl Controller {
                 let Some(grant) = self.grant_of(c) else {
                     return;
                 };
-                // The claimant first: its grant is what a caller waits
-                // for, and its connection written first is answered first
-                // (measured: ~20 µs of a claim→grant over WebSocket). The
-                // agent's gateway waits for an activation that arrives
-                // after the claimant's first connection (ACTIVATION_GRACE),
-                // which cannot happen sooner than a TLS handshake anyway.
-                if let Some(reply) = unanswered {
-                    out.push(Command::Send {
-                        to: Peer::Reply(reply),
-                        msg: Outbound::Claim(ClaimReply::Granted(grant.clone())),
-                    });
-                }
                 out.push(Command::Send {
                     to: Peer::Node(grant.node.clone()),
                     msg: Outbound::Agent(DaemonMsg::Activate {
@@ -550,6 +538,12 @@ impl Controller {
                         expires_at: grant.lease.expires_at,
                     }),
                 });
+                if let Some(reply) = unanswered {
+                    out.push(Command::Send {
+                        to: Peer::Reply(reply),
+                        msg: Outbound::Claim(ClaimReply::Granted(grant.clone())),
+                    });
+                }
                 out.push(Command::Send {
                     to: Peer::Claim(grant.workspace.clone(), claim.clone()),
                     msg: Outbound::Claim(ClaimReply::Granted(grant)),
