@@ -97,9 +97,21 @@ impl Writer {
         self.queue.push_back(Job::Snapshot(reply));
     }
 
-    /// Whether anything is queued or under way.
-    pub(crate) fn is_busy(&self) -> bool {
-        self.running.is_some() || !self.queue.is_empty()
+    /// Finishes everything queued or under way; the answers are dropped
+    /// (for a stopping loop: nobody is left to hear them).
+    pub(crate) async fn finish(&mut self) {
+        loop {
+            if self.running.is_none() {
+                let Some(job) = self.queue.pop_front() else {
+                    return;
+                };
+                self.running = Some(self.start(job, false));
+            }
+            if let Some(running) = self.running.as_mut() {
+                running.await;
+            }
+            self.running = None;
+        }
     }
 
     /// Runs the queue until a commit ends and returns its answers; pending
@@ -326,5 +338,54 @@ fn to_write(key: &Key, bytes: Option<Bytes>, expected: Option<Revision>) -> Opti
         }),
         (None, Some(expected)) => Some(Write::Delete { key, expected }),
         (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use fleet_core::memory::store::MemoryStore;
+
+    use super::*;
+
+    /// A delete of `key` at revision 1: the store finds nothing, which
+    /// `settle` takes as done.
+    fn delete(key: &str) -> Persist {
+        Persist {
+            key: Key::new(key).unwrap_or_else(|e| panic!("{e}")),
+            value: None,
+            expected: Some(Revision(1)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stopping_loop_finishes_the_writes_and_a_snapshot_queued_last() {
+        let mut writer = Writer::new(Arc::new(MemoryStore::new()), None, Epoch(1));
+        writer.write(vec![delete("claims.ci.a")]);
+        let (reply, read) = oneshot::channel();
+        writer.snapshot(reply);
+        tokio::time::timeout(Duration::from_secs(5), writer.finish())
+            .await
+            .unwrap_or_else(|_| panic!("finish waited for work that never comes"));
+        let snapshot = read.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(snapshot.is_ok(), "{snapshot:?}");
+        assert!(writer.queue.is_empty() && writer.running.is_none());
+    }
+
+    #[tokio::test]
+    async fn writes_queued_together_are_one_commit_answered_in_order() {
+        let mut writer = Writer::new(Arc::new(MemoryStore::new()), None, Epoch(1));
+        writer.write(vec![delete("claims.ci.a")]);
+        writer.write(vec![delete("claims.ci.b"), delete("claims.ci.c")]);
+        let answers = tokio::time::timeout(Duration::from_secs(5), writer.next(false))
+            .await
+            .unwrap_or_else(|_| panic!("no commit ended"));
+        let keys: Vec<&str> = answers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["claims.ci.a", "claims.ci.b", "claims.ci.c"]);
+        assert!(answers.iter().all(|(_, r)| r.is_ok()), "{answers:?}");
+        // Nothing left: `next` waits rather than returning.
+        let idle = tokio::time::timeout(Duration::from_millis(50), writer.next(true)).await;
+        assert!(idle.is_err(), "an idle writer answered: {idle:?}");
     }
 }

@@ -870,9 +870,7 @@ impl Driver {
                 self.ready.store(false, Ordering::Relaxed);
                 // Writes already decided still reach the store; their
                 // answers have nobody left to hear them.
-                while self.writer.is_busy() {
-                    self.writer.next(false).await;
-                }
+                self.writer.finish().await;
                 return;
             }
             if self.controller.is_fenced() {
