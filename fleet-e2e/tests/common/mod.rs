@@ -255,11 +255,18 @@ impl Daemon {
             {
                 break d;
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up; see {}",
-                self.dir.join("daemon.log").display()
-            );
+            if Instant::now() >= deadline {
+                // The log's directory is a tempdir the failing test drops:
+                // its end goes into the failure itself.
+                let log = self.dir.join("daemon.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                panic!(
+                    "daemon did not come up in 60 s; the end of {}:\n{tail}",
+                    log.display()
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         let token = std::fs::read_to_string(data.join("admin.token")).unwrap_or_default();
