@@ -84,11 +84,11 @@ impl Writer {
         }
     }
 
-    /// Queues writes; they join the next commit.
-    pub(crate) fn write(&mut self, batch: Vec<Persist>) {
+    /// Queues a write; it joins the next commit.
+    pub(crate) fn write(&mut self, write: Persist) {
         match self.queue.back_mut() {
-            Some(Job::Writes(queued)) => queued.extend(batch),
-            _ => self.queue.push_back(Job::Writes(batch)),
+            Some(Job::Writes(queued)) => queued.push(write),
+            _ => self.queue.push_back(Job::Writes(vec![write])),
         }
     }
 
@@ -362,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn a_stopping_loop_finishes_the_writes_and_a_snapshot_queued_last() {
         let mut writer = Writer::new(Arc::new(MemoryStore::new()), None, Epoch(1));
-        writer.write(vec![delete("claims.ci.a")]);
+        writer.write(delete("claims.ci.a"));
         let (reply, read) = oneshot::channel();
         writer.snapshot(reply);
         tokio::time::timeout(Duration::from_secs(5), writer.finish())
@@ -376,8 +376,9 @@ mod tests {
     #[tokio::test]
     async fn writes_queued_together_are_one_commit_answered_in_order() {
         let mut writer = Writer::new(Arc::new(MemoryStore::new()), None, Epoch(1));
-        writer.write(vec![delete("claims.ci.a")]);
-        writer.write(vec![delete("claims.ci.b"), delete("claims.ci.c")]);
+        for key in ["claims.ci.a", "claims.ci.b", "claims.ci.c"] {
+            writer.write(delete(key));
+        }
         let answers = tokio::time::timeout(Duration::from_secs(5), writer.next(false))
             .await
             .unwrap_or_else(|_| panic!("no commit ended"));

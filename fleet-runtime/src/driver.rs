@@ -562,7 +562,6 @@ impl FleetBuilder {
         let writer = Writer::new(store.clone(), self.tokens.clone(), controller.epoch());
         let driver = Driver {
             writer,
-            queued_writes: Vec::new(),
             controller,
             provider,
             transports,
@@ -778,10 +777,9 @@ pub async fn load_records(store: &dyn Store) -> Result<Vec<(Key, Revision, Recor
 }
 
 struct Driver {
-    /// The group-commit writer ([`crate::commit`]), polled by the loop.
+    /// The group-commit writer ([`crate::commit`]), polled by the loop:
+    /// a round's writes queue there and go out together once it ends.
     writer: Writer,
-    /// Writes of this round, handed to the writer when the round ends.
-    queued_writes: Vec<Persist>,
     controller: Controller,
     provider: Arc<dyn Provider>,
     transports: Vec<Arc<dyn Transport>>,
@@ -833,12 +831,13 @@ impl Driver {
                 }
                 None => Duration::from_secs(3_600),
             };
-            // Biased: tokio otherwise picks a ready branch at random, and a
-            // seeded simulation (fleet-chaos) must replay the same order.
-            // Inputs first loses nothing: every event runs due timers.
             // Input already waiting: a commit started now overlaps the
             // rounds that take it (see `Writer::next`).
             let busy = !rx.is_empty();
+            // Biased: tokio otherwise picks a ready branch at random, and a
+            // seeded simulation (fleet-chaos) must replay the same order.
+            // Inputs before the timer lose nothing: every event runs due
+            // timers.
             let first = tokio::select! {
                 biased;
                 // A commit's answers first: the claims it makes durable
@@ -1113,9 +1112,6 @@ impl Driver {
         for c in commands {
             self.perform(c, now).await;
         }
-        if !self.queued_writes.is_empty() {
-            self.writer.write(std::mem::take(&mut self.queued_writes));
-        }
     }
 
     async fn perform(&mut self, c: Command, now: Millis) {
@@ -1126,7 +1122,7 @@ impl Driver {
                 key,
                 value,
                 expected,
-            } => self.queued_writes.push(Persist {
+            } => self.writer.write(Persist {
                 key,
                 value,
                 expected,
