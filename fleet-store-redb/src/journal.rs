@@ -403,6 +403,14 @@ mod tests {
         }
     }
 
+    fn batch(seq: u64, last_revision: u64, entries: Vec<Entry>) -> Batch {
+        Batch {
+            seq,
+            last_revision,
+            entries,
+        }
+    }
+
     #[test]
     fn records_read_back_in_order_and_stop_at_the_zeros() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -420,21 +428,7 @@ mod tests {
         drop(j);
         let (j, found) = open(&path, 7);
         assert_eq!(j.seq(), 9);
-        assert_eq!(
-            found,
-            vec![
-                Batch {
-                    seq: 8,
-                    last_revision: 3,
-                    entries: first
-                },
-                Batch {
-                    seq: 9,
-                    last_revision: 4,
-                    entries: second
-                },
-            ]
-        );
+        assert_eq!(found, vec![batch(8, 3, first), batch(9, 4, second)]);
         // A checkpoint covers every record written (it records the last
         // number): after it, nothing is replayed.
         let (j, found) = open(&path, 9);
@@ -481,14 +475,7 @@ mod tests {
         append(&mut j, 4, &[del("k")]);
         drop(j);
         let (j, found) = open(&path, 3);
-        assert_eq!(
-            found,
-            vec![Batch {
-                seq: 4,
-                last_revision: 4,
-                entries: vec![del("k")]
-            }]
-        );
+        assert_eq!(found, vec![batch(4, 4, vec![del("k")])]);
         assert_eq!(j.seq(), 4);
     }
 
@@ -523,16 +510,8 @@ mod tests {
         assert_eq!(
             found,
             vec![
-                Batch {
-                    seq: 1,
-                    last_revision: 1,
-                    entries: vec![put("a", 1, b"kept")]
-                },
-                Batch {
-                    seq: 2,
-                    last_revision: 2,
-                    entries: vec![put("c", 2, b"committed")]
-                },
+                batch(1, 1, vec![put("a", 1, b"kept")]),
+                batch(2, 2, vec![put("c", 2, b"committed")]),
             ]
         );
         let mut j = open(&path, 2).0;

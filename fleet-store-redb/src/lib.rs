@@ -17,7 +17,9 @@
 //!   (`u64`); `"journal"` → the journal record the last checkpoint covers;
 //! - `fleet.journal`: the records since that checkpoint.
 //!
-//! redb calls block, so every call runs on tokio's blocking pool.
+//! redb calls block, so reads run on tokio's blocking pool; a batch of
+//! writes on a multi-thread runtime blocks the calling worker instead (see
+//! `write_batch`), elsewhere it goes to the blocking pool too.
 
 mod journal;
 
