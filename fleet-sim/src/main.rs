@@ -16,6 +16,13 @@ use clap::Parser;
 use fleet_sim::{Scenario, SimError, input, report};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// A simulation allocates and frees small values (ids, views, plans) in
+/// every controller round, millions of times a run; mimalloc's per-thread
+/// free lists take that faster than the system allocator (measured in
+/// BENCHMARKS.md, "fleet-sim --bench").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The example input, used by `--bench` without `--config`.
 const EXAMPLE: &str = include_str!("../examples/sim-input.json");
 
