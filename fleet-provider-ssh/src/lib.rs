@@ -228,7 +228,10 @@ mod script {
     /// `$1` path → its SHA-256, or nothing.
     pub(super) const SHA: &str = r#"sha256sum "$1" 2>/dev/null | cut -d' ' -f1"#;
     /// `$1` dir, `$2` agent binary (relative to the dir or absolute):
-    /// starts the agent unless it runs.
+    /// starts the agent unless it runs. It answers once the started
+    /// process runs the agent (up to 5 s), not while it is still the
+    /// shell that forked it: a start right after would otherwise not see
+    /// it alive and start a second one (seen in CI, under load).
     pub(super) const START: &str = r#"set -e
 dir=$(cd "$1" && pwd)
 case $2 in /*) bin=$2 ;; *) bin=$dir/$2 ;; esac
@@ -236,7 +239,10 @@ cd "$dir/node"
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null && grep -q fleet-agent "/proc/$1/cmdline" 2>/dev/null; }
 if [ -f agent.pid ] && alive "$(cat agent.pid)"; then exit 0; fi
 FLEET_AGENT_CONFIG="$dir/node/agent.toml" setsid "$bin" >> agent.log 2>&1 < /dev/null &
-echo $! > agent.pid"#;
+pid=$!
+echo "$pid" > agent.pid
+i=0
+while ! alive "$pid" && kill -0 "$pid" 2>/dev/null && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done"#;
     /// `$1` dir → its absolute path (made if missing).
     pub(super) const RESOLVE: &str = r#"set -e; umask 077; mkdir -p "$1"; cd "$1"; pwd"#;
     /// `$1` dir, `$2` tenths of a second to wait: stops the agent.
