@@ -100,16 +100,8 @@ impl Writer {
     /// Finishes everything queued or under way; the answers are dropped
     /// (for a stopping loop: nobody is left to hear them).
     pub(crate) async fn finish(&mut self) {
-        loop {
-            if self.running.is_none() {
-                let Some(job) = self.queue.pop_front() else {
-                    return;
-                };
-                self.running = Some(self.start(job, false));
-            }
-            if let Some(running) = self.running.as_mut() {
-                running.await;
-            }
+        while let Some(running) = self.under_way(false) {
+            running.await;
             self.running = None;
         }
     }
@@ -124,14 +116,8 @@ impl Writer {
     /// and its answers start the next round without a hop.
     pub(crate) async fn next(&mut self, busy: bool) -> Answers {
         loop {
-            if self.running.is_none() {
-                let Some(job) = self.queue.pop_front() else {
-                    return std::future::pending().await;
-                };
-                self.running = Some(self.start(job, busy));
-            }
-            let Some(running) = self.running.as_mut() else {
-                continue;
+            let Some(running) = self.under_way(busy) else {
+                return std::future::pending().await;
             };
             let done = running.await;
             self.running = None;
@@ -139,6 +125,16 @@ impl Writer {
                 return answers;
             }
         }
+    }
+
+    /// The job under way, started from the queue if none is; `None` when
+    /// there is nothing to do.
+    fn under_way(&mut self, busy: bool) -> Option<&mut Running> {
+        if self.running.is_none() {
+            let job = self.queue.pop_front()?;
+            self.running = Some(self.start(job, busy));
+        }
+        self.running.as_mut()
     }
 
     fn start(&self, job: Job, busy: bool) -> Running {

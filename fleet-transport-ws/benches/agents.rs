@@ -11,10 +11,10 @@
 //! the process may, as root), else to the hard limit. An N the limit cannot
 //! hold is skipped and says so; the largest N it can hold (a multiple of
 //! 1 000) is measured in its place, and the skipped N's figures are
-//! extrapolated from it and the smallest N, labelled as estimates. Sessions dial from 127.0.0.1, 127.0.0.2, … in
-//! turn, 10 000 per address (each source address has its own ephemeral
-//! ports, about 28 000, and a run's closed sessions hold theirs in
-//! TIME_WAIT for a minute).
+//! extrapolated from it and the smallest N, labelled as estimates.
+//! Sessions dial from 127.0.0.1, 127.0.0.2, … in turn, 10 000 per address
+//! (each source address has its own ephemeral ports, about 28 000, and a
+//! run's closed sessions hold theirs in TIME_WAIT for a minute).
 //!
 //! `FLEET_BENCH_SERVER_WRAPPER=heaptrack` runs the server under a profiler
 //! (any command that takes the program as its argument); the CPU and RSS
