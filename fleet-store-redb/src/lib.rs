@@ -17,10 +17,15 @@
 //!   (`u64`); `"journal"` → the journal record the last checkpoint covers;
 //! - `fleet.journal`: the records since that checkpoint.
 //!
+//! Each batch is checked (compare-and-swap, fence, revision counter)
+//! against an in-memory index of every key's revision before redb is
+//! touched, so its journal record reaches the disk first (`index.rs`).
+//!
 //! redb calls block, so reads run on tokio's blocking pool; a batch of
 //! writes on a multi-thread runtime blocks the calling worker instead (see
 //! `write_batch`), elsewhere it goes to the blocking pool too.
 
+mod index;
 mod journal;
 
 use std::fmt;
@@ -31,14 +36,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::ids::Epoch;
-use fleet_core::protocol::{LeaderRecord, decode};
 use fleet_core::store::{Key, Revision, Store, StoreError, Versioned, WatchEvent, Write};
-use fleet_core::subjects::Subjects;
 use futures_channel::mpsc::{UnboundedSender, unbounded};
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::index::{Index, Undo};
 use crate::journal::{AppendError, Entry, Journal};
 
 /// The file name of the store inside the data directory.
@@ -163,21 +167,31 @@ struct Shared {
     /// see events in commit order, and a watch registered under this lock
     /// sees exactly the writes committed after it.
     watchers: Mutex<Vec<Watcher>>,
-    /// Where the next journal record goes. Locked after `watchers`.
-    journal: Mutex<Journal>,
+    /// The journal and the index a batch is checked against. Locked
+    /// after `watchers`.
+    writer: Mutex<Writer>,
     /// Held for writing from a batch's redb commit until it is durable
     /// (its journal record synced), and for reading while a read begins: a
     /// reader sees no write that a crash could still take back.
     durable: RwLock<()>,
 }
 
+/// What a batch of writes goes through, one batch at a time.
+struct Writer {
+    /// Where the next journal record goes.
+    journal: Journal,
+    /// What redb holds, as the batch is checked (`index.rs`).
+    index: Index,
+}
+
 impl Drop for Shared {
     /// A clean close checkpoints, so that the next open replays nothing.
     fn drop(&mut self) {
-        let journal = self
-            .journal
+        let journal = &mut self
+            .writer
             .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner)
+            .journal;
         if journal.unchecked() > 0
             && let Err(e) = checkpoint(&self.db, journal)
         {
@@ -240,6 +254,7 @@ impl RedbStore {
         };
         init().map_err(|e| open_error(&path, e))?;
         let journal = replay_journal(&db, &data_dir.join(JOURNAL_FILE_NAME), &path)?;
+        let index = load_index(&db).map_err(|e| open_error(&path, e))?;
         tracing::debug!(path = %path.display(), "store opened");
         Ok(RedbStore {
             shared: Arc::new(Shared {
@@ -247,7 +262,7 @@ impl RedbStore {
                 path,
                 max_value_bytes: options.max_value_bytes,
                 watchers: Mutex::new(Vec::new()),
-                journal: Mutex::new(journal),
+                writer: Mutex::new(Writer { journal, index }),
                 durable: RwLock::new(()),
             }),
         })
@@ -270,11 +285,12 @@ impl RedbStore {
         .await
     }
 
-    /// A handle whose writes are fenced by `epoch`: each create, update and
-    /// delete first reads the leader record (key [`Subjects::leader_key`]) in
-    /// the same write transaction and fails with [`StoreError::Fenced`] if
-    /// its epoch is newer than `epoch`. A stale leader therefore cannot write
-    /// once a new leader's record is committed.
+    /// A handle whose writes are fenced by `epoch`: each batch of creates,
+    /// updates and deletes first checks the leader record (key
+    /// `Subjects::leader_key`), as last committed, under the lock its
+    /// commit holds, and fails with [`StoreError::Fenced`] if its epoch is
+    /// newer than `epoch`. A stale leader therefore cannot write once a new
+    /// leader's record is committed.
     pub fn fenced(&self, epoch: Epoch) -> FencedStore {
         FencedStore {
             store: self.clone(),
@@ -326,9 +342,11 @@ impl Shared {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_journal(&self) -> MutexGuard<'_, Journal> {
-        // The journal's position is updated only after its write succeeds.
-        self.journal.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
+        // The journal's position is updated only after its write succeeds,
+        // and the index is taken back before a failed batch returns: a
+        // panic in between leaves at worst a batch that was never answered.
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A read transaction that sees only durable writes.
@@ -340,6 +358,10 @@ impl Shared {
     /// Applies `writes` in one transaction: each is checked on its own
     /// (a refused one is left out, the others go on) and the transaction
     /// is committed once, durably. If the commit fails, none was written.
+    ///
+    /// The batch is checked against the [`Index`] first, so its journal
+    /// record is written, and the disk starts on it, before redb's
+    /// transaction begins: redb's work runs while the disk works.
     fn write_blocking(
         &self,
         writes: Vec<Write>,
@@ -347,92 +369,59 @@ impl Shared {
     ) -> Vec<Result<Revision, StoreError>> {
         let n = writes.len();
         let mut watchers = self.lock_watchers();
-        let mut journal = self.lock_journal();
+        let mut writer = self.lock_writer();
+        let Writer { journal, index } = &mut *writer;
+        if let Some(epoch) = fence
+            && let Err(e) = index.check_fence(epoch)
+        {
+            return vec![Err(e); n];
+        }
+        let mut undo = index.begin();
         let mut results = Vec::with_capacity(n);
         let mut events = Vec::with_capacity(n);
         let mut entries = Vec::with_capacity(n);
-        let mut last = 0;
-        let mut txn = match self.db.begin_write() {
-            Ok(txn) => txn,
-            Err(e) => return vec![Err(backend(e)); n],
-        };
-        let applied = (|| {
-            let mut kv = txn.open_table(KV).map_err(backend)?;
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            if let Some(writer) = fence {
-                check_fence(&kv, writer)?;
+        for write in writes {
+            match self.accept(index, &mut undo, write) {
+                Ok((answer, event, entry)) => {
+                    results.push(Ok(answer));
+                    events.push(event);
+                    entries.push(entry);
+                }
+                Err(e @ StoreError::Corrupt(_)) => {
+                    index.undo(undo);
+                    return vec![Err(e); n];
+                }
+                Err(refused) => results.push(Err(refused)),
             }
-            last = meta
-                .get(REVISION_KEY)
-                .map_err(backend)?
-                .map_or(0, |g| g.value());
-            for write in writes {
-                match self.apply(&mut kv, write, last) {
-                    Ok((answer, event, entry)) => {
-                        last += 1;
-                        results.push(Ok(answer));
-                        events.push(event);
-                        entries.push(entry);
-                    }
-                    Err(e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_))) => {
-                        return Err(e);
-                    }
-                    Err(refused) => results.push(Err(refused)),
+        }
+        if events.is_empty() {
+            return results;
+        }
+        let last = index.last();
+        // Every so often, or when the record cannot be written, the batch
+        // is committed Immediate instead: a checkpoint.
+        let record = if journal.checkpoint_due() {
+            None
+        } else {
+            match journal.write(last, &entries) {
+                Ok(record) => Some(record),
+                Err(AppendError::Full) => None,
+                Err(AppendError::Io(e)) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "journal write failed; committing the batch to the store file instead");
+                    None
                 }
             }
-            if !events.is_empty() {
-                meta.insert(REVISION_KEY, last).map_err(backend)?;
-            }
-            Ok(())
-        })();
-        // The batch's journal record is written before the commit, so the
-        // disk takes it while redb commits. Every so often, or when the
-        // record cannot be written, the batch is committed Immediate
-        // instead: a checkpoint.
-        let record = match &applied {
-            Ok(()) if !events.is_empty() && !journal.checkpoint_due() => {
-                match journal.write(last, &entries) {
-                    Ok(record) => Some(record),
-                    Err(AppendError::Full) => None,
-                    Err(AppendError::Io(e)) => {
-                        tracing::warn!(path = %self.path.display(), error = %e, "journal write failed; committing the batch to the store file instead");
-                        None
-                    }
-                }
-            }
-            _ => None,
         };
-        let applied = applied.and_then(|()| {
-            let durability = if record.is_some() {
-                Durability::None
-            } else {
-                Durability::Immediate
-            };
-            txn.set_durability(durability)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            if record.is_none() && !events.is_empty() {
-                let mut meta = txn.open_table(META).map_err(backend)?;
-                meta.insert(JOURNAL_KEY, journal.seq()).map_err(backend)?;
-            }
-            Ok(())
-        });
         let durable = self.durable.write().unwrap_or_else(PoisonError::into_inner);
-        let committed = applied.and_then(|()| {
-            if events.is_empty() {
-                txn.abort().map_err(backend)
-            } else {
-                txn.commit().map_err(backend)
-            }
-        });
+        let checkpoint_seq = record.is_none().then(|| journal.seq());
+        let committed = commit(&self.db, &entries, last, checkpoint_seq);
         let committed = match (committed, record) {
             (Ok(()), Some(record)) => journal.sync(record).or_else(|e| {
                 tracing::warn!(path = %self.path.display(), error = ?e, "journal sync failed; committing the batch to the store file instead");
-                checkpoint(&self.db, &mut journal)
+                checkpoint(&self.db, journal)
             }),
             (Ok(()), None) => {
-                if !events.is_empty() {
-                    journal.restart();
-                }
+                journal.restart();
                 Ok(())
             }
             (Err(e), Some(record)) => {
@@ -447,6 +436,7 @@ impl Shared {
         if let Err(e) = committed {
             // Nothing was written durably: every write of the batch fails
             // alike.
+            index.undo(undo);
             return vec![Err(e); n];
         }
         // A failed send means the receiver was dropped: forget it.
@@ -458,15 +448,14 @@ impl Shared {
         results
     }
 
-    /// One write inside the batch's transaction, at the revision after
-    /// `last`; answers the new revision (for a delete: the deleted one,
-    /// as [`Store::write_all`] says), the watch event and the journal
-    /// entry.
-    fn apply(
+    /// One write of the batch, checked against the index and taken into
+    /// it; answers the new revision (for a delete: the deleted one, as
+    /// [`Store::write_all`] says), the watch event and the journal entry.
+    fn accept(
         &self,
-        kv: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
+        index: &mut Index,
+        undo: &mut Undo,
         write: Write,
-        last: u64,
     ) -> Result<(Revision, WatchEvent, Entry), StoreError> {
         if let Write::Create { value, .. } | Write::Update { value, .. } = &write
             && value.len() > self.max_value_bytes
@@ -476,40 +465,11 @@ impl Shared {
                 max: self.max_value_bytes,
             });
         }
-        let key = write.key().clone();
-        let current = kv
-            .get(key.as_str())
-            .map_err(backend)?
-            .map(|g| Revision(g.value().0));
-        let expected = match (&write, current) {
-            (Write::Create { .. }, Some(current)) => {
-                return Err(StoreError::AlreadyExists { key, current });
-            }
-            (Write::Update { .. } | Write::Delete { .. }, None) => {
-                return Err(StoreError::NotFound { key });
-            }
-            (Write::Update { expected, .. } | Write::Delete { expected, .. }, Some(current)) => {
-                Some((*expected, current))
-            }
-            (Write::Create { .. }, None) => None,
-        };
-        if let Some((expected, current)) = expected
-            && expected != current
-        {
-            return Err(StoreError::Conflict {
-                key,
-                expected,
-                current,
-            });
-        }
-        let revision = last
-            .checked_add(1)
-            .map(Revision)
-            .ok_or_else(|| StoreError::Corrupt("revision counter overflow".to_owned()))?;
+        let accepted = index.accept(&write, undo)?;
+        let revision = Revision(accepted.revision);
+        let answer = Revision(accepted.answer);
         match write {
-            Write::Create { value, .. } | Write::Update { value, .. } => {
-                kv.insert(key.as_str(), (revision.0, value.as_ref()))
-                    .map_err(backend)?;
+            Write::Create { key, value } | Write::Update { key, value, .. } => {
                 let entry = Entry::Put {
                     key: key.as_str().to_owned(),
                     revision: revision.0,
@@ -520,17 +480,67 @@ impl Shared {
                     value,
                     revision,
                 };
-                Ok((revision, event, entry))
+                Ok((answer, event, entry))
             }
-            Write::Delete { expected, .. } => {
-                kv.remove(key.as_str()).map_err(backend)?;
+            Write::Delete { key, .. } => {
                 let entry = Entry::Delete {
                     key: key.as_str().to_owned(),
                 };
-                Ok((expected, WatchEvent::Delete { key, revision }, entry))
+                Ok((answer, WatchEvent::Delete { key, revision }, entry))
             }
         }
     }
+}
+
+/// Commits a batch's `entries` to redb with the counter at `last`: not
+/// durable (its journal record is), or, with `checkpoint` (the journal
+/// sequence number it covers), `Immediate`.
+fn commit(
+    db: &Database,
+    entries: &[Entry],
+    last: u64,
+    checkpoint: Option<u64>,
+) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(backend)?;
+    let durability = if checkpoint.is_some() {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    {
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        put_entries(&mut kv, entries).map_err(backend)?;
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        meta.insert(REVISION_KEY, last).map_err(backend)?;
+        if let Some(seq) = checkpoint {
+            meta.insert(JOURNAL_KEY, seq).map_err(backend)?;
+        }
+    }
+    txn.commit().map_err(backend)
+}
+
+/// Writes journal entries into the `kv` table.
+fn put_entries(
+    kv: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
+    entries: &[Entry],
+) -> Result<(), redb::StorageError> {
+    for entry in entries {
+        match entry {
+            Entry::Put {
+                key,
+                revision,
+                value,
+            } => {
+                kv.insert(key.as_str(), (*revision, value.as_ref()))?;
+            }
+            Entry::Delete { key } => {
+                kv.remove(key.as_str())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Commits `Immediate` an empty transaction that records the journal's
@@ -572,20 +582,7 @@ fn replay_journal(db: &Database, journal_path: &Path, path: &Path) -> Result<Jou
             let mut kv = txn.open_table(KV)?;
             let mut meta = txn.open_table(META)?;
             for batch in &batches {
-                for entry in &batch.entries {
-                    match entry {
-                        Entry::Put {
-                            key,
-                            revision,
-                            value,
-                        } => {
-                            kv.insert(key.as_str(), (*revision, value.as_ref()))?;
-                        }
-                        Entry::Delete { key } => {
-                            kv.remove(key.as_str())?;
-                        }
-                    }
-                }
+                put_entries(&mut kv, &batch.entries)?;
                 meta.insert(REVISION_KEY, batch.last_revision)?;
             }
             meta.insert(JOURNAL_KEY, newest)?;
@@ -599,26 +596,24 @@ fn replay_journal(db: &Database, journal_path: &Path, path: &Path) -> Result<Jou
     Ok(journal)
 }
 
-/// Refuses the write if the stored leader record's epoch is newer than the
-/// writer's. No record means no leader was ever elected: nothing to fence.
-fn check_fence(
-    kv: &redb::Table<'_, &'static str, (u64, &'static [u8])>,
-    writer: Epoch,
-) -> Result<(), StoreError> {
-    let leader_key = Subjects::leader_key();
-    let Some(guard) = kv.get(leader_key.as_str()).map_err(backend)? else {
-        return Ok(());
-    };
-    let (_, bytes) = guard.value();
-    let record: LeaderRecord = decode(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("leader record {leader_key}: {e}")))?;
-    if record.epoch > writer {
-        return Err(StoreError::Fenced {
-            writer: writer.0,
-            current: record.epoch.0,
-        });
+/// Reads every key's revision, the counter and the leader record.
+fn load_index(db: &Database) -> Result<Index, redb::Error> {
+    let txn = db.begin_read()?;
+    let kv = txn.open_table(KV)?;
+    let meta = txn.open_table(META)?;
+    let last = meta.get(REVISION_KEY)?.map_or(0, |g| g.value());
+    let mut rows = Vec::new();
+    for row in kv.iter()? {
+        let (k, v) = row?;
+        rows.push((k, v));
     }
-    Ok(())
+    Ok(Index::new(
+        last,
+        rows.iter().map(|(k, v)| {
+            let (revision, value) = v.value();
+            (k.value(), revision, value)
+        }),
+    ))
 }
 
 /// Runs blocking redb work off the async workers.
