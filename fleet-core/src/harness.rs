@@ -107,7 +107,10 @@ pub struct World {
     next_instance: u64,
     agents: BTreeMap<NodeId, Agent>,
     queue: BinaryHeap<Reverse<(Millis, u64)>>,
-    pending: BTreeMap<u64, Pending>,
+    /// Boxed: the map's leaves then move pointers, not 200-byte events,
+    /// as the earliest entries are taken (measured: 3 % of a simulated
+    /// year's time went to moving them).
+    pending: BTreeMap<u64, Box<Pending>>,
     seq: u64,
     next_reply: u64,
     replies: BTreeMap<ReplyTo, Vec<ClaimReply>>,
@@ -457,7 +460,7 @@ impl World {
     /// provider's inventory. Agents reconnect.
     pub fn crash_and_restart(&mut self) {
         self.pending
-            .retain(|_, p| !matches!(p, Pending::Deliver(_)));
+            .retain(|_, p| !matches!(**p, Pending::Deliver(_)));
         self.queue
             .retain(|Reverse((_, seq))| self.pending.contains_key(seq));
         self.epoch = self.epoch.next();
@@ -489,7 +492,7 @@ impl World {
     fn push(&mut self, at: Millis, p: Pending) {
         self.seq += 1;
         self.queue.push(Reverse((at, self.seq)));
-        self.pending.insert(self.seq, p);
+        self.pending.insert(self.seq, Box::new(p));
     }
 
     /// The time of the next thing that will happen, if anything will.
@@ -516,7 +519,7 @@ impl World {
         {
             self.queue.pop();
             if let Some(p) = self.pending.remove(&seq) {
-                self.perform(p);
+                self.perform(*p);
             }
         }
         if self.inbox.is_empty() {
