@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::cost::Holder;
 use super::persist::{Effect, TimerKey};
-use super::{Alert, Claim, Command, Controller};
+use super::{Alert, Claim, Command, Controller, Node, Pool};
 use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
 use crate::ids::{AffinityKey, ClaimId, Millis, NodeId, PoolName, Workspace};
 use crate::money::{Money, Rounding};
@@ -272,29 +272,7 @@ impl Controller {
 
     /// Why no node of the pool could ever serve `req`, if so.
     fn unsatisfiable(&self, req: &ClaimRequest) -> Option<PendingReason> {
-        let pool = self.pools.get(&req.pool)?;
-        let fits = pool
-            .offerings
-            .iter()
-            .any(|o| o.serves(&req.requirements, &pool.spec.labels));
-        if fits {
-            return None;
-        }
-        let r = &req.requirements;
-        Some(PendingReason::Unsatisfiable {
-            why: format!(
-                "no instance type of pool {} offers cpus>={}, memory_mb>={}{}{}",
-                req.pool,
-                r.cpus,
-                r.memory_mb,
-                r.arch.map(|a| format!(", arch={a:?}")).unwrap_or_default(),
-                if r.labels.is_empty() {
-                    String::new()
-                } else {
-                    format!(", labels={:?}", r.labels)
-                }
-            ),
-        })
+        unsatisfiable(&self.pools, req)
     }
 
     fn grant_of(&self, c: &Claim) -> Option<ClaimGrant> {
@@ -834,16 +812,20 @@ impl Controller {
         if capacity.iter().all(|n| n.free_slots == 0) {
             // Nothing can be granted (most events while nodes boot): only
             // refresh why each claim waits, without an arbitration round.
-            let waiting: Vec<ClaimId> = self.pending.iter().cloned().collect();
-            let mut live = None;
-            for claim in waiting {
-                let reason =
-                    self.explain_wait(&claim, PendingReason::WaitingForCapacity, &mut live);
-                if let Some(c) = self.claims.get_mut(&claim)
-                    && c.reserved.is_none()
-                    && !c.budget_held
-                    && c.rec.pending_reason.as_ref() != Some(&reason)
-                {
+            // Read in one pass; the few that change are written after.
+            let mut reasons = WaitReasons::new(self);
+            let changed: Vec<(ClaimId, PendingReason)> = self
+                .pending
+                .iter()
+                .filter_map(|id| Some((id, self.claims.get(id)?)))
+                .filter(|(_, c)| c.reserved.is_none() && !c.budget_held)
+                .filter_map(|(id, c)| {
+                    let reason = reasons.explain(c, PendingReason::WaitingForCapacity);
+                    (c.rec.pending_reason.as_ref() != Some(&reason)).then(|| (id.clone(), reason))
+                })
+                .collect();
+            for (claim, reason) in changed {
+                if let Some(c) = self.claims.get_mut(&claim) {
                     c.rec.pending_reason = Some(reason);
                     self.note_claim(&claim, now);
                 }
@@ -894,9 +876,16 @@ impl Controller {
             quotas: &self.quotas,
             usage: &usage,
         });
-        let mut live = None;
-        for (claim, reason) in outcome.waiting {
-            let reason = self.explain_wait(&claim, reason, &mut live);
+        let mut reasons = WaitReasons::new(self);
+        let waiting: Vec<(ClaimId, PendingReason)> = outcome
+            .waiting
+            .into_iter()
+            .filter_map(|(claim, reason)| {
+                let reason = reasons.explain(self.claims.get(&claim)?, reason);
+                Some((claim, reason))
+            })
+            .collect();
+        for (claim, reason) in waiting {
             if let Some(c) = self.claims.get_mut(&claim) {
                 c.rec.pending_reason = Some(reason);
                 self.note_claim(&claim, now);
@@ -1040,46 +1029,86 @@ impl Controller {
         }
         usage
     }
+}
 
-    /// Refines arbitration's "waiting for capacity" with what the pool knows.
-    ///
-    /// `live` caches the live nodes per pool over one round's calls: a
-    /// count per waiting claim was a scan of every node each (measured on
-    /// a simulated year: 0.6 % of its instructions).
-    fn explain_wait(
-        &self,
-        claim: &ClaimId,
-        reason: PendingReason,
-        live: &mut Option<BTreeMap<PoolName, usize>>,
-    ) -> PendingReason {
+/// Refines arbitration's "waiting for capacity" with what the pools know,
+/// over one round: which pools are at `max_nodes` is counted once, when
+/// first asked (a count per waiting claim was a scan of every node each,
+/// measured on a simulated year: 0.6 % of its instructions).
+struct WaitReasons<'a> {
+    pools: &'a BTreeMap<PoolName, Pool>,
+    nodes: &'a BTreeMap<NodeId, Node>,
+    /// Pools whose live nodes reached `max_nodes`, with it.
+    full: Option<Vec<(&'a PoolName, u32)>>,
+}
+
+impl<'a> WaitReasons<'a> {
+    fn new(c: &'a Controller) -> WaitReasons<'a> {
+        WaitReasons {
+            pools: &c.pools,
+            nodes: &c.nodes,
+            full: None,
+        }
+    }
+
+    /// Why `c` waits, given arbitration's `reason`.
+    fn explain(&mut self, c: &Claim, reason: PendingReason) -> PendingReason {
         if reason != PendingReason::WaitingForCapacity {
             return reason;
         }
-        let Some(c) = self.claims.get(claim) else {
-            return reason;
-        };
-        if let Some(r) = self.unsatisfiable(&c.rec.request) {
+        if let Some(r) = unsatisfiable(self.pools, &c.rec.request) {
             return r;
         }
-        let Some(pool) = self.pools.get(&c.rec.request.pool) else {
-            return reason;
-        };
-        let live = live.get_or_insert_with(|| {
-            let mut live = BTreeMap::new();
-            for n in self.nodes.values() {
+        let (pools, nodes) = (self.pools, self.nodes);
+        let full = self.full.get_or_insert_with(|| {
+            let mut live: BTreeMap<&PoolName, usize> = BTreeMap::new();
+            for n in nodes.values() {
                 if !matches!(n.rec.state, NodeState::Gone) {
-                    *live.entry(n.rec.pool.clone()).or_insert(0) += 1;
+                    *live.entry(&n.rec.pool).or_insert(0) += 1;
                 }
             }
-            live
+            pools
+                .values()
+                .filter(|p| {
+                    live.get(&p.spec.name).copied().unwrap_or(0) >= p.spec.max_nodes as usize
+                })
+                .map(|p| (&p.spec.name, p.spec.max_nodes))
+                .collect()
         });
-        if live.get(&pool.spec.name).copied().unwrap_or(0) >= pool.spec.max_nodes as usize {
-            return PendingReason::PoolAtCapacity {
-                max_nodes: pool.spec.max_nodes,
-            };
+        match full.iter().find(|(pool, _)| **pool == c.rec.request.pool) {
+            Some((_, max_nodes)) => PendingReason::PoolAtCapacity {
+                max_nodes: *max_nodes,
+            },
+            None => reason,
         }
-        reason
     }
+}
+
+/// Why no node of its pool could ever serve `req`, if so.
+fn unsatisfiable(pools: &BTreeMap<PoolName, Pool>, req: &ClaimRequest) -> Option<PendingReason> {
+    let pool = pools.get(&req.pool)?;
+    let fits = pool
+        .offerings
+        .iter()
+        .any(|o| o.serves(&req.requirements, &pool.spec.labels));
+    if fits {
+        return None;
+    }
+    let r = &req.requirements;
+    Some(PendingReason::Unsatisfiable {
+        why: format!(
+            "no instance type of pool {} offers cpus>={}, memory_mb>={}{}{}",
+            req.pool,
+            r.cpus,
+            r.memory_mb,
+            r.arch.map(|a| format!(", arch={a:?}")).unwrap_or_default(),
+            if r.labels.is_empty() {
+                String::new()
+            } else {
+                format!(", labels={:?}", r.labels)
+            }
+        ),
+    })
 }
 
 pub(super) fn claim_key(rec: &ClaimRecord) -> crate::store::Key {

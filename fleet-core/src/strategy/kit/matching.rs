@@ -1,8 +1,6 @@
 //! Supply against demand: which pending claims the pool's nodes (up, coming
 //! up, or created by the plan) will serve, and which are left uncovered.
 
-use std::collections::BTreeMap;
-
 use super::Draft;
 use crate::ids::InstanceType;
 use crate::protocol::Requirements;
@@ -44,32 +42,49 @@ impl Matching {
     }
 }
 
-struct Group {
-    ty: InstanceType,
+/// The slots of one instance type.
+struct Group<'v> {
+    /// [`size_key`] without the type: unknown, cpus, memory.
+    size: (bool, u32, u64),
+    ty: &'v InstanceType,
     // (node index or None for a node this plan creates, free slots)
     members: Vec<(Option<usize>, u32)>,
 }
 
-type Groups = BTreeMap<(bool, u32, u64, InstanceType), Group>;
+/// Groups in the order they are met; [`by_size`] orders them. A pool runs
+/// a handful of types, so a list searched by type beats a map keyed by an
+/// owned type, which cloned the type's name for every node of every plan.
+type Groups<'v> = Vec<Group<'v>>;
 
-fn add_slots(
+fn add_slots<'v>(
     view: &PoolView<'_>,
-    groups: &mut Groups,
-    ty: &InstanceType,
+    groups: &mut Groups<'v>,
+    ty: &'v InstanceType,
     who: Option<usize>,
     free: u32,
 ) {
     if free == 0 {
         return;
     }
+    if let Some(g) = groups.iter_mut().find(|g| g.ty == ty) {
+        g.members.push((who, free));
+        return;
+    }
+    let size = match view.offering(ty) {
+        Some(o) => (false, o.cpus, o.memory_mb),
+        None => (true, u32::MAX, u64::MAX),
+    };
+    groups.push(Group {
+        size,
+        ty,
+        members: vec![(who, free)],
+    });
+}
+
+/// Small types first, as [`size_key`] orders them.
+fn by_size(mut groups: Groups<'_>) -> Groups<'_> {
+    groups.sort_by(|a, b| (a.size, a.ty).cmp(&(b.size, b.ty)));
     groups
-        .entry(size_key(view, ty))
-        .or_insert_with(|| Group {
-            ty: ty.clone(),
-            members: Vec::new(),
-        })
-        .members
-        .push((who, free));
 }
 
 /// Matches pending claims first to free slots of up nodes (where
@@ -124,11 +139,11 @@ pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
 
     let mut needed = vec![false; view.nodes.len()];
     for groups in [up, coming] {
-        let mut groups: Vec<Group> = groups.into_values().collect();
+        let mut groups = by_size(groups);
         order.retain(|&c| {
             let req = &view.pending[c].requirements;
             let slot = groups.iter_mut().find_map(|g| {
-                if !fits(view, &g.ty, req) {
+                if !fits(view, g.ty, req) {
                     return None;
                 }
                 g.members.iter_mut().find(|m| m.1 > 0)
