@@ -11,7 +11,7 @@
 //! strategy deletes it once idle and replaces it like any missing node, so
 //! a busy node goes only after its claims end.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Controller, Node, Pool};
 use crate::ids::{NodeId, PoolName};
@@ -23,6 +23,10 @@ impl Controller {
     pub(super) fn retiring(&self, pool: &Pool) -> BTreeSet<NodeId> {
         let name = &pool.spec.name;
         let mut out = BTreeSet::new();
+        // The common case, asked on every round: no use limit, no drift.
+        if pool.spec.max_uses.is_none() && !self.nodes.values().any(|n| n.drifted) {
+            return out;
+        }
         let mut drifted: Vec<(bool, &NodeId)> = Vec::new();
         let mut replacing = 0u32;
         for n in self.nodes.values().filter(|n| &n.rec.pool == name) {
@@ -56,15 +60,8 @@ impl Controller {
     /// the node: arbitration and planning ask on every round, the answer
     /// changes only when the record or the pool's snapshot does.
     pub(super) fn refresh_drift(&mut self, id: &NodeId) {
-        let Some(n) = self.nodes.get(id) else {
-            return;
-        };
-        let drifted = self
-            .pools
-            .get(&n.rec.pool)
-            .is_some_and(|p| has_drifted(p, n));
         if let Some(n) = self.nodes.get_mut(id) {
-            n.drifted = drifted;
+            n.drifted = drifted_in(&self.pools, n);
         }
     }
 
@@ -81,6 +78,11 @@ impl Controller {
             self.refresh_drift(&id);
         }
     }
+}
+
+/// Whether `n`'s pool (of `pools`) would launch it differently now.
+pub(super) fn drifted_in(pools: &BTreeMap<PoolName, Pool>, n: &Node) -> bool {
+    pools.get(&n.rec.pool).is_some_and(|p| has_drifted(p, n))
 }
 
 /// Whether the pool would launch `n` differently now.

@@ -134,11 +134,10 @@ impl Controller {
         // Every write carries its writer's epoch (a driver tells its own
         // writes from another leader's by it).
         n.rec.epoch = epoch;
+        // Its record may have changed: judge its drift again, with the
+        // node at hand.
+        n.drifted = super::drift::drifted_in(&self.pools, n);
         let key = Subjects::node_key(&n.rec.pool, id);
-        self.refresh_drift(id);
-        let Some(n) = self.nodes.get(id) else {
-            return;
-        };
         let value = if n.rec.state == NodeState::Gone {
             None
         } else {
