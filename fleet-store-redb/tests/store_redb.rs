@@ -482,6 +482,29 @@ async fn acknowledged_writes_survive_an_abort() {
         Revision(last.0 + 1),
         "the counter continues after the replay"
     );
+    // Writes are checked against the replayed records (the store's index
+    // is rebuilt after the replay): a kept record updates at its revision
+    // and conflicts at another, a deleted one can be created again.
+    let (k, _, rev) = want.last().unwrap_or_else(|| panic!("no records"));
+    assert!(matches!(
+        store.create(k, Bytes::from_static(b"again")).await,
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store
+            .update(k, Bytes::from_static(b"stale"), Revision(rev.0 - 1))
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+    store
+        .update(k, Bytes::from_static(b"updated"), *rev)
+        .await
+        .unwrap_or_else(|e| panic!("an update at the replayed revision: {e}"));
+    store
+        .create(&key("claims.ws.c0"), Bytes::from_static(b"anew"))
+        .await
+        .unwrap_or_else(|e| panic!("a key deleted before the abort: {e}"));
+    let next = last_revision(&store).await;
     drop(store);
     // Replayed and checkpointed: a second open finds the same.
     let store = open(dir.path());
