@@ -20,9 +20,15 @@ pub(in crate::strategy) fn size_key(
     view: &PoolView<'_>,
     t: &InstanceType,
 ) -> (bool, u32, u64, InstanceType) {
+    let (unknown, cpus, memory_mb) = size(view, t);
+    (unknown, cpus, memory_mb, t.clone())
+}
+
+/// [`size_key`] without the type: unknown, cpus, memory.
+fn size(view: &PoolView<'_>, t: &InstanceType) -> (bool, u32, u64) {
     match view.offering(t) {
-        Some(o) => (false, o.cpus, o.memory_mb, t.clone()),
-        None => (true, u32::MAX, u64::MAX, t.clone()),
+        Some(o) => (false, o.cpus, o.memory_mb),
+        None => (true, u32::MAX, u64::MAX),
     }
 }
 
@@ -44,7 +50,7 @@ impl Matching {
 
 /// The slots of one instance type.
 struct Group<'v> {
-    /// [`size_key`] without the type: unknown, cpus, memory.
+    /// Its [`size`].
     size: (bool, u32, u64),
     ty: &'v InstanceType,
     // (node index or None for a node this plan creates, free slots)
@@ -70,12 +76,8 @@ fn add_slots<'v>(
         g.members.push((who, free));
         return;
     }
-    let size = match view.offering(ty) {
-        Some(o) => (false, o.cpus, o.memory_mb),
-        None => (true, u32::MAX, u64::MAX),
-    };
     groups.push(Group {
-        size,
+        size: size(view, ty),
         ty,
         members: vec![(who, free)],
     });
