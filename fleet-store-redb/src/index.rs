@@ -151,7 +151,12 @@ impl Index {
                 if key.as_str() == self.leader_key {
                     self.leader = leader_of(value);
                 }
-                self.revisions.insert(key.as_str().to_owned(), revision);
+                match self.revisions.get_mut(key.as_str()) {
+                    Some(stored) => *stored = revision,
+                    None => {
+                        self.revisions.insert(key.as_str().to_owned(), revision);
+                    }
+                }
                 Ok(Accepted {
                     answer: revision,
                     revision,
