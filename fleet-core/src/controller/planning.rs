@@ -35,9 +35,15 @@ pub(super) fn node_id(
 impl Controller {
     /// Runs every pool's strategy and applies what it asks for.
     pub(super) fn plan_pools(&mut self, now: Millis, out: &mut Vec<Command>) {
-        let names: Vec<PoolName> = self.pools.keys().cloned().collect();
         let over_budget = self.over_budget(now);
-        for name in names {
+        // Kept from round to round: a simulated year plans millions of times.
+        let mut views = std::mem::take(&mut self.views);
+        let mut demand = std::mem::take(&mut self.demand);
+        // By position: `apply` changes the pools, never the set of them.
+        for at in 0..self.pools.len() {
+            let Some(name) = self.pools.keys().nth(at).cloned() else {
+                break;
+            };
             let Some(capacity) = self.pools.get_mut(&name).map(|p| p.capacity_at(now)) else {
                 continue;
             };
@@ -45,23 +51,26 @@ impl Controller {
                 continue;
             };
             let retiring = self.retiring(pool);
-            let views: Vec<NodeView> = self
-                .nodes
-                .values()
-                .filter(|n| n.rec.pool == name && n.rec.state != NodeState::Gone)
-                .map(|n| NodeView {
-                    node: n.rec.node.clone(),
-                    state: super::live_state(n),
-                    state_since: n.rec.state_since,
-                    instance_type: n.rec.instance_type.clone(),
-                    market: n.rec.market,
-                    claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
-                    slots: pool.spec.slots_per_node,
-                    idle_since: n.idle_since,
-                    retiring: retiring.contains(&n.rec.node),
-                })
-                .collect();
-            let demand: Vec<Demand> = self
+            views.clear();
+            views.extend(
+                self.nodes
+                    .values()
+                    .filter(|n| n.rec.pool == name && n.rec.state != NodeState::Gone)
+                    .map(|n| NodeView {
+                        node: n.rec.node.clone(),
+                        state: super::live_state(n),
+                        state_since: n.rec.state_since,
+                        instance_type: n.rec.instance_type.clone(),
+                        market: n.rec.market,
+                        claims: u32::try_from(n.occupied()).unwrap_or(u32::MAX),
+                        slots: pool.spec.slots_per_node,
+                        idle_since: n.idle_since,
+                        retiring: retiring.contains(&n.rec.node),
+                    }),
+            );
+            demand.clear();
+            demand.extend(
+                self
                 .pending
                 .iter()
                 .filter_map(|id| self.claims.get(id))
@@ -96,8 +105,8 @@ impl Controller {
                                 enqueued_at: j.rec.submitted_at,
                             })
                         }),
-                )
-                .collect();
+                ),
+            );
             let view = PoolView {
                 spec: &pool.spec,
                 nodes: &views,
@@ -151,6 +160,10 @@ impl Controller {
                 }
             }
         }
+        views.clear();
+        demand.clear();
+        self.views = views;
+        self.demand = demand;
     }
 
     fn idle_node(&self, id: &NodeId, allowed: &[NodeState]) -> Result<&Node, String> {
