@@ -57,16 +57,10 @@ impl Controller {
                 entry.busy = true;
             }
         }
-        let ids: Vec<_> = self.pending.iter().cloned().collect();
-        for id in ids {
-            let Some(c) = self.claims.get(&id) else {
-                continue;
-            };
+        let pools = &mut self.pools;
+        for (_, c) in self.claims.pending_mut() {
             let req = &c.rec.request;
-            let wait = self
-                .pools
-                .get(&req.pool)
-                .map_or(0, |p| p.spec.affinity_wait_ms);
+            let wait = pools.get(&req.pool).map_or(0, |p| p.spec.affinity_wait_ms);
             let until = c.rec.enqueued_at.saturating_add(wait);
             let held = match &req.affinity {
                 Some(key)
@@ -83,16 +77,12 @@ impl Controller {
                 }
                 _ => false,
             };
-            let pool = req.pool.clone();
-            let Some(c) = self.claims.get_mut(&id) else {
-                continue;
-            };
             if held {
                 c.affinity_until = Some(until);
                 if c.rec.state == ClaimState::Pending {
                     c.rec.pending_reason = Some(PendingReason::WaitingForAffinity { until });
                 }
-                if let Some(p) = self.pools.get_mut(&pool) {
+                if let Some(p) = pools.get_mut(&c.rec.request.pool) {
                     p.affinity_wake = Some(p.affinity_wake.map_or(until, |w| w.min(until)));
                 }
             } else {

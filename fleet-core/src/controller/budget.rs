@@ -109,10 +109,7 @@ impl Controller {
             return;
         }
         let over = self.over_budget(now);
-        for id in &self.pending {
-            let Some(c) = self.claims.get_mut(id) else {
-                continue;
-            };
+        for (_, c) in self.claims.pending_mut() {
             let budget = over.get(&c.rec.request.workspace);
             c.budget_held = budget.is_some();
             if let Some(budget) = budget {

@@ -25,9 +25,7 @@ impl Controller {
             rec.expires_at = Some(rec.expires_at.map_or(fresh, |t| t.max(fresh)));
         }
         let id = rec.request.claim_id.clone();
-        if rec.state == ClaimState::Pending {
-            self.pending.insert(id.clone());
-        }
+        let pending = rec.state == ClaimState::Pending;
         if rec.state == ClaimState::Granted {
             // The grant may never have reached the caller (a crash between
             // the write and the send): publish it again; it is identical.
@@ -46,6 +44,7 @@ impl Controller {
                 fresh: false,
                 noted: None,
             },
+            pending,
         );
     }
 
@@ -207,10 +206,10 @@ impl Controller {
                 fresh: true,
                 noted: None,
             },
+            // Arbitrated in this round before it is written: a claim a
+            // free node serves is written once, granted (`store_fresh`).
+            true,
         );
-        // Arbitrated in this round before it is written: a claim a free
-        // node serves is written once, granted (`store_fresh`).
-        self.pending.insert(id.clone());
         self.fresh.push(id);
         self.dirty = true;
     }
@@ -412,13 +411,10 @@ impl Controller {
         // Every write carries its writer's epoch (a driver tells its own
         // writes from another leader's by it).
         c.rec.epoch = epoch;
-        if c.rec.state == ClaimState::Pending {
-            self.pending.insert(id.clone());
-        } else {
-            self.pending.remove(id);
-        }
+        let pending = c.rec.state == ClaimState::Pending;
         let key = claim_key(&c.rec);
         let value = Some(Record::Claim(c.rec.clone()));
+        self.claims.set_pending(id, pending);
         if let Some(done) = self.writes.write(key, value, effects, out) {
             self.run_effects(done, now, out);
         }
@@ -803,7 +799,7 @@ impl Controller {
     /// last served their key (`affinity.rs`); the rest go through one
     /// [`arbitrate`] round.
     pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) {
-        if self.pending.is_empty() {
+        if self.claims.pending_len() == 0 {
             return;
         }
         let mut capacity = self.capacity();
@@ -815,9 +811,8 @@ impl Controller {
             // Read in one pass; the few that change are written after.
             let mut reasons = WaitReasons::new(self);
             let changed: Vec<(ClaimId, PendingReason)> = self
-                .pending
-                .iter()
-                .filter_map(|id| Some((id, self.claims.get(id)?)))
+                .claims
+                .pending()
                 .filter(|(_, c)| c.reserved.is_none() && !c.budget_held)
                 .filter_map(|(id, c)| {
                     let reason = reasons.explain(c, PendingReason::WaitingForCapacity);
@@ -834,9 +829,9 @@ impl Controller {
         }
         let mut keyed: Vec<(usize, AffinityKey)> = Vec::new();
         let pending: Vec<PendingClaim> = self
-            .pending
-            .iter()
-            .filter_map(|id| self.claims.get(id))
+            .claims
+            .pending()
+            .map(|(_, c)| c)
             .filter(|c| {
                 (c.durable || c.fresh) && c.reserved.is_none() && c.rec.state == ClaimState::Pending
             })
@@ -1138,7 +1133,7 @@ fn revocation_of(rec: &ClaimRecord) -> Revocation {
 /// The claim `id` if it belongs to `ws`: a caller may only renew or
 /// release its own workspace's claims (another's reads as unknown).
 fn in_workspace<'a>(
-    claims: &'a mut BTreeMap<ClaimId, Claim>,
+    claims: &'a mut super::claim_table::ClaimTable,
     ws: &Workspace,
     id: &ClaimId,
 ) -> Option<&'a mut Claim> {

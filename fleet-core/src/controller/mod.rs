@@ -19,6 +19,7 @@
 mod affinity;
 mod budget;
 mod capacity;
+mod claim_table;
 mod claims;
 mod cost;
 mod drift;
@@ -568,13 +569,10 @@ pub struct Controller {
     billing: BillingModel,
     quotas: BTreeMap<Workspace, Quota>,
     pools: BTreeMap<PoolName, Pool>,
-    claims: BTreeMap<ClaimId, Claim>,
+    claims: claim_table::ClaimTable,
     nodes: BTreeMap<NodeId, Node>,
     jobs: BTreeMap<JobId, Job>,
     runs: BTreeMap<crate::ids::RunId, Run>,
-    /// Claims in state pending (an index: ended claims are retained for a
-    /// while and must not slow every round down).
-    pending: BTreeSet<ClaimId>,
     /// Jobs in state queued.
     queued: BTreeSet<JobId>,
     /// Scratch of `plan_pools` (empty between rounds): the node views
@@ -656,11 +654,10 @@ impl Controller {
             billing: config.billing,
             quotas: config.quotas,
             pools: BTreeMap::new(),
-            claims: BTreeMap::new(),
+            claims: claim_table::ClaimTable::default(),
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             runs: BTreeMap::new(),
-            pending: BTreeSet::new(),
             views: Vec::new(),
             demand: Vec::new(),
             queued: BTreeSet::new(),
@@ -1012,7 +1009,7 @@ impl Controller {
 
     /// Claims currently waiting for a node.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.claims.pending_len()
     }
 
     /// Provider calls in flight.

@@ -71,9 +71,9 @@ impl Controller {
             demand.clear();
             demand.extend(
                 self
-                .pending
-                .iter()
-                .filter_map(|id| self.claims.get(id))
+                .claims
+                .pending()
+                .map(|(_, c)| c)
                 .filter(|c| {
                     c.rec.request.pool == name
                         && c.durable

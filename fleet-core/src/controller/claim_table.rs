@@ -1,0 +1,95 @@
+//! The controller's claims by id, the pending ones kept apart.
+//!
+//! Every decision round walks the pending claims (arbitration, the demand
+//! each pool plans for, budgets, affinity). Kept as a set of ids beside
+//! one map, each step of that walk was a lookup by id: string compares
+//! down a tree, a sixth of a simulated year's time where claims queue.
+//! Here the walk reads the pending map itself. A claim moves between the
+//! two maps when its record is written in or out of state pending (as the
+//! id set was updated before), so membership means the same as before.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map;
+
+use super::Claim;
+use crate::ids::ClaimId;
+
+#[derive(Debug, Default)]
+pub(super) struct ClaimTable {
+    /// Claims in state pending (as last written or accepted).
+    pending: BTreeMap<ClaimId, Claim>,
+    /// Every other claim: holding a node, or ended and retained a while.
+    rest: BTreeMap<ClaimId, Claim>,
+}
+
+impl ClaimTable {
+    pub(super) fn get(&self, id: &ClaimId) -> Option<&Claim> {
+        self.pending.get(id).or_else(|| self.rest.get(id))
+    }
+
+    pub(super) fn get_mut(&mut self, id: &ClaimId) -> Option<&mut Claim> {
+        match self.pending.get_mut(id) {
+            Some(c) => Some(c),
+            None => self.rest.get_mut(id),
+        }
+    }
+
+    /// Adds (or replaces) a claim, pending or not.
+    pub(super) fn insert(&mut self, id: ClaimId, claim: Claim, pending: bool) {
+        self.remove(&id);
+        if pending {
+            self.pending.insert(id, claim);
+        } else {
+            self.rest.insert(id, claim);
+        }
+    }
+
+    pub(super) fn remove(&mut self, id: &ClaimId) -> Option<Claim> {
+        self.pending.remove(id).or_else(|| self.rest.remove(id))
+    }
+
+    /// Moves a known claim in or out of the pending ones.
+    pub(super) fn set_pending(&mut self, id: &ClaimId, pending: bool) {
+        let (from, to) = if pending {
+            (&mut self.rest, &mut self.pending)
+        } else {
+            (&mut self.pending, &mut self.rest)
+        };
+        if let Some((id, claim)) = from.remove_entry(id) {
+            to.insert(id, claim);
+        }
+    }
+
+    /// The pending claims, by id.
+    pub(super) fn pending(&self) -> btree_map::Iter<'_, ClaimId, Claim> {
+        self.pending.iter()
+    }
+
+    /// The pending claims, by id, to change in place.
+    pub(super) fn pending_mut(&mut self) -> btree_map::IterMut<'_, ClaimId, Claim> {
+        self.pending.iter_mut()
+    }
+
+    pub(super) fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Every claim, by id.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ClaimId, &Claim)> {
+        let mut a = self.pending.iter().peekable();
+        let mut b = self.rest.iter().peekable();
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some((x, _)), Some((y, _))) if x < y => a.next(),
+            (Some(_), None) => a.next(),
+            _ => b.next(),
+        })
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &Claim> {
+        self.iter().map(|(_, c)| c)
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &ClaimId> {
+        self.iter().map(|(id, _)| id)
+    }
+}
