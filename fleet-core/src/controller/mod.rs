@@ -529,6 +529,9 @@ struct Pool {
     capacity: (Capacity, Option<Millis>),
     /// The first end of a claim's wait for an affine node.
     affinity_wake: Option<Millis>,
+    /// What its strategy saw in the last round (`planning.rs`).
+    views: Vec<crate::strategy::NodeView>,
+    demand: Vec<crate::strategy::Demand>,
 }
 
 impl Pool {
@@ -575,10 +578,6 @@ pub struct Controller {
     runs: BTreeMap<crate::ids::RunId, Run>,
     /// Jobs in state queued.
     queued: BTreeSet<JobId>,
-    /// Scratch of `plan_pools` (empty between rounds): the node views
-    /// and demand it hands each strategy, kept for their allocations.
-    views: Vec<crate::strategy::NodeView>,
-    demand: Vec<crate::strategy::Demand>,
     /// Command id → the job whose attempt it is.
     commands: BTreeMap<CommandId, JobId>,
     next_command_seq: u64,
@@ -658,8 +657,6 @@ impl Controller {
             nodes: BTreeMap::new(),
             jobs: BTreeMap::new(),
             runs: BTreeMap::new(),
-            views: Vec::new(),
-            demand: Vec::new(),
             queued: BTreeSet::new(),
             commands: BTreeMap::new(),
             next_command_seq: 1,
@@ -702,6 +699,8 @@ impl Controller {
                 shortages: BTreeMap::new(),
                 capacity: (Capacity::default(), None),
                 affinity_wake: None,
+                views: Vec::new(),
+                demand: Vec::new(),
             };
             c.pools.insert(pool.spec.name.clone(), pool);
         }

@@ -15,13 +15,15 @@ pub(in crate::strategy) fn fits(view: &PoolView<'_>, t: &InstanceType, req: &Req
         .is_none_or(|o| o.serves(req, &view.spec.labels))
 }
 
-/// Orders types small to large (unknown types last), for best fit.
-pub(in crate::strategy) fn size_key(
+/// Orders types small to large (unknown types last), for best fit. Borrows
+/// the type: a sort calls this for every compare, and a cloned type's
+/// count was 2 % of a simulated year.
+pub(in crate::strategy) fn size_key<'t>(
     view: &PoolView<'_>,
-    t: &InstanceType,
-) -> (bool, u32, u64, InstanceType) {
+    t: &'t InstanceType,
+) -> (bool, u32, u64, &'t InstanceType) {
     let (unknown, cpus, memory_mb) = size(view, t);
-    (unknown, cpus, memory_mb, t.clone())
+    (unknown, cpus, memory_mb, t)
 }
 
 /// [`size_key`] without the type: unknown, cpus, memory.
@@ -126,7 +128,7 @@ pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
     // smallest type that fits, largest first. Matching them first leaves
     // over exactly the claims a new node can serve.
     let mut sizes: Vec<&Offering> = view.offerings.iter().collect();
-    sizes.sort_by_key(|o| size_key(view, &o.instance_type));
+    sizes.sort_by_key(|&o| size_key(view, &o.instance_type));
     let constraint = |req: &Requirements| {
         let smallest = sizes.iter().position(|o| o.serves(req, &view.spec.labels));
         (smallest.is_none(), smallest, req.cpus, req.memory_mb)

@@ -67,7 +67,7 @@ pub(in crate::strategy) fn create_for(
         let best = open
             .iter_mut()
             .filter(|(t, left)| *left > 0 && fits(&view, t, req))
-            .min_by_key(|(t, _)| size_key(&view, t));
+            .min_by(|(a, _), (b, _)| size_key(&view, a).cmp(&size_key(&view, b)));
         if let Some((_, left)) = best {
             *left -= 1;
             continue;
