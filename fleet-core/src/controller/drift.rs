@@ -62,6 +62,7 @@ impl Controller {
     pub(super) fn refresh_drift(&mut self, id: &NodeId) {
         if let Some(n) = self.nodes.get_mut(id) {
             n.drifted = drifted_in(&self.pools, n);
+            n.drift_stale = false;
         }
     }
 

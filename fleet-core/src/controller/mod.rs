@@ -510,6 +510,9 @@ struct Node {
     last_affinity: Option<AffinityKey>,
     /// The pool would launch it differently now (`drift.rs`).
     drifted: bool,
+    /// `drifted` must be judged again: what it depends on in the record
+    /// (type, boot source, revision) is new or changed since.
+    drift_stale: bool,
     /// The record is in the store.
     durable: bool,
 }
@@ -1049,6 +1052,7 @@ impl Node {
             wanted: None,
             last_affinity: None,
             drifted: false,
+            drift_stale: true,
             durable,
             agent_version: None,
         }

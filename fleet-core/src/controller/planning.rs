@@ -342,6 +342,7 @@ impl Controller {
                     ProviderCall::Resize(instance_ref(&n.rec).ok_or("no provider id")?, to.clone());
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.prev_type = Some(std::mem::replace(&mut n.rec.instance_type, to.clone()));
+                    n.drift_stale = true;
                 }
                 self.transition_with_call(node, NodeState::Resizing, call, now, out);
             }
