@@ -17,20 +17,25 @@ use crate::ids::ClaimId;
 #[derive(Debug, Default)]
 pub(super) struct ClaimTable {
     /// Claims in state pending (as last written or accepted).
-    pending: BTreeMap<ClaimId, Claim>,
+    pending: BTreeMap<ClaimId, Box<Claim>>,
     /// Every other claim: holding a node, or ended and retained a while.
-    rest: BTreeMap<ClaimId, Claim>,
+    /// Both maps box their claims: a claim is 700 bytes, and a tree's leaf
+    /// shifts its neighbours' values on every insert and remove.
+    rest: BTreeMap<ClaimId, Box<Claim>>,
 }
 
 impl ClaimTable {
     pub(super) fn get(&self, id: &ClaimId) -> Option<&Claim> {
-        self.pending.get(id).or_else(|| self.rest.get(id))
+        self.pending
+            .get(id)
+            .or_else(|| self.rest.get(id))
+            .map(|c| &**c)
     }
 
     pub(super) fn get_mut(&mut self, id: &ClaimId) -> Option<&mut Claim> {
         match self.pending.get_mut(id) {
             Some(c) => Some(c),
-            None => self.rest.get_mut(id),
+            None => self.rest.get_mut(id).map(|c| &mut **c),
         }
     }
 
@@ -38,14 +43,17 @@ impl ClaimTable {
     pub(super) fn insert(&mut self, id: ClaimId, claim: Claim, pending: bool) {
         self.remove(&id);
         if pending {
-            self.pending.insert(id, claim);
+            self.pending.insert(id, Box::new(claim));
         } else {
-            self.rest.insert(id, claim);
+            self.rest.insert(id, Box::new(claim));
         }
     }
 
     pub(super) fn remove(&mut self, id: &ClaimId) -> Option<Claim> {
-        self.pending.remove(id).or_else(|| self.rest.remove(id))
+        self.pending
+            .remove(id)
+            .or_else(|| self.rest.remove(id))
+            .map(|c| *c)
     }
 
     /// Moves a known claim in or out of the pending ones.
@@ -61,12 +69,12 @@ impl ClaimTable {
     }
 
     /// The pending claims, by id.
-    pub(super) fn pending(&self) -> btree_map::Iter<'_, ClaimId, Claim> {
+    pub(super) fn pending(&self) -> btree_map::Iter<'_, ClaimId, Box<Claim>> {
         self.pending.iter()
     }
 
     /// The pending claims, by id, to change in place.
-    pub(super) fn pending_mut(&mut self) -> btree_map::IterMut<'_, ClaimId, Claim> {
+    pub(super) fn pending_mut(&mut self) -> btree_map::IterMut<'_, ClaimId, Box<Claim>> {
         self.pending.iter_mut()
     }
 
@@ -75,7 +83,7 @@ impl ClaimTable {
     }
 
     /// Every claim, by id.
-    pub(super) fn iter(&self) -> impl Iterator<Item = (&ClaimId, &Claim)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&ClaimId, &Box<Claim>)> {
         let mut a = self.pending.iter().peekable();
         let mut b = self.rest.iter().peekable();
         std::iter::from_fn(move || match (a.peek(), b.peek()) {
@@ -86,7 +94,7 @@ impl ClaimTable {
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Claim> {
-        self.iter().map(|(_, c)| c)
+        self.iter().map(|(_, c)| &**c)
     }
 
     pub(super) fn keys(&self) -> impl Iterator<Item = &ClaimId> {
