@@ -992,7 +992,13 @@ impl Controller {
     }
 
     /// Per-workspace holdings: claims held and their share of node prices.
+    /// Arbitration reads them only against a quota (a claim count or a
+    /// dollar cap): without any, none are counted (a lookup of every held
+    /// claim in every round).
     pub(super) fn usage(&self, capacity: &[NodeCapacity]) -> BTreeMap<Workspace, Usage> {
+        if self.quotas.is_empty() {
+            return BTreeMap::new();
+        }
         let price: BTreeMap<&NodeId, (Money, u32)> = capacity
             .iter()
             .map(|n| (&n.id, (n.price.0, n.slots)))
