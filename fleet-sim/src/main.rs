@@ -218,11 +218,12 @@ fn bench(mut scenario: Scenario, threads: usize) -> Result<(), SimError> {
     );
     for r in &runs {
         println!(
-            "  {:<18} {:>9} controller steps {:>9} rounds  bill {}",
+            "  {:<18} {:>9} controller steps {:>9} rounds  bill {}  {:.3} s",
             r.strategy.name(),
             r.steps,
             r.rounds,
-            r.cost.total()
+            r.cost.total(),
+            r.wall.as_secs_f64()
         );
     }
     println!(

@@ -82,6 +82,9 @@ pub struct RunOutcome {
     /// Grants of claims that named an affinity key: on a node that last
     /// served the key, or not.
     pub affinity: AffinityStats,
+    /// Wall-clock time the run took (`--bench` prints it; no report holds
+    /// it, since it differs from run to run).
+    pub wall: std::time::Duration,
 }
 
 struct Active {
@@ -218,6 +221,7 @@ pub fn run_pool(
     spec: &PoolSpec,
     progress: Option<&AtomicU64>,
 ) -> Result<RunOutcome, SimError> {
+    let started = std::time::Instant::now();
     let strategy = &spec.strategy;
     let pool = spec.clone();
     let pool_name = pool.name.clone();
@@ -280,6 +284,7 @@ pub fn run_pool(
         steps: 0,
         rounds: 0,
         affinity: AffinityStats::default(),
+        wall: std::time::Duration::ZERO,
     };
     let mut next_job = 0usize;
     let mut next_sample = start + sample_every;
@@ -471,6 +476,7 @@ pub fn run_pool(
     out.rounds = world.rounds();
     out.affinity = world.controller().affinity_stats();
     out.capacity_errors = world.capacity_refusals();
+    out.wall = started.elapsed();
     Ok(out)
 }
 
