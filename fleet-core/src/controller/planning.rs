@@ -35,8 +35,8 @@ pub(super) fn node_id(
 /// `n` as its pool's strategy sees it. `last` is the view at the same
 /// place in the last round: its ids are kept when they are still `n`'s.
 /// A clone of an id and its drop are an atomic add and subtract on a
-/// shared count; rebuilding every view from clones each round was a sixth
-/// of a simulated year's time.
+/// shared count; rebuilding every view from clones each round was 3 % of a
+/// simulated year's time.
 fn node_view(n: &Node, slots: u32, retiring: bool, last: Option<NodeView>) -> NodeView {
     let (node, instance_type) = match last {
         Some(v) if v.node.same(&n.rec.node) && v.instance_type.same(&n.rec.instance_type) => {
