@@ -3,7 +3,7 @@
 //! Every decision round walks the pending claims (arbitration, the demand
 //! each pool plans for, budgets, affinity). Kept as a set of ids beside
 //! one map, each step of that walk was a lookup by id: string compares
-//! down a tree, a sixth of a simulated year's time where claims queue.
+//! down a tree: 14 % of a simulated year where claims queue (always_on_resize).
 //! Here the walk reads the pending map itself. A claim moves between the
 //! two maps when its record is written in or out of state pending (as the
 //! id set was updated before), so membership means the same as before.
