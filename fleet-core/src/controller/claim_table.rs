@@ -101,3 +101,108 @@ impl ClaimTable {
         self.iter().map(|(id, _)| id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Epoch, PoolName, Workspace};
+    use crate::protocol::{ClaimRecord, ClaimRequest, ClaimState, Requirements};
+
+    fn claim(id: &str) -> (ClaimId, Claim) {
+        let id = ClaimId::new(id).unwrap();
+        let rec = ClaimRecord {
+            request: ClaimRequest {
+                claim_id: id.clone(),
+                workspace: Workspace::new("ws").unwrap(),
+                pool: PoolName::new("ci").unwrap(),
+                requirements: Requirements::default(),
+                priority: 0,
+                lease_ttl_ms: 1_000,
+                max_wait_ms: None,
+                recipient: None,
+                affinity: None,
+            },
+            state: ClaimState::Pending,
+            enqueued_at: 0,
+            node: None,
+            endpoint: None,
+            granted_at: None,
+            expires_at: None,
+            credentials: None,
+            pending_reason: None,
+            ended_at: None,
+            epoch: Epoch(1),
+        };
+        let c = Claim {
+            rec,
+            durable: true,
+            reserved: None,
+            affinity_until: None,
+            budget_held: false,
+            renewing: Vec::new(),
+            unanswered: None,
+            fresh: false,
+            noted: None,
+        };
+        (id, c)
+    }
+
+    fn ids<'a>(it: impl Iterator<Item = &'a ClaimId>) -> Vec<&'a str> {
+        it.map(ClaimId::as_str).collect()
+    }
+
+    #[test]
+    fn every_claim_is_listed_once_in_id_order_whichever_map_holds_it() {
+        let mut t = ClaimTable::default();
+        for (name, pending) in [
+            ("c", true),
+            ("a", false),
+            ("e", false),
+            ("b", true),
+            ("d", false),
+        ] {
+            let (id, c) = claim(name);
+            t.insert(id, c, pending);
+        }
+        assert_eq!(ids(t.keys()), ["a", "b", "c", "d", "e"]);
+        assert_eq!(ids(t.pending().map(|(id, _)| id)), ["b", "c"]);
+        assert_eq!(t.pending_len(), 2);
+
+        // Moves both ways keep every claim, once.
+        let a = ClaimId::new("a").unwrap();
+        let c = ClaimId::new("c").unwrap();
+        t.set_pending(&a, true);
+        t.set_pending(&c, false);
+        assert_eq!(ids(t.pending().map(|(id, _)| id)), ["a", "b"]);
+        assert_eq!(ids(t.keys()), ["a", "b", "c", "d", "e"]);
+
+        // Setting what already holds moves nothing.
+        t.set_pending(&a, true);
+        assert_eq!(t.pending_len(), 2);
+    }
+
+    #[test]
+    fn lookups_reach_both_maps_and_a_replaced_claim_is_not_kept_twice() {
+        let mut t = ClaimTable::default();
+        let (x, cx) = claim("x");
+        let (y, cy) = claim("y");
+        t.insert(x.clone(), cx, true);
+        t.insert(y.clone(), cy, false);
+        assert!(t.get(&x).is_some() && t.get(&y).is_some());
+        if let Some(c) = t.get_mut(&y) {
+            c.budget_held = true;
+        }
+        assert!(t.get(&y).is_some_and(|c| c.budget_held));
+
+        // The same id inserted again, now not pending: one claim, not two.
+        let (_, again) = claim("x");
+        t.insert(x.clone(), again, false);
+        assert_eq!(ids(t.keys()), ["x", "y"]);
+        assert_eq!(t.pending_len(), 0);
+
+        assert!(t.remove(&x).is_some());
+        assert!(t.remove(&x).is_none());
+        assert_eq!(ids(t.keys()), ["y"]);
+        assert_eq!(t.values().count(), 1);
+    }
+}
