@@ -108,13 +108,17 @@ mod tests {
     use crate::ids::{Epoch, PoolName, Workspace};
     use crate::protocol::{ClaimRecord, ClaimRequest, ClaimState, Requirements};
 
+    fn cid(s: &str) -> ClaimId {
+        ClaimId::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn claim(id: &str) -> (ClaimId, Claim) {
-        let id = ClaimId::new(id).unwrap();
+        let id = cid(id);
         let rec = ClaimRecord {
             request: ClaimRequest {
                 claim_id: id.clone(),
-                workspace: Workspace::new("ws").unwrap(),
-                pool: PoolName::new("ci").unwrap(),
+                workspace: Workspace::new("ws").unwrap_or_else(|e| panic!("{e}")),
+                pool: PoolName::new("ci").unwrap_or_else(|e| panic!("{e}")),
                 requirements: Requirements::default(),
                 priority: 0,
                 lease_ttl_ms: 1_000,
@@ -169,8 +173,8 @@ mod tests {
         assert_eq!(t.pending_len(), 2);
 
         // Moves both ways keep every claim, once.
-        let a = ClaimId::new("a").unwrap();
-        let c = ClaimId::new("c").unwrap();
+        let a = cid("a");
+        let c = cid("c");
         t.set_pending(&a, true);
         t.set_pending(&c, false);
         assert_eq!(ids(t.pending().map(|(id, _)| id)), ["a", "b"]);
