@@ -137,18 +137,7 @@ mod tests {
             ended_at: None,
             epoch: Epoch(1),
         };
-        let c = Claim {
-            rec,
-            durable: true,
-            reserved: None,
-            affinity_until: None,
-            budget_held: false,
-            renewing: Vec::new(),
-            unanswered: None,
-            fresh: false,
-            noted: None,
-        };
-        (id, c)
+        (id, Claim::stored_record(rec))
     }
 
     fn ids<'a>(it: impl Iterator<Item = &'a ClaimId>) -> Vec<&'a str> {

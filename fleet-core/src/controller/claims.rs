@@ -31,21 +31,7 @@ impl Controller {
             // the write and the send): publish it again; it is identical.
             self.startup.push(Effect::Grant { claim: id.clone() });
         }
-        self.claims.insert(
-            id,
-            Claim {
-                rec,
-                durable: true,
-                reserved: None,
-                affinity_until: None,
-                budget_held: false,
-                renewing: Vec::new(),
-                unanswered: None,
-                fresh: false,
-                noted: None,
-            },
-            pending,
-        );
+        self.claims.insert(id, Claim::stored_record(rec), pending);
     }
 
     /// After restore: attach held claims to their nodes and arm timers.

@@ -449,6 +449,22 @@ struct Claim {
 }
 
 impl Claim {
+    /// A claim whose record is read back from the store: nothing reserved,
+    /// held or waiting for an answer.
+    fn stored_record(rec: crate::protocol::ClaimRecord) -> Claim {
+        Claim {
+            rec,
+            durable: true,
+            reserved: None,
+            affinity_until: None,
+            budget_held: false,
+            renewing: Vec::new(),
+            unanswered: None,
+            fresh: false,
+            noted: None,
+        }
+    }
+
     /// Its record is stored (the write just committed may be its first,
     /// a grant made at once): the request still waiting for an answer.
     fn stored(&mut self) -> Option<ReplyTo> {
