@@ -801,16 +801,11 @@ impl Controller {
                 .pending()
                 .filter(|(_, c)| c.reserved.is_none() && !c.budget_held)
                 .filter_map(|(id, c)| {
-                    let reason = reasons.explain(c, PendingReason::WaitingForCapacity);
-                    (c.rec.pending_reason.as_ref() != Some(&reason)).then(|| (id.clone(), reason))
+                    let reason = reasons.changed(c, PendingReason::WaitingForCapacity)?;
+                    Some((id.clone(), reason))
                 })
                 .collect();
-            for (claim, reason) in changed {
-                if let Some(c) = self.claims.get_mut(&claim) {
-                    c.rec.pending_reason = Some(reason);
-                    self.note_claim(&claim, now);
-                }
-            }
+            self.set_reasons(changed, now);
             return;
         }
         let mut keyed: Vec<(usize, AffinityKey)> = Vec::new();
@@ -864,19 +859,23 @@ impl Controller {
             .waiting
             .into_iter()
             .filter_map(|(claim, reason)| {
-                let c = self.claims.get(&claim)?;
-                let reason = reasons.explain(c, reason);
-                (c.rec.pending_reason.as_ref() != Some(&reason)).then_some((claim, reason))
+                let reason = reasons.changed(self.claims.get(&claim)?, reason)?;
+                Some((claim, reason))
             })
             .collect();
+        self.set_reasons(changed, now);
+        for a in affine.into_iter().chain(outcome.grants) {
+            self.grant(&a.claim, &a.node, now, out);
+        }
+    }
+
+    /// Writes the waiting reasons that changed into their claims.
+    fn set_reasons(&mut self, changed: Vec<(ClaimId, PendingReason)>, now: Millis) {
         for (claim, reason) in changed {
             if let Some(c) = self.claims.get_mut(&claim) {
                 c.rec.pending_reason = Some(reason);
                 self.note_claim(&claim, now);
             }
-        }
-        for a in affine.into_iter().chain(outcome.grants) {
-            self.grant(&a.claim, &a.node, now, out);
         }
     }
 
@@ -1044,6 +1043,13 @@ impl<'a> WaitReasons<'a> {
             full: None,
             unsatisfiable: Vec::new(),
         }
+    }
+
+    /// Why `c` waits, given arbitration's `reason`, if that is not what
+    /// its record says already.
+    fn changed(&mut self, c: &Claim, reason: PendingReason) -> Option<PendingReason> {
+        let reason = self.explain(c, reason);
+        (c.rec.pending_reason.as_ref() != Some(&reason)).then_some(reason)
     }
 
     /// Why `c` waits, given arbitration's `reason`.

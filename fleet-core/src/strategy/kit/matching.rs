@@ -22,15 +22,9 @@ pub(in crate::strategy) fn size_key<'t>(
     view: &PoolView<'_>,
     t: &'t InstanceType,
 ) -> (bool, u32, u64, &'t InstanceType) {
-    let (unknown, cpus, memory_mb) = size(view, t);
-    (unknown, cpus, memory_mb, t)
-}
-
-/// [`size_key`] without the type: unknown, cpus, memory.
-fn size(view: &PoolView<'_>, t: &InstanceType) -> (bool, u32, u64) {
     match view.offering(t) {
-        Some(o) => (false, o.cpus, o.memory_mb),
-        None => (true, u32::MAX, u64::MAX),
+        Some(o) => (false, o.cpus, o.memory_mb, t),
+        None => (true, u32::MAX, u64::MAX, t),
     }
 }
 
@@ -52,9 +46,8 @@ impl Matching {
 
 /// The slots of one instance type.
 struct Group<'v> {
-    /// Its [`size`].
-    size: (bool, u32, u64),
-    ty: &'v InstanceType,
+    /// Its [`size_key`], which ends with the type.
+    key: (bool, u32, u64, &'v InstanceType),
     // (node index or None for a node this plan creates, free slots)
     members: Vec<(Option<usize>, u32)>,
 }
@@ -74,20 +67,19 @@ fn add_slots<'v>(
     if free == 0 {
         return;
     }
-    if let Some(g) = groups.iter_mut().find(|g| g.ty == ty) {
+    if let Some(g) = groups.iter_mut().find(|g| g.key.3 == ty) {
         g.members.push((who, free));
         return;
     }
     groups.push(Group {
-        size: size(view, ty),
-        ty,
+        key: size_key(view, ty),
         members: vec![(who, free)],
     });
 }
 
 /// Small types first, as [`size_key`] orders them.
 fn by_size(mut groups: Groups<'_>) -> Groups<'_> {
-    groups.sort_by(|a, b| (a.size, a.ty).cmp(&(b.size, b.ty)));
+    groups.sort_by(|a, b| a.key.cmp(&b.key));
     groups
 }
 
@@ -147,7 +139,7 @@ pub(in crate::strategy) fn match_pending(d: &Draft<'_>) -> Matching {
         order.retain(|&c| {
             let req = &view.pending[c].requirements;
             let slot = groups.iter_mut().find_map(|g| {
-                if !fits(view, g.ty, req) {
+                if !fits(view, g.key.3, req) {
                     return None;
                 }
                 g.members.iter_mut().find(|m| m.1 > 0)
