@@ -119,3 +119,40 @@ fn history_can_be_switched_off() {
             .is_none()
     );
 }
+
+/// The strategy is asked again when something it acts on changes, not at
+/// every step a node takes on its way up: provisioning → booting adds no
+/// slot and no live node (`Controller::set_state`). The node's arrival
+/// (ready) is asked about at once.
+#[test]
+fn a_node_on_its_way_up_is_planned_again_only_once_it_is_up() {
+    use fleet_core::protocol::NodeState;
+    let mut w = world();
+    let pool = PoolName::new("linux").unwrap();
+    w.claim_for(request("c1"), 30_000);
+    let planned_at =
+        |w: &fleet_core::harness::World| w.controller().explain(&pool).unwrap().planned_at.unwrap();
+    let state = |w: &fleet_core::harness::World| w.controller().nodes().next().map(|n| n.state);
+    // Up to the create: the round that bought the node planned.
+    while state(&w) != Some(NodeState::Provisioning) {
+        assert!(w.step(), "the node was never created");
+    }
+    let created = planned_at(&w);
+    let mut booted_at = None;
+    while state(&w) != Some(NodeState::Ready) && state(&w) != Some(NodeState::Busy) {
+        assert!(w.step(), "the node never came up");
+        if state(&w) == Some(NodeState::Booting) && booted_at.is_none() {
+            booted_at = Some(w.now());
+            assert_eq!(planned_at(&w), created, "booting asked the strategy");
+        }
+    }
+    let booted_at = booted_at.unwrap();
+    assert!(booted_at > created, "create took no time: nothing tested");
+    assert_eq!(planned_at(&w), w.now(), "the node came up unplanned");
+    w.run_for(5 * 60_000).unwrap();
+    assert!(
+        w.traces()
+            .get(&cid("c1"))
+            .is_some_and(|t| t.granted_at.is_some())
+    );
+}

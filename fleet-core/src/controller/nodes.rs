@@ -104,11 +104,25 @@ impl Controller {
         self.timers.set_node(id, at);
     }
 
-    /// Moves a node to `to`, keeping the cost ledger in step.
+    /// Moves a node to `to`, keeping the cost ledger in step, and has the
+    /// round decide again unless the node only took a step on its way up
+    /// (requested → provisioning → booting, starting → booting): such a
+    /// step adds no free slot and no live node, so arbitration has nothing
+    /// new, and a strategy counts a node on its way up the same in each of
+    /// these states (see [`crate::strategy::Strategy::plan`]).
     pub(super) fn set_state(&mut self, id: &NodeId, to: NodeState, now: Millis) {
-        let Some(from) = self.nodes.get(id).map(|n| n.rec.state) else {
+        let Some(from) = self.move_node(id, to, now) else {
             return;
         };
+        if !(from.is_coming_up() && to.is_coming_up()) {
+            self.dirty = true;
+        }
+    }
+
+    /// Moves a node to `to`, keeping the cost ledger in step; returns the
+    /// state it left. Asks for no decision by itself.
+    fn move_node(&mut self, id: &NodeId, to: NodeState, now: Millis) -> Option<NodeState> {
+        let from = self.nodes.get(id).map(|n| n.rec.state)?;
         self.bill_transition(id, from, to, now);
         if let Some(n) = self.nodes.get_mut(id) {
             n.rec.state = to;
@@ -116,7 +130,7 @@ impl Controller {
             n.rec.epoch = self.epoch;
             n.idle_since = (to == NodeState::Ready && n.occupied() == 0).then_some(now);
         }
-        self.dirty = true;
+        Some(from)
     }
 
     /// Queues the write of a node's record.
@@ -620,7 +634,10 @@ impl Controller {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        self.set_state(id, to, now);
+        // The plan that asked for this step counted it: it takes an idle
+        // node out of service (nothing new to grant, no live node more or
+        // less), and asking the strategy again would only hear it again.
+        self.move_node(id, to, now);
         let effect = Effect::NodeCall {
             node: id.clone(),
             call,

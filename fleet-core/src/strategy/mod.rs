@@ -408,5 +408,15 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// Decides what to do now. Must be deterministic and must count nodes
     /// already on their way up, so that calling it again before anything
     /// changed returns no new actions.
+    ///
+    /// The controller asks again after a round in which something that can
+    /// change a decision happened: demand came or went, a node became
+    /// ready, busy, idle, stopped, lost or gone, a provider call failed,
+    /// or [`Plan::wake_at`] came. It does not ask again for the steps a
+    /// node takes on its way up (requested → provisioning → booting,
+    /// starting → booting: the node counts as coming up in each), nor for
+    /// the step this plan's own action starts (an idle node entering
+    /// deleting, stopping, snapshotting or resizing, a stopped one
+    /// starting); the next view shows them all.
     fn plan(&self, pool: &PoolView<'_>, now: Millis) -> Plan;
 }
