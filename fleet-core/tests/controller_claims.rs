@@ -566,3 +566,25 @@ fn a_claim_only_the_peak_serves_is_granted_after_stop_resize_start_where_resizin
     assert_eq!(back.state, NodeState::Ready);
     w.check_invariants().unwrap();
 }
+
+/// The create that fills a pool changes why the claims it cannot serve
+/// wait: they say so before the node boots, not once it is up.
+#[test]
+fn the_create_that_fills_the_pool_tells_the_waiting_claims_at_once() {
+    let mut w = fleet_core::harness::World::new(
+        config(pool(fleet_core::strategy::StrategyConfig::default(), 1)),
+        T0,
+        true,
+    );
+    w.send_claim(ClaimMsg::Request(request("c1")));
+    w.send_claim(ClaimMsg::Request(request("c2")));
+    let state = |w: &fleet_core::harness::World| w.controller().nodes().next().map(|n| n.state);
+    while state(&w) != Some(fleet_core::protocol::NodeState::Booting) {
+        assert!(w.step(), "the node never booted");
+    }
+    assert_eq!(w.controller().nodes().count(), 1);
+    assert_eq!(
+        w.controller().claim(&cid("c2")).unwrap().pending_reason,
+        Some(PendingReason::PoolAtCapacity { max_nodes: 1 })
+    );
+}

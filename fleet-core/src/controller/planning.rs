@@ -290,6 +290,11 @@ impl Controller {
                     revision: pool.spec.revision.clone(),
                 };
                 let call = ProviderCall::Create(self.spec_of(&rec));
+                if live + 1 >= pool.spec.max_nodes as usize {
+                    // The pool is full now: the claims still waiting say so
+                    // after the next round, not once this node is up.
+                    self.dirty = true;
+                }
                 let mut node = Node::new(rec, now, false);
                 node.wanted = Some(wanted.clone()).filter(|w| w != &node.rec.instance_type);
                 self.nodes.insert(id.clone(), node);
