@@ -165,6 +165,8 @@ pub struct World {
     capacity: Option<(u64, Jitter)>,
     /// Create calls refused for capacity so far.
     capacity_refusals: u64,
+    /// How long a store write takes to be acknowledged.
+    store_latency: Millis,
 }
 
 /// Seeded extra boot latency (see [`World::set_boot_jitter`]).
@@ -229,6 +231,7 @@ impl World {
             jitter: None,
             capacity: None,
             capacity_refusals: 0,
+            store_latency: 0,
         }
     }
 
@@ -239,6 +242,13 @@ impl World {
     /// be used. The controller sees exactly the same events either way.
     pub fn set_lean(&mut self, lean: bool) {
         self.lean = lean;
+    }
+
+    /// Store writes are acknowledged `ms` after they are issued (applied at
+    /// once, in order), as a store on a slow disk or across a network
+    /// answers: other events reach the controller in between.
+    pub fn set_store_latency(&mut self, ms: Millis) {
+        self.store_latency = ms;
     }
 
     /// Boots take longer by a seeded uniform draw in `0..=spread.of(path)`
@@ -816,7 +826,8 @@ impl World {
                 // The real store is fenced at the writer's epoch: so is this one.
                 let epoch = self.controller.epoch();
                 let result = self.persist(&key, value, expected, epoch);
-                self.push(self.now, Pending::Deliver(Event::Persisted { key, result }));
+                let at = self.now + self.store_latency;
+                self.push(at, Pending::Deliver(Event::Persisted { key, result }));
             }
             Command::Provider { op, call } => self.provider(op, call),
             Command::Send { to, msg } => self.send(to, msg),

@@ -588,3 +588,36 @@ fn the_create_that_fills_the_pool_tells_the_waiting_claims_at_once() {
         Some(PendingReason::PoolAtCapacity { max_nodes: 1 })
     );
 }
+
+/// A claim is neither fresh nor stored while its first write is in
+/// flight, so the rounds in between do not see it; once stored, it is
+/// arbitrated again if a slot is free (here the one a release freed
+/// meanwhile), not left until something else wakes arbitration.
+#[test]
+fn a_claim_stored_after_a_slot_freed_is_granted_when_stored() {
+    let mut w = world();
+    w.set_store_latency(100);
+    w.send_claim(ClaimMsg::Request(request("c0")));
+    w.run_for(600_000).unwrap();
+    assert!(granted(&w, "c0").is_some(), "c0 was never granted");
+    let release = w.now();
+    w.send_claim(ClaimMsg::Release {
+        workspace: ws(),
+        claim_id: cid("c0"),
+    });
+    // The release's write is in flight: the slot is still c0's.
+    w.run_for(50).unwrap();
+    w.send_claim(ClaimMsg::Request(request("c1")));
+    // c0's end is stored at +100 ms, c1's request at +150 ms.
+    w.run_for(2_000).unwrap();
+    let at = w.traces().get(&cid("c1")).and_then(|t| t.granted_at);
+    assert!(
+        at.is_some_and(|t| t < release + 2_000),
+        "c1 waits beside a free node: {at:?}"
+    );
+    assert_eq!(
+        w.controller().nodes().count(),
+        1,
+        "a second node was bought"
+    );
+}

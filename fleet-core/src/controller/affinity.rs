@@ -31,14 +31,15 @@ struct Affine {
 
 impl Controller {
     /// Marks the pending claims that wait for a busy affine node, sets
-    /// their reason, and when each pool must plan again for them.
-    pub(super) fn hold_for_affinity(&mut self, capacity: &[NodeCapacity], now: Millis) {
+    /// their reason, and when each pool must plan again for them. Returns
+    /// whether any pool lets claims wait (then holds may have changed).
+    pub(super) fn hold_for_affinity(&mut self, capacity: &[NodeCapacity], now: Millis) -> bool {
         for pool in self.pools.values_mut() {
             pool.affinity_wake = None;
         }
         let waits = self.pools.values().any(|p| p.spec.affinity_wait_ms > 0);
         if !waits {
-            return;
+            return false;
         }
         let free: BTreeMap<_, _> = capacity
             .iter()
@@ -89,6 +90,7 @@ impl Controller {
                 c.affinity_until = None;
             }
         }
+        true
     }
 
     /// The grants of the affinity pre-round: per key, its claims over the

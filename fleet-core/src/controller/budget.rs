@@ -103,10 +103,11 @@ impl Controller {
     }
 
     /// Marks the waiting claims whose workspace is over budget (they are
-    /// offered no node and none is bought for them) and says why.
-    pub(super) fn hold_for_budgets(&mut self, now: Millis) {
+    /// offered no node and none is bought for them) and says why. Returns
+    /// whether any workspace has a budget (then holds may have changed).
+    pub(super) fn hold_for_budgets(&mut self, now: Millis) -> bool {
         if self.budgeted().next().is_none() {
-            return;
+            return false;
         }
         let over = self.over_budget(now);
         for (_, c) in self.claims.pending_mut() {
@@ -118,5 +119,6 @@ impl Controller {
                 });
             }
         }
+        true
     }
 }

@@ -197,7 +197,9 @@ impl Controller {
             true,
         );
         self.fresh.push(id);
-        self.dirty = true;
+        // Not demand yet (planning waits until it is stored): the pools
+        // plan in this round only if arbitration gives it a node.
+        self.arbitrate_due = true;
     }
 
     fn answer_existing(
@@ -366,7 +368,7 @@ impl Controller {
                 }
             }
             self.bill_release(&node, &Holder::Claim(id.clone()), now);
-            self.dirty = true;
+            self.decide_again();
         }
         let Some(c) = self.claims.get_mut(id) else {
             return;
@@ -467,7 +469,8 @@ impl Controller {
                     return;
                 };
                 c.durable = true;
-                self.dirty = true;
+                // Stored: now demand for its pool's plan.
+                self.plan_due = true;
                 if c.rec.state == ClaimState::Pending {
                     // Answered after this round: a claim the round grants
                     // gets its grant as the first answer, not a `pending`
@@ -479,6 +482,12 @@ impl Controller {
                     self.answer_existing(&claim, reply, now, out);
                 }
                 self.touch_claim(&claim);
+                // Arbitration saw it in the round that accepted it, but not
+                // in the rounds while it was written (neither fresh nor
+                // stored): it looks again if a slot is free now.
+                if self.any_free_slot() {
+                    self.arbitrate_due = true;
+                }
             }
             Effect::Grant { claim } => {
                 let unanswered = self.claims.get_mut(&claim).and_then(Claim::stored);
@@ -573,7 +582,7 @@ impl Controller {
                             }),
                         });
                     }
-                    self.dirty = true;
+                    self.decide_again();
                 }
                 let released = ClaimReply::Released {
                     claim_id: claim.clone(),
@@ -784,13 +793,13 @@ impl Controller {
     /// Claims with an affinity key are first offered the free nodes that
     /// last served their key (`affinity.rs`); the rest go through one
     /// [`arbitrate`] round.
-    pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) {
+    pub(super) fn arbitrate_round(&mut self, now: Millis, out: &mut Vec<Command>) -> bool {
         if self.claims.pending_len() == 0 {
-            return;
+            return false;
         }
         let mut capacity = self.capacity();
-        self.hold_for_affinity(&capacity, now);
-        self.hold_for_budgets(now);
+        // A hold takes a claim out of its pool's demand (or puts it back).
+        let held = self.hold_for_affinity(&capacity, now) | self.hold_for_budgets(now);
         if capacity.iter().all(|n| n.free_slots == 0) {
             // Nothing can be granted (most events while nodes boot): only
             // refresh why each claim waits, without an arbitration round.
@@ -806,7 +815,7 @@ impl Controller {
                 })
                 .collect();
             self.set_reasons(changed, now);
-            return;
+            return held;
         }
         let mut keyed: Vec<(usize, AffinityKey)> = Vec::new();
         let pending: Vec<PendingClaim> = self
@@ -833,7 +842,7 @@ impl Controller {
             })
             .collect();
         if pending.is_empty() {
-            return;
+            return held;
         }
         let mut usage = self.usage(&capacity);
         let affine = self.affine_grants(&pending, &keyed, &mut capacity, &mut usage);
@@ -864,9 +873,11 @@ impl Controller {
             })
             .collect();
         self.set_reasons(changed, now);
+        let granted = !affine.is_empty() || !outcome.grants.is_empty();
         for a in affine.into_iter().chain(outcome.grants) {
             self.grant(&a.claim, &a.node, now, out);
         }
+        held || granted
     }
 
     /// Writes the waiting reasons that changed into their claims.
@@ -941,6 +952,19 @@ impl Controller {
         if limited {
             self.save_node(node, Vec::new(), now, out);
         }
+    }
+
+    /// Whether a ready, connected node has a slot free (retiring ones
+    /// included: a yes only means arbitration looks).
+    fn any_free_slot(&self) -> bool {
+        self.nodes.values().any(|n| {
+            n.rec.state == NodeState::Ready
+                && n.connected
+                && self
+                    .pools
+                    .get(&n.rec.pool)
+                    .is_some_and(|p| n.occupied() < p.spec.slots_per_node as usize)
+        })
     }
 
     /// Free slots of ready, connected nodes, for an arbitration round.

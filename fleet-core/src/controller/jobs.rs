@@ -101,7 +101,7 @@ impl Controller {
         match &job.rec.state {
             JobState::Queued { .. } => {
                 // Backoff over: it may be scheduled again.
-                self.dirty = true;
+                self.decide_again();
             }
             JobState::Leased { .. } | JobState::Running { .. } => {
                 let due = self.job_deadline(job).is_some_and(|t| t <= now);
@@ -332,7 +332,8 @@ impl Controller {
                     return;
                 };
                 j.durable = true;
-                self.dirty = true;
+                self.arbitrate_due = true;
+                self.plan_due = true;
                 let Some(reply) = reply else {
                     return; // a job stored for a restored run: nobody to tell
                 };
@@ -413,7 +414,8 @@ impl Controller {
     }
 
     /// Schedules queued jobs on the slots claims left free.
-    pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) {
+    /// Gives queued jobs free slots; returns whether it dispatched any.
+    pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) -> bool {
         let over_budget = self.over_budget(now);
         let mut due: Vec<&Job> = self
             .queued
@@ -450,7 +452,7 @@ impl Controller {
             })
             .collect();
         if queued.is_empty() {
-            return;
+            return false;
         }
         let capacity: Vec<NodeCapacity> = self.capacity();
         // Jobs are held to their workspace's quota and dollar cap like
@@ -462,12 +464,14 @@ impl Controller {
             quotas: &self.quotas,
             usage: &usage,
         });
+        let dispatched = !outcome.grants.is_empty();
         for a in outcome.grants {
             let Ok(job) = JobId::new(a.claim.as_str()) else {
                 continue;
             };
             self.dispatch_job(&job, &a.node, now, out);
         }
+        dispatched
     }
 
     fn dispatch_job(&mut self, id: &JobId, node: &NodeId, now: Millis, out: &mut Vec<Command>) {
@@ -883,7 +887,7 @@ impl Controller {
                 n.idle_since = Some(now);
             }
         }
-        self.dirty = true;
+        self.decide_again();
     }
 
     fn finish_job(&mut self, id: &JobId, ended: Ended, now: Millis, out: &mut Vec<Command>) {

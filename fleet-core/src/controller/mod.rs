@@ -551,6 +551,8 @@ struct Pool {
     /// What its strategy saw in the last round (`planning.rs`).
     views: Vec<crate::strategy::NodeView>,
     demand: Vec<crate::strategy::Demand>,
+    /// When its strategy asked to plan again ([`crate::strategy::Plan::wake_at`]).
+    plan_wake: Option<Millis>,
 }
 
 impl Pool {
@@ -619,8 +621,12 @@ pub struct Controller {
     fenced: bool,
     /// Effects to run on the first event after a restore.
     startup: Vec<Effect>,
-    /// Something changed that arbitration or a strategy should look at.
-    dirty: bool,
+    /// Something changed that arbitration (and job scheduling) should
+    /// look at in the next round.
+    arbitrate_due: bool,
+    /// Something changed that the pools' strategies should look at in the
+    /// next round (a round whose arbitration grants plans too).
+    plan_due: bool,
     /// Claims accepted in this round, acknowledged after it
     /// ([`Controller::send_acks`]).
     acks: Vec<(ClaimId, ReplyTo)>,
@@ -691,7 +697,8 @@ impl Controller {
             next_node_seq: 1,
             fenced: false,
             startup: Vec::new(),
-            dirty: true,
+            arbitrate_due: true,
+            plan_due: true,
             acks: Vec::new(),
             fresh: Vec::new(),
             ledger: cost::Ledger::default(),
@@ -720,6 +727,7 @@ impl Controller {
                 affinity_wake: None,
                 views: Vec::new(),
                 demand: Vec::new(),
+                plan_wake: None,
             };
             c.pools.insert(pool.spec.name.clone(), pool);
         }
@@ -836,12 +844,7 @@ impl Controller {
         }
         if !self.fenced {
             self.on_timers(now, out);
-            if self.dirty {
-                self.dirty = false;
-                self.arbitrate_round(now, out);
-                self.schedule_jobs(now, out);
-                self.plan_pools(now, out);
-            }
+            self.decide(now, out);
             self.store_fresh(now, out);
             self.send_acks(now, out);
         }
@@ -906,6 +909,30 @@ impl Controller {
         op
     }
 
+    /// The round's decisions, each only if something it reads changed:
+    /// arbitration and job scheduling, then the pools' plans (also when
+    /// arbitration granted or held a claim), then when each pool wakes.
+    fn decide(&mut self, now: Millis, out: &mut Vec<Command>) {
+        let arbitrate = std::mem::take(&mut self.arbitrate_due);
+        let mut plan = std::mem::take(&mut self.plan_due);
+        if arbitrate {
+            plan |= self.arbitrate_round(now, out);
+            plan |= self.schedule_jobs(now, out);
+        }
+        if plan {
+            self.plan_pools(now, out);
+        }
+        if arbitrate || plan {
+            self.refresh_wakes(now);
+        }
+    }
+
+    /// Has the next round arbitrate and plan again.
+    fn decide_again(&mut self) {
+        self.arbitrate_due = true;
+        self.plan_due = true;
+    }
+
     fn on_timers(&mut self, now: Millis, out: &mut Vec<Command>) {
         for key in self.timers.due(now) {
             match key {
@@ -919,7 +946,7 @@ impl Controller {
             // A window began: take its base, and look at what waited for it.
             self.roll_budget_windows(now);
             self.budget_wake = self.next_budget_window(now);
-            self.dirty = true;
+            self.decide_again();
         }
         self.requeue_orphaned_jobs(now, out);
         self.mend_restored_runs(now, out);
@@ -928,7 +955,12 @@ impl Controller {
             capacity::forget_past(&mut pool.shortages, now);
             if pool.wake_at.is_some_and(|t| t <= now) {
                 pool.wake_at = None;
-                self.dirty = true;
+                self.plan_due = true;
+                // A claim's wait for an affine node ended: it may take
+                // any node now.
+                if pool.affinity_wake.is_some_and(|t| t <= now) {
+                    self.arbitrate_due = true;
+                }
             }
         }
         self.writes.retry_due(now, out);

@@ -115,7 +115,7 @@ impl Controller {
             return;
         };
         if !(from.is_coming_up() && to.is_coming_up()) {
-            self.dirty = true;
+            self.decide_again();
         }
     }
 
@@ -329,7 +329,7 @@ impl Controller {
                 // commands sent while it was away.
                 self.reactivate(&id, out);
                 self.resend_commands(&id, out);
-                self.dirty = true;
+                self.decide_again();
             }
             AgentMsg::Heartbeat { .. } => {
                 if n.rec.state == NodeState::Lost && n.connected {

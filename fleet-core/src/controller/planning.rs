@@ -175,19 +175,7 @@ impl Controller {
             if let Some(p) = self.pools.get_mut(&name) {
                 p.views = views;
                 p.demand = demand;
-                // Plan again when the strategy asks, the create back-off
-                // ends, a capacity shortage ends (a deferred resize), or
-                // the schedule's period changes.
-                p.wake_at = [
-                    plan.wake_at,
-                    p.capacity.1,
-                    p.affinity_wake.filter(|t| *t > now),
-                    (p.create_backoff_until > now).then_some(p.create_backoff_until),
-                    super::capacity::next_end(&p.shortages, now),
-                ]
-                .into_iter()
-                .flatten()
-                .min();
+                p.plan_wake = plan.wake_at;
             }
             if let Some(inputs) = inputs {
                 self.note_plan(&name, inputs, plan.wake_at, now);
@@ -204,6 +192,25 @@ impl Controller {
                     }));
                 }
             }
+        }
+    }
+
+    /// When each pool plans again: when its strategy asks, the create
+    /// back-off ends, a capacity shortage ends (a deferred resize), the
+    /// schedule's period changes, or a claim's wait for an affine node
+    /// ends (arbitration sets that one).
+    pub(super) fn refresh_wakes(&mut self, now: Millis) {
+        for p in self.pools.values_mut() {
+            p.wake_at = [
+                p.plan_wake,
+                p.capacity.1,
+                p.affinity_wake.filter(|t| *t > now),
+                (p.create_backoff_until > now).then_some(p.create_backoff_until),
+                super::capacity::next_end(&p.shortages, now),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
         }
     }
 
@@ -293,7 +300,7 @@ impl Controller {
                 if live + 1 >= pool.spec.max_nodes as usize {
                     // The pool is full now: the claims still waiting say so
                     // after the next round, not once this node is up.
-                    self.dirty = true;
+                    self.arbitrate_due = true;
                 }
                 let mut node = Node::new(rec, now, false);
                 node.wanted = Some(wanted.clone()).filter(|w| w != &node.rec.instance_type);

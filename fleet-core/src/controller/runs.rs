@@ -196,7 +196,7 @@ impl Controller {
                 if run.rec.paused != paused {
                     run.rec.paused = paused;
                     // Resumed tasks may be scheduled now.
-                    self.dirty = true;
+                    self.decide_again();
                     // The flag is stored even when the status stays (a run
                     // whose tasks are all finishing).
                     if !self.refresh_run(id, now, out) {

@@ -410,9 +410,10 @@ pub trait Strategy: Send + Sync + std::fmt::Debug {
     /// changed returns no new actions.
     ///
     /// The controller asks again after a round in which something that can
-    /// change a decision happened: demand came or went, a node became
-    /// ready, busy, idle, stopped, lost or gone, a provider call failed,
-    /// or [`Plan::wake_at`] came. It does not ask again for the steps a
+    /// change a decision happened: demand came or went (a claim is demand
+    /// once stored; one granted at once never is), a node became ready,
+    /// busy, idle, stopped, lost or gone, a provider call failed, or
+    /// [`Plan::wake_at`] came. It does not ask again for the steps a
     /// node takes on its way up (requested → provisioning → booting,
     /// starting → booting: the node counts as coming up in each), nor for
     /// the step this plan's own action starts (an idle node entering
