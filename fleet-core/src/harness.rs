@@ -886,7 +886,10 @@ impl World {
                 current: self.store_epoch.0,
             });
         }
-        let current = self.records.get(key).map(|(r, _)| *r);
+        // One search of the map per write: an update (most writes) replaces
+        // the value in place, without a copy of the key.
+        let slot = self.records.get_mut(key);
+        let current = slot.as_ref().map(|(r, _)| *r);
         match (expected, current) {
             (None, Some(cur)) => {
                 return Err(StoreError::AlreadyExists {
@@ -906,21 +909,22 @@ impl World {
         }
         let rev = Revision(self.next_revision);
         self.next_revision += 1;
-        match value {
-            Some(_) if self.lean => {
-                self.records.insert(key.clone(), (rev, Vec::new()));
-                Ok(rev)
-            }
-            Some(v) => {
-                let bytes = encode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                self.records.insert(key.clone(), (rev, bytes));
-                Ok(rev)
-            }
+        let Some(v) = value else {
+            self.records.remove(key);
+            return Ok(expected.unwrap_or(rev));
+        };
+        let bytes = if self.lean {
+            Vec::new()
+        } else {
+            encode(&v).map_err(|e| StoreError::Corrupt(e.to_string()))?
+        };
+        match slot {
+            Some(slot) => *slot = (rev, bytes),
             None => {
-                self.records.remove(key);
-                Ok(expected.unwrap_or(rev))
+                self.records.insert(key.clone(), (rev, bytes));
             }
         }
+        Ok(rev)
     }
 
     fn send(&mut self, to: Peer, msg: Outbound) {
