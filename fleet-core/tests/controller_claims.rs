@@ -621,3 +621,53 @@ fn a_claim_stored_after_a_slot_freed_is_granted_when_stored() {
         "a second node was bought"
     );
 }
+
+/// Without quotas a round arbitrates only as far down the queue as free
+/// slots last (`arbitrate_unlimited`); with any quota, the whole queue at
+/// once. A queue of claims of mixed priority and size behind a pool of
+/// two two-slot nodes is granted the same way by both.
+#[test]
+fn a_round_without_quotas_grants_as_arbitrating_the_whole_queue_does() {
+    let run = |quota: bool| {
+        let mut spec = pool(fleet_core::strategy::StrategyConfig::default(), 2);
+        spec.slots_per_node = 2;
+        let mut cfg = config(spec);
+        if quota {
+            // A quota for someone else: the round takes the general path.
+            cfg.quotas.insert(
+                fleet_core::Workspace::new("someone-else").unwrap(),
+                fleet_core::arbitrate::Quota {
+                    max_claims: Some(1),
+                    ..Default::default()
+                },
+            );
+        }
+        let mut w = fleet_core::harness::World::new(cfg, T0, true);
+        for i in 0..40u32 {
+            let mut r = request(&format!("c{i:02}"));
+            r.priority = i32::try_from(i * 7 % 3).unwrap();
+            if i % 5 == 0 {
+                r.requirements.cpus = 4;
+            }
+            w.claim_for(r, 20_000 + u64::from(i % 4) * 7_000);
+            w.run_for(1_500).unwrap();
+        }
+        w.run_for(3_600_000).unwrap();
+        w.traces()
+            .iter()
+            .map(|(id, t)| (id.clone(), t.granted_at))
+            .collect::<Vec<_>>()
+    };
+    let unlimited = run(false);
+    assert_eq!(unlimited.len(), 40);
+    assert!(unlimited.iter().all(|(_, g)| g.is_some()), "{unlimited:?}");
+    let mut order: Vec<_> = unlimited.iter().map(|(id, g)| (*g, id.clone())).collect();
+    order.sort();
+    let arrival: Vec<_> = unlimited.iter().map(|(id, _)| id.clone()).collect();
+    assert_ne!(
+        order.into_iter().map(|(_, id)| id).collect::<Vec<_>>(),
+        arrival,
+        "served in arrival order: priorities never decided"
+    );
+    assert_eq!(unlimited, run(true));
+}
