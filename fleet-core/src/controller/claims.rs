@@ -827,23 +827,13 @@ impl Controller {
             .claims
             .pending()
             .map(|(_, c)| c)
-            .filter(|c| {
-                (c.durable || c.fresh) && c.reserved.is_none() && c.rec.state == ClaimState::Pending
-            })
-            .filter(|c| c.affinity_until.is_none() && !c.budget_held)
+            .filter(|c| c.arbitrable())
             .enumerate()
             .map(|(i, c)| {
                 if let Some(key) = &c.rec.request.affinity {
                     keyed.push((i, key.clone()));
                 }
-                PendingClaim {
-                    id: c.rec.request.claim_id.clone(),
-                    workspace: c.rec.request.workspace.clone(),
-                    pool: c.rec.request.pool.clone(),
-                    requirements: c.rec.request.requirements.clone(),
-                    priority: c.rec.request.priority,
-                    enqueued_at: c.rec.enqueued_at,
-                }
+                c.pending_claim()
             })
             .collect();
         if pending.is_empty() {
@@ -903,10 +893,7 @@ impl Controller {
             .claims
             .pending()
             .map(|(_, c)| &**c)
-            .filter(|c| {
-                (c.durable || c.fresh) && c.reserved.is_none() && c.rec.state == ClaimState::Pending
-            })
-            .filter(|c| c.affinity_until.is_none() && !c.budget_held)
+            .filter(|c| c.arbitrable())
             .collect();
         if waiting.iter().any(|c| c.rec.request.affinity.is_some()) {
             return None;
@@ -930,17 +917,7 @@ impl Controller {
                 .max(16);
             let chunk = &waiting[fed..waiting.len().min(fed.saturating_add(take))];
             fed += chunk.len();
-            let claims: Vec<PendingClaim> = chunk
-                .iter()
-                .map(|c| PendingClaim {
-                    id: c.rec.request.claim_id.clone(),
-                    workspace: c.rec.request.workspace.clone(),
-                    pool: c.rec.request.pool.clone(),
-                    requirements: c.rec.request.requirements.clone(),
-                    priority: c.rec.request.priority,
-                    enqueued_at: c.rec.enqueued_at,
-                })
-                .collect();
+            let claims: Vec<PendingClaim> = chunk.iter().map(|c| c.pending_claim()).collect();
             let outcome = arbitrate(ArbitrationInput {
                 claims: &claims,
                 nodes: capacity,

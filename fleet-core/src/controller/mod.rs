@@ -449,6 +449,30 @@ struct Claim {
 }
 
 impl Claim {
+    /// Whether an arbitration round offers it a node: pending, fresh or
+    /// stored, not reserved, and held for neither an affine node nor a
+    /// budget.
+    fn arbitrable(&self) -> bool {
+        (self.durable || self.fresh)
+            && self.reserved.is_none()
+            && self.rec.state == crate::protocol::ClaimState::Pending
+            && self.affinity_until.is_none()
+            && !self.budget_held
+    }
+
+    /// What arbitration reads of it.
+    fn pending_claim(&self) -> crate::arbitrate::PendingClaim {
+        let req = &self.rec.request;
+        crate::arbitrate::PendingClaim {
+            id: req.claim_id.clone(),
+            workspace: req.workspace.clone(),
+            pool: req.pool.clone(),
+            requirements: req.requirements.clone(),
+            priority: req.priority,
+            enqueued_at: self.rec.enqueued_at,
+        }
+    }
+
     /// A claim whose record is read back from the store: nothing reserved,
     /// held or waiting for an answer.
     fn stored_record(rec: crate::protocol::ClaimRecord) -> Claim {
