@@ -413,8 +413,8 @@ impl Controller {
         }
     }
 
-    /// Schedules queued jobs on the slots claims left free.
-    /// Gives queued jobs free slots; returns whether it dispatched any.
+    /// Schedules queued jobs on the slots claims left free; returns whether
+    /// it dispatched any.
     pub(super) fn schedule_jobs(&mut self, now: Millis, out: &mut Vec<Command>) -> bool {
         let over_budget = self.over_budget(now);
         let mut due: Vec<&Job> = self
