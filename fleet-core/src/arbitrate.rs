@@ -243,16 +243,25 @@ fn service_order(claims: &[PendingClaim]) -> Vec<&PendingClaim> {
     // Unstable is fine: the comparison is total over every field, so equal
     // elements are identical.
     sorted.sort_unstable_by(|a, b| {
-        b.priority
-            .cmp(&a.priority)
-            .then(a.enqueued_at.cmp(&b.enqueued_at))
-            .then_with(|| a.id.cmp(&b.id))
+        service_key(a.priority, a.enqueued_at, &a.id)
+            .cmp(&service_key(b.priority, b.enqueued_at, &b.id))
             .then_with(|| claim_tiebreak(a, b))
     });
     let mut seen: HashSet<&ClaimId, BuildFx> =
         HashSet::with_capacity_and_hasher(sorted.len(), BuildFx::default());
     sorted.retain(|c| seen.insert(&c.id));
     sorted
+}
+
+/// A claim's place in the service order: priority descending, then
+/// `enqueued_at`, then claim id (the controller sorts its own claims by
+/// it to feed a round only as far as free slots last).
+pub(crate) fn service_key(
+    priority: i32,
+    enqueued_at: Millis,
+    id: &ClaimId,
+) -> (std::cmp::Reverse<i32>, Millis, &ClaimId) {
+    (std::cmp::Reverse(priority), enqueued_at, id)
 }
 
 /// Orders claims that tie on the service key (same id, priority and age).

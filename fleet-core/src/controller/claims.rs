@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::cost::Holder;
 use super::persist::{Effect, TimerKey};
 use super::{Alert, Claim, Command, Controller, Node, Pool};
-use crate::arbitrate::{ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate};
+use crate::arbitrate::{
+    ArbitrationInput, NodeCapacity, PendingClaim, Usage, arbitrate, service_key,
+};
 use crate::ids::{AffinityKey, ClaimId, Millis, NodeId, PoolName, Workspace};
 use crate::money::{Money, Rounding};
 use crate::protocol::{
@@ -899,13 +901,9 @@ impl Controller {
             return None;
         }
         // `arbitrate`'s service order (ids are unique here).
-        waiting.sort_unstable_by(|a, b| {
-            let (a, b) = (&a.rec, &b.rec);
-            b.request
-                .priority
-                .cmp(&a.request.priority)
-                .then(a.enqueued_at.cmp(&b.enqueued_at))
-                .then_with(|| a.request.claim_id.cmp(&b.request.claim_id))
+        waiting.sort_unstable_by_key(|c| {
+            let r = &c.rec;
+            service_key(r.request.priority, r.enqueued_at, &r.request.claim_id)
         });
         let mut free: u64 = capacity.iter().map(|n| u64::from(n.free_slots)).sum();
         let mut grants = Vec::new();
@@ -943,7 +941,6 @@ impl Controller {
                 Some((c.rec.request.claim_id.clone(), reason))
             })
             .collect();
-        drop(granted);
         self.set_reasons(changed, now);
         let any = !grants.is_empty();
         for a in grants {
